@@ -1,0 +1,584 @@
+//! Scope, partitions and the deterministic planner.
+//!
+//! Invariants (property-tested): a plan covers its scope exactly, with no overlap and no hole;
+//! partitions are ordered by window; the same scope always gives the same partitions with the
+//! same ids, so a re-plan after a crash or on another machine agrees with the stored run.
+//! Calendar steps (days, weeks, months) follow the scope's time zone, so a day partition on a
+//! DST change is 23 or 25 hours long; fixed steps (seconds to hours) are exact durations.
+
+use std::fmt;
+
+use chrono::{DateTime, Days, Months, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// A half-open unit of work `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    /// Instants, compared in the source through the spec's time format.
+    Time {
+        /// Inclusive start.
+        start: DateTime<Utc>,
+        /// Exclusive end.
+        end: DateTime<Utc>,
+    },
+    /// Integer keys.
+    Key {
+        /// Inclusive start.
+        start: i64,
+        /// Exclusive end.
+        end: i64,
+    },
+}
+
+impl Window {
+    /// A canonical text form, stable across versions: it is hashed into partition ids.
+    pub fn canonical(&self) -> String {
+        match self {
+            Window::Time { start, end } => format!(
+                "time:{}/{}",
+                start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+            Window::Key { start, end } => format!("key:{start}/{end}"),
+        }
+    }
+
+    /// True when `start >= end`.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Window::Time { start, end } => start >= end,
+            Window::Key { start, end } => start >= end,
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Window::Time { start, end } => write!(
+                f,
+                "[{}, {})",
+                start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+            Window::Key { start, end } => write!(f, "[{start}, {end})"),
+        }
+    }
+}
+
+/// One unit of work of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Stable id derived from the window alone (`p` + 16 hex digits of its hash).
+    pub id: String,
+    /// Position in the plan, from 0.
+    pub index: usize,
+    /// The window it covers.
+    pub window: Window,
+}
+
+/// The id of the partition covering `window`; the same window always has the same id.
+pub fn partition_id(window: &Window) -> String {
+    let hash = blake3::hash(window.canonical().as_bytes());
+    format!("p{}", &hash.to_hex()[..16])
+}
+
+/// How a time scope is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A fixed duration in seconds (from `15m`, `1h`, …).
+    Seconds(u64),
+    /// Calendar days in the scope's time zone.
+    Days(u32),
+    /// Calendar weeks (7 calendar days) in the scope's time zone.
+    Weeks(u32),
+    /// Calendar months in the scope's time zone.
+    Months(u32),
+}
+
+impl Step {
+    /// Parses `15m`, `1h`, `1d`, `2w`, `1mo` (also `s`, `min`, `day`, `week`, `month`, plurals).
+    /// Errors say what was wrong; zero and negative sizes are errors.
+    pub fn parse(s: &str) -> Result<Step, String> {
+        let s = s.trim();
+        let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        if s.starts_with('-') {
+            return Err("a partition size must be positive".to_owned());
+        }
+        let (n, unit) = s.split_at(digits_end);
+        if n.is_empty() {
+            return Err(format!(
+                "`{s}` does not start with a number (e.g. `1h`, `1d`, `1mo`)"
+            ));
+        }
+        let n: u32 = n.parse().map_err(|_| format!("`{n}` is too large"))?;
+        if n == 0 {
+            return Err("a partition size must be greater than zero".to_owned());
+        }
+        let secs = |mult: u64| Ok(Step::Seconds(u64::from(n) * mult));
+        match unit.trim() {
+            "s" | "sec" | "secs" | "second" | "seconds" => secs(1),
+            "m" | "min" | "mins" | "minute" | "minutes" => secs(60),
+            "h" | "hr" | "hour" | "hours" => secs(3600),
+            "d" | "day" | "days" => Ok(Step::Days(n)),
+            "w" | "week" | "weeks" => Ok(Step::Weeks(n)),
+            "mo" | "month" | "months" => Ok(Step::Months(n)),
+            "" => Err(format!("`{s}` has no unit (use s, m, h, d, w or mo)")),
+            other => Err(format!("unknown unit `{other}` (use s, m, h, d, w or mo)")),
+        }
+    }
+}
+
+/// What a backfill covers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scope {
+    /// `[start, end)` cut into steps; calendar steps follow `timezone`.
+    Time {
+        /// Inclusive start.
+        start: DateTime<Utc>,
+        /// Exclusive end.
+        end: DateTime<Utc>,
+        /// Partition size.
+        step: Step,
+        /// Zone for calendar steps (UTC unless the spec says otherwise).
+        timezone: Tz,
+    },
+    /// Integer keys `[from, to)` cut into chunks of `chunk` keys.
+    Key {
+        /// Inclusive first key.
+        from: i64,
+        /// Exclusive end key.
+        to: i64,
+        /// Keys per partition, at least 1.
+        chunk: u64,
+    },
+    /// An explicit list of windows, planned in order of their start.
+    List(Vec<Window>),
+}
+
+/// The most partitions one plan may hold; more is almost always a typo in the step.
+pub const MAX_PARTITIONS: usize = 1_000_000;
+
+/// Why a scope cannot be planned.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The scope would produce more than [`MAX_PARTITIONS`] partitions.
+    #[error(
+        "the scope produces more than {MAX_PARTITIONS} partitions; use a larger partition size"
+    )]
+    TooManyPartitions,
+    /// Two windows of an explicit list overlap.
+    #[error("windows {0} and {1} overlap")]
+    Overlap(String, String),
+}
+
+/// Cuts `scope` into its ordered partitions. Pure and deterministic.
+pub fn partitions(scope: &Scope) -> Result<Vec<Partition>, PlanError> {
+    let windows = match scope {
+        Scope::Time {
+            start,
+            end,
+            step,
+            timezone,
+        } => time_windows(*start, *end, *step, *timezone)?,
+        Scope::Key { from, to, chunk } => key_windows(*from, *to, *chunk)?,
+        Scope::List(list) => {
+            let mut list: Vec<Window> = list.iter().copied().filter(|w| !w.is_empty()).collect();
+            list.sort();
+            for pair in list.windows(2) {
+                if overlaps(&pair[0], &pair[1]) {
+                    return Err(PlanError::Overlap(pair[0].to_string(), pair[1].to_string()));
+                }
+            }
+            list
+        }
+    };
+    Ok(windows
+        .into_iter()
+        .enumerate()
+        .map(|(index, window)| Partition {
+            id: partition_id(&window),
+            index,
+            window,
+        })
+        .collect())
+}
+
+fn overlaps(a: &Window, b: &Window) -> bool {
+    match (a, b) {
+        (Window::Time { end: ae, .. }, Window::Time { start: bs, .. }) => ae > bs,
+        (Window::Key { end: ae, .. }, Window::Key { start: bs, .. }) => ae > bs,
+        _ => false,
+    }
+}
+
+fn time_windows(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    step: Step,
+    tz: Tz,
+) -> Result<Vec<Window>, PlanError> {
+    let mut out = Vec::new();
+    let mut cursor = start;
+    // Calendar steps advance the local start time, so every boundary is the same local wall
+    // time (midnight stays midnight across DST changes).
+    let local_start = start.with_timezone(&tz).naive_local();
+    let mut n: u32 = 0;
+    while cursor < end {
+        if out.len() >= MAX_PARTITIONS {
+            return Err(PlanError::TooManyPartitions);
+        }
+        n += 1;
+        let next = match step {
+            Step::Seconds(secs) => {
+                cursor + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+            }
+            Step::Days(d) => local_to_utc(
+                local_start.checked_add_days(Days::new(u64::from(d) * u64::from(n))),
+                tz,
+            ),
+            Step::Weeks(w) => local_to_utc(
+                local_start.checked_add_days(Days::new(7 * u64::from(w) * u64::from(n))),
+                tz,
+            ),
+            Step::Months(m) => local_to_utc(
+                n.checked_mul(m)
+                    .and_then(|k| local_start.checked_add_months(Months::new(k))),
+                tz,
+            ),
+        };
+        let next = next.min(end).max(cursor + chrono::Duration::seconds(1));
+        out.push(Window::Time {
+            start: cursor,
+            end: next.min(end),
+        });
+        cursor = next;
+    }
+    Ok(out)
+}
+
+/// The instant of a local wall time: the earlier one when the time is repeated (DST end), the
+/// first valid instant after the gap when it does not exist (DST start). `None` (overflow) maps
+/// to the far future, which the caller clamps to the scope's end.
+fn local_to_utc(local: Option<NaiveDateTime>, tz: Tz) -> DateTime<Utc> {
+    let Some(local) = local else {
+        return DateTime::<Utc>::MAX_UTC;
+    };
+    let mut probe = local;
+    for _ in 0..48 {
+        if let Some(t) = tz.from_local_datetime(&probe).earliest() {
+            return t.with_timezone(&Utc);
+        }
+        probe += chrono::Duration::minutes(30);
+    }
+    local.and_utc()
+}
+
+fn key_windows(from: i64, to: i64, chunk: u64) -> Result<Vec<Window>, PlanError> {
+    let chunk = i64::try_from(chunk.max(1)).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    let mut cursor = from;
+    while cursor < to {
+        if out.len() >= MAX_PARTITIONS {
+            return Err(PlanError::TooManyPartitions);
+        }
+        let next = cursor.checked_add(chunk).map_or(to, |n| n.min(to));
+        out.push(Window::Key {
+            start: cursor,
+            end: next,
+        });
+        cursor = next;
+    }
+    Ok(out)
+}
+
+/// A short, stable hash of some text (hex), for plan and spec hashes.
+pub fn short_hash(parts: &[&str]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().to_hex()[..16].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{Expect, expect};
+    use proptest::prelude::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn check(scope: Scope, want: Expect) {
+        let got = match partitions(&scope) {
+            Ok(parts) => {
+                let mut lines: Vec<String> = parts.iter().map(|p| p.window.to_string()).collect();
+                if lines.len() > 6 {
+                    let n = lines.len();
+                    lines.splice(3..n - 2, [format!("... {} more", n - 5)]);
+                }
+                lines.join("\n")
+            }
+            Err(e) => format!("error: {e}"),
+        };
+        want.assert_eq(&got);
+    }
+
+    fn time(start: &str, end: &str, step: &str, tz: &str) -> Scope {
+        Scope::Time {
+            start: t(start),
+            end: t(end),
+            step: Step::parse(step).unwrap(),
+            timezone: tz.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn hourly_and_truncated_last_window() {
+        check(
+            time("2026-03-01T00:00:00Z", "2026-03-01T02:30:00Z", "1h", "UTC"),
+            expect![[r#"
+                [2026-03-01T00:00:00Z, 2026-03-01T01:00:00Z)
+                [2026-03-01T01:00:00Z, 2026-03-01T02:00:00Z)
+                [2026-03-01T02:00:00Z, 2026-03-01T02:30:00Z)"#]],
+        );
+    }
+
+    #[test]
+    fn days_across_dst_start_and_end_in_a_zone() {
+        // Berlin: 2026-03-29 has 23 hours, 2026-10-25 has 25 hours.
+        check(
+            time(
+                "2026-03-27T23:00:00Z",
+                "2026-03-30T22:00:00Z",
+                "1d",
+                "Europe/Berlin",
+            ),
+            expect![[r#"
+                [2026-03-27T23:00:00Z, 2026-03-28T23:00:00Z)
+                [2026-03-28T23:00:00Z, 2026-03-29T22:00:00Z)
+                [2026-03-29T22:00:00Z, 2026-03-30T22:00:00Z)"#]],
+        );
+        check(
+            time(
+                "2026-10-24T22:00:00Z",
+                "2026-10-26T23:00:00Z",
+                "1d",
+                "Europe/Berlin",
+            ),
+            expect![[r#"
+                [2026-10-24T22:00:00Z, 2026-10-25T23:00:00Z)
+                [2026-10-25T23:00:00Z, 2026-10-26T23:00:00Z)"#]],
+        );
+    }
+
+    #[test]
+    fn hours_across_dst_are_exact_durations() {
+        // The local 02:00-03:00 hour does not exist in Berlin on 2026-03-29; an hourly plan is
+        // still exactly 3600 s per partition.
+        let parts = partitions(&time(
+            "2026-03-29T00:00:00Z",
+            "2026-03-29T03:00:00Z",
+            "1h",
+            "Europe/Berlin",
+        ))
+        .unwrap();
+        assert_eq!(parts.len(), 3);
+    }
+
+    #[test]
+    fn calendar_months_and_month_ends() {
+        check(
+            time("2026-01-01T00:00:00Z", "2026-05-01T00:00:00Z", "1mo", "UTC"),
+            expect![[r#"
+                [2026-01-01T00:00:00Z, 2026-02-01T00:00:00Z)
+                [2026-02-01T00:00:00Z, 2026-03-01T00:00:00Z)
+                [2026-03-01T00:00:00Z, 2026-04-01T00:00:00Z)
+                [2026-04-01T00:00:00Z, 2026-05-01T00:00:00Z)"#]],
+        );
+        // Starting on the 31st, month steps clamp to the month's last day and come back to
+        // the 31st (steps are counted from the start, not chained).
+        check(
+            time("2026-01-31T00:00:00Z", "2026-04-30T00:00:00Z", "1mo", "UTC"),
+            expect![[r#"
+                [2026-01-31T00:00:00Z, 2026-02-28T00:00:00Z)
+                [2026-02-28T00:00:00Z, 2026-03-31T00:00:00Z)
+                [2026-03-31T00:00:00Z, 2026-04-30T00:00:00Z)"#]],
+        );
+        // Leap year February.
+        check(
+            time("2028-02-01T00:00:00Z", "2028-03-02T00:00:00Z", "1mo", "UTC"),
+            expect![[r#"
+                [2028-02-01T00:00:00Z, 2028-03-01T00:00:00Z)
+                [2028-03-01T00:00:00Z, 2028-03-02T00:00:00Z)"#]],
+        );
+    }
+
+    #[test]
+    fn key_ranges_and_edges() {
+        check(
+            Scope::Key {
+                from: 1,
+                to: 26,
+                chunk: 10,
+            },
+            expect![[r#"
+                [1, 11)
+                [11, 21)
+                [21, 26)"#]],
+        );
+        check(
+            Scope::Key {
+                from: i64::MAX - 5,
+                to: i64::MAX,
+                chunk: 4,
+            },
+            expect![[r#"
+                [9223372036854775802, 9223372036854775806)
+                [9223372036854775806, 9223372036854775807)"#]],
+        );
+        check(
+            Scope::Key {
+                from: -3,
+                to: 0,
+                chunk: u64::MAX,
+            },
+            expect!["[-3, 0)"],
+        );
+        check(
+            Scope::Key {
+                from: 0,
+                to: 10_000_000,
+                chunk: 1,
+            },
+            expect![[
+                "error: the scope produces more than 1000000 partitions; use a larger partition size"
+            ]],
+        );
+    }
+
+    #[test]
+    fn empty_scopes_plan_nothing() {
+        check(
+            Scope::Key {
+                from: 5,
+                to: 5,
+                chunk: 1,
+            },
+            expect![""],
+        );
+        check(
+            time("2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z", "1h", "UTC"),
+            expect![""],
+        );
+        check(Scope::List(vec![]), expect![""]);
+    }
+
+    #[test]
+    fn lists_are_sorted_and_overlaps_rejected() {
+        check(
+            Scope::List(vec![
+                Window::Key { start: 10, end: 20 },
+                Window::Key { start: 0, end: 5 },
+            ]),
+            expect![[r#"
+                [0, 5)
+                [10, 20)"#]],
+        );
+        check(
+            Scope::List(vec![
+                Window::Key { start: 0, end: 10 },
+                Window::Key { start: 5, end: 20 },
+            ]),
+            expect!["error: windows [0, 10) and [5, 20) overlap"],
+        );
+    }
+
+    #[test]
+    fn step_parsing() {
+        let cases = [
+            ("15m", Ok(Step::Seconds(900))),
+            ("1h", Ok(Step::Seconds(3600))),
+            ("1d", Ok(Step::Days(1))),
+            ("2 weeks", Ok(Step::Weeks(2))),
+            ("1mo", Ok(Step::Months(1))),
+            (
+                "0h",
+                Err("a partition size must be greater than zero".to_owned()),
+            ),
+            ("-1h", Err("a partition size must be positive".to_owned())),
+            (
+                "h",
+                Err("`h` does not start with a number (e.g. `1h`, `1d`, `1mo`)".to_owned()),
+            ),
+            (
+                "5",
+                Err("`5` has no unit (use s, m, h, d, w or mo)".to_owned()),
+            ),
+            (
+                "5y",
+                Err("unknown unit `y` (use s, m, h, d, w or mo)".to_owned()),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Step::parse(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_window_derived() {
+        let a = partitions(&time(
+            "2026-03-01T00:00:00Z",
+            "2026-03-02T00:00:00Z",
+            "1h",
+            "UTC",
+        ))
+        .unwrap();
+        let b = partitions(&time(
+            "2026-03-01T05:00:00Z",
+            "2026-03-02T00:00:00Z",
+            "1h",
+            "UTC",
+        ))
+        .unwrap();
+        assert_eq!(a[5].id, b[0].id);
+        expect!["pe1224a56906009df"].assert_eq(&a[0].id);
+    }
+
+    proptest! {
+        #[test]
+        fn key_plans_cover_exactly(from in -1_000_000i64..1_000_000, len in 0i64..100_000, chunk in 1u64..50_000) {
+            let parts = partitions(&Scope::Key { from, to: from + len, chunk }).unwrap();
+            let mut cursor = from;
+            for p in &parts {
+                let Window::Key { start, end } = p.window else { panic!("key window") };
+                prop_assert_eq!(start, cursor);
+                prop_assert!(end > start);
+                cursor = end;
+            }
+            prop_assert_eq!(cursor, from.max(from + len));
+        }
+
+        #[test]
+        fn time_plans_cover_exactly(start in 0i64..2_000_000_000, len in 0i64..40_000_000, step in 0usize..6, zone in 0usize..3) {
+            let steps = ["15m", "1h", "1d", "1w", "1mo", "7h"];
+            let zones = ["UTC", "Europe/Berlin", "America/Santiago"];
+            let s = Utc.timestamp_opt(start, 0).unwrap();
+            let e = Utc.timestamp_opt(start + len, 0).unwrap();
+            let scope = Scope::Time { start: s, end: e, step: Step::parse(steps[step]).unwrap(), timezone: zones[zone].parse().unwrap() };
+            let parts = partitions(&scope).unwrap();
+            let mut cursor = s;
+            for p in &parts {
+                let Window::Time { start, end } = p.window else { panic!("time window") };
+                prop_assert_eq!(start, cursor);
+                prop_assert!(end > start);
+                cursor = end;
+            }
+            prop_assert_eq!(cursor, s.max(e));
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The spec: a TOML file describing one backfill, parsed into validated, precise types.
+//!
+//! Parsing walks the TOML document with its spans, so every problem carries the field path and
+//! `line:column`; it collects all problems instead of stopping at the first. The result is a
+//! [`Spec`] of types that cannot hold invalid values (a non-empty key list, a positive
+//! partition size, a start before the end). No connection is opened here: reachability and
+//! sampling checks belong to the connectors and the CLI.
+
+mod parse;
+pub mod schema;
+
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use crate::diag::Diagnostic;
+use crate::plan::Scope;
+use crate::retry::RetryPolicy;
+use crate::secret::SecretUrl;
+use crate::timefmt::TimeFormat;
+
+/// A validated backfill spec.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Name of the backfill; runs of the same name resume each other.
+    pub name: String,
+    /// Why the backfill exists, when the spec says.
+    pub reason: Option<String>,
+    /// Where rows come from.
+    pub source: SourceSpec,
+    /// Where rows go.
+    pub target: TargetSpec,
+    /// What to cover.
+    pub scope: Scope,
+    /// How hard to push.
+    pub limits: Limits,
+    /// The spec text with any URL password masked, kept on the run for the audit trail.
+    pub redacted_text: String,
+    /// Hash of the spec text (before `${VAR}` expansion).
+    pub spec_hash: String,
+}
+
+/// Where rows come from.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    /// Connection URL (password masked when printed).
+    pub url: SecretUrl,
+    /// Query for one window, using `:start` and `:end`.
+    pub query: String,
+    /// How window bounds are bound in the source.
+    pub time_format: TimeFormat,
+    /// Column sampled by `check` to validate `time_format`.
+    pub time_column: Option<String>,
+}
+
+/// Where rows go and how.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    /// Connection URL (password masked when printed).
+    pub url: SecretUrl,
+    /// Target table, validated identifier (`table` or `schema.table`); `None` only in `sql`
+    /// mode.
+    pub table: Option<String>,
+    /// Key columns, validated identifiers; empty only in `sql` mode.
+    pub key: Vec<String>,
+    /// How rows are written.
+    pub mode: WriteMode,
+    /// How window bounds are bound in the target (`replace` and `sql` modes).
+    pub time_format: TimeFormat,
+}
+
+/// How a partition's rows are written. Every mode is replay-safe (invariant 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Insert new keys, update changed rows, leave identical rows untouched.
+    Upsert,
+    /// Delete the window from the target and insert the source rows, in one transaction.
+    Replace {
+        /// Target column compared with the window bounds.
+        window_column: String,
+    },
+    /// Run one statement per partition in the target; no rows pass through the engine.
+    Sql {
+        /// The statement, with `:start` and `:end`.
+        statement: String,
+    },
+}
+
+impl WriteMode {
+    /// The name as written in a spec.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WriteMode::Upsert => "upsert",
+            WriteMode::Replace { .. } => "replace",
+            WriteMode::Sql { .. } => "sql",
+        }
+    }
+}
+
+/// Limits for the whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Partitions processed at the same time.
+    pub concurrency: NonZeroU32,
+    /// Global cap on rows read per second.
+    pub rows_per_second: Option<NonZeroU32>,
+    /// Rows per batch (one read, one write, one checkpoint).
+    pub batch_rows: NonZeroU32,
+    /// Retry behaviour per partition.
+    pub retry: RetryPolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            concurrency: NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN),
+            rows_per_second: None,
+            batch_rows: NonZeroU32::new(5000).unwrap_or(NonZeroU32::MIN),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// How the parser reaches the world: environment variables for `${VAR}` and the spec's folder
+/// for relative SQLite paths. Passed in so parsing stays pure and testable.
+pub struct ParseContext<'a> {
+    /// Looks up an environment variable.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Folder that relative `sqlite://` paths are resolved against.
+    pub base_dir: &'a Path,
+}
+
+/// The outcome of parsing: a spec when there was no error, and every diagnostic (warnings can
+/// accompany a valid spec).
+#[derive(Debug)]
+pub struct Parsed {
+    /// The spec, present when no diagnostic is an error.
+    pub spec: Option<Spec>,
+    /// All problems found, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Parses and validates spec `text`. Never panics, whatever the input.
+pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
+    parse::parse(text, ctx)
+}
+
+/// Checks an SQL identifier (`name` or `schema.name`): ASCII letters, digits, `_`, `$`, not
+/// starting with a digit, at most 63 characters per part.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').count() <= 2
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part.len() <= 63
+                && !part.as_bytes()[0].is_ascii_digit()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+        })
+}

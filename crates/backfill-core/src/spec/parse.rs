@@ -1,0 +1,949 @@
+//! The spec parser: walks the spanned TOML document and builds a [`Spec`] or diagnostics.
+
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::schema::{keys_under, suggest};
+use super::{Limits, ParseContext, Parsed, SourceSpec, Spec, TargetSpec, WriteMode, is_identifier};
+use crate::diag::{Diagnostic, line_col};
+use crate::params::named_params;
+use crate::plan::{Scope, Step, Window, short_hash};
+use crate::retry::RetryPolicy;
+use crate::secret::{SecretUrl, redact};
+use crate::timefmt::TimeFormat;
+
+/// Schemes this build can connect to.
+pub(crate) const SUPPORTED_SCHEMES: &[&str] = &["sqlite"];
+
+struct Walker<'t> {
+    text: &'t str,
+    diags: Vec<Diagnostic>,
+}
+
+type Table<'i> = DeTable<'i>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+impl<'t> Walker<'t> {
+    fn pos(&self, span: Range<usize>) -> Option<(usize, usize)> {
+        Some(line_col(self.text, span.start))
+    }
+
+    fn error(
+        &mut self,
+        path: &str,
+        span: Option<Range<usize>>,
+        msg: impl Into<String>,
+    ) -> &mut Diagnostic {
+        let position = span.and_then(|s| self.pos(s));
+        self.diags.push(Diagnostic::error(path, msg).at(position));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn warn(
+        &mut self,
+        path: &str,
+        span: Option<Range<usize>>,
+        msg: impl Into<String>,
+    ) -> &mut Diagnostic {
+        let position = span.and_then(|s| self.pos(s));
+        self.diags.push(Diagnostic::warning(path, msg).at(position));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    /// Reports every key of `table` not declared in the schema under `prefix`.
+    fn unknown_keys(&mut self, table: &Table<'_>, prefix: &str) {
+        let known = keys_under(prefix);
+        for (k, _) in table.iter() {
+            let name: &str = k.get_ref();
+            if known.contains(&name) {
+                continue;
+            }
+            let path = if prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let path = path.replace("[]", "");
+            let hint = match suggest(name, &known) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("known keys here: {}", known.join(", ")),
+            };
+            self.error(&path, Some(k.span()), format!("unknown key `{name}`"))
+                .hint = Some(hint);
+        }
+    }
+
+    fn section<'a, 'i>(
+        &mut self,
+        root: &'a Table<'i>,
+        name: &str,
+        required: bool,
+    ) -> Option<&'a Table<'i>> {
+        match root.get(name).map(|v| (v.get_ref(), v.span())) {
+            Some((DeValue::Table(t), _)) => {
+                self.unknown_keys(t, name);
+                Some(t)
+            }
+            Some((_, span)) => {
+                self.error(
+                    name,
+                    Some(span),
+                    format!("`{name}` must be a table (`[{name}]`)"),
+                );
+                None
+            }
+            None if required => {
+                self.error(name, None, format!("missing section `[{name}]`"))
+                    .hint = Some(format!("add a `[{name}]` table; see docs/spec.md"));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn string(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<(String, Range<usize>)> {
+        let path = join(section, key);
+        match table.get(key) {
+            Some(v) => match v.get_ref() {
+                DeValue::String(s) => Some((s.to_string(), v.span())),
+                other => {
+                    self.error(
+                        &path,
+                        Some(v.span()),
+                        format!("expected a string, found {}", kind(other)),
+                    );
+                    None
+                }
+            },
+            None if required => {
+                self.error(&path, None, format!("missing required key `{key}`"));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn integer(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        key: &str,
+    ) -> Option<(i64, Range<usize>)> {
+        let v = table.get(key)?;
+        match v.get_ref() {
+            DeValue::Integer(i) => {
+                match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                    Ok(n) => Some((n, v.span())),
+                    Err(_) => {
+                        self.error(&join(section, key), Some(v.span()), "integer out of range");
+                        None
+                    }
+                }
+            }
+            other => {
+                self.error(
+                    &join(section, key),
+                    Some(v.span()),
+                    format!("expected an integer, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive_u32(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        key: &str,
+        default: u32,
+    ) -> NonZeroU32 {
+        let fallback = NonZeroU32::new(default).unwrap_or(NonZeroU32::MIN);
+        let Some((n, span)) = self.integer(table, section, key) else {
+            return fallback;
+        };
+        match u32::try_from(n).ok().and_then(NonZeroU32::new) {
+            Some(n) => n,
+            None => {
+                self.error(
+                    &join(section, key),
+                    Some(span),
+                    format!("must be between 1 and {}, found {n}", u32::MAX),
+                );
+                fallback
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some((s, span)) = self.string(table, section, key, false) else {
+            return default;
+        };
+        match humantime::parse_duration(&s) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(
+                    &join(section, key),
+                    Some(span),
+                    format!("invalid duration `{s}`: {e}"),
+                )
+                .hint = Some("write e.g. `200ms`, `5s`, `2m`".to_owned());
+                default
+            }
+        }
+    }
+
+    fn url(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        ctx: &ParseContext<'_>,
+    ) -> Option<SecretUrl> {
+        let (raw, span) = self.string(table, section, "url", true)?;
+        let path = join(section, "url");
+        let expanded = match expand_env(&raw, ctx.env) {
+            Ok(s) => s,
+            Err(var) => {
+                self.error(
+                    &path,
+                    Some(span),
+                    format!("environment variable `{var}` is not set"),
+                )
+                .hint = Some(format!(
+                    "export {var}=… before running, or remove `${{{var}}}` from the URL"
+                ));
+                return None;
+            }
+        };
+        let scheme = expanded
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !expanded.contains(':') || !SUPPORTED_SCHEMES.contains(&scheme.as_str()) {
+            self.error(
+                &path,
+                Some(span),
+                format!("unsupported URL `{}`", redact(&expanded)),
+            )
+            .hint = Some(format!(
+                "supported schemes: {}; e.g. `sqlite://data/events.db` (relative to the spec file)",
+                SUPPORTED_SCHEMES.join(", ")
+            ));
+            return None;
+        }
+        Some(SecretUrl::new(resolve_sqlite_path(&expanded, ctx.base_dir)))
+    }
+
+    fn instant(&mut self, v: &Value<'_>, path: &str, tz: Tz) -> Option<DateTime<Utc>> {
+        let text = match v.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Datetime(d) => d.to_string(),
+            other => {
+                self.error(
+                    path,
+                    Some(v.span()),
+                    format!("expected a date-time, found {}", kind(other)),
+                );
+                return None;
+            }
+        };
+        match parse_instant(&text, tz) {
+            Some(t) => Some(t),
+            None => {
+                self.error(path, Some(v.span()), format!("`{text}` is not a date-time"))
+                    .hint = Some("use RFC 3339 (`2026-03-01T00:00:00Z`), a date (`2026-03-01`) or a local date-time read in `scope.timezone`".to_owned());
+                None
+            }
+        }
+    }
+}
+
+fn join(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
+fn kind(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// Replaces `${VAR}` with the variable's value; `Err(VAR)` for the first unset variable.
+fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        out.push_str(&env(var).ok_or_else(|| var.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Makes a relative `sqlite://` path absolute against the spec's folder, so a spec works from
+/// any working directory.
+fn resolve_sqlite_path(url: &str, base: &std::path::Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_owned();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.starts_with(':') || path.starts_with('/') {
+        return url.to_owned();
+    }
+    let abs = base.join(path);
+    let mut out = format!("sqlite://{}", abs.display());
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Parses an instant: RFC 3339 with offset; otherwise a local date or date-time in `tz`.
+pub(crate) fn parse_instant(s: &str, tz: Tz) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    })?;
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
+    let mut w = Walker {
+        text,
+        diags: Vec::new(),
+    };
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let position = e.span().map(|s| line_col(text, s.start));
+            let message = e.message().trim().to_owned();
+            w.diags
+                .push(Diagnostic::error("", format!("invalid TOML: {message}")).at(position));
+            return Parsed {
+                spec: None,
+                diagnostics: w.diags,
+            };
+        }
+    };
+    let root = doc.get_ref();
+    w.unknown_keys(root, "");
+
+    let name = w.string(root, "", "name", true).and_then(|(name, span)| {
+        let ok = !name.is_empty()
+            && name.len() <= 100
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Some(name)
+        } else {
+            w.error("name", Some(span), format!("invalid name `{name}`"))
+                .hint = Some("use letters, digits, `_` and `-` (at most 100)".to_owned());
+            None
+        }
+    });
+    let reason = w
+        .string(root, "", "reason", false)
+        .map(|(r, _)| r)
+        .filter(|r| !r.trim().is_empty());
+
+    let source = w
+        .section(root, "source", true)
+        .and_then(|t| source_spec(&mut w, t, ctx));
+    let target_table = w.section(root, "target", true);
+    let scope_table = w.section(root, "scope", true);
+    let scope = scope_table.and_then(|t| scope(&mut w, t));
+    let limits = match w.section(root, "limits", false) {
+        Some(t) => limits(&mut w, t),
+        None => Limits::default(),
+    };
+    let source_format = source
+        .as_ref()
+        .map_or(TimeFormat::Rfc3339, |s| s.time_format.clone());
+    let target = target_table.and_then(|t| target_spec(&mut w, t, ctx, &source_format));
+
+    // Cross-field rules.
+    if let (Some(src), Some(scope)) = (&source, &scope) {
+        let needs_window = !matches!(scope, Scope::List(v) if v.is_empty());
+        let params = named_params(&src.query);
+        let span = source_table_span(root, "query");
+        for p in ["start", "end"] {
+            if needs_window && !params.iter().any(|n| n == p) {
+                w.error("source.query", span.clone(), format!("the query does not use `:{p}`"))
+                    .hint = Some("filter the window with bound parameters, e.g. `WHERE ts >= :start AND ts < :end`".to_owned());
+            }
+        }
+        for p in &params {
+            if p != "start" && p != "end" {
+                w.error(
+                    "source.query",
+                    span.clone(),
+                    format!("unknown parameter `:{p}`"),
+                )
+                .hint = Some("only `:start` and `:end` are bound".to_owned());
+            }
+        }
+    }
+
+    w.diags
+        .sort_by_key(|d| (d.position.unwrap_or((usize::MAX, 0)), d.path.clone()));
+    let has_error = w.diags.iter().any(Diagnostic::is_error);
+    let spec = match (name, source, target, scope, has_error) {
+        (Some(name), Some(source), Some(target), Some(scope), false) => Some(Spec {
+            name,
+            reason,
+            source,
+            target,
+            scope,
+            limits,
+            redacted_text: redact(text),
+            spec_hash: short_hash(&[text]),
+        }),
+        _ => None,
+    };
+    Parsed {
+        spec,
+        diagnostics: w.diags,
+    }
+}
+
+fn source_table_span(root: &Table<'_>, key: &str) -> Option<Range<usize>> {
+    match root.get("source")?.get_ref() {
+        DeValue::Table(t) => t.get(key).map(|v| v.span()),
+        _ => None,
+    }
+}
+
+fn time_format(
+    w: &mut Walker<'_>,
+    t: &Table<'_>,
+    section: &str,
+    default: &TimeFormat,
+) -> Option<TimeFormat> {
+    match w.string(t, section, "time_format", false) {
+        None => Some(default.clone()),
+        Some((s, span)) => match TimeFormat::parse(&s) {
+            Some(f) => Some(f),
+            None => {
+                w.error(&join(section, "time_format"), Some(span), format!("unknown time format `{s}`"))
+                    .hint = Some("use `rfc3339`, `unix`, `unix_ms` or a strftime pattern such as `%Y-%m-%d %H:%M:%S`".to_owned());
+                None
+            }
+        },
+    }
+}
+
+fn identifier(
+    w: &mut Walker<'_>,
+    value: Option<(String, Range<usize>)>,
+    path: &str,
+) -> Option<String> {
+    let (s, span) = value?;
+    if is_identifier(&s) {
+        Some(s)
+    } else {
+        w.error(path, Some(span), format!("`{s}` is not a valid identifier"))
+            .hint = Some(
+            "use letters, digits and `_` (optionally `schema.table`); quoting is done for you"
+                .to_owned(),
+        );
+        None
+    }
+}
+
+fn source_spec(w: &mut Walker<'_>, t: &Table<'_>, ctx: &ParseContext<'_>) -> Option<SourceSpec> {
+    let url = w.url(t, "source", ctx);
+    let query = w.string(t, "source", "query", true).and_then(|(q, span)| {
+        if q.trim().is_empty() {
+            w.error("source.query", Some(span), "the query is empty");
+            None
+        } else {
+            Some(q)
+        }
+    });
+    let time_format = time_format(w, t, "source", &TimeFormat::Rfc3339);
+    let time_column_raw = w.string(t, "source", "time_column", false);
+    let had_column = time_column_raw.is_some();
+    let time_column = identifier(w, time_column_raw, "source.time_column");
+    if had_column && time_column.is_none() {
+        return None;
+    }
+    Some(SourceSpec {
+        url: url?,
+        query: query?,
+        time_format: time_format?,
+        time_column,
+    })
+}
+
+fn target_spec(
+    w: &mut Walker<'_>,
+    t: &Table<'_>,
+    ctx: &ParseContext<'_>,
+    source_format: &TimeFormat,
+) -> Option<TargetSpec> {
+    let url = w.url(t, "target", ctx);
+    let mode_raw = w.string(t, "target", "mode", false);
+    let mode_name = mode_raw
+        .as_ref()
+        .map_or("upsert".to_owned(), |(m, _)| m.clone());
+    let table_raw = w.string(t, "target", "table", false);
+    let table_span = table_raw.as_ref().map(|(_, s)| s.clone());
+    let table = identifier(w, table_raw, "target.table");
+    let key = key_list(w, t);
+    let time_format = time_format(w, t, "target", source_format);
+    let window_column_raw = w.string(t, "target", "window_column", false);
+    let window_column = identifier(w, window_column_raw, "target.window_column");
+    let sql = w.string(t, "target", "sql", false);
+
+    let needs_table_and_key = |w: &mut Walker<'_>, mode: &str| {
+        if table.is_none() && table_span.is_none() {
+            w.error("target.table", None, format!("`{mode}` mode needs `table`"));
+        }
+        if key.as_ref().is_some_and(|k| k.is_empty()) {
+            w.error(
+                "target.key",
+                None,
+                format!("`{mode}` mode needs `key`, the key columns"),
+            )
+            .hint = Some(
+                "e.g. `key = [\"id\"]`; the source query must return these columns".to_owned(),
+            );
+        }
+    };
+    let mode = match mode_name.as_str() {
+        "upsert" => {
+            needs_table_and_key(w, "upsert");
+            Some(WriteMode::Upsert)
+        }
+        "replace" => {
+            needs_table_and_key(w, "replace");
+            match window_column {
+                Some(c) => Some(WriteMode::Replace { window_column: c }),
+                None => {
+                    w.error(
+                        "target.window_column",
+                        None,
+                        "`replace` mode needs `window_column`",
+                    )
+                    .hint = Some(
+                        "the target column compared with `:start`/`:end` when deleting a window"
+                            .to_owned(),
+                    );
+                    None
+                }
+            }
+        }
+        "sql" => match sql {
+            Some((statement, span)) => {
+                let params = named_params(&statement);
+                for p in ["start", "end"] {
+                    if !params.iter().any(|n| n == p) {
+                        w.error(
+                            "target.sql",
+                            Some(span.clone()),
+                            format!("the statement does not use `:{p}`"),
+                        )
+                        .hint = Some(
+                            "without the window each partition would redo the whole table"
+                                .to_owned(),
+                        );
+                    }
+                }
+                Some(WriteMode::Sql { statement })
+            }
+            None => {
+                w.error(
+                    "target.sql",
+                    None,
+                    "`sql` mode needs `sql`, the statement run per partition",
+                );
+                None
+            }
+        },
+        other => {
+            let span = mode_raw.map(|(_, s)| s);
+            let hint = match suggest(other, &["upsert", "replace", "sql"]) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "use `upsert`, `replace` or `sql`".to_owned(),
+            };
+            w.error("target.mode", span, format!("unknown write mode `{other}`"))
+                .hint = Some(hint);
+            None
+        }
+    };
+    Some(TargetSpec {
+        url: url?,
+        table,
+        key: key?,
+        mode: mode?,
+        time_format: time_format?,
+    })
+}
+
+fn key_list(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Vec<String>> {
+    let Some(v) = t.get("key") else {
+        return Some(Vec::new());
+    };
+    let items: Vec<(String, Range<usize>)> = match v.get_ref() {
+        DeValue::String(s) => vec![(s.to_string(), v.span())],
+        DeValue::Array(items) => {
+            let mut out = Vec::new();
+            for item in items.iter() {
+                match item.get_ref() {
+                    DeValue::String(s) => out.push((s.to_string(), item.span())),
+                    other => {
+                        w.error(
+                            "target.key",
+                            Some(item.span()),
+                            format!("expected a column name, found {}", kind(other)),
+                        );
+                        return None;
+                    }
+                }
+            }
+            out
+        }
+        other => {
+            w.error(
+                "target.key",
+                Some(v.span()),
+                format!("expected an array of column names, found {}", kind(other)),
+            );
+            return None;
+        }
+    };
+    if items.is_empty() {
+        w.error("target.key", Some(v.span()), "the key list is empty")
+            .hint = Some("e.g. `key = [\"id\"]`".to_owned());
+        return None;
+    }
+    let mut out = Vec::new();
+    for item in items {
+        if out.contains(&item.0) {
+            w.error(
+                "target.key",
+                Some(item.1.clone()),
+                format!("column `{}` is listed twice", item.0),
+            );
+            return None;
+        }
+        out.push(identifier(w, Some(item), "target.key")?);
+    }
+    Some(out)
+}
+
+fn scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
+    let has = |k: &str| t.get(k).is_some();
+    let time = has("start") || has("end") || has("partition");
+    let key = has("from") || has("to") || has("chunk") || has("key");
+    let list = has("list");
+    match (time, key, list) {
+        (true, false, false) => time_scope(w, t),
+        (false, true, false) => key_scope(w, t),
+        (false, false, true) => list_scope(w, t),
+        (false, false, false) => {
+            w.error("scope", None, "the scope is empty")
+                .hint = Some("set `start`, `end` and `partition` (time), `from`, `to` and `chunk` (keys), or `list`".to_owned());
+            None
+        }
+        _ => {
+            w.error("scope", None, "the scope mixes kinds")
+                .hint = Some("use exactly one of: time (`start`/`end`/`partition`), keys (`from`/`to`/`chunk`), or `list`".to_owned());
+            None
+        }
+    }
+}
+
+fn timezone(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Tz> {
+    match w.string(t, "scope", "timezone", false) {
+        None => Some(Tz::UTC),
+        Some((s, span)) => match s.parse::<Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                w.error(
+                    "scope.timezone",
+                    Some(span),
+                    format!("unknown time zone `{s}`"),
+                )
+                .hint = Some(
+                    "use an IANA name such as `UTC`, `Europe/Berlin` or `America/New_York`"
+                        .to_owned(),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn time_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
+    let tz = timezone(w, t);
+    let zone = tz.unwrap_or(Tz::UTC);
+    let get = |w: &mut Walker<'_>, k: &str| match t.get(k) {
+        Some(v) => w.instant(v, &join("scope", k), zone).map(|i| (i, v.span())),
+        None => {
+            w.error(&join("scope", k), None, format!("a time scope needs `{k}`"));
+            None
+        }
+    };
+    let start = get(w, "start");
+    let end = get(w, "end");
+    let step = match w.string(t, "scope", "partition", false) {
+        Some((s, span)) => match Step::parse(&s) {
+            Ok(step) => Some(step),
+            Err(msg) => {
+                w.error(
+                    "scope.partition",
+                    Some(span),
+                    format!("invalid partition size: {msg}"),
+                )
+                .hint = Some("e.g. `15m`, `1h`, `1d`, `1mo`".to_owned());
+                None
+            }
+        },
+        None => {
+            w.error(
+                "scope.partition",
+                None,
+                "a time scope needs `partition`, the partition size",
+            )
+            .hint = Some("e.g. `partition = \"1h\"`".to_owned());
+            None
+        }
+    };
+    let ((start, _), (end, end_span)) = (start?, end?);
+    if start >= end {
+        w.error(
+            "scope.end",
+            Some(end_span),
+            format!("end ({end}) must be after start ({start})"),
+        )
+        .hint = Some("the scope is the half-open range [start, end)".to_owned());
+        return None;
+    }
+    Some(Scope::Time {
+        start,
+        end,
+        step: step?,
+        timezone: tz?,
+    })
+}
+
+fn key_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
+    let _ = w.string(t, "scope", "key", false);
+    let need = |w: &mut Walker<'_>, k: &str| {
+        let v = w.integer(t, "scope", k);
+        if v.is_none() && t.get(k).is_none() {
+            w.error(&join("scope", k), None, format!("a key scope needs `{k}`"));
+        }
+        v
+    };
+    let from = need(w, "from");
+    let to = need(w, "to");
+    let chunk = need(w, "chunk");
+    let ((from, _), (to, to_span), (chunk, chunk_span)) = (from?, to?, chunk?);
+    let mut ok = true;
+    if chunk <= 0 {
+        w.error(
+            "scope.chunk",
+            Some(chunk_span),
+            format!("chunk must be positive, found {chunk}"),
+        );
+        ok = false;
+    }
+    if from >= to {
+        w.error(
+            "scope.to",
+            Some(to_span),
+            format!("to ({to}) must be greater than from ({from})"),
+        )
+        .hint = Some("the scope is the half-open range [from, to)".to_owned());
+        ok = false;
+    }
+    ok.then(|| Scope::Key {
+        from,
+        to,
+        chunk: chunk.unsigned_abs(),
+    })
+}
+
+fn list_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
+    let tz = timezone(w, t).unwrap_or(Tz::UTC);
+    let v = t.get("list")?;
+    let DeValue::Array(items) = v.get_ref() else {
+        w.error(
+            "scope.list",
+            Some(v.span()),
+            format!("expected an array of windows, found {}", kind(v.get_ref())),
+        );
+        return None;
+    };
+    let mut windows = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("scope.list[{i}]");
+        let DeValue::Table(entry) = item.get_ref() else {
+            w.error(
+                &path,
+                Some(item.span()),
+                "expected `{ start = …, end = … }`",
+            );
+            ok = false;
+            continue;
+        };
+        w.unknown_keys(entry, "scope.list[]");
+        let (Some(s), Some(e)) = (entry.get("start"), entry.get("end")) else {
+            w.error(
+                &path,
+                Some(item.span()),
+                "a listed window needs `start` and `end`",
+            );
+            ok = false;
+            continue;
+        };
+        let window = match (s.get_ref(), e.get_ref()) {
+            (DeValue::Integer(_), DeValue::Integer(_)) => {
+                match (
+                    w.integer(entry, &path, "start"),
+                    w.integer(entry, &path, "end"),
+                ) {
+                    (Some((a, _)), Some((b, _))) => Some(Window::Key { start: a, end: b }),
+                    _ => None,
+                }
+            }
+            _ => match (
+                w.instant(s, &format!("{path}.start"), tz),
+                w.instant(e, &format!("{path}.end"), tz),
+            ) {
+                (Some(a), Some(b)) => Some(Window::Time { start: a, end: b }),
+                _ => None,
+            },
+        };
+        match window {
+            Some(win) if win.is_empty() => {
+                w.error(&path, Some(item.span()), "end must be after start");
+                ok = false;
+            }
+            Some(win) => windows.push(win),
+            None => ok = false,
+        }
+    }
+    let time = windows
+        .iter()
+        .filter(|w| matches!(w, Window::Time { .. }))
+        .count();
+    if time != 0 && time != windows.len() {
+        w.error(
+            "scope.list",
+            Some(v.span()),
+            "the list mixes time and key windows",
+        );
+        return None;
+    }
+    if windows.is_empty() && ok {
+        w.error("scope.list", Some(v.span()), "the list is empty");
+        return None;
+    }
+    if let Err(e) = crate::plan::partitions(&Scope::List(windows.clone())) {
+        w.error("scope.list", Some(v.span()), e.to_string());
+        return None;
+    }
+    ok.then_some(Scope::List(windows))
+}
+
+fn limits(w: &mut Walker<'_>, t: &Table<'_>) -> Limits {
+    let d = Limits::default();
+    let concurrency = w.positive_u32(t, "limits", "concurrency", d.concurrency.get());
+    let batch_rows = w.positive_u32(t, "limits", "batch_rows", d.batch_rows.get());
+    let rows_per_second = t
+        .get("rows_per_second")
+        .map(|_| w.positive_u32(t, "limits", "rows_per_second", u32::MAX));
+    let max_attempts = w.positive_u32(t, "limits", "max_attempts", d.retry.max_attempts);
+    let base = w.duration(t, "limits", "retry_base", d.retry.base);
+    let cap = w.duration(t, "limits", "retry_cap", d.retry.cap);
+    if concurrency.get() > 1024 {
+        w.error(
+            "limits.concurrency",
+            t.get("concurrency").map(|v| v.span()),
+            "at most 1024",
+        );
+    }
+    if batch_rows.get() > 1_000_000 {
+        w.warn(
+            "limits.batch_rows",
+            t.get("batch_rows").map(|v| v.span()),
+            "batches over 1,000,000 rows use a lot of memory",
+        );
+    }
+    Limits {
+        concurrency,
+        rows_per_second,
+        batch_rows,
+        retry: RetryPolicy {
+            base,
+            cap: cap.max(base),
+            max_attempts: max_attempts.get(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
