@@ -1,1 +1,338 @@
-//! placeholder
+//! Sources and sinks: reading a window of rows and writing batches of them, per database.
+//!
+//! Owns: the [`Source`] and [`Sink`] protocols, one module per system ([`sqlite`] today;
+//! PostgreSQL and MySQL drop in the same way), and the single place where systems are
+//! registered: the closed enums [`AnySource`] and [`AnySink`], built by [`open_source`] and
+//! [`open_sink`] from the URL scheme. The engine only ever sees database-neutral types:
+//! [`Value`], [`Batch`], [`Window`] and [`RowCounts`].
+//!
+//! Does not: plan, retry, throttle, checkpoint or decide when to commit a partition; the engine
+//! does. Connectors never read the state store; the one bridge is [`Extra`], a statement the
+//! engine hands in to run inside the write transaction.
+//!
+//! Invariants:
+//! - Writes are idempotent per batch: writing the same batch again, any number of times,
+//!   leaves the target as one write would (upsert skips identical rows; replace deletes the
+//!   window first, in the same transaction).
+//! - Every value, window bound and key is a bound parameter; no value is ever pasted into SQL.
+//! - Identifiers (table, key and column names) are validated with
+//!   [`backfill_core::spec::is_identifier`] and quoted before they reach SQL text.
+//! - A write and its [`Extra`] statement commit together or not at all.
+//! - Error messages never hold a password (see [`ConnectorError`]).
+
+mod error;
+mod ident;
+pub mod sqlite;
+mod window;
+
+use std::future::Future;
+
+use backfill_core::plan::Window;
+use backfill_core::spec::{SourceSpec, TargetSpec};
+use backfill_core::timefmt::TimeFormat;
+use backfill_core::value::{Batch, RowCounts, Value};
+
+pub use error::ConnectorError;
+
+/// A statement the engine runs inside a sink's write transaction, after the write: the
+/// state-store checkpoint when the target database is the state store, so the batch and its
+/// checkpoint commit together (design invariant 2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Extra {
+    /// SQL in the target's dialect, with positional placeholders (`?` for SQLite).
+    pub sql: String,
+    /// One value per placeholder.
+    pub params: Vec<Value>,
+}
+
+/// Reads the rows of one window, in key order, a batch at a time.
+///
+/// Protocol: the engine opens a source once per run (see [`open_source`]) with the key columns
+/// of the target; for each partition it calls [`read_batch`](Source::read_batch) with
+/// `after = None`, then again with the key of the last row it wrote (its checkpoint) until a
+/// batch comes back shorter than `limit`. `count`, `sample` and `count_with_format` serve
+/// `plan` and `check`. Every method may be called concurrently from several partitions.
+///
+/// Guarantees: keyset pagination returns every row of the window exactly once, in key order,
+/// across batches and across a resume from a checkpoint, provided the key is unique in the
+/// query's result. Rows with a NULL key are refused with [`ConnectorError::Data`], since they
+/// could be neither ordered nor resumed past.
+///
+/// Errors: [`ConnectorError::class`] says whether retrying the same call may help.
+pub trait Source {
+    /// Rows of `window` whose key is strictly greater than `after` (`None`: from the start),
+    /// ordered by the key columns, at most `limit` of them. `columns` is filled even when no
+    /// row matches.
+    fn read_batch(
+        &self,
+        window: &Window,
+        after: Option<&[Value]>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Batch, ConnectorError>> + Send;
+
+    /// Positions of the key columns in `columns` (a batch's columns), in key order;
+    /// [`ConnectorError::MissingColumn`] when one is absent.
+    fn key_positions(&self, columns: &[String]) -> Result<Vec<usize>, ConnectorError>;
+
+    /// Number of rows the query returns for `window`, bound with the configured time format.
+    fn count(&self, window: &Window) -> impl Future<Output = Result<u64, ConnectorError>> + Send;
+
+    /// Up to `limit` non-NULL values of `column` from the query over `window` (used by `check`
+    /// to validate the time format against real data).
+    fn sample(
+        &self,
+        window: &Window,
+        column: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Value>, ConnectorError>> + Send;
+
+    /// Like [`count`](Source::count) but binding time windows with `format`, to suggest the
+    /// right `time_format` when the configured one finds nothing.
+    fn count_with_format(
+        &self,
+        window: &Window,
+        format: &TimeFormat,
+    ) -> impl Future<Output = Result<u64, ConnectorError>> + Send;
+
+    /// Closes the connections; later calls fail.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Writes batches into the target, idempotently.
+///
+/// Protocol: the engine opens a sink once per run (see [`open_sink`]) and calls
+/// [`check_columns`](Sink::check_columns) with the source's columns before the first write.
+/// Then, per the spec's write mode:
+/// - `upsert`: [`upsert`](Sink::upsert) once per batch, each in its own transaction;
+/// - `replace`: [`begin_replace`](Sink::begin_replace) once per partition, then
+///   [`ReplaceTxn::insert`] per batch, then [`ReplaceTxn::commit`];
+/// - `sql`: [`execute_sql`](Sink::execute_sql) once per partition.
+///
+/// Guarantees: a call that returns an error has written nothing (its transaction rolled back);
+/// replaying a batch or a partition leaves the target as one clean run would.
+///
+/// Errors: [`ConnectorError::class`] says whether retrying may help. An [`Extra`] statement
+/// that affects other than exactly one row fails the write with a permanent error: the
+/// attempt is stale (another worker owns the partition now).
+pub trait Sink {
+    /// Checks that the target table exists and has every column of `columns` (and, for
+    /// upsert, a PRIMARY KEY or UNIQUE index on the key); returns the table's columns.
+    fn check_columns(
+        &self,
+        columns: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, ConnectorError>> + Send;
+
+    /// Inserts new keys and updates changed rows of `batch` in one transaction, then runs
+    /// `extra` in it. Rows identical to the target are not written. Counts are exact:
+    /// `inserted + updated + unchanged == batch.len()`; `read` is left 0 (the engine counts
+    /// reads).
+    fn upsert(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+    ) -> impl Future<Output = Result<RowCounts, ConnectorError>> + Send;
+
+    /// Starts a transaction that has deleted the rows of `window` from the target (by the
+    /// spec's `window_column`, bound with the target time format, or as integers for key
+    /// windows). Nothing is visible to others until [`ReplaceTxn::commit`].
+    fn begin_replace(
+        &self,
+        window: &Window,
+    ) -> impl Future<Output = Result<ReplaceTxn, ConnectorError>> + Send;
+
+    /// Runs the spec's `sql` statement once with `:start` and `:end` bound to `window`;
+    /// `affected` holds the rows it changed.
+    fn execute_sql(
+        &self,
+        window: &Window,
+    ) -> impl Future<Output = Result<RowCounts, ConnectorError>> + Send;
+
+    /// Closes the connections; later calls fail.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// A source of any registered system. Adding a system adds a variant and one arm per method.
+#[derive(Debug)]
+pub enum AnySource {
+    /// SQLite file (`sqlite://path`).
+    Sqlite(sqlite::SqliteSource),
+}
+
+/// A sink of any registered system. Adding a system adds a variant and one arm per method.
+#[derive(Debug)]
+pub enum AnySink {
+    /// SQLite file (`sqlite://path`).
+    Sqlite(sqlite::SqliteSink),
+}
+
+/// Opens the source of `spec` with a pool of at most `pool_size` connections, reading in the
+/// order of the `key` columns (the target's key). Checks the query compiles, uses no
+/// parameter but `:start`/`:end`, and returns every key column.
+pub async fn open_source(
+    spec: &SourceSpec,
+    key: &[String],
+    pool_size: u32,
+) -> Result<AnySource, ConnectorError> {
+    match spec.url.scheme().as_str() {
+        "sqlite" => Ok(AnySource::Sqlite(
+            sqlite::SqliteSource::open(spec, key, pool_size).await?,
+        )),
+        other => Err(unsupported(other, &spec.url)),
+    }
+}
+
+/// Opens the sink of `spec` with a pool of at most `pool_size` connections. The target
+/// database must exist; it is never created.
+pub async fn open_sink(spec: &TargetSpec, pool_size: u32) -> Result<AnySink, ConnectorError> {
+    match spec.url.scheme().as_str() {
+        "sqlite" => Ok(AnySink::Sqlite(
+            sqlite::SqliteSink::open(spec, pool_size).await?,
+        )),
+        other => Err(unsupported(other, &spec.url)),
+    }
+}
+
+fn unsupported(scheme: &str, url: &backfill_core::SecretUrl) -> ConnectorError {
+    ConnectorError::Connect {
+        url: url.redacted(),
+        message: format!("no connector for scheme `{scheme}` (supported: sqlite)"),
+    }
+}
+
+impl AnySource {
+    /// See [`Source::read_batch`].
+    pub async fn read_batch(
+        &self,
+        window: &Window,
+        after: Option<&[Value]>,
+        limit: u32,
+    ) -> Result<Batch, ConnectorError> {
+        match self {
+            AnySource::Sqlite(s) => s.read_batch(window, after, limit).await,
+        }
+    }
+
+    /// See [`Source::key_positions`].
+    pub fn key_positions(&self, columns: &[String]) -> Result<Vec<usize>, ConnectorError> {
+        match self {
+            AnySource::Sqlite(s) => s.key_positions(columns),
+        }
+    }
+
+    /// See [`Source::count`].
+    pub async fn count(&self, window: &Window) -> Result<u64, ConnectorError> {
+        match self {
+            AnySource::Sqlite(s) => s.count(window).await,
+        }
+    }
+
+    /// See [`Source::sample`].
+    pub async fn sample(
+        &self,
+        window: &Window,
+        column: &str,
+        limit: u32,
+    ) -> Result<Vec<Value>, ConnectorError> {
+        match self {
+            AnySource::Sqlite(s) => s.sample(window, column, limit).await,
+        }
+    }
+
+    /// See [`Source::count_with_format`].
+    pub async fn count_with_format(
+        &self,
+        window: &Window,
+        format: &TimeFormat,
+    ) -> Result<u64, ConnectorError> {
+        match self {
+            AnySource::Sqlite(s) => s.count_with_format(window, format).await,
+        }
+    }
+
+    /// See [`Source::close`].
+    pub async fn close(&self) {
+        match self {
+            AnySource::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+impl AnySink {
+    /// See [`Sink::check_columns`].
+    pub async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.check_columns(columns).await,
+        }
+    }
+
+    /// See [`Sink::upsert`].
+    pub async fn upsert(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+    ) -> Result<RowCounts, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.upsert(batch, extra).await,
+        }
+    }
+
+    /// See [`Sink::begin_replace`].
+    pub async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.begin_replace(window).await,
+        }
+    }
+
+    /// See [`Sink::execute_sql`].
+    pub async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.execute_sql(window).await,
+        }
+    }
+
+    /// See [`Sink::close`].
+    pub async fn close(&self) {
+        match self {
+            AnySink::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// An open `replace` transaction: the window is already deleted inside it.
+///
+/// Protocol: [`insert`](ReplaceTxn::insert) each batch of the partition, then
+/// [`commit`](ReplaceTxn::commit). Dropping it without committing rolls everything back (the
+/// delete included), so a failed or cancelled partition leaves the target untouched.
+#[derive(Debug)]
+pub struct ReplaceTxn {
+    inner: ReplaceInner,
+    deleted: u64,
+}
+
+#[derive(Debug)]
+enum ReplaceInner {
+    Sqlite(sqlite::SqliteReplace),
+}
+
+impl ReplaceTxn {
+    /// Rows of the window deleted when the transaction began.
+    pub fn deleted(&self) -> u64 {
+        self.deleted
+    }
+
+    /// Inserts `batch` inside the transaction; returns the rows inserted. A key that already
+    /// exists outside the window is a constraint error (permanent).
+    pub async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
+        match &mut self.inner {
+            ReplaceInner::Sqlite(t) => t.insert(batch).await,
+        }
+    }
+
+    /// Runs `extra` (must affect exactly one row) and commits the delete and every insert at
+    /// once. On error nothing is committed.
+    pub async fn commit(self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
+        match self.inner {
+            ReplaceInner::Sqlite(t) => t.commit(extra).await,
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub mod timefmt;
 pub mod value;
 
 pub use diag::{Diagnostic, Severity};
-pub use plan::{Partition, Scope, Step, Window};
+pub use plan::{Partition, Plan, Scope, Step, Window};
 pub use secret::SecretUrl;
 pub use spec::{Spec, WriteMode};
 pub use state::{PartitionState, RunState};

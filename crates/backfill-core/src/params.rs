@@ -29,10 +29,10 @@ pub struct Rewritten {
 pub fn named_params(sql: &str) -> Vec<String> {
     let mut names = Vec::new();
     scan(sql, |_, name| {
-        if let Some(name) = name {
-            if !names.iter().any(|n| n == name) {
-                names.push(name.to_owned());
-            }
+        if let Some(name) = name
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_owned());
         }
     });
     names

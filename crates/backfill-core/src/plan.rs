@@ -292,6 +292,39 @@ fn key_windows(from: i64, to: i64, chunk: u64) -> Result<Vec<Window>, PlanError>
     Ok(out)
 }
 
+/// The deterministic, ordered partitions of a spec, identified by a hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Partitions in execution order.
+    pub partitions: Vec<Partition>,
+    /// Hash of everything that decides what the run writes: the source query, the target and
+    /// write mode, and every partition window. Limits (concurrency, rate) are not part of it,
+    /// so changing them resumes the same run.
+    pub hash: String,
+}
+
+/// Plans `spec`: same spec, same partitions, same hash.
+pub fn plan(spec: &crate::spec::Spec) -> Result<Plan, PlanError> {
+    let partitions = partitions(&spec.scope)?;
+    let mut parts: Vec<String> = vec![
+        spec.name.clone(),
+        spec.source.url.redacted(),
+        spec.source.query.clone(),
+        spec.source.time_format.name().to_owned(),
+        spec.target.url.redacted(),
+        spec.target.table.clone().unwrap_or_default(),
+        spec.target.key.join(","),
+        format!("{:?}", spec.target.mode),
+        spec.target.time_format.name().to_owned(),
+    ];
+    parts.extend(partitions.iter().map(|p| p.window.canonical()));
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    Ok(Plan {
+        hash: short_hash(&refs),
+        partitions,
+    })
+}
+
 /// A short, stable hash of some text (hex), for plan and spec hashes.
 pub fn short_hash(parts: &[&str]) -> String {
     let mut hasher = blake3::Hasher::new();

@@ -1,1 +1,335 @@
-//! placeholder
+//! Runs a backfill plan: concurrency, rate limit, retries, checkpoints and progress.
+//!
+//! Owns time, async and the order of side effects. Deliberately does not parse specs or plan
+//! (that is `backfill-core`), store anything itself (`backfill-store`) or speak to databases
+//! (`backfill-connectors`): it takes all three as arguments, so the same engine runs from the
+//! CLI, from tests and from a library user's program.
+//!
+//! Invariants kept here (see ARCHITECTURE.md for the full list):
+//! - a checkpoint never runs ahead of a durable target write, and commits with it when the
+//!   target database is the state store;
+//! - a run of a spec resumes the unfinished run of the same spec instead of duplicating it;
+//! - a permanently failed partition does not stop the others; the run ends `failed`;
+//! - a stop request lets in-flight batches finish and checkpoint, then pauses the run.
+//!
+//! # Example
+//!
+//! Build a spec in code and run it (see `examples/library.rs` for a complete program):
+//!
+//! ```no_run
+//! # async fn demo(spec: backfill_core::Spec) -> Result<(), backfill_engine::EngineError> {
+//! use backfill_engine::{ExecuteOptions, Shutdown, prepare_run, execute};
+//! let store = backfill_store::Store::open("sqlite://.backfill/state.db").await?;
+//! let plan = backfill_core::plan::plan(&spec)?;
+//! let launch = prepare_run(&store, &spec, &plan, Some("fix March"), "me@host", false).await?;
+//! let options = ExecuteOptions::new("me@host", Shutdown::new());
+//! let summary = execute(&store, &spec, launch.run(), options).await?;
+//! println!("{} rows written", summary.counts.written());
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod events;
+mod execute;
+mod shutdown;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use backfill_connectors::{open_sink, open_source};
+use backfill_core::plan::Plan;
+use backfill_core::{PartitionState, RowCounts, RunState, Spec, WriteMode};
+use backfill_store::{NewRun, RunRecord, Store};
+use tokio::sync::mpsc;
+
+pub use error::EngineError;
+pub use events::{Emitter, Event};
+pub use shutdown::Shutdown;
+
+use crate::execute::{Ctx, PartitionEnd};
+
+/// Whether `prepare_run` made a new run or found the unfinished one of the same spec.
+#[derive(Clone, Debug)]
+pub enum Launch {
+    /// A new run was created (state `planned`).
+    Created(RunRecord),
+    /// An unfinished run of the same spec and plan exists; it will be resumed.
+    Resumed(RunRecord),
+}
+
+impl Launch {
+    /// The run to execute.
+    pub fn run(&self) -> &RunRecord {
+        match self {
+            Launch::Created(r) | Launch::Resumed(r) => r,
+        }
+    }
+}
+
+/// Finds the unfinished run of `spec` or creates a new one. A run needs a reason: `reason`
+/// (from the command line) or the spec's. With `force_new`, an unfinished run is left alone
+/// and a new one is created.
+pub async fn prepare_run(
+    store: &Store,
+    spec: &Spec,
+    plan: &Plan,
+    reason: Option<&str>,
+    owner: &str,
+    force_new: bool,
+) -> Result<Launch, EngineError> {
+    let reason = reason
+        .or(spec.reason.as_deref())
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .ok_or(EngineError::NoReason)?;
+    if !force_new && let Some(run) = store.find_unfinished_run(&spec.name).await? {
+        if run.plan_hash != plan.hash {
+            return Err(EngineError::PlanChanged {
+                run_id: run.id,
+                spec: spec.name.clone(),
+                stored: run.plan_hash,
+                current: plan.hash.clone(),
+            });
+        }
+        return Ok(Launch::Resumed(run));
+    }
+    let run = store
+        .create_run(NewRun {
+            spec_name: &spec.name,
+            spec_hash: &spec.spec_hash,
+            plan_hash: &plan.hash,
+            spec_text: &spec.redacted_text,
+            owner,
+            reason,
+            partitions: &plan.partitions,
+        })
+        .await?;
+    Ok(Launch::Created(run))
+}
+
+/// How `execute` reports and stops.
+pub struct ExecuteOptions {
+    /// Who is executing (user@host), recorded on every audit event.
+    pub actor: String,
+    /// Graceful stop request.
+    pub shutdown: Shutdown,
+    /// Receives progress events, when set.
+    pub listener: Option<mpsc::UnboundedSender<Event>>,
+}
+
+impl ExecuteOptions {
+    /// Options with no progress listener.
+    pub fn new(actor: &str, shutdown: Shutdown) -> Self {
+        ExecuteOptions {
+            actor: actor.to_owned(),
+            shutdown,
+            listener: None,
+        }
+    }
+}
+
+/// The outcome of `execute`.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// The run's state afterwards: `succeeded`, `failed` or `paused`.
+    pub state: RunState,
+    /// Totals over every partition of the run (including earlier sessions).
+    pub counts: RowCounts,
+    /// Partitions done / failed / total.
+    pub done: u64,
+    /// Partitions that failed permanently.
+    pub failed: u64,
+    /// All partitions of the run.
+    pub total: u64,
+    /// Failed partitions and their last error.
+    pub failures: Vec<(String, String)>,
+    /// Wall time of this call.
+    pub elapsed: std::time::Duration,
+    /// True when the target database is the state store (checkpoints commit with writes).
+    pub exactly_once: bool,
+}
+
+/// Executes (or continues) `run`: resets partitions a crashed process left `running`,
+/// reopens failed partitions of a failed or cancelled run, then processes every pending
+/// partition from its checkpoint.
+pub async fn execute(
+    store: &Store,
+    spec: &Spec,
+    run: &RunRecord,
+    options: ExecuteOptions,
+) -> Result<RunSummary, EngineError> {
+    let started = std::time::Instant::now();
+    let run = store.get_run(&run.id).await?;
+    if run.state == RunState::Succeeded {
+        return Err(EngineError::NotResumable {
+            run_id: run.id,
+            state: run.state.to_string(),
+            hint: "every partition is done; use `backfill run --new` to run the spec again".into(),
+        });
+    }
+    let pool = spec.limits.concurrency.get().saturating_add(1);
+    let source = open_source(&spec.source, &spec.target.key, pool).await?;
+    let sink = open_sink(&spec.target, pool).await?;
+    if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
+        preflight(spec, store, &run, &source, &sink).await?;
+    }
+
+    let actor = options.actor.as_str();
+    store.reset_interrupted(&run.id, actor).await?;
+    if matches!(run.state, RunState::Failed | RunState::Cancelled) {
+        store.reopen_failed(&run.id, actor).await?;
+    }
+    if run.state != RunState::Running {
+        store
+            .set_run_state(&run.id, RunState::Running, actor, serde_json_reason(&run))
+            .await?;
+    }
+
+    let records = store.partitions(&run.id).await?;
+    let pending: Vec<_> = records
+        .iter()
+        .filter(|p| p.state == PartitionState::Pending)
+        .map(|p| {
+            let partition = backfill_core::Partition {
+                id: p.partition_id.clone(),
+                index: p.index as usize,
+                window: p.window,
+            };
+            (partition, p.checkpoint.clone())
+        })
+        .collect();
+
+    let same_database = match (store.sqlite_path(), sqlite_file(spec.target.url.expose())) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    };
+    let emitter = Emitter::new(&run.id, options.listener);
+    let ctx = Arc::new(Ctx {
+        run_id: run.id.clone(),
+        actor: actor.to_owned(),
+        limiter: execute::limiter(spec),
+        spec: spec.clone(),
+        store: store.clone(),
+        source,
+        sink,
+        shutdown: options.shutdown.clone(),
+        emitter: emitter.clone(),
+        same_database,
+    });
+    let watcher = {
+        let shutdown = options.shutdown.clone();
+        let emitter = emitter.clone();
+        tokio::spawn(async move {
+            shutdown.requested().await;
+            emitter.emit(Event::Stopping);
+        })
+    };
+    let ends = execute::run_partitions(ctx.clone(), pending).await;
+    watcher.abort();
+    ctx.source.close().await;
+    ctx.sink.close().await;
+
+    let interrupted = ends
+        .iter()
+        .any(|(_, end)| matches!(end, PartitionEnd::Interrupted))
+        || options.shutdown.is_requested();
+    store.reset_interrupted(&run.id, actor).await?;
+    let records = store.partitions(&run.id).await?;
+    let summary_of = |state| summarize(&records, state, started, same_database);
+    let done = records.iter().all(|p| p.state == PartitionState::Done);
+    let any_pending = records.iter().any(|p| p.state == PartitionState::Pending);
+    let final_state = if done {
+        RunState::Succeeded
+    } else if interrupted || any_pending {
+        RunState::Paused
+    } else {
+        RunState::Failed
+    };
+    let summary = summary_of(final_state);
+    let detail = serde_json::json!({
+        "done": summary.done,
+        "failed": summary.failed,
+        "total": summary.total,
+        "rows_read": summary.counts.read,
+        "rows_written": summary.counts.written(),
+    });
+    store
+        .set_run_state(&run.id, final_state, actor, detail)
+        .await?;
+    Ok(summary)
+}
+
+/// Checks before any write that the target has the columns the source returns, so a typo in
+/// the query fails the run up front rather than every partition.
+async fn preflight(
+    spec: &Spec,
+    _store: &Store,
+    run: &RunRecord,
+    source: &backfill_connectors::AnySource,
+    sink: &backfill_connectors::AnySink,
+) -> Result<(), EngineError> {
+    let _ = run;
+    let scope_partitions = backfill_core::plan::partitions(&spec.scope)?;
+    // The first non-empty partition among the first few gives the column list.
+    for partition in scope_partitions.iter().take(3) {
+        let batch = source.read_batch(&partition.window, None, 1).await?;
+        if !batch.columns.is_empty() {
+            source.key_positions(&batch.columns)?;
+            sink.check_columns(&batch.columns).await?;
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn serde_json_reason(run: &RunRecord) -> serde_json::Value {
+    serde_json::json!({ "reason": run.reason, "from": run.state.as_str() })
+}
+
+fn summarize(
+    records: &[backfill_store::PartitionRecord],
+    state: RunState,
+    started: std::time::Instant,
+    exactly_once: bool,
+) -> RunSummary {
+    let mut counts = RowCounts::default();
+    for p in records {
+        counts.add(&p.counts);
+    }
+    let failures: Vec<(String, String)> = records
+        .iter()
+        .filter(|p| p.state == PartitionState::Failed)
+        .map(|p| {
+            (
+                p.partition_id.clone(),
+                p.last_error.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    RunSummary {
+        state,
+        counts,
+        done: records
+            .iter()
+            .filter(|p| p.state == PartitionState::Done)
+            .count() as u64,
+        failed: failures.len() as u64,
+        total: records.len() as u64,
+        failures,
+        elapsed: started.elapsed(),
+        exactly_once,
+    }
+}
+
+/// The canonical file of a `sqlite://` URL, when it names an existing file.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.starts_with(':') {
+        return None;
+    }
+    std::fs::canonicalize(path).ok()
+}

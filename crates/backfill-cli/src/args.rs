@@ -1,0 +1,168 @@
+//! Command-line arguments: every flag declared once, with its help and default.
+//! `docs/cli.md` is generated from these declarations (`backfill docs`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Controlled, observable, idempotent re-processing of historical data.
+///
+/// Describe a repair once in a spec file; `backfill` plans it as partitions, runs them in
+/// parallel with checkpoints, resumes after any interruption and records who did what and why.
+#[derive(Debug, Parser)]
+#[command(
+    name = "backfill",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// State store URL: where runs, partitions, checkpoints and audit events live.
+    #[arg(
+        long,
+        global = true,
+        env = "BACKFILL_STATE",
+        default_value = "sqlite://.backfill/state.db"
+    )]
+    pub(crate) state: String,
+    /// Print machine-readable JSON on stdout instead of text for people.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Validate a spec: every problem with its field path and line:column; then check that the
+    /// source and target are reachable and the time format matches the data.
+    Check(CheckArgs),
+    /// Show the deterministic partition plan of a spec, with row estimates and an ETA.
+    Plan(PlanArgs),
+    /// Plan and execute a spec. Resumes the unfinished run of the same spec instead of
+    /// starting a duplicate (use --new to force a new run). Ctrl-C pauses gracefully.
+    Run(RunArgs),
+    /// Continue a run from its checkpoints after any interruption (Ctrl-C, crash, SIGKILL).
+    Resume(ResumeArgs),
+    /// Show the state, progress, throughput and failing partitions of a run.
+    Status(StatusArgs),
+    /// List runs, newest first.
+    Runs(RunsArgs),
+    /// Show a run's audit events, or verify the hash chain of the whole store.
+    Audit(AuditArgs),
+    /// A self-contained repair on SQLite: creates 1,000,000 synthetic events, breaks 4 days of
+    /// a derived table, and repairs them with a backfill.
+    Demo(DemoArgs),
+    /// Regenerate the reference docs (docs/spec.md, docs/cli.md) from the declarations.
+    #[command(hide = true)]
+    Docs(DocsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The spec file (TOML).
+    pub(crate) spec: PathBuf,
+    /// Only validate the file; do not connect to the source or target.
+    #[arg(long)]
+    pub(crate) offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    /// The spec file (TOML).
+    pub(crate) spec: PathBuf,
+    /// Do not count rows in the source (faster; no estimates).
+    #[arg(long)]
+    pub(crate) no_estimate: bool,
+    /// Print every partition instead of a sample.
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The spec file (TOML).
+    pub(crate) spec: PathBuf,
+    /// Why this run happens (recorded in the audit trail); overrides the spec's `reason`.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Start a new run even if an unfinished run of this spec exists.
+    #[arg(long)]
+    pub(crate) new: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResumeArgs {
+    /// Run id (or a unique prefix of at least 4 characters).
+    pub(crate) run: String,
+    /// The spec file, when it moved since the run was created.
+    #[arg(long)]
+    pub(crate) spec: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Run id or unique prefix; the latest run when omitted.
+    pub(crate) run: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    /// Show at most this many runs.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// Run id or unique prefix; every event when omitted.
+    pub(crate) run: Option<String>,
+    /// Verify the hash chain of every event in the store instead of listing events.
+    #[arg(long)]
+    pub(crate) verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Folder for the demo's databases, spec and state (recreated if it holds an earlier demo).
+    #[arg(long, default_value = "backfill-demo")]
+    pub(crate) dir: PathBuf,
+    /// Rows of synthetic events in the source.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) rows: u64,
+    /// Create the databases and the spec, report the gaps, but do not run the backfill.
+    #[arg(long)]
+    pub(crate) prepare_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DocsArgs {
+    /// Folder to write spec.md and cli.md into.
+    #[arg(long, default_value = "docs")]
+    pub(crate) out: PathBuf,
+    /// Fail (exit 1) if the files on disk differ instead of writing them.
+    #[arg(long)]
+    pub(crate) check: bool,
+}

@@ -1,0 +1,219 @@
+//! `backfill check SPEC`: validate the file, then the connections and the data's time format.
+
+use backfill_connectors::{open_sink, open_source};
+use backfill_core::{Diagnostic, Scope, Spec, Window, WriteMode};
+use serde_json::json;
+
+use crate::UserError;
+use crate::args::CheckArgs;
+use crate::output::Output;
+use crate::specfile;
+
+pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
+    let file = args.spec.display().to_string();
+    let parsed = specfile::parse_file(&args.spec)?;
+    let mut diagnostics = parsed.diagnostics.clone();
+    if let Some(spec) = &parsed.spec
+        && !args.offline
+    {
+        diagnostics.extend(live_checks(spec).await);
+    }
+    for d in &diagnostics {
+        out.note(d.render(&file));
+    }
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics.len() - errors;
+    let partitions = parsed
+        .spec
+        .as_ref()
+        .and_then(|s| backfill_core::plan::partitions(&s.scope).ok())
+        .map_or(0, |p| p.len());
+    out.json(&json!({
+        "spec": file,
+        "ok": errors == 0,
+        "errors": errors,
+        "warnings": warnings,
+        "partitions": partitions,
+        "diagnostics": diagnostics.iter().map(|d| json!({
+            "severity": if d.is_error() { "error" } else { "warning" },
+            "path": d.path,
+            "line": d.position.map(|p| p.0),
+            "column": d.position.map(|p| p.1),
+            "message": d.message,
+            "hint": d.hint,
+        })).collect::<Vec<_>>(),
+    }));
+    if errors > 0 {
+        return Err(UserError::new(format!(
+            "{file}: {errors} error{}, {warnings} warning{}",
+            if errors == 1 { "" } else { "s" },
+            if warnings == 1 { "" } else { "s" }
+        ))
+        .into());
+    }
+    let live = if args.offline {
+        ""
+    } else {
+        ", source and target reachable"
+    };
+    out.line(format!(
+        "{file}: ok ({partitions} partitions{live}{})",
+        if warnings > 0 {
+            format!(", {warnings} warnings")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
+}
+
+/// Connects to the source and target; checks the target columns and the time format.
+async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let source = match open_source(&spec.source, &spec.target.key, 1).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            out.push(
+                Diagnostic::error("source.url", format!("cannot connect: {e}"))
+                    .with_hint("check that the database exists and is reachable"),
+            );
+            None
+        }
+    };
+    let sink = match open_sink(&spec.target, 1).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            out.push(
+                Diagnostic::error("target.url", format!("cannot connect: {e}"))
+                    .with_hint("check that the database exists and is reachable"),
+            );
+            None
+        }
+    };
+    let Some(source) = source else { return out };
+    let whole = whole_window(&spec.scope);
+    let first = backfill_core::plan::partitions(&spec.scope)
+        .ok()
+        .and_then(|p| p.into_iter().next())
+        .map(|p| p.window);
+    if let Some(window) = first {
+        match source.read_batch(&window, None, 1).await {
+            Ok(batch) if !batch.columns.is_empty() => {
+                if let Err(e) = source.key_positions(&batch.columns) {
+                    out.push(Diagnostic::error("target.key", e.to_string()).with_hint(
+                        "the source query must return every key column under the same name",
+                    ));
+                }
+                if let (Some(sink), false) =
+                    (&sink, matches!(spec.target.mode, WriteMode::Sql { .. }))
+                    && let Err(e) = sink.check_columns(&batch.columns).await
+                {
+                    out.push(Diagnostic::error("target.table", e.to_string()).with_hint(
+                        "the target table needs a column for every column the query returns",
+                    ));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => out.push(Diagnostic::error("source.query", e.to_string())),
+        }
+    }
+    if let (Some(window @ Window::Time { .. }), Some(column)) = (whole, &spec.source.time_column) {
+        out.extend(time_format_checks(spec, &source, &window, column).await);
+    }
+    source.close().await;
+    if let Some(sink) = sink {
+        sink.close().await;
+    }
+    out
+}
+
+async fn time_format_checks(
+    spec: &Spec,
+    source: &backfill_connectors::AnySource,
+    whole: &Window,
+    column: &str,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let format = &spec.source.time_format;
+    match source.sample(whole, column, 20).await {
+        Ok(values) if values.is_empty() => {
+            let mut hint = None;
+            for alt in format.alternatives() {
+                if let Ok(n) = source.count_with_format(whole, &alt).await
+                    && n > 0
+                {
+                    hint = Some(format!(
+                        "with time_format = \"{}\" the query finds {n} rows in the scope",
+                        alt.name()
+                    ));
+                    break;
+                }
+            }
+            let d = Diagnostic::warning(
+                "source.time_format",
+                format!(
+                    "the query finds no rows in the whole scope with time_format = \"{}\"",
+                    format.name()
+                ),
+            );
+            out.push(match hint {
+                Some(h) => d.with_hint(h),
+                None => d.with_hint("check the scope and source.time_column"),
+            });
+        }
+        Ok(values) => {
+            let bad: Vec<_> = values
+                .iter()
+                .filter(|v| {
+                    !matches!(v, backfill_core::Value::Null) && format.parse_value(v).is_none()
+                })
+                .collect();
+            if let Some(example) = bad.first() {
+                out.push(
+                    Diagnostic::warning(
+                        "source.time_format",
+                        format!(
+                            "{} of {} sampled values of `{column}` do not match time_format = \"{}\" (e.g. {})",
+                            bad.len(),
+                            values.len(),
+                            format.name(),
+                            example.preview()
+                        ),
+                    )
+                    .with_hint("set source.time_format to how the column stores instants"),
+                );
+            }
+        }
+        Err(e) => out.push(Diagnostic::warning("source.time_column", e.to_string())),
+    }
+    out
+}
+
+/// One window covering the whole scope (for sampling and counting).
+pub(crate) fn whole_window(scope: &Scope) -> Option<Window> {
+    match scope {
+        Scope::Time { start, end, .. } => Some(Window::Time {
+            start: *start,
+            end: *end,
+        }),
+        Scope::Key { from, to, .. } => Some(Window::Key {
+            start: *from,
+            end: *to,
+        }),
+        Scope::List(list) => {
+            let first = list.iter().min()?;
+            let last = list.iter().max()?;
+            match (first, last) {
+                (Window::Time { start, .. }, Window::Time { end, .. }) => Some(Window::Time {
+                    start: *start,
+                    end: *end,
+                }),
+                (Window::Key { start, .. }, Window::Key { end, .. }) => Some(Window::Key {
+                    start: *start,
+                    end: *end,
+                }),
+                _ => None,
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `backfill plan SPEC`: the deterministic partitions, row estimates and ETA.
+
+use std::time::{Duration, Instant};
+
+use backfill_connectors::open_source;
+use backfill_core::plan::Plan;
+use backfill_core::{Partition, Spec};
+use serde_json::json;
+
+use crate::args::PlanArgs;
+use crate::commands::{duration, thousands};
+use crate::output::Output;
+use crate::specfile;
+
+/// Counting stops after this long; the rest is extrapolated from the counted partitions.
+const ESTIMATE_BUDGET: Duration = Duration::from_secs(10);
+
+pub(crate) async fn run(args: &PlanArgs, out: Output) -> anyhow::Result<()> {
+    let (spec, _) = specfile::load(&args.spec, out)?;
+    let plan = backfill_core::plan::plan(&spec)
+        .map_err(|e| crate::UserError::new(format!("{}: {e}", args.spec.display())))?;
+    let estimates = if args.no_estimate {
+        None
+    } else {
+        estimate(&spec, &plan).await?
+    };
+    print(&spec, &plan, estimates.as_ref(), args.all, out);
+    Ok(())
+}
+
+/// Row counts per partition (`None` where not counted) and whether they are exact.
+pub(crate) struct Estimates {
+    pub(crate) rows: Vec<Option<u64>>,
+    pub(crate) total: u64,
+    pub(crate) exact: bool,
+}
+
+/// Counts rows per partition in the source, within a time budget; the total is extrapolated
+/// from an even sample when counting everything would take too long.
+pub(crate) async fn estimate(spec: &Spec, plan: &Plan) -> anyhow::Result<Option<Estimates>> {
+    let source = open_source(&spec.source, &spec.target.key, 2).await?;
+    let n = plan.partitions.len();
+    let mut rows = vec![None; n];
+    let started = Instant::now();
+    // Visit partitions in an order that samples evenly: strides of decreasing size.
+    let mut order: Vec<usize> = Vec::with_capacity(n);
+    let mut stride = n.next_power_of_two().max(1);
+    let mut seen = vec![false; n];
+    while stride >= 1 {
+        for i in (0..n).step_by(stride) {
+            if !seen[i] {
+                seen[i] = true;
+                order.push(i);
+            }
+        }
+        if stride == 1 {
+            break;
+        }
+        stride /= 2;
+    }
+    for i in order {
+        if started.elapsed() > ESTIMATE_BUDGET {
+            break;
+        }
+        rows[i] = Some(source.count(&plan.partitions[i].window).await?);
+    }
+    source.close().await;
+    let counted: Vec<u64> = rows.iter().flatten().copied().collect();
+    if counted.is_empty() && n > 0 {
+        return Ok(None);
+    }
+    let exact = counted.len() == n;
+    let sum: u64 = counted.iter().sum();
+    let total = if exact {
+        sum
+    } else {
+        (sum as f64 / counted.len() as f64 * n as f64) as u64
+    };
+    Ok(Some(Estimates { rows, total, exact }))
+}
+
+fn print(spec: &Spec, plan: &Plan, est: Option<&Estimates>, all: bool, out: Output) {
+    let parts = &plan.partitions;
+    let rps = spec.limits.rows_per_second.map(|r| r.get());
+    let eta = match (est, rps) {
+        (Some(e), Some(r)) => Some(e.total as f64 / f64::from(r)),
+        _ => None,
+    };
+    let guarantee = guarantee(spec);
+    let row = |p: &Partition| {
+        json!({
+            "index": p.index,
+            "id": p.id,
+            "window": p.window.to_string(),
+            "estimated_rows": est.and_then(|e| e.rows[p.index]),
+        })
+    };
+    let shown: Vec<&Partition> = if all || parts.len() <= 8 {
+        parts.iter().collect()
+    } else {
+        parts
+            .iter()
+            .take(5)
+            .chain(parts.iter().skip(parts.len() - 2))
+            .collect()
+    };
+    out.json(&json!({
+        "spec": spec.name,
+        "spec_hash": spec.spec_hash,
+        "plan_hash": plan.hash,
+        "mode": spec.target.mode.name(),
+        "partitions": parts.len(),
+        "first": parts.first().map(|p| p.window.to_string()),
+        "last": parts.last().map(|p| p.window.to_string()),
+        "estimated_rows": est.map(|e| e.total),
+        "estimate_exact": est.map(|e| e.exact),
+        "rows_per_second_limit": rps,
+        "eta_seconds": eta,
+        "concurrency": spec.limits.concurrency.get(),
+        "batch_rows": spec.limits.batch_rows.get(),
+        "guarantee": guarantee,
+        "sample": shown.iter().map(|p| row(p)).collect::<Vec<_>>(),
+    }));
+    out.line(format!(
+        "plan {} of spec `{}` ({} mode)",
+        plan.hash,
+        spec.name,
+        spec.target.mode.name()
+    ));
+    out.line(format!("  partitions: {}", thousands(parts.len() as u64)));
+    if let (Some(first), Some(last)) = (parts.first(), parts.last()) {
+        out.line(format!("  first:      {}", first.window));
+        out.line(format!("  last:       {}", last.window));
+    }
+    match est {
+        Some(e) => out.line(format!(
+            "  rows:       {}{}",
+            thousands(e.total),
+            if e.exact {
+                ""
+            } else {
+                " (estimated from a sample of partitions)"
+            }
+        )),
+        None => out.line("  rows:       not estimated"),
+    }
+    out.line(format!(
+        "  limits:     concurrency {}, batch {} rows, {}",
+        spec.limits.concurrency,
+        thousands(u64::from(spec.limits.batch_rows.get())),
+        rps.map_or("no rate limit".to_owned(), |r| format!(
+            "{} rows/s",
+            thousands(u64::from(r))
+        ))
+    ));
+    out.line(format!(
+        "  ETA:        {}",
+        match eta {
+            Some(s) => format!("{} at the rate limit", duration(s)),
+            None if rps.is_none() => "bounded by the databases (no rate limit set)".to_owned(),
+            None => "unknown (no row estimate)".to_owned(),
+        }
+    ));
+    out.line(format!("  guarantee:  {guarantee}"));
+    out.line("");
+    out.line(format!(
+        "  {:>6}  {:<18} {:<50} {:>12}",
+        "#", "partition", "window", "rows"
+    ));
+    let mut previous: Option<usize> = None;
+    for p in shown {
+        if previous.is_some_and(|i| p.index > i + 1) {
+            out.line(format!("  {:>6}", "…"));
+        }
+        previous = Some(p.index);
+        let rows = est
+            .and_then(|e| e.rows[p.index])
+            .map_or("-".to_owned(), thousands);
+        out.line(format!(
+            "  {:>6}  {:<18} {:<50} {:>12}",
+            p.index,
+            p.id,
+            p.window.to_string(),
+            rows
+        ));
+    }
+}
+
+/// The delivery guarantee a run of `spec` has, in words.
+pub(crate) fn guarantee(spec: &Spec) -> &'static str {
+    match spec.target.mode {
+        backfill_core::WriteMode::Upsert => {
+            "idempotent upserts, checkpoint after each committed batch (a replayed batch changes nothing)"
+        }
+        backfill_core::WriteMode::Replace { .. } => {
+            "each partition's window is replaced in one transaction (replay-safe)"
+        }
+        backfill_core::WriteMode::Sql { .. } => {
+            "one statement per partition in the target; replay-safe if the statement is"
+        }
+    }
+}

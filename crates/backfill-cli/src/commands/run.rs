@@ -1,0 +1,252 @@
+//! `backfill run SPEC` and `backfill resume RUN`.
+
+use backfill_core::{RunState, Spec};
+use backfill_engine::{EngineError, ExecuteOptions, Launch, RunSummary, Shutdown};
+use backfill_store::{RunRecord, Store};
+use serde_json::json;
+
+use crate::args::{ResumeArgs, RunArgs};
+use crate::commands::{duration, open_store, thousands, whoami};
+use crate::output::Output;
+use crate::{Reported, UserError, progress, specfile};
+
+pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let (spec, _) = specfile::load(&args.spec, out)?;
+    let plan = backfill_core::plan::plan(&spec)
+        .map_err(|e| UserError::new(format!("{}: {e}", args.spec.display())))?;
+    let store = open_store(state).await?;
+    let owner = whoami();
+    let launch = match backfill_engine::prepare_run(
+        &store,
+        &spec,
+        &plan,
+        args.reason.as_deref(),
+        &owner,
+        args.new,
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(EngineError::NoReason) => {
+            return Err(UserError::new(
+                "a run needs a reason, so the audit trail says why it happened",
+            )
+            .hint(format!(
+                "pass --reason \"…\" or add `reason = \"…\"` to {}",
+                args.spec.display()
+            ))
+            .into());
+        }
+        Err(EngineError::PlanChanged { run_id, spec, .. }) => {
+            return Err(UserError::new(format!(
+                    "run {run_id} of spec `{spec}` is unfinished, and the spec's plan changed since it started"
+                ))
+                .hint(format!(
+                    "finish it with `backfill resume {run_id}` using the old spec, or start a new run with `backfill run --new`"
+                ))
+                .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match &launch {
+        Launch::Created(r) => out.note(format!(
+            "created run {} of `{}`: {} partitions, reason: {}",
+            r.id, r.spec_name, r.partitions_total, r.reason
+        )),
+        Launch::Resumed(r) => {
+            let done = done_count(&store, r).await?;
+            out.note(format!(
+                "resuming unfinished run {} of `{}` ({}/{} partitions done; --new starts a new run)",
+                r.id, r.spec_name, done, r.partitions_total
+            ));
+        }
+    }
+    execute(&store, &spec, launch.run(), out).await
+}
+
+pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let store = open_store(state).await?;
+    let run = find_run(&store, &args.run).await?;
+    let path = match &args.spec {
+        Some(p) => p.clone(),
+        None => specfile::recorded_path(&run.spec_text).ok_or_else(|| {
+            UserError::new(format!("run {} does not record its spec file", run.id))
+                .hint("pass --spec FILE")
+        })?,
+    };
+    let (spec, _) = specfile::load(&path, out)?;
+    let plan = backfill_core::plan::plan(&spec)
+        .map_err(|e| UserError::new(format!("{}: {e}", path.display())))?;
+    if plan.hash != run.plan_hash {
+        return Err(UserError::new(format!(
+            "{} no longer plans the same partitions as run {} (plan {} vs {})",
+            path.display(),
+            run.id,
+            plan.hash,
+            run.plan_hash
+        ))
+        .hint(
+            "restore the spec the run was made from, or start a new run with `backfill run --new`",
+        )
+        .into());
+    }
+    if run.state == RunState::Succeeded {
+        out.note(format!(
+            "run {} already succeeded; nothing to resume",
+            run.id
+        ));
+        return Ok(());
+    }
+    let done = done_count(&store, &run).await?;
+    out.note(format!(
+        "resuming run {} of `{}` from its checkpoints ({}/{} partitions done)",
+        run.id, run.spec_name, done, run.partitions_total
+    ));
+    execute(&store, &spec, &run, out).await
+}
+
+/// Looks up a run by id or prefix; a miss is the user's error.
+pub(crate) async fn find_run(store: &Store, id: &str) -> anyhow::Result<RunRecord> {
+    use backfill_store::StoreError;
+    match store.get_run(id).await {
+        Ok(r) => Ok(r),
+        Err(e @ (StoreError::NotFound(_) | StoreError::Ambiguous(_))) => {
+            Err(UserError::new(e.to_string())
+                .hint("`backfill runs` lists runs and their ids")
+                .into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn done_count(store: &Store, run: &RunRecord) -> anyhow::Result<u64> {
+    Ok(store
+        .partitions(&run.id)
+        .await?
+        .iter()
+        .filter(|p| p.state == backfill_core::PartitionState::Done)
+        .count() as u64)
+}
+
+/// Executes with progress display and Ctrl-C handling, then prints the summary. Exit code 1
+/// when the run failed or was paused.
+pub(crate) async fn execute(
+    store: &Store,
+    spec: &Spec,
+    run: &RunRecord,
+    out: Output,
+) -> anyhow::Result<()> {
+    let summary = execute_quiet(store, spec, run, out, false).await?;
+    print_summary(run, &summary, out);
+    match summary.state {
+        RunState::Succeeded => Ok(()),
+        RunState::Paused => {
+            out.note(format!(
+                "run paused; continue with `backfill resume {}`",
+                run.id
+            ));
+            Err(Reported(1).into())
+        }
+        _ => {
+            out.note(format!(
+                "run failed: {} of {} partitions failed; see `backfill status {}`; after fixing the cause, `backfill resume {}` retries them",
+                summary.failed, summary.total, run.id, run.id
+            ));
+            Err(Reported(1).into())
+        }
+    }
+}
+
+/// Executes with progress and Ctrl-C handling; returns the summary without printing it.
+pub(crate) async fn execute_quiet(
+    store: &Store,
+    spec: &Spec,
+    run: &RunRecord,
+    out: Output,
+    quiet: bool,
+) -> anyhow::Result<RunSummary> {
+    let shutdown = Shutdown::new();
+    let ctrl_c = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                shutdown.request();
+                // A second Ctrl-C stops at once; checkpoints already written stay valid.
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        })
+    };
+    let done = done_count(store, run).await?;
+    let (tx, renderer) =
+        progress::start(run.partitions_total, done, out.is_tty(), quiet || out.json);
+    let options = ExecuteOptions {
+        actor: whoami(),
+        shutdown,
+        listener: Some(tx),
+    };
+    let result = backfill_engine::execute(store, spec, run, options).await;
+    let _ = renderer.await;
+    ctrl_c.abort();
+    Ok(result?)
+}
+
+fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
+    let secs = s.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        s.counts.read as f64 / secs
+    } else {
+        0.0
+    };
+    out.json(&json!({
+        "run_id": run.id,
+        "spec": run.spec_name,
+        "state": s.state.as_str(),
+        "partitions": { "total": s.total, "done": s.done, "failed": s.failed },
+        "rows": {
+            "read": s.counts.read,
+            "inserted": s.counts.inserted,
+            "updated": s.counts.updated,
+            "unchanged": s.counts.unchanged,
+            "deleted": s.counts.deleted,
+            "affected": s.counts.affected,
+        },
+        "elapsed_seconds": secs,
+        "rows_per_second": rate,
+        "exactly_once_checkpoints": s.exactly_once,
+        "failures": s.failures.iter().map(|(id, e)| json!({"partition_id": id, "error": e})).collect::<Vec<_>>(),
+    }));
+    out.line(format!("run {} {}", run.id, s.state));
+    out.line(format!(
+        "  partitions: {} done, {} failed, {} total",
+        s.done, s.failed, s.total
+    ));
+    out.line(format!(
+        "  rows:       {} read, {} inserted, {} updated, {} unchanged, {} deleted{}",
+        thousands(s.counts.read),
+        thousands(s.counts.inserted),
+        thousands(s.counts.updated),
+        thousands(s.counts.unchanged),
+        thousands(s.counts.deleted),
+        if s.counts.affected > 0 {
+            format!(", {} affected by sql", thousands(s.counts.affected))
+        } else {
+            String::new()
+        }
+    ));
+    out.line(format!(
+        "  elapsed:    {} ({} rows/s in this session)",
+        duration(secs),
+        thousands(rate as u64)
+    ));
+    for (id, error) in s.failures.iter().take(10) {
+        out.line(format!("  failed:     {id}: {error}"));
+    }
+    if s.failures.len() > 10 {
+        out.line(format!(
+            "  … and {} more failed partitions",
+            s.failures.len() - 10
+        ));
+    }
+}

@@ -1,0 +1,81 @@
+//! Validation of the identifiers that reach SQL text: tables, key columns and batch columns.
+//!
+//! Invariant: a name is checked here before any dialect quotes it, so quoting never has to
+//! escape anything and a column name can never smuggle SQL into a statement.
+
+use backfill_core::spec::is_identifier;
+
+use crate::ConnectorError;
+
+/// Checks a table name (`table` or `schema.table`).
+pub(crate) fn check_table(name: &str) -> Result<(), ConnectorError> {
+    if is_identifier(name) {
+        Ok(())
+    } else {
+        Err(ConnectorError::Data {
+            message: format!(
+                "table name `{name}` is not a plain identifier (letters, digits, `_`, `$`, \
+                 optionally `schema.table`)"
+            ),
+        })
+    }
+}
+
+/// Checks a column name: an identifier without a schema part.
+pub(crate) fn check_column(name: &str, role: &str) -> Result<(), ConnectorError> {
+    if is_identifier(name) && !name.contains('.') {
+        Ok(())
+    } else {
+        Err(ConnectorError::Data {
+            message: format!(
+                "{role} `{name}` is not a plain identifier (letters, digits, `_`, `$`); \
+                 give it an alias in the source query, e.g. `... AS {}`",
+                suggest(name)
+            ),
+        })
+    }
+}
+
+/// Finds `name` in `columns`: exactly, else ignoring ASCII case (SQL identifiers are
+/// case-insensitive in SQLite, MySQL and unquoted PostgreSQL).
+pub(crate) fn position(columns: &[String], name: &str) -> Option<usize> {
+    columns
+        .iter()
+        .position(|c| c == name)
+        .or_else(|| columns.iter().position(|c| c.eq_ignore_ascii_case(name)))
+}
+
+fn suggest(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, 'c');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_names_and_rejects_the_rest() {
+        assert!(check_table("main.orders").is_ok());
+        assert!(check_table("a.b.c").is_err());
+        assert!(check_column("amount_cents", "column").is_ok());
+        assert!(check_column("t.id", "column").is_err());
+        let err = check_column("count(*)", "source column").unwrap_err();
+        assert!(err.to_string().contains("AS count___"), "{err}");
+        assert_eq!(position(&["Id".into(), "id".into()], "id"), Some(1));
+        assert_eq!(position(&["ID".into()], "id"), Some(0));
+        assert_eq!(position(&["x".into()], "id"), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! SQLite source and sink, on sqlx's `SqlitePool`.
+//!
+//! Owns: opening SQLite files (never creating them), mapping SQLite's dynamic storage classes
+//! to [`Value`] and back, keyset-paginated reads, multi-row upserts and inserts, and the
+//! classification of SQLite errors ([`classify_code`]).
+//!
+//! Does not: change a source database. Source queries are wrapped as subqueries of a
+//! `SELECT`, so only reads can run, and the source's journal mode is left as it is (switching
+//! a live database to WAL is a permanent change that needs an exclusive lock).
+//!
+//! Invariants: write transactions start with `BEGIN IMMEDIATE`, so a write never fails half-way
+//! on a lock upgrade; the target runs in WAL with `synchronous = FULL`, so a committed batch
+//! (and a checkpoint committed with it) is durable before the call returns.
+
+mod sink;
+mod source;
+mod sql;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use backfill_core::SecretUrl;
+use backfill_core::retry::ErrorClass;
+use backfill_core::secret::redact;
+use backfill_core::value::Value;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous, SqliteValueRef,
+};
+use sqlx::{Arguments, ConnectOptions, Decode, Row, TypeInfo, ValueRef};
+
+use crate::ConnectorError;
+
+pub use sink::{SqliteReplace, SqliteSink};
+pub use source::SqliteSource;
+
+/// How long a statement waits for another connection's lock before failing with BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rows buffered between SQLite's worker thread and the reading task.
+const ROW_BUFFER: usize = 1024;
+
+/// Whether a failed SQLite call may succeed if tried again, by (extended) result code.
+///
+/// The one table of SQLite error classes; see <https://www.sqlite.org/rescode.html>.
+pub fn classify_code(code: i32) -> ErrorClass {
+    use ErrorClass::{Permanent, Transient};
+    // Extended codes keep the primary code in the low byte (SQLITE_BUSY_SNAPSHOT = 517 → 5).
+    match code & 0xff {
+        4 => Transient,  // ABORT: the statement was rolled back by another
+        5 => Transient,  // BUSY: another connection holds the lock beyond busy_timeout
+        6 => Transient,  // LOCKED: a conflict inside this process
+        7 => Transient,  // NOMEM
+        9 => Transient,  // INTERRUPT
+        10 => Transient, // IOERR
+        13 => Transient, // FULL: the disk may be freed
+        15 => Transient, // PROTOCOL: WAL lock race
+        17 => Transient, // SCHEMA: schema changed under a prepared statement
+        1 => Permanent,  // ERROR: syntax, no such table or column
+        3 => Permanent,  // PERM
+        8 => Permanent,  // READONLY
+        11 => Permanent, // CORRUPT
+        14 => Permanent, // CANTOPEN
+        18 => Permanent, // TOOBIG: a value exceeds SQLite's limits
+        19 => Permanent, // CONSTRAINT: unique, not null, check, foreign key
+        20 => Permanent, // MISMATCH: e.g. text into an INTEGER PRIMARY KEY
+        21 => Permanent, // MISUSE
+        23 => Permanent, // AUTH
+        25 => Permanent, // RANGE: parameter index out of range
+        26 => Permanent, // NOTADB
+        _ => Permanent,
+    }
+}
+
+/// Whether a failed sqlx call on SQLite may succeed if tried again.
+pub fn classify(err: &sqlx::Error) -> ErrorClass {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .map_or(ErrorClass::Permanent, classify_code),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::BeginFailed => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// A failed statement, classified, with the message redacted.
+fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
+    ConnectorError::Sql {
+        context: context.into(),
+        message: redact(&err.to_string()),
+        class: classify(err),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Source,
+    Target,
+}
+
+/// Opens a pool on an existing SQLite file; a missing file is a `Connect` error naming it.
+async fn connect(
+    url: &SecretUrl,
+    pool_size: u32,
+    role: Role,
+) -> Result<SqlitePool, ConnectorError> {
+    let fail = |message: String| ConnectorError::Connect {
+        url: url.redacted(),
+        message: redact(&message),
+    };
+    let mut options = SqliteConnectOptions::from_str(url.expose())
+        .map_err(|e| fail(format!("not a SQLite URL: {e}")))?
+        .create_if_missing(false)
+        .busy_timeout(BUSY_TIMEOUT)
+        .row_buffer_size(ROW_BUFFER)
+        .disable_statement_logging();
+    if role == Role::Target {
+        options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+    }
+    let path = options.get_filename().to_path_buf();
+    let in_memory = url.expose().contains(":memory:") || url.expose().contains("mode=memory");
+    if !in_memory && !path.exists() {
+        let what = match role {
+            Role::Source => "source",
+            Role::Target => "target",
+        };
+        return Err(fail(format!(
+            "SQLite {what} database file {} does not exist (it is never created)",
+            path.display()
+        )));
+    }
+    SqlitePoolOptions::new()
+        .max_connections(pool_size.max(1))
+        .connect_with(options)
+        .await
+        .map_err(|e| {
+            fail(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
+        })
+}
+
+/// Adds `value` to `args` as its SQLite storage class.
+fn push_value(args: &mut SqliteArguments, value: &Value) -> Result<(), ConnectorError> {
+    let added = match value {
+        Value::Null => args.add(None::<i64>),
+        Value::Int(i) => args.add(*i),
+        Value::Float(f) => args.add(*f),
+        Value::Text(s) => args.add(s.as_str()),
+        Value::Blob(b) => args.add(b.as_slice()),
+    };
+    added.map_err(|e| ConnectorError::Data {
+        message: format!("cannot bind {}: {e}", value.preview()),
+    })
+}
+
+/// Arguments holding `values`, in order.
+fn arguments<'v>(
+    values: impl IntoIterator<Item = &'v Value>,
+    capacity: usize,
+) -> Result<SqliteArguments, ConnectorError> {
+    let mut args = SqliteArguments::default();
+    args.reserve(capacity, 0);
+    for v in values {
+        push_value(&mut args, v)?;
+    }
+    Ok(args)
+}
+
+/// Reads one value by its dynamic storage class (SQLite columns have no fixed type).
+fn decode_value(raw: SqliteValueRef<'_>) -> Result<Value, String> {
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let class = raw.type_info().name().to_owned();
+    let decoded = match class.as_str() {
+        "INTEGER" => <i64 as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Int),
+        "REAL" => <f64 as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Float),
+        "TEXT" => <String as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Text),
+        "BLOB" => <Vec<u8> as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Blob),
+        other => return Err(format!("unexpected storage class {other}")),
+    };
+    decoded.map_err(|e| format!("cannot read {class} value: {e}"))
+}
+
+/// Converts fetched rows to values, naming the column of a value that cannot be read.
+fn decode_rows(
+    rows: Vec<SqliteRow>,
+    columns: &[String],
+) -> Result<Vec<Vec<Value>>, ConnectorError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let n = row.len();
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            let column = || columns.get(i).map_or("?", String::as_str).to_owned();
+            let raw = row.try_get_raw(i).map_err(|e| ConnectorError::Data {
+                message: format!("column \"{}\": {e}", column()),
+            })?;
+            values.push(decode_value(raw).map_err(|e| ConnectorError::Data {
+                message: format!("column \"{}\": {e}", column()),
+            })?);
+        }
+        out.push(values);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_sqlite_result_codes() {
+        use ErrorClass::{Permanent, Transient};
+        let table = [
+            (5, Transient),    // BUSY
+            (517, Transient),  // BUSY_SNAPSHOT
+            (6, Transient),    // LOCKED
+            (10, Transient),   // IOERR
+            (522, Transient),  // IOERR_SHORT_READ
+            (15, Transient),   // PROTOCOL
+            (1, Permanent),    // ERROR (syntax, no such table/column)
+            (18, Permanent),   // TOOBIG
+            (19, Permanent),   // CONSTRAINT
+            (1555, Permanent), // CONSTRAINT_PRIMARYKEY
+            (2067, Permanent), // CONSTRAINT_UNIQUE
+            (20, Permanent),   // MISMATCH
+            (26, Permanent),   // NOTADB
+            (999, Permanent),  // unknown
+        ];
+        for (code, want) in table {
+            assert_eq!(classify_code(code), want, "code {code}");
+        }
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), Transient);
+        assert_eq!(
+            classify(&sqlx::Error::Io(std::io::Error::other("reset"))),
+            Transient
+        );
+        assert_eq!(classify(&sqlx::Error::RowNotFound), Permanent);
+        assert_eq!(classify(&sqlx::Error::PoolClosed), Permanent);
+    }
+}

@@ -1,0 +1,482 @@
+//! Writing batches into a SQLite table: upsert, replace and sql modes.
+//!
+//! Every write is one `BEGIN IMMEDIATE` transaction (the write lock is taken up front, so a
+//! batch never fails half-way on a lock upgrade), made of multi-row statements of a fixed
+//! size so sqlx's statement cache prepares each shape once. Counts come from the database:
+//! the upsert first counts which keys of the batch exist, then `changes()` tells how many rows
+//! the upsert actually wrote; identical rows are filtered by the `DO UPDATE ... WHERE` clause
+//! and never written.
+
+use std::fmt;
+use std::sync::Arc;
+
+use backfill_core::params::{self, Placeholder};
+use backfill_core::plan::Window;
+use backfill_core::retry::ErrorClass;
+use backfill_core::spec::{TargetSpec, WriteMode};
+use backfill_core::timefmt::TimeFormat;
+use backfill_core::value::{Batch, RowCounts, Value};
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Row, Transaction};
+
+use super::{Role, arguments, connect, sql, sql_error};
+use crate::ident::{check_column, check_table, position};
+use crate::window::{bounds, check_names, named_values};
+use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Sink};
+
+/// The target table, validated and quoted once.
+#[derive(Clone, Debug)]
+struct Table {
+    /// As written in the spec (`t` or `s.t`).
+    name: String,
+    /// Quoted for SQL (`"t"`, `"s"."t"`).
+    quoted: String,
+}
+
+impl Table {
+    fn new(name: &str) -> Result<Table, ConnectorError> {
+        check_table(name)?;
+        Ok(Table {
+            name: name.to_owned(),
+            quoted: sql::quote(name),
+        })
+    }
+
+    /// `(schema, table)` for `pragma_table_info`, `main` by default.
+    fn parts(&self) -> (&str, &str) {
+        self.name.split_once('.').unwrap_or(("main", &self.name))
+    }
+
+    fn describe(&self) -> String {
+        format!("target table {}", self.quoted)
+    }
+}
+
+/// A SQLite sink: one table of one database file, written in the spec's mode.
+#[derive(Debug)]
+pub struct SqliteSink {
+    pool: SqlitePool,
+    /// `None` only in `sql` mode.
+    table: Option<Table>,
+    /// Key columns (validated); empty only in `sql` mode.
+    key: Vec<String>,
+    mode: WriteMode,
+    time_format: TimeFormat,
+    /// `sql` mode: the statement with `?N` placeholders and the name bound at each.
+    statement: Option<(Arc<str>, Vec<String>)>,
+}
+
+impl SqliteSink {
+    /// Opens the file of `spec.url` (never creating it) in WAL mode with `synchronous = FULL`
+    /// and validates the table, key and mode settings.
+    pub async fn open(spec: &TargetSpec, pool_size: u32) -> Result<SqliteSink, ConnectorError> {
+        let table = spec.table.as_deref().map(Table::new).transpose()?;
+        for k in &spec.key {
+            check_column(k, "key column")?;
+        }
+        let mut statement = None;
+        match &spec.mode {
+            WriteMode::Upsert | WriteMode::Replace { .. } if table.is_none() => {
+                return Err(ConnectorError::Data {
+                    message: format!("`{}` mode needs a target table", spec.mode.name()),
+                });
+            }
+            WriteMode::Upsert if spec.key.is_empty() => {
+                return Err(ConnectorError::Data {
+                    message: "`upsert` mode needs key columns".to_owned(),
+                });
+            }
+            WriteMode::Replace { window_column } => check_column(window_column, "window column")?,
+            WriteMode::Sql { statement: text } => {
+                let rewritten =
+                    params::rewrite(sql::trim_statement(text), Placeholder::QuestionNumbered);
+                check_names(&rewritten.names, "target statement")?;
+                statement = Some((Arc::from(rewritten.sql), rewritten.names));
+            }
+            WriteMode::Upsert => {}
+        }
+        let pool = connect(&spec.url, pool_size, Role::Target).await?;
+        Ok(SqliteSink {
+            pool,
+            table,
+            key: spec.key.clone(),
+            mode: spec.mode.clone(),
+            time_format: spec.time_format.clone(),
+            statement,
+        })
+    }
+
+    fn table(&self) -> Result<&Table, ConnectorError> {
+        self.table.as_ref().ok_or_else(|| ConnectorError::Data {
+            message: format!("`{}` mode has no target table", self.mode.name()),
+        })
+    }
+
+    /// The table's columns, in order, and its primary key columns; empty when it does not
+    /// exist.
+    async fn table_columns(
+        &self,
+        table: &Table,
+    ) -> Result<(Vec<String>, Vec<String>), ConnectorError> {
+        let (schema, name) = table.parts();
+        let context = table.describe();
+        let rows = sqlx::query("SELECT name, pk FROM pragma_table_info(?1, ?2) ORDER BY cid")
+            .bind(name)
+            .bind(schema)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        let mut columns = Vec::with_capacity(rows.len());
+        let mut pk: Vec<(i64, String)> = Vec::new();
+        for row in rows {
+            let column: String = row.try_get(0).map_err(|e| sql_error(&context, &e))?;
+            let rank: i64 = row.try_get(1).map_err(|e| sql_error(&context, &e))?;
+            if rank > 0 {
+                pk.push((rank, column.clone()));
+            }
+            columns.push(column);
+        }
+        pk.sort();
+        Ok((columns, pk.into_iter().map(|(_, c)| c).collect()))
+    }
+
+    /// True when the key columns are the primary key or a full (non-partial) UNIQUE index.
+    async fn key_is_unique(&self, table: &Table, pk: &[String]) -> Result<bool, ConnectorError> {
+        let same = |cols: &[String]| {
+            cols.len() == self.key.len() && self.key.iter().all(|k| position(cols, k).is_some())
+        };
+        if same(pk) {
+            return Ok(true);
+        }
+        let (schema, name) = table.parts();
+        let context = table.describe();
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM pragma_index_list(?1, ?2) WHERE \"unique\" = 1 AND partial = 0",
+        )
+        .bind(name)
+        .bind(schema)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql_error(&context, &e))?;
+        for index in indexes {
+            let cols: Vec<Option<String>> =
+                sqlx::query_scalar("SELECT name FROM pragma_index_info(?1, ?2)")
+                    .bind(&index)
+                    .bind(schema)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| sql_error(&context, &e))?;
+            if let Some(cols) = cols.into_iter().collect::<Option<Vec<String>>>()
+                && same(&cols)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The batch's columns, validated and quoted, and the positions of `key` among them.
+fn prepare_columns(
+    batch: &Batch,
+    key: &[String],
+) -> Result<(Vec<String>, Vec<usize>), ConnectorError> {
+    let mut quoted = Vec::with_capacity(batch.columns.len());
+    for c in &batch.columns {
+        check_column(c, "source column")?;
+        quoted.push(sql::quote(c));
+    }
+    let key_positions = key
+        .iter()
+        .map(|k| {
+            position(&batch.columns, k).ok_or_else(|| ConnectorError::MissingColumn {
+                column: k.clone(),
+                available: batch.columns.clone(),
+                table: "the batch from the source".to_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((i, row)) = batch
+        .rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() != batch.columns.len())
+    {
+        return Err(ConnectorError::Data {
+            message: format!(
+                "batch row {i} has {} values for {} columns",
+                row.len(),
+                batch.columns.len()
+            ),
+        });
+    }
+    Ok((quoted, key_positions))
+}
+
+/// Runs `build(n)` over `rows` in chunks of a fixed size; returns the sum of rows affected. Full chunks share one SQL text, so it is prepared once.
+async fn write_chunks(
+    conn: &mut SqliteConnection,
+    context: &str,
+    rows: &[Vec<Value>],
+    width: usize,
+    build: impl Fn(usize) -> String,
+) -> Result<u64, ConnectorError> {
+    let per = sql::rows_per_stmt(width);
+    let full: Option<Arc<str>> = (rows.len() >= per).then(|| build(per).into());
+    let mut total = 0;
+    for chunk in rows.chunks(per) {
+        let text: Arc<str> = match &full {
+            Some(full) if chunk.len() == per => Arc::clone(full),
+            _ => build(chunk.len()).into(),
+        };
+        let args = arguments(chunk.iter().flatten(), chunk.len() * width)?;
+        let done = sqlx::query_with(AssertSqlSafe(text), args)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+        total += done.rows_affected();
+    }
+    Ok(total)
+}
+
+/// Counts the rows of the batch whose key already exists in the target.
+async fn count_existing(
+    conn: &mut SqliteConnection,
+    context: &str,
+    table: &Table,
+    key_quoted: &[String],
+    key_positions: &[usize],
+    rows: &[Vec<Value>],
+) -> Result<u64, ConnectorError> {
+    let per = sql::rows_per_stmt(key_positions.len());
+    let full: Option<Arc<str>> =
+        (rows.len() >= per).then(|| sql::count_existing(&table.quoted, key_quoted, per).into());
+    let mut total = 0;
+    for chunk in rows.chunks(per) {
+        let text: Arc<str> = match &full {
+            Some(full) if chunk.len() == per => Arc::clone(full),
+            _ => sql::count_existing(&table.quoted, key_quoted, chunk.len()).into(),
+        };
+        let args = arguments(
+            chunk
+                .iter()
+                .flat_map(|r| key_positions.iter().map(move |&p| &r[p])),
+            chunk.len() * key_positions.len(),
+        )?;
+        let row = sqlx::query_with(AssertSqlSafe(text), args)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+        let n: i64 = row.try_get(0).map_err(|e| sql_error(context, &e))?;
+        total += u64::try_from(n).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Runs the engine's extra statement; anything but exactly one affected row is a stale
+/// attempt, and the caller's transaction is dropped (rolled back).
+async fn run_extra(
+    conn: &mut SqliteConnection,
+    extra: Option<&Extra>,
+) -> Result<(), ConnectorError> {
+    const CONTEXT: &str = "checkpoint statement";
+    let Some(extra) = extra else {
+        return Ok(());
+    };
+    let args = arguments(&extra.params, extra.params.len())?;
+    let done = sqlx::query_with(AssertSqlSafe(extra.sql.as_str()), args)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| sql_error(CONTEXT, &e))?;
+    match done.rows_affected() {
+        1 => Ok(()),
+        n => Err(ConnectorError::Sql {
+            context: CONTEXT.to_owned(),
+            message: format!(
+                "affected {n} rows instead of 1: this attempt is stale (the partition's lease \
+                 or checkpoint moved on); the write was rolled back"
+            ),
+            class: ErrorClass::Permanent,
+        }),
+    }
+}
+
+/// Starts a write transaction holding the write lock.
+async fn begin(
+    pool: &SqlitePool,
+    context: &str,
+) -> Result<Transaction<'static, Sqlite>, ConnectorError> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| sql_error(context, &e))
+}
+
+impl Sink for SqliteSink {
+    async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
+        let table = self.table()?;
+        let (existing, pk) = self.table_columns(table).await?;
+        if existing.is_empty() {
+            return Err(ConnectorError::Sql {
+                context: table.describe(),
+                message: format!("no such table: {}", table.name),
+                class: ErrorClass::Permanent,
+            });
+        }
+        let missing = |column: &str| ConnectorError::MissingColumn {
+            column: column.to_owned(),
+            available: existing.clone(),
+            table: table.describe(),
+        };
+        for c in columns {
+            check_column(c, "source column")?;
+            if position(&existing, c).is_none() {
+                return Err(missing(c));
+            }
+        }
+        for k in &self.key {
+            if position(&existing, k).is_none() {
+                return Err(missing(k));
+            }
+        }
+        if let WriteMode::Replace { window_column } = &self.mode
+            && position(&existing, window_column).is_none()
+        {
+            return Err(missing(window_column));
+        }
+        if self.mode == WriteMode::Upsert && !self.key_is_unique(table, &pk).await? {
+            return Err(ConnectorError::Sql {
+                context: format!("upsert into {}", table.quoted),
+                message: format!(
+                    "{} has no PRIMARY KEY or UNIQUE index on exactly ({}); upsert needs one to \
+                     find existing rows",
+                    table.describe(),
+                    self.key.join(", ")
+                ),
+                class: ErrorClass::Permanent,
+            });
+        }
+        Ok(existing)
+    }
+
+    async fn upsert(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+    ) -> Result<RowCounts, ConnectorError> {
+        let table = self.table()?;
+        let context = format!("upsert into {}", table.quoted);
+        let (columns, key_positions) = prepare_columns(batch, &self.key)?;
+        let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
+        let width = columns.len();
+
+        let mut tx = begin(&self.pool, &context).await?;
+        let existing = count_existing(
+            &mut tx,
+            &context,
+            table,
+            &key_quoted,
+            &key_positions,
+            &batch.rows,
+        )
+        .await?;
+        let written = write_chunks(&mut tx, &context, &batch.rows, width, |n| {
+            sql::upsert(&table.quoted, &columns, &key_positions, n)
+        })
+        .await?;
+        run_extra(&mut tx, extra).await?;
+        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+
+        let n = batch.rows.len() as u64;
+        let inserted = n.saturating_sub(existing);
+        let updated = written.saturating_sub(inserted);
+        Ok(RowCounts {
+            inserted,
+            updated,
+            unchanged: n.saturating_sub(inserted + updated),
+            ..RowCounts::default()
+        })
+    }
+
+    async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
+        let table = self.table()?;
+        let WriteMode::Replace { window_column } = &self.mode else {
+            return Err(ConnectorError::Data {
+                message: format!("`{}` mode cannot replace a window", self.mode.name()),
+            });
+        };
+        let context = format!("delete window {window} from {}", table.quoted);
+        let bounds = bounds(window, &self.time_format);
+        let mut tx = begin(&self.pool, &context).await?;
+        let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
+        let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds, 2)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        Ok(ReplaceTxn {
+            inner: ReplaceInner::Sqlite(SqliteReplace {
+                tx,
+                table: table.clone(),
+            }),
+            deleted: done.rows_affected(),
+        })
+    }
+
+    async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
+        let Some((text, names)) = &self.statement else {
+            return Err(ConnectorError::Data {
+                message: format!("`{}` mode has no statement to execute", self.mode.name()),
+            });
+        };
+        let values = named_values(names, window, &self.time_format);
+        let done = sqlx::query_with(
+            AssertSqlSafe(Arc::clone(text)),
+            arguments(&values, values.len())?,
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| sql_error("target statement", &e))?;
+        Ok(RowCounts {
+            affected: done.rows_affected(),
+            ..RowCounts::default()
+        })
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The SQLite side of a [`ReplaceTxn`]: an open `BEGIN IMMEDIATE` transaction in which the
+/// window is already deleted. Dropped without commit, sqlx rolls it back.
+pub struct SqliteReplace {
+    tx: Transaction<'static, Sqlite>,
+    table: Table,
+}
+
+impl fmt::Debug for SqliteReplace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteReplace")
+            .field("table", &self.table.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteReplace {
+    /// Inserts `batch` in the transaction; returns the rows inserted.
+    pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
+        let context = format!("insert into {}", self.table.quoted);
+        let (columns, _) = prepare_columns(batch, &[])?;
+        let table = &self.table.quoted;
+        write_chunks(&mut self.tx, &context, &batch.rows, columns.len(), |n| {
+            sql::insert(table, &columns, n)
+        })
+        .await
+    }
+
+    /// Runs `extra`, then commits.
+    pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
+        run_extra(&mut self.tx, extra).await?;
+        let context = format!("replace in {}", self.table.quoted);
+        self.tx.commit().await.map_err(|e| sql_error(&context, &e))
+    }
+}

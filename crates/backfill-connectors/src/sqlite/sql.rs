@@ -1,0 +1,268 @@
+//! SQL text for SQLite, built from validated identifiers and placeholders only.
+//!
+//! Pure string building, unit-tested. Invariant: no value ever appears here; every statement
+//! of a given shape (table, columns, row count) is byte-identical, so sqlx's per-connection
+//! statement cache prepares it once.
+
+use std::fmt::Write as _;
+
+/// SQLite's default upper bound on bound parameters per statement (since 3.32).
+const MAX_PARAMS: usize = 32_766;
+/// Rows per multi-row statement: enough to amortise a statement, few enough to keep the
+/// statement text and its preparation cheap.
+const MAX_ROWS_PER_STMT: usize = 500;
+
+/// Rows per multi-row statement for rows of `ncols` values, keeping parameters in bounds.
+pub(crate) fn rows_per_stmt(ncols: usize) -> usize {
+    (MAX_PARAMS / ncols.max(1)).clamp(1, MAX_ROWS_PER_STMT)
+}
+
+/// Quotes a validated identifier: `x` → `"x"`, `s.t` → `"s"."t"`.
+pub(crate) fn quote(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push('"');
+        // Validated identifiers hold no quote; doubling keeps this safe regardless.
+        out.push_str(&part.replace('"', "\"\""));
+        out.push('"');
+    }
+    out
+}
+
+fn push_list(out: &mut String, items: &[String]) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(item);
+    }
+}
+
+/// `(?,?,?),(?,?,?)`: `rows` tuples of `ncols` anonymous placeholders.
+fn push_tuples(out: &mut String, rows: usize, ncols: usize) {
+    out.reserve(rows * (ncols * 2 + 2));
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for c in 0..ncols {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push('?');
+        }
+        out.push(')');
+    }
+}
+
+/// Multi-row `INSERT` of `rows` rows into `table` (quoted) with quoted `columns`.
+pub(crate) fn insert(table: &str, columns: &[String], rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {table} (");
+    push_list(&mut sql, columns);
+    sql.push_str(") VALUES ");
+    push_tuples(&mut sql, rows, columns.len());
+    sql
+}
+
+/// Multi-row upsert: insert new keys, update a row only when some non-key value differs
+/// (`IS NOT` treats NULLs as values), so identical rows are not written and not counted by
+/// `changes()`. With no non-key column, existing keys are left alone.
+pub(crate) fn upsert(table: &str, columns: &[String], key: &[usize], rows: usize) -> String {
+    let mut sql = insert(table, columns, rows);
+    sql.push_str(" ON CONFLICT (");
+    let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
+    push_list(&mut sql, &keys);
+    sql.push(')');
+    let rest: Vec<&String> = (0..columns.len())
+        .filter(|i| !key.contains(i))
+        .map(|i| &columns[i])
+        .collect();
+    if rest.is_empty() {
+        sql.push_str(" DO NOTHING");
+        return sql;
+    }
+    sql.push_str(" DO UPDATE SET ");
+    for (i, c) in rest.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "{c} = excluded.{c}");
+    }
+    sql.push_str(" WHERE ");
+    for (i, c) in rest.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        let _ = write!(sql, "{c} IS NOT excluded.{c}");
+    }
+    sql
+}
+
+/// Counts the rows of `table` whose key is one of `rows` bound key tuples.
+pub(crate) fn count_existing(table: &str, key: &[String], rows: usize) -> String {
+    let mut sql = format!("SELECT count(*) FROM {table} WHERE ");
+    if let [k] = key {
+        let _ = write!(sql, "{k} IN (");
+        for r in 0..rows {
+            sql.push_str(if r > 0 { ",?" } else { "?" });
+        }
+        sql.push(')');
+    } else {
+        sql.push('(');
+        push_list(&mut sql, key);
+        sql.push_str(") IN (VALUES ");
+        push_tuples(&mut sql, rows, key.len());
+        sql.push(')');
+    }
+    sql
+}
+
+/// Wraps the user's query (already rewritten to `?1`, `?2`) as a subquery `q`. The newlines
+/// keep a trailing `-- comment` in the query from swallowing the closing parenthesis.
+fn wrap(select: &str, query: &str) -> String {
+    format!("SELECT {select} FROM (\n{query}\n) AS q")
+}
+
+/// One page of keyset pagination: rows after the bound key (when `after`), ordered by `key`
+/// (quoted), limited. Placeholders after the query's own are numbered from `first_param`.
+pub(crate) fn page(query: &str, key: &[String], first_param: usize, after: bool) -> String {
+    let mut sql = wrap("*", query);
+    let mut n = first_param;
+    if after {
+        sql.push_str(" WHERE ");
+        if let [k] = key {
+            let _ = write!(sql, "{k} > ?{n}");
+            n += 1;
+        } else {
+            sql.push('(');
+            push_list(&mut sql, key);
+            sql.push_str(") > (");
+            for i in 0..key.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let _ = write!(sql, "?{n}");
+                n += 1;
+            }
+            sql.push(')');
+        }
+    }
+    sql.push_str(" ORDER BY ");
+    push_list(&mut sql, key);
+    let _ = write!(sql, " LIMIT ?{n}");
+    sql
+}
+
+/// Every column of the query (prepared, never run, to learn the query's columns).
+pub(crate) fn select_all(query: &str) -> String {
+    wrap("*", query)
+}
+
+/// Row count of the query.
+pub(crate) fn count(query: &str) -> String {
+    wrap("count(*)", query)
+}
+
+/// Non-NULL values of one (quoted) column of the query, limited by placeholder `?{limit}`.
+pub(crate) fn sample(query: &str, column: &str, limit_param: usize) -> String {
+    format!(
+        "{} WHERE {column} IS NOT NULL LIMIT ?{limit_param}",
+        wrap(column, query)
+    )
+}
+
+/// Deletes a window: `column >= ?1 AND column < ?2`.
+pub(crate) fn delete_window(table: &str, column: &str) -> String {
+    format!("DELETE FROM {table} WHERE {column} >= ?1 AND {column} < ?2")
+}
+
+/// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
+pub(crate) fn trim_statement(sql: &str) -> &str {
+    sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| quote(n)).collect()
+    }
+
+    #[test]
+    fn quotes_identifiers() {
+        assert_eq!(quote("t"), "\"t\"");
+        assert_eq!(quote("s.t"), "\"s\".\"t\"");
+    }
+
+    #[test]
+    fn chunk_sizes_respect_the_parameter_limit() {
+        assert_eq!(rows_per_stmt(5), 500);
+        assert_eq!(rows_per_stmt(100), 327);
+        assert_eq!(rows_per_stmt(40_000), 1);
+        assert_eq!(rows_per_stmt(0), 500);
+    }
+
+    #[test]
+    fn builds_writes() {
+        let cols = q(&["id", "a", "b"]);
+        assert_eq!(
+            insert("\"t\"", &cols, 2),
+            "INSERT INTO \"t\" (\"id\", \"a\", \"b\") VALUES (?,?,?),(?,?,?)"
+        );
+        assert_eq!(
+            upsert("\"t\"", &cols, &[0], 1),
+            "INSERT INTO \"t\" (\"id\", \"a\", \"b\") VALUES (?,?,?) ON CONFLICT (\"id\") \
+             DO UPDATE SET \"a\" = excluded.\"a\", \"b\" = excluded.\"b\" \
+             WHERE \"a\" IS NOT excluded.\"a\" OR \"b\" IS NOT excluded.\"b\""
+        );
+        assert_eq!(
+            upsert("\"t\"", &q(&["k"]), &[0], 1),
+            "INSERT INTO \"t\" (\"k\") VALUES (?) ON CONFLICT (\"k\") DO NOTHING"
+        );
+        assert_eq!(
+            count_existing("\"t\"", &q(&["id"]), 3),
+            "SELECT count(*) FROM \"t\" WHERE \"id\" IN (?,?,?)"
+        );
+        assert_eq!(
+            count_existing("\"t\"", &q(&["a", "b"]), 2),
+            "SELECT count(*) FROM \"t\" WHERE (\"a\", \"b\") IN (VALUES (?,?),(?,?))"
+        );
+        assert_eq!(
+            delete_window("\"t\"", "\"ts\""),
+            "DELETE FROM \"t\" WHERE \"ts\" >= ?1 AND \"ts\" < ?2"
+        );
+    }
+
+    #[test]
+    fn builds_reads() {
+        let query = "SELECT * FROM e WHERE ts >= ?1 AND ts < ?2 -- note";
+        assert_eq!(
+            page(query, &q(&["id"]), 3, false),
+            "SELECT * FROM (\nSELECT * FROM e WHERE ts >= ?1 AND ts < ?2 -- note\n) AS q \
+             ORDER BY \"id\" LIMIT ?3"
+        );
+        assert_eq!(
+            page(query, &q(&["a", "b"]), 3, true),
+            "SELECT * FROM (\nSELECT * FROM e WHERE ts >= ?1 AND ts < ?2 -- note\n) AS q \
+             WHERE (\"a\", \"b\") > (?3, ?4) ORDER BY \"a\", \"b\" LIMIT ?5"
+        );
+        assert_eq!(
+            page("SELECT 1 AS id", &q(&["id"]), 1, true),
+            "SELECT * FROM (\nSELECT 1 AS id\n) AS q WHERE \"id\" > ?1 ORDER BY \"id\" LIMIT ?2"
+        );
+        assert_eq!(
+            sample("SELECT x", "\"x\"", 3),
+            "SELECT \"x\" FROM (\nSELECT x\n) AS q WHERE \"x\" IS NOT NULL LIMIT ?3"
+        );
+        assert_eq!(
+            count("SELECT x"),
+            "SELECT count(*) FROM (\nSELECT x\n) AS q"
+        );
+        assert_eq!(trim_statement("SELECT 1 ;\n ; "), "SELECT 1");
+    }
+}

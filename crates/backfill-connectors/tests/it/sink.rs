@@ -1,0 +1,464 @@
+//! Writing: upsert counts and replays, replace atomicity, sql mode, extra statements, errors.
+
+use std::time::Instant;
+
+use backfill_connectors::{ConnectorError, Extra, open_sink};
+use backfill_core::retry::ErrorClass;
+use backfill_core::spec::WriteMode;
+use backfill_core::value::{Batch, RowCounts, Value};
+
+use crate::{Dir, day, keys, read_all, rows, sink, source, strings, target_spec};
+
+const TARGET: &str = "
+CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b REAL);
+CREATE TABLE checkpoints (partition TEXT PRIMARY KEY, token INTEGER, last_key TEXT);
+INSERT INTO checkpoints VALUES ('p1', 7, NULL);
+";
+
+fn batch(rows: &[(i64, Option<&str>, f64)]) -> Batch {
+    Batch {
+        columns: strings(&["id", "a", "b"]),
+        rows: rows
+            .iter()
+            .map(|(id, a, b)| {
+                vec![
+                    Value::Int(*id),
+                    a.map_or(Value::Null, |a| Value::Text(a.into())),
+                    Value::Float(*b),
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn counts(inserted: u64, updated: u64, unchanged: u64) -> RowCounts {
+    RowCounts {
+        inserted,
+        updated,
+        unchanged,
+        ..RowCounts::default()
+    }
+}
+
+#[tokio::test]
+async fn upsert_counts_inserts_updates_and_unchanged_rows_and_replay_is_a_no_op() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", TARGET).await;
+    let sink = sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    assert_eq!(
+        sink.check_columns(&strings(&["id", "a", "b"]))
+            .await
+            .unwrap(),
+        ["id", "a", "b"]
+    );
+    let first = batch(&[(1, Some("x"), 1.0), (2, None, 2.0), (3, Some("z"), 3.0)]);
+    assert_eq!(sink.upsert(&first, None).await.unwrap(), counts(3, 0, 0));
+    assert_eq!(sink.upsert(&first, None).await.unwrap(), counts(0, 0, 3));
+
+    // One NULL becomes a value, one value becomes NULL, one row is new, one is the same.
+    let second = batch(&[
+        (1, Some("x"), 1.0),
+        (2, Some("y"), 2.0),
+        (3, None, 3.0),
+        (4, Some("w"), 4.0),
+    ]);
+    assert_eq!(sink.upsert(&second, None).await.unwrap(), counts(1, 2, 1));
+    for _ in 0..3 {
+        assert_eq!(sink.upsert(&second, None).await.unwrap(), counts(0, 0, 4));
+    }
+    assert_eq!(
+        rows(&url, "SELECT id, a, b FROM t ORDER BY id").await,
+        second.rows
+    );
+}
+
+#[tokio::test]
+async fn upsert_spanning_several_statements_counts_exactly() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", TARGET).await;
+    let sink = sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    let make = |n: i64, tag: &str| Batch {
+        columns: strings(&["id", "a", "b"]),
+        rows: (0..n)
+            .map(|i| {
+                vec![
+                    Value::Int(i),
+                    Value::Text(format!("{tag}{}", i % 2)),
+                    Value::Float(0.5),
+                ]
+            })
+            .collect(),
+    };
+    assert_eq!(
+        sink.upsert(&make(1234, "x"), None).await.unwrap(),
+        counts(1234, 0, 0)
+    );
+    // Changing the tag changes every row; 300 more rows are new; odd ids become "y1"... all change.
+    let changed = make(1534, "y");
+    assert_eq!(
+        sink.upsert(&changed, None).await.unwrap(),
+        counts(300, 1234, 0)
+    );
+    assert_eq!(
+        sink.upsert(&changed, None).await.unwrap(),
+        counts(0, 0, 1534)
+    );
+}
+
+#[tokio::test]
+async fn odd_values_round_trip_from_source_to_sink() {
+    let dir = Dir::temp();
+    let huge = "é✓".repeat(1_500_000); // ~7.5 MB of UTF-8
+    let src_url = dir
+        .db(
+            "src.db",
+            "CREATE TABLE s (k TEXT PRIMARY KEY, n INTEGER, f REAL, t TEXT, b BLOB);",
+        )
+        .await;
+    let dst_url = dir
+        .db(
+            "dst.db",
+            "CREATE TABLE d (k TEXT PRIMARY KEY, n INTEGER, f REAL, t TEXT, b BLOB);",
+        )
+        .await;
+    let src_sink = sink(&src_url, "s", &["k"], WriteMode::Upsert).await;
+    let fixture = Batch {
+        columns: strings(&["k", "n", "f", "t", "b"]),
+        rows: vec![
+            vec![
+                Value::Text("nulls".into()),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            ],
+            vec![
+                Value::Text("ünï💥".into()),
+                Value::Int(i64::MIN),
+                Value::Float(-0.1),
+                Value::Text("日本語\n\"quotes\" 'and' \\ \0 nul".into()),
+                Value::Blob(vec![0, 1, 2, 255]),
+            ],
+            vec![
+                Value::Text("huge".into()),
+                Value::Int(i64::MAX),
+                Value::Float(1e300),
+                Value::Text(huge),
+                Value::Blob(vec![7; 3_000_000]),
+            ],
+            vec![
+                Value::Text("empty".into()),
+                Value::Int(0),
+                Value::Float(0.0),
+                Value::Text(String::new()),
+                Value::Blob(Vec::new()),
+            ],
+        ],
+    };
+    assert_eq!(
+        src_sink.upsert(&fixture, None).await.unwrap(),
+        counts(4, 0, 0)
+    );
+
+    let src = source(&src_url, "SELECT * FROM s", &["k"]).await;
+    let dst = sink(&dst_url, "d", &["k"], WriteMode::Upsert).await;
+    let (read, _) = read_all(&src, &keys(0, 1), 3).await;
+    dst.check_columns(&read.columns).await.unwrap();
+    assert_eq!(dst.upsert(&read, None).await.unwrap(), counts(4, 0, 0));
+    assert_eq!(dst.upsert(&read, None).await.unwrap(), counts(0, 0, 4));
+
+    let back = source(&dst_url, "SELECT * FROM d", &["k"]).await;
+    let (copied, _) = read_all(&back, &keys(0, 1), 10).await;
+    assert_eq!(copied, read);
+    let mut want = fixture.rows.clone();
+    want.sort_by(|a, b| match (&a[0], &b[0]) {
+        (Value::Text(x), Value::Text(y)) => x.cmp(y),
+        _ => unreachable!(),
+    });
+    assert_eq!(copied.rows, want);
+}
+
+const EVENTS: &str = "
+CREATE TABLE e (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, v TEXT);
+INSERT INTO e VALUES
+  (1, '2025-01-01T10:00:00Z', 'a'), (2, '2025-01-02T00:00:00Z', 'b'),
+  (3, '2025-01-02T23:59:59Z', 'c'), (4, '2025-01-03T00:00:00Z', 'd');
+CREATE TABLE checkpoints (partition TEXT PRIMARY KEY, token INTEGER, last_key TEXT);
+INSERT INTO checkpoints VALUES ('p1', 7, NULL);
+";
+
+fn replace_mode() -> WriteMode {
+    WriteMode::Replace {
+        window_column: "ts".to_owned(),
+    }
+}
+
+fn event(id: i64, ts: &str, v: &str) -> Vec<Value> {
+    vec![
+        Value::Int(id),
+        Value::Text(ts.into()),
+        Value::Text(v.into()),
+    ]
+}
+
+#[tokio::test]
+async fn replace_deletes_only_the_window_and_commits_atomically() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", EVENTS).await;
+    let sink = sink(&url, "e", &["id"], replace_mode()).await;
+    let before = rows(&url, "SELECT * FROM e ORDER BY id").await;
+
+    // Dropped without commit: nothing changes.
+    let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+    assert_eq!(txn.deleted(), 2);
+    let new = Batch {
+        columns: strings(&["id", "ts", "v"]),
+        rows: vec![
+            event(2, "2025-01-02T00:00:00Z", "B"),
+            event(5, "2025-01-02T12:00:00Z", "E"),
+        ],
+    };
+    assert_eq!(txn.insert(&new).await.unwrap(), 2);
+    drop(txn);
+    assert_eq!(rows(&url, "SELECT * FROM e ORDER BY id").await, before);
+
+    // Committed, twice: the same result as once.
+    for _ in 0..2 {
+        let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+        assert_eq!(txn.insert(&new).await.unwrap(), 2);
+        txn.commit(None).await.unwrap();
+    }
+    assert_eq!(
+        rows(&url, "SELECT * FROM e ORDER BY id").await,
+        [
+            event(1, "2025-01-01T10:00:00Z", "a"),
+            event(2, "2025-01-02T00:00:00Z", "B"),
+            event(4, "2025-01-03T00:00:00Z", "d"),
+            event(5, "2025-01-02T12:00:00Z", "E"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn extra_statement_commits_with_the_write_or_rolls_it_back() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", TARGET).await;
+    let sink = sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    let checkpoint = |token: i64, key: &str| Extra {
+        sql: "UPDATE checkpoints SET last_key = ? WHERE partition = ? AND token = ?".to_owned(),
+        params: vec![
+            Value::Text(key.into()),
+            Value::Text("p1".into()),
+            Value::Int(token),
+        ],
+    };
+    let b = batch(&[(1, Some("x"), 1.0)]);
+    sink.upsert(&b, Some(&checkpoint(7, "[1]"))).await.unwrap();
+    assert_eq!(
+        rows(&url, "SELECT last_key FROM checkpoints").await,
+        [[Value::Text("[1]".into())]]
+    );
+
+    // A stale token affects no row: the batch is not written either.
+    let b2 = batch(&[(2, Some("y"), 2.0)]);
+    let err = sink
+        .upsert(&b2, Some(&checkpoint(6, "[2]")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert!(err.to_string().contains("stale"), "{err}");
+    assert_eq!(
+        rows(&url, "SELECT count(*) FROM t").await,
+        [[Value::Int(1)]]
+    );
+
+    // Replace mode: a failing extra rolls back the delete and the inserts.
+    let events = dir.db("events.db", EVENTS).await;
+    let sink = crate::sink(&events, "e", &["id"], replace_mode()).await;
+    let before = rows(&events, "SELECT * FROM e ORDER BY id").await;
+    let txn = sink.begin_replace(&day(2)).await.unwrap();
+    assert!(txn.commit(Some(&checkpoint(6, "x"))).await.is_err());
+    assert_eq!(rows(&events, "SELECT * FROM e ORDER BY id").await, before);
+    let txn = sink.begin_replace(&day(2)).await.unwrap();
+    txn.commit(Some(&checkpoint(7, "done"))).await.unwrap();
+    assert_eq!(
+        rows(&events, "SELECT count(*) FROM e").await,
+        [[Value::Int(2)]]
+    );
+}
+
+#[tokio::test]
+async fn execute_sql_reports_rows_affected() {
+    let dir = Dir::temp();
+    let url = dir
+        .db(
+            "dst.db",
+            &format!("{EVENTS} CREATE TABLE daily (day TEXT PRIMARY KEY, n INTEGER);"),
+        )
+        .await;
+    let mode = WriteMode::Sql {
+        statement: "INSERT INTO daily SELECT substr(ts, 1, 10), count(*) FROM e \
+                    WHERE ts >= :start AND ts < :end GROUP BY 1 \
+                    ON CONFLICT (day) DO UPDATE SET n = excluded.n;"
+            .to_owned(),
+    };
+    let mut spec = target_spec(&url, "daily", &[], mode);
+    spec.table = None;
+    let sink = open_sink(&spec, 1).await.unwrap();
+    let counts = sink.execute_sql(&day(2)).await.unwrap();
+    assert_eq!(counts.affected, 1);
+    assert_eq!(
+        rows(&url, "SELECT * FROM daily").await,
+        [[Value::Text("2025-01-02".into()), Value::Int(2)]]
+    );
+}
+
+#[tokio::test]
+async fn missing_target_column_is_named_with_the_table() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", TARGET).await;
+    let sink = sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    let err = sink
+        .check_columns(&strings(&["id", "a", "colour"]))
+        .await
+        .unwrap_err();
+    match &err {
+        ConnectorError::MissingColumn {
+            column, available, ..
+        } => {
+            assert_eq!(column, "colour");
+            assert_eq!(available, &strings(&["id", "a", "b"]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("\"colour\"") && text.contains("\"t\""),
+        "{text}"
+    );
+
+    let missing = crate::sink(&url, "nope", &["id"], WriteMode::Upsert).await;
+    let err = missing.check_columns(&strings(&["id"])).await.unwrap_err();
+    assert!(err.to_string().contains("no such table"), "{err}");
+}
+
+#[tokio::test]
+async fn upsert_needs_a_unique_key_in_the_target() {
+    let dir = Dir::temp();
+    let url = dir
+        .db(
+            "dst.db",
+            "CREATE TABLE loose (id INTEGER, v TEXT);
+             CREATE TABLE pair (a TEXT, b INTEGER, v TEXT);
+             CREATE UNIQUE INDEX pair_ab ON pair (b, a);",
+        )
+        .await;
+    let loose = sink(&url, "loose", &["id"], WriteMode::Upsert).await;
+    let err = loose
+        .check_columns(&strings(&["id", "v"]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no PRIMARY KEY or UNIQUE index"),
+        "{err}"
+    );
+    let pair = sink(&url, "pair", &["a", "b"], WriteMode::Upsert).await;
+    pair.check_columns(&strings(&["a", "b", "v"]))
+        .await
+        .unwrap();
+    let b = Batch {
+        columns: strings(&["a", "b", "v"]),
+        rows: vec![vec![
+            Value::Text("x".into()),
+            Value::Int(1),
+            Value::Text("v".into()),
+        ]],
+    };
+    assert_eq!(pair.upsert(&b, None).await.unwrap(), counts(1, 0, 0));
+    assert_eq!(pair.upsert(&b, None).await.unwrap(), counts(0, 0, 1));
+}
+
+#[tokio::test]
+async fn constraint_violation_is_permanent_and_writes_nothing() {
+    let dir = Dir::temp();
+    let url = dir
+        .db(
+            "dst.db",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT NOT NULL, b REAL);",
+        )
+        .await;
+    let sink = sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    let err = sink
+        .upsert(&batch(&[(1, Some("ok"), 1.0), (2, None, 2.0)]), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Sql { .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert!(err.to_string().contains("NOT NULL"), "{err}");
+    assert_eq!(
+        rows(&url, "SELECT count(*) FROM t").await,
+        [[Value::Int(0)]]
+    );
+}
+
+#[tokio::test]
+async fn missing_target_file_is_a_connect_error_and_is_not_created() {
+    let dir = Dir::temp();
+    let path = dir.path("absent.db");
+    let err = open_sink(
+        &target_spec(&crate::url(&path), "t", &["id"], WriteMode::Upsert),
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ConnectorError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains("absent.db"), "{err}");
+    assert!(!path.exists());
+}
+
+/// Rough throughput of read + upsert, 200k rows x 5 columns, against `INSERT INTO t SELECT`.
+/// Run with `cargo test --release -p backfill-connectors -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "benchmark"]
+#[allow(clippy::print_stderr, reason = "a benchmark reports its timings")]
+async fn upsert_throughput_200k_rows() {
+    let dir = Dir::temp();
+    let url = dir
+        .db(
+            "both.db",
+            "CREATE TABLE s (id INTEGER PRIMARY KEY, a INTEGER, b REAL, c TEXT, d TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+             INSERT INTO s SELECT i, i * 7, i * 0.25, 'name ' || i, hex(randomblob(8)) FROM n;
+             CREATE TABLE d (id INTEGER PRIMARY KEY, a INTEGER, b REAL, c TEXT, d TEXT);
+             CREATE TABLE plain (id INTEGER PRIMARY KEY, a INTEGER, b REAL, c TEXT, d TEXT);",
+        )
+        .await;
+    let src = source(&url, "SELECT * FROM s", &["id"]).await;
+    let dst = sink(&url, "d", &["id"], WriteMode::Upsert).await;
+    let started = Instant::now();
+    let mut after: Option<Vec<Value>> = None;
+    let (mut read_time, mut total) = (std::time::Duration::ZERO, RowCounts::default());
+    loop {
+        let t = Instant::now();
+        let batch = src
+            .read_batch(&keys(0, 1), after.as_deref(), 5000)
+            .await
+            .unwrap();
+        read_time += t.elapsed();
+        if batch.is_empty() {
+            break;
+        }
+        after = batch.rows.last().map(|r| vec![r[0].clone()]);
+        total.add(&dst.upsert(&batch, None).await.unwrap());
+    }
+    let ours = started.elapsed();
+    assert_eq!(total.inserted, 200_000);
+    let started = Instant::now();
+    let pool = crate::fixture_pool(&dir.path("both.db")).await;
+    sqlx::query("INSERT INTO plain SELECT * FROM s")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let plain = started.elapsed();
+    eprintln!("read+upsert 200k x 5: {ours:?} (reads {read_time:?}); INSERT..SELECT: {plain:?}");
+}

@@ -1,0 +1,75 @@
+//! Engine errors and their classification.
+
+use backfill_connectors::ConnectorError;
+use backfill_core::retry::ErrorClass;
+use backfill_store::StoreError;
+
+/// Why a run could not be started or continued. Errors of single partitions are not here: they
+/// are retried or recorded on the partition, and the run goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The spec cannot be planned.
+    #[error("cannot plan the spec: {0}")]
+    Plan(#[from] backfill_core::plan::PlanError),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// A source or target could not be opened or checked.
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+    /// The run has no reason.
+    #[error("a run needs a reason")]
+    NoReason,
+    /// An unfinished run of the same spec exists with a different plan.
+    #[error(
+        "run {run_id} of spec `{spec}` is unfinished and was made from a different plan \
+         ({stored} vs {current})"
+    )]
+    PlanChanged {
+        /// The unfinished run.
+        run_id: String,
+        /// Spec name.
+        spec: String,
+        /// Plan hash of the stored run.
+        stored: String,
+        /// Plan hash of the spec now.
+        current: String,
+    },
+    /// The run is in a state that cannot be continued.
+    #[error("run {run_id} is {state}; {hint}")]
+    NotResumable {
+        /// The run.
+        run_id: String,
+        /// Its state.
+        state: String,
+        /// What to do instead.
+        hint: String,
+    },
+}
+
+/// An error inside one partition attempt.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttemptError {
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// The partition's lease was lost (another process took it): stop without writing.
+    #[error("attempt is stale: another process owns this partition now")]
+    Stale,
+    /// A stop was requested; the partition stays resumable.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl AttemptError {
+    pub(crate) fn class(&self) -> ErrorClass {
+        match self {
+            AttemptError::Connector(e) => e.class(),
+            AttemptError::Store(e) if e.is_transient() => ErrorClass::Transient,
+            AttemptError::Store(_) | AttemptError::Stale | AttemptError::Interrupted => {
+                ErrorClass::Permanent
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Executes the partitions of a run: bounded concurrency, rate limit, retries, checkpoints.
+//!
+//! Invariants:
+//! - A checkpoint is written only after the batch it covers committed in the target, or in the
+//!   same transaction when the target database is the state store (invariant 2).
+//! - A partition resumes from its checkpoint; a replayed batch is harmless because every write
+//!   mode is idempotent (invariants 1 and 3).
+//! - Every store call after `start_attempt` is fenced by the attempt number, so an attempt that
+//!   lost its partition can neither checkpoint nor finish it (invariant 5).
+//! - A stop request is checked between batches: the batch in flight finishes and checkpoints.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use backfill_connectors::{AnySink, AnySource, Extra};
+use backfill_core::retry::{ErrorClass, RetryDecision};
+use backfill_core::secret::redact;
+use backfill_core::{Partition, RowCounts, Spec, Value, WriteMode};
+use backfill_store::{Outcome, Store, StoreError};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::task::JoinSet;
+
+use crate::error::AttemptError;
+use crate::events::{Emitter, Event};
+use crate::shutdown::Shutdown;
+
+/// Everything a partition worker needs, shared by all workers of a run.
+pub(crate) struct Ctx {
+    pub(crate) run_id: String,
+    pub(crate) actor: String,
+    pub(crate) spec: Spec,
+    pub(crate) store: Store,
+    pub(crate) source: AnySource,
+    pub(crate) sink: AnySink,
+    pub(crate) limiter: Option<DefaultDirectRateLimiter>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) emitter: Emitter,
+    /// The target database is the state store: checkpoints commit with the batch.
+    pub(crate) same_database: bool,
+}
+
+/// How one partition ended in this process.
+#[derive(Debug)]
+pub(crate) enum PartitionEnd {
+    Done,
+    Failed,
+    /// Stopped by a stop request or a lost lease; left for a later resume.
+    Interrupted,
+}
+
+/// The global rate limiter for `rows_per_second`, if any.
+pub(crate) fn limiter(spec: &Spec) -> Option<DefaultDirectRateLimiter> {
+    spec.limits
+        .rows_per_second
+        .map(|rps| RateLimiter::direct(Quota::per_second(rps)))
+}
+
+/// Runs `pending` partitions with at most `concurrency` at a time; returns how each ended.
+pub(crate) async fn run_partitions(
+    ctx: Arc<Ctx>,
+    pending: Vec<(Partition, Option<Vec<Value>>)>,
+) -> Vec<(String, PartitionEnd)> {
+    let concurrency = ctx.spec.limits.concurrency.get() as usize;
+    let mut queue = pending.into_iter();
+    let mut tasks = JoinSet::new();
+    let mut ends = Vec::new();
+    loop {
+        while tasks.len() < concurrency && !ctx.shutdown.is_requested() {
+            let Some((partition, checkpoint)) = queue.next() else {
+                break;
+            };
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                let id = partition.id.clone();
+                (id, run_partition(&ctx, &partition, checkpoint).await)
+            });
+        }
+        match tasks.join_next().await {
+            Some(Ok(end)) => ends.push(end),
+            Some(Err(join_error)) => {
+                // A panic in a worker is a bug; the partition stays `running` and is reset to
+                // `pending` by the next resume, so nothing is lost.
+                tracing::error!(run_id = ctx.run_id, error = %join_error, "partition task panicked");
+            }
+            None => break,
+        }
+    }
+    ends
+}
+
+/// Attempts one partition until it is done, fails for good, or is interrupted.
+/// `checkpoint` is the stored resume point; it advances in memory with every durable
+/// checkpoint, so a retry in this process continues where the failed attempt stopped.
+async fn run_partition(
+    ctx: &Ctx,
+    partition: &Partition,
+    mut checkpoint: Option<Vec<Value>>,
+) -> PartitionEnd {
+    let policy = ctx.spec.limits.retry;
+    loop {
+        if ctx.shutdown.is_requested() {
+            return PartitionEnd::Interrupted;
+        }
+        let attempt = match ctx
+            .store
+            .start_attempt(&ctx.run_id, &partition.id, &ctx.actor)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot start attempt");
+                return PartitionEnd::Interrupted;
+            }
+        };
+        ctx.emitter.emit(Event::PartitionStarted {
+            partition_id: partition.id.clone(),
+            attempt,
+        });
+        let started = Instant::now();
+        let result = attempt_partition(ctx, partition, attempt, started, &mut checkpoint).await;
+        let finish = |outcome| {
+            ctx.store
+                .finish_partition(&ctx.run_id, &partition.id, attempt, outcome, &ctx.actor)
+        };
+        match result {
+            Ok(counts) => {
+                return match finish(Outcome::Done).await {
+                    Ok(()) => {
+                        ctx.emitter.emit(Event::PartitionDone {
+                            partition_id: partition.id.clone(),
+                            counts,
+                        });
+                        PartitionEnd::Done
+                    }
+                    Err(e) => {
+                        tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot mark partition done");
+                        PartitionEnd::Interrupted
+                    }
+                };
+            }
+            Err(AttemptError::Interrupted) | Err(AttemptError::Stale) => {
+                return PartitionEnd::Interrupted;
+            }
+            Err(AttemptError::Store(StoreError::StaleAttempt { .. })) => {
+                return PartitionEnd::Interrupted;
+            }
+            Err(error) => {
+                let class = error.class();
+                let message = redact(&error.to_string());
+                match policy.decide(attempt, class, rand::random::<f64>()) {
+                    RetryDecision::RetryAfter(delay) => {
+                        if finish(Outcome::Retry { error: &message }).await.is_err() {
+                            return PartitionEnd::Interrupted;
+                        }
+                        ctx.emitter.emit(Event::PartitionRetrying {
+                            partition_id: partition.id.clone(),
+                            attempt,
+                            error: message,
+                            delay,
+                        });
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = ctx.shutdown.requested() => return PartitionEnd::Interrupted,
+                        }
+                    }
+                    RetryDecision::GiveUp => {
+                        let text = match class {
+                            ErrorClass::Permanent => message.clone(),
+                            ErrorClass::Transient => {
+                                format!("{message} (gave up after {attempt} attempts)")
+                            }
+                        };
+                        if finish(Outcome::Failed { error: &text }).await.is_err() {
+                            return PartitionEnd::Interrupted;
+                        }
+                        ctx.emitter.emit(Event::PartitionFailed {
+                            partition_id: partition.id.clone(),
+                            error: text,
+                        });
+                        return PartitionEnd::Failed;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One attempt: the rows of the partition, from its checkpoint, in the spec's write mode.
+/// Returns the counts of this attempt.
+async fn attempt_partition(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+    started: Instant,
+    resume_from: &mut Option<Vec<Value>>,
+) -> Result<RowCounts, AttemptError> {
+    match &ctx.spec.target.mode {
+        WriteMode::Upsert => upsert_partition(ctx, partition, attempt, started, resume_from).await,
+        WriteMode::Replace { .. } => replace_partition(ctx, partition, attempt, started).await,
+        WriteMode::Sql { .. } => {
+            let counts = ctx.sink.execute_sql(&partition.window).await?;
+            checkpoint(ctx, partition, attempt, None, &counts, started).await?;
+            Ok(counts)
+        }
+    }
+}
+
+async fn upsert_partition(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+    started: Instant,
+    after: &mut Option<Vec<Value>>,
+) -> Result<RowCounts, AttemptError> {
+    let batch_rows = ctx.spec.limits.batch_rows.get();
+    let mut total = RowCounts::default();
+    let mut key_positions: Option<Vec<usize>> = None;
+    let mut batch_started = started;
+    loop {
+        let batch = ctx
+            .source
+            .read_batch(&partition.window, after.as_deref(), batch_rows)
+            .await?;
+        if batch.is_empty() {
+            break;
+        }
+        throttle(ctx, batch.len()).await;
+        let positions = match &key_positions {
+            Some(p) => p,
+            None => key_positions.insert(ctx.source.key_positions(&batch.columns)?),
+        };
+        let last = batch.rows.last().map(|row| {
+            positions
+                .iter()
+                .map(|&i| row[i].clone())
+                .collect::<Vec<Value>>()
+        });
+        let full = batch.len() as u32 >= batch_rows;
+        let mut counts = if ctx.same_database {
+            let (sql, params) = ctx.store.checkpoint_statement(
+                &ctx.run_id,
+                &partition.id,
+                attempt,
+                last.as_deref(),
+                &RowCounts {
+                    read: batch.len() as u64,
+                    ..RowCounts::default()
+                },
+                elapsed_ms(batch_started),
+            );
+            ctx.sink
+                .upsert(&batch, Some(&Extra { sql, params }))
+                .await?
+        } else {
+            let counts = ctx.sink.upsert(&batch, None).await?;
+            let counts = RowCounts {
+                read: batch.len() as u64,
+                ..counts
+            };
+            checkpoint_only(
+                ctx,
+                partition,
+                attempt,
+                last.as_deref(),
+                &counts,
+                batch_started,
+            )
+            .await?;
+            counts
+        };
+        counts.read = batch.len() as u64;
+        batch_started = Instant::now();
+        total.add(&counts);
+        ctx.emitter.emit(Event::BatchWritten {
+            partition_id: partition.id.clone(),
+            counts,
+        });
+        *after = last;
+        if !full {
+            break;
+        }
+        if ctx.shutdown.is_requested() {
+            return Err(AttemptError::Interrupted);
+        }
+    }
+    Ok(total)
+}
+
+async fn replace_partition(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+    started: Instant,
+) -> Result<RowCounts, AttemptError> {
+    let batch_rows = ctx.spec.limits.batch_rows.get();
+    // The window is rewritten from scratch in one transaction, so counts of an earlier,
+    // rolled-back attempt must not add up.
+    ctx.store
+        .reset_counts(&ctx.run_id, &partition.id, attempt)
+        .await?;
+    let mut txn = ctx.sink.begin_replace(&partition.window).await?;
+    let mut counts = RowCounts {
+        deleted: txn.deleted(),
+        ..RowCounts::default()
+    };
+    let mut after: Option<Vec<Value>> = None;
+    let mut key_positions: Option<Vec<usize>> = None;
+    loop {
+        if ctx.shutdown.is_requested() {
+            // Dropping the transaction rolls it back: the target keeps the old window.
+            return Err(AttemptError::Interrupted);
+        }
+        let batch = ctx
+            .source
+            .read_batch(&partition.window, after.as_deref(), batch_rows)
+            .await?;
+        if batch.is_empty() {
+            break;
+        }
+        throttle(ctx, batch.len()).await;
+        let positions = match &key_positions {
+            Some(p) => p,
+            None => key_positions.insert(ctx.source.key_positions(&batch.columns)?),
+        };
+        after = batch
+            .rows
+            .last()
+            .map(|row| positions.iter().map(|&i| row[i].clone()).collect());
+        counts.read += batch.len() as u64;
+        counts.inserted += txn.insert(&batch).await?;
+        let full = batch.len() as u32 >= batch_rows;
+        if !full {
+            break;
+        }
+    }
+    if ctx.same_database {
+        let (sql, params) = ctx.store.checkpoint_statement(
+            &ctx.run_id,
+            &partition.id,
+            attempt,
+            None,
+            &counts,
+            elapsed_ms(started),
+        );
+        txn.commit(Some(&Extra { sql, params })).await?;
+    } else {
+        txn.commit(None).await?;
+        checkpoint_only(ctx, partition, attempt, None, &counts, started).await?;
+    }
+    ctx.emitter.emit(Event::BatchWritten {
+        partition_id: partition.id.clone(),
+        counts,
+    });
+    Ok(counts)
+}
+
+async fn checkpoint(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+    key: Option<&[Value]>,
+    counts: &RowCounts,
+    started: Instant,
+) -> Result<(), AttemptError> {
+    ctx.emitter.emit(Event::BatchWritten {
+        partition_id: partition.id.clone(),
+        counts: *counts,
+    });
+    checkpoint_only(ctx, partition, attempt, key, counts, started).await
+}
+
+async fn checkpoint_only(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+    key: Option<&[Value]>,
+    counts: &RowCounts,
+    started: Instant,
+) -> Result<(), AttemptError> {
+    ctx.store
+        .checkpoint(
+            &ctx.run_id,
+            &partition.id,
+            attempt,
+            key,
+            counts,
+            elapsed_ms(started),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::StaleAttempt { .. } => AttemptError::Stale,
+            other => AttemptError::Store(other),
+        })
+}
+
+/// Waits for the global rate limiter to allow `rows` more rows.
+async fn throttle(ctx: &Ctx, rows: usize) {
+    let Some(limiter) = &ctx.limiter else { return };
+    let mut left = rows as u32;
+    // The bucket holds one second of rows; ask in pieces no larger than that.
+    let burst = ctx.spec.limits.rows_per_second.map_or(1, NonZeroU32::get);
+    while left > 0 {
+        let n = left.min(burst);
+        if let Some(n) = NonZeroU32::new(n) {
+            let _ = limiter.until_n_ready(n).await;
+        }
+        left -= n;
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

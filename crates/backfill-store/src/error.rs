@@ -1,0 +1,79 @@
+//! The one error type of the store, and which of its errors are worth retrying.
+
+/// Everything that can go wrong in the state store.
+///
+/// No variant carries a password: URLs and driver messages are redacted before they get here.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened (bad URL, unwritable directory, not a database).
+    #[error("cannot open the state store {url}: {message}")]
+    Open {
+        /// The URL, password masked.
+        url: String,
+        /// What went wrong, password masked.
+        message: String,
+    },
+    /// No run or partition matches what was asked for (e.g. "no run matches `abc`").
+    #[error("{0}")]
+    NotFound(String),
+    /// A run id prefix matches several runs.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The state machine forbids the requested move; nothing was changed.
+    #[error("{what} cannot move from {from} to {to}")]
+    IllegalTransition {
+        /// What tried to move (`run 0190…`, `partition p1a2b…`).
+        what: String,
+        /// Its stored state.
+        from: String,
+        /// The requested state.
+        to: String,
+    },
+    /// Fencing: the attempt number is no longer current (another attempt started, or the
+    /// partition was reset); nothing was changed and the caller must stop working on it.
+    #[error("attempt on partition {partition_id} is stale: another attempt owns it now")]
+    StaleAttempt {
+        /// The partition whose attempt was superseded.
+        partition_id: String,
+    },
+    /// The store was written by a newer build of backfill; it is not touched.
+    #[error(
+        "the state store has schema version {found}, but this build knows only up to {known}; \
+         upgrade backfill"
+    )]
+    NewerSchema {
+        /// The version found in the store.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
+    /// The database reported an error.
+    #[error("state store error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value cannot be read back (unknown state, bad timestamp, bad checkpoint).
+    #[error("the state store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// SQLite's primary result codes for "another connection holds the lock".
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+
+impl StoreError {
+    /// True when retrying the same call later may succeed: the database was busy or locked,
+    /// an I/O error occurred, or no connection became free in time.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|code| code.parse::<i64>().ok())
+                // Extended codes keep the primary code in the low byte (SQLITE_BUSY_SNAPSHOT…).
+                .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
+            _ => false,
+        }
+    }
+}

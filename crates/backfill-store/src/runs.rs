@@ -1,0 +1,319 @@
+//! Runs: creation with their partitions, lookup, and run state transitions.
+//!
+//! A run and all its partitions are created in one transaction with the `run.created` event,
+//! so a crash never leaves a run with half a plan. Run state changes are checked against
+//! [`RunState::can_move_to`] on the stored state, under the write lock.
+
+use backfill_core::{Partition, RunState};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{Row, SqliteConnection};
+
+use crate::{Store, StoreError, audit, codec};
+
+/// What is needed to create a run.
+#[derive(Clone, Copy, Debug)]
+pub struct NewRun<'a> {
+    /// The spec's `name`; runs of the same name are resumed rather than duplicated.
+    pub spec_name: &'a str,
+    /// Hash of the spec file, to tell whether a resumed run still matches the spec.
+    pub spec_hash: &'a str,
+    /// Hash of the plan (the partitions), to tell whether a re-plan agrees.
+    pub plan_hash: &'a str,
+    /// The spec text, already redacted by the caller; stored for the audit trail.
+    pub spec_text: &'a str,
+    /// Who started the run (`user@host`).
+    pub owner: &'a str,
+    /// Why (the spec's or the command line's reason).
+    pub reason: &'a str,
+    /// The plan; every partition is stored `pending`.
+    pub partitions: &'a [Partition],
+}
+
+/// A stored run.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    /// UUIDv7 in lower-case hyphenated text; sorts by creation time.
+    pub id: String,
+    /// The spec's `name`.
+    pub spec_name: String,
+    /// Hash of the spec at creation.
+    pub spec_hash: String,
+    /// Hash of the plan at creation.
+    pub plan_hash: String,
+    /// The redacted spec text at creation.
+    pub spec_text: String,
+    /// Who started it.
+    pub owner: String,
+    /// Why.
+    pub reason: String,
+    /// Current state.
+    pub state: RunState,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it first went `running`.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it last reached a terminal state; cleared when reopened.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Number of partitions of its plan.
+    pub partitions_total: u64,
+}
+
+const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
+     state, created_at, updated_at, started_at, finished_at, partitions_total FROM runs";
+
+/// Newest first; the UUIDv7 id breaks ties within one microsecond.
+const NEWEST_FIRST: &str = "ORDER BY created_at DESC, id DESC";
+
+/// Partitions per multi-row INSERT: 7 parameters each stays far below SQLite's 32766 limit.
+const INSERT_CHUNK: usize = 500;
+
+fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        spec_name: row.try_get("spec_name")?,
+        spec_hash: row.try_get("spec_hash")?,
+        plan_hash: row.try_get("plan_hash")?,
+        spec_text: row.try_get("spec_text")?,
+        owner: row.try_get("owner")?,
+        reason: row.try_get("reason")?,
+        state: state
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?,
+        created_at: codec::parse_time(&row.try_get::<String, _>("created_at")?, "created_at")?,
+        updated_at: codec::parse_time(&row.try_get::<String, _>("updated_at")?, "updated_at")?,
+        started_at: codec::parse_opt_time(row.try_get("started_at")?, "started_at")?,
+        finished_at: codec::parse_opt_time(row.try_get("finished_at")?, "finished_at")?,
+        partitions_total: codec::from_db(row.try_get("partitions_total")?),
+    })
+}
+
+async fn insert_partitions(
+    conn: &mut SqliteConnection,
+    run_id: &str,
+    partitions: &[Partition],
+) -> Result<(), StoreError> {
+    for chunk in partitions.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO partitions \
+             (run_id, partition_id, idx, window_kind, window_start, window_end, state) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?, ?, ?, ?, 'pending')");
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for p in chunk {
+            let (kind, start, end) = codec::window_columns(&p.window);
+            query = query
+                .bind(run_id)
+                .bind(&p.id)
+                .bind(codec::to_db(p.index as u64))
+                .bind(kind)
+                .bind(start)
+                .bind(end);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn fetch_run(conn: &mut SqliteConnection, run_id: &str) -> Result<RunRecord, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = ?")))
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no run matches `{run_id}`")))?;
+    run_from_row(&row)
+}
+
+impl Store {
+    /// Creates a run in state `planned` with every partition `pending`, and its `run.created`
+    /// audit event, atomically: either all of it exists afterwards or none of it.
+    pub async fn create_run(&self, new: NewRun<'_>) -> Result<RunRecord, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = codec::now();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
+             state, created_at, updated_at, partitions_total) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(new.spec_name)
+        .bind(new.spec_hash)
+        .bind(new.plan_hash)
+        .bind(new.spec_text)
+        .bind(new.owner)
+        .bind(new.reason)
+        .bind(RunState::Planned.as_str())
+        .bind(&now)
+        .bind(&now)
+        .bind(codec::to_db(new.partitions.len() as u64))
+        .execute(&mut *tx)
+        .await?;
+        insert_partitions(&mut tx, &id, new.partitions).await?;
+        audit::append(
+            &mut tx,
+            Some(&id),
+            None,
+            new.owner,
+            "run.created",
+            json!({
+                "spec_name": new.spec_name,
+                "spec_hash": new.spec_hash,
+                "plan_hash": new.plan_hash,
+                "reason": new.reason,
+                "partitions": new.partitions.len(),
+            }),
+        )
+        .await?;
+        let run = fetch_run(&mut tx, &id).await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    /// The newest run of `spec_name` that is `planned`, `running` or `paused`: the one a new
+    /// `run` of the same spec must resume instead of starting another.
+    pub async fn find_unfinished_run(
+        &self,
+        spec_name: &str,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused') \
+             {NEWEST_FIRST} LIMIT 1"
+        )))
+        .bind(spec_name)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    /// The run whose id is `id_or_prefix`, or the only run whose id starts with it (at least 4
+    /// characters). [`StoreError::NotFound`] when none matches, [`StoreError::Ambiguous`]
+    /// when several do.
+    pub async fn get_run(&self, id_or_prefix: &str) -> Result<RunRecord, StoreError> {
+        let wanted = id_or_prefix.trim().to_ascii_lowercase();
+        let exact = sqlx::query(sqlx::AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = ?")))
+            .bind(&wanted)
+            .fetch_optional(self.pool())
+            .await?;
+        if let Some(row) = exact {
+            return run_from_row(&row);
+        }
+        if wanted.chars().count() < 4 {
+            return Err(StoreError::NotFound(format!(
+                "no run matches `{id_or_prefix}` (give at least 4 characters of a run id)"
+            )));
+        }
+        // substr rather than LIKE, so `%` or `_` in the input match only themselves.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE substr(id, 1, length(?)) = ? {NEWEST_FIRST} LIMIT 5"
+        )))
+        .bind(&wanted)
+        .bind(&wanted)
+        .fetch_all(self.pool())
+        .await?;
+        match rows.as_slice() {
+            [] => Err(StoreError::NotFound(format!(
+                "no run matches `{id_or_prefix}`"
+            ))),
+            [row] => run_from_row(row),
+            several => {
+                let ids: Vec<String> = several
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>("id").ok())
+                    .collect();
+                Err(StoreError::Ambiguous(format!(
+                    "`{id_or_prefix}` matches several runs ({}{}); give more characters",
+                    ids.join(", "),
+                    if several.len() == 5 { ", …" } else { "" }
+                )))
+            }
+        }
+    }
+
+    /// The most recently created run, if any.
+    pub async fn latest_run(&self) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self.list_runs(1).await?.into_iter().next())
+    }
+
+    /// Up to `limit` runs, newest first.
+    pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RUN_COLUMNS} {NEWEST_FIRST} LIMIT ?"
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Moves run `run_id` (exact id) to `to` if [`RunState::can_move_to`] allows it from its
+    /// stored state, else [`StoreError::IllegalTransition`] with nothing changed. Sets
+    /// `started_at` on the first `running`, `finished_at` on a terminal state (cleared when a
+    /// finished run is reopened), and appends `run.<state>` with `detail` (plus `from`, the
+    /// previous state, when `detail` is an object or null), all in one transaction.
+    pub async fn set_run_state(
+        &self,
+        run_id: &str,
+        to: RunState,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let from = fetch_run(&mut tx, run_id).await?.state;
+        if !from.can_move_to(to) {
+            return Err(StoreError::IllegalTransition {
+                what: format!("run {run_id}"),
+                from: from.to_string(),
+                to: to.to_string(),
+            });
+        }
+        let terminal = matches!(
+            to,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        );
+        let now = codec::now();
+        sqlx::query(
+            "UPDATE runs SET state = ?, updated_at = ?, \
+             started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END, \
+             finished_at = CASE WHEN ? THEN ? ELSE NULL END \
+             WHERE id = ?",
+        )
+        .bind(to.as_str())
+        .bind(&now)
+        .bind(to == RunState::Running)
+        .bind(&now)
+        .bind(terminal)
+        .bind(&now)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // Record where the run came from, unless the caller already said.
+        let detail = match detail {
+            serde_json::Value::Null => json!({ "from": from.as_str() }),
+            serde_json::Value::Object(mut map) => {
+                map.entry("from").or_insert_with(|| json!(from.as_str()));
+                serde_json::Value::Object(map)
+            }
+            other => other,
+        };
+        audit::append(
+            &mut tx,
+            Some(run_id),
+            None,
+            actor,
+            &format!("run.{to}"),
+            detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

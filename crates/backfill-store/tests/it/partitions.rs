@@ -1,0 +1,440 @@
+use backfill_core::{PartitionState, RowCounts, Value};
+use backfill_store::{Outcome, StoreError};
+
+use crate::{create, key_partitions, raw_pool, store};
+
+fn counts(read: u64, inserted: u64) -> RowCounts {
+    RowCounts {
+        read,
+        inserted,
+        updated: 1,
+        unchanged: 2,
+        deleted: 3,
+        affected: 4,
+    }
+}
+
+#[tokio::test]
+async fn attempt_checkpoint_and_finish_round_trip() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(2)).await;
+    let pid = store.partitions(&run.id).await.unwrap()[0]
+        .partition_id
+        .clone();
+
+    let attempt = store.start_attempt(&run.id, &pid, "w1").await.unwrap();
+    assert_eq!(attempt, 1);
+    let key = vec![
+        Value::Text("é\"x".into()),
+        Value::Blob(vec![0, 255, 7]),
+        Value::Null,
+        Value::Int(-5),
+        Value::Float(1.5),
+    ];
+    store
+        .checkpoint(&run.id, &pid, attempt, Some(&key), &counts(10, 5), 120)
+        .await
+        .unwrap();
+    // Without a key, counters still add up and the checkpoint stays.
+    store
+        .checkpoint(&run.id, &pid, attempt, None, &counts(1, 1), 30)
+        .await
+        .unwrap();
+    let p = store.partition(&run.id, &pid).await.unwrap();
+    assert_eq!(p.state, PartitionState::Running);
+    assert_eq!(p.checkpoint.as_deref(), Some(key.as_slice()));
+    assert_eq!(
+        p.counts,
+        RowCounts {
+            read: 11,
+            inserted: 6,
+            updated: 2,
+            unchanged: 4,
+            deleted: 6,
+            affected: 8
+        }
+    );
+    assert_eq!(p.elapsed_ms, 150);
+    assert!(p.started_at.is_some());
+
+    store
+        .finish_partition(&run.id, &pid, attempt, Outcome::Done, "w1")
+        .await
+        .unwrap();
+    let p = store.partition(&run.id, &pid).await.unwrap();
+    assert_eq!(p.state, PartitionState::Done);
+    assert!(p.finished_at.is_some());
+
+    // A done partition cannot start again.
+    assert!(matches!(
+        store.start_attempt(&run.id, &pid, "w1").await,
+        Err(StoreError::IllegalTransition { from, .. }) if from == "done"
+    ));
+    let events = store.audit_events(Some(&run.id)).await.unwrap();
+    let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["run.created", "partition.running", "partition.done"]
+    );
+    assert_eq!(events[2].detail["counts"]["read"], 11);
+    assert_eq!(events[2].partition_id.as_deref(), Some(pid.as_str()));
+}
+
+#[tokio::test]
+async fn stale_attempts_are_fenced_and_change_nothing() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(1)).await;
+    let pid = store.partitions(&run.id).await.unwrap()[0]
+        .partition_id
+        .clone();
+
+    let first = store.start_attempt(&run.id, &pid, "w1").await.unwrap();
+    store
+        .checkpoint(
+            &run.id,
+            &pid,
+            first,
+            Some(&[Value::Int(5)]),
+            &counts(5, 5),
+            10,
+        )
+        .await
+        .unwrap();
+    // The worker is presumed dead; the partition is reset and taken by a new attempt.
+    assert_eq!(store.reset_interrupted(&run.id, "w2").await.unwrap(), 1);
+    let second = store.start_attempt(&run.id, &pid, "w2").await.unwrap();
+    assert_eq!(second, 2);
+    let before = store.partition(&run.id, &pid).await.unwrap();
+    let events_before = store.audit_events(None).await.unwrap().len();
+
+    let stale = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(&r, Err(StoreError::StaleAttempt { partition_id }) if *partition_id == pid),
+            "{r:?}"
+        )
+    };
+    stale(
+        store
+            .checkpoint(
+                &run.id,
+                &pid,
+                first,
+                Some(&[Value::Int(99)]),
+                &counts(9, 9),
+                9,
+            )
+            .await,
+    );
+    stale(store.reset_counts(&run.id, &pid, first).await);
+    stale(
+        store
+            .finish_partition(&run.id, &pid, first, Outcome::Done, "w1")
+            .await,
+    );
+    stale(
+        store
+            .finish_partition(&run.id, &pid, first, Outcome::Failed { error: "x" }, "w1")
+            .await,
+    );
+
+    let after = store.partition(&run.id, &pid).await.unwrap();
+    assert_eq!(after.checkpoint, Some(vec![Value::Int(5)]));
+    assert_eq!(after.counts, before.counts);
+    assert_eq!(after.state, PartitionState::Running);
+    assert_eq!(after.attempts, 2);
+    assert_eq!(store.audit_events(None).await.unwrap().len(), events_before);
+
+    // The current attempt still works, and after it finishes even it is stale.
+    store
+        .finish_partition(&run.id, &pid, second, Outcome::Done, "w2")
+        .await
+        .unwrap();
+    stale(
+        store
+            .checkpoint(&run.id, &pid, second, None, &counts(1, 1), 1)
+            .await,
+    );
+    assert!(matches!(
+        store
+            .checkpoint(&run.id, "no-such-partition", 1, None, &counts(1, 1), 1)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn retry_keeps_the_checkpoint_and_failure_records_a_redacted_error() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(1)).await;
+    let pid = store.partitions(&run.id).await.unwrap()[0]
+        .partition_id
+        .clone();
+
+    let a1 = store.start_attempt(&run.id, &pid, "w").await.unwrap();
+    store
+        .checkpoint(&run.id, &pid, a1, Some(&[Value::Int(7)]), &counts(7, 7), 5)
+        .await
+        .unwrap();
+    store
+        .finish_partition(&run.id, &pid, a1, Outcome::Retry { error: "timeout" }, "w")
+        .await
+        .unwrap();
+    let p = store.partition(&run.id, &pid).await.unwrap();
+    assert_eq!(p.state, PartitionState::Pending);
+    assert_eq!(p.checkpoint, Some(vec![Value::Int(7)]));
+    assert_eq!(p.last_error.as_deref(), Some("timeout"));
+
+    let a2 = store.start_attempt(&run.id, &pid, "w").await.unwrap();
+    assert_eq!(a2, 2);
+    let error = "connect to postgres://bob:hunter2@db/shop refused";
+    store
+        .finish_partition(&run.id, &pid, a2, Outcome::Failed { error }, "w")
+        .await
+        .unwrap();
+    let p = store.partition(&run.id, &pid).await.unwrap();
+    assert_eq!(p.state, PartitionState::Failed);
+    assert_eq!(
+        p.last_error.as_deref(),
+        Some("connect to postgres://bob:***@db/shop refused")
+    );
+    let events = store.audit_events(Some(&run.id)).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.action, "partition.failed");
+    assert_eq!(last.detail["attempt"], 2);
+    assert!(!last.detail.to_string().contains("hunter2"));
+    assert_eq!(events[events.len() - 3].action, "partition.retry");
+}
+
+#[tokio::test]
+async fn reset_counts_restarts_a_partition_from_scratch() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(1)).await;
+    let pid = store.partitions(&run.id).await.unwrap()[0]
+        .partition_id
+        .clone();
+    let a = store.start_attempt(&run.id, &pid, "w").await.unwrap();
+    store
+        .checkpoint(&run.id, &pid, a, Some(&[Value::Int(7)]), &counts(7, 7), 5)
+        .await
+        .unwrap();
+    store.reset_counts(&run.id, &pid, a).await.unwrap();
+    let p = store.partition(&run.id, &pid).await.unwrap();
+    assert_eq!(p.checkpoint, None);
+    assert_eq!(p.counts, RowCounts::default());
+    assert_eq!(p.elapsed_ms, 5);
+}
+
+#[tokio::test]
+async fn checkpoint_statement_in_a_sink_transaction_matches_checkpoint() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(3)).await;
+    let ids: Vec<String> = store
+        .partitions(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition_id)
+        .collect();
+    let mut attempts = Vec::new();
+    for id in &ids {
+        attempts.push(store.start_attempt(&run.id, id, "w").await.unwrap());
+    }
+    let key = [Value::Text("k".into()), Value::Blob(vec![1, 2])];
+    let delta = counts(3, 2);
+
+    // Partition 0 through the store's own call.
+    store
+        .checkpoint(&run.id, &ids[0], attempts[0], Some(&key), &delta, 40)
+        .await
+        .unwrap();
+
+    // Partition 1 through a "sink" that owns a transaction on the same database file.
+    let sink = raw_pool(&store).await;
+    let (sql, params) =
+        store.checkpoint_statement(&run.id, &ids[1], attempts[1], Some(&key), &delta, 40);
+    assert_eq!(sql.matches('?').count(), params.len());
+    let mut tx = sink.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let result = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), &params)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(result.rows_affected(), 1);
+    tx.commit().await.unwrap();
+
+    // Partition 2: the sink's transaction rolls back, so its checkpoint never moves.
+    let (sql2, params2) =
+        store.checkpoint_statement(&run.id, &ids[2], attempts[2], Some(&key), &delta, 40);
+    let mut tx = sink.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    bind_all(sqlx::query(sqlx::AssertSqlSafe(sql2)), &params2)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    // A stale attempt affects no row.
+    let (stale_sql, stale_params) =
+        store.checkpoint_statement(&run.id, &ids[1], attempts[1] + 1, None, &delta, 1);
+    let result = bind_all(sqlx::query(sqlx::AssertSqlSafe(stale_sql)), &stale_params)
+        .execute(&sink)
+        .await
+        .unwrap();
+    assert_eq!(result.rows_affected(), 0);
+
+    let parts = store.partitions(&run.id).await.unwrap();
+    assert_eq!(parts[0].checkpoint, parts[1].checkpoint);
+    assert_eq!(parts[0].counts, parts[1].counts);
+    assert_eq!(parts[0].elapsed_ms, parts[1].elapsed_ms);
+    assert_eq!(parts[1].counts, delta);
+    assert_eq!(parts[2].checkpoint, None);
+    assert_eq!(parts[2].counts, RowCounts::default());
+    sink.close().await;
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    params: &[Value],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for p in params {
+        query = match p {
+            Value::Null => query.bind(None::<i64>),
+            Value::Int(i) => query.bind(*i),
+            Value::Float(f) => query.bind(*f),
+            Value::Text(s) => query.bind(s.clone()),
+            Value::Blob(b) => query.bind(b.clone()),
+        };
+    }
+    query
+}
+
+#[tokio::test]
+async fn reset_interrupted_returns_running_partitions_to_pending() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(3)).await;
+    let ids: Vec<String> = store
+        .partitions(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition_id)
+        .collect();
+    for id in &ids[..2] {
+        let a = store.start_attempt(&run.id, id, "w").await.unwrap();
+        store
+            .checkpoint(&run.id, id, a, Some(&[Value::Int(1)]), &counts(1, 1), 1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.reset_interrupted(&run.id, "resume").await.unwrap(), 2);
+    assert_eq!(store.reset_interrupted(&run.id, "resume").await.unwrap(), 0);
+    let parts = store.partitions(&run.id).await.unwrap();
+    for p in &parts {
+        assert_eq!(p.state, PartitionState::Pending);
+    }
+    assert_eq!(parts[0].checkpoint, Some(vec![Value::Int(1)]));
+    assert_eq!(parts[0].attempts, 1);
+    assert_eq!(parts[2].checkpoint, None);
+    let interrupted: Vec<_> = store
+        .audit_events(Some(&run.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "partition.interrupted")
+        .map(|e| e.partition_id.unwrap())
+        .collect();
+    assert_eq!(interrupted, &ids[..2]);
+    // The next attempt gets a fresh fencing token.
+    assert_eq!(store.start_attempt(&run.id, &ids[0], "w").await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn reopen_failed_gives_failed_partitions_a_new_chance() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(3)).await;
+    let ids: Vec<String> = store
+        .partitions(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition_id)
+        .collect();
+    let a = store.start_attempt(&run.id, &ids[0], "w").await.unwrap();
+    store
+        .finish_partition(
+            &run.id,
+            &ids[0],
+            a,
+            Outcome::Failed { error: "bad row" },
+            "w",
+        )
+        .await
+        .unwrap();
+    let a = store.start_attempt(&run.id, &ids[1], "w").await.unwrap();
+    store
+        .finish_partition(&run.id, &ids[1], a, Outcome::Done, "w")
+        .await
+        .unwrap();
+
+    assert_eq!(store.reopen_failed(&run.id, "bob").await.unwrap(), 1);
+    let parts = store.partitions(&run.id).await.unwrap();
+    assert_eq!(parts[0].state, PartitionState::Pending);
+    assert_eq!(parts[0].last_error.as_deref(), Some("bad row"));
+    assert!(parts[0].finished_at.is_none());
+    assert_eq!(parts[1].state, PartitionState::Done);
+    let last = store
+        .audit_events(Some(&run.id))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last.action, "partition.reopened");
+    assert_eq!(last.actor, "bob");
+    assert!(store.verify_audit().await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checkpoints_and_transitions_do_not_fail() {
+    let (store, _dir) = store().await;
+    let run = create(&store, "a", &key_partitions(8)).await;
+    let ids: Vec<String> = store
+        .partitions(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition_id)
+        .collect();
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let store = store.clone();
+        let run_id = run.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let attempt = store.start_attempt(&run_id, &id, "w").await?;
+            for i in 0..50 {
+                store
+                    .checkpoint(
+                        &run_id,
+                        &id,
+                        attempt,
+                        Some(&[Value::Int(i)]),
+                        &counts(1, 1),
+                        1,
+                    )
+                    .await?;
+            }
+            store
+                .finish_partition(&run_id, &id, attempt, Outcome::Done, "w")
+                .await?;
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    for p in store.partitions(&run.id).await.unwrap() {
+        assert_eq!(p.state, PartitionState::Done);
+        assert_eq!(p.counts.read, 50);
+        assert_eq!(p.checkpoint, Some(vec![Value::Int(49)]));
+    }
+    let check = store.verify_audit().await.unwrap();
+    assert!(check.is_ok(), "{check:?}");
+    assert_eq!(check.events, 1 + 8 * 2);
+}
