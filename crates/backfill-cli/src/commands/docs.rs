@@ -59,3 +59,25 @@ pub(crate) fn cli_markdown() -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The committed reference docs must match what the declarations generate.
+    #[test]
+    fn generated_docs_are_fresh() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+        let cases = [
+            ("spec.md", backfill_core::spec::schema::reference_markdown()),
+            ("cli.md", super::cli_markdown()),
+        ];
+        for (name, want) in cases {
+            let have = std::fs::read_to_string(docs.join(name)).unwrap_or_default();
+            assert!(
+                have == want,
+                "docs/{name} is stale: run `cargo run -p backfill-cli -- docs` and commit it"
+            );
+        }
+    }
+}

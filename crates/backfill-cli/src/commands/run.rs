@@ -173,6 +173,7 @@ pub(crate) async fn execute_quiet(
                 shutdown.request();
                 // A second Ctrl-C stops at once; checkpoints already written stay valid.
                 if tokio::signal::ctrl_c().await.is_ok() {
+                    #[allow(clippy::disallowed_methods)]
                     std::process::exit(130);
                 }
             }
