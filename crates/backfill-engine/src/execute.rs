@@ -249,9 +249,24 @@ async fn upsert_partition(
                 },
                 elapsed_ms(batch_started),
             );
-            ctx.sink
+            let counts = ctx
+                .sink
                 .upsert(&batch, Some(&Extra { sql, params }))
-                .await?
+                .await?;
+            // The checkpoint committed with the batch; the write's counts are only known
+            // now, so they are added afterwards (counters only: the resume point is already
+            // durable, and a lost counter update never causes a wrong write).
+            let tally = RowCounts { read: 0, ..counts };
+            checkpoint_only(
+                ctx,
+                partition,
+                attempt,
+                last.as_deref(),
+                &tally,
+                batch_started,
+            )
+            .await?;
+            counts
         } else {
             let counts = ctx.sink.upsert(&batch, None).await?;
             let counts = RowCounts {

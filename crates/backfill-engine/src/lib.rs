@@ -172,7 +172,7 @@ pub async fn execute(
     let source = open_source(&spec.source, &spec.target.key, pool).await?;
     let sink = open_sink(&spec.target, pool).await?;
     if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
-        preflight(spec, store, &run, &source, &sink).await?;
+        preflight(spec, &source, &sink).await?;
     }
 
     let actor = options.actor.as_str();
@@ -264,12 +264,9 @@ pub async fn execute(
 /// the query fails the run up front rather than every partition.
 async fn preflight(
     spec: &Spec,
-    _store: &Store,
-    run: &RunRecord,
     source: &backfill_connectors::AnySource,
     sink: &backfill_connectors::AnySink,
 ) -> Result<(), EngineError> {
-    let _ = run;
     let scope_partitions = backfill_core::plan::partitions(&spec.scope)?;
     // The first non-empty partition among the first few gives the column list.
     for partition in scope_partitions.iter().take(3) {

@@ -1,0 +1,216 @@
+//! Engine tests through the library API on real SQLite files.
+
+use std::num::NonZeroU32;
+use std::str::FromStr;
+
+use backfill_core::plan::{Scope, Step};
+use backfill_core::spec::{Limits, SourceSpec, Spec, TargetSpec, WriteMode};
+use backfill_core::{PartitionState, RunState, SecretUrl, TimeFormat};
+use backfill_engine::{ExecuteOptions, Launch, Shutdown, execute, prepare_run, status};
+use chrono::{TimeZone, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteConnectOptions;
+
+async fn pool(url: &str) -> SqlitePool {
+    SqlitePool::connect_with(
+        SqliteConnectOptions::from_str(url)
+            .unwrap()
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap()
+}
+
+/// A source with `n` rows, one per minute from 2026-03-01, and an empty target table.
+async fn fixture(dir: &std::path::Path, n: i64, target_file: &str) -> (String, String) {
+    let source = format!("sqlite://{}/source.db", dir.display());
+    let target = format!("sqlite://{}/{target_file}", dir.display());
+    let src = pool(&source).await;
+    sqlx::query("CREATE TABLE events (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, v INTEGER)")
+        .execute(&src)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) \
+         INSERT INTO events SELECT i, strftime('%Y-%m-%dT%H:%M:%SZ', 1772323200 + i * 60, 'unixepoch'), i * 3 FROM n",
+    )
+    .bind(n)
+    .execute(&src)
+    .await
+    .unwrap();
+    src.close().await;
+    let dst = pool(&target).await;
+    sqlx::query("CREATE TABLE copy (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, v INTEGER)")
+        .execute(&dst)
+        .await
+        .unwrap();
+    dst.close().await;
+    (source, target)
+}
+
+fn spec(source: &str, target: &str, hours: u32) -> Spec {
+    Spec {
+        name: "engine_test".into(),
+        reason: Some("test".into()),
+        source: SourceSpec {
+            url: SecretUrl::new(source),
+            query: "SELECT id, ts, v FROM events WHERE ts >= :start AND ts < :end".into(),
+            time_format: TimeFormat::Rfc3339,
+            time_column: None,
+        },
+        target: TargetSpec {
+            url: SecretUrl::new(target),
+            table: Some("copy".into()),
+            key: vec!["id".into()],
+            mode: WriteMode::Upsert,
+            time_format: TimeFormat::Rfc3339,
+        },
+        scope: Scope::Time {
+            start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+                + chrono::Duration::hours(i64::from(hours)),
+            step: Step::Seconds(3600),
+            timezone: chrono_tz::UTC,
+        },
+        limits: Limits {
+            concurrency: NonZeroU32::new(3).unwrap(),
+            batch_rows: NonZeroU32::new(7).unwrap(),
+            ..Limits::default()
+        },
+        redacted_text: String::new(),
+        spec_hash: "h".into(),
+    }
+}
+
+async fn count(url: &str, sql: &str) -> i64 {
+    let p = pool(url).await;
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&p)
+        .await
+        .unwrap();
+    p.close().await;
+    n
+}
+
+#[tokio::test]
+async fn state_store_in_the_target_database_commits_checkpoints_with_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 300, "target.db").await;
+    let spec = spec(&source, &target, 5);
+    let store = backfill_store::Store::open(&target).await.unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let launch = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap();
+    let summary = execute(
+        &store,
+        &spec,
+        launch.run(),
+        ExecuteOptions::new("t@h", Shutdown::new()),
+    )
+    .await
+    .unwrap();
+    assert!(summary.exactly_once, "target database is the state store");
+    assert_eq!(summary.state, RunState::Succeeded);
+    assert_eq!(summary.counts.read, 300);
+    assert_eq!(
+        summary.counts.inserted, 300,
+        "counts survive the in-transaction checkpoint"
+    );
+    assert_eq!(count(&target, "SELECT count(*) FROM copy").await, 300);
+    let parts = store.partitions(&launch.run().id).await.unwrap();
+    assert!(
+        parts
+            .iter()
+            .all(|p| p.state == PartitionState::Done && p.counts.read == 60)
+    );
+}
+
+#[tokio::test]
+async fn second_prepare_resumes_and_force_new_creates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 120, "target.db").await;
+    let spec = spec(&source, &target, 2);
+    let store = backfill_store::Store::open(&format!("sqlite://{}/state.db", dir.path().display()))
+        .await
+        .unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let first = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap();
+    assert!(matches!(first, Launch::Created(_)));
+    let again = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap();
+    assert!(matches!(&again, Launch::Resumed(r) if r.id == first.run().id));
+    let forced = prepare_run(&store, &spec, &plan, None, "t@h", true)
+        .await
+        .unwrap();
+    assert!(matches!(&forced, Launch::Created(r) if r.id != first.run().id));
+    let no_reason = Spec {
+        reason: None,
+        ..spec.clone()
+    };
+    assert!(matches!(
+        prepare_run(&store, &no_reason, &plan, Some("  "), "t@h", true).await,
+        Err(backfill_engine::EngineError::NoReason)
+    ));
+}
+
+#[tokio::test]
+async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
+    let mut spec = spec(&source, &target, 34);
+    spec.limits.rows_per_second = NonZeroU32::new(2_000);
+    let store = backfill_store::Store::open(&format!("sqlite://{}/state.db", dir.path().display()))
+        .await
+        .unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let run = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    let shutdown = Shutdown::new();
+    let stopper = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            shutdown.request();
+        })
+    };
+    let paused = execute(&store, &spec, &run, ExecuteOptions::new("t@h", shutdown))
+        .await
+        .unwrap();
+    stopper.await.unwrap();
+    assert_eq!(paused.state, RunState::Paused);
+    let parts = store.partitions(&run.id).await.unwrap();
+    assert!(
+        parts.iter().all(|p| p.state != PartitionState::Running),
+        "nothing left running"
+    );
+    let st = status::compute(&store.get_run(&run.id).await.unwrap(), &parts, Utc::now());
+    assert!(st.success_rate < 1.0);
+
+    spec.limits.rows_per_second = None;
+    let done = execute(
+        &store,
+        &spec,
+        &run,
+        ExecuteOptions::new("t@h", Shutdown::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(
+        done.counts.read, 2_000,
+        "no row read twice across pause and resume"
+    );
+    assert_eq!(count(&target, "SELECT count(*) FROM copy").await, 2_000);
+    assert_eq!(
+        count(&target, "SELECT sum(v) FROM copy").await,
+        (0..2_000).map(|i| i * 3).sum::<i64>()
+    );
+    assert!(store.verify_audit().await.unwrap().first_bad_seq.is_none());
+}
