@@ -263,7 +263,8 @@ async fn upsert_partition(
                 attempt,
                 last.as_deref(),
                 &tally,
-                batch_started,
+                // The batch's time was already counted by the in-transaction checkpoint.
+                Instant::now(),
             )
             .await?;
             counts
