@@ -15,7 +15,7 @@ pub enum EngineError {
     #[error("state store: {0}")]
     Store(#[from] StoreError),
     /// A source or target could not be opened or checked.
-    #[error("{0}")]
+    #[error(transparent)]
     Connector(#[from] ConnectorError),
     /// The run has no reason.
     #[error("a run needs a reason")]
@@ -50,7 +50,7 @@ pub enum EngineError {
 /// An error inside one partition attempt.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AttemptError {
-    #[error("{0}")]
+    #[error(transparent)]
     Connector(#[from] ConnectorError),
     #[error("state store: {0}")]
     Store(#[from] StoreError),

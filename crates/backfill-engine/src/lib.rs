@@ -146,6 +146,8 @@ pub struct RunSummary {
     pub failures: Vec<(String, String)>,
     /// Wall time of this call.
     pub elapsed: std::time::Duration,
+    /// Rows read by this call (the run's totals include earlier sessions).
+    pub session_rows_read: u64,
     /// True when the target database is the state store (checkpoints commit with writes).
     pub exactly_once: bool,
 }
@@ -187,6 +189,7 @@ pub async fn execute(
     }
 
     let records = store.partitions(&run.id).await?;
+    let read_before: u64 = records.iter().map(|p| p.counts.read).sum();
     let pending: Vec<_> = records
         .iter()
         .filter(|p| p.state == PartitionState::Pending)
@@ -246,7 +249,8 @@ pub async fn execute(
     } else {
         RunState::Failed
     };
-    let summary = summary_of(final_state);
+    let mut summary = summary_of(final_state);
+    summary.session_rows_read = summary.counts.read.saturating_sub(read_before);
     let detail = serde_json::json!({
         "done": summary.done,
         "failed": summary.failed,
@@ -315,6 +319,7 @@ fn summarize(
         total: records.len() as u64,
         failures,
         elapsed: started.elapsed(),
+        session_rows_read: counts.read,
         exactly_once,
     }
 }

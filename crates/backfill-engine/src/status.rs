@@ -20,7 +20,8 @@ pub struct RunStatus {
     pub rows_per_second: f64,
     /// Failed attempts per 1,000 rows read.
     pub errors_per_1000_rows: f64,
-    /// Retries per partition that has started at least once.
+    /// Retries (attempts after the first, including restarts after a pause) per partition
+    /// that has started at least once.
     pub retries_per_partition: f64,
     /// Estimated time to finish at the pace so far; `None` before the first partition is done
     /// or when the run is not running.
@@ -59,9 +60,7 @@ pub fn compute(run: &RunRecord, partitions: &[PartitionRecord], now: DateTime<Ut
         if p.attempts > 0 {
             started_partitions += 1;
             retries += u64::from(p.attempts - 1);
-            // Every attempt but a successful or ongoing last one ended in an error.
-            let ok_last = matches!(p.state, PartitionState::Done | PartitionState::Running);
-            failed_attempts += u64::from(p.attempts) - u64::from(ok_last);
+            failed_attempts += u64::from(p.errors);
         }
     }
     let _ = attempts;

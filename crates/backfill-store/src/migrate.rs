@@ -11,7 +11,10 @@ use sqlx::SqlitePool;
 use crate::StoreError;
 
 /// Every migration, in order; the version of the last one is the version this build knows.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_partition_errors.sql")),
+];
 
 /// The newest schema version this build can read and write.
 pub(crate) fn known_version() -> i64 {

@@ -41,6 +41,9 @@ pub struct PartitionRecord {
     pub counts: RowCounts,
     /// The error of the last failed or retried attempt, secrets masked.
     pub last_error: Option<String>,
+    /// Attempts that ended in an error (retried or failed); interrupted attempts are not
+    /// errors.
+    pub errors: u32,
     /// When its first attempt started.
     pub started_at: Option<DateTime<Utc>>,
     /// When it last reached `done` or `failed`.
@@ -68,7 +71,7 @@ pub enum Outcome<'a> {
 
 const PARTITION_COLUMNS: &str = "SELECT run_id, partition_id, idx, window_kind, window_start, \
      window_end, state, attempts, checkpoint, rows_read, inserted, updated, unchanged, deleted, \
-     affected, last_error, started_at, finished_at, elapsed_ms FROM partitions";
+     affected, last_error, errors, started_at, finished_at, elapsed_ms FROM partitions";
 
 fn partition_from_row(row: &SqliteRow) -> Result<PartitionRecord, StoreError> {
     let partition_id: String = row.try_get("partition_id")?;
@@ -108,6 +111,7 @@ fn partition_from_row(row: &SqliteRow) -> Result<PartitionRecord, StoreError> {
             affected: codec::from_db(row.try_get("affected")?),
         },
         last_error: row.try_get("last_error")?,
+        errors: u32::try_from(row.try_get::<i64, _>("errors")?).unwrap_or(u32::MAX),
         started_at: codec::parse_opt_time(row.try_get("started_at")?, "started_at")?,
         finished_at: codec::parse_opt_time(row.try_get("finished_at")?, "finished_at")?,
         elapsed_ms: codec::from_db(row.try_get("elapsed_ms")?),
@@ -356,11 +360,13 @@ impl Store {
         let now = codec::now();
         sqlx::query(
             "UPDATE partitions SET state = ?, last_error = COALESCE(?, last_error), \
+             errors = errors + ?, \
              finished_at = CASE WHEN ? THEN ? ELSE finished_at END \
              WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'",
         )
         .bind(to.as_str())
         .bind(error.as_deref())
+        .bind(i64::from(error.is_some()))
         .bind(finished)
         .bind(&now)
         .bind(run_id)

@@ -1,6 +1,6 @@
 //! `backfill check SPEC`: validate the file, then the connections and the data's time format.
 
-use backfill_connectors::{open_sink, open_source};
+use backfill_connectors::{ConnectorError, open_sink, open_source};
 use backfill_core::{Diagnostic, Scope, Spec, Window, WriteMode};
 use serde_json::json;
 
@@ -16,7 +16,10 @@ pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
     if let Some(spec) = &parsed.spec
         && !args.offline
     {
-        diagnostics.extend(live_checks(spec).await);
+        for mut d in live_checks(spec).await {
+            d.position = d.position.or_else(|| parsed.position_of(&d.path));
+            diagnostics.push(d);
+        }
     }
     for d in &diagnostics {
         out.note(d.render(&file));
@@ -73,20 +76,14 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
     let source = match open_source(&spec.source, &spec.target.key, 1).await {
         Ok(s) => Some(s),
         Err(e) => {
-            out.push(
-                Diagnostic::error("source.url", format!("cannot connect: {e}"))
-                    .with_hint("check that the database exists and is reachable"),
-            );
+            out.push(open_problem("source", &e));
             None
         }
     };
     let sink = match open_sink(&spec.target, 1).await {
         Ok(s) => Some(s),
         Err(e) => {
-            out.push(
-                Diagnostic::error("target.url", format!("cannot connect: {e}"))
-                    .with_hint("check that the database exists and is reachable"),
-            );
+            out.push(open_problem("target", &e));
             None
         }
     };
@@ -125,6 +122,26 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
         sink.close().await;
     }
     out
+}
+
+/// A diagnostic for an error opening the source or target, at the field it is about.
+fn open_problem(side: &str, e: &ConnectorError) -> Diagnostic {
+    match e {
+        ConnectorError::Connect { .. } => Diagnostic::error(format!("{side}.url"), e.to_string())
+            .with_hint("check that the database exists and is reachable"),
+        ConnectorError::MissingColumn { .. } if side == "source" => {
+            Diagnostic::error("target.key", e.to_string())
+                .with_hint("the source query must return every key column under the same name")
+        }
+        ConnectorError::MissingColumn { .. } => Diagnostic::error("target.table", e.to_string())
+            .with_hint("the target table needs a column for every column the query returns"),
+        ConnectorError::Sql { .. } if side == "source" => {
+            Diagnostic::error("source.query", e.to_string())
+        }
+        ConnectorError::Sql { .. } | ConnectorError::Data { .. } => {
+            Diagnostic::error(side, e.to_string())
+        }
+    }
 }
 
 async fn time_format_checks(

@@ -100,7 +100,7 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
     target.close().await;
     let secs = summary.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
-        summary.counts.read as f64 / secs
+        summary.session_rows_read as f64 / secs
     } else {
         0.0
     };

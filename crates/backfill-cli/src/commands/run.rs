@@ -196,7 +196,7 @@ pub(crate) async fn execute_quiet(
 fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
     let secs = s.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
-        s.counts.read as f64 / secs
+        s.session_rows_read as f64 / secs
     } else {
         0.0
     };

@@ -137,6 +137,23 @@ pub struct Parsed {
     pub spec: Option<Spec>,
     /// All problems found, in file order.
     pub diagnostics: Vec<Diagnostic>,
+    /// `line:column` of every key in the file by dotted path (`target.key`), so later checks
+    /// (connections, sampling) can point at the field they are about.
+    pub positions: std::collections::BTreeMap<String, (usize, usize)>,
+}
+
+impl Parsed {
+    /// The position of `path`, or of its nearest enclosing table that is in the file (a
+    /// missing `target.key` points at `[target]`).
+    pub fn position_of(&self, path: &str) -> Option<(usize, usize)> {
+        let mut path = path;
+        loop {
+            if let Some(p) = self.positions.get(path) {
+                return Some(*p);
+            }
+            path = path.rsplit_once('.')?.0;
+        }
+    }
 }
 
 /// Parses and validates spec `text`. Never panics, whatever the input.

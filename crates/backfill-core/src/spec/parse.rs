@@ -329,7 +329,9 @@ fn resolve_sqlite_path(url: &str, base: &std::path::Path) -> String {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     };
-    if path.is_empty() || path.starts_with(':') || path.starts_with('/') {
+    // `sqlite://user:password@host/…` is not a file path; leave it for the driver to refuse
+    // (and for redaction to recognise).
+    if path.is_empty() || path.starts_with(':') || path.starts_with('/') || path.contains('@') {
         return url.to_owned();
     }
     let abs = base.join(path);
@@ -380,6 +382,7 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
             return Parsed {
                 spec: None,
                 diagnostics: w.diags,
+                positions: Default::default(),
             };
         }
     };
@@ -443,6 +446,18 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
         }
     }
 
+    let mut positions = std::collections::BTreeMap::new();
+    collect_positions(root, "", text, &mut positions);
+    let mut parsed = Parsed {
+        spec: None,
+        diagnostics: Vec::new(),
+        positions,
+    };
+    for d in &mut w.diags {
+        if d.position.is_none() && !d.path.is_empty() {
+            d.position = parsed.position_of(&d.path);
+        }
+    }
     w.diags
         .sort_by_key(|d| (d.position.unwrap_or((usize::MAX, 0)), d.path.clone()));
     let has_error = w.diags.iter().any(Diagnostic::is_error);
@@ -459,9 +474,28 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
         }),
         _ => None,
     };
-    Parsed {
-        spec,
-        diagnostics: w.diags,
+    parsed.spec = spec;
+    parsed.diagnostics = w.diags;
+    parsed
+}
+
+/// Records the position of every value (and table header) under `table`, by dotted path.
+fn collect_positions(
+    table: &Table<'_>,
+    prefix: &str,
+    text: &str,
+    out: &mut std::collections::BTreeMap<String, (usize, usize)>,
+) {
+    for (k, v) in table.iter() {
+        let name: &str = k.get_ref();
+        let path = join(prefix, name);
+        // Values are where problems are; a table is found by its header.
+        if let DeValue::Table(inner) = v.get_ref() {
+            out.insert(path.clone(), line_col(text, k.span().start));
+            collect_positions(inner, &path, text, out);
+        } else {
+            out.insert(path, line_col(text, v.span().start));
+        }
     }
 }
 

@@ -69,10 +69,10 @@ fn unknown_keys_suggest_the_closest() {
     check(
         &good_with("partition = \"1h\"", "partiton = \"1h\""),
         expect![[r#"
+            spec.toml:14:2: error: scope.partition: a time scope needs `partition`, the partition size
+              hint: e.g. `partition = "1h"`
             spec.toml:17:1: error: scope.partiton: unknown key `partiton`
-              hint: did you mean `partition`?
-            spec.toml: error: scope.partition: a time scope needs `partition`, the partition size
-              hint: e.g. `partition = "1h"`"#]],
+              hint: did you mean `partition`?"#]],
     );
     check(
         &format!("{GOOD}\n[limits]\nconcurency = 3\nwhatever = 1\n"),
@@ -115,7 +115,7 @@ fn key_columns_are_required_for_upsert() {
     check(
         &good_with("key = [\"id\"]", ""),
         expect![[r#"
-            spec.toml: error: target.key: `upsert` mode needs `key`, the key columns
+            spec.toml:9:2: error: target.key: `upsert` mode needs `key`, the key columns
               hint: e.g. `key = ["id"]`; the source query must return these columns"#]],
     );
     check(
@@ -211,7 +211,7 @@ fn write_modes() {
     check(
         &good_with("key = [\"id\"]", "key = [\"id\"]\nmode = \"replace\""),
         expect![[r#"
-            spec.toml: error: target.window_column: `replace` mode needs `window_column`
+            spec.toml:9:2: error: target.window_column: `replace` mode needs `window_column`
               hint: the target column compared with `:start`/`:end` when deleting a window"#]],
     );
     let sql = good_with(
@@ -254,8 +254,8 @@ fn key_and_list_scopes() {
     check(
         &mixed,
         expect![[r#"
-        spec.toml: error: scope: the scope mixes kinds
-          hint: use exactly one of: time (`start`/`end`/`partition`), keys (`from`/`to`/`chunk`), or `list`"#]],
+            spec.toml:14:2: error: scope: the scope mixes kinds
+              hint: use exactly one of: time (`start`/`end`/`partition`), keys (`from`/`to`/`chunk`), or `list`"#]],
     );
 }
 

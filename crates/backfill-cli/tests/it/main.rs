@@ -1,0 +1,13 @@
+//! Integration tests of the real `backfill` binary on real SQLite files.
+//!
+//! One test crate (this file plus modules) keeps link time low. Each test works in its own
+//! temporary folder with its own databases and state store, so tests run in parallel.
+
+mod support;
+
+mod check;
+mod crash;
+mod demo;
+mod errors;
+mod idempotency;
+mod lifecycle;
