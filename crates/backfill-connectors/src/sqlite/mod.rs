@@ -179,13 +179,19 @@ fn decode_value(raw: SqliteValueRef<'_>) -> Result<Value, String> {
     if raw.is_null() {
         return Ok(Value::Null);
     }
-    let class = raw.type_info().name().to_owned();
-    let decoded = match class.as_str() {
+    // The storage class of this value, not the column's declared type.
+    let class = match raw.type_info().name() {
+        "INTEGER" => "INTEGER",
+        "REAL" => "REAL",
+        "TEXT" => "TEXT",
+        "BLOB" => "BLOB",
+        other => return Err(format!("unexpected storage class {other}")),
+    };
+    let decoded = match class {
         "INTEGER" => <i64 as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Int),
         "REAL" => <f64 as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Float),
         "TEXT" => <String as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Text),
-        "BLOB" => <Vec<u8> as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Blob),
-        other => return Err(format!("unexpected storage class {other}")),
+        _ => <Vec<u8> as Decode<'_, sqlx::Sqlite>>::decode(raw).map(Value::Blob),
     };
     decoded.map_err(|e| format!("cannot read {class} value: {e}"))
 }

@@ -52,7 +52,7 @@ pub async fn fixture_pool(path: &Path) -> SqlitePool {
     SqlitePool::connect_with(options).await.unwrap()
 }
 
-/// All rows of `sql`, decoded like the connector does (via a one-shot source is overkill).
+/// All rows of `sql` in the database at `url`, read directly with sqlx (not through a connector).
 pub async fn rows(url: &str, sql: &str) -> Vec<Vec<Value>> {
     let path = url.trim_start_matches("sqlite://");
     let pool = fixture_pool(Path::new(path)).await;
