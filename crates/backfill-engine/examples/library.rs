@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             key: vec!["id".into()],
             mode: WriteMode::Upsert,
             time_format: TimeFormat::Rfc3339,
+            pushdown: true,
         },
         scope: Scope::Time {
             start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),

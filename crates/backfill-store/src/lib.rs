@@ -30,7 +30,9 @@ mod runs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 pub use audit::{AuditCheck, AuditEvent};
 pub use error::StoreError;
@@ -47,6 +49,37 @@ pub struct Store {
     pool: SqlitePool,
     url_redacted: String,
     path: Option<PathBuf>,
+    /// Serialises this process's writers before they reach SQLite's write lock. Without it,
+    /// concurrent workers collide on `BEGIN IMMEDIATE` and SQLite's busy handler makes the
+    /// losers sleep for whole milliseconds; queueing here costs microseconds. Other processes
+    /// still queue on SQLite's lock.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction holding this process's write gate until it commits or drops.
+pub(crate) struct WriteTxn {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTxn {
+    /// Commits, then releases the gate.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTxn {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTxn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// How long a connection waits for SQLite's write lock before reporting `SQLITE_BUSY`.
@@ -68,8 +101,14 @@ impl Store {
         };
         let target = parse_url(url).map_err(open_err)?;
 
+        // WAL with `synchronous = NORMAL`: a commit survives a killed process (SIGKILL, OOM)
+        // without waiting for an fsync; only a power loss or OS crash can drop the last
+        // commits, and then the state change and its audit event go together (same
+        // transaction) and a lost checkpoint only means an idempotent batch is replayed. The
+        // target keeps `synchronous = FULL`, so a checkpoint is never ahead of the target.
         let base = SqliteConnectOptions::new()
             .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .create_if_missing(true);
@@ -109,6 +148,7 @@ impl Store {
             pool,
             url_redacted,
             path,
+            write_gate: Default::default(),
         };
         if let Err(e) = migrate::run(&store.pool).await {
             store.pool.close().await;
@@ -136,10 +176,15 @@ impl Store {
     }
 
     /// Starts a write transaction that holds SQLite's write lock from its first statement.
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    pub(crate) async fn begin_write(&self) -> Result<WriteTxn, StoreError> {
+        let gate = self.write_gate.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTxn { tx, _gate: gate })
+    }
+
+    /// Holds this process's write gate for a single-statement write outside a transaction.
+    pub(crate) async fn write_gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.write_gate.clone().lock_owned().await
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {

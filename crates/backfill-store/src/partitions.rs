@@ -251,7 +251,9 @@ impl Store {
         let query = params
             .iter()
             .fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind_value);
+        let gate = self.write_gate().await;
         let done = query.execute(self.pool()).await?;
+        drop(gate);
         if done.rows_affected() != 1 {
             return Err(self.stale_or_missing(run_id, partition_id).await);
         }

@@ -66,6 +66,9 @@ pub struct TargetSpec {
     pub mode: WriteMode,
     /// How window bounds are bound in the target (`replace` and `sql` modes).
     pub time_format: TimeFormat,
+    /// Let the databases move the rows themselves when they can (both SQLite today): the
+    /// same batches, checkpoints and counts, without rows passing through the engine.
+    pub pushdown: bool,
 }
 
 /// How a partition's rows are written. Every mode is replay-safe (invariant 1).

@@ -135,6 +135,20 @@ impl<'t> Walker<'t> {
         }
     }
 
+    fn boolean(&mut self, table: &Table<'_>, section: &str, key: &str, default: bool) -> bool {
+        let Some(v) = table.get(key) else {
+            return default;
+        };
+        match v.get_ref() {
+            DeValue::Boolean(b) => *b,
+            other => {
+                let msg = format!("expected true or false, found {}", kind(other));
+                self.error(&join(section, key), Some(v.span()), msg);
+                default
+            }
+        }
+    }
+
     fn integer(
         &mut self,
         table: &Table<'_>,
@@ -664,12 +678,14 @@ fn target_spec(
             None
         }
     };
+    let pushdown = w.boolean(t, "target", "pushdown", true);
     Some(TargetSpec {
         url: url?,
         table,
         key: key?,
         mode: mode?,
         time_format: time_format?,
+        pushdown,
     })
 }
 

@@ -64,6 +64,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
             key: vec!["id".into()],
             mode: WriteMode::Upsert,
             time_format: TimeFormat::Rfc3339,
+            pushdown: true,
         },
         scope: Scope::Time {
             start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),
