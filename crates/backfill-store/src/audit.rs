@@ -8,13 +8,15 @@
 //! with an external record for that.)
 //!
 //! Events are appended only by the store, inside the transaction of the state change they
-//! record, after the write lock is held, so the "last hash" read here is the real last one.
-
-use chrono::{DateTime, Utc};
-use sqlx::{Row, SqliteConnection};
+//! record, after the write lock is held (SQLite's database lock, or the store's advisory lock
+//! on PostgreSQL, taken by every state-changing transaction of every process), so the "last
+//! hash" read here is the real last one. `seq` is the primary key, so even a writer that
+//! bypassed the lock could not fork the chain: its insert would fail.
 
 use crate::codec;
+use crate::db::{DbRow, WriteTxn, stmt};
 use crate::{Store, StoreError};
+use chrono::{DateTime, Utc};
 
 /// The `prev_hash` of the first event.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -60,17 +62,17 @@ impl AuditCheck {
     }
 }
 
-/// Appends one event on `conn`, which must be inside a write transaction.
+/// Appends one event in the write transaction `tx`.
 pub(crate) async fn append(
-    conn: &mut SqliteConnection,
+    tx: &mut WriteTxn,
     run_id: Option<&str>,
     partition_id: Option<&str>,
     actor: &str,
     action: &str,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
+    let last = stmt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(tx)
         .await?;
     let (seq, prev_hash) = match last {
         Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
@@ -89,7 +91,7 @@ pub(crate) async fn append(
         &detail,
         &prev_hash,
     );
-    sqlx::query(
+    stmt(
         "INSERT INTO audit_events \
          (seq, run_id, partition_id, at, actor, action, detail, prev_hash, hash) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -103,7 +105,7 @@ pub(crate) async fn append(
     .bind(&detail)
     .bind(&prev_hash)
     .bind(&hash)
-    .execute(&mut *conn)
+    .execute(tx)
     .await?;
     Ok(())
 }
@@ -178,7 +180,7 @@ struct RawEvent {
 }
 
 impl RawEvent {
-    fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RawEvent, StoreError> {
+    fn from_row(row: &DbRow) -> Result<RawEvent, StoreError> {
         Ok(RawEvent {
             seq: row.try_get("seq")?,
             run_id: row.try_get("run_id")?,
@@ -231,16 +233,14 @@ impl Store {
     pub async fn audit_events(&self, run_id: Option<&str>) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = match run_id {
             Some(run_id) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{EVENT_COLUMNS} WHERE run_id = ? ORDER BY seq"
-                )))
-                .bind(run_id)
-                .fetch_all(self.pool())
-                .await?
+                stmt(format!("{EVENT_COLUMNS} WHERE run_id = ? ORDER BY seq"))
+                    .bind(run_id)
+                    .fetch_all(&mut self.conn().await?)
+                    .await?
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{EVENT_COLUMNS} ORDER BY seq")))
-                    .fetch_all(self.pool())
+                stmt(format!("{EVENT_COLUMNS} ORDER BY seq"))
+                    .fetch_all(&mut self.conn().await?)
                     .await?
             }
         };
@@ -252,8 +252,8 @@ impl Store {
     /// Recomputes the whole chain and reports the first event that does not match: an edited
     /// event fails its own hash, a removed or moved event breaks the link of the next one.
     pub async fn verify_audit(&self) -> Result<AuditCheck, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{EVENT_COLUMNS} ORDER BY seq")))
-            .fetch_all(self.pool())
+        let rows = stmt(format!("{EVENT_COLUMNS} ORDER BY seq"))
+            .fetch_all(&mut self.conn().await?)
             .await?;
         let mut expected_prev = GENESIS.to_owned();
         for (expected_seq, row) in (1i64..).zip(&rows) {

@@ -59,20 +59,34 @@ pub enum StoreError {
 const SQLITE_BUSY: i64 = 5;
 const SQLITE_LOCKED: i64 = 6;
 
+/// PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock detected, too many
+/// connections, admin / crash shutdown, cannot connect now. Class `08` (connection exceptions)
+/// is matched separately.
+const PG_TRANSIENT: &[&str] = &["40001", "40P01", "53300", "57P01", "57P02", "57P03"];
+
 impl StoreError {
-    /// True when retrying the same call later may succeed: the database was busy or locked,
-    /// an I/O error occurred, or no connection became free in time.
+    /// True when retrying the same call later may succeed: the database was busy or locked
+    /// (SQLite), a transaction lost a serialization conflict or a deadlock, the server is
+    /// shutting down or out of connection slots (PostgreSQL), a connection or I/O error
+    /// occurred, or no connection became free in time.
     pub fn is_transient(&self) -> bool {
         let StoreError::Database(e) = self else {
             return false;
         };
         match e {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-            sqlx::Error::Database(db) => db
-                .code()
-                .and_then(|code| code.parse::<i64>().ok())
-                // Extended codes keep the primary code in the low byte (SQLITE_BUSY_SNAPSHOT…).
-                .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
+            sqlx::Error::Database(db) => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    let code = pg.code();
+                    code.starts_with("08") || PG_TRANSIENT.contains(&code)
+                } else {
+                    db.code()
+                        .and_then(|code| code.parse::<i64>().ok())
+                        // Extended codes keep the primary code in the low byte
+                        // (SQLITE_BUSY_SNAPSHOT…).
+                        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+                }
+            }
             _ => false,
         }
     }

@@ -1,8 +1,16 @@
 //! Durable truth of backfill runs: runs, partitions, checkpoints and the audit chain.
 //!
 //! Owns: the state store schema and its migrations, every SQL statement that touches it, the
-//! fencing of partition attempts and the hash-chained audit log. Today the store is a SQLite
-//! file ([`Store::open`]); the SQL is kept portable so a PostgreSQL store can follow.
+//! fencing of partition attempts and the hash-chained audit log. The store is a SQLite file
+//! (`sqlite://path`, the default) or a schema in a PostgreSQL database (`postgres://…`,
+//! schema `backfill` unless `?schema=NAME`), opened with [`Store::open`]; both behave the
+//! same.
+//!
+//! Every statement is written once, with `?` placeholders, and runs on either backend through
+//! the small internal layer in `db.rs` (placeholder rewriting, row locks, neutral arguments and
+//! rows). Both schemas have the same tables and columns (integers are 64-bit, timestamps the
+//! same RFC 3339 text), migrated by one versioned migrator (`migrations/` and
+//! `migrations/postgres/`).
 //!
 //! Deliberately does not: decide *which* transition to make (the engine does, using
 //! [`backfill_core::state`]), talk to sources or sinks, or run partitions. It only refuses what
@@ -16,82 +24,104 @@
 //!   transaction as the change, so neither exists without the other.
 //! - The audit chain breaks ([`Store::verify_audit`]) if any event is edited, removed from the
 //!   middle or reordered: each event's hash covers its content and the previous event's hash.
+//! - Several processes may share one store. State-changing transactions are serialised (SQLite:
+//!   `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock per store schema, taken
+//!   first), so the audit chain stays one chain; rows read to be updated are locked
+//!   (`FOR UPDATE` on PostgreSQL).
 //! - Passwords in error texts and audit details are masked with [`backfill_core::secret::redact`]
 //!   before they are stored.
 //! - A store written by a newer build is refused rather than misread.
 
 mod audit;
 mod codec;
+mod db;
 mod error;
 mod migrate;
 mod partitions;
 mod runs;
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 
 pub use audit::{AuditCheck, AuditEvent};
 pub use error::StoreError;
 pub use partitions::{Outcome, PartitionRecord};
 pub use runs::{NewRun, RunRecord};
 
+use db::{Conn, Dialect, WriteTxn};
+
 /// A handle on one state store. Cheap to clone; every clone shares the connection pool.
 ///
-/// All writes that change a state run in `BEGIN IMMEDIATE` transactions, so concurrent writers
-/// queue on SQLite's write lock (waiting up to 30 s) instead of failing with a lock-upgrade
-/// deadlock.
+/// On SQLite, all writes that change a state run in `BEGIN IMMEDIATE` transactions, so
+/// concurrent writers queue on SQLite's write lock (waiting up to 30 s) instead of failing with
+/// a lock-upgrade deadlock. On PostgreSQL, every write transaction that changes a state first
+/// takes the store's transaction-scoped advisory lock (one per schema), so writers of every
+/// process append to the audit chain one after another; rows read in order to be updated are
+/// locked `FOR UPDATE`.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
     url_redacted: String,
-    path: Option<PathBuf>,
-    /// Serialises this process's writers before they reach SQLite's write lock. Without it,
-    /// concurrent workers collide on `BEGIN IMMEDIATE` and SQLite's busy handler makes the
-    /// losers sleep for whole milliseconds; queueing here costs microseconds. Other processes
-    /// still queue on SQLite's lock.
+    location: Location,
+    /// Serialises this process's SQLite writers before they reach SQLite's write lock.
+    /// Without it, concurrent workers collide on `BEGIN IMMEDIATE` and SQLite's busy handler
+    /// makes the losers sleep for whole milliseconds; queueing here costs microseconds. Other
+    /// processes still queue on SQLite's lock. Unused on PostgreSQL.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-/// A write transaction holding this process's write gate until it commits or drops.
-pub(crate) struct WriteTxn {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    _gate: tokio::sync::OwnedMutexGuard<()>,
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
-impl WriteTxn {
-    /// Commits, then releases the gate.
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
-    }
+/// Where the store lives, to answer [`Store::same_database`].
+#[derive(Clone, Debug)]
+enum Location {
+    /// The canonical file, `None` in memory.
+    Sqlite(Option<PathBuf>),
+    Postgres {
+        server: PgServer,
+        /// The validated schema name (also the `search_path` of every pooled connection).
+        schema: String,
+        /// The advisory lock every write transaction takes first.
+        lock_key: i64,
+    },
 }
 
-impl std::ops::Deref for WriteTxn {
-    type Target = sqlx::SqliteConnection;
-    fn deref(&self) -> &Self::Target {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTxn {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
-    }
-}
-
-/// How long a connection waits for SQLite's write lock before reporting `SQLITE_BUSY`.
+/// How long a connection waits for SQLite's write lock before reporting `SQLITE_BUSY`, and
+/// how long anyone waits for a free pooled connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Connections per PostgreSQL store handle: a few workers' writes queue on the advisory lock
+/// anyway, so more connections would only hold server slots.
+const PG_POOL_SIZE: u32 = 8;
+
+/// The schema a PostgreSQL store lives in when the URL has no `schema=` parameter.
+pub const DEFAULT_PG_SCHEMA: &str = "backfill";
+
 impl Store {
-    /// Opens (creating if missing, with its parent directories) the SQLite state store at
-    /// `url` and brings its schema up to date.
+    /// Opens (creating if missing) the state store at `url` and brings its schema up to date.
     ///
-    /// Accepts `sqlite://path`, `sqlite:path`, a bare file path, or `sqlite::memory:` (one
-    /// connection, gone on close; for tests). The file is put in WAL mode with foreign keys
-    /// on. Fails with [`StoreError::NewerSchema`] when the file was written by a newer build,
+    /// SQLite: `sqlite://path`, `sqlite:path`, a bare file path (parent directories are
+    /// created), or `sqlite::memory:` (one connection, gone on close; for tests). The file is
+    /// put in WAL mode with foreign keys on.
+    ///
+    /// PostgreSQL: `postgres://…` or `postgresql://…`. The store lives in its own schema,
+    /// [`DEFAULT_PG_SCHEMA`] unless the URL has a `schema=NAME` query parameter (lower-case
+    /// letters, digits and `_`, not starting with a digit, at most 63 characters); the schema
+    /// is created when missing and is the `search_path` of every pooled connection. Every other
+    /// URL parameter goes to the driver.
+    ///
+    /// Fails with [`StoreError::NewerSchema`] when the store was written by a newer build,
     /// and with [`StoreError::Open`] (URL redacted) when it cannot be opened.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let url_redacted = backfill_core::secret::redact(url);
@@ -99,59 +129,20 @@ impl Store {
             url: url_redacted.clone(),
             message: backfill_core::secret::redact(&message),
         };
-        let target = parse_url(url).map_err(open_err)?;
-
-        // WAL with `synchronous = NORMAL`: a commit survives a killed process (SIGKILL, OOM)
-        // without waiting for an fsync; only a power loss or OS crash can drop the last
-        // commits, and then the state change and its audit event go together (same
-        // transaction) and a lost checkpoint only means an idempotent batch is replayed. The
-        // target keeps `synchronous = FULL`, so a checkpoint is never ahead of the target.
-        let base = SqliteConnectOptions::new()
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            .create_if_missing(true);
-        let (options, pool_options, path) = match &target {
-            Target::Memory => (
-                base.in_memory(true),
-                // An in-memory database lives and dies with its one connection.
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None),
-                None,
-            ),
-            Target::File(file) => {
-                if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        open_err(format!("cannot create directory {}: {e}", parent.display()))
-                    })?;
-                }
-                (
-                    base.filename(file),
-                    SqlitePoolOptions::new().max_connections(8),
-                    Some(file.clone()),
-                )
+        let (pool, location) = match parse_url(url).map_err(open_err)? {
+            Target::Postgres { options, schema } => {
+                open_postgres(*options, schema).await.map_err(open_err)?
             }
+            target => open_sqlite(target).await.map_err(open_err)?,
         };
-        let pool = pool_options
-            .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_err(e.to_string()))?;
-        // Canonicalise once the file exists, so two spellings of one file compare equal.
-        let path = path.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-
         let store = Store {
             pool,
             url_redacted,
-            path,
+            location,
             write_gate: Default::default(),
         };
-        if let Err(e) = migrate::run(&store.pool).await {
-            store.pool.close().await;
+        if let Err(e) = migrate::run(&store).await {
+            store.close().await;
             return Err(e);
         }
         Ok(store)
@@ -162,48 +153,244 @@ impl Store {
         self.url_redacted.clone()
     }
 
-    /// The canonical path of the SQLite file, or `None` for an in-memory store. Compare it with
-    /// a target's canonical path to detect "the state store is the target database", where a
-    /// batch and its checkpoint must commit in one transaction
-    /// ([`Store::checkpoint_statement`]).
+    /// The canonical path of the SQLite file, or `None` for an in-memory or PostgreSQL store.
+    /// See [`Store::same_database`] for the backend-neutral question "is the target the state
+    /// store's database?".
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        self.path.clone()
+        match &self.location {
+            Location::Sqlite(path) => path.clone(),
+            Location::Postgres { .. } => None,
+        }
+    }
+
+    /// The PostgreSQL schema the store lives in, `None` on SQLite.
+    pub fn pg_schema(&self) -> Option<&str> {
+        match &self.location {
+            Location::Sqlite(_) => None,
+            Location::Postgres { schema, .. } => Some(schema),
+        }
+    }
+
+    /// Whether a target `url` names the database this store lives in, where a batch and its
+    /// checkpoint must commit in one transaction ([`Store::checkpoint_statement`]).
+    ///
+    /// SQLite: both name the same existing file (canonical paths compared; never for an
+    /// in-memory store). PostgreSQL: same host (case-insensitive; `localhost`, `127.0.0.1` and
+    /// `::1` count as one), port and database name (the user name when none is given);
+    /// schemas do not matter, since the checkpoint statement names the store's schema. A URL of
+    /// the other backend, or one that cannot be parsed, is `false`.
+    pub fn same_database(&self, url: &str) -> bool {
+        match (&self.location, parse_url(url)) {
+            (Location::Sqlite(Some(path)), Ok(Target::File(file))) => {
+                std::fs::canonicalize(file).is_ok_and(|f| f == *path)
+            }
+            (Location::Postgres { server, .. }, Ok(Target::Postgres { options, .. })) => {
+                PgServer::of(&options) == *server
+            }
+            _ => false,
+        }
     }
 
     /// Waits for in-flight statements and closes every connection. Later calls fail.
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
+        }
     }
 
-    /// Starts a write transaction that holds SQLite's write lock from its first statement.
+    /// Starts a write transaction that changes state. SQLite: holds this process's write gate
+    /// and SQLite's write lock from its first statement (`BEGIN IMMEDIATE`). PostgreSQL: takes
+    /// the store's advisory lock first, so state changes (and their audit events) of every
+    /// process are serialised; it is released at commit or rollback.
     pub(crate) async fn begin_write(&self) -> Result<WriteTxn, StoreError> {
-        let gate = self.write_gate.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTxn { tx, _gate: gate })
+        match (&self.pool, &self.location) {
+            (Pool::Sqlite(pool), _) => {
+                let gate = self.write_gate.clone().lock_owned().await;
+                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTxn::Sqlite { tx, _gate: gate })
+            }
+            (Pool::Postgres(pool), Location::Postgres { lock_key, .. }) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(lock_key)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(WriteTxn::Postgres(tx))
+            }
+            (Pool::Postgres(_), Location::Sqlite(_)) => unreachable!("a PostgreSQL pool"),
+        }
     }
 
-    /// Holds this process's write gate for a single-statement write outside a transaction.
-    pub(crate) async fn write_gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.write_gate.clone().lock_owned().await
+    /// On SQLite, holds this process's write gate for a single-statement write outside a
+    /// transaction; `None` on PostgreSQL, where row locks do the queueing.
+    pub(crate) async fn write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.pool {
+            Pool::Sqlite(_) => Some(self.write_gate.clone().lock_owned().await),
+            Pool::Postgres(_) => None,
+        }
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// A pooled connection, for reads and single-statement writes.
+    pub(crate) async fn conn(&self) -> Result<Conn, StoreError> {
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => Conn::Sqlite(pool.acquire().await?),
+            Pool::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
+        })
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self.pool {
+            Pool::Sqlite(_) => Dialect::Sqlite,
+            Pool::Postgres(_) => Dialect::Postgres,
+        }
+    }
+}
+
+async fn open_sqlite(target: Target) -> Result<(Pool, Location), String> {
+    // WAL with `synchronous = NORMAL`: a commit survives a killed process (SIGKILL, OOM)
+    // without waiting for an fsync; only a power loss or OS crash can drop the last
+    // commits, and then the state change and its audit event go together (same
+    // transaction) and a lost checkpoint only means an idempotent batch is replayed. The
+    // target keeps `synchronous = FULL`, so a checkpoint is never ahead of the target.
+    let base = SqliteConnectOptions::new()
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+        .create_if_missing(true);
+    let (options, pool_options, path) = match target {
+        Target::File(file) => {
+            if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create directory {}: {e}", parent.display()))?;
+            }
+            (
+                base.filename(&file),
+                SqlitePoolOptions::new().max_connections(8),
+                Some(file),
+            )
+        }
+        // An in-memory database lives and dies with its one connection. (`open` routes
+        // PostgreSQL targets elsewhere.)
+        Target::Memory | Target::Postgres { .. } => (
+            base.in_memory(true),
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None),
+            None,
+        ),
+    };
+    let pool = pool_options
+        .acquire_timeout(BUSY_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Canonicalise once the file exists, so two spellings of one file compare equal.
+    let path = path.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    Ok((Pool::Sqlite(pool), Location::Sqlite(path)))
+}
+
+async fn open_postgres(
+    options: PgConnectOptions,
+    schema: String,
+) -> Result<(Pool, Location), String> {
+    // One direct connection first: an unreachable server is reported at once, where the
+    // pool would keep retrying a refused connection until its acquire timeout.
+    let probe = options
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    let _ = probe.close().await;
+    let set_path = format!("SET search_path TO \"{schema}\"");
+    let pool = PgPoolOptions::new()
+        .max_connections(PG_POOL_SIZE)
+        .acquire_timeout(BUSY_TIMEOUT)
+        .after_connect(move |conn, _meta| {
+            let sql = set_path.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            })
+        })
+        .connect_with(options.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let lock_key = advisory_lock_key(&schema);
+    Ok((
+        Pool::Postgres(pool),
+        Location::Postgres {
+            server: PgServer::of(&options),
+            schema,
+            lock_key,
+        },
+    ))
+}
+
+/// The advisory lock of one store: derived from its schema, so stores in different schemas of
+/// one database do not wait for each other.
+fn advisory_lock_key(schema: &str) -> i64 {
+    let hash = blake3::hash(format!("backfill.store.audit:{schema}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash.as_bytes()[..8]);
+    i64::from_le_bytes(bytes)
+}
+
+/// What identifies a PostgreSQL database for [`Store::same_database`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PgServer {
+    host: String,
+    port: u16,
+    database: String,
+}
+
+impl PgServer {
+    fn of(options: &PgConnectOptions) -> PgServer {
+        let host = options.get_host().to_ascii_lowercase();
+        let host = match host.as_str() {
+            "127.0.0.1" | "::1" | "[::1]" => "localhost".to_owned(),
+            _ => host,
+        };
+        PgServer {
+            host,
+            port: options.get_port(),
+            database: options
+                .get_database()
+                .unwrap_or(options.get_username())
+                .to_owned(),
+        }
     }
 }
 
 enum Target {
     Memory,
     File(PathBuf),
+    Postgres {
+        options: Box<PgConnectOptions>,
+        schema: String,
+    },
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (url, schema) = split_schema(url)?;
+        let options = Box::new(PgConnectOptions::from_str(&url).map_err(|e| e.to_string())?);
+        return Ok(Target::Postgres { options, schema });
+    }
     let rest = if let Some(rest) = url.strip_prefix("sqlite://") {
         rest
     } else if let Some(rest) = url.strip_prefix("sqlite:") {
         rest
     } else if url.contains("://") {
-        return Err("the state store must be a SQLite file (`sqlite://path` or a path)".into());
+        return Err(
+            "the state store must be a SQLite file (`sqlite://path` or a path) or a \
+                    PostgreSQL database (`postgres://…`)"
+                .into(),
+        );
     } else {
         url
     };
@@ -218,6 +405,42 @@ fn parse_url(url: &str) -> Result<Target, String> {
     Ok(Target::File(Path::new(rest).to_path_buf()))
 }
 
+/// Takes the `schema=NAME` parameter out of a PostgreSQL URL (the driver does not know it)
+/// and validates it; [`DEFAULT_PG_SCHEMA`] when absent.
+fn split_schema(url: &str) -> Result<(String, String), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), DEFAULT_PG_SCHEMA.to_owned()));
+    };
+    let mut schema = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.strip_prefix("schema=") {
+            Some(name) => schema = Some(name.to_owned()),
+            None => kept.push(pair),
+        }
+    }
+    let schema = schema.unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned());
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && !schema.starts_with("pg_")
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(format!(
+            "`schema={schema}` is not a valid schema name (lower-case letters, digits and `_`, \
+             not starting with a digit or `pg_`, at most 63 characters)"
+        ));
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, schema))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +450,7 @@ mod tests {
         let file = |u: &str| match parse_url(u) {
             Ok(Target::File(p)) => p.display().to_string(),
             Ok(Target::Memory) => ":memory:".into(),
+            Ok(Target::Postgres { schema, .. }) => format!("postgres:{schema}"),
             Err(e) => format!("error: {e}"),
         };
         assert_eq!(file("sqlite://a/b.db"), "a/b.db");
@@ -234,7 +458,36 @@ mod tests {
         assert_eq!(file("sqlite:b.db?mode=rwc"), "b.db");
         assert_eq!(file(".backfill/state.db"), ".backfill/state.db");
         assert_eq!(file("sqlite::memory:"), ":memory:");
-        assert!(file("postgres://u:p@h/db").starts_with("error:"));
+        assert_eq!(file("postgres://u:p@h/db"), "postgres:backfill");
+        assert_eq!(
+            file("postgresql://h/db?schema=bf_1&sslmode=disable"),
+            "postgres:bf_1"
+        );
+        assert!(file("postgres://h/db?schema=Bad").starts_with("error:"));
+        assert!(file("postgres://h/db?schema=x;drop").starts_with("error:"));
+        assert!(file("postgres://h/db?schema=").starts_with("error:"));
+        assert!(file("mysql://h/db").starts_with("error:"));
         assert!(file("sqlite://").starts_with("error:"));
+    }
+
+    #[test]
+    fn schema_parameter_is_stripped() {
+        assert_eq!(
+            split_schema("postgres://h/db?sslmode=disable&schema=s1&application_name=x").unwrap(),
+            (
+                "postgres://h/db?sslmode=disable&application_name=x".to_owned(),
+                "s1".to_owned()
+            )
+        );
+        assert_eq!(
+            split_schema("postgres://h/db?schema=s1").unwrap(),
+            ("postgres://h/db".to_owned(), "s1".to_owned())
+        );
+        assert_eq!(
+            split_schema("postgres://h/db").unwrap().1,
+            DEFAULT_PG_SCHEMA
+        );
+        assert!(split_schema("postgres://h/db?schema=pg_catalog").is_err());
+        assert_ne!(advisory_lock_key("a"), advisory_lock_key("b"));
     }
 }

@@ -1,39 +1,69 @@
-//! Versioned schema migrations, embedded in the binary.
+//! Versioned schema migrations, embedded in the binary, one list per backend.
 //!
 //! The store's version lives in `schema_version`. Opening a store applies, in one write
 //! transaction, every migration newer than that version, so a store is either fully at the new
 //! version or untouched. A store whose version is newer than this build knows is refused
 //! ([`StoreError::NewerSchema`]): an old binary must never write a schema it does not
-//! understand. Migrations are append-only: never edit one that has shipped.
+//! understand. Migrations are append-only: never edit one that has shipped. Both lists have
+//! the same versions, and version `n` gives both backends the same tables and columns.
+//!
+//! On PostgreSQL the transaction holds the store's advisory lock (as every write does), so
+//! processes opening one store at the same moment migrate it once; it also creates the
+//! store's schema when missing.
 
-use sqlx::SqlitePool;
+use crate::db::{Db, Dialect, WriteTxn, stmt};
+use crate::{Store, StoreError};
 
-use crate::StoreError;
-
-/// Every migration, in order; the version of the last one is the version this build knows.
-const MIGRATIONS: &[(i64, &str)] = &[
+/// Every SQLite migration, in order.
+const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_partition_errors.sql")),
 ];
 
-/// The newest schema version this build can read and write.
-pub(crate) fn known_version() -> i64 {
-    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+/// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_partition_errors.sql"),
+    ),
+];
+
+fn migrations(dialect: Dialect) -> &'static [(i64, &'static str)] {
+    match dialect {
+        Dialect::Sqlite => SQLITE,
+        Dialect::Postgres => POSTGRES,
+    }
 }
 
-/// Brings the store at `pool` to [`known_version`]; a no-op when it is already there.
-pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(
+/// The newest schema version this build can read and write.
+pub(crate) fn known_version() -> i64 {
+    SQLITE.last().map_or(0, |(version, _)| *version)
+}
+
+/// Brings `store` to [`known_version`]; a no-op when it is already there.
+pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
+    let mut tx = store.begin_write().await?;
+    if let Some(schema) = store.pg_schema() {
+        create_schema(&mut tx, schema).await?;
+    }
+    let int = match tx.dialect() {
+        Dialect::Sqlite => "INTEGER",
+        Dialect::Postgres => "BIGINT",
+    };
+    stmt(format!(
         "CREATE TABLE IF NOT EXISTS schema_version (\
-            version INTEGER NOT NULL PRIMARY KEY, \
-            applied_at TEXT NOT NULL)",
-    )
-    .execute(&mut *tx)
+            version {int} NOT NULL PRIMARY KEY, \
+            applied_at TEXT NOT NULL)"
+    ))
+    .execute(&mut tx)
     .await?;
-    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-        .fetch_one(&mut *tx)
-        .await?;
+    let current: i64 = stmt("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        .fetch_optional(&mut tx)
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?
+        .unwrap_or(0);
     let known = known_version();
     if current > known {
         return Err(StoreError::NewerSchema {
@@ -41,15 +71,50 @@ pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
             known,
         });
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in migrations(tx.dialect())
+        .iter()
+        .filter(|(v, _)| *v > current)
+    {
         tracing::info!(version, "applying state store migration");
-        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)")
-            .bind(version)
-            .bind(crate::codec::now())
-            .execute(&mut *tx)
+        match tx.exec() {
+            crate::db::Exec::Sqlite(conn) => sqlx::raw_sql(*sql).execute(conn).await.map(drop),
+            crate::db::Exec::Postgres(conn) => sqlx::raw_sql(*sql).execute(conn).await.map(drop),
+        }?;
+        stmt("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)")
+            .bind(*version)
+            .bind(crate::codec::now().as_str())
+            .execute(&mut tx)
             .await?;
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Creates the store's schema unless it exists (checked first, so a user without the right
+/// to create schemas can use one prepared for it).
+async fn create_schema(tx: &mut WriteTxn, schema: &str) -> Result<(), StoreError> {
+    let exists = stmt("SELECT 1 FROM pg_namespace WHERE nspname = ?")
+        .bind(schema)
+        .fetch_optional(tx)
+        .await?
+        .is_some();
+    if !exists {
+        // `schema` is validated as a plain lower-case identifier by `Store::open`.
+        stmt(format!("CREATE SCHEMA \"{schema}\""))
+            .execute(tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_versions() {
+        let versions = |list: &[(i64, &str)]| list.iter().map(|(v, _)| *v).collect::<Vec<_>>();
+        assert_eq!(versions(SQLITE), versions(POSTGRES));
+        assert_eq!(versions(SQLITE), (1..=known_version()).collect::<Vec<_>>());
+    }
 }

@@ -11,13 +11,11 @@
 //! Checkpoints are frequent, so they are a single fenced `UPDATE` and not audit events; every
 //! change of partition *state* is an audit event in the same transaction.
 
+use crate::db::{Db, DbRow, stmt};
+use crate::{Store, StoreError, audit, codec};
 use backfill_core::{PartitionState, RowCounts, Value, Window, decode_key, encode_key};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Row, SqliteConnection};
-
-use crate::{Store, StoreError, audit, codec};
 
 /// A stored partition of a run.
 #[derive(Clone, Debug)]
@@ -73,7 +71,7 @@ const PARTITION_COLUMNS: &str = "SELECT run_id, partition_id, idx, window_kind, 
      window_end, state, attempts, checkpoint, rows_read, inserted, updated, unchanged, deleted, \
      affected, last_error, errors, started_at, finished_at, elapsed_ms FROM partitions";
 
-fn partition_from_row(row: &SqliteRow) -> Result<PartitionRecord, StoreError> {
+fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreError> {
     let partition_id: String = row.try_get("partition_id")?;
     let state: String = row.try_get("state")?;
     let checkpoint = row
@@ -119,17 +117,20 @@ fn partition_from_row(row: &SqliteRow) -> Result<PartitionRecord, StoreError> {
     })
 }
 
+/// One partition; in a write transaction (`lock`) its row stays locked until the transaction
+/// ends, so a fenced checkpoint of the same attempt cannot slip between read and update.
 async fn fetch_partition(
-    conn: &mut SqliteConnection,
+    db: &mut impl Db,
+    lock: &str,
     run_id: &str,
     partition_id: &str,
 ) -> Result<PartitionRecord, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{PARTITION_COLUMNS} WHERE run_id = ? AND partition_id = ?"
-    )))
+    let row = stmt(format!(
+        "{PARTITION_COLUMNS} WHERE run_id = ? AND partition_id = ?{lock}"
+    ))
     .bind(run_id)
     .bind(partition_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(db)
     .await?
     .ok_or_else(|| {
         StoreError::NotFound(format!("run {run_id} has no partition `{partition_id}`"))
@@ -148,30 +149,14 @@ fn counts_json(counts: &RowCounts) -> serde_json::Value {
     })
 }
 
-/// Binds a model value to a query parameter.
-fn bind_value<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments>,
-    value: &Value,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments> {
-    match value {
-        Value::Null => query.bind(None::<i64>),
-        Value::Int(i) => query.bind(*i),
-        Value::Float(f) => query.bind(*f),
-        Value::Text(s) => query.bind(s.clone()),
-        Value::Blob(b) => query.bind(b.clone()),
-    }
-}
-
 impl Store {
     /// The partitions of run `run_id` (exact id), ordered by plan index; empty for an unknown
     /// run.
     pub async fn partitions(&self, run_id: &str) -> Result<Vec<PartitionRecord>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{PARTITION_COLUMNS} WHERE run_id = ? ORDER BY idx"
-        )))
-        .bind(run_id)
-        .fetch_all(self.pool())
-        .await?;
+        let rows = stmt(format!("{PARTITION_COLUMNS} WHERE run_id = ? ORDER BY idx"))
+            .bind(run_id)
+            .fetch_all(&mut self.conn().await?)
+            .await?;
         rows.iter().map(partition_from_row).collect()
     }
 
@@ -181,8 +166,7 @@ impl Store {
         run_id: &str,
         partition_id: &str,
     ) -> Result<PartitionRecord, StoreError> {
-        let mut conn = self.pool().acquire().await?;
-        fetch_partition(&mut conn, run_id, partition_id).await
+        fetch_partition(&mut self.conn().await?, "", run_id, partition_id).await
     }
 
     /// Starts a new attempt on a `pending` partition: it becomes `running`, its attempt count
@@ -196,7 +180,8 @@ impl Store {
         actor: &str,
     ) -> Result<u32, StoreError> {
         let mut tx = self.begin_write().await?;
-        let part = fetch_partition(&mut tx, run_id, partition_id).await?;
+        let lock = tx.dialect().for_update();
+        let part = fetch_partition(&mut tx, lock, run_id, partition_id).await?;
         if !part.state.can_move_to(PartitionState::Running) {
             return Err(StoreError::IllegalTransition {
                 what: format!("partition {partition_id}"),
@@ -206,7 +191,7 @@ impl Store {
         }
         let attempt = part.attempts + 1;
         let now = codec::now();
-        sqlx::query(
+        stmt(
             "UPDATE partitions SET state = 'running', attempts = ?, \
              started_at = COALESCE(started_at, ?), finished_at = NULL \
              WHERE run_id = ? AND partition_id = ?",
@@ -215,7 +200,7 @@ impl Store {
         .bind(&now)
         .bind(run_id)
         .bind(partition_id)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         audit::append(
             &mut tx,
@@ -250,20 +235,25 @@ impl Store {
             self.checkpoint_statement(run_id, partition_id, attempt, key, delta, elapsed_ms);
         let query = params
             .iter()
-            .fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind_value);
+            .fold(stmt(sql), |query, value| query.bind(value));
         let gate = self.write_gate().await;
-        let done = query.execute(self.pool()).await?;
+        let done = query.execute(&mut self.conn().await?).await?;
         drop(gate);
-        if done.rows_affected() != 1 {
+        if done != 1 {
             return Err(self.stale_or_missing(run_id, partition_id).await);
         }
         Ok(())
     }
 
-    /// The exact statement [`Store::checkpoint`] runs, as SQL text with `?` placeholders and
-    /// its parameters in order, for a sink whose target database *is* this state store: it
-    /// executes the statement in the same transaction as the batch, so batch and checkpoint
-    /// commit together or not at all (exactly once).
+    /// The exact statement [`Store::checkpoint`] runs, as SQL text and its parameters in
+    /// order, for a sink whose target database *is* this state store
+    /// ([`Store::same_database`]): it executes the statement in the same transaction as the
+    /// batch, so batch and checkpoint commit together or not at all (exactly once).
+    ///
+    /// The SQL is in the store's placeholder style: `?` on SQLite, `$1…` on PostgreSQL, where
+    /// the table is also qualified with the store's schema, so it runs on any connection to
+    /// the database whatever its `search_path`. It is a single-row `UPDATE`: on PostgreSQL it
+    /// locks only that partition row until the sink's transaction ends.
     ///
     /// The caller must check that the statement affected exactly one row; 0 rows means the
     /// attempt is stale, and the caller must roll back its transaction (and treat it as
@@ -277,8 +267,12 @@ impl Store {
         delta: &RowCounts,
         elapsed_ms: u64,
     ) -> (String, Vec<Value>) {
-        let mut sql = String::from(
-            "UPDATE partitions SET rows_read = rows_read + ?, inserted = inserted + ?, \
+        let table = match self.pg_schema() {
+            None => "partitions".to_owned(),
+            Some(schema) => format!("\"{schema}\".partitions"),
+        };
+        let mut sql = format!(
+            "UPDATE {table} SET rows_read = rows_read + ?, inserted = inserted + ?, \
              updated = updated + ?, unchanged = unchanged + ?, deleted = deleted + ?, \
              affected = affected + ?, elapsed_ms = elapsed_ms + ?",
         );
@@ -304,7 +298,7 @@ impl Store {
         params.push(Value::Text(run_id.to_owned()));
         params.push(Value::Text(partition_id.to_owned()));
         params.push(Value::Int(i64::from(attempt)));
-        (sql, params)
+        (self.dialect().sql(&sql), params)
     }
 
     /// Zeroes the counters and clears the checkpoint of attempt `attempt`, for `replace` mode,
@@ -316,7 +310,7 @@ impl Store {
         partition_id: &str,
         attempt: u32,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let done = stmt(
             "UPDATE partitions SET rows_read = 0, inserted = 0, updated = 0, unchanged = 0, \
              deleted = 0, affected = 0, checkpoint = NULL \
              WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'",
@@ -324,9 +318,9 @@ impl Store {
         .bind(run_id)
         .bind(partition_id)
         .bind(i64::from(attempt))
-        .execute(self.pool())
+        .execute(&mut self.conn().await?)
         .await?;
-        if done.rows_affected() != 1 {
+        if done != 1 {
             return Err(self.stale_or_missing(run_id, partition_id).await);
         }
         Ok(())
@@ -345,7 +339,8 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let part = fetch_partition(&mut tx, run_id, partition_id).await?;
+        let lock = tx.dialect().for_update();
+        let part = fetch_partition(&mut tx, lock, run_id, partition_id).await?;
         if part.state != PartitionState::Running || part.attempts != attempt {
             return Err(StoreError::StaleAttempt {
                 partition_id: partition_id.to_owned(),
@@ -360,7 +355,7 @@ impl Store {
         let error = error.map(backfill_core::secret::redact);
         let finished = matches!(to, PartitionState::Done | PartitionState::Failed);
         let now = codec::now();
-        sqlx::query(
+        stmt(
             "UPDATE partitions SET state = ?, last_error = COALESCE(?, last_error), \
              errors = errors + ?, \
              finished_at = CASE WHEN ? THEN ? ELSE finished_at END \
@@ -374,7 +369,7 @@ impl Store {
         .bind(run_id)
         .bind(partition_id)
         .bind(i64::from(attempt))
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         let mut detail = json!({
             "attempt": attempt,
@@ -450,25 +445,24 @@ impl Store {
     ) -> Result<u64, StoreError> {
         debug_assert!(from.can_move_to(to));
         let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(
+        let lock = tx.dialect().for_update();
+        let rows = stmt(format!(
             "SELECT partition_id, attempts FROM partitions \
-             WHERE run_id = ? AND state = ? ORDER BY idx",
-        )
+             WHERE run_id = ? AND state = ? ORDER BY idx{lock}"
+        ))
         .bind(run_id)
         .bind(from.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut tx)
         .await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        sqlx::query(
-            "UPDATE partitions SET state = ?, finished_at = NULL WHERE run_id = ? AND state = ?",
-        )
-        .bind(to.as_str())
-        .bind(run_id)
-        .bind(from.as_str())
-        .execute(&mut *tx)
-        .await?;
+        stmt("UPDATE partitions SET state = ?, finished_at = NULL WHERE run_id = ? AND state = ?")
+            .bind(to.as_str())
+            .bind(run_id)
+            .bind(from.as_str())
+            .execute(&mut tx)
+            .await?;
         for row in &rows {
             let partition_id: String = row.try_get(0)?;
             let attempts: i64 = row.try_get(1)?;

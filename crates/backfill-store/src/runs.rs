@@ -4,12 +4,11 @@
 //! so a crash never leaves a run with half a plan. Run state changes are checked against
 //! [`RunState::can_move_to`] on the stored state, under the write lock.
 
+use crate::db::{DbRow, WriteTxn, stmt};
+use crate::{Store, StoreError, audit, codec};
 use backfill_core::{Partition, RunState};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sqlx::{Row, SqliteConnection};
-
-use crate::{Store, StoreError, audit, codec};
 
 /// What is needed to create a run.
 #[derive(Clone, Copy, Debug)]
@@ -67,10 +66,11 @@ const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text
 /// Newest first; the UUIDv7 id breaks ties within one microsecond.
 const NEWEST_FIRST: &str = "ORDER BY created_at DESC, id DESC";
 
-/// Partitions per multi-row INSERT: 7 parameters each stays far below SQLite's 32766 limit.
+/// Partitions per multi-row INSERT: 6 parameters each stays far below SQLite's 32766 and
+/// PostgreSQL's 65535 limits.
 const INSERT_CHUNK: usize = 500;
 
-fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StoreError> {
+fn run_from_row(row: &DbRow) -> Result<RunRecord, StoreError> {
     let state: String = row.try_get("state")?;
     Ok(RunRecord {
         id: row.try_get("id")?,
@@ -92,7 +92,7 @@ fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StoreError> 
 }
 
 async fn insert_partitions(
-    conn: &mut SqliteConnection,
+    tx: &mut WriteTxn,
     run_id: &str,
     partitions: &[Partition],
 ) -> Result<(), StoreError> {
@@ -107,7 +107,7 @@ async fn insert_partitions(
             }
             sql.push_str("(?, ?, ?, ?, ?, ?, 'pending')");
         }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = stmt(sql);
         for p in chunk {
             let (kind, start, end) = codec::window_columns(&p.window);
             query = query
@@ -115,18 +115,21 @@ async fn insert_partitions(
                 .bind(&p.id)
                 .bind(codec::to_db(p.index as u64))
                 .bind(kind)
-                .bind(start)
-                .bind(end);
+                .bind(&start)
+                .bind(&end);
         }
-        query.execute(&mut *conn).await?;
+        query.execute(tx).await?;
     }
     Ok(())
 }
 
-async fn fetch_run(conn: &mut SqliteConnection, run_id: &str) -> Result<RunRecord, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = ?")))
+/// Run `run_id`, its row locked until `tx` ends (PostgreSQL; SQLite's write transaction
+/// already excludes every other writer).
+async fn fetch_run(tx: &mut WriteTxn, run_id: &str) -> Result<RunRecord, StoreError> {
+    let lock = tx.dialect().for_update();
+    let row = stmt(format!("{RUN_COLUMNS} WHERE id = ?{lock}"))
         .bind(run_id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("no run matches `{run_id}`")))?;
     run_from_row(&row)
@@ -139,7 +142,7 @@ impl Store {
         let id = uuid::Uuid::now_v7().to_string();
         let now = codec::now();
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        stmt(
             "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
              state, created_at, updated_at, partitions_total) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -155,7 +158,7 @@ impl Store {
         .bind(&now)
         .bind(&now)
         .bind(codec::to_db(new.partitions.len() as u64))
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         insert_partitions(&mut tx, &id, new.partitions).await?;
         audit::append(
@@ -184,12 +187,12 @@ impl Store {
         &self,
         spec_name: &str,
     ) -> Result<Option<RunRecord>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = stmt(format!(
             "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused') \
              {NEWEST_FIRST} LIMIT 1"
-        )))
+        ))
         .bind(spec_name)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         row.as_ref().map(run_from_row).transpose()
     }
@@ -199,9 +202,9 @@ impl Store {
     /// when several do.
     pub async fn get_run(&self, id_or_prefix: &str) -> Result<RunRecord, StoreError> {
         let wanted = id_or_prefix.trim().to_ascii_lowercase();
-        let exact = sqlx::query(sqlx::AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = ?")))
+        let exact = stmt(format!("{RUN_COLUMNS} WHERE id = ?"))
             .bind(&wanted)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         if let Some(row) = exact {
             return run_from_row(&row);
@@ -212,12 +215,12 @@ impl Store {
             )));
         }
         // substr rather than LIKE, so `%` or `_` in the input match only themselves.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = stmt(format!(
             "{RUN_COLUMNS} WHERE substr(id, 1, length(?)) = ? {NEWEST_FIRST} LIMIT 5"
-        )))
+        ))
         .bind(&wanted)
         .bind(&wanted)
-        .fetch_all(self.pool())
+        .fetch_all(&mut self.conn().await?)
         .await?;
         match rows.as_slice() {
             [] => Err(StoreError::NotFound(format!(
@@ -245,12 +248,10 @@ impl Store {
 
     /// Up to `limit` runs, newest first.
     pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{RUN_COLUMNS} {NEWEST_FIRST} LIMIT ?"
-        )))
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        let rows = stmt(format!("{RUN_COLUMNS} {NEWEST_FIRST} LIMIT ?"))
+            .bind(i64::from(limit))
+            .fetch_all(&mut self.conn().await?)
+            .await?;
         rows.iter().map(run_from_row).collect()
     }
 
@@ -280,7 +281,7 @@ impl Store {
             RunState::Succeeded | RunState::Failed | RunState::Cancelled
         );
         let now = codec::now();
-        sqlx::query(
+        stmt(
             "UPDATE runs SET state = ?, updated_at = ?, \
              started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END, \
              finished_at = CASE WHEN ? THEN ? ELSE NULL END \
@@ -293,7 +294,7 @@ impl Store {
         .bind(terminal)
         .bind(&now)
         .bind(run_id)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         // Record where the run came from, unless the caller already said.
         let detail = match detail {

@@ -2,12 +2,12 @@ use backfill_core::RunState;
 use backfill_store::{AuditCheck, Outcome, Store};
 use serde_json::json;
 
-use crate::{create, key_partitions, raw_pool, store};
+use crate::{TestDb, create, key_partitions};
 
 /// A store with a handful of chained events: run.created, run.running, then per partition
 /// partition.running and partition.done.
-async fn store_with_events() -> (Store, tempfile::TempDir) {
-    let (store, dir) = store().await;
+async fn store_with_events(db: &TestDb) -> Store {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(2)).await;
     store
         .set_run_state(&run.id, RunState::Running, "alice", json!({}))
@@ -23,19 +23,16 @@ async fn store_with_events() -> (Store, tempfile::TempDir) {
             .await
             .unwrap();
     }
-    (store, dir)
+    store
 }
 
-async fn tamper(store: &Store, sql: &'static str) -> AuditCheck {
-    let pool = raw_pool(store).await;
-    sqlx::raw_sql(sql).execute(&pool).await.unwrap();
-    pool.close().await;
+async fn tamper(db: &TestDb, store: &Store, sql: &str) -> AuditCheck {
+    db.raw_exec(sql).await;
     store.verify_audit().await.unwrap()
 }
 
-#[tokio::test]
-async fn intact_chain_verifies() {
-    let (store, _dir) = store_with_events().await;
+async fn intact_chain_verifies(db: TestDb) {
+    let store = store_with_events(&db).await;
     let check = store.verify_audit().await.unwrap();
     assert_eq!(
         check,
@@ -54,17 +51,16 @@ async fn intact_chain_verifies() {
     }
 }
 
-#[tokio::test]
-async fn an_empty_store_verifies() {
-    let (store, _dir) = store().await;
+async fn an_empty_store_verifies(db: TestDb) {
+    let store = db.open().await;
     assert!(store.verify_audit().await.unwrap().is_ok());
     assert!(store.audit_events(None).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn an_edited_event_breaks_the_chain() {
-    let (store, _dir) = store_with_events().await;
+async fn an_edited_event_breaks_the_chain(db: TestDb) {
+    let store = store_with_events(&db).await;
     let check = tamper(
+        &db,
         &store,
         r#"UPDATE audit_events SET detail = '{"workers":99}' WHERE seq = 2"#,
     )
@@ -73,18 +69,17 @@ async fn an_edited_event_breaks_the_chain() {
     assert!(check.problem.unwrap().contains("edited"));
 }
 
-#[tokio::test]
-async fn a_removed_event_breaks_the_chain() {
-    let (store, _dir) = store_with_events().await;
-    let check = tamper(&store, "DELETE FROM audit_events WHERE seq = 3").await;
+async fn a_removed_event_breaks_the_chain(db: TestDb) {
+    let store = store_with_events(&db).await;
+    let check = tamper(&db, &store, "DELETE FROM audit_events WHERE seq = 3").await;
     assert_eq!(check.first_bad_seq, Some(4), "{check:?}");
     assert_eq!(check.events, 5);
 }
 
-#[tokio::test]
-async fn a_removed_and_renumbered_event_breaks_the_chain() {
-    let (store, _dir) = store_with_events().await;
+async fn a_removed_and_renumbered_event_breaks_the_chain(db: TestDb) {
+    let store = store_with_events(&db).await;
     let check = tamper(
+        &db,
         &store,
         "DELETE FROM audit_events WHERE seq = 3; \
          UPDATE audit_events SET seq = seq - 1 WHERE seq > 3",
@@ -93,11 +88,11 @@ async fn a_removed_and_renumbered_event_breaks_the_chain() {
     assert_eq!(check.first_bad_seq, Some(3), "{check:?}");
 }
 
-#[tokio::test]
-async fn reordered_events_break_the_chain() {
-    let (store, _dir) = store_with_events().await;
+async fn reordered_events_break_the_chain(db: TestDb) {
+    let store = store_with_events(&db).await;
     // Swap the contents of events 3 and 4, keeping their sequence numbers.
     let check = tamper(
+        &db,
         &store,
         "UPDATE audit_events SET \
            run_id = (SELECT run_id FROM audit_events x WHERE x.seq = 7 - audit_events.seq), \
@@ -122,9 +117,8 @@ async fn reordered_events_break_the_chain() {
     assert_eq!(actions[2], "partition.done", "the swap happened");
 }
 
-#[tokio::test]
-async fn audit_events_can_be_filtered_by_run() {
-    let (store, _dir) = store().await;
+async fn audit_events_can_be_filtered_by_run(db: TestDb) {
+    let store = db.open().await;
     let a = create(&store, "a", &key_partitions(1)).await;
     let b = create(&store, "b", &key_partitions(1)).await;
     store
@@ -135,3 +129,13 @@ async fn audit_events_can_be_filtered_by_run() {
     assert_eq!(store.audit_events(Some(&b.id)).await.unwrap().len(), 2);
     assert_eq!(store.audit_events(None).await.unwrap().len(), 3);
 }
+
+crate::on_both_backends!(
+    intact_chain_verifies,
+    an_empty_store_verifies,
+    an_edited_event_breaks_the_chain,
+    a_removed_event_breaks_the_chain,
+    a_removed_and_renumbered_event_breaks_the_chain,
+    reordered_events_break_the_chain,
+    audit_events_can_be_filtered_by_run,
+);

@@ -1,34 +1,256 @@
-//! Integration tests of the SQLite state store. Each test opens its own store in its own
-//! temporary directory.
+//! Integration tests of the state store, on SQLite and on PostgreSQL.
+//!
+//! Most tests are written once against a [`TestDb`] and run on both backends by
+//! [`on_both_backends!`] (test names end in `::sqlite` / `::postgres`). Each SQLite test opens
+//! its own file in its own temporary directory; each PostgreSQL test its own schema
+//! (`schema=bf_test_<random>`), dropped at the end.
+//!
+//! PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). When it is unreachable, a PostgreSQL test fails if
+//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`, and otherwise prints `skipped: PostgreSQL not
+//! reachable at …` to stderr and passes.
 
 mod audit;
+mod concurrency;
 mod open;
 mod partitions;
 mod runs;
 
-use backfill_core::{Partition, Window};
+use std::future::Future;
+use std::sync::Arc;
+
+use backfill_core::{Partition, Value, Window};
 use backfill_store::{NewRun, RunRecord, Store};
 use chrono::{DateTime, TimeZone, Utc};
+use sqlx::{Connection, Executor};
 
-/// A fresh store in a temporary directory (kept alive by the returned guard).
-pub(crate) async fn store() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!(
-        "sqlite://{}/state/backfill.db",
-        dir.path().display()
-    ))
-    .await
-    .unwrap();
-    (store, dir)
+/// Generates `mod <test> { fn sqlite(); fn postgres(); }` for each `async fn <test>(TestDb)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    crate::run_on(crate::Backend::Sqlite, super::$name).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    crate::run_on(crate::Backend::Postgres, super::$name).await
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_backends;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-/// A second, raw connection pool on the store's file, for tampering and for sinks.
-pub(crate) async fn raw_pool(store: &Store) -> sqlx::SqlitePool {
-    let path = store.sqlite_path().unwrap();
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .busy_timeout(std::time::Duration::from_secs(30));
-    sqlx::SqlitePool::connect_with(options).await.unwrap()
+/// One test's private database: a SQLite file in a temporary directory, or a fresh schema on
+/// the test PostgreSQL server.
+#[derive(Clone, Debug)]
+pub(crate) struct TestDb {
+    pub(crate) backend: Backend,
+    /// The store URL (`sqlite://…` or `postgres://…?schema=bf_test_…`).
+    pub(crate) url: String,
+    /// The PostgreSQL server URL, without the schema parameter.
+    server: String,
+    schema: String,
+    _dir: Option<Arc<tempfile::TempDir>>,
+}
+
+fn postgres_url() -> String {
+    std::env::var("BACKFILL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn services_required() -> bool {
+    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+impl TestDb {
+    /// A fresh database, or `None` (after saying so on stderr) when PostgreSQL is unreachable
+    /// and not required.
+    pub(crate) async fn new(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                Some(TestDb {
+                    backend,
+                    url: format!("sqlite://{}/state/backfill.db", dir.path().display()),
+                    server: String::new(),
+                    schema: String::new(),
+                    _dir: Some(Arc::new(dir)),
+                })
+            }
+            Backend::Postgres => {
+                let server = postgres_url();
+                if let Err(e) = sqlx::PgConnection::connect(&server).await {
+                    let redacted = backfill_core::secret::redact(&server);
+                    assert!(
+                        !services_required(),
+                        "PostgreSQL not reachable at {redacted}: {e}"
+                    );
+                    skip(&redacted);
+                    return None;
+                }
+                let schema = format!("bf_test_{}", uuid::Uuid::now_v7().simple());
+                let sep = if server.contains('?') { '&' } else { '?' };
+                Some(TestDb {
+                    backend,
+                    url: format!("{server}{sep}schema={schema}"),
+                    server,
+                    schema,
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    /// Opens a store handle with its own pool (a separate "process").
+    pub(crate) async fn open(&self) -> Store {
+        Store::open(&self.url).await.unwrap()
+    }
+
+    /// Runs SQL (several statements allowed) on a separate raw connection to the store, inside
+    /// the store's schema on PostgreSQL: tampering, as an outsider would.
+    pub(crate) async fn raw_exec(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = self.raw_sqlite().await;
+                conn.execute(sqlx::raw_sql(sql)).await.unwrap();
+            }
+            Backend::Postgres => {
+                let mut conn = self.raw_postgres(true).await;
+                conn.execute(sqlx::raw_sql(sql)).await.unwrap();
+            }
+        }
+    }
+
+    /// The integers a one-column query returns, read on a raw connection (as [`raw_exec`]).
+    pub(crate) async fn raw_i64s(&self, sql: &str) -> Vec<i64> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.backend {
+            Backend::Sqlite => sqlx::query_scalar(sql)
+                .fetch_all(&mut self.raw_sqlite().await)
+                .await
+                .unwrap(),
+            Backend::Postgres => sqlx::query_scalar(sql)
+                .fetch_all(&mut self.raw_postgres(true).await)
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// Runs `sql` with `params` in a transaction of a "sink" that owns its own connection to
+    /// the store's database (on PostgreSQL with the default `search_path`, not the store's
+    /// schema), commits or rolls back, and returns the rows affected.
+    pub(crate) async fn sink_exec(&self, sql: &str, params: &[Value], commit: bool) -> u64 {
+        macro_rules! bind_all {
+            ($query:expr) => {{
+                let mut query = $query;
+                for p in params {
+                    query = match p {
+                        Value::Null => query.bind(None::<i64>),
+                        Value::Int(i) => query.bind(*i),
+                        Value::Float(f) => query.bind(*f),
+                        Value::Text(s) => query.bind(s.clone()),
+                        Value::Blob(b) => query.bind(b.clone()),
+                    };
+                }
+                query
+            }};
+        }
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = self.raw_sqlite().await;
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                let done = bind_all!(sqlx::query(sql)).execute(&mut *tx).await.unwrap();
+                if commit {
+                    tx.commit().await.unwrap();
+                } else {
+                    tx.rollback().await.unwrap();
+                }
+                done.rows_affected()
+            }
+            Backend::Postgres => {
+                let mut conn = self.raw_postgres(false).await;
+                let mut tx = conn.begin().await.unwrap();
+                let done = bind_all!(sqlx::query(sql)).execute(&mut *tx).await.unwrap();
+                if commit {
+                    tx.commit().await.unwrap();
+                } else {
+                    tx.rollback().await.unwrap();
+                }
+                done.rows_affected()
+            }
+        }
+    }
+
+    async fn raw_sqlite(&self) -> sqlx::SqliteConnection {
+        let path = self.url.strip_prefix("sqlite://").unwrap();
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap()
+    }
+
+    /// A raw PostgreSQL connection, in the test's schema when `in_schema`.
+    pub(crate) async fn raw_postgres(&self, in_schema: bool) -> sqlx::PgConnection {
+        let mut conn = sqlx::PgConnection::connect(&self.server).await.unwrap();
+        if in_schema {
+            let set = format!("SET search_path TO \"{}\"", self.schema);
+            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(set)))
+                .await
+                .unwrap();
+        }
+        conn
+    }
+
+    /// Drops the test's schema (PostgreSQL); the SQLite directory goes with the last clone.
+    async fn cleanup(&self) {
+        if self.backend == Backend::Postgres {
+            let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+            let mut conn = self.raw_postgres(false).await;
+            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(drop)))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
+fn skip(url: &str) {
+    eprintln!("skipped: PostgreSQL not reachable at {url}");
+}
+
+/// Runs one test on a fresh database of `backend`, then cleans it up, also when it panics.
+pub(crate) async fn run_on<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let result = tokio::spawn(test(db.clone())).await;
+    db.cleanup().await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// A handle on a fresh SQLite store in a temporary directory, for SQLite-only tests.
+pub(crate) async fn sqlite_db() -> TestDb {
+    TestDb::new(Backend::Sqlite).await.unwrap()
 }
 
 pub(crate) fn t(secs: i64, nanos: u32) -> DateTime<Utc> {

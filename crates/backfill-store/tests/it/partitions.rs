@@ -1,7 +1,7 @@
 use backfill_core::{PartitionState, RowCounts, Value};
 use backfill_store::{Outcome, StoreError};
 
-use crate::{create, key_partitions, raw_pool, store};
+use crate::{Backend, TestDb, create, key_partitions};
 
 fn counts(read: u64, inserted: u64) -> RowCounts {
     RowCounts {
@@ -14,9 +14,8 @@ fn counts(read: u64, inserted: u64) -> RowCounts {
     }
 }
 
-#[tokio::test]
-async fn attempt_checkpoint_and_finish_round_trip() {
-    let (store, _dir) = store().await;
+async fn attempt_checkpoint_and_finish_round_trip(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(2)).await;
     let pid = store.partitions(&run.id).await.unwrap()[0]
         .partition_id
@@ -80,9 +79,8 @@ async fn attempt_checkpoint_and_finish_round_trip() {
     assert_eq!(events[2].partition_id.as_deref(), Some(pid.as_str()));
 }
 
-#[tokio::test]
-async fn stale_attempts_are_fenced_and_change_nothing() {
-    let (store, _dir) = store().await;
+async fn stale_attempts_are_fenced_and_change_nothing(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(1)).await;
     let pid = store.partitions(&run.id).await.unwrap()[0]
         .partition_id
@@ -162,9 +160,8 @@ async fn stale_attempts_are_fenced_and_change_nothing() {
     ));
 }
 
-#[tokio::test]
-async fn retry_keeps_the_checkpoint_and_failure_records_a_redacted_error() {
-    let (store, _dir) = store().await;
+async fn retry_keeps_the_checkpoint_and_failure_records_a_redacted_error(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(1)).await;
     let pid = store.partitions(&run.id).await.unwrap()[0]
         .partition_id
@@ -205,9 +202,8 @@ async fn retry_keeps_the_checkpoint_and_failure_records_a_redacted_error() {
     assert_eq!(events[events.len() - 3].action, "partition.retry");
 }
 
-#[tokio::test]
-async fn reset_counts_restarts_a_partition_from_scratch() {
-    let (store, _dir) = store().await;
+async fn reset_counts_restarts_a_partition_from_scratch(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(1)).await;
     let pid = store.partitions(&run.id).await.unwrap()[0]
         .partition_id
@@ -224,9 +220,8 @@ async fn reset_counts_restarts_a_partition_from_scratch() {
     assert_eq!(p.elapsed_ms, 5);
 }
 
-#[tokio::test]
-async fn checkpoint_statement_in_a_sink_transaction_matches_checkpoint() {
-    let (store, _dir) = store().await;
+async fn checkpoint_statement_in_a_sink_transaction_matches_checkpoint(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(3)).await;
     let ids: Vec<String> = store
         .partitions(&run.id)
@@ -248,37 +243,36 @@ async fn checkpoint_statement_in_a_sink_transaction_matches_checkpoint() {
         .await
         .unwrap();
 
-    // Partition 1 through a "sink" that owns a transaction on the same database file.
-    let sink = raw_pool(&store).await;
+    // Partition 1 through a "sink" that owns a transaction on the same database.
     let (sql, params) =
         store.checkpoint_statement(&run.id, &ids[1], attempts[1], Some(&key), &delta, 40);
-    assert_eq!(sql.matches('?').count(), params.len());
-    let mut tx = sink.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let result = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), &params)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(result.rows_affected(), 1);
-    tx.commit().await.unwrap();
+    match db.backend {
+        Backend::Sqlite => {
+            assert_eq!(sql.matches('?').count(), params.len());
+            assert!(sql.starts_with("UPDATE partitions SET"), "{sql}");
+        }
+        Backend::Postgres => {
+            assert!(!sql.contains('?'), "{sql}");
+            assert!(sql.contains(&format!("${}", params.len())), "{sql}");
+            assert!(!sql.contains(&format!("${}", params.len() + 1)), "{sql}");
+            let schema = store.pg_schema().unwrap();
+            assert!(
+                sql.starts_with(&format!("UPDATE \"{schema}\".partitions SET")),
+                "{sql}"
+            );
+        }
+    }
+    assert_eq!(db.sink_exec(&sql, &params, true).await, 1);
 
     // Partition 2: the sink's transaction rolls back, so its checkpoint never moves.
     let (sql2, params2) =
         store.checkpoint_statement(&run.id, &ids[2], attempts[2], Some(&key), &delta, 40);
-    let mut tx = sink.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    bind_all(sqlx::query(sqlx::AssertSqlSafe(sql2)), &params2)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
+    assert_eq!(db.sink_exec(&sql2, &params2, false).await, 1);
 
     // A stale attempt affects no row.
     let (stale_sql, stale_params) =
         store.checkpoint_statement(&run.id, &ids[1], attempts[1] + 1, None, &delta, 1);
-    let result = bind_all(sqlx::query(sqlx::AssertSqlSafe(stale_sql)), &stale_params)
-        .execute(&sink)
-        .await
-        .unwrap();
-    assert_eq!(result.rows_affected(), 0);
+    assert_eq!(db.sink_exec(&stale_sql, &stale_params, true).await, 0);
 
     let parts = store.partitions(&run.id).await.unwrap();
     assert_eq!(parts[0].checkpoint, parts[1].checkpoint);
@@ -287,28 +281,10 @@ async fn checkpoint_statement_in_a_sink_transaction_matches_checkpoint() {
     assert_eq!(parts[1].counts, delta);
     assert_eq!(parts[2].checkpoint, None);
     assert_eq!(parts[2].counts, RowCounts::default());
-    sink.close().await;
 }
 
-fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    params: &[Value],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    for p in params {
-        query = match p {
-            Value::Null => query.bind(None::<i64>),
-            Value::Int(i) => query.bind(*i),
-            Value::Float(f) => query.bind(*f),
-            Value::Text(s) => query.bind(s.clone()),
-            Value::Blob(b) => query.bind(b.clone()),
-        };
-    }
-    query
-}
-
-#[tokio::test]
-async fn reset_interrupted_returns_running_partitions_to_pending() {
-    let (store, _dir) = store().await;
+async fn reset_interrupted_returns_running_partitions_to_pending(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(3)).await;
     let ids: Vec<String> = store
         .partitions(&run.id)
@@ -346,9 +322,8 @@ async fn reset_interrupted_returns_running_partitions_to_pending() {
     assert_eq!(store.start_attempt(&run.id, &ids[0], "w").await.unwrap(), 2);
 }
 
-#[tokio::test]
-async fn reopen_failed_gives_failed_partitions_a_new_chance() {
-    let (store, _dir) = store().await;
+async fn reopen_failed_gives_failed_partitions_a_new_chance(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(3)).await;
     let ids: Vec<String> = store
         .partitions(&run.id)
@@ -391,9 +366,8 @@ async fn reopen_failed_gives_failed_partitions_a_new_chance() {
     assert!(store.verify_audit().await.unwrap().is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_checkpoints_and_transitions_do_not_fail() {
-    let (store, _dir) = store().await;
+async fn concurrent_checkpoints_and_transitions_do_not_fail(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(8)).await;
     let ids: Vec<String> = store
         .partitions(&run.id)
@@ -438,3 +412,14 @@ async fn concurrent_checkpoints_and_transitions_do_not_fail() {
     assert!(check.is_ok(), "{check:?}");
     assert_eq!(check.events, 1 + 8 * 2);
 }
+
+crate::on_both_backends!(
+    attempt_checkpoint_and_finish_round_trip,
+    stale_attempts_are_fenced_and_change_nothing,
+    retry_keeps_the_checkpoint_and_failure_records_a_redacted_error,
+    reset_counts_restarts_a_partition_from_scratch,
+    checkpoint_statement_in_a_sink_transaction_matches_checkpoint,
+    reset_interrupted_returns_running_partitions_to_pending,
+    reopen_failed_gives_failed_partitions_a_new_chance,
+    concurrent_checkpoints_and_transitions_do_not_fail,
+);

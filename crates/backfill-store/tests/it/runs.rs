@@ -4,11 +4,10 @@ use backfill_core::{PartitionState, RunState};
 use backfill_store::StoreError;
 use serde_json::json;
 
-use crate::{create, key_partitions, store, time_partitions};
+use crate::{TestDb, create, key_partitions, time_partitions};
 
-#[tokio::test]
-async fn create_run_round_trips_run_and_partitions() {
-    let (store, _dir) = store().await;
+async fn create_run_round_trips_run_and_partitions(db: TestDb) {
+    let store = db.open().await;
     let parts = time_partitions(3);
     let run = create(&store, "orders", &parts).await;
     assert_eq!(run.state, RunState::Planned);
@@ -53,9 +52,8 @@ async fn create_run_round_trips_run_and_partitions() {
     assert_eq!(events[0].detail["plan_hash"], json!("plan-hash"));
 }
 
-#[tokio::test]
-async fn creating_thousands_of_partitions_is_fast() {
-    let (store, _dir) = store().await;
+async fn creating_thousands_of_partitions_is_fast(db: TestDb) {
+    let store = db.open().await;
     let parts = time_partitions(2500);
     let started = Instant::now();
     let run = create(&store, "big", &parts).await;
@@ -68,9 +66,8 @@ async fn creating_thousands_of_partitions_is_fast() {
     assert_eq!(store.partitions(&run.id).await.unwrap().len(), 2500);
 }
 
-#[tokio::test]
-async fn find_unfinished_run_returns_the_newest_unfinished_of_that_spec() {
-    let (store, _dir) = store().await;
+async fn find_unfinished_run_returns_the_newest_unfinished_of_that_spec(db: TestDb) {
+    let store = db.open().await;
     let parts = key_partitions(1);
     assert!(store.find_unfinished_run("a").await.unwrap().is_none());
     let older = create(&store, "a", &parts).await;
@@ -108,9 +105,8 @@ async fn find_unfinished_run_returns_the_newest_unfinished_of_that_spec() {
     assert_eq!(store.list_runs(1).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn runs_are_found_by_unique_prefix_and_ambiguity_is_reported() {
-    let (store, _dir) = store().await;
+async fn runs_are_found_by_unique_prefix_and_ambiguity_is_reported(db: TestDb) {
+    let store = db.open().await;
     assert!(store.latest_run().await.unwrap().is_none());
     let parts = key_partitions(1);
     let a = create(&store, "a", &parts).await;
@@ -140,9 +136,8 @@ async fn runs_are_found_by_unique_prefix_and_ambiguity_is_reported() {
     ));
 }
 
-#[tokio::test]
-async fn illegal_run_transitions_are_rejected_and_change_nothing() {
-    let (store, _dir) = store().await;
+async fn illegal_run_transitions_are_rejected_and_change_nothing(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(1)).await;
     let before = store.audit_events(None).await.unwrap().len();
     let err = store
@@ -178,9 +173,8 @@ async fn illegal_run_transitions_are_rejected_and_change_nothing() {
     ));
 }
 
-#[tokio::test]
-async fn run_timestamps_follow_the_state_machine() {
-    let (store, _dir) = store().await;
+async fn run_timestamps_follow_the_state_machine(db: TestDb) {
+    let store = db.open().await;
     let run = create(&store, "a", &key_partitions(1)).await;
     store
         .set_run_state(&run.id, RunState::Running, "alice", json!({ "workers": 4 }))
@@ -227,3 +221,12 @@ async fn run_timestamps_follow_the_state_machine() {
     assert_eq!(events[1].detail["workers"], json!(4));
     assert_eq!(events[3].actor, "bob");
 }
+
+crate::on_both_backends!(
+    create_run_round_trips_run_and_partitions,
+    creating_thousands_of_partitions_is_fast,
+    find_unfinished_run_returns_the_newest_unfinished_of_that_spec,
+    runs_are_found_by_unique_prefix_and_ambiguity_is_reported,
+    illegal_run_transitions_are_rejected_and_change_nothing,
+    run_timestamps_follow_the_state_machine,
+);
