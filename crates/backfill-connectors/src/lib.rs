@@ -6,6 +6,11 @@
 //! [`open_sink`] from the URL scheme. The engine only ever sees database-neutral types:
 //! [`Value`], [`Batch`], [`Window`] and [`RowCounts`].
 //!
+//! A third, optional protocol, [`AnyPushdown`] ([`open_pushdown`]), moves the same batches
+//! without the rows leaving the databases when source and target allow it (both SQLite
+//! files today); the engine uses it instead of `read_batch` + `upsert`/`replace` and keeps
+//! the same batches, checkpoints and counts.
+//!
 //! Does not: plan, retry, throttle, checkpoint or decide when to commit a partition; the engine
 //! does. Connectors never read the state store; the one bridge is [`Extra`], a statement the
 //! engine hands in to run inside the write transaction.
@@ -192,6 +197,39 @@ pub async fn open_sink(spec: &TargetSpec, pool_size: u32) -> Result<AnySink, Con
     }
 }
 
+/// Opens a pushdown from `source` to `target` when both are systems that can move rows
+/// between themselves (two SQLite files today) and the write mode is `upsert` or `replace`;
+/// `Ok(None)` (logged at info level with the reason) when the row path must be used.
+/// `extra_in_target`: the engine will hand in [`Extra`] statements that name tables of the
+/// target database unqualified (the state store is the target).
+///
+/// Call it after [`open_source`] and [`open_sink`] succeeded (they validate the query and
+/// the target file), then check [`AnyPushdown::columns`] with [`Sink::check_columns`].
+pub async fn open_pushdown(
+    source: &SourceSpec,
+    target: &TargetSpec,
+    pool_size: u32,
+    extra_in_target: bool,
+) -> Result<Option<AnyPushdown>, ConnectorError> {
+    match (source.url.scheme().as_str(), target.url.scheme().as_str()) {
+        ("sqlite", "sqlite") => {
+            Ok(
+                sqlite::SqlitePushdown::open(source, target, pool_size, extra_in_target)
+                    .await?
+                    .map(AnyPushdown::Sqlite),
+            )
+        }
+        (s, t) => {
+            tracing::info!(
+                source = s,
+                target = t,
+                "pushdown not used: no pushdown between these systems"
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn unsupported(scheme: &str, url: &backfill_core::SecretUrl) -> ConnectorError {
     ConnectorError::Connect {
         url: url.redacted(),
@@ -333,6 +371,154 @@ impl ReplaceTxn {
     pub async fn commit(self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
         match self.inner {
             ReplaceInner::Sqlite(t) => t.commit(extra).await,
+        }
+    }
+}
+
+/// Moves rows from the source to the target inside the databases, batch by batch, with the
+/// guarantees of the row path: the same keyset batches, exact counts, idempotent writes, and
+/// a write and its [`Extra`] committing together.
+///
+/// Protocol (`upsert`): per partition attempt, [`partition`](AnyPushdown::partition) stages
+/// the rows after the checkpoint (nothing is written yet); then per batch,
+/// [`PushedPartition::next_batch`] and [`PushedBatch::upsert`] with the checkpoint. (`replace`): per partition, [`begin_replace`](AnyPushdown::begin_replace),
+/// then [`PushedReplace::commit`].
+#[derive(Debug)]
+pub enum AnyPushdown {
+    /// SQLite file to SQLite file.
+    Sqlite(sqlite::SqlitePushdown),
+}
+
+impl AnyPushdown {
+    /// The columns the source query returns (all written to the target).
+    pub fn columns(&self) -> &[String] {
+        match self {
+            AnyPushdown::Sqlite(p) => p.columns(),
+        }
+    }
+
+    /// Stages the rows of `window` whose key is strictly greater than `after` (`None`: from
+    /// the start), in key order, like [`Source::read_batch`] would return them over
+    /// successive calls; writes nothing. A NULL key is a [`ConnectorError::Data`] error.
+    pub async fn partition(
+        &self,
+        window: &Window,
+        after: Option<&[Value]>,
+    ) -> Result<PushedPartition<'_>, ConnectorError> {
+        match self {
+            AnyPushdown::Sqlite(p) => Ok(PushedPartition {
+                inner: PushedPartitionInner::Sqlite(p.partition(window, after).await?),
+            }),
+        }
+    }
+
+    /// `replace` mode: a transaction that has deleted the rows of `window` from the target
+    /// and inserted the source's rows for it; see [`Sink::begin_replace`].
+    pub async fn begin_replace(&self, window: &Window) -> Result<PushedReplace, ConnectorError> {
+        match self {
+            AnyPushdown::Sqlite(p) => Ok(PushedReplace {
+                inner: PushedReplaceInner::Sqlite(p.begin_replace(window).await?),
+            }),
+        }
+    }
+
+    /// Closes the connections; later calls fail.
+    pub async fn close(&self) {
+        match self {
+            AnyPushdown::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// A partition attempt staged by [`AnyPushdown::partition`]: batches are taken from it in
+/// key order. Dropping it writes nothing.
+#[derive(Debug)]
+pub struct PushedPartition<'p> {
+    inner: PushedPartitionInner<'p>,
+}
+
+#[derive(Debug)]
+enum PushedPartitionInner<'p> {
+    Sqlite(sqlite::SqlitePartition<'p>),
+}
+
+impl<'p> PushedPartition<'p> {
+    /// The next batch of at most `limit` rows (the rows a keyset read after the previous
+    /// batch's last key would return); empty when the partition is exhausted. The batch
+    /// must be written ([`PushedBatch::upsert`]) before the next one is taken; a batch
+    /// dropped unwritten is handed out again.
+    pub async fn next_batch(&mut self, limit: u32) -> Result<PushedBatch<'_, 'p>, ConnectorError> {
+        match &mut self.inner {
+            PushedPartitionInner::Sqlite(p) => Ok(PushedBatch {
+                inner: PushedBatchInner::Sqlite(p.next_batch(limit).await?),
+            }),
+        }
+    }
+}
+
+/// A staged batch: its size and last key are known, nothing is written yet.
+#[derive(Debug)]
+pub struct PushedBatch<'a, 'p> {
+    inner: PushedBatchInner<'a, 'p>,
+}
+
+#[derive(Debug)]
+enum PushedBatchInner<'a, 'p> {
+    Sqlite(sqlite::SqliteStaged<'a, 'p>),
+}
+
+impl PushedBatch<'_, '_> {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            PushedBatchInner::Sqlite(b) => usize::try_from(b.len()).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// True when no row is left after the resume key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Key of the batch's last row, in key order (the next checkpoint).
+    pub fn last_key(&self) -> Option<&[Value]> {
+        match &self.inner {
+            PushedBatchInner::Sqlite(b) => b.last_key(),
+        }
+    }
+
+    /// Writes the batch like [`Sink::upsert`]: one transaction with `extra`, exact counts,
+    /// identical rows not written.
+    pub async fn upsert(self, extra: Option<&Extra>) -> Result<RowCounts, ConnectorError> {
+        match self.inner {
+            PushedBatchInner::Sqlite(b) => b.upsert(extra).await,
+        }
+    }
+}
+
+/// An open pushdown `replace` transaction; dropped without commit, it rolls back.
+#[derive(Debug)]
+pub struct PushedReplace {
+    inner: PushedReplaceInner,
+}
+
+#[derive(Debug)]
+enum PushedReplaceInner {
+    Sqlite(sqlite::SqlitePushedReplace),
+}
+
+impl PushedReplace {
+    /// Rows read and inserted from the source, and deleted from the target window.
+    pub fn counts(&self) -> RowCounts {
+        match &self.inner {
+            PushedReplaceInner::Sqlite(t) => t.counts(),
+        }
+    }
+
+    /// Runs `extra` (must affect exactly one row) and commits; on error nothing is committed.
+    pub async fn commit(self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
+        match self.inner {
+            PushedReplaceInner::Sqlite(t) => t.commit(extra).await,
         }
     }
 }

@@ -13,10 +13,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
-use backfill_connectors::{AnySink, AnySource, Extra};
+use backfill_connectors::{AnyPushdown, AnySink, AnySource, Extra, PushedBatch, ReplaceTxn};
 use backfill_core::retry::{ErrorClass, RetryDecision};
 use backfill_core::secret::redact;
-use backfill_core::{Partition, RowCounts, Spec, Value, WriteMode};
+use backfill_core::{Batch, Partition, RowCounts, Spec, Value, WriteMode};
 use backfill_store::{Outcome, Store, StoreError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
@@ -33,6 +33,9 @@ pub(crate) struct Ctx {
     pub(crate) store: Store,
     pub(crate) source: AnySource,
     pub(crate) sink: AnySink,
+    /// Moves the rows inside the databases instead of through `source` and `sink`, when the
+    /// spec allows it and the systems can (see `backfill_connectors::open_pushdown`).
+    pub(crate) pushdown: Option<AnyPushdown>,
     pub(crate) limiter: Option<DefaultDirectRateLimiter>,
     pub(crate) shutdown: Shutdown,
     pub(crate) emitter: Emitter,
@@ -206,6 +209,30 @@ async fn attempt_partition(
     }
 }
 
+/// One batch read for an upsert: rows in memory (the row path) or staged inside the
+/// databases (the pushdown).
+enum Staged<'a, 'p> {
+    Rows(Batch),
+    Pushed(PushedBatch<'a, 'p>),
+}
+
+impl Staged<'_, '_> {
+    fn len(&self) -> usize {
+        match self {
+            Staged::Rows(batch) => batch.len(),
+            Staged::Pushed(batch) => batch.len(),
+        }
+    }
+
+    /// Writes the batch with `extra` in the same transaction.
+    async fn upsert(self, ctx: &Ctx, extra: Option<&Extra>) -> Result<RowCounts, AttemptError> {
+        Ok(match self {
+            Staged::Rows(batch) => ctx.sink.upsert(&batch, extra).await?,
+            Staged::Pushed(batch) => batch.upsert(extra).await?,
+        })
+    }
+}
+
 async fn upsert_partition(
     ctx: &Ctx,
     partition: &Partition,
@@ -217,26 +244,45 @@ async fn upsert_partition(
     let mut total = RowCounts::default();
     let mut key_positions: Option<Vec<usize>> = None;
     let mut batch_started = started;
+    // The pushdown runs the query once per attempt, then hands out its batches in key order.
+    let mut pushed = match &ctx.pushdown {
+        Some(pushdown) => Some(
+            pushdown
+                .partition(&partition.window, after.as_deref())
+                .await?,
+        ),
+        None => None,
+    };
     loop {
-        let batch = ctx
-            .source
-            .read_batch(&partition.window, after.as_deref(), batch_rows)
-            .await?;
-        if batch.is_empty() {
+        let staged = match &mut pushed {
+            Some(pushed) => Staged::Pushed(pushed.next_batch(batch_rows).await?),
+            None => Staged::Rows(
+                ctx.source
+                    .read_batch(&partition.window, after.as_deref(), batch_rows)
+                    .await?,
+            ),
+        };
+        let len = staged.len();
+        if len == 0 {
             break;
         }
-        throttle(ctx, batch.len()).await;
-        let positions = match &key_positions {
-            Some(p) => p,
-            None => key_positions.insert(ctx.source.key_positions(&batch.columns)?),
+        throttle(ctx, len).await;
+        let last = match &staged {
+            Staged::Rows(batch) => {
+                let positions = match &key_positions {
+                    Some(p) => p,
+                    None => key_positions.insert(ctx.source.key_positions(&batch.columns)?),
+                };
+                batch.rows.last().map(|row| {
+                    positions
+                        .iter()
+                        .map(|&i| row[i].clone())
+                        .collect::<Vec<Value>>()
+                })
+            }
+            Staged::Pushed(batch) => batch.last_key().map(<[Value]>::to_vec),
         };
-        let last = batch.rows.last().map(|row| {
-            positions
-                .iter()
-                .map(|&i| row[i].clone())
-                .collect::<Vec<Value>>()
-        });
-        let full = batch.len() as u32 >= batch_rows;
+        let full = len as u32 >= batch_rows;
         let mut counts = if ctx.same_database {
             let (sql, params) = ctx.store.checkpoint_statement(
                 &ctx.run_id,
@@ -244,15 +290,12 @@ async fn upsert_partition(
                 attempt,
                 last.as_deref(),
                 &RowCounts {
-                    read: batch.len() as u64,
+                    read: len as u64,
                     ..RowCounts::default()
                 },
                 elapsed_ms(batch_started),
             );
-            let counts = ctx
-                .sink
-                .upsert(&batch, Some(&Extra { sql, params }))
-                .await?;
+            let counts = staged.upsert(ctx, Some(&Extra { sql, params })).await?;
             // The checkpoint committed with the batch; the write's counts are only known
             // now, so they are added afterwards (counters only: the resume point is already
             // durable, and a lost counter update never causes a wrong write).
@@ -269,9 +312,9 @@ async fn upsert_partition(
             .await?;
             counts
         } else {
-            let counts = ctx.sink.upsert(&batch, None).await?;
+            let counts = staged.upsert(ctx, None).await?;
             let counts = RowCounts {
-                read: batch.len() as u64,
+                read: len as u64,
                 ..counts
             };
             checkpoint_only(
@@ -285,7 +328,7 @@ async fn upsert_partition(
             .await?;
             counts
         };
-        counts.read = batch.len() as u64;
+        counts.read = len as u64;
         batch_started = Instant::now();
         total.add(&counts);
         ctx.emitter.emit(Event::BatchWritten {
@@ -303,18 +346,69 @@ async fn upsert_partition(
     Ok(total)
 }
 
+/// An open `replace` transaction, from either path.
+enum Replacing {
+    Rows(ReplaceTxn),
+    Pushed(backfill_connectors::PushedReplace),
+}
+
 async fn replace_partition(
     ctx: &Ctx,
     partition: &Partition,
     attempt: u32,
     started: Instant,
 ) -> Result<RowCounts, AttemptError> {
-    let batch_rows = ctx.spec.limits.batch_rows.get();
     // The window is rewritten from scratch in one transaction, so counts of an earlier,
     // rolled-back attempt must not add up.
     ctx.store
         .reset_counts(&ctx.run_id, &partition.id, attempt)
         .await?;
+    let (txn, counts) = match &ctx.pushdown {
+        Some(pushdown) => {
+            if ctx.shutdown.is_requested() {
+                return Err(AttemptError::Interrupted);
+            }
+            let txn = pushdown.begin_replace(&partition.window).await?;
+            let counts = txn.counts();
+            (Replacing::Pushed(txn), counts)
+        }
+        None => {
+            let (txn, counts) = replace_rows(ctx, partition).await?;
+            (Replacing::Rows(txn), counts)
+        }
+    };
+    let extra = ctx.same_database.then(|| {
+        let (sql, params) = ctx.store.checkpoint_statement(
+            &ctx.run_id,
+            &partition.id,
+            attempt,
+            None,
+            &counts,
+            elapsed_ms(started),
+        );
+        Extra { sql, params }
+    });
+    match txn {
+        Replacing::Rows(txn) => txn.commit(extra.as_ref()).await?,
+        Replacing::Pushed(txn) => txn.commit(extra.as_ref()).await?,
+    }
+    if !ctx.same_database {
+        checkpoint_only(ctx, partition, attempt, None, &counts, started).await?;
+    }
+    ctx.emitter.emit(Event::BatchWritten {
+        partition_id: partition.id.clone(),
+        counts,
+    });
+    Ok(counts)
+}
+
+/// The row path of `replace`: deletes the window and inserts the source's batches in one
+/// open transaction; returns it uncommitted with the counts.
+async fn replace_rows(
+    ctx: &Ctx,
+    partition: &Partition,
+) -> Result<(ReplaceTxn, RowCounts), AttemptError> {
+    let batch_rows = ctx.spec.limits.batch_rows.get();
     let mut txn = ctx.sink.begin_replace(&partition.window).await?;
     let mut counts = RowCounts {
         deleted: txn.deleted(),
@@ -350,25 +444,7 @@ async fn replace_partition(
             break;
         }
     }
-    if ctx.same_database {
-        let (sql, params) = ctx.store.checkpoint_statement(
-            &ctx.run_id,
-            &partition.id,
-            attempt,
-            None,
-            &counts,
-            elapsed_ms(started),
-        );
-        txn.commit(Some(&Extra { sql, params })).await?;
-    } else {
-        txn.commit(None).await?;
-        checkpoint_only(ctx, partition, attempt, None, &counts, started).await?;
-    }
-    ctx.emitter.emit(Event::BatchWritten {
-        partition_id: partition.id.clone(),
-        counts,
-    });
-    Ok(counts)
+    Ok((txn, counts))
 }
 
 async fn checkpoint(

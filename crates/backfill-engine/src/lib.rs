@@ -37,7 +37,7 @@ pub mod status;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use backfill_connectors::{open_sink, open_source};
+use backfill_connectors::{AnyPushdown, AnySink, open_pushdown, open_sink, open_source};
 use backfill_core::plan::Plan;
 use backfill_core::{PartitionState, RowCounts, RunState, Spec, WriteMode};
 use backfill_store::{NewRun, RunRecord, Store};
@@ -150,6 +150,9 @@ pub struct RunSummary {
     pub session_rows_read: u64,
     /// True when the target database is the state store (checkpoints commit with writes).
     pub exactly_once: bool,
+    /// True when this call moved the rows inside the databases (`target.pushdown`) rather
+    /// than through the engine.
+    pub pushdown: bool,
 }
 
 /// Executes (or continues) `run`: resets partitions a crashed process left `running`,
@@ -176,6 +179,11 @@ pub async fn execute(
     if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
         preflight(spec, &source, &sink).await?;
     }
+    let same_database = match (store.sqlite_path(), sqlite_file(spec.target.url.expose())) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    };
+    let pushdown = open_pushdown_for(spec, pool, same_database, &sink).await?;
 
     let actor = options.actor.as_str();
     store.reset_interrupted(&run.id, actor).await?;
@@ -203,10 +211,6 @@ pub async fn execute(
         })
         .collect();
 
-    let same_database = match (store.sqlite_path(), sqlite_file(spec.target.url.expose())) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    };
     let emitter = Emitter::new(&run.id, options.listener);
     let ctx = Arc::new(Ctx {
         run_id: run.id.clone(),
@@ -216,6 +220,7 @@ pub async fn execute(
         store: store.clone(),
         source,
         sink,
+        pushdown,
         shutdown: options.shutdown.clone(),
         emitter: emitter.clone(),
         same_database,
@@ -232,6 +237,10 @@ pub async fn execute(
     watcher.abort();
     ctx.source.close().await;
     ctx.sink.close().await;
+    if let Some(pushdown) = &ctx.pushdown {
+        pushdown.close().await;
+    }
+    let pushed = ctx.pushdown.is_some();
 
     let interrupted = ends
         .iter()
@@ -239,7 +248,7 @@ pub async fn execute(
         || options.shutdown.is_requested();
     store.reset_interrupted(&run.id, actor).await?;
     let records = store.partitions(&run.id).await?;
-    let summary_of = |state| summarize(&records, state, started, same_database);
+    let summary_of = |state| summarize(&records, state, started, same_database, pushed);
     let done = records.iter().all(|p| p.state == PartitionState::Done);
     let any_pending = records.iter().any(|p| p.state == PartitionState::Pending);
     let final_state = if done {
@@ -284,6 +293,44 @@ async fn preflight(
     Ok(())
 }
 
+/// The pushdown for this run, when `target.pushdown` is on, the mode is `upsert` or
+/// `replace` and the connectors can move the rows themselves; `None` means the row path.
+async fn open_pushdown_for(
+    spec: &Spec,
+    pool: u32,
+    same_database: bool,
+    sink: &AnySink,
+) -> Result<Option<AnyPushdown>, EngineError> {
+    if !spec.target.pushdown {
+        return Ok(None);
+    }
+    match spec.target.mode {
+        WriteMode::Upsert => {}
+        WriteMode::Replace { .. } if spec.limits.rows_per_second.is_none() => {}
+        WriteMode::Replace { .. } => {
+            tracing::info!(
+                "pushdown not used: `replace` moves a partition in one statement, which \
+                 `rows_per_second` cannot throttle"
+            );
+            return Ok(None);
+        }
+        WriteMode::Sql { .. } => return Ok(None),
+    }
+    let Some(pushdown) = open_pushdown(&spec.source, &spec.target, pool, same_database).await?
+    else {
+        return Ok(None);
+    };
+    // The row path checks the columns of the first batch; the pushdown writes every column
+    // of the query, so they must all be in the target. If not, the row path reports it
+    // exactly as before.
+    if let Err(e) = sink.check_columns(pushdown.columns()).await {
+        tracing::info!(reason = %e, "pushdown not used: rows pass through the engine");
+        pushdown.close().await;
+        return Ok(None);
+    }
+    Ok(Some(pushdown))
+}
+
 fn serde_json_reason(run: &RunRecord) -> serde_json::Value {
     serde_json::json!({ "reason": run.reason, "from": run.state.as_str() })
 }
@@ -293,6 +340,7 @@ fn summarize(
     state: RunState,
     started: std::time::Instant,
     exactly_once: bool,
+    pushdown: bool,
 ) -> RunSummary {
     let mut counts = RowCounts::default();
     for p in records {
@@ -321,6 +369,7 @@ fn summarize(
         elapsed: started.elapsed(),
         session_rows_read: counts.read,
         exactly_once,
+        pushdown,
     }
 }
 

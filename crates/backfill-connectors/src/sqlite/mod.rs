@@ -12,6 +12,7 @@
 //! on a lock upgrade; the target runs in WAL with `synchronous = FULL`, so a committed batch
 //! (and a checkpoint committed with it) is durable before the call returns.
 
+mod pushdown;
 mod sink;
 mod source;
 mod sql;
@@ -31,6 +32,7 @@ use sqlx::{Arguments, ConnectOptions, Decode, Row, TypeInfo, ValueRef};
 
 use crate::ConnectorError;
 
+pub use pushdown::{SqlitePartition, SqlitePushdown, SqlitePushedReplace, SqliteStaged};
 pub use sink::{SqliteReplace, SqliteSink};
 pub use source::SqliteSource;
 

@@ -275,7 +275,7 @@ async fn count_existing(
 
 /// Runs the engine's extra statement; anything but exactly one affected row is a stale
 /// attempt, and the caller's transaction is dropped (rolled back).
-async fn run_extra(
+pub(super) async fn run_extra(
     conn: &mut SqliteConnection,
     extra: Option<&Extra>,
 ) -> Result<(), ConnectorError> {

@@ -73,9 +73,34 @@ pub(crate) fn insert(table: &str, columns: &[String], rows: usize) -> String {
 /// `changes()`. With no non-key column, existing keys are left alone.
 pub(crate) fn upsert(table: &str, columns: &[String], key: &[usize], rows: usize) -> String {
     let mut sql = insert(table, columns, rows);
+    push_on_conflict(&mut sql, columns, key);
+    sql
+}
+
+/// Upsert of the rows of `from` (a quoted table) matching `filter`, in its rowid order, with
+/// the same conflict clause as [`upsert`]. The `WHERE` also resolves the parsing ambiguity
+/// between a join's `ON` and the upsert's `ON CONFLICT`.
+pub(crate) fn upsert_select(
+    table: &str,
+    columns: &[String],
+    key: &[usize],
+    from: &str,
+    filter: &str,
+) -> String {
+    let mut sql = format!("INSERT INTO {table} (");
+    push_list(&mut sql, columns);
+    sql.push_str(") SELECT ");
+    push_list(&mut sql, columns);
+    let _ = write!(sql, " FROM {from} WHERE {filter}");
+    push_on_conflict(&mut sql, columns, key);
+    sql
+}
+
+/// ` ON CONFLICT (key) DO UPDATE SET … WHERE <some non-key column differs>`.
+fn push_on_conflict(sql: &mut String, columns: &[String], key: &[usize]) {
     sql.push_str(" ON CONFLICT (");
     let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
-    push_list(&mut sql, &keys);
+    push_list(sql, &keys);
     sql.push(')');
     let rest: Vec<&String> = (0..columns.len())
         .filter(|i| !key.contains(i))
@@ -83,7 +108,7 @@ pub(crate) fn upsert(table: &str, columns: &[String], key: &[usize], rows: usize
         .collect();
     if rest.is_empty() {
         sql.push_str(" DO NOTHING");
-        return sql;
+        return;
     }
     sql.push_str(" DO UPDATE SET ");
     for (i, c) in rest.iter().enumerate() {
@@ -99,7 +124,6 @@ pub(crate) fn upsert(table: &str, columns: &[String], key: &[usize], rows: usize
         }
         let _ = write!(sql, "{c} IS NOT excluded.{c}");
     }
-    sql
 }
 
 /// Counts the rows of `table` whose key is one of `rows` bound key tuples.
@@ -123,13 +147,26 @@ pub(crate) fn count_existing(table: &str, key: &[String], rows: usize) -> String
 
 /// Wraps the user's query (already rewritten to `?1`, `?2`) as a subquery `q`. The newlines
 /// keep a trailing `-- comment` in the query from swallowing the closing parenthesis.
-fn wrap(select: &str, query: &str) -> String {
+pub(crate) fn wrap(select: &str, query: &str) -> String {
     format!("SELECT {select} FROM (\n{query}\n) AS q")
 }
 
 /// One page of keyset pagination: rows after the bound key (when `after`), ordered by `key`
 /// (quoted), limited. Placeholders after the query's own are numbered from `first_param`.
 pub(crate) fn page(query: &str, key: &[String], first_param: usize, after: bool) -> String {
+    let (mut sql, n) = ordered(query, key, first_param, after);
+    let _ = write!(sql, " LIMIT ?{n}");
+    sql
+}
+
+/// The rows of the query after the bound key (when `after`), ordered by `key`, without a
+/// limit; returns the SQL and the number of the next free placeholder.
+pub(crate) fn ordered(
+    query: &str,
+    key: &[String],
+    first_param: usize,
+    after: bool,
+) -> (String, usize) {
     let mut sql = wrap("*", query);
     let mut n = first_param;
     if after {
@@ -153,8 +190,20 @@ pub(crate) fn page(query: &str, key: &[String], first_param: usize, after: bool)
     }
     sql.push_str(" ORDER BY ");
     push_list(&mut sql, key);
-    let _ = write!(sql, " LIMIT ?{n}");
-    sql
+    (sql, n)
+}
+
+/// `(a, b)` for several quoted columns, `a` for one: the left side of a key comparison.
+pub(crate) fn key_tuple(key: &[String]) -> String {
+    match key {
+        [k] => k.clone(),
+        _ => {
+            let mut out = String::from("(");
+            push_list(&mut out, key);
+            out.push(')');
+            out
+        }
+    }
 }
 
 /// Every column of the query (prepared, never run, to learn the query's columns).

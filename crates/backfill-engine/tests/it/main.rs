@@ -215,3 +215,134 @@ async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
     );
     assert!(store.verify_audit().await.unwrap().first_bad_seq.is_none());
 }
+
+/// Runs `spec` to the end with the state store at `state`.
+async fn run_to_end(spec: &Spec, state: &str) -> backfill_engine::RunSummary {
+    let store = backfill_store::Store::open(state).await.unwrap();
+    let plan = backfill_core::plan::plan(spec).unwrap();
+    let launch = prepare_run(&store, spec, &plan, None, "t@h", false)
+        .await
+        .unwrap();
+    execute(
+        &store,
+        spec,
+        launch.run(),
+        ExecuteOptions::new("t@h", Shutdown::new()),
+    )
+    .await
+    .unwrap()
+}
+
+async fn dump(url: &str) -> Vec<(i64, String, Option<i64>)> {
+    let p = pool(url).await;
+    let rows = sqlx::query_as("SELECT id, ts, v FROM copy ORDER BY id")
+        .fetch_all(&p)
+        .await
+        .unwrap();
+    p.close().await;
+    rows
+}
+
+#[tokio::test]
+async fn pushdown_and_row_path_give_the_same_target_and_counts() {
+    let replace = WriteMode::Replace {
+        window_column: "ts".into(),
+    };
+    for mode in [WriteMode::Upsert, replace] {
+        for state_in_target in [false, true] {
+            let mut results = Vec::new();
+            for pushdown in [true, false] {
+                let dir = tempfile::tempdir().unwrap();
+                let (source, target) = fixture(dir.path(), 500, "target.db").await;
+                // The target already holds part of the data: 148 identical rows, 50 that
+                // differ, 2 missing, and one row outside the scope.
+                let dst = pool(&target).await;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "ATTACH DATABASE '{}/source.db' AS s;
+                     INSERT INTO copy SELECT id, ts, v FROM s.events WHERE id < 200;
+                     UPDATE copy SET v = v + 1 WHERE id BETWEEN 100 AND 149;
+                     DELETE FROM copy WHERE id IN (10, 20);
+                     INSERT INTO copy VALUES (100000, '2030-01-01T00:00:00Z', 1);",
+                    dir.path().display()
+                )))
+                .execute(&dst)
+                .await
+                .unwrap();
+                dst.close().await;
+                let mut spec = spec(&source, &target, 10);
+                spec.target.mode = mode.clone();
+                spec.target.pushdown = pushdown;
+                let state = if state_in_target {
+                    target.clone()
+                } else {
+                    format!("sqlite://{}/state.db", dir.path().display())
+                };
+                let summary = run_to_end(&spec, &state).await;
+                assert_eq!(summary.state, RunState::Succeeded);
+                assert_eq!(summary.pushdown, pushdown, "{mode:?}");
+                assert_eq!(summary.exactly_once, state_in_target);
+                results.push((summary.counts, dump(&target).await));
+            }
+            let label = format!("{mode:?}, state store in target: {state_in_target}");
+            assert_eq!(results[0], results[1], "{label}");
+            let (counts, rows) = &results[0];
+            assert_eq!(rows.len(), 501, "{label}");
+            assert_eq!(counts.read, 500, "{label}");
+            if mode == WriteMode::Upsert {
+                assert_eq!(
+                    (counts.inserted, counts.updated, counts.unchanged),
+                    (302, 50, 148),
+                    "{label}"
+                );
+            } else {
+                assert_eq!((counts.inserted, counts.deleted), (500, 198), "{label}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn pushdown_stops_between_batches_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
+    let mut spec = spec(&source, &target, 34);
+    spec.limits.rows_per_second = NonZeroU32::new(2_000);
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let store = backfill_store::Store::open(&state).await.unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let run = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    let shutdown = Shutdown::new();
+    let stopper = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            shutdown.request();
+        })
+    };
+    let paused = execute(&store, &spec, &run, ExecuteOptions::new("t@h", shutdown))
+        .await
+        .unwrap();
+    stopper.await.unwrap();
+    assert!(paused.pushdown);
+    assert_eq!(paused.state, RunState::Paused);
+    spec.limits.rows_per_second = None;
+    let done = execute(
+        &store,
+        &spec,
+        &run,
+        ExecuteOptions::new("t@h", Shutdown::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(done.counts.read, 2_000, "resumed from the checkpoints");
+    assert_eq!(done.counts.inserted, 2_000);
+    assert_eq!(
+        count(&target, "SELECT sum(v) FROM copy").await,
+        (0..2_000).map(|i| i * 3).sum::<i64>()
+    );
+}
