@@ -10,9 +10,12 @@ use std::time::Duration;
 pub enum ErrorClass {
     /// May succeed if tried again (database busy or locked, connection lost, timeout).
     Transient,
-    /// Will fail the same way again (SQL error, constraint violation, bad data): fail the
+    /// Will fail the same way again (SQL error, missing table or column): fail the
     /// partition now and let the others continue.
     Permanent,
+    /// The target rejected a row (constraint violation, value out of range): the row goes to
+    /// quarantine with the reason and the rest of the batch is written. Never retried as is.
+    Data,
 }
 
 /// When and how often to retry a partition.
@@ -51,7 +54,7 @@ impl RetryPolicy {
     /// `draw × min(cap, base × 2^(attempt-1))` ("full jitter"), which spreads retries of many
     /// partitions so they do not hammer a recovering database in lockstep.
     pub fn decide(&self, attempt: u32, class: ErrorClass, draw: f64) -> RetryDecision {
-        if class == ErrorClass::Permanent || attempt >= self.max_attempts {
+        if class != ErrorClass::Transient || attempt >= self.max_attempts {
             return RetryDecision::GiveUp;
         }
         let exp = attempt.saturating_sub(1).min(30);

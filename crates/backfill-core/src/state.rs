@@ -88,16 +88,20 @@ pub enum PartitionState {
     Running,
     /// Every row of the window was written and checkpointed.
     Done,
+    /// Every row was handled, but the target rejected some: they are in quarantine with their
+    /// reason. `backfill quarantine RUN --retry` gives the partition another run.
+    DoneWithQuarantine,
     /// The last attempt failed permanently or attempts ran out.
     Failed,
 }
 
 impl PartitionState {
     /// All states, in display order.
-    pub const ALL: [PartitionState; 4] = [
+    pub const ALL: [PartitionState; 5] = [
         PartitionState::Pending,
         PartitionState::Running,
         PartitionState::Done,
+        PartitionState::DoneWithQuarantine,
         PartitionState::Failed,
     ];
 
@@ -107,8 +111,17 @@ impl PartitionState {
             PartitionState::Pending => "pending",
             PartitionState::Running => "running",
             PartitionState::Done => "done",
+            PartitionState::DoneWithQuarantine => "done_with_quarantine",
             PartitionState::Failed => "failed",
         }
+    }
+
+    /// True for `done` and `done_with_quarantine`: the partition needs no more work.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            PartitionState::Done | PartitionState::DoneWithQuarantine
+        )
     }
 
     /// Whether moving from `self` to `to` is allowed (see [`RunState::can_move_to`]).
@@ -118,6 +131,9 @@ impl PartitionState {
             (self, to),
             (Pending, Running)
                 | (Running, Done)
+                | (Running, DoneWithQuarantine)
+                // Retrying the quarantined rows re-runs the partition.
+                | (DoneWithQuarantine, Pending)
                 | (Running, Failed)
                 // A retry after a transient error, or a resume after a crash.
                 | (Running, Pending)

@@ -20,6 +20,9 @@ pub enum TimeFormat {
     UnixMs,
     /// Text formatted in UTC with a strftime pattern, e.g. `%Y-%m-%d %H:%M:%S`.
     Strftime(String),
+    /// The database's own timestamp type: the bound is an instant (PostgreSQL `timestamptz`,
+    /// MySQL `DATETIME`/`TIMESTAMP` in UTC). The default for PostgreSQL and MySQL URLs.
+    Native,
 }
 
 impl TimeFormat {
@@ -30,6 +33,7 @@ impl TimeFormat {
             "rfc3339" => Some(TimeFormat::Rfc3339),
             "unix" => Some(TimeFormat::Unix),
             "unix_ms" => Some(TimeFormat::UnixMs),
+            "native" => Some(TimeFormat::Native),
             pattern if pattern.contains('%') && strftime_is_valid(pattern) => {
                 Some(TimeFormat::Strftime(pattern.to_owned()))
             }
@@ -44,6 +48,7 @@ impl TimeFormat {
             TimeFormat::Unix => "unix",
             TimeFormat::UnixMs => "unix_ms",
             TimeFormat::Strftime(p) => p,
+            TimeFormat::Native => "native",
         }
     }
 
@@ -54,6 +59,7 @@ impl TimeFormat {
             TimeFormat::Unix => Value::Int(t.timestamp()),
             TimeFormat::UnixMs => Value::Int(t.timestamp_millis()),
             TimeFormat::Strftime(p) => Value::Text(t.format(p).to_string()),
+            TimeFormat::Native => Value::TimestampTz(t),
         }
     }
 
@@ -75,6 +81,8 @@ impl TimeFormat {
                         .and_then(|d| d.and_hms_opt(0, 0, 0))
                         .map(|n| n.and_utc())
                 }),
+            (TimeFormat::Native, Value::TimestampTz(t)) => Some(*t),
+            (TimeFormat::Native, Value::Timestamp(t)) => Some(t.and_utc()),
             _ => None,
         }
     }

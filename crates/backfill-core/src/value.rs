@@ -4,29 +4,60 @@
 //! and back. Values are plain data with no I/O; equality is exact (floats compare by bits), so
 //! "unchanged row" detection never rounds.
 
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+
 /// One cell of a row.
+///
+/// Every connector decodes its native types into these and encodes them back; a type that
+/// has no faithful variant here is refused with an error naming the column, never converted
+/// lossily. Decimals travel as text so no digit is ever rounded; timestamps without a time
+/// zone stay wall-clock times and are never shifted.
 #[derive(Clone, Debug)]
 pub enum Value {
     /// SQL NULL.
     Null,
+    /// A boolean.
+    Bool(bool),
     /// A 64-bit signed integer.
     Int(i64),
     /// A 64-bit float.
     Float(f64),
+    /// An exact decimal number in plain notation (`-12.50`, scale kept), any precision.
+    Decimal(String),
     /// UTF-8 text (possibly empty, which is not NULL).
     Text(String),
     /// Raw bytes.
     Blob(Vec<u8>),
+    /// A calendar date.
+    Date(NaiveDate),
+    /// A time of day without a date or zone.
+    Time(NaiveTime),
+    /// A timestamp without time zone: a wall-clock reading, never shifted.
+    Timestamp(NaiveDateTime),
+    /// An instant (timestamp with time zone), held in UTC.
+    TimestampTz(DateTime<Utc>),
+    /// A JSON document, as text.
+    Json(String),
+    /// A UUID.
+    Uuid([u8; 16]),
 }
 
 impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::Int(a), Value::Int(b)) => a == b,
             (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::Decimal(a), Value::Decimal(b)) => a == b,
             (Value::Text(a), Value::Text(b)) => a == b,
             (Value::Blob(a), Value::Blob(b)) => a == b,
+            (Value::Date(a), Value::Date(b)) => a == b,
+            (Value::Time(a), Value::Time(b)) => a == b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
+            (Value::TimestampTz(a), Value::TimestampTz(b)) => a == b,
+            (Value::Json(a), Value::Json(b)) => a == b,
+            (Value::Uuid(a), Value::Uuid(b)) => a == b,
             _ => false,
         }
     }
@@ -49,8 +80,62 @@ impl Value {
             }
             Value::Text(s) => format!("{s:?}"),
             Value::Blob(b) => format!("<{} bytes>", b.len()),
+            Value::Bool(b) => b.to_string(),
+            Value::Decimal(d) => d.clone(),
+            Value::Date(d) => d.to_string(),
+            Value::Time(t) => t.to_string(),
+            Value::Timestamp(t) => t.to_string(),
+            Value::TimestampTz(t) => t.to_rfc3339(),
+            Value::Json(j) if j.chars().count() > MAX => {
+                let head: String = j.chars().take(MAX).collect();
+                format!("{head}…")
+            }
+            Value::Json(j) => j.clone(),
+            Value::Uuid(u) => uuid_text(u),
         }
     }
+
+    /// The value as text for a database without a native type for it (SQLite): plain
+    /// decimals, ISO dates and times, RFC 3339 instants with `Z`, hyphenated UUIDs. `None` for
+    /// NULL, integers, floats and blobs, which every database stores natively.
+    pub fn as_portable_text(&self) -> Option<String> {
+        match self {
+            Value::Decimal(d) => Some(d.clone()),
+            Value::Text(s) | Value::Json(s) => Some(s.clone()),
+            Value::Date(d) => Some(d.format("%Y-%m-%d").to_string()),
+            Value::Time(t) => Some(t.format("%H:%M:%S%.f").to_string()),
+            Value::Timestamp(t) => Some(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()),
+            Value::TimestampTz(t) => Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            Value::Uuid(u) => Some(uuid_text(u)),
+            Value::Bool(_) | Value::Null | Value::Int(_) | Value::Float(_) | Value::Blob(_) => None,
+        }
+    }
+}
+
+/// Hyphenated lower-case text of a UUID.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Parses hyphenated (or plain 32-digit) UUID text.
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A batch of rows read from a source, column names shared by every row.
@@ -122,6 +207,16 @@ pub fn encode_key(values: &[Value]) -> String {
             Value::Blob(b) => {
                 json!({ "b": b.iter().map(|x| format!("{x:02x}")).collect::<String>() })
             }
+            Value::Bool(b) => json!({ "bo": b }),
+            Value::Decimal(d) => json!({ "d": d }),
+            Value::Date(d) => json!({ "da": d.to_string() }),
+            Value::Time(t) => json!({ "ti": t.format("%H:%M:%S%.f").to_string() }),
+            Value::Timestamp(t) => json!({ "ts": t.format("%Y-%m-%dT%H:%M:%S%.f").to_string() }),
+            Value::TimestampTz(t) => {
+                json!({ "tz": t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true) })
+            }
+            Value::Json(j) => json!({ "j": j }),
+            Value::Uuid(u) => json!({ "u": uuid_text(u) }),
         })
         .collect();
     J::Array(items).to_string()
@@ -145,6 +240,20 @@ pub fn decode_key(text: &str) -> Option<Vec<Value>> {
                 "i" => v.as_i64().map(Value::Int),
                 "f" => v.as_f64().map(Value::Float),
                 "t" => v.as_str().map(|s| Value::Text(s.to_owned())),
+                "bo" => v.as_bool().map(Value::Bool),
+                "d" => v.as_str().map(|s| Value::Decimal(s.to_owned())),
+                "da" => v.as_str()?.parse().ok().map(Value::Date),
+                "ti" => NaiveTime::parse_from_str(v.as_str()?, "%H:%M:%S%.f")
+                    .ok()
+                    .map(Value::Time),
+                "ts" => NaiveDateTime::parse_from_str(v.as_str()?, "%Y-%m-%dT%H:%M:%S%.f")
+                    .ok()
+                    .map(Value::Timestamp),
+                "tz" => DateTime::parse_from_rfc3339(v.as_str()?)
+                    .ok()
+                    .map(|t| Value::TimestampTz(t.with_timezone(&Utc))),
+                "j" => v.as_str().map(|s| Value::Json(s.to_owned())),
+                "u" => parse_uuid(v.as_str()?).map(Value::Uuid),
                 "b" => {
                     let s = v.as_str()?;
                     if s.len() % 2 != 0 {
@@ -168,7 +277,19 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
+        let t = NaiveDate::from_ymd_opt(1969, 7, 20)
+            .unwrap()
+            .and_hms_micro_opt(20, 17, 40, 123_456)
+            .unwrap();
         let key = vec![
+            Value::Bool(true),
+            Value::Decimal("-12345678901234567890123456789012345.678".into()),
+            Value::Date(t.date()),
+            Value::Time(t.time()),
+            Value::Timestamp(t),
+            Value::TimestampTz(t.and_utc()),
+            Value::Json("{\"a\":[1,2]}".into()),
+            Value::Uuid(parse_uuid("0190c7c8-8a2b-7c1e-9b3a-1234567890ab").unwrap()),
             Value::Int(i64::MIN),
             Value::Text("é\"x".into()),
             Value::Null,
@@ -185,6 +306,30 @@ mod tests {
         let long = Value::Text("é".repeat(500));
         assert!(long.preview().chars().count() < 80);
         assert_eq!(Value::Blob(vec![0; 10]).preview(), "<10 bytes>");
+    }
+
+    #[test]
+    fn uuids_and_portable_text() {
+        let u = parse_uuid("0190C7C8-8A2B-7C1E-9B3A-1234567890AB").unwrap();
+        assert_eq!(uuid_text(&u), "0190c7c8-8a2b-7c1e-9b3a-1234567890ab");
+        assert_eq!(parse_uuid("nope"), None);
+        let d = NaiveDate::from_ymd_opt(2038, 1, 19).unwrap();
+        assert_eq!(
+            Value::Date(d).as_portable_text().as_deref(),
+            Some("2038-01-19")
+        );
+        let ts = d.and_hms_opt(3, 14, 8).unwrap();
+        assert_eq!(
+            Value::Timestamp(ts).as_portable_text().as_deref(),
+            Some("2038-01-19 03:14:08")
+        );
+        assert_eq!(
+            Value::TimestampTz(ts.and_utc())
+                .as_portable_text()
+                .as_deref(),
+            Some("2038-01-19T03:14:08Z")
+        );
+        assert_eq!(Value::Int(1).as_portable_text(), None);
     }
 
     #[test]

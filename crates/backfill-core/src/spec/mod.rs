@@ -66,6 +66,10 @@ pub struct TargetSpec {
     pub mode: WriteMode,
     /// How window bounds are bound in the target (`replace` and `sql` modes).
     pub time_format: TimeFormat,
+    /// `upsert` mode: a column (e.g. `updated_at`, `version`) whose newer value in the target
+    /// wins: a target row whose guard is greater than the incoming row's is never overwritten,
+    /// so live writes made during the backfill survive it.
+    pub guard: Option<String>,
     /// Let the databases move the rows themselves when they can (both SQLite today): the
     /// same batches, checkpoints and counts, without rows passing through the engine.
     pub pushdown: bool,

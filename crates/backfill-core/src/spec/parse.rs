@@ -19,7 +19,17 @@ use crate::secret::{SecretUrl, redact};
 use crate::timefmt::TimeFormat;
 
 /// Schemes this build can connect to.
-pub(crate) const SUPPORTED_SCHEMES: &[&str] = &["sqlite"];
+pub(crate) const SUPPORTED_SCHEMES: &[&str] =
+    &["sqlite", "postgres", "postgresql", "mysql", "mariadb"];
+
+/// The time format used when a spec does not set one: text for SQLite (which has no
+/// timestamp type), the native timestamp type for PostgreSQL and MySQL.
+fn default_time_format(url: Option<&SecretUrl>) -> TimeFormat {
+    match url.map(SecretUrl::scheme).as_deref() {
+        Some("sqlite") | None => TimeFormat::Rfc3339,
+        Some(_) => TimeFormat::Native,
+    }
+}
 
 struct Walker<'t> {
     text: &'t str,
@@ -264,6 +274,11 @@ impl<'t> Walker<'t> {
             ));
             return None;
         }
+        // MariaDB speaks the MySQL protocol; the driver only knows `mysql://`.
+        let expanded = match expanded.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => expanded,
+        };
         Some(SecretUrl::new(resolve_sqlite_path(&expanded, ctx.base_dir)))
     }
 
@@ -567,7 +582,7 @@ fn source_spec(w: &mut Walker<'_>, t: &Table<'_>, ctx: &ParseContext<'_>) -> Opt
             Some(q)
         }
     });
-    let time_format = time_format(w, t, "source", &TimeFormat::Rfc3339);
+    let time_format = time_format(w, t, "source", &default_time_format(url.as_ref()));
     let time_column_raw = w.string(t, "source", "time_column", false);
     let had_column = time_column_raw.is_some();
     let time_column = identifier(w, time_column_raw, "source.time_column");
@@ -597,7 +612,17 @@ fn target_spec(
     let table_span = table_raw.as_ref().map(|(_, s)| s.clone());
     let table = identifier(w, table_raw, "target.table");
     let key = key_list(w, t);
-    let time_format = time_format(w, t, "target", source_format);
+    let default_format = match (default_time_format(url.as_ref()), source_format) {
+        // A SQLite target compares text: keep the source's text format, or RFC 3339 when
+        // the source binds natively.
+        (TimeFormat::Rfc3339, TimeFormat::Native) => TimeFormat::Rfc3339,
+        (TimeFormat::Rfc3339, other) => other.clone(),
+        (native, _) => native,
+    };
+    let time_format = time_format(w, t, "target", &default_format);
+    let guard_raw = w.string(t, "target", "guard", false);
+    let guard_span = guard_raw.as_ref().map(|(_, s)| s.clone());
+    let guard = identifier(w, guard_raw, "target.guard");
     let window_column_raw = w.string(t, "target", "window_column", false);
     let window_column = identifier(w, window_column_raw, "target.window_column");
     let sql = w.string(t, "target", "sql", false);
@@ -679,7 +704,16 @@ fn target_spec(
         }
     };
     let pushdown = w.boolean(t, "target", "pushdown", true);
+    if guard.is_some() && !matches!(mode, Some(WriteMode::Upsert)) {
+        w.error(
+            "target.guard",
+            guard_span,
+            "`guard` only applies to `upsert` mode",
+        )
+        .hint = Some("replace and sql modes rewrite the window as a whole".to_owned());
+    }
     Some(TargetSpec {
+        guard,
         url: url?,
         table,
         key: key?,

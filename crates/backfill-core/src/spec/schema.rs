@@ -78,7 +78,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "string",
         None,
         false,
-        "Connection URL, e.g. `sqlite://events.db` (relative to the spec file). `${VAR}` is replaced by the environment variable VAR, so passwords stay out of the file.",
+        "Connection URL: `sqlite://events.db` (relative to the spec file), `postgres://user:${PGPASSWORD}@host:5432/db`, `mysql://user@host:3306/db` (`mariadb://` too). `${VAR}` is replaced by the environment variable VAR, so passwords stay out of the file. TLS: add `?sslmode=require` (PostgreSQL) or `?ssl-mode=REQUIRED` (MySQL).",
     ),
     key(
         "source.query",
@@ -90,9 +90,9 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
     key(
         "source.time_format",
         "string",
-        Some("\"rfc3339\""),
+        Some("\"rfc3339\" for SQLite, \"native\" otherwise"),
         false,
-        "How `:start`/`:end` are bound for time scopes: `rfc3339` (text, UTC, `Z` suffix), `unix` (seconds), `unix_ms`, or a strftime pattern such as `%Y-%m-%d %H:%M:%S`.",
+        "How `:start`/`:end` are bound for time scopes: `native` (the database's timestamp type: PostgreSQL `timestamptz`, MySQL `DATETIME` in UTC), `rfc3339` (text, UTC, `Z` suffix), `unix` (seconds), `unix_ms`, or a strftime pattern such as `%Y-%m-%d %H:%M:%S`.",
     ),
     key(
         "source.time_column",
@@ -149,6 +149,20 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         None,
         true,
         "`sql` mode: the statement run in the target for each partition, with `:start` and `:end`.",
+    ),
+    key(
+        "target.guard",
+        "string",
+        None,
+        true,
+        "`upsert` mode: a column such as `updated_at` or `version`; a target row whose guard value is newer than the incoming row's is never overwritten, so live writes made during the backfill win.",
+    ),
+    key(
+        "target.pushdown",
+        "boolean",
+        Some("true"),
+        false,
+        "When source and target are both SQLite files, SQLite moves each batch itself (`INSERT … SELECT` with the source attached): the same batches, checkpoints and counts, several times faster. `false` moves rows through the engine.",
     ),
     key(
         "scope.start",

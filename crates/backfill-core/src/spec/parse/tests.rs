@@ -196,7 +196,7 @@ fn urls_expand_env_and_never_show_passwords() {
         &good_with("sqlite://src.db", "oracle://u:hunter2@h/db"),
         expect![[r#"
             spec.toml:6:7: error: source.url: unsupported URL `oracle://u:***@h/db`
-              hint: supported schemes: sqlite; e.g. `sqlite://data/events.db` (relative to the spec file)"#]],
+              hint: supported schemes: sqlite, postgres, postgresql, mysql, mariadb; e.g. `sqlite://data/events.db` (relative to the spec file)"#]],
     );
 }
 
@@ -304,5 +304,44 @@ fn same_spec_same_hash() {
     assert_eq!(
         parse(GOOD).spec.unwrap().spec_hash,
         parse(GOOD).spec.unwrap().spec_hash
+    );
+}
+
+#[test]
+fn databases_default_to_native_time_binding() {
+    let text = GOOD
+        .replace(
+            "sqlite://src.db",
+            "postgres://app:${DB_PASSWORD}@127.0.0.1:5432/shop",
+        )
+        .replace("sqlite://dst.db", "mariadb://root@127.0.0.1:3306/test");
+    let spec = parse(&text).spec.unwrap();
+    assert_eq!(spec.source.time_format, crate::TimeFormat::Native);
+    assert_eq!(spec.target.time_format, crate::TimeFormat::Native);
+    assert_eq!(spec.target.url.expose(), "mysql://root@127.0.0.1:3306/test");
+    assert!(!format!("{spec:?}").contains("s3cret"));
+    // A SQLite target of a PostgreSQL source compares text.
+    let text = GOOD.replace("sqlite://src.db", "postgres://127.0.0.1/shop");
+    let spec = parse(&text).spec.unwrap();
+    assert_eq!(spec.target.time_format, crate::TimeFormat::Rfc3339);
+}
+
+#[test]
+fn guard_is_an_upsert_column() {
+    let spec = parse(&good_with(
+        "key = [\"id\"]",
+        "key = [\"id\"]\nguard = \"updated_at\"",
+    ))
+    .spec
+    .unwrap();
+    assert_eq!(spec.target.guard.as_deref(), Some("updated_at"));
+    check(
+        &good_with(
+            "key = [\"id\"]",
+            "key = [\"id\"]\nguard = \"updated_at\"\nmode = \"replace\"\nwindow_column = \"ts\"",
+        ),
+        expect![[r#"
+            spec.toml:13:9: error: target.guard: `guard` only applies to `upsert` mode
+              hint: replace and sql modes rewrite the window as a whole"#]],
     );
 }
