@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             key: vec!["id".into()],
             mode: WriteMode::Upsert,
             time_format: TimeFormat::Rfc3339,
+            guard: None,
             pushdown: true,
         },
         scope: Scope::Time {

@@ -169,7 +169,7 @@ async fn run_partition(
                     }
                     RetryDecision::GiveUp => {
                         let text = match class {
-                            ErrorClass::Permanent => message.clone(),
+                            ErrorClass::Permanent | ErrorClass::Data => message.clone(),
                             ErrorClass::Transient => {
                                 format!("{message} (gave up after {attempt} attempts)")
                             }

@@ -34,7 +34,6 @@ mod execute;
 mod shutdown;
 pub mod status;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use backfill_connectors::{AnyPushdown, AnySink, open_pushdown, open_sink, open_source};
@@ -179,10 +178,7 @@ pub async fn execute(
     if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
         preflight(spec, &source, &sink).await?;
     }
-    let same_database = match (store.sqlite_path(), sqlite_file(spec.target.url.expose())) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    };
+    let same_database = store.same_database(spec.target.url.expose());
     let pushdown = open_pushdown_for(spec, pool, same_database, &sink).await?;
 
     let actor = options.actor.as_str();
@@ -371,16 +367,4 @@ fn summarize(
         exactly_once,
         pushdown,
     }
-}
-
-/// The canonical file of a `sqlite://` URL, when it names an existing file.
-pub fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path.starts_with(':') {
-        return None;
-    }
-    std::fs::canonicalize(path).ok()
 }

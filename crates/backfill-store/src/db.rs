@@ -104,6 +104,9 @@ impl From<&backfill_core::Value> for Arg {
             Value::Float(f) => Arg::Float(*f),
             Value::Text(s) => Arg::Text(Some(s.clone())),
             Value::Blob(b) => Arg::Blob(b.clone()),
+            Value::Bool(b) => Arg::Int(Some(i64::from(*b))),
+            // Checkpoints hold key values: everything else is stored as its portable text.
+            other => Arg::Text(other.as_portable_text()),
         }
     }
 }

@@ -316,12 +316,12 @@ async fn unsupported_url_with_password_never_shows_the_password() {
     let spec = edit(
         &setup(&ws, 10, "").await,
         &format!("sqlite://{source}"),
-        "postgres://u:hunter2@127.0.0.1:1/db",
+        "oracle://u:hunter2@127.0.0.1:1/db",
     );
     let ran = check_fails(&ws, &spec);
     assert_diagnostic(
         &ran,
-        &locate(&spec, "\"postgres://"),
+        &locate(&spec, "\"oracle://"),
         "source.url",
         "unsupported URL",
     );

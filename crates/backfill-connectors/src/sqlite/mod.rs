@@ -157,6 +157,10 @@ fn push_value(args: &mut SqliteArguments, value: &Value) -> Result<(), Connector
         Value::Float(f) => args.add(*f),
         Value::Text(s) => args.add(s.as_str()),
         Value::Blob(b) => args.add(b.as_slice()),
+        Value::Bool(b) => args.add(i64::from(*b)),
+        // SQLite has no decimal, date, time, JSON or UUID type: store their portable text
+        // (plain decimals, ISO dates, RFC 3339 instants), which round-trips exactly.
+        other => args.add(other.as_portable_text().unwrap_or_default()),
     };
     added.map_err(|e| ConnectorError::Data {
         message: format!("cannot bind {}: {e}", value.preview()),

@@ -161,6 +161,12 @@ pub(crate) fn page(query: &str, key: &[String], first_param: usize, after: bool)
 
 /// The rows of the query after the bound key (when `after`), ordered by `key`, without a
 /// limit; returns the SQL and the number of the next free placeholder.
+///
+/// The key columns are written `+"k"` (SQLite's no-op unary plus) in the added `WHERE` and
+/// `ORDER BY`: that stops SQLite from walking the key's index to avoid the sort, which would
+/// ignore the query's own window filter (say an index on `ts`) and scan the table from the
+/// first key on every page, making a backfill quadratic in the table size. With `+`, SQLite
+/// uses the query's own index for the window and sorts that window's rows by key.
 pub(crate) fn ordered(
     query: &str,
     key: &[String],
@@ -169,14 +175,15 @@ pub(crate) fn ordered(
 ) -> (String, usize) {
     let mut sql = wrap("*", query);
     let mut n = first_param;
+    let plus: Vec<String> = key.iter().map(|k| format!("+{k}")).collect();
     if after {
         sql.push_str(" WHERE ");
-        if let [k] = key {
+        if let [k] = plus.as_slice() {
             let _ = write!(sql, "{k} > ?{n}");
             n += 1;
         } else {
             sql.push('(');
-            push_list(&mut sql, key);
+            push_list(&mut sql, &plus);
             sql.push_str(") > (");
             for i in 0..key.len() {
                 if i > 0 {
@@ -189,7 +196,7 @@ pub(crate) fn ordered(
         }
     }
     sql.push_str(" ORDER BY ");
-    push_list(&mut sql, key);
+    push_list(&mut sql, &plus);
     (sql, n)
 }
 
@@ -293,16 +300,16 @@ mod tests {
         assert_eq!(
             page(query, &q(&["id"]), 3, false),
             "SELECT * FROM (\nSELECT * FROM e WHERE ts >= ?1 AND ts < ?2 -- note\n) AS q \
-             ORDER BY \"id\" LIMIT ?3"
+             ORDER BY +\"id\" LIMIT ?3"
         );
         assert_eq!(
             page(query, &q(&["a", "b"]), 3, true),
             "SELECT * FROM (\nSELECT * FROM e WHERE ts >= ?1 AND ts < ?2 -- note\n) AS q \
-             WHERE (\"a\", \"b\") > (?3, ?4) ORDER BY \"a\", \"b\" LIMIT ?5"
+             WHERE (+\"a\", +\"b\") > (?3, ?4) ORDER BY +\"a\", +\"b\" LIMIT ?5"
         );
         assert_eq!(
             page("SELECT 1 AS id", &q(&["id"]), 1, true),
-            "SELECT * FROM (\nSELECT 1 AS id\n) AS q WHERE \"id\" > ?1 ORDER BY \"id\" LIMIT ?2"
+            "SELECT * FROM (\nSELECT 1 AS id\n) AS q WHERE +\"id\" > ?1 ORDER BY +\"id\" LIMIT ?2"
         );
         assert_eq!(
             sample("SELECT x", "\"x\"", 3),

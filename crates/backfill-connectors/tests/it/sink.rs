@@ -1,7 +1,5 @@
 //! Writing: upsert counts and replays, replace atomicity, sql mode, extra statements, errors.
 
-use std::time::Instant;
-
 use backfill_connectors::{ConnectorError, Extra, open_sink};
 use backfill_core::retry::ErrorClass;
 use backfill_core::spec::WriteMode;
@@ -414,51 +412,4 @@ async fn missing_target_file_is_a_connect_error_and_is_not_created() {
     assert!(matches!(err, ConnectorError::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains("absent.db"), "{err}");
     assert!(!path.exists());
-}
-
-/// Rough throughput of read + upsert, 200k rows x 5 columns, against `INSERT INTO t SELECT`.
-/// Run with `cargo test --release -p backfill-connectors -- --ignored --nocapture`.
-#[tokio::test]
-#[ignore = "benchmark"]
-#[allow(clippy::print_stderr, reason = "a benchmark reports its timings")]
-async fn upsert_throughput_200k_rows() {
-    let dir = Dir::temp();
-    let url = dir
-        .db(
-            "both.db",
-            "CREATE TABLE s (id INTEGER PRIMARY KEY, a INTEGER, b REAL, c TEXT, d TEXT);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
-             INSERT INTO s SELECT i, i * 7, i * 0.25, 'name ' || i, hex(randomblob(8)) FROM n;
-             CREATE TABLE d (id INTEGER PRIMARY KEY, a INTEGER, b REAL, c TEXT, d TEXT);
-             CREATE TABLE plain (id INTEGER PRIMARY KEY, a INTEGER, b REAL, c TEXT, d TEXT);",
-        )
-        .await;
-    let src = source(&url, "SELECT * FROM s", &["id"]).await;
-    let dst = sink(&url, "d", &["id"], WriteMode::Upsert).await;
-    let started = Instant::now();
-    let mut after: Option<Vec<Value>> = None;
-    let (mut read_time, mut total) = (std::time::Duration::ZERO, RowCounts::default());
-    loop {
-        let t = Instant::now();
-        let batch = src
-            .read_batch(&keys(0, 1), after.as_deref(), 5000)
-            .await
-            .unwrap();
-        read_time += t.elapsed();
-        if batch.is_empty() {
-            break;
-        }
-        after = batch.rows.last().map(|r| vec![r[0].clone()]);
-        total.add(&dst.upsert(&batch, None).await.unwrap());
-    }
-    let ours = started.elapsed();
-    assert_eq!(total.inserted, 200_000);
-    let started = Instant::now();
-    let pool = crate::fixture_pool(&dir.path("both.db")).await;
-    sqlx::query("INSERT INTO plain SELECT * FROM s")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let plain = started.elapsed();
-    eprintln!("read+upsert 200k x 5: {ours:?} (reads {read_time:?}); INSERT..SELECT: {plain:?}");
 }

@@ -64,6 +64,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
             key: vec!["id".into()],
             mode: WriteMode::Upsert,
             time_format: TimeFormat::Rfc3339,
+            guard: None,
             pushdown: true,
         },
         scope: Scope::Time {

@@ -161,6 +161,7 @@ impl TestDb {
                         Value::Float(f) => query.bind(*f),
                         Value::Text(s) => query.bind(s.clone()),
                         Value::Blob(b) => query.bind(b.clone()),
+                        other => query.bind(other.as_portable_text()),
                     };
                 }
                 query
