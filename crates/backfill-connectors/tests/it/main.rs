@@ -101,6 +101,7 @@ pub fn target_spec(url: &str, table: &str, key: &[&str], mode: WriteMode) -> Tar
         key: strings(key),
         mode,
         time_format: TimeFormat::Rfc3339,
+        guard: None,
         pushdown: true,
     }
 }
