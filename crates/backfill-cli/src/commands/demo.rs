@@ -301,7 +301,7 @@ partition = "1d"
 
 [limits]
 concurrency = 4
-batch_rows  = 5000
+batch_rows  = 20000  # one batch per day here: fewer commits, still flat memory
 "#,
         MISSING_DAYS.join(", ")
     )
