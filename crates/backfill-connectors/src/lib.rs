@@ -27,6 +27,8 @@
 
 mod error;
 mod ident;
+pub mod mysql;
+pub mod postgres;
 pub mod sqlite;
 mod window;
 
@@ -161,6 +163,10 @@ pub trait Sink {
 pub enum AnySource {
     /// SQLite file (`sqlite://path`).
     Sqlite(sqlite::SqliteSource),
+    /// MySQL or MariaDB database (`mysql://user@host/db`).
+    MySql(mysql::MySqlSource),
+    /// PostgreSQL database (`postgres://user@host/db`).
+    Postgres(postgres::PostgresSource),
 }
 
 /// A sink of any registered system. Adding a system adds a variant and one arm per method.
@@ -168,6 +174,10 @@ pub enum AnySource {
 pub enum AnySink {
     /// SQLite file (`sqlite://path`).
     Sqlite(sqlite::SqliteSink),
+    /// MySQL or MariaDB database (`mysql://user@host/db`).
+    MySql(mysql::MySqlSink),
+    /// PostgreSQL database (`postgres://user@host/db`).
+    Postgres(postgres::PostgresSink),
 }
 
 /// Opens the source of `spec` with a pool of at most `pool_size` connections, reading in the
@@ -182,6 +192,12 @@ pub async fn open_source(
         "sqlite" => Ok(AnySource::Sqlite(
             sqlite::SqliteSource::open(spec, key, pool_size).await?,
         )),
+        "mysql" => Ok(AnySource::MySql(
+            mysql::MySqlSource::open(spec, key, pool_size).await?,
+        )),
+        "postgres" | "postgresql" => Ok(AnySource::Postgres(
+            postgres::PostgresSource::open(spec, key, pool_size).await?,
+        )),
         other => Err(unsupported(other, &spec.url)),
     }
 }
@@ -192,6 +208,12 @@ pub async fn open_sink(spec: &TargetSpec, pool_size: u32) -> Result<AnySink, Con
     match spec.url.scheme().as_str() {
         "sqlite" => Ok(AnySink::Sqlite(
             sqlite::SqliteSink::open(spec, pool_size).await?,
+        )),
+        "mysql" => Ok(AnySink::MySql(
+            mysql::MySqlSink::open(spec, pool_size).await?,
+        )),
+        "postgres" | "postgresql" => Ok(AnySink::Postgres(
+            postgres::PostgresSink::open(spec, pool_size).await?,
         )),
         other => Err(unsupported(other, &spec.url)),
     }
@@ -233,7 +255,7 @@ pub async fn open_pushdown(
 fn unsupported(scheme: &str, url: &backfill_core::SecretUrl) -> ConnectorError {
     ConnectorError::Connect {
         url: url.redacted(),
-        message: format!("no connector for scheme `{scheme}` (supported: sqlite)"),
+        message: format!("no connector for scheme `{scheme}` (supported: sqlite, mysql, postgres)"),
     }
 }
 
@@ -247,6 +269,8 @@ impl AnySource {
     ) -> Result<Batch, ConnectorError> {
         match self {
             AnySource::Sqlite(s) => s.read_batch(window, after, limit).await,
+            AnySource::MySql(s) => s.read_batch(window, after, limit).await,
+            AnySource::Postgres(s) => s.read_batch(window, after, limit).await,
         }
     }
 
@@ -254,6 +278,8 @@ impl AnySource {
     pub fn key_positions(&self, columns: &[String]) -> Result<Vec<usize>, ConnectorError> {
         match self {
             AnySource::Sqlite(s) => s.key_positions(columns),
+            AnySource::MySql(s) => s.key_positions(columns),
+            AnySource::Postgres(s) => s.key_positions(columns),
         }
     }
 
@@ -261,6 +287,8 @@ impl AnySource {
     pub async fn count(&self, window: &Window) -> Result<u64, ConnectorError> {
         match self {
             AnySource::Sqlite(s) => s.count(window).await,
+            AnySource::MySql(s) => s.count(window).await,
+            AnySource::Postgres(s) => s.count(window).await,
         }
     }
 
@@ -273,6 +301,8 @@ impl AnySource {
     ) -> Result<Vec<Value>, ConnectorError> {
         match self {
             AnySource::Sqlite(s) => s.sample(window, column, limit).await,
+            AnySource::MySql(s) => s.sample(window, column, limit).await,
+            AnySource::Postgres(s) => s.sample(window, column, limit).await,
         }
     }
 
@@ -284,6 +314,8 @@ impl AnySource {
     ) -> Result<u64, ConnectorError> {
         match self {
             AnySource::Sqlite(s) => s.count_with_format(window, format).await,
+            AnySource::MySql(s) => s.count_with_format(window, format).await,
+            AnySource::Postgres(s) => s.count_with_format(window, format).await,
         }
     }
 
@@ -291,6 +323,8 @@ impl AnySource {
     pub async fn close(&self) {
         match self {
             AnySource::Sqlite(s) => s.close().await,
+            AnySource::MySql(s) => s.close().await,
+            AnySource::Postgres(s) => s.close().await,
         }
     }
 }
@@ -300,6 +334,8 @@ impl AnySink {
     pub async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
         match self {
             AnySink::Sqlite(s) => s.check_columns(columns).await,
+            AnySink::MySql(s) => s.check_columns(columns).await,
+            AnySink::Postgres(s) => s.check_columns(columns).await,
         }
     }
 
@@ -311,6 +347,8 @@ impl AnySink {
     ) -> Result<RowCounts, ConnectorError> {
         match self {
             AnySink::Sqlite(s) => s.upsert(batch, extra).await,
+            AnySink::MySql(s) => s.upsert(batch, extra).await,
+            AnySink::Postgres(s) => s.upsert(batch, extra).await,
         }
     }
 
@@ -318,6 +356,8 @@ impl AnySink {
     pub async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
         match self {
             AnySink::Sqlite(s) => s.begin_replace(window).await,
+            AnySink::MySql(s) => s.begin_replace(window).await,
+            AnySink::Postgres(s) => s.begin_replace(window).await,
         }
     }
 
@@ -325,6 +365,8 @@ impl AnySink {
     pub async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
         match self {
             AnySink::Sqlite(s) => s.execute_sql(window).await,
+            AnySink::MySql(s) => s.execute_sql(window).await,
+            AnySink::Postgres(s) => s.execute_sql(window).await,
         }
     }
 
@@ -332,6 +374,8 @@ impl AnySink {
     pub async fn close(&self) {
         match self {
             AnySink::Sqlite(s) => s.close().await,
+            AnySink::MySql(s) => s.close().await,
+            AnySink::Postgres(s) => s.close().await,
         }
     }
 }
@@ -350,6 +394,8 @@ pub struct ReplaceTxn {
 #[derive(Debug)]
 enum ReplaceInner {
     Sqlite(sqlite::SqliteReplace),
+    MySql(mysql::MySqlReplace),
+    Postgres(postgres::PostgresReplace),
 }
 
 impl ReplaceTxn {
@@ -363,6 +409,8 @@ impl ReplaceTxn {
     pub async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         match &mut self.inner {
             ReplaceInner::Sqlite(t) => t.insert(batch).await,
+            ReplaceInner::MySql(t) => t.insert(batch).await,
+            ReplaceInner::Postgres(t) => t.insert(batch).await,
         }
     }
 
@@ -371,6 +419,8 @@ impl ReplaceTxn {
     pub async fn commit(self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
         match self.inner {
             ReplaceInner::Sqlite(t) => t.commit(extra).await,
+            ReplaceInner::MySql(t) => t.commit(extra).await,
+            ReplaceInner::Postgres(t) => t.commit(extra).await,
         }
     }
 }

@@ -11,3 +11,4 @@ mod demo;
 mod errors;
 mod idempotency;
 mod lifecycle;
+mod matrix;

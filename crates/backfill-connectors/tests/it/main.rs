@@ -1,5 +1,7 @@
 //! Integration tests of the connectors against real SQLite files in temporary folders.
 
+mod mysql;
+mod postgres;
 mod pushdown;
 mod sink;
 mod source;

@@ -1,0 +1,528 @@
+//! Writing batches into a MySQL table: upsert, replace and sql modes.
+//!
+//! Every write is one transaction of multi-row statements, each sized to stay under the
+//! server's `max_allowed_packet` (read when the sink opens, rows measured per batch) and under
+//! MySQL's 65,535 placeholders.
+//!
+//! Counts: the upsert first counts which keys of the batch exist (`existing`), then runs
+//! `INSERT … ON DUPLICATE KEY UPDATE`. sqlx always connects with `CLIENT_FOUND_ROWS`, under
+//! which MySQL reports 1 affected row per inserted row, 2 per changed row and 1 (not 0) per
+//! row left as it was. So `affected = inserted + 2·updated + (existing − updated)
+//! = batch + updated`, which gives `updated = affected − batch` exactly.
+
+use std::fmt;
+use std::sync::Arc;
+
+use backfill_core::params::{self, Placeholder};
+use backfill_core::plan::Window;
+use backfill_core::retry::ErrorClass;
+use backfill_core::spec::{TargetSpec, WriteMode};
+use backfill_core::timefmt::TimeFormat;
+use backfill_core::value::{Batch, RowCounts, Value};
+use sqlx::mysql::{MySql, MySqlConnection, MySqlPool};
+use sqlx::{AssertSqlSafe, Row, Transaction};
+
+use super::{arguments, connect, sql, sql_error};
+use crate::ident::{check_column, check_table, position};
+use crate::window::{bounds, check_names, named_values};
+use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Sink};
+
+/// Most rows in one multi-row statement.
+const MAX_ROWS_PER_STMT: usize = 1000;
+
+/// The target table, validated and quoted once.
+#[derive(Clone, Debug)]
+struct Table {
+    name: String,
+    quoted: String,
+}
+
+impl Table {
+    fn new(name: &str) -> Result<Table, ConnectorError> {
+        check_table(name)?;
+        Ok(Table {
+            name: name.to_owned(),
+            quoted: sql::quote(name),
+        })
+    }
+
+    /// `(schema, table)`; no schema means the connection's database.
+    fn parts(&self) -> (Option<&str>, &str) {
+        match self.name.split_once('.') {
+            Some((s, t)) => (Some(s), t),
+            None => (None, &self.name),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("target table {}", self.quoted)
+    }
+}
+
+/// A MySQL sink: one table, written in the spec's mode.
+#[derive(Debug)]
+pub struct MySqlSink {
+    pool: MySqlPool,
+    table: Option<Table>,
+    key: Vec<String>,
+    guard: Option<String>,
+    mode: WriteMode,
+    time_format: TimeFormat,
+    /// `sql` mode: the statement with `?` placeholders and the name bound at each.
+    statement: Option<(Arc<str>, Vec<String>)>,
+    /// Bytes of bound values one statement may carry (half of `max_allowed_packet`).
+    packet_budget: usize,
+}
+
+impl MySqlSink {
+    /// Connects to `spec.url`, validates the table, key and mode settings and reads the
+    /// server's `max_allowed_packet`.
+    pub async fn open(spec: &TargetSpec, pool_size: u32) -> Result<MySqlSink, ConnectorError> {
+        let table = spec.table.as_deref().map(Table::new).transpose()?;
+        for k in &spec.key {
+            check_column(k, "key column")?;
+        }
+        if let Some(g) = &spec.guard {
+            check_column(g, "guard column")?;
+        }
+        let mut statement = None;
+        match &spec.mode {
+            WriteMode::Upsert | WriteMode::Replace { .. } if table.is_none() => {
+                return Err(ConnectorError::Data {
+                    message: format!("`{}` mode needs a target table", spec.mode.name()),
+                });
+            }
+            WriteMode::Upsert if spec.key.is_empty() => {
+                return Err(ConnectorError::Data {
+                    message: "`upsert` mode needs key columns".to_owned(),
+                });
+            }
+            WriteMode::Replace { window_column } => check_column(window_column, "window column")?,
+            WriteMode::Sql { statement: text } => {
+                let rewritten = params::rewrite(sql::trim_statement(text), Placeholder::Question);
+                check_names(&rewritten.names, "target statement")?;
+                statement = Some((Arc::from(rewritten.sql), rewritten.names));
+            }
+            WriteMode::Upsert => {}
+        }
+        let pool = connect(&spec.url, pool_size).await?;
+        let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| sql_error("reading max_allowed_packet", &e))?;
+        let packet_budget = usize::try_from(packet / 2)
+            .unwrap_or(1 << 20)
+            .saturating_sub(4096)
+            .max(1024);
+        Ok(MySqlSink {
+            pool,
+            table,
+            key: spec.key.clone(),
+            guard: spec.guard.clone(),
+            mode: spec.mode.clone(),
+            time_format: spec.time_format.clone(),
+            statement,
+            packet_budget,
+        })
+    }
+
+    fn table(&self) -> Result<&Table, ConnectorError> {
+        self.table.as_ref().ok_or_else(|| ConnectorError::Data {
+            message: format!("`{}` mode has no target table", self.mode.name()),
+        })
+    }
+
+    /// The table's columns in order (empty when it does not exist) and its unique keys
+    /// (PRIMARY and UNIQUE indexes), each as its columns.
+    async fn describe_table(
+        &self,
+        table: &Table,
+    ) -> Result<(Vec<String>, Vec<Vec<String>>), ConnectorError> {
+        let (schema, name) = table.parts();
+        let context = table.describe();
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+             ORDER BY ORDINAL_POSITION",
+        )
+        .bind(schema)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql_error(&context, &e))?;
+        let rows = sqlx::query(
+            "SELECT CAST(INDEX_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR) \
+             FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        )
+        .bind(schema)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql_error(&context, &e))?;
+        let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+        for row in rows {
+            let index: String = row.try_get(0).map_err(|e| sql_error(&context, &e))?;
+            let column: String = row.try_get(1).map_err(|e| sql_error(&context, &e))?;
+            match keys.last_mut() {
+                Some((i, cols)) if *i == index => cols.push(column),
+                _ => keys.push((index, vec![column])),
+            }
+        }
+        Ok((columns, keys.into_iter().map(|(_, c)| c).collect()))
+    }
+}
+
+/// The batch's columns, validated and quoted, and the positions of `key` among them.
+fn prepare_columns(
+    batch: &Batch,
+    key: &[String],
+) -> Result<(Vec<String>, Vec<usize>), ConnectorError> {
+    let mut quoted = Vec::with_capacity(batch.columns.len());
+    for c in &batch.columns {
+        check_column(c, "source column")?;
+        quoted.push(sql::quote(c));
+    }
+    let key_positions = key
+        .iter()
+        .map(|k| {
+            position(&batch.columns, k).ok_or_else(|| ConnectorError::MissingColumn {
+                column: k.clone(),
+                available: batch.columns.clone(),
+                table: "the batch from the source".to_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((i, row)) = batch
+        .rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() != batch.columns.len())
+    {
+        return Err(ConnectorError::Data {
+            message: format!(
+                "batch row {i} has {} values for {} columns",
+                row.len(),
+                batch.columns.len()
+            ),
+        });
+    }
+    Ok((quoted, key_positions))
+}
+
+/// Bytes one value takes in a statement's parameters (an estimate from above).
+fn value_bytes(v: &Value) -> usize {
+    let payload = match v {
+        Value::Null | Value::Bool(_) => 1,
+        Value::Int(_) | Value::Float(_) => 8,
+        Value::Decimal(s) | Value::Text(s) | Value::Json(s) => s.len() + 9,
+        Value::Blob(b) => b.len() + 9,
+        Value::Date(_) => 5,
+        Value::Time(_) => 13,
+        Value::Timestamp(_) | Value::TimestampTz(_) => 12,
+        Value::Uuid(_) => 37,
+    };
+    // Type code and null bitmap per parameter, and its `?,` in the statement text.
+    payload + 5
+}
+
+/// The largest row of `rows`, in statement bytes.
+fn max_row_bytes<'a>(rows: impl Iterator<Item = &'a [Value]>) -> usize {
+    rows.map(|r| r.iter().map(value_bytes).sum::<usize>() + 3)
+        .max()
+        .unwrap_or(1)
+}
+
+/// Runs `build(n)` over `rows` in chunks sized for the packet budget; returns the sum of
+/// rows affected. Full chunks share one SQL text, so it is prepared once.
+async fn write_chunks(
+    conn: &mut MySqlConnection,
+    context: &str,
+    rows: &[Vec<Value>],
+    packet_budget: usize,
+    build: impl Fn(usize) -> String,
+) -> Result<u64, ConnectorError> {
+    let width = rows.first().map_or(1, Vec::len);
+    let row_bytes = max_row_bytes(rows.iter().map(Vec::as_slice));
+    let per = sql::rows_per_stmt(width, row_bytes, packet_budget, MAX_ROWS_PER_STMT);
+    let full: Option<Arc<str>> = (rows.len() >= per).then(|| build(per).into());
+    let mut total = 0;
+    for chunk in rows.chunks(per) {
+        let text: Arc<str> = match &full {
+            Some(full) if chunk.len() == per => Arc::clone(full),
+            _ => build(chunk.len()).into(),
+        };
+        let done = sqlx::query_with(AssertSqlSafe(text), arguments(chunk.iter().flatten())?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+        total += done.rows_affected();
+    }
+    Ok(total)
+}
+
+/// Counts the rows of the batch whose key already exists in the target.
+async fn count_existing(
+    conn: &mut MySqlConnection,
+    context: &str,
+    table: &Table,
+    key_quoted: &[String],
+    key_positions: &[usize],
+    rows: &[Vec<Value>],
+    packet_budget: usize,
+) -> Result<u64, ConnectorError> {
+    let keys: Vec<Vec<Value>> = rows
+        .iter()
+        .map(|r| key_positions.iter().map(|&p| r[p].clone()).collect())
+        .collect();
+    let row_bytes = max_row_bytes(keys.iter().map(Vec::as_slice));
+    let per = sql::rows_per_stmt(
+        key_positions.len(),
+        row_bytes,
+        packet_budget,
+        MAX_ROWS_PER_STMT,
+    );
+    let full: Option<Arc<str>> =
+        (keys.len() >= per).then(|| sql::count_existing(&table.quoted, key_quoted, per).into());
+    let mut total = 0;
+    for chunk in keys.chunks(per) {
+        let text: Arc<str> = match &full {
+            Some(full) if chunk.len() == per => Arc::clone(full),
+            _ => sql::count_existing(&table.quoted, key_quoted, chunk.len()).into(),
+        };
+        let row = sqlx::query_with(AssertSqlSafe(text), arguments(chunk.iter().flatten())?)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+        let n: i64 = row.try_get(0).map_err(|e| sql_error(context, &e))?;
+        total += u64::try_from(n).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Runs the engine's extra statement; anything but exactly one affected row is a stale
+/// attempt, and the caller's transaction is dropped (rolled back).
+async fn run_extra(
+    conn: &mut MySqlConnection,
+    extra: Option<&Extra>,
+) -> Result<(), ConnectorError> {
+    const CONTEXT: &str = "checkpoint statement";
+    let Some(extra) = extra else {
+        return Ok(());
+    };
+    let done = sqlx::query_with(AssertSqlSafe(extra.sql.as_str()), arguments(&extra.params)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| sql_error(CONTEXT, &e))?;
+    match done.rows_affected() {
+        1 => Ok(()),
+        n => Err(ConnectorError::Sql {
+            context: CONTEXT.to_owned(),
+            message: format!(
+                "affected {n} rows instead of 1: this attempt is stale (the partition's lease \
+                 or checkpoint moved on); the write was rolled back"
+            ),
+            class: ErrorClass::Permanent,
+        }),
+    }
+}
+
+async fn begin(
+    pool: &MySqlPool,
+    context: &str,
+) -> Result<Transaction<'static, MySql>, ConnectorError> {
+    pool.begin().await.map_err(|e| sql_error(context, &e))
+}
+
+impl Sink for MySqlSink {
+    async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
+        let table = self.table()?;
+        let (existing, unique) = self.describe_table(table).await?;
+        if existing.is_empty() {
+            return Err(ConnectorError::Sql {
+                context: table.describe(),
+                message: format!("no such table: {}", table.name),
+                class: ErrorClass::Permanent,
+            });
+        }
+        let missing = |column: &str| ConnectorError::MissingColumn {
+            column: column.to_owned(),
+            available: existing.clone(),
+            table: table.describe(),
+        };
+        for c in columns {
+            check_column(c, "source column")?;
+            if position(&existing, c).is_none() {
+                return Err(missing(c));
+            }
+        }
+        for k in self.key.iter().chain(&self.guard) {
+            if position(&existing, k).is_none() {
+                return Err(missing(k));
+            }
+        }
+        if let WriteMode::Replace { window_column } = &self.mode
+            && position(&existing, window_column).is_none()
+        {
+            return Err(missing(window_column));
+        }
+        let same = |cols: &Vec<String>| {
+            cols.len() == self.key.len() && self.key.iter().all(|k| position(cols, k).is_some())
+        };
+        if self.mode == WriteMode::Upsert && !unique.iter().any(same) {
+            return Err(ConnectorError::Sql {
+                context: format!("upsert into {}", table.quoted),
+                message: format!(
+                    "{} has no PRIMARY KEY or UNIQUE index on exactly ({}); upsert needs one to \
+                     find existing rows",
+                    table.describe(),
+                    self.key.join(", ")
+                ),
+                class: ErrorClass::Permanent,
+            });
+        }
+        Ok(existing)
+    }
+
+    async fn upsert(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+    ) -> Result<RowCounts, ConnectorError> {
+        let table = self.table()?;
+        let context = format!("upsert into {}", table.quoted);
+        let (columns, key_positions) = prepare_columns(batch, &self.key)?;
+        let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
+        let guard = match &self.guard {
+            Some(g) => Some(sql::quote(
+                batch
+                    .columns
+                    .get(position(&batch.columns, g).ok_or_else(|| {
+                        ConnectorError::MissingColumn {
+                            column: g.clone(),
+                            available: batch.columns.clone(),
+                            table: "the batch from the source".to_owned(),
+                        }
+                    })?)
+                    .map_or(g.as_str(), String::as_str),
+            )),
+            None => None,
+        };
+
+        let mut tx = begin(&self.pool, &context).await?;
+        let existing = count_existing(
+            &mut tx,
+            &context,
+            table,
+            &key_quoted,
+            &key_positions,
+            &batch.rows,
+            self.packet_budget,
+        )
+        .await?;
+        let affected = write_chunks(&mut tx, &context, &batch.rows, self.packet_budget, |n| {
+            sql::upsert(&table.quoted, &columns, &key_positions, guard.as_deref(), n)
+        })
+        .await?;
+        run_extra(&mut tx, extra).await?;
+        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+
+        // CLIENT_FOUND_ROWS: affected = batch + updated (see the module comment).
+        let n = batch.rows.len() as u64;
+        let inserted = n.saturating_sub(existing);
+        let updated = affected.saturating_sub(n).min(existing);
+        Ok(RowCounts {
+            inserted,
+            updated,
+            unchanged: n.saturating_sub(inserted + updated),
+            ..RowCounts::default()
+        })
+    }
+
+    async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
+        let table = self.table()?;
+        let WriteMode::Replace { window_column } = &self.mode else {
+            return Err(ConnectorError::Data {
+                message: format!("`{}` mode cannot replace a window", self.mode.name()),
+            });
+        };
+        let context = format!("delete window {window} from {}", table.quoted);
+        let bounds = bounds(window, &self.time_format);
+        let mut tx = begin(&self.pool, &context).await?;
+        let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
+        let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        Ok(ReplaceTxn {
+            inner: ReplaceInner::MySql(MySqlReplace {
+                tx,
+                table: table.clone(),
+                packet_budget: self.packet_budget,
+            }),
+            deleted: done.rows_affected(),
+        })
+    }
+
+    async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
+        let Some((text, names)) = &self.statement else {
+            return Err(ConnectorError::Data {
+                message: format!("`{}` mode has no statement to execute", self.mode.name()),
+            });
+        };
+        let values = named_values(names, window, &self.time_format);
+        let done = sqlx::query_with(AssertSqlSafe(Arc::clone(text)), arguments(&values)?)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sql_error("target statement", &e))?;
+        Ok(RowCounts {
+            affected: done.rows_affected(),
+            ..RowCounts::default()
+        })
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The MySQL side of a [`ReplaceTxn`]: an open transaction in which the window is already
+/// deleted. Dropped without commit, sqlx rolls it back.
+pub struct MySqlReplace {
+    tx: Transaction<'static, MySql>,
+    table: Table,
+    packet_budget: usize,
+}
+
+impl fmt::Debug for MySqlReplace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MySqlReplace")
+            .field("table", &self.table.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MySqlReplace {
+    /// Inserts `batch` in the transaction; returns the rows inserted.
+    pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
+        let context = format!("insert into {}", self.table.quoted);
+        let (columns, _) = prepare_columns(batch, &[])?;
+        let table = &self.table.quoted;
+        write_chunks(
+            &mut self.tx,
+            &context,
+            &batch.rows,
+            self.packet_budget,
+            |n| sql::insert(table, &columns, n),
+        )
+        .await
+    }
+
+    /// Runs `extra`, then commits.
+    pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
+        run_extra(&mut self.tx, extra).await?;
+        let context = format!("replace in {}", self.table.quoted);
+        self.tx.commit().await.map_err(|e| sql_error(&context, &e))
+    }
+}

@@ -1,0 +1,197 @@
+//! SQL text for MySQL, built from validated identifiers and `?` placeholders only.
+//!
+//! Pure string building, unit-tested. Invariant: no value ever appears here; every statement
+//! of a given shape is byte-identical, so sqlx's statement cache prepares it once.
+
+use std::fmt::Write as _;
+
+/// Quotes a validated identifier: `x` → `` `x` ``, `s.t` → `` `s`.`t` ``.
+pub(crate) fn quote(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("`{}`", part.replace('`', "``")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn push_list(out: &mut String, items: &[String]) {
+    out.push_str(&items.join(", "));
+}
+
+/// `(?,?,?),(?,?,?)`: `rows` tuples of `ncols` placeholders.
+fn push_tuples(out: &mut String, rows: usize, ncols: usize) {
+    let tuple = format!("({})", vec!["?"; ncols].join(","));
+    out.push_str(&vec![tuple; rows].join(","));
+}
+
+/// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
+pub(crate) fn trim_statement(sql: &str) -> &str {
+    sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+/// Wraps the user's query as a subquery `q`; the newlines keep a trailing comment from
+/// swallowing the closing parenthesis.
+pub(crate) fn wrap(select: &str, query: &str) -> String {
+    format!("SELECT {select} FROM (\n{query}\n) AS q")
+}
+
+/// One page of keyset pagination: rows after the bound key (when `after`), ordered by the
+/// quoted `key`, limited by a trailing `?`.
+pub(crate) fn page(query: &str, key: &[String], after: bool) -> String {
+    let mut sql = wrap("*", query);
+    if after {
+        let marks = vec!["?"; key.len()].join(", ");
+        let _ = write!(sql, " WHERE ({}) > ({marks})", key.join(", "));
+    }
+    sql.push_str(" ORDER BY ");
+    push_list(&mut sql, key);
+    sql.push_str(" LIMIT ?");
+    sql
+}
+
+/// Row count of the query.
+pub(crate) fn count(query: &str) -> String {
+    wrap("COUNT(*)", query)
+}
+
+/// Non-NULL values of one quoted column of the query, limited by a trailing `?`.
+pub(crate) fn sample(query: &str, column: &str) -> String {
+    format!("{} WHERE {column} IS NOT NULL LIMIT ?", wrap(column, query))
+}
+
+/// Multi-row `INSERT` of `rows` rows.
+pub(crate) fn insert(table: &str, columns: &[String], rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {table} (");
+    push_list(&mut sql, columns);
+    sql.push_str(") VALUES ");
+    push_tuples(&mut sql, rows, columns.len());
+    sql
+}
+
+/// Multi-row upsert. Non-key columns take the incoming values; with a `guard` column, a
+/// target row whose guard is greater than the incoming one keeps every value (the guard is
+/// assigned last, since MySQL assigns left to right and later expressions see new values).
+/// With no non-key column, the key is assigned to itself (a no-op).
+pub(crate) fn upsert(
+    table: &str,
+    columns: &[String],
+    key: &[usize],
+    guard: Option<&str>,
+    rows: usize,
+) -> String {
+    let mut sql = insert(table, columns, rows);
+    sql.push_str(" ON DUPLICATE KEY UPDATE ");
+    let mut rest: Vec<&String> = (0..columns.len())
+        .filter(|i| !key.contains(i))
+        .map(|i| &columns[i])
+        .collect();
+    if let Some(g) = guard {
+        rest.sort_by_key(|c| c.as_str() == g);
+    }
+    if rest.is_empty() {
+        let k = &columns[key[0]];
+        let _ = write!(sql, "{k} = {k}");
+        return sql;
+    }
+    let sets: Vec<String> = rest
+        .iter()
+        .map(|c| match guard {
+            Some(g) => format!("{c} = IF({g} > VALUES({g}), {c}, VALUES({c}))"),
+            None => format!("{c} = VALUES({c})"),
+        })
+        .collect();
+    push_list(&mut sql, &sets);
+    sql
+}
+
+/// Counts the rows of `table` whose key is one of `rows` bound key tuples.
+pub(crate) fn count_existing(table: &str, key: &[String], rows: usize) -> String {
+    let mut sql = format!("SELECT COUNT(*) FROM {table} WHERE ");
+    if let [k] = key {
+        let _ = write!(sql, "{k} IN ({})", vec!["?"; rows].join(","));
+    } else {
+        sql.push('(');
+        push_list(&mut sql, key);
+        sql.push_str(") IN (");
+        push_tuples(&mut sql, rows, key.len());
+        sql.push(')');
+    }
+    sql
+}
+
+/// Deletes a window: `column >= ? AND column < ?`.
+pub(crate) fn delete_window(table: &str, column: &str) -> String {
+    format!("DELETE FROM {table} WHERE {column} >= ? AND {column} < ?")
+}
+
+/// Rows per multi-row statement: under the placeholder limit, under the packet budget for
+/// rows of about `row_bytes` bytes, and at most `max_rows`.
+pub(crate) fn rows_per_stmt(
+    width: usize,
+    row_bytes: usize,
+    packet_budget: usize,
+    max_rows: usize,
+) -> usize {
+    let by_params = super::MAX_PARAMS / width.max(1);
+    let by_bytes = packet_budget / row_bytes.max(1);
+    by_params.min(by_bytes).min(max_rows).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| quote(n)).collect()
+    }
+
+    #[test]
+    fn builds_reads() {
+        assert_eq!(quote("s.t"), "`s`.`t`");
+        assert_eq!(
+            page("SELECT 1 AS id", &q(&["a", "b"]), true),
+            "SELECT * FROM (\nSELECT 1 AS id\n) AS q WHERE (`a`, `b`) > (?, ?) \
+             ORDER BY `a`, `b` LIMIT ?"
+        );
+        assert_eq!(
+            page("SELECT 1 AS id", &q(&["id"]), false),
+            "SELECT * FROM (\nSELECT 1 AS id\n) AS q ORDER BY `id` LIMIT ?"
+        );
+        assert_eq!(
+            sample("SELECT x", "`x`"),
+            "SELECT `x` FROM (\nSELECT x\n) AS q WHERE `x` IS NOT NULL LIMIT ?"
+        );
+        assert_eq!(trim_statement("SELECT 1 ;\n"), "SELECT 1");
+    }
+
+    #[test]
+    fn builds_writes() {
+        let cols = q(&["id", "u", "a"]);
+        assert_eq!(
+            upsert("`t`", &cols, &[0], None, 2),
+            "INSERT INTO `t` (`id`, `u`, `a`) VALUES (?,?,?),(?,?,?) ON DUPLICATE KEY UPDATE \
+             `u` = VALUES(`u`), `a` = VALUES(`a`)"
+        );
+        assert_eq!(
+            upsert("`t`", &cols, &[0], Some("`u`"), 1),
+            "INSERT INTO `t` (`id`, `u`, `a`) VALUES (?,?,?) ON DUPLICATE KEY UPDATE \
+             `a` = IF(`u` > VALUES(`u`), `a`, VALUES(`a`)), \
+             `u` = IF(`u` > VALUES(`u`), `u`, VALUES(`u`))"
+        );
+        assert_eq!(
+            upsert("`t`", &q(&["k"]), &[0], None, 1),
+            "INSERT INTO `t` (`k`) VALUES (?) ON DUPLICATE KEY UPDATE `k` = `k`"
+        );
+        assert_eq!(
+            count_existing("`t`", &q(&["a", "b"]), 2),
+            "SELECT COUNT(*) FROM `t` WHERE (`a`, `b`) IN ((?,?),(?,?))"
+        );
+        assert_eq!(
+            count_existing("`t`", &q(&["id"]), 3),
+            "SELECT COUNT(*) FROM `t` WHERE `id` IN (?,?,?)"
+        );
+        assert_eq!(rows_per_stmt(10, 100, 1_000_000, 1000), 1000);
+        assert_eq!(rows_per_stmt(10, 100_000, 1_000_000, 1000), 10);
+        assert_eq!(rows_per_stmt(70_000, 1, 1_000_000, 1000), 1);
+        assert_eq!(rows_per_stmt(1000, 1, usize::MAX, usize::MAX), 65);
+    }
+}

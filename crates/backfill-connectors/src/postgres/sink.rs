@@ -1,0 +1,468 @@
+//! Writing batches into a PostgreSQL table: upsert, replace and sql modes.
+//!
+//! An upsert is one transaction: the batch is `COPY`ed into a temporary table with the
+//! target's column types (dropped at commit), then one `INSERT … SELECT … ON CONFLICT DO
+//! UPDATE … WHERE <a value differs>` moves it into the target; `RETURNING (xmax = 0)` lets the
+//! database count inserted and updated rows, and the rest of the batch was unchanged (or held
+//! back by the guard). A replace deletes the window and `COPY`s each batch straight into the
+//! target, in one transaction.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use backfill_core::params::{self, Placeholder};
+use backfill_core::plan::Window;
+use backfill_core::retry::ErrorClass;
+use backfill_core::spec::{TargetSpec, WriteMode};
+use backfill_core::timefmt::TimeFormat;
+use backfill_core::value::{Batch, RowCounts, Value};
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, Row, Transaction};
+
+use super::{arguments, connect, copy_text, sql, sql_error};
+use crate::ident::{check_column, check_table, position};
+use crate::window::{bounds, check_names, named_values};
+use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Sink};
+
+/// The target table, validated and quoted once.
+#[derive(Clone, Debug)]
+struct Table {
+    /// As written in the spec (`t` or `s.t`).
+    name: String,
+    /// Quoted for SQL (`"t"`, `"s"."t"`).
+    quoted: String,
+}
+
+impl Table {
+    fn new(name: &str) -> Result<Table, ConnectorError> {
+        check_table(name)?;
+        Ok(Table {
+            name: name.to_owned(),
+            quoted: sql::quote(name),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("target table {}", self.quoted)
+    }
+}
+
+/// The target table's columns as the catalog knows them.
+#[derive(Debug)]
+struct TableInfo {
+    /// Column names, in table order.
+    columns: Vec<String>,
+    /// `format_type` of each column.
+    types: Vec<String>,
+    /// Column lists of the primary key and full unique indexes.
+    unique: Vec<Vec<String>>,
+}
+
+impl TableInfo {
+    /// The table's spelling of `column`, quoted, and its position.
+    fn resolve(&self, table: &Table, column: &str) -> Result<(usize, String), ConnectorError> {
+        check_column(column, "column")?;
+        match position(&self.columns, column) {
+            Some(i) => Ok((i, sql::quote(&self.columns[i]))),
+            None => Err(ConnectorError::MissingColumn {
+                column: column.to_owned(),
+                available: self.columns.clone(),
+                table: table.describe(),
+            }),
+        }
+    }
+
+    /// Quoted target columns of `batch`, and whether each compares as text.
+    fn batch_columns(
+        &self,
+        table: &Table,
+        batch: &Batch,
+    ) -> Result<(Vec<String>, Vec<bool>), ConnectorError> {
+        let mut quoted = Vec::with_capacity(batch.columns.len());
+        let mut as_text = Vec::with_capacity(batch.columns.len());
+        for c in &batch.columns {
+            let (i, q) = self.resolve(table, c)?;
+            quoted.push(q);
+            // Types without an equality operator compare by their text.
+            as_text.push(matches!(
+                self.types[i].as_str(),
+                "json" | "xml" | "point" | "line" | "lseg" | "box" | "path" | "polygon" | "circle"
+            ));
+        }
+        if let Some((i, row)) = batch
+            .rows
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() != batch.columns.len())
+        {
+            return Err(ConnectorError::Data {
+                message: format!(
+                    "batch row {i} has {} values for {} columns",
+                    row.len(),
+                    batch.columns.len()
+                ),
+            });
+        }
+        Ok((quoted, as_text))
+    }
+}
+
+/// A PostgreSQL sink: one table, written in the spec's mode.
+#[derive(Debug)]
+pub struct PostgresSink {
+    pool: PgPool,
+    /// `None` only in `sql` mode.
+    table: Option<Table>,
+    /// Key columns (validated); empty only in `sql` mode.
+    key: Vec<String>,
+    guard: Option<String>,
+    mode: WriteMode,
+    time_format: TimeFormat,
+    /// `sql` mode: the statement with `$N` placeholders and the name bound at each.
+    statement: Option<(Arc<str>, Vec<String>)>,
+    /// The catalog's view of the table, read once.
+    info: Mutex<Option<Arc<TableInfo>>>,
+}
+
+impl PostgresSink {
+    /// Connects and validates the table, key and mode settings.
+    pub async fn open(spec: &TargetSpec, pool_size: u32) -> Result<PostgresSink, ConnectorError> {
+        let table = spec.table.as_deref().map(Table::new).transpose()?;
+        for k in &spec.key {
+            check_column(k, "key column")?;
+        }
+        if let Some(g) = &spec.guard {
+            check_column(g, "guard column")?;
+        }
+        let mut statement = None;
+        match &spec.mode {
+            WriteMode::Upsert | WriteMode::Replace { .. } if table.is_none() => {
+                return Err(ConnectorError::Data {
+                    message: format!("`{}` mode needs a target table", spec.mode.name()),
+                });
+            }
+            WriteMode::Upsert if spec.key.is_empty() => {
+                return Err(ConnectorError::Data {
+                    message: "`upsert` mode needs key columns".to_owned(),
+                });
+            }
+            WriteMode::Replace { window_column } => check_column(window_column, "window column")?,
+            WriteMode::Sql { statement: text } => {
+                let rewritten =
+                    params::rewrite(sql::trim_statement(text), Placeholder::DollarNumbered);
+                check_names(&rewritten.names, "target statement")?;
+                statement = Some((Arc::from(rewritten.sql), rewritten.names));
+            }
+            WriteMode::Upsert => {}
+        }
+        let pool = connect(&spec.url, pool_size).await?;
+        Ok(PostgresSink {
+            pool,
+            table,
+            key: spec.key.clone(),
+            guard: spec.guard.clone(),
+            mode: spec.mode.clone(),
+            time_format: spec.time_format.clone(),
+            statement,
+            info: Mutex::new(None),
+        })
+    }
+
+    fn table(&self) -> Result<&Table, ConnectorError> {
+        self.table.as_ref().ok_or_else(|| ConnectorError::Data {
+            message: format!("`{}` mode has no target table", self.mode.name()),
+        })
+    }
+
+    /// The table's columns, types and unique keys, read from the catalog once.
+    async fn info(&self, table: &Table) -> Result<Arc<TableInfo>, ConnectorError> {
+        if let Some(info) = self.info.lock().map_err(poisoned)?.as_ref() {
+            return Ok(Arc::clone(info));
+        }
+        let context = table.describe();
+        let rows = sqlx::query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+        )
+        .bind(&table.quoted)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql_error(&context, &e))?;
+        if rows.is_empty() {
+            return Err(ConnectorError::Sql {
+                context: context.clone(),
+                message: format!("no such table: {}", table.name),
+                class: ErrorClass::Permanent,
+            });
+        }
+        let mut columns = Vec::with_capacity(rows.len());
+        let mut types = Vec::with_capacity(rows.len());
+        for row in rows {
+            columns.push(row.try_get(0).map_err(|e| sql_error(&context, &e))?);
+            types.push(row.try_get(1).map_err(|e| sql_error(&context, &e))?);
+        }
+        let unique: Vec<Vec<String>> = sqlx::query_scalar(
+            "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL \
+             AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts GROUP BY i.indexrelid",
+        )
+        .bind(&table.quoted)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql_error(&context, &e))?;
+        let info = Arc::new(TableInfo {
+            columns,
+            types,
+            unique,
+        });
+        *self.info.lock().map_err(poisoned)? = Some(Arc::clone(&info));
+        Ok(info)
+    }
+}
+
+fn poisoned<T>(_: T) -> ConnectorError {
+    ConnectorError::Data {
+        message: "internal error: table cache poisoned".to_owned(),
+    }
+}
+
+/// `COPY`s `rows` (text format) into `table` (quoted) `columns`; returns the rows copied.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    context: &str,
+    table: &str,
+    columns: &[String],
+    batch: &Batch,
+) -> Result<u64, ConnectorError> {
+    if batch.rows.is_empty() {
+        return Ok(0);
+    }
+    let data = copy_text(&batch.rows)?;
+    let mut copy = conn
+        .copy_in_raw(&sql::copy_in(table, columns))
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    if let Err(e) = copy.send(data.into_bytes()).await {
+        let _ = copy.abort("backfill: sending the batch failed").await;
+        return Err(sql_error(context, &e));
+    }
+    copy.finish().await.map_err(|e| sql_error(context, &e))
+}
+
+/// Runs the engine's extra statement; anything but exactly one affected row is a stale
+/// attempt, and the caller's transaction is dropped (rolled back).
+async fn run_extra(conn: &mut PgConnection, extra: Option<&Extra>) -> Result<(), ConnectorError> {
+    const CONTEXT: &str = "checkpoint statement";
+    let Some(extra) = extra else {
+        return Ok(());
+    };
+    let args = arguments(&extra.params)?;
+    let done = sqlx::query_with(AssertSqlSafe(extra.sql.as_str()), args)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| sql_error(CONTEXT, &e))?;
+    match done.rows_affected() {
+        1 => Ok(()),
+        n => Err(ConnectorError::Sql {
+            context: CONTEXT.to_owned(),
+            message: format!(
+                "affected {n} rows instead of 1: this attempt is stale (the partition's lease \
+                 or checkpoint moved on); the write was rolled back"
+            ),
+            class: ErrorClass::Permanent,
+        }),
+    }
+}
+
+impl Sink for PostgresSink {
+    async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
+        let table = self.table()?;
+        let info = self.info(table).await?;
+        for c in columns {
+            check_column(c, "source column")?;
+            info.resolve(table, c)?;
+        }
+        for k in &self.key {
+            info.resolve(table, k)?;
+        }
+        if let Some(g) = &self.guard {
+            info.resolve(table, g)?;
+        }
+        if let WriteMode::Replace { window_column } = &self.mode {
+            info.resolve(table, window_column)?;
+        }
+        if self.mode == WriteMode::Upsert {
+            let unique = info.unique.iter().any(|cols| {
+                cols.len() == self.key.len() && self.key.iter().all(|k| position(cols, k).is_some())
+            });
+            if !unique {
+                return Err(ConnectorError::Sql {
+                    context: format!("upsert into {}", table.quoted),
+                    message: format!(
+                        "{} has no PRIMARY KEY or UNIQUE index on exactly ({}); upsert needs \
+                         one to find existing rows",
+                        table.describe(),
+                        self.key.join(", ")
+                    ),
+                    class: ErrorClass::Permanent,
+                });
+            }
+        }
+        Ok(info.columns.clone())
+    }
+
+    async fn upsert(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+    ) -> Result<RowCounts, ConnectorError> {
+        let table = self.table()?;
+        let context = format!("upsert into {}", table.quoted);
+        let info = self.info(table).await?;
+        let (columns, as_text) = info.batch_columns(table, batch)?;
+        let key_positions = self
+            .key
+            .iter()
+            .map(|k| {
+                position(&batch.columns, k).ok_or_else(|| ConnectorError::MissingColumn {
+                    column: k.clone(),
+                    available: batch.columns.clone(),
+                    table: "the batch from the source".to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let guard = match &self.guard {
+            Some(g) => Some(info.resolve(table, g)?.1),
+            None => None,
+        };
+
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        let (mut inserted, mut updated) = (0u64, 0u64);
+        if !batch.rows.is_empty() {
+            sqlx::raw_sql(AssertSqlSafe(sql::create_stage(&table.quoted, &columns)))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(&context, &e))?;
+            copy_rows(&mut tx, &context, sql::STAGE, &columns, batch).await?;
+            let text = sql::upsert(
+                &table.quoted,
+                &columns,
+                &key_positions,
+                &as_text,
+                guard.as_deref(),
+            );
+            let row = sqlx::query(AssertSqlSafe(text))
+                .persistent(false)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| sql_error(&context, &e))?;
+            let ins: i64 = row.try_get(0).map_err(|e| sql_error(&context, &e))?;
+            let upd: i64 = row.try_get(1).map_err(|e| sql_error(&context, &e))?;
+            inserted = u64::try_from(ins).unwrap_or(0);
+            updated = u64::try_from(upd).unwrap_or(0);
+        }
+        run_extra(&mut tx, extra).await?;
+        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+        let n = batch.rows.len() as u64;
+        Ok(RowCounts {
+            inserted,
+            updated,
+            unchanged: n.saturating_sub(inserted + updated),
+            ..RowCounts::default()
+        })
+    }
+
+    async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
+        let table = self.table()?;
+        let WriteMode::Replace { window_column } = &self.mode else {
+            return Err(ConnectorError::Data {
+                message: format!("`{}` mode cannot replace a window", self.mode.name()),
+            });
+        };
+        let info = self.info(table).await?;
+        let (i, column) = info.resolve(table, window_column)?;
+        let context = format!("delete window {window} from {}", table.quoted);
+        let bounds = bounds(window, &self.time_format);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        // Text bounds (rfc3339, strftime) are parsed as the column's type, so they compare
+        // with a timestamp column as well as with a text one.
+        let cast = matches!(bounds[0], Value::Text(_)).then(|| info.types[i].as_str());
+        let text = sql::delete_window(&table.quoted, &column, cast);
+        let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        Ok(ReplaceTxn {
+            inner: ReplaceInner::Postgres(PostgresReplace {
+                tx,
+                table: table.clone(),
+                info,
+            }),
+            deleted: done.rows_affected(),
+        })
+    }
+
+    async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
+        let Some((text, names)) = &self.statement else {
+            return Err(ConnectorError::Data {
+                message: format!("`{}` mode has no statement to execute", self.mode.name()),
+            });
+        };
+        let values = named_values(names, window, &self.time_format);
+        let done = sqlx::query_with(AssertSqlSafe(Arc::clone(text)), arguments(&values)?)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sql_error("target statement", &e))?;
+        Ok(RowCounts {
+            affected: done.rows_affected(),
+            ..RowCounts::default()
+        })
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The PostgreSQL side of a [`ReplaceTxn`]: an open transaction in which the window is
+/// already deleted. Dropped without commit, sqlx rolls it back.
+pub struct PostgresReplace {
+    tx: Transaction<'static, Postgres>,
+    table: Table,
+    info: Arc<TableInfo>,
+}
+
+impl fmt::Debug for PostgresReplace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresReplace")
+            .field("table", &self.table.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresReplace {
+    /// `COPY`s `batch` into the table inside the transaction; returns the rows inserted.
+    pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
+        let context = format!("insert into {}", self.table.quoted);
+        let (columns, _) = self.info.batch_columns(&self.table, batch)?;
+        copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await
+    }
+
+    /// Runs `extra`, then commits.
+    pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
+        run_extra(&mut self.tx, extra).await?;
+        let context = format!("replace in {}", self.table.quoted);
+        self.tx.commit().await.map_err(|e| sql_error(&context, &e))
+    }
+}

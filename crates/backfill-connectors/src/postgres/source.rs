@@ -1,0 +1,236 @@
+//! Reading windows from PostgreSQL with keyset pagination.
+//!
+//! The user's query (`:start`/`:end` rewritten to `$1`/`$2`) becomes a subquery `q`; a page is
+//! `SELECT * FROM (query) AS q WHERE (k1, k2) > ($3, $4) ORDER BY k1, k2 LIMIT $5`.
+//! Invariant: the query is prepared when the source is opened, so unknown key columns and
+//! column types without a faithful [`Value`] fail before anything is written.
+
+use std::sync::Arc;
+
+use backfill_core::params::{self, Placeholder};
+use backfill_core::plan::Window;
+use backfill_core::spec::SourceSpec;
+use backfill_core::timefmt::TimeFormat;
+use backfill_core::value::{Batch, Value};
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
+
+use super::{arguments, check_type, connect, decode_rows, sql, sql_error};
+use crate::ident::{check_column, position};
+use crate::window::{check_names, named_values};
+use crate::{ConnectorError, Source};
+
+const CONTEXT: &str = "source query";
+
+/// A PostgreSQL source: the spec's query, read in key order.
+#[derive(Debug)]
+pub struct PostgresSource {
+    pool: PgPool,
+    /// Parameter names of the rewritten query, one per `$N`.
+    names: Vec<String>,
+    /// The query's columns.
+    columns: Vec<String>,
+    /// Key columns, spelled as the query returns them.
+    key: Vec<String>,
+    time_format: TimeFormat,
+    /// The query, placeholders rewritten.
+    query: String,
+    first_page: Arc<str>,
+    next_page: Arc<str>,
+    count_sql: Arc<str>,
+}
+
+impl PostgresSource {
+    /// Connects, prepares the query to learn its columns and their types, and checks that
+    /// every `key` column is among them and every type can be read.
+    pub async fn open(
+        spec: &SourceSpec,
+        key: &[String],
+        pool_size: u32,
+    ) -> Result<PostgresSource, ConnectorError> {
+        if key.is_empty() {
+            return Err(ConnectorError::Data {
+                message: "a source needs at least one key column to read in order".to_owned(),
+            });
+        }
+        for k in key {
+            check_column(k, "key column")?;
+        }
+        let rewritten = params::rewrite(
+            sql::trim_statement(&spec.query),
+            Placeholder::DollarNumbered,
+        );
+        check_names(&rewritten.names, CONTEXT)?;
+        let pool = connect(&spec.url, pool_size).await?;
+
+        let probe = AssertSqlSafe(sql::wrap("*", &rewritten.sql));
+        let statement = (&pool)
+            .prepare(probe.into_sql_str())
+            .await
+            .map_err(|e| sql_error(CONTEXT, &e))?;
+        let mut columns = Vec::with_capacity(statement.columns().len());
+        for c in statement.columns() {
+            check_type(c.name(), c.type_info().name())?;
+            columns.push(c.name().to_owned());
+        }
+        let key = key
+            .iter()
+            .map(|k| match position(&columns, k) {
+                Some(i) => Ok(columns[i].clone()),
+                None => Err(ConnectorError::MissingColumn {
+                    column: k.clone(),
+                    available: columns.clone(),
+                    table: CONTEXT.to_owned(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let quoted: Vec<String> = key.iter().map(|k| sql::quote(k)).collect();
+        let first_param = rewritten.names.len() + 1;
+        Ok(PostgresSource {
+            pool,
+            first_page: sql::page(&rewritten.sql, &quoted, first_param, false).into(),
+            next_page: sql::page(&rewritten.sql, &quoted, first_param, true).into(),
+            count_sql: sql::count(&rewritten.sql).into(),
+            names: rewritten.names,
+            query: rewritten.sql,
+            columns,
+            key,
+            time_format: spec.time_format.clone(),
+        })
+    }
+
+    async fn count_as(&self, window: &Window, format: &TimeFormat) -> Result<u64, ConnectorError> {
+        let values = named_values(&self.names, window, format);
+        let args = arguments(&values)?;
+        // Another format binds other parameter types: do not reuse a statement prepared
+        // for the configured one.
+        let persistent = format == &self.time_format;
+        let row = sqlx::query_with(AssertSqlSafe(Arc::clone(&self.count_sql)), args)
+            .persistent(persistent)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| sql_error(CONTEXT, &e))?;
+        let n: i64 = row.try_get(0).map_err(|e| sql_error(CONTEXT, &e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+impl Source for PostgresSource {
+    async fn read_batch(
+        &self,
+        window: &Window,
+        after: Option<&[Value]>,
+        limit: u32,
+    ) -> Result<Batch, ConnectorError> {
+        let mut values = named_values(&self.names, window, &self.time_format);
+        let sql = match after {
+            None => &self.first_page,
+            Some(after) if after.len() == self.key.len() => {
+                values.extend(after.iter().cloned());
+                &self.next_page
+            }
+            Some(after) => {
+                return Err(ConnectorError::Data {
+                    message: format!(
+                        "resume key has {} values but the key has {} columns ({})",
+                        after.len(),
+                        self.key.len(),
+                        self.key.join(", ")
+                    ),
+                });
+            }
+        };
+        values.push(Value::Int(i64::from(limit)));
+        let args = arguments(&values)?;
+        let rows = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql_error(CONTEXT, &e))?;
+        let columns: Vec<String> = match rows.first() {
+            Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
+            None => self.columns.clone(),
+        };
+        let rows = decode_rows(rows, &columns)?;
+        let key_positions = self.key_positions(&columns)?;
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(&p) = key_positions.iter().find(|&&p| row[p] == Value::Null) {
+                let previous = match i.checked_sub(1) {
+                    Some(prev) => key_positions
+                        .iter()
+                        .map(|&p| rows[prev][p].preview())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    None => "none in this batch".to_owned(),
+                };
+                return Err(ConnectorError::Data {
+                    message: format!(
+                        "a source row has NULL in key column \"{}\" (previous key: {previous}); \
+                         key values must be non-NULL to be ordered and resumed",
+                        columns[p]
+                    ),
+                });
+            }
+        }
+        Ok(Batch { columns, rows })
+    }
+
+    fn key_positions(&self, columns: &[String]) -> Result<Vec<usize>, ConnectorError> {
+        self.key
+            .iter()
+            .map(|k| {
+                position(columns, k).ok_or_else(|| ConnectorError::MissingColumn {
+                    column: k.clone(),
+                    available: columns.to_vec(),
+                    table: CONTEXT.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    async fn count(&self, window: &Window) -> Result<u64, ConnectorError> {
+        self.count_as(window, &self.time_format).await
+    }
+
+    async fn sample(
+        &self,
+        window: &Window,
+        column: &str,
+        limit: u32,
+    ) -> Result<Vec<Value>, ConnectorError> {
+        check_column(column, "column")?;
+        let Some(i) = position(&self.columns, column) else {
+            return Err(ConnectorError::MissingColumn {
+                column: column.to_owned(),
+                available: self.columns.clone(),
+                table: CONTEXT.to_owned(),
+            });
+        };
+        let column = &self.columns[i];
+        let mut values = named_values(&self.names, window, &self.time_format);
+        values.push(Value::Int(i64::from(limit)));
+        let text = sql::sample(&self.query, &sql::quote(column), values.len());
+        let args = arguments(&values)?;
+        let rows = sqlx::query_with(AssertSqlSafe(text), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql_error(CONTEXT, &e))?;
+        let rows = decode_rows(rows, std::slice::from_ref(column))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect())
+    }
+
+    async fn count_with_format(
+        &self,
+        window: &Window,
+        format: &TimeFormat,
+    ) -> Result<u64, ConnectorError> {
+        self.count_as(window, format).await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,195 @@
+//! SQL text for PostgreSQL, built from validated identifiers and `$n` placeholders only.
+//!
+//! Pure string building, unit-tested. Invariant: no value ever appears here.
+
+use std::fmt::Write as _;
+
+/// Quotes a validated identifier: `x` → `"x"`, `s.t` → `"s"."t"`.
+pub(crate) fn quote(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push('"');
+        out.push_str(&part.replace('"', "\"\""));
+        out.push('"');
+    }
+    out
+}
+
+pub(crate) fn list(items: &[String]) -> String {
+    items.join(", ")
+}
+
+/// Wraps the user's query (already rewritten to `$1`, `$2`) as a subquery `q`. The newlines
+/// keep a trailing `-- comment` in the query from swallowing the closing parenthesis.
+pub(crate) fn wrap(select: &str, query: &str) -> String {
+    format!("SELECT {select} FROM (\n{query}\n) AS q")
+}
+
+/// One page of keyset pagination: rows after the bound key (when `after`), ordered by `key`
+/// (quoted), limited. Placeholders after the query's own are numbered from `first_param`.
+pub(crate) fn page(query: &str, key: &[String], first_param: usize, after: bool) -> String {
+    let mut sql = wrap("*", query);
+    let mut n = first_param;
+    if after {
+        let params: Vec<String> = (0..key.len()).map(|i| format!("${}", n + i)).collect();
+        n += key.len();
+        let _ = write!(sql, " WHERE ({}) > ({})", list(key), list(&params));
+    }
+    let _ = write!(sql, " ORDER BY {} LIMIT ${n}", list(key));
+    sql
+}
+
+/// Row count of the query.
+pub(crate) fn count(query: &str) -> String {
+    wrap("count(*)", query)
+}
+
+/// Non-NULL values of one (quoted) column of the query, limited by placeholder `$limit`.
+pub(crate) fn sample(query: &str, column: &str, limit_param: usize) -> String {
+    format!(
+        "{} WHERE {column} IS NOT NULL LIMIT ${limit_param}",
+        wrap(column, query)
+    )
+}
+
+/// Deletes a window: `column >= $1 AND column < $2`, the bounds cast to `cast` (a type
+/// name from the catalog) when given.
+pub(crate) fn delete_window(table: &str, column: &str, cast: Option<&str>) -> String {
+    let (start, end) = match cast {
+        Some(t) => (format!("CAST($1 AS {t})"), format!("CAST($2 AS {t})")),
+        None => ("$1".to_owned(), "$2".to_owned()),
+    };
+    format!("DELETE FROM {table} WHERE {column} >= {start} AND {column} < {end}")
+}
+
+/// The temporary staging table of one upsert transaction.
+pub(crate) const STAGE: &str = "\"backfill_stage\"";
+
+/// An empty temporary table with the target's types for `columns`, dropped at commit.
+pub(crate) fn create_stage(table: &str, columns: &[String]) -> String {
+    format!(
+        "CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT {} FROM {table} WITH NO DATA",
+        list(columns)
+    )
+}
+
+/// `COPY table (columns) FROM STDIN` in text format.
+pub(crate) fn copy_in(table: &str, columns: &[String]) -> String {
+    format!("COPY {table} ({}) FROM STDIN", list(columns))
+}
+
+/// Upsert of the staged rows; returns the number of inserted and updated rows. A row is
+/// updated only when some non-key value differs (`IS DISTINCT FROM`, NULL-aware; columns
+/// in `as_text` have no equality operator and are compared as text) and, with a `guard`, only
+/// when the target's guard is NULL or not newer.
+pub(crate) fn upsert(
+    table: &str,
+    columns: &[String],
+    key: &[usize],
+    as_text: &[bool],
+    guard: Option<&str>,
+) -> String {
+    let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
+    let rest: Vec<usize> = (0..columns.len()).filter(|i| !key.contains(i)).collect();
+    let mut sql = format!(
+        "WITH w AS (INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {STAGE} \
+         ON CONFLICT ({keys}) ",
+        cols = list(columns),
+        keys = list(&keys)
+    );
+    if rest.is_empty() {
+        sql.push_str("DO NOTHING");
+    } else {
+        let set: Vec<String> = rest
+            .iter()
+            .map(|&i| format!("{c} = EXCLUDED.{c}", c = columns[i]))
+            .collect();
+        let side = |prefix: &str| -> String {
+            rest.iter()
+                .map(|&i| {
+                    if as_text[i] {
+                        format!("{prefix}.{}::text", columns[i])
+                    } else {
+                        format!("{prefix}.{}", columns[i])
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = write!(
+            sql,
+            "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
+            list(&set),
+            side("t"),
+            side("EXCLUDED")
+        );
+        if let Some(g) = guard {
+            let _ = write!(sql, " AND (t.{g} IS NULL OR t.{g} <= EXCLUDED.{g})");
+        }
+    }
+    sql.push_str(
+        " RETURNING (xmax = 0) AS inserted) \
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM w",
+    );
+    sql
+}
+
+/// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
+pub(crate) fn trim_statement(sql: &str) -> &str {
+    sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| quote(n)).collect()
+    }
+
+    #[test]
+    fn builds_reads() {
+        assert_eq!(quote("s.t"), "\"s\".\"t\"");
+        assert_eq!(
+            page("SELECT 1 AS id", &q(&["a", "b"]), 3, true),
+            "SELECT * FROM (\nSELECT 1 AS id\n) AS q WHERE (\"a\", \"b\") > ($3, $4) \
+             ORDER BY \"a\", \"b\" LIMIT $5"
+        );
+        assert_eq!(
+            page("SELECT 1 AS id", &q(&["id"]), 1, false),
+            "SELECT * FROM (\nSELECT 1 AS id\n) AS q ORDER BY \"id\" LIMIT $1"
+        );
+        assert_eq!(
+            sample("SELECT x", "\"x\"", 3),
+            "SELECT \"x\" FROM (\nSELECT x\n) AS q WHERE \"x\" IS NOT NULL LIMIT $3"
+        );
+        assert_eq!(trim_statement("SELECT 1 ;\n ; "), "SELECT 1");
+        assert_eq!(
+            delete_window("\"t\"", "\"ts\"", Some("timestamp with time zone")),
+            "DELETE FROM \"t\" WHERE \"ts\" >= CAST($1 AS timestamp with time zone) AND \
+             \"ts\" < CAST($2 AS timestamp with time zone)"
+        );
+    }
+
+    #[test]
+    fn builds_upserts() {
+        let cols = q(&["id", "a", "j"]);
+        assert_eq!(
+            upsert("\"t\"", &cols, &[0], &[false, false, true], Some("\"a\"")),
+            "WITH w AS (INSERT INTO \"t\" AS t (\"id\", \"a\", \"j\") SELECT \"id\", \"a\", \"j\" \
+             FROM \"backfill_stage\" ON CONFLICT (\"id\") DO UPDATE SET \"a\" = EXCLUDED.\"a\", \
+             \"j\" = EXCLUDED.\"j\" WHERE ROW(t.\"a\", t.\"j\"::text) IS DISTINCT FROM \
+             ROW(EXCLUDED.\"a\", EXCLUDED.\"j\"::text) AND (t.\"a\" IS NULL OR t.\"a\" <= \
+             EXCLUDED.\"a\") RETURNING (xmax = 0) AS inserted) SELECT count(*) FILTER (WHERE \
+             inserted), count(*) FILTER (WHERE NOT inserted) FROM w"
+        );
+        assert_eq!(
+            create_stage("\"t\"", &q(&["id"])),
+            "CREATE TEMP TABLE \"backfill_stage\" ON COMMIT DROP AS SELECT \"id\" FROM \"t\" \
+             WITH NO DATA"
+        );
+    }
+}

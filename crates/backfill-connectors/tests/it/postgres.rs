@@ -1,0 +1,573 @@
+//! The PostgreSQL connector against a real server: pagination, type round trips, upsert
+//! counts and guard, replace, error classification.
+//!
+//! Each test runs in its own schema `bf_conn_<random>`, dropped at the end (also when the
+//! test panics). PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); when it is unreachable a test fails if
+//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`, and otherwise prints `skipped: PostgreSQL not
+//! reachable` and passes.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use backfill_connectors::{ConnectorError, Extra, open_sink, open_source};
+use backfill_core::retry::ErrorClass;
+use backfill_core::spec::WriteMode;
+use backfill_core::timefmt::TimeFormat;
+use backfill_core::value::{Batch, RowCounts, Value};
+use chrono::{TimeZone, Utc};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+
+use crate::{day, keys, read_all, source_spec, strings, target_spec};
+
+fn server_url() -> String {
+    std::env::var("BACKFILL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn services_required() -> bool {
+    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
+fn skip(url: &str) {
+    eprintln!("skipped: PostgreSQL not reachable at {url}");
+}
+
+/// One test's schema on the server.
+#[derive(Clone)]
+struct Pg {
+    url: String,
+    schema: String,
+}
+
+impl Pg {
+    /// `name` qualified with the test's schema.
+    fn t(&self, name: &str) -> String {
+        format!("{}.{name}", self.schema)
+    }
+
+    /// Runs `script` with the test's schema first on the search path.
+    async fn exec(&self, script: &str) {
+        let mut conn = PgConnection::connect(&self.url).await.unwrap();
+        let script = format!("SET search_path TO {};\n{script}", self.schema);
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(script)))
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+
+    /// One `i64` from `sql` (in the test's schema).
+    async fn scalar(&self, sql: &str) -> i64 {
+        let mut conn = PgConnection::connect(&self.url).await.unwrap();
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET search_path TO {}",
+            self.schema
+        ))))
+        .await
+        .unwrap();
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        n
+    }
+
+    /// Every row of `query` read through the connector, in `key` order.
+    async fn read(&self, query: &str, key: &[&str]) -> Batch {
+        let source = open_source(
+            &source_spec(&self.url, query, TimeFormat::Rfc3339),
+            &strings(key),
+            2,
+        )
+        .await
+        .unwrap();
+        let (batch, _) = read_all(&source, &keys(0, 1), 1000).await;
+        source.close().await;
+        batch
+    }
+}
+
+/// Runs `test` in a fresh schema, then drops it, also when the test panics.
+async fn run<F, Fut>(test: F)
+where
+    F: FnOnce(Pg) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let url = server_url();
+    let mut conn = match PgConnection::connect(&url).await {
+        Ok(conn) => conn,
+        Err(e) if services_required() => panic!("PostgreSQL not reachable at {url}: {e}"),
+        Err(_) => return skip(&url),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let schema = format!(
+        "bf_conn_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA {schema}"
+    ))))
+    .await
+    .unwrap();
+    let pg = Pg {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let outcome = tokio::spawn(test(pg)).await;
+    conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA {schema} CASCADE"
+    ))))
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+fn counts(inserted: u64, updated: u64, unchanged: u64) -> RowCounts {
+    RowCounts {
+        inserted,
+        updated,
+        unchanged,
+        ..RowCounts::default()
+    }
+}
+
+#[tokio::test]
+async fn pagination_returns_every_row_once_with_single_and_composite_keys() {
+    run(|pg| async move {
+        pg.exec(
+            "CREATE TABLE e (id int4 PRIMARY KEY, a int4, b text, ts timestamptz);
+             INSERT INTO e SELECT g, g % 7, 'b' || (g / 7), \
+               timestamptz '2025-01-01' + g * interval '10 minutes' FROM generate_series(1, 500) g;",
+        )
+        .await;
+        let e = pg.t("e");
+        let query = format!("SELECT * FROM {e} WHERE id >= :start AND id < :end");
+        let source = open_source(
+            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
+            &strings(&["id"]),
+            3,
+        )
+        .await
+        .unwrap();
+        let (all, batches) = read_all(&source, &keys(1, 301), 7).await;
+        assert_eq!(all.columns, ["id", "a", "b", "ts"]);
+        let ids: Vec<Value> = all.rows.iter().map(|r| r[0].clone()).collect();
+        assert_eq!(ids, (1..301).map(Value::Int).collect::<Vec<_>>());
+        assert_eq!(batches, 300 / 7 + 1);
+        assert_eq!(source.count(&keys(1, 301)).await.unwrap(), 300);
+        let empty = source.read_batch(&keys(900, 901), None, 10).await.unwrap();
+        assert_eq!(empty.columns, ["id", "a", "b", "ts"]);
+        assert!(empty.rows.is_empty());
+        source.close().await;
+
+        // Composite key (a, b), in a time window bound natively as timestamptz.
+        let query = format!("SELECT a, b, id FROM {e} WHERE ts >= :start AND ts < :end");
+        let spec = source_spec(&pg.url, &query, TimeFormat::Native);
+        let source = open_source(&spec, &strings(&["a", "b"]), 2).await.unwrap();
+        let (all, _) = read_all(&source, &day(1), 5).await;
+        // 2025-01-01 00:10 .. 23:50: ids 1..=143.
+        assert_eq!(all.rows.len(), 143);
+        let mut pairs: Vec<(Value, Value)> = all
+            .rows
+            .iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        let ordered = pairs.clone();
+        pairs.dedup();
+        assert_eq!(pairs.len(), 143, "no pair twice");
+        let mut ids: Vec<i64> = all
+            .rows
+            .iter()
+            .map(|r| match r[2] {
+                Value::Int(i) => i,
+                _ => panic!("id"),
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=143).collect::<Vec<_>>());
+        let mut sorted = ordered.clone();
+        sorted.sort_by(|x, y| {
+            let key = |p: &(Value, Value)| match p {
+                (Value::Int(a), Value::Text(b)) => (*a, b.clone()),
+                _ => panic!("types"),
+            };
+            key(x).cmp(&key(y))
+        });
+        assert_eq!(ordered, sorted, "key order");
+        assert_eq!(source.count(&day(1)).await.unwrap(), 143);
+        assert_eq!(
+            source.count_with_format(&day(1), &TimeFormat::Native).await.unwrap(),
+            143
+        );
+        // Text bounds do not compare with a timestamptz column; the statement cache is
+        // not confused by the other parameter types.
+        assert!(
+            source
+                .count_with_format(&day(1), &TimeFormat::Rfc3339)
+                .await
+                .is_err()
+        );
+        assert_eq!(source.count(&day(1)).await.unwrap(), 143);
+        let sample = source.sample(&day(1), "b", 3).await.unwrap();
+        assert_eq!(sample.len(), 3);
+
+        // A key the query does not return.
+        let err = open_source(&spec, &strings(&["nope"]), 1).await.unwrap_err();
+        assert!(matches!(err, ConnectorError::MissingColumn { .. }), "{err}");
+    })
+    .await;
+}
+
+const TYPES: &str = "(id int8 PRIMARY KEY, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, \
+    n numeric, n2 numeric(10,2), t text, vc varchar(10), c char(3), b bytea, bo bool, d date, \
+    tm time, ts timestamp, tz timestamptz, j json, jb jsonb, u uuid)";
+
+#[tokio::test]
+async fn every_type_round_trips_exactly_from_postgres_to_postgres() {
+    run(|pg| async move {
+        pg.exec(&format!(
+            "CREATE TABLE src {TYPES}; CREATE TABLE dst {TYPES};
+             INSERT INTO src (id) VALUES (1);
+             INSERT INTO src VALUES (2, -32768, -2147483648, -9223372036854775808, 0.1, '-0',
+               '12345678901234567890.123456789012345678', -0.50,
+               E'h\\u00e9llo \\U0001F980 \\t\\n\\\\ \"q\"', '', 'ab', '\\x00ff0a5c', true,
+               '1900-02-28', '23:59:59.999999', '1969-07-20 20:17:40.123456',
+               '1901-12-13 20:45:52.5+00', '{{\"b\": 1,  \"a\":[1,2]}}', '{{\"b\": 1}}',
+               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
+             INSERT INTO src VALUES (3, 32767, 2147483647, 9223372036854775807, 3.4e38, 1e300,
+               '-99999999999999999999999999999999999999', 0.00, '', 'x', 'abc', '', false,
+               '2100-01-01', '00:00:00', '2262-04-11 23:47:16', '2999-12-31 23:59:59.999999+00',
+               '[]', 'null', '00000000-0000-0000-0000-000000000000');"
+        ))
+        .await;
+        let src = pg
+            .read(&format!("SELECT * FROM {}", pg.t("src")), &["id"])
+            .await;
+        assert_eq!(src.rows.len(), 3);
+        let row = &src.rows[1];
+        assert_eq!(row[3], Value::Int(i64::MIN));
+        assert_eq!(row[4], Value::Float(f64::from(0.1f32)));
+        assert_eq!(row[5], Value::Float(-0.0));
+        assert_eq!(
+            row[6],
+            Value::Decimal("12345678901234567890.123456789012345678".into())
+        );
+        assert_eq!(row[7], Value::Decimal("-0.50".into()));
+        assert_eq!(
+            row[8],
+            Value::Text("h\u{e9}llo \u{1F980} \t\n\\ \"q\"".into())
+        );
+        assert_eq!(row[9], Value::Text(String::new()));
+        assert_eq!(row[10], Value::Text("ab ".into()));
+        assert_eq!(row[11], Value::Blob(vec![0, 0xff, 0x0a, 0x5c]));
+        assert_eq!(row[12], Value::Bool(true));
+        assert_eq!(
+            row[15],
+            Value::Timestamp(
+                chrono::NaiveDate::from_ymd_opt(1969, 7, 20)
+                    .unwrap()
+                    .and_hms_micro_opt(20, 17, 40, 123_456)
+                    .unwrap()
+            )
+        );
+        assert_eq!(
+            row[16],
+            Value::TimestampTz(
+                Utc.with_ymd_and_hms(1901, 12, 13, 20, 45, 52).unwrap()
+                    + chrono::Duration::milliseconds(500)
+            )
+        );
+        assert_eq!(row[17], Value::Json("{\"b\": 1,  \"a\":[1,2]}".into()));
+        assert_eq!(row[18], Value::Json("{\"b\": 1}".into()));
+        assert_eq!(src.rows[0][8], Value::Null);
+        assert_eq!(src.rows[2][3], Value::Int(i64::MAX));
+        assert_eq!(src.rows[2][7], Value::Decimal("0.00".into()));
+
+        let sink = open_sink(
+            &target_spec(&pg.url, &pg.t("dst"), &["id"], WriteMode::Upsert),
+            2,
+        )
+        .await
+        .unwrap();
+        sink.check_columns(&src.columns).await.unwrap();
+        assert_eq!(sink.upsert(&src, None).await.unwrap(), counts(3, 0, 0));
+        assert_eq!(sink.upsert(&src, None).await.unwrap(), counts(0, 0, 3));
+        let dst = pg
+            .read(&format!("SELECT * FROM {}", pg.t("dst")), &["id"])
+            .await;
+        assert_eq!(dst, src);
+        assert_eq!(
+            pg.scalar("SELECT count(*) FROM dst WHERE t IS NULL").await,
+            1
+        );
+        assert_eq!(pg.scalar("SELECT count(*) FROM dst WHERE t = ''").await, 1);
+        sink.close().await;
+    })
+    .await;
+}
+
+fn batch(rows: &[(i64, Option<&str>, f64)]) -> Batch {
+    Batch {
+        columns: strings(&["id", "a", "b"]),
+        rows: rows
+            .iter()
+            .map(|(id, a, b)| {
+                vec![
+                    Value::Int(*id),
+                    a.map_or(Value::Null, |a| Value::Text(a.into())),
+                    Value::Float(*b),
+                ]
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn upsert_counts_inserts_updates_and_unchanged_rows_and_replay_is_a_no_op() {
+    run(|pg| async move {
+        pg.exec(
+            "CREATE TABLE t (id int8 PRIMARY KEY, a text, b float8, j json DEFAULT '{}');
+             CREATE TABLE checkpoints (partition text PRIMARY KEY, token int8);
+             INSERT INTO checkpoints VALUES ('p1', 7);",
+        )
+        .await;
+        let sink = open_sink(
+            &target_spec(&pg.url, &pg.t("t"), &["id"], WriteMode::Upsert),
+            2,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            sink.check_columns(&strings(&["id", "a", "b"]))
+                .await
+                .unwrap(),
+            ["id", "a", "b", "j"]
+        );
+        let first = batch(&[(1, Some("x"), 1.0), (2, None, 2.0), (3, Some("z"), 3.0)]);
+        assert_eq!(sink.upsert(&first, None).await.unwrap(), counts(3, 0, 0));
+        assert_eq!(sink.upsert(&first, None).await.unwrap(), counts(0, 0, 3));
+        let second = batch(&[
+            (1, Some("x"), 1.0),
+            (2, Some("y"), 2.0),
+            (3, None, 3.0),
+            (4, Some("w"), 4.0),
+        ]);
+        let extra = Extra {
+            sql: format!(
+                "UPDATE {} SET token = token + 1 WHERE partition = $1 AND token = $2",
+                pg.t("checkpoints")
+            ),
+            params: vec![Value::Text("p1".into()), Value::Int(7)],
+        };
+        assert_eq!(
+            sink.upsert(&second, Some(&extra)).await.unwrap(),
+            counts(1, 2, 1)
+        );
+        // The same extra again is stale (token moved on): nothing is written.
+        let third = batch(&[(5, Some("v"), 5.0)]);
+        let err = sink.upsert(&third, Some(&extra)).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+        assert_eq!(pg.scalar("SELECT count(*) FROM t WHERE id = 5").await, 0);
+        for _ in 0..3 {
+            assert_eq!(sink.upsert(&second, None).await.unwrap(), counts(0, 0, 4));
+        }
+        let got = pg
+            .read(&format!("SELECT id, a, b FROM {}", pg.t("t")), &["id"])
+            .await;
+        assert_eq!(got.rows, second.rows);
+        assert_eq!(pg.scalar("SELECT token FROM checkpoints").await, 8);
+
+        // A key without a unique index cannot be upserted.
+        let sink = open_sink(
+            &target_spec(&pg.url, &pg.t("t"), &["a"], WriteMode::Upsert),
+            1,
+        )
+        .await
+        .unwrap();
+        let err = sink.check_columns(&strings(&["a"])).await.unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn guard_keeps_target_rows_that_are_newer() {
+    run(|pg| async move {
+        pg.exec(
+            "CREATE TABLE g (id int8 PRIMARY KEY, v text, updated_at timestamptz);
+             INSERT INTO g VALUES (1, 'live', '2025-06-01+00'), (2, 'stale', '2024-01-01+00'),
+               (3, 'no guard', NULL);",
+        )
+        .await;
+        let mut spec = target_spec(&pg.url, &pg.t("g"), &["id"], WriteMode::Upsert);
+        spec.guard = Some("updated_at".to_owned());
+        let sink = open_sink(&spec, 1).await.unwrap();
+        let at = |m: u32| Value::TimestampTz(Utc.with_ymd_and_hms(2025, m, 1, 0, 0, 0).unwrap());
+        let b = Batch {
+            columns: strings(&["id", "v", "updated_at"]),
+            rows: vec![
+                vec![Value::Int(1), Value::Text("backfill".into()), at(1)],
+                vec![Value::Int(2), Value::Text("backfill".into()), at(1)],
+                vec![Value::Int(3), Value::Text("backfill".into()), at(1)],
+                vec![Value::Int(4), Value::Text("backfill".into()), at(1)],
+            ],
+        };
+        sink.check_columns(&b.columns).await.unwrap();
+        assert_eq!(sink.upsert(&b, None).await.unwrap(), counts(1, 2, 1));
+        assert_eq!(
+            pg.scalar("SELECT count(*) FROM g WHERE id = 1 AND v = 'live'")
+                .await,
+            1
+        );
+        assert_eq!(
+            pg.scalar("SELECT count(*) FROM g WHERE v = 'backfill'")
+                .await,
+            3
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replace_only_touches_the_window_and_sql_mode_counts_affected_rows() {
+    run(|pg| async move {
+        pg.exec(
+            "CREATE TABLE ev (id int8 PRIMARY KEY, ts timestamptz NOT NULL, v text);
+             INSERT INTO ev VALUES (1, '2025-01-01 10:00+00', 'd1'), (2, '2025-01-02 10:00+00', 'd2'),
+               (3, '2025-01-02 23:59:59+00', 'd2'), (4, '2025-01-03 00:00+00', 'd3');",
+        )
+        .await;
+        let mut spec = target_spec(
+            &pg.url,
+            &pg.t("ev"),
+            &["id"],
+            WriteMode::Replace {
+                window_column: "ts".to_owned(),
+            },
+        );
+        spec.time_format = TimeFormat::Native;
+        let sink = open_sink(&spec, 1).await.unwrap();
+        let at = |h: u32| Value::TimestampTz(Utc.with_ymd_and_hms(2025, 1, 2, h, 0, 0).unwrap());
+        let rows = Batch {
+            columns: strings(&["id", "ts", "v"]),
+            rows: vec![
+                vec![Value::Int(2), at(1), Value::Text("new".into())],
+                vec![Value::Int(5), at(2), Value::Text("new".into())],
+            ],
+        };
+        sink.check_columns(&rows.columns).await.unwrap();
+        // Dropped without commit: nothing changes.
+        {
+            let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+            assert_eq!(txn.deleted(), 2);
+            assert_eq!(txn.insert(&rows).await.unwrap(), 2);
+        }
+        assert_eq!(pg.scalar("SELECT count(*) FROM ev WHERE v = 'd2'").await, 2);
+        for _ in 0..2 {
+            let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+            assert_eq!(txn.insert(&rows).await.unwrap(), 2);
+            txn.commit(None).await.unwrap();
+        }
+        // rfc3339 bounds are cast to the column's type: deleting day 2 again (and writing
+        // the same rows) leaves the same table.
+        spec.time_format = TimeFormat::Rfc3339;
+        let sink = open_sink(&spec, 1).await.unwrap();
+        let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+        assert_eq!(txn.deleted(), 2);
+        assert_eq!(txn.insert(&rows).await.unwrap(), 2);
+        txn.commit(None).await.unwrap();
+        let got = pg
+            .read(&format!("SELECT id, v FROM {}", pg.t("ev")), &["id"])
+            .await;
+        let want: Vec<Vec<Value>> = [(1, "d1"), (2, "new"), (4, "d3"), (5, "new")]
+            .iter()
+            .map(|(i, v)| vec![Value::Int(*i), Value::Text((*v).into())])
+            .collect();
+        assert_eq!(got.rows, want);
+
+        let mut spec = target_spec(
+            &pg.url,
+            &pg.t("ev"),
+            &[],
+            WriteMode::Sql {
+                statement: format!(
+                    "UPDATE {} SET v = 'sql' WHERE ts >= :start AND ts < :end",
+                    pg.t("ev")
+                ),
+            },
+        );
+        spec.table = None;
+        spec.time_format = TimeFormat::Native;
+        let sink = open_sink(&spec, 1).await.unwrap();
+        assert_eq!(sink.execute_sql(&day(2)).await.unwrap().affected, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn errors_name_unsupported_columns_and_classify_rejected_rows_as_data() {
+    run(|pg| async move {
+        let spec = source_spec(
+            &pg.url,
+            "SELECT 1::int8 AS id, interval '1 day' AS gap",
+            TimeFormat::Rfc3339,
+        );
+        let err = open_source(&spec, &strings(&["id"]), 1).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"gap\"") && text.contains("INTERVAL"),
+            "{text}"
+        );
+        assert!(text.contains("gap::text"), "{text}");
+
+        let bad = source_spec(
+            "postgres://postgres:hunter2@127.0.0.1:5432/bf_no_such_database",
+            "SELECT 1 AS id",
+            TimeFormat::Rfc3339,
+        );
+        let err = open_source(&bad, &strings(&["id"]), 1).await.unwrap_err();
+        assert!(matches!(err, ConnectorError::Connect { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+
+        pg.exec("CREATE TABLE c (id int8 PRIMARY KEY, v int4 NOT NULL CHECK (v > 0));")
+            .await;
+        let sink = open_sink(
+            &target_spec(&pg.url, &pg.t("c"), &["id"], WriteMode::Upsert),
+            1,
+        )
+        .await
+        .unwrap();
+        let b = |v: Value| Batch {
+            columns: strings(&["id", "v"]),
+            rows: vec![vec![Value::Int(1), Value::Int(1)], vec![Value::Int(2), v]],
+        };
+        for v in [Value::Int(-1), Value::Null, Value::Int(i64::MAX)] {
+            let err = sink.upsert(&b(v), None).await.unwrap_err();
+            assert_eq!(err.class(), ErrorClass::Data, "{err}");
+        }
+        assert_eq!(pg.scalar("SELECT count(*) FROM c").await, 0);
+        let err = sink
+            .upsert(
+                &Batch {
+                    columns: strings(&["id", "nope"]),
+                    rows: vec![],
+                },
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectorError::MissingColumn { .. }), "{err}");
+    })
+    .await;
+}
