@@ -102,8 +102,20 @@ async fn connect(url: &SecretUrl, pool_size: u32) -> Result<MySqlPool, Connector
         .timezone(Some("+00:00".to_owned()))
         .charset("utf8mb4")
         .disable_statement_logging();
+    // One direct connection first: a refused or unknown host fails at once with the driver's
+    // own reason, where the pool would only say that it timed out.
+    sqlx::Connection::close(
+        <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .map_err(|e| fail(format!("cannot connect: {e}")))?,
+    )
+    .await
+    .map_err(|e| fail(format!("cannot connect: {e}")))?;
     MySqlPoolOptions::new()
         .max_connections(pool_size.max(1))
+        // An unreachable server is reported within seconds; a run's retries (with backoff)
+        // cover servers that are restarting.
+        .acquire_timeout(std::time::Duration::from_secs(10))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute(

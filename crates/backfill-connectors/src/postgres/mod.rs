@@ -87,8 +87,20 @@ async fn connect(url: &SecretUrl, pool_size: u32) -> Result<PgPool, ConnectorErr
     let options = PgConnectOptions::from_str(url.expose())
         .map_err(|e| fail(format!("not a PostgreSQL URL: {e}")))?
         .disable_statement_logging();
+    // One direct connection first: a refused or unknown host fails at once with the driver's
+    // own reason, where the pool would only say that it timed out.
+    sqlx::Connection::close(
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))?,
+    )
+    .await
+    .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))?;
     PgPoolOptions::new()
         .max_connections(pool_size.max(1))
+        // An unreachable server is reported within seconds; a run's retries (with backoff)
+        // cover servers that are restarting.
+        .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(options)
         .await
         .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))
