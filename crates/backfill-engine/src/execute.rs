@@ -101,6 +101,12 @@ async fn run_partition(
     mut checkpoint: Option<Vec<Value>>,
 ) -> PartitionEnd {
     let policy = ctx.spec.limits.retry;
+    if checkpoint.is_none()
+        && ctx.spec.target.mode == WriteMode::Upsert
+        && finish_if_empty(ctx, partition).await
+    {
+        return PartitionEnd::Done;
+    }
     loop {
         if ctx.shutdown.is_requested() {
             return PartitionEnd::Interrupted;
@@ -187,6 +193,34 @@ async fn run_partition(
             }
         }
     }
+}
+
+/// Upsert of an empty window writes nothing, so a fresh partition whose window holds no row is
+/// marked done in one store transaction instead of an attempt's two. Any error here (or a
+/// non-empty window) returns false and the partition takes the normal path, which retries.
+/// Replace mode never takes this path: its empty window must still be deleted in the target.
+async fn finish_if_empty(ctx: &Ctx, partition: &Partition) -> bool {
+    match ctx.source.read_batch(&partition.window, None, 1).await {
+        Ok(batch) if batch.is_empty() => {}
+        _ => return false,
+    }
+    let Ok(attempt) = ctx
+        .store
+        .finish_empty(&ctx.run_id, &partition.id, &ctx.actor)
+        .await
+    else {
+        return false;
+    };
+    let partition_id = partition.id.clone();
+    ctx.emitter.emit(Event::PartitionStarted {
+        partition_id: partition_id.clone(),
+        attempt,
+    });
+    ctx.emitter.emit(Event::PartitionDone {
+        partition_id,
+        counts: RowCounts::default(),
+    });
+    true
 }
 
 /// One attempt: the rows of the partition, from its checkpoint, in the spec's write mode.

@@ -215,6 +215,63 @@ impl Store {
         Ok(attempt)
     }
 
+    /// Marks a pending partition whose window the caller found empty (no checkpoint, no source
+    /// rows) as done in ONE transaction: `pending -> running -> done`, with the
+    /// `partition.running` and `partition.done` audit events an attempt would write. Half the
+    /// store work of `start_attempt` + `finish_partition`, which matters for sparse scopes.
+    /// Returns the attempt number used. Fails with [`StoreError::IllegalTransition`] when the
+    /// partition is not pending or has a checkpoint.
+    pub async fn finish_empty(
+        &self,
+        run_id: &str,
+        partition_id: &str,
+        actor: &str,
+    ) -> Result<u32, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let lock = tx.dialect().for_update();
+        let part = fetch_partition(&mut tx, lock, run_id, partition_id).await?;
+        if part.state != PartitionState::Pending || part.checkpoint.is_some() {
+            return Err(StoreError::IllegalTransition {
+                what: format!("partition {partition_id} (finish as empty)"),
+                from: part.state.to_string(),
+                to: PartitionState::Done.to_string(),
+            });
+        }
+        let attempt = part.attempts + 1;
+        let now = codec::now();
+        stmt(
+            "UPDATE partitions SET state = 'done', attempts = ?, \
+             started_at = COALESCE(started_at, ?), finished_at = ? \
+             WHERE run_id = ? AND partition_id = ?",
+        )
+        .bind(i64::from(attempt))
+        .bind(&now)
+        .bind(&now)
+        .bind(run_id)
+        .bind(partition_id)
+        .execute(&mut tx)
+        .await?;
+        for (action, detail) in [
+            ("partition.running", json!({ "attempt": attempt })),
+            (
+                "partition.done",
+                json!({ "attempt": attempt, "counts": counts_json(&part.counts), "empty": true }),
+            ),
+        ] {
+            audit::append(
+                &mut tx,
+                Some(run_id),
+                Some(partition_id),
+                actor,
+                action,
+                detail,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(attempt)
+    }
+
     /// Records progress of attempt `attempt`: adds `delta` to the counters and `elapsed_ms` to
     /// the time spent, and moves the checkpoint to `key` when given. One fenced `UPDATE`; if
     /// the attempt is no longer the current `running` one, nothing changes and the result is
