@@ -314,3 +314,41 @@ pairs! {
     mysql_to_postgres: "mysql" -> "postgres";
     mysql_to_mysql: "mysql" -> "mysql";
 }
+
+/// With the state store in the target's PostgreSQL database, each batch and its checkpoint
+/// commit in one transaction (the run reports exactly-once checkpoints), and a re-run is
+/// still all unchanged.
+#[tokio::test]
+async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
+    let ws = Workspace::new();
+    let Some(source) = Db::open("sqlite", &ws, "src").await else {
+        return;
+    };
+    let Some(target) = Db::open("postgres", &ws, "dst").await else {
+        return;
+    };
+    source.create("src").await;
+    source.fill("src").await;
+    target.create("dst").await;
+    ws.write("spec.toml", &spec(&source, &target));
+    let state_schema = unique("bf_mx_state");
+    let state = format!("{}?schema={state_schema}", target.url());
+
+    let first = ws.run(&["--state", &state, "--json", "run", "spec.toml"]);
+    assert_eq!(first.code, 0, "{first:#?}");
+    let json = first.json();
+    assert_eq!(json["exactly_once_checkpoints"], true, "{json}");
+    assert_eq!(json["rows"]["inserted"], ROWS, "{json}");
+    assert_eq!(target.rows("dst").await, source.rows("src").await);
+
+    let second = ws.run(&["--state", &state, "--json", "run", "spec.toml"]);
+    assert_eq!(second.code, 0, "{second:#?}");
+    assert_eq!(second.json()["rows"]["unchanged"], ROWS);
+    let verify = ws.run(&["--state", &state, "audit", "--verify"]);
+    assert_eq!(verify.code, 0, "{verify:#?}");
+
+    target
+        .exec(&format!("DROP SCHEMA IF EXISTS {state_schema} CASCADE"))
+        .await;
+    target.drop_all().await;
+}
