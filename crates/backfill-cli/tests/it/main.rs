@@ -7,6 +7,7 @@ mod support;
 
 mod check;
 mod crash;
+mod crash_db;
 mod demo;
 mod errors;
 mod idempotency;
