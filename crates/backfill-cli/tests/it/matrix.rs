@@ -352,3 +352,100 @@ async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
         .await;
     target.drop_all().await;
 }
+
+/// `guard = "updated_at"`: rows a live writer updates while the backfill runs keep the live
+/// values (their guard is newer); every other row gets the source's values.
+#[tokio::test]
+async fn guard_lets_concurrent_live_writes_win() {
+    let ws = Workspace::new();
+    let Some(source) = Db::open("sqlite", &ws, "src").await else {
+        return;
+    };
+    let Some(target) = Db::open("postgres", &ws, "dst").await else {
+        return;
+    };
+    let (src, dst) = (source.table("gsrc"), target.table("gdst"));
+    source
+        .exec(&format!(
+            "CREATE TABLE {src} (id BIGINT PRIMARY KEY, note TEXT, updated_at BIGINT)"
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "CREATE TABLE {dst} (id BIGINT PRIMARY KEY, note TEXT, updated_at BIGINT)"
+        ))
+        .await;
+    // Source rows carry version 1; the target starts with stale version-0 rows.
+    source
+        .exec(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS}) \
+             INSERT INTO {src} SELECT i, 'backfill ' || i, 1 FROM n"
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "INSERT INTO {dst} SELECT i, 'stale ' || i, 0 FROM generate_series(1, {ROWS}) AS i"
+        ))
+        .await;
+    let spec = spec(&source, &target)
+        .replace(
+            "SELECT id, note, n FROM",
+            "SELECT id, note, updated_at FROM",
+        )
+        .replace(
+            &format!("FROM {} WHERE", source.table("src")),
+            &format!("FROM {src} WHERE"),
+        )
+        .replace(
+            &format!("table = \"{}\"", target.table("dst")),
+            &format!("table = \"{dst}\""),
+        )
+        .replace("key = [\"id\"]", "key = [\"id\"]\nguard = \"updated_at\"")
+        .replace(
+            "batch_rows = 200",
+            "batch_rows = 50\nrows_per_second = 3000",
+        );
+    ws.write("spec.toml", &spec);
+
+    // A live writer touches every 10th row with version 2 while the backfill runs.
+    let mut child = ws
+        .command(&["run", "spec.toml"])
+        .spawn()
+        .expect("spawn backfill");
+    for i in (10..=ROWS).step_by(10) {
+        target
+            .exec(&format!(
+                "UPDATE {dst} SET note = 'live {i}', updated_at = 2 WHERE id = {i}"
+            ))
+            .await;
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "backfill failed");
+
+    let Db::Postgres { pool, .. } = &target else {
+        unreachable!()
+    };
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, note, updated_at FROM {dst} ORDER BY id"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), ROWS as usize);
+    for (id, note, version) in rows {
+        if id % 10 == 0 {
+            assert_eq!(
+                (note.as_str(), version),
+                (format!("live {id}").as_str(), 2),
+                "row {id}"
+            );
+        } else {
+            assert_eq!(
+                (note.as_str(), version),
+                (format!("backfill {id}").as_str(), 1),
+                "row {id}"
+            );
+        }
+    }
+    target.drop_all().await;
+}
