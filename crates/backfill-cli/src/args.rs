@@ -72,6 +72,9 @@ pub(crate) enum Command {
     Runs(RunsArgs),
     /// Show a run's audit events, or verify the hash chain of the whole store.
     Audit(AuditArgs),
+    /// List the rows the target rejected (constraint violations, values out of range) with
+    /// their reason; `--retry` gives them another run.
+    Quarantine(QuarantineArgs),
     /// A self-contained repair on SQLite: creates 1,000,000 synthetic events, breaks 4 days of
     /// a derived table, and repairs them with a backfill.
     Demo(DemoArgs),
@@ -142,6 +145,16 @@ pub(crate) struct AuditArgs {
     /// Verify the hash chain of every event in the store instead of listing events.
     #[arg(long)]
     pub(crate) verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QuarantineArgs {
+    /// Run id or unique prefix.
+    pub(crate) run: String,
+    /// Reopen the partitions with quarantined rows (from the start of their window) and clear
+    /// their quarantine; then `backfill resume RUN` writes them again.
+    #[arg(long)]
+    pub(crate) retry: bool,
 }
 
 #[derive(Debug, Args)]

@@ -98,6 +98,7 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Status(args) => commands::status::run(&args, &state, out).await,
         Command::Runs(args) => commands::status::list(&args, &state, out).await,
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,
+        Command::Quarantine(args) => commands::quarantine::run(&args, &state, out).await,
         Command::Demo(args) => commands::demo::run(&args, out).await,
         Command::Docs(args) => commands::docs::run(&args, out),
     }

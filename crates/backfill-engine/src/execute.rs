@@ -17,7 +17,7 @@ use backfill_connectors::{AnyPushdown, AnySink, AnySource, Extra, PushedBatch, R
 use backfill_core::retry::{ErrorClass, RetryDecision};
 use backfill_core::secret::redact;
 use backfill_core::{Batch, Partition, RowCounts, Spec, Value, WriteMode};
-use backfill_store::{Outcome, Store, StoreError};
+use backfill_store::{Outcome, Rejected, Store, StoreError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 
@@ -101,6 +101,8 @@ async fn run_partition(
     mut checkpoint: Option<Vec<Value>>,
 ) -> PartitionEnd {
     let policy = ctx.spec.limits.retry;
+    // Set when the target rejected rows in a pushed-down batch: the row path quarantines them.
+    let mut row_path = false;
     if checkpoint.is_none()
         && ctx.spec.target.mode == WriteMode::Upsert
         && finish_if_empty(ctx, partition).await
@@ -127,7 +129,8 @@ async fn run_partition(
             attempt,
         });
         let started = Instant::now();
-        let result = attempt_partition(ctx, partition, attempt, started, &mut checkpoint).await;
+        let result =
+            attempt_partition(ctx, partition, attempt, started, &mut checkpoint, row_path).await;
         let finish = |outcome| {
             ctx.store
                 .finish_partition(&ctx.run_id, &partition.id, attempt, outcome, &ctx.actor)
@@ -153,6 +156,23 @@ async fn run_partition(
             }
             Err(AttemptError::Store(StoreError::StaleAttempt { .. })) => {
                 return PartitionEnd::Interrupted;
+            }
+            Err(error)
+                if error.class() == ErrorClass::Data
+                    && !row_path
+                    && ctx.pushdown.is_some()
+                    && ctx.spec.target.mode == WriteMode::Upsert =>
+            {
+                // The pushdown cannot tell which rows the target rejects: redo the partition
+                // on the row path, which isolates them into quarantine.
+                row_path = true;
+                let message = format!(
+                    "{}; redoing the partition row by row to quarantine the rejected rows",
+                    redact(&error.to_string())
+                );
+                if finish(Outcome::Retry { error: &message }).await.is_err() {
+                    return PartitionEnd::Interrupted;
+                }
             }
             Err(error) => {
                 let class = error.class();
@@ -231,9 +251,12 @@ async fn attempt_partition(
     attempt: u32,
     started: Instant,
     resume_from: &mut Option<Vec<Value>>,
+    row_path: bool,
 ) -> Result<RowCounts, AttemptError> {
     match &ctx.spec.target.mode {
-        WriteMode::Upsert => upsert_partition(ctx, partition, attempt, started, resume_from).await,
+        WriteMode::Upsert => {
+            upsert_partition(ctx, partition, attempt, started, resume_from, row_path).await
+        }
         WriteMode::Replace { .. } => replace_partition(ctx, partition, attempt, started).await,
         WriteMode::Sql { .. } => {
             let counts = ctx.sink.execute_sql(&partition.window).await?;
@@ -258,12 +281,104 @@ impl Staged<'_, '_> {
         }
     }
 
-    /// Writes the batch with `extra` in the same transaction.
-    async fn upsert(self, ctx: &Ctx, extra: Option<&Extra>) -> Result<RowCounts, AttemptError> {
-        Ok(match self {
-            Staged::Rows(batch) => ctx.sink.upsert(&batch, extra).await?,
-            Staged::Pushed(batch) => batch.upsert(extra).await?,
-        })
+    /// Writes the batch with `extra` in the same transaction. When the target rejects rows
+    /// (a `Data` error) on the row path, the batch is split until the rejected rows are
+    /// isolated: the others are written (without `extra`) and the rejected ones returned.
+    async fn upsert(
+        self,
+        ctx: &Ctx,
+        extra: Option<&Extra>,
+        key_positions: &[usize],
+    ) -> Result<Written, AttemptError> {
+        match self {
+            Staged::Pushed(batch) => Ok(Written {
+                counts: batch.upsert(extra).await?,
+                rejected: Vec::new(),
+                extra_ran: extra.is_some(),
+            }),
+            Staged::Rows(batch) => match ctx.sink.upsert(&batch, extra).await {
+                Ok(counts) => Ok(Written {
+                    counts,
+                    rejected: Vec::new(),
+                    extra_ran: extra.is_some(),
+                }),
+                Err(e) if e.class() == ErrorClass::Data => {
+                    isolate_rejected(ctx, &batch, key_positions).await
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+}
+
+/// What writing one batch did.
+struct Written {
+    counts: RowCounts,
+    /// Rows the target refused, to quarantine before the checkpoint moves past them.
+    rejected: Vec<Rejected>,
+    /// Whether the `Extra` checkpoint statement committed with the write.
+    extra_ran: bool,
+}
+
+/// Writes `batch` in halves, recursively, until every row the target rejects stands alone;
+/// the accepted rows are written, the rejected ones returned with the database's reason.
+/// `O(k log n)` statements for `k` rejected rows in a batch of `n`.
+async fn isolate_rejected(
+    ctx: &Ctx,
+    batch: &Batch,
+    key_positions: &[usize],
+) -> Result<Written, AttemptError> {
+    let mut counts = RowCounts::default();
+    let mut rejected = Vec::new();
+    let mut stack: Vec<&[Vec<Value>]> = vec![&batch.rows];
+    while let Some(rows) = stack.pop() {
+        let part = Batch {
+            columns: batch.columns.clone(),
+            rows: rows.to_vec(),
+        };
+        match ctx.sink.upsert(&part, None).await {
+            Ok(c) => counts.add(&c),
+            Err(e) if e.class() == ErrorClass::Data && rows.len() > 1 => {
+                let (left, right) = rows.split_at(rows.len() / 2);
+                stack.push(right);
+                stack.push(left);
+            }
+            Err(e) if e.class() == ErrorClass::Data => {
+                let row = &rows[0];
+                let key: Vec<Value> = key_positions.iter().map(|&i| row[i].clone()).collect();
+                let json: serde_json::Map<String, serde_json::Value> = batch
+                    .columns
+                    .iter()
+                    .zip(row)
+                    .map(|(c, v)| (c.clone(), value_json(v)))
+                    .collect();
+                rejected.push(Rejected {
+                    key: backfill_core::encode_key(&key),
+                    error: redact(&e.to_string()),
+                    row: serde_json::Value::Object(json),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Written {
+        counts,
+        rejected,
+        extra_ran: false,
+    })
+}
+
+/// A value as JSON for the quarantine: numbers and booleans as themselves, everything else as
+/// its portable text, blobs as hex.
+fn value_json(v: &Value) -> serde_json::Value {
+    use serde_json::json;
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Float(f) => json!(f),
+        Value::Blob(b) => json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        other => json!(other.as_portable_text().unwrap_or_default()),
     }
 }
 
@@ -273,13 +388,14 @@ async fn upsert_partition(
     attempt: u32,
     started: Instant,
     after: &mut Option<Vec<Value>>,
+    row_path: bool,
 ) -> Result<RowCounts, AttemptError> {
     let batch_rows = ctx.spec.limits.batch_rows.get();
     let mut total = RowCounts::default();
     let mut key_positions: Option<Vec<usize>> = None;
     let mut batch_started = started;
     // The pushdown runs the query once per attempt, then hands out its batches in key order.
-    let mut pushed = match &ctx.pushdown {
+    let mut pushed = match ctx.pushdown.as_ref().filter(|_| !row_path) {
         Some(pushdown) => Some(
             pushdown
                 .partition(&partition.window, after.as_deref())
@@ -317,7 +433,7 @@ async fn upsert_partition(
             Staged::Pushed(batch) => batch.last_key().map(<[Value]>::to_vec),
         };
         let full = len as u32 >= batch_rows;
-        let mut counts = if ctx.same_database {
+        let extra = ctx.same_database.then(|| {
             let (sql, params) = ctx.store.checkpoint_statement(
                 &ctx.run_id,
                 &partition.id,
@@ -329,10 +445,20 @@ async fn upsert_partition(
                 },
                 elapsed_ms(batch_started),
             );
-            let counts = staged.upsert(ctx, Some(&Extra { sql, params })).await?;
+            Extra { sql, params }
+        });
+        let positions = key_positions.as_deref().unwrap_or(&[]);
+        let written = staged.upsert(ctx, extra.as_ref(), positions).await?;
+        // Rejected rows are recorded before the checkpoint moves past them.
+        ctx.store
+            .quarantine(&ctx.run_id, &partition.id, attempt, &written.rejected)
+            .await?;
+        let mut counts = written.counts;
+        if written.extra_ran {
             // The checkpoint committed with the batch; the write's counts are only known
             // now, so they are added afterwards (counters only: the resume point is already
-            // durable, and a lost counter update never causes a wrong write).
+            // durable, and a lost counter update never causes a wrong write). The batch's
+            // time was already counted by the in-transaction checkpoint.
             let tally = RowCounts { read: 0, ..counts };
             checkpoint_only(
                 ctx,
@@ -340,14 +466,11 @@ async fn upsert_partition(
                 attempt,
                 last.as_deref(),
                 &tally,
-                // The batch's time was already counted by the in-transaction checkpoint.
                 Instant::now(),
             )
             .await?;
-            counts
         } else {
-            let counts = staged.upsert(ctx, None).await?;
-            let counts = RowCounts {
+            let with_read = RowCounts {
                 read: len as u64,
                 ..counts
             };
@@ -356,12 +479,11 @@ async fn upsert_partition(
                 partition,
                 attempt,
                 last.as_deref(),
-                &counts,
+                &with_read,
                 batch_started,
             )
             .await?;
-            counts
-        };
+        }
         counts.read = len as u64;
         batch_started = Instant::now();
         total.add(&counts);

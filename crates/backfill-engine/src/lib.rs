@@ -141,6 +141,8 @@ pub struct RunSummary {
     pub failed: u64,
     /// All partitions of the run.
     pub total: u64,
+    /// Partitions that finished with rows in quarantine (`backfill quarantine RUN`).
+    pub quarantined: u64,
     /// Failed partitions and their last error.
     pub failures: Vec<(String, String)>,
     /// Wall time of this call.
@@ -358,6 +360,10 @@ fn summarize(
         done: records
             .iter()
             .filter(|p| p.state == PartitionState::Done)
+            .count() as u64,
+        quarantined: records
+            .iter()
+            .filter(|p| p.state == PartitionState::DoneWithQuarantine)
             .count() as u64,
         failed: failures.len() as u64,
         total: records.len() as u64,

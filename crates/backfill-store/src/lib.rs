@@ -38,6 +38,7 @@ mod db;
 mod error;
 mod migrate;
 mod partitions;
+mod quarantine;
 mod runs;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ use sqlx::{ConnectOptions, Connection};
 pub use audit::{AuditCheck, AuditEvent};
 pub use error::StoreError;
 pub use partitions::{Outcome, PartitionRecord};
+pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, RunRecord};
 
 use db::{Conn, Dialect, WriteTxn};

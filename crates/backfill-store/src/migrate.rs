@@ -18,6 +18,7 @@ use crate::{Store, StoreError};
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_partition_errors.sql")),
+    (3, include_str!("../migrations/0003_quarantine.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -26,6 +27,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         2,
         include_str!("../migrations/postgres/0002_partition_errors.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_quarantine.sql"),
     ),
 ];
 

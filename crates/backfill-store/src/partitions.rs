@@ -12,6 +12,7 @@
 //! change of partition *state* is an audit event in the same transaction.
 
 use crate::db::{Db, DbRow, stmt};
+use crate::quarantine::count_quarantined;
 use crate::{Store, StoreError, audit, codec};
 use backfill_core::{PartitionState, RowCounts, Value, Window, decode_key, encode_key};
 use chrono::{DateTime, Utc};
@@ -403,14 +404,20 @@ impl Store {
                 partition_id: partition_id.to_owned(),
             });
         }
+        let quarantined = count_quarantined(&mut tx, run_id, partition_id).await?;
         let (to, action, error) = match outcome {
+            Outcome::Done if quarantined > 0 => (
+                PartitionState::DoneWithQuarantine,
+                "partition.done_with_quarantine",
+                None,
+            ),
             Outcome::Done => (PartitionState::Done, "partition.done", None),
             Outcome::Retry { error } => (PartitionState::Pending, "partition.retry", Some(error)),
             Outcome::Failed { error } => (PartitionState::Failed, "partition.failed", Some(error)),
         };
         debug_assert!(part.state.can_move_to(to));
         let error = error.map(backfill_core::secret::redact);
-        let finished = matches!(to, PartitionState::Done | PartitionState::Failed);
+        let finished = to.is_finished() || to == PartitionState::Failed;
         let now = codec::now();
         stmt(
             "UPDATE partitions SET state = ?, last_error = COALESCE(?, last_error), \
@@ -433,6 +440,9 @@ impl Store {
             "counts": counts_json(&part.counts),
             "elapsed_ms": part.elapsed_ms,
         });
+        if quarantined > 0 {
+            detail["quarantined_rows"] = json!(quarantined);
+        }
         if let Some(error) = &error {
             detail["error"] = json!(error);
         }

@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub(crate) mod demo;
 pub(crate) mod docs;
 pub(crate) mod plan;
+pub(crate) mod quarantine;
 pub(crate) mod run;
 pub(crate) mod status;
 

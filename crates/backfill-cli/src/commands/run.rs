@@ -147,6 +147,13 @@ pub(crate) async fn execute(
             ));
             Err(Reported(1).into())
         }
+        _ if summary.failed == 0 && summary.quarantined > 0 => {
+            out.note(format!(
+                "run finished with rejected rows: {} partitions have rows in quarantine; list them with `backfill quarantine {}`, fix the cause, then `backfill quarantine {} --retry` and `backfill resume {}`",
+                summary.quarantined, run.id, run.id, run.id
+            ));
+            Err(Reported(1).into())
+        }
         _ => {
             out.note(format!(
                 "run failed: {} of {} partitions failed; see `backfill status {}`; after fixing the cause, `backfill resume {}` retries them",
@@ -204,7 +211,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         "run_id": run.id,
         "spec": run.spec_name,
         "state": s.state.as_str(),
-        "partitions": { "total": s.total, "done": s.done, "failed": s.failed },
+        "partitions": { "total": s.total, "done": s.done, "failed": s.failed, "done_with_quarantine": s.quarantined },
         "rows": {
             "read": s.counts.read,
             "inserted": s.counts.inserted,

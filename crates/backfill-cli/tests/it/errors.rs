@@ -29,18 +29,23 @@ async fn a_permanent_error_fails_one_partition_and_the_others_finish() {
     let ws = Workspace::new();
     let source = make_source(&ws.path("source.db"), 3000, 3).await;
     let target = sqlite(&ws.path("target.db")).await;
-    // Only the rows of 2026-01-02 violate the target's CHECK constraint.
     exec(
         &target,
         &["CREATE TABLE events_copy (id INTEGER PRIMARY KEY, user_id INTEGER, amount_cents INTEGER, \
-           ts TEXT NOT NULL CHECK (substr(ts, 1, 10) <> '2026-01-02'), note TEXT)"],
+           ts TEXT NOT NULL, note TEXT)"],
     )
     .await;
-    let spec = copy_spec(
-        &ws.path("source.db").display().to_string(),
-        &ws.path("target.db").display().to_string(),
-        3,
-        "max_attempts = 3\nretry_base = \"10ms\"\nretry_cap = \"20ms\"",
+    // A bug in the transform: the query fails (malformed JSON) for the rows of 2026-01-02 only.
+    let spec = edit(
+        &copy_spec(
+            &ws.path("source.db").display().to_string(),
+            &ws.path("target.db").display().to_string(),
+            3,
+            "max_attempts = 3\nretry_base = \"10ms\"\nretry_cap = \"20ms\"",
+        ),
+        "lower(note) AS note",
+        "CASE WHEN substr(ts, 1, 10) = '2026-01-02' THEN json_extract('not json', '$') \
+         ELSE lower(note) END AS note",
     );
     ws.write(SPEC, &spec);
     let ran = ws.run(&["run", SPEC]);
@@ -50,11 +55,7 @@ async fn a_permanent_error_fails_one_partition_and_the_others_finish() {
         "{}",
         ran.stderr
     );
-    assert!(
-        ran.stderr.contains("CHECK constraint failed"),
-        "{}",
-        ran.stderr
-    );
+    assert!(ran.stderr.contains("malformed JSON"), "{}", ran.stderr);
 
     let status = ws.run(&["--json", "status"]);
     assert_eq!(status.code, 0, "{status:#?}");
@@ -74,10 +75,10 @@ async fn a_permanent_error_fails_one_partition_and_the_others_finish() {
     assert!(
         failing[0]["error"]
             .as_str()
-            .is_some_and(|e| e.contains("CHECK constraint failed")),
+            .is_some_and(|e| e.contains("malformed JSON")),
         "{st:#}"
     );
-    // A constraint violation is permanent: it is not retried.
+    // An SQL error is permanent: it is not retried.
     assert_eq!(failing[0]["attempts"], 1, "{st:#}");
 
     // The rows of the other days are all there, exactly; none of the failing day.
@@ -100,15 +101,11 @@ async fn a_permanent_error_fails_one_partition_and_the_others_finish() {
         "{}",
         text.stdout
     );
-    assert!(
-        text.stdout.contains("CHECK constraint failed"),
-        "{}",
-        text.stdout
-    );
+    assert!(text.stdout.contains("malformed JSON"), "{}", text.stdout);
 }
 
 #[tokio::test]
-async fn a_not_null_column_left_null_for_one_day_fails_only_that_day() {
+async fn rows_the_target_rejects_are_quarantined_and_the_rest_is_written() {
     let ws = Workspace::new();
     let source = make_source(&ws.path("source.db"), 900, 3).await;
     let target = sqlite(&ws.path("target.db")).await;
@@ -118,58 +115,96 @@ async fn a_not_null_column_left_null_for_one_day_fails_only_that_day() {
            ts TEXT NOT NULL, note TEXT NOT NULL)"],
     )
     .await;
-    // The query leaves `note` NULL for the third day only.
-    let spec = edit(
+    ws.write(
+        SPEC,
         &copy_spec(
             &ws.path("source.db").display().to_string(),
             &ws.path("target.db").display().to_string(),
             3,
             "",
         ),
-        "lower(note) AS note",
-        "CASE WHEN ts >= '2026-01-03' THEN NULL ELSE coalesce(lower(note), '') END AS note",
     );
-    ws.write(SPEC, &spec);
+    // Every 7th source row has a NULL note, which the target's NOT NULL refuses.
     let ran = ws.run(&["--json", "run", SPEC]);
     assert_eq!(ran.code, 1, "{ran:#?}");
     let summary = ran.json();
-    assert_eq!(summary["state"], "failed");
-    assert_eq!(summary["partitions"]["done"], 2);
-    assert_eq!(summary["partitions"]["failed"], 1);
-    let failures = summary["failures"].as_array().expect("failures");
-    assert_eq!(failures.len(), 1);
-    assert!(
-        failures[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("NOT NULL")),
+    assert_eq!(summary["state"], "failed", "{summary:#}");
+    assert_eq!(summary["partitions"]["failed"], 0, "{summary:#}");
+    assert_eq!(
+        summary["partitions"]["done_with_quarantine"], 3,
         "{summary:#}"
     );
+    assert!(ran.stderr.contains("backfill quarantine"), "{}", ran.stderr);
 
+    // Every accepted row is in the target, exactly; every rejected row is in quarantine.
+    let want = reference(&source).await;
+    let (rejected, accepted): (Vec<_>, Vec<_>) = want.into_iter().partition(|r| r[4].is_none());
+    assert_eq!(target_rows(&target).await, accepted);
+    let run_id = summary["run_id"].as_str().expect("run id").to_owned();
+    let q = ws.run(&["--json", "quarantine", &run_id]);
+    assert_eq!(q.code, 0, "{q:#?}");
+    let listed = q.json();
+    let listed = listed.as_array().expect("rows");
+    assert_eq!(listed.len(), rejected.len());
+    for row in listed {
+        assert!(
+            row["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("NOT NULL")),
+            "{row}"
+        );
+        assert_eq!(row["row"]["note"], serde_json::Value::Null, "{row}");
+    }
     let st = ws.run(&["--json", "status"]).json();
-    assert_eq!(st["partitions"]["failed"], 1, "{st:#}");
-    assert_eq!(
-        st["failing"][0]["window"],
-        "[2026-01-03T00:00:00Z, 2026-01-04T00:00:00Z)"
-    );
-    let copied = rows(
+    assert_eq!(st["partitions"]["done_with_quarantine"], 3, "{st:#}");
+}
+
+#[tokio::test]
+async fn quarantined_rows_are_written_after_the_cause_is_fixed_and_retried() {
+    let ws = Workspace::new();
+    let source = make_source(&ws.path("source.db"), 600, 3).await;
+    let target = make_target(&ws.path("target.db")).await;
+    // A guard in the target refuses large amounts (a trigger, so the fix can remove it).
+    exec(
         &target,
-        "SELECT count(*), min(ts), max(ts) FROM events_copy",
+        &[
+            "CREATE TRIGGER no_big BEFORE INSERT ON events_copy WHEN NEW.amount_cents > 10000 \
+           BEGIN SELECT RAISE(ABORT, 'amount too large'); END",
+        ],
     )
     .await;
-    let total: i64 = rows(
-        &source,
-        "SELECT count(*) FROM events WHERE ts < '2026-01-03'",
-    )
-    .await[0][0]
-        .as_deref()
-        .and_then(|c| c.strip_prefix("i:"))
-        .and_then(|c| c.parse().ok())
-        .expect("count");
-    assert_eq!(copied[0][0], Some(format!("i:{total}")));
-    assert!(
-        copied[0][2].as_deref().is_some_and(|t| t < "t:2026-01-03"),
-        "{copied:?}"
+    ws.write(
+        SPEC,
+        &copy_spec(
+            &ws.path("source.db").display().to_string(),
+            &ws.path("target.db").display().to_string(),
+            3,
+            "",
+        ),
     );
+    let first = ws.run(&["--json", "run", SPEC]);
+    assert_eq!(first.code, 1, "{first:#?}");
+    let run_id = first.json()["run_id"].as_str().expect("run id").to_owned();
+    let listed = ws.run(&["--json", "quarantine", &run_id]).json();
+    let rejected = listed.as_array().expect("rows").len();
+    assert!(rejected > 0, "some rows must be rejected");
+    assert!(
+        listed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("amount too large"))
+    );
+
+    // Fix the cause, give the quarantined rows another run, resume: everything is there.
+    exec(&target, &["DROP TRIGGER no_big"]).await;
+    let retry = ws.run(&["quarantine", &run_id, "--retry"]);
+    assert_eq!(retry.code, 0, "{retry:#?}");
+    let resumed = ws.run(&["--json", "resume", &run_id]);
+    assert_eq!(resumed.code, 0, "{resumed:#?}");
+    assert_eq!(resumed.json()["state"], "succeeded");
+    assert_eq!(target_rows(&target).await, reference(&source).await);
+    let empty = ws.run(&["--json", "quarantine", &run_id]).json();
+    assert_eq!(empty.as_array().map(Vec::len), Some(0));
+    assert_eq!(ws.run(&["audit", "--verify"]).code, 0);
 }
 
 #[tokio::test]

@@ -45,7 +45,7 @@ const ROW_BUFFER: usize = 1024;
 ///
 /// The one table of SQLite error classes; see <https://www.sqlite.org/rescode.html>.
 pub fn classify_code(code: i32) -> ErrorClass {
-    use ErrorClass::{Permanent, Transient};
+    use ErrorClass::{Data, Permanent, Transient};
     // Extended codes keep the primary code in the low byte (SQLITE_BUSY_SNAPSHOT = 517 → 5).
     match code & 0xff {
         4 => Transient,  // ABORT: the statement was rolled back by another
@@ -62,9 +62,9 @@ pub fn classify_code(code: i32) -> ErrorClass {
         8 => Permanent,  // READONLY
         11 => Permanent, // CORRUPT
         14 => Permanent, // CANTOPEN
-        18 => Permanent, // TOOBIG: a value exceeds SQLite's limits
-        19 => Permanent, // CONSTRAINT: unique, not null, check, foreign key
-        20 => Permanent, // MISMATCH: e.g. text into an INTEGER PRIMARY KEY
+        18 => Data,      // TOOBIG: a row's value exceeds SQLite's limits
+        19 => Data,      // CONSTRAINT: the target rejects the row (unique, not null, check, fk)
+        20 => Data,      // MISMATCH: e.g. text into an INTEGER PRIMARY KEY
         21 => Permanent, // MISUSE
         23 => Permanent, // AUTH
         25 => Permanent, // RANGE: parameter index out of range
@@ -231,22 +231,22 @@ mod tests {
 
     #[test]
     fn classifies_sqlite_result_codes() {
-        use ErrorClass::{Permanent, Transient};
+        use ErrorClass::{Data, Permanent, Transient};
         let table = [
-            (5, Transient),    // BUSY
-            (517, Transient),  // BUSY_SNAPSHOT
-            (6, Transient),    // LOCKED
-            (10, Transient),   // IOERR
-            (522, Transient),  // IOERR_SHORT_READ
-            (15, Transient),   // PROTOCOL
-            (1, Permanent),    // ERROR (syntax, no such table/column)
-            (18, Permanent),   // TOOBIG
-            (19, Permanent),   // CONSTRAINT
-            (1555, Permanent), // CONSTRAINT_PRIMARYKEY
-            (2067, Permanent), // CONSTRAINT_UNIQUE
-            (20, Permanent),   // MISMATCH
-            (26, Permanent),   // NOTADB
-            (999, Permanent),  // unknown
+            (5, Transient),   // BUSY
+            (517, Transient), // BUSY_SNAPSHOT
+            (6, Transient),   // LOCKED
+            (10, Transient),  // IOERR
+            (522, Transient), // IOERR_SHORT_READ
+            (15, Transient),  // PROTOCOL
+            (1, Permanent),   // ERROR (syntax, no such table/column)
+            (18, Data),       // TOOBIG
+            (19, Data),       // CONSTRAINT
+            (1555, Data),     // CONSTRAINT_PRIMARYKEY
+            (2067, Data),     // CONSTRAINT_UNIQUE
+            (20, Data),       // MISMATCH
+            (26, Permanent),  // NOTADB
+            (999, Permanent), // unknown
         ];
         for (code, want) in table {
             assert_eq!(classify_code(code), want, "code {code}");

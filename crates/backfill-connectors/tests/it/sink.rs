@@ -377,7 +377,7 @@ async fn upsert_needs_a_unique_key_in_the_target() {
 }
 
 #[tokio::test]
-async fn constraint_violation_is_permanent_and_writes_nothing() {
+async fn constraint_violation_is_a_data_error_and_writes_nothing() {
     let dir = Dir::temp();
     let url = dir
         .db(
@@ -391,7 +391,7 @@ async fn constraint_violation_is_permanent_and_writes_nothing() {
         .await
         .unwrap_err();
     assert!(matches!(err, ConnectorError::Sql { .. }), "{err:?}");
-    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(err.class(), ErrorClass::Data);
     assert!(err.to_string().contains("NOT NULL"), "{err}");
     assert_eq!(
         rows(&url, "SELECT count(*) FROM t").await,
