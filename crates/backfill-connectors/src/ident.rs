@@ -62,6 +62,54 @@ fn suggest(name: &str) -> String {
     s
 }
 
+/// Positions of the `key` columns in `columns`; `MissingColumn` (naming `context`) for the
+/// first key column that is absent.
+pub(crate) fn key_positions(
+    key: &[String],
+    columns: &[String],
+    context: &str,
+) -> Result<Vec<usize>, ConnectorError> {
+    key.iter()
+        .map(|k| {
+            position(columns, k).ok_or_else(|| ConnectorError::MissingColumn {
+                column: k.clone(),
+                available: columns.to_vec(),
+                table: context.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Refuses a batch with a NULL in a key column: such rows cannot be ordered or resumed past.
+/// The error names the column and the previous key in the batch.
+pub(crate) fn reject_null_keys(
+    rows: &[Vec<backfill_core::Value>],
+    key_positions: &[usize],
+    columns: &[String],
+) -> Result<(), ConnectorError> {
+    use backfill_core::Value;
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(&p) = key_positions.iter().find(|&&p| row[p] == Value::Null) {
+            let previous = match i.checked_sub(1) {
+                Some(prev) => key_positions
+                    .iter()
+                    .map(|&p| rows[prev][p].preview())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => "none in this batch".to_owned(),
+            };
+            return Err(ConnectorError::Data {
+                message: format!(
+                    "a source row has NULL in key column \"{}\" (previous key: {previous}); \
+                     key values must be non-NULL to be ordered and resumed",
+                    columns[p]
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,39 +153,12 @@ impl Source for PostgresSource {
         };
         let rows = decode_rows(rows, &columns)?;
         let key_positions = self.key_positions(&columns)?;
-        for (i, row) in rows.iter().enumerate() {
-            if let Some(&p) = key_positions.iter().find(|&&p| row[p] == Value::Null) {
-                let previous = match i.checked_sub(1) {
-                    Some(prev) => key_positions
-                        .iter()
-                        .map(|&p| rows[prev][p].preview())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    None => "none in this batch".to_owned(),
-                };
-                return Err(ConnectorError::Data {
-                    message: format!(
-                        "a source row has NULL in key column \"{}\" (previous key: {previous}); \
-                         key values must be non-NULL to be ordered and resumed",
-                        columns[p]
-                    ),
-                });
-            }
-        }
+        crate::ident::reject_null_keys(&rows, &key_positions, &columns)?;
         Ok(Batch { columns, rows })
     }
 
     fn key_positions(&self, columns: &[String]) -> Result<Vec<usize>, ConnectorError> {
-        self.key
-            .iter()
-            .map(|k| {
-                position(columns, k).ok_or_else(|| ConnectorError::MissingColumn {
-                    column: k.clone(),
-                    available: columns.to_vec(),
-                    table: CONTEXT.to_owned(),
-                })
-            })
-            .collect()
+        crate::ident::key_positions(&self.key, columns, CONTEXT)
     }
 
     async fn count(&self, window: &Window) -> Result<u64, ConnectorError> {
