@@ -92,7 +92,7 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
     let state = cli.global.state.clone();
     match cli.command {
         Command::Check(args) => commands::check::run(&args, out).await,
-        Command::Plan(args) => commands::plan::run(&args, out).await,
+        Command::Plan(args) => commands::plan::run(&args, &state, out).await,
         Command::Run(args) => commands::run::run(&args, &state, out).await,
         Command::Resume(args) => commands::run::resume(&args, &state, out).await,
         Command::Status(args) => commands::status::run(&args, &state, out).await,

@@ -35,6 +35,7 @@ mod window;
 use std::future::Future;
 
 use backfill_core::plan::Window;
+use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{SourceSpec, TargetSpec};
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
@@ -391,6 +392,24 @@ pub struct ReplaceTxn {
     deleted: u64,
 }
 
+/// A step on the one savepoint of a [`ReplaceTxn`]; the same SQL on every backend.
+#[derive(Clone, Copy, Debug)]
+enum Savepoint {
+    Set,
+    RollBack,
+    Release,
+}
+
+impl Savepoint {
+    fn sql(self) -> &'static str {
+        match self {
+            Savepoint::Set => "SAVEPOINT backfill_rows",
+            Savepoint::RollBack => "ROLLBACK TO SAVEPOINT backfill_rows",
+            Savepoint::Release => "RELEASE SAVEPOINT backfill_rows",
+        }
+    }
+}
+
 #[derive(Debug)]
 enum ReplaceInner {
     Sqlite(sqlite::SqliteReplace),
@@ -411,6 +430,59 @@ impl ReplaceTxn {
             ReplaceInner::Sqlite(t) => t.insert(batch).await,
             ReplaceInner::MySql(t) => t.insert(batch).await,
             ReplaceInner::Postgres(t) => t.insert(batch).await,
+        }
+    }
+
+    /// Inserts `batch` like [`insert`](ReplaceTxn::insert), except that rows the target
+    /// rejects (a [`ErrorClass::Data`] error: constraint, range, type) do not fail it. Each
+    /// part runs under a savepoint; a rejected part is rolled back and halved until every
+    /// rejected row stands alone. Returns the rows inserted and, for each rejected row, its
+    /// index in `batch` and the database's reason: `O(k log n)` statements for `k` rejected
+    /// rows of `n`. Other errors fail the call, and the transaction is then unusable.
+    ///
+    /// For the second try of a partition whose plain inserts were rejected: savepoints cost
+    /// a subtransaction each on PostgreSQL, so the first try goes without them.
+    pub async fn insert_isolating(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<(u64, Vec<(usize, ConnectorError)>), ConnectorError> {
+        let mut inserted = 0;
+        let mut rejected = Vec::new();
+        // Half-open ranges of `batch.rows`, taken left to right.
+        let mut stack = vec![(0, batch.rows.len())];
+        while let Some((from, to)) = stack.pop() {
+            let part = Batch {
+                columns: batch.columns.clone(),
+                rows: batch.rows[from..to].to_vec(),
+            };
+            self.savepoint(Savepoint::Set).await?;
+            match self.insert(&part).await {
+                Ok(n) => {
+                    inserted += n;
+                    self.savepoint(Savepoint::Release).await?;
+                }
+                Err(e) if e.class() == ErrorClass::Data => {
+                    self.savepoint(Savepoint::RollBack).await?;
+                    self.savepoint(Savepoint::Release).await?;
+                    if to - from > 1 {
+                        let middle = from + (to - from) / 2;
+                        stack.push((middle, to));
+                        stack.push((from, middle));
+                    } else {
+                        rejected.push((from, e));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((inserted, rejected))
+    }
+
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), ConnectorError> {
+        match &mut self.inner {
+            ReplaceInner::Sqlite(t) => t.savepoint(step).await,
+            ReplaceInner::MySql(t) => t.savepoint(step).await,
+            ReplaceInner::Postgres(t) => t.savepoint(step).await,
         }
     }
 

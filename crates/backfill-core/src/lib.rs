@@ -1,8 +1,8 @@
 //! The pure model of a backfill: spec, scope, planner, state machines and policies.
 //!
 //! Owns: parsing and validating spec files into precise types ([`spec`]), cutting a scope into
-//! partitions ([`plan`]), the run and partition state machines ([`state`]), the retry policy
-//! ([`retry`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
+//! partitions ([`plan`]), a run's delivery guarantee ([`guarantee`]), the run and partition
+//! state machines ([`state`]), the retry policy ([`retry`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
 //! ([`params`]), the values that move between connectors ([`value`]) and secret handling
 //! ([`secret`]).
 //!
@@ -11,6 +11,7 @@
 //! the plan made on any other, and every policy is testable without waiting.
 
 pub mod diag;
+pub mod guarantee;
 pub mod params;
 pub mod plan;
 pub mod retry;
@@ -21,6 +22,7 @@ pub mod timefmt;
 pub mod value;
 
 pub use diag::{Diagnostic, Severity};
+pub use guarantee::Guarantee;
 pub use plan::{Partition, Plan, Scope, Step, Window};
 pub use secret::SecretUrl;
 pub use spec::{Spec, WriteMode};

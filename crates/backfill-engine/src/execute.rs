@@ -101,7 +101,8 @@ async fn run_partition(
     mut checkpoint: Option<Vec<Value>>,
 ) -> PartitionEnd {
     let policy = ctx.spec.limits.retry;
-    // Set when the target rejected rows in a pushed-down batch: the row path quarantines them.
+    // Set when the target rejected rows of a pushed-down batch or of a `replace`: the next
+    // attempt takes the row path and quarantines them.
     let mut row_path = false;
     if checkpoint.is_none()
         && ctx.spec.target.mode == WriteMode::Upsert
@@ -157,14 +158,9 @@ async fn run_partition(
             Err(AttemptError::Store(StoreError::StaleAttempt { .. })) => {
                 return PartitionEnd::Interrupted;
             }
-            Err(error)
-                if error.class() == ErrorClass::Data
-                    && !row_path
-                    && ctx.pushdown.is_some()
-                    && ctx.spec.target.mode == WriteMode::Upsert =>
-            {
-                // The pushdown cannot tell which rows the target rejects: redo the partition
-                // on the row path, which isolates them into quarantine.
+            Err(error) if error.class() == ErrorClass::Data && !row_path && can_isolate(ctx) => {
+                // The pushdown and plain `replace` inserts cannot tell which rows the target
+                // rejects: redo the partition on the row path, isolating them into quarantine.
                 row_path = true;
                 let message = format!(
                     "{}; redoing the partition row by row to quarantine the rejected rows",
@@ -215,6 +211,17 @@ async fn run_partition(
     }
 }
 
+/// Whether a partition whose write the target rejected can be redone isolating the rejected
+/// rows: `replace` always, `upsert` when its first try was pushed down (the row path of
+/// `upsert` isolates them already), `sql` never (its rows are not the engine's).
+fn can_isolate(ctx: &Ctx) -> bool {
+    match ctx.spec.target.mode {
+        WriteMode::Upsert => ctx.pushdown.is_some(),
+        WriteMode::Replace { .. } => true,
+        WriteMode::Sql { .. } => false,
+    }
+}
+
 /// Upsert of an empty window writes nothing, so a fresh partition whose window holds no row is
 /// marked done in one store transaction instead of an attempt's two. Any error here (or a
 /// non-empty window) returns false and the partition takes the normal path, which retries.
@@ -257,7 +264,9 @@ async fn attempt_partition(
         WriteMode::Upsert => {
             upsert_partition(ctx, partition, attempt, started, resume_from, row_path).await
         }
-        WriteMode::Replace { .. } => replace_partition(ctx, partition, attempt, started).await,
+        WriteMode::Replace { .. } => {
+            replace_partition(ctx, partition, attempt, started, row_path).await
+        }
         WriteMode::Sql { .. } => {
             let counts = ctx.sink.execute_sql(&partition.window).await?;
             checkpoint(ctx, partition, attempt, None, &counts, started).await?;
@@ -344,19 +353,11 @@ async fn isolate_rejected(
                 stack.push(left);
             }
             Err(e) if e.class() == ErrorClass::Data => {
-                let row = &rows[0];
-                let key: Vec<Value> = key_positions.iter().map(|&i| row[i].clone()).collect();
-                let json: serde_json::Map<String, serde_json::Value> = batch
-                    .columns
-                    .iter()
-                    .zip(row)
-                    .map(|(c, v)| (c.clone(), value_json(v)))
-                    .collect();
-                rejected.push(Rejected {
-                    key: backfill_core::encode_key(&key),
-                    error: redact(&e.to_string()),
-                    row: serde_json::Value::Object(json),
-                });
+                let part = Batch {
+                    columns: batch.columns.clone(),
+                    rows: rows.to_vec(),
+                };
+                rejected.push(rejected_row(&part, 0, key_positions, &e));
             }
             Err(e) => return Err(e.into()),
         }
@@ -366,6 +367,29 @@ async fn isolate_rejected(
         rejected,
         extra_ran: false,
     })
+}
+
+/// Row `index` of `batch`, refused by the target with `error`, as a quarantine record: its
+/// key, the database's reason (secrets masked) and the row as a JSON object.
+fn rejected_row(
+    batch: &Batch,
+    index: usize,
+    key_positions: &[usize],
+    error: &impl std::fmt::Display,
+) -> Rejected {
+    let row = &batch.rows[index];
+    let key: Vec<Value> = key_positions.iter().map(|&i| row[i].clone()).collect();
+    let json: serde_json::Map<String, serde_json::Value> = batch
+        .columns
+        .iter()
+        .zip(row)
+        .map(|(c, v)| (c.clone(), value_json(v)))
+        .collect();
+    Rejected {
+        key: backfill_core::encode_key(&key),
+        error: redact(&error.to_string()),
+        row: serde_json::Value::Object(json),
+    }
 }
 
 /// A value as JSON for the quarantine: numbers and booleans as themselves, everything else as
@@ -508,18 +532,22 @@ enum Replacing {
     Pushed(backfill_connectors::PushedReplace),
 }
 
+/// Replaces the partition's window in one transaction. With `isolate` (the second try after
+/// the target rejected rows), the row path inserts under savepoints and the rejected rows go
+/// to the quarantine before the transaction commits.
 async fn replace_partition(
     ctx: &Ctx,
     partition: &Partition,
     attempt: u32,
     started: Instant,
+    isolate: bool,
 ) -> Result<RowCounts, AttemptError> {
     // The window is rewritten from scratch in one transaction, so counts of an earlier,
     // rolled-back attempt must not add up.
     ctx.store
         .reset_counts(&ctx.run_id, &partition.id, attempt)
         .await?;
-    let (txn, counts) = match &ctx.pushdown {
+    let (txn, counts) = match ctx.pushdown.as_ref().filter(|_| !isolate) {
         Some(pushdown) => {
             if ctx.shutdown.is_requested() {
                 return Err(AttemptError::Interrupted);
@@ -529,7 +557,11 @@ async fn replace_partition(
             (Replacing::Pushed(txn), counts)
         }
         None => {
-            let (txn, counts) = replace_rows(ctx, partition).await?;
+            let (txn, counts, rejected) = replace_rows(ctx, partition, isolate).await?;
+            // Recorded before the window commits without them.
+            ctx.store
+                .quarantine(&ctx.run_id, &partition.id, attempt, &rejected)
+                .await?;
             (Replacing::Rows(txn), counts)
         }
     };
@@ -559,11 +591,13 @@ async fn replace_partition(
 }
 
 /// The row path of `replace`: deletes the window and inserts the source's batches in one
-/// open transaction; returns it uncommitted with the counts.
+/// open transaction; returns it uncommitted with the counts and, with `isolate`, the rows the
+/// target rejected (without `isolate` a rejected row fails the attempt).
 async fn replace_rows(
     ctx: &Ctx,
     partition: &Partition,
-) -> Result<(ReplaceTxn, RowCounts), AttemptError> {
+    isolate: bool,
+) -> Result<(ReplaceTxn, RowCounts, Vec<Rejected>), AttemptError> {
     let batch_rows = ctx.spec.limits.batch_rows.get();
     let mut txn = ctx.sink.begin_replace(&partition.window).await?;
     let mut counts = RowCounts {
@@ -572,6 +606,7 @@ async fn replace_rows(
     };
     let mut after: Option<Vec<Value>> = None;
     let mut key_positions: Option<Vec<usize>> = None;
+    let mut rejected = Vec::new();
     loop {
         if ctx.shutdown.is_requested() {
             // Dropping the transaction rolls it back: the target keeps the old window.
@@ -594,13 +629,23 @@ async fn replace_rows(
             .last()
             .map(|row| positions.iter().map(|&i| row[i].clone()).collect());
         counts.read += batch.len() as u64;
-        counts.inserted += txn.insert(&batch).await?;
+        if isolate {
+            let (inserted, refused) = txn.insert_isolating(&batch).await?;
+            counts.inserted += inserted;
+            rejected.extend(
+                refused
+                    .into_iter()
+                    .map(|(i, e)| rejected_row(&batch, i, positions, &e)),
+            );
+        } else {
+            counts.inserted += txn.insert(&batch).await?;
+        }
         let full = batch.len() as u32 >= batch_rows;
         if !full {
             break;
         }
     }
-    Ok((txn, counts))
+    Ok((txn, counts, rejected))
 }
 
 async fn checkpoint(

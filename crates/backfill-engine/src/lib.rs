@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use backfill_connectors::{AnyPushdown, AnySink, open_pushdown, open_sink, open_source};
 use backfill_core::plan::Plan;
-use backfill_core::{PartitionState, RowCounts, RunState, Spec, WriteMode};
+use backfill_core::{Guarantee, PartitionState, RowCounts, RunState, Spec, WriteMode};
 use backfill_store::{NewRun, RunRecord, Store};
 use tokio::sync::mpsc;
 
@@ -102,9 +102,19 @@ pub async fn prepare_run(
             owner,
             reason,
             partitions: &plan.partitions,
+            guarantee: guarantee(store, spec),
         })
         .await?;
     Ok(Launch::Created(run))
+}
+
+/// The delivery guarantee a run of `spec` kept in `store` has: exactly once only when the
+/// rows are upserted into the store's own database (see [`Guarantee`]).
+pub fn guarantee(store: &Store, spec: &Spec) -> Guarantee {
+    Guarantee::of(
+        &spec.target.mode,
+        store.same_database(spec.target.url.expose()),
+    )
 }
 
 /// How `execute` reports and stops.
@@ -149,8 +159,9 @@ pub struct RunSummary {
     pub elapsed: std::time::Duration,
     /// Rows read by this call (the run's totals include earlier sessions).
     pub session_rows_read: u64,
-    /// True when the target database is the state store (checkpoints commit with writes).
-    pub exactly_once: bool,
+    /// What a crash could have done to the target during this call: exactly once only for
+    /// upserts into the state store's own database, where checkpoints commit with writes.
+    pub guarantee: Guarantee,
     /// True when this call moved the rows inside the databases (`target.pushdown`) rather
     /// than through the engine.
     pub pushdown: bool,
@@ -246,7 +257,8 @@ pub async fn execute(
         || options.shutdown.is_requested();
     store.reset_interrupted(&run.id, actor).await?;
     let records = store.partitions(&run.id).await?;
-    let summary_of = |state| summarize(&records, state, started, same_database, pushed);
+    let guarantee = Guarantee::of(&spec.target.mode, same_database);
+    let summary_of = |state| summarize(&records, state, started, guarantee, pushed);
     let done = records.iter().all(|p| p.state == PartitionState::Done);
     let any_pending = records.iter().any(|p| p.state == PartitionState::Pending);
     let final_state = if done {
@@ -337,7 +349,7 @@ fn summarize(
     records: &[backfill_store::PartitionRecord],
     state: RunState,
     started: std::time::Instant,
-    exactly_once: bool,
+    guarantee: Guarantee,
     pushdown: bool,
 ) -> RunSummary {
     let mut counts = RowCounts::default();
@@ -370,7 +382,7 @@ fn summarize(
         failures,
         elapsed: started.elapsed(),
         session_rows_read: counts.read,
-        exactly_once,
+        guarantee,
         pushdown,
     }
 }

@@ -80,14 +80,21 @@ impl StoreError {
                     let code = pg.code();
                     code.starts_with("08") || PG_TRANSIENT.contains(&code)
                 } else {
-                    db.code()
-                        .and_then(|code| code.parse::<i64>().ok())
-                        // Extended codes keep the primary code in the low byte
-                        // (SQLITE_BUSY_SNAPSHOT…).
-                        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+                    is_sqlite_busy(e)
                 }
             }
             _ => false,
         }
     }
+}
+
+/// True when `e` is SQLite's "database is busy / locked": another connection holds a lock.
+pub(crate) fn is_sqlite_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i64>().ok())
+        // Extended codes keep the primary code in the low byte (SQLITE_BUSY_SNAPSHOT…).
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
 }

@@ -285,14 +285,32 @@ async fn open_sqlite(target: Target) -> Result<(Pool, Location), String> {
             None,
         ),
     };
-    let pool = pool_options
-        .acquire_timeout(BUSY_TIMEOUT)
-        .connect_with(options)
-        .await
-        .map_err(|e| e.to_string())?;
+    let pool = connect_sqlite(pool_options.acquire_timeout(BUSY_TIMEOUT), options).await?;
     // Canonicalise once the file exists, so two spellings of one file compare equal.
     let path = path.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     Ok((Pool::Sqlite(pool), Location::Sqlite(path)))
+}
+
+/// Connects the pool, retrying while another process holds the lock that switching a new file
+/// to WAL needs. That switch needs an exclusive lock SQLite's busy timeout does not wait for,
+/// so processes opening one new store at the same moment would otherwise fail at once with
+/// "database is locked". Gives up after [`BUSY_TIMEOUT`].
+async fn connect_sqlite(
+    pool_options: SqlitePoolOptions,
+    options: SqliteConnectOptions,
+) -> Result<SqlitePool, String> {
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match pool_options.clone().connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if error::is_sqlite_busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 async fn open_postgres(
@@ -375,6 +393,25 @@ enum Target {
         options: Box<PgConnectOptions>,
         schema: String,
     },
+}
+
+/// Whether a target `url` names the database a store at `store_url` lives in, without
+/// opening or creating anything: the rules of [`Store::same_database`], for `plan`, which
+/// states a run's guarantee before any store exists. (A SQLite store file that does not
+/// exist yet cannot be an existing target file.)
+pub fn same_database_urls(store_url: &str, url: &str) -> bool {
+    match (parse_url(store_url), parse_url(url)) {
+        (Ok(Target::File(store)), Ok(Target::File(file))) => {
+            match (std::fs::canonicalize(store), std::fs::canonicalize(file)) {
+                (Ok(store), Ok(file)) => store == file,
+                _ => false,
+            }
+        }
+        (Ok(Target::Postgres { options: a, .. }), Ok(Target::Postgres { options: b, .. })) => {
+            PgServer::of(&a) == PgServer::of(&b)
+        }
+        _ => false,
+    }
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {

@@ -19,6 +19,7 @@ const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_partition_errors.sql")),
     (3, include_str!("../migrations/0003_quarantine.sql")),
+    (4, include_str!("../migrations/0004_run_guarantee.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -31,6 +32,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         3,
         include_str!("../migrations/postgres/0003_quarantine.sql"),
+    ),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_run_guarantee.sql"),
     ),
 ];
 

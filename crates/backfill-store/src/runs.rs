@@ -6,7 +6,7 @@
 
 use crate::db::{DbRow, WriteTxn, stmt};
 use crate::{Store, StoreError, audit, codec};
-use backfill_core::{Partition, RunState};
+use backfill_core::{Guarantee, Partition, RunState};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -27,6 +27,9 @@ pub struct NewRun<'a> {
     pub reason: &'a str,
     /// The plan; every partition is stored `pending`.
     pub partitions: &'a [Partition],
+    /// What a crash can do to the target (decided by the caller from the mode and whether
+    /// the target is this store's database).
+    pub guarantee: Guarantee,
 }
 
 /// A stored run.
@@ -58,10 +61,12 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// Number of partitions of its plan.
     pub partitions_total: u64,
+    /// Its delivery guarantee; `None` for runs created before guarantees were recorded.
+    pub guarantee: Option<Guarantee>,
 }
 
 const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
-     state, created_at, updated_at, started_at, finished_at, partitions_total FROM runs";
+     state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee FROM runs";
 
 /// Newest first; the UUIDv7 id breaks ties within one microsecond.
 const NEWEST_FIRST: &str = "ORDER BY created_at DESC, id DESC";
@@ -88,6 +93,14 @@ fn run_from_row(row: &DbRow) -> Result<RunRecord, StoreError> {
         started_at: codec::parse_opt_time(row.try_get("started_at")?, "started_at")?,
         finished_at: codec::parse_opt_time(row.try_get("finished_at")?, "finished_at")?,
         partitions_total: codec::from_db(row.try_get("partitions_total")?),
+        guarantee: match row.try_get::<Option<String>, _>("guarantee")? {
+            None => None,
+            Some(name) => {
+                Some(Guarantee::from_name(&name).ok_or_else(|| {
+                    StoreError::Corrupt(format!("run guarantee: unknown `{name}`"))
+                })?)
+            }
+        },
     })
 }
 
@@ -144,8 +157,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         stmt(
             "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
-             state, created_at, updated_at, partitions_total) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             state, created_at, updated_at, partitions_total, guarantee) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(new.spec_name)
@@ -158,6 +171,7 @@ impl Store {
         .bind(&now)
         .bind(&now)
         .bind(codec::to_db(new.partitions.len() as u64))
+        .bind(new.guarantee.name())
         .execute(&mut tx)
         .await?;
         insert_partitions(&mut tx, &id, new.partitions).await?;
@@ -173,6 +187,7 @@ impl Store {
                 "plan_hash": new.plan_hash,
                 "reason": new.reason,
                 "partitions": new.partitions.len(),
+                "guarantee": new.guarantee.name(),
             }),
         )
         .await?;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use backfill_connectors::open_source;
 use backfill_core::plan::Plan;
-use backfill_core::{Partition, Spec};
+use backfill_core::{Guarantee, Partition, Spec};
 use serde_json::json;
 
 use crate::args::PlanArgs;
@@ -15,7 +15,7 @@ use crate::specfile;
 /// Counting stops after this long; the rest is extrapolated from the counted partitions.
 const ESTIMATE_BUDGET: Duration = Duration::from_secs(10);
 
-pub(crate) async fn run(args: &PlanArgs, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn run(args: &PlanArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let (spec, _) = specfile::load(&args.spec, out)?;
     let plan = backfill_core::plan::plan(&spec)
         .map_err(|e| crate::UserError::new(format!("{}: {e}", args.spec.display())))?;
@@ -24,7 +24,12 @@ pub(crate) async fn run(args: &PlanArgs, out: Output) -> anyhow::Result<()> {
     } else {
         estimate(&spec, &plan).await?
     };
-    print(&spec, &plan, estimates.as_ref(), args.all, out);
+    // Compared by URL: planning never creates the state store.
+    let guarantee = Guarantee::of(
+        &spec.target.mode,
+        backfill_store::same_database_urls(state, spec.target.url.expose()),
+    );
+    print(&spec, &plan, estimates.as_ref(), guarantee, args.all, out);
     Ok(())
 }
 
@@ -79,14 +84,20 @@ pub(crate) async fn estimate(spec: &Spec, plan: &Plan) -> anyhow::Result<Option<
     Ok(Some(Estimates { rows, total, exact }))
 }
 
-fn print(spec: &Spec, plan: &Plan, est: Option<&Estimates>, all: bool, out: Output) {
+fn print(
+    spec: &Spec,
+    plan: &Plan,
+    est: Option<&Estimates>,
+    guarantee: Guarantee,
+    all: bool,
+    out: Output,
+) {
     let parts = &plan.partitions;
     let rps = spec.limits.rows_per_second.map(|r| r.get());
     let eta = match (est, rps) {
         (Some(e), Some(r)) => Some(e.total as f64 / f64::from(r)),
         _ => None,
     };
-    let guarantee = guarantee(spec);
     let row = |p: &Partition| {
         json!({
             "index": p.index,
@@ -118,7 +129,8 @@ fn print(spec: &Spec, plan: &Plan, est: Option<&Estimates>, all: bool, out: Outp
         "eta_seconds": eta,
         "concurrency": spec.limits.concurrency.get(),
         "batch_rows": spec.limits.batch_rows.get(),
-        "guarantee": guarantee,
+        "guarantee": guarantee.name(),
+        "guarantee_explained": guarantee.explain(),
         "sample": shown.iter().map(|p| row(p)).collect::<Vec<_>>(),
     }));
     out.line(format!(
@@ -161,7 +173,7 @@ fn print(spec: &Spec, plan: &Plan, est: Option<&Estimates>, all: bool, out: Outp
             None => "unknown (no row estimate)".to_owned(),
         }
     ));
-    out.line(format!("  guarantee:  {guarantee}"));
+    out.line(format!("  guarantee:  {}", guarantee.explain()));
     out.line("");
     out.line(format!(
         "  {:>6}  {:<18} {:<50} {:>12}",
@@ -183,20 +195,5 @@ fn print(spec: &Spec, plan: &Plan, est: Option<&Estimates>, all: bool, out: Outp
             p.window.to_string(),
             rows
         ));
-    }
-}
-
-/// The delivery guarantee a run of `spec` has, in words.
-pub(crate) fn guarantee(spec: &Spec) -> &'static str {
-    match spec.target.mode {
-        backfill_core::WriteMode::Upsert => {
-            "idempotent upserts, checkpoint after each committed batch (a replayed batch changes nothing)"
-        }
-        backfill_core::WriteMode::Replace { .. } => {
-            "each partition's window is replaced in one transaction (replay-safe)"
-        }
-        backfill_core::WriteMode::Sql { .. } => {
-            "one statement per partition in the target; replay-safe if the statement is"
-        }
     }
 }

@@ -222,7 +222,8 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         },
         "elapsed_seconds": secs,
         "rows_per_second": rate,
-        "exactly_once_checkpoints": s.exactly_once,
+        "guarantee": s.guarantee.name(),
+        "exactly_once_checkpoints": s.guarantee == backfill_core::Guarantee::ExactlyOnce,
         "failures": s.failures.iter().map(|(id, e)| json!({"partition_id": id, "error": e})).collect::<Vec<_>>(),
     }));
     out.line(format!("run {} {}", run.id, s.state));
@@ -248,6 +249,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         duration(secs),
         thousands(rate as u64)
     ));
+    out.line(format!("  guarantee:  {}", s.guarantee.explain()));
     for (id, error) in s.failures.iter().take(10) {
         out.line(format!("  failed:     {id}: {error}"));
     }

@@ -33,6 +33,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         "started_at": run.started_at.map(|t| t.to_rfc3339()),
         "finished_at": run.finished_at.map(|t| t.to_rfc3339()),
         "plan_hash": run.plan_hash,
+        "guarantee": run.guarantee.map(|g| g.name()),
         "partitions": st.by_state.iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "partitions_total": partitions.len(),
         "rows": {
@@ -64,6 +65,12 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     ));
     out.line(format!("  owner:      {}", run.owner));
     out.line(format!("  reason:     {}", run.reason));
+    out.line(format!(
+        "  guarantee:  {}",
+        run.guarantee
+            .map_or("not recorded (run created by an older backfill)", |g| g
+                .explain())
+    ));
     let states: Vec<String> = st
         .by_state
         .iter()

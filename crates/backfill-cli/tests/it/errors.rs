@@ -106,6 +106,17 @@ async fn a_permanent_error_fails_one_partition_and_the_others_finish() {
 
 #[tokio::test]
 async fn rows_the_target_rejects_are_quarantined_and_the_rest_is_written() {
+    rejected_rows_are_quarantined("").await;
+}
+
+/// `replace` too: the window commits without the rejected rows (isolated under savepoints on
+/// a second try) and the stale rows of the window are gone.
+#[tokio::test]
+async fn replace_quarantines_rejected_rows_and_commits_the_rest_of_the_window() {
+    rejected_rows_are_quarantined("mode = \"replace\"\nwindow_column = \"ts\"\n").await;
+}
+
+async fn rejected_rows_are_quarantined(mode: &str) {
     let ws = Workspace::new();
     let source = make_source(&ws.path("source.db"), 900, 3).await;
     let target = sqlite(&ws.path("target.db")).await;
@@ -115,14 +126,21 @@ async fn rows_the_target_rejects_are_quarantined_and_the_rest_is_written() {
            ts TEXT NOT NULL, note TEXT NOT NULL)"],
     )
     .await;
+    // A stale row inside the scope: `replace` deletes it, `upsert` (no source row) keeps it.
+    exec(
+        &target,
+        &["INSERT INTO events_copy VALUES (900000, 1, 1, '2026-01-02T12:00:00Z', 'stale')"],
+    )
+    .await;
+    let spec = copy_spec(
+        &ws.path("source.db").display().to_string(),
+        &ws.path("target.db").display().to_string(),
+        3,
+        "",
+    );
     ws.write(
         SPEC,
-        &copy_spec(
-            &ws.path("source.db").display().to_string(),
-            &ws.path("target.db").display().to_string(),
-            3,
-            "",
-        ),
+        &spec.replace("key = [\"id\"]\n", &format!("key = [\"id\"]\n{mode}")),
     );
     // Every 7th source row has a NULL note, which the target's NOT NULL refuses.
     let ran = ws.run(&["--json", "run", SPEC]);
@@ -138,7 +156,20 @@ async fn rows_the_target_rejects_are_quarantined_and_the_rest_is_written() {
 
     // Every accepted row is in the target, exactly; every rejected row is in quarantine.
     let want = reference(&source).await;
-    let (rejected, accepted): (Vec<_>, Vec<_>) = want.into_iter().partition(|r| r[4].is_none());
+    let (rejected, mut accepted): (Vec<_>, Vec<_>) = want.into_iter().partition(|r| r[4].is_none());
+    if mode.is_empty() {
+        accepted.push(
+            [
+                "i:900000",
+                "i:1",
+                "i:1",
+                "t:2026-01-02T12:00:00Z",
+                "t:stale",
+            ]
+            .map(|v| Some(v.to_owned()))
+            .to_vec(),
+        );
+    }
     assert_eq!(target_rows(&target).await, accepted);
     let run_id = summary["run_id"].as_str().expect("run id").to_owned();
     let q = ws.run(&["--json", "quarantine", &run_id]);

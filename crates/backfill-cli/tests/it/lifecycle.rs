@@ -376,3 +376,61 @@ async fn audit_verify_detects_a_removed_event() {
         "{v:#}"
     );
 }
+
+/// `plan` (without creating the store), the run summary and `status` state the run's
+/// guarantee: exactly once only for upserts into the state store's own database.
+#[tokio::test]
+async fn plan_run_and_status_state_the_guarantee() {
+    let ws = Workspace::new();
+    let spec = setup(&ws, 300, "").await;
+    ws.write(SPEC, &spec);
+    let in_target = format!("sqlite://{}", ws.path("target.db").display());
+
+    let plan = ws.run(&["--json", "plan", SPEC, "--no-estimate"]);
+    assert_eq!(plan.code, 0, "{plan:#?}");
+    assert_eq!(plan.json()["guarantee"], "idempotent", "{plan:#?}");
+    assert!(
+        !ws.path("state.db").exists(),
+        "plan must not create the store"
+    );
+    let plan = ws.run(&["--state", &in_target, "plan", SPEC, "--no-estimate"]);
+    assert!(
+        plan.stdout.contains("guarantee:  exactly once"),
+        "{}",
+        plan.stdout
+    );
+
+    let ran = ws.run(&["--state", &in_target, "--json", "run", SPEC]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    assert_eq!(ran.json()["guarantee"], "exactly_once", "{ran:#?}");
+    let status = ws.run(&["--state", &in_target, "--json", "status"]);
+    assert_eq!(status.json()["guarantee"], "exactly_once", "{status:#?}");
+    let status = ws.run(&["--state", &in_target, "status"]);
+    assert!(
+        status.stdout.contains("guarantee:  exactly once"),
+        "{}",
+        status.stdout
+    );
+
+    // `replace` replays an unfinished partition after a crash, even in the store's database.
+    let replace = spec.replacen(
+        "key = [\"id\"]\n",
+        "key = [\"id\"]\nmode = \"replace\"\nwindow_column = \"ts\"\n",
+        1,
+    );
+    ws.write(SPEC, &replace);
+    let plan = ws.run(&[
+        "--state",
+        &in_target,
+        "--json",
+        "plan",
+        SPEC,
+        "--no-estimate",
+    ]);
+    assert_eq!(plan.json()["guarantee"], "idempotent", "{plan:#?}");
+    let ran = ws.run(&["--json", "run", SPEC]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    assert_eq!(ran.json()["guarantee"], "idempotent", "{ran:#?}");
+    let status = ws.run(&["--json", "status"]).json();
+    assert_eq!(status["guarantee"], "idempotent", "{status:#}");
+}

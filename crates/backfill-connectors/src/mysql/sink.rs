@@ -25,7 +25,7 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 use super::{arguments, connect, sql, sql_error};
 use crate::ident::{check_column, check_table, position};
 use crate::window::{bounds, check_names, named_values};
-use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Sink};
+use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// Most rows in one multi-row statement.
 const MAX_ROWS_PER_STMT: usize = 1000;
@@ -517,6 +517,15 @@ impl MySqlReplace {
             |n| sql::insert(table, &columns, n),
         )
         .await
+    }
+
+    /// Sets, rolls back to or releases the transaction's one savepoint.
+    pub(crate) async fn savepoint(&mut self, step: Savepoint) -> Result<(), ConnectorError> {
+        sqlx::raw_sql(step.sql())
+            .execute(&mut *self.tx)
+            .await
+            .map(drop)
+            .map_err(|e| sql_error("savepoint", &e))
     }
 
     /// Runs `extra`, then commits.

@@ -22,7 +22,7 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 use super::{arguments, connect, copy_text, sql, sql_error};
 use crate::ident::{check_column, check_table, position};
 use crate::window::{bounds, check_names, named_values};
-use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Sink};
+use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// The target table, validated and quoted once.
 #[derive(Clone, Debug)]
@@ -457,6 +457,15 @@ impl PostgresReplace {
         let context = format!("insert into {}", self.table.quoted);
         let (columns, _) = self.info.batch_columns(&self.table, batch)?;
         copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await
+    }
+
+    /// Sets, rolls back to or releases the transaction's one savepoint.
+    pub(crate) async fn savepoint(&mut self, step: Savepoint) -> Result<(), ConnectorError> {
+        sqlx::raw_sql(step.sql())
+            .execute(&mut *self.tx)
+            .await
+            .map(drop)
+            .map_err(|e| sql_error("savepoint", &e))
     }
 
     /// Runs `extra`, then commits.

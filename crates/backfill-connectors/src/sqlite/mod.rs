@@ -137,9 +137,8 @@ async fn connect(
             path.display()
         )));
     }
-    SqlitePoolOptions::new()
-        .max_connections(pool_size.max(1))
-        .connect_with(options)
+    let pool_options = SqlitePoolOptions::new().max_connections(pool_size.max(1));
+    retry_while_locked(|| pool_options.clone().connect_with(options.clone()))
         .await
         .map_err(|e| {
             fail(format!(
@@ -147,6 +146,35 @@ async fn connect(
                 path.display()
             ))
         })
+}
+
+/// Runs `connect` again while it fails because another process holds a lock, for up to
+/// [`BUSY_TIMEOUT`]. Switching a file to WAL needs an exclusive lock that SQLite's busy
+/// timeout does not wait for, so processes opening one target at the same moment would
+/// otherwise fail at once with "database is locked".
+async fn retry_while_locked<T, F, Fut>(mut connect: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match connect().await {
+            Err(sqlx::Error::Database(e))
+                if e.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| {
+                        matches!(c & 0xff, 5 | 6) // BUSY, LOCKED
+                    })
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Adds `value` to `args` as its SQLite storage class.

@@ -60,7 +60,7 @@ use sqlx::{
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::sink::run_extra;
-use super::{BUSY_TIMEOUT, arguments, decode_value, sql, sql_error};
+use super::{BUSY_TIMEOUT, arguments, decode_value, retry_while_locked, sql, sql_error};
 use crate::ident::{check_column, check_table, position};
 use crate::window::{bounds, check_names, named_values};
 use crate::{ConnectorError, Extra};
@@ -229,7 +229,9 @@ impl SqlitePushdown {
         };
 
         // A probe connection checks every statement compiles before any pool exists.
-        let mut probe = options.connect().await.map_err(connect_error)?;
+        let mut probe = retry_while_locked(|| options.connect())
+            .await
+            .map_err(connect_error)?;
         let source_names = schema_names(&mut probe, "main")
             .await
             .map_err(|e| sql_error("pushdown setup", &e))?;

@@ -22,7 +22,7 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 use super::{Role, arguments, connect, sql, sql_error};
 use crate::ident::{check_column, check_table, position};
 use crate::window::{bounds, check_names, named_values};
-use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Sink};
+use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// The target table, validated and quoted once.
 #[derive(Clone, Debug)]
@@ -471,6 +471,15 @@ impl SqliteReplace {
             sql::insert(table, &columns, n)
         })
         .await
+    }
+
+    /// Sets, rolls back to or releases the transaction's one savepoint.
+    pub(crate) async fn savepoint(&mut self, step: Savepoint) -> Result<(), ConnectorError> {
+        sqlx::raw_sql(step.sql())
+            .execute(&mut *self.tx)
+            .await
+            .map(drop)
+            .map_err(|e| sql_error("savepoint", &e))
     }
 
     /// Runs `extra`, then commits.

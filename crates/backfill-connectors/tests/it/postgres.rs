@@ -515,6 +515,71 @@ async fn replace_only_touches_the_window_and_sql_mode_counts_affected_rows() {
     .await;
 }
 
+/// A failed COPY aborts a PostgreSQL transaction; under savepoints the rows the target
+/// rejects are isolated and the rest of the window still commits in the same transaction.
+#[tokio::test]
+async fn replace_isolates_rejected_rows_under_savepoints() {
+    run(|pg| async move {
+        pg.exec(
+            "CREATE TABLE ev (id int8 PRIMARY KEY, ts timestamptz NOT NULL, v text CHECK (v <> 'bad'));
+             INSERT INTO ev VALUES (1, '2025-01-02 10:00+00', 'old');",
+        )
+        .await;
+        let mut spec = target_spec(
+            &pg.url,
+            &pg.t("ev"),
+            &["id"],
+            WriteMode::Replace {
+                window_column: "ts".to_owned(),
+            },
+        );
+        spec.time_format = TimeFormat::Native;
+        let sink = open_sink(&spec, 1).await.unwrap();
+        let at = |h: u32| Value::TimestampTz(Utc.with_ymd_and_hms(2025, 1, 2, h, 0, 0).unwrap());
+        let rows = Batch {
+            columns: strings(&["id", "ts", "v"]),
+            rows: (0..10)
+                .map(|i| {
+                    let v = if i == 3 || i == 8 || i == 9 { "bad" } else { "ok" };
+                    vec![Value::Int(i), at(i as u32), Value::Text(v.into())]
+                })
+                .collect(),
+        };
+        // Without savepoints the rejected row fails the whole transaction as a data error.
+        {
+            let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+            let err = txn.insert(&rows).await.unwrap_err();
+            assert_eq!(err.class(), ErrorClass::Data, "{err}");
+        }
+        let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+        assert_eq!(txn.deleted(), 1);
+        let (inserted, rejected) = txn.insert_isolating(&rows).await.unwrap();
+        assert_eq!(inserted, 7);
+        let indexes: Vec<usize> = rejected.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, [3, 8, 9]);
+        assert!(
+            rejected
+                .iter()
+                .all(|(_, e)| e.class() == ErrorClass::Data && e.to_string().contains("check")),
+            "{rejected:?}"
+        );
+        // The transaction is still usable: a later batch and the commit succeed.
+        let more = Batch {
+            columns: rows.columns.clone(),
+            rows: vec![vec![Value::Int(20), at(20), Value::Text("ok".into())]],
+        };
+        assert_eq!(txn.insert(&more).await.unwrap(), 1);
+        txn.commit(None).await.unwrap();
+        let got = pg
+            .read(&format!("SELECT id FROM {}", pg.t("ev")), &["id"])
+            .await;
+        let ids: Vec<Value> = got.rows.into_iter().map(|mut r| r.remove(0)).collect();
+        let want: Vec<Value> = [0, 1, 2, 4, 5, 6, 7, 20].map(Value::Int).to_vec();
+        assert_eq!(ids, want);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn errors_name_unsupported_columns_and_classify_rejected_rows_as_data() {
     run(|pg| async move {

@@ -307,6 +307,7 @@ pub(crate) async fn create(store: &Store, spec_name: &str, partitions: &[Partiti
             owner: "alice@laptop",
             reason: "ETL outage",
             partitions,
+            guarantee: backfill_core::Guarantee::Idempotent,
         })
         .await
         .unwrap()

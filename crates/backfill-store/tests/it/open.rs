@@ -1,4 +1,4 @@
-use backfill_store::{Store, StoreError};
+use backfill_store::{Store, StoreError, same_database_urls};
 
 use crate::{Backend, TestDb, create, key_partitions, sqlite_db};
 
@@ -27,7 +27,7 @@ async fn reopening_is_idempotent_and_keeps_data() {
         assert_eq!(again.get_run(&run.id).await.unwrap().partitions_total, 2);
         assert_eq!(
             db.raw_i64s("SELECT version FROM schema_version").await,
-            [1, 2, 3]
+            [1, 2, 3, 4]
         );
         again.close().await;
     }
@@ -42,7 +42,7 @@ async fn reopening_keeps_data_and_version(db: TestDb) {
     assert_eq!(
         db.raw_i64s("SELECT version FROM schema_version ORDER BY version")
             .await,
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
     if db.backend == Backend::Postgres {
         assert!(again.sqlite_path().is_none());
@@ -62,7 +62,7 @@ async fn a_newer_schema_is_refused(db: TestDb) {
             err,
             StoreError::NewerSchema {
                 found: 99,
-                known: 3
+                known: 4
             }
         ),
         "{err:?}"
@@ -85,32 +85,38 @@ async fn concurrent_opens_migrate_once(db: TestDb) {
     assert_eq!(
         db.raw_i64s("SELECT version FROM schema_version ORDER BY version")
             .await,
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
 }
 
 async fn same_database_compares_the_database(db: TestDb) {
     let store = db.open().await;
-    assert!(store.same_database(&db.url));
+    // `plan` asks the same question by URL, without opening a store: same answers.
+    let agree = |url: &str| {
+        let answer = store.same_database(url);
+        assert_eq!(same_database_urls(&db.url, url), answer, "{url}");
+        answer
+    };
+    assert!(agree(&db.url));
     match db.backend {
         Backend::Sqlite => {
             let path = store.sqlite_path().unwrap();
-            assert!(store.same_database(&format!("sqlite:{}?mode=rwc", path.display())));
-            assert!(!store.same_database(&format!("{}.other", path.display())));
-            assert!(!store.same_database("postgres://postgres@127.0.0.1:5432/test"));
+            assert!(agree(&format!("sqlite:{}?mode=rwc", path.display())));
+            assert!(!agree(&format!("{}.other", path.display())));
+            assert!(!agree("postgres://postgres@127.0.0.1:5432/test"));
         }
         Backend::Postgres => {
             let base = db.url.split('?').next().unwrap();
             // Another schema, other parameters, `localhost` for `127.0.0.1`: same database.
-            assert!(store.same_database(base));
-            assert!(store.same_database(&format!("{base}?schema=elsewhere&sslmode=disable")));
+            assert!(agree(base));
+            assert!(agree(&format!("{base}?schema=elsewhere&sslmode=disable")));
             let localhost = base.replace("127.0.0.1", "localhost");
-            assert!(store.same_database(&localhost), "{localhost}");
+            assert!(agree(&localhost), "{localhost}");
             // Another database, port or host is not.
-            assert!(!store.same_database(&format!("{base}_other")));
-            assert!(!store.same_database(&base.replace(":5432", ":5433")));
-            assert!(!store.same_database(&base.replace("127.0.0.1", "db.example")));
-            assert!(!store.same_database("sqlite://state.db"));
+            assert!(!agree(&format!("{base}_other")));
+            assert!(!agree(&base.replace(":5432", ":5433")));
+            assert!(!agree(&base.replace("127.0.0.1", "db.example")));
+            assert!(!agree("sqlite://state.db"));
         }
     }
 }

@@ -14,6 +14,11 @@ async fn create_run_round_trips_run_and_partitions(db: TestDb) {
     assert_eq!(run.partitions_total, 3);
     assert_eq!(run.owner, "alice@laptop");
     assert_eq!(run.reason, "ETL outage");
+    assert_eq!(run.guarantee, Some(backfill_core::Guarantee::Idempotent));
+    assert_eq!(
+        store.get_run(&run.id).await.unwrap().guarantee,
+        run.guarantee
+    );
     assert!(run.started_at.is_none() && run.finished_at.is_none());
     assert_eq!(uuid::Uuid::parse_str(&run.id).unwrap().get_version_num(), 7);
 
