@@ -693,6 +693,65 @@ async fn replace_touches_only_the_window_and_sql_mode_counts() {
     db.drop().await;
 }
 
+/// Under savepoints the rows MySQL rejects are isolated and the rest of the window commits.
+#[tokio::test]
+async fn replace_isolates_rejected_rows_under_savepoints() {
+    let Some(db) = db(
+        "CREATE TABLE q (id INT PRIMARY KEY, ts DATETIME NOT NULL, v VARCHAR(10) NOT NULL);\n\
+         INSERT INTO q VALUES (100, '2025-01-02 10:00:00', 'old')",
+    )
+    .await
+    else {
+        return;
+    };
+    let spec = db.target(
+        "q",
+        &["id"],
+        WriteMode::Replace {
+            window_column: "ts".to_owned(),
+        },
+    );
+    let sink = open_sink(&spec, 1).await.unwrap();
+    let rows = Batch {
+        columns: strings(&["id", "ts", "v"]),
+        rows: (0..6)
+            .map(|i| {
+                let v = if i == 1 || i == 4 {
+                    Value::Null
+                } else {
+                    Value::Text("ok".into())
+                };
+                vec![
+                    Value::Int(i),
+                    Value::Timestamp(ts(&format!("2025-01-02 0{i}:00:00"))),
+                    v,
+                ]
+            })
+            .collect(),
+    };
+    let mut txn = sink.begin_replace(&day(2)).await.unwrap();
+    assert_eq!(txn.deleted(), 1);
+    let (inserted, rejected) = txn.insert_isolating(&rows).await.unwrap();
+    assert_eq!(inserted, 4);
+    let indexes: Vec<usize> = rejected.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, [1, 4]);
+    assert!(
+        rejected.iter().all(|(_, e)| e.class() == ErrorClass::Data),
+        "{rejected:?}"
+    );
+    txn.commit(None).await.unwrap();
+    let ids: Vec<Value> = db
+        .read("SELECT id FROM q", &["id"])
+        .await
+        .rows
+        .into_iter()
+        .map(|mut r| r.remove(0))
+        .collect();
+    assert_eq!(ids, [0, 2, 3, 5].map(Value::Int));
+    sink.close().await;
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn rejected_rows_are_data_errors() {
     let Some(db) = db(TARGET).await else { return };
