@@ -12,6 +12,7 @@
 //! column types, so a value is never cast lossily on the way; numerics are read from their
 //! binary form with their display scale kept.
 
+mod copy_binary;
 mod sink;
 mod source;
 mod sql;

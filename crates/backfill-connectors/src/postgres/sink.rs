@@ -19,7 +19,7 @@ use backfill_core::value::{Batch, RowCounts, Value};
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::{AssertSqlSafe, Row, Transaction};
 
-use super::{arguments, connect, copy_text, sql, sql_error};
+use super::{arguments, connect, copy_binary, copy_text, sql, sql_error};
 use crate::ident::{check_column, check_table, position};
 use crate::window::{bounds, check_names, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
@@ -72,17 +72,15 @@ impl TableInfo {
         }
     }
 
-    /// Quoted target columns of `batch`, and whether each compares as text.
-    fn batch_columns(
-        &self,
-        table: &Table,
-        batch: &Batch,
-    ) -> Result<(Vec<String>, Vec<bool>), ConnectorError> {
+    /// The target columns of `batch`.
+    fn batch_columns(&self, table: &Table, batch: &Batch) -> Result<BatchColumns, ConnectorError> {
         let mut quoted = Vec::with_capacity(batch.columns.len());
         let mut as_text = Vec::with_capacity(batch.columns.len());
+        let mut binary = Vec::with_capacity(batch.columns.len());
         for c in &batch.columns {
             let (i, q) = self.resolve(table, c)?;
             quoted.push(q);
+            binary.push(copy_binary::Column::of(&self.types[i]));
             // Types without an equality operator compare by their text.
             as_text.push(matches!(
                 self.types[i].as_str(),
@@ -103,8 +101,22 @@ impl TableInfo {
                 ),
             });
         }
-        Ok((quoted, as_text))
+        Ok(BatchColumns {
+            quoted,
+            as_text,
+            binary,
+        })
     }
+}
+
+/// The target columns of a batch, in the batch's order.
+struct BatchColumns {
+    /// Quoted names.
+    quoted: Vec<String>,
+    /// Whether each compares as text (types without an equality operator).
+    as_text: Vec<bool>,
+    /// How each is encoded for binary COPY.
+    binary: Vec<copy_binary::Column>,
 }
 
 /// A PostgreSQL sink: one table, written in the spec's mode.
@@ -229,23 +241,30 @@ fn poisoned<T>(_: T) -> ConnectorError {
     }
 }
 
-/// `COPY`s `rows` (text format) into `table` (quoted) `columns`; returns the rows copied.
+/// `COPY`s `batch` into `table` (quoted); returns the rows copied. In binary when every value
+/// has an exact binary encoding for its column, else as text (see `copy_binary`).
 async fn copy_rows(
     conn: &mut PgConnection,
     context: &str,
     table: &str,
-    columns: &[String],
+    columns: &BatchColumns,
     batch: &Batch,
 ) -> Result<u64, ConnectorError> {
     if batch.rows.is_empty() {
         return Ok(0);
     }
-    let data = copy_text(&batch.rows)?;
+    let (statement, data) = match copy_binary::encode(&batch.rows, &columns.binary) {
+        Some(data) => (sql::copy_in_binary(table, &columns.quoted), data),
+        None => (
+            sql::copy_in(table, &columns.quoted),
+            copy_text(&batch.rows)?.into_bytes(),
+        ),
+    };
     let mut copy = conn
-        .copy_in_raw(&sql::copy_in(table, columns))
+        .copy_in_raw(&statement)
         .await
         .map_err(|e| sql_error(context, &e))?;
-    if let Err(e) = copy.send(data.into_bytes()).await {
+    if let Err(e) = copy.send(data).await {
         let _ = copy.abort("backfill: sending the batch failed").await;
         return Err(sql_error(context, &e));
     }
@@ -322,7 +341,7 @@ impl Sink for PostgresSink {
         let table = self.table()?;
         let context = format!("upsert into {}", table.quoted);
         let info = self.info(table).await?;
-        let (columns, as_text) = info.batch_columns(table, batch)?;
+        let columns = info.batch_columns(table, batch)?;
         let key_positions = self
             .key
             .iter()
@@ -346,16 +365,19 @@ impl Sink for PostgresSink {
             .map_err(|e| sql_error(&context, &e))?;
         let (mut inserted, mut updated) = (0u64, 0u64);
         if !batch.rows.is_empty() {
-            sqlx::raw_sql(AssertSqlSafe(sql::create_stage(&table.quoted, &columns)))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| sql_error(&context, &e))?;
+            sqlx::raw_sql(AssertSqlSafe(sql::create_stage(
+                &table.quoted,
+                &columns.quoted,
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
             copy_rows(&mut tx, &context, sql::STAGE, &columns, batch).await?;
             let text = sql::upsert(
                 &table.quoted,
-                &columns,
+                &columns.quoted,
                 &key_positions,
-                &as_text,
+                &columns.as_text,
                 guard.as_deref(),
             );
             let row = sqlx::query(AssertSqlSafe(text))
@@ -455,7 +477,7 @@ impl PostgresReplace {
     /// `COPY`s `batch` into the table inside the transaction; returns the rows inserted.
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
-        let (columns, _) = self.info.batch_columns(&self.table, batch)?;
+        let columns = self.info.batch_columns(&self.table, batch)?;
         copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await
     }
 

@@ -81,6 +81,14 @@ pub(crate) fn copy_in(table: &str, columns: &[String]) -> String {
     format!("COPY {table} ({}) FROM STDIN", list(columns))
 }
 
+/// `COPY` of `columns` of `table` from binary data (`copy_binary`).
+pub(crate) fn copy_in_binary(table: &str, columns: &[String]) -> String {
+    format!(
+        "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+        list(columns)
+    )
+}
+
 /// Upsert of the staged rows; returns the number of inserted and updated rows. A row is
 /// updated only when some non-key value differs (`IS DISTINCT FROM`, NULL-aware; columns
 /// in `as_text` have no equality operator and are compared as text) and, with a `guard`, only
