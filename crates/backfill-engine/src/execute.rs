@@ -16,13 +16,14 @@ use std::time::Instant;
 use backfill_connectors::{AnyPushdown, AnySink, AnySource, Extra, PushedBatch, ReplaceTxn};
 use backfill_core::retry::{ErrorClass, RetryDecision};
 use backfill_core::secret::redact;
-use backfill_core::{Batch, Partition, RowCounts, Spec, Value, WriteMode};
+use backfill_core::{Batch, Partition, PartitionState, RowCounts, Spec, Value, WriteMode};
 use backfill_store::{Outcome, Rejected, Store, StoreError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 
 use crate::error::AttemptError;
 use crate::events::{Emitter, Event};
+use crate::patience;
 use crate::shutdown::Shutdown;
 
 /// Everything a partition worker needs, shared by all workers of a run.
@@ -104,6 +105,8 @@ async fn run_partition(
     // Set when the target rejected rows of a pushed-down batch or of a `replace`: the next
     // attempt takes the row path and quarantines them.
     let mut row_path = false;
+    // Whether an attempt started in this process (later ones re-read the checkpoint).
+    let mut attempted = false;
     if checkpoint.is_none()
         && ctx.spec.target.mode == WriteMode::Upsert
         && finish_if_empty(ctx, partition).await
@@ -114,10 +117,11 @@ async fn run_partition(
         if ctx.shutdown.is_requested() {
             return PartitionEnd::Interrupted;
         }
-        let attempt = match ctx
-            .store
-            .start_attempt(&ctx.run_id, &partition.id, &ctx.actor)
-            .await
+        let attempt = match store_call(ctx, "start attempt", || {
+            ctx.store
+                .start_attempt(&ctx.run_id, &partition.id, &ctx.actor)
+        })
+        .await
         {
             Ok(a) => a,
             Err(e) => {
@@ -125,6 +129,22 @@ async fn run_partition(
                 return PartitionEnd::Interrupted;
             }
         };
+        if attempted {
+            // The store holds the resume point. After a lost connection the last batch may
+            // have committed (with its checkpoint) without this process hearing of it.
+            match store_call(ctx, "read checkpoint", || {
+                ctx.store.partition(&ctx.run_id, &partition.id)
+            })
+            .await
+            {
+                Ok(record) => checkpoint = record.checkpoint,
+                Err(e) => {
+                    tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot read checkpoint");
+                    return PartitionEnd::Interrupted;
+                }
+            }
+        }
+        attempted = true;
         ctx.emitter.emit(Event::PartitionStarted {
             partition_id: partition.id.clone(),
             attempt,
@@ -132,10 +152,7 @@ async fn run_partition(
         let started = Instant::now();
         let result =
             attempt_partition(ctx, partition, attempt, started, &mut checkpoint, row_path).await;
-        let finish = |outcome| {
-            ctx.store
-                .finish_partition(&ctx.run_id, &partition.id, attempt, outcome, &ctx.actor)
-        };
+        let finish = |outcome| finish_partition(ctx, partition, attempt, outcome);
         match result {
             Ok(counts) => {
                 return match finish(Outcome::Done).await {
@@ -208,6 +225,46 @@ async fn run_partition(
                 }
             }
         }
+    }
+}
+
+/// A state-store call, retried while it fails transiently (see `patience`).
+async fn store_call<T, F, Fut>(ctx: &Ctx, what: &str, call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    patience::store(&ctx.shutdown, what, call).await
+}
+
+/// Ends attempt `attempt` with `outcome`, retrying while the store fails transiently. When a
+/// retry finds the attempt already ended, the earlier try committed without this process
+/// hearing of it: that is success if the partition is where `outcome` puts it.
+async fn finish_partition(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+    outcome: Outcome<'_>,
+) -> Result<(), StoreError> {
+    let mut tries = 0u32;
+    let result = store_call(ctx, "finish partition", || {
+        tries += 1;
+        ctx.store
+            .finish_partition(&ctx.run_id, &partition.id, attempt, outcome, &ctx.actor)
+    })
+    .await;
+    match result {
+        Err(StoreError::StaleAttempt { .. }) if tries > 1 => {
+            let record = ctx.store.partition(&ctx.run_id, &partition.id).await?;
+            let landed = record.attempts == attempt
+                && match outcome {
+                    Outcome::Done => record.state.is_finished(),
+                    Outcome::Retry { .. } => record.state == PartitionState::Pending,
+                    Outcome::Failed { .. } => record.state == PartitionState::Failed,
+                };
+            if landed { Ok(()) } else { result }
+        }
+        other => other,
     }
 }
 

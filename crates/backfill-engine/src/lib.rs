@@ -31,13 +31,17 @@
 mod error;
 mod events;
 mod execute;
+mod patience;
 mod shutdown;
 pub mod status;
 
 use std::sync::Arc;
 
-use backfill_connectors::{AnyPushdown, AnySink, open_pushdown, open_sink, open_source};
+use backfill_connectors::{
+    AnyPushdown, AnySink, AnySource, ConnectorError, open_pushdown, open_sink, open_source,
+};
 use backfill_core::plan::Plan;
+use backfill_core::retry::ErrorClass;
 use backfill_core::{Guarantee, PartitionState, RowCounts, RunState, Spec, WriteMode};
 use backfill_store::{NewRun, RunRecord, Store};
 use tokio::sync::mpsc;
@@ -185,27 +189,43 @@ pub async fn execute(
             hint: "every partition is done; use `backfill run --new` to run the spec again".into(),
         });
     }
-    let pool = spec.limits.concurrency.get().saturating_add(1);
-    let source = open_source(&spec.source, &spec.target.key, pool).await?;
-    let sink = open_sink(&spec.target, pool).await?;
-    if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
-        preflight(spec, &source, &sink).await?;
-    }
+    let shutdown = &options.shutdown;
     let same_database = store.same_database(spec.target.url.expose());
-    let pushdown = open_pushdown_for(spec, pool, same_database, &sink).await?;
+    // A connection lost while opening is retried; a database that refuses the first
+    // connection (a wrong host or port, most likely) fails at once.
+    let (source, sink, pushdown) = patience::retry_transient(
+        shutdown,
+        "open source and target",
+        |e: &EngineError| match e {
+            EngineError::Connector(ConnectorError::Connect { .. }) => false,
+            EngineError::Connector(c) => c.class() == ErrorClass::Transient,
+            EngineError::Store(s) => s.is_transient(),
+            _ => false,
+        },
+        || open_connectors(spec, same_database),
+    )
+    .await?;
 
     let actor = options.actor.as_str();
-    store.reset_interrupted(&run.id, actor).await?;
+    patience::store(shutdown, "reset interrupted partitions", || {
+        store.reset_interrupted(&run.id, actor)
+    })
+    .await?;
     if matches!(run.state, RunState::Failed | RunState::Cancelled) {
-        store.reopen_failed(&run.id, actor).await?;
+        patience::store(shutdown, "reopen failed partitions", || {
+            store.reopen_failed(&run.id, actor)
+        })
+        .await?;
     }
     if run.state != RunState::Running {
-        store
-            .set_run_state(&run.id, RunState::Running, actor, serde_json_reason(&run))
-            .await?;
+        patience::store(shutdown, "mark the run running", || {
+            store.set_run_state(&run.id, RunState::Running, actor, serde_json_reason(&run))
+        })
+        .await?;
     }
 
-    let records = store.partitions(&run.id).await?;
+    let records =
+        patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
     let read_before: u64 = records.iter().map(|p| p.counts.read).sum();
     let pending: Vec<_> = records
         .iter()
@@ -255,8 +275,12 @@ pub async fn execute(
         .iter()
         .any(|(_, end)| matches!(end, PartitionEnd::Interrupted))
         || options.shutdown.is_requested();
-    store.reset_interrupted(&run.id, actor).await?;
-    let records = store.partitions(&run.id).await?;
+    patience::store(shutdown, "reset interrupted partitions", || {
+        store.reset_interrupted(&run.id, actor)
+    })
+    .await?;
+    let records =
+        patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
     let guarantee = Guarantee::of(&spec.target.mode, same_database);
     let summary_of = |state| summarize(&records, state, started, guarantee, pushed);
     let done = records.iter().all(|p| p.state == PartitionState::Done);
@@ -277,10 +301,26 @@ pub async fn execute(
         "rows_read": summary.counts.read,
         "rows_written": summary.counts.written(),
     });
-    store
-        .set_run_state(&run.id, final_state, actor, detail)
-        .await?;
+    patience::store(shutdown, "record the run's end", || {
+        store.set_run_state(&run.id, final_state, actor, detail.clone())
+    })
+    .await?;
     Ok(summary)
+}
+
+/// Opens the source, the target and (when used) the pushdown, and runs the preflight check.
+async fn open_connectors(
+    spec: &Spec,
+    same_database: bool,
+) -> Result<(AnySource, AnySink, Option<AnyPushdown>), EngineError> {
+    let pool = spec.limits.concurrency.get().saturating_add(1);
+    let source = open_source(&spec.source, &spec.target.key, pool).await?;
+    let sink = open_sink(&spec.target, pool).await?;
+    if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
+        preflight(spec, &source, &sink).await?;
+    }
+    let pushdown = open_pushdown_for(spec, pool, same_database, &sink).await?;
+    Ok((source, sink, pushdown))
 }
 
 /// Checks before any write that the target has the columns the source returns, so a typo in

@@ -168,7 +168,9 @@ async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
     let mut spec = spec(&source, &target, 34);
-    spec.limits.rows_per_second = NonZeroU32::new(2_000);
+    // The limiter lets one second of rows through at once, then 1,000 a second: the
+    // 2,000 rows take about a second, so the stop at 300 ms always lands mid-run.
+    spec.limits.rows_per_second = NonZeroU32::new(1_000);
     let store = backfill_store::Store::open(&format!("sqlite://{}/state.db", dir.path().display()))
         .await
         .unwrap();
@@ -318,7 +320,9 @@ async fn pushdown_stops_between_batches_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
     let mut spec = spec(&source, &target, 34);
-    spec.limits.rows_per_second = NonZeroU32::new(2_000);
+    // The limiter lets one second of rows through at once, then 1,000 a second: the
+    // 2,000 rows take about a second, so the stop at 300 ms always lands mid-run.
+    spec.limits.rows_per_second = NonZeroU32::new(1_000);
     let state = format!("sqlite://{}/state.db", dir.path().display());
     let store = backfill_store::Store::open(&state).await.unwrap();
     let plan = backfill_core::plan::plan(&spec).unwrap();
