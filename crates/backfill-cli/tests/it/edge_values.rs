@@ -40,16 +40,17 @@
 //! - MySQL has no UUID type: `CHAR(36)` with the hyphenated text (a `BINARY(16)` would read as
 //!   bytes, which PostgreSQL's `UUID` refuses).
 //! - SQLite has no decimal type: the decimal is TEXT. A column declared `DECIMAL(38,10)` has
-//!   NUMERIC affinity, and SQLite stores such text as a float: the engine neither keeps the
-//!   digits nor refuses the column (a bug, see the ignored
-//!   `postgres_decimal_into_a_sqlite_decimal_column_is_exact_or_refused`). Date, JSON and UUID
+//!   NUMERIC affinity, where SQLite would store such text as a 15-digit float: the SQLite
+//!   sink quarantines a decimal that would be rounded, naming the column
+//!   (`postgres_decimal_into_a_sqlite_decimal_column_is_exact_or_refused`). Date, JSON and UUID
 //!   columns keep their natural declarations (NUMERIC affinity leaves text that is not a
 //!   number alone).
 //! - MySQL DATE/DATETIME span years 1000..9999, so dates stay within them.
 //!
-//! Known bug: SQLite → MySQL fails for instants in the portable form the engine itself writes
-//! into SQLite (RFC 3339 with `Z`), which MariaDB refuses (`sqlite_to_mysql`, ignored);
-//! `sqlite_to_mysql_with_naive_utc_instants` covers every other value of that pair.
+//! - SQLite holds instants as RFC 3339 text with `Z` (the form the engine writes into SQLite),
+//!   which MySQL refuses for `DATETIME`/`TIMESTAMP`: the MySQL sink turns such text into the
+//!   instant's UTC wall clock for those columns only (`sqlite_to_mysql`);
+//!   `sqlite_to_mysql_with_naive_utc_instants` covers instants already in MySQL's spelling.
 //!
 //! Servers come from `BACKFILL_TEST_POSTGRES_URL` / `BACKFILL_TEST_MYSQL_URL` (local defaults);
 //! a test whose server is down is skipped, or fails when `BACKFILL_REQUIRE_SERVICES=1` or
@@ -778,15 +779,12 @@ pairs! {
 /// SQLite → MySQL with instants in the portable form the engine itself writes into SQLite
 /// (RFC 3339 with `Z`, e.g. after a PostgreSQL → SQLite backfill).
 #[tokio::test]
-#[ignore = "bug: the MySQL sink binds SQLite's RFC 3339 instant text \
-            ('2038-01-19T03:14:08.000001Z') as is; MariaDB refuses it for DATETIME and TIMESTAMP \
-            (1292 Incorrect datetime value), so every row with an instant is quarantined"]
 async fn sqlite_to_mysql() {
     copy_edge_values("sqlite", "mysql", "", SqliteInstants::Rfc3339).await;
 }
 
-/// SQLite → MySQL with instants held as `YYYY-MM-DD HH:MM:SS.f` UTC text: every other edge
-/// value of the pair, while `sqlite_to_mysql` is ignored.
+/// SQLite → MySQL with instants held as `YYYY-MM-DD HH:MM:SS.f` UTC text, which MySQL reads
+/// as is.
 #[tokio::test]
 async fn sqlite_to_mysql_with_naive_utc_instants() {
     copy_edge_values("sqlite", "mysql", "", SqliteInstants::NaiveUtc).await;
@@ -794,13 +792,10 @@ async fn sqlite_to_mysql_with_naive_utc_instants() {
 
 /// A 38-digit PostgreSQL numeric into a SQLite column declared the natural way,
 /// `DECIMAL(38,10)`: SQLite gives such a column NUMERIC affinity and would itself turn the
-/// decimal's text into a float. The engine must either keep every digit or refuse the column
-/// before writing (the README: "a column type with no faithful mapping is an error naming the
-/// column before anything is written"); it must never store a rounded number.
+/// decimal's text into a 15-digit float. The engine never stores a rounded number: the row
+/// goes to the quarantine with an error naming the column, and a decimal the column holds
+/// exactly (`0.1000000000`, one significant digit) is written.
 #[tokio::test]
-#[ignore = "bug: the SQLite sink writes the decimal text into a NUMERIC-affinity column, where \
-            SQLite stores 9999999999999999999999999999.9999999999 as REAL 1.0e+28 (and \
-            0.1000000000 as 0.1); the run succeeds and re-runs report the rows unchanged"]
 async fn postgres_decimal_into_a_sqlite_decimal_column_is_exact_or_refused() {
     let ws = Workspace::new();
     let Some(source) = Db::open(System::Postgres, &ws, "src").await else {
@@ -846,9 +841,6 @@ chunk = 2
     );
     ws.write("spec.toml", &spec);
     let ran = ws.run(&["--json", "run", "spec.toml"]);
-    // What a re-run says about the stored rows (part of the evidence when digits are lost).
-    let rerun =
-        (ran.code == 0).then(|| ws.run(&["--json", "run", "spec.toml"]).json()["rows"].clone());
     let Db::Sqlite(pool, _) = &target else {
         unreachable!()
     };
@@ -858,19 +850,20 @@ chunk = 2
             .await
             .expect("read target");
     source.drop_all().await;
-    if ran.code == 0 {
-        assert_eq!(
-            stored,
-            vec![
-                (1, "text".to_owned(), digits.to_owned()),
-                (2, "text".to_owned(), small.to_owned())
-            ],
-            "the run succeeded, so every digit must be stored: {ran:#?}\nre-run rows: {rerun:?}"
-        );
-    } else {
-        assert!(
-            stored.is_empty() && ran.stderr.contains("decv"),
-            "a refusal must name the column and write nothing: {stored:?} {ran:#?}"
-        );
-    }
+    assert_eq!(ran.code, 1, "the rounded row is quarantined: {ran:#?}");
+    assert_eq!(
+        stored,
+        vec![(2, "real".to_owned(), "0.1".to_owned())],
+        "only the exact decimal is stored: {ran:#?}"
+    );
+    let run_id = ran.json()["run_id"].as_str().expect("run id").to_owned();
+    let quarantined = ws.run(&["--json", "quarantine", &run_id]).json();
+    let rows = quarantined.as_array().expect("quarantine rows");
+    assert_eq!(rows.len(), 1, "{quarantined:#}");
+    assert_eq!(rows[0]["row"]["decv"], digits, "{quarantined:#}");
+    let error = rows[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("\"decv\"") && error.contains("TEXT"),
+        "the error names the column and the fix: {error}"
+    );
 }

@@ -10,6 +10,7 @@
 //! row left as it was. So `affected = inserted + 2·updated + (existing − updated)
 //! = batch + updated`, which gives `updated = affected − batch` exactly.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -72,6 +73,8 @@ pub struct MySqlSink {
     statement: Option<(Arc<str>, Vec<String>)>,
     /// Bytes of bound values one statement may carry (half of `max_allowed_packet`).
     packet_budget: usize,
+    /// The table's `DATETIME` and `TIMESTAMP` columns, read from the catalog once.
+    temporal: tokio::sync::OnceCell<Arc<Vec<String>>>,
 }
 
 impl MySqlSink {
@@ -123,7 +126,27 @@ impl MySqlSink {
             time_format: spec.time_format.clone(),
             statement,
             packet_budget,
+            temporal: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The table's `DATETIME` and `TIMESTAMP` columns (see [`instants_as_datetimes`]).
+    async fn temporal_columns(&self, table: &Table) -> Result<Arc<Vec<String>>, ConnectorError> {
+        self.temporal
+            .get_or_try_init(|| async {
+                let (columns, types, _) = self.describe_table(table).await?;
+                let temporal = columns
+                    .into_iter()
+                    .zip(types)
+                    .filter(|(_, ty)| {
+                        ty.eq_ignore_ascii_case("datetime") || ty.eq_ignore_ascii_case("timestamp")
+                    })
+                    .map(|(c, _)| c)
+                    .collect();
+                Ok(Arc::new(temporal))
+            })
+            .await
+            .cloned()
     }
 
     fn table(&self) -> Result<&Table, ConnectorError> {
@@ -132,16 +155,17 @@ impl MySqlSink {
         })
     }
 
-    /// The table's columns in order (empty when it does not exist) and its unique keys
-    /// (PRIMARY and UNIQUE indexes), each as its columns.
+    /// The table's columns in order (empty when it does not exist), their `DATA_TYPE`s and
+    /// its unique keys (PRIMARY and UNIQUE indexes), each as its columns.
     async fn describe_table(
         &self,
         table: &Table,
-    ) -> Result<(Vec<String>, Vec<Vec<String>>), ConnectorError> {
+    ) -> Result<(Vec<String>, Vec<String>, Vec<Vec<String>>), ConnectorError> {
         let (schema, name) = table.parts();
         let context = table.describe();
-        let columns: Vec<String> = sqlx::query_scalar(
-            "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS \
+        let described: Vec<(String, String)> = sqlx::query_as(
+            "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) \
+             FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
              ORDER BY ORDINAL_POSITION",
         )
@@ -150,6 +174,7 @@ impl MySqlSink {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| sql_error(&context, &e))?;
+        let (columns, types) = described.into_iter().unzip();
         let rows = sqlx::query(
             "SELECT CAST(INDEX_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR) \
              FROM information_schema.STATISTICS \
@@ -170,8 +195,53 @@ impl MySqlSink {
                 _ => keys.push((index, vec![column])),
             }
         }
-        Ok((columns, keys.into_iter().map(|(_, c)| c).collect()))
+        Ok((columns, types, keys.into_iter().map(|(_, c)| c).collect()))
     }
+}
+
+/// `batch` with every text value of a `temporal` column that is an RFC 3339 instant
+/// (`2025-01-01T00:00:00Z`, how SQLite sources hold instants) turned into that instant, which
+/// binds as its UTC wall clock (the session time zone is UTC). MySQL refuses the `T…Z`
+/// spelling for `DATETIME` and `TIMESTAMP`. Other values, and other columns, are untouched;
+/// borrowed when nothing changes.
+fn instants_as_datetimes<'b>(batch: &'b Batch, temporal: &[String]) -> Cow<'b, Batch> {
+    let positions: Vec<usize> = batch
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| position(temporal, c).is_some())
+        .map(|(i, _)| i)
+        .collect();
+    let instant = |v: &Value| match v {
+        Value::Text(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| Value::TimestampTz(t.with_timezone(&chrono::Utc))),
+        _ => None,
+    };
+    let any = batch
+        .rows
+        .iter()
+        .any(|row| positions.iter().any(|&i| instant(&row[i]).is_some()));
+    if !any {
+        return Cow::Borrowed(batch);
+    }
+    let rows = batch
+        .rows
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            for &i in &positions {
+                if let Some(v) = instant(&row[i]) {
+                    row[i] = v;
+                }
+            }
+            row
+        })
+        .collect();
+    Cow::Owned(Batch {
+        columns: batch.columns.clone(),
+        rows,
+    })
 }
 
 /// The batch's columns, validated and quoted, and the positions of `key` among them.
@@ -338,7 +408,7 @@ async fn begin(
 impl Sink for MySqlSink {
     async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
         let table = self.table()?;
-        let (existing, unique) = self.describe_table(table).await?;
+        let (existing, _, unique) = self.describe_table(table).await?;
         if existing.is_empty() {
             return Err(ConnectorError::Sql {
                 context: table.describe(),
@@ -393,6 +463,8 @@ impl Sink for MySqlSink {
         let table = self.table()?;
         let context = format!("upsert into {}", table.quoted);
         let (columns, key_positions) = prepare_columns(batch, &self.key)?;
+        let temporal = self.temporal_columns(table).await?;
+        let batch = &*instants_as_datetimes(batch, &temporal);
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
         let guard = match &self.guard {
             Some(g) => Some(sql::quote(
@@ -460,6 +532,7 @@ impl Sink for MySqlSink {
                 tx,
                 table: table.clone(),
                 packet_budget: self.packet_budget,
+                temporal: self.temporal_columns(table).await?,
             }),
             deleted: done.rows_affected(),
         })
@@ -493,6 +566,7 @@ pub struct MySqlReplace {
     tx: Transaction<'static, MySql>,
     table: Table,
     packet_budget: usize,
+    temporal: Arc<Vec<String>>,
 }
 
 impl fmt::Debug for MySqlReplace {
@@ -508,6 +582,7 @@ impl MySqlReplace {
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
         let (columns, _) = prepare_columns(batch, &[])?;
+        let batch = &*instants_as_datetimes(batch, &self.temporal);
         let table = &self.table.quoted;
         write_chunks(
             &mut self.tx,

@@ -64,6 +64,104 @@ pub struct SqliteSink {
     time_format: TimeFormat,
     /// `sql` mode: the statement with `?N` placeholders and the name bound at each.
     statement: Option<(Arc<str>, Vec<String>)>,
+    /// The table's columns with numeric affinity, read from the catalog once.
+    numeric: tokio::sync::OnceCell<Arc<Vec<(String, Affinity)>>>,
+}
+
+/// A column's type affinity, from its declared type by SQLite's rules
+/// (<https://www.sqlite.org/datatype3.html#determination_of_column_affinity>): the storage
+/// class SQLite converts text to on insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+impl Affinity {
+    fn of(declared: &str) -> Affinity {
+        let ty = declared.to_ascii_uppercase();
+        if ty.contains("INT") {
+            Affinity::Integer
+        } else if ["CHAR", "CLOB", "TEXT"].iter().any(|t| ty.contains(t)) {
+            Affinity::Text
+        } else if ty.contains("BLOB") || ty.trim().is_empty() {
+            Affinity::Blob
+        } else if ["REAL", "FLOA", "DOUB"].iter().any(|t| ty.contains(t)) {
+            Affinity::Real
+        } else {
+            Affinity::Numeric
+        }
+    }
+
+    /// Whether SQLite stores the plain decimal `text` in a column of this affinity with its
+    /// value intact. INTEGER and NUMERIC keep integers that fit 64 bits exactly; every numeric
+    /// affinity turns other numbers into a double, which keeps 15 significant digits.
+    fn keeps_decimal(self, text: &str) -> bool {
+        let unsigned = text.trim_start_matches(['-', '+']);
+        let (int_part, frac_part) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+        let frac = frac_part.trim_end_matches('0');
+        match self {
+            Affinity::Text | Affinity::Blob => true,
+            Affinity::Integer | Affinity::Numeric if frac.is_empty() => {
+                text.split('.')
+                    .next()
+                    .is_some_and(|i| i.parse::<i64>().is_ok())
+                    || significant_digits(int_part, "") <= 15
+            }
+            Affinity::Integer | Affinity::Numeric | Affinity::Real => {
+                significant_digits(int_part, frac) <= 15
+            }
+        }
+    }
+}
+
+/// Significant digits of the number `int_part.frac`: without leading zeros, and (when `frac`
+/// is empty) without trailing zeros of the integer part.
+fn significant_digits(int_part: &str, frac: &str) -> usize {
+    let digits = format!("{int_part}{frac}");
+    let digits = digits.trim_start_matches('0');
+    if frac.is_empty() {
+        digits.trim_end_matches('0').len()
+    } else {
+        digits.len()
+    }
+}
+
+/// Refuses a batch holding a decimal that a numeric-affinity column of the target would
+/// round (SQLite converts the text to a 15-digit double): a data error naming the column,
+/// so the engine quarantines exactly the rows concerned instead of storing rounded numbers.
+fn check_decimals(
+    batch: &Batch,
+    numeric: &[(String, Affinity)],
+    table: &Table,
+) -> Result<(), ConnectorError> {
+    for (i, column) in batch.columns.iter().enumerate() {
+        let Some((_, affinity)) = numeric.iter().find(|(c, _)| c.eq_ignore_ascii_case(column))
+        else {
+            continue;
+        };
+        for row in &batch.rows {
+            if let Some(Value::Decimal(d)) = row.get(i)
+                && !affinity.keeps_decimal(d)
+            {
+                // Class `Data`: the target refuses this row, as a constraint would.
+                return Err(ConnectorError::Sql {
+                    context: format!("write into {}", table.quoted),
+                    message: format!(
+                        "column \"{column}\" of {} has {affinity:?} affinity: SQLite would round \
+                         the decimal {d} to 15 significant digits; declare the column TEXT to \
+                         keep every digit",
+                        table.describe()
+                    ),
+                    class: ErrorClass::Data,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SqliteSink {
@@ -103,7 +201,34 @@ impl SqliteSink {
             mode: spec.mode.clone(),
             time_format: spec.time_format.clone(),
             statement,
+            numeric: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The table's columns whose affinity converts text to numbers, with that affinity.
+    async fn numeric_columns(
+        &self,
+        table: &Table,
+    ) -> Result<Arc<Vec<(String, Affinity)>>, ConnectorError> {
+        self.numeric
+            .get_or_try_init(|| async {
+                let (schema, name) = table.parts();
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as("SELECT name, type FROM pragma_table_info(?1, ?2) ORDER BY cid")
+                        .bind(name)
+                        .bind(schema)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| sql_error(table.describe(), &e))?;
+                let numeric = rows
+                    .into_iter()
+                    .map(|(column, declared)| (column, Affinity::of(&declared)))
+                    .filter(|(_, a)| !matches!(a, Affinity::Text | Affinity::Blob))
+                    .collect();
+                Ok(Arc::new(numeric))
+            })
+            .await
+            .cloned()
     }
 
     fn table(&self) -> Result<&Table, ConnectorError> {
@@ -366,6 +491,7 @@ impl Sink for SqliteSink {
         let table = self.table()?;
         let context = format!("upsert into {}", table.quoted);
         let (columns, key_positions) = prepare_columns(batch, &self.key)?;
+        check_decimals(batch, &self.numeric_columns(table).await?, table)?;
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
         let width = columns.len();
 
@@ -416,6 +542,7 @@ impl Sink for SqliteSink {
             inner: ReplaceInner::Sqlite(SqliteReplace {
                 tx,
                 table: table.clone(),
+                numeric: self.numeric_columns(table).await?,
             }),
             deleted: done.rows_affected(),
         })
@@ -451,6 +578,7 @@ impl Sink for SqliteSink {
 pub struct SqliteReplace {
     tx: Transaction<'static, Sqlite>,
     table: Table,
+    numeric: Arc<Vec<(String, Affinity)>>,
 }
 
 impl fmt::Debug for SqliteReplace {
@@ -466,6 +594,7 @@ impl SqliteReplace {
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
         let (columns, _) = prepare_columns(batch, &[])?;
+        check_decimals(batch, &self.numeric, &self.table)?;
         let table = &self.table.quoted;
         write_chunks(&mut self.tx, &context, &batch.rows, columns.len(), |n| {
             sql::insert(table, &columns, n)
@@ -487,5 +616,54 @@ impl SqliteReplace {
         run_extra(&mut self.tx, extra).await?;
         let context = format!("replace in {}", self.table.quoted);
         self.tx.commit().await.map_err(|e| sql_error(&context, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_follows_sqlites_rules() {
+        for (declared, want) in [
+            ("INTEGER", Affinity::Integer),
+            ("BIGINT", Affinity::Integer),
+            ("VARCHAR(10)", Affinity::Text),
+            ("text", Affinity::Text),
+            ("BLOB", Affinity::Blob),
+            ("", Affinity::Blob),
+            ("DOUBLE PRECISION", Affinity::Real),
+            ("FLOAT", Affinity::Real),
+            ("DECIMAL(38,10)", Affinity::Numeric),
+            ("NUMERIC", Affinity::Numeric),
+            ("DATE", Affinity::Numeric),
+        ] {
+            assert_eq!(Affinity::of(declared), want, "{declared}");
+        }
+    }
+
+    #[test]
+    fn decimals_beyond_15_significant_digits_do_not_fit_numeric_columns() {
+        let numeric = Affinity::Numeric;
+        for kept in [
+            "0.1000000000",
+            "-12.50",
+            "123456789012345",
+            "9223372036854775807",
+            "100000000000000000000",
+            "0.000000000000001",
+        ] {
+            assert!(numeric.keeps_decimal(kept), "{kept}");
+        }
+        for rounded in [
+            "9999999999999999999999999999.9999999999",
+            "1234567890123456.1",
+            "99999999999999999999",
+        ] {
+            assert!(!numeric.keeps_decimal(rounded), "{rounded}");
+        }
+        // A double cannot hold every 64-bit integer.
+        assert!(!Affinity::Real.keeps_decimal("9223372036854775807"));
+        assert!(Affinity::Text.keeps_decimal("9999999999999999999999999999.9999999999"));
     }
 }
