@@ -521,6 +521,8 @@ impl Sink for MySqlSink {
         };
         let context = format!("delete window {window} from {}", table.quoted);
         let bounds = bounds(window, &self.time_format);
+        // Read before the transaction holds a pooled connection.
+        let temporal = self.temporal_columns(table).await?;
         let mut tx = begin(&self.pool, &context).await?;
         let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
         let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
@@ -532,7 +534,7 @@ impl Sink for MySqlSink {
                 tx,
                 table: table.clone(),
                 packet_budget: self.packet_budget,
-                temporal: self.temporal_columns(table).await?,
+                temporal,
             }),
             deleted: done.rows_affected(),
         })

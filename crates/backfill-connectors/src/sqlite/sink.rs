@@ -532,6 +532,8 @@ impl Sink for SqliteSink {
         };
         let context = format!("delete window {window} from {}", table.quoted);
         let bounds = bounds(window, &self.time_format);
+        // Read before the transaction holds a pooled connection.
+        let numeric = self.numeric_columns(table).await?;
         let mut tx = begin(&self.pool, &context).await?;
         let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
         let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds, 2)?)
@@ -542,7 +544,7 @@ impl Sink for SqliteSink {
             inner: ReplaceInner::Sqlite(SqliteReplace {
                 tx,
                 table: table.clone(),
-                numeric: self.numeric_columns(table).await?,
+                numeric,
             }),
             deleted: done.rows_affected(),
         })
