@@ -130,6 +130,11 @@ pub trait Sink {
         columns: &[String],
     ) -> impl Future<Output = Result<Vec<String>, ConnectorError>> + Send;
 
+    /// In `replace` mode, whether an index of the target table leads with `window_column`
+    /// (the integer primary key of a SQLite rowid table counts). Without one, deleting each
+    /// partition's window scans the whole table. `None` in other modes.
+    fn window_indexed(&self) -> impl Future<Output = Result<Option<bool>, ConnectorError>> + Send;
+
     /// Inserts new keys and updates changed rows of `batch` in one transaction, then runs
     /// `extra` in it. Rows identical to the target are not written. Counts are exact:
     /// `inserted + updated + unchanged == batch.len()`; `read` is left 0 (the engine counts
@@ -337,6 +342,15 @@ impl AnySink {
             AnySink::Sqlite(s) => s.check_columns(columns).await,
             AnySink::MySql(s) => s.check_columns(columns).await,
             AnySink::Postgres(s) => s.check_columns(columns).await,
+        }
+    }
+
+    /// See [`Sink::window_indexed`].
+    pub async fn window_indexed(&self) -> Result<Option<bool>, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.window_indexed().await,
+            AnySink::MySql(s) => s.window_indexed().await,
+            AnySink::Postgres(s) => s.window_indexed().await,
         }
     }
 

@@ -319,6 +319,12 @@ async fn open_connectors(
     if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
         preflight(spec, &source, &sink).await?;
     }
+    if let Ok(Some(false)) = sink.window_indexed().await {
+        tracing::warn!(
+            "no index of the target table starts with the window column: every partition's \
+             delete scans the whole table (see `backfill check`)"
+        );
+    }
     let pushdown = open_pushdown_for(spec, pool, same_database, &sink).await?;
     Ok((source, sink, pushdown))
 }

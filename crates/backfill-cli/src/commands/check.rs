@@ -87,6 +87,24 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
             None
         }
     };
+    if let (Some(sink), WriteMode::Replace { window_column }) = (&sink, &spec.target.mode)
+        && let Ok(Some(false)) = sink.window_indexed().await
+    {
+        out.push(
+            Diagnostic::warning(
+                "target.window_column",
+                format!(
+                    "no index of the target table starts with `{window_column}`: `replace` \
+                     deletes each partition's window by it, so every partition scans the whole \
+                     table"
+                ),
+            )
+            .with_hint(format!(
+                "create one, e.g. CREATE INDEX ON {} ({window_column})",
+                spec.target.table.as_deref().unwrap_or("TABLE")
+            )),
+        );
+    }
     let Some(source) = source else { return out };
     let whole = whole_window(&spec.scope);
     let first = backfill_core::plan::partitions(&spec.scope)

@@ -130,6 +130,46 @@ async fn a_good_spec_passes_with_both_databases_reachable() {
     assert_eq!(v["diagnostics"].as_array().map(Vec::len), Some(0));
 }
 
+/// `replace` deletes each window by `window_column`: without an index starting with it, every
+/// partition scans the whole target, which `check` points out (a warning: exit 0).
+#[tokio::test]
+async fn replace_without_an_index_on_the_window_column_is_a_warning() {
+    let ws = Workspace::new();
+    let spec = setup(&ws, 300, "").await;
+    let replace = edit(
+        &spec,
+        "key = [\"id\"]\n",
+        "key = [\"id\"]\nmode = \"replace\"\nwindow_column = \"ts\"\n",
+    );
+    ws.write(SPEC, &replace);
+    let ran = ws.run(&["--json", "check", SPEC]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    let v = ran.json();
+    let diagnostics = v["diagnostics"].as_array().expect("diagnostics");
+    assert_eq!(diagnostics.len(), 1, "{v:#}");
+    assert_eq!(diagnostics[0]["severity"], "warning", "{v:#}");
+    assert_eq!(diagnostics[0]["path"], "target.window_column", "{v:#}");
+    assert!(
+        diagnostics[0]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("CREATE INDEX ON events_copy (ts)")),
+        "{v:#}"
+    );
+
+    let target = sqlite(&ws.path("target.db")).await;
+    exec(
+        &target,
+        &["CREATE INDEX events_copy_ts ON events_copy (ts)"],
+    )
+    .await;
+    let ran = ws.run(&["--json", "check", SPEC]);
+    assert_eq!(
+        ran.json()["diagnostics"].as_array().map(Vec::len),
+        Some(0),
+        "{ran:#?}"
+    );
+}
+
 #[tokio::test]
 async fn unknown_key_suggests_the_right_one() {
     let ws = Workspace::new();

@@ -455,6 +455,25 @@ impl Sink for MySqlSink {
         Ok(existing)
     }
 
+    async fn window_indexed(&self) -> Result<Option<bool>, ConnectorError> {
+        let (WriteMode::Replace { window_column }, Some(table)) = (&self.mode, &self.table) else {
+            return Ok(None);
+        };
+        let (schema, name) = table.parts();
+        let leading: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+             AND SEQ_IN_INDEX = 1 AND COLUMN_NAME = ?",
+        )
+        .bind(schema)
+        .bind(name)
+        .bind(window_column)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql_error(table.describe(), &e))?;
+        Ok(Some(leading > 0))
+    }
+
     async fn upsert(
         &self,
         batch: &Batch,

@@ -333,6 +333,23 @@ impl Sink for PostgresSink {
         Ok(info.columns.clone())
     }
 
+    async fn window_indexed(&self) -> Result<Option<bool>, ConnectorError> {
+        let (WriteMode::Replace { window_column }, Some(table)) = (&self.mode, &self.table) else {
+            return Ok(None);
+        };
+        let indexed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+             ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1) AND lower(a.attname) = lower($2))",
+        )
+        .bind(&table.quoted)
+        .bind(window_column)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql_error(table.describe(), &e))?;
+        Ok(Some(indexed))
+    }
+
     async fn upsert(
         &self,
         batch: &Batch,

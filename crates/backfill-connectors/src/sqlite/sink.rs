@@ -483,6 +483,30 @@ impl Sink for SqliteSink {
         Ok(existing)
     }
 
+    async fn window_indexed(&self) -> Result<Option<bool>, ConnectorError> {
+        let (WriteMode::Replace { window_column }, Some(table)) = (&self.mode, &self.table) else {
+            return Ok(None);
+        };
+        let (schema, name) = table.parts();
+        // An index whose first column is the window column, or the INTEGER PRIMARY KEY
+        // (the rowid itself).
+        let leading: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM pragma_index_list(?1, ?2) AS l \
+                     JOIN pragma_index_info(l.name, ?2) AS i \
+                     WHERE i.seqno = 0 AND i.name = ?3 COLLATE NOCASE) \
+                  + (SELECT COUNT(*) FROM pragma_table_info(?1, ?2) \
+                     WHERE pk = 1 AND upper(type) = 'INTEGER' AND name = ?3 COLLATE NOCASE \
+                     AND (SELECT COUNT(*) FROM pragma_table_info(?1, ?2) WHERE pk > 0) = 1)",
+        )
+        .bind(name)
+        .bind(schema)
+        .bind(window_column)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql_error(table.describe(), &e))?;
+        Ok(Some(leading > 0))
+    }
+
     async fn upsert(
         &self,
         batch: &Batch,

@@ -199,6 +199,49 @@ fn event(id: i64, ts: &str, v: &str) -> Vec<Value> {
     ]
 }
 
+/// `check` warns when deleting a window would scan the whole table.
+#[tokio::test]
+async fn replace_knows_whether_the_window_column_leads_an_index() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", EVENTS).await;
+    assert_eq!(
+        sink(&url, "e", &["id"], replace_mode())
+            .await
+            .window_indexed()
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    // The INTEGER PRIMARY KEY is the rowid: windows by `id` need no index.
+    let by_id = WriteMode::Replace {
+        window_column: "id".to_owned(),
+    };
+    assert_eq!(
+        sink(&url, "e", &["id"], by_id)
+            .await
+            .window_indexed()
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    let url = dir
+        .db(
+            "idx.db",
+            &format!("{EVENTS}; CREATE INDEX e_ts ON e (ts, v);"),
+        )
+        .await;
+    assert_eq!(
+        sink(&url, "e", &["id"], replace_mode())
+            .await
+            .window_indexed()
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    let upsert = sink(&url, "e", &["id"], WriteMode::Upsert).await;
+    assert_eq!(upsert.window_indexed().await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn replace_deletes_only_the_window_and_commits_atomically() {
     let dir = Dir::temp();
