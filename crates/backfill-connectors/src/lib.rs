@@ -265,7 +265,70 @@ fn unsupported(scheme: &str, url: &backfill_core::SecretUrl) -> ConnectorError {
     }
 }
 
+/// The rows of one window in key order, read by one query and handed over a batch at a
+/// time (see [`AnySource::stream`]). Dropping it stops the read.
+#[derive(Debug)]
+pub struct RowStream {
+    columns: Vec<String>,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<Vec<Value>>, ConnectorError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RowStream {
+    pub(crate) fn new(
+        columns: Vec<String>,
+        rx: tokio::sync::mpsc::Receiver<Result<Vec<Vec<Value>>, ConnectorError>>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> RowStream {
+        RowStream { columns, rx, task }
+    }
+
+    /// The next batch (as many rows as the stream's chunk size, fewer at the end); empty
+    /// when the window is exhausted.
+    pub async fn next_batch(&mut self) -> Result<Batch, ConnectorError> {
+        let rows = match self.rx.recv().await {
+            Some(rows) => rows?,
+            None => Vec::new(),
+        };
+        Ok(Batch {
+            columns: self.columns.clone(),
+            rows,
+        })
+    }
+}
+
+impl Drop for RowStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl AnySource {
+    /// Streams the rows of `window` after `after` (exclusive), in key order, `chunk` rows per
+    /// batch, from one query, when this source can: the batches are those successive
+    /// [`read_batch`](AnySource::read_batch) calls would return, but the window is read
+    /// once. `None` when the source reads page by page (SQLite, MySQL).
+    pub async fn stream(
+        &self,
+        window: &Window,
+        after: Option<&[Value]>,
+        chunk: u32,
+    ) -> Result<Option<RowStream>, ConnectorError> {
+        match self {
+            AnySource::Postgres(s) => s.stream(window, after, chunk).await.map(Some),
+            AnySource::Sqlite(_) | AnySource::MySql(_) => Ok(None),
+        }
+    }
+
+    /// Whether `window` holds any row. PostgreSQL asks without ordering the window (the
+    /// server stops at the first row); the others read a one-row page.
+    pub async fn has_rows(&self, window: &Window) -> Result<bool, ConnectorError> {
+        match self {
+            AnySource::Postgres(s) => s.has_rows(window).await,
+            other => Ok(!other.read_batch(window, None, 1).await?.is_empty()),
+        }
+    }
+
     /// See [`Source::read_batch`].
     pub async fn read_batch(
         &self,

@@ -13,7 +13,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
-use backfill_connectors::{AnyPushdown, AnySink, AnySource, Extra, PushedBatch, ReplaceTxn};
+use backfill_connectors::{
+    AnyPushdown, AnySink, AnySource, ConnectorError, Extra, PushedBatch, ReplaceTxn, RowStream,
+};
 use backfill_core::retry::{ErrorClass, RetryDecision};
 use backfill_core::secret::redact;
 use backfill_core::{Batch, Partition, PartitionState, RowCounts, Spec, Value, WriteMode};
@@ -284,8 +286,8 @@ fn can_isolate(ctx: &Ctx) -> bool {
 /// non-empty window) returns false and the partition takes the normal path, which retries.
 /// Replace mode never takes this path: its empty window must still be deleted in the target.
 async fn finish_if_empty(ctx: &Ctx, partition: &Partition) -> bool {
-    match ctx.source.read_batch(&partition.window, None, 1).await {
-        Ok(batch) if batch.is_empty() => {}
+    match ctx.source.has_rows(&partition.window).await {
+        Ok(false) => {}
         _ => return false,
     }
     let Ok(attempt) = ctx
@@ -328,6 +330,52 @@ async fn attempt_partition(
             let counts = ctx.sink.execute_sql(&partition.window).await?;
             checkpoint(ctx, partition, attempt, None, &counts, started).await?;
             Ok(counts)
+        }
+    }
+}
+
+/// Reads a partition's rows batch by batch in key order: from one streaming query when the
+/// source can (PostgreSQL), else page by page (keyset pagination).
+enum Reader {
+    Pages,
+    Stream(RowStream),
+}
+
+impl Reader {
+    /// A reader of `partition`'s rows after `after`.
+    async fn open(
+        ctx: &Ctx,
+        partition: &Partition,
+        after: Option<&[Value]>,
+    ) -> Result<Reader, ConnectorError> {
+        let batch_rows = ctx.spec.limits.batch_rows.get();
+        Ok(
+            match ctx
+                .source
+                .stream(&partition.window, after, batch_rows)
+                .await?
+            {
+                Some(stream) => Reader::Stream(stream),
+                None => Reader::Pages,
+            },
+        )
+    }
+
+    /// The next batch; `after` is the last key handed out so far (pages start after it).
+    async fn next(
+        &mut self,
+        ctx: &Ctx,
+        partition: &Partition,
+        after: Option<&[Value]>,
+    ) -> Result<Batch, ConnectorError> {
+        match self {
+            Reader::Pages => {
+                let batch_rows = ctx.spec.limits.batch_rows.get();
+                ctx.source
+                    .read_batch(&partition.window, after, batch_rows)
+                    .await
+            }
+            Reader::Stream(stream) => stream.next_batch().await,
         }
     }
 }
@@ -484,14 +532,17 @@ async fn upsert_partition(
         ),
         None => None,
     };
+    let mut reader = match pushed {
+        Some(_) => None,
+        None => Some(Reader::open(ctx, partition, after.as_deref()).await?),
+    };
     loop {
-        let staged = match &mut pushed {
-            Some(pushed) => Staged::Pushed(pushed.next_batch(batch_rows).await?),
-            None => Staged::Rows(
-                ctx.source
-                    .read_batch(&partition.window, after.as_deref(), batch_rows)
-                    .await?,
-            ),
+        let staged = match (&mut pushed, &mut reader) {
+            (Some(pushed), _) => Staged::Pushed(pushed.next_batch(batch_rows).await?),
+            (None, Some(reader)) => {
+                Staged::Rows(reader.next(ctx, partition, after.as_deref()).await?)
+            }
+            (None, None) => unreachable!("a reader exists whenever nothing is pushed down"),
         };
         let len = staged.len();
         if len == 0 {
@@ -664,15 +715,13 @@ async fn replace_rows(
     let mut after: Option<Vec<Value>> = None;
     let mut key_positions: Option<Vec<usize>> = None;
     let mut rejected = Vec::new();
+    let mut reader = Reader::open(ctx, partition, None).await?;
     loop {
         if ctx.shutdown.is_requested() {
             // Dropping the transaction rolls it back: the target keeps the old window.
             return Err(AttemptError::Interrupted);
         }
-        let batch = ctx
-            .source
-            .read_batch(&partition.window, after.as_deref(), batch_rows)
-            .await?;
+        let batch = reader.next(ctx, partition, after.as_deref()).await?;
         if batch.is_empty() {
             break;
         }

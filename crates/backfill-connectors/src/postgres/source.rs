@@ -18,7 +18,8 @@ use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo
 use super::{arguments, check_type, connect, decode_rows, sql, sql_error};
 use crate::ident::{check_column, position};
 use crate::window::{check_names, named_values};
-use crate::{ConnectorError, Source};
+use crate::{ConnectorError, RowStream, Source};
+use futures_util::TryStreamExt;
 
 const CONTEXT: &str = "source query";
 
@@ -37,7 +38,11 @@ pub struct PostgresSource {
     query: String,
     first_page: Arc<str>,
     next_page: Arc<str>,
+    /// The pages without a limit, for [`PostgresSource::stream`].
+    first_stream: Arc<str>,
+    next_stream: Arc<str>,
     count_sql: Arc<str>,
+    any_sql: Arc<str>,
 }
 
 impl PostgresSource {
@@ -91,12 +96,101 @@ impl PostgresSource {
             pool,
             first_page: sql::page(&rewritten.sql, &quoted, first_param, false).into(),
             next_page: sql::page(&rewritten.sql, &quoted, first_param, true).into(),
+            first_stream: sql::ordered(&rewritten.sql, &quoted, first_param, false).into(),
+            next_stream: sql::ordered(&rewritten.sql, &quoted, first_param, true).into(),
             count_sql: sql::count(&rewritten.sql).into(),
+            any_sql: sql::any(&rewritten.sql).into(),
             names: rewritten.names,
             query: rewritten.sql,
             columns,
             key,
             time_format: spec.time_format.clone(),
+        })
+    }
+
+    /// Streams the rows of `window` after `after`, in key order, from one query, `chunk` rows
+    /// per batch. A keyset page re-runs the query and sorts the whole window for every
+    /// batch; a stream reads the window once. A task holds one pooled connection and hands
+    /// over one chunk at a time (a channel of one), so memory stays bounded; dropping the
+    /// stream stops it.
+    pub(crate) async fn stream(
+        &self,
+        window: &Window,
+        after: Option<&[Value]>,
+        chunk: u32,
+    ) -> Result<RowStream, ConnectorError> {
+        let mut values = named_values(&self.names, window, &self.time_format);
+        let sql = match after {
+            None => Arc::clone(&self.first_stream),
+            Some(after) => {
+                self.check_resume_key(after)?;
+                values.extend(after.iter().cloned());
+                Arc::clone(&self.next_stream)
+            }
+        };
+        let args = arguments(&values)?;
+        let columns = self.columns.clone();
+        let key_positions = self.key_positions(&columns)?;
+        let chunk = chunk.max(1) as usize;
+        let pool = self.pool.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let task_columns = columns.clone();
+        let task = tokio::spawn(async move {
+            let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
+            let mut buf = Vec::with_capacity(chunk);
+            loop {
+                let next = rows.try_next().await;
+                let end = !matches!(next, Ok(Some(_)));
+                match next {
+                    Ok(Some(row)) => buf.push(row),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(sql_error(CONTEXT, &e))).await;
+                        return;
+                    }
+                }
+                if buf.len() == chunk || (end && !buf.is_empty()) {
+                    let decoded =
+                        decode_rows(std::mem::take(&mut buf), &task_columns).and_then(|rows| {
+                            crate::ident::reject_null_keys(&rows, &key_positions, &task_columns)
+                                .map(|()| rows)
+                        });
+                    let failed = decoded.is_err();
+                    if tx.send(decoded).await.is_err() || failed {
+                        return;
+                    }
+                }
+                if end {
+                    return;
+                }
+            }
+        });
+        Ok(RowStream::new(columns, rx, task))
+    }
+
+    /// Whether `window` holds any row, without ordering the window.
+    pub(crate) async fn has_rows(&self, window: &Window) -> Result<bool, ConnectorError> {
+        let values = named_values(&self.names, window, &self.time_format);
+        sqlx::query_scalar_with(
+            AssertSqlSafe(Arc::clone(&self.any_sql)),
+            arguments(&values)?,
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql_error(CONTEXT, &e))
+    }
+
+    fn check_resume_key(&self, after: &[Value]) -> Result<(), ConnectorError> {
+        if after.len() == self.key.len() {
+            return Ok(());
+        }
+        Err(ConnectorError::Data {
+            message: format!(
+                "resume key has {} values but the key has {} columns ({})",
+                after.len(),
+                self.key.len(),
+                self.key.join(", ")
+            ),
         })
     }
 
@@ -126,19 +220,10 @@ impl Source for PostgresSource {
         let mut values = named_values(&self.names, window, &self.time_format);
         let sql = match after {
             None => &self.first_page,
-            Some(after) if after.len() == self.key.len() => {
+            Some(after) => {
+                self.check_resume_key(after)?;
                 values.extend(after.iter().cloned());
                 &self.next_page
-            }
-            Some(after) => {
-                return Err(ConnectorError::Data {
-                    message: format!(
-                        "resume key has {} values but the key has {} columns ({})",
-                        after.len(),
-                        self.key.len(),
-                        self.key.join(", ")
-                    ),
-                });
             }
         };
         values.push(Value::Int(i64::from(limit)));

@@ -31,20 +31,32 @@ pub(crate) fn wrap(select: &str, query: &str) -> String {
 /// One page of keyset pagination: rows after the bound key (when `after`), ordered by `key`
 /// (quoted), limited. Placeholders after the query's own are numbered from `first_param`.
 pub(crate) fn page(query: &str, key: &[String], first_param: usize, after: bool) -> String {
+    let n = first_param + if after { key.len() } else { 0 };
+    format!("{} LIMIT ${n}", ordered(query, key, first_param, after))
+}
+
+/// Every row after the bound key (when `after`), ordered by `key` (quoted): a page without
+/// its limit, to stream a whole window from one query.
+pub(crate) fn ordered(query: &str, key: &[String], first_param: usize, after: bool) -> String {
     let mut sql = wrap("*", query);
-    let mut n = first_param;
     if after {
-        let params: Vec<String> = (0..key.len()).map(|i| format!("${}", n + i)).collect();
-        n += key.len();
+        let params: Vec<String> = (0..key.len())
+            .map(|i| format!("${}", first_param + i))
+            .collect();
         let _ = write!(sql, " WHERE ({}) > ({})", list(key), list(&params));
     }
-    let _ = write!(sql, " ORDER BY {} LIMIT ${n}", list(key));
+    let _ = write!(sql, " ORDER BY {}", list(key));
     sql
 }
 
 /// Row count of the query.
 pub(crate) fn count(query: &str) -> String {
     wrap("count(*)", query)
+}
+
+/// Whether the query returns any row: no order, so the server stops at the first.
+pub(crate) fn any(query: &str) -> String {
+    format!("SELECT EXISTS ({})", wrap("1", query))
 }
 
 /// Non-NULL values of one (quoted) column of the query, limited by placeholder `$limit`.

@@ -222,6 +222,39 @@ async fn pagination_returns_every_row_once_with_single_and_composite_keys() {
         let sample = source.sample(&day(1), "b", 3).await.unwrap();
         assert_eq!(sample.len(), 3);
 
+        // A stream hands out exactly the batches the pages do, from the start or from any
+        // resume key, and ends with an empty batch.
+        let mut paged = Vec::new();
+        let mut after: Option<Vec<Value>> = None;
+        loop {
+            let batch = source.read_batch(&day(1), after.as_deref(), 5).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            after = batch.rows.last().map(|r| r[..2].to_vec());
+            paged.push(batch);
+        }
+        for skip in [0usize, 1, 17] {
+            let resume = skip.checked_sub(1).map(|i| paged[i].rows[4][..2].to_vec());
+            let mut stream = source
+                .stream(&day(1), resume.as_deref(), 5)
+                .await
+                .unwrap()
+                .expect("PostgreSQL streams");
+            for want in &paged[skip..] {
+                assert_eq!(&stream.next_batch().await.unwrap(), want, "after {skip} pages");
+            }
+            assert!(stream.next_batch().await.unwrap().is_empty());
+            assert!(stream.next_batch().await.unwrap().is_empty());
+        }
+        // Dropped half-way, the stream lets its connection go back to the pool (of 2).
+        for _ in 0..4 {
+            let mut stream = source.stream(&day(1), None, 5).await.unwrap().unwrap();
+            assert_eq!(stream.next_batch().await.unwrap(), paged[0]);
+        }
+        assert!(source.has_rows(&day(1)).await.unwrap());
+        assert!(!source.has_rows(&day(30)).await.unwrap());
+
         // A key the query does not return.
         let err = open_source(&spec, &strings(&["nope"]), 1).await.unwrap_err();
         assert!(matches!(err, ConnectorError::MissingColumn { .. }), "{err}");
