@@ -303,22 +303,23 @@ fn numeric_text(bytes: &[u8]) -> Result<String, String> {
 
 /// Converts fetched rows to values, naming the column of a value that cannot be read.
 fn decode_rows(rows: Vec<PgRow>, columns: &[String]) -> Result<Vec<Vec<Value>>, ConnectorError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let n = row.len();
-        let mut values = Vec::with_capacity(n);
-        for i in 0..n {
-            let column = || columns.get(i).map_or("?", String::as_str).to_owned();
-            let raw = row.try_get_raw(i).map_err(|e| ConnectorError::Data {
-                message: format!("column \"{}\": {e}", column()),
-            })?;
-            values.push(decode_value(raw).map_err(|e| ConnectorError::Data {
-                message: format!("column \"{}\": {e}", column()),
-            })?);
-        }
-        out.push(values);
+    rows.iter().map(|row| decode_row(row, columns)).collect()
+}
+
+/// One row's values; `columns` names them in errors.
+fn decode_row(row: &PgRow, columns: &[String]) -> Result<Vec<Value>, ConnectorError> {
+    let n = row.len();
+    let mut values = Vec::with_capacity(n);
+    for i in 0..n {
+        let column = || columns.get(i).map_or("?", String::as_str).to_owned();
+        let raw = row.try_get_raw(i).map_err(|e| ConnectorError::Data {
+            message: format!("column \"{}\": {e}", column()),
+        })?;
+        values.push(decode_value(raw).map_err(|e| ConnectorError::Data {
+            message: format!("column \"{}\": {e}", column()),
+        })?);
     }
-    Ok(out)
+    Ok(values)
 }
 
 /// Appends `value` as one field of `COPY … FROM STDIN` text format.

@@ -15,7 +15,7 @@ use backfill_core::value::{Batch, Value};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 
-use super::{arguments, check_type, connect, decode_rows, sql, sql_error};
+use super::{arguments, check_type, connect, decode_row, decode_rows, sql, sql_error};
 use crate::ident::{check_column, position};
 use crate::window::{check_names, named_values};
 use crate::{ConnectorError, RowStream, Source};
@@ -137,26 +137,34 @@ impl PostgresSource {
         let task_columns = columns.clone();
         let task = tokio::spawn(async move {
             let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
+            // Rows are decoded as they arrive, so no raw row outlives its message in the
+            // driver's read buffer.
             let mut buf = Vec::with_capacity(chunk);
             loop {
-                let next = rows.try_next().await;
-                let end = !matches!(next, Ok(Some(_)));
-                match next {
-                    Ok(Some(row)) => buf.push(row),
-                    Ok(None) => {}
+                let end = match rows.try_next().await {
+                    Ok(Some(row)) => {
+                        match decode_row(&row, &task_columns) {
+                            Ok(values) => buf.push(values),
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                        false
+                    }
+                    Ok(None) => true,
                     Err(e) => {
                         let _ = tx.send(Err(sql_error(CONTEXT, &e))).await;
                         return;
                     }
-                }
+                };
                 if buf.len() == chunk || (end && !buf.is_empty()) {
-                    let decoded =
-                        decode_rows(std::mem::take(&mut buf), &task_columns).and_then(|rows| {
-                            crate::ident::reject_null_keys(&rows, &key_positions, &task_columns)
-                                .map(|()| rows)
-                        });
-                    let failed = decoded.is_err();
-                    if tx.send(decoded).await.is_err() || failed {
+                    let rows = std::mem::replace(&mut buf, Vec::with_capacity(chunk));
+                    let checked =
+                        crate::ident::reject_null_keys(&rows, &key_positions, &task_columns)
+                            .map(|()| rows);
+                    let failed = checked.is_err();
+                    if tx.send(checked).await.is_err() || failed {
                         return;
                     }
                 }
