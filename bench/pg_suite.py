@@ -527,6 +527,22 @@ def bench_overhead(pg, engine, o, src, tgt):
 # The suite
 
 
+class part_load:
+    """Records the 1-minute load average at the start and end of a part: on a shared machine,
+    a part measured while something else kept the cores busy reads slower (latency-bound
+    parts such as W2 most)."""
+
+    def __init__(self, facts, name):
+        self.facts, self.name = facts, name
+
+    def __enter__(self):
+        self.start = os.getloadavg()[0]
+
+    def __exit__(self, *exc):
+        self.facts.setdefault("load", []).append((self.name, self.start, os.getloadavg()[0]))
+        return False
+
+
 def run_suite(binary, work, o):
     """Runs the parts in `o.parts`; returns the results and facts for the report."""
     pg = Pg(o.pg_url)
@@ -557,19 +573,24 @@ def run_suite(binary, work, o):
     try:
         if "sql" in parts:
             log("pg 1. W1-sql")
-            res["sql"] = bench_sql(pg, engine, o, src, expected)
+            with part_load(facts, "W1-sql"):
+                res["sql"] = bench_sql(pg, engine, o, src, expected)
         if "replace" in parts or "memory" in parts:
             log("pg 2. W1-replace")
-            res["replace"] = bench_replace(pg, engine, o, src, tgt, expected, o.pg_rows)
+            with part_load(facts, "W1-replace"):
+                res["replace"] = bench_replace(pg, engine, o, src, tgt, expected, o.pg_rows)
         if "replace_ix" in parts:
             log("pg 2b. W1-replace with an index on events_fixed (ts), engine and pipe alike")
-            res["replace_ix"] = bench_replace(pg, engine, o, src, tgt, expected, o.pg_rows, label="W1-replace, ts index", index=True)
+            with part_load(facts, "W1-replace, ts index"):
+                res["replace_ix"] = bench_replace(pg, engine, o, src, tgt, expected, o.pg_rows, label="W1-replace, ts index", index=True)
         if "upsert" in parts:
             log("pg 3-4. W1-upsert and W1-rerun")
-            res["upsert"] = bench_upsert(pg, engine, o, src, tgt, expected, o.pg_rows)
+            with part_load(facts, "W1-upsert/rerun"):
+                res["upsert"] = bench_upsert(pg, engine, o, src, tgt, expected, o.pg_rows)
         if "overhead" in parts:
             log(f"pg 5. W2: {o.partitions:,} empty hourly partitions, PostgreSQL state store")
-            res["overhead"] = bench_overhead(pg, engine, o, src, tgt)
+            with part_load(facts, "W2"):
+                res["overhead"] = bench_overhead(pg, engine, o, src, tgt)
         for db in (src, tgt):
             pg.run(db, "TRUNCATE events_fixed")
         if "memory" in parts:
@@ -580,10 +601,11 @@ def run_suite(binary, work, o):
             if bexpected[0] != o.pg_big_rows:
                 raise SystemExit(f"{bsrc}.events has {bexpected[0]:,} rows, expected {o.pg_big_rows:,}")
             facts["big_src_size"] = pg.size(bsrc)
-            res["big"] = bench_replace(
-                pg, engine, o, bsrc, btgt, bexpected, o.pg_big_rows, with_baseline=o.big_baseline, reps=1,
-                label="W1-replace (memory)",
-            )
+            with part_load(facts, f"memory run ({o.pg_big_rows:,} rows)"):
+                res["big"] = bench_replace(
+                    pg, engine, o, bsrc, btgt, bexpected, o.pg_big_rows, with_baseline=o.big_baseline, reps=1,
+                    label="W1-replace (memory)",
+                )
             facts["big_tgt_size"] = pg.size(btgt)
             if o.keep_dbs:
                 pg.run(btgt, "TRUNCATE events_fixed")
@@ -622,6 +644,12 @@ def report(o, meta, res, facts):
             L.append(f"- uncommitted changes in the work tree when the run started: {', '.join(f'`{f}`' for f in meta['dirty_files'])}")
     L.append(f"- machine: {meta['nproc']} cores ({meta['cpu']}), {meta['os']}; server and benchmark on the same machine")
     L.append(f"- load average before / after: {meta['load_before']} / {meta['load_after']} (the machine is shared: expect noise of ±10 % or more between repetitions)")
+    if facts.get("load"):
+        L.append(
+            "- load average (1 min) at the start → end of each part: "
+            + ", ".join(f"{n} {a:.2f} → {b:.2f}" for n, a, b in facts["load"])
+            + f" (with {meta['nproc']} cores, more than {meta['nproc']} means something else competed for them)"
+        )
     L.append(f"- server: {facts['server'].split(' on ')[0]} at `{o.pg_url}` (loopback TCP); " + ", ".join(f"{k} = {v}" for k, v in facts["settings"].items()))
     L.append(
         f"- workload W1: `bench/w1.sql` with {rows:,} rows over the 365 UTC days of 2025 in `{facts['src']}` "
