@@ -458,11 +458,7 @@ async fn isolate_rejected(
                 stack.push(left);
             }
             Err(e) if e.class() == ErrorClass::Data => {
-                let part = Batch {
-                    columns: batch.columns.clone(),
-                    rows: rows.to_vec(),
-                };
-                rejected.push(rejected_row(&part, 0, key_positions, &e));
+                rejected.push(rejected_row(&batch.columns, &rows[0], key_positions, &e));
             }
             Err(e) => return Err(e.into()),
         }
@@ -474,18 +470,16 @@ async fn isolate_rejected(
     })
 }
 
-/// Row `index` of `batch`, refused by the target with `error`, as a quarantine record: its
-/// key, the database's reason (secrets masked) and the row as a JSON object.
+/// `row` (named by `columns`), refused by the target with `error`, as a quarantine record:
+/// its key, the database's reason (secrets masked) and the row as a JSON object.
 fn rejected_row(
-    batch: &Batch,
-    index: usize,
+    columns: &[String],
+    row: &[Value],
     key_positions: &[usize],
     error: &impl std::fmt::Display,
 ) -> Rejected {
-    let row = &batch.rows[index];
     let key: Vec<Value> = key_positions.iter().map(|&i| row[i].clone()).collect();
-    let json: serde_json::Map<String, serde_json::Value> = batch
-        .columns
+    let json: serde_json::Map<String, serde_json::Value> = columns
         .iter()
         .zip(row)
         .map(|(c, v)| (c.clone(), value_json(v)))
@@ -741,7 +735,7 @@ async fn replace_rows(
             rejected.extend(
                 refused
                     .into_iter()
-                    .map(|(i, e)| rejected_row(&batch, i, positions, &e)),
+                    .map(|(i, e)| rejected_row(&batch.columns, &batch.rows[i], positions, &e)),
             );
         } else {
             counts.inserted += txn.insert(&batch).await?;
