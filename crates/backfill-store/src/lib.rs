@@ -34,6 +34,7 @@
 
 mod audit;
 mod codec;
+mod controls;
 mod db;
 mod error;
 mod migrate;
@@ -52,6 +53,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 
 pub use audit::{AuditCheck, AuditEvent};
+pub use controls::{BudgetExtra, ControlRequest, Controls, RateChangeRecord, ThrottleChange};
 pub use error::StoreError;
 pub use partitions::{Outcome, PartitionRecord};
 pub use quarantine::{QuarantineRecord, Rejected};

@@ -20,6 +20,7 @@ const SQLITE: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_partition_errors.sql")),
     (3, include_str!("../migrations/0003_quarantine.sql")),
     (4, include_str!("../migrations/0004_run_guarantee.sql")),
+    (5, include_str!("../migrations/0005_run_controls.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -36,6 +37,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         4,
         include_str!("../migrations/postgres/0004_run_guarantee.sql"),
+    ),
+    (
+        5,
+        include_str!("../migrations/postgres/0005_run_controls.sql"),
     ),
 ];
 

@@ -63,10 +63,13 @@ pub struct RunRecord {
     pub partitions_total: u64,
     /// Its delivery guarantee; `None` for runs created before guarantees were recorded.
     pub guarantee: Option<Guarantee>,
+    /// Why it is paused (`user`, `budget_exhausted`, `circuit_open`, `outside_window`,
+    /// `stopped`); `None` unless it is `paused`.
+    pub pause_reason: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
-     state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee FROM runs";
+     state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee, pause_reason FROM runs";
 
 /// Newest first; the UUIDv7 id breaks ties within one microsecond.
 const NEWEST_FIRST: &str = "ORDER BY created_at DESC, id DESC";
@@ -101,6 +104,7 @@ fn run_from_row(row: &DbRow) -> Result<RunRecord, StoreError> {
                 })?)
             }
         },
+        pause_reason: row.try_get("pause_reason")?,
     })
 }
 
@@ -274,7 +278,9 @@ impl Store {
     /// stored state, else [`StoreError::IllegalTransition`] with nothing changed. Sets
     /// `started_at` on the first `running`, `finished_at` on a terminal state (cleared when a
     /// finished run is reopened), and appends `run.<state>` with `detail` (plus `from`, the
-    /// previous state, when `detail` is an object or null), all in one transaction.
+    /// previous state, when `detail` is an object or null), all in one transaction. A move to
+    /// `paused` records `detail["pause_reason"]` (default `stopped`) as the run's pause
+    /// reason; any other move clears it.
     pub async fn set_run_state(
         &self,
         run_id: &str,
@@ -296,14 +302,22 @@ impl Store {
             RunState::Succeeded | RunState::Failed | RunState::Cancelled
         );
         let now = codec::now();
+        let pause_reason = (to == RunState::Paused).then(|| {
+            detail
+                .get("pause_reason")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("stopped")
+                .to_owned()
+        });
         stmt(
-            "UPDATE runs SET state = ?, updated_at = ?, \
+            "UPDATE runs SET state = ?, updated_at = ?, pause_reason = ?, \
              started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END, \
              finished_at = CASE WHEN ? THEN ? ELSE NULL END \
              WHERE id = ?",
         )
         .bind(to.as_str())
         .bind(&now)
+        .bind(pause_reason.as_deref())
         .bind(to == RunState::Running)
         .bind(&now)
         .bind(terminal)

@@ -12,6 +12,7 @@
 
 mod audit;
 mod concurrency;
+mod controls;
 mod open;
 mod partitions;
 mod runs;
