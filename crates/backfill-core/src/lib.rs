@@ -2,7 +2,9 @@
 //!
 //! Owns: parsing and validating spec files into precise types ([`spec`]), cutting a scope into
 //! partitions ([`plan`]), a run's delivery guarantee ([`guarantee`]), the run and partition
-//! state machines ([`state`]), the retry policy ([`retry`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
+//! state machines ([`state`]), the policies that keep a run safe (retries [`retry`], budgets
+//! [`budget`], run windows [`run_window`], partition order [`order`], the circuit breaker
+//! [`breaker`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
 //! ([`params`]), the values that move between connectors ([`value`]) and secret handling
 //! ([`secret`]).
 //!
@@ -10,20 +12,31 @@
 //! spawn tasks. The same input always gives the same output, so a plan made on one machine is
 //! the plan made on any other, and every policy is testable without waiting.
 
+pub mod breaker;
+pub mod budget;
 pub mod diag;
 pub mod guarantee;
+pub mod order;
 pub mod params;
 pub mod plan;
 pub mod retry;
+pub mod run_window;
 pub mod secret;
 pub mod spec;
 pub mod state;
 pub mod timefmt;
 pub mod value;
 
+pub use breaker::{Breaker, BreakerPolicy};
+pub use budget::{
+    Budget, BudgetExtension, BudgetKind, BudgetLine, BudgetUse, BudgetVerdict, CostModel,
+    WARN_FRACTION,
+};
 pub use diag::{Diagnostic, Severity};
 pub use guarantee::Guarantee;
+pub use order::{Order, PriorityRange, order_partitions};
 pub use plan::{Partition, Plan, Scope, Step, Window};
+pub use run_window::{RunWindow, WindowState};
 pub use secret::SecretUrl;
 pub use spec::{Spec, WriteMode};
 pub use state::{PartitionState, RunState};

@@ -9,12 +9,18 @@
 mod parse;
 pub mod schema;
 
+pub(crate) use self::parse::parse_instant;
+
 use std::num::NonZeroU32;
 use std::path::Path;
 
+use crate::breaker::BreakerPolicy;
+use crate::budget::Budget;
 use crate::diag::Diagnostic;
+use crate::order::Order;
 use crate::plan::Scope;
 use crate::retry::RetryPolicy;
+use crate::run_window::RunWindow;
 use crate::secret::SecretUrl;
 use crate::timefmt::TimeFormat;
 
@@ -103,17 +109,29 @@ impl WriteMode {
     }
 }
 
-/// Limits for the whole run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Limits for the whole run. Every limit holds for the run, not per worker (invariant 6).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// Partitions processed at the same time.
     pub concurrency: NonZeroU32,
     /// Global cap on rows read per second.
     pub rows_per_second: Option<NonZeroU32>,
+    /// Global cap on batches written per second (protects targets where each commit costs
+    /// more than its rows).
+    pub batches_per_second: Option<NonZeroU32>,
     /// Rows per batch (one read, one write, one checkpoint).
     pub batch_rows: NonZeroU32,
     /// Retry behaviour per partition.
     pub retry: RetryPolicy,
+    /// Rows, running time, partitions and cost the run may use before it pauses
+    /// (`budget_exhausted`); empty when the spec sets none.
+    pub budget: Budget,
+    /// Daily hours the run may work in; any time when `None`.
+    pub window: Option<RunWindow>,
+    /// The order partitions run in.
+    pub order: Order,
+    /// When the run pauses itself because too many batches fail (`circuit_open`).
+    pub breaker: BreakerPolicy,
 }
 
 impl Default for Limits {
@@ -121,8 +139,13 @@ impl Default for Limits {
         Limits {
             concurrency: NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN),
             rows_per_second: None,
+            batches_per_second: None,
             batch_rows: NonZeroU32::new(5000).unwrap_or(NonZeroU32::MIN),
             retry: RetryPolicy::default(),
+            budget: Budget::default(),
+            window: None,
+            order: Order::default(),
+            breaker: BreakerPolicy::default(),
         }
     }
 }

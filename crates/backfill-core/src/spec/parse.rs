@@ -11,10 +11,14 @@ use toml::de::{DeTable, DeValue};
 
 use super::schema::{keys_under, suggest};
 use super::{Limits, ParseContext, Parsed, SourceSpec, Spec, TargetSpec, WriteMode, is_identifier};
+use crate::breaker::BreakerPolicy;
+use crate::budget::{Budget, CostModel};
 use crate::diag::{Diagnostic, line_col};
+use crate::order::{Order, PriorityRange};
 use crate::params::named_params;
 use crate::plan::{Scope, Step, Window, short_hash};
 use crate::retry::RetryPolicy;
+use crate::run_window::RunWindow;
 use crate::secret::{SecretUrl, redact};
 use crate::timefmt::TimeFormat;
 
@@ -218,19 +222,133 @@ impl<'t> Walker<'t> {
         key: &str,
         default: Duration,
     ) -> Duration {
-        let Some((s, span)) = self.string(table, section, key, false) else {
+        self.opt_duration(table, section, key)
+            .map_or(default, |(d, _)| d)
+    }
+
+    /// A number (TOML float or integer) that must be finite.
+    fn float(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        key: &str,
+    ) -> Option<(f64, Range<usize>)> {
+        let v = table.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            other => {
+                self.error(
+                    &join(section, key),
+                    Some(v.span()),
+                    format!("expected a number, found {}", kind(other)),
+                );
+                return None;
+            }
+        };
+        match parsed.filter(|f| f.is_finite()) {
+            Some(f) => Some((f, v.span())),
+            None => {
+                self.error(
+                    &join(section, key),
+                    Some(v.span()),
+                    "expected a finite number",
+                );
+                None
+            }
+        }
+    }
+
+    /// A number in `range` (or `default` when absent); `what` describes the range for the
+    /// message.
+    fn fraction(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        key: &str,
+        default: f64,
+        ok: impl Fn(f64) -> bool,
+        what: &str,
+    ) -> f64 {
+        let Some((f, span)) = self.float(table, section, key) else {
             return default;
         };
+        if ok(f) {
+            f
+        } else {
+            self.error(
+                &join(section, key),
+                Some(span),
+                format!("must be {what}, found {f}"),
+            );
+            default
+        }
+    }
+
+    /// A positive whole number that fits in a u64, when present.
+    fn positive_u64(&mut self, table: &Table<'_>, section: &str, key: &str) -> Option<u64> {
+        let (n, span) = self.integer(table, section, key)?;
+        match u64::try_from(n) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.error(
+                    &join(section, key),
+                    Some(span),
+                    format!("must be positive, found {n}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration string, when present and valid.
+    fn opt_duration(
+        &mut self,
+        table: &Table<'_>,
+        section: &str,
+        key: &str,
+    ) -> Option<(Duration, Range<usize>)> {
+        let (s, span) = self.string(table, section, key, false)?;
         match humantime::parse_duration(&s) {
-            Ok(d) => d,
+            Ok(d) => Some((d, span)),
             Err(e) => {
                 self.error(
                     &join(section, key),
                     Some(span),
                     format!("invalid duration `{s}`: {e}"),
                 )
-                .hint = Some("write e.g. `200ms`, `5s`, `2m`".to_owned());
-                default
+                .hint = Some("write e.g. `200ms`, `5s`, `2m`, `6h`".to_owned());
+                None
+            }
+        }
+    }
+
+    /// The table at `key` of `table` (inline `{ … }` or `[section.key]`), with its unknown
+    /// keys reported; an error when `key` holds something else.
+    fn subtable<'a, 'i>(
+        &mut self,
+        table: &'a Table<'i>,
+        section: &str,
+        key: &str,
+        hint: &str,
+    ) -> Option<&'a Table<'i>> {
+        let v = table.get(key)?;
+        let path = join(section, key);
+        match v.get_ref() {
+            DeValue::Table(t) => {
+                self.unknown_keys(t, &path);
+                Some(t)
+            }
+            other => {
+                self.error(
+                    &path,
+                    Some(v.span()),
+                    format!("expected a table, found {}", kind(other)),
+                )
+                .hint = Some(hint.to_owned());
+                None
             }
         }
     }
@@ -444,7 +562,7 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     let scope_table = w.section(root, "scope", true);
     let scope = scope_table.and_then(|t| scope(&mut w, t));
     let limits = match w.section(root, "limits", false) {
-        Some(t) => limits(&mut w, t),
+        Some(t) => limits(&mut w, t, scope.as_ref()),
         None => Limits::default(),
     };
     let source_format = source
@@ -993,13 +1111,16 @@ fn list_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
     ok.then_some(Scope::List(windows))
 }
 
-fn limits(w: &mut Walker<'_>, t: &Table<'_>) -> Limits {
+fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
     let d = Limits::default();
     let concurrency = w.positive_u32(t, "limits", "concurrency", d.concurrency.get());
     let batch_rows = w.positive_u32(t, "limits", "batch_rows", d.batch_rows.get());
     let rows_per_second = t
         .get("rows_per_second")
         .map(|_| w.positive_u32(t, "limits", "rows_per_second", u32::MAX));
+    let batches_per_second = t
+        .get("batches_per_second")
+        .map(|_| w.positive_u32(t, "limits", "batches_per_second", u32::MAX));
     let max_attempts = w.positive_u32(t, "limits", "max_attempts", d.retry.max_attempts);
     let base = w.duration(t, "limits", "retry_base", d.retry.base);
     let cap = w.duration(t, "limits", "retry_cap", d.retry.cap);
@@ -1017,15 +1138,306 @@ fn limits(w: &mut Walker<'_>, t: &Table<'_>) -> Limits {
             "batches over 1,000,000 rows use a lot of memory",
         );
     }
+    let budget = budget(w, t);
+    let window = w
+        .string(t, "limits", "window", false)
+        .and_then(|(text, span)| match RunWindow::parse(&text) {
+            Ok(window) => Some(window),
+            Err(msg) => {
+                w.error(
+                    "limits.window",
+                    Some(span),
+                    format!("invalid window: {msg}"),
+                )
+                .hint = Some(
+                    "e.g. `window = \"22:00-06:00\"` or `\"22:00-06:00 Europe/Paris\"` (UTC \
+                     when no zone is given)"
+                        .to_owned(),
+                );
+                None
+            }
+        });
+    let order = order(w, t, scope).unwrap_or_default();
+    let breaker = breaker(w, t);
     Limits {
         concurrency,
         rows_per_second,
+        batches_per_second,
         batch_rows,
         retry: RetryPolicy {
             base,
             cap: cap.max(base),
             max_attempts: max_attempts.get(),
         },
+        budget,
+        window,
+        order,
+        breaker,
+    }
+}
+
+fn budget(w: &mut Walker<'_>, limits: &Table<'_>) -> Budget {
+    const SECTION: &str = "limits.budget";
+    let Some(t) = w.subtable(
+        limits,
+        "limits",
+        "budget",
+        "e.g. `budget = { rows = 100_000_000, duration = \"6h\" }`",
+    ) else {
+        return Budget::default();
+    };
+    let rows = w.positive_u64(t, SECTION, "rows");
+    let partitions = w.positive_u64(t, SECTION, "partitions");
+    let duration = w
+        .opt_duration(t, SECTION, "duration")
+        .and_then(|(d, span)| {
+            if d.is_zero() {
+                w.error(
+                    "limits.budget.duration",
+                    Some(span),
+                    "must be longer than zero",
+                );
+                None
+            } else {
+                Some(d)
+            }
+        });
+    let cost = w
+        .subtable(
+            t,
+            SECTION,
+            "cost",
+            "e.g. `cost = { per_million_rows = 0.40, per_hour = 2.0, currency = \"USD\", max = 50.0 }`",
+        )
+        .map(|c| cost_model(w, c));
+    Budget {
+        rows,
+        duration,
+        partitions,
+        cost,
+    }
+}
+
+fn cost_model(w: &mut Walker<'_>, t: &Table<'_>) -> CostModel {
+    const SECTION: &str = "limits.budget.cost";
+    let problems_before = w.diags.len();
+    let price = |w: &mut Walker<'_>, key: &str| {
+        w.fraction(t, SECTION, key, 0.0, |f| f >= 0.0, "zero or more")
+    };
+    let per_million_rows = price(w, "per_million_rows");
+    let per_hour = price(w, "per_hour");
+    let currency = match w.string(t, SECTION, "currency", false) {
+        None => "USD".to_owned(),
+        Some((c, span)) => {
+            let ok =
+                !c.trim().is_empty() && c.chars().count() <= 16 && !c.chars().any(char::is_control);
+            if !ok {
+                w.error(
+                    "limits.budget.cost.currency",
+                    Some(span),
+                    format!("invalid currency `{c}`"),
+                )
+                .hint = Some("a code such as `USD` or `EUR` (at most 16 characters)".to_owned());
+            }
+            c.trim().to_owned()
+        }
+    };
+    let max = w.float(t, SECTION, "max").and_then(|(m, span)| {
+        if m > 0.0 {
+            Some(m)
+        } else {
+            w.error(
+                "limits.budget.cost.max",
+                Some(span),
+                format!("must be positive, found {m}"),
+            );
+            None
+        }
+    });
+    if per_million_rows == 0.0 && per_hour == 0.0 && w.diags.len() == problems_before {
+        w.warn(SECTION, None, "the cost is always zero").hint =
+            Some("set `per_million_rows` and/or `per_hour`".to_owned());
+    }
+    CostModel {
+        per_million_rows,
+        per_hour,
+        currency,
+        max,
+    }
+}
+
+/// `limits.order`: a name, or a priority list of windows read in the scope's zone. A priority
+/// item of the other kind than the scope is an error; one that covers no partition of the
+/// scope is a warning.
+fn order(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Option<Order> {
+    let v = t.get("order")?;
+    let names = "`oldest_first`, `newest_first`, `largest_first`, or a priority list such as \
+                 `[\"2025-12-24\", \"2025-12-20..2025-12-23\"]`";
+    let items = match v.get_ref() {
+        DeValue::String(s) => {
+            return match Order::parse_name(s) {
+                Ok(order) => Some(order),
+                Err(msg) => {
+                    let known = ["oldest_first", "newest_first", "largest_first"];
+                    let close = suggest(s, &known).or_else(|| {
+                        known
+                            .iter()
+                            .find(|k| !s.is_empty() && k.starts_with(&**s))
+                            .map(|k| (*k).to_owned())
+                    });
+                    let hint = match close {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("use {names}"),
+                    };
+                    w.error("limits.order", Some(v.span()), msg).hint = Some(hint);
+                    None
+                }
+            };
+        }
+        DeValue::Array(items) => items,
+        other => {
+            w.error(
+                "limits.order",
+                Some(v.span()),
+                format!(
+                    "expected a string or an array of windows, found {}",
+                    kind(other)
+                ),
+            )
+            .hint = Some(format!("use {names}"));
+            return None;
+        }
+    };
+    if items.is_empty() {
+        w.error("limits.order", Some(v.span()), "the priority list is empty")
+            .hint = Some(format!("use {names}"));
+        return None;
+    }
+    let tz = match scope {
+        Some(Scope::Time { timezone, .. }) => *timezone,
+        _ => Tz::UTC,
+    };
+    let mut ranges = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("limits.order[{i}]");
+        let DeValue::String(text) = item.get_ref() else {
+            w.error(
+                &path,
+                Some(item.span()),
+                format!("expected a window string, found {}", kind(item.get_ref())),
+            )
+            .hint = Some(
+                "e.g. `\"2025-12-24\"`, `\"2025-12-20..2025-12-23\"` or `\"1000..2000\"`"
+                    .to_owned(),
+            );
+            ok = false;
+            continue;
+        };
+        let range = match PriorityRange::parse(text, tz) {
+            Ok(r) => r,
+            Err(msg) => {
+                w.error(&path, Some(item.span()), msg)
+                    .hint = Some("a date, an RFC 3339 instant, `START..END` of those, or a key range `1000..2000`".to_owned());
+                ok = false;
+                continue;
+            }
+        };
+        if let Some(scope) = scope {
+            let scope_is_time = match scope {
+                Scope::Time { .. } => true,
+                Scope::Key { .. } => false,
+                Scope::List(list) => list.iter().any(|w| matches!(w, Window::Time { .. })),
+            };
+            let range_is_time = matches!(range.window, Window::Time { .. });
+            let covered = match scope {
+                Scope::Time { start, end, .. } => range.overlaps(&Window::Time {
+                    start: *start,
+                    end: *end,
+                }),
+                Scope::Key { from, to, .. } => range.overlaps(&Window::Key {
+                    start: *from,
+                    end: *to,
+                }),
+                Scope::List(list) => list.iter().any(|win| range.overlaps(win)),
+            };
+            if scope_is_time != range_is_time {
+                let (is, scope_kind) = if range_is_time {
+                    ("a time", "key")
+                } else {
+                    ("a key", "time")
+                };
+                w.error(
+                    &path,
+                    Some(item.span()),
+                    format!("`{text}` is {is} window but the scope is a {scope_kind} scope"),
+                )
+                .hint = Some(if scope_is_time {
+                    "use dates or instants, e.g. `2025-12-24` or `2025-12-20..2025-12-23`"
+                        .to_owned()
+                } else {
+                    "use keys, e.g. `1000..2000`".to_owned()
+                });
+                ok = false;
+                continue;
+            }
+            if !covered {
+                w.warn(
+                    &path,
+                    Some(item.span()),
+                    format!("`{text}` covers no partition of the scope"),
+                )
+                .hint = Some("it has no effect; compare it with `[scope]`".to_owned());
+            }
+        }
+        ranges.push(range);
+    }
+    ok.then_some(Order::Priority(ranges))
+}
+
+fn breaker(w: &mut Walker<'_>, limits: &Table<'_>) -> BreakerPolicy {
+    const SECTION: &str = "limits.circuit_breaker";
+    let d = BreakerPolicy::default();
+    if let Some(v) = limits.get("circuit_breaker")
+        && let DeValue::Boolean(on) = v.get_ref()
+    {
+        if *on {
+            return d;
+        }
+        return BreakerPolicy {
+            enabled: false,
+            ..d
+        };
+    }
+    let Some(t) = w.subtable(
+        limits,
+        "limits",
+        "circuit_breaker",
+        "e.g. `circuit_breaker = { window = 50, max_error_rate = 0.2 }`, or `false` to turn it off",
+    ) else {
+        return d;
+    };
+    let enabled = w.boolean(t, SECTION, "enabled", true);
+    let window = w.positive_u32(t, SECTION, "window", d.window);
+    if window.get() > 100_000 {
+        w.error(
+            "limits.circuit_breaker.window",
+            t.get("window").map(|v| v.span()),
+            "at most 100000 batches",
+        );
+    }
+    let max_error_rate = w.fraction(
+        t,
+        SECTION,
+        "max_error_rate",
+        d.max_error_rate,
+        |f| (0.0..1.0).contains(&f),
+        "at least 0 and below 1",
+    );
+    BreakerPolicy {
+        enabled,
+        window: window.get().min(100_000),
+        max_error_rate,
     }
 }
 

@@ -53,7 +53,8 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "limits",
-        "How hard to push: concurrency, rate, batch size and retries.",
+        "How hard to push, and when to stop: concurrency, rates, batch size, retries, budget, \
+         run window, partition order and the circuit breaker.",
     ),
 ];
 
@@ -256,6 +257,13 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "Global cap on rows read per second for the whole run; unlimited when absent.",
     ),
     key(
+        "limits.batches_per_second",
+        "integer",
+        None,
+        true,
+        "Global cap on batches written per second for the whole run (each batch is one write and one checkpoint); unlimited when absent. Holds together with `rows_per_second`.",
+    ),
+    key(
         "limits.batch_rows",
         "integer",
         Some("5000"),
@@ -282,6 +290,111 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         Some("\"30s\""),
         false,
         "Longest wait between two attempts.",
+    ),
+    key(
+        "limits.budget",
+        "table",
+        None,
+        true,
+        "What the run may use before it pauses with reason `budget_exhausted`, e.g. `{ rows = 100_000_000, duration = \"6h\", partitions = 300 }`. Every field is optional. At 80% of any limit the run warns (log and `status`); `backfill resume RUN --extend-budget rows=…,duration=…,partitions=…,cost=…` raises the limits and continues.",
+    ),
+    key(
+        "limits.budget.rows",
+        "integer",
+        None,
+        true,
+        "Most rows the run may read.",
+    ),
+    key(
+        "limits.budget.duration",
+        "duration string",
+        None,
+        true,
+        "Longest running time (`6h`), summed over every session of the run; paused time does not count.",
+    ),
+    key(
+        "limits.budget.partitions",
+        "integer",
+        None,
+        true,
+        "Most partitions the run may finish.",
+    ),
+    key(
+        "limits.budget.cost",
+        "table",
+        None,
+        true,
+        "Turns rows and time into money, e.g. `{ per_million_rows = 0.40, per_hour = 2.0, currency = \"USD\", max = 50.0 }`: `plan` shows the projected cost, `status` the cost so far and to complete; `max` caps it like the other limits.",
+    ),
+    key(
+        "limits.budget.cost.per_million_rows",
+        "number",
+        Some("0"),
+        false,
+        "Price of reading one million rows.",
+    ),
+    key(
+        "limits.budget.cost.per_hour",
+        "number",
+        Some("0"),
+        false,
+        "Price of one hour of running time.",
+    ),
+    key(
+        "limits.budget.cost.currency",
+        "string",
+        Some("\"USD\""),
+        false,
+        "Currency of the prices, shown with every amount.",
+    ),
+    key(
+        "limits.budget.cost.max",
+        "number",
+        None,
+        true,
+        "Most the run may cost; the run pauses with reason `budget_exhausted` when it is reached.",
+    ),
+    key(
+        "limits.window",
+        "string",
+        None,
+        true,
+        "Daily hours the run may work in, `HH:MM-HH:MM` with an optional IANA zone (`22:00-06:00 Europe/Paris`; UTC by default); may cross midnight. Outside it the run pauses itself at the edge (in-flight batches finish and checkpoint) and resumes at the next opening. On DST days a wall time that does not exist opens at the end of the gap, and a repeated one is its first occurrence.",
+    ),
+    key(
+        "limits.order",
+        "string or array of strings",
+        Some("\"oldest_first\""),
+        false,
+        "The order partitions run in: `oldest_first`, `newest_first`, `largest_first` (by estimated rows; unknown estimates last, oldest first), or a priority list such as `[\"2025-12-24\", \"2025-12-20..2025-12-23\", \"1000..2000\"]`: partitions overlapping the first item run first, then the second…, then the rest oldest first. An item is a date (the whole day, in `scope.timezone`), an RFC 3339 instant, `START..END` of those (a date END includes that day, an instant END is excluded), or a key range `[START, END)`.",
+    ),
+    key(
+        "limits.circuit_breaker",
+        "table or false",
+        Some("{ window = 50, max_error_rate = 0.2 }"),
+        false,
+        "Pauses the run with reason `circuit_open` when too many of the last batches failed, so a failing target is not hammered; `resume` closes it. `false` turns it off.",
+    ),
+    key(
+        "limits.circuit_breaker.enabled",
+        "boolean",
+        Some("true"),
+        false,
+        "`false` turns the breaker off.",
+    ),
+    key(
+        "limits.circuit_breaker.window",
+        "integer",
+        Some("50"),
+        false,
+        "Batches in the sliding window (at most 100000).",
+    ),
+    key(
+        "limits.circuit_breaker.max_error_rate",
+        "number",
+        Some("0.2"),
+        false,
+        "The breaker opens when failed batches exceed this fraction of `window`, counted from the first batch (11 failures in the first 11 batches open a 50/0.2 breaker). At least 0, below 1.",
     ),
 ];
 
@@ -365,7 +478,11 @@ mod tests {
 
     #[test]
     fn keys_by_section() {
-        assert_eq!(keys_under("limits").len(), 6);
+        assert_eq!(keys_under("limits").len(), 11);
+        assert_eq!(
+            keys_under("limits.budget"),
+            ["rows", "duration", "partitions", "cost"]
+        );
         assert!(keys_under("").contains(&"source"));
         assert_eq!(keys_under("scope.list[]"), ["start", "end"]);
     }

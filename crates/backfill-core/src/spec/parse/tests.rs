@@ -80,7 +80,7 @@ fn unknown_keys_suggest_the_closest() {
             spec.toml:20:1: error: limits.concurency: unknown key `concurency`
               hint: did you mean `concurrency`?
             spec.toml:21:1: error: limits.whatever: unknown key `whatever`
-              hint: known keys here: concurrency, rows_per_second, batch_rows, max_attempts, retry_base, retry_cap"#]],
+              hint: known keys here: concurrency, rows_per_second, batches_per_second, batch_rows, max_attempts, retry_base, retry_cap, budget, window, order, circuit_breaker"#]],
     );
 }
 
@@ -343,5 +343,216 @@ fn guard_is_an_upsert_column() {
         expect![[r#"
             spec.toml:13:9: error: target.guard: `guard` only applies to `upsert` mode
               hint: replace and sql modes rewrite the window as a whole"#]],
+    );
+}
+
+const ALL_LIMITS: &str = r#"
+[limits]
+rows_per_second = 50_000
+batches_per_second = 20
+budget = { rows = 100_000_000, duration = "6h", partitions = 300, cost = { per_million_rows = 0.40, per_hour = 2, currency = "EUR", max = 50.0 } }
+window = "22:00-06:00 Europe/Paris"
+order = ["2026-03-03", "2026-03-01T10:00:00Z..2026-03-01T12:00:00Z"]
+circuit_breaker = { window = 20, max_error_rate = 0.25 }
+"#;
+
+#[test]
+fn every_limit_parses() {
+    use std::time::Duration;
+
+    use crate::order::Order;
+
+    let parsed = parse(&format!("{GOOD}{ALL_LIMITS}"));
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let limits = parsed.spec.unwrap().limits;
+    assert_eq!(limits.batches_per_second.map(|n| n.get()), Some(20));
+    let budget = &limits.budget;
+    assert_eq!(budget.rows, Some(100_000_000));
+    assert_eq!(budget.duration, Some(Duration::from_secs(6 * 3600)));
+    assert_eq!(budget.partitions, Some(300));
+    let cost = budget.cost.as_ref().unwrap();
+    assert_eq!(
+        (
+            cost.per_million_rows,
+            cost.per_hour,
+            cost.currency.as_str(),
+            cost.max
+        ),
+        (0.40, 2.0, "EUR", Some(50.0))
+    );
+    assert_eq!(
+        limits.window.as_ref().map(ToString::to_string).as_deref(),
+        Some("22:00-06:00 Europe/Paris")
+    );
+    assert_eq!(
+        limits.order.describe(),
+        "priority: 2026-03-03, 2026-03-01T10:00:00Z..2026-03-01T12:00:00Z, then the rest oldest first"
+    );
+    assert!(matches!(limits.order, Order::Priority(ref r) if r.len() == 2));
+    assert!(limits.breaker.enabled);
+    assert_eq!(limits.breaker.window, 20);
+    assert_eq!(limits.breaker.max_error_rate, 0.25);
+
+    // Defaults.
+    let limits = parse(GOOD).spec.unwrap().limits;
+    assert!(limits.budget.is_empty());
+    assert_eq!(limits.window, None);
+    assert_eq!(limits.order, Order::OldestFirst);
+    assert_eq!(limits.breaker, crate::breaker::BreakerPolicy::default());
+
+    // Budget as its own table, a named order, the breaker switched off.
+    let parsed = parse(&format!(
+        "{GOOD}\n[limits]\norder = \"largest_first\"\ncircuit_breaker = false\n\n[limits.budget]\nrows = 10\n"
+    ));
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let limits = parsed.spec.unwrap().limits;
+    assert_eq!(limits.order, Order::LargestFirst);
+    assert!(!limits.breaker.enabled);
+    assert_eq!(limits.budget.rows, Some(10));
+    let parsed = parse(&format!(
+        "{GOOD}\n[limits]\ncircuit_breaker = {{ enabled = false }}\n"
+    ));
+    assert!(!parsed.spec.unwrap().limits.breaker.enabled);
+}
+
+fn limits_check(limits: &str, want: Expect) {
+    check(&format!("{GOOD}\n[limits]\n{limits}\n"), want);
+}
+
+#[test]
+fn bad_rates_and_budgets() {
+    limits_check(
+        "batches_per_second = 0\nbudget = 5",
+        expect![[r#"
+            spec.toml:20:22: error: limits.batches_per_second: must be between 1 and 4294967295, found 0
+            spec.toml:21:10: error: limits.budget: expected a table, found an integer
+              hint: e.g. `budget = { rows = 100_000_000, duration = "6h" }`"#]],
+    );
+    limits_check(
+        "budget = { rows = -1, duration = \"soon\", partitions = \"many\", minutes = 3 }",
+        expect![[r#"
+            spec.toml:20:19: error: limits.budget.rows: must be positive, found -1
+            spec.toml:20:34: error: limits.budget.duration: invalid duration `soon`: expected number at 0
+              hint: write e.g. `200ms`, `5s`, `2m`, `6h`
+            spec.toml:20:55: error: limits.budget.partitions: expected an integer, found a string
+            spec.toml:20:63: error: limits.budget.minutes: unknown key `minutes`
+              hint: known keys here: rows, duration, partitions, cost"#]],
+    );
+    limits_check(
+        "budget = { duration = \"0s\", cost = { per_hour = -2, max = 0, currency = \"\", per_milion_rows = 1 } }",
+        expect![[r#"
+            spec.toml:20:23: error: limits.budget.duration: must be longer than zero
+            spec.toml:20:49: error: limits.budget.cost.per_hour: must be zero or more, found -2
+            spec.toml:20:59: error: limits.budget.cost.max: must be positive, found 0
+            spec.toml:20:73: error: limits.budget.cost.currency: invalid currency ``
+              hint: a code such as `USD` or `EUR` (at most 16 characters)
+            spec.toml:20:77: error: limits.budget.cost.per_milion_rows: unknown key `per_milion_rows`
+              hint: did you mean `per_million_rows`?"#]],
+    );
+    limits_check(
+        "budget = { cost = { per_hour = \"2\", max = nan } }",
+        expect![[r#"
+            spec.toml:20:32: error: limits.budget.cost.per_hour: expected a number, found a string
+            spec.toml:20:43: error: limits.budget.cost.max: expected a finite number"#]],
+    );
+}
+
+#[test]
+fn bad_windows() {
+    limits_check(
+        "window = \"22:00-22:00\"",
+        expect![[r#"
+            spec.toml:20:10: error: limits.window: invalid window: the window starts and ends at 22:00; remove `window` to run at any time
+              hint: e.g. `window = "22:00-06:00"` or `"22:00-06:00 Europe/Paris"` (UTC when no zone is given)"#]],
+    );
+    limits_check(
+        "window = \"22h-6h Paris\"",
+        expect![[r#"
+            spec.toml:20:10: error: limits.window: invalid window: `22h` is not a time `HH:MM`
+              hint: e.g. `window = "22:00-06:00"` or `"22:00-06:00 Europe/Paris"` (UTC when no zone is given)"#]],
+    );
+    limits_check(
+        "window = 22",
+        expect!["spec.toml:20:10: error: limits.window: expected a string, found an integer"],
+    );
+}
+
+#[test]
+fn bad_orders() {
+    limits_check(
+        "order = \"newest\"",
+        expect![[r#"
+            spec.toml:20:9: error: limits.order: unknown order `newest`
+              hint: did you mean `newest_first`?"#]],
+    );
+    limits_check(
+        "order = []",
+        expect![[r#"
+            spec.toml:20:9: error: limits.order: the priority list is empty
+              hint: use `oldest_first`, `newest_first`, `largest_first`, or a priority list such as `["2025-12-24", "2025-12-20..2025-12-23"]`"#]],
+    );
+    limits_check(
+        "order = [\"2026-03-02\", 3, \"1000..2000\", \"2026-03-09\", \"2026-03-03..2026-03-01\"]",
+        expect![[r#"
+            spec.toml:20:24: error: limits.order[1]: expected a window string, found an integer
+              hint: e.g. `"2025-12-24"`, `"2025-12-20..2025-12-23"` or `"1000..2000"`
+            spec.toml:20:27: error: limits.order[2]: `1000..2000` is a key window but the scope is a time scope
+              hint: use dates or instants, e.g. `2025-12-24` or `2025-12-20..2025-12-23`
+            spec.toml:20:41: warning: limits.order[3]: `2026-03-09` covers no partition of the scope
+              hint: it has no effect; compare it with `[scope]`
+            spec.toml:20:55: error: limits.order[4]: `2026-03-03..2026-03-01` is empty: its end is not after its start
+              hint: a date, an RFC 3339 instant, `START..END` of those, or a key range `1000..2000`"#]],
+    );
+    limits_check(
+        "order = 1",
+        expect![[r#"
+            spec.toml:20:9: error: limits.order: expected a string or an array of windows, found an integer
+              hint: use `oldest_first`, `newest_first`, `largest_first`, or a priority list such as `["2025-12-24", "2025-12-20..2025-12-23"]`"#]],
+    );
+    // A priority list that only warns still yields a spec.
+    let parsed = parse(&format!("{GOOD}\n[limits]\norder = [\"2027-01-01\"]\n"));
+    assert!(parsed.spec.is_some());
+    assert_eq!(parsed.diagnostics.len(), 1);
+}
+
+#[test]
+fn bad_circuit_breakers() {
+    limits_check(
+        "circuit_breaker = { window = 0, max_error_rate = 1.0, enable = false }",
+        expect![[r#"
+            spec.toml:20:30: error: limits.circuit_breaker.window: must be between 1 and 4294967295, found 0
+            spec.toml:20:50: error: limits.circuit_breaker.max_error_rate: must be at least 0 and below 1, found 1
+            spec.toml:20:55: error: limits.circuit_breaker.enable: unknown key `enable`
+              hint: did you mean `enabled`?"#]],
+    );
+    limits_check(
+        "circuit_breaker = \"off\"",
+        expect![[r#"
+            spec.toml:20:19: error: limits.circuit_breaker: expected a table, found a string
+              hint: e.g. `circuit_breaker = { window = 50, max_error_rate = 0.2 }`, or `false` to turn it off"#]],
+    );
+    limits_check(
+        "circuit_breaker = { window = 200_000 }",
+        expect!["spec.toml:20:30: error: limits.circuit_breaker.window: at most 100000 batches"],
+    );
+}
+
+#[test]
+fn key_scope_priorities_and_free_costs() {
+    let key_scope = GOOD.replace(
+        "start = \"2026-03-01T00:00:00Z\"\nend = \"2026-03-04T00:00:00Z\"\npartition = \"1h\"",
+        "key = \"id\"\nfrom = 0\nto = 10_000\nchunk = 1000",
+    );
+    check(
+        &format!(
+            "{key_scope}\n[limits]\norder = [\"2000..3000\", \"2026-03-01\", \"20000..30000\"]\nbudget = {{ cost = {{ currency = \"USD\" }} }}\n"
+        ),
+        expect![[r#"
+            spec.toml:21:24: error: limits.order[1]: `2026-03-01` is a time window but the scope is a key scope
+              hint: use keys, e.g. `1000..2000`
+            spec.toml:21:38: warning: limits.order[2]: `20000..30000` covers no partition of the scope
+              hint: it has no effect; compare it with `[scope]`
+            spec.toml:22:12: warning: limits.budget.cost: the cost is always zero
+              hint: set `per_million_rows` and/or `per_hour`"#]],
     );
 }
