@@ -28,6 +28,7 @@
 mod error;
 mod ident;
 pub mod mysql;
+pub mod nodelay;
 pub mod postgres;
 pub mod sqlite;
 mod window;

@@ -111,18 +111,27 @@ async fn connect(url: &SecretUrl, pool_size: u32) -> Result<MySqlPool, Connector
     )
     .await
     .map_err(|e| fail(format!("cannot connect: {e}")))?;
+    // Where the pool's TCP connections go, for the sqlx#4335 workaround (`None`: Unix socket).
+    let server = match options.get_socket() {
+        Some(_) => None,
+        None => Some((options.get_host().to_owned(), options.get_port())),
+    };
     MySqlPoolOptions::new()
         .max_connections(pool_size.max(1))
         // An unreachable server is reported within seconds; a run's retries (with backoff)
         // cover servers that are restarting.
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
+            let server = server.clone();
             Box::pin(async move {
                 conn.execute(
                     "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), \
                      'STRICT_ALL_TABLES', 'NO_ENGINE_SUBSTITUTION'), time_zone = '+00:00'",
                 )
                 .await?;
+                // Once per new connection: sqlx 0.9.0 leaves Nagle on (sqlx#4335).
+                let server = server.as_ref().map(|(host, port)| (host.as_str(), *port));
+                crate::nodelay::mysql(conn, server).await;
                 Ok(())
             })
         })

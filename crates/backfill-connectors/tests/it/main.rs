@@ -6,6 +6,7 @@ mod pushdown;
 mod sink;
 mod source;
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use backfill_connectors::{AnySink, AnySource, open_sink, open_source};
@@ -122,6 +123,31 @@ pub async fn sink(url: &str, table: &str, key: &[&str], mode: WriteMode) -> AnyS
     open_sink(&target_spec(url, table, key, mode), 2)
         .await
         .unwrap()
+}
+
+/// One end of a connection as a server lists it: host (an address or a name) and port.
+pub type End = (String, u16);
+
+/// `TCP_NODELAY` of this process's socket for each connection a server lists, given as its
+/// client and server ends: `None` for a connection this process does not hold (any more).
+pub fn nodelay_of(connections: &[(End, End)]) -> Vec<Option<bool>> {
+    let addrs = |(host, port): &End| -> Vec<SocketAddr> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host, *port)
+            .to_socket_addrs()
+            .map_or_else(|_| Vec::new(), Iterator::collect)
+    };
+    connections
+        .iter()
+        .map(|(client, server)| {
+            let servers = addrs(server);
+            addrs(client).into_iter().find_map(|local| {
+                servers
+                    .iter()
+                    .find_map(|&peer| backfill_connectors::nodelay::tcp_nodelay(local, peer))
+            })
+        })
+        .collect()
 }
 
 pub fn strings(items: &[&str]) -> Vec<String> {

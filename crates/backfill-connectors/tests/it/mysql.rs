@@ -4,6 +4,7 @@
 //! `mysql://root@127.0.0.1:3306/test`). When it is unreachable the tests print
 //! `skipped: MySQL not reachable` and pass, unless `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`.
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,9 +16,9 @@ use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use sqlx::AssertSqlSafe;
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
-use crate::{day, keys, read_all, source_spec, strings};
+use crate::{day, keys, nodelay_of, read_all, source_spec, strings};
 
 /// A database of its own on the test server, dropped by [`Db::drop`].
 struct Db {
@@ -832,6 +833,42 @@ async fn large_rows_are_split_under_max_allowed_packet() {
     assert_eq!(sink.upsert(&make(1), None).await.unwrap(), counts(12, 0, 0));
     assert_eq!(sink.upsert(&make(2), None).await.unwrap(), counts(0, 12, 0));
     assert_eq!(sink.upsert(&make(2), None).await.unwrap(), counts(0, 0, 12));
+    sink.close().await;
+    db.drop().await;
+}
+
+/// sqlx 0.9.0 opens its sockets with Nagle's algorithm on (sqlx#4335), so a round trip made of
+/// several writes could wait ~40 ms for the server's delayed ACK; the connector's pool sets
+/// `TCP_NODELAY` on each new connection.
+#[tokio::test]
+async fn pooled_connections_have_tcp_nodelay() {
+    let Some(db) = db(TARGET).await else { return };
+    let sink = open_sink(&db.target("t", &["id"], WriteMode::Upsert), 2)
+        .await
+        .unwrap();
+    let batch = batch(&[(1, Some("x"), 1.0)]);
+    assert_eq!(sink.upsert(&batch, None).await.unwrap(), counts(1, 0, 0));
+    // The connector's connections are the only ones on this test's database.
+    let clients: Vec<String> =
+        sqlx::query_scalar("SELECT host FROM information_schema.processlist WHERE db = ?")
+            .bind(&db.name)
+            .fetch_all(&db.admin)
+            .await
+            .unwrap();
+    let server = MySqlConnectOptions::from_str(&db.url).unwrap();
+    let server = (server.get_host().to_owned(), server.get_port());
+    let ends: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let (host, port) = client.rsplit_once(':').unwrap();
+            ((host.to_owned(), port.parse().unwrap()), server.clone())
+        })
+        .collect();
+    let nodelay = nodelay_of(&ends);
+    assert!(
+        nodelay.contains(&Some(true)) && !nodelay.contains(&Some(false)),
+        "TCP_NODELAY of the connector's connections {ends:?}: {nodelay:?}"
+    );
     sink.close().await;
     db.drop().await;
 }

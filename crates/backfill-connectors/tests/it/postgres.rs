@@ -18,7 +18,7 @@ use backfill_core::value::{Batch, RowCounts, Value};
 use chrono::{TimeZone, Utc};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 
-use crate::{day, keys, read_all, source_spec, strings, target_spec};
+use crate::{day, keys, nodelay_of, read_all, source_spec, strings, target_spec};
 
 fn server_url() -> String {
     std::env::var("BACKFILL_TEST_POSTGRES_URL")
@@ -669,6 +669,51 @@ async fn errors_name_unsupported_columns_and_classify_rejected_rows_as_data() {
             .await
             .unwrap_err();
         assert!(matches!(err, ConnectorError::MissingColumn { .. }), "{err}");
+    })
+    .await;
+}
+
+/// sqlx 0.9.0 opens its sockets with Nagle's algorithm on (sqlx#4335), so every `COPY` waited
+/// ~40 ms for the server's delayed ACK; the connector's pool sets `TCP_NODELAY` on each new
+/// connection.
+#[tokio::test]
+async fn pooled_connections_have_tcp_nodelay() {
+    run(|pg| async move {
+        pg.exec("CREATE TABLE t (id int8 PRIMARY KEY, a text, b float8)")
+            .await;
+        // The connector's connections, told apart from every other by their application name.
+        let name = pg.schema.clone();
+        let separator = if pg.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}application_name={name}", pg.url);
+        let sink = open_sink(
+            &target_spec(&url, &pg.t("t"), &["id"], WriteMode::Upsert),
+            2,
+        )
+        .await
+        .unwrap();
+        let batch = batch(&[(1, Some("x"), 1.0)]);
+        assert_eq!(sink.upsert(&batch, None).await.unwrap(), counts(1, 0, 0));
+        let mut conn = PgConnection::connect(&pg.url).await.unwrap();
+        let ends: Vec<(String, i32, String, i32)> = sqlx::query_as(
+            "SELECT host(client_addr), client_port, host(inet_server_addr()), inet_server_port() \
+             FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&name)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let port = |p: i32| u16::try_from(p).unwrap();
+        let ends: Vec<_> = ends
+            .into_iter()
+            .map(|(c, cp, s, sp)| ((c, port(cp)), (s, port(sp))))
+            .collect();
+        let nodelay = nodelay_of(&ends);
+        assert!(
+            nodelay.contains(&Some(true)) && !nodelay.contains(&Some(false)),
+            "TCP_NODELAY of the connector's connections {ends:?}: {nodelay:?}"
+        );
+        sink.close().await;
     })
     .await;
 }
