@@ -2,7 +2,8 @@
 //!
 //! Owns: parsing and validating spec files into precise types ([`spec`]), cutting a scope into
 //! partitions ([`plan`]), a run's delivery guarantee ([`guarantee`]), the run and partition
-//! state machines ([`state`]), the policies that keep a run safe (retries [`retry`], budgets
+//! state machines ([`state`]), the policies that keep a run safe (retries [`retry`], adaptive
+//! throttling [`aimd`], budgets
 //! [`budget`], run windows [`run_window`], partition order [`order`], the circuit breaker
 //! [`breaker`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
 //! ([`params`]), the values that move between connectors ([`value`]) and secret handling
@@ -12,6 +13,7 @@
 //! spawn tasks. The same input always gives the same output, so a plan made on one machine is
 //! the plan made on any other, and every policy is testable without waiting.
 
+pub mod aimd;
 pub mod breaker;
 pub mod budget;
 pub mod diag;
@@ -27,6 +29,7 @@ pub mod state;
 pub mod timefmt;
 pub mod value;
 
+pub use aimd::{Aimd, RateCause, RateChange, percentile};
 pub use breaker::{Breaker, BreakerPolicy};
 pub use budget::{
     Budget, BudgetExtension, BudgetKind, BudgetLine, BudgetUse, BudgetVerdict, CostModel,
@@ -38,7 +41,7 @@ pub use order::{Order, PriorityRange, order_partitions};
 pub use plan::{Partition, Plan, Scope, Step, Window};
 pub use run_window::{RunWindow, WindowState};
 pub use secret::SecretUrl;
-pub use spec::{Spec, WriteMode};
+pub use spec::{Probe, Spec, ThrottleSpec, WriteMode};
 pub use state::{PartitionState, RunState};
 pub use timefmt::TimeFormat;
 pub use value::{Batch, RowCounts, Value, decode_key, encode_key};

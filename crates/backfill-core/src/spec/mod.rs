@@ -13,6 +13,7 @@ pub(crate) use self::parse::parse_instant;
 
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::breaker::BreakerPolicy;
 use crate::budget::Budget;
@@ -39,6 +40,8 @@ pub struct Spec {
     pub scope: Scope,
     /// How hard to push.
     pub limits: Limits,
+    /// Adaptive throttling against a live-facing database, when the spec has `[throttle]`.
+    pub throttle: Option<ThrottleSpec>,
     /// The spec text with any URL password masked, kept on the run for the audit trail.
     pub redacted_text: String,
     /// Hash of the spec text (before `${VAR}` expansion).
@@ -148,6 +151,76 @@ impl Default for Limits {
             breaker: BreakerPolicy::default(),
         }
     }
+}
+
+/// Adaptive throttling (`[throttle]`): the rules of the AIMD controller
+/// ([`crate::aimd::Aimd`]) and the probe that feeds it. Validated: `interval` is positive,
+/// `baseline_probes >= 5`, `window >= 1`, `max_latency_increase > 0`, `decrease_factor` in
+/// (0, 1), `min_rate_fraction` and `increase_fraction` in (0, 1], and a maximum rate exists
+/// (`max_rows_per_second` or `limits.rows_per_second`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThrottleSpec {
+    /// The statement whose latency (and database's replica lag) is watched; without one only
+    /// errors throttle.
+    pub probe: Option<Probe>,
+    /// Time between two probes, and between two decisions of the controller.
+    pub interval: Duration,
+    /// Probes measured before the run starts to set the baseline p50/p90.
+    pub baseline_probes: u32,
+    /// Allowed rise of the moving p90 over the baseline p90, as a fraction (0.10 = +10%).
+    pub max_latency_increase: f64,
+    /// Replica lag above which the rate is cut, measured on the probe's database.
+    pub max_replica_lag: Option<Duration>,
+    /// Multiplier of a cut, in (0, 1).
+    pub decrease_factor: f64,
+    /// The lowest rate, as a fraction of the maximum.
+    pub min_rate_fraction: f64,
+    /// Rise per healthy interval, as a fraction of the maximum.
+    pub increase_fraction: f64,
+    /// Probes in the moving p90.
+    pub window: u32,
+    /// The throttle's own maximum rate; see [`ThrottleSpec::max_rate`].
+    pub max_rows_per_second: Option<NonZeroU32>,
+}
+
+impl Default for ThrottleSpec {
+    /// The documented defaults, no probe and no maximum of its own.
+    fn default() -> Self {
+        ThrottleSpec {
+            probe: None,
+            interval: Duration::from_secs(1),
+            baseline_probes: 20,
+            max_latency_increase: 0.10,
+            max_replica_lag: None,
+            decrease_factor: 0.5,
+            min_rate_fraction: 0.05,
+            increase_fraction: 0.05,
+            window: 10,
+            max_rows_per_second: None,
+        }
+    }
+}
+
+impl ThrottleSpec {
+    /// The maximum rate the controller starts at and never exceeds, rows per second: the
+    /// smaller of `max_rows_per_second` and `limits.rows_per_second` when both are set (the
+    /// static limit still holds), whichever is set otherwise. Always `Some` for a parsed spec.
+    pub fn max_rate(&self, limits: &Limits) -> Option<f64> {
+        match (self.max_rows_per_second, limits.rows_per_second) {
+            (Some(a), Some(b)) => Some(f64::from(a.min(b).get())),
+            (Some(a), None) | (None, Some(a)) => Some(f64::from(a.get())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The statement run against a live-facing database every `throttle.interval`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    /// Connection URL, `${VAR}` expanded like `source.url` (password masked when printed).
+    pub url: SecretUrl,
+    /// A cheap statement representative of live traffic, e.g. `SELECT 1`.
+    pub sql: String,
 }
 
 /// How the parser reaches the world: environment variables for `${VAR}` and the spec's folder

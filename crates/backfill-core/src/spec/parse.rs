@@ -10,7 +10,10 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::schema::{keys_under, suggest};
-use super::{Limits, ParseContext, Parsed, SourceSpec, Spec, TargetSpec, WriteMode, is_identifier};
+use super::{
+    Limits, ParseContext, Parsed, Probe, SourceSpec, Spec, TargetSpec, ThrottleSpec, WriteMode,
+    is_identifier,
+};
 use crate::breaker::BreakerPolicy;
 use crate::budget::{Budget, CostModel};
 use crate::diag::{Diagnostic, line_col};
@@ -565,6 +568,9 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
         Some(t) => limits(&mut w, t, scope.as_ref()),
         None => Limits::default(),
     };
+    let throttle = w
+        .section(root, "throttle", false)
+        .and_then(|t| throttle(&mut w, t, ctx, &limits));
     let source_format = source
         .as_ref()
         .map_or(TimeFormat::Rfc3339, |s| s.time_format.clone());
@@ -616,6 +622,7 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
             target,
             scope,
             limits,
+            throttle,
             redacted_text: redact(text),
             spec_hash: short_hash(&[text]),
         }),
@@ -1439,6 +1446,163 @@ fn breaker(w: &mut Walker<'_>, limits: &Table<'_>) -> BreakerPolicy {
         window: window.get().min(100_000),
         max_error_rate,
     }
+}
+
+fn throttle(
+    w: &mut Walker<'_>,
+    t: &Table<'_>,
+    ctx: &ParseContext<'_>,
+    limits: &Limits,
+) -> Option<ThrottleSpec> {
+    const SECTION: &str = "throttle";
+    let d = ThrottleSpec::default();
+    let problems_before = w.diags.iter().filter(|d| d.is_error()).count();
+    let probe = w
+        .subtable(
+            t,
+            SECTION,
+            "probe",
+            "e.g. `probe = { url = \"postgres://app@db/shop\", sql = \"SELECT 1\" }`",
+        )
+        .map(|p| {
+            let url = w.url(p, "throttle.probe", ctx);
+            let sql = w
+                .string(p, "throttle.probe", "sql", true)
+                .and_then(|(sql, span)| {
+                    if sql.trim().is_empty() {
+                        w.error(
+                            "throttle.probe.sql",
+                            Some(span),
+                            "the probe statement is empty",
+                        )
+                        .hint = Some(
+                            "e.g. `sql = \"SELECT 1\"`, or a cheap query live traffic runs"
+                                .to_owned(),
+                        );
+                        None
+                    } else {
+                        Some(sql)
+                    }
+                });
+            (url, sql)
+        });
+    let interval = w
+        .opt_duration(t, SECTION, "interval")
+        .and_then(|(i, span)| {
+            if (Duration::from_millis(10)..=Duration::from_secs(600)).contains(&i) {
+                Some(i)
+            } else {
+                w.error(
+                    "throttle.interval",
+                    Some(span),
+                    "must be between 10ms and 10m",
+                );
+                None
+            }
+        })
+        .unwrap_or(d.interval);
+    let baseline_probes = w.positive_u32(t, SECTION, "baseline_probes", d.baseline_probes);
+    if !(5..=10_000).contains(&baseline_probes.get()) {
+        w.error(
+            "throttle.baseline_probes",
+            t.get("baseline_probes").map(|v| v.span()),
+            format!("must be between 5 and 10000, found {baseline_probes}"),
+        )
+        .hint = Some("a baseline needs enough probes for a p90; 20 takes 20 intervals".to_owned());
+    }
+    let window = w.positive_u32(t, SECTION, "window", d.window);
+    if window.get() > 10_000 {
+        w.error(
+            "throttle.window",
+            t.get("window").map(|v| v.span()),
+            "at most 10000 probes",
+        );
+    }
+    let max_latency_increase = w.fraction(
+        t,
+        SECTION,
+        "max_latency_increase",
+        d.max_latency_increase,
+        |f| f > 0.0,
+        "positive (0.10 allows +10%)",
+    );
+    let max_replica_lag = w
+        .opt_duration(t, SECTION, "max_replica_lag")
+        .and_then(|(lag, span)| {
+            if lag.is_zero() {
+                w.error(
+                    "throttle.max_replica_lag",
+                    Some(span),
+                    "must be longer than zero",
+                );
+                None
+            } else {
+                Some((lag, span))
+            }
+        });
+    let decrease_factor = w.fraction(
+        t,
+        SECTION,
+        "decrease_factor",
+        d.decrease_factor,
+        |f| f > 0.0 && f < 1.0,
+        "between 0 and 1 (exclusive)",
+    );
+    let min_rate_fraction = w.fraction(
+        t,
+        SECTION,
+        "min_rate_fraction",
+        d.min_rate_fraction,
+        |f| f > 0.0 && f <= 1.0,
+        "above 0 and at most 1",
+    );
+    let increase_fraction = w.fraction(
+        t,
+        SECTION,
+        "increase_fraction",
+        d.increase_fraction,
+        |f| f > 0.0 && f <= 1.0,
+        "above 0 and at most 1",
+    );
+    let max_rows_per_second = t
+        .get("max_rows_per_second")
+        .map(|_| w.positive_u32(t, SECTION, "max_rows_per_second", u32::MAX));
+    if max_rows_per_second.is_none() && limits.rows_per_second.is_none() {
+        w.error(SECTION, None, "the throttle has no maximum rate")
+            .hint = Some(
+            "set `throttle.max_rows_per_second` or `limits.rows_per_second`: the rate the run starts at and never exceeds"
+                .to_owned(),
+        );
+    }
+    if probe.is_none() {
+        if let Some((_, span)) = &max_replica_lag {
+            w.error("throttle.max_replica_lag", Some(span.clone()), "`max_replica_lag` needs `probe`")
+                .hint = Some("the lag is measured on the probe's database; add `probe = { url = …, sql = \"SELECT 1\" }`".to_owned());
+        } else {
+            w.warn(SECTION, None, "without `probe` the throttle reacts to errors only")
+                .hint = Some("add `probe = { url = …, sql = \"SELECT 1\" }` against the live database to watch its latency".to_owned());
+        }
+    }
+    let probe = match probe {
+        Some((Some(url), Some(sql))) => Some(Probe { url, sql }),
+        Some(_) => return None,
+        None => None,
+    };
+    if w.diags.iter().filter(|d| d.is_error()).count() != problems_before {
+        return None;
+    }
+    Some(ThrottleSpec {
+        probe,
+        interval,
+        baseline_probes: baseline_probes.get(),
+        max_latency_increase,
+        max_replica_lag: max_replica_lag.map(|(lag, _)| lag),
+        decrease_factor,
+        min_rate_fraction,
+        increase_fraction,
+        window: window.get(),
+        max_rows_per_second,
+    })
 }
 
 #[cfg(test)]

@@ -56,6 +56,19 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "How hard to push, and when to stop: concurrency, rates, batch size, retries, budget, \
          run window, partition order and the circuit breaker.",
     ),
+    (
+        "throttle",
+        "Adaptive throttling, to protect a live database: a probe statement runs every \
+         `interval`; before the run starts a baseline p50/p90 is measured over \
+         `baseline_probes` probes. While the run goes, when the moving p90 rises more than \
+         `max_latency_increase` above the baseline (plus 0.5 ms, so sub-millisecond baselines \
+         do not flap), when the replica lag exceeds `max_replica_lag`, or when the run sees \
+         lock timeouts, deadlocks or \"too many connections\", the rate is multiplied by \
+         `decrease_factor` (at most once every two intervals, down to `min_rate_fraction` of \
+         the maximum); each healthy interval raises it by `increase_fraction` of the maximum. \
+         The maximum is `max_rows_per_second`, or `limits.rows_per_second` (the smaller when \
+         both are set); one of them is required. Every change is logged with its cause.",
+    ),
 ];
 
 /// Every key of the spec.
@@ -395,6 +408,90 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         Some("0.2"),
         false,
         "The breaker opens when failed batches exceed this fraction of `window`, counted from the first batch (11 failures in the first 11 batches open a 50/0.2 breaker). At least 0, below 1.",
+    ),
+    key(
+        "throttle.probe",
+        "table",
+        None,
+        true,
+        "The statement whose latency is watched, e.g. `{ url = \"postgres://app:${PGPASSWORD}@db/shop\", sql = \"SELECT 1 FROM orders ORDER BY id DESC LIMIT 1\" }`. Without it only errors throttle.",
+    ),
+    key(
+        "throttle.probe.url",
+        "string",
+        None,
+        false,
+        "Connection URL of the live database (same forms and `${VAR}` expansion as `source.url`).",
+    ),
+    key(
+        "throttle.probe.sql",
+        "string",
+        None,
+        false,
+        "A cheap statement representative of live traffic.",
+    ),
+    key(
+        "throttle.interval",
+        "duration string",
+        Some("\"1s\""),
+        false,
+        "Time between two probes and between two rate decisions (10ms to 10m).",
+    ),
+    key(
+        "throttle.baseline_probes",
+        "integer",
+        Some("20"),
+        false,
+        "Probes measured before the run starts to set the baseline (at least 5).",
+    ),
+    key(
+        "throttle.window",
+        "integer",
+        Some("10"),
+        false,
+        "Probes in the moving p90 compared with the baseline.",
+    ),
+    key(
+        "throttle.max_latency_increase",
+        "number",
+        Some("0.10"),
+        false,
+        "Allowed rise of the moving p90 over the baseline p90, as a fraction (`0.10` = +10%).",
+    ),
+    key(
+        "throttle.max_replica_lag",
+        "duration string",
+        None,
+        true,
+        "Cut the rate while the replica lag of the probe's database exceeds this (`5s`); needs `probe`.",
+    ),
+    key(
+        "throttle.decrease_factor",
+        "number",
+        Some("0.5"),
+        false,
+        "Multiplier of a cut, between 0 and 1.",
+    ),
+    key(
+        "throttle.min_rate_fraction",
+        "number",
+        Some("0.05"),
+        false,
+        "The lowest rate, as a fraction of the maximum.",
+    ),
+    key(
+        "throttle.increase_fraction",
+        "number",
+        Some("0.05"),
+        false,
+        "Rise per healthy interval, as a fraction of the maximum.",
+    ),
+    key(
+        "throttle.max_rows_per_second",
+        "integer",
+        None,
+        true,
+        "The throttle's maximum rate (rows per second); defaults to `limits.rows_per_second`.",
     ),
 ];
 

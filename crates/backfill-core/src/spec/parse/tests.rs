@@ -556,3 +556,122 @@ fn key_scope_priorities_and_free_costs() {
               hint: set `per_million_rows` and/or `per_hour`"#]],
     );
 }
+
+const THROTTLE: &str = r#"
+[throttle]
+probe = { url = "postgres://app:${DB_PASSWORD}@db/shop", sql = "SELECT 1" }
+interval = "500ms"
+baseline_probes = 30
+window = 12
+max_latency_increase = 0.2
+max_replica_lag = "5s"
+decrease_factor = 0.7
+min_rate_fraction = 0.1
+increase_fraction = 0.02
+max_rows_per_second = 40_000
+"#;
+
+#[test]
+fn a_spec_with_every_new_key_parses() {
+    use std::time::Duration;
+
+    let parsed = parse(&format!("{GOOD}{ALL_LIMITS}{THROTTLE}"));
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let spec = parsed.spec.unwrap();
+    let throttle = spec.throttle.as_ref().unwrap();
+    let probe = throttle.probe.as_ref().unwrap();
+    assert_eq!(probe.url.expose(), "postgres://app:s3cret@db/shop");
+    assert!(!format!("{probe:?}").contains("s3cret"));
+    assert_eq!(probe.sql, "SELECT 1");
+    assert_eq!(throttle.interval, Duration::from_millis(500));
+    assert_eq!((throttle.baseline_probes, throttle.window), (30, 12));
+    assert_eq!(throttle.max_replica_lag, Some(Duration::from_secs(5)));
+    assert_eq!(
+        (
+            throttle.max_latency_increase,
+            throttle.decrease_factor,
+            throttle.min_rate_fraction,
+            throttle.increase_fraction
+        ),
+        (0.2, 0.7, 0.1, 0.02)
+    );
+    // The smaller of the throttle's maximum and the static limit.
+    assert_eq!(throttle.max_rate(&spec.limits), Some(40_000.0));
+    assert!(!spec.redacted_text.contains("s3cret"));
+
+    // Defaults, with the maximum from `limits.rows_per_second`.
+    let parsed = parse(&format!(
+        "{GOOD}\n[limits]\nrows_per_second = 1000\n\n[throttle]\nprobe = {{ url = \"sqlite://live.db\", sql = \"SELECT 1\" }}\n"
+    ));
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let spec = parsed.spec.unwrap();
+    let throttle = spec.throttle.unwrap();
+    assert_eq!(
+        throttle,
+        crate::spec::ThrottleSpec {
+            probe: throttle.probe.clone(),
+            ..crate::spec::ThrottleSpec::default()
+        }
+    );
+    assert_eq!(
+        throttle.probe.as_ref().unwrap().url.expose(),
+        "sqlite:///specs/live.db"
+    );
+    assert_eq!(throttle.max_rate(&spec.limits), Some(1000.0));
+    assert!(parse(GOOD).spec.unwrap().throttle.is_none());
+}
+
+#[test]
+fn throttle_needs_a_maximum_rate() {
+    check(
+        &format!(
+            "{GOOD}\n[throttle]\nprobe = {{ url = \"sqlite://live.db\", sql = \"SELECT 1\" }}\n"
+        ),
+        expect![[r#"
+            spec.toml:19:2: error: throttle: the throttle has no maximum rate
+              hint: set `throttle.max_rows_per_second` or `limits.rows_per_second`: the rate the run starts at and never exceeds"#]],
+    );
+}
+
+#[test]
+fn bad_throttles() {
+    check(
+        &format!(
+            "{GOOD}\n[throttle]\nmax_rows_per_second = 100\nprobe = {{ url = \"postgres://u:${{NOPE}}@db/x\", sql = \" \", timeout = 1 }}\ninterval = \"1ms\"\nbaseline_probes = 3\nwindow = 0\nmax_latency_increase = 0\ndecrease_factor = 1.5\nmin_rate_fraction = 0\nincrease_fraction = \"5%\"\nmax_replica_lag = \"0s\"\nmax_rows_per_sec = 5\n"
+        ),
+        expect![[r#"
+            spec.toml:21:17: error: throttle.probe.url: environment variable `NOPE` is not set
+              hint: export NOPE=… before running, or remove `${NOPE}` from the URL
+            spec.toml:21:52: error: throttle.probe.sql: the probe statement is empty
+              hint: e.g. `sql = "SELECT 1"`, or a cheap query live traffic runs
+            spec.toml:21:57: error: throttle.probe.timeout: unknown key `timeout`
+              hint: known keys here: url, sql
+            spec.toml:22:12: error: throttle.interval: must be between 10ms and 10m
+            spec.toml:23:19: error: throttle.baseline_probes: must be between 5 and 10000, found 3
+              hint: a baseline needs enough probes for a p90; 20 takes 20 intervals
+            spec.toml:24:10: error: throttle.window: must be between 1 and 4294967295, found 0
+            spec.toml:25:24: error: throttle.max_latency_increase: must be positive (0.10 allows +10%), found 0
+            spec.toml:26:19: error: throttle.decrease_factor: must be between 0 and 1 (exclusive), found 1.5
+            spec.toml:27:21: error: throttle.min_rate_fraction: must be above 0 and at most 1, found 0
+            spec.toml:28:21: error: throttle.increase_fraction: expected a number, found a string
+            spec.toml:29:19: error: throttle.max_replica_lag: must be longer than zero
+            spec.toml:30:1: error: throttle.max_rows_per_sec: unknown key `max_rows_per_sec`
+              hint: did you mean `max_rows_per_second`?"#]],
+    );
+    check(
+        &format!("{GOOD}\n[throttle]\nmax_rows_per_second = 100\nmax_replica_lag = \"5s\"\n"),
+        expect![[r#"
+            spec.toml:21:19: error: throttle.max_replica_lag: `max_replica_lag` needs `probe`
+              hint: the lag is measured on the probe's database; add `probe = { url = …, sql = "SELECT 1" }`"#]],
+    );
+    check(
+        &format!("{GOOD}\n[throttle]\nmax_rows_per_second = 100\n"),
+        expect![[r#"
+            spec.toml:19:2: warning: throttle: without `probe` the throttle reacts to errors only
+              hint: add `probe = { url = …, sql = "SELECT 1" }` against the live database to watch its latency"#]],
+    );
+    check(
+        &format!("throttle = 3\n{GOOD}"),
+        expect!["spec.toml:1:12: error: throttle: `throttle` must be a table (`[throttle]`)"],
+    );
+}

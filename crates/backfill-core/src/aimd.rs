@@ -1,0 +1,433 @@
+//! Adaptive throttling: an AIMD controller of the run's rate, driven by a latency probe on a
+//! live-facing database, its replica lag and the errors the run sees (`[throttle]`).
+//!
+//! Pure: the engine runs the probe every `throttle.interval`, keeps the samples, and calls
+//! [`Aimd::on_interval`] with the moving p90, the baseline p90 (measured before the run
+//! started), the replica lag and whether throttling errors were seen; it applies the returned
+//! rate to its limiter and records the change with its cause.
+//!
+//! Rules: an interval is unhealthy when `p90 > baseline × (1 + max_latency_increase) +
+//! 0.5 ms` ([`LATENCY_SLACK`]: a 0.2 ms baseline would otherwise flap on scheduler noise),
+//! when the replica lag exceeds `max_replica_lag`, or when errors were seen. Unhealthy: the
+//! rate is multiplied by `decrease_factor` (floored at `min_rate_fraction × max`), and the next
+//! interval cannot cut again (one hold interval), so a single slow probe window that spans two
+//! intervals does not collapse the rate. Healthy: the rate rises by `increase_fraction × max`,
+//! capped at the maximum.
+//!
+//! Invariant (property-tested): the rate always lies in `[floor, max]`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::spec::ThrottleSpec;
+
+/// Absolute slack added to the latency threshold, so a sub-millisecond baseline does not turn
+/// every scheduling hiccup into a rate cut.
+pub const LATENCY_SLACK: Duration = Duration::from_micros(500);
+
+/// Why the rate changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RateCause {
+    /// The run started at its maximum.
+    Start,
+    /// The probe's p90 rose above the baseline by more than allowed.
+    Latency,
+    /// The replica lag exceeded `max_replica_lag`.
+    ReplicaLag,
+    /// Throttling errors (lock timeouts, deadlocks, too many connections, …) were seen.
+    Errors,
+    /// A healthy interval: the rate rose toward the maximum.
+    Recovered,
+    /// An operator changed the maximum (`backfill throttle`).
+    Manual,
+}
+
+impl RateCause {
+    /// The name in logs, the state store's time series and `status`: `start`, `latency`,
+    /// `replica_lag`, `errors`, `recovered`, `manual`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateCause::Start => "start",
+            RateCause::Latency => "latency",
+            RateCause::ReplicaLag => "replica_lag",
+            RateCause::Errors => "errors",
+            RateCause::Recovered => "recovered",
+            RateCause::Manual => "manual",
+        }
+    }
+
+    /// The inverse of [`RateCause::as_str`].
+    pub fn parse(name: &str) -> Option<RateCause> {
+        [
+            RateCause::Start,
+            RateCause::Latency,
+            RateCause::ReplicaLag,
+            RateCause::Errors,
+            RateCause::Recovered,
+            RateCause::Manual,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == name)
+    }
+}
+
+impl fmt::Display for RateCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One move of the rate, in rows per second; `from != to`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateChange {
+    /// The rate before.
+    pub from: f64,
+    /// The rate after.
+    pub to: f64,
+    /// Why it moved.
+    pub cause: RateCause,
+}
+
+/// The AIMD controller of a run's rate (rows per second).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aimd {
+    /// The ceiling: the configured maximum rate, or the operator's latest (`set_max`).
+    max: f64,
+    /// The rate in force; always in `[floor, max]`.
+    rate: f64,
+    /// Multiplier applied by a cut, in (0, 1).
+    decrease_factor: f64,
+    /// Floor as a fraction of `max`.
+    min_rate_fraction: f64,
+    /// Additive step per healthy interval as a fraction of `max`.
+    increase_fraction: f64,
+    /// Allowed rise of the p90 over the baseline, as a fraction.
+    max_latency_increase: f64,
+    /// Replica lag above which an interval is unhealthy.
+    max_replica_lag: Option<Duration>,
+    /// Set by a cut: the next unhealthy interval does not cut again.
+    hold: bool,
+    /// Cause of the latest change.
+    cause: RateCause,
+}
+
+impl Aimd {
+    /// A controller at `max_rate`, with the rules of `spec`. A `max_rate` that is not a
+    /// positive finite number is taken as 1 row per second.
+    pub fn new(spec: &ThrottleSpec, max_rate: f64) -> Aimd {
+        let max = sane_rate(max_rate);
+        Aimd {
+            max,
+            rate: max,
+            decrease_factor: spec.decrease_factor.clamp(f64::MIN_POSITIVE, 1.0),
+            min_rate_fraction: spec.min_rate_fraction.clamp(0.0, 1.0),
+            increase_fraction: spec.increase_fraction.clamp(0.0, 1.0),
+            max_latency_increase: spec.max_latency_increase.max(0.0),
+            max_replica_lag: spec.max_replica_lag,
+            hold: false,
+            cause: RateCause::Start,
+        }
+    }
+
+    /// The rate in force, rows per second; always in `[floor(), max()]`.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The ceiling, rows per second.
+    pub fn max(&self) -> f64 {
+        self.max
+    }
+
+    /// The lowest rate a cut can reach: `min_rate_fraction × max`.
+    pub fn floor(&self) -> f64 {
+        self.max * self.min_rate_fraction
+    }
+
+    /// Why the rate is what it is: the cause of the latest change (`Start` before any).
+    pub fn cause(&self) -> RateCause {
+        self.cause
+    }
+
+    /// The change that starts a run: from 0 to the maximum, cause `Start`, for the time
+    /// series.
+    pub fn start_change(&self) -> RateChange {
+        RateChange {
+            from: 0.0,
+            to: self.rate,
+            cause: RateCause::Start,
+        }
+    }
+
+    /// Manual throttle change: a new ceiling (sanitised like in [`Aimd::new`]); the rate is
+    /// clamped into the new `[floor, max]` and otherwise kept (a raised ceiling is climbed
+    /// additively). Returns the change, cause `Manual`, when the rate moved.
+    pub fn set_max(&mut self, max_rate: f64) -> Option<RateChange> {
+        self.max = sane_rate(max_rate);
+        let to = self.rate.clamp(self.floor(), self.max);
+        self.change(to, RateCause::Manual)
+    }
+
+    /// True when `p90` exceeds the allowed rise over `baseline_p90` (plus [`LATENCY_SLACK`]).
+    pub fn latency_unhealthy(&self, p90: Duration, baseline_p90: Duration) -> bool {
+        let limit = baseline_p90.as_secs_f64() * (1.0 + self.max_latency_increase)
+            + LATENCY_SLACK.as_secs_f64();
+        p90.as_secs_f64() > limit
+    }
+
+    /// One probe interval. Unhealthy (latency, then replica lag, then errors, the first that
+    /// applies is the cause): cut the rate, unless the previous interval cut it (hold).
+    /// Healthy: raise it by one step. Returns the change when the rate moved.
+    pub fn on_interval(
+        &mut self,
+        p90: Duration,
+        baseline_p90: Duration,
+        replica_lag: Option<Duration>,
+        errors_seen: bool,
+    ) -> Option<RateChange> {
+        let lagging = matches!((replica_lag, self.max_replica_lag), (Some(l), Some(m)) if l > m);
+        let cause = if self.latency_unhealthy(p90, baseline_p90) {
+            Some(RateCause::Latency)
+        } else if lagging {
+            Some(RateCause::ReplicaLag)
+        } else if errors_seen {
+            Some(RateCause::Errors)
+        } else {
+            None
+        };
+        let held = std::mem::take(&mut self.hold);
+        match cause {
+            Some(_) if held => None,
+            Some(cause) => {
+                let to = (self.rate * self.decrease_factor).max(self.floor());
+                let change = self.change(to, cause);
+                self.hold = change.is_some();
+                change
+            }
+            None => {
+                let to = (self.rate + self.increase_fraction * self.max).min(self.max);
+                self.change(to, RateCause::Recovered)
+            }
+        }
+    }
+
+    fn change(&mut self, to: f64, cause: RateCause) -> Option<RateChange> {
+        if to == self.rate {
+            return None;
+        }
+        let from = self.rate;
+        self.rate = to;
+        self.cause = cause;
+        Some(RateChange { from, to, cause })
+    }
+}
+
+fn sane_rate(rate: f64) -> f64 {
+    if rate.is_finite() && rate > 0.0 {
+        rate
+    } else {
+        1.0
+    }
+}
+
+/// The nearest-rank percentile of `samples` (unsorted): `p` is a fraction in `[0, 1]` (0.5 for
+/// p50, 0.9 for p90, 0.99 for p99); the smallest sample with at least `p` of the samples at or
+/// below it. `None` when there is no sample or `p` is outside `[0, 1]`.
+pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
+    if samples.is_empty() || !(0.0..=1.0).contains(&p) {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    // ceil(p × n) as a 1-based rank, at least 1; exact for the small n of probe windows.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+    sorted.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn spec() -> ThrottleSpec {
+        ThrottleSpec {
+            max_replica_lag: Some(Duration::from_secs(5)),
+            ..ThrottleSpec::default()
+        }
+    }
+
+    #[test]
+    fn scripted_latencies() {
+        let mut aimd = Aimd::new(&spec(), 1000.0);
+        assert_eq!(aimd.start_change().to, 1000.0);
+        // (p90 ms, replica lag s, errors) per interval; the baseline is 10 ms, so the
+        // threshold is 10 × 1.1 + 0.5 = 11.5 ms.
+        let script: &[(u64, u64, bool)] = &[
+            (10, 0, false), // healthy at the max: nothing moves
+            (12, 0, false), // slow: cut to 500
+            (12, 0, false), // hold
+            (12, 0, false), // cut to 250
+            (11, 0, false), // healthy: +50
+            (10, 6, false), // replica lag: cut to 150
+            (10, 0, true),  // errors, but hold
+            (10, 0, true),  // errors: cut to 75
+            (10, 0, true),  // hold
+            (10, 0, true),  // cut: 37.5, floored at 50
+            (10, 0, true),  // hold
+            (10, 0, true),  // at the floor: nothing moves
+            (10, 0, false), // +50
+            (10, 0, false), // +50
+        ];
+        let mut log = Vec::new();
+        for (p90, lag, errors) in script {
+            let change =
+                aimd.on_interval(ms(*p90), ms(10), Some(Duration::from_secs(*lag)), *errors);
+            log.push(match change {
+                Some(c) => format!("{} -> {} ({})", c.from, c.to, c.cause),
+                None => format!("{} (unchanged)", aimd.rate()),
+            });
+        }
+        expect_test::expect![[r#"
+            1000 (unchanged)
+            1000 -> 500 (latency)
+            500 (unchanged)
+            500 -> 250 (latency)
+            250 -> 300 (recovered)
+            300 -> 150 (replica_lag)
+            150 (unchanged)
+            150 -> 75 (errors)
+            75 (unchanged)
+            75 -> 50 (errors)
+            50 (unchanged)
+            50 (unchanged)
+            50 -> 100 (recovered)
+            100 -> 150 (recovered)"#]]
+        .assert_eq(&log.join("\n"));
+        assert_eq!(aimd.cause(), RateCause::Recovered);
+    }
+
+    #[test]
+    fn recovery_is_capped_at_the_max() {
+        let mut aimd = Aimd::new(&spec(), 1000.0);
+        aimd.on_interval(ms(100), ms(10), None, false);
+        for _ in 0..100 {
+            aimd.on_interval(ms(10), ms(10), None, false);
+        }
+        assert_eq!(aimd.rate(), 1000.0);
+    }
+
+    #[test]
+    fn tiny_baselines_do_not_flap() {
+        let mut aimd = Aimd::new(&spec(), 1000.0);
+        // 0.2 ms baseline, 0.6 ms p90: three times the baseline but within the slack.
+        let change = aimd.on_interval(
+            Duration::from_micros(600),
+            Duration::from_micros(200),
+            None,
+            false,
+        );
+        assert_eq!(change, None);
+        assert!(aimd.latency_unhealthy(Duration::from_micros(800), Duration::from_micros(200)));
+    }
+
+    #[test]
+    fn lag_without_a_limit_is_ignored() {
+        let mut aimd = Aimd::new(&ThrottleSpec::default(), 1000.0);
+        assert_eq!(
+            aimd.on_interval(ms(1), ms(1), Some(Duration::from_secs(3600)), false),
+            None
+        );
+    }
+
+    #[test]
+    fn manual_changes_clamp() {
+        let mut aimd = Aimd::new(&spec(), 1000.0);
+        let change = aimd.set_max(400.0).unwrap();
+        assert_eq!(
+            (change.from, change.to, change.cause),
+            (1000.0, 400.0, RateCause::Manual)
+        );
+        // Raising the ceiling keeps the rate and climbs in steps of 5% of the new max.
+        assert_eq!(aimd.set_max(2000.0), None);
+        assert_eq!(
+            aimd.on_interval(ms(1), ms(1), None, false).unwrap().to,
+            500.0
+        );
+        // A ceiling whose floor is above the rate lifts the rate to the floor.
+        aimd.on_interval(ms(100), ms(1), None, false);
+        assert_eq!(aimd.rate(), 250.0);
+        assert_eq!(aimd.set_max(10_000.0).unwrap().to, 500.0);
+        assert_eq!(aimd.set_max(f64::NAN).unwrap().to, 1.0);
+    }
+
+    #[test]
+    fn causes_round_trip() {
+        for c in [
+            "start",
+            "latency",
+            "replica_lag",
+            "errors",
+            "recovered",
+            "manual",
+        ] {
+            assert_eq!(RateCause::parse(c).map(RateCause::as_str), Some(c));
+        }
+        assert_eq!(RateCause::parse("other"), None);
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<Duration> = (1..=10).rev().map(ms).collect();
+        assert_eq!(percentile(&samples, 0.5), Some(ms(5)));
+        assert_eq!(percentile(&samples, 0.9), Some(ms(9)));
+        assert_eq!(percentile(&samples, 0.99), Some(ms(10)));
+        assert_eq!(percentile(&samples, 0.0), Some(ms(1)));
+        assert_eq!(percentile(&samples, 1.0), Some(ms(10)));
+        assert_eq!(percentile(&[ms(7)], 0.9), Some(ms(7)));
+        assert_eq!(percentile(&[], 0.9), None);
+        assert_eq!(percentile(&samples, 90.0), None);
+    }
+
+    proptest! {
+        /// Whatever the signals and manual changes, the rate stays in [floor, max].
+        #[test]
+        fn rate_stays_between_floor_and_max(
+            max in 1.0f64..1e6,
+            decrease in 0.05f64..0.95,
+            floor in 0.0f64..1.0,
+            step in 0.001f64..1.0,
+            events in proptest::collection::vec(
+                (0u64..50, 0u64..10, any::<bool>(), proptest::option::of(1.0f64..1e6)),
+                0..200,
+            ),
+        ) {
+            let spec = ThrottleSpec {
+                decrease_factor: decrease,
+                min_rate_fraction: floor,
+                increase_fraction: step,
+                max_replica_lag: Some(Duration::from_secs(5)),
+                ..ThrottleSpec::default()
+            };
+            let mut aimd = Aimd::new(&spec, max);
+            for (p90, lag, errors, manual) in events {
+                let change = match manual {
+                    Some(m) => aimd.set_max(m),
+                    None => aimd.on_interval(ms(p90), ms(20), Some(Duration::from_secs(lag)), errors),
+                };
+                if let Some(c) = change {
+                    prop_assert!(c.from != c.to);
+                    prop_assert_eq!(c.to, aimd.rate());
+                }
+                prop_assert!(aimd.rate() >= aimd.floor() && aimd.rate() <= aimd.max(),
+                    "{} not in [{}, {}]", aimd.rate(), aimd.floor(), aimd.max());
+            }
+        }
+    }
+}
