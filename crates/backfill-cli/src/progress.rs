@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use backfill_engine::Event;
+use backfill_engine::{Event, Hold};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -81,6 +81,46 @@ pub(crate) fn start(
                         None => eprintln!("{line}"),
                     }
                 }
+                Event::Holding { hold } => {
+                    let line = match hold {
+                        Hold::Cancel => "cancel requested: finishing in-flight batches".to_owned(),
+                        Hold::User => {
+                            "paused by `backfill pause`: finishing in-flight batches, then waiting for `backfill resume`".to_owned()
+                        }
+                        Hold::CircuitOpen { errors } => format!(
+                            "circuit breaker open: too many failed batches (last: {}); paused until `backfill resume`",
+                            errors.last().map_or("-", String::as_str)
+                        ),
+                        Hold::BudgetExhausted { lines } => format!(
+                            "budget exhausted ({}): paused until `backfill resume --extend-budget …`",
+                            lines.join(", ")
+                        ),
+                        Hold::OutsideWindow { opens_at } => format!(
+                            "outside the run window: paused until {}",
+                            opens_at.to_rfc3339()
+                        ),
+                    };
+                    say(&bar, quiet, line);
+                }
+                Event::Released => say(&bar, quiet, "resumed".to_owned()),
+                Event::Throttled {
+                    rows_per_second,
+                    batches_per_second,
+                    concurrency,
+                } => say(
+                    &bar,
+                    quiet,
+                    format!(
+                        "limits changed: {} rows/s, {} batches/s, concurrency {concurrency}",
+                        limit_text(*rows_per_second),
+                        limit_text(*batches_per_second)
+                    ),
+                ),
+                Event::BudgetWarning { kind, used, limit } => say(
+                    &bar,
+                    quiet,
+                    format!("budget warning: {kind} {used:.0} of {limit:.0} used (80%)"),
+                ),
                 Event::PartitionStarted { .. } => {}
             }
             let secs = started.elapsed().as_secs_f64().max(0.001);
@@ -119,4 +159,22 @@ pub(crate) fn start(
         }
     });
     (tx, handle)
+}
+
+/// Prints one line above the bar, or on stderr without a bar (unless quiet).
+fn say(bar: &Option<ProgressBar>, quiet: bool, line: String) {
+    match bar {
+        Some(bar) => bar.println(line),
+        None if !quiet => eprintln!("{line}"),
+        None => {}
+    }
+}
+
+/// A limit for people: `none` for 0.
+fn limit_text(n: u32) -> String {
+    if n == 0 {
+        "no limit".to_owned()
+    } else {
+        n.to_string()
+    }
 }

@@ -49,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             concurrency: NonZeroU32::new(2).unwrap(),
             ..Limits::default()
         },
+        throttle: None,
         redacted_text: String::new(),
         spec_hash: "library".into(),
     };

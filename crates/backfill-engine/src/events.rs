@@ -54,6 +54,32 @@ pub enum Event {
     },
     /// A graceful stop was requested; in-flight batches are finishing.
     Stopping,
+    /// The workers are held (paused, cancelled, budget, breaker, window): in-flight batches
+    /// finish and checkpoint, then the run waits.
+    Holding {
+        /// Why.
+        hold: crate::control::Hold,
+    },
+    /// The hold was lifted; the run continues.
+    Released,
+    /// `backfill throttle` changed the limits (0 means no limit).
+    Throttled {
+        /// Rows per second now in force.
+        rows_per_second: u32,
+        /// Batches per second now in force.
+        batches_per_second: u32,
+        /// Concurrency now in force.
+        concurrency: u32,
+    },
+    /// A budget line passed 80%.
+    BudgetWarning {
+        /// `rows`, `duration`, `partitions` or `cost`.
+        kind: String,
+        /// Used so far (seconds for `duration`).
+        used: f64,
+        /// The limit, extensions included.
+        limit: f64,
+    },
 }
 
 /// Writes each event to the log and to an optional listener.
@@ -129,6 +155,11 @@ impl Emitter {
             Event::Stopping => {
                 tracing::info!(run_id, "stop requested; finishing in-flight batches")
             }
+            // The controller logs these with their details.
+            Event::Holding { .. }
+            | Event::Released
+            | Event::Throttled { .. }
+            | Event::BudgetWarning { .. } => {}
         }
         if let Some(tx) = &self.listener {
             let _ = tx.send(event);

@@ -7,10 +7,11 @@
 //!   mode is idempotent (invariants 1 and 3).
 //! - Every store call after `start_attempt` is fenced by the attempt number, so an attempt that
 //!   lost its partition can neither checkpoint nor finish it (invariant 5).
-//! - A stop request is checked between batches: the batch in flight finishes and checkpoints.
+//! - A stop request or a hold (`control.rs`) is checked between batches: the batch in flight
+//!   finishes and checkpoints.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use backfill_connectors::{
@@ -20,9 +21,9 @@ use backfill_core::retry::{ErrorClass, RetryDecision};
 use backfill_core::secret::redact;
 use backfill_core::{Batch, Partition, PartitionState, RowCounts, Spec, Value, WriteMode};
 use backfill_store::{Outcome, Rejected, Store, StoreError};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 
+use crate::control::Live;
 use crate::error::AttemptError;
 use crate::events::{Emitter, Event};
 use crate::patience;
@@ -39,7 +40,8 @@ pub(crate) struct Ctx {
     /// Moves the rows inside the databases instead of through `source` and `sink`, when the
     /// spec allows it and the systems can (see `backfill_connectors::open_pushdown`).
     pub(crate) pushdown: Option<AnyPushdown>,
-    pub(crate) limiter: Option<DefaultDirectRateLimiter>,
+    /// Holds, live limits, the circuit breaker and the session's tallies.
+    pub(crate) live: Arc<Live>,
     pub(crate) shutdown: Shutdown,
     pub(crate) emitter: Emitter,
     /// The target database is the state store: checkpoints commit with the batch.
@@ -55,24 +57,35 @@ pub(crate) enum PartitionEnd {
     Interrupted,
 }
 
-/// The global rate limiter for `rows_per_second`, if any.
-pub(crate) fn limiter(spec: &Spec) -> Option<DefaultDirectRateLimiter> {
-    spec.limits
-        .rows_per_second
-        .map(|rps| RateLimiter::direct(Quota::per_second(rps)))
+impl Ctx {
+    /// True when workers must not start another batch: a stop request or a hold.
+    pub(crate) fn should_stop(&self) -> bool {
+        self.shutdown.is_requested() || self.live.is_held()
+    }
+
+    /// Completes when workers must stop (at once if they must).
+    async fn stopping(&self) {
+        tokio::select! {
+            () = self.shutdown.requested() => {}
+            () = self.live.held() => {}
+        }
+    }
 }
 
-/// Runs `pending` partitions with at most `concurrency` at a time; returns how each ended.
+/// Runs `pending` partitions (in the given order) with at most the current concurrency in
+/// flight; returns how each ended. Returns early, with the rest untouched, on a stop request
+/// or a hold.
 pub(crate) async fn run_partitions(
     ctx: Arc<Ctx>,
     pending: Vec<(Partition, Option<Vec<Value>>)>,
 ) -> Vec<(String, PartitionEnd)> {
-    let concurrency = ctx.spec.limits.concurrency.get() as usize;
+    let mut concurrency = ctx.live.concurrency();
     let mut queue = pending.into_iter();
     let mut tasks = JoinSet::new();
     let mut ends = Vec::new();
     loop {
-        while tasks.len() < concurrency && !ctx.shutdown.is_requested() {
+        let limit = *concurrency.borrow_and_update() as usize;
+        while tasks.len() < limit && !ctx.should_stop() {
             let Some((partition, checkpoint)) = queue.next() else {
                 break;
             };
@@ -82,14 +95,21 @@ pub(crate) async fn run_partitions(
                 (id, run_partition(&ctx, &partition, checkpoint).await)
             });
         }
-        match tasks.join_next().await {
-            Some(Ok(end)) => ends.push(end),
-            Some(Err(join_error)) => {
-                // A panic in a worker is a bug; the partition stays `running` and is reset to
-                // `pending` by the next resume, so nothing is lost.
-                tracing::error!(run_id = ctx.run_id, error = %join_error, "partition task panicked");
-            }
-            None => break,
+        if tasks.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(end)) => ends.push(end),
+                Some(Err(join_error)) => {
+                    // A panic in a worker is a bug; the partition stays `running` and is reset
+                    // to `pending` by the next resume, so nothing is lost.
+                    tracing::error!(run_id = ctx.run_id, error = %join_error, "partition task panicked");
+                }
+                None => break,
+            },
+            // A raised concurrency starts more partitions at once.
+            _ = concurrency.changed() => {}
         }
     }
     ends
@@ -116,7 +136,7 @@ async fn run_partition(
         return PartitionEnd::Done;
     }
     loop {
-        if ctx.shutdown.is_requested() {
+        if ctx.should_stop() {
             return PartitionEnd::Interrupted;
         }
         let attempt = match store_call(ctx, "start attempt", || {
@@ -159,6 +179,7 @@ async fn run_partition(
             Ok(counts) => {
                 return match finish(Outcome::Done).await {
                     Ok(()) => {
+                        ctx.live.partitions_finished.fetch_add(1, Ordering::Relaxed);
                         ctx.emitter.emit(Event::PartitionDone {
                             partition_id: partition.id.clone(),
                             counts,
@@ -192,6 +213,7 @@ async fn run_partition(
             Err(error) => {
                 let class = error.class();
                 let message = redact(&error.to_string());
+                ctx.live.record_batch(Some(&message));
                 match policy.decide(attempt, class, rand::random::<f64>()) {
                     RetryDecision::RetryAfter(delay) => {
                         if finish(Outcome::Retry { error: &message }).await.is_err() {
@@ -205,7 +227,7 @@ async fn run_partition(
                         });
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}
-                            () = ctx.shutdown.requested() => return PartitionEnd::Interrupted,
+                            () = ctx.stopping() => return PartitionEnd::Interrupted,
                         }
                     }
                     RetryDecision::GiveUp => {
@@ -302,6 +324,7 @@ async fn finish_if_empty(ctx: &Ctx, partition: &Partition) -> bool {
         partition_id: partition_id.clone(),
         attempt,
     });
+    ctx.live.partitions_finished.fetch_add(1, Ordering::Relaxed);
     ctx.emitter.emit(Event::PartitionDone {
         partition_id,
         counts: RowCounts::default(),
@@ -327,7 +350,13 @@ async fn attempt_partition(
             replace_partition(ctx, partition, attempt, started, row_path).await
         }
         WriteMode::Sql { .. } => {
+            let _permit = ctx.live.permit().await;
+            if ctx.should_stop() {
+                return Err(AttemptError::Interrupted);
+            }
+            ctx.live.throttle(0).await;
             let counts = ctx.sink.execute_sql(&partition.window).await?;
+            ctx.live.record_batch(None);
             checkpoint(ctx, partition, attempt, None, &counts, started).await?;
             Ok(counts)
         }
@@ -531,6 +560,10 @@ async fn upsert_partition(
         None => Some(Reader::open(ctx, partition, after.as_deref()).await?),
     };
     loop {
+        let permit = ctx.live.permit().await;
+        if ctx.should_stop() {
+            return Err(AttemptError::Interrupted);
+        }
         let staged = match (&mut pushed, &mut reader) {
             (Some(pushed), _) => Staged::Pushed(pushed.next_batch(batch_rows).await?),
             (None, Some(reader)) => {
@@ -542,7 +575,7 @@ async fn upsert_partition(
         if len == 0 {
             break;
         }
-        throttle(ctx, len).await;
+        ctx.live.throttle(len).await;
         let last = match &staged {
             Staged::Rows(batch) => {
                 let positions = match &key_positions {
@@ -613,6 +646,9 @@ async fn upsert_partition(
         counts.read = len as u64;
         batch_started = Instant::now();
         total.add(&counts);
+        ctx.live.record_batch(None);
+        ctx.live.rows_read.fetch_add(len as u64, Ordering::Relaxed);
+        drop(permit);
         ctx.emitter.emit(Event::BatchWritten {
             partition_id: partition.id.clone(),
             counts,
@@ -620,9 +656,6 @@ async fn upsert_partition(
         *after = last;
         if !full {
             break;
-        }
-        if ctx.shutdown.is_requested() {
-            return Err(AttemptError::Interrupted);
         }
     }
     Ok(total)
@@ -644,6 +677,10 @@ async fn replace_partition(
     started: Instant,
     isolate: bool,
 ) -> Result<RowCounts, AttemptError> {
+    let _permit = ctx.live.permit().await;
+    if ctx.should_stop() {
+        return Err(AttemptError::Interrupted);
+    }
     // The window is rewritten from scratch in one transaction, so counts of an earlier,
     // rolled-back attempt must not add up.
     ctx.store
@@ -651,9 +688,6 @@ async fn replace_partition(
         .await?;
     let (txn, counts) = match ctx.pushdown.as_ref().filter(|_| !isolate) {
         Some(pushdown) => {
-            if ctx.shutdown.is_requested() {
-                return Err(AttemptError::Interrupted);
-            }
             let txn = pushdown.begin_replace(&partition.window).await?;
             let counts = txn.counts();
             (Replacing::Pushed(txn), counts)
@@ -685,6 +719,8 @@ async fn replace_partition(
     if !ctx.same_database {
         checkpoint_only(ctx, partition, attempt, None, &counts, started).await?;
     }
+    ctx.live.record_batch(None);
+    ctx.live.rows_read.fetch_add(counts.read, Ordering::Relaxed);
     ctx.emitter.emit(Event::BatchWritten {
         partition_id: partition.id.clone(),
         counts,
@@ -711,7 +747,7 @@ async fn replace_rows(
     let mut rejected = Vec::new();
     let mut reader = Reader::open(ctx, partition, None).await?;
     loop {
-        if ctx.shutdown.is_requested() {
+        if ctx.should_stop() {
             // Dropping the transaction rolls it back: the target keeps the old window.
             return Err(AttemptError::Interrupted);
         }
@@ -719,7 +755,7 @@ async fn replace_rows(
         if batch.is_empty() {
             break;
         }
-        throttle(ctx, batch.len()).await;
+        ctx.live.throttle(batch.len()).await;
         let positions = match &key_positions {
             Some(p) => p,
             None => key_positions.insert(ctx.source.key_positions(&batch.columns)?),
@@ -785,21 +821,6 @@ async fn checkpoint_only(
             StoreError::StaleAttempt { .. } => AttemptError::Stale,
             other => AttemptError::Store(other),
         })
-}
-
-/// Waits for the global rate limiter to allow `rows` more rows.
-async fn throttle(ctx: &Ctx, rows: usize) {
-    let Some(limiter) = &ctx.limiter else { return };
-    let mut left = rows as u32;
-    // The bucket holds one second of rows; ask in pieces no larger than that.
-    let burst = ctx.spec.limits.rows_per_second.map_or(1, NonZeroU32::get);
-    while left > 0 {
-        let n = left.min(burst);
-        if let Some(n) = NonZeroU32::new(n) {
-            let _ = limiter.until_n_ready(n).await;
-        }
-        left -= n;
-    }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

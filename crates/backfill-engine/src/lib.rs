@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod control;
 mod error;
 mod events;
 mod execute;
@@ -46,10 +47,12 @@ use backfill_core::{Guarantee, PartitionState, RowCounts, RunState, Spec, WriteM
 use backfill_store::{NewRun, RunRecord, Store};
 use tokio::sync::mpsc;
 
+pub use control::{Clock, Hold, LIVE_WITHIN};
 pub use error::EngineError;
 pub use events::{Emitter, Event};
 pub use shutdown::Shutdown;
 
+use crate::control::{Controller, Limits, Live};
 use crate::execute::{Ctx, PartitionEnd};
 
 /// Whether `prepare_run` made a new run or found the unfinished one of the same spec.
@@ -129,6 +132,8 @@ pub struct ExecuteOptions {
     pub shutdown: Shutdown,
     /// Receives progress events, when set.
     pub listener: Option<mpsc::UnboundedSender<Event>>,
+    /// The wall clock for `limits.window` (the system clock unless a test injects one).
+    pub clock: Clock,
 }
 
 impl ExecuteOptions {
@@ -138,6 +143,7 @@ impl ExecuteOptions {
             actor: actor.to_owned(),
             shutdown,
             listener: None,
+            clock: Clock::system(),
         }
     }
 }
@@ -145,8 +151,11 @@ impl ExecuteOptions {
 /// The outcome of `execute`.
 #[derive(Clone, Debug)]
 pub struct RunSummary {
-    /// The run's state afterwards: `succeeded`, `failed` or `paused`.
+    /// The run's state afterwards: `succeeded`, `failed`, `paused` or `cancelled`.
     pub state: RunState,
+    /// Why it is paused (`stopped`, `user`, `budget_exhausted`, `circuit_open`,
+    /// `outside_window`) when `state` is `paused`.
+    pub pause_reason: Option<String>,
     /// Totals over every partition of the run (including earlier sessions).
     pub counts: RowCounts,
     /// Partitions done / failed / total.
@@ -173,7 +182,15 @@ pub struct RunSummary {
 
 /// Executes (or continues) `run`: resets partitions a crashed process left `running`,
 /// reopens failed partitions of a failed or cancelled run, then processes every pending
-/// partition from its checkpoint.
+/// partition from its checkpoint, in the spec's `order`.
+///
+/// While it runs, a controller polls the store for commands from other terminals (`pause`,
+/// `resume`, `cancel`, `throttle`) and checks the budget, the circuit breaker and the time
+/// window. A hold lets in-flight batches finish and checkpoint, marks the run `paused` with
+/// its reason, and waits here until it is lifted (then the run continues) or a cancel (the run
+/// ends `cancelled`) or a stop request (the run stays `paused`, and this returns).
+///
+/// Refused when another process is executing the run (its heartbeat is recent).
 pub async fn execute(
     store: &Store,
     spec: &Spec,
@@ -190,7 +207,22 @@ pub async fn execute(
         });
     }
     let shutdown = &options.shutdown;
+    let controls =
+        patience::store(shutdown, "read run controls", || store.controls(&run.id)).await?;
+    if run.state.is_unfinished() && executed_elsewhere(store, &run.id, &controls, shutdown).await? {
+        return Err(EngineError::NotResumable {
+            run_id: run.id.clone(),
+            state: format!("{} in another process", run.state),
+            hint: format!(
+                "steer it with `backfill pause|resume|cancel|throttle {}`; `backfill status {}` shows it",
+                run.id, run.id
+            ),
+        });
+    }
     let same_database = store.same_database(spec.target.url.expose());
+    let limits = Limits::of(spec, &controls);
+    // Enough connections for the concurrency in force when the session starts.
+    let capacity = limits.concurrency.max(spec.limits.concurrency.get());
     // A connection lost while opening is retried; a database that refuses the first
     // connection (a wrong host or port, most likely) fails at once.
     let (source, sink, pushdown) = patience::retry_transient(
@@ -202,7 +234,7 @@ pub async fn execute(
             EngineError::Store(s) => s.is_transient(),
             _ => false,
         },
-        || open_connectors(spec, same_database),
+        || open_connectors(spec, same_database, capacity),
     )
     .await?;
 
@@ -217,34 +249,17 @@ pub async fn execute(
         })
         .await?;
     }
-    if run.state != RunState::Running {
-        patience::store(shutdown, "mark the run running", || {
-            store.set_run_state(&run.id, RunState::Running, actor, serde_json_reason(&run))
-        })
-        .await?;
-    }
-
     let records =
         patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
     let read_before: u64 = records.iter().map(|p| p.counts.read).sum();
-    let pending: Vec<_> = records
-        .iter()
-        .filter(|p| p.state == PartitionState::Pending)
-        .map(|p| {
-            let partition = backfill_core::Partition {
-                id: p.partition_id.clone(),
-                index: p.index as usize,
-                window: p.window,
-            };
-            (partition, p.checkpoint.clone())
-        })
-        .collect();
+    let finished_before = records.iter().filter(|p| p.state.is_finished()).count() as u64;
 
     let emitter = Emitter::new(&run.id, options.listener);
+    let live = Arc::new(Live::new(spec, limits, capacity));
     let ctx = Arc::new(Ctx {
         run_id: run.id.clone(),
         actor: actor.to_owned(),
-        limiter: execute::limiter(spec),
+        live: live.clone(),
         spec: spec.clone(),
         store: store.clone(),
         source,
@@ -254,6 +269,24 @@ pub async fn execute(
         emitter: emitter.clone(),
         same_database,
     });
+    let (stop_controller, controller_stopped) = tokio::sync::watch::channel(false);
+    let (ready, controller_ready) = tokio::sync::oneshot::channel();
+    let controller = tokio::spawn(
+        Controller {
+            run_id: run.id.clone(),
+            spec: spec.clone(),
+            store: store.clone(),
+            live: live.clone(),
+            clock: options.clock.clone(),
+            emitter: emitter.clone(),
+            rows_before: read_before,
+            partitions_before: finished_before,
+            controls,
+        }
+        .run(controller_stopped, ready),
+    );
+    // The first decision (a budget already spent, a closed window…) comes before any batch.
+    let _ = controller_ready.await;
     let watcher = {
         let shutdown = options.shutdown.clone();
         let emitter = emitter.clone();
@@ -262,7 +295,62 @@ pub async fn execute(
             emitter.emit(Event::Stopping);
         })
     };
-    let ends = execute::run_partitions(ctx.clone(), pending).await;
+
+    let mut state = run.state;
+    let mut interrupted = false;
+    let mut cancelled = false;
+    loop {
+        if !live.is_held() && !shutdown.is_requested() {
+            if state != RunState::Running {
+                let detail = serde_json_reason(&run, state);
+                patience::store(shutdown, "mark the run running", || {
+                    store.set_run_state(&run.id, RunState::Running, actor, detail.clone())
+                })
+                .await?;
+                state = RunState::Running;
+            }
+            let records =
+                patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
+            let pending = ordered_pending(spec, &records);
+            if pending.is_empty() {
+                break;
+            }
+            let ends = execute::run_partitions(ctx.clone(), pending).await;
+            interrupted |= ends
+                .iter()
+                .any(|(_, end)| matches!(end, PartitionEnd::Interrupted));
+            patience::store(shutdown, "reset interrupted partitions", || {
+                store.reset_interrupted(&run.id, actor)
+            })
+            .await?;
+        }
+        if shutdown.is_requested() {
+            break;
+        }
+        let Some(hold) = live.hold() else {
+            // Every partition ended (or a store failure interrupted some): the run is over.
+            break;
+        };
+        if hold == Hold::Cancel {
+            cancelled = true;
+            break;
+        }
+        if state != RunState::Paused {
+            let detail = hold.detail();
+            patience::store(shutdown, "mark the run paused", || {
+                store.set_run_state(&run.id, RunState::Paused, actor, detail.clone())
+            })
+            .await?;
+            state = RunState::Paused;
+        }
+        // Wait for the hold to change: lifted, another reason, or a cancel.
+        tokio::select! {
+            () = live.changed_from(&hold) => {}
+            () = shutdown.requested() => break,
+        }
+    }
+    let _ = stop_controller.send(true);
+    let _ = controller.await;
     watcher.abort();
     ctx.source.close().await;
     ctx.sink.close().await;
@@ -271,10 +359,7 @@ pub async fn execute(
     }
     let pushed = ctx.pushdown.is_some();
 
-    let interrupted = ends
-        .iter()
-        .any(|(_, end)| matches!(end, PartitionEnd::Interrupted))
-        || options.shutdown.is_requested();
+    interrupted |= options.shutdown.is_requested();
     patience::store(shutdown, "reset interrupted partitions", || {
         store.reset_interrupted(&run.id, actor)
     })
@@ -282,38 +367,112 @@ pub async fn execute(
     let records =
         patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
     let guarantee = Guarantee::of(&spec.target.mode, same_database);
-    let summary_of = |state| summarize(&records, state, started, guarantee, pushed);
     let done = records.iter().all(|p| p.state == PartitionState::Done);
     let any_pending = records.iter().any(|p| p.state == PartitionState::Pending);
     let final_state = if done {
         RunState::Succeeded
+    } else if cancelled {
+        RunState::Cancelled
     } else if interrupted || any_pending {
         RunState::Paused
     } else {
         RunState::Failed
     };
-    let mut summary = summary_of(final_state);
+    let mut summary = summarize(&records, final_state, started, guarantee, pushed);
     summary.session_rows_read = summary.counts.read.saturating_sub(read_before);
-    let detail = serde_json::json!({
+    let mut detail = serde_json::json!({
         "done": summary.done,
         "failed": summary.failed,
         "total": summary.total,
         "rows_read": summary.counts.read,
         "rows_written": summary.counts.written(),
     });
-    patience::store(shutdown, "record the run's end", || {
-        store.set_run_state(&run.id, final_state, actor, detail.clone())
-    })
-    .await?;
+    if final_state != state {
+        if final_state == RunState::Paused {
+            detail["pause_reason"] = serde_json::json!("stopped");
+        }
+        patience::store(shutdown, "record the run's end", || {
+            store.set_run_state(&run.id, final_state, actor, detail.clone())
+        })
+        .await?;
+    }
+    summary.pause_reason = match final_state {
+        RunState::Paused => {
+            patience::store(shutdown, "read the run", || store.get_run(&run.id))
+                .await?
+                .pause_reason
+        }
+        _ => None,
+    };
     Ok(summary)
+}
+
+/// Whether another process is executing run `run_id`: its heartbeat is recent and keeps
+/// coming. A heartbeat left by a process of this host that no longer exists (killed) does
+/// not count; otherwise a recent one is watched for up to [`LIVE_WITHIN`] to see whether it
+/// moves.
+async fn executed_elsewhere(
+    store: &Store,
+    run_id: &str,
+    controls: &backfill_store::Controls,
+    shutdown: &Shutdown,
+) -> Result<bool, EngineError> {
+    if !controls.is_live(chrono::Utc::now(), LIVE_WITHIN) {
+        return Ok(false);
+    }
+    if let Some(live) = &controls.live
+        && live["state"].as_str() == Some("stopped")
+    {
+        return Ok(false);
+    }
+    if let Some(live) = &controls.live
+        && live["host"].as_str() == Some(control::host().as_str())
+        && let Some(pid) = live["pid"].as_u64()
+    {
+        return Ok(control::process_exists(pid));
+    }
+    let deadline = std::time::Instant::now() + LIVE_WITHIN;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(control::POLL).await;
+        let now = patience::store(shutdown, "read run controls", || store.controls(run_id)).await?;
+        if now.heartbeat_at != controls.heartbeat_at {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The pending partitions of `records` with their checkpoints, in the spec's `order`.
+fn ordered_pending(
+    spec: &Spec,
+    records: &[backfill_store::PartitionRecord],
+) -> Vec<(backfill_core::Partition, Option<Vec<backfill_core::Value>>)> {
+    let pending: Vec<_> = records
+        .iter()
+        .filter(|p| p.state == PartitionState::Pending)
+        .collect();
+    let partitions: Vec<backfill_core::Partition> = pending
+        .iter()
+        .map(|p| backfill_core::Partition {
+            id: p.partition_id.clone(),
+            index: p.index as usize,
+            window: p.window,
+        })
+        .collect();
+    let estimates = vec![None; partitions.len()];
+    backfill_core::order::order_partitions(&partitions, &spec.limits.order, &estimates)
+        .into_iter()
+        .map(|i| (partitions[i].clone(), pending[i].checkpoint.clone()))
+        .collect()
 }
 
 /// Opens the source, the target and (when used) the pushdown, and runs the preflight check.
 async fn open_connectors(
     spec: &Spec,
     same_database: bool,
+    concurrency: u32,
 ) -> Result<(AnySource, AnySink, Option<AnyPushdown>), EngineError> {
-    let pool = spec.limits.concurrency.get().saturating_add(1);
+    let pool = concurrency.saturating_add(1);
     let source = open_source(&spec.source, &spec.target.key, pool).await?;
     let sink = open_sink(&spec.target, pool).await?;
     if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
@@ -387,8 +546,8 @@ async fn open_pushdown_for(
     Ok(Some(pushdown))
 }
 
-fn serde_json_reason(run: &RunRecord) -> serde_json::Value {
-    serde_json::json!({ "reason": run.reason, "from": run.state.as_str() })
+fn serde_json_reason(run: &RunRecord, from: RunState) -> serde_json::Value {
+    serde_json::json!({ "reason": run.reason, "from": from.as_str() })
 }
 
 fn summarize(
@@ -414,6 +573,7 @@ fn summarize(
         .collect();
     RunSummary {
         state,
+        pause_reason: None,
         counts,
         done: records
             .iter()

@@ -193,6 +193,7 @@ pub(crate) async fn execute_quiet(
         actor: whoami(),
         shutdown,
         listener: Some(tx),
+        clock: backfill_engine::Clock::system(),
     };
     let result = backfill_engine::execute(store, spec, run, options).await;
     let _ = renderer.await;

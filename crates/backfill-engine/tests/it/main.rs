@@ -79,6 +79,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
             batch_rows: NonZeroU32::new(7).unwrap(),
             ..Limits::default()
         },
+        throttle: None,
         redacted_text: String::new(),
         spec_hash: "h".into(),
     }
