@@ -216,6 +216,11 @@ impl Gate {
 pub(crate) struct Live {
     hold: watch::Sender<Option<Hold>>,
     rows: Rate,
+    /// The rows-per-second limit set by the spec or `throttle` (0: none): the ceiling.
+    rows_ceiling: AtomicU32,
+    /// The rate the adaptive throttle asks for (0: no opinion); the limiter enforces the
+    /// lower of this and the ceiling.
+    rows_adaptive: AtomicU32,
     batches: Rate,
     gate: Gate,
     concurrency: watch::Sender<u32>,
@@ -223,6 +228,8 @@ pub(crate) struct Live {
     capacity: u32,
     breaker: Mutex<Breaker>,
     recent_errors: Mutex<VecDeque<String>>,
+    /// Failed batch attempts in this session (the adaptive throttle's error signal).
+    errors: AtomicU64,
     /// Rows read in this session.
     pub(crate) rows_read: AtomicU64,
     /// Partitions finished (done, with or without quarantine) in this session.
@@ -262,12 +269,15 @@ impl Live {
         Live {
             hold: watch::channel(None).0,
             rows: Rate::new(limits.rows_per_second),
+            rows_ceiling: AtomicU32::new(limits.rows_per_second),
+            rows_adaptive: AtomicU32::new(0),
             batches: Rate::new(limits.batches_per_second),
             gate: Gate::new(concurrency),
             concurrency: watch::channel(concurrency).0,
             capacity,
             breaker: Mutex::new(Breaker::new(spec.limits.breaker.clone())),
             recent_errors: Mutex::new(VecDeque::new()),
+            errors: AtomicU64::new(0),
             rows_read: AtomicU64::new(0),
             partitions_finished: AtomicU64::new(0),
         }
@@ -325,9 +335,9 @@ impl Live {
     /// Applies `limits`; returns the ones now in force (concurrency capped at the capacity).
     fn apply(&self, limits: Limits) -> Limits {
         let concurrency = limits.concurrency.min(self.capacity).max(1);
-        if limits.rows_per_second != self.rows.get() {
-            self.rows.set(limits.rows_per_second);
-        }
+        self.rows_ceiling
+            .store(limits.rows_per_second, Ordering::Relaxed);
+        self.enforce_rows();
         if limits.batches_per_second != self.batches.get() {
             self.batches.set(limits.batches_per_second);
         }
@@ -341,10 +351,50 @@ impl Live {
         }
     }
 
+    /// Failed batch attempts so far in this session.
+    #[allow(dead_code)] // read by the adaptive throttle, which lands next
+    pub(crate) fn errors_seen(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The rows-per-second ceiling set by the spec or `throttle` (0: none).
+    #[allow(dead_code)] // read by the adaptive throttle, which lands next
+    pub(crate) fn rows_ceiling(&self) -> u32 {
+        self.rows_ceiling.load(Ordering::Relaxed)
+    }
+
+    /// The rows-per-second limit enforced now (0: none).
+    #[allow(dead_code)] // read by the adaptive throttle, which lands next
+    pub(crate) fn rows_rate(&self) -> u32 {
+        self.rows.get()
+    }
+
+    /// Sets the rate the adaptive throttle wants (0: no opinion); the limiter enforces the
+    /// lower of it and the ceiling, so `throttle` always caps the adaptive rate.
+    #[allow(dead_code)] // called by the adaptive throttle, which lands next
+    pub(crate) fn set_adaptive_rows(&self, per_second: u32) {
+        self.rows_adaptive.store(per_second, Ordering::Relaxed);
+        self.enforce_rows();
+    }
+
+    fn enforce_rows(&self) {
+        let ceiling = self.rows_ceiling.load(Ordering::Relaxed);
+        let adaptive = self.rows_adaptive.load(Ordering::Relaxed);
+        let rate = match (ceiling, adaptive) {
+            (0, a) => a,
+            (c, 0) => c,
+            (c, a) => c.min(a),
+        };
+        if rate != self.rows.get() {
+            self.rows.set(rate);
+        }
+    }
+
     /// Records one batch attempt's outcome in the circuit breaker; opens the hold at once when
     /// the breaker trips.
     pub(crate) fn record_batch(&self, error: Option<&str>) {
         if let Some(error) = error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
             let mut recent = self.recent_errors.lock().unwrap_or_else(|e| e.into_inner());
             recent.push_back(error.to_owned());
             while recent.len() > 5 {
