@@ -584,16 +584,20 @@ impl Controller {
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        // The last slice of running time counts too.
+        // The last slice of running time counts too, and the last telemetry stays for
+        // `status`, marked stopped so no one takes this process for a live one.
         let active_ms = u64::try_from(active_since_beat.as_millis()).unwrap_or(u64::MAX);
-        let _ = self
-            .store
-            .heartbeat(
-                &self.run_id,
-                active_ms,
-                &json!({ "state": "stopped", "pid": std::process::id(), "host": host() }),
-            )
-            .await;
+        controls.active_ms += active_ms;
+        let used = self.budget_use(&controls, Duration::ZERO);
+        let extension = extension_of(&controls);
+        let verdict = self.spec.limits.budget.verdict(&used, &extension);
+        let mut last = self.telemetry(
+            &limits,
+            &verdict,
+            &self.spec.limits.budget.lines(&used, &extension),
+        );
+        last["state"] = json!("stopped");
+        let _ = self.store.heartbeat(&self.run_id, active_ms, &last).await;
     }
 
     async fn limits_changed(&self, from: Limits, to: Limits) {
