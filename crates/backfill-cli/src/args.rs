@@ -64,8 +64,19 @@ pub(crate) enum Command {
     /// Plan and execute a spec. Resumes the unfinished run of the same spec instead of
     /// starting a duplicate (use --new to force a new run). Ctrl-C pauses gracefully.
     Run(RunArgs),
-    /// Continue a run from its checkpoints after any interruption (Ctrl-C, crash, SIGKILL).
+    /// Continue a run: lifts a pause (the process executing the run continues within a
+    /// second), closes an open circuit breaker, extends a budget; with no process executing
+    /// the run, continues it here from its checkpoints (after Ctrl-C, a crash, SIGKILL).
     Resume(ResumeArgs),
+    /// Pause a run from any terminal: in-flight batches finish and checkpoint, then the run
+    /// waits, paused, for `backfill resume`. Takes effect within a second.
+    Pause(PauseArgs),
+    /// Cancel a run from any terminal: in-flight batches finish and checkpoint, the target
+    /// stays consistent, and the run ends `cancelled` (`backfill resume --reopen` continues it).
+    Cancel(CancelArgs),
+    /// Change a run's limits while it runs, from any terminal: rows per second, batches per
+    /// second, concurrency. Takes effect within a second and is recorded in the audit trail.
+    Throttle(ThrottleArgs),
     /// Show the state, progress, throughput and failing partitions of a run.
     Status(StatusArgs),
     /// List runs, newest first.
@@ -123,6 +134,64 @@ pub(crate) struct ResumeArgs {
     /// The spec file, when it moved since the run was created.
     #[arg(long)]
     pub(crate) spec: Option<PathBuf>,
+    /// Grant more budget, added to the spec's: `rows=N,duration=2h,partitions=N,cost=X`
+    /// (any subset). Needed to continue a run paused with `budget_exhausted`.
+    #[arg(long, value_name = "LIST")]
+    pub(crate) extend_budget: Option<String>,
+    /// Reopen a cancelled run (its unfinished partitions continue from their checkpoints).
+    #[arg(long)]
+    pub(crate) reopen: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PauseArgs {
+    /// Run id (or a unique prefix of at least 4 characters).
+    pub(crate) run: String,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Return once the request is recorded, without waiting for the run to pause.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// Run id (or a unique prefix of at least 4 characters).
+    pub(crate) run: String,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Return once the request is recorded, without waiting for the run to stop.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ThrottleArgs {
+    /// Run id (or a unique prefix of at least 4 characters).
+    pub(crate) run: String,
+    /// Rows read per second for the whole run, or `off` for no limit.
+    #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+    pub(crate) rows_per_second: Option<u32>,
+    /// Batches per second for the whole run, or `off` for no limit.
+    #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+    pub(crate) batches_per_second: Option<u32>,
+    /// Batches (for `replace` and `sql`: partitions) in flight at once, at least 1.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: Option<u32>,
+}
+
+/// A positive rate, or `off` (stored as 0: no limit).
+fn parse_limit(text: &str) -> Result<u32, String> {
+    match text {
+        "off" | "none" => Ok(0),
+        _ => match text.replace('_', "").parse::<u32>() {
+            Ok(0) => Err("must be at least 1 (or `off` for no limit)".to_owned()),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("`{text}` is not a whole number or `off`")),
+        },
+    }
 }
 
 #[derive(Debug, Args)]

@@ -457,6 +457,8 @@ pub(crate) struct Controller {
     pub(crate) live: Arc<Live>,
     pub(crate) clock: Clock,
     pub(crate) emitter: Emitter,
+    /// Partitions in the run's plan.
+    pub(crate) partitions_total: u64,
     /// Rows read and partitions finished by earlier sessions of the run.
     pub(crate) rows_before: u64,
     pub(crate) partitions_before: u64,
@@ -562,11 +564,7 @@ impl Controller {
             }
             if last_beat.elapsed() >= HEARTBEAT || first_beat {
                 first_beat = false;
-                let live = self.telemetry(
-                    &limits,
-                    &verdict,
-                    &self.spec.limits.budget.lines(&used, &extension),
-                );
+                let live = self.telemetry(&limits, &used, &extension);
                 let active_ms = u64::try_from(active_since_beat.as_millis()).unwrap_or(u64::MAX);
                 match self.store.heartbeat(&self.run_id, active_ms, &live).await {
                     Ok(()) => {
@@ -590,12 +588,7 @@ impl Controller {
         controls.active_ms += active_ms;
         let used = self.budget_use(&controls, Duration::ZERO);
         let extension = extension_of(&controls);
-        let verdict = self.spec.limits.budget.verdict(&used, &extension);
-        let mut last = self.telemetry(
-            &limits,
-            &verdict,
-            &self.spec.limits.budget.lines(&used, &extension),
-        );
+        let mut last = self.telemetry(&limits, &used, &extension);
         last["state"] = json!("stopped");
         let _ = self.store.heartbeat(&self.run_id, active_ms, &last).await;
     }
@@ -676,9 +669,12 @@ impl Controller {
     fn telemetry(
         &self,
         limits: &Limits,
-        verdict: &BudgetVerdict,
-        lines: &[backfill_core::budget::BudgetLine],
+        used: &BudgetUse,
+        extension: &BudgetExtension,
     ) -> serde_json::Value {
+        let budget = &self.spec.limits.budget;
+        let verdict = &budget.verdict(used, extension);
+        let lines = &budget.lines(used, extension);
         let hold = self.live.hold();
         let mut live = json!({
             "pid": std::process::id(),
@@ -694,6 +690,10 @@ impl Controller {
             })).collect::<Vec<_>>(),
             "budget_warning": matches!(verdict, BudgetVerdict::Warning(_)),
         });
+        live["order"] = json!(self.spec.limits.order.describe());
+        if let Some(cost) = &self.spec.limits.budget.cost {
+            live["cost"] = self.cost_telemetry(cost, used);
+        }
         if let Some(Hold::OutsideWindow { opens_at }) = &hold {
             live["resumes_at"] = json!(opens_at.to_rfc3339());
         }
@@ -703,6 +703,33 @@ impl Controller {
             live["window_closes_at"] = json!(closes_at.to_rfc3339());
         }
         live
+    }
+}
+
+impl Controller {
+    /// Money spent so far and projected to complete, at the pace of the finished partitions.
+    fn cost_telemetry(
+        &self,
+        cost: &backfill_core::budget::CostModel,
+        used: &BudgetUse,
+    ) -> serde_json::Value {
+        let rows = used.rows;
+        let finished = used.partitions;
+        let active = used.active.as_secs_f64();
+        let so_far = cost.cost(rows, used.active);
+        let to_complete = (finished > 0).then(|| {
+            let left = self.partitions_total.saturating_sub(finished) as f64 / finished as f64;
+            let rows_left = (rows as f64 * left) as u64;
+            let time_left = Duration::from_secs_f64((active * left).max(0.0));
+            cost.cost(rows_left, time_left)
+        });
+        json!({
+            "so_far": cost.format(so_far),
+            "to_complete": to_complete.map(|c| cost.format(c)),
+            "so_far_amount": so_far,
+            "to_complete_amount": to_complete,
+            "currency": cost.currency,
+        })
     }
 }
 

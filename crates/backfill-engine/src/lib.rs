@@ -279,6 +279,7 @@ pub async fn execute(
             live: live.clone(),
             clock: options.clock.clone(),
             emitter: emitter.clone(),
+            partitions_total: run.partitions_total,
             rows_before: read_before,
             partitions_before: finished_before,
             controls,

@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod check;
+pub(crate) mod control;
 pub(crate) mod demo;
 pub(crate) mod docs;
 pub(crate) mod plan;

@@ -2,7 +2,7 @@
 
 use backfill_core::{RunState, Spec};
 use backfill_engine::{EngineError, ExecuteOptions, Launch, RunSummary, Shutdown};
-use backfill_store::{RunRecord, Store};
+use backfill_store::{BudgetExtra, RunRecord, Store};
 use serde_json::json;
 
 use crate::args::{ResumeArgs, RunArgs};
@@ -67,6 +67,52 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
 pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
+    if run.state == RunState::Succeeded {
+        out.note(format!(
+            "run {} already succeeded; nothing to resume",
+            run.id
+        ));
+        return Ok(());
+    }
+    let extra = match &args.extend_budget {
+        None => BudgetExtra::default(),
+        Some(text) => {
+            let ext = backfill_core::budget::BudgetExtension::parse(text).map_err(|e| {
+                UserError::new(format!("--extend-budget: {e}")).hint(
+                    "write it as `rows=1000000,duration=2h,partitions=10,cost=5` (any subset)",
+                )
+            })?;
+            BudgetExtra {
+                rows: ext.rows,
+                duration_ms: u64::try_from(ext.duration.as_millis()).unwrap_or(u64::MAX),
+                partitions: ext.partitions,
+                cost: ext.cost,
+            }
+        }
+    };
+    let controls = match store
+        .request_resume(&run.id, &whoami(), extra, args.reopen)
+        .await
+    {
+        Ok(c) => c,
+        Err(backfill_store::StoreError::IllegalTransition { .. }) => {
+            return Err(UserError::new(format!(
+                "run {} is cancelled (or being cancelled)",
+                run.id
+            ))
+            .hint(format!(
+                "`backfill resume --reopen {}` continues it anyway",
+                run.id
+            ))
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(who) = crate::commands::control::live_process(&controls) {
+        out.json(&json!({ "run_id": run.id, "resumed": true, "process_running": true }));
+        out.note(format!("resume requested; {who} continues within a second"));
+        return Ok(());
+    }
     let path = match &args.spec {
         Some(p) => p.clone(),
         None => specfile::recorded_path(&run.spec_text).ok_or_else(|| {
@@ -89,13 +135,6 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
             "restore the spec the run was made from, or start a new run with `backfill run --new`",
         )
         .into());
-    }
-    if run.state == RunState::Succeeded {
-        out.note(format!(
-            "run {} already succeeded; nothing to resume",
-            run.id
-        ));
-        return Ok(());
     }
     let done = done_count(&store, &run).await?;
     out.note(format!(
@@ -141,8 +180,27 @@ pub(crate) async fn execute(
     match summary.state {
         RunState::Succeeded => Ok(()),
         RunState::Paused => {
+            let why = match summary.pause_reason.as_deref() {
+                Some("budget_exhausted") => format!(
+                    "run paused: its budget is spent; continue with `backfill resume {} --extend-budget rows=…`",
+                    run.id
+                ),
+                Some("circuit_open") => format!(
+                    "run paused: the circuit breaker opened (see `backfill status {}`); after fixing the cause, `backfill resume {}`",
+                    run.id, run.id
+                ),
+                Some(reason) if reason != "stopped" => format!(
+                    "run paused ({reason}); continue with `backfill resume {}`",
+                    run.id
+                ),
+                _ => format!("run paused; continue with `backfill resume {}`", run.id),
+            };
+            out.note(why);
+            Err(Reported(1).into())
+        }
+        RunState::Cancelled => {
             out.note(format!(
-                "run paused; continue with `backfill resume {}`",
+                "run cancelled; the target keeps every batch written; `backfill resume --reopen {}` continues it",
                 run.id
             ));
             Err(Reported(1).into())
@@ -212,6 +270,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         "run_id": run.id,
         "spec": run.spec_name,
         "state": s.state.as_str(),
+        "pause_reason": s.pause_reason,
         "partitions": { "total": s.total, "done": s.done, "failed": s.failed, "done_with_quarantine": s.quarantined },
         "rows": {
             "read": s.counts.read,

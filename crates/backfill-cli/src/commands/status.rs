@@ -23,6 +23,10 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     };
     let partitions = store.partitions(&run.id).await?;
     let st = status::compute(&run, &partitions, chrono::Utc::now());
+    let controls = store.controls(&run.id).await?;
+    let rates = store.rate_changes(&run.id, 1).await?;
+    let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
+    let process = crate::commands::control::live_process(&controls);
     out.json(&json!({
         "run_id": run.id,
         "spec": run.spec_name,
@@ -51,6 +55,21 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         "retries_per_partition": st.retries_per_partition,
         "eta_seconds": st.eta_seconds,
         "elapsed_seconds": st.elapsed_seconds,
+        "pause_reason": run.pause_reason,
+        "control": {
+            "requested": controls.requested.map(|r| r.as_str()),
+            "requested_by": controls.requested_by,
+            "process_running": process.is_some(),
+            "heartbeat_at": controls.heartbeat_at.map(|t| t.to_rfc3339()),
+            "active_seconds": controls.active_ms as f64 / 1000.0,
+            "throttle": {
+                "rows_per_second": controls.rows_per_second,
+                "batches_per_second": controls.batches_per_second,
+                "concurrency": controls.concurrency,
+            },
+        },
+        "live": live,
+        "rate": rates.last().map(|r| json!({ "rows_per_second": r.rate, "cause": r.cause, "at": r.at, "detail": r.detail })),
         "failing": st.failing.iter().map(|f| json!({
             "partition_id": f.partition_id,
             "window": f.window,
@@ -62,6 +81,24 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     out.line(format!(
         "run {} of `{}`: {}",
         run.id, run.spec_name, run.state
+    ));
+    if let Some(reason) = &run.pause_reason {
+        let resumes = live["resumes_at"]
+            .as_str()
+            .map(|t| format!(", resumes at {t}"))
+            .unwrap_or_default();
+        out.line(format!("  paused:     {reason}{resumes}"));
+    }
+    if let Some(request) = controls.requested {
+        out.line(format!(
+            "  requested:  {} by {}",
+            request.as_str(),
+            controls.requested_by.as_deref().unwrap_or("?")
+        ));
+    }
+    out.line(format!(
+        "  process:    {}",
+        process.as_deref().unwrap_or("none is executing it")
     ));
     out.line(format!("  owner:      {}", run.owner));
     out.line(format!("  reason:     {}", run.reason));
@@ -102,6 +139,9 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     ));
     if let Some(eta) = st.eta_seconds {
         out.line(format!("  ETA:        {}", duration(eta)));
+    }
+    for line in control_lines(&live, rates.last()) {
+        out.line(line);
     }
     if !st.failing.is_empty() {
         out.line(format!("  failing partitions ({}):", st.failing.len()));
@@ -157,4 +197,82 @@ pub(crate) async fn list(args: &RunsArgs, state: &str, out: Output) -> anyhow::R
         ));
     }
     Ok(())
+}
+
+/// The limits, rate, budget and breaker lines of `status`, from the executing process's last
+/// report and the last rate change.
+fn control_lines(
+    live: &serde_json::Value,
+    rate: Option<&backfill_store::RateChangeRecord>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if live.is_null() {
+        return lines;
+    }
+    let limit = |v: &serde_json::Value| match v.as_f64() {
+        Some(n) => thousands(n as u64),
+        None => "no limit".to_owned(),
+    };
+    lines.push(format!(
+        "  limits:     {} rows/s, {} batches/s, concurrency {}",
+        limit(&live["rows_per_second"]),
+        limit(&live["batches_per_second"]),
+        live["concurrency"].as_u64().unwrap_or(0)
+    ));
+    if let Some(rate) = rate {
+        let value = rate.rate.map_or("no limit".to_owned(), |r| {
+            format!("{} rows/s", thousands(r as u64))
+        });
+        lines.push(format!(
+            "  rate:       {value} (cause: {}, since {})",
+            rate.cause, rate.at
+        ));
+    }
+    if let Some(adaptive) = live.get("adaptive").filter(|a| !a.is_null()) {
+        let ms = |k: &str| {
+            adaptive[k]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.2} ms"))
+        };
+        lines.push(format!(
+            "  probe:      p90 {} vs baseline p90 {}",
+            ms("p90_ms"),
+            ms("baseline_p90_ms")
+        ));
+    }
+    if let Some(budget) = live["budget"].as_array().filter(|b| !b.is_empty()) {
+        let parts: Vec<String> = budget
+            .iter()
+            .map(|l| {
+                let used = l["used"].as_f64().unwrap_or(0.0);
+                let max = l["limit"].as_f64().unwrap_or(0.0);
+                let pct = if max > 0.0 { used / max * 100.0 } else { 0.0 };
+                format!(
+                    "{} {used:.0}/{max:.0} ({pct:.0}%)",
+                    l["kind"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        lines.push(format!("  budget:     {}", parts.join(", ")));
+    }
+    if let Some(cost) = live.get("cost").filter(|c| !c.is_null()) {
+        lines.push(format!(
+            "  cost:       {} so far, {} to complete",
+            cost["so_far"].as_str().unwrap_or("-"),
+            cost["to_complete"].as_str().unwrap_or("-")
+        ));
+    }
+    if let Some(rate) = live["breaker_error_rate"].as_f64().filter(|r| *r > 0.0) {
+        lines.push(format!(
+            "  breaker:    {:.0}% of recent batches failed",
+            rate * 100.0
+        ));
+    }
+    if let Some(closes) = live["window_closes_at"].as_str() {
+        lines.push(format!("  window:     open until {closes}"));
+    }
+    if let Some(order) = live["order"].as_str() {
+        lines.push(format!("  order:      {order}"));
+    }
+    lines
 }

@@ -1,0 +1,267 @@
+//! `backfill pause`, `backfill cancel` and `backfill throttle`: commands from any terminal to
+//! the process executing a run, through the state store.
+//!
+//! Each command is recorded (with its audit event) first; the executing process acts within
+//! a second. When no process is executing the run, `pause` and `cancel` change its state
+//! directly, and `throttle` applies when the run continues.
+
+use std::time::{Duration, Instant};
+
+use backfill_core::RunState;
+use backfill_engine::LIVE_WITHIN;
+use backfill_store::{ControlRequest, Controls, RunRecord, Store, StoreError, ThrottleChange};
+use serde_json::json;
+
+use crate::UserError;
+use crate::args::{CancelArgs, PauseArgs, ThrottleArgs};
+use crate::commands::run::find_run;
+use crate::commands::{open_store, whoami};
+use crate::output::Output;
+
+/// How long `pause` and `cancel` wait for the executing process to act.
+const WAIT_FOR_PROCESS: Duration = Duration::from_secs(60);
+
+/// "pid 123 on host" when a process is executing the run (recent heartbeat, not stopped).
+pub(crate) fn live_process(controls: &Controls) -> Option<String> {
+    if !controls.is_live(chrono::Utc::now(), LIVE_WITHIN) {
+        return None;
+    }
+    let live = controls.live.as_ref()?;
+    if live["state"].as_str() == Some("stopped") {
+        return None;
+    }
+    Some(format!(
+        "the process executing it (pid {} on {})",
+        live["pid"].as_u64().unwrap_or(0),
+        live["host"].as_str().unwrap_or("?")
+    ))
+}
+
+/// A refused command as the user's error, with what to do instead.
+fn refused(run: &RunRecord, what: &str, error: StoreError) -> anyhow::Error {
+    match error {
+        StoreError::IllegalTransition { .. } => UserError::new(format!(
+            "run {} is {}: it cannot be {what}",
+            run.id, run.state
+        ))
+        .hint("`backfill status RUN` shows it; `backfill run --new SPEC` starts a new run")
+        .into(),
+        other => other.into(),
+    }
+}
+
+/// Waits until run `run_id` reaches one of `states`; returns the state it ended in, or
+/// `None` after [`WAIT_FOR_PROCESS`].
+async fn wait_for_state(
+    store: &Store,
+    run_id: &str,
+    states: &[RunState],
+) -> anyhow::Result<Option<RunRecord>> {
+    let deadline = Instant::now() + WAIT_FOR_PROCESS;
+    while Instant::now() < deadline {
+        let run = store.get_run(run_id).await?;
+        if states.contains(&run.state) {
+            return Ok(Some(run));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(None)
+}
+
+pub(crate) async fn pause(args: &PauseArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let store = open_store(state).await?;
+    let run = find_run(&store, &args.run).await?;
+    let controls = store
+        .request_control(
+            &run.id,
+            ControlRequest::Pause,
+            &whoami(),
+            args.reason.as_deref(),
+        )
+        .await
+        .map_err(|e| refused(&run, "paused", e))?;
+    if controls.requested == Some(ControlRequest::Cancel) {
+        out.note(format!(
+            "run {} is already being cancelled; the pause changes nothing",
+            run.id
+        ));
+    }
+    let process = live_process(&controls);
+    let end = match &process {
+        Some(who) if !args.no_wait => {
+            out.note(format!(
+                "pause requested; {who} finishes its in-flight batches, then pauses"
+            ));
+            wait_for_state(
+                &store,
+                &run.id,
+                &[
+                    RunState::Paused,
+                    RunState::Cancelled,
+                    RunState::Succeeded,
+                    RunState::Failed,
+                ],
+            )
+            .await?
+        }
+        Some(who) => {
+            out.note(format!("pause requested; {who} pauses within a second"));
+            None
+        }
+        None => {
+            if run.state == RunState::Running {
+                // The process that ran it is gone (crashed or killed): pause it here.
+                store
+                    .set_run_state(
+                        &run.id,
+                        RunState::Paused,
+                        &whoami(),
+                        json!({ "pause_reason": "user", "reason": args.reason }),
+                    )
+                    .await?;
+            }
+            Some(store.get_run(&run.id).await?)
+        }
+    };
+    report(&run, "pause", process.is_some(), end.as_ref(), out);
+    if process.is_some() && !args.no_wait && end.is_none() {
+        return Err(UserError::new(format!(
+            "run {} did not pause within {}s",
+            run.id,
+            WAIT_FOR_PROCESS.as_secs()
+        ))
+        .hint("the request stays recorded; `backfill status RUN` shows whether it paused since")
+        .into());
+    }
+    if process.is_none() {
+        out.note(format!(
+            "no process is executing run {}; it stays paused until `backfill resume {}`",
+            run.id, run.id
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn cancel(args: &CancelArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let store = open_store(state).await?;
+    let run = find_run(&store, &args.run).await?;
+    let controls = store
+        .request_control(
+            &run.id,
+            ControlRequest::Cancel,
+            &whoami(),
+            args.reason.as_deref(),
+        )
+        .await
+        .map_err(|e| refused(&run, "cancelled", e))?;
+    let process = live_process(&controls);
+    let end = match &process {
+        Some(who) if !args.no_wait => {
+            out.note(format!(
+                "cancel requested; {who} finishes its in-flight batches, then stops"
+            ));
+            wait_for_state(
+                &store,
+                &run.id,
+                &[RunState::Cancelled, RunState::Succeeded, RunState::Failed],
+            )
+            .await?
+        }
+        Some(who) => {
+            out.note(format!("cancel requested; {who} stops within a second"));
+            None
+        }
+        None => {
+            let actor = whoami();
+            store.reset_interrupted(&run.id, &actor).await?;
+            store
+                .set_run_state(
+                    &run.id,
+                    RunState::Cancelled,
+                    &actor,
+                    json!({ "reason": args.reason }),
+                )
+                .await
+                .map_err(|e| refused(&run, "cancelled", e))?;
+            Some(store.get_run(&run.id).await?)
+        }
+    };
+    report(&run, "cancel", process.is_some(), end.as_ref(), out);
+    if process.is_some() && !args.no_wait && end.is_none() {
+        return Err(UserError::new(format!(
+            "run {} did not stop within {}s",
+            run.id,
+            WAIT_FOR_PROCESS.as_secs()
+        ))
+        .hint("the request stays recorded; `backfill status RUN` shows whether it stopped since")
+        .into());
+    }
+    out.note(format!(
+        "the target keeps every batch written so far; `backfill resume --reopen {}` continues the run",
+        run.id
+    ));
+    Ok(())
+}
+
+/// Prints what a pause or cancel led to.
+fn report(run: &RunRecord, request: &str, live: bool, end: Option<&RunRecord>, out: Output) {
+    out.json(&json!({
+        "run_id": run.id,
+        "requested": request,
+        "process_running": live,
+        "state": end.map(|r| r.state.as_str()),
+        "pause_reason": end.and_then(|r| r.pause_reason.clone()),
+    }));
+    if let Some(end) = end {
+        let why = end
+            .pause_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        out.line(format!("run {} {}{why}", end.id, end.state));
+    }
+}
+
+pub(crate) async fn throttle(args: &ThrottleArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let change = ThrottleChange {
+        rows_per_second: args.rows_per_second,
+        batches_per_second: args.batches_per_second,
+        concurrency: args.concurrency,
+    };
+    if change == ThrottleChange::default() {
+        return Err(UserError::new("nothing to change")
+            .hint("pass --rows-per-second N|off, --batches-per-second N|off and/or --concurrency K")
+            .into());
+    }
+    let store = open_store(state).await?;
+    let run = find_run(&store, &args.run).await?;
+    let controls = store
+        .set_throttle(&run.id, change, &whoami())
+        .await
+        .map_err(|e| refused(&run, "throttled", e))?;
+    let process = live_process(&controls);
+    let text = |v: Option<u32>| match v {
+        None => "the spec's".to_owned(),
+        Some(0) => "no limit".to_owned(),
+        Some(n) => n.to_string(),
+    };
+    out.json(&json!({
+        "run_id": run.id,
+        "rows_per_second": controls.rows_per_second,
+        "batches_per_second": controls.batches_per_second,
+        "concurrency": controls.concurrency,
+        "process_running": process.is_some(),
+    }));
+    out.line(format!(
+        "run {}: rows/s {}, batches/s {}, concurrency {}",
+        run.id,
+        text(controls.rows_per_second),
+        text(controls.batches_per_second),
+        text(controls.concurrency)
+    ));
+    match process {
+        Some(who) => out.note(format!("{who} applies it within a second")),
+        None => out.note("no process is executing the run; it applies when the run continues"),
+    }
+    Ok(())
+}
