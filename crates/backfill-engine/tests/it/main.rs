@@ -363,3 +363,111 @@ async fn pushdown_stops_between_batches_and_resumes_exactly() {
         (0..2_000).map(|i| i * 3).sum::<i64>()
     );
 }
+
+/// A run allowed only inside `limits.window` pauses itself at the window's edge (in-flight
+/// batches checkpointed), says when it resumes, and continues by itself when the window opens
+/// again; the clock is injected, so the test moves time instead of waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_window_pauses_at_its_edge_and_resumes_at_the_next_opening() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 3_000, "target.db").await;
+    let mut spec = spec(&source, &target, 50);
+    spec.limits.rows_per_second = NonZeroU32::new(1_000);
+    spec.limits.window = Some(backfill_core::run_window::RunWindow::parse("22:00-06:00").unwrap());
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let store = backfill_store::Store::open(&state).await.unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let run = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    let now = Arc::new(Mutex::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 5, 59, 0).unwrap(),
+    ));
+    let clock = {
+        let now = now.clone();
+        backfill_engine::Clock::from_fn(move || *now.lock().unwrap())
+    };
+    let mut options = ExecuteOptions::new("t@h", Shutdown::new());
+    options.clock = clock;
+    let running = {
+        let (store, spec, run) = (store.clone(), spec.clone(), run.clone());
+        tokio::spawn(async move { execute(&store, &spec, &run, options).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count(&target, "SELECT count(*) FROM copy").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The window closes.
+    *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 1, 1, 6, 0, 1).unwrap();
+    let paused = loop {
+        let r = store.get_run(&run.id).await.unwrap();
+        if r.state == RunState::Paused {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never paused");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(paused.pause_reason.as_deref(), Some("outside_window"));
+    let parts = store.partitions(&run.id).await.unwrap();
+    assert!(parts.iter().all(|p| p.state != PartitionState::Running));
+    let held = count(&target, "SELECT count(*) FROM copy").await;
+    assert!(held < 3_000, "paused before the end ({held} rows)");
+    // The status says when it resumes (after the next heartbeat).
+    let resumes_at = loop {
+        let live = store.controls(&run.id).await.unwrap().live;
+        if let Some(at) = live.as_ref().and_then(|l| l["resumes_at"].as_str()) {
+            break at.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no resume time published"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(&resumes_at).unwrap(),
+        Utc.with_ymd_and_hms(2026, 1, 1, 22, 0, 0).unwrap()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(
+        count(&target, "SELECT count(*) FROM copy").await,
+        held,
+        "nothing is written outside the window"
+    );
+    assert!(!running.is_finished(), "the process waits for the window");
+
+    // The window opens again: the run continues by itself and finishes exactly.
+    *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 1, 1, 22, 0, 0).unwrap();
+    let done = running.await.unwrap().unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(
+        done.counts.read, 3_000,
+        "no row read twice across the pause"
+    );
+    assert_eq!(count(&target, "SELECT count(*) FROM copy").await, 3_000);
+    assert_eq!(
+        count(&target, "SELECT sum(v) FROM copy").await,
+        (0..3_000).map(|i| i * 3).sum::<i64>()
+    );
+    let actions: Vec<String> = store
+        .audit_events(Some(&run.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    let paused_at = actions.iter().position(|a| a == "run.paused").unwrap();
+    assert!(
+        actions[paused_at..].iter().any(|a| a == "run.running"),
+        "{actions:?}"
+    );
+    assert!(store.verify_audit().await.unwrap().first_bad_seq.is_none());
+}
