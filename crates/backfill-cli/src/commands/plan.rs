@@ -98,6 +98,12 @@ fn print(
         (Some(e), Some(r)) => Some(e.total as f64 / f64::from(r)),
         _ => None,
     };
+    // The projected cost: rows from the estimate, time from the ETA (rate-limited runs).
+    let cost = spec.limits.budget.cost.as_ref().and_then(|model| {
+        let rows = est?.total;
+        let time = std::time::Duration::from_secs_f64(eta.unwrap_or(0.0));
+        Some((model, model.cost(rows, time), eta.is_some()))
+    });
     let row = |p: &Partition| {
         json!({
             "index": p.index,
@@ -131,6 +137,19 @@ fn print(
         "batch_rows": spec.limits.batch_rows.get(),
         "guarantee": guarantee.name(),
         "guarantee_explained": guarantee.explain(),
+        "order": spec.limits.order.describe(),
+        "window": spec.limits.window.as_ref().map(ToString::to_string),
+        "budget": {
+            "rows": spec.limits.budget.rows,
+            "duration_seconds": spec.limits.budget.duration.map(|d| d.as_secs_f64()),
+            "partitions": spec.limits.budget.partitions,
+            "cost_max": spec.limits.budget.cost.as_ref().and_then(|c| c.max),
+        },
+        "projected_cost": cost.map(|(model, amount, with_time)| json!({
+            "amount": amount,
+            "currency": model.currency,
+            "includes_time": with_time,
+        })),
         "sample": shown.iter().map(|p| row(p)).collect::<Vec<_>>(),
     }));
     out.line(format!(
@@ -174,6 +193,48 @@ fn print(
         }
     ));
     out.line(format!("  guarantee:  {}", guarantee.explain()));
+    out.line(format!("  order:      {}", spec.limits.order.describe()));
+    if let Some(window) = &spec.limits.window {
+        out.line(format!("  window:     runs only during {window}"));
+    }
+    let budget = &spec.limits.budget;
+    let mut caps = Vec::new();
+    if let Some(rows) = budget.rows {
+        caps.push(format!("{} rows", thousands(rows)));
+    }
+    if let Some(d) = budget.duration {
+        caps.push(format!("{} of running time", duration(d.as_secs_f64())));
+    }
+    if let Some(p) = budget.partitions {
+        caps.push(format!("{} partitions", thousands(p)));
+    }
+    if let Some(max) = budget.cost.as_ref().and_then(|c| c.max) {
+        caps.push(format!(
+            "{} at most",
+            budget
+                .cost
+                .as_ref()
+                .map_or(String::new(), |c| c.format(max))
+        ));
+    }
+    if !caps.is_empty() {
+        out.line(format!(
+            "  budget:     {} (the run pauses when one is spent)",
+            caps.join(", ")
+        ));
+    }
+    match (cost, &budget.cost) {
+        (Some((model, amount, true)), _) => {
+            out.line(format!("  cost:       {} projected", model.format(amount)));
+        }
+        (Some((model, amount, false)), _) => out.line(format!(
+            "  cost:       {} projected for the rows, plus {} per hour of running time (no rate limit, so no ETA)",
+            model.format(amount),
+            model.format(model.per_hour)
+        )),
+        (None, Some(_)) => out.line("  cost:       unknown (no row estimate)"),
+        (None, None) => {}
+    }
     out.line("");
     out.line(format!(
         "  {:>6}  {:<18} {:<50} {:>12}",

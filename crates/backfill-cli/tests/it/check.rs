@@ -627,6 +627,49 @@ async fn plan_has_an_eta_when_rows_per_second_is_set() {
 }
 
 #[tokio::test]
+async fn plan_projects_the_cost_and_shows_budget_order_and_window() {
+    let ws = Workspace::new();
+    // 5,000 rows at 1,000 rows/s: 5 s; 0.40 per million rows and 3,600 per hour (1 a second).
+    let spec = setup(
+        &ws,
+        5000,
+        "rows_per_second = 1000\norder = \"newest_first\"\nwindow = \"22:00-06:00 Europe/Paris\"\n\
+         budget = { rows = 4000, cost = { per_million_rows = 0.40, per_hour = 3600.0, currency = \"USD\", max = 100.0 } }",
+    )
+    .await;
+    ws.write(SPEC, &spec);
+    let ran = ws.run(&["--json", "plan", SPEC]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    let v = ran.json();
+    let amount = v["projected_cost"]["amount"]
+        .as_f64()
+        .expect("projected cost");
+    let expected = 5000.0 / 1e6 * 0.40 + 5.0;
+    assert!((amount - expected).abs() < 1e-9, "{amount} vs {expected}");
+    assert_eq!(v["projected_cost"]["currency"], "USD");
+    assert_eq!(v["projected_cost"]["includes_time"], true);
+    assert_eq!(v["budget"]["rows"], 4000);
+    assert_eq!(v["window"], "22:00-06:00 Europe/Paris");
+    assert!(
+        v["order"].as_str().unwrap().contains("newest"),
+        "{}",
+        v["order"]
+    );
+    let text = ws.run(&["plan", SPEC]);
+    assert_eq!(text.code, 0, "{text:#?}");
+    for needle in [
+        "cost:",
+        "projected",
+        "budget:",
+        "4,000 rows",
+        "window:",
+        "order:",
+    ] {
+        assert!(text.stdout.contains(needle), "{needle}: {}", text.stdout);
+    }
+}
+
+#[tokio::test]
 async fn plan_of_a_bad_spec_exits_2() {
     let ws = Workspace::new();
     let spec = edit(
