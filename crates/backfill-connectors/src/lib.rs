@@ -30,6 +30,7 @@ mod ident;
 pub mod mysql;
 pub mod nodelay;
 pub mod postgres;
+pub mod probe;
 pub mod sqlite;
 mod window;
 
@@ -42,6 +43,7 @@ use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
 
 pub use error::ConnectorError;
+pub use probe::Probe;
 
 /// A statement the engine runs inside a sink's write transaction, after the write: the
 /// state-store checkpoint when the target database is the state store, so the batch and its

@@ -83,7 +83,7 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
 }
 
 /// A failed statement, classified, with the message redacted.
-fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
+pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
     ConnectorError::Sql {
         context: context.into(),
         message: redact(&err.to_string()),
@@ -92,7 +92,7 @@ fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
 }
 
 /// Opens a pool on the database of `url`: UTC session, strict SQL mode, utf8mb4.
-async fn connect(url: &SecretUrl, pool_size: u32) -> Result<MySqlPool, ConnectorError> {
+pub(crate) async fn connect(url: &SecretUrl, pool_size: u32) -> Result<MySqlPool, ConnectorError> {
     let fail = |message: String| ConnectorError::Connect {
         url: url.redacted(),
         message: redact(&message),

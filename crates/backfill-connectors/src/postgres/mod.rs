@@ -71,7 +71,7 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
 }
 
 /// A failed statement, classified, with the message redacted.
-fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
+pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
     ConnectorError::Sql {
         context: context.into(),
         message: redact(&err.to_string()),
@@ -80,7 +80,7 @@ fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
 }
 
 /// Opens a pool of at most `pool_size` connections; failures name the redacted URL.
-async fn connect(url: &SecretUrl, pool_size: u32) -> Result<PgPool, ConnectorError> {
+pub(crate) async fn connect(url: &SecretUrl, pool_size: u32) -> Result<PgPool, ConnectorError> {
     let fail = |message: String| ConnectorError::Connect {
         url: url.redacted(),
         message: redact(&message),

@@ -90,7 +90,7 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
 }
 
 /// A failed statement, classified, with the message redacted.
-fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
+pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
     ConnectorError::Sql {
         context: context.into(),
         message: redact(&err.to_string()),
@@ -99,13 +99,13 @@ fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(crate) enum Role {
     Source,
     Target,
 }
 
 /// Opens a pool on an existing SQLite file; a missing file is a `Connect` error naming it.
-async fn connect(
+pub(crate) async fn connect(
     url: &SecretUrl,
     pool_size: u32,
     role: Role,

@@ -2,6 +2,7 @@
 
 mod mysql;
 mod postgres;
+mod probe;
 mod pushdown;
 mod sink;
 mod source;
