@@ -352,26 +352,22 @@ impl Live {
     }
 
     /// Failed batch attempts so far in this session.
-    #[allow(dead_code)] // read by the adaptive throttle, which lands next
     pub(crate) fn errors_seen(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
 
     /// The rows-per-second ceiling set by the spec or `throttle` (0: none).
-    #[allow(dead_code)] // read by the adaptive throttle, which lands next
     pub(crate) fn rows_ceiling(&self) -> u32 {
         self.rows_ceiling.load(Ordering::Relaxed)
     }
 
     /// The rows-per-second limit enforced now (0: none).
-    #[allow(dead_code)] // read by the adaptive throttle, which lands next
     pub(crate) fn rows_rate(&self) -> u32 {
         self.rows.get()
     }
 
     /// Sets the rate the adaptive throttle wants (0: no opinion); the limiter enforces the
     /// lower of it and the ceiling, so `throttle` always caps the adaptive rate.
-    #[allow(dead_code)] // called by the adaptive throttle, which lands next
     pub(crate) fn set_adaptive_rows(&self, per_second: u32) {
         self.rows_adaptive.store(per_second, Ordering::Relaxed);
         self.enforce_rows();
@@ -464,6 +460,8 @@ pub(crate) struct Controller {
     pub(crate) partitions_before: u64,
     /// The controls read when the session started.
     pub(crate) controls: Controls,
+    /// What the adaptive throttle publishes for `status`, when the spec has `[throttle]`.
+    pub(crate) adaptive: Option<crate::adaptive::SharedStatus>,
 }
 
 impl Controller {
@@ -693,6 +691,9 @@ impl Controller {
         live["order"] = json!(self.spec.limits.order.describe());
         if let Some(cost) = &self.spec.limits.budget.cost {
             live["cost"] = self.cost_telemetry(cost, used);
+        }
+        if let Some(adaptive) = &self.adaptive {
+            live["adaptive"] = adaptive.lock().unwrap_or_else(|e| e.into_inner()).to_json();
         }
         if let Some(Hold::OutsideWindow { opens_at }) = &hold {
             live["resumes_at"] = json!(opens_at.to_rfc3339());

@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod adaptive;
 mod control;
 mod error;
 mod events;
@@ -271,6 +272,9 @@ pub async fn execute(
     });
     let (stop_controller, controller_stopped) = tokio::sync::watch::channel(false);
     let (ready, controller_ready) = tokio::sync::oneshot::channel();
+    // `[throttle]`: the probe's baseline is measured before any batch runs.
+    let adaptive = adaptive::Adaptive::start(spec, &run.id, store, &live, shutdown).await;
+    let adaptive_status = adaptive.as_ref().map(adaptive::Adaptive::status);
     let controller = tokio::spawn(
         Controller {
             run_id: run.id.clone(),
@@ -283,11 +287,13 @@ pub async fn execute(
             rows_before: read_before,
             partitions_before: finished_before,
             controls,
+            adaptive: adaptive_status,
         }
         .run(controller_stopped, ready),
     );
     // The first decision (a budget already spent, a closed window…) comes before any batch.
     let _ = controller_ready.await;
+    let adaptive = adaptive.map(|a| tokio::spawn(a.run(stop_controller.subscribe())));
     let watcher = {
         let shutdown = options.shutdown.clone();
         let emitter = emitter.clone();
@@ -352,6 +358,9 @@ pub async fn execute(
     }
     let _ = stop_controller.send(true);
     let _ = controller.await;
+    if let Some(adaptive) = adaptive {
+        let _ = adaptive.await;
+    }
     watcher.abort();
     ctx.source.close().await;
     ctx.sink.close().await;

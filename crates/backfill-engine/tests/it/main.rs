@@ -1,5 +1,7 @@
 //! Engine tests through the library API on real SQLite files.
 
+mod adaptive;
+
 use std::num::NonZeroU32;
 use std::str::FromStr;
 

@@ -1,0 +1,248 @@
+//! Limits that steer a real run: the rows limiter's accuracy, and the adaptive throttle
+//! reacting to a probe whose latency is made to rise on a real PostgreSQL server.
+//!
+//! PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); when it is unreachable the adaptive test fails
+//! if `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`, and otherwise prints `skipped` and passes.
+//! Each test uses its own schema, dropped at the end.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use backfill_core::plan::{Scope, Step};
+use backfill_core::spec::{Probe, Spec, ThrottleSpec};
+use backfill_core::{RunState, SecretUrl};
+use backfill_engine::{ExecuteOptions, RunSummary, Shutdown, execute, prepare_run};
+use backfill_store::{RateChangeRecord, Store};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use tokio::task::JoinHandle;
+
+use crate::{count, fixture, spec};
+
+/// A run of `spec` executing in the background, with its state store and stop switch.
+struct Running {
+    store: Store,
+    run_id: String,
+    shutdown: Shutdown,
+    task: JoinHandle<RunSummary>,
+}
+
+async fn start(spec: Spec, state: &str) -> Running {
+    let store = Store::open(state).await.unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let launch = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap();
+    let run = launch.run().clone();
+    let shutdown = Shutdown::new();
+    let options = ExecuteOptions::new("t@h", shutdown.clone());
+    let task = {
+        let store = store.clone();
+        tokio::spawn(async move { execute(&store, &spec, &run, options).await.unwrap() })
+    };
+    Running {
+        store,
+        run_id: launch.run().id.clone(),
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    /// The rate changes so far, oldest first.
+    async fn changes(&self) -> Vec<RateChangeRecord> {
+        let mut all = self.store.rate_changes(&self.run_id, 1000).await.unwrap();
+        all.sort_by_key(|c| c.seq);
+        all
+    }
+
+    /// Waits (up to `within`) for a change after `after_seq` that `pred` accepts.
+    async fn wait_change(
+        &self,
+        after_seq: u64,
+        within: Duration,
+        pred: impl Fn(&RateChangeRecord) -> bool,
+    ) -> RateChangeRecord {
+        let deadline = Instant::now() + within;
+        loop {
+            let changes = self.changes().await;
+            if let Some(c) = changes.iter().find(|c| c.seq > after_seq && pred(c)) {
+                return c.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such rate change within {within:?}; changes: {:#?}",
+                changes
+                    .iter()
+                    .map(|c| (c.seq, c.cause.as_str(), c.rate, c.detail.to_string()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) -> RunSummary {
+        self.shutdown.request();
+        self.task.await.unwrap()
+    }
+}
+
+/// A day per partition, so partitions are long and few.
+fn daily(mut spec: Spec) -> Spec {
+    if let Scope::Time { step, .. } = &mut spec.scope {
+        *step = Step::Seconds(86_400);
+    }
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_per_second_holds_within_ten_percent_over_twenty_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    // 60,000 rows: 30 s at 2,000 rows/s; the test measures 20 s of it, then stops the run.
+    let (source, target) = fixture(dir.path(), 60_000, "target.db").await;
+    let mut spec = daily(spec(&source, &target, 1000));
+    spec.limits.rows_per_second = NonZeroU32::new(2000);
+    spec.limits.batch_rows = NonZeroU32::new(100).unwrap();
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let run = start(spec, &state).await;
+    let copied = || count(&target, "SELECT count(*) FROM copy");
+    while copied().await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the start-up burst (a tenth of a second of rows).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (t0, c0) = (Instant::now(), copied().await);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (t1, c1) = (Instant::now(), copied().await);
+    #[allow(clippy::cast_precision_loss)]
+    let observed = (c1 - c0) as f64 / (t1 - t0).as_secs_f64();
+    let summary = run.stop().await;
+    assert_eq!(summary.state, RunState::Paused, "stopped before the end");
+    assert!(
+        (1800.0..=2200.0).contains(&observed),
+        "observed {observed:.0} rows/s for a limit of 2000"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adaptive_throttle_cuts_on_probe_latency_and_recovers() {
+    let url = std::env::var("BACKFILL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut admin = match PgConnection::connect(&url).await {
+        Ok(conn) => conn,
+        Err(e)
+            if std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+                || std::env::var("CI").is_ok_and(|v| v == "true") =>
+        {
+            panic!("PostgreSQL not reachable at {url}: {e}")
+        }
+        Err(_) => return skip(&url),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let schema = format!("bf_adaptive_{}_{nanos}", std::process::id());
+    let exec = |sql: String| sqlx::raw_sql(AssertSqlSafe(sql));
+    admin
+        .execute(exec(format!(
+            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.probe_delay (d float8 NOT NULL); \
+             INSERT INTO {schema}.probe_delay VALUES (0)"
+        )))
+        .await
+        .unwrap();
+    let outcome = tokio::spawn(latency_scenario(url.clone(), schema.clone())).await;
+    admin
+        .execute(exec(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn latency_scenario(url: String, schema: String) {
+    let dir = tempfile::tempdir().unwrap();
+    // 12,000 rows: 30 s at 400 rows/s, more once cut; the test stops the run when done.
+    let (source, target) = fixture(dir.path(), 12_000, "target.db").await;
+    let mut spec = daily(spec(&source, &target, 200));
+    spec.limits.rows_per_second = NonZeroU32::new(400);
+    spec.limits.batch_rows = NonZeroU32::new(20).unwrap();
+    spec.throttle = Some(ThrottleSpec {
+        probe: Some(Probe {
+            url: SecretUrl::new(&url),
+            sql: format!("SELECT pg_sleep((SELECT d FROM {schema}.probe_delay))"),
+        }),
+        interval: Duration::from_millis(200),
+        baseline_probes: 5,
+        window: 5,
+        increase_fraction: 0.25,
+        ..ThrottleSpec::default()
+    });
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let run = start(spec, &state).await;
+    // The baseline is measured before the run starts; the adaptive start follows it.
+    let started = run
+        .wait_change(0, Duration::from_secs(10), |c| {
+            c.cause == "start" && c.detail["adaptive"] == true
+        })
+        .await;
+    assert_eq!(started.rate, Some(400.0));
+    let baseline_p90 = started.detail["baseline_p90_ms"].as_f64().unwrap();
+    assert!(baseline_p90 < 25.0, "baseline p90 {baseline_p90} ms");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_rise = run.changes().await.last().unwrap().seq;
+
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let set_delay = |d: f64| {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "UPDATE {schema}.probe_delay SET d = {d}"
+        )))
+    };
+    conn.execute(set_delay(0.05)).await.unwrap();
+    let cut = run
+        .wait_change(before_rise, Duration::from_secs(10), |c| {
+            c.cause == "latency"
+        })
+        .await;
+    assert_eq!(cut.rate, Some(200.0), "halved: {:?}", cut.detail);
+    assert!(
+        cut.detail["p90_ms"].as_f64().unwrap() >= 50.0,
+        "{}",
+        cut.detail
+    );
+    assert_eq!(cut.detail["baseline_p90_ms"].as_f64(), Some(baseline_p90));
+    assert!(
+        run.changes()
+            .await
+            .iter()
+            .filter(|c| c.seq <= before_rise)
+            .all(|c| c.cause != "latency"),
+        "no latency cut before the probe slowed down"
+    );
+
+    conn.execute(set_delay(0.0)).await.unwrap();
+    let recovered = run
+        .wait_change(cut.seq, Duration::from_secs(10), |c| c.cause == "recovered")
+        .await;
+    let from = recovered.detail["from"].as_f64().unwrap();
+    assert!(recovered.rate.unwrap() > from, "an increase: {recovered:?}");
+    conn.close().await.unwrap();
+
+    // `status` reads the adaptive numbers from the heartbeat.
+    let live = run.store.controls(&run.run_id).await.unwrap().live.unwrap();
+    assert_eq!(
+        live["adaptive"]["baseline_p90_ms"].as_f64(),
+        Some(baseline_p90),
+        "{live}"
+    );
+    assert!(live["adaptive"]["rate"].as_f64().is_some(), "{live}");
+    let summary = run.stop().await;
+    assert_eq!(summary.state, RunState::Paused);
+}
+
+#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
+fn skip(url: &str) {
+    eprintln!("skipped: PostgreSQL not reachable at {url}");
+}
