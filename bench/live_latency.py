@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Live latency (issue 5): what a backfill costs live traffic, and what the throttles save.
+
+Live traffic is pgbench (the default TPC-B-like script, `-c 2 -R 300`, per-transaction log)
+against PostgreSQL on loopback, in its own database `bench_pgbench`. The backfill is W1
+(bench/w1.sql, PostgreSQL to a second PostgreSQL database, upsert, concurrency 4). Cases:
+
+  a  pgbench alone
+  b  while backfill runs W1 unthrottled
+  c  with `[throttle]` adaptive (max_latency_increase = 0.10; the probe is a cheap query on
+     the pgbench database; maximum = the unthrottled rate measured in b, no hand tuning)
+  d  with the best static `limits.rows_per_second` that keeps live p90 within +10% of a,
+     found by bisection over short trial runs (each stopped after --trial seconds)
+
+Live p90/p99 are taken from pgbench's log over the backfill run after its first 10 seconds
+(`after 10 s`) and over the whole run. Writes the "Live latency (issue 5)" section of
+bench/RESULTS.md (between its own markers). Usage: bench/live_latency.py [--rows N] [--no-build]
+"""
+
+import argparse
+import datetime as dt
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(BENCH))
+import pg_suite  # noqa: E402
+
+PGBENCH_DB = "bench_pgbench"
+BEGIN = "<!-- bench/run suite live: begin -->"  # bench/run keeps the section (SUITE_ORDER)
+END = "<!-- bench/run suite live: end -->"
+SETTLE = 10.0  # seconds of a run left out of "after 10 s"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pgbench_bin():
+    found = shutil.which("pgbench") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"))), None)
+    if not found:
+        raise SystemExit("pgbench not found (Debian: postgresql-client, /usr/lib/postgresql/*/bin/pgbench)")
+    return found
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(1, int(-(-p * len(s) // 1)))  # nearest rank
+    return s[min(k, len(s)) - 1]
+
+
+class Live:
+    """pgbench running in the background, its per-transaction log in `d`."""
+
+    def __init__(self, pgbench, url, d, seconds):
+        self.d = d
+        d.mkdir(parents=True, exist_ok=True)
+        for f in d.glob("pgb*"):
+            f.unlink()
+        cmd = [pgbench, "-n", "-c", "2", "-R", "300", "-T", str(int(seconds)), "-l",
+               f"--log-prefix={d}/pgb", url]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def latencies(self, t0, t1):
+        """Latencies (ms) of the transactions that ended in [t0, t1] (epoch seconds)."""
+        out = []
+        for f in self.d.glob("pgb*"):
+            for line in f.read_text().splitlines():
+                parts = line.split()
+                if len(parts) < 6 or parts[2] == "skipped":
+                    continue
+                end = int(parts[4]) + int(parts[5]) / 1e6
+                if t0 <= end <= t1:
+                    out.append(int(parts[2]) / 1000.0)
+        return out
+
+
+def spec(args, src_url, tgt_url, name, rate=None, throttle=None):
+    text = pg_suite.spec_text(
+        name, src_url, tgt_url, 'table = "events_fixed"\nkey = ["id"]\nmode = "upsert"',
+        pg_suite.YEAR_START, pg_suite.YEAR_END, "1d", 4, 5000,
+    )
+    if rate:
+        text += f"rows_per_second = {int(rate)}\n"
+    if throttle:
+        text += "\n" + throttle
+    path = args.work / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def backfill(args, spec_path, limit=None):
+    """Runs the engine (fresh SQLite state); returns (start, end) epoch seconds. With `limit`,
+    interrupts it (SIGINT: a graceful pause) after `limit` seconds."""
+    args.n += 1
+    state = f"sqlite://{args.work}/state-{args.n}.db"
+    cmd = [str(args.binary), "--json", "--state", state, "run", str(spec_path)]
+    out = open(args.work / f"engine-{args.n}.out", "wb")
+    err = open(args.work / f"engine-{args.n}.err", "wb")
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+    t1 = time.time()
+    if limit is None and proc.returncode != 0:
+        raise SystemExit(f"engine run failed ({proc.returncode}): {' '.join(cmd)}\n{(args.work / f'engine-{args.n}.err').read_text()}")
+    return t0, t1, args.work / f"state-{args.n}.db"
+
+
+def measure(args, name, spec_path=None, limit=None, alone=None):
+    """One case: pgbench started first (2 s of warm-up), then the backfill; live latencies
+    over the run and after its first 10 s."""
+    pg_suite.reset_target(args.pg, args.tgt)
+    live = Live(args.pgbench, args.pg.url(PGBENCH_DB), args.work / f"pgb-{name}", 3600)
+    time.sleep(2)
+    if spec_path is None:
+        t0 = time.time()
+        time.sleep(alone)
+        t1 = time.time()
+        errlog = None
+    else:
+        t0, t1, errlog = backfill(args, spec_path, limit)
+    time.sleep(0.5)
+    live.stop()
+    whole = live.latencies(t0, t1)
+    after = live.latencies(t0 + SETTLE, t1) if t1 - t0 > SETTLE + 2 else whole
+    r = {
+        "name": name, "secs": t1 - t0, "n": len(after),
+        "p90": percentile(after, 0.9), "p99": percentile(after, 0.99),
+        "p90_all": percentile(whole, 0.9), "p99_all": percentile(whole, 0.99),
+        "state": errlog,
+    }
+    log(f"  {name}: {r['secs']:.1f} s, live p90 {r['p90']:.2f} ms p99 {r['p99']:.2f} ms after 10 s "
+        f"(whole run p90 {r['p90_all']:.2f} / p99 {r['p99_all']:.2f}; {len(whole)} tx)")
+    return r
+
+
+def rate_changes(state):
+    """The run's rate time series from its state store: (cause, rate) in order."""
+    import sqlite3
+
+    if not state or not state.exists():
+        return []
+    conn = sqlite3.connect(state)
+    rows = conn.execute("SELECT cause, rate FROM rate_changes ORDER BY run_id, seq").fetchall()
+    conn.close()
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", pg_suite.DEFAULT_URL))
+    p.add_argument("--rows", type=int, default=1_000_000, help="W1 rows (default 1,000,000: the full 5M makes each throttled run ~10 min)")
+    p.add_argument("--trial", type=float, default=25.0, help="seconds of each bisection trial (default 25)")
+    p.add_argument("--steps", type=int, default=5, help="bisection steps for case d (default 5)")
+    p.add_argument("--probe-sql", default="SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
+    args = p.parse_args()
+    args.pg = pg_suite.Pg(args.pg_url)
+    args.pgbench = pgbench_bin()
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "backfill-cli"], cwd=REPO, check=True)
+    args.work = Path(tempfile.mkdtemp(prefix="backfill-live-"))
+    shutil.copy2(REPO / "target" / "release" / "backfill", args.work / "backfill")
+    args.binary = args.work / "backfill"
+    args.n = 0
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    log(f"pgbench -i in {PGBENCH_DB}; W1 with {args.rows:,} rows")
+    args.pg.create(PGBENCH_DB)
+    subprocess.run([args.pgbench, "-i", "-q", args.pg.url(PGBENCH_DB)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    src = pg_suite.ensure_source(args.pg, args.rows)
+    args.tgt = pg_suite.ensure_target(args.pg, args.rows, False)
+    src_url, tgt_url = args.pg.url(src), args.pg.url(args.tgt)
+
+    res = {}
+    res["a"] = measure(args, "a", alone=20)
+    res["b"] = measure(args, "b", spec(args, src_url, tgt_url, "live_b"))
+    full_rate = args.rows / res["b"]["secs"]
+    goal = res["a"]["p90"] * 1.10
+
+    throttle = f"""[throttle]
+probe = {{ url = "{args.pg.url(PGBENCH_DB)}", sql = "{args.probe_sql}" }}
+max_latency_increase = 0.10
+max_rows_per_second = {int(full_rate)}
+"""
+    res["c"] = measure(args, "c", spec(args, src_url, tgt_url, "live_c", throttle=throttle))
+    res["c"]["changes"] = rate_changes(res["c"]["state"])
+
+    # d: bisection on the static rate over short trials; lo always meets the goal.
+    lo, hi = full_rate * 0.02, full_rate
+    trials = []
+    for step in range(args.steps):
+        mid = (lo * hi) ** 0.5  # geometric: the answer is a fraction of the full rate
+        r = measure(args, f"d-trial-{step + 1}", spec(args, src_url, tgt_url, f"live_d{step}", rate=mid), limit=args.trial)
+        ok = r["p90"] <= goal
+        trials.append((mid, r["p90"], ok))
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    best = lo
+    res["d"] = measure(args, "d", spec(args, src_url, tgt_url, "live_d", rate=best))
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    a, b, c, d = res["a"], res["b"], res["c"], res["d"]
+    L = [
+        "## Live latency (issue 5)",
+        "",
+        f"Generated by `bench/live_latency.py` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+        f"commit {commit}, {os.cpu_count()} cores, load average {load_before} before, {load_after} after.",
+        f"Live traffic: `pgbench -c 2 -R 300` (TPC-B-like, scale 1) on loopback. Backfill: W1 with "
+        f"**{args.rows:,} rows** (not 5M: a throttled 5M run takes ~10 min per case), PostgreSQL to "
+        "PostgreSQL, upsert, concurrency 4, batch 5000. Latencies from pgbench's per-transaction "
+        "log, over the backfill run after its first 10 s (whole run in brackets).",
+        "",
+        "| case | completion | live p90 | live p99 | p90 vs a |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("a", "a. pgbench alone (20 s)"), ("b", "b. unthrottled"),
+                       ("c", "c. adaptive `[throttle]`"), ("d", f"d. best static rows_per_second = {int(best):,}")):
+        r = res[key]
+        comp = "—" if key == "a" else f"{r['secs']:.1f} s"
+        L.append(f"| {label} | {comp} | {r['p90']:.2f} ms ({r['p90_all']:.2f}) | {r['p99']:.2f} ms ({r['p99_all']:.2f}) | {r['p90'] / a['p90']:.2f}× |")
+    L += [
+        "",
+        f"- Unthrottled rate (b): {full_rate:,.0f} rows/s; the adaptive maximum is set to it, "
+        f"the probe is `{args.probe_sql}` on `{PGBENCH_DB}`.",
+        f"- (c)/(d) completion: **{c['secs'] / d['secs']:.2f}×** (target ≤ 1.25×); (c) p90 after 10 s vs (a): "
+        f"**{c['p90'] / a['p90']:.2f}×** (target ≤ 1.10×).",
+        f"- (d) search: {args.steps} trials of {args.trial:.0f} s, goal p90 ≤ {goal:.2f} ms: "
+        + ", ".join(f"{int(m):,}/s → {q:.2f} ms {'ok' if ok else 'over'}" for m, q, ok in trials),
+        f"- Adaptive rate changes in (c): {len(c['changes'])}: "
+        + ", ".join(f"{cause} {rate:,.0f}" for cause, rate in c["changes"][:40] if rate is not None)
+        + (" …" if len(c["changes"]) > 40 else "") + ".",
+        "",
+    ]
+    section = "\n".join(L)
+    text = args.output.read_text() if args.output.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        text = text.split(BEGIN)[0] + BEGIN + "\n" + section + END + text.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + BEGIN + "\n" + section + END + "\n"
+    args.output.write_text(text)
+    print(section)
+    shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
