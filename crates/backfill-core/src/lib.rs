@@ -25,6 +25,7 @@ pub mod retry;
 pub mod run_window;
 pub mod secret;
 pub mod spec;
+pub mod split;
 pub mod state;
 pub mod timefmt;
 pub mod value;

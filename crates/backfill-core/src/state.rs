@@ -93,16 +93,20 @@ pub enum PartitionState {
     DoneWithQuarantine,
     /// The last attempt failed permanently or attempts ran out.
     Failed,
+    /// Too big or too slow: its window was split into child partitions (`<id>.<n>`) that
+    /// carry the rest of its work; see `split.rs`.
+    Split,
 }
 
 impl PartitionState {
     /// All states, in display order.
-    pub const ALL: [PartitionState; 5] = [
+    pub const ALL: [PartitionState; 6] = [
         PartitionState::Pending,
         PartitionState::Running,
         PartitionState::Done,
         PartitionState::DoneWithQuarantine,
         PartitionState::Failed,
+        PartitionState::Split,
     ];
 
     /// The stable lower-case name stored in the state store and shown to users.
@@ -113,10 +117,12 @@ impl PartitionState {
             PartitionState::Done => "done",
             PartitionState::DoneWithQuarantine => "done_with_quarantine",
             PartitionState::Failed => "failed",
+            PartitionState::Split => "split",
         }
     }
 
     /// True for `done` and `done_with_quarantine`: the partition needs no more work.
+    /// (`split` needs none either, but its children do; see [`PartitionState::Split`].)
     pub fn is_finished(self) -> bool {
         matches!(
             self,
@@ -139,6 +145,8 @@ impl PartitionState {
                 | (Running, Pending)
                 // A resume of a failed run gives failed partitions a new chance.
                 | (Failed, Pending)
+                // Too big or too slow: children take over its window.
+                | (Running, Split)
         )
     }
 }

@@ -135,6 +135,8 @@ pub struct Limits {
     pub order: Order,
     /// When the run pauses itself because too many batches fail (`circuit_open`).
     pub breaker: BreakerPolicy,
+    /// When a too big or too slow partition is split into children other workers take.
+    pub split: crate::split::SplitPolicy,
 }
 
 impl Default for Limits {
@@ -149,6 +151,7 @@ impl Default for Limits {
             window: None,
             order: Order::default(),
             breaker: BreakerPolicy::default(),
+            split: crate::split::SplitPolicy::default(),
         }
     }
 }

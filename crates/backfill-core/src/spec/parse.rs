@@ -1166,6 +1166,19 @@ fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
         });
     let order = order(w, t, scope).unwrap_or_default();
     let breaker = breaker(w, t);
+    let split = crate::split::SplitPolicy {
+        rows: w.positive_u64(t, "limits", "split_rows"),
+        slow_factor: t.get("split_slow").map(|_| {
+            w.fraction(
+                t,
+                "limits",
+                "split_slow",
+                4.0,
+                |f| (1.5..=1000.0).contains(&f),
+                "between 1.5 and 1000 (times the median partition time)",
+            )
+        }),
+    };
     Limits {
         concurrency,
         rows_per_second,
@@ -1180,6 +1193,7 @@ fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
         window,
         order,
         breaker,
+        split,
     }
 }
 

@@ -277,6 +277,20 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "Global cap on batches written per second for the whole run (each batch is one write and one checkpoint); unlimited when absent. Holds together with `rows_per_second`.",
     ),
     key(
+        "limits.split_rows",
+        "integer",
+        None,
+        true,
+        "Split a partition before it starts when the source holds more rows than this in its window: it becomes `ceil(rows / split_rows)` children (at most 64), equal slices of its window (ids `<id>.<n>`) that run like any partition, so one huge day does not stall the run. Costs one `COUNT(*)` of the window per partition. Off when absent.",
+    ),
+    key(
+        "limits.split_slow",
+        "number",
+        None,
+        true,
+        "Split a running partition once it has run this many times the median time of the partitions finished so far (at least 3, and at least one second): the rest of its window, after its checkpoint, becomes `concurrency` children that other workers take. Between 1.5 and 1000; off when absent.",
+    ),
+    key(
         "limits.batch_rows",
         "integer",
         Some("5000"),
@@ -575,7 +589,7 @@ mod tests {
 
     #[test]
     fn keys_by_section() {
-        assert_eq!(keys_under("limits").len(), 11);
+        assert_eq!(keys_under("limits").len(), 13);
         assert_eq!(
             keys_under("limits.budget"),
             ["rows", "duration", "partitions", "cost"]

@@ -80,7 +80,7 @@ fn unknown_keys_suggest_the_closest() {
             spec.toml:20:1: error: limits.concurency: unknown key `concurency`
               hint: did you mean `concurrency`?
             spec.toml:21:1: error: limits.whatever: unknown key `whatever`
-              hint: known keys here: concurrency, rows_per_second, batches_per_second, batch_rows, max_attempts, retry_base, retry_cap, budget, window, order, circuit_breaker"#]],
+              hint: known keys here: concurrency, rows_per_second, batches_per_second, split_rows, split_slow, batch_rows, max_attempts, retry_base, retry_cap, budget, window, order, circuit_breaker"#]],
     );
 }
 
@@ -354,6 +354,8 @@ budget = { rows = 100_000_000, duration = "6h", partitions = 300, cost = { per_m
 window = "22:00-06:00 Europe/Paris"
 order = ["2026-03-03", "2026-03-01T10:00:00Z..2026-03-01T12:00:00Z"]
 circuit_breaker = { window = 20, max_error_rate = 0.25 }
+split_rows = 200_000
+split_slow = 4
 "#;
 
 #[test]
@@ -392,6 +394,8 @@ fn every_limit_parses() {
     assert!(limits.breaker.enabled);
     assert_eq!(limits.breaker.window, 20);
     assert_eq!(limits.breaker.max_error_rate, 0.25);
+    assert_eq!(limits.split.rows, Some(200_000));
+    assert_eq!(limits.split.slow_factor, Some(4.0));
 
     // Defaults.
     let limits = parse(GOOD).spec.unwrap().limits;
@@ -399,6 +403,7 @@ fn every_limit_parses() {
     assert_eq!(limits.window, None);
     assert_eq!(limits.order, Order::OldestFirst);
     assert_eq!(limits.breaker, crate::breaker::BreakerPolicy::default());
+    assert!(limits.split.is_off());
 
     // Budget as its own table, a named order, the breaker switched off.
     let parsed = parse(&format!(
@@ -673,5 +678,19 @@ fn bad_throttles() {
     check(
         &format!("throttle = 3\n{GOOD}"),
         expect!["spec.toml:1:12: error: throttle: `throttle` must be a table (`[throttle]`)"],
+    );
+}
+
+#[test]
+fn bad_split_settings() {
+    limits_check(
+        "split_rows = 0\nsplit_slow = 1.1",
+        expect![[r#"
+            spec.toml:20:14: error: limits.split_rows: must be positive, found 0
+            spec.toml:21:14: error: limits.split_slow: must be between 1.5 and 1000 (times the median partition time), found 1.1"#]],
+    );
+    limits_check(
+        "split_slow = \"fast\"",
+        expect!["spec.toml:20:14: error: limits.split_slow: expected a number, found a string"],
     );
 }
