@@ -21,6 +21,7 @@ const SQLITE: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_quarantine.sql")),
     (4, include_str!("../migrations/0004_run_guarantee.sql")),
     (5, include_str!("../migrations/0005_run_controls.sql")),
+    (6, include_str!("../migrations/0006_partition_split.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -41,6 +42,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         5,
         include_str!("../migrations/postgres/0005_run_controls.sql"),
+    ),
+    (
+        6,
+        include_str!("../migrations/postgres/0006_partition_split.sql"),
     ),
 ];
 

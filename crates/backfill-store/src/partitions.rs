@@ -49,6 +49,8 @@ pub struct PartitionRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// Milliseconds spent working on it, summed over attempts (for throughput).
     pub elapsed_ms: u64,
+    /// The partition it was split from; `None` for the plan's own partitions.
+    pub parent_id: Option<String>,
 }
 
 /// How an attempt ended.
@@ -70,7 +72,7 @@ pub enum Outcome<'a> {
 
 const PARTITION_COLUMNS: &str = "SELECT run_id, partition_id, idx, window_kind, window_start, \
      window_end, state, attempts, checkpoint, rows_read, inserted, updated, unchanged, deleted, \
-     affected, last_error, errors, started_at, finished_at, elapsed_ms FROM partitions";
+     affected, last_error, errors, started_at, finished_at, elapsed_ms, parent_id FROM partitions";
 
 fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreError> {
     let partition_id: String = row.try_get("partition_id")?;
@@ -114,6 +116,7 @@ fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreError> {
         started_at: codec::parse_opt_time(row.try_get("started_at")?, "started_at")?,
         finished_at: codec::parse_opt_time(row.try_get("finished_at")?, "finished_at")?,
         elapsed_ms: codec::from_db(row.try_get("elapsed_ms")?),
+        parent_id: row.try_get("parent_id")?,
         partition_id,
     })
 }
@@ -457,6 +460,94 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Splits partition `partition_id`, running under attempt `attempt`, into `children`
+    /// (equal slices of its window, from `backfill_core::split`), in one transaction: the
+    /// parent becomes `split`; each child is stored `pending` with `checkpoint` (the parent's
+    /// last durable key: rows up to it are written in every slice) and the parent's id; one
+    /// `partition.split` audit event lists them with `reason`. Fenced like
+    /// [`Store::finish_partition`]: a stale attempt gets [`StoreError::StaleAttempt`] and
+    /// changes nothing. Children take plan indexes after the run's last one.
+    pub async fn split_partition(
+        &self,
+        run_id: &str,
+        partition_id: &str,
+        attempt: u32,
+        children: &[backfill_core::Partition],
+        checkpoint: Option<&[Value]>,
+        reason: serde_json::Value,
+        actor: &str,
+    ) -> Result<Vec<backfill_core::Partition>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let lock = tx.dialect().for_update();
+        let part = fetch_partition(&mut tx, lock, run_id, partition_id).await?;
+        if part.state != PartitionState::Running || part.attempts != attempt {
+            return Err(StoreError::StaleAttempt {
+                partition_id: partition_id.to_owned(),
+            });
+        }
+        let row = stmt("SELECT COALESCE(MAX(idx), -1) FROM partitions WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&mut tx)
+            .await?;
+        let first = row.map_or(Ok(-1), |r| r.try_get::<i64, _>(0))? + 1;
+        let now = codec::now();
+        stmt(
+            "UPDATE partitions SET state = 'split', finished_at = ? \
+             WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'",
+        )
+        .bind(&now)
+        .bind(run_id)
+        .bind(partition_id)
+        .bind(i64::from(attempt))
+        .execute(&mut tx)
+        .await?;
+        let checkpoint_text = checkpoint.map(encode_key);
+        let mut stored = Vec::with_capacity(children.len());
+        for (i, child) in children.iter().enumerate() {
+            let index = first + i as i64;
+            let (kind, start, end) = codec::window_columns(&child.window);
+            stmt(
+                "INSERT INTO partitions (run_id, partition_id, idx, window_kind, window_start, \
+                 window_end, state, checkpoint, parent_id) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+            )
+            .bind(run_id)
+            .bind(&child.id)
+            .bind(index)
+            .bind(kind)
+            .bind(&start)
+            .bind(&end)
+            .bind(checkpoint_text.as_deref())
+            .bind(partition_id)
+            .execute(&mut tx)
+            .await?;
+            stored.push(backfill_core::Partition {
+                id: child.id.clone(),
+                index: usize::try_from(index).unwrap_or(usize::MAX),
+                window: child.window,
+            });
+        }
+        audit::append(
+            &mut tx,
+            Some(run_id),
+            Some(partition_id),
+            actor,
+            "partition.split",
+            json!({
+                "attempt": attempt,
+                "reason": reason,
+                "from_checkpoint": checkpoint.is_some(),
+                "counts": counts_json(&part.counts),
+                "children": stored.iter().map(|c| json!({
+                    "partition_id": c.id,
+                    "window": c.window.to_string(),
+                })).collect::<Vec<_>>(),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
     /// After a crash: every partition of `run_id` left `running` goes back to `pending`,

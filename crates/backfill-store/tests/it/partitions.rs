@@ -1,7 +1,9 @@
 use backfill_core::{PartitionState, RowCounts, Value};
 use backfill_store::{Outcome, StoreError};
 
-use crate::{Backend, TestDb, create, key_partitions};
+use serde_json::json;
+
+use crate::{Backend, TestDb, create, key_partitions, time_partitions};
 
 fn counts(read: u64, inserted: u64) -> RowCounts {
     RowCounts {
@@ -413,7 +415,97 @@ async fn concurrent_checkpoints_and_transitions_do_not_fail(db: TestDb) {
     assert_eq!(check.events, 1 + 8 * 2);
 }
 
+async fn split_replaces_a_running_partition_by_children_that_inherit_its_checkpoint(db: TestDb) {
+    let store = db.open().await;
+    let parts = time_partitions(3);
+    let run = create(&store, "orders", &parts).await;
+    let parent = &parts[1];
+    let attempt = store.start_attempt(&run.id, &parent.id, "w").await.unwrap();
+    let key = vec![Value::Int(41)];
+    store
+        .checkpoint(
+            &run.id,
+            &parent.id,
+            attempt,
+            Some(&key),
+            &RowCounts {
+                read: 41,
+                ..RowCounts::default()
+            },
+            5,
+        )
+        .await
+        .unwrap();
+    let windows = backfill_core::split::split_window(&parent.window, 4);
+    let children = backfill_core::split::children(parent, &windows, 0);
+    // A stale attempt cannot split.
+    let stale = store
+        .split_partition(
+            &run.id,
+            &parent.id,
+            attempt + 1,
+            &children,
+            Some(&key),
+            json!("slow"),
+            "w",
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::StaleAttempt { .. })),
+        "{stale:?}"
+    );
+    let stored = store
+        .split_partition(
+            &run.id,
+            &parent.id,
+            attempt,
+            &children,
+            Some(&key),
+            json!({"why": "slow"}),
+            "w",
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 4);
+    assert_eq!(stored[0].id, format!("{}.1", parent.id));
+    assert_eq!(
+        stored.iter().map(|c| c.index).collect::<Vec<_>>(),
+        [3, 4, 5, 6]
+    );
+
+    let all = store.partitions(&run.id).await.unwrap();
+    assert_eq!(all.len(), 7);
+    let p = all.iter().find(|p| p.partition_id == parent.id).unwrap();
+    assert_eq!(p.state, PartitionState::Split);
+    assert_eq!(p.counts.read, 41, "the parent keeps what it wrote");
+    for (child, window) in all[3..].iter().zip(&windows) {
+        assert_eq!(child.state, PartitionState::Pending);
+        assert_eq!(child.window, *window);
+        assert_eq!(child.checkpoint.as_deref(), Some(&key[..]));
+        assert_eq!(child.parent_id.as_deref(), Some(parent.id.as_str()));
+    }
+    // A child runs like any partition.
+    let a = store
+        .start_attempt(&run.id, &stored[2].id, "w")
+        .await
+        .unwrap();
+    store
+        .finish_partition(&run.id, &stored[2].id, a, Outcome::Done, "w")
+        .await
+        .unwrap();
+    let events = store.audit_events(Some(&run.id)).await.unwrap();
+    let split = events
+        .iter()
+        .find(|e| e.action == "partition.split")
+        .unwrap();
+    assert_eq!(split.detail["children"].as_array().unwrap().len(), 4);
+    assert_eq!(split.detail["reason"]["why"], json!("slow"));
+    assert_eq!(split.detail["from_checkpoint"], json!(true));
+    assert!(store.verify_audit().await.unwrap().is_ok());
+}
+
 crate::on_both_backends!(
+    split_replaces_a_running_partition_by_children_that_inherit_its_checkpoint,
     attempt_checkpoint_and_finish_round_trip,
     stale_attempts_are_fenced_and_change_nothing,
     retry_keeps_the_checkpoint_and_failure_records_a_redacted_error,
