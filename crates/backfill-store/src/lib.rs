@@ -55,7 +55,7 @@ use sqlx::{ConnectOptions, Connection};
 pub use audit::{AuditCheck, AuditEvent};
 pub use controls::{BudgetExtra, ControlRequest, Controls, RateChangeRecord, ThrottleChange};
 pub use error::StoreError;
-pub use partitions::{Outcome, PartitionRecord};
+pub use partitions::{Outcome, PartitionRecord, Split};
 pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, RunRecord};
 

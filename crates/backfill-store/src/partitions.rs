@@ -53,6 +53,17 @@ pub struct PartitionRecord {
     pub parent_id: Option<String>,
 }
 
+/// A split of a running partition (see [`Store::split_partition`]).
+#[derive(Clone, Debug)]
+pub struct Split<'a> {
+    /// The children, from `backfill_core::split::children`.
+    pub children: &'a [backfill_core::Partition],
+    /// The parent's last durable key; every child starts after it.
+    pub checkpoint: Option<&'a [Value]>,
+    /// Why (recorded in the audit event).
+    pub reason: serde_json::Value,
+}
+
 /// How an attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome<'a> {
@@ -474,11 +485,14 @@ impl Store {
         run_id: &str,
         partition_id: &str,
         attempt: u32,
-        children: &[backfill_core::Partition],
-        checkpoint: Option<&[Value]>,
-        reason: serde_json::Value,
+        split: Split<'_>,
         actor: &str,
     ) -> Result<Vec<backfill_core::Partition>, StoreError> {
+        let Split {
+            children,
+            checkpoint,
+            reason,
+        } = split;
         let mut tx = self.begin_write().await?;
         let lock = tx.dialect().for_update();
         let part = fetch_partition(&mut tx, lock, run_id, partition_id).await?;

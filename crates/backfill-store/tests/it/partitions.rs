@@ -1,5 +1,5 @@
 use backfill_core::{PartitionState, RowCounts, Value};
-use backfill_store::{Outcome, StoreError};
+use backfill_store::{Outcome, Split, StoreError};
 
 use serde_json::json;
 
@@ -444,9 +444,11 @@ async fn split_replaces_a_running_partition_by_children_that_inherit_its_checkpo
             &run.id,
             &parent.id,
             attempt + 1,
-            &children,
-            Some(&key),
-            json!("slow"),
+            Split {
+                children: &children,
+                checkpoint: Some(&key),
+                reason: json!("slow"),
+            },
             "w",
         )
         .await;
@@ -459,9 +461,11 @@ async fn split_replaces_a_running_partition_by_children_that_inherit_its_checkpo
             &run.id,
             &parent.id,
             attempt,
-            &children,
-            Some(&key),
-            json!({"why": "slow"}),
+            Split {
+                children: &children,
+                checkpoint: Some(&key),
+                reason: json!({"why": "slow"}),
+            },
             "w",
         )
         .await
