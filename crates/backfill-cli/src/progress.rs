@@ -21,6 +21,7 @@ pub(crate) fn start(
     quiet: bool,
 ) -> (mpsc::UnboundedSender<Event>, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut total = total;
     let handle = tokio::spawn(async move {
         let bar = if tty && !quiet {
             let bar = ProgressBar::new(total);
@@ -103,6 +104,21 @@ pub(crate) fn start(
                     say(&bar, quiet, line);
                 }
                 Event::Released => say(&bar, quiet, "resumed".to_owned()),
+                Event::PartitionSplit {
+                    partition_id,
+                    children,
+                } => {
+                    // The children replace the parent in the count.
+                    total += u64::from(*children).saturating_sub(1);
+                    if let Some(bar) = &bar {
+                        bar.set_length(total);
+                    }
+                    say(
+                        &bar,
+                        quiet,
+                        format!("partition {partition_id} split into {children} partitions (skew)"),
+                    );
+                }
                 Event::Throttled {
                     rows_per_second,
                     batches_per_second,

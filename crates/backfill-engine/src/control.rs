@@ -230,6 +230,9 @@ pub(crate) struct Live {
     recent_errors: Mutex<VecDeque<String>>,
     /// Failed batch attempts in this session (the adaptive throttle's error signal).
     errors: AtomicU64,
+    /// How long each of the plan's partitions finished in this session took (for
+    /// `limits.split_slow`).
+    partition_times: Mutex<Vec<Duration>>,
     /// Rows read in this session.
     pub(crate) rows_read: AtomicU64,
     /// Partitions finished (done, with or without quarantine) in this session.
@@ -278,6 +281,7 @@ impl Live {
             breaker: Mutex::new(Breaker::new(spec.limits.breaker.clone())),
             recent_errors: Mutex::new(VecDeque::new()),
             errors: AtomicU64::new(0),
+            partition_times: Mutex::new(Vec::new()),
             rows_read: AtomicU64::new(0),
             partitions_finished: AtomicU64::new(0),
         }
@@ -384,6 +388,41 @@ impl Live {
         if rate != self.rows.get() {
             self.rows.set(rate);
         }
+    }
+
+    /// Records how long a finished partition took.
+    pub(crate) fn record_partition_time(&self, took: Duration) {
+        self.partition_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(took);
+    }
+
+    /// Whether a partition running for `elapsed` is slow enough to split under `policy`.
+    pub(crate) fn is_slow(
+        &self,
+        policy: &backfill_core::split::SplitPolicy,
+        elapsed: Duration,
+    ) -> bool {
+        policy.slow_factor.is_some()
+            && policy.is_slow(
+                elapsed,
+                &self
+                    .partition_times
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            )
+    }
+
+    /// The median time of the partitions finished in this session.
+    pub(crate) fn median_partition_time(&self) -> Option<Duration> {
+        let mut times = self
+            .partition_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        times.sort_unstable();
+        times.get(times.len() / 2).copied()
     }
 
     /// Records one batch attempt's outcome in the circuit breaker; opens the hold at once when

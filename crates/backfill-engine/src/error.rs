@@ -60,6 +60,9 @@ pub(crate) enum AttemptError {
     /// A stop was requested; the partition stays resumable.
     #[error("interrupted")]
     Interrupted,
+    /// The partition runs far longer than the others (`limits.split_slow`): split it.
+    #[error("split requested")]
+    SplitRequested,
 }
 
 impl AttemptError {
@@ -67,9 +70,10 @@ impl AttemptError {
         match self {
             AttemptError::Connector(e) => e.class(),
             AttemptError::Store(e) if e.is_transient() => ErrorClass::Transient,
-            AttemptError::Store(_) | AttemptError::Stale | AttemptError::Interrupted => {
-                ErrorClass::Permanent
-            }
+            AttemptError::Store(_)
+            | AttemptError::Stale
+            | AttemptError::Interrupted
+            | AttemptError::SplitRequested => ErrorClass::Permanent,
         }
     }
 }

@@ -62,6 +62,13 @@ pub enum Event {
     },
     /// The hold was lifted; the run continues.
     Released,
+    /// A too big or too slow partition was split into `children` new partitions.
+    PartitionSplit {
+        /// The split partition.
+        partition_id: String,
+        /// How many children now carry its work.
+        children: u32,
+    },
     /// `backfill throttle` changed the limits (0 means no limit).
     Throttled {
         /// Rows per second now in force.
@@ -158,6 +165,7 @@ impl Emitter {
             // The controller logs these with their details.
             Event::Holding { .. }
             | Event::Released
+            | Event::PartitionSplit { .. }
             | Event::Throttled { .. }
             | Event::BudgetWarning { .. } => {}
         }

@@ -55,6 +55,17 @@ pub(crate) enum PartitionEnd {
     Failed,
     /// Stopped by a stop request or a lost lease; left for a later resume.
     Interrupted,
+    /// Too big or too slow: split into these children, to run next.
+    Split(Vec<Work>),
+}
+
+/// A partition to run, from its checkpoint.
+#[derive(Clone, Debug)]
+pub(crate) struct Work {
+    pub(crate) partition: Partition,
+    pub(crate) checkpoint: Option<Vec<Value>>,
+    /// Only the plan's own partitions split; children never split again.
+    pub(crate) splittable: bool,
 }
 
 impl Ctx {
@@ -77,22 +88,22 @@ impl Ctx {
 /// or a hold.
 pub(crate) async fn run_partitions(
     ctx: Arc<Ctx>,
-    pending: Vec<(Partition, Option<Vec<Value>>)>,
+    pending: Vec<Work>,
 ) -> Vec<(String, PartitionEnd)> {
     let mut concurrency = ctx.live.concurrency();
-    let mut queue = pending.into_iter();
+    let mut queue: std::collections::VecDeque<Work> = pending.into();
     let mut tasks = JoinSet::new();
     let mut ends = Vec::new();
     loop {
         let limit = *concurrency.borrow_and_update() as usize;
         while tasks.len() < limit && !ctx.should_stop() {
-            let Some((partition, checkpoint)) = queue.next() else {
+            let Some(work) = queue.pop_front() else {
                 break;
             };
             let ctx = ctx.clone();
             tasks.spawn(async move {
-                let id = partition.id.clone();
-                (id, run_partition(&ctx, &partition, checkpoint).await)
+                let id = work.partition.id.clone();
+                (id, run_partition(&ctx, work).await)
             });
         }
         if tasks.is_empty() {
@@ -100,6 +111,13 @@ pub(crate) async fn run_partitions(
         }
         tokio::select! {
             joined = tasks.join_next() => match joined {
+                Some(Ok((id, PartitionEnd::Split(children)))) => {
+                    // The long tail goes first, to the workers that are free now.
+                    for child in children.iter().rev() {
+                        queue.push_front(child.clone());
+                    }
+                    ends.push((id, PartitionEnd::Split(children)));
+                }
                 Some(Ok(end)) => ends.push(end),
                 Some(Err(join_error)) => {
                     // A panic in a worker is a bug; the partition stays `running` and is reset
@@ -118,11 +136,17 @@ pub(crate) async fn run_partitions(
 /// Attempts one partition until it is done, fails for good, or is interrupted.
 /// `checkpoint` is the stored resume point; it advances in memory with every durable
 /// checkpoint, so a retry in this process continues where the failed attempt stopped.
-async fn run_partition(
-    ctx: &Ctx,
-    partition: &Partition,
-    mut checkpoint: Option<Vec<Value>>,
-) -> PartitionEnd {
+async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
+    let Work {
+        partition,
+        mut checkpoint,
+        splittable,
+    } = work;
+    let partition = &partition;
+    let splittable =
+        splittable && backfill_core::split::split_window(&partition.window, 2).len() > 1;
+    // When this process first started the partition: what "slow" is measured against.
+    let first_started = Instant::now();
     let policy = ctx.spec.limits.retry;
     // Set when the target rejected rows of a pushed-down batch or of a `replace`: the next
     // attempt takes the row path and quarantines them.
@@ -166,20 +190,43 @@ async fn run_partition(
                 }
             }
         }
+        let first_attempt_here = !attempted;
         attempted = true;
+        if splittable
+            && first_attempt_here
+            && checkpoint.is_none()
+            && let Some(end) = split_by_estimate(ctx, partition, attempt).await
+        {
+            return end;
+        }
         ctx.emitter.emit(Event::PartitionStarted {
             partition_id: partition.id.clone(),
             attempt,
         });
         let started = Instant::now();
-        let result =
-            attempt_partition(ctx, partition, attempt, started, &mut checkpoint, row_path).await;
+        let slow = SlowCheck {
+            splittable,
+            since: first_started,
+        };
+        let result = attempt_partition(
+            ctx,
+            partition,
+            attempt,
+            started,
+            &mut checkpoint,
+            row_path,
+            slow,
+        )
+        .await;
         let finish = |outcome| finish_partition(ctx, partition, attempt, outcome);
         match result {
             Ok(counts) => {
                 return match finish(Outcome::Done).await {
                     Ok(()) => {
                         ctx.live.partitions_finished.fetch_add(1, Ordering::Relaxed);
+                        if splittable {
+                            ctx.live.record_partition_time(first_started.elapsed());
+                        }
                         ctx.emitter.emit(Event::PartitionDone {
                             partition_id: partition.id.clone(),
                             counts,
@@ -194,6 +241,25 @@ async fn run_partition(
             }
             Err(AttemptError::Interrupted) | Err(AttemptError::Stale) => {
                 return PartitionEnd::Interrupted;
+            }
+            Err(AttemptError::SplitRequested) => {
+                let parts = (*ctx.live.concurrency().borrow()).max(2);
+                let elapsed = first_started.elapsed();
+                let reason = serde_json::json!({
+                    "trigger": "slow",
+                    "elapsed_seconds": elapsed.as_secs_f64(),
+                    "median_seconds": ctx.live.median_partition_time().map(|d| d.as_secs_f64()),
+                    "split_slow": ctx.spec.limits.split.slow_factor,
+                });
+                return split(
+                    ctx,
+                    partition,
+                    attempt,
+                    parts,
+                    checkpoint.as_deref(),
+                    reason,
+                )
+                .await;
             }
             Err(AttemptError::Store(StoreError::StaleAttempt { .. })) => {
                 return PartitionEnd::Interrupted;
@@ -248,6 +314,102 @@ async fn run_partition(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether a running attempt should stop and split its partition (`limits.split_slow`).
+#[derive(Clone, Copy)]
+struct SlowCheck {
+    splittable: bool,
+    since: Instant,
+}
+
+impl SlowCheck {
+    fn due(&self, ctx: &Ctx) -> bool {
+        self.splittable
+            && ctx
+                .live
+                .is_slow(&ctx.spec.limits.split, self.since.elapsed())
+    }
+}
+
+/// Splits a fresh partition whose window holds more rows than `limits.split_rows` (one
+/// `COUNT(*)` of the window); `None` when it need not (or cannot be counted, or cut).
+async fn split_by_estimate(ctx: &Ctx, partition: &Partition, attempt: u32) -> Option<PartitionEnd> {
+    let policy = ctx.spec.limits.split;
+    policy.rows?;
+    let rows = match ctx.source.count(&partition.window).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot estimate the partition's rows; not splitting it");
+            return None;
+        }
+    };
+    let parts = policy.parts_for_estimate(rows)?;
+    let reason = serde_json::json!({
+        "trigger": "estimate",
+        "estimated_rows": rows,
+        "split_rows": policy.rows,
+    });
+    Some(split(ctx, partition, attempt, parts, None, reason).await)
+}
+
+/// Splits `partition` (attempt `attempt`) into `parts` children starting after `checkpoint`;
+/// a window too small to cut, or a store refusal, leaves it to a later attempt.
+async fn split(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+    parts: u32,
+    checkpoint: Option<&[Value]>,
+    reason: serde_json::Value,
+) -> PartitionEnd {
+    let windows = backfill_core::split::split_window(&partition.window, parts);
+    let retry = |message: &'static str| async move {
+        // Give the partition back as it is; the next attempt continues from its checkpoint.
+        let _ = finish_partition(ctx, partition, attempt, Outcome::Retry { error: message }).await;
+        PartitionEnd::Interrupted
+    };
+    if windows.len() < 2 {
+        return retry("too small to split").await;
+    }
+    let children = backfill_core::split::children(partition, &windows, 0);
+    let stored = store_call(ctx, "split partition", || {
+        ctx.store.split_partition(
+            &ctx.run_id,
+            &partition.id,
+            attempt,
+            backfill_store::Split {
+                children: &children,
+                checkpoint,
+                reason: reason.clone(),
+            },
+            &ctx.actor,
+        )
+    })
+    .await;
+    match stored {
+        Ok(stored) => {
+            tracing::info!(run_id = ctx.run_id, partition_id = partition.id, children = stored.len(), reason = %reason, "partition split");
+            ctx.emitter.emit(Event::PartitionSplit {
+                partition_id: partition.id.clone(),
+                children: stored.len() as u32,
+            });
+            PartitionEnd::Split(
+                stored
+                    .into_iter()
+                    .map(|partition| Work {
+                        partition,
+                        checkpoint: checkpoint.map(<[Value]>::to_vec),
+                        splittable: false,
+                    })
+                    .collect(),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot split the partition");
+            retry("split failed").await
         }
     }
 }
@@ -341,13 +503,23 @@ async fn attempt_partition(
     started: Instant,
     resume_from: &mut Option<Vec<Value>>,
     row_path: bool,
+    slow: SlowCheck,
 ) -> Result<RowCounts, AttemptError> {
     match &ctx.spec.target.mode {
         WriteMode::Upsert => {
-            upsert_partition(ctx, partition, attempt, started, resume_from, row_path).await
+            upsert_partition(
+                ctx,
+                partition,
+                attempt,
+                started,
+                resume_from,
+                row_path,
+                slow,
+            )
+            .await
         }
         WriteMode::Replace { .. } => {
-            replace_partition(ctx, partition, attempt, started, row_path).await
+            replace_partition(ctx, partition, attempt, started, row_path, slow).await
         }
         WriteMode::Sql { .. } => {
             let _permit = ctx.live.permit().await;
@@ -541,6 +713,7 @@ async fn upsert_partition(
     started: Instant,
     after: &mut Option<Vec<Value>>,
     row_path: bool,
+    slow: SlowCheck,
 ) -> Result<RowCounts, AttemptError> {
     let batch_rows = ctx.spec.limits.batch_rows.get();
     let mut total = RowCounts::default();
@@ -657,6 +830,9 @@ async fn upsert_partition(
         if !full {
             break;
         }
+        if slow.due(ctx) {
+            return Err(AttemptError::SplitRequested);
+        }
     }
     Ok(total)
 }
@@ -676,6 +852,7 @@ async fn replace_partition(
     attempt: u32,
     started: Instant,
     isolate: bool,
+    slow: SlowCheck,
 ) -> Result<RowCounts, AttemptError> {
     let _permit = ctx.live.permit().await;
     if ctx.should_stop() {
@@ -693,7 +870,7 @@ async fn replace_partition(
             (Replacing::Pushed(txn), counts)
         }
         None => {
-            let (txn, counts, rejected) = replace_rows(ctx, partition, isolate).await?;
+            let (txn, counts, rejected) = replace_rows(ctx, partition, isolate, slow).await?;
             // Recorded before the window commits without them.
             ctx.store
                 .quarantine(&ctx.run_id, &partition.id, attempt, &rejected)
@@ -735,6 +912,7 @@ async fn replace_rows(
     ctx: &Ctx,
     partition: &Partition,
     isolate: bool,
+    slow: SlowCheck,
 ) -> Result<(ReplaceTxn, RowCounts, Vec<Rejected>), AttemptError> {
     let batch_rows = ctx.spec.limits.batch_rows.get();
     let mut txn = ctx.sink.begin_replace(&partition.window).await?;
@@ -750,6 +928,10 @@ async fn replace_rows(
         if ctx.should_stop() {
             // Dropping the transaction rolls it back: the target keeps the old window.
             return Err(AttemptError::Interrupted);
+        }
+        if slow.due(ctx) {
+            // Rolled back likewise; the children replace their slices from scratch.
+            return Err(AttemptError::SplitRequested);
         }
         let batch = reader.next(ctx, partition, after.as_deref()).await?;
         if batch.is_empty() {

@@ -318,7 +318,7 @@ pub async fn execute(
             }
             let records =
                 patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
-            let pending = ordered_pending(spec, &records);
+            let pending = ordered_pending(spec, &records, &ctx.source).await;
             if pending.is_empty() {
                 break;
             }
@@ -377,7 +377,9 @@ pub async fn execute(
     let records =
         patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
     let guarantee = Guarantee::of(&spec.target.mode, same_database);
-    let done = records.iter().all(|p| p.state == PartitionState::Done);
+    let done = records
+        .iter()
+        .all(|p| matches!(p.state, PartitionState::Done | PartitionState::Split));
     let any_pending = records.iter().any(|p| p.state == PartitionState::Pending);
     let final_state = if done {
         RunState::Succeeded
@@ -453,10 +455,15 @@ async fn executed_elsewhere(
 }
 
 /// The pending partitions of `records` with their checkpoints, in the spec's `order`.
-fn ordered_pending(
+/// With `order = "largest_first"`, the source's rows of each pending partition are counted,
+/// for at most this long; partitions not counted by then run after the counted ones.
+const ESTIMATE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn ordered_pending(
     spec: &Spec,
     records: &[backfill_store::PartitionRecord],
-) -> Vec<(backfill_core::Partition, Option<Vec<backfill_core::Value>>)> {
+    source: &AnySource,
+) -> Vec<execute::Work> {
     let pending: Vec<_> = records
         .iter()
         .filter(|p| p.state == PartitionState::Pending)
@@ -469,10 +476,23 @@ fn ordered_pending(
             window: p.window,
         })
         .collect();
-    let estimates = vec![None; partitions.len()];
+    let mut estimates = vec![None; partitions.len()];
+    if spec.limits.order == backfill_core::order::Order::LargestFirst {
+        let started = std::time::Instant::now();
+        for (estimate, partition) in estimates.iter_mut().zip(&partitions) {
+            if started.elapsed() > ESTIMATE_BUDGET {
+                break;
+            }
+            *estimate = source.count(&partition.window).await.ok();
+        }
+    }
     backfill_core::order::order_partitions(&partitions, &spec.limits.order, &estimates)
         .into_iter()
-        .map(|i| (partitions[i].clone(), pending[i].checkpoint.clone()))
+        .map(|i| execute::Work {
+            partition: partitions[i].clone(),
+            checkpoint: pending[i].checkpoint.clone(),
+            splittable: pending[i].parent_id.is_none(),
+        })
         .collect()
 }
 
@@ -594,7 +614,11 @@ fn summarize(
             .filter(|p| p.state == PartitionState::DoneWithQuarantine)
             .count() as u64,
         failed: failures.len() as u64,
-        total: records.len() as u64,
+        // A split partition's work is carried by its children: count them, not it.
+        total: records
+            .iter()
+            .filter(|p| p.state != PartitionState::Split)
+            .count() as u64,
         failures,
         elapsed: started.elapsed(),
         session_rows_read: counts.read,

@@ -69,7 +69,8 @@ pub fn compute(run: &RunRecord, partitions: &[PartitionRecord], now: DateTime<Ut
         .iter()
         .map(|s| (*s, count(*s)))
         .collect();
-    let total = partitions.len() as u64;
+    // A split partition's work is carried by its children: count them, not it.
+    let total = partitions.len() as u64 - count(PartitionState::Split);
     let done = count(PartitionState::Done);
     let end = match run.state {
         RunState::Running => now,
@@ -89,7 +90,8 @@ pub fn compute(run: &RunRecord, partitions: &[PartitionRecord], now: DateTime<Ut
         .iter()
         .filter(|p| {
             p.state == PartitionState::Failed
-                || (p.state != PartitionState::Done && p.last_error.is_some())
+                || (!matches!(p.state, PartitionState::Done | PartitionState::Split)
+                    && p.last_error.is_some())
         })
         .map(|p| FailingPartition {
             partition_id: p.partition_id.clone(),

@@ -473,3 +473,150 @@ async fn a_run_window_pauses_at_its_edge_and_resumes_at_the_next_opening() {
     );
     assert!(store.verify_audit().await.unwrap().first_bad_seq.is_none());
 }
+
+/// A source over 12 hours where hour 5 holds `big` rows and every other hour 100; ids follow
+/// time. Returns (source, target) URLs; the target table `copy` is empty.
+async fn skewed_fixture(dir: &std::path::Path, big: i64) -> (String, String) {
+    let (source, target) = fixture(dir, 0, "target.db").await;
+    let src = pool(&source).await;
+    sqlx::query("DELETE FROM events").execute(&src).await.unwrap();
+    let mut id = 0i64;
+    for hour in 0..12i64 {
+        let n = if hour == 5 { big } else { 100 };
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) \
+             INSERT INTO events SELECT ?2 + i, \
+             strftime('%Y-%m-%dT%H:%M:%SZ', 1772323200 + ?3 * 3600 + i * 3600 / ?1, 'unixepoch'), \
+             (?2 + i) * 3 FROM n",
+        )
+        .bind(n)
+        .bind(id)
+        .bind(hour)
+        .execute(&src)
+        .await
+        .unwrap();
+        id += n;
+    }
+    src.close().await;
+    (source, target)
+}
+
+async fn split_run(
+    spec: &Spec,
+    dir: &std::path::Path,
+) -> (backfill_store::Store, String, backfill_engine::RunSummary) {
+    let state = format!("sqlite://{}/state.db", dir.display());
+    let store = backfill_store::Store::open(&state).await.unwrap();
+    let plan = backfill_core::plan::plan(spec).unwrap();
+    let run = prepare_run(&store, spec, &plan, None, "t@h", false)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    let summary = execute(
+        &store,
+        spec,
+        &run,
+        ExecuteOptions::new("t@h", Shutdown::new()),
+    )
+    .await
+    .unwrap();
+    (store, run.id, summary)
+}
+
+async fn assert_split_copy_is_exact(target: &str, n: i64) {
+    assert_eq!(count(target, "SELECT count(*) FROM copy").await, n);
+    assert_eq!(
+        count(target, "SELECT sum(v) FROM copy").await,
+        (0..n).map(|i| i * 3).sum::<i64>()
+    );
+    assert_eq!(
+        count(target, "SELECT count(*) FROM copy c JOIN (SELECT id FROM copy GROUP BY id HAVING count(*) > 1) d USING (id)").await,
+        0
+    );
+}
+
+/// `split_rows`: a partition whose window holds more rows than the limit is split before it
+/// starts into ceil(rows / split_rows) children; the others are left whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_over_split_rows_is_split_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = skewed_fixture(dir.path(), 3_000).await;
+    let mut spec = spec(&source, &target, 12);
+    spec.limits.batch_rows = NonZeroU32::new(200).unwrap();
+    spec.limits.split.rows = Some(1_000);
+    let (store, run_id, summary) = split_run(&spec, dir.path()).await;
+    assert_eq!(summary.state, RunState::Succeeded);
+    assert_eq!(summary.counts.read, 4_100, "every row read once");
+    assert_eq!(summary.total, 11 + 3, "the split hour became 3 partitions");
+    assert_split_copy_is_exact(&target, 4_100).await;
+    let parts = store.partitions(&run_id).await.unwrap();
+    let split: Vec<_> = parts
+        .iter()
+        .filter(|p| p.state == PartitionState::Split)
+        .collect();
+    assert_eq!(split.len(), 1);
+    let children: Vec<_> = parts
+        .iter()
+        .filter(|p| p.parent_id.as_deref() == Some(split[0].partition_id.as_str()))
+        .collect();
+    assert_eq!(children.len(), 3);
+    assert!(children.iter().all(|c| c.state == PartitionState::Done));
+    assert_eq!(
+        children[0].partition_id,
+        format!("{}.1", split[0].partition_id)
+    );
+    let events = store.audit_events(Some(&run_id)).await.unwrap();
+    let event = events
+        .iter()
+        .find(|e| e.action == "partition.split")
+        .unwrap();
+    assert_eq!(event.detail["reason"]["trigger"], "estimate");
+    assert_eq!(event.detail["reason"]["estimated_rows"], 3_000);
+    assert!(store.verify_audit().await.unwrap().is_ok());
+}
+
+/// `split_slow`: a partition running far longer than the median is split at its checkpoint;
+/// the children carry on after that key, so no row is read twice and none is missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_partition_is_split_at_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = skewed_fixture(dir.path(), 6_000).await;
+    let mut spec = spec(&source, &target, 12);
+    spec.limits.concurrency = NonZeroU32::new(2).unwrap();
+    spec.limits.batch_rows = NonZeroU32::new(100).unwrap();
+    spec.limits.rows_per_second = NonZeroU32::new(3_000);
+    spec.limits.split.slow_factor = Some(1.5);
+    let (store, run_id, summary) = split_run(&spec, dir.path()).await;
+    assert_eq!(summary.state, RunState::Succeeded);
+    assert_eq!(
+        summary.counts.read, 7_100,
+        "no row read twice across the split"
+    );
+    assert_split_copy_is_exact(&target, 7_100).await;
+    let parts = store.partitions(&run_id).await.unwrap();
+    let parent = parts
+        .iter()
+        .find(|p| p.state == PartitionState::Split)
+        .expect("the big hour was split");
+    assert!(
+        parent.counts.read > 0,
+        "it had made progress before the split"
+    );
+    assert!(parent.counts.read < 6_000);
+    let children: Vec<_> = parts
+        .iter()
+        .filter(|p| p.parent_id.as_deref() == Some(parent.partition_id.as_str()))
+        .collect();
+    assert_eq!(children.len(), 2, "one child per worker");
+    assert!(children.iter().all(|c| c.state == PartitionState::Done));
+    let child_rows: u64 = children.iter().map(|c| c.counts.read).sum();
+    assert_eq!(parent.counts.read + child_rows, 6_000);
+    let events = store.audit_events(Some(&run_id)).await.unwrap();
+    let event = events
+        .iter()
+        .find(|e| e.action == "partition.split")
+        .unwrap();
+    assert_eq!(event.detail["reason"]["trigger"], "slow");
+    assert_eq!(event.detail["from_checkpoint"], true);
+}
