@@ -235,10 +235,15 @@ fn control_lines(
                 .map_or("-".to_owned(), |v| format!("{v:.2} ms"))
         };
         lines.push(format!(
-            "  probe:      p90 {} vs baseline p90 {}",
+            "  probe:      p90 {} vs baseline p90 {}; adaptive rate {} rows/s ({})",
             ms("p90_ms"),
-            ms("baseline_p90_ms")
+            ms("baseline_p90_ms"),
+            thousands(adaptive["enforced_rows_per_second"].as_u64().unwrap_or(0)),
+            adaptive["cause"].as_str().unwrap_or("-")
         ));
+        if let Some(error) = adaptive["probe_error"].as_str() {
+            lines.push(format!("  probe error: {error}"));
+        }
     }
     if let Some(budget) = live["budget"].as_array().filter(|b| !b.is_empty()) {
         let parts: Vec<String> = budget
