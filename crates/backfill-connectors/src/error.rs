@@ -65,3 +65,15 @@ impl ConnectorError {
         }
     }
 }
+
+/// Rows are read in key order: a source without key columns (possible in `sql` mode, which
+/// reads none) refuses to read, naming the fix.
+pub(crate) fn require_key(key: &[String]) -> Result<(), ConnectorError> {
+    if key.is_empty() {
+        return Err(ConnectorError::Data {
+            message: "a source needs at least one key column to read in order; set `target.key`"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}

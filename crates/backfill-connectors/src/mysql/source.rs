@@ -45,11 +45,8 @@ impl MySqlSource {
         key: &[String],
         pool_size: u32,
     ) -> Result<MySqlSource, ConnectorError> {
-        if key.is_empty() {
-            return Err(ConnectorError::Data {
-                message: "a source needs at least one key column to read in order".to_owned(),
-            });
-        }
+        // No key is fine for `sql` mode, which reads no rows; reading in order needs one
+        // (checked where rows are read, by `require_key`).
         for k in key {
             check_column(k, "key column")?;
         }
@@ -118,6 +115,7 @@ impl Source for MySqlSource {
         after: Option<&[Value]>,
         limit: u32,
     ) -> Result<Batch, ConnectorError> {
+        crate::error::require_key(&self.key)?;
         let mut values = named_values(&self.names, window, &self.time_format);
         let sql = match after {
             None => &self.first_page,

@@ -53,11 +53,8 @@ impl PostgresSource {
         key: &[String],
         pool_size: u32,
     ) -> Result<PostgresSource, ConnectorError> {
-        if key.is_empty() {
-            return Err(ConnectorError::Data {
-                message: "a source needs at least one key column to read in order".to_owned(),
-            });
-        }
+        // No key is fine for `sql` mode, which reads no rows; reading in order needs one
+        // (checked where rows are read, by `require_key`).
         for k in key {
             check_column(k, "key column")?;
         }
@@ -119,6 +116,7 @@ impl PostgresSource {
         after: Option<&[Value]>,
         chunk: u32,
     ) -> Result<RowStream, ConnectorError> {
+        crate::error::require_key(&self.key)?;
         let mut values = named_values(&self.names, window, &self.time_format);
         let sql = match after {
             None => Arc::clone(&self.first_stream),
@@ -225,6 +223,7 @@ impl Source for PostgresSource {
         after: Option<&[Value]>,
         limit: u32,
     ) -> Result<Batch, ConnectorError> {
+        crate::error::require_key(&self.key)?;
         let mut values = named_values(&self.names, window, &self.time_format);
         let sql = match after {
             None => &self.first_page,

@@ -479,7 +479,10 @@ async fn a_run_window_pauses_at_its_edge_and_resumes_at_the_next_opening() {
 async fn skewed_fixture(dir: &std::path::Path, big: i64) -> (String, String) {
     let (source, target) = fixture(dir, 0, "target.db").await;
     let src = pool(&source).await;
-    sqlx::query("DELETE FROM events").execute(&src).await.unwrap();
+    sqlx::query("DELETE FROM events")
+        .execute(&src)
+        .await
+        .unwrap();
     let mut id = 0i64;
     for hour in 0..12i64 {
         let n = if hour == 5 { big } else { 100 };
@@ -619,4 +622,34 @@ async fn a_slow_partition_is_split_at_its_checkpoint() {
         .unwrap();
     assert_eq!(event.detail["reason"]["trigger"], "slow");
     assert_eq!(event.detail["from_checkpoint"], true);
+}
+
+/// `sql` mode reads no rows, so it needs no key columns: a spec without `target.key` runs
+/// its statement once per partition.
+#[tokio::test]
+async fn sql_mode_needs_no_key_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 600, "target.db").await;
+    let dst = pool(&target).await;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 599) \
+         INSERT INTO copy SELECT i, strftime('%Y-%m-%dT%H:%M:%SZ', 1772323200 + i * 60, 'unixepoch'), 0 FROM n",
+    )
+    .execute(&dst)
+    .await
+    .unwrap();
+    dst.close().await;
+    let mut spec = spec(&source, &target, 10);
+    spec.target.key = Vec::new();
+    spec.target.mode = WriteMode::Sql {
+        statement: "UPDATE copy SET v = v + 1 WHERE ts >= :start AND ts < :end".into(),
+    };
+    let summary = run_to_end(
+        &spec,
+        &format!("sqlite://{}/state.db", dir.path().display()),
+    )
+    .await;
+    assert_eq!(summary.state, RunState::Succeeded, "{:?}", summary.failures);
+    assert_eq!(summary.counts.affected, 600);
+    assert_eq!(count(&target, "SELECT sum(v) FROM copy").await, 600);
 }
