@@ -6,6 +6,7 @@
 mod support;
 
 mod check;
+mod controls;
 mod crash;
 mod crash_db;
 mod db_outage;
