@@ -521,6 +521,9 @@ impl Controller {
         let mut last_beat = Instant::now();
         // The first heartbeat goes out at once: another process starting now sees this one.
         let mut first_beat = true;
+        // The hold last announced (by reason): a worker may set a hold itself (the breaker),
+        // so announcing follows what was said, not what changed here.
+        let mut announced: Option<&'static str> = None;
         let mut active_since_beat = Duration::ZERO;
         let mut last_tick = Instant::now();
         let _ = self
@@ -580,7 +583,10 @@ impl Controller {
                 }
             }
             let wanted = self.wanted_hold(&controls, &verdict);
-            if self.live.set_hold(wanted.clone()) {
+            self.live.set_hold(wanted.clone());
+            let reason = wanted.as_ref().map(Hold::pause_reason);
+            if reason != announced {
+                announced = reason;
                 match &wanted {
                     Some(hold) => {
                         tracing::info!(

@@ -54,6 +54,18 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
             r.id, r.spec_name, r.partitions_total, r.reason
         )),
         Launch::Resumed(r) => {
+            if let Some(who) = crate::commands::control::live_process(&store.controls(&r.id).await?)
+            {
+                return Err(UserError::new(format!(
+                    "run {} of `{}` is being executed by {who}",
+                    r.id, r.spec_name
+                ))
+                .hint(format!(
+                    "steer it with `backfill pause|resume|cancel|throttle {}`, watch it with `backfill status {}`, or start another run with `backfill run --new`",
+                    r.id, r.id
+                ))
+                .into());
+            }
             let done = done_count(&store, r).await?;
             out.note(format!(
                 "resuming unfinished run {} of `{}` ({}/{} partitions done; --new starts a new run)",
@@ -256,7 +268,18 @@ pub(crate) async fn execute_quiet(
     let result = backfill_engine::execute(store, spec, run, options).await;
     let _ = renderer.await;
     ctrl_c.abort();
-    Ok(result?)
+    match result {
+        Ok(summary) => Ok(summary),
+        // Another process executes it, or it is finished: the user's call to fix.
+        Err(EngineError::NotResumable {
+            run_id,
+            state,
+            hint,
+        }) => Err(UserError::new(format!("run {run_id} is {state}"))
+            .hint(hint)
+            .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {

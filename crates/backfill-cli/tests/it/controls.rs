@@ -474,10 +474,15 @@ async fn a_second_run_process_refuses_while_one_is_executing() {
 
     let second = f.ws.run(&["run", &f.spec]);
     eprintln!("second `run SPEC`: exit {}\n{}", second.code, second.stderr);
-    assert_ne!(second.code, 0, "{second:?}");
+    assert_eq!(second.code, 2, "the user's mistake: {second:?}");
     assert!(
-        second.stderr.contains("in another process"),
+        second.stderr.contains("is being executed by"),
         "{}",
+        second.stderr
+    );
+    assert!(
+        !second.stderr.contains("resuming"),
+        "no misleading `resuming` line: {}",
         second.stderr
     );
     assert!(run.alive(), "the first process stopped:\n{}", run.stderr());
@@ -656,8 +661,11 @@ async fn circuit_breaker_opens_on_failing_batches_and_resume_closes_it() {
             .contains("injected serialization failure"),
         "the pause should record the last errors: {paused:#}"
     );
-    // Not asserted: the run process's stderr says nothing when the breaker opens (the hold is
-    // set by the worker, so the controller sees no change and emits no `Holding` event).
+    // The run's own output says why it stopped, though a worker (not the controller) opened
+    // the breaker.
+    wait_until("the breaker is announced", Duration::from_secs(5), || {
+        run.stderr().contains("circuit breaker open")
+    });
 
     pg_exec(&pool, &format!("UPDATE {s}.fail SET on_ = false")).await;
     let resumed = ws.run(&["resume", &id]);
