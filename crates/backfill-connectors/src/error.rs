@@ -43,6 +43,17 @@ pub enum ConnectorError {
         /// Where it was looked for: `source query` or `target table "t"`.
         table: String,
     },
+    /// The database stopped answering in the middle of a call: connection lost or refused,
+    /// pool timed out, server shutting down or restarting. Transient: retried with backoff
+    /// until the database is back. Unlike [`ConnectorError::Sql`] it does not count against
+    /// the circuit breaker, which guards against a database that answers with errors.
+    #[error("{context} failed: the database is unavailable: {message}")]
+    Unavailable {
+        /// What was being done.
+        context: String,
+        /// What the driver said, password masked.
+        message: String,
+    },
     /// A value or row the connector refuses to move (a NULL key, a column name that is not a
     /// plain identifier, text that is not UTF-8).
     #[error("{message}")]
@@ -57,13 +68,37 @@ impl ConnectorError {
     /// are transient; missing columns and bad data fail the same way every time.
     pub fn class(&self) -> ErrorClass {
         match self {
-            ConnectorError::Connect { .. } => ErrorClass::Transient,
+            ConnectorError::Connect { .. } | ConnectorError::Unavailable { .. } => {
+                ErrorClass::Transient
+            }
             ConnectorError::Sql { class, .. } => *class,
             ConnectorError::MissingColumn { .. } | ConnectorError::Data { .. } => {
                 ErrorClass::Permanent
             }
         }
     }
+}
+
+impl ConnectorError {
+    /// True when the database could not be reached at all (rather than answering with an
+    /// error): a restart or an outage, which backoff waits out.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ConnectorError::Connect { .. } | ConnectorError::Unavailable { .. }
+        )
+    }
+}
+
+/// Whether a sqlx error means the connection is gone or cannot be had (any database).
+pub(crate) fn lost_connection(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 /// Rows are read in key order: a source without key columns (possible in `sql` mode, which

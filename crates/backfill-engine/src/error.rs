@@ -66,6 +66,17 @@ pub(crate) enum AttemptError {
 }
 
 impl AttemptError {
+    /// True when a database (source, target or state store) could not be reached, rather
+    /// than answering with an error: an outage or restart that backoff waits out, and that
+    /// must not open the circuit breaker.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        match self {
+            AttemptError::Connector(e) => e.is_unavailable(),
+            AttemptError::Store(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn class(&self) -> ErrorClass {
         match self {
             AttemptError::Connector(e) => e.class(),

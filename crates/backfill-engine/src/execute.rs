@@ -279,7 +279,11 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
             Err(error) => {
                 let class = error.class();
                 let message = redact(&error.to_string());
-                ctx.live.record_batch(Some(&message));
+                // An unreachable database is waited out by backoff; the breaker guards
+                // against one that answers with errors.
+                if !error.is_unavailable() {
+                    ctx.live.record_batch(Some(&message));
+                }
                 match policy.decide(attempt, class, rand::random::<f64>()) {
                     RetryDecision::RetryAfter(delay) => {
                         if finish(Outcome::Retry { error: &message }).await.is_err() {

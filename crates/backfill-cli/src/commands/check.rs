@@ -145,8 +145,10 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
 /// A diagnostic for an error opening the source or target, at the field it is about.
 fn open_problem(side: &str, e: &ConnectorError) -> Diagnostic {
     match e {
-        ConnectorError::Connect { .. } => Diagnostic::error(format!("{side}.url"), e.to_string())
-            .with_hint("check that the database exists and is reachable"),
+        ConnectorError::Connect { .. } | ConnectorError::Unavailable { .. } => {
+            Diagnostic::error(format!("{side}.url"), e.to_string())
+                .with_hint("check that the database exists and is reachable")
+        }
         ConnectorError::MissingColumn { .. } if side == "source" => {
             Diagnostic::error("target.key", e.to_string())
                 .with_hint("the source query must return every key column under the same name")

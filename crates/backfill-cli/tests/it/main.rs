@@ -10,6 +10,7 @@ mod controls;
 mod crash;
 mod crash_db;
 mod db_outage;
+mod db_restart;
 mod demo;
 mod edge_values;
 mod errors;

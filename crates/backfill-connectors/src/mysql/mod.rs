@@ -84,6 +84,16 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
 
 /// A failed statement, classified, with the message redacted.
 pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
+    if crate::error::lost_connection(err)
+        || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+            // ER_SERVER_SHUTDOWN, CR_SERVER_GONE_ERROR, CR_SERVER_LOST
+            matches!(c.as_ref(), "1053" | "2006" | "2013" | "08S01")
+        })) {
+        return ConnectorError::Unavailable {
+            context: context.into(),
+            message: redact(&err.to_string()),
+        };
+    }
     ConnectorError::Sql {
         context: context.into(),
         message: redact(&err.to_string()),

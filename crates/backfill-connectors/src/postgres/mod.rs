@@ -72,6 +72,16 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
 
 /// A failed statement, classified, with the message redacted.
 pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
+    if crate::error::lost_connection(err)
+        || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+            // connection_exception, admin_shutdown, crash_shutdown, cannot_connect_now
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        })) {
+        return ConnectorError::Unavailable {
+            context: context.into(),
+            message: redact(&err.to_string()),
+        };
+    }
     ConnectorError::Sql {
         context: context.into(),
         message: redact(&err.to_string()),

@@ -91,6 +91,12 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
 
 /// A failed statement, classified, with the message redacted.
 pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
+    if crate::error::lost_connection(err) {
+        return ConnectorError::Unavailable {
+            context: context.into(),
+            message: redact(&err.to_string()),
+        };
+    }
     ConnectorError::Sql {
         context: context.into(),
         message: redact(&err.to_string()),
