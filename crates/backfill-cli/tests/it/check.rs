@@ -689,3 +689,14 @@ async fn plan_of_a_bad_spec_exits_2() {
     assert_eq!(missing.code, 2, "{missing:#?}");
     assert!(missing.stderr.contains("hint:"), "{}", missing.stderr);
 }
+
+#[tokio::test]
+async fn logs_to_a_file_carry_no_colour_codes() {
+    let ws = Workspace::new();
+    let spec = setup(&ws, 50, "").await;
+    ws.write(SPEC, &spec);
+    let ran = ws.run(&["-vv", "run", SPEC, "--reason", "colour test"]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    assert!(ran.stderr.contains("partition done"), "{}", ran.stderr);
+    assert!(!ran.stderr.contains('\u{1b}'), "{:?}", ran.stderr);
+}
