@@ -148,6 +148,12 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
     // When this process first started the partition: what "slow" is measured against.
     let first_started = Instant::now();
     let policy = ctx.spec.limits.retry;
+    // While a database is unreachable (a restart, an outage), retries wait it out with
+    // backoff for up to OUTAGE_PATIENCE without using up `max_attempts`.
+    // The current outage: when it began and how many attempts it failed in a row.
+    let mut outage: Option<(Instant, u32)> = None;
+    // Attempts lost to outages in all, which `max_attempts` does not count.
+    let mut outage_attempts = 0u32;
     // Set when the target rejected rows of a pushed-down batch or of a `replace`: the next
     // attempt takes the row path and quarantines them.
     let mut row_path = false;
@@ -281,10 +287,26 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
                 let message = redact(&error.to_string());
                 // An unreachable database is waited out by backoff; the breaker guards
                 // against one that answers with errors.
-                if !error.is_unavailable() {
+                let decision = if error.is_unavailable() {
+                    outage_attempts += 1;
+                    let (since, tries) = outage.get_or_insert((Instant::now(), 0));
+                    *tries += 1;
+                    let patient = backfill_core::retry::RetryPolicy {
+                        max_attempts: u32::MAX,
+                        ..policy
+                    };
+                    if since.elapsed() < OUTAGE_PATIENCE {
+                        patient.decide(*tries, class, rand::random::<f64>())
+                    } else {
+                        RetryDecision::GiveUp
+                    }
+                } else {
                     ctx.live.record_batch(Some(&message));
-                }
-                match policy.decide(attempt, class, rand::random::<f64>()) {
+                    outage = None;
+                    let counted = attempt.saturating_sub(outage_attempts).max(1);
+                    policy.decide(counted, class, rand::random::<f64>())
+                };
+                match decision {
                     RetryDecision::RetryAfter(delay) => {
                         if finish(Outcome::Retry { error: &message }).await.is_err() {
                             return PartitionEnd::Interrupted;
@@ -321,6 +343,9 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
         }
     }
 }
+
+/// How long a partition keeps retrying while a database is unreachable before it fails.
+const OUTAGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Whether a running attempt should stop and split its partition (`limits.split_slow`).
 #[derive(Clone, Copy)]
