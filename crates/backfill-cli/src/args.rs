@@ -70,10 +70,10 @@ pub(crate) enum Command {
     Resume(ResumeArgs),
     /// Pause a run from any terminal: in-flight batches finish and checkpoint, then the run
     /// waits, paused, for `backfill resume`. Takes effect within a second.
-    Pause(PauseArgs),
+    Pause(RequestArgs),
     /// Cancel a run from any terminal: in-flight batches finish and checkpoint, the target
     /// stays consistent, and the run ends `cancelled` (`backfill resume --reopen` continues it).
-    Cancel(CancelArgs),
+    Cancel(RequestArgs),
     /// Change a run's limits while it runs, from any terminal: rows per second, batches per
     /// second, concurrency. Takes effect within a second and is recorded in the audit trail.
     Throttle(ThrottleArgs),
@@ -143,26 +143,15 @@ pub(crate) struct ResumeArgs {
     pub(crate) reopen: bool,
 }
 
+/// `pause` and `cancel`: a request to the process executing a run.
 #[derive(Debug, Args)]
-pub(crate) struct PauseArgs {
+pub(crate) struct RequestArgs {
     /// Run id (or a unique prefix of at least 4 characters).
     pub(crate) run: String,
     /// Why (recorded in the audit trail).
     #[arg(long)]
     pub(crate) reason: Option<String>,
-    /// Return once the request is recorded, without waiting for the run to pause.
-    #[arg(long)]
-    pub(crate) no_wait: bool,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct CancelArgs {
-    /// Run id (or a unique prefix of at least 4 characters).
-    pub(crate) run: String,
-    /// Why (recorded in the audit trail).
-    #[arg(long)]
-    pub(crate) reason: Option<String>,
-    /// Return once the request is recorded, without waiting for the run to stop.
+    /// Return once the request is recorded, without waiting for the run to act on it.
     #[arg(long)]
     pub(crate) no_wait: bool,
 }

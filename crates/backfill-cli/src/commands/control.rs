@@ -13,7 +13,7 @@ use backfill_store::{ControlRequest, Controls, RunRecord, Store, StoreError, Thr
 use serde_json::json;
 
 use crate::UserError;
-use crate::args::{CancelArgs, PauseArgs, ThrottleArgs};
+use crate::args::{RequestArgs, ThrottleArgs};
 use crate::commands::run::find_run;
 use crate::commands::{open_store, whoami};
 use crate::output::Output;
@@ -68,7 +68,7 @@ async fn wait_for_state(
     Ok(None)
 }
 
-pub(crate) async fn pause(args: &PauseArgs, state: &str, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn pause(args: &RequestArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
     let controls = store
@@ -142,7 +142,7 @@ pub(crate) async fn pause(args: &PauseArgs, state: &str, out: Output) -> anyhow:
     Ok(())
 }
 
-pub(crate) async fn cancel(args: &CancelArgs, state: &str, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn cancel(args: &RequestArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
     let controls = store
