@@ -653,3 +653,50 @@ async fn sql_mode_needs_no_key_columns() {
     assert_eq!(summary.counts.affected, 600);
     assert_eq!(count(&target, "SELECT sum(v) FROM copy").await, 600);
 }
+
+/// `order` decides which partitions start first: newest first here, and a priority list
+/// puts its windows before the rest (which run oldest first).
+#[tokio::test]
+async fn partitions_start_in_the_spec_order() {
+    use backfill_core::order::{Order, PriorityRange};
+    let started_order = |spec: Spec, dir: std::path::PathBuf| async move {
+        let state = format!("sqlite://{}/state.db", dir.display());
+        let summary = run_to_end(&spec, &state).await;
+        assert_eq!(summary.state, RunState::Succeeded);
+        let store = backfill_store::Store::open(&state).await.unwrap();
+        let run = store.latest_run().await.unwrap().unwrap();
+        let parts = store.partitions(&run.id).await.unwrap();
+        let index_of = |id: &str| parts.iter().find(|p| p.partition_id == id).unwrap().index;
+        store
+            .audit_events(Some(&run.id))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "partition.running")
+            .map(|e| index_of(e.partition_id.as_deref().unwrap()))
+            .collect::<Vec<u64>>()
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 300, "target.db").await;
+    let mut newest = spec(&source, &target, 5);
+    newest.limits.concurrency = NonZeroU32::new(1).unwrap();
+    newest.limits.order = Order::NewestFirst;
+    assert_eq!(
+        started_order(newest, dir.path().to_owned()).await,
+        [4, 3, 2, 1, 0]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 300, "target.db").await;
+    let mut priority = spec(&source, &target, 5);
+    priority.limits.concurrency = NonZeroU32::new(1).unwrap();
+    priority.limits.order = Order::Priority(vec![
+        PriorityRange::parse("2026-03-01T03:00:00Z..2026-03-01T04:00:00Z", chrono_tz::UTC).unwrap(),
+        PriorityRange::parse("2026-03-01T01:00:00Z..2026-03-01T02:00:00Z", chrono_tz::UTC).unwrap(),
+    ]);
+    assert_eq!(
+        started_order(priority, dir.path().to_owned()).await,
+        [3, 1, 0, 2, 4]
+    );
+}
