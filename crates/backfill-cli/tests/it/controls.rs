@@ -407,7 +407,8 @@ async fn budget_pauses_the_run_and_extend_budget_continues_it() {
     let f = fixture(
         2_000,
         2,
-        "concurrency = 2\nbatch_rows = 50\nrows_per_second = 400\nbudget = { rows = 1000 }\n",
+        "concurrency = 2\nbatch_rows = 50\nrows_per_second = 400\n\
+         budget = { rows = 1000, cost = { per_million_rows = 1000.0, per_hour = 0.0, currency = \"EUR\" } }\n",
     )
     .await;
     let (mut run, id) = f.start();
@@ -439,6 +440,20 @@ async fn budget_pauses_the_run_and_extend_budget_continues_it() {
         },
     );
     assert!(count(&f.target).await < 2_000);
+    // Cost so far: 1,000 rows at 1,000 per million rows = 1.00 EUR; to complete: as much
+    // again at the pace so far (one of two partitions finished, or none yet).
+    let cost = &st["live"]["cost"];
+    let so_far = cost["so_far_amount"].as_f64().expect("cost so far");
+    assert!((1.0..1.2).contains(&so_far), "{cost:#}");
+    assert_eq!(cost["currency"], "EUR", "{cost:#}");
+    let text = f.ws.run(&["status", &id]);
+    assert!(text.stdout.contains("budget:     rows"), "{}", text.stdout);
+    assert!(text.stdout.contains("EUR so far"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("paused:     budget_exhausted"),
+        "{}",
+        text.stdout
+    );
     let stderr = run.stderr();
     assert!(
         stderr.contains("budget warning") && stderr.contains("80%"),
