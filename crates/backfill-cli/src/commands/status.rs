@@ -214,7 +214,7 @@ fn control_lines(
         None => "no limit".to_owned(),
     };
     lines.push(format!(
-        "  limits:     {} rows/s, {} batches/s, concurrency {}",
+        "  limits:     rows/s {}, batches/s {}, concurrency {}",
         limit(&live["rows_per_second"]),
         limit(&live["batches_per_second"]),
         live["concurrency"].as_u64().unwrap_or(0)
