@@ -65,6 +65,9 @@ impl RunState {
             (self, to),
             (Planned, Running)
                 | (Planned, Cancelled)
+                // A run that starts held (outside its window, its budget spent, a pause
+                // requested before it began) waits paused without having run.
+                | (Planned, Paused)
                 | (Running, Paused)
                 | (Running, Succeeded)
                 | (Running, Failed)

@@ -700,3 +700,65 @@ async fn partitions_start_in_the_spec_order() {
         [3, 1, 0, 2, 4]
     );
 }
+
+/// A run started outside its window writes nothing, waits `paused` (never having run) with
+/// the time it resumes, and starts by itself when the window opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_started_outside_its_window_waits_for_it() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 500, "target.db").await;
+    let mut spec = spec(&source, &target, 10);
+    spec.limits.window =
+        Some(backfill_core::run_window::RunWindow::parse("22:00-06:00 Europe/Paris").unwrap());
+    let store = backfill_store::Store::open(&format!("sqlite://{}/state.db", dir.path().display()))
+        .await
+        .unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let run = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+    // Noon in Paris: closed until 22:00 Paris = 21:00 UTC (winter).
+    let now = Arc::new(Mutex::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 11, 0, 0).unwrap(),
+    ));
+    let mut options = ExecuteOptions::new("t@h", Shutdown::new());
+    options.clock = {
+        let now = now.clone();
+        backfill_engine::Clock::from_fn(move || *now.lock().unwrap())
+    };
+    let running = {
+        let (store, spec, run) = (store.clone(), spec.clone(), run.clone());
+        tokio::spawn(async move { execute(&store, &spec, &run, options).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let paused = loop {
+        let r = store.get_run(&run.id).await.unwrap();
+        if r.state == RunState::Paused {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never paused: {:?}",
+            r.state
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(paused.pause_reason.as_deref(), Some("outside_window"));
+    assert!(paused.started_at.is_none(), "it never ran");
+    assert_eq!(count(&target, "SELECT count(*) FROM copy").await, 0);
+    let events = store.audit_events(Some(&run.id)).await.unwrap();
+    let pause = events.iter().find(|e| e.action == "run.paused").unwrap();
+    assert_eq!(pause.detail["from"], "planned");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(pause.detail["resumes_at"].as_str().unwrap()).unwrap(),
+        Utc.with_ymd_and_hms(2026, 1, 1, 21, 0, 0).unwrap()
+    );
+
+    *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 1, 1, 21, 0, 0).unwrap();
+    let done = running.await.unwrap().unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(count(&target, "SELECT count(*) FROM copy").await, 500);
+}
