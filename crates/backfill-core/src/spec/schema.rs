@@ -288,7 +288,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "number",
         None,
         true,
-        "Split a running partition once it has run this many times the median time of the partitions finished so far (at least 3, and at least one second): the rest of its window, after its checkpoint, becomes `concurrency` children that other workers take. Between 1.5 and 1000; off when absent.",
+        "Split a running partition once it has run this many times the median time of the partitions finished so far (at least 3, and at least one second): the rest of its window, after its checkpoint, becomes `2 × concurrency` children that other workers take. Between 1.5 and 1000; off when absent.",
     ),
     key(
         "limits.batch_rows",

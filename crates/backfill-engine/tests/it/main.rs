@@ -611,7 +611,7 @@ async fn a_slow_partition_is_split_at_its_checkpoint() {
         .iter()
         .filter(|p| p.parent_id.as_deref() == Some(parent.partition_id.as_str()))
         .collect();
-    assert_eq!(children.len(), 2, "one child per worker");
+    assert_eq!(children.len(), 4, "two children per worker");
     assert!(children.iter().all(|c| c.state == PartitionState::Done));
     let child_rows: u64 = children.iter().map(|c| c.counts.read).sum();
     assert_eq!(parent.counts.read + child_rows, 6_000);
