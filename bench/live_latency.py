@@ -7,14 +7,25 @@ against PostgreSQL on loopback, in its own database `bench_pgbench`. The backfil
 
   a  pgbench alone
   b  while backfill runs W1 unthrottled
-  c  with `[throttle]` adaptive (max_latency_increase = 0.10; the probe is a cheap query on
-     the pgbench database; maximum = the unthrottled rate measured in b, no hand tuning)
+  c  with `[throttle]` adaptive (max_latency_increase = 0.10; maximum = the unthrottled rate
+     measured in b, no hand tuning). The probe is a WRITE on the pgbench database, in
+     autocommit, so each probe pays one commit (WAL flush), which is what hurts pgbench (a read
+     probe barely sees it): by default a no-op UPDATE of pgbench's hot branch row (scale 1: one
+     branch, which every pgbench transaction locks until its commit), so the probe also waits
+     behind the live transactions in flight, as they wait for each other. Alternative:
+     `--probe-sql "UPDATE bench_live_probe SET n = n + 1 WHERE id = 1 RETURNING n"` (that
+     one-row scratch table is created): a commit without touching pgbench's rows. interval
+     250 ms and the other [throttle] keys are options (--interval, --window, ...), printed in
+     the report. (c)'s "after 10 s" counts from the adaptive start (after the baseline probes,
+     before which no batch runs), not from process start.
   d  with the best static `limits.rows_per_second` that keeps live p90 within +10% of a,
      found by bisection over short trial runs (each stopped after --trial seconds)
 
 Live p90/p99 are taken from pgbench's log over the backfill run after its first 10 seconds
 (`after 10 s`) and over the whole run. Writes the "Live latency (issue 5)" section of
 bench/RESULTS.md (between its own markers). Usage: bench/live_latency.py [--rows N] [--no-build]
+
+Duration: about rows / (c's mean rate) + rows / (d's rate) + 4 trials + ~2 min.
 """
 
 import argparse
@@ -36,6 +47,9 @@ sys.path.insert(0, str(BENCH))
 import pg_suite  # noqa: E402
 
 PGBENCH_DB = "bench_pgbench"
+PROBE_TABLE = "bench_live_probe"
+WRITE_PROBE = "UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1 RETURNING bbalance"
+SCRATCH_PROBE = f"UPDATE {PROBE_TABLE} SET n = n + 1 WHERE id = 1 RETURNING n"
 BEGIN = "<!-- bench/run suite live: begin -->"  # bench/run keeps the section (SUITE_ORDER)
 END = "<!-- bench/run suite live: end -->"
 SETTLE = 10.0  # seconds of a run left out of "after 10 s"
@@ -130,9 +144,29 @@ def backfill(args, spec_path, limit=None):
     return t0, t1, args.work / f"state-{args.n}.db"
 
 
-def measure(args, name, spec_path=None, limit=None, alone=None):
+def quiesce(args):
+    """Waits (up to 90 s) until no autovacuum worker runs: one started by the previous case
+    or by a freshly loaded database would otherwise disturb the next case's live latency."""
+    for _ in range(90):
+        n = args.pg.value("postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")
+        if str(n).strip() in ("0", ""):
+            return
+        time.sleep(1)
+    log("  (autovacuum still running after 90 s)")
+
+
+def adaptive_start(state):
+    """Epoch seconds of the adaptive throttle's start record (the baseline is measured then)."""
+    for t, cause, rate in rate_changes(state):
+        if cause == "start" and rate is not None:
+            return t
+    return None
+
+
+def measure(args, name, spec_path=None, limit=None, alone=None, origin=None):
     """One case: pgbench started first (2 s of warm-up), then the backfill; live latencies
-    over the run and after its first 10 s."""
+    over the run and after its first 10 s (from `origin(state)` when given)."""
+    quiesce(args)
     pg_suite.reset_target(args.pg, args.tgt)
     live = Live(args.pgbench, args.pg.url(PGBENCH_DB), args.work / f"pgb-{name}", 3600)
     time.sleep(2)
@@ -145,13 +179,14 @@ def measure(args, name, spec_path=None, limit=None, alone=None):
         t0, t1, errlog = backfill(args, spec_path, limit)
     time.sleep(0.5)
     live.stop()
-    whole = live.latencies(t0, t1)
-    after = live.latencies(t0 + SETTLE, t1) if t1 - t0 > SETTLE + 2 else whole
+    start = (origin(errlog) if origin else None) or t0
+    whole = live.latencies(start, t1)
+    after = live.latencies(start + SETTLE, t1) if t1 - start > SETTLE + 2 else whole
     r = {
         "name": name, "secs": t1 - t0, "n": len(after),
         "p90": percentile(after, 0.9), "p99": percentile(after, 0.99),
         "p90_all": percentile(whole, 0.9), "p99_all": percentile(whole, 0.99),
-        "state": errlog,
+        "state": errlog, "t0": t0, "start": start,
     }
     log(f"  {name}: {r['secs']:.1f} s, live p90 {r['p90']:.2f} ms p99 {r['p99']:.2f} ms after 10 s "
         f"(whole run p90 {r['p90_all']:.2f} / p99 {r['p99_all']:.2f}; {len(whole)} tx)")
@@ -159,24 +194,64 @@ def measure(args, name, spec_path=None, limit=None, alone=None):
 
 
 def rate_changes(state):
-    """The run's rate time series from its state store: (cause, rate) in order."""
+    """The run's rate time series from its state store: (epoch seconds, cause, rate) in order."""
     import sqlite3
 
     if not state or not state.exists():
         return []
     conn = sqlite3.connect(state)
-    rows = conn.execute("SELECT cause, rate FROM rate_changes ORDER BY run_id, seq").fetchall()
+    rows = conn.execute("SELECT at, cause, rate FROM rate_changes ORDER BY run_id, seq").fetchall()
     conn.close()
-    return rows
+    out = []
+    for at, cause, rate in rows:
+        try:
+            t = dt.datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            t = float("nan")
+        out.append((t, cause, rate))
+    return out
+
+
+def rate_summary(changes, t0, t1, full_rate):
+    """Counts of cuts and raises, the time-weighted mean rate, and the rate every 5 s."""
+    steps = [(t, r) for t, c, r in changes if r is not None and t == t]
+    if not steps:
+        return "no adaptive rate recorded"
+    cuts = sum(1 for _, c, _ in changes if c in ("latency", "errors", "replica_lag"))
+    raises = sum(1 for _, c, _ in changes if c == "recovered")
+    causes = sorted({c for _, c, _ in changes})
+    area, last_t, last_r = 0.0, t0, steps[0][1]
+    for t, r in steps:
+        t = min(max(t, t0), t1)
+        area += (t - last_t) * last_r
+        last_t, last_r = t, r
+    area += (t1 - last_t) * last_r
+    mean = area / max(t1 - t0, 1e-9)
+    marks, i, r = [], 0, steps[0][1]
+    for k in range(0, int(t1 - t0) + 1, 5):
+        while i < len(steps) and steps[i][0] <= t0 + k:
+            r = steps[i][1]
+            i += 1
+        marks.append(f"{k} s {r / full_rate:.0%}")
+    return (f"{len(changes)} changes ({cuts} cuts, {raises} raises; causes {', '.join(causes)}); "
+            f"time-weighted mean rate {mean:,.0f} rows/s = {mean / full_rate:.1%} of the maximum; "
+            f"rate (share of the maximum) every 5 s: " + ", ".join(marks))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", pg_suite.DEFAULT_URL))
-    p.add_argument("--rows", type=int, default=1_000_000, help="W1 rows (default 1,000,000: the full 5M makes each throttled run ~10 min)")
+    p.add_argument("--rows", type=int, default=5_000_000, help="W1 rows (default 5,000,000, the full W1: (c) then runs > 60 s)")
     p.add_argument("--trial", type=float, default=25.0, help="seconds of each bisection trial (default 25)")
-    p.add_argument("--steps", type=int, default=5, help="bisection steps for case d (default 5)")
-    p.add_argument("--probe-sql", default="SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+    p.add_argument("--steps", type=int, default=4, help="bisection steps for case d (default 4)")
+    p.add_argument("--probe-sql", default=WRITE_PROBE, help=f"default: a write probe, `{WRITE_PROBE}` (autocommit: one commit per probe)")
+    p.add_argument("--interval", default="250ms", help="throttle.interval (default 250ms)")
+    p.add_argument("--window", type=int, default=10, help="throttle.window (default 10 probes = 2.5 s at 250 ms)")
+    p.add_argument("--baseline-probes", type=int, default=40, help="throttle.baseline_probes (default 40)")
+    p.add_argument("--decrease-factor", type=float, default=0.5, help="throttle.decrease_factor (default 0.5)")
+    p.add_argument("--min-rate-fraction", type=float, default=0.02, help="throttle.min_rate_fraction (default 0.02)")
+    p.add_argument("--increase-fraction", type=float, default=0.0125,
+                   help="throttle.increase_fraction (default 0.0125: 5%% of the maximum per second at 250 ms, the product's default pace)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     args = p.parse_args()
@@ -189,12 +264,19 @@ def main():
     args.binary = args.work / "backfill"
     args.n = 0
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    started = time.time()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "crates", "Cargo.toml", "Cargo.lock"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    dirty = f" (work tree; uncommitted: {', '.join(l[3:] for l in dirty.splitlines())})" if dirty else ""
 
     log(f"pgbench -i in {PGBENCH_DB}; W1 with {args.rows:,} rows")
     args.pg.create(PGBENCH_DB)
     subprocess.run([args.pgbench, "-i", "-q", args.pg.url(PGBENCH_DB)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args.pg.run(PGBENCH_DB, f"DROP TABLE IF EXISTS {PROBE_TABLE}; "
+                f"CREATE TABLE {PROBE_TABLE} (id int PRIMARY KEY, n bigint NOT NULL) WITH (fillfactor = 50); "
+                f"INSERT INTO {PROBE_TABLE} VALUES (1, 0)")
     src = pg_suite.ensure_source(args.pg, args.rows)
     args.tgt = pg_suite.ensure_target(args.pg, args.rows, False)
     src_url, tgt_url = args.pg.url(src), args.pg.url(args.tgt)
@@ -209,12 +291,24 @@ def main():
 probe = {{ url = "{args.pg.url(PGBENCH_DB)}", sql = "{args.probe_sql}" }}
 max_latency_increase = 0.10
 max_rows_per_second = {int(full_rate)}
+interval = "{args.interval}"
+window = {args.window}
+baseline_probes = {args.baseline_probes}
+decrease_factor = {args.decrease_factor}
+min_rate_fraction = {args.min_rate_fraction}
+increase_fraction = {args.increase_fraction}
 """
-    res["c"] = measure(args, "c", spec(args, src_url, tgt_url, "live_c", throttle=throttle))
+    args.throttle_keys = ", ".join(line for line in throttle.splitlines()[2:])
+    res["c"] = measure(args, "c", spec(args, src_url, tgt_url, "live_c", throttle=throttle), origin=adaptive_start)
     res["c"]["changes"] = rate_changes(res["c"]["state"])
+    c_summary = (f"baseline probes took {res['c']['start'] - res['c']['t0']:.1f} s of the {res['c']['secs']:.1f} s "
+                 "(no batch runs meanwhile; the 10 s are counted from the adaptive start); "
+                 + rate_summary(res["c"]["changes"], res["c"]["start"], res["c"]["t0"] + res["c"]["secs"], full_rate))
+    log(f"  c: {c_summary}")
 
-    # d: bisection on the static rate over short trials; lo always meets the goal.
-    lo, hi = full_rate * 0.02, full_rate
+    # d: bisection on the static rate over short trials (geometric, between the adaptive floor
+    # and the full rate); lo is assumed to meet the goal (it is measured by the final run).
+    lo, hi = full_rate * args.min_rate_fraction, full_rate
     trials = []
     for step in range(args.steps):
         mid = (lo * hi) ** 0.5  # geometric: the answer is a fraction of the full rate
@@ -231,11 +325,13 @@ max_rows_per_second = {int(full_rate)}
         "## Live latency (issue 5)",
         "",
         f"Generated by `bench/live_latency.py` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}, "
-        f"commit {commit}, {os.cpu_count()} cores, load average {load_before} before, {load_after} after.",
-        f"Live traffic: `pgbench -c 2 -R 300` (TPC-B-like, scale 1) on loopback. Backfill: W1 with "
-        f"**{args.rows:,} rows** (not 5M: a throttled 5M run takes ~10 min per case), PostgreSQL to "
+        f"binary `cargo build --release -p backfill-cli` at commit {commit}{dirty}, {os.cpu_count()} cores "
+        f"(shared: other work may run), load average {load_before} before, {load_after} after; "
+        f"the whole script took {(time.time() - started) / 60:.1f} min.",
+        f"Live traffic: `pgbench -n -c 2 -R 300` (TPC-B-like, scale 1) on loopback. Backfill: W1 with "
+        f"**{args.rows:,} rows**, PostgreSQL to "
         "PostgreSQL, upsert, concurrency 4, batch 5000. Latencies from pgbench's per-transaction "
-        "log, over the backfill run after its first 10 s (whole run in brackets).",
+        "log, over the backfill run after its first 10 s (whole run in brackets; (a): 20 s alone).",
         "",
         "| case | completion | live p90 | live p99 | p90 vs a |",
         "|---|---|---|---|---|",
@@ -247,15 +343,14 @@ max_rows_per_second = {int(full_rate)}
         L.append(f"| {label} | {comp} | {r['p90']:.2f} ms ({r['p90_all']:.2f}) | {r['p99']:.2f} ms ({r['p99_all']:.2f}) | {r['p90'] / a['p90']:.2f}× |")
     L += [
         "",
-        f"- Unthrottled rate (b): {full_rate:,.0f} rows/s; the adaptive maximum is set to it, "
-        f"the probe is `{args.probe_sql}` on `{PGBENCH_DB}`.",
+        f"- Unthrottled rate (b): {full_rate:,.0f} rows/s; the adaptive maximum is set to it. "
+        f"Probe: `{args.probe_sql}` on `{PGBENCH_DB}` (autocommit: one commit per probe). "
+        f"[throttle] keys: `{args.throttle_keys}`.",
         f"- (c)/(d) completion: **{c['secs'] / d['secs']:.2f}×** (target ≤ 1.25×); (c) p90 after 10 s vs (a): "
         f"**{c['p90'] / a['p90']:.2f}×** (target ≤ 1.10×).",
         f"- (d) search: {args.steps} trials of {args.trial:.0f} s, goal p90 ≤ {goal:.2f} ms: "
         + ", ".join(f"{int(m):,}/s → {q:.2f} ms {'ok' if ok else 'over'}" for m, q, ok in trials),
-        f"- Adaptive rate changes in (c): {len(c['changes'])}: "
-        + ", ".join(f"{cause} {rate:,.0f}" for cause, rate in c["changes"][:40] if rate is not None)
-        + (" …" if len(c["changes"]) > 40 else "") + ".",
+        f"- Adaptive rate in (c): {c_summary}.",
         "",
     ]
     section = "\n".join(L)
