@@ -6,13 +6,17 @@
 //! started), the replica lag and whether throttling errors were seen; it applies the returned
 //! rate to its limiter and records the change with its cause.
 //!
-//! Rules: an interval is unhealthy when `p90 > baseline × (1 + max_latency_increase) +
-//! 0.5 ms` ([`LATENCY_SLACK`]: a 0.2 ms baseline would otherwise flap on scheduler noise),
-//! when the replica lag exceeds `max_replica_lag`, or when errors were seen. Unhealthy: the
-//! rate is multiplied by `decrease_factor` (floored at `min_rate_fraction × max`), and the next
-//! interval cannot cut again (one hold interval), so a single slow probe window that spans two
-//! intervals does not collapse the rate. Healthy: the rate rises by `increase_fraction × max`,
-//! capped at the maximum.
+//! Rules: an interval is unhealthy when `p90 > max(baseline × (1 + max_latency_increase),
+//! baseline + 0.1 ms)` ([`MIN_LATENCY_MARGIN`]: a 0.05 ms baseline would otherwise flap on
+//! scheduler noise; above 1 ms the margin is exactly `max_latency_increase`), when the replica
+//! lag exceeds `max_replica_lag`, or when errors were seen. Unhealthy: the rate is multiplied
+//! by `decrease_factor` (floored at `min_rate_fraction × max`), the rate it was cut from is
+//! remembered as the *trouble* rate, and the next interval cannot cut again (one hold
+//! interval), so a single slow probe window that spans two intervals does not collapse the
+//! rate. Healthy: the rate rises by `increase_fraction` of the trouble rate (of the maximum
+//! before any cut) while below it — so it climbs back at a pace scaled to where trouble
+//! began, not to a maximum that may be 40× too high — and by `increase_fraction` of itself
+//! above it (probing upward gently, like TCP after a loss), capped at the maximum.
 //!
 //! Invariant (property-tested): the rate always lies in `[floor, max]`.
 
@@ -21,9 +25,10 @@ use std::time::Duration;
 
 use crate::spec::ThrottleSpec;
 
-/// Absolute slack added to the latency threshold, so a sub-millisecond baseline does not turn
-/// every scheduling hiccup into a rate cut.
-pub const LATENCY_SLACK: Duration = Duration::from_micros(500);
+/// The smallest rise over the baseline p90 that counts as unhealthy, so a sub-millisecond
+/// baseline does not turn every scheduling hiccup into a rate cut. A floor, not an addition:
+/// above a 1 ms baseline the allowed rise is exactly `max_latency_increase`.
+pub const MIN_LATENCY_MARGIN: Duration = Duration::from_micros(100);
 
 /// Why the rate changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,6 +112,8 @@ pub struct Aimd {
     max_replica_lag: Option<Duration>,
     /// Set by a cut: the next unhealthy interval does not cut again.
     hold: bool,
+    /// The rate of the latest cut (where trouble began); `None` before any cut.
+    trouble: Option<f64>,
     /// Cause of the latest change.
     cause: RateCause,
 }
@@ -125,6 +132,7 @@ impl Aimd {
             max_latency_increase: spec.max_latency_increase.max(0.0),
             max_replica_lag: spec.max_replica_lag,
             hold: false,
+            trouble: None,
             cause: RateCause::Start,
         }
     }
@@ -168,11 +176,18 @@ impl Aimd {
         self.change(to, RateCause::Manual)
     }
 
-    /// True when `p90` exceeds the allowed rise over `baseline_p90` (plus [`LATENCY_SLACK`]).
+    /// True when `p90` exceeds the allowed rise over `baseline_p90`: the larger of
+    /// `max_latency_increase` and [`MIN_LATENCY_MARGIN`].
     pub fn latency_unhealthy(&self, p90: Duration, baseline_p90: Duration) -> bool {
-        let limit = baseline_p90.as_secs_f64() * (1.0 + self.max_latency_increase)
-            + LATENCY_SLACK.as_secs_f64();
+        let base = baseline_p90.as_secs_f64();
+        let limit =
+            (base * (1.0 + self.max_latency_increase)).max(base + MIN_LATENCY_MARGIN.as_secs_f64());
         p90.as_secs_f64() > limit
+    }
+
+    /// The rate of the latest cut, where trouble began; `None` before any cut.
+    pub fn trouble(&self) -> Option<f64> {
+        self.trouble
     }
 
     /// One probe interval. Unhealthy (latency, then replica lag, then errors, the first that
@@ -200,12 +215,23 @@ impl Aimd {
             Some(_) if held => None,
             Some(cause) => {
                 let to = (self.rate * self.decrease_factor).max(self.floor());
+                let from = self.rate;
                 let change = self.change(to, cause);
+                if change.is_some() {
+                    self.trouble = Some(from);
+                }
                 self.hold = change.is_some();
                 change
             }
             None => {
-                let to = (self.rate + self.increase_fraction * self.max).min(self.max);
+                let scale = match self.trouble {
+                    // Back toward where trouble began, at a pace scaled to it.
+                    Some(trouble) if self.rate < trouble => trouble,
+                    // Past it without trouble: probe upward relative to the rate itself.
+                    Some(_) => self.rate,
+                    None => self.max,
+                };
+                let to = (self.rate + self.increase_fraction * scale).min(self.max);
                 self.change(to, RateCause::Recovered)
             }
         }
@@ -268,7 +294,8 @@ mod tests {
         let mut aimd = Aimd::new(&spec(), 1000.0);
         assert_eq!(aimd.start_change().to, 1000.0);
         // (p90 ms, replica lag s, errors) per interval; the baseline is 10 ms, so the
-        // threshold is 10 × 1.1 + 0.5 = 11.5 ms.
+        // threshold is 10 × 1.1 = 11 ms; after a cut the rate climbs by 5% of the rate it was
+        // cut from.
         let script: &[(u64, u64, bool)] = &[
             (10, 0, false), // healthy at the max: nothing moves
             (12, 0, false), // slow: cut to 500
@@ -299,16 +326,16 @@ mod tests {
             1000 -> 500 (latency)
             500 (unchanged)
             500 -> 250 (latency)
-            250 -> 300 (recovered)
-            300 -> 150 (replica_lag)
-            150 (unchanged)
-            150 -> 75 (errors)
-            75 (unchanged)
-            75 -> 50 (errors)
+            250 -> 275 (recovered)
+            275 -> 137.5 (replica_lag)
+            137.5 (unchanged)
+            137.5 -> 68.75 (errors)
+            68.75 (unchanged)
+            68.75 -> 50 (errors)
             50 (unchanged)
             50 (unchanged)
-            50 -> 100 (recovered)
-            100 -> 150 (recovered)"#]]
+            50 -> 53.4375 (recovered)
+            53.4375 -> 56.875 (recovered)"#]]
         .assert_eq(&log.join("\n"));
         assert_eq!(aimd.cause(), RateCause::Recovered);
     }
@@ -324,17 +351,55 @@ mod tests {
     }
 
     #[test]
-    fn tiny_baselines_do_not_flap() {
+    fn tiny_baselines_do_not_flap_and_larger_ones_get_exactly_the_allowed_rise() {
         let mut aimd = Aimd::new(&spec(), 1000.0);
-        // 0.2 ms baseline, 0.6 ms p90: three times the baseline but within the slack.
-        let change = aimd.on_interval(
-            Duration::from_micros(600),
-            Duration::from_micros(200),
-            None,
-            false,
+        let us = Duration::from_micros;
+        // 0.05 ms baseline, 0.14 ms p90: almost three times the baseline but within the
+        // 0.1 ms margin.
+        assert_eq!(aimd.on_interval(us(140), us(50), None, false), None);
+        assert!(aimd.latency_unhealthy(us(160), us(50)));
+        // 0.96 ms baseline (the live-latency benchmark's write probe): +10% would be
+        // 1.056 ms, the 0.1 ms floor makes it 1.06 ms, +10.4%. (Before, a fixed +0.5 ms
+        // slack made it 1.556 ms, +62%.)
+        assert!(!aimd.latency_unhealthy(us(1055), us(960)));
+        assert!(aimd.latency_unhealthy(us(1065), us(960)));
+        // 5 ms baseline: exactly +10%.
+        assert!(!aimd.latency_unhealthy(us(5499), us(5000)));
+        assert!(aimd.latency_unhealthy(us(5501), us(5000)));
+    }
+
+    #[test]
+    fn recovery_is_paced_by_the_trouble_rate_then_probes_gently() {
+        let spec = ThrottleSpec {
+            increase_fraction: 0.1,
+            ..spec()
+        };
+        // Trouble persists until the rate is far below the 1,000 rows/s maximum.
+        let mut aimd = Aimd::new(&spec, 1000.0);
+        for _ in 0..6 {
+            aimd.on_interval(ms(100), ms(10), None, false);
+            aimd.on_interval(ms(10), ms(10), None, false); // after the hold: one step up
+        }
+        let trouble = aimd.trouble().unwrap();
+        assert!(trouble < 150.0, "{trouble}");
+        let low = aimd.rate();
+        // Back toward the trouble rate in steps of 10% of it, not of the maximum.
+        let change = aimd.on_interval(ms(10), ms(10), None, false).unwrap();
+        assert!(
+            (change.to - change.from - trouble * 0.1).abs() < 1e-9,
+            "{change:?}"
         );
-        assert_eq!(change, None);
-        assert!(aimd.latency_unhealthy(Duration::from_micros(800), Duration::from_micros(200)));
+        // Past it, 10% of the rate itself per interval.
+        for _ in 0..100 {
+            if aimd.rate() >= trouble {
+                break;
+            }
+            aimd.on_interval(ms(10), ms(10), None, false);
+        }
+        let before = aimd.rate();
+        let change = aimd.on_interval(ms(10), ms(10), None, false).unwrap();
+        assert!((change.to - before * 1.1).abs() < 1e-9, "{change:?}");
+        assert!(low < before);
     }
 
     #[test]

@@ -61,11 +61,13 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "Adaptive throttling, to protect a live database: a probe statement runs every \
          `interval`; before the run starts a baseline p50/p90 is measured over \
          `baseline_probes` probes. While the run goes, when the moving p90 rises more than \
-         `max_latency_increase` above the baseline (plus 0.5 ms, so sub-millisecond baselines \
-         do not flap), when the replica lag exceeds `max_replica_lag`, or when the run sees \
+         `max_latency_increase` above the baseline (at least 0.1 ms, so sub-millisecond \
+         baselines do not flap), when the replica lag exceeds `max_replica_lag`, or when the run sees \
          lock timeouts, deadlocks or \"too many connections\", the rate is multiplied by \
          `decrease_factor` (at most once every two intervals, down to `min_rate_fraction` of \
-         the maximum); each healthy interval raises it by `increase_fraction` of the maximum. \
+         the maximum); each healthy interval raises it by `increase_fraction` of the rate of \
+         the latest cut while below it (of the maximum before any cut), and by \
+         `increase_fraction` of itself above it. \
          The maximum is `max_rows_per_second`, or `limits.rows_per_second` (the smaller when \
          both are set); one of them is required. Every change is logged with its cause.",
     ),
@@ -498,7 +500,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "number",
         Some("0.05"),
         false,
-        "Rise per healthy interval, as a fraction of the maximum.",
+        "Rise per healthy interval: this fraction of the rate of the latest cut while below it, of the maximum before any cut, of the rate itself above the latest cut.",
     ),
     key(
         "throttle.max_rows_per_second",
