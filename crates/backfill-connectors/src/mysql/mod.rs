@@ -88,7 +88,8 @@ pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> Connec
         || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
             // ER_SERVER_SHUTDOWN, CR_SERVER_GONE_ERROR, CR_SERVER_LOST
             matches!(c.as_ref(), "1053" | "2006" | "2013" | "08S01")
-        })) {
+        }))
+    {
         return ConnectorError::Unavailable {
             context: context.into(),
             message: redact(&err.to_string()),

@@ -76,7 +76,8 @@ pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> Connec
         || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
             // connection_exception, admin_shutdown, crash_shutdown, cannot_connect_now
             c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
-        })) {
+        }))
+    {
         return ConnectorError::Unavailable {
             context: context.into(),
             message: redact(&err.to_string()),
