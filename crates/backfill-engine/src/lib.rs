@@ -419,29 +419,64 @@ pub async fn execute(
     Ok(summary)
 }
 
-/// Whether another process is executing run `run_id`: its heartbeat is recent and keeps
-/// coming. A heartbeat left by a process of this host that no longer exists (killed) does
-/// not count; otherwise a recent one is watched for up to [`LIVE_WITHIN`] to see whether it
-/// moves.
+/// Who may be executing a run, from its controls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Executor {
+    /// No recent heartbeat, a clean stop, or a process of this host that no longer exists
+    /// (killed): nobody.
+    Nobody,
+    /// A live process of this host.
+    Alive {
+        /// Its process id.
+        pid: u64,
+        /// This host's name.
+        host: String,
+    },
+    /// A recent heartbeat from another host (or one without a pid): only a moving heartbeat
+    /// tells whether it is still alive.
+    Unknown {
+        /// The host it reported, if any.
+        host: Option<String>,
+    },
+}
+
+/// Who may be executing the run whose controls are `controls`, now. Never waits; see
+/// [`Executor`].
+pub fn executor(controls: &backfill_store::Controls) -> Executor {
+    if !controls.is_live(chrono::Utc::now(), LIVE_WITHIN) {
+        return Executor::Nobody;
+    }
+    let Some(live) = &controls.live else {
+        return Executor::Unknown { host: None };
+    };
+    if live["state"].as_str() == Some("stopped") {
+        return Executor::Nobody;
+    }
+    let host = live["host"].as_str().map(str::to_owned);
+    match (host, live["pid"].as_u64()) {
+        (Some(host), Some(pid)) if host == control::host() => {
+            if control::process_exists(pid) {
+                Executor::Alive { pid, host }
+            } else {
+                Executor::Nobody
+            }
+        }
+        (host, _) => Executor::Unknown { host },
+    }
+}
+
+/// Whether another process is executing run `run_id`: see [`executor`]; an `Unknown` one is
+/// watched for up to [`LIVE_WITHIN`] to see whether its heartbeat moves.
 async fn executed_elsewhere(
     store: &Store,
     run_id: &str,
     controls: &backfill_store::Controls,
     shutdown: &Shutdown,
 ) -> Result<bool, EngineError> {
-    if !controls.is_live(chrono::Utc::now(), LIVE_WITHIN) {
-        return Ok(false);
-    }
-    if let Some(live) = &controls.live
-        && live["state"].as_str() == Some("stopped")
-    {
-        return Ok(false);
-    }
-    if let Some(live) = &controls.live
-        && live["host"].as_str() == Some(control::host().as_str())
-        && let Some(pid) = live["pid"].as_u64()
-    {
-        return Ok(control::process_exists(pid));
+    match executor(controls) {
+        Executor::Nobody => return Ok(false),
+        Executor::Alive { .. } => return Ok(true),
+        Executor::Unknown { .. } => {}
     }
     let deadline = std::time::Instant::now() + LIVE_WITHIN;
     while std::time::Instant::now() < deadline {

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use backfill_core::RunState;
-use backfill_engine::LIVE_WITHIN;
+use backfill_engine::Executor;
 use backfill_store::{ControlRequest, Controls, RunRecord, Store, StoreError, ThrottleChange};
 use serde_json::json;
 
@@ -21,20 +21,20 @@ use crate::output::Output;
 /// How long `pause` and `cancel` wait for the executing process to act.
 const WAIT_FOR_PROCESS: Duration = Duration::from_secs(60);
 
-/// "pid 123 on host" when a process is executing the run (recent heartbeat, not stopped).
+/// "the process executing it (pid 123 on host)" when a process is executing the run: a recent
+/// heartbeat, not a clean stop, and not a process of this host that was killed (see
+/// [`backfill_engine::executor`]).
 pub(crate) fn live_process(controls: &Controls) -> Option<String> {
-    if !controls.is_live(chrono::Utc::now(), LIVE_WITHIN) {
-        return None;
+    match backfill_engine::executor(controls) {
+        Executor::Nobody => None,
+        Executor::Alive { pid, host } => {
+            Some(format!("the process executing it (pid {pid} on {host})"))
+        }
+        Executor::Unknown { host } => Some(format!(
+            "the process executing it (on {})",
+            host.as_deref().unwrap_or("another host")
+        )),
     }
-    let live = controls.live.as_ref()?;
-    if live["state"].as_str() == Some("stopped") {
-        return None;
-    }
-    Some(format!(
-        "the process executing it (pid {} on {})",
-        live["pid"].as_u64().unwrap_or(0),
-        live["host"].as_str().unwrap_or("?")
-    ))
 }
 
 /// A refused command as the user's error, with what to do instead.
