@@ -253,6 +253,8 @@ def main():
     p.add_argument("--increase-fraction", type=float, default=0.0125,
                    help="throttle.increase_fraction (default 0.0125: 5%% of the maximum per second at 250 ms, the product's default pace)")
     p.add_argument("--no-build", action="store_true")
+    p.add_argument("--only-ac", type=float, metavar="FULL_RATE",
+                   help="experiment: measure only a and c, with this maximum rate (rows/s), print, do not write RESULTS.md")
     p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     args = p.parse_args()
     args.pg = pg_suite.Pg(args.pg_url)
@@ -283,8 +285,11 @@ def main():
 
     res = {}
     res["a"] = measure(args, "a", alone=20)
-    res["b"] = measure(args, "b", spec(args, src_url, tgt_url, "live_b"))
-    full_rate = args.rows / res["b"]["secs"]
+    if args.only_ac:
+        full_rate = args.only_ac
+    else:
+        res["b"] = measure(args, "b", spec(args, src_url, tgt_url, "live_b"))
+        full_rate = args.rows / res["b"]["secs"]
     goal = res["a"]["p90"] * 1.10
 
     throttle = f"""[throttle]
@@ -305,6 +310,9 @@ increase_fraction = {args.increase_fraction}
                  "(no batch runs meanwhile; the 10 s are counted from the adaptive start); "
                  + rate_summary(res["c"]["changes"], res["c"]["start"], res["c"]["t0"] + res["c"]["secs"], full_rate))
     log(f"  c: {c_summary}")
+    if args.only_ac:
+        log(f"  only a and c: c p90 / a p90 = {res['c']['p90'] / res['a']['p90']:.2f}x")
+        return
 
     # d: bisection on the static rate over short trials (geometric, between the adaptive floor
     # and the full rate); lo is assumed to meet the goal (it is measured by the final run).

@@ -14,9 +14,11 @@
 //! remembered as the *trouble* rate, and the next interval cannot cut again (one hold
 //! interval), so a single slow probe window that spans two intervals does not collapse the
 //! rate. Healthy: the rate rises by `increase_fraction` of the trouble rate (of the maximum
-//! before any cut) while below it — so it climbs back at a pace scaled to where trouble
-//! began, not to a maximum that may be 40× too high — and by `increase_fraction` of itself
-//! above it (probing upward gently, like TCP after a loss), capped at the maximum.
+//! before any cut) — so it climbs back at a pace scaled to where trouble began, not to a
+//! maximum that may be 40× too high — up to [`SETTLE_SHARE`] of the trouble rate, stays there
+//! for [`SETTLE_INTERVALS`] healthy intervals, then climbs on, by `increase_fraction` of itself
+//! once above the trouble rate (probing upward gently, like TCP after a loss), capped at the
+//! maximum.
 //!
 //! Invariant (property-tested): the rate always lies in `[floor, max]`.
 
@@ -24,6 +26,15 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::spec::ThrottleSpec;
+
+/// After a cut the rate climbs back to this share of the trouble rate (the rate it was cut
+/// from), then settles there for [`SETTLE_INTERVALS`] healthy intervals before it probes
+/// higher: the probe notices trouble later than live traffic feels it, so living just under
+/// the trouble rate, not at it, is what keeps live latency flat.
+pub const SETTLE_SHARE: f64 = 0.75;
+
+/// Healthy intervals spent at [`SETTLE_SHARE`] of the trouble rate before probing higher.
+pub const SETTLE_INTERVALS: u32 = 40;
 
 /// The smallest rise over the baseline p90 that counts as unhealthy, so a sub-millisecond
 /// baseline does not turn every scheduling hiccup into a rate cut. A floor, not an addition:
@@ -114,6 +125,8 @@ pub struct Aimd {
     hold: bool,
     /// The rate of the latest cut (where trouble began); `None` before any cut.
     trouble: Option<f64>,
+    /// Healthy intervals spent settled under the trouble rate since the latest cut.
+    settled: u32,
     /// Cause of the latest change.
     cause: RateCause,
 }
@@ -133,6 +146,7 @@ impl Aimd {
             max_replica_lag: spec.max_replica_lag,
             hold: false,
             trouble: None,
+            settled: 0,
             cause: RateCause::Start,
         }
     }
@@ -219,19 +233,31 @@ impl Aimd {
                 let change = self.change(to, cause);
                 if change.is_some() {
                     self.trouble = Some(from);
+                    self.settled = 0;
                 }
                 self.hold = change.is_some();
                 change
             }
             None => {
-                let scale = match self.trouble {
-                    // Back toward where trouble began, at a pace scaled to it.
-                    Some(trouble) if self.rate < trouble => trouble,
+                let (scale, cap) = match self.trouble {
+                    // Back toward where trouble began, at a pace scaled to it, up to the
+                    // settling level.
+                    Some(trouble) if self.rate < trouble * SETTLE_SHARE => {
+                        (trouble, trouble * SETTLE_SHARE)
+                    }
+                    // Settled just under it for a while before probing higher.
+                    Some(_) if self.settled < SETTLE_INTERVALS => {
+                        self.settled += 1;
+                        return None;
+                    }
+                    Some(trouble) if self.rate < trouble => (trouble, self.max),
                     // Past it without trouble: probe upward relative to the rate itself.
-                    Some(_) => self.rate,
-                    None => self.max,
+                    Some(_) => (self.rate, self.max),
+                    None => (self.max, self.max),
                 };
-                let to = (self.rate + self.increase_fraction * scale).min(self.max);
+                let to = (self.rate + self.increase_fraction * scale)
+                    .min(cap)
+                    .min(self.max);
                 self.change(to, RateCause::Recovered)
             }
         }
@@ -334,8 +360,8 @@ mod tests {
             68.75 -> 50 (errors)
             50 (unchanged)
             50 (unchanged)
-            50 -> 53.4375 (recovered)
-            53.4375 -> 56.875 (recovered)"#]]
+            50 -> 51.5625 (recovered)
+            51.5625 (unchanged)"#]]
         .assert_eq(&log.join("\n"));
         assert_eq!(aimd.cause(), RateCause::Recovered);
     }
@@ -369,37 +395,61 @@ mod tests {
     }
 
     #[test]
-    fn recovery_is_paced_by_the_trouble_rate_then_probes_gently() {
+    fn recovery_is_paced_by_the_trouble_rate_settles_under_it_then_probes_gently() {
         let spec = ThrottleSpec {
             increase_fraction: 0.1,
             ..spec()
         };
-        // Trouble persists until the rate is far below the 1,000 rows/s maximum.
         let mut aimd = Aimd::new(&spec, 1000.0);
-        for _ in 0..6 {
-            aimd.on_interval(ms(100), ms(10), None, false);
-            aimd.on_interval(ms(10), ms(10), None, false); // after the hold: one step up
+        // Trouble at 1,000: cut to 500.
+        aimd.on_interval(ms(100), ms(10), None, false);
+        assert_eq!(aimd.trouble(), Some(1000.0));
+        // Back up in steps of 10% of the trouble rate (100), to 75% of it.
+        let mut rates = Vec::new();
+        for _ in 0..4 {
+            aimd.on_interval(ms(10), ms(10), None, false);
+            rates.push(aimd.rate());
         }
-        let trouble = aimd.trouble().unwrap();
-        assert!(trouble < 150.0, "{trouble}");
-        let low = aimd.rate();
-        // Back toward the trouble rate in steps of 10% of it, not of the maximum.
-        let change = aimd.on_interval(ms(10), ms(10), None, false).unwrap();
-        assert!(
-            (change.to - change.from - trouble * 0.1).abs() < 1e-9,
-            "{change:?}"
+        assert_eq!(rates, [600.0, 700.0, 750.0, 750.0]);
+        // Settled there: no change for SETTLE_INTERVALS healthy intervals in all.
+        for _ in 1..SETTLE_INTERVALS {
+            assert_eq!(aimd.on_interval(ms(10), ms(10), None, false), None);
+        }
+        // Then toward the trouble rate again (steps of 100), and past it by 10% of itself.
+        assert_eq!(
+            aimd.on_interval(ms(10), ms(10), None, false).unwrap().to,
+            850.0
         );
-        // Past it, 10% of the rate itself per interval.
-        for _ in 0..100 {
-            if aimd.rate() >= trouble {
+        assert_eq!(
+            aimd.on_interval(ms(10), ms(10), None, false).unwrap().to,
+            950.0
+        );
+        assert_eq!(
+            aimd.on_interval(ms(10), ms(10), None, false).unwrap().to,
+            1000.0
+        );
+        // A cut anywhere starts over from the new trouble rate.
+        let mut aimd = Aimd::new(&spec, 10_000.0);
+        aimd.on_interval(ms(100), ms(10), None, false); // 10,000 -> 5,000
+        aimd.on_interval(ms(10), ms(10), None, false); // +1,000 -> 6,000
+        aimd.on_interval(ms(100), ms(10), None, false); // 6,000 -> 3,000
+        assert_eq!(aimd.trouble(), Some(6000.0));
+        aimd.on_interval(ms(10), ms(10), None, false);
+        assert_eq!(aimd.rate(), 3600.0, "steps of 10% of 6,000, not of 10,000");
+        // Above the trouble rate, 10% of the rate itself.
+        let mut aimd = Aimd::new(&spec, 10_000.0);
+        aimd.on_interval(ms(100), ms(10), None, false); // trouble 10,000, rate 5,000
+        aimd.set_max(20_000.0);
+        for _ in 0..200 {
+            if aimd.rate() > 10_000.0 {
                 break;
             }
             aimd.on_interval(ms(10), ms(10), None, false);
         }
         let before = aimd.rate();
+        assert!(before > 10_000.0 && before < 20_000.0, "{before}");
         let change = aimd.on_interval(ms(10), ms(10), None, false).unwrap();
-        assert!((change.to - before * 1.1).abs() < 1e-9, "{change:?}");
-        assert!(low < before);
+        assert!((change.to - before * 1.1).abs() < 1e-6, "{change:?}");
     }
 
     #[test]
