@@ -61,12 +61,19 @@ impl SplitPolicy {
         if finished.len() < MIN_SAMPLES {
             return false;
         }
-        let mut sorted = finished.to_vec();
-        sorted.sort_unstable();
-        let median = sorted[sorted.len() / 2];
+        let Some(median) = median(finished) else {
+            return false;
+        };
         // A median of a few milliseconds would split everything: at least one second.
         elapsed.as_secs_f64() > factor * median.as_secs_f64().max(1.0)
     }
+}
+
+/// The median of `times` (the upper one of an even count); `None` when there are none.
+pub fn median(times: &[Duration]) -> Option<Duration> {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// `window` cut into at most `parts` equal slices (fewer when the window is shorter than

@@ -416,13 +416,12 @@ impl Live {
 
     /// The median time of the partitions finished in this session.
     pub(crate) fn median_partition_time(&self) -> Option<Duration> {
-        let mut times = self
-            .partition_times
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        times.sort_unstable();
-        times.get(times.len() / 2).copied()
+        backfill_core::split::median(
+            &self
+                .partition_times
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Records one batch attempt's outcome in the circuit breaker; opens the hold at once when
