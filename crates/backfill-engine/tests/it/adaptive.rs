@@ -178,9 +178,10 @@ async fn latency_scenario(url: String, schema: String) {
         baseline_probes: 5,
         window: 5,
         increase_fraction: 0.25,
-        // The rise below is 80×; a lenient threshold keeps a busy machine's jitter on a
-        // sub-millisecond baseline from cutting first.
-        max_latency_increase: 2.0,
+        // The rise below is 200 ms on a sub-millisecond baseline; a lenient threshold keeps a
+        // busy machine's jitter from cutting often (a jitter cut before the rise is the
+        // throttle working, so the test does not forbid one, it asserts the rise's cut).
+        max_latency_increase: 5.0,
         ..ThrottleSpec::default()
     });
     let state = format!("sqlite://{}/state.db", dir.path().display());
@@ -193,7 +194,8 @@ async fn latency_scenario(url: String, schema: String) {
         .await;
     assert_eq!(started.rate, Some(400.0));
     let baseline_p90 = started.detail["baseline_p90_ms"].as_f64().unwrap();
-    assert!(baseline_p90 < 25.0, "baseline p90 {baseline_p90} ms");
+    // The threshold (6× the baseline) must sit below the 200 ms rise.
+    assert!(baseline_p90 < 30.0, "baseline p90 {baseline_p90} ms");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before_rise = run.changes().await.last().unwrap().seq;
 
@@ -203,27 +205,21 @@ async fn latency_scenario(url: String, schema: String) {
             "UPDATE {schema}.probe_delay SET d = {d}"
         )))
     };
-    conn.execute(set_delay(0.05)).await.unwrap();
+    conn.execute(set_delay(0.2)).await.unwrap();
     let cut = run
         .wait_change(before_rise, Duration::from_secs(10), |c| {
             c.cause == "latency"
         })
         .await;
-    assert_eq!(cut.rate, Some(200.0), "halved: {:?}", cut.detail);
+    // Halved from wherever it stood (400, or 200 if jitter cut it once before the rise).
+    let cut_from = cut.detail["from"].as_f64().unwrap();
+    assert_eq!(cut.rate, Some(cut_from * 0.5), "halved: {}", cut.detail);
     assert!(
-        cut.detail["p90_ms"].as_f64().unwrap() >= 50.0,
-        "{}",
+        cut.detail["p90_ms"].as_f64().unwrap() >= 200.0,
+        "the cut saw the slow probe: {}",
         cut.detail
     );
     assert_eq!(cut.detail["baseline_p90_ms"].as_f64(), Some(baseline_p90));
-    assert!(
-        run.changes()
-            .await
-            .iter()
-            .filter(|c| c.seq <= before_rise)
-            .all(|c| c.cause != "latency"),
-        "no latency cut before the probe slowed down"
-    );
 
     conn.execute(set_delay(0.0)).await.unwrap();
     let recovered = run
