@@ -252,6 +252,8 @@ def main():
     p.add_argument("--min-rate-fraction", type=float, default=0.02, help="throttle.min_rate_fraction (default 0.02)")
     p.add_argument("--increase-fraction", type=float, default=0.0125,
                    help="throttle.increase_fraction (default 0.0125: 5%% of the maximum per second at 250 ms, the product's default pace)")
+    p.add_argument("--alone", type=float, default=60.0,
+                   help="seconds of case a, pgbench alone (default 60: its p90 is the yardstick of every ratio)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--only-ac", type=float, metavar="FULL_RATE",
                    help="experiment: measure only a and c, with this maximum rate (rows/s), print, do not write RESULTS.md")
@@ -284,7 +286,7 @@ def main():
     src_url, tgt_url = args.pg.url(src), args.pg.url(args.tgt)
 
     res = {}
-    res["a"] = measure(args, "a", alone=20)
+    res["a"] = measure(args, "a", alone=args.alone)
     if args.only_ac:
         full_rate = args.only_ac
     else:
@@ -339,12 +341,12 @@ increase_fraction = {args.increase_fraction}
         f"Live traffic: `pgbench -n -c 2 -R 300` (TPC-B-like, scale 1) on loopback. Backfill: W1 with "
         f"**{args.rows:,} rows**, PostgreSQL to "
         "PostgreSQL, upsert, concurrency 4, batch 5000. Latencies from pgbench's per-transaction "
-        "log, over the backfill run after its first 10 s (whole run in brackets; (a): 20 s alone).",
+        f"log, over the backfill run after its first 10 s (whole run in brackets; (a): {args.alone:.0f} s alone).",
         "",
         "| case | completion | live p90 | live p99 | p90 vs a |",
         "|---|---|---|---|---|",
     ]
-    for key, label in (("a", "a. pgbench alone (20 s)"), ("b", "b. unthrottled"),
+    for key, label in (("a", f"a. pgbench alone ({args.alone:.0f} s)"), ("b", "b. unthrottled"),
                        ("c", "c. adaptive `[throttle]`"), ("d", f"d. best static rows_per_second = {int(best):,}")):
         r = res[key]
         comp = "—" if key == "a" else f"{r['secs']:.1f} s"

@@ -16,7 +16,7 @@
 //! rate. Healthy: the rate rises by `increase_fraction` of the trouble rate (of the maximum
 //! before any cut) — so it climbs back at a pace scaled to where trouble began, not to a
 //! maximum that may be 40× too high — up to [`SETTLE_SHARE`] of the trouble rate, stays there
-//! for [`SETTLE_INTERVALS`] healthy intervals, then climbs on, by `increase_fraction` of itself
+//! for [`SETTLE_TIME`] (in healthy intervals), then climbs on, by `increase_fraction` of itself
 //! once above the trouble rate (probing upward gently, like TCP after a loss), capped at the
 //! maximum.
 //!
@@ -28,13 +28,17 @@ use std::time::Duration;
 use crate::spec::ThrottleSpec;
 
 /// After a cut the rate climbs back to this share of the trouble rate (the rate it was cut
-/// from), then settles there for [`SETTLE_INTERVALS`] healthy intervals before it probes
+/// from), then settles there for [`SETTLE_TIME`] of healthy intervals before it probes
 /// higher: the probe notices trouble later than live traffic feels it, so living just under
 /// the trouble rate, not at it, is what keeps live latency flat.
 pub const SETTLE_SHARE: f64 = 0.75;
 
-/// Healthy intervals spent at [`SETTLE_SHARE`] of the trouble rate before probing higher.
-pub const SETTLE_INTERVALS: u32 = 40;
+/// How long the rate stays at [`SETTLE_SHARE`] of the trouble rate (in healthy intervals:
+/// this time divided by `throttle.interval`, rounded up) before probing higher. Each probe
+/// above the trouble rate costs live traffic a few seconds of latency before the probe sees
+/// it and the rate is cut, so the settle time sets how often live traffic pays that: at most
+/// twice a minute, whatever the probe interval.
+pub const SETTLE_TIME: Duration = Duration::from_secs(30);
 
 /// The smallest rise over the baseline p90 that counts as unhealthy, so a sub-millisecond
 /// baseline does not turn every scheduling hiccup into a rate cut. A floor, not an addition:
@@ -127,6 +131,8 @@ pub struct Aimd {
     trouble: Option<f64>,
     /// Healthy intervals spent settled under the trouble rate since the latest cut.
     settled: u32,
+    /// Healthy intervals to settle for: [`SETTLE_TIME`] in probe intervals.
+    settle_intervals: u32,
     /// Cause of the latest change.
     cause: RateCause,
 }
@@ -147,8 +153,15 @@ impl Aimd {
             hold: false,
             trouble: None,
             settled: 0,
+            settle_intervals: settle_intervals(spec.interval),
             cause: RateCause::Start,
         }
+    }
+
+    /// Healthy intervals the rate settles under the trouble rate before probing higher:
+    /// [`SETTLE_TIME`] divided by the probe interval, rounded up, at least 1.
+    pub fn settle_intervals(&self) -> u32 {
+        self.settle_intervals
     }
 
     /// The rate in force, rows per second; always in `[floor(), max()]`.
@@ -246,7 +259,7 @@ impl Aimd {
                         (trouble, trouble * SETTLE_SHARE)
                     }
                     // Settled just under it for a while before probing higher.
-                    Some(_) if self.settled < SETTLE_INTERVALS => {
+                    Some(_) if self.settled < self.settle_intervals => {
                         self.settled += 1;
                         return None;
                     }
@@ -272,6 +285,18 @@ impl Aimd {
         self.cause = cause;
         Some(RateChange { from, to, cause })
     }
+}
+
+fn settle_intervals(interval: Duration) -> u32 {
+    let interval = interval.as_secs_f64();
+    if !(interval.is_finite() && interval > 0.0) {
+        return 1;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = (SETTLE_TIME.as_secs_f64() / interval)
+        .ceil()
+        .min(f64::from(u32::MAX)) as u32;
+    n.max(1)
 }
 
 fn sane_rate(rate: f64) -> f64 {
@@ -395,6 +420,18 @@ mod tests {
     }
 
     #[test]
+    fn the_settle_time_is_the_same_whatever_the_probe_interval() {
+        let at = |interval: Duration| {
+            Aimd::new(&ThrottleSpec { interval, ..spec() }, 1000.0).settle_intervals()
+        };
+        assert_eq!(at(Duration::from_millis(250)), 120);
+        assert_eq!(at(Duration::from_secs(1)), 30);
+        assert_eq!(at(Duration::from_secs(7)), 5, "rounded up: 30 s at least");
+        assert_eq!(at(Duration::from_secs(60)), 1);
+        assert_eq!(at(Duration::ZERO), 1);
+    }
+
+    #[test]
     fn recovery_is_paced_by_the_trouble_rate_settles_under_it_then_probes_gently() {
         let spec = ThrottleSpec {
             increase_fraction: 0.1,
@@ -411,8 +448,8 @@ mod tests {
             rates.push(aimd.rate());
         }
         assert_eq!(rates, [600.0, 700.0, 750.0, 750.0]);
-        // Settled there: no change for SETTLE_INTERVALS healthy intervals in all.
-        for _ in 1..SETTLE_INTERVALS {
+        // Settled there: no change for SETTLE_TIME of healthy intervals in all.
+        for _ in 1..aimd.settle_intervals() {
             assert_eq!(aimd.on_interval(ms(10), ms(10), None, false), None);
         }
         // Then toward the trouble rate again (steps of 100), and past it by 10% of itself.

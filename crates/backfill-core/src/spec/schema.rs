@@ -66,7 +66,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
          lock timeouts, deadlocks or \"too many connections\", the rate is multiplied by \
          `decrease_factor` (at most once every two intervals, down to `min_rate_fraction` of \
          the maximum); each healthy interval raises it by `increase_fraction` of the rate of \
-         the latest cut, up to 75% of that rate, where it stays for 40 healthy intervals \
+         the latest cut, up to 75% of that rate, where it stays for 30 s of healthy intervals \
          before climbing on (by `increase_fraction` of itself once above the latest cut; of \
          the maximum before any cut). \
          The maximum is `max_rows_per_second`, or `limits.rows_per_second` (the smaller when \
