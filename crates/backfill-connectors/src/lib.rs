@@ -31,6 +31,7 @@ pub mod mysql;
 pub mod nodelay;
 pub mod postgres;
 pub mod probe;
+mod shared;
 pub mod sqlite;
 mod window;
 

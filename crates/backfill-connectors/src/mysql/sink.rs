@@ -14,9 +14,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use backfill_core::params::{self, Placeholder};
+use backfill_core::params::Placeholder;
 use backfill_core::plan::Window;
-use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{TargetSpec, WriteMode};
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
@@ -24,41 +23,16 @@ use sqlx::mysql::{MySql, MySqlConnection, MySqlPool};
 use sqlx::{AssertSqlSafe, Row, Transaction};
 
 use super::{arguments, connect, sql, sql_error};
-use crate::ident::{check_column, check_table, position};
-use crate::window::{bounds, check_names, named_values};
+use crate::ident::position;
+use crate::shared::{
+    EXTRA_CONTEXT, Table, TargetSettings, batch_columns, check_existing, check_extra, check_target,
+    is_key, no_unique_key, replace_column, require_table, sql_statement, upsert_counts,
+};
+use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// Most rows in one multi-row statement.
 const MAX_ROWS_PER_STMT: usize = 1000;
-
-/// The target table, validated and quoted once.
-#[derive(Clone, Debug)]
-struct Table {
-    name: String,
-    quoted: String,
-}
-
-impl Table {
-    fn new(name: &str) -> Result<Table, ConnectorError> {
-        check_table(name)?;
-        Ok(Table {
-            name: name.to_owned(),
-            quoted: sql::quote(name),
-        })
-    }
-
-    /// `(schema, table)`; no schema means the connection's database.
-    fn parts(&self) -> (Option<&str>, &str) {
-        match self.name.split_once('.') {
-            Some((s, t)) => (Some(s), t),
-            None => (None, &self.name),
-        }
-    }
-
-    fn describe(&self) -> String {
-        format!("target table {}", self.quoted)
-    }
-}
 
 /// A MySQL sink: one table, written in the spec's mode.
 #[derive(Debug)]
@@ -81,33 +55,9 @@ impl MySqlSink {
     /// Connects to `spec.url`, validates the table, key and mode settings and reads the
     /// server's `max_allowed_packet`.
     pub async fn open(spec: &TargetSpec, pool_size: u32) -> Result<MySqlSink, ConnectorError> {
-        let table = spec.table.as_deref().map(Table::new).transpose()?;
-        for k in &spec.key {
-            check_column(k, "key column")?;
-        }
-        if let Some(g) = &spec.guard {
-            check_column(g, "guard column")?;
-        }
-        let mut statement = None;
-        match &spec.mode {
-            WriteMode::Upsert | WriteMode::Replace { .. } if table.is_none() => {
-                return Err(ConnectorError::Data {
-                    message: format!("`{}` mode needs a target table", spec.mode.name()),
-                });
-            }
-            WriteMode::Upsert if spec.key.is_empty() => {
-                return Err(ConnectorError::Data {
-                    message: "`upsert` mode needs key columns".to_owned(),
-                });
-            }
-            WriteMode::Replace { window_column } => check_column(window_column, "window column")?,
-            WriteMode::Sql { statement: text } => {
-                let rewritten = params::rewrite(sql::trim_statement(text), Placeholder::Question);
-                check_names(&rewritten.names, "target statement")?;
-                statement = Some((Arc::from(rewritten.sql), rewritten.names));
-            }
-            WriteMode::Upsert => {}
-        }
+        let guard = spec.guard.as_deref();
+        let TargetSettings { table, statement } =
+            check_target(spec, guard, sql::quote, Placeholder::Question)?;
         let pool = connect(&spec.url, pool_size).await?;
         let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
             .fetch_one(&pool)
@@ -150,9 +100,7 @@ impl MySqlSink {
     }
 
     fn table(&self) -> Result<&Table, ConnectorError> {
-        self.table.as_ref().ok_or_else(|| ConnectorError::Data {
-            message: format!("`{}` mode has no target table", self.mode.name()),
-        })
+        require_table(self.table.as_ref(), &self.mode)
     }
 
     /// The table's columns in order (empty when it does not exist), their `DATA_TYPE`s and
@@ -242,43 +190,6 @@ fn instants_as_datetimes<'b>(batch: &'b Batch, temporal: &[String]) -> Cow<'b, B
         columns: batch.columns.clone(),
         rows,
     })
-}
-
-/// The batch's columns, validated and quoted, and the positions of `key` among them.
-fn prepare_columns(
-    batch: &Batch,
-    key: &[String],
-) -> Result<(Vec<String>, Vec<usize>), ConnectorError> {
-    let mut quoted = Vec::with_capacity(batch.columns.len());
-    for c in &batch.columns {
-        check_column(c, "source column")?;
-        quoted.push(sql::quote(c));
-    }
-    let key_positions = key
-        .iter()
-        .map(|k| {
-            position(&batch.columns, k).ok_or_else(|| ConnectorError::MissingColumn {
-                column: k.clone(),
-                available: batch.columns.clone(),
-                table: "the batch from the source".to_owned(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some((i, row)) = batch
-        .rows
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.len() != batch.columns.len())
-    {
-        return Err(ConnectorError::Data {
-            message: format!(
-                "batch row {i} has {} values for {} columns",
-                row.len(),
-                batch.columns.len()
-            ),
-        });
-    }
-    Ok((quoted, key_positions))
 }
 
 /// Bytes one value takes in a statement's parameters (an estimate from above).
@@ -377,25 +288,14 @@ async fn run_extra(
     conn: &mut MySqlConnection,
     extra: Option<&Extra>,
 ) -> Result<(), ConnectorError> {
-    const CONTEXT: &str = "checkpoint statement";
     let Some(extra) = extra else {
         return Ok(());
     };
     let done = sqlx::query_with(AssertSqlSafe(extra.sql.as_str()), arguments(&extra.params)?)
         .execute(&mut *conn)
         .await
-        .map_err(|e| sql_error(CONTEXT, &e))?;
-    match done.rows_affected() {
-        1 => Ok(()),
-        n => Err(ConnectorError::Sql {
-            context: CONTEXT.to_owned(),
-            message: format!(
-                "affected {n} rows instead of 1: this attempt is stale (the partition's lease \
-                 or checkpoint moved on); the write was rolled back"
-            ),
-            class: ErrorClass::Permanent,
-        }),
-    }
+        .map_err(|e| sql_error(EXTRA_CONTEXT, &e))?;
+    check_extra(done.rows_affected())
 }
 
 async fn begin(
@@ -409,48 +309,10 @@ impl Sink for MySqlSink {
     async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
         let table = self.table()?;
         let (existing, _, unique) = self.describe_table(table).await?;
-        if existing.is_empty() {
-            return Err(ConnectorError::Sql {
-                context: table.describe(),
-                message: format!("no such table: {}", table.name),
-                class: ErrorClass::Permanent,
-            });
-        }
-        let missing = |column: &str| ConnectorError::MissingColumn {
-            column: column.to_owned(),
-            available: existing.clone(),
-            table: table.describe(),
-        };
-        for c in columns {
-            check_column(c, "source column")?;
-            if position(&existing, c).is_none() {
-                return Err(missing(c));
-            }
-        }
-        for k in self.key.iter().chain(&self.guard) {
-            if position(&existing, k).is_none() {
-                return Err(missing(k));
-            }
-        }
-        if let WriteMode::Replace { window_column } = &self.mode
-            && position(&existing, window_column).is_none()
-        {
-            return Err(missing(window_column));
-        }
-        let same = |cols: &Vec<String>| {
-            cols.len() == self.key.len() && self.key.iter().all(|k| position(cols, k).is_some())
-        };
-        if self.mode == WriteMode::Upsert && !unique.iter().any(same) {
-            return Err(ConnectorError::Sql {
-                context: format!("upsert into {}", table.quoted),
-                message: format!(
-                    "{} has no PRIMARY KEY or UNIQUE index on exactly ({}); upsert needs one to \
-                     find existing rows",
-                    table.describe(),
-                    self.key.join(", ")
-                ),
-                class: ErrorClass::Permanent,
-            });
+        let needed = self.key.iter().chain(&self.guard);
+        check_existing(table, &existing, columns, needed, &self.mode)?;
+        if self.mode == WriteMode::Upsert && !unique.iter().any(|cols| is_key(cols, &self.key)) {
+            return Err(no_unique_key(table, &self.key));
         }
         Ok(existing)
     }
@@ -481,7 +343,7 @@ impl Sink for MySqlSink {
     ) -> Result<RowCounts, ConnectorError> {
         let table = self.table()?;
         let context = format!("upsert into {}", table.quoted);
-        let (columns, key_positions) = prepare_columns(batch, &self.key)?;
+        let (columns, key_positions) = batch_columns(batch, &self.key, sql::quote)?;
         let temporal = self.temporal_columns(table).await?;
         let batch = &*instants_as_datetimes(batch, &temporal);
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
@@ -523,21 +385,12 @@ impl Sink for MySqlSink {
         let n = batch.rows.len() as u64;
         let inserted = n.saturating_sub(existing);
         let updated = affected.saturating_sub(n).min(existing);
-        Ok(RowCounts {
-            inserted,
-            updated,
-            unchanged: n.saturating_sub(inserted + updated),
-            ..RowCounts::default()
-        })
+        Ok(upsert_counts(n, inserted, updated))
     }
 
     async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
         let table = self.table()?;
-        let WriteMode::Replace { window_column } = &self.mode else {
-            return Err(ConnectorError::Data {
-                message: format!("`{}` mode cannot replace a window", self.mode.name()),
-            });
-        };
+        let window_column = replace_column(&self.mode)?;
         let context = format!("delete window {window} from {}", table.quoted);
         let bounds = bounds(window, &self.time_format);
         // Read before the transaction holds a pooled connection.
@@ -560,11 +413,7 @@ impl Sink for MySqlSink {
     }
 
     async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
-        let Some((text, names)) = &self.statement else {
-            return Err(ConnectorError::Data {
-                message: format!("`{}` mode has no statement to execute", self.mode.name()),
-            });
-        };
+        let (text, names) = sql_statement(self.statement.as_ref(), &self.mode)?;
         let values = named_values(names, window, &self.time_format);
         let done = sqlx::query_with(AssertSqlSafe(Arc::clone(text)), arguments(&values)?)
             .execute(&self.pool)
@@ -602,7 +451,7 @@ impl MySqlReplace {
     /// Inserts `batch` in the transaction; returns the rows inserted.
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
-        let (columns, _) = prepare_columns(batch, &[])?;
+        let (columns, _) = batch_columns(batch, &[], sql::quote)?;
         let batch = &*instants_as_datetimes(batch, &self.temporal);
         let table = &self.table.quoted;
         write_chunks(

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use backfill_core::params::{self, Placeholder};
+use backfill_core::params::Placeholder;
 use backfill_core::plan::Window;
 use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{TargetSpec, WriteMode};
@@ -20,32 +20,14 @@ use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::{AssertSqlSafe, Row, Transaction};
 
 use super::{arguments, connect, copy_binary, copy_text, sql, sql_error};
-use crate::ident::{check_column, check_table, position};
-use crate::window::{bounds, check_names, named_values};
+use crate::ident::{check_column, position};
+use crate::shared::{
+    EXTRA_CONTEXT, Table, TargetSettings, batch_key_positions, check_extra, check_row_widths,
+    check_target, is_key, no_unique_key, replace_column, require_table, sql_statement,
+    upsert_counts,
+};
+use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
-
-/// The target table, validated and quoted once.
-#[derive(Clone, Debug)]
-struct Table {
-    /// As written in the spec (`t` or `s.t`).
-    name: String,
-    /// Quoted for SQL (`"t"`, `"s"."t"`).
-    quoted: String,
-}
-
-impl Table {
-    fn new(name: &str) -> Result<Table, ConnectorError> {
-        check_table(name)?;
-        Ok(Table {
-            name: name.to_owned(),
-            quoted: sql::quote(name),
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("target table {}", self.quoted)
-    }
-}
 
 /// The target table's columns as the catalog knows them.
 #[derive(Debug)]
@@ -87,20 +69,7 @@ impl TableInfo {
                 "json" | "xml" | "point" | "line" | "lseg" | "box" | "path" | "polygon" | "circle"
             ));
         }
-        if let Some((i, row)) = batch
-            .rows
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.len() != batch.columns.len())
-        {
-            return Err(ConnectorError::Data {
-                message: format!(
-                    "batch row {i} has {} values for {} columns",
-                    row.len(),
-                    batch.columns.len()
-                ),
-            });
-        }
+        check_row_widths(batch)?;
         Ok(BatchColumns {
             quoted,
             as_text,
@@ -139,34 +108,9 @@ pub struct PostgresSink {
 impl PostgresSink {
     /// Connects and validates the table, key and mode settings.
     pub async fn open(spec: &TargetSpec, pool_size: u32) -> Result<PostgresSink, ConnectorError> {
-        let table = spec.table.as_deref().map(Table::new).transpose()?;
-        for k in &spec.key {
-            check_column(k, "key column")?;
-        }
-        if let Some(g) = &spec.guard {
-            check_column(g, "guard column")?;
-        }
-        let mut statement = None;
-        match &spec.mode {
-            WriteMode::Upsert | WriteMode::Replace { .. } if table.is_none() => {
-                return Err(ConnectorError::Data {
-                    message: format!("`{}` mode needs a target table", spec.mode.name()),
-                });
-            }
-            WriteMode::Upsert if spec.key.is_empty() => {
-                return Err(ConnectorError::Data {
-                    message: "`upsert` mode needs key columns".to_owned(),
-                });
-            }
-            WriteMode::Replace { window_column } => check_column(window_column, "window column")?,
-            WriteMode::Sql { statement: text } => {
-                let rewritten =
-                    params::rewrite(sql::trim_statement(text), Placeholder::DollarNumbered);
-                check_names(&rewritten.names, "target statement")?;
-                statement = Some((Arc::from(rewritten.sql), rewritten.names));
-            }
-            WriteMode::Upsert => {}
-        }
+        let guard = spec.guard.as_deref();
+        let TargetSettings { table, statement } =
+            check_target(spec, guard, sql::quote, Placeholder::DollarNumbered)?;
         let pool = connect(&spec.url, pool_size).await?;
         Ok(PostgresSink {
             pool,
@@ -181,9 +125,7 @@ impl PostgresSink {
     }
 
     fn table(&self) -> Result<&Table, ConnectorError> {
-        self.table.as_ref().ok_or_else(|| ConnectorError::Data {
-            message: format!("`{}` mode has no target table", self.mode.name()),
-        })
+        require_table(self.table.as_ref(), &self.mode)
     }
 
     /// The table's columns, types and unique keys, read from the catalog once.
@@ -274,7 +216,6 @@ async fn copy_rows(
 /// Runs the engine's extra statement; anything but exactly one affected row is a stale
 /// attempt, and the caller's transaction is dropped (rolled back).
 async fn run_extra(conn: &mut PgConnection, extra: Option<&Extra>) -> Result<(), ConnectorError> {
-    const CONTEXT: &str = "checkpoint statement";
     let Some(extra) = extra else {
         return Ok(());
     };
@@ -282,18 +223,8 @@ async fn run_extra(conn: &mut PgConnection, extra: Option<&Extra>) -> Result<(),
     let done = sqlx::query_with(AssertSqlSafe(extra.sql.as_str()), args)
         .execute(&mut *conn)
         .await
-        .map_err(|e| sql_error(CONTEXT, &e))?;
-    match done.rows_affected() {
-        1 => Ok(()),
-        n => Err(ConnectorError::Sql {
-            context: CONTEXT.to_owned(),
-            message: format!(
-                "affected {n} rows instead of 1: this attempt is stale (the partition's lease \
-                 or checkpoint moved on); the write was rolled back"
-            ),
-            class: ErrorClass::Permanent,
-        }),
-    }
+        .map_err(|e| sql_error(EXTRA_CONTEXT, &e))?;
+    check_extra(done.rows_affected())
 }
 
 impl Sink for PostgresSink {
@@ -313,22 +244,8 @@ impl Sink for PostgresSink {
         if let WriteMode::Replace { window_column } = &self.mode {
             info.resolve(table, window_column)?;
         }
-        if self.mode == WriteMode::Upsert {
-            let unique = info.unique.iter().any(|cols| {
-                cols.len() == self.key.len() && self.key.iter().all(|k| position(cols, k).is_some())
-            });
-            if !unique {
-                return Err(ConnectorError::Sql {
-                    context: format!("upsert into {}", table.quoted),
-                    message: format!(
-                        "{} has no PRIMARY KEY or UNIQUE index on exactly ({}); upsert needs \
-                         one to find existing rows",
-                        table.describe(),
-                        self.key.join(", ")
-                    ),
-                    class: ErrorClass::Permanent,
-                });
-            }
+        if self.mode == WriteMode::Upsert && !info.unique.iter().any(|c| is_key(c, &self.key)) {
+            return Err(no_unique_key(table, &self.key));
         }
         Ok(info.columns.clone())
     }
@@ -359,17 +276,7 @@ impl Sink for PostgresSink {
         let context = format!("upsert into {}", table.quoted);
         let info = self.info(table).await?;
         let columns = info.batch_columns(table, batch)?;
-        let key_positions = self
-            .key
-            .iter()
-            .map(|k| {
-                position(&batch.columns, k).ok_or_else(|| ConnectorError::MissingColumn {
-                    column: k.clone(),
-                    available: batch.columns.clone(),
-                    table: "the batch from the source".to_owned(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let key_positions = batch_key_positions(batch, &self.key)?;
         let guard = match &self.guard {
             Some(g) => Some(info.resolve(table, g)?.1),
             None => None,
@@ -409,22 +316,12 @@ impl Sink for PostgresSink {
         }
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(&context, &e))?;
-        let n = batch.rows.len() as u64;
-        Ok(RowCounts {
-            inserted,
-            updated,
-            unchanged: n.saturating_sub(inserted + updated),
-            ..RowCounts::default()
-        })
+        Ok(upsert_counts(batch.rows.len() as u64, inserted, updated))
     }
 
     async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
         let table = self.table()?;
-        let WriteMode::Replace { window_column } = &self.mode else {
-            return Err(ConnectorError::Data {
-                message: format!("`{}` mode cannot replace a window", self.mode.name()),
-            });
-        };
+        let window_column = replace_column(&self.mode)?;
         let info = self.info(table).await?;
         let (i, column) = info.resolve(table, window_column)?;
         let context = format!("delete window {window} from {}", table.quoted);
@@ -453,11 +350,7 @@ impl Sink for PostgresSink {
     }
 
     async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
-        let Some((text, names)) = &self.statement else {
-            return Err(ConnectorError::Data {
-                message: format!("`{}` mode has no statement to execute", self.mode.name()),
-            });
-        };
+        let (text, names) = sql_statement(self.statement.as_ref(), &self.mode)?;
         let values = named_values(names, window, &self.time_format);
         let done = sqlx::query_with(AssertSqlSafe(Arc::clone(text)), arguments(&values)?)
             .execute(&self.pool)

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use backfill_core::params::{self, Placeholder};
+use backfill_core::params::Placeholder;
 use backfill_core::plan::Window;
 use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{TargetSpec, WriteMode};
@@ -20,36 +20,17 @@ use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use sqlx::{AssertSqlSafe, Row, Transaction};
 
 use super::{Role, arguments, connect, sql, sql_error};
-use crate::ident::{check_column, check_table, position};
-use crate::window::{bounds, check_names, named_values};
+use crate::shared::{
+    EXTRA_CONTEXT, Table, TargetSettings, batch_columns, check_existing, check_extra, check_target,
+    is_key, no_unique_key, replace_column, require_table, sql_statement, upsert_counts,
+};
+use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
-/// The target table, validated and quoted once.
-#[derive(Clone, Debug)]
-struct Table {
-    /// As written in the spec (`t` or `s.t`).
-    name: String,
-    /// Quoted for SQL (`"t"`, `"s"."t"`).
-    quoted: String,
-}
-
-impl Table {
-    fn new(name: &str) -> Result<Table, ConnectorError> {
-        check_table(name)?;
-        Ok(Table {
-            name: name.to_owned(),
-            quoted: sql::quote(name),
-        })
-    }
-
-    /// `(schema, table)` for `pragma_table_info`, `main` by default.
-    fn parts(&self) -> (&str, &str) {
-        self.name.split_once('.').unwrap_or(("main", &self.name))
-    }
-
-    fn describe(&self) -> String {
-        format!("target table {}", self.quoted)
-    }
+/// `(schema, table)` for the `pragma_*` functions: `main` when the name has no schema part.
+fn parts(table: &Table) -> (&str, &str) {
+    let (schema, name) = table.parts();
+    (schema.unwrap_or("main"), name)
 }
 
 /// A SQLite sink: one table of one database file, written in the spec's mode.
@@ -168,31 +149,9 @@ impl SqliteSink {
     /// Opens the file of `spec.url` (never creating it) in WAL mode with `synchronous = FULL`
     /// and validates the table, key and mode settings.
     pub async fn open(spec: &TargetSpec, pool_size: u32) -> Result<SqliteSink, ConnectorError> {
-        let table = spec.table.as_deref().map(Table::new).transpose()?;
-        for k in &spec.key {
-            check_column(k, "key column")?;
-        }
-        let mut statement = None;
-        match &spec.mode {
-            WriteMode::Upsert | WriteMode::Replace { .. } if table.is_none() => {
-                return Err(ConnectorError::Data {
-                    message: format!("`{}` mode needs a target table", spec.mode.name()),
-                });
-            }
-            WriteMode::Upsert if spec.key.is_empty() => {
-                return Err(ConnectorError::Data {
-                    message: "`upsert` mode needs key columns".to_owned(),
-                });
-            }
-            WriteMode::Replace { window_column } => check_column(window_column, "window column")?,
-            WriteMode::Sql { statement: text } => {
-                let rewritten =
-                    params::rewrite(sql::trim_statement(text), Placeholder::QuestionNumbered);
-                check_names(&rewritten.names, "target statement")?;
-                statement = Some((Arc::from(rewritten.sql), rewritten.names));
-            }
-            WriteMode::Upsert => {}
-        }
+        // SQLite upserts take no guard.
+        let TargetSettings { table, statement } =
+            check_target(spec, None, sql::quote, Placeholder::QuestionNumbered)?;
         let pool = connect(&spec.url, pool_size, Role::Target).await?;
         Ok(SqliteSink {
             pool,
@@ -212,7 +171,7 @@ impl SqliteSink {
     ) -> Result<Arc<Vec<(String, Affinity)>>, ConnectorError> {
         self.numeric
             .get_or_try_init(|| async {
-                let (schema, name) = table.parts();
+                let (schema, name) = parts(table);
                 let rows: Vec<(String, String)> =
                     sqlx::query_as("SELECT name, type FROM pragma_table_info(?1, ?2) ORDER BY cid")
                         .bind(name)
@@ -232,9 +191,7 @@ impl SqliteSink {
     }
 
     fn table(&self) -> Result<&Table, ConnectorError> {
-        self.table.as_ref().ok_or_else(|| ConnectorError::Data {
-            message: format!("`{}` mode has no target table", self.mode.name()),
-        })
+        require_table(self.table.as_ref(), &self.mode)
     }
 
     /// The table's columns, in order, and its primary key columns; empty when it does not
@@ -243,7 +200,7 @@ impl SqliteSink {
         &self,
         table: &Table,
     ) -> Result<(Vec<String>, Vec<String>), ConnectorError> {
-        let (schema, name) = table.parts();
+        let (schema, name) = parts(table);
         let context = table.describe();
         let rows = sqlx::query("SELECT name, pk FROM pragma_table_info(?1, ?2) ORDER BY cid")
             .bind(name)
@@ -267,13 +224,10 @@ impl SqliteSink {
 
     /// True when the key columns are the primary key or a full (non-partial) UNIQUE index.
     async fn key_is_unique(&self, table: &Table, pk: &[String]) -> Result<bool, ConnectorError> {
-        let same = |cols: &[String]| {
-            cols.len() == self.key.len() && self.key.iter().all(|k| position(cols, k).is_some())
-        };
-        if same(pk) {
+        if is_key(pk, &self.key) {
             return Ok(true);
         }
-        let (schema, name) = table.parts();
+        let (schema, name) = parts(table);
         let context = table.describe();
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM pragma_index_list(?1, ?2) WHERE \"unique\" = 1 AND partial = 0",
@@ -292,50 +246,13 @@ impl SqliteSink {
                     .await
                     .map_err(|e| sql_error(&context, &e))?;
             if let Some(cols) = cols.into_iter().collect::<Option<Vec<String>>>()
-                && same(&cols)
+                && is_key(&cols, &self.key)
             {
                 return Ok(true);
             }
         }
         Ok(false)
     }
-}
-
-/// The batch's columns, validated and quoted, and the positions of `key` among them.
-fn prepare_columns(
-    batch: &Batch,
-    key: &[String],
-) -> Result<(Vec<String>, Vec<usize>), ConnectorError> {
-    let mut quoted = Vec::with_capacity(batch.columns.len());
-    for c in &batch.columns {
-        check_column(c, "source column")?;
-        quoted.push(sql::quote(c));
-    }
-    let key_positions = key
-        .iter()
-        .map(|k| {
-            position(&batch.columns, k).ok_or_else(|| ConnectorError::MissingColumn {
-                column: k.clone(),
-                available: batch.columns.clone(),
-                table: "the batch from the source".to_owned(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some((i, row)) = batch
-        .rows
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.len() != batch.columns.len())
-    {
-        return Err(ConnectorError::Data {
-            message: format!(
-                "batch row {i} has {} values for {} columns",
-                row.len(),
-                batch.columns.len()
-            ),
-        });
-    }
-    Ok((quoted, key_positions))
 }
 
 /// Runs `build(n)` over `rows` in chunks of a fixed size; returns the sum of rows affected. Full chunks share one SQL text, so it is prepared once.
@@ -404,7 +321,6 @@ pub(super) async fn run_extra(
     conn: &mut SqliteConnection,
     extra: Option<&Extra>,
 ) -> Result<(), ConnectorError> {
-    const CONTEXT: &str = "checkpoint statement";
     let Some(extra) = extra else {
         return Ok(());
     };
@@ -412,18 +328,8 @@ pub(super) async fn run_extra(
     let done = sqlx::query_with(AssertSqlSafe(extra.sql.as_str()), args)
         .execute(&mut *conn)
         .await
-        .map_err(|e| sql_error(CONTEXT, &e))?;
-    match done.rows_affected() {
-        1 => Ok(()),
-        n => Err(ConnectorError::Sql {
-            context: CONTEXT.to_owned(),
-            message: format!(
-                "affected {n} rows instead of 1: this attempt is stale (the partition's lease \
-                 or checkpoint moved on); the write was rolled back"
-            ),
-            class: ErrorClass::Permanent,
-        }),
-    }
+        .map_err(|e| sql_error(EXTRA_CONTEXT, &e))?;
+    check_extra(done.rows_affected())
 }
 
 /// Starts a write transaction holding the write lock.
@@ -440,45 +346,9 @@ impl Sink for SqliteSink {
     async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
         let table = self.table()?;
         let (existing, pk) = self.table_columns(table).await?;
-        if existing.is_empty() {
-            return Err(ConnectorError::Sql {
-                context: table.describe(),
-                message: format!("no such table: {}", table.name),
-                class: ErrorClass::Permanent,
-            });
-        }
-        let missing = |column: &str| ConnectorError::MissingColumn {
-            column: column.to_owned(),
-            available: existing.clone(),
-            table: table.describe(),
-        };
-        for c in columns {
-            check_column(c, "source column")?;
-            if position(&existing, c).is_none() {
-                return Err(missing(c));
-            }
-        }
-        for k in &self.key {
-            if position(&existing, k).is_none() {
-                return Err(missing(k));
-            }
-        }
-        if let WriteMode::Replace { window_column } = &self.mode
-            && position(&existing, window_column).is_none()
-        {
-            return Err(missing(window_column));
-        }
+        check_existing(table, &existing, columns, &self.key, &self.mode)?;
         if self.mode == WriteMode::Upsert && !self.key_is_unique(table, &pk).await? {
-            return Err(ConnectorError::Sql {
-                context: format!("upsert into {}", table.quoted),
-                message: format!(
-                    "{} has no PRIMARY KEY or UNIQUE index on exactly ({}); upsert needs one to \
-                     find existing rows",
-                    table.describe(),
-                    self.key.join(", ")
-                ),
-                class: ErrorClass::Permanent,
-            });
+            return Err(no_unique_key(table, &self.key));
         }
         Ok(existing)
     }
@@ -487,7 +357,7 @@ impl Sink for SqliteSink {
         let (WriteMode::Replace { window_column }, Some(table)) = (&self.mode, &self.table) else {
             return Ok(None);
         };
-        let (schema, name) = table.parts();
+        let (schema, name) = parts(table);
         // An index whose first column is the window column, or the INTEGER PRIMARY KEY
         // (the rowid itself).
         let leading: i64 = sqlx::query_scalar(
@@ -514,7 +384,7 @@ impl Sink for SqliteSink {
     ) -> Result<RowCounts, ConnectorError> {
         let table = self.table()?;
         let context = format!("upsert into {}", table.quoted);
-        let (columns, key_positions) = prepare_columns(batch, &self.key)?;
+        let (columns, key_positions) = batch_columns(batch, &self.key, sql::quote)?;
         check_decimals(batch, &self.numeric_columns(table).await?, table)?;
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
         let width = columns.len();
@@ -539,21 +409,12 @@ impl Sink for SqliteSink {
         let n = batch.rows.len() as u64;
         let inserted = n.saturating_sub(existing);
         let updated = written.saturating_sub(inserted);
-        Ok(RowCounts {
-            inserted,
-            updated,
-            unchanged: n.saturating_sub(inserted + updated),
-            ..RowCounts::default()
-        })
+        Ok(upsert_counts(n, inserted, updated))
     }
 
     async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
         let table = self.table()?;
-        let WriteMode::Replace { window_column } = &self.mode else {
-            return Err(ConnectorError::Data {
-                message: format!("`{}` mode cannot replace a window", self.mode.name()),
-            });
-        };
+        let window_column = replace_column(&self.mode)?;
         let context = format!("delete window {window} from {}", table.quoted);
         let bounds = bounds(window, &self.time_format);
         // Read before the transaction holds a pooled connection.
@@ -575,11 +436,7 @@ impl Sink for SqliteSink {
     }
 
     async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
-        let Some((text, names)) = &self.statement else {
-            return Err(ConnectorError::Data {
-                message: format!("`{}` mode has no statement to execute", self.mode.name()),
-            });
-        };
+        let (text, names) = sql_statement(self.statement.as_ref(), &self.mode)?;
         let values = named_values(names, window, &self.time_format);
         let done = sqlx::query_with(
             AssertSqlSafe(Arc::clone(text)),
@@ -619,7 +476,7 @@ impl SqliteReplace {
     /// Inserts `batch` in the transaction; returns the rows inserted.
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
-        let (columns, _) = prepare_columns(batch, &[])?;
+        let (columns, _) = batch_columns(batch, &[], sql::quote)?;
         check_decimals(batch, &self.numeric, &self.table)?;
         let table = &self.table.quoted;
         write_chunks(&mut self.tx, &context, &batch.rows, columns.len(), |n| {

@@ -1,0 +1,326 @@
+//! What the SQL connectors (`sqlite/`, `postgres/`, `mysql/`) do the same way, written once:
+//! checking a target's settings, matching a batch's columns to the target's, resolving key
+//! columns against a source query's columns, the errors all three raise, and the bits of SQL
+//! text that read the same in every dialect.
+//!
+//! Does not: talk to a database, or build SQL that differs between dialects. Each system's
+//! module does that and passes in what differs here (its identifier quoting, its placeholder
+//! style). A function belongs here only when every caller means the same thing by it.
+//!
+//! Invariant: an error raised here reads the same whichever system raised it.
+
+use std::sync::Arc;
+
+use backfill_core::params::{self, Placeholder};
+use backfill_core::retry::ErrorClass;
+use backfill_core::spec::{TargetSpec, WriteMode};
+use backfill_core::value::{Batch, RowCounts};
+
+use crate::ConnectorError;
+use crate::ident::{check_column, check_table, key_positions, position};
+use crate::window::check_names;
+
+/// Where a column of a batch handed to a sink was looked for, in `MissingColumn` errors.
+const FROM_BATCH: &str = "the batch from the source";
+
+// --- Sinks: settings and the target table ---------------------------------------------------
+
+/// The target table, validated and quoted once.
+#[derive(Clone, Debug)]
+pub(crate) struct Table {
+    /// As written in the spec (`t` or `s.t`).
+    pub(crate) name: String,
+    /// Quoted for the dialect's SQL (`"s"."t"`, `` `s`.`t` ``).
+    pub(crate) quoted: String,
+}
+
+impl Table {
+    /// Checks `name` is a plain identifier (optionally `schema.table`) and quotes it with the
+    /// dialect's `quote`; a `Data` error otherwise.
+    pub(crate) fn new(name: &str, quote: fn(&str) -> String) -> Result<Table, ConnectorError> {
+        check_table(name)?;
+        Ok(Table {
+            name: name.to_owned(),
+            quoted: quote(name),
+        })
+    }
+
+    /// `(schema, table)` as written in the spec; `None` when the name has no schema part (the
+    /// dialect decides what that means: `main`, the connection's database, the search path).
+    pub(crate) fn parts(&self) -> (Option<&str>, &str) {
+        match self.name.split_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, &self.name),
+        }
+    }
+
+    /// How errors name the table: `target table "t"`.
+    pub(crate) fn describe(&self) -> String {
+        format!("target table {}", self.quoted)
+    }
+}
+
+/// What every sink takes from the spec's target settings, checked.
+#[derive(Debug)]
+pub(crate) struct TargetSettings {
+    /// `None` only in `sql` mode.
+    pub(crate) table: Option<Table>,
+    /// `sql` mode: the statement with the dialect's placeholders and the name bound at each.
+    pub(crate) statement: Option<(Arc<str>, Vec<String>)>,
+}
+
+/// Checks, before connecting, the target settings every sink needs, and refuses with a `Data`
+/// error the first problem found in this order: the table name, the key columns, the `guard`
+/// column (for sinks that support one; `None` otherwise), a mode without what it needs (a
+/// table, key columns, a window column). In `sql` mode, rewrites the statement's
+/// `:start`/`:end` to `placeholder` and refuses any other parameter.
+pub(crate) fn check_target(
+    spec: &TargetSpec,
+    guard: Option<&str>,
+    quote: fn(&str) -> String,
+    placeholder: Placeholder,
+) -> Result<TargetSettings, ConnectorError> {
+    let table = spec
+        .table
+        .as_deref()
+        .map(|name| Table::new(name, quote))
+        .transpose()?;
+    for k in &spec.key {
+        check_column(k, "key column")?;
+    }
+    if let Some(g) = guard {
+        check_column(g, "guard column")?;
+    }
+    let mut statement = None;
+    match &spec.mode {
+        WriteMode::Upsert | WriteMode::Replace { .. } if table.is_none() => {
+            return Err(ConnectorError::Data {
+                message: format!("`{}` mode needs a target table", spec.mode.name()),
+            });
+        }
+        WriteMode::Upsert if spec.key.is_empty() => {
+            return Err(ConnectorError::Data {
+                message: "`upsert` mode needs key columns".to_owned(),
+            });
+        }
+        WriteMode::Replace { window_column } => check_column(window_column, "window column")?,
+        WriteMode::Sql { statement: text } => {
+            let rewritten = params::rewrite(trim_statement(text), placeholder);
+            check_names(&rewritten.names, "target statement")?;
+            statement = Some((Arc::from(rewritten.sql), rewritten.names));
+        }
+        WriteMode::Upsert => {}
+    }
+    Ok(TargetSettings { table, statement })
+}
+
+/// The target table; a `Data` error in a mode without one (`sql`).
+pub(crate) fn require_table<'t>(
+    table: Option<&'t Table>,
+    mode: &WriteMode,
+) -> Result<&'t Table, ConnectorError> {
+    table.ok_or_else(|| ConnectorError::Data {
+        message: format!("`{}` mode has no target table", mode.name()),
+    })
+}
+
+/// The window column of `replace` mode; a `Data` error in any other mode.
+pub(crate) fn replace_column(mode: &WriteMode) -> Result<&str, ConnectorError> {
+    match mode {
+        WriteMode::Replace { window_column } => Ok(window_column),
+        _ => Err(ConnectorError::Data {
+            message: format!("`{}` mode cannot replace a window", mode.name()),
+        }),
+    }
+}
+
+/// The `sql` mode statement and the name bound at each placeholder; a `Data` error in any
+/// other mode.
+pub(crate) fn sql_statement<'s>(
+    statement: Option<&'s (Arc<str>, Vec<String>)>,
+    mode: &WriteMode,
+) -> Result<&'s (Arc<str>, Vec<String>), ConnectorError> {
+    statement.ok_or_else(|| ConnectorError::Data {
+        message: format!("`{}` mode has no statement to execute", mode.name()),
+    })
+}
+
+// --- Sinks: the target's columns --------------------------------------------------------------
+
+/// Checks the target table's `existing` columns (empty: there is no such table, a `Permanent`
+/// error) hold every source column, every column of `needed` (key, guard) and, in `replace`
+/// mode, the window column; `MissingColumn` for the first one absent.
+pub(crate) fn check_existing<'a>(
+    table: &Table,
+    existing: &[String],
+    columns: &[String],
+    needed: impl IntoIterator<Item = &'a String>,
+    mode: &WriteMode,
+) -> Result<(), ConnectorError> {
+    if existing.is_empty() {
+        return Err(ConnectorError::Sql {
+            context: table.describe(),
+            message: format!("no such table: {}", table.name),
+            class: ErrorClass::Permanent,
+        });
+    }
+    let missing = |column: &str| ConnectorError::MissingColumn {
+        column: column.to_owned(),
+        available: existing.to_vec(),
+        table: table.describe(),
+    };
+    for c in columns {
+        check_column(c, "source column")?;
+        if position(existing, c).is_none() {
+            return Err(missing(c));
+        }
+    }
+    for k in needed {
+        if position(existing, k).is_none() {
+            return Err(missing(k));
+        }
+    }
+    if let WriteMode::Replace { window_column } = mode
+        && position(existing, window_column).is_none()
+    {
+        return Err(missing(window_column));
+    }
+    Ok(())
+}
+
+/// Whether `index` (an index's columns) is exactly the `key` columns, in any order and case.
+pub(crate) fn is_key(index: &[String], key: &[String]) -> bool {
+    index.len() == key.len() && key.iter().all(|k| position(index, k).is_some())
+}
+
+/// The `Permanent` error of an upsert into a table with no PRIMARY KEY or UNIQUE index on
+/// exactly the `key` columns: without one, existing rows cannot be found.
+pub(crate) fn no_unique_key(table: &Table, key: &[String]) -> ConnectorError {
+    ConnectorError::Sql {
+        context: format!("upsert into {}", table.quoted),
+        message: format!(
+            "{} has no PRIMARY KEY or UNIQUE index on exactly ({}); upsert needs one to find \
+             existing rows",
+            table.describe(),
+            key.join(", ")
+        ),
+        class: ErrorClass::Permanent,
+    }
+}
+
+// --- Sinks: batches -----------------------------------------------------------------------------
+
+/// Refuses (`Data`) a batch with a row whose number of values is not its number of columns.
+pub(crate) fn check_row_widths(batch: &Batch) -> Result<(), ConnectorError> {
+    match batch
+        .rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() != batch.columns.len())
+    {
+        None => Ok(()),
+        Some((i, row)) => Err(ConnectorError::Data {
+            message: format!(
+                "batch row {i} has {} values for {} columns",
+                row.len(),
+                batch.columns.len()
+            ),
+        }),
+    }
+}
+
+/// Positions of the `key` columns among the batch's columns; `MissingColumn` (naming the
+/// batch) for the first one absent.
+pub(crate) fn batch_key_positions(
+    batch: &Batch,
+    key: &[String],
+) -> Result<Vec<usize>, ConnectorError> {
+    key_positions(key, &batch.columns, FROM_BATCH)
+}
+
+/// The batch's columns, checked to be plain identifiers and quoted with the dialect's
+/// `quote`, and the positions of `key` among them; refuses a batch missing a key column or
+/// with a row of the wrong width.
+pub(crate) fn batch_columns(
+    batch: &Batch,
+    key: &[String],
+    quote: fn(&str) -> String,
+) -> Result<(Vec<String>, Vec<usize>), ConnectorError> {
+    let mut quoted = Vec::with_capacity(batch.columns.len());
+    for c in &batch.columns {
+        check_column(c, "source column")?;
+        quoted.push(quote(c));
+    }
+    let key_positions = batch_key_positions(batch, key)?;
+    check_row_widths(batch)?;
+    Ok((quoted, key_positions))
+}
+
+/// The counts of an upsert of `rows` rows of which `inserted` were new and `updated` changed
+/// an existing row: the rest were unchanged (identical, or held back by a guard).
+pub(crate) fn upsert_counts(rows: u64, inserted: u64, updated: u64) -> RowCounts {
+    RowCounts {
+        inserted,
+        updated,
+        unchanged: rows.saturating_sub(inserted + updated),
+        ..RowCounts::default()
+    }
+}
+
+/// What errors of the engine's [`Extra`](crate::Extra) statement name.
+pub(crate) const EXTRA_CONTEXT: &str = "checkpoint statement";
+
+/// Accepts an [`Extra`](crate::Extra) statement that affected exactly one row. Anything else
+/// means this attempt is stale (the partition's lease or checkpoint moved on): a `Permanent`
+/// error, on which the caller drops its transaction, rolling the write back.
+pub(crate) fn check_extra(affected: u64) -> Result<(), ConnectorError> {
+    match affected {
+        1 => Ok(()),
+        n => Err(ConnectorError::Sql {
+            context: EXTRA_CONTEXT.to_owned(),
+            message: format!(
+                "affected {n} rows instead of 1: this attempt is stale (the partition's lease \
+                 or checkpoint moved on); the write was rolled back"
+            ),
+            class: ErrorClass::Permanent,
+        }),
+    }
+}
+
+// --- SQL text that reads the same in every dialect ----------------------------------------------
+
+/// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
+pub(crate) fn trim_statement(sql: &str) -> &str {
+    sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backfill_core::value::Value;
+
+    #[test]
+    fn checks_batches() {
+        let batch = Batch {
+            columns: vec!["Id".to_owned(), "v".to_owned()],
+            rows: vec![vec![Value::Int(1), Value::Null]],
+        };
+        let quote = |c: &str| format!("\"{c}\"");
+        let (quoted, key) = batch_columns(&batch, &["id".to_owned()], quote).unwrap();
+        assert_eq!(
+            (quoted, key),
+            (vec!["\"Id\"".into(), "\"v\"".into()], vec![0])
+        );
+        let err = batch_columns(&batch, &["k".to_owned()], quote).unwrap_err();
+        assert!(err.to_string().contains(FROM_BATCH), "{err}");
+        let short = Batch {
+            columns: batch.columns.clone(),
+            rows: vec![vec![Value::Int(1)]],
+        };
+        let err = check_row_widths(&short).unwrap_err();
+        assert_eq!(err.to_string(), "batch row 0 has 1 values for 2 columns");
+        assert!(check_extra(1).is_ok());
+        assert!(check_extra(0).unwrap_err().to_string().contains("stale"));
+        assert_eq!(trim_statement("SELECT 1 ;\n ; "), "SELECT 1");
+    }
+}
