@@ -12,13 +12,17 @@
 use std::sync::Arc;
 
 use backfill_core::params::{self, Placeholder};
+use backfill_core::plan::Window;
 use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{TargetSpec, WriteMode};
-use backfill_core::value::{Batch, RowCounts};
+use backfill_core::timefmt::TimeFormat;
+use backfill_core::value::{Batch, RowCounts, Value};
+use sqlx::{Column, Row};
 
 use crate::ConnectorError;
-use crate::ident::{check_column, check_table, key_positions, position};
-use crate::window::check_names;
+use crate::error::require_key;
+use crate::ident::{check_column, check_table, key_positions, position, reject_null_keys};
+use crate::window::{check_names, named_values};
 
 /// Where a column of a batch handed to a sink was looked for, in `MissingColumn` errors.
 const FROM_BATCH: &str = "the batch from the source";
@@ -287,6 +291,93 @@ pub(crate) fn check_extra(affected: u64) -> Result<(), ConnectorError> {
     }
 }
 
+// --- Sources ------------------------------------------------------------------------------------
+
+/// The `key` columns spelled as the source query returns them (its `columns`);
+/// `MissingColumn` (naming `context`) for the first one it does not return.
+pub(crate) fn resolve_key(
+    key: &[String],
+    columns: &[String],
+    context: &str,
+) -> Result<Vec<String>, ConnectorError> {
+    key_positions(key, columns, context)
+        .map(|p| p.into_iter().map(|i| columns[i].clone()).collect())
+}
+
+/// The source query's spelling of `column`, checked to be a plain identifier;
+/// `MissingColumn` (naming `context`) when the query does not return it.
+pub(crate) fn resolve_column<'c>(
+    columns: &'c [String],
+    column: &str,
+    context: &str,
+) -> Result<&'c String, ConnectorError> {
+    check_column(column, "column")?;
+    match position(columns, column) {
+        Some(i) => Ok(&columns[i]),
+        None => Err(ConnectorError::MissingColumn {
+            column: column.to_owned(),
+            available: columns.to_vec(),
+            table: context.to_owned(),
+        }),
+    }
+}
+
+/// The values bound to a keyset read of `window` in key order: the query's parameters (one
+/// per name of `names`), then the resume key `after` when there is one. Refuses (`Data`) a
+/// source without key columns, then a resume key whose number of values is not the key's.
+pub(crate) fn page_values(
+    key: &[String],
+    names: &[String],
+    window: &Window,
+    format: &TimeFormat,
+    after: Option<&[Value]>,
+) -> Result<Vec<Value>, ConnectorError> {
+    require_key(key)?;
+    let mut values = named_values(names, window, format);
+    if let Some(after) = after {
+        check_resume_key(key, after)?;
+        values.extend(after.iter().cloned());
+    }
+    Ok(values)
+}
+
+/// Refuses (`Data`) a resume key `after` whose number of values is not the key's.
+fn check_resume_key(key: &[String], after: &[Value]) -> Result<(), ConnectorError> {
+    if after.len() == key.len() {
+        return Ok(());
+    }
+    Err(ConnectorError::Data {
+        message: format!(
+            "resume key has {} values but the key has {} columns ({})",
+            after.len(),
+            key.len(),
+            key.join(", ")
+        ),
+    })
+}
+
+/// The column names of a fetched page: its first row's, or `known` (the columns learnt when
+/// the query was prepared) when the page is empty.
+pub(crate) fn page_columns<R: Row>(rows: &[R], known: &[String]) -> Vec<String> {
+    match rows.first() {
+        Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
+        None => known.to_vec(),
+    }
+}
+
+/// A page's decoded `rows` as a batch; refused (`Data`) when a row has NULL in a key column,
+/// and `MissingColumn` (naming `context`) when a key column is not among `columns`.
+pub(crate) fn keyed_batch(
+    key: &[String],
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+    context: &str,
+) -> Result<Batch, ConnectorError> {
+    let key_positions = key_positions(key, &columns, context)?;
+    reject_null_keys(&rows, &key_positions, &columns)?;
+    Ok(Batch { columns, rows })
+}
+
 // --- SQL text that reads the same in every dialect ----------------------------------------------
 
 /// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
@@ -297,7 +388,6 @@ pub(crate) fn trim_statement(sql: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backfill_core::value::Value;
 
     #[test]
     fn checks_batches() {

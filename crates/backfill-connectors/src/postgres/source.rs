@@ -16,7 +16,8 @@ use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 
 use super::{arguments, check_type, connect, decode_row, decode_rows, sql, sql_error};
-use crate::ident::{check_column, position};
+use crate::ident::check_column;
+use crate::shared::{keyed_batch, page_columns, page_values, resolve_column, resolve_key};
 use crate::window::{check_names, named_values};
 use crate::{ConnectorError, RowStream, Source};
 use futures_util::TryStreamExt;
@@ -75,17 +76,7 @@ impl PostgresSource {
             check_type(c.name(), c.type_info().name())?;
             columns.push(c.name().to_owned());
         }
-        let key = key
-            .iter()
-            .map(|k| match position(&columns, k) {
-                Some(i) => Ok(columns[i].clone()),
-                None => Err(ConnectorError::MissingColumn {
-                    column: k.clone(),
-                    available: columns.clone(),
-                    table: CONTEXT.to_owned(),
-                }),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let key = resolve_key(key, &columns, CONTEXT)?;
 
         let quoted: Vec<String> = key.iter().map(|k| sql::quote(k)).collect();
         let first_param = rewritten.names.len() + 1;
@@ -116,15 +107,10 @@ impl PostgresSource {
         after: Option<&[Value]>,
         chunk: u32,
     ) -> Result<RowStream, ConnectorError> {
-        crate::error::require_key(&self.key)?;
-        let mut values = named_values(&self.names, window, &self.time_format);
+        let values = page_values(&self.key, &self.names, window, &self.time_format, after)?;
         let sql = match after {
             None => Arc::clone(&self.first_stream),
-            Some(after) => {
-                self.check_resume_key(after)?;
-                values.extend(after.iter().cloned());
-                Arc::clone(&self.next_stream)
-            }
+            Some(_) => Arc::clone(&self.next_stream),
         };
         let args = arguments(&values)?;
         let columns = self.columns.clone();
@@ -186,20 +172,6 @@ impl PostgresSource {
         .map_err(|e| sql_error(CONTEXT, &e))
     }
 
-    fn check_resume_key(&self, after: &[Value]) -> Result<(), ConnectorError> {
-        if after.len() == self.key.len() {
-            return Ok(());
-        }
-        Err(ConnectorError::Data {
-            message: format!(
-                "resume key has {} values but the key has {} columns ({})",
-                after.len(),
-                self.key.len(),
-                self.key.join(", ")
-            ),
-        })
-    }
-
     async fn count_as(&self, window: &Window, format: &TimeFormat) -> Result<u64, ConnectorError> {
         let values = named_values(&self.names, window, format);
         let args = arguments(&values)?;
@@ -223,30 +195,20 @@ impl Source for PostgresSource {
         after: Option<&[Value]>,
         limit: u32,
     ) -> Result<Batch, ConnectorError> {
-        crate::error::require_key(&self.key)?;
-        let mut values = named_values(&self.names, window, &self.time_format);
+        let mut values = page_values(&self.key, &self.names, window, &self.time_format, after)?;
+        values.push(Value::Int(i64::from(limit)));
         let sql = match after {
             None => &self.first_page,
-            Some(after) => {
-                self.check_resume_key(after)?;
-                values.extend(after.iter().cloned());
-                &self.next_page
-            }
+            Some(_) => &self.next_page,
         };
-        values.push(Value::Int(i64::from(limit)));
         let args = arguments(&values)?;
         let rows = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| sql_error(CONTEXT, &e))?;
-        let columns: Vec<String> = match rows.first() {
-            Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
-            None => self.columns.clone(),
-        };
+        let columns = page_columns(&rows, &self.columns);
         let rows = decode_rows(rows, &columns)?;
-        let key_positions = self.key_positions(&columns)?;
-        crate::ident::reject_null_keys(&rows, &key_positions, &columns)?;
-        Ok(Batch { columns, rows })
+        keyed_batch(&self.key, columns, rows, CONTEXT)
     }
 
     fn key_positions(&self, columns: &[String]) -> Result<Vec<usize>, ConnectorError> {
@@ -263,15 +225,7 @@ impl Source for PostgresSource {
         column: &str,
         limit: u32,
     ) -> Result<Vec<Value>, ConnectorError> {
-        check_column(column, "column")?;
-        let Some(i) = position(&self.columns, column) else {
-            return Err(ConnectorError::MissingColumn {
-                column: column.to_owned(),
-                available: self.columns.clone(),
-                table: CONTEXT.to_owned(),
-            });
-        };
-        let column = &self.columns[i];
+        let column = resolve_column(&self.columns, column, CONTEXT)?;
         let mut values = named_values(&self.names, window, &self.time_format);
         values.push(Value::Int(i64::from(limit)));
         let text = sql::sample(&self.query, &sql::quote(column), values.len());

@@ -17,7 +17,8 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement};
 
 use super::{Role, arguments, connect, decode_rows, sql, sql_error};
-use crate::ident::{check_column, position};
+use crate::ident::check_column;
+use crate::shared::{keyed_batch, page_columns, page_values, resolve_column, resolve_key};
 use crate::window::{check_names, named_values};
 use crate::{ConnectorError, Source};
 
@@ -72,17 +73,7 @@ impl SqliteSource {
             .iter()
             .map(|c| c.name().to_owned())
             .collect();
-        let key = key
-            .iter()
-            .map(|k| match position(&columns, k) {
-                Some(i) => Ok(columns[i].clone()),
-                None => Err(ConnectorError::MissingColumn {
-                    column: k.clone(),
-                    available: columns.clone(),
-                    table: CONTEXT.to_owned(),
-                }),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let key = resolve_key(key, &columns, CONTEXT)?;
 
         let quoted: Vec<String> = key.iter().map(|k| sql::quote(k)).collect();
         let first_param = rewritten.names.len() + 1;
@@ -118,39 +109,20 @@ impl Source for SqliteSource {
         after: Option<&[Value]>,
         limit: u32,
     ) -> Result<Batch, ConnectorError> {
-        crate::error::require_key(&self.key)?;
-        let mut values = named_values(&self.names, window, &self.time_format);
+        let mut values = page_values(&self.key, &self.names, window, &self.time_format, after)?;
+        values.push(Value::Int(i64::from(limit)));
         let sql = match after {
             None => &self.first_page,
-            Some(after) if after.len() == self.key.len() => {
-                values.extend(after.iter().cloned());
-                &self.next_page
-            }
-            Some(after) => {
-                return Err(ConnectorError::Data {
-                    message: format!(
-                        "resume key has {} values but the key has {} columns ({})",
-                        after.len(),
-                        self.key.len(),
-                        self.key.join(", ")
-                    ),
-                });
-            }
+            Some(_) => &self.next_page,
         };
-        values.push(Value::Int(i64::from(limit)));
         let args = arguments(&values, values.len())?;
         let rows = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| sql_error(CONTEXT, &e))?;
-        let columns: Vec<String> = match rows.first() {
-            Some(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
-            None => self.columns.clone(),
-        };
+        let columns = page_columns(&rows, &self.columns);
         let rows = decode_rows(rows, &columns)?;
-        let key_positions = self.key_positions(&columns)?;
-        crate::ident::reject_null_keys(&rows, &key_positions, &columns)?;
-        Ok(Batch { columns, rows })
+        keyed_batch(&self.key, columns, rows, CONTEXT)
     }
 
     fn key_positions(&self, columns: &[String]) -> Result<Vec<usize>, ConnectorError> {
@@ -167,15 +139,7 @@ impl Source for SqliteSource {
         column: &str,
         limit: u32,
     ) -> Result<Vec<Value>, ConnectorError> {
-        check_column(column, "column")?;
-        let Some(i) = position(&self.columns, column) else {
-            return Err(ConnectorError::MissingColumn {
-                column: column.to_owned(),
-                available: self.columns.clone(),
-                table: CONTEXT.to_owned(),
-            });
-        };
-        let column = &self.columns[i];
+        let column = resolve_column(&self.columns, column, CONTEXT)?;
         let mut values = named_values(&self.names, window, &self.time_format);
         values.push(Value::Int(i64::from(limit)));
         let text = sql::sample(&self.query, &sql::quote(column), values.len());
