@@ -79,7 +79,9 @@ impl Probe {
     /// - PostgreSQL primary: the largest `replay_lag` in `pg_stat_replication` (zero when
     ///   standbys are attached and have replayed everything: the server reports no lag then).
     /// - PostgreSQL standby: `now() - pg_last_xact_replay_timestamp()`, or zero when everything
-    ///   received is replayed (an idle primary sends nothing, which is not lag).
+    ///   received is replayed (an idle primary sends nothing, which is not lag). A standby
+    ///   with WAL to replay that has replayed no transaction since it started has no such
+    ///   timestamp: its lag is unknown, which is an error, like a stopped MySQL SQL thread.
     /// - MySQL/MariaDB replica: the largest `Seconds_Behind_Source` (`…_Master`) of
     ///   `SHOW REPLICA STATUS` (`SHOW SLAVE STATUS` on servers without it). A replica whose
     ///   SQL thread is stopped reports no lag at all: that is an error, since its lag grows
@@ -109,13 +111,31 @@ async fn postgres_lag(pool: &PgPool) -> Result<Option<Duration>, ConnectorError>
         .await
         .map_err(fail)?;
     let seconds: Option<f64> = if standby {
-        sqlx::query_scalar(
-            "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-             ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 END",
+        let (caught_up, since_replay): (Option<bool>, Option<f64>) = sqlx::query_as(
+            "SELECT pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(), \
+             EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8",
         )
         .fetch_one(pool)
         .await
-        .map_err(fail)?
+        .map_err(fail)?;
+        match (caught_up, since_replay) {
+            (Some(true), _) => Some(0.0),
+            (_, Some(seconds)) => Some(seconds),
+            // WAL waits, but no transaction was replayed since the standby started (the
+            // timestamp is not kept across restarts): the lag is unknown, and may be growing
+            // (replay paused, or blocked by a conflicting query). Reading it as "not
+            // replicated" would let the run go at full speed while the standby falls behind.
+            (_, None) => {
+                return Err(ConnectorError::Sql {
+                    context: "replica lag".into(),
+                    message: "the standby has WAL to replay but has replayed no transaction \
+                              since it started (pg_last_xact_replay_timestamp() is NULL), so \
+                              its lag is unknown"
+                        .into(),
+                    class: ErrorClass::Transient,
+                });
+            }
+        }
     } else {
         let (standbys, lag): (i64, Option<f64>) = sqlx::query_as(
             "SELECT count(*), EXTRACT(EPOCH FROM max(replay_lag))::float8 \

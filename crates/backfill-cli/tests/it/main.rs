@@ -3,6 +3,7 @@
 //! One test crate (this file plus modules) keeps link time low. Each test works in its own
 //! temporary folder with its own databases and state store, so tests run in parallel.
 
+mod private_server;
 mod support;
 
 mod check;
@@ -17,3 +18,4 @@ mod errors;
 mod idempotency;
 mod lifecycle;
 mod matrix;
+mod replica_lag;
