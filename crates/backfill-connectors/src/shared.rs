@@ -380,9 +380,70 @@ pub(crate) fn keyed_batch(
 
 // --- SQL text that reads the same in every dialect ----------------------------------------------
 
+/// Quotes a validated identifier, each dot-separated part between `mark`s (`"` or `` ` ``):
+/// `s.t` → `"s"."t"`. Validated identifiers hold no `mark`; doubling one keeps this safe
+/// regardless.
+pub(crate) fn quote_ident(name: &str, mark: char) -> String {
+    let doubled: String = [mark, mark].iter().collect();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push(mark);
+        out.push_str(&part.replace(mark, &doubled));
+        out.push(mark);
+    }
+    out
+}
+
 /// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
 pub(crate) fn trim_statement(sql: &str) -> &str {
     sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+/// Wraps the user's query (placeholders already rewritten) as a subquery `q`. The newlines
+/// keep a trailing `-- comment` in the query from swallowing the closing parenthesis.
+pub(crate) fn wrap(select: &str, query: &str) -> String {
+    format!("SELECT {select} FROM (\n{query}\n) AS q")
+}
+
+/// Appends `items` separated by `, `.
+pub(crate) fn push_list(out: &mut String, items: &[String]) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(item);
+    }
+}
+
+/// Appends `(?,?,?),(?,?,?)`: `rows` tuples of `ncols` anonymous `?` placeholders.
+pub(crate) fn push_tuples(out: &mut String, rows: usize, ncols: usize) {
+    out.reserve(rows * (ncols * 2 + 2));
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for c in 0..ncols {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push('?');
+        }
+        out.push(')');
+    }
+}
+
+/// Multi-row `INSERT INTO table (columns) VALUES (?,…),…` of `rows` rows, with `?`
+/// placeholders (SQLite and MySQL); `table` and `columns` quoted.
+pub(crate) fn insert(table: &str, columns: &[String], rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {table} (");
+    push_list(&mut sql, columns);
+    sql.push_str(") VALUES ");
+    push_tuples(&mut sql, rows, columns.len());
+    sql
 }
 
 #[cfg(test)]
@@ -390,12 +451,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quotes_each_part() {
+        assert_eq!(quote_ident("t", '"'), "\"t\"");
+        assert_eq!(quote_ident("s.t", '"'), "\"s\".\"t\"");
+        assert_eq!(quote_ident("s.t", '`'), "`s`.`t`");
+        assert_eq!(quote_ident("a`b", '`'), "`a``b`");
+    }
+
+    #[test]
+    fn builds_common_text() {
+        assert_eq!(trim_statement("SELECT 1 ;\n ; "), "SELECT 1");
+        assert_eq!(
+            wrap("*", "SELECT 1 -- c"),
+            "SELECT * FROM (\nSELECT 1 -- c\n) AS q"
+        );
+        let cols = vec!["\"a\"".to_owned(), "\"b\"".to_owned()];
+        assert_eq!(
+            insert("\"t\"", &cols, 2),
+            "INSERT INTO \"t\" (\"a\", \"b\") VALUES (?,?),(?,?)"
+        );
+    }
+
+    #[test]
     fn checks_batches() {
         let batch = Batch {
             columns: vec!["Id".to_owned(), "v".to_owned()],
             rows: vec![vec![Value::Int(1), Value::Null]],
         };
-        let quote = |c: &str| format!("\"{c}\"");
+        let quote = |c: &str| quote_ident(c, '"');
         let (quoted, key) = batch_columns(&batch, &["id".to_owned()], quote).unwrap();
         assert_eq!(
             (quoted, key),
@@ -411,6 +494,5 @@ mod tests {
         assert_eq!(err.to_string(), "batch row 0 has 1 values for 2 columns");
         assert!(check_extra(1).is_ok());
         assert!(check_extra(0).unwrap_err().to_string().contains("stale"));
-        assert_eq!(trim_statement("SELECT 1 ;\n ; "), "SELECT 1");
     }
 }

@@ -5,33 +5,12 @@
 
 use std::fmt::Write as _;
 
+pub(crate) use crate::shared::{insert, trim_statement, wrap};
+use crate::shared::{push_list, push_tuples, quote_ident};
+
 /// Quotes a validated identifier: `x` → `` `x` ``, `s.t` → `` `s`.`t` ``.
 pub(crate) fn quote(name: &str) -> String {
-    name.split('.')
-        .map(|part| format!("`{}`", part.replace('`', "``")))
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-fn push_list(out: &mut String, items: &[String]) {
-    out.push_str(&items.join(", "));
-}
-
-/// `(?,?,?),(?,?,?)`: `rows` tuples of `ncols` placeholders.
-fn push_tuples(out: &mut String, rows: usize, ncols: usize) {
-    let tuple = format!("({})", vec!["?"; ncols].join(","));
-    out.push_str(&vec![tuple; rows].join(","));
-}
-
-/// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
-pub(crate) fn trim_statement(sql: &str) -> &str {
-    sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
-}
-
-/// Wraps the user's query as a subquery `q`; the newlines keep a trailing comment from
-/// swallowing the closing parenthesis.
-pub(crate) fn wrap(select: &str, query: &str) -> String {
-    format!("SELECT {select} FROM (\n{query}\n) AS q")
+    quote_ident(name, '`')
 }
 
 /// One page of keyset pagination: rows after the bound key (when `after`), ordered by the
@@ -56,15 +35,6 @@ pub(crate) fn count(query: &str) -> String {
 /// Non-NULL values of one quoted column of the query, limited by a trailing `?`.
 pub(crate) fn sample(query: &str, column: &str) -> String {
     format!("{} WHERE {column} IS NOT NULL LIMIT ?", wrap(column, query))
-}
-
-/// Multi-row `INSERT` of `rows` rows.
-pub(crate) fn insert(table: &str, columns: &[String], rows: usize) -> String {
-    let mut sql = format!("INSERT INTO {table} (");
-    push_list(&mut sql, columns);
-    sql.push_str(") VALUES ");
-    push_tuples(&mut sql, rows, columns.len());
-    sql
 }
 
 /// Multi-row upsert. Non-key columns take the incoming values; with a `guard` column, a

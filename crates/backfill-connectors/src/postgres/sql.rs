@@ -4,28 +4,16 @@
 
 use std::fmt::Write as _;
 
+use crate::shared::quote_ident;
+pub(crate) use crate::shared::{trim_statement, wrap};
+
 /// Quotes a validated identifier: `x` → `"x"`, `s.t` → `"s"."t"`.
 pub(crate) fn quote(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, part) in name.split('.').enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        out.push('"');
-        out.push_str(&part.replace('"', "\"\""));
-        out.push('"');
-    }
-    out
+    quote_ident(name, '"')
 }
 
 pub(crate) fn list(items: &[String]) -> String {
     items.join(", ")
-}
-
-/// Wraps the user's query (already rewritten to `$1`, `$2`) as a subquery `q`. The newlines
-/// keep a trailing `-- comment` in the query from swallowing the closing parenthesis.
-pub(crate) fn wrap(select: &str, query: &str) -> String {
-    format!("SELECT {select} FROM (\n{query}\n) AS q")
 }
 
 /// One page of keyset pagination: rows after the bound key (when `after`), ordered by `key`
@@ -155,11 +143,6 @@ pub(crate) fn upsert(
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM w",
     );
     sql
-}
-
-/// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
-pub(crate) fn trim_statement(sql: &str) -> &str {
-    sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 
 use std::fmt::Write as _;
 
+pub(crate) use crate::shared::{insert, trim_statement, wrap};
+use crate::shared::{push_list, push_tuples, quote_ident};
+
 /// SQLite's default upper bound on bound parameters per statement (since 3.32).
 const MAX_PARAMS: usize = 32_766;
 /// Rows per multi-row statement: enough to amortise a statement, few enough to keep the
@@ -19,53 +22,7 @@ pub(crate) fn rows_per_stmt(ncols: usize) -> usize {
 
 /// Quotes a validated identifier: `x` → `"x"`, `s.t` → `"s"."t"`.
 pub(crate) fn quote(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, part) in name.split('.').enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        out.push('"');
-        // Validated identifiers hold no quote; doubling keeps this safe regardless.
-        out.push_str(&part.replace('"', "\"\""));
-        out.push('"');
-    }
-    out
-}
-
-fn push_list(out: &mut String, items: &[String]) {
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.push_str(item);
-    }
-}
-
-/// `(?,?,?),(?,?,?)`: `rows` tuples of `ncols` anonymous placeholders.
-fn push_tuples(out: &mut String, rows: usize, ncols: usize) {
-    out.reserve(rows * (ncols * 2 + 2));
-    for r in 0..rows {
-        if r > 0 {
-            out.push(',');
-        }
-        out.push('(');
-        for c in 0..ncols {
-            if c > 0 {
-                out.push(',');
-            }
-            out.push('?');
-        }
-        out.push(')');
-    }
-}
-
-/// Multi-row `INSERT` of `rows` rows into `table` (quoted) with quoted `columns`.
-pub(crate) fn insert(table: &str, columns: &[String], rows: usize) -> String {
-    let mut sql = format!("INSERT INTO {table} (");
-    push_list(&mut sql, columns);
-    sql.push_str(") VALUES ");
-    push_tuples(&mut sql, rows, columns.len());
-    sql
+    quote_ident(name, '"')
 }
 
 /// Multi-row upsert: insert new keys, update a row only when some non-key value differs
@@ -143,12 +100,6 @@ pub(crate) fn count_existing(table: &str, key: &[String], rows: usize) -> String
         sql.push(')');
     }
     sql
-}
-
-/// Wraps the user's query (already rewritten to `?1`, `?2`) as a subquery `q`. The newlines
-/// keep a trailing `-- comment` in the query from swallowing the closing parenthesis.
-pub(crate) fn wrap(select: &str, query: &str) -> String {
-    format!("SELECT {select} FROM (\n{query}\n) AS q")
 }
 
 /// One page of keyset pagination: rows after the bound key (when `after`), ordered by `key`
@@ -234,11 +185,6 @@ pub(crate) fn sample(query: &str, column: &str, limit_param: usize) -> String {
 /// Deletes a window: `column >= ?1 AND column < ?2`.
 pub(crate) fn delete_window(table: &str, column: &str) -> String {
     format!("DELETE FROM {table} WHERE {column} >= ?1 AND {column} < ?2")
-}
-
-/// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
-pub(crate) fn trim_statement(sql: &str) -> &str {
-    sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
 }
 
 #[cfg(test)]
