@@ -1,7 +1,8 @@
 //! What the SQL connectors (`sqlite/`, `postgres/`, `mysql/`) do the same way, written once:
 //! checking a target's settings, matching a batch's columns to the target's, resolving key
-//! columns against a source query's columns, the errors all three raise, and the bits of SQL
-//! text that read the same in every dialect.
+//! columns against a source query's columns, the errors all three raise, turning a driver
+//! error into a [`ConnectorError`], reading a row value by value, and the bits of SQL text
+//! that read the same in every dialect.
 //!
 //! Does not: talk to a database, or build SQL that differs between dialects. Each system's
 //! module does that and passes in what differs here (its identifier quoting, its placeholder
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use backfill_core::params::{self, Placeholder};
 use backfill_core::plan::Window;
 use backfill_core::retry::ErrorClass;
+use backfill_core::secret::redact;
 use backfill_core::spec::{TargetSpec, WriteMode};
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
@@ -376,6 +378,69 @@ pub(crate) fn keyed_batch(
     let key_positions = key_positions(key, &columns, context)?;
     reject_null_keys(&rows, &key_positions, &columns)?;
     Ok(Batch { columns, rows })
+}
+
+// --- Drivers: errors and decoding -------------------------------------------------------------
+
+/// Whether a failed sqlx call that is not the database's own answer may succeed if tried
+/// again: I/O, a pool timeout, a crashed worker, a protocol error or a failed `BEGIN` are
+/// `Transient`; anything else is `Permanent`. Each system classifies the database's answers
+/// (`sqlx::Error::Database`) by its own table.
+pub(crate) fn classify_driver(err: &sqlx::Error) -> ErrorClass {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::BeginFailed => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// A failed statement as the engine sees it, its message redacted: `Unavailable` when the
+/// system says the database is `gone` (connection lost, server shutting down), else `Sql`
+/// with the class the system's `classify` gives.
+pub(crate) fn driver_error(
+    context: impl Into<String>,
+    err: &sqlx::Error,
+    gone: bool,
+    classify: fn(&sqlx::Error) -> ErrorClass,
+) -> ConnectorError {
+    if gone {
+        return ConnectorError::Unavailable {
+            context: context.into(),
+            message: redact(&err.to_string()),
+        };
+    }
+    ConnectorError::Sql {
+        context: context.into(),
+        message: redact(&err.to_string()),
+        class: classify(err),
+    }
+}
+
+/// One fetched row's values, each read by the system's `decode`; a value that cannot be read
+/// is a `Data` error naming its column (from `columns`).
+pub(crate) fn decode_row<R: Row>(
+    row: &R,
+    columns: &[String],
+    decode: impl Fn(<R::Database as sqlx::Database>::ValueRef<'_>) -> Result<Value, String>,
+) -> Result<Vec<Value>, ConnectorError>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    let n = row.len();
+    let mut values = Vec::with_capacity(n);
+    for i in 0..n {
+        let column = || columns.get(i).map_or("?", String::as_str).to_owned();
+        let raw = row.try_get_raw(i).map_err(|e| ConnectorError::Data {
+            message: format!("column \"{}\": {e}", column()),
+        })?;
+        values.push(decode(raw).map_err(|e| ConnectorError::Data {
+            message: format!("column \"{}\": {e}", column()),
+        })?);
+    }
+    Ok(values)
 }
 
 // --- SQL text that reads the same in every dialect ----------------------------------------------

@@ -32,9 +32,10 @@ use sqlx::mysql::{
     MySql, MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
     MySqlRow, MySqlTypeInfo, MySqlValueRef,
 };
-use sqlx::{Arguments, ConnectOptions, Decode, Executor, Row, Type, TypeInfo, ValueRef};
+use sqlx::{Arguments, ConnectOptions, Decode, Executor, Type, TypeInfo, ValueRef};
 
 use crate::ConnectorError;
+use crate::shared::{classify_driver, decode_row, driver_error};
 
 pub use sink::{MySqlReplace, MySqlSink};
 pub use source::MySqlSource;
@@ -73,33 +74,18 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<MySqlDatabaseError>()
             .map_or(ErrorClass::Permanent, |e| classify_number(e.number())),
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::BeginFailed => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
+        other => classify_driver(other),
     }
 }
 
 /// A failed statement, classified, with the message redacted.
 pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
-    if crate::error::lost_connection(err)
+    let gone = crate::error::lost_connection(err)
         || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
             // ER_SERVER_SHUTDOWN, CR_SERVER_GONE_ERROR, CR_SERVER_LOST
             matches!(c.as_ref(), "1053" | "2006" | "2013" | "08S01")
-        }))
-    {
-        return ConnectorError::Unavailable {
-            context: context.into(),
-            message: redact(&err.to_string()),
-        };
-    }
-    ConnectorError::Sql {
-        context: context.into(),
-        message: redact(&err.to_string()),
-        class: classify(err),
-    }
+        }));
+    driver_error(context, err, gone, classify)
 }
 
 /// Opens a pool on the database of `url`: UTC session, strict SQL mode, utf8mb4.
@@ -289,22 +275,9 @@ fn decode_value(raw: MySqlValueRef<'_>) -> Result<Value, String> {
 
 /// Converts fetched rows to values, naming the column of a value that cannot be read.
 fn decode_rows(rows: Vec<MySqlRow>, columns: &[String]) -> Result<Vec<Vec<Value>>, ConnectorError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let n = row.len();
-        let mut values = Vec::with_capacity(n);
-        for i in 0..n {
-            let column = || columns.get(i).map_or("?", String::as_str).to_owned();
-            let raw = row.try_get_raw(i).map_err(|e| ConnectorError::Data {
-                message: format!("column \"{}\": {e}", column()),
-            })?;
-            values.push(decode_value(raw).map_err(|e| ConnectorError::Data {
-                message: format!("column \"{}\": {e}", column()),
-            })?);
-        }
-        out.push(values);
-    }
-    Ok(out)
+    rows.iter()
+        .map(|row| decode_row(row, columns, decode_value))
+        .collect()
 }
 
 #[cfg(test)]

@@ -27,9 +27,10 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgValueFormat, PgValueRef,
 };
-use sqlx::{Arguments, ConnectOptions, Decode, Postgres, Row, TypeInfo, ValueRef};
+use sqlx::{Arguments, ConnectOptions, Decode, Postgres, TypeInfo, ValueRef};
 
 use crate::ConnectorError;
+use crate::shared::{classify_driver, driver_error};
 
 pub use sink::{PostgresReplace, PostgresSink};
 pub use source::PostgresSource;
@@ -61,33 +62,18 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
         sqlx::Error::Database(db) => db
             .code()
             .map_or(ErrorClass::Permanent, |c| classify_sqlstate(&c)),
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::BeginFailed => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
+        other => classify_driver(other),
     }
 }
 
 /// A failed statement, classified, with the message redacted.
 pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
-    if crate::error::lost_connection(err)
+    let gone = crate::error::lost_connection(err)
         || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
             // connection_exception, admin_shutdown, crash_shutdown, cannot_connect_now
             c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
-        }))
-    {
-        return ConnectorError::Unavailable {
-            context: context.into(),
-            message: redact(&err.to_string()),
-        };
-    }
-    ConnectorError::Sql {
-        context: context.into(),
-        message: redact(&err.to_string()),
-        class: classify(err),
-    }
+        }));
+    driver_error(context, err, gone, classify)
 }
 
 /// Opens a pool of at most `pool_size` connections; failures name the redacted URL.
@@ -327,18 +313,7 @@ fn decode_rows(rows: Vec<PgRow>, columns: &[String]) -> Result<Vec<Vec<Value>>, 
 
 /// One row's values; `columns` names them in errors.
 fn decode_row(row: &PgRow, columns: &[String]) -> Result<Vec<Value>, ConnectorError> {
-    let n = row.len();
-    let mut values = Vec::with_capacity(n);
-    for i in 0..n {
-        let column = || columns.get(i).map_or("?", String::as_str).to_owned();
-        let raw = row.try_get_raw(i).map_err(|e| ConnectorError::Data {
-            message: format!("column \"{}\": {e}", column()),
-        })?;
-        values.push(decode_value(raw).map_err(|e| ConnectorError::Data {
-            message: format!("column \"{}\": {e}", column()),
-        })?);
-    }
-    Ok(values)
+    crate::shared::decode_row(row, columns, decode_value)
 }
 
 /// Appends `value` as one field of `COPY … FROM STDIN` text format.

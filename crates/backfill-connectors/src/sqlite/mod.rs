@@ -28,9 +28,10 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous, SqliteValueRef,
 };
-use sqlx::{Arguments, ConnectOptions, Decode, Row, TypeInfo, ValueRef};
+use sqlx::{Arguments, ConnectOptions, Decode, TypeInfo, ValueRef};
 
 use crate::ConnectorError;
+use crate::shared::{classify_driver, decode_row, driver_error};
 
 pub use pushdown::{SqlitePartition, SqlitePushdown, SqlitePushedReplace, SqliteStaged};
 pub use sink::{SqliteReplace, SqliteSink};
@@ -80,28 +81,13 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
             .code()
             .and_then(|c| c.parse::<i32>().ok())
             .map_or(ErrorClass::Permanent, classify_code),
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::BeginFailed => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
+        other => classify_driver(other),
     }
 }
 
 /// A failed statement, classified, with the message redacted.
 pub(crate) fn sql_error(context: impl Into<String>, err: &sqlx::Error) -> ConnectorError {
-    if crate::error::lost_connection(err) {
-        return ConnectorError::Unavailable {
-            context: context.into(),
-            message: redact(&err.to_string()),
-        };
-    }
-    ConnectorError::Sql {
-        context: context.into(),
-        message: redact(&err.to_string()),
-        class: classify(err),
-    }
+    driver_error(context, err, crate::error::lost_connection(err), classify)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -241,22 +227,9 @@ fn decode_rows(
     rows: Vec<SqliteRow>,
     columns: &[String],
 ) -> Result<Vec<Vec<Value>>, ConnectorError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let n = row.len();
-        let mut values = Vec::with_capacity(n);
-        for i in 0..n {
-            let column = || columns.get(i).map_or("?", String::as_str).to_owned();
-            let raw = row.try_get_raw(i).map_err(|e| ConnectorError::Data {
-                message: format!("column \"{}\": {e}", column()),
-            })?;
-            values.push(decode_value(raw).map_err(|e| ConnectorError::Data {
-                message: format!("column \"{}\": {e}", column()),
-            })?);
-        }
-        out.push(values);
-    }
-    Ok(out)
+    rows.iter()
+        .map(|row| decode_row(row, columns, decode_value))
+        .collect()
 }
 
 #[cfg(test)]
