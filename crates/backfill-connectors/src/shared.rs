@@ -262,6 +262,26 @@ pub(crate) fn batch_columns(
     Ok((quoted, key_positions))
 }
 
+/// The `guard` column as the batch spells it, quoted with the dialect's `quote`; `None`
+/// without a guard. A guard compares the incoming row's value with the target's, so a batch
+/// without the column is refused (`MissingColumn`, naming the batch): the source query must
+/// return it.
+pub(crate) fn batch_guard(
+    batch: &Batch,
+    guard: Option<&str>,
+    quote: fn(&str) -> String,
+) -> Result<Option<String>, ConnectorError> {
+    let Some(g) = guard else {
+        return Ok(None);
+    };
+    let i = position(&batch.columns, g).ok_or_else(|| ConnectorError::MissingColumn {
+        column: g.to_owned(),
+        available: batch.columns.clone(),
+        table: FROM_BATCH.to_owned(),
+    })?;
+    Ok(Some(quote(&batch.columns[i])))
+}
+
 /// The counts of an upsert of `rows` rows of which `inserted` were new and `updated` changed
 /// an existing row: the rest were unchanged (identical, or held back by a guard).
 pub(crate) fn upsert_counts(rows: u64, inserted: u64, updated: u64) -> RowCounts {

@@ -25,8 +25,9 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 use super::{arguments, connect, sql, sql_error};
 use crate::ident::position;
 use crate::shared::{
-    EXTRA_CONTEXT, Table, TargetSettings, batch_columns, check_existing, check_extra, check_target,
-    is_key, no_unique_key, replace_column, require_table, sql_statement, upsert_counts,
+    EXTRA_CONTEXT, Table, TargetSettings, batch_columns, batch_guard, check_existing, check_extra,
+    check_target, is_key, no_unique_key, replace_column, require_table, sql_statement,
+    upsert_counts,
 };
 use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
@@ -347,21 +348,7 @@ impl Sink for MySqlSink {
         let temporal = self.temporal_columns(table).await?;
         let batch = &*instants_as_datetimes(batch, &temporal);
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
-        let guard = match &self.guard {
-            Some(g) => Some(sql::quote(
-                batch
-                    .columns
-                    .get(position(&batch.columns, g).ok_or_else(|| {
-                        ConnectorError::MissingColumn {
-                            column: g.clone(),
-                            available: batch.columns.clone(),
-                            table: "the batch from the source".to_owned(),
-                        }
-                    })?)
-                    .map_or(g.as_str(), String::as_str),
-            )),
-            None => None,
-        };
+        let guard = batch_guard(batch, self.guard.as_deref(), sql::quote)?;
 
         let mut tx = begin(&self.pool, &context).await?;
         let existing = count_existing(

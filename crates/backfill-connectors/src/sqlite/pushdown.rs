@@ -18,7 +18,7 @@
 //!   target transaction: a write to the target first (it takes the target's write lock, and
 //!   only the target's), count the batch's keys that exist, `INSERT … SELECT … FROM
 //!   temp.backfill_part WHERE rowid in the batch ON CONFLICT … DO UPDATE … WHERE <a column
-//!   differs>`, the engine's [`Extra`], commit. Counts are split exactly as on the row path:
+//!   differs> [AND <the target's guard is not newer>]`, the engine's [`Extra`], commit. Counts are split exactly as on the row path:
 //!   `changes()` = inserted + updated.
 //! - replace, per partition: one target transaction deletes the window, checks the window has
 //!   no NULL key, inserts the whole window with one `INSERT … SELECT` (SQLite streams it), runs
@@ -270,6 +270,21 @@ impl SqlitePushdown {
                 list(&target.key)
             ));
         };
+        let guard = match &target.guard {
+            Some(g) => {
+                check_column(g, "guard column")?;
+                match position(&columns, g) {
+                    Some(i) => Some(sql::quote(&columns[i])),
+                    // The row path refuses the first batch with a clear error.
+                    None => {
+                        return not_used(format!(
+                            "the query does not return the guard column `{g}`"
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
         let target_schema = if same_file { "main" } else { TARGET_SCHEMA };
         let mut setup: Vec<String> = Vec::new();
         if !same_file {
@@ -307,11 +322,14 @@ impl SqlitePushdown {
         let stmts = statements(
             &rewritten.sql,
             rewritten.names.len(),
-            &target_quoted,
-            &quoted,
-            &key_positions,
-            &key_quoted,
-            window_column.map(|c| sql::quote(c)),
+            TargetShape {
+                table: &target_quoted,
+                columns: &quoted,
+                key_positions: &key_positions,
+                key: &key_quoted,
+                guard: guard.as_deref(),
+                window_column: window_column.map(|c| sql::quote(c)),
+            },
         );
 
         for text in &setup {
@@ -549,16 +567,32 @@ impl SqlitePushdown {
     }
 }
 
-/// Builds every statement of the pushdown.
-fn statements(
-    query: &str,
-    query_params: usize,
-    target: &str,
-    columns: &[String],
-    key_positions: &[usize],
-    key: &[String],
+/// What the target side of the pushdown's statements is made of, every name quoted.
+struct TargetShape<'a> {
+    /// The target table, schema-qualified.
+    table: &'a str,
+    /// The query's columns, written to the target's columns of the same names.
+    columns: &'a [String],
+    /// Positions of the key columns among `columns`.
+    key_positions: &'a [usize],
+    /// The key columns.
+    key: &'a [String],
+    /// The upsert guard column, if any.
+    guard: Option<&'a str>,
+    /// `replace` mode: the window column.
     window_column: Option<String>,
-) -> Statements {
+}
+
+/// Builds every statement of the pushdown.
+fn statements(query: &str, query_params: usize, shape: TargetShape<'_>) -> Statements {
+    let TargetShape {
+        table: target,
+        columns,
+        key_positions,
+        key,
+        guard,
+        window_column,
+    } = shape;
     let first_param = query_params + 1;
     let insert_stage = |after: bool| -> Arc<str> {
         let (ordered, _) = sql::ordered(query, key, first_param, after);
@@ -605,7 +639,15 @@ fn statements(
             list(key)
         )
         .into(),
-        upsert: sql::upsert_select(target, columns, key_positions, STAGE_QUOTED, BATCH_ROWS).into(),
+        upsert: sql::upsert_select(
+            target,
+            columns,
+            key_positions,
+            guard,
+            STAGE_QUOTED,
+            BATCH_ROWS,
+        )
+        .into(),
         replace,
     }
 }

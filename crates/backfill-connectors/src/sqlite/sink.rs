@@ -4,8 +4,9 @@
 //! batch never fails half-way on a lock upgrade), made of multi-row statements of a fixed
 //! size so sqlx's statement cache prepares each shape once. Counts come from the database:
 //! the upsert first counts which keys of the batch exist, then `changes()` tells how many rows
-//! the upsert actually wrote; identical rows are filtered by the `DO UPDATE ... WHERE` clause
-//! and never written.
+//! the upsert actually wrote; identical rows, and with `target.guard` rows whose target guard
+//! is newer than the incoming one, are filtered by the `DO UPDATE ... WHERE` clause and never
+//! written.
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,8 +22,9 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 
 use super::{Role, arguments, connect, sql, sql_error};
 use crate::shared::{
-    EXTRA_CONTEXT, Table, TargetSettings, batch_columns, check_existing, check_extra, check_target,
-    is_key, no_unique_key, replace_column, require_table, sql_statement, upsert_counts,
+    EXTRA_CONTEXT, Table, TargetSettings, batch_columns, batch_guard, check_existing, check_extra,
+    check_target, is_key, no_unique_key, replace_column, require_table, sql_statement,
+    upsert_counts,
 };
 use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
@@ -41,6 +43,9 @@ pub struct SqliteSink {
     table: Option<Table>,
     /// Key columns (validated); empty only in `sql` mode.
     key: Vec<String>,
+    /// Upsert guard column (validated): a target row whose guard is greater than the incoming
+    /// row's is never overwritten.
+    guard: Option<String>,
     mode: WriteMode,
     time_format: TimeFormat,
     /// `sql` mode: the statement with `?N` placeholders and the name bound at each.
@@ -149,14 +154,18 @@ impl SqliteSink {
     /// Opens the file of `spec.url` (never creating it) in WAL mode with `synchronous = FULL`
     /// and validates the table, key and mode settings.
     pub async fn open(spec: &TargetSpec, pool_size: u32) -> Result<SqliteSink, ConnectorError> {
-        // SQLite upserts take no guard.
-        let TargetSettings { table, statement } =
-            check_target(spec, None, sql::quote, Placeholder::QuestionNumbered)?;
+        let TargetSettings { table, statement } = check_target(
+            spec,
+            spec.guard.as_deref(),
+            sql::quote,
+            Placeholder::QuestionNumbered,
+        )?;
         let pool = connect(&spec.url, pool_size, Role::Target).await?;
         Ok(SqliteSink {
             pool,
             table,
             key: spec.key.clone(),
+            guard: spec.guard.clone(),
             mode: spec.mode.clone(),
             time_format: spec.time_format.clone(),
             statement,
@@ -346,7 +355,8 @@ impl Sink for SqliteSink {
     async fn check_columns(&self, columns: &[String]) -> Result<Vec<String>, ConnectorError> {
         let table = self.table()?;
         let (existing, pk) = self.table_columns(table).await?;
-        check_existing(table, &existing, columns, &self.key, &self.mode)?;
+        let needed = self.key.iter().chain(&self.guard);
+        check_existing(table, &existing, columns, needed, &self.mode)?;
         if self.mode == WriteMode::Upsert && !self.key_is_unique(table, &pk).await? {
             return Err(no_unique_key(table, &self.key));
         }
@@ -387,6 +397,7 @@ impl Sink for SqliteSink {
         let (columns, key_positions) = batch_columns(batch, &self.key, sql::quote)?;
         check_decimals(batch, &self.numeric_columns(table).await?, table)?;
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
+        let guard = batch_guard(batch, self.guard.as_deref(), sql::quote)?;
         let width = columns.len();
 
         let mut tx = begin(&self.pool, &context).await?;
@@ -400,7 +411,7 @@ impl Sink for SqliteSink {
         )
         .await?;
         let written = write_chunks(&mut tx, &context, &batch.rows, width, |n| {
-            sql::upsert(&table.quoted, &columns, &key_positions, n)
+            sql::upsert(&table.quoted, &columns, &key_positions, guard.as_deref(), n)
         })
         .await?;
         run_extra(&mut tx, extra).await?;

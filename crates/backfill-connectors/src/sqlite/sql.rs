@@ -27,10 +27,18 @@ pub(crate) fn quote(name: &str) -> String {
 
 /// Multi-row upsert: insert new keys, update a row only when some non-key value differs
 /// (`IS NOT` treats NULLs as values), so identical rows are not written and not counted by
-/// `changes()`. With no non-key column, existing keys are left alone.
-pub(crate) fn upsert(table: &str, columns: &[String], key: &[usize], rows: usize) -> String {
+/// `changes()`, and, with a `guard` (quoted), only when the target row's guard is NULL or not
+/// greater than the incoming one (live writes win). With no non-key column, existing keys are
+/// left alone.
+pub(crate) fn upsert(
+    table: &str,
+    columns: &[String],
+    key: &[usize],
+    guard: Option<&str>,
+    rows: usize,
+) -> String {
     let mut sql = insert(table, columns, rows);
-    push_on_conflict(&mut sql, columns, key);
+    push_on_conflict(&mut sql, columns, key, guard);
     sql
 }
 
@@ -41,6 +49,7 @@ pub(crate) fn upsert_select(
     table: &str,
     columns: &[String],
     key: &[usize],
+    guard: Option<&str>,
     from: &str,
     filter: &str,
 ) -> String {
@@ -49,12 +58,14 @@ pub(crate) fn upsert_select(
     sql.push_str(") SELECT ");
     push_list(&mut sql, columns);
     let _ = write!(sql, " FROM {from} WHERE {filter}");
-    push_on_conflict(&mut sql, columns, key);
+    push_on_conflict(&mut sql, columns, key, guard);
     sql
 }
 
-/// ` ON CONFLICT (key) DO UPDATE SET … WHERE <some non-key column differs>`.
-fn push_on_conflict(sql: &mut String, columns: &[String], key: &[usize]) {
+/// ` ON CONFLICT (key) DO UPDATE SET … WHERE (<some non-key column differs>)`, and with a
+/// guard ` AND (g IS NULL OR g <= excluded.g)`. Unqualified names in the clause are the
+/// target row's values before the update.
+fn push_on_conflict(sql: &mut String, columns: &[String], key: &[usize], guard: Option<&str>) {
     sql.push_str(" ON CONFLICT (");
     let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
     push_list(sql, &keys);
@@ -74,12 +85,16 @@ fn push_on_conflict(sql: &mut String, columns: &[String], key: &[usize]) {
         }
         let _ = write!(sql, "{c} = excluded.{c}");
     }
-    sql.push_str(" WHERE ");
+    sql.push_str(" WHERE (");
     for (i, c) in rest.iter().enumerate() {
         if i > 0 {
             sql.push_str(" OR ");
         }
         let _ = write!(sql, "{c} IS NOT excluded.{c}");
+    }
+    sql.push(')');
+    if let Some(g) = guard {
+        let _ = write!(sql, " AND ({g} IS NULL OR {g} <= excluded.{g})");
     }
 }
 
@@ -217,13 +232,21 @@ mod tests {
             "INSERT INTO \"t\" (\"id\", \"a\", \"b\") VALUES (?,?,?),(?,?,?)"
         );
         assert_eq!(
-            upsert("\"t\"", &cols, &[0], 1),
+            upsert("\"t\"", &cols, &[0], None, 1),
             "INSERT INTO \"t\" (\"id\", \"a\", \"b\") VALUES (?,?,?) ON CONFLICT (\"id\") \
              DO UPDATE SET \"a\" = excluded.\"a\", \"b\" = excluded.\"b\" \
-             WHERE \"a\" IS NOT excluded.\"a\" OR \"b\" IS NOT excluded.\"b\""
+             WHERE (\"a\" IS NOT excluded.\"a\" OR \"b\" IS NOT excluded.\"b\")"
+        );
+        // A guard holds back rows whose target guard is newer; the OR stays grouped.
+        assert_eq!(
+            upsert("\"t\"", &cols, &[0], Some("\"b\""), 1),
+            "INSERT INTO \"t\" (\"id\", \"a\", \"b\") VALUES (?,?,?) ON CONFLICT (\"id\") \
+             DO UPDATE SET \"a\" = excluded.\"a\", \"b\" = excluded.\"b\" \
+             WHERE (\"a\" IS NOT excluded.\"a\" OR \"b\" IS NOT excluded.\"b\") \
+             AND (\"b\" IS NULL OR \"b\" <= excluded.\"b\")"
         );
         assert_eq!(
-            upsert("\"t\"", &q(&["k"]), &[0], 1),
+            upsert("\"t\"", &q(&["k"]), &[0], Some("\"k\""), 1),
             "INSERT INTO \"t\" (\"k\") VALUES (?) ON CONFLICT (\"k\") DO NOTHING"
         );
         assert_eq!(

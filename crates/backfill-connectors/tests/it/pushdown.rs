@@ -398,3 +398,57 @@ async fn upsert_transaction_locks_only_the_target() {
     assert_eq!(staged.upsert(None).await.unwrap(), counts(4, 1, 2));
     writer.execute("COMMIT").await.unwrap();
 }
+
+/// `guard = "v"` inside SQLite: the same rule as the row path (a newer target guard keeps
+/// the row, counted unchanged); a query without the guard column leaves the pushdown to the
+/// row path, which names the missing column.
+#[tokio::test]
+async fn guard_keeps_target_rows_that_are_newer() {
+    let dir = Dir::temp();
+    let src = dir
+        .db(
+            "src.db",
+            "CREATE TABLE e (id INTEGER PRIMARY KEY, a TEXT, v INTEGER);
+             INSERT INTO e VALUES (1, 'backfill', 2), (2, 'backfill', 2), (3, 'backfill', 2),
+               (4, 'new', 2);",
+        )
+        .await;
+    let dst = dir
+        .db(
+            "dst.db",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, v INTEGER);
+             INSERT INTO t VALUES (1, 'live', 5), (2, 'old', 1), (3, 'no guard', NULL);",
+        )
+        .await;
+    let open = |query: &'static str| {
+        let mut target = target_spec(&dst, "t", &["id"], WriteMode::Upsert);
+        target.guard = Some("v".to_owned());
+        let source = source_spec(&src, query, TimeFormat::Rfc3339);
+        async move { open_pushdown(&source, &target, 2, false).await.unwrap() }
+    };
+    let p = open("SELECT id, a, v FROM e WHERE id >= :start AND id < :end")
+        .await
+        .expect("pushdown applies");
+    let (c, _) = upsert_all(&p, &keys(1, 8), 2).await;
+    assert_eq!(c, counts(1, 2, 1));
+    let (again, _) = upsert_all(&p, &keys(1, 8), 2).await;
+    assert_eq!(again, counts(0, 0, 4));
+    assert_eq!(
+        rows(&dst, "SELECT id, a, v FROM t ORDER BY id").await,
+        [
+            (1, "live", 5),
+            (2, "backfill", 2),
+            (3, "backfill", 2),
+            (4, "new", 2)
+        ]
+        .map(|(id, a, v)| vec![Value::Int(id), Value::Text(a.into()), Value::Int(v)])
+    );
+    p.close().await;
+
+    assert!(
+        open("SELECT id, a FROM e WHERE id >= :start AND id < :end")
+            .await
+            .is_none(),
+        "no guard column in the query: the row path reports it"
+    );
+}

@@ -456,3 +456,70 @@ async fn missing_target_file_is_a_connect_error_and_is_not_created() {
     assert!(err.to_string().contains("absent.db"), "{err}");
     assert!(!path.exists());
 }
+
+/// `guard = "v"`: a target row whose guard is greater than the incoming row's keeps every
+/// value (a live write won); a NULL or older guard is overwritten; held-back rows count as
+/// unchanged, and a batch without the guard column is refused, naming it.
+#[tokio::test]
+async fn guard_keeps_target_rows_that_are_newer() {
+    let dir = Dir::temp();
+    let url = dir
+        .db(
+            "dst.db",
+            "CREATE TABLE g (id INTEGER PRIMARY KEY, a TEXT, v INTEGER);
+             INSERT INTO g VALUES (1, 'live', 5), (2, 'old', 1), (3, 'no guard', NULL);",
+        )
+        .await;
+    let mut spec = target_spec(&url, "g", &["id"], WriteMode::Upsert);
+    spec.guard = Some("v".to_owned());
+    let sink = open_sink(&spec, 2).await.unwrap();
+    sink.check_columns(&strings(&["id", "a", "v"]))
+        .await
+        .unwrap();
+    let incoming = Batch {
+        columns: strings(&["id", "v", "a"]),
+        rows: [
+            (1, "backfill"),
+            (2, "backfill"),
+            (3, "backfill"),
+            (4, "new"),
+        ]
+        .into_iter()
+        .map(|(id, a)| vec![Value::Int(id), Value::Int(2), Value::Text(a.into())])
+        .collect(),
+    };
+    assert_eq!(sink.upsert(&incoming, None).await.unwrap(), counts(1, 2, 1));
+    assert_eq!(sink.upsert(&incoming, None).await.unwrap(), counts(0, 0, 4));
+    assert_eq!(
+        rows(&url, "SELECT id, a, v FROM g ORDER BY id").await,
+        [
+            (1, "live", 5),
+            (2, "backfill", 2),
+            (3, "backfill", 2),
+            (4, "new", 2)
+        ]
+        .map(|(id, a, v)| vec![Value::Int(id), Value::Text(a.into()), Value::Int(v)])
+    );
+
+    let without = Batch {
+        columns: strings(&["id", "a"]),
+        rows: vec![vec![Value::Int(1), Value::Text("x".into())]],
+    };
+    let err = sink.upsert(&without, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::MissingColumn { column, .. } if column == "v"),
+        "{err}"
+    );
+    // The target must have the guard column.
+    let mut spec = target_spec(&url, "g", &["id"], WriteMode::Upsert);
+    spec.guard = Some("updated_at".to_owned());
+    let sink = open_sink(&spec, 2).await.unwrap();
+    let err = sink
+        .check_columns(&strings(&["id", "a", "v"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::MissingColumn { column, .. } if column == "updated_at"),
+        "{err}"
+    );
+}
