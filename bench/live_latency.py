@@ -249,7 +249,7 @@ def main():
     p.add_argument("--window", type=int, default=10, help="throttle.window (default 10 probes = 2.5 s at 250 ms)")
     p.add_argument("--baseline-probes", type=int, default=40, help="throttle.baseline_probes (default 40)")
     p.add_argument("--decrease-factor", type=float, default=0.5, help="throttle.decrease_factor (default 0.5)")
-    p.add_argument("--min-rate-fraction", type=float, default=0.02, help="throttle.min_rate_fraction (default 0.02)")
+    p.add_argument("--min-rate-fraction", type=float, default=0.01, help="throttle.min_rate_fraction (default 0.01, the product default)")
     p.add_argument("--increase-fraction", type=float, default=0.0125,
                    help="throttle.increase_fraction (default 0.0125: 5%% of the maximum per second at 250 ms, the product's default pace)")
     p.add_argument("--alone", type=float, default=60.0,

@@ -336,6 +336,8 @@ mod tests {
     fn spec() -> ThrottleSpec {
         ThrottleSpec {
             max_replica_lag: Some(Duration::from_secs(5)),
+            // The scripts below were written for a floor of 5% of the maximum.
+            min_rate_fraction: 0.05,
             ..ThrottleSpec::default()
         }
     }

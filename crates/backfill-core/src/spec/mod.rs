@@ -196,7 +196,7 @@ impl Default for ThrottleSpec {
             max_latency_increase: 0.10,
             max_replica_lag: None,
             decrease_factor: 0.5,
-            min_rate_fraction: 0.05,
+            min_rate_fraction: 0.01,
             increase_fraction: 0.05,
             window: 10,
             max_rows_per_second: None,

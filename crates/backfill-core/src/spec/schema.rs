@@ -492,9 +492,10 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
     key(
         "throttle.min_rate_fraction",
         "number",
-        Some("0.05"),
+        Some("0.01"),
         false,
-        "The lowest rate, as a fraction of the maximum.",
+        "The lowest rate, as a fraction of the maximum: low, because the rate that live traffic \
+         tolerates can be a few percent of an unthrottled run's.",
     ),
     key(
         "throttle.increase_fraction",
