@@ -6,6 +6,12 @@
 //! started), the replica lag and whether throttling errors were seen; it applies the returned
 //! rate to its limiter and records the change with its cause.
 //!
+//! Slow start: the rate starts at the floor (`min_rate_fraction × max`), not at the maximum,
+//! and climbs additively while healthy (by `increase_fraction` of the maximum per interval):
+//! a run never opens at full speed on a live database it has not felt yet. Starting at the
+//! maximum, the first seconds at full speed filled the server with WAL it took many seconds
+//! to drain, and the throttle cut again and again on that backlog down to its floor.
+//!
 //! Rules: an interval is unhealthy when `p90 > max(baseline × (1 + max_latency_increase),
 //! baseline + 0.1 ms)` ([`MIN_LATENCY_MARGIN`]: a 0.05 ms baseline would otherwise flap on
 //! scheduler noise; above 1 ms the margin is exactly `max_latency_increase`), when the replica
@@ -138,13 +144,15 @@ pub struct Aimd {
 }
 
 impl Aimd {
-    /// A controller at `max_rate`, with the rules of `spec`. A `max_rate` that is not a
+    /// A controller whose maximum is `max_rate`, with the rules of `spec`, starting at the
+    /// floor (slow start; at the maximum when the floor is zero). A `max_rate` that is not a
     /// positive finite number is taken as 1 row per second.
     pub fn new(spec: &ThrottleSpec, max_rate: f64) -> Aimd {
         let max = sane_rate(max_rate);
+        let floor = max * spec.min_rate_fraction.clamp(0.0, 1.0);
         Aimd {
             max,
-            rate: max,
+            rate: if floor > 0.0 { floor } else { max },
             decrease_factor: spec.decrease_factor.clamp(f64::MIN_POSITIVE, 1.0),
             min_rate_fraction: spec.min_rate_fraction.clamp(0.0, 1.0),
             increase_fraction: spec.increase_fraction.clamp(0.0, 1.0),
@@ -184,8 +192,8 @@ impl Aimd {
         self.cause
     }
 
-    /// The change that starts a run: from 0 to the maximum, cause `Start`, for the time
-    /// series.
+    /// The change that starts a run: from 0 to the starting rate (the floor), cause `Start`,
+    /// for the time series.
     pub fn start_change(&self) -> RateChange {
         RateChange {
             from: 0.0,
@@ -333,6 +341,41 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A controller already at its maximum, as after a slow start on a healthy database.
+    fn at_max(spec: &ThrottleSpec, max: f64) -> Aimd {
+        let mut aimd = Aimd::new(spec, max);
+        aimd.rate = aimd.max;
+        aimd
+    }
+
+    #[test]
+    fn starts_at_the_floor_and_climbs_by_a_share_of_the_maximum() {
+        let spec = ThrottleSpec {
+            min_rate_fraction: 0.01,
+            increase_fraction: 0.25,
+            ..spec()
+        };
+        let mut aimd = Aimd::new(&spec, 1000.0);
+        assert_eq!(aimd.rate(), 10.0);
+        let start = aimd.start_change();
+        assert_eq!(
+            (start.from, start.to, start.cause),
+            (0.0, 10.0, RateCause::Start)
+        );
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            aimd.on_interval(ms(10), ms(10), None, false);
+            rates.push(aimd.rate());
+        }
+        assert_eq!(rates, [260.0, 510.0, 760.0, 1000.0, 1000.0]);
+        // Trouble during the climb cuts like anywhere else.
+        let mut aimd = Aimd::new(&spec, 1000.0);
+        aimd.on_interval(ms(10), ms(10), None, false);
+        let cut = aimd.on_interval(ms(100), ms(10), None, false).unwrap();
+        assert_eq!((cut.from, cut.to), (260.0, 130.0));
+        assert_eq!(aimd.trouble(), Some(260.0));
+    }
+
     fn spec() -> ThrottleSpec {
         ThrottleSpec {
             max_replica_lag: Some(Duration::from_secs(5)),
@@ -344,8 +387,7 @@ mod tests {
 
     #[test]
     fn scripted_latencies() {
-        let mut aimd = Aimd::new(&spec(), 1000.0);
-        assert_eq!(aimd.start_change().to, 1000.0);
+        let mut aimd = at_max(&spec(), 1000.0);
         // (p90 ms, replica lag s, errors) per interval; the baseline is 10 ms, so the
         // threshold is 10 × 1.1 = 11 ms; after a cut the rate climbs by 5% of the rate it was
         // cut from.
@@ -395,7 +437,7 @@ mod tests {
 
     #[test]
     fn recovery_is_capped_at_the_max() {
-        let mut aimd = Aimd::new(&spec(), 1000.0);
+        let mut aimd = at_max(&spec(), 1000.0);
         aimd.on_interval(ms(100), ms(10), None, false);
         for _ in 0..100 {
             aimd.on_interval(ms(10), ms(10), None, false);
@@ -405,7 +447,7 @@ mod tests {
 
     #[test]
     fn tiny_baselines_do_not_flap_and_larger_ones_get_exactly_the_allowed_rise() {
-        let mut aimd = Aimd::new(&spec(), 1000.0);
+        let mut aimd = at_max(&spec(), 1000.0);
         let us = Duration::from_micros;
         // 0.05 ms baseline, 0.14 ms p90: almost three times the baseline but within the
         // 0.1 ms margin.
@@ -439,7 +481,7 @@ mod tests {
             increase_fraction: 0.1,
             ..spec()
         };
-        let mut aimd = Aimd::new(&spec, 1000.0);
+        let mut aimd = at_max(&spec, 1000.0);
         // Trouble at 1,000: cut to 500.
         aimd.on_interval(ms(100), ms(10), None, false);
         assert_eq!(aimd.trouble(), Some(1000.0));
@@ -468,7 +510,7 @@ mod tests {
             1000.0
         );
         // A cut anywhere starts over from the new trouble rate.
-        let mut aimd = Aimd::new(&spec, 10_000.0);
+        let mut aimd = at_max(&spec, 10_000.0);
         aimd.on_interval(ms(100), ms(10), None, false); // 10,000 -> 5,000
         aimd.on_interval(ms(10), ms(10), None, false); // +1,000 -> 6,000
         aimd.on_interval(ms(100), ms(10), None, false); // 6,000 -> 3,000
@@ -476,7 +518,7 @@ mod tests {
         aimd.on_interval(ms(10), ms(10), None, false);
         assert_eq!(aimd.rate(), 3600.0, "steps of 10% of 6,000, not of 10,000");
         // Above the trouble rate, 10% of the rate itself.
-        let mut aimd = Aimd::new(&spec, 10_000.0);
+        let mut aimd = at_max(&spec, 10_000.0);
         aimd.on_interval(ms(100), ms(10), None, false); // trouble 10,000, rate 5,000
         aimd.set_max(20_000.0);
         for _ in 0..200 {
@@ -493,7 +535,7 @@ mod tests {
 
     #[test]
     fn lag_without_a_limit_is_ignored() {
-        let mut aimd = Aimd::new(&ThrottleSpec::default(), 1000.0);
+        let mut aimd = at_max(&ThrottleSpec::default(), 1000.0);
         assert_eq!(
             aimd.on_interval(ms(1), ms(1), Some(Duration::from_secs(3600)), false),
             None
@@ -502,7 +544,7 @@ mod tests {
 
     #[test]
     fn manual_changes_clamp() {
-        let mut aimd = Aimd::new(&spec(), 1000.0);
+        let mut aimd = at_max(&spec(), 1000.0);
         let change = aimd.set_max(400.0).unwrap();
         assert_eq!(
             (change.from, change.to, change.cause),

@@ -21,8 +21,9 @@
 //! - While the run is held (paused, outside its window…) the rate does not move: an idle
 //!   workload says nothing about what the run costs. Probing goes on.
 //! - After a cut, the latencies measured before it are forgotten, and no decision is taken
-//!   until [`MIN_SAMPLES`] new probes are in: a p90 still full of the old rate's samples would
-//!   otherwise cut again and again down to the floor.
+//!   until a whole `window` of new probes is in (likewise at the start): a p90 still full of
+//!   the old rate's samples would otherwise cut again and again down to the floor, and the
+//!   p90 of a few probes is their maximum, which a single hiccup decides.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -39,9 +40,6 @@ use tokio::sync::watch;
 
 use crate::control::Live;
 use crate::shutdown::Shutdown;
-
-/// Probes a decision needs after a cut (or fewer when `window` is smaller).
-const MIN_SAMPLES: usize = 3;
 
 /// Spacing of the baseline probes: quicker than `interval` (the run has not started, so there
 /// is no effect to wait for) but spread enough to sample the live traffic, not one instant.
@@ -177,7 +175,8 @@ impl Adaptive {
         let start = self.aimd.start_change();
         self.apply(&start, None, None).await;
         let window = self.throttle.window.max(1) as usize;
-        let needed = MIN_SAMPLES.min(window);
+        // The p90 is judged over a full window only (see the module's invariants).
+        let needed = window;
         let mut samples: VecDeque<Duration> = VecDeque::with_capacity(window);
         let mut errors_before = self.live.errors_seen();
         let mut ticker = tokio::time::interval(self.throttle.interval);

@@ -60,7 +60,9 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "throttle",
         "Adaptive throttling, to protect a live database: a probe statement runs every \
          `interval`; before the run starts a baseline p50/p90 is measured over \
-         `baseline_probes` probes. While the run goes, when the moving p90 rises more than \
+         `baseline_probes` probes. The rate starts at its floor and climbs while healthy (slow \
+         start: a run never opens at full speed on a database it has not felt yet). While the \
+         run goes, when the p90 of the last `window` probes rises more than \
          `max_latency_increase` above the baseline (at least 0.1 ms, so sub-millisecond \
          baselines do not flap), when the replica lag exceeds `max_replica_lag`, or when the run sees \
          lock timeouts, deadlocks or \"too many connections\", the rate is multiplied by \

@@ -186,18 +186,25 @@ async fn latency_scenario(url: String, schema: String) {
     });
     let state = format!("sqlite://{}/state.db", dir.path().display());
     let run = start(spec, &state).await;
-    // The baseline is measured before the run starts; the adaptive start follows it.
+    // The baseline is measured before the run starts; the adaptive start follows it, at the
+    // floor (1% of 400: slow start), then climbs while healthy.
     let started = run
         .wait_change(0, Duration::from_secs(10), |c| {
             c.cause == "start" && c.detail["adaptive"] == true
         })
         .await;
-    assert_eq!(started.rate, Some(400.0));
+    assert_eq!(started.rate, Some(4.0));
     let baseline_p90 = started.detail["baseline_p90_ms"].as_f64().unwrap();
     // The threshold (6× the baseline) must sit below the 200 ms rise.
     assert!(baseline_p90 < 30.0, "baseline p90 {baseline_p90} ms");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before_rise = run.changes().await.last().unwrap().seq;
+    // Up toward the maximum in steps of a quarter of it, once a window of probes is in
+    // (the first step is enough: a cut from there is still well above the floor).
+    let climbed = run
+        .wait_change(started.seq, Duration::from_secs(20), |c| {
+            c.cause == "recovered" && c.rate.is_some_and(|r| r >= 100.0)
+        })
+        .await;
+    let before_rise = climbed.seq;
 
     let mut conn = PgConnection::connect(&url).await.unwrap();
     let set_delay = |d: f64| {
