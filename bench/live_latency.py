@@ -246,7 +246,8 @@ def main():
     p.add_argument("--steps", type=int, default=4, help="bisection steps for case d (default 4)")
     p.add_argument("--probe-sql", default=WRITE_PROBE, help=f"default: a write probe, `{WRITE_PROBE}` (autocommit: one commit per probe)")
     p.add_argument("--interval", default="250ms", help="throttle.interval (default 250ms)")
-    p.add_argument("--window", type=int, default=10, help="throttle.window (default 10 probes = 2.5 s at 250 ms)")
+    p.add_argument("--window", type=int, default=40,
+                   help="throttle.window (default 40 probes = 10 s at 250 ms, as many as the baseline's)")
     p.add_argument("--baseline-probes", type=int, default=40, help="throttle.baseline_probes (default 40)")
     p.add_argument("--decrease-factor", type=float, default=0.5, help="throttle.decrease_factor (default 0.5)")
     p.add_argument("--min-rate-fraction", type=float, default=0.01, help="throttle.min_rate_fraction (default 0.01, the product default)")

@@ -198,7 +198,7 @@ impl Default for ThrottleSpec {
             decrease_factor: 0.5,
             min_rate_fraction: 0.01,
             increase_fraction: 0.05,
-            window: 10,
+            window: 20,
             max_rows_per_second: None,
         }
     }

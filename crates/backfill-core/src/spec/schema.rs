@@ -466,9 +466,11 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
     key(
         "throttle.window",
         "integer",
-        Some("10"),
+        Some("20"),
         false,
-        "Probes in the moving p90 compared with the baseline.",
+        "Probes in the moving p90 compared with the baseline; as many as `baseline_probes` \
+         compares like with like (the p90 of a few probes is close to their maximum, which one \
+         hiccup decides). After a cut, the p90 is judged again once this many new probes are in.",
     ),
     key(
         "throttle.max_latency_increase",
