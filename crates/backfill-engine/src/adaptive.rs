@@ -175,8 +175,6 @@ impl Adaptive {
         let start = self.aimd.start_change();
         self.apply(&start, None, None).await;
         let window = self.throttle.window.max(1) as usize;
-        // The p90 is judged over a full window only (see the module's invariants).
-        let needed = window;
         let mut samples: VecDeque<Duration> = VecDeque::with_capacity(window);
         let mut errors_before = self.live.errors_seen();
         let mut ticker = tokio::time::interval(self.throttle.interval);
@@ -242,7 +240,8 @@ impl Adaptive {
                 (Some(l), Some(m)) if l > m
             );
             let (p90_used, baseline) = match (p90, self.baseline_p90) {
-                (Some(p90), Some(baseline)) if samples.len() >= needed => (p90, baseline),
+                // Judged over a full window only (see the module's invariants).
+                (Some(p90), Some(baseline)) if samples.len() == window => (p90, baseline),
                 // Without a baseline, latency never throttles (zero against zero is healthy).
                 (_, None) => (Duration::ZERO, Duration::ZERO),
                 // Too few probes since the last cut to judge latency: only another signal

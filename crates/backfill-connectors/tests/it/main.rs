@@ -98,6 +98,20 @@ pub fn source_spec(url: &str, query: &str, format: TimeFormat) -> SourceSpec {
     }
 }
 
+/// The rows `(id, a, v)` both guard tests expect after their upsert with guard `v`: row 1's
+/// newer live write kept, rows 2 (older guard) and 3 (NULL guard) overwritten, row 4 new.
+pub fn guarded_rows() -> Vec<Vec<Value>> {
+    [
+        (1, "live", 5),
+        (2, "backfill", 2),
+        (3, "backfill", 2),
+        (4, "new", 2),
+    ]
+    .into_iter()
+    .map(|(id, a, v)| vec![Value::Int(id), Value::Text(a.into()), Value::Int(v)])
+    .collect()
+}
+
 pub fn target_spec(url: &str, table: &str, key: &[&str], mode: WriteMode) -> TargetSpec {
     TargetSpec {
         url: SecretUrl::new(url),

@@ -12,7 +12,7 @@ use backfill_core::value::{RowCounts, Value};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
-use crate::{Dir, day, keys, rows, source_spec, target_spec};
+use crate::{Dir, day, guarded_rows, keys, rows, source_spec, target_spec};
 
 const QUERY: &str = "SELECT id, a, b FROM e WHERE id >= :start AND id < :end";
 
@@ -435,13 +435,7 @@ async fn guard_keeps_target_rows_that_are_newer() {
     assert_eq!(again, counts(0, 0, 4));
     assert_eq!(
         rows(&dst, "SELECT id, a, v FROM t ORDER BY id").await,
-        [
-            (1, "live", 5),
-            (2, "backfill", 2),
-            (3, "backfill", 2),
-            (4, "new", 2)
-        ]
-        .map(|(id, a, v)| vec![Value::Int(id), Value::Text(a.into()), Value::Int(v)])
+        guarded_rows()
     );
     p.close().await;
 
