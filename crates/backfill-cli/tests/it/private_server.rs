@@ -294,10 +294,16 @@ impl PrivateMariaDb {
             options: options.iter().map(|o| (*o).to_owned()).collect(),
             child: None,
         };
+        // Temporary tables live in the server's own folder, not in the shared /tmp (a CI run
+        // once saw a bootstrap's temporary table vanish from /tmp mid-install).
+        let tmp = server.tmp();
+        std::fs::create_dir_all(&tmp).expect("tmp dir");
+        chown(&tmp, "mysql");
         let mut cmd = Command::new(install);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", server.data().display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--tmpdir={}", tmp.display()));
         if is_root() {
             cmd.arg("--user=mysql");
         }
@@ -370,6 +376,11 @@ impl PrivateMariaDb {
         self.dir.path().join("data")
     }
 
+    /// The server's own folder for temporary tables.
+    fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
+    }
+
     /// Root's URL (no password), database `test`.
     pub(crate) fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}/test", self.port)
@@ -394,6 +405,7 @@ impl PrivateMariaDb {
             .arg(format!("--port={}", self.port))
             .arg(format!("--socket={}", dir.join("mysql.sock").display()))
             .arg(format!("--pid-file={}", dir.join("mariadbd.pid").display()))
+            .arg(format!("--tmpdir={}", self.tmp().display()))
             .args([
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
