@@ -12,9 +12,20 @@
 //! maximum, the first seconds at full speed filled the server with WAL it took many seconds
 //! to drain, and the throttle cut again and again on that backlog down to its floor.
 //!
+//! Pacing: one healthy interval raises the rate by at most the factor that doubles it over a
+//! whole window of probes ([`MAX_GROWTH_PER_WINDOW`]), and by at most ×1.25 per window once
+//! it probes above where it settled after a cut ([`PROBE_GROWTH_PER_WINDOW`]): the moving p90
+//! only shows a new rate once enough of the window's probes were taken under it, so a rate
+//! that climbed faster would be far past the trouble point before the probe could see it
+//! (measured: a climb of 5% of the maximum per second went from 1% to 50% of it within the
+//! first window; climbing above a known trouble rate by 64% per window, cuts came at 1.5–2×
+//! the rate live traffic tolerated).
+//!
 //! Rules: an interval is unhealthy when `p90 > max(baseline × (1 + max_latency_increase),
-//! baseline + 0.1 ms)` ([`MIN_LATENCY_MARGIN`]: a 0.05 ms baseline would otherwise flap on
-//! scheduler noise; above 1 ms the margin is exactly `max_latency_increase`), when the replica
+//! baseline + 0.1 ms, noise ceiling)` ([`MIN_LATENCY_MARGIN`]: a 0.05 ms baseline would
+//! otherwise flap on scheduler noise; above 1 ms the margin is exactly `max_latency_increase`;
+//! the noise ceiling, [`noise_ceiling`], is the p90 a window of baseline probes itself reaches
+//! one time in ten, so the probe's own sampling noise is not read as a rise), when the replica
 //! lag exceeds `max_replica_lag`, or when errors were seen. Unhealthy: the rate is multiplied
 //! by `decrease_factor` (floored at `min_rate_fraction × max`), the rate it was cut from is
 //! remembered as the *trouble* rate, and the next interval cannot cut again (one hold
@@ -50,6 +61,20 @@ pub const SETTLE_TIME: Duration = Duration::from_secs(30);
 /// baseline does not turn every scheduling hiccup into a rate cut. A floor, not an addition:
 /// above a 1 ms baseline the allowed rise is exactly `max_latency_increase`.
 pub const MIN_LATENCY_MARGIN: Duration = Duration::from_micros(100);
+
+/// The most a rate may grow over one window of probes (`throttle.window` intervals) while
+/// healthy: ×2, spread evenly over the window's intervals (see the module's pacing rule).
+pub const MAX_GROWTH_PER_WINDOW: f64 = 2.0;
+
+/// The most a rate may grow over one window of probes while it probes above the level it
+/// settled at after a cut: ×1.25, close to a rate known to have hurt.
+pub const PROBE_GROWTH_PER_WINDOW: f64 = 1.25;
+
+/// How often the p90 of a window of probes taken with no backfill at all may exceed the
+/// [`noise_ceiling`]: one window in ten. A p90 under that ceiling is within the probe's own
+/// noise, not a rise (measured on PostgreSQL at rest: windows of 40 and of 100 probes spread
+/// ±15–25% around their median p90, more than the +10% a run is allowed).
+pub const NOISE_ALPHA: f64 = 0.1;
 
 /// Why the rate changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,6 +164,13 @@ pub struct Aimd {
     settled: u32,
     /// Healthy intervals to settle for: [`SETTLE_TIME`] in probe intervals.
     settle_intervals: u32,
+    /// The largest factor one healthy interval may raise the rate by: [`MAX_GROWTH_PER_WINDOW`]
+    /// spread over `window` intervals.
+    growth: f64,
+    /// The same for climbs above the settling level: [`PROBE_GROWTH_PER_WINDOW`].
+    probe_growth: f64,
+    /// The probe's noise measured with the baseline ([`noise_ceiling`]); `None` until set.
+    noise: Option<Duration>,
     /// Cause of the latest change.
     cause: RateCause,
 }
@@ -162,8 +194,27 @@ impl Aimd {
             trouble: None,
             settled: 0,
             settle_intervals: settle_intervals(spec.interval),
+            growth: growth_per_interval(MAX_GROWTH_PER_WINDOW, spec.window),
+            probe_growth: growth_per_interval(PROBE_GROWTH_PER_WINDOW, spec.window),
+            noise: None,
             cause: RateCause::Start,
         }
+    }
+
+    /// Sets the probe's noise ceiling ([`noise_ceiling`] of the baseline): a p90 at or under
+    /// it is never a latency rise. `None` leaves only the allowed rise.
+    pub fn set_noise_ceiling(&mut self, noise: Option<Duration>) {
+        self.noise = noise;
+    }
+
+    /// The p90 above which an interval is unhealthy for `baseline_p90`: the largest of the
+    /// allowed rise (`max_latency_increase`), [`MIN_LATENCY_MARGIN`] and the noise ceiling.
+    pub fn latency_limit(&self, baseline_p90: Duration) -> Duration {
+        let base = baseline_p90.as_secs_f64();
+        let rise =
+            (base * (1.0 + self.max_latency_increase)).max(base + MIN_LATENCY_MARGIN.as_secs_f64());
+        let rise = Duration::try_from_secs_f64(rise).unwrap_or(Duration::MAX);
+        rise.max(self.noise.unwrap_or(Duration::ZERO))
     }
 
     /// Healthy intervals the rate settles under the trouble rate before probing higher:
@@ -211,13 +262,9 @@ impl Aimd {
         self.change(to, RateCause::Manual)
     }
 
-    /// True when `p90` exceeds the allowed rise over `baseline_p90`: the larger of
-    /// `max_latency_increase` and [`MIN_LATENCY_MARGIN`].
+    /// True when `p90` exceeds [`Aimd::latency_limit`] for `baseline_p90`.
     pub fn latency_unhealthy(&self, p90: Duration, baseline_p90: Duration) -> bool {
-        let base = baseline_p90.as_secs_f64();
-        let limit =
-            (base * (1.0 + self.max_latency_increase)).max(base + MIN_LATENCY_MARGIN.as_secs_f64());
-        p90.as_secs_f64() > limit
+        p90 > self.latency_limit(baseline_p90)
     }
 
     /// The rate of the latest cut, where trouble began; `None` before any cut.
@@ -260,23 +307,24 @@ impl Aimd {
                 change
             }
             None => {
-                let (scale, cap) = match self.trouble {
+                let (scale, cap, growth) = match self.trouble {
                     // Back toward where trouble began, at a pace scaled to it, up to the
                     // settling level.
                     Some(trouble) if self.rate < trouble * SETTLE_SHARE => {
-                        (trouble, trouble * SETTLE_SHARE)
+                        (trouble, trouble * SETTLE_SHARE, self.growth)
                     }
                     // Settled just under it for a while before probing higher.
                     Some(_) if self.settled < self.settle_intervals => {
                         self.settled += 1;
                         return None;
                     }
-                    Some(trouble) if self.rate < trouble => (trouble, self.max),
+                    Some(trouble) if self.rate < trouble => (trouble, self.max, self.probe_growth),
                     // Past it without trouble: probe upward relative to the rate itself.
-                    Some(_) => (self.rate, self.max),
-                    None => (self.max, self.max),
+                    Some(_) => (self.rate, self.max, self.probe_growth),
+                    None => (self.max, self.max, self.growth),
                 };
                 let to = (self.rate + self.increase_fraction * scale)
+                    .min(self.rate * growth)
                     .min(cap)
                     .min(self.max);
                 self.change(to, RateCause::Recovered)
@@ -305,6 +353,56 @@ fn settle_intervals(interval: Duration) -> u32 {
         .ceil()
         .min(f64::from(u32::MAX)) as u32;
     n.max(1)
+}
+
+/// A growth per window (`per_window`) spread over `window` intervals (0 counts as 1).
+fn growth_per_interval(per_window: f64, window: u32) -> f64 {
+    per_window.powf(1.0 / f64::from(window.max(1)))
+}
+
+/// The probe's noise ceiling from the `baseline` latencies: the smallest of them that the p90
+/// of `window` probes drawn from the baseline's distribution exceeds with probability at most
+/// [`NOISE_ALPHA`]. That probability is exact for the nearest-rank p90 (rank
+/// `k = ceil(0.9 × window)`): the p90 exceeds `x` exactly when fewer than `k` of the window's
+/// probes are at or under `x`, a binomial count with `p` = the baseline's share at or under
+/// `x`. `None` without samples. With few baseline probes it is close to their maximum, with
+/// many close to their 93rd–96th percentile.
+pub fn noise_ceiling(baseline: &[Duration], window: usize) -> Option<Duration> {
+    let mut sorted = baseline.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    let window = window.max(1);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let rank = ((0.9 * window as f64).ceil() as usize).clamp(1, window);
+    (0..n).find_map(|i| {
+        let x = sorted[i];
+        // Every sample equal to x is at or under it.
+        let at_or_under = sorted.partition_point(|s| *s <= x);
+        #[allow(clippy::cast_precision_loss)]
+        let p = at_or_under as f64 / n as f64;
+        (binomial_cdf(rank - 1, window, p) <= NOISE_ALPHA).then_some(x)
+    })
+}
+
+/// `P(X ≤ k)` for `X ~ Binomial(n, p)`, summed in log space so large `n` does not underflow.
+fn binomial_cdf(k: usize, n: usize, p: f64) -> f64 {
+    if p <= 0.0 {
+        return 1.0;
+    }
+    if p >= 1.0 {
+        return if k >= n { 1.0 } else { 0.0 };
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let (nf, odds) = (n as f64, (p / (1.0 - p)).ln());
+    let mut log_term = nf * (1.0 - p).ln(); // P(X = 0)
+    let mut sum = log_term.exp();
+    for i in 0..k.min(n) {
+        #[allow(clippy::cast_precision_loss)]
+        let ratio = ((nf - i as f64) / (i as f64 + 1.0)).ln();
+        log_term += ratio + odds;
+        sum += log_term.exp();
+    }
+    sum.min(1.0)
 }
 
 fn sane_rate(rate: f64) -> f64 {
@@ -341,11 +439,134 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// A controller already at its maximum, as after a slow start on a healthy database.
+    /// A controller already at its maximum, as after a slow start on a healthy database,
+    /// unpaced (see [`unpaced`]).
     fn at_max(spec: &ThrottleSpec, max: f64) -> Aimd {
-        let mut aimd = Aimd::new(spec, max);
+        let mut aimd = unpaced(Aimd::new(spec, max));
         aimd.rate = aimd.max;
         aimd
+    }
+
+    /// Without the pacing rule, so the scripts below count the other rules' steps; pacing
+    /// has its own test.
+    fn unpaced(mut aimd: Aimd) -> Aimd {
+        aimd.growth = f64::INFINITY;
+        aimd.probe_growth = f64::INFINITY;
+        aimd
+    }
+
+    #[test]
+    fn a_healthy_climb_at_most_doubles_the_rate_per_window_of_probes() {
+        let spec = ThrottleSpec {
+            min_rate_fraction: 0.01,
+            increase_fraction: 0.25,
+            window: 4,
+            ..spec()
+        };
+        let mut aimd = Aimd::new(&spec, 1000.0);
+        let mut rates = vec![aimd.rate()];
+        for _ in 0..8 {
+            aimd.on_interval(ms(10), ms(10), None, false);
+            rates.push(aimd.rate());
+        }
+        // 2^(1/4) per interval: doubled after each window of 4, not +250 per interval.
+        for (i, rate) in rates.iter().enumerate() {
+            let expected = 10.0 * 2f64.powf(i as f64 / 4.0);
+            assert!((rate - expected).abs() < 1e-9, "{i}: {rate} vs {expected}");
+        }
+        // The additive step still applies when it is the smaller: a window of 1 allows ×2.
+        let mut aimd = Aimd::new(
+            &ThrottleSpec {
+                window: 1,
+                ..spec.clone()
+            },
+            1000.0,
+        );
+        aimd.rate = 500.0;
+        aimd.on_interval(ms(10), ms(10), None, false);
+        assert_eq!(aimd.rate(), 750.0, "+250 is less than ×2");
+
+        // After a cut: back to the settling level at up to ×2 per window, then above it at
+        // up to ×1.25 per window.
+        let mut aimd = Aimd::new(&spec, 1000.0);
+        aimd.rate = 800.0;
+        aimd.on_interval(ms(100), ms(10), None, false); // trouble 800, cut to 400
+        aimd.on_interval(ms(10), ms(10), None, false);
+        assert!((aimd.rate() - 400.0 * 2f64.powf(0.25)).abs() < 1e-9);
+        while aimd.rate() < 600.0 {
+            aimd.on_interval(ms(10), ms(10), None, false);
+        }
+        assert_eq!(aimd.rate(), 600.0, "75% of the trouble rate");
+        for _ in 0..aimd.settle_intervals() {
+            assert_eq!(aimd.on_interval(ms(10), ms(10), None, false), None);
+        }
+        aimd.on_interval(ms(10), ms(10), None, false);
+        assert!(
+            (aimd.rate() - 600.0 * 1.25f64.powf(0.25)).abs() < 1e-9,
+            "{}",
+            aimd.rate()
+        );
+        for _ in 0..4 {
+            aimd.on_interval(ms(10), ms(10), None, false);
+        }
+        assert!(
+            (aimd.rate() - 600.0 * 1.25f64.powf(1.25)).abs() < 1e-9,
+            "{}",
+            aimd.rate()
+        );
+    }
+
+    #[test]
+    fn the_noise_ceiling_is_what_a_window_of_baseline_probes_reaches_one_time_in_ten() {
+        // 100 baseline probes of 1..=100 µs.
+        let baseline: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        // A window of 100: the smallest x with P(Binomial(100, x/100) <= 89) <= 0.1.
+        let ceiling = noise_ceiling(&baseline, 100).unwrap();
+        let p = |x: u64| binomial_cdf(89, 100, x as f64 / 100.0);
+        let x = ceiling.as_micros() as u64;
+        assert!(
+            p(x) <= NOISE_ALPHA && p(x - 1) > NOISE_ALPHA,
+            "ceiling {x} µs"
+        );
+        assert!(
+            (93..=95).contains(&x),
+            "above the p90 (90 µs), near the p93–95: {x}"
+        );
+        // A smaller window is noisier, so its ceiling is higher; 20 baseline probes for a
+        // window of 20 give the second largest.
+        assert!(noise_ceiling(&baseline, 20).unwrap() > ceiling);
+        let twenty: Vec<Duration> = (1..=20).map(Duration::from_micros).collect();
+        assert_eq!(noise_ceiling(&twenty, 20), Some(Duration::from_micros(19)));
+        // Ties count together; one sample; none.
+        assert_eq!(noise_ceiling(&[ms(3); 7], 20), Some(ms(3)));
+        assert_eq!(noise_ceiling(&[ms(3)], 20), Some(ms(3)));
+        assert_eq!(noise_ceiling(&[], 20), None);
+        // The exact binomial: P(X <= 1) for n = 3, p = 0.5 is 4/8; edges.
+        assert!((binomial_cdf(1, 3, 0.5) - 0.5).abs() < 1e-12);
+        assert_eq!(binomial_cdf(2, 3, 1.0), 0.0);
+        assert_eq!(binomial_cdf(3, 3, 1.0), 1.0);
+        assert_eq!(binomial_cdf(0, 3, 0.0), 1.0);
+        // Large windows do not underflow: P(X <= 899) for n = 1000, p = 0.9 is about a half.
+        let mid = binomial_cdf(899, 1000, 0.9);
+        assert!((0.4..0.6).contains(&mid), "{mid}");
+    }
+
+    #[test]
+    fn a_p90_within_the_probes_noise_is_not_a_rise() {
+        let mut aimd = at_max(&spec(), 1000.0);
+        // Baseline p90 10 ms: +10% is 11 ms.
+        assert_eq!(aimd.latency_limit(ms(10)), ms(11));
+        assert!(aimd.latency_unhealthy(ms(12), ms(10)));
+        // A probe whose windows reach 13 ms at rest: 12 ms is noise, 14 ms a rise.
+        aimd.set_noise_ceiling(Some(ms(13)));
+        assert_eq!(aimd.latency_limit(ms(10)), ms(13));
+        assert_eq!(aimd.on_interval(ms(12), ms(10), None, false), None);
+        assert_eq!(aimd.rate(), 1000.0);
+        let cut = aimd.on_interval(ms(14), ms(10), None, false).unwrap();
+        assert_eq!((cut.to, cut.cause), (500.0, RateCause::Latency));
+        // A quiet probe's ceiling under the allowed rise changes nothing.
+        aimd.set_noise_ceiling(Some(ms(10)));
+        assert_eq!(aimd.latency_limit(ms(10)), ms(11));
     }
 
     #[test]
@@ -355,7 +576,7 @@ mod tests {
             increase_fraction: 0.25,
             ..spec()
         };
-        let mut aimd = Aimd::new(&spec, 1000.0);
+        let mut aimd = unpaced(Aimd::new(&spec, 1000.0));
         assert_eq!(aimd.rate(), 10.0);
         let start = aimd.start_change();
         assert_eq!(
@@ -369,7 +590,7 @@ mod tests {
         }
         assert_eq!(rates, [260.0, 510.0, 760.0, 1000.0, 1000.0]);
         // Trouble during the climb cuts like anywhere else.
-        let mut aimd = Aimd::new(&spec, 1000.0);
+        let mut aimd = unpaced(Aimd::new(&spec, 1000.0));
         aimd.on_interval(ms(10), ms(10), None, false);
         let cut = aimd.on_interval(ms(100), ms(10), None, false).unwrap();
         assert_eq!((cut.from, cut.to), (260.0, 130.0));

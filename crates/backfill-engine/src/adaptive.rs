@@ -2,7 +2,8 @@
 //! pure AIMD controller (`backfill_core::aimd`) and steers the run's rows limiter.
 //!
 //! Protocol: [`Adaptive::start`] opens the probe and measures the baseline (p50/p90 over
-//! `baseline_probes` probes) before any batch runs; `execute` awaits it. Then [`Adaptive::run`]
+//! `baseline_probes` probes, and from them the probe's noise ceiling for a window, which the
+//! controller's latency limit includes) before any batch runs; `execute` awaits it. Then [`Adaptive::run`]
 //! probes every `interval`: it keeps the last `window` latencies, reads the replica lag when
 //! `max_replica_lag` is set and counts the batch attempts that failed since the previous
 //! interval, and hands these to [`Aimd::on_interval`]. A change is applied at once
@@ -32,7 +33,9 @@ use std::time::Duration;
 
 use backfill_connectors::Probe;
 use backfill_core::Spec;
-use backfill_core::aimd::{Aimd, RateCause, RateChange, percentile};
+use backfill_core::aimd::{
+    Aimd, MIN_LATENCY_MARGIN, RateCause, RateChange, noise_ceiling, percentile,
+};
 use backfill_core::spec::ThrottleSpec;
 use backfill_store::Store;
 use serde_json::json;
@@ -59,6 +62,8 @@ pub(crate) struct AdaptiveStatus {
     /// The baseline measured before the run started.
     baseline_p50: Option<Duration>,
     baseline_p90: Option<Duration>,
+    /// The p90 above which an interval is unhealthy (allowed rise or probe noise).
+    limit: Option<Duration>,
     /// The replica lag last read.
     lag: Option<Duration>,
     /// The latest probe failure, cleared by the next success.
@@ -78,6 +83,7 @@ impl AdaptiveStatus {
             "p90_ms": self.p90.map(ms),
             "baseline_p50_ms": self.baseline_p50.map(ms),
             "baseline_p90_ms": self.baseline_p90.map(ms),
+            "limit_p90_ms": self.limit.map(ms),
             "lag_ms": self.lag.map(ms),
             "probe_error": self.probe_error,
         })
@@ -143,14 +149,40 @@ impl Adaptive {
             }
             adaptive.baseline_p50 = percentile(&samples, 0.5);
             adaptive.baseline_p90 = percentile(&samples, 0.9);
+            let window = adaptive.throttle.window.max(1) as usize;
+            adaptive
+                .aimd
+                .set_noise_ceiling(noise_ceiling(&samples, window));
             match adaptive.baseline_p90 {
-                Some(p90) => tracing::info!(
-                    run_id,
-                    probes = samples.len(),
-                    baseline_p50_ms = adaptive.baseline_p50.map_or(0.0, ms),
-                    baseline_p90_ms = ms(p90),
-                    "adaptive throttle: baseline measured"
-                ),
+                Some(p90) => {
+                    let limit = adaptive.aimd.latency_limit(p90);
+                    tracing::info!(
+                        run_id,
+                        probes = samples.len(),
+                        baseline_p50_ms = adaptive.baseline_p50.map_or(0.0, ms),
+                        baseline_p90_ms = ms(p90),
+                        limit_p90_ms = ms(limit),
+                        "adaptive throttle: baseline measured"
+                    );
+                    let allowed = (ms(p90) * (1.0 + adaptive.throttle.max_latency_increase))
+                        .max(ms(p90 + MIN_LATENCY_MARGIN));
+                    if ms(limit) > allowed {
+                        tracing::warn!(
+                            run_id,
+                            baseline_p90_ms = ms(p90),
+                            limit_p90_ms = ms(limit),
+                            window,
+                            "adaptive throttle: the probe is noisier than the allowed rise: \
+                             a window of {window} probes at rest already reaches a p90 of \
+                             {:.2} ms, +{:.0}% over the baseline, so only a rise above that \
+                             cuts the rate; more probes per window (`throttle.window`, \
+                             `throttle.baseline_probes`, a shorter `throttle.interval`) \
+                             make it finer",
+                            ms(limit),
+                            (ms(limit) / ms(p90) - 1.0) * 100.0
+                        );
+                    }
+                }
                 None => tracing::warn!(
                     run_id,
                     "adaptive throttle: no probe succeeded before the run, so latency cannot \
@@ -316,6 +348,7 @@ impl Adaptive {
         status.p90 = p90;
         status.baseline_p50 = self.baseline_p50;
         status.baseline_p90 = self.baseline_p90;
+        status.limit = self.baseline_p90.map(|b| self.aimd.latency_limit(b));
         status.lag = lag;
     }
 
@@ -329,6 +362,7 @@ impl Adaptive {
             "p90_ms": p90.map(ms),
             "baseline_p50_ms": self.baseline_p50.map(ms),
             "baseline_p90_ms": self.baseline_p90.map(ms),
+            "limit_p90_ms": self.baseline_p90.map(|b| ms(self.aimd.latency_limit(b))),
             "lag_ms": lag.map(ms),
             "adaptive": true,
         });

@@ -235,9 +235,10 @@ fn control_lines(
                 .map_or("-".to_owned(), |v| format!("{v:.2} ms"))
         };
         lines.push(format!(
-            "  probe:      p90 {} vs baseline p90 {}; adaptive rate {} rows/s ({})",
+            "  probe:      p90 {} vs baseline p90 {} (cuts above {}); adaptive rate {} rows/s ({})",
             ms("p90_ms"),
             ms("baseline_p90_ms"),
+            ms("limit_p90_ms"),
             thousands(adaptive["enforced_rows_per_second"].as_u64().unwrap_or(0)),
             adaptive["cause"].as_str().unwrap_or("-")
         ));

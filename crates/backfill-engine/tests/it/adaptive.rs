@@ -195,8 +195,14 @@ async fn latency_scenario(url: String, schema: String) {
         .await;
     assert_eq!(started.rate, Some(4.0));
     let baseline_p90 = started.detail["baseline_p90_ms"].as_f64().unwrap();
-    // The threshold (6× the baseline) must sit below the 200 ms rise.
+    // The threshold (6× the baseline, or the probe's noise when larger: with 5 probes for a
+    // window of 5, the baseline's maximum) must sit below the 200 ms rise.
     assert!(baseline_p90 < 30.0, "baseline p90 {baseline_p90} ms");
+    let limit = started.detail["limit_p90_ms"].as_f64().unwrap();
+    assert!(
+        limit >= baseline_p90 * 6.0 - 1e-9 && limit < 200.0,
+        "limit {limit} ms for a baseline p90 of {baseline_p90} ms"
+    );
     // Up toward the maximum in steps of a quarter of it, once a window of probes is in
     // (the first step is enough: a cut from there is still well above the floor).
     let climbed = run
@@ -227,6 +233,7 @@ async fn latency_scenario(url: String, schema: String) {
         cut.detail
     );
     assert_eq!(cut.detail["baseline_p90_ms"].as_f64(), Some(baseline_p90));
+    assert_eq!(cut.detail["limit_p90_ms"].as_f64(), Some(limit));
 
     conn.execute(set_delay(0.0)).await.unwrap();
     let recovered = run
@@ -241,6 +248,11 @@ async fn latency_scenario(url: String, schema: String) {
     assert_eq!(
         live["adaptive"]["baseline_p90_ms"].as_f64(),
         Some(baseline_p90),
+        "{live}"
+    );
+    assert_eq!(
+        live["adaptive"]["limit_p90_ms"].as_f64(),
+        Some(limit),
         "{live}"
     );
     assert!(live["adaptive"]["rate"].as_f64().is_some(), "{live}");
