@@ -210,11 +210,17 @@ impl Aimd {
     /// The p90 above which an interval is unhealthy for `baseline_p90`: the largest of the
     /// allowed rise (`max_latency_increase`), [`MIN_LATENCY_MARGIN`] and the noise ceiling.
     pub fn latency_limit(&self, baseline_p90: Duration) -> Duration {
+        self.allowed_rise(baseline_p90)
+            .max(self.noise.unwrap_or(Duration::ZERO))
+    }
+
+    /// The p90 that `max_latency_increase` alone allows over `baseline_p90` (at least
+    /// [`MIN_LATENCY_MARGIN`] more): the latency limit when the probe is quieter than that.
+    pub fn allowed_rise(&self, baseline_p90: Duration) -> Duration {
         let base = baseline_p90.as_secs_f64();
         let rise =
             (base * (1.0 + self.max_latency_increase)).max(base + MIN_LATENCY_MARGIN.as_secs_f64());
-        let rise = Duration::try_from_secs_f64(rise).unwrap_or(Duration::MAX);
-        rise.max(self.noise.unwrap_or(Duration::ZERO))
+        Duration::try_from_secs_f64(rise).unwrap_or(Duration::MAX)
     }
 
     /// Healthy intervals the rate settles under the trouble rate before probing higher:
@@ -564,6 +570,11 @@ mod tests {
         assert_eq!(aimd.rate(), 1000.0);
         let cut = aimd.on_interval(ms(14), ms(10), None, false).unwrap();
         assert_eq!((cut.to, cut.cause), (500.0, RateCause::Latency));
+        assert_eq!(
+            aimd.allowed_rise(ms(10)),
+            ms(11),
+            "the rise alone is unchanged"
+        );
         // A quiet probe's ceiling under the allowed rise changes nothing.
         aimd.set_noise_ceiling(Some(ms(10)));
         assert_eq!(aimd.latency_limit(ms(10)), ms(11));

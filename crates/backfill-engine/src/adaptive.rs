@@ -33,9 +33,7 @@ use std::time::Duration;
 
 use backfill_connectors::Probe;
 use backfill_core::Spec;
-use backfill_core::aimd::{
-    Aimd, MIN_LATENCY_MARGIN, RateCause, RateChange, noise_ceiling, percentile,
-};
+use backfill_core::aimd::{Aimd, RateCause, RateChange, noise_ceiling, percentile};
 use backfill_core::spec::ThrottleSpec;
 use backfill_store::Store;
 use serde_json::json;
@@ -164,9 +162,7 @@ impl Adaptive {
                         limit_p90_ms = ms(limit),
                         "adaptive throttle: baseline measured"
                     );
-                    let allowed = (ms(p90) * (1.0 + adaptive.throttle.max_latency_increase))
-                        .max(ms(p90 + MIN_LATENCY_MARGIN));
-                    if ms(limit) > allowed {
+                    if limit > adaptive.aimd.allowed_rise(p90) {
                         tracing::warn!(
                             run_id,
                             baseline_p90_ms = ms(p90),
