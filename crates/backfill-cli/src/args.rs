@@ -125,6 +125,35 @@ pub(crate) struct RunArgs {
     /// Start a new run even if an unfinished run of this spec exists.
     #[arg(long)]
     pub(crate) new: bool,
+    #[command(flatten)]
+    pub(crate) claim: ClaimArgs,
+}
+
+/// How `run` and `resume` claim the run: one process executes a run at a time.
+#[derive(Clone, Copy, Debug, Args)]
+pub(crate) struct ClaimArgs {
+    /// When another process is executing the run, wait until it finishes or stops, then
+    /// continue the run here (without it: say who holds the run and exit 1).
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// How long this process's claim on the run lasts without renewal (it renews every
+    /// second): if the process is stopped or cut off from the state store for longer, another
+    /// process may take the run over, and every later write of this one is refused.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_lease)]
+    pub(crate) lease: std::time::Duration,
+}
+
+/// A lease duration: 2 s to 24 h (`15s`, `1m`).
+pub(crate) fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    let lease = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like `15s` or `2m`"))?;
+    let range = std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(86_400);
+    if !range.contains(&lease) {
+        return Err(format!(
+            "`{text}` is out of range: a lease lasts from 2s (it is renewed every second) to 24h"
+        ));
+    }
+    Ok(lease)
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +170,8 @@ pub(crate) struct ResumeArgs {
     /// Reopen a cancelled run (its unfinished partitions continue from their checkpoints).
     #[arg(long)]
     pub(crate) reopen: bool,
+    #[command(flatten)]
+    pub(crate) claim: ClaimArgs,
 }
 
 /// `pause` and `cancel`: a request to the process executing a run.

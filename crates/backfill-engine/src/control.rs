@@ -500,6 +500,10 @@ pub(crate) struct Controller {
     pub(crate) controls: Controls,
     /// What the adaptive throttle publishes for `status`, when the spec has `[throttle]`.
     pub(crate) adaptive: Option<crate::adaptive::SharedStatus>,
+    /// This process's claim on the run, renewed with every heartbeat.
+    pub(crate) lease: backfill_store::Lease,
+    /// Requested when the claim is lost, so the workers stop at once.
+    pub(crate) shutdown: crate::Shutdown,
 }
 
 impl Controller {
@@ -606,6 +610,9 @@ impl Controller {
             }
             if last_beat.elapsed() >= HEARTBEAT || first_beat {
                 first_beat = false;
+                if !self.renew_claim().await {
+                    break;
+                }
                 let live = self.telemetry(&limits, &used, &extension);
                 let active_ms = u64::try_from(active_since_beat.as_millis()).unwrap_or(u64::MAX);
                 match self.store.heartbeat(&self.run_id, active_ms, &live).await {
@@ -633,6 +640,24 @@ impl Controller {
         let mut last = self.telemetry(&limits, &used, &extension);
         last["state"] = json!("stopped");
         let _ = self.store.heartbeat(&self.run_id, active_ms, &last).await;
+    }
+
+    /// Renews this process's claim on the run. False when another process claimed it: then
+    /// every write of this process is refused, so the workers are told to stop.
+    async fn renew_claim(&self) -> bool {
+        match self.store.renew_lease(&self.lease).await {
+            Ok(_) => true,
+            Err(e @ backfill_store::StoreError::LeaseLost { .. }) => {
+                tracing::error!(run_id = self.run_id, error = %e, "stopping");
+                self.shutdown.request();
+                false
+            }
+            Err(e) => {
+                // Still ours until it expires; the next heartbeat tries again.
+                tracing::warn!(run_id = self.run_id, error = %e, "cannot renew the run's claim");
+                true
+            }
+        }
     }
 
     async fn limits_changed(&self, from: Limits, to: Limits) {

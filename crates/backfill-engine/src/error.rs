@@ -35,6 +35,22 @@ pub enum EngineError {
         /// Plan hash of the spec now.
         current: String,
     },
+    /// Another process holds the run's claim (it is executing the run); nothing was done.
+    #[error(
+        "run {run_id} is being executed by another process (pid {pid} on {host}, since {since})"
+    )]
+    Held {
+        /// The run.
+        run_id: String,
+        /// The holder's host.
+        host: String,
+        /// The holder's process id.
+        pid: u64,
+        /// When it claimed the run.
+        since: chrono::DateTime<chrono::Utc>,
+        /// When its claim lapses unless it renews it.
+        expires_at: chrono::DateTime<chrono::Utc>,
+    },
     /// The run is in a state that cannot be continued.
     #[error("run {run_id} is {state}; {hint}")]
     NotResumable {

@@ -269,7 +269,9 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
                 )
                 .await;
             }
-            Err(AttemptError::Store(StoreError::StaleAttempt { .. })) => {
+            Err(AttemptError::Store(
+                StoreError::StaleAttempt { .. } | StoreError::LeaseLost { .. },
+            )) => {
                 return PartitionEnd::Interrupted;
             }
             Err(error) if error.class() == ErrorClass::Data && !row_path && can_isolate(ctx) => {
@@ -1031,7 +1033,7 @@ async fn checkpoint_only(
         )
         .await
         .map_err(|e| match e {
-            StoreError::StaleAttempt { .. } => AttemptError::Stale,
+            StoreError::StaleAttempt { .. } | StoreError::LeaseLost { .. } => AttemptError::Stale,
             other => AttemptError::Store(other),
         })
 }

@@ -29,6 +29,7 @@
 //! ```
 
 mod adaptive;
+mod claim;
 mod control;
 mod error;
 mod events;
@@ -48,6 +49,7 @@ use backfill_core::{Guarantee, PartitionState, RowCounts, RunState, Spec, WriteM
 use backfill_store::{NewRun, RunRecord, Store};
 use tokio::sync::mpsc;
 
+pub use claim::DEFAULT_LEASE;
 pub use control::{Clock, Hold, LIVE_WITHIN};
 pub use error::EngineError;
 pub use events::{Emitter, Event};
@@ -90,30 +92,34 @@ pub async fn prepare_run(
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .ok_or(EngineError::NoReason)?;
-    if !force_new && let Some(run) = store.find_unfinished_run(&spec.name).await? {
-        if run.plan_hash != plan.hash {
-            return Err(EngineError::PlanChanged {
-                run_id: run.id,
-                spec: spec.name.clone(),
-                stored: run.plan_hash,
-                current: plan.hash.clone(),
-            });
-        }
-        return Ok(Launch::Resumed(run));
+    let new = NewRun {
+        spec_name: &spec.name,
+        spec_hash: &spec.spec_hash,
+        plan_hash: &plan.hash,
+        spec_text: &spec.redacted_text,
+        owner,
+        reason,
+        partitions: &plan.partitions,
+        guarantee: guarantee(store, spec),
+    };
+    if force_new {
+        return Ok(Launch::Created(store.create_run(new).await?));
     }
-    let run = store
-        .create_run(NewRun {
-            spec_name: &spec.name,
-            spec_hash: &spec.spec_hash,
-            plan_hash: &plan.hash,
-            spec_text: &spec.redacted_text,
-            owner,
-            reason,
-            partitions: &plan.partitions,
-            guarantee: guarantee(store, spec),
-        })
-        .await?;
-    Ok(Launch::Created(run))
+    // One transaction looks for the unfinished run and creates one only if there is none, so
+    // two `run SPEC` started at the same moment share one run.
+    let (run, created) = store.find_or_create_run(new).await?;
+    if created {
+        return Ok(Launch::Created(run));
+    }
+    if run.plan_hash != plan.hash {
+        return Err(EngineError::PlanChanged {
+            run_id: run.id,
+            spec: spec.name.clone(),
+            stored: run.plan_hash,
+            current: plan.hash.clone(),
+        });
+    }
+    Ok(Launch::Resumed(run))
 }
 
 /// The delivery guarantee a run of `spec` kept in `store` has: exactly once only when the
@@ -135,6 +141,12 @@ pub struct ExecuteOptions {
     pub listener: Option<mpsc::UnboundedSender<Event>>,
     /// The wall clock for `limits.window` (the system clock unless a test injects one).
     pub clock: Clock,
+    /// How long this process's claim on the run lasts without renewal (it renews every
+    /// second): how long others wait for a process that stopped without letting go.
+    pub lease: std::time::Duration,
+    /// When another process holds the run: wait for it to let go (true) or fail at once with
+    /// [`EngineError::Held`] (false, the default).
+    pub wait_for_claim: bool,
 }
 
 impl ExecuteOptions {
@@ -145,6 +157,8 @@ impl ExecuteOptions {
             shutdown,
             listener: None,
             clock: Clock::system(),
+            lease: DEFAULT_LEASE,
+            wait_for_claim: false,
         }
     }
 }
@@ -191,7 +205,12 @@ pub struct RunSummary {
 /// its reason, and waits here until it is lifted (then the run continues) or a cancel (the run
 /// ends `cancelled`) or a stop request (the run stays `paused`, and this returns).
 ///
-/// Refused when another process is executing the run (its heartbeat is recent).
+/// Executing needs the run's claim (see [`claim`](crate::claim)): when another process holds
+/// it, this fails with [`EngineError::Held`], or with `options.wait_for_claim` waits for it to
+/// be let go (and returns the run's summary without executing when the run succeeded
+/// meanwhile). Every write this process makes is fenced by its claim: if another process
+/// claims the run (this one stopped renewing past `options.lease`), this one's writes are
+/// refused and it returns the store's [`StoreError::LeaseLost`](backfill_store::StoreError).
 pub async fn execute(
     store: &Store,
     spec: &Spec,
@@ -199,27 +218,62 @@ pub async fn execute(
     options: ExecuteOptions,
 ) -> Result<RunSummary, EngineError> {
     let started = std::time::Instant::now();
-    let run = store.get_run(&run.id).await?;
+    let shutdown = options.shutdown.clone();
+    let (lease, waited) = claim::claim_run(
+        store,
+        &run.id,
+        options.lease,
+        options.wait_for_claim,
+        &shutdown,
+    )
+    .await?;
+    let fenced = store.fenced(&lease);
+    let result = execute_claimed(
+        &fenced,
+        spec,
+        &run.id,
+        options,
+        lease.clone(),
+        waited,
+        started,
+    )
+    .await;
+    if let Err(e) = store.release_lease(&lease).await {
+        tracing::warn!(run_id = run.id, error = %e, "cannot release the run's claim");
+    }
+    result
+}
+
+/// [`execute`] once this process holds the run's claim; `store` is fenced by it.
+async fn execute_claimed(
+    store: &Store,
+    spec: &Spec,
+    run_id: &str,
+    options: ExecuteOptions,
+    lease: backfill_store::Lease,
+    waited: bool,
+    started: std::time::Instant,
+) -> Result<RunSummary, EngineError> {
+    let shutdown = &options.shutdown;
+    let run = patience::store(shutdown, "read the run", || store.get_run(run_id)).await?;
     if run.state == RunState::Succeeded {
+        if waited {
+            // Another process finished it while this one waited: report, do not redo.
+            let records =
+                patience::store(shutdown, "read partitions", || store.partitions(run_id)).await?;
+            let guarantee = guarantee(store, spec);
+            let mut summary = summarize(&records, run.state, started, guarantee, false);
+            summary.session_rows_read = 0;
+            return Ok(summary);
+        }
         return Err(EngineError::NotResumable {
             run_id: run.id,
             state: run.state.to_string(),
             hint: "every partition is done; use `backfill run --new` to run the spec again".into(),
         });
     }
-    let shutdown = &options.shutdown;
     let controls =
         patience::store(shutdown, "read run controls", || store.controls(&run.id)).await?;
-    if run.state.is_unfinished() && executed_elsewhere(store, &run.id, &controls, shutdown).await? {
-        return Err(EngineError::NotResumable {
-            run_id: run.id.clone(),
-            state: format!("{} in another process", run.state),
-            hint: format!(
-                "steer it with `backfill pause|resume|cancel|throttle {}`; `backfill status {}` shows it",
-                run.id, run.id
-            ),
-        });
-    }
     let same_database = store.same_database(spec.target.url.expose());
     let limits = Limits::of(spec, &controls);
     // Enough connections for the concurrency in force when the session starts.
@@ -288,6 +342,8 @@ pub async fn execute(
             partitions_before: finished_before,
             controls,
             adaptive: adaptive_status,
+            lease,
+            shutdown: options.shutdown.clone(),
         }
         .run(controller_stopped, ready),
     );
@@ -463,30 +519,6 @@ pub fn executor(controls: &backfill_store::Controls) -> Executor {
         }
         (host, _) => Executor::Unknown { host },
     }
-}
-
-/// Whether another process is executing run `run_id`: see [`executor`]; an `Unknown` one is
-/// watched for up to [`LIVE_WITHIN`] to see whether its heartbeat moves.
-async fn executed_elsewhere(
-    store: &Store,
-    run_id: &str,
-    controls: &backfill_store::Controls,
-    shutdown: &Shutdown,
-) -> Result<bool, EngineError> {
-    match executor(controls) {
-        Executor::Nobody => return Ok(false),
-        Executor::Alive { .. } => return Ok(true),
-        Executor::Unknown { .. } => {}
-    }
-    let deadline = std::time::Instant::now() + LIVE_WITHIN;
-    while std::time::Instant::now() < deadline {
-        tokio::time::sleep(control::POLL).await;
-        let now = patience::store(shutdown, "read run controls", || store.controls(run_id)).await?;
-        if now.heartbeat_at != controls.heartbeat_at {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// The pending partitions of `records` with their checkpoints, in the spec's `order`.

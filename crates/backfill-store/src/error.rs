@@ -36,6 +36,18 @@ pub enum StoreError {
         /// The partition whose attempt was superseded.
         partition_id: String,
     },
+    /// Fencing: another process claimed the resource (a run) since this handle's lease was
+    /// granted; nothing was changed and the caller must stop writing.
+    #[error(
+        "lost the claim on {resource}: another process claimed it after claim {fence}; \
+         this process stops writing"
+    )]
+    LeaseLost {
+        /// The resource (`run:<id>`).
+        resource: String,
+        /// The fence number this handle held.
+        fence: u64,
+    },
     /// The store was written by a newer build of backfill; it is not touched.
     #[error(
         "the state store has schema version {found}, but this build knows only up to {known}; \

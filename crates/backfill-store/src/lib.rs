@@ -37,6 +37,7 @@ mod codec;
 mod controls;
 mod db;
 mod error;
+mod leases;
 mod migrate;
 mod partitions;
 mod quarantine;
@@ -55,6 +56,7 @@ use sqlx::{ConnectOptions, Connection};
 pub use audit::{AuditCheck, AuditEvent};
 pub use controls::{BudgetExtra, ControlRequest, Controls, RateChangeRecord, ThrottleChange};
 pub use error::StoreError;
+pub use leases::{Claim, Lease, LeaseHolder, LeaseOwner, run_resource};
 pub use partitions::{Outcome, PartitionRecord, Split};
 pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, RunRecord};
@@ -79,6 +81,9 @@ pub struct Store {
     /// makes the losers sleep for whole milliseconds; queueing here costs microseconds. Other
     /// processes still queue on SQLite's lock. Unused on PostgreSQL.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Set on a handle made by [`Store::fenced`]: the lease every write of this handle must
+    /// still hold.
+    fence: Option<std::sync::Arc<leases::Fence>>,
 }
 
 #[derive(Clone, Debug)]
@@ -144,6 +149,7 @@ impl Store {
             url_redacted,
             location,
             write_gate: Default::default(),
+            fence: None,
         };
         if let Err(e) = migrate::run(&store).await {
             store.close().await;
@@ -207,7 +213,19 @@ impl Store {
     /// and SQLite's write lock from its first statement (`BEGIN IMMEDIATE`). PostgreSQL: takes
     /// the store's advisory lock first, so state changes (and their audit events) of every
     /// process are serialised; it is released at commit or rollback.
+    ///
+    /// On a handle made by [`Store::fenced`], the transaction first checks the lease's fence
+    /// and fails with [`StoreError::LeaseLost`] when another claim replaced it.
     pub(crate) async fn begin_write(&self) -> Result<WriteTxn, StoreError> {
+        let mut tx = self.begin_write_unfenced().await?;
+        if let Some(fence) = self.fence() {
+            leases::check_fence(&mut tx, &fence.resource, fence.number).await?;
+        }
+        Ok(tx)
+    }
+
+    /// [`Store::begin_write`] without the fence check, for the lease operations themselves.
+    pub(crate) async fn begin_write_unfenced(&self) -> Result<WriteTxn, StoreError> {
         match (&self.pool, &self.location) {
             (Pool::Sqlite(pool), _) => {
                 let gate = self.write_gate.clone().lock_owned().await;

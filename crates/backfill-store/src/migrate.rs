@@ -22,6 +22,7 @@ const SQLITE: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_run_guarantee.sql")),
     (5, include_str!("../migrations/0005_run_controls.sql")),
     (6, include_str!("../migrations/0006_partition_split.sql")),
+    (7, include_str!("../migrations/0007_leases.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -47,6 +48,7 @@ const POSTGRES: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/postgres/0006_partition_split.sql"),
     ),
+    (7, include_str!("../migrations/postgres/0007_leases.sql")),
 ];
 
 fn migrations(dialect: Dialect) -> &'static [(i64, &'static str)] {

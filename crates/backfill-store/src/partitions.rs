@@ -339,10 +339,11 @@ impl Store {
         delta: &RowCounts,
         elapsed_ms: u64,
     ) -> (String, Vec<Value>) {
-        let table = match self.pg_schema() {
-            None => "partitions".to_owned(),
-            Some(schema) => format!("\"{schema}\".partitions"),
+        let qualified = |name: &str| match self.pg_schema() {
+            None => name.to_owned(),
+            Some(schema) => format!("\"{schema}\".{name}"),
         };
+        let table = qualified("partitions");
         let mut sql = format!(
             "UPDATE {table} SET rows_read = rows_read + ?, inserted = inserted + ?, \
              updated = updated + ?, unchanged = unchanged + ?, deleted = deleted + ?, \
@@ -370,6 +371,14 @@ impl Store {
         params.push(Value::Text(run_id.to_owned()));
         params.push(Value::Text(partition_id.to_owned()));
         params.push(Value::Int(i64::from(attempt)));
+        if let Some(fence) = self.fence() {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM {} WHERE resource = ? AND fence = ?)",
+                qualified("leases")
+            ));
+            params.push(Value::Text(fence.resource.clone()));
+            params.push(Value::Int(codec::to_db(fence.number)));
+        }
         (self.dialect().sql(&sql), params)
     }
 
@@ -382,16 +391,23 @@ impl Store {
         partition_id: &str,
         attempt: u32,
     ) -> Result<(), StoreError> {
-        let done = stmt(
-            "UPDATE partitions SET rows_read = 0, inserted = 0, updated = 0, unchanged = 0, \
-             deleted = 0, affected = 0, checkpoint = NULL \
-             WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'",
-        )
-        .bind(run_id)
-        .bind(partition_id)
-        .bind(i64::from(attempt))
-        .execute(&mut self.conn().await?)
-        .await?;
+        let mut sql = "UPDATE partitions SET rows_read = 0, inserted = 0, updated = 0, \
+             unchanged = 0, deleted = 0, affected = 0, checkpoint = NULL \
+             WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'"
+            .to_owned();
+        if self.fence().is_some() {
+            sql.push_str(" AND EXISTS (SELECT 1 FROM leases WHERE resource = ? AND fence = ?)");
+        }
+        let mut query = stmt(sql)
+            .bind(run_id)
+            .bind(partition_id)
+            .bind(i64::from(attempt));
+        if let Some(fence) = self.fence() {
+            query = query
+                .bind(fence.resource.as_str())
+                .bind(codec::to_db(fence.number));
+        }
+        let done = query.execute(&mut self.conn().await?).await?;
         if done != 1 {
             return Err(self.stale_or_missing(run_id, partition_id).await);
         }
@@ -597,6 +613,15 @@ impl Store {
     /// The error for a fenced write that matched no row: [`StoreError::NotFound`] when the
     /// partition does not exist, else [`StoreError::StaleAttempt`].
     async fn stale_or_missing(&self, run_id: &str, partition_id: &str) -> StoreError {
+        if let Some(fence) = self.fence()
+            && let Ok(holder) = self.lease_holder(&fence.resource).await
+            && holder.is_none_or(|h| h.fence != fence.number)
+        {
+            return StoreError::LeaseLost {
+                resource: fence.resource.clone(),
+                fence: fence.number,
+            };
+        }
         match self.partition(run_id, partition_id).await {
             Ok(_) => StoreError::StaleAttempt {
                 partition_id: partition_id.to_owned(),

@@ -152,52 +152,81 @@ async fn fetch_run(tx: &mut WriteTxn, run_id: &str) -> Result<RunRecord, StoreEr
     run_from_row(&row)
 }
 
+/// Inserts a new run (state `planned`), its partitions and its `run.created` event in `tx`.
+async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = codec::now();
+    stmt(
+        "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
+         state, created_at, updated_at, partitions_total, guarantee) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&id)
+    .bind(new.spec_name)
+    .bind(new.spec_hash)
+    .bind(new.plan_hash)
+    .bind(new.spec_text)
+    .bind(new.owner)
+    .bind(new.reason)
+    .bind(RunState::Planned.as_str())
+    .bind(&now)
+    .bind(&now)
+    .bind(codec::to_db(new.partitions.len() as u64))
+    .bind(new.guarantee.name())
+    .execute(tx)
+    .await?;
+    insert_partitions(tx, &id, new.partitions).await?;
+    audit::append(
+        tx,
+        Some(&id),
+        None,
+        new.owner,
+        "run.created",
+        json!({
+            "spec_name": new.spec_name,
+            "spec_hash": new.spec_hash,
+            "plan_hash": new.plan_hash,
+            "reason": new.reason,
+            "partitions": new.partitions.len(),
+            "guarantee": new.guarantee.name(),
+        }),
+    )
+    .await?;
+    fetch_run(tx, &id).await
+}
+
 impl Store {
     /// Creates a run in state `planned` with every partition `pending`, and its `run.created`
     /// audit event, atomically: either all of it exists afterwards or none of it.
     pub async fn create_run(&self, new: NewRun<'_>) -> Result<RunRecord, StoreError> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let now = codec::now();
         let mut tx = self.begin_write().await?;
-        stmt(
-            "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
-             state, created_at, updated_at, partitions_total, guarantee) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(new.spec_name)
-        .bind(new.spec_hash)
-        .bind(new.plan_hash)
-        .bind(new.spec_text)
-        .bind(new.owner)
-        .bind(new.reason)
-        .bind(RunState::Planned.as_str())
-        .bind(&now)
-        .bind(&now)
-        .bind(codec::to_db(new.partitions.len() as u64))
-        .bind(new.guarantee.name())
-        .execute(&mut tx)
-        .await?;
-        insert_partitions(&mut tx, &id, new.partitions).await?;
-        audit::append(
-            &mut tx,
-            Some(&id),
-            None,
-            new.owner,
-            "run.created",
-            json!({
-                "spec_name": new.spec_name,
-                "spec_hash": new.spec_hash,
-                "plan_hash": new.plan_hash,
-                "reason": new.reason,
-                "partitions": new.partitions.len(),
-                "guarantee": new.guarantee.name(),
-            }),
-        )
-        .await?;
-        let run = fetch_run(&mut tx, &id).await?;
+        let run = insert_run(&mut tx, &new).await?;
         tx.commit().await?;
         Ok(run)
+    }
+
+    /// The unfinished run of `new.spec_name` if there is one (`Ok((run, false))`), else a new
+    /// run created as by [`Store::create_run`] (`Ok((run, true))`). The look-up and the
+    /// insert are one serialised write transaction, so processes starting the same spec at
+    /// the same moment all get the same run: a spec never has two unfinished runs this way.
+    pub async fn find_or_create_run(
+        &self,
+        new: NewRun<'_>,
+    ) -> Result<(RunRecord, bool), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let found = stmt(format!(
+            "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused') \
+             {NEWEST_FIRST} LIMIT 1"
+        ))
+        .bind(new.spec_name)
+        .fetch_optional(&mut tx)
+        .await?;
+        if let Some(row) = found {
+            return Ok((run_from_row(&row)?, false));
+        }
+        let run = insert_run(&mut tx, &new).await?;
+        tx.commit().await?;
+        Ok((run, true))
     }
 
     /// The newest run of `spec_name` that is `planned`, `running` or `paused`: the one a new

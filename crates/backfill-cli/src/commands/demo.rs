@@ -94,7 +94,18 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
         plan.partitions.len(),
         spec.limits.concurrency
     ));
-    let summary = crate::commands::run::execute_quiet(&store, &spec, &run, out, false).await?;
+    let summary = crate::commands::run::execute_quiet(
+        &store,
+        &spec,
+        &run,
+        out,
+        false,
+        crate::args::ClaimArgs {
+            wait: false,
+            lease: backfill_engine::DEFAULT_LEASE,
+        },
+    )
+    .await?;
 
     let after = gaps(&target, &dir).await?;
     target.close().await;

@@ -5,7 +5,7 @@ use backfill_engine::{EngineError, ExecuteOptions, Launch, RunSummary, Shutdown}
 use backfill_store::{BudgetExtra, RunRecord, Store};
 use serde_json::json;
 
-use crate::args::{ResumeArgs, RunArgs};
+use crate::args::{ClaimArgs, ResumeArgs, RunArgs};
 use crate::commands::{duration, open_store, thousands, whoami};
 use crate::output::Output;
 use crate::{Reported, UserError, progress, specfile};
@@ -54,18 +54,6 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
             r.id, r.spec_name, r.partitions_total, r.reason
         )),
         Launch::Resumed(r) => {
-            if let Some(who) = crate::commands::control::live_process(&store.controls(&r.id).await?)
-            {
-                return Err(UserError::new(format!(
-                    "run {} of `{}` is being executed by {who}",
-                    r.id, r.spec_name
-                ))
-                .hint(format!(
-                    "steer it with `backfill pause|resume|cancel|throttle {}`, watch it with `backfill status {}`, or start another run with `backfill run --new`",
-                    r.id, r.id
-                ))
-                .into());
-            }
             let done = done_count(&store, r).await?;
             out.note(format!(
                 "resuming unfinished run {} of `{}` ({}/{} partitions done; --new starts a new run)",
@@ -73,7 +61,7 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
             ));
         }
     }
-    execute(&store, &spec, launch.run(), out).await
+    execute(&store, &spec, launch.run(), out, args.claim).await
 }
 
 pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyhow::Result<()> {
@@ -153,7 +141,7 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
         "resuming run {} of `{}` from its checkpoints ({}/{} partitions done)",
         run.id, run.spec_name, done, run.partitions_total
     ));
-    execute(&store, &spec, &run, out).await
+    execute(&store, &spec, &run, out, args.claim).await
 }
 
 /// Looks up a run by id or prefix; a miss is the user's error.
@@ -186,8 +174,9 @@ pub(crate) async fn execute(
     spec: &Spec,
     run: &RunRecord,
     out: Output,
+    claim: ClaimArgs,
 ) -> anyhow::Result<()> {
-    let summary = execute_quiet(store, spec, run, out, false).await?;
+    let summary = execute_quiet(store, spec, run, out, false, claim).await?;
     print_summary(run, &summary, out);
     match summary.state {
         RunState::Succeeded => Ok(()),
@@ -241,6 +230,7 @@ pub(crate) async fn execute_quiet(
     run: &RunRecord,
     out: Output,
     quiet: bool,
+    claim: ClaimArgs,
 ) -> anyhow::Result<RunSummary> {
     let shutdown = Shutdown::new();
     let ctrl_c = {
@@ -264,6 +254,8 @@ pub(crate) async fn execute_quiet(
         shutdown,
         listener: Some(tx),
         clock: backfill_engine::Clock::system(),
+        lease: claim.lease,
+        wait_for_claim: claim.wait,
     };
     let result = backfill_engine::execute(store, spec, run, options).await;
     let _ = renderer.await;
@@ -278,6 +270,28 @@ pub(crate) async fn execute_quiet(
         }) => Err(UserError::new(format!("run {run_id} is {state}"))
             .hint(hint)
             .into()),
+        Err(EngineError::Held {
+            run_id,
+            host,
+            pid,
+            since,
+            expires_at,
+        }) => {
+            out.note(format!(
+                "run {run_id} is being executed by another process: pid {pid} on {host}, since {}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+            out.note(format!(
+                "hint: `backfill status {run_id}` watches it; `backfill pause|cancel|throttle {run_id}` steer it; \
+                 add --wait to continue here once it stops (its claim lapses at {} unless renewed)",
+                expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+            out.json(&json!({
+                "run_id": run_id,
+                "held_by": { "host": host, "pid": pid, "since": since.to_rfc3339(), "expires_at": expires_at.to_rfc3339() },
+            }));
+            Err(Reported(1).into())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -13,6 +13,7 @@
 mod audit;
 mod concurrency;
 mod controls;
+mod leases;
 mod open;
 mod partitions;
 mod runs;
