@@ -125,6 +125,11 @@ pub(crate) struct RunArgs {
     /// Start a new run even if an unfinished run of this spec exists.
     #[arg(long)]
     pub(crate) new: bool,
+    /// Create the run (or find the spec's unfinished one) and print its id without executing
+    /// it; `backfill resume RUN`, from any terminal or machine sharing the state store,
+    /// executes it.
+    #[arg(long)]
+    pub(crate) create_only: bool,
     #[command(flatten)]
     pub(crate) claim: ClaimArgs,
 }

@@ -91,6 +91,20 @@ async fn try_claim(
     Ok(claim)
 }
 
+/// Fails with [`EngineError::Held`] when another live process holds run `run_id` now (not one
+/// of this host that is gone). Only for telling the user early: the claim [`crate::execute`]
+/// makes is what decides.
+pub async fn ensure_unclaimed(store: &Store, run_id: &str) -> Result<(), EngineError> {
+    let Some(holder) = store.lease_holder(&run_resource(run_id)).await? else {
+        return Ok(());
+    };
+    let dead_here = holder.host == host() && !process_exists(holder.pid);
+    if holder.is_free(chrono::Utc::now()) || dead_here {
+        return Ok(());
+    }
+    Err(held(run_id, holder))
+}
+
 fn held(run_id: &str, holder: LeaseHolder) -> EngineError {
     EngineError::Held {
         run_id: run_id.to_owned(),

@@ -49,7 +49,7 @@ use backfill_core::{Guarantee, PartitionState, RowCounts, RunState, Spec, WriteM
 use backfill_store::{NewRun, RunRecord, Store};
 use tokio::sync::mpsc;
 
-pub use claim::DEFAULT_LEASE;
+pub use claim::{DEFAULT_LEASE, ensure_unclaimed};
 pub use control::{Clock, Hold, LIVE_WITHIN};
 pub use error::EngineError;
 pub use events::{Emitter, Event};

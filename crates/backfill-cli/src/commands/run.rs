@@ -54,12 +54,25 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
             r.id, r.spec_name, r.partitions_total, r.reason
         )),
         Launch::Resumed(r) => {
+            if !args.claim.wait
+                && !args.create_only
+                && let Err(e) = backfill_engine::ensure_unclaimed(&store, &r.id).await
+            {
+                return Err(engine_error(e, out));
+            }
             let done = done_count(&store, r).await?;
             out.note(format!(
                 "resuming unfinished run {} of `{}` ({}/{} partitions done; --new starts a new run)",
                 r.id, r.spec_name, done, r.partitions_total
             ));
         }
+    }
+    if args.create_only {
+        let run = launch.run();
+        out.json(&json!({ "run_id": run.id, "created": matches!(launch, Launch::Created(_)) }));
+        out.line(&run.id);
+        out.note(format!("execute it with `backfill resume {}`", run.id));
+        return Ok(());
     }
     execute(&store, &spec, launch.run(), out, args.claim).await
 }
@@ -260,23 +273,27 @@ pub(crate) async fn execute_quiet(
     let result = backfill_engine::execute(store, spec, run, options).await;
     let _ = renderer.await;
     ctrl_c.abort();
-    match result {
-        Ok(summary) => Ok(summary),
-        // Another process executes it, or it is finished: the user's call to fix.
-        Err(EngineError::NotResumable {
+    result.map_err(|e| engine_error(e, out))
+}
+
+/// An engine error as this command reports it: a finished run is the user's call to fix
+/// (exit 2); a run another process holds is named with its holder (exit 1).
+fn engine_error(error: EngineError, out: Output) -> anyhow::Error {
+    match error {
+        EngineError::NotResumable {
             run_id,
             state,
             hint,
-        }) => Err(UserError::new(format!("run {run_id} is {state}"))
+        } => UserError::new(format!("run {run_id} is {state}"))
             .hint(hint)
-            .into()),
-        Err(EngineError::Held {
+            .into(),
+        EngineError::Held {
             run_id,
             host,
             pid,
             since,
             expires_at,
-        }) => {
+        } => {
             out.note(format!(
                 "run {run_id} is being executed by another process: pid {pid} on {host}, since {}",
                 since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -290,9 +307,9 @@ pub(crate) async fn execute_quiet(
                 "run_id": run_id,
                 "held_by": { "host": host, "pid": pid, "since": since.to_rfc3339(), "expires_at": expires_at.to_rfc3339() },
             }));
-            Err(Reported(1).into())
+            Reported(1).into()
         }
-        Err(e) => Err(e.into()),
+        other => other.into(),
     }
 }
 

@@ -27,6 +27,11 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     let rates = store.rate_changes(&run.id, 1).await?;
     let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
     let process = crate::commands::control::live_process(&controls);
+    let now = chrono::Utc::now();
+    let claim = store
+        .lease_holder(&backfill_store::run_resource(&run.id))
+        .await?
+        .filter(|c| !c.is_free(now));
     out.json(&json!({
         "run_id": run.id,
         "spec": run.spec_name,
@@ -68,6 +73,14 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
                 "concurrency": controls.concurrency,
             },
         },
+        "claim": claim.as_ref().map(|c| json!({
+            "host": c.host,
+            "pid": c.pid,
+            "fence": c.fence,
+            "since": c.claimed_at.to_rfc3339(),
+            "renewed_at": c.renewed_at.to_rfc3339(),
+            "expires_at": c.expires_at.to_rfc3339(),
+        })),
         "live": live,
         "rate": rates.last().map(|r| json!({ "rows_per_second": r.rate, "cause": r.cause, "at": r.at, "detail": r.detail })),
         "failing": st.failing.iter().map(|f| json!({
@@ -100,6 +113,18 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         "  process:    {}",
         process.as_deref().unwrap_or("none is executing it")
     ));
+    if let Some(c) = &claim {
+        out.line(format!(
+            "  claim:      #{} held by pid {} on {} since {}, lapses at {} unless renewed",
+            c.fence,
+            c.pid,
+            c.host,
+            c.claimed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            c.expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
     out.line(format!("  owner:      {}", run.owner));
     out.line(format!("  reason:     {}", run.reason));
     out.line(format!(

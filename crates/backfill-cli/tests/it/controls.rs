@@ -489,9 +489,11 @@ async fn a_second_run_process_refuses_while_one_is_executing() {
 
     let second = f.ws.run(&["run", &f.spec]);
     eprintln!("second `run SPEC`: exit {}\n{}", second.code, second.stderr);
-    assert_eq!(second.code, 2, "the user's mistake: {second:?}");
+    assert_eq!(second.code, 1, "refused, naming the holder: {second:?}");
     assert!(
-        second.stderr.contains("is being executed by"),
+        second
+            .stderr
+            .contains("is being executed by another process: pid "),
         "{}",
         second.stderr
     );

@@ -7,6 +7,7 @@ mod private_server;
 mod support;
 
 mod check;
+mod claim;
 mod controls;
 mod crash;
 mod crash_db;
