@@ -344,7 +344,7 @@ async fn stopped_past_its_lease_a_process_cannot_write_a_checkpoint() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let mut second = f
+    let second = f
         .command(&["run", &f.spec])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
