@@ -262,6 +262,9 @@ def main():
                    help="experiment: measure only a and c, with this maximum rate (rows/s), print, do not write RESULTS.md")
     p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     args = p.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import benchlock
+    benchlock.hold('bench/live_latency.py')
     args.pg = pg_suite.Pg(args.pg_url)
     args.pgbench = pgbench_bin()
     if not args.no_build:

@@ -178,6 +178,9 @@ def main():
     p.add_argument("--keep-dbs", action="store_true", help="keep bench_skew and bench_skew_target (default: dropped)")
     p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     o = p.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import benchlock
+    benchlock.hold('bench/skew.py')
     cases = [c.strip() for c in o.cases.split(",") if c.strip()]
     if set(cases) - set(CASES):
         p.error(f"--cases: unknown {set(cases) - set(CASES)}")
