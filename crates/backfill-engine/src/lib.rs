@@ -34,6 +34,7 @@ mod error;
 mod events;
 mod execute;
 mod patience;
+mod replan;
 mod shutdown;
 pub mod status;
 
@@ -51,6 +52,7 @@ use tokio::sync::mpsc;
 pub use control::{Clock, Hold, LIVE_WITHIN};
 pub use error::EngineError;
 pub use events::{Emitter, Event};
+pub use replan::check_same_plan;
 pub use shutdown::Shutdown;
 
 use crate::control::{Controller, Limits, Live};
@@ -76,7 +78,8 @@ impl Launch {
 
 /// Finds the unfinished run of `spec` or creates a new one. A run needs a reason: `reason`
 /// (from the command line) or the spec's. With `force_new`, an unfinished run is left alone
-/// and a new one is created.
+/// and a new one is created. An unfinished run whose plan the spec no longer makes is
+/// refused ([`EngineError::PlanChanged`], from [`check_same_plan`]).
 pub async fn prepare_run(
     store: &Store,
     spec: &Spec,
@@ -91,14 +94,7 @@ pub async fn prepare_run(
         .filter(|r| !r.is_empty())
         .ok_or(EngineError::NoReason)?;
     if !force_new && let Some(run) = store.find_unfinished_run(&spec.name).await? {
-        if run.plan_hash != plan.hash {
-            return Err(EngineError::PlanChanged {
-                run_id: run.id,
-                spec: spec.name.clone(),
-                stored: run.plan_hash,
-                current: plan.hash.clone(),
-            });
-        }
+        check_same_plan(&run, spec, plan)?;
         return Ok(Launch::Resumed(run));
     }
     let run = store
@@ -106,6 +102,7 @@ pub async fn prepare_run(
             spec_name: &spec.name,
             spec_hash: &spec.spec_hash,
             plan_hash: &plan.hash,
+            normalized_spec: &plan.normalized.to_json(),
             spec_text: &spec.redacted_text,
             owner,
             reason,
