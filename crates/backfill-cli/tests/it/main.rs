@@ -18,4 +18,5 @@ mod errors;
 mod idempotency;
 mod lifecycle;
 mod matrix;
+mod replan;
 mod replica_lag;
