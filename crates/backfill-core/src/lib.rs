@@ -1,9 +1,9 @@
 //! The pure model of a backfill: spec, scope, planner, state machines and policies.
 //!
 //! Owns: parsing and validating spec files into precise types ([`spec`]), cutting a scope into
-//! partitions ([`plan`]), a run's delivery guarantee ([`guarantee`]), the run and partition
-//! state machines ([`state`]), the policies that keep a run safe (retries [`retry`], adaptive
-//! throttling [`aimd`], budgets
+//! partitions ([`plan`]) identified by the normalised spec ([`normalized`]), a run's delivery
+//! guarantee ([`guarantee`]), the run and partition state machines ([`state`]), the policies
+//! that keep a run safe (retries [`retry`], adaptive throttling [`aimd`], budgets
 //! [`budget`], run windows [`run_window`], partition order [`order`], the circuit breaker
 //! [`breaker`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
 //! ([`params`]), the values that move between connectors ([`value`]) and secret handling
@@ -18,6 +18,7 @@ pub mod breaker;
 pub mod budget;
 pub mod diag;
 pub mod guarantee;
+pub mod normalized;
 pub mod order;
 pub mod params;
 pub mod plan;
@@ -38,6 +39,7 @@ pub use budget::{
 };
 pub use diag::{Diagnostic, Severity};
 pub use guarantee::Guarantee;
+pub use normalized::{FieldChange, NormalizedSpec};
 pub use order::{Order, PriorityRange, order_partitions};
 pub use plan::{Partition, Plan, Scope, Step, Window};
 pub use run_window::{RunWindow, WindowState};

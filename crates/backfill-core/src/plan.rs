@@ -11,6 +11,8 @@ use std::fmt;
 use chrono::{DateTime, Days, Months, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+use crate::normalized::NormalizedSpec;
+
 /// A half-open unit of work `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Window {
@@ -297,15 +299,32 @@ fn key_windows(from: i64, to: i64, chunk: u64) -> Result<Vec<Window>, PlanError>
 pub struct Plan {
     /// Partitions in execution order.
     pub partitions: Vec<Partition>,
-    /// Hash of everything that decides what the run writes: the source query, the target and
-    /// write mode, and every partition window. Limits (concurrency, rate) are not part of it,
-    /// so changing them resumes the same run.
+    /// The fields of the spec that decide the partitions and what the run writes, stored with
+    /// the run so a refused resume can name what changed.
+    pub normalized: NormalizedSpec,
+    /// Hash of `normalized`: the same for the same source and target databases, query, time
+    /// formats, target table, key, mode and guard, scope and partitions, wherever the spec
+    /// file lies and whatever the passwords. Limits (concurrency, rate, budget) are not part
+    /// of it, so changing them resumes the same run.
     pub hash: String,
 }
 
 /// Plans `spec`: same spec, same partitions, same hash.
 pub fn plan(spec: &crate::spec::Spec) -> Result<Plan, PlanError> {
     let partitions = partitions(&spec.scope)?;
+    let normalized = NormalizedSpec::of(spec, &partitions);
+    Ok(Plan {
+        hash: normalized.hash(),
+        normalized,
+        partitions,
+    })
+}
+
+/// The plan hash of backfill versions before the normalised spec (state store schema 7 and
+/// older), which covered the spec's name and hashed SQLite paths made absolute. A run those
+/// versions created, with no normalised spec stored, still resumes when this matches: from
+/// the same folder with the same spec.
+pub fn legacy_hash(spec: &crate::spec::Spec, partitions: &[Partition]) -> String {
     let mut parts: Vec<String> = vec![
         spec.name.clone(),
         spec.source.url.redacted(),
@@ -319,10 +338,7 @@ pub fn plan(spec: &crate::spec::Spec) -> Result<Plan, PlanError> {
     ];
     parts.extend(partitions.iter().map(|p| p.window.canonical()));
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-    Ok(Plan {
-        hash: short_hash(&refs),
-        partitions,
-    })
+    short_hash(&refs)
 }
 
 /// A short, stable hash of some text (hex), for plan and spec hashes.

@@ -9,27 +9,51 @@ use std::fmt;
 
 /// A connection URL whose password is masked whenever it is displayed or debug-printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretUrl(String);
+pub struct SecretUrl {
+    /// The URL to connect with (a relative SQLite path already made absolute).
+    url: String,
+    /// The URL as the spec wrote it (relative SQLite path kept), when it differs.
+    written: Option<String>,
+}
 
 impl SecretUrl {
     /// Wraps a URL (after `${VAR}` expansion, so it may hold a real password).
     pub fn new(url: impl Into<String>) -> Self {
-        SecretUrl(url.into())
+        SecretUrl {
+            url: url.into(),
+            written: None,
+        }
+    }
+
+    /// Records `written` as the way the spec names this database (`${VAR}` expanded, a
+    /// relative SQLite path still relative): [`Self::identity`] derives from it, while
+    /// [`Self::expose`] stays the URL to connect with.
+    pub fn written_as(mut self, written: impl Into<String>) -> Self {
+        let written = written.into();
+        self.written = (written != self.url).then_some(written);
+        self
     }
 
     /// The real URL, for handing to a driver only. Never log the result.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.url
     }
 
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
-        redact(&self.0)
+        redact(&self.url)
+    }
+
+    /// The database as the spec names it, with no password at all (neither in the user
+    /// part nor as a `…password=` parameter): the same for any folder the spec lies in and
+    /// for any password, so it can be hashed into the plan and stored with a run.
+    pub fn identity(&self) -> String {
+        without_password(self.written.as_deref().unwrap_or(&self.url))
     }
 
     /// The scheme before `:` (`sqlite`, `postgres`, …), lower-cased.
     pub fn scheme(&self) -> String {
-        self.0
+        self.url
             .split(':')
             .next()
             .unwrap_or_default()
@@ -74,6 +98,44 @@ pub fn redact(text: &str) -> String {
     }
     out.push_str(rest);
     redact_password_params(&out)
+}
+
+/// `url` without the password of its user part and without `…password=` query parameters;
+/// [`redact`] then masks anything password-like left (a malformed URL).
+fn without_password(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    format!("{user}@{host}")
+                }
+                None => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|param| {
+                let key = param.split('=').next().unwrap_or_default();
+                !key.to_ascii_lowercase().ends_with("password")
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+    }
+    redact(&out)
 }
 
 fn redact_password_params(text: &str) -> String {
@@ -132,5 +194,32 @@ mod tests {
         assert!(!format!("{url:?}").contains("topsecret"));
         assert_eq!(url.expose(), "postgres://u:topsecret@localhost/db");
         assert_eq!(url.scheme(), "postgres");
+    }
+
+    #[test]
+    fn identity_has_no_password_and_keeps_the_url_as_written() {
+        let cases = [
+            (
+                "postgres://bob:hunter2@db:5432/shop",
+                "postgres://bob@db:5432/shop",
+            ),
+            ("postgres://bob@db:5432/shop", "postgres://bob@db:5432/shop"),
+            (
+                "postgres://h/db?sslmode=require&password=s3cret&sslpassword=x",
+                "postgres://h/db?sslmode=require",
+            ),
+            (
+                "mysql://root:p@ss:w@127.0.0.1/test",
+                "mysql://root@127.0.0.1/test",
+            ),
+            ("postgres://h/db?password=s3cret", "postgres://h/db"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(SecretUrl::new(url).identity(), want, "{url}");
+        }
+        let moved =
+            SecretUrl::new("sqlite:///home/me/demo/source.db").written_as("sqlite://source.db");
+        assert_eq!(moved.identity(), "sqlite://source.db");
+        assert_eq!(moved.expose(), "sqlite:///home/me/demo/source.db");
     }
 }

@@ -1,6 +1,7 @@
 //! Engine errors and their classification.
 
 use backfill_connectors::ConnectorError;
+use backfill_core::FieldChange;
 use backfill_core::retry::ErrorClass;
 use backfill_store::StoreError;
 
@@ -20,11 +21,9 @@ pub enum EngineError {
     /// The run has no reason.
     #[error("a run needs a reason")]
     NoReason,
-    /// An unfinished run of the same spec exists with a different plan.
-    #[error(
-        "run {run_id} of spec `{spec}` is unfinished and was made from a different plan \
-         ({stored} vs {current})"
-    )]
+    /// The spec no longer plans what an unfinished run was made from (see
+    /// [`crate::check_same_plan`]).
+    #[error("{}", plan_changed(.run_id, .spec, .stored, .current, .changes.as_deref()))]
     PlanChanged {
         /// The unfinished run.
         run_id: String,
@@ -34,6 +33,10 @@ pub enum EngineError {
         stored: String,
         /// Plan hash of the spec now.
         current: String,
+        /// Each changed field with its old and new value (never a password); `None` when the
+        /// run was created before its normalised spec was stored, so only the hashes are
+        /// known.
+        changes: Option<Vec<FieldChange>>,
     },
     /// Another process holds the run's claim (it is executing the run); nothing was done.
     #[error(
@@ -61,6 +64,28 @@ pub enum EngineError {
         /// What to do instead.
         hint: String,
     },
+}
+
+/// The text of [`EngineError::PlanChanged`]: one line naming every changed field, or both
+/// plan hashes when the fields are unknown.
+fn plan_changed(
+    run_id: &str,
+    spec: &str,
+    stored: &str,
+    current: &str,
+    changes: Option<&[FieldChange]>,
+) -> String {
+    let head = format!("run {run_id} of spec `{spec}` was planned from a different spec");
+    match changes {
+        Some(changes) => {
+            let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            format!("{head}: {}", list.join("; "))
+        }
+        None => format!(
+            "{head} (plan {stored} then, {current} now); it was created by a backfill version \
+             that did not record the fields a plan covers, so the changed ones cannot be named"
+        ),
+    }
 }
 
 /// An error inside one partition attempt.

@@ -35,6 +35,7 @@ mod error;
 mod events;
 mod execute;
 mod patience;
+mod replan;
 mod shutdown;
 pub mod status;
 
@@ -53,6 +54,7 @@ pub use claim::{DEFAULT_LEASE, ensure_unclaimed};
 pub use control::{Clock, Hold, LIVE_WITHIN};
 pub use error::EngineError;
 pub use events::{Emitter, Event};
+pub use replan::check_same_plan;
 pub use shutdown::Shutdown;
 
 use crate::control::{Controller, Limits, Live};
@@ -78,7 +80,8 @@ impl Launch {
 
 /// Finds the unfinished run of `spec` or creates a new one. A run needs a reason: `reason`
 /// (from the command line) or the spec's. With `force_new`, an unfinished run is left alone
-/// and a new one is created.
+/// and a new one is created. An unfinished run whose plan the spec no longer makes is
+/// refused ([`EngineError::PlanChanged`], from [`check_same_plan`]).
 pub async fn prepare_run(
     store: &Store,
     spec: &Spec,
@@ -92,10 +95,12 @@ pub async fn prepare_run(
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .ok_or(EngineError::NoReason)?;
+    let normalized = plan.normalized.to_json();
     let new = NewRun {
         spec_name: &spec.name,
         spec_hash: &spec.spec_hash,
         plan_hash: &plan.hash,
+        normalized_spec: &normalized,
         spec_text: &spec.redacted_text,
         owner,
         reason,
@@ -111,14 +116,7 @@ pub async fn prepare_run(
     if created {
         return Ok(Launch::Created(run));
     }
-    if run.plan_hash != plan.hash {
-        return Err(EngineError::PlanChanged {
-            run_id: run.id,
-            spec: spec.name.clone(),
-            stored: run.plan_hash,
-            current: plan.hash.clone(),
-        });
-    }
+    check_same_plan(&run, spec, plan)?;
     Ok(Launch::Resumed(run))
 }
 

@@ -23,6 +23,10 @@ const SQLITE: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_run_controls.sql")),
     (6, include_str!("../migrations/0006_partition_split.sql")),
     (7, include_str!("../migrations/0007_leases.sql")),
+    (
+        8,
+        include_str!("../migrations/0008_run_normalized_spec.sql"),
+    ),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -49,6 +53,10 @@ const POSTGRES: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0006_partition_split.sql"),
     ),
     (7, include_str!("../migrations/postgres/0007_leases.sql")),
+    (
+        8,
+        include_str!("../migrations/postgres/0008_run_normalized_spec.sql"),
+    ),
 ];
 
 fn migrations(dialect: Dialect) -> &'static [(i64, &'static str)] {
@@ -137,6 +145,7 @@ mod tests {
     fn both_backends_have_the_same_versions() {
         let versions = |list: &[(i64, &str)]| list.iter().map(|(v, _)| *v).collect::<Vec<_>>();
         assert_eq!(versions(SQLITE), versions(POSTGRES));
-        assert_eq!(versions(SQLITE), (1..=known_version()).collect::<Vec<_>>());
+        let expected: Vec<i64> = (1..=known_version()).collect();
+        assert_eq!(versions(SQLITE), expected);
     }
 }

@@ -19,6 +19,9 @@ pub struct NewRun<'a> {
     pub spec_hash: &'a str,
     /// Hash of the plan (the partitions), to tell whether a re-plan agrees.
     pub plan_hash: &'a str,
+    /// The normalised spec the plan hash covers (`NormalizedSpec::to_json`, no password), so
+    /// a refused resume can name the fields that changed.
+    pub normalized_spec: &'a str,
     /// The spec text, already redacted by the caller; stored for the audit trail.
     pub spec_text: &'a str,
     /// Who started the run (`user@host`).
@@ -45,6 +48,9 @@ pub struct RunRecord {
     pub plan_hash: String,
     /// The redacted spec text at creation.
     pub spec_text: String,
+    /// The normalised spec its plan hash covers; `None` for runs created before it was
+    /// stored (schema 7 and older).
+    pub normalized_spec: Option<String>,
     /// Who started it.
     pub owner: String,
     /// Why.
@@ -68,8 +74,8 @@ pub struct RunRecord {
     pub pause_reason: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
-     state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee, pause_reason FROM runs";
+const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text, \
+     normalized_spec, owner, reason, state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee, pause_reason FROM runs";
 
 /// Newest first; the UUIDv7 id breaks ties within one microsecond.
 const NEWEST_FIRST: &str = "ORDER BY created_at DESC, id DESC";
@@ -86,6 +92,7 @@ fn run_from_row(row: &DbRow) -> Result<RunRecord, StoreError> {
         spec_hash: row.try_get("spec_hash")?,
         plan_hash: row.try_get("plan_hash")?,
         spec_text: row.try_get("spec_text")?,
+        normalized_spec: row.try_get("normalized_spec")?,
         owner: row.try_get("owner")?,
         reason: row.try_get("reason")?,
         state: state
@@ -157,15 +164,16 @@ async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, St
     let id = uuid::Uuid::now_v7().to_string();
     let now = codec::now();
     stmt(
-        "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, owner, reason, \
-         state, created_at, updated_at, partitions_total, guarantee) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, normalized_spec, \
+         owner, reason, state, created_at, updated_at, partitions_total, guarantee) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&id)
     .bind(new.spec_name)
     .bind(new.spec_hash)
     .bind(new.plan_hash)
     .bind(new.spec_text)
+    .bind(new.normalized_spec)
     .bind(new.owner)
     .bind(new.reason)
     .bind(RunState::Planned.as_str())

@@ -1,6 +1,8 @@
 //! `backfill run SPEC` and `backfill resume RUN`.
 
-use backfill_core::{RunState, Spec};
+use std::path::Path;
+
+use backfill_core::{FieldChange, RunState, Spec};
 use backfill_engine::{EngineError, ExecuteOptions, Launch, RunSummary, Shutdown};
 use backfill_store::{BudgetExtra, RunRecord, Store};
 use serde_json::json;
@@ -37,15 +39,7 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
             ))
             .into());
         }
-        Err(EngineError::PlanChanged { run_id, spec, .. }) => {
-            return Err(UserError::new(format!(
-                    "run {run_id} of spec `{spec}` is unfinished, and the spec's plan changed since it started"
-                ))
-                .hint(format!(
-                    "finish it with `backfill resume {run_id}` using the old spec, or start a new run with `backfill run --new`"
-                ))
-                .into());
-        }
+        Err(e @ EngineError::PlanChanged { .. }) => return Err(plan_changed(e, &args.spec)),
         Err(e) => return Err(e.into()),
     };
     match &launch {
@@ -103,6 +97,12 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
             }
         }
     };
+    // Unless another process executes the run (and keeps its own spec), check the spec before
+    // anything is written, so a refused resume changes nothing.
+    let spec = match crate::commands::control::live_process(&store.controls(&run.id).await?) {
+        Some(_) => None,
+        None => Some(spec_of(&run, args.spec.as_deref(), out)?),
+    };
     let controls = match store
         .request_resume(&run.id, &whoami(), extra, args.reopen)
         .await
@@ -121,40 +121,105 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(who) = crate::commands::control::live_process(&controls) {
-        out.json(&json!({ "run_id": run.id, "resumed": true, "process_running": true }));
-        out.note(format!("resume requested; {who} continues within a second"));
-        return Ok(());
-    }
-    let path = match &args.spec {
-        Some(p) => p.clone(),
-        None => specfile::recorded_path(&run.spec_text).ok_or_else(|| {
-            UserError::new(format!("run {} does not record its spec file", run.id))
-                .hint("pass --spec FILE")
-        })?,
+    let spec = match (crate::commands::control::live_process(&controls), spec) {
+        (Some(who), _) => {
+            out.json(&json!({ "run_id": run.id, "resumed": true, "process_running": true }));
+            out.note(format!("resume requested; {who} continues within a second"));
+            return Ok(());
+        }
+        (None, Some(spec)) => spec,
+        // The process that executed it ended in between: continue it here.
+        (None, None) => spec_of(&run, args.spec.as_deref(), out)?,
     };
-    let (spec, _) = specfile::load(&path, out)?;
-    let plan = backfill_core::plan::plan(&spec)
-        .map_err(|e| UserError::new(format!("{}: {e}", path.display())))?;
-    if plan.hash != run.plan_hash {
-        return Err(UserError::new(format!(
-            "{} no longer plans the same partitions as run {} (plan {} vs {})",
-            path.display(),
-            run.id,
-            plan.hash,
-            run.plan_hash
-        ))
-        .hint(
-            "restore the spec the run was made from, or start a new run with `backfill run --new`",
-        )
-        .into());
-    }
     let done = done_count(&store, &run).await?;
     out.note(format!(
         "resuming run {} of `{}` from its checkpoints ({}/{} partitions done)",
         run.id, run.spec_name, done, run.partitions_total
     ));
     execute(&store, &spec, &run, out, args.claim).await
+}
+
+/// The spec `run` continues under: `path`, or the file the run recorded; refused when it no
+/// longer plans what the run was made from.
+fn spec_of(run: &RunRecord, path: Option<&Path>, out: Output) -> anyhow::Result<Spec> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let recorded = specfile::recorded_path(&run.spec_text).ok_or_else(|| {
+                UserError::new(format!("run {} does not record its spec file", run.id))
+                    .hint("pass --spec FILE")
+            })?;
+            if !recorded.exists() {
+                return Err(UserError::new(format!(
+                    "run {} was made from {}, which is no longer there",
+                    run.id,
+                    recorded.display()
+                ))
+                .hint(format!(
+                    "if it moved, pass its new place: `backfill resume {} --spec FILE` (SQLite \
+                     paths relative to the spec move with it)",
+                    run.id
+                ))
+                .into());
+            }
+            recorded
+        }
+    };
+    let (spec, _) = specfile::load(&path, out)?;
+    let plan = backfill_core::plan::plan(&spec)
+        .map_err(|e| UserError::new(format!("{}: {e}", path.display())))?;
+    backfill_engine::check_same_plan(run, &spec, &plan).map_err(|e| plan_changed(e, &path))?;
+    Ok(spec)
+}
+
+/// The refusal of an unfinished run whose spec changed, for people: each changed field on
+/// its own line (old and new value, never a password), then what continuing and what a new
+/// run mean. Other errors pass through.
+fn plan_changed(error: EngineError, path: &Path) -> anyhow::Error {
+    let EngineError::PlanChanged {
+        run_id,
+        spec,
+        stored,
+        current,
+        changes,
+    } = error
+    else {
+        return error.into();
+    };
+    let file = path.display();
+    let new_run = format!("`backfill run --new {file}` starts a new run of the changed spec");
+    let Some(changes) = changes else {
+        return UserError::new(format!(
+            "run {run_id} of `{spec}` was planned from a different spec (plan {stored} then, \
+             {current} now); an older backfill created it without recording the fields a plan \
+             covers, so the changed ones cannot be named"
+        ))
+        .hint(format!(
+            "to continue run {run_id}, use the spec it was made from; {new_run}"
+        ))
+        .into();
+    };
+    let plural = if changes.len() == 1 { "" } else { "s" };
+    let mut message = format!(
+        "run {run_id} of `{spec}` was planned from a different spec: {} field{plural} of {file} changed",
+        changes.len()
+    );
+    for change in &changes {
+        message.push_str(&format!("\n    {change}"));
+    }
+    let mut hint = if changes.iter().all(|c| c.field == "partitions") {
+        format!(
+            "this backfill cuts the same scope into other partitions, so run {run_id} cannot \
+             continue with it; {new_run}"
+        )
+    } else {
+        format!("to continue run {run_id}, restore the old value{plural}; or {new_run}")
+    };
+    hint.push_str(": it writes every partition again, and a replay never doubles a row");
+    if changes.iter().any(FieldChange::moves_the_target) {
+        hint.push_str("; what the unfinished run wrote stays in the old target");
+    }
+    UserError::new(message).hint(hint).into()
 }
 
 /// Looks up a run by id or prefix; a miss is the user's error.

@@ -19,4 +19,5 @@ mod errors;
 mod idempotency;
 mod lifecycle;
 mod matrix;
+mod replan;
 mod replica_lag;

@@ -44,7 +44,8 @@ pub struct Spec {
     pub throttle: Option<ThrottleSpec>,
     /// The spec text with any URL password masked, kept on the run for the audit trail.
     pub redacted_text: String,
-    /// Hash of the spec text (before `${VAR}` expansion).
+    /// Hash of the spec text (before `${VAR}` expansion), wherever the file lies. The plan
+    /// hash, not this, decides whether a run may continue (see [`crate::normalized`]).
     pub spec_hash: String,
 }
 
@@ -231,7 +232,9 @@ pub struct Probe {
 pub struct ParseContext<'a> {
     /// Looks up an environment variable.
     pub env: &'a dyn Fn(&str) -> Option<String>,
-    /// Folder that relative `sqlite://` paths are resolved against.
+    /// Folder that relative `sqlite://` paths are resolved against, for connecting only: the
+    /// plan identifies a database by the URL as written (`SecretUrl::identity`), so the
+    /// folder never changes the plan hash.
     pub base_dir: &'a Path,
 }
 

@@ -400,7 +400,9 @@ impl<'t> Walker<'t> {
             Some(rest) => format!("mysql://{rest}"),
             None => expanded,
         };
-        Some(SecretUrl::new(resolve_sqlite_path(&expanded, ctx.base_dir)))
+        // Connect through the resolved path; identify the database as written, so the plan
+        // does not depend on where the spec lies.
+        Some(SecretUrl::new(resolve_sqlite_path(&expanded, ctx.base_dir)).written_as(expanded))
     }
 
     fn instant(&mut self, v: &Value<'_>, path: &str, tz: Tz) -> Option<DateTime<Utc>> {

@@ -167,6 +167,86 @@ async fn second_prepare_resumes_and_force_new_creates() {
 }
 
 #[tokio::test]
+async fn a_changed_spec_is_refused_naming_each_field_and_an_old_run_resumes_by_its_old_hash() {
+    use backfill_engine::EngineError;
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 120, "target.db").await;
+    let spec = spec(&source, &target, 2);
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let store = backfill_store::Store::open(&state).await.unwrap();
+    let plan = backfill_core::plan::plan(&spec).unwrap();
+    let run = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap()
+        .run()
+        .clone();
+
+    // Longer scope, another table: both named, old and new value.
+    let mut changed = spec.clone();
+    changed.scope = Scope::Time {
+        start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),
+        end: Utc.with_ymd_and_hms(2026, 3, 1, 3, 0, 0).unwrap(),
+        step: Step::Seconds(3600),
+        timezone: chrono_tz::UTC,
+    };
+    changed.target.table = Some("copy2".into());
+    let changed_plan = backfill_core::plan::plan(&changed).unwrap();
+    let err = prepare_run(&store, &changed, &changed_plan, None, "t@h", false)
+        .await
+        .unwrap_err();
+    let EngineError::PlanChanged {
+        run_id, changes, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(run_id, &run.id);
+    let lines: Vec<String> = changes.iter().flatten().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"target.table: "copy" -> "copy2""#,
+            r#"scope.end: "2026-03-01T02:00:00Z" -> "2026-03-01T03:00:00Z""#,
+        ]
+    );
+    assert!(err.to_string().contains(&lines[1]), "{err}");
+    // Limits are not part of the plan: the same run resumes.
+    let mut faster = spec.clone();
+    faster.limits.concurrency = NonZeroU32::new(8).unwrap();
+    let resumed = prepare_run(&store, &faster, &plan, None, "t@h", false)
+        .await
+        .unwrap();
+    assert!(matches!(&resumed, Launch::Resumed(r) if r.id == run.id));
+
+    // A run from before the normalised spec: its old hash still resumes it ...
+    let db = pool(&state).await;
+    let legacy = backfill_core::plan::legacy_hash(&spec, &plan.partitions);
+    sqlx::query("UPDATE runs SET normalized_spec = NULL, plan_hash = ?1")
+        .bind(&legacy)
+        .execute(&db)
+        .await
+        .unwrap();
+    let resumed = prepare_run(&store, &spec, &plan, None, "t@h", false)
+        .await
+        .unwrap();
+    assert!(matches!(&resumed, Launch::Resumed(r) if r.id == run.id));
+    // ... and a changed spec is refused with both hashes, the fields being unknown.
+    let err = prepare_run(&store, &changed, &changed_plan, None, "t@h", false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::PlanChanged { changes: None, stored, .. } if *stored == legacy),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&legacy) && text.contains(&changed_plan.hash),
+        "{text}"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
 async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = fixture(dir.path(), 2_000, "target.db").await;

@@ -256,6 +256,7 @@ async fn one_unfinished_run_per_spec(db: TestDb) {
                     spec_name: "same-spec",
                     spec_hash: "s",
                     plan_hash: "p",
+                    normalized_spec: "{}",
                     spec_text: "name = \"same-spec\"",
                     owner: "t@h",
                     reason: "test",

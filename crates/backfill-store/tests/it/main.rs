@@ -305,6 +305,7 @@ pub(crate) async fn create(store: &Store, spec_name: &str, partitions: &[Partiti
             spec_name,
             spec_hash: "spec-hash",
             plan_hash: "plan-hash",
+            normalized_spec: r#"{"scope.end":"2026-03-04T00:00:00Z"}"#,
             spec_text: "name = \"x\"",
             owner: "alice@laptop",
             reason: "ETL outage",

@@ -48,6 +48,17 @@ async fn create_run_round_trips_run_and_partitions(db: TestDb) {
 
     let again = store.get_run(&run.id).await.unwrap();
     assert_eq!(again.spec_text, "name = \"x\"");
+    assert_eq!(
+        again.normalized_spec.as_deref(),
+        Some(r#"{"scope.end":"2026-03-04T00:00:00Z"}"#)
+    );
+    // A run created before schema 8 has no normalised spec.
+    db.raw_exec(&format!(
+        "UPDATE runs SET normalized_spec = NULL WHERE id = '{}'",
+        run.id
+    ))
+    .await;
+    assert_eq!(store.get_run(&run.id).await.unwrap().normalized_spec, None);
     assert_eq!(again.created_at, run.created_at);
 
     let events = store.audit_events(Some(&run.id)).await.unwrap();
