@@ -282,6 +282,20 @@ pub(crate) async fn execute_quiet(
     }
 }
 
+/// `3 done, 14 done with quarantine, 0 failed, 17 total`: the quarantine count only when
+/// some partition has rejected rows.
+fn partition_counts(s: &RunSummary) -> String {
+    let quarantined = if s.quarantined > 0 {
+        format!("{} done with quarantine, ", s.quarantined)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} done, {quarantined}{} failed, {} total",
+        s.done, s.failed, s.total
+    )
+}
+
 fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
     let secs = s.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
@@ -310,10 +324,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         "failures": s.failures.iter().map(|(id, e)| json!({"partition_id": id, "error": e})).collect::<Vec<_>>(),
     }));
     out.line(format!("run {} {}", run.id, s.state));
-    out.line(format!(
-        "  partitions: {} done, {} failed, {} total",
-        s.done, s.failed, s.total
-    ));
+    out.line(format!("  partitions: {}", partition_counts(s)));
     out.line(format!(
         "  rows:       {} read, {} inserted, {} updated, {} unchanged, {} deleted{}",
         thousands(s.counts.read),

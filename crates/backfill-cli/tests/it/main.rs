@@ -18,4 +18,5 @@ mod errors;
 mod idempotency;
 mod lifecycle;
 mod matrix;
+mod output;
 mod replica_lag;
