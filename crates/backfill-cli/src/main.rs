@@ -14,13 +14,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::args::{Cli, Command, LogFormat};
-use crate::output::Output;
+use crate::output::{ErrorReport, Output};
 
 /// An error in what the user gave us (spec, arguments, run id): exit code 2.
 #[derive(Debug)]
 pub(crate) struct UserError {
     pub(crate) message: String,
     pub(crate) hint: Option<String>,
+    /// The spec's diagnostics, for the `--json` error object (they are printed as text too).
+    pub(crate) diagnostics: Vec<serde_json::Value>,
 }
 
 impl UserError {
@@ -28,6 +30,7 @@ impl UserError {
         UserError {
             message: message.into(),
             hint: None,
+            diagnostics: Vec::new(),
         }
     }
 
@@ -36,6 +39,22 @@ impl UserError {
         self
     }
 }
+
+/// A failure of the work or of its surroundings that the user can act on (an unreachable
+/// state store, one written by a newer backfill): exit code 1, with a hint.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) hint: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 impl std::fmt::Display for UserError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,7 +96,13 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            out.error(&format!("cannot start the async runtime: {e}"), &[], None);
+            out.error(&ErrorReport {
+                message: format!("cannot start the async runtime: {e}"),
+                causes: Vec::new(),
+                hint: None,
+                exit: 1,
+                diagnostics: Vec::new(),
+            });
             return ExitCode::from(1);
         }
     };
@@ -107,35 +132,55 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
     }
 }
 
-/// Prints `error` (redacted) with its causes and hint; returns the exit code.
+/// Prints `error` (redacted) with its causes and hint, as text or (`--json`) one JSON object;
+/// returns the exit code: 2 for the user's input, 1 for anything else.
 fn report(out: &Output, error: &anyhow::Error) -> ExitCode {
-    use backfill_core::secret::redact;
     if let Some(Reported(code)) = error.downcast_ref::<Reported>() {
         return ExitCode::from(*code);
     }
+    let report = classify(error);
+    out.error(&report);
+    ExitCode::from(report.exit)
+}
+
+/// What is printed about a failed command, every text redacted.
+fn classify(error: &anyhow::Error) -> ErrorReport {
+    use backfill_core::secret::redact;
     if let Some(user) = error.downcast_ref::<UserError>() {
-        out.error(&redact(&user.message), &[], user.hint.as_deref());
-        return ExitCode::from(2);
+        return ErrorReport {
+            message: redact(&user.message),
+            causes: Vec::new(),
+            hint: user.hint.as_deref().map(redact),
+            exit: 2,
+            diagnostics: user.diagnostics.clone(),
+        };
     }
-    let causes: Vec<String> = error
+    let causes = error
         .chain()
         .skip(1)
         .map(|c| redact(&c.to_string()))
         .collect();
-    out.error(&redact(&error.to_string()), &causes, None);
-    ExitCode::from(1)
+    let hint = error.downcast_ref::<Failure>().map(|f| redact(&f.hint));
+    ErrorReport {
+        message: redact(&error.to_string()),
+        causes,
+        hint,
+        exit: 1,
+        diagnostics: Vec::new(),
+    }
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    // Driver logs (sqlx: statements, slow-statement warnings) are not for the user unless
+    // asked for with -v.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,sqlx=off",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour only for a person at a terminal (https://no-color.org).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

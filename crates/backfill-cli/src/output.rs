@@ -1,4 +1,8 @@
 //! The one place that prints. Human text or JSON on stdout; notes and progress on stderr.
+//!
+//! A failed command prints its error on stderr: `error:`, `caused by:` and `hint:` lines for
+//! people, or with `--json` one JSON object on one line (the last line of stderr), so a script
+//! reads the result from stdout and the failure from stderr's last line.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -39,14 +43,52 @@ impl Output {
         std::io::stderr().is_terminal()
     }
 
-    /// Prints an error with its causes and hint on stderr.
-    pub(crate) fn error(&self, message: &str, causes: &[String], hint: Option<&str>) {
-        eprintln!("error: {message}");
-        for cause in causes {
+    /// Prints a failed command's error on stderr: text lines for people, or (`--json`) one
+    /// JSON object on one line, `{"error", "hint", "exit", "causes"}` plus `diagnostics` for a
+    /// spec with errors.
+    pub(crate) fn error(&self, report: &ErrorReport) {
+        if self.json {
+            eprintln!("{}", report.to_json());
+            return;
+        }
+        eprintln!("error: {}", report.message);
+        for cause in &report.causes {
             eprintln!("  caused by: {cause}");
         }
-        if let Some(hint) = hint {
+        if let Some(hint) = &report.hint {
             eprintln!("  hint: {hint}");
         }
+    }
+}
+
+/// What is printed about a failed command; every text is already redacted.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ErrorReport {
+    /// What went wrong, in one sentence.
+    pub(crate) message: String,
+    /// The chain of underlying errors, outermost first.
+    pub(crate) causes: Vec<String>,
+    /// How to fix it, when there is something useful to say.
+    pub(crate) hint: Option<String>,
+    /// The process exit code: 2 for the user's input, 1 for failed work.
+    pub(crate) exit: u8,
+    /// A spec's diagnostics (JSON objects as `check --json` prints them), when it has errors.
+    pub(crate) diagnostics: Vec<serde_json::Value>,
+}
+
+impl ErrorReport {
+    /// The `--json` form: `error`, `hint` (null when none), `exit`, `causes`, and
+    /// `diagnostics` when there are any.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({
+            "error": self.message,
+            "hint": self.hint,
+            "exit": self.exit,
+            "causes": self.causes,
+        });
+        if !self.diagnostics.is_empty() {
+            value["diagnostics"] = serde_json::Value::from(self.diagnostics.clone());
+        }
+        value
     }
 }

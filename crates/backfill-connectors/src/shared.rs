@@ -429,14 +429,41 @@ pub(crate) fn driver_error(
     if gone {
         return ConnectorError::Unavailable {
             context: context.into(),
-            message: redact(&err.to_string()),
+            message: redact(&describe(err)),
         };
     }
     ConnectorError::Sql {
         context: context.into(),
-        message: redact(&err.to_string()),
+        message: redact(&describe(err)),
         class: classify(err),
     }
+}
+
+/// A driver error for people. PostgreSQL's answer is its message followed by what the server
+/// says about it (`; detail: Failing row contains (…); constraint: dst_amount_check; column:
+/// amount`), not the server's C source line that sqlx appends (`… at line 2090`), which means
+/// nothing to a user; other errors read as the driver prints them.
+pub(crate) fn describe(err: &sqlx::Error) -> String {
+    let pg = match err {
+        sqlx::Error::Database(db) => db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>(),
+        _ => None,
+    };
+    let Some(pg) = pg else {
+        return err.to_string();
+    };
+    let mut out = pg.message().to_owned();
+    let parts = [
+        ("detail", pg.detail()),
+        ("hint", pg.hint()),
+        ("constraint", pg.constraint()),
+        ("column", pg.column()),
+    ];
+    for (label, part) in parts {
+        if let Some(part) = part.filter(|p| !p.is_empty()) {
+            out.push_str(&format!("; {label}: {}", part.trim_end_matches('.')));
+        }
+    }
+    out
 }
 
 /// One fetched row's values, each read by the system's `decode`; a value that cannot be read

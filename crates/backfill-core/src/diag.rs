@@ -1,9 +1,12 @@
 //! Diagnostics: precise, collected problems with a spec.
 //!
 //! Validation never stops at the first problem: it collects every [`Diagnostic`], each naming
-//! the field path and its `line:column` in the file, with a hint where one helps.
+//! the field path, its `line:column` in the file and, where the parser knows it, the byte span
+//! of the offending key or value (so the CLI can show the source line with a caret under it),
+//! with a hint where one helps.
 
 use std::fmt;
+use std::ops::Range;
 
 /// How bad a problem is: errors stop `check`, `plan` and `run` (exit code 2); warnings are
 /// printed and the command goes on.
@@ -24,6 +27,9 @@ pub struct Diagnostic {
     pub path: String,
     /// 1-based line and column of the offending value or key, when known.
     pub position: Option<(usize, usize)>,
+    /// Byte range of the offending value or key in the spec text, when known; always on
+    /// `char` boundaries of that text and starting at `position`.
+    pub span: Option<Range<usize>>,
     /// What is wrong, in one sentence.
     pub message: String,
     /// How to fix it, when there is something useful to say.
@@ -37,6 +43,7 @@ impl Diagnostic {
             severity: Severity::Error,
             path: path.into(),
             position: None,
+            span: None,
             message: message.into(),
             hint: None,
         }
@@ -59,6 +66,14 @@ impl Diagnostic {
     /// Sets the position.
     pub fn at(mut self, position: Option<(usize, usize)>) -> Self {
         self.position = position;
+        self
+    }
+
+    /// Sets the span (byte range in `text`, clamped to it) and the position of its start.
+    pub fn spanned(mut self, text: &str, span: Range<usize>) -> Self {
+        let span = clamp_span(text, span);
+        self.position = Some(line_col(text, span.start));
+        self.span = Some(span);
         self
     }
 
@@ -106,6 +121,19 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// `span` shrunk to lie within `text` on `char` boundaries (never panics on any input).
+pub fn clamp_span(text: &str, span: Range<usize>) -> Range<usize> {
+    let floor = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let start = floor(span.start);
+    start..floor(span.end).max(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +145,17 @@ mod tests {
         assert_eq!(line_col(text, 6), (2, 1));
         assert_eq!(line_col(text, 10), (2, 4));
         assert_eq!(line_col(text, 999), (3, 1));
+    }
+
+    #[test]
+    fn spans_are_clamped_to_the_text_and_give_the_position() {
+        let text = "a = 1\nbé = 2\n";
+        let d = Diagnostic::error("b", "x").spanned(text, 6..9);
+        assert_eq!((d.position, d.span), (Some((2, 1)), Some(6..9)));
+        // Inside `é` (bytes 7..9) and past the end: moved back to boundaries.
+        assert_eq!(clamp_span(text, 8..99), 7..text.len());
+        let (start, end) = (5, 2);
+        assert_eq!(clamp_span(text, start..end), 5..5);
     }
 
     #[test]

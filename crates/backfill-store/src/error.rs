@@ -5,7 +5,26 @@
 /// No variant carries a password: URLs and driver messages are redacted before they get here.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store could not be opened (bad URL, unwritable directory, not a database).
+    /// The URL names no state store this build can open (another scheme, no file name, a bad
+    /// `schema=` parameter, a malformed PostgreSQL URL): the user's input is wrong.
+    #[error("invalid state store URL {url}: {message}")]
+    InvalidUrl {
+        /// The URL, password masked.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The state store's server cannot be reached (connection refused, unknown host, timed
+    /// out): the URL may be right and the server down.
+    #[error("cannot reach the state store {url}: {message}")]
+    Unreachable {
+        /// The URL, password masked.
+        url: String,
+        /// What the driver said, password masked.
+        message: String,
+    },
+    /// The store was reached but could not be opened (login refused, unknown database,
+    /// unwritable directory, a file that is not a database).
     #[error("cannot open the state store {url}: {message}")]
     Open {
         /// The URL, password masked.
@@ -60,7 +79,7 @@ pub enum StoreError {
         known: i64,
     },
     /// The database reported an error.
-    #[error("state store error: {0}")]
+    #[error("state store error: {}", describe(.0))]
     Database(#[from] sqlx::Error),
     /// A stored value cannot be read back (unknown state, bad timestamp, bad checkpoint).
     #[error("the state store is corrupt: {0}")]
@@ -109,4 +128,22 @@ pub(crate) fn is_sqlite_busy(e: &sqlx::Error) -> bool {
         .and_then(|code| code.parse::<i64>().ok())
         // Extended codes keep the primary code in the low byte (SQLITE_BUSY_SNAPSHOT…).
         .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+/// A driver error for people: PostgreSQL's own message, detail and hint, without the server
+/// source line sqlx appends (`… at line 2090`); other errors as the driver prints them.
+pub(crate) fn describe(e: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = e else {
+        return e.to_string();
+    };
+    let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() else {
+        return e.to_string();
+    };
+    let mut out = pg.message().to_owned();
+    for (label, part) in [("detail", pg.detail()), ("hint", pg.hint())] {
+        if let Some(part) = part {
+            out.push_str(&format!("; {label}: {}", part.trim_end_matches('.')));
+        }
+    }
+    out
 }

@@ -130,19 +130,28 @@ impl Store {
     /// is created when missing and is the `search_path` of every pooled connection. Every other
     /// URL parameter goes to the driver.
     ///
-    /// Fails with [`StoreError::NewerSchema`] when the store was written by a newer build,
-    /// and with [`StoreError::Open`] (URL redacted) when it cannot be opened.
+    /// Fails, the URL redacted in every error, with:
+    /// - [`StoreError::InvalidUrl`] when `url` names no store this build can open (another
+    ///   scheme, no file name, a bad `schema=`, a malformed PostgreSQL URL): the user's input;
+    /// - [`StoreError::Unreachable`] when the PostgreSQL server cannot be reached (connection
+    ///   refused, unknown host, timed out);
+    /// - [`StoreError::Open`] when the store is reachable but cannot be opened (login refused,
+    ///   unknown database, an unwritable directory, a file that is not a database);
+    /// - [`StoreError::NewerSchema`] when the store was written by a newer build.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let url_redacted = backfill_core::secret::redact(url);
-        let open_err = |message: String| StoreError::Open {
+        let failed = |failure: OpenFailure| failure.into_error(&url_redacted);
+        let target = parse_url(url).map_err(|message| StoreError::InvalidUrl {
             url: url_redacted.clone(),
             message: backfill_core::secret::redact(&message),
-        };
-        let (pool, location) = match parse_url(url).map_err(open_err)? {
+        })?;
+        let (pool, location) = match target {
             Target::Postgres { options, schema } => {
-                open_postgres(*options, schema).await.map_err(open_err)?
+                open_postgres(*options, schema).await.map_err(failed)?
             }
-            target => open_sqlite(target).await.map_err(open_err)?,
+            target => open_sqlite(target)
+                .await
+                .map_err(|m| failed(OpenFailure::Other(m)))?,
         };
         let store = Store {
             pool,
@@ -280,7 +289,9 @@ async fn open_sqlite(target: Target) -> Result<(Pool, Location), String> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
-        .create_if_missing(true);
+        .create_if_missing(true)
+        // Driver logs are not the user's output: no statement or slow-statement lines.
+        .disable_statement_logging();
     let (options, pool_options, path) = match target {
         Target::File(file) => {
             if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -333,16 +344,53 @@ async fn connect_sqlite(
     }
 }
 
+/// Why a store that was named correctly could not be opened, before the URL is attached.
+enum OpenFailure {
+    /// The server could not be reached at all.
+    Unreachable(String),
+    /// Anything else: login refused, unknown database, unwritable file.
+    Other(String),
+}
+
+impl OpenFailure {
+    /// A PostgreSQL connection error, classified: I/O (refused, unknown host, reset) and
+    /// timeouts mean the server is unreachable; an answer from the server is not.
+    fn postgres(e: &sqlx::Error) -> OpenFailure {
+        let message = format!("cannot connect to PostgreSQL: {}", error::describe(e));
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => {
+                OpenFailure::Unreachable(message)
+            }
+            _ => OpenFailure::Other(message),
+        }
+    }
+
+    fn into_error(self, url: &str) -> StoreError {
+        let url = url.to_owned();
+        match self {
+            OpenFailure::Unreachable(m) => StoreError::Unreachable {
+                url,
+                message: backfill_core::secret::redact(&m),
+            },
+            OpenFailure::Other(m) => StoreError::Open {
+                url,
+                message: backfill_core::secret::redact(&m),
+            },
+        }
+    }
+}
+
 async fn open_postgres(
     options: PgConnectOptions,
     schema: String,
-) -> Result<(Pool, Location), String> {
+) -> Result<(Pool, Location), OpenFailure> {
     // One direct connection first: an unreachable server is reported at once, where the
     // pool would keep retrying a refused connection until its acquire timeout.
+    let options = options.disable_statement_logging();
     let probe = options
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        .map_err(|e| OpenFailure::postgres(&e))?;
     let _ = probe.close().await;
     let set_path = format!("SET search_path TO \"{schema}\"");
     let pool = PgPoolOptions::new()
@@ -359,7 +407,7 @@ async fn open_postgres(
         })
         .connect_with(options.clone())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OpenFailure::postgres(&e))?;
     let lock_key = advisory_lock_key(&schema);
     Ok((
         Pool::Postgres(pool),

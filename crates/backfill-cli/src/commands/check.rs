@@ -10,20 +10,19 @@ use crate::output::Output;
 use crate::specfile;
 
 pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
-    let file = args.spec.display().to_string();
-    let parsed = specfile::parse_file(&args.spec)?;
+    let spec_file = specfile::parse_file(&args.spec)?;
+    let (file, parsed) = (&spec_file.file, &spec_file.parsed);
     let mut diagnostics = parsed.diagnostics.clone();
     if let Some(spec) = &parsed.spec
         && !args.offline
     {
         for mut d in live_checks(spec).await {
             d.position = d.position.or_else(|| parsed.position_of(&d.path));
+            d.span = d.span.or_else(|| parsed.span_of(&d.path));
             diagnostics.push(d);
         }
     }
-    for d in &diagnostics {
-        out.note(d.render(&file));
-    }
+    spec_file.print(&diagnostics, out);
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
     let partitions = parsed
@@ -37,22 +36,16 @@ pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
         "errors": errors,
         "warnings": warnings,
         "partitions": partitions,
-        "diagnostics": diagnostics.iter().map(|d| json!({
-            "severity": if d.is_error() { "error" } else { "warning" },
-            "path": d.path,
-            "line": d.position.map(|p| p.0),
-            "column": d.position.map(|p| p.1),
-            "message": d.message,
-            "hint": d.hint,
-        })).collect::<Vec<_>>(),
+        "diagnostics": specfile::diagnostics_json(&diagnostics),
     }));
     if errors > 0 {
-        return Err(UserError::new(format!(
+        let mut error = UserError::new(format!(
             "{file}: {errors} error{}, {warnings} warning{}",
             if errors == 1 { "" } else { "s" },
             if warnings == 1 { "" } else { "s" }
-        ))
-        .into());
+        ));
+        error.diagnostics = specfile::diagnostics_json(&diagnostics);
+        return Err(error.into());
     }
     let live = if args.offline {
         ""

@@ -24,13 +24,45 @@ pub(crate) fn whoami() -> String {
     format!("{user}@{host}")
 }
 
-/// Opens the state store, creating its folder for the default SQLite location.
+/// Opens the state store, creating its folder for the default SQLite location. A URL that
+/// names no store is the user's error (exit 2, with the forms a URL takes); a server that
+/// cannot be reached, a store that cannot be opened or one written by a newer backfill is a
+/// failure (exit 1) with the hint that fits it.
 pub(crate) async fn open_store(url: &str) -> anyhow::Result<backfill_store::Store> {
-    backfill_store::Store::open(url).await.map_err(|e| {
-        anyhow::Error::new(
-            crate::UserError::new(format!("cannot open the state store: {e}"))
-                .hint("pass --state sqlite://PATH (or set BACKFILL_STATE) to a writable location"),
-        )
+    use backfill_store::StoreError;
+    let e = match backfill_store::Store::open(url).await {
+        Ok(store) => return Ok(store),
+        Err(e) => e,
+    };
+    let failure = |hint: &str| {
+        anyhow::Error::new(crate::Failure {
+            message: e.to_string(),
+            hint: hint.to_owned(),
+        })
+    };
+    Err(match &e {
+        StoreError::InvalidUrl { .. } => crate::UserError::new(e.to_string())
+            .hint(
+                "pass --state (or set BACKFILL_STATE) as a SQLite file (`sqlite://PATH` or a \
+                 path) or a PostgreSQL database (`postgres://USER@HOST:PORT/DB[?schema=NAME]`)",
+            )
+            .into(),
+        StoreError::Unreachable { .. } => failure(
+            "is the PostgreSQL server running and listening at that host and port? Check \
+             --state (or BACKFILL_STATE); `pg_isready -h HOST -p PORT` tells",
+        ),
+        StoreError::NewerSchema { .. } => failure(
+            "this store was written by a newer backfill: run that version (or a later one), \
+             or pass --state to another store",
+        ),
+        StoreError::Open { url: redacted, .. } if redacted.starts_with("postgres") => failure(
+            "the server answered but refused: check the user, password and database name in \
+             --state (or BACKFILL_STATE)",
+        ),
+        _ => failure(
+            "pass --state sqlite://PATH (or set BACKFILL_STATE) to a writable location that \
+             is a backfill state store",
+        ),
     })
 }
 

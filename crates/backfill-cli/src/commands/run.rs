@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::args::{ClaimArgs, ResumeArgs, RunArgs};
 use crate::commands::{duration, open_store, thousands, whoami};
 use crate::output::Output;
-use crate::{Reported, UserError, progress, specfile};
+use crate::{Failure, Reported, UserError, progress, specfile};
 
 pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let (spec, _) = specfile::load(&args.spec, out)?;
@@ -52,7 +52,7 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
                 && !args.create_only
                 && let Err(e) = backfill_engine::ensure_unclaimed(&store, &r.id).await
             {
-                return Err(engine_error(e, out));
+                return Err(engine_error(e));
             }
             let done = done_count(&store, r).await?;
             out.note(format!(
@@ -338,12 +338,12 @@ pub(crate) async fn execute_quiet(
     let result = backfill_engine::execute(store, spec, run, options).await;
     let _ = renderer.await;
     ctrl_c.abort();
-    result.map_err(|e| engine_error(e, out))
+    result.map_err(engine_error)
 }
 
 /// An engine error as this command reports it: a finished run is the user's call to fix
 /// (exit 2); a run another process holds is named with its holder (exit 1).
-fn engine_error(error: EngineError, out: Output) -> anyhow::Error {
+fn engine_error(error: EngineError) -> anyhow::Error {
     match error {
         EngineError::NotResumable {
             run_id,
@@ -359,23 +359,39 @@ fn engine_error(error: EngineError, out: Output) -> anyhow::Error {
             since,
             expires_at,
         } => {
-            out.note(format!(
-                "run {run_id} is being executed by another process: pid {pid} on {host}, since {}",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
-            out.note(format!(
-                "hint: `backfill status {run_id}` watches it; `backfill pause|cancel|throttle {run_id}` steer it; \
-                 add --wait to continue here once it stops (its claim lapses at {} unless renewed)",
-                expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
-            out.json(&json!({
-                "run_id": run_id,
-                "held_by": { "host": host, "pid": pid, "since": since.to_rfc3339(), "expires_at": expires_at.to_rfc3339() },
-            }));
-            Reported(1).into()
+            let at = |t: chrono::DateTime<chrono::Utc>| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            };
+            Failure {
+                message: format!(
+                    "run {run_id} is being executed by another process: pid {pid} on {host}, since {}",
+                    at(since)
+                ),
+                hint: format!(
+                    "`backfill status {run_id}` watches it and `backfill pause|cancel|throttle {run_id}` \
+                     steer it; add --wait to continue here once it stops (its claim lapses at {} \
+                     unless renewed)",
+                    at(expires_at)
+                ),
+            }
+            .into()
         }
         other => other.into(),
     }
+}
+
+/// `3 done, 14 done with quarantine, 0 failed, 17 total`: the quarantine count only when
+/// some partition has rejected rows.
+fn partition_counts(s: &RunSummary) -> String {
+    let quarantined = if s.quarantined > 0 {
+        format!("{} done with quarantine, ", s.quarantined)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} done, {quarantined}{} failed, {} total",
+        s.done, s.failed, s.total
+    )
 }
 
 fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
@@ -406,10 +422,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         "failures": s.failures.iter().map(|(id, e)| json!({"partition_id": id, "error": e})).collect::<Vec<_>>(),
     }));
     out.line(format!("run {} {}", run.id, s.state));
-    out.line(format!(
-        "  partitions: {} done, {} failed, {} total",
-        s.done, s.failed, s.total
-    ));
+    out.line(format!("  partitions: {}", partition_counts(s)));
     out.line(format!(
         "  rows:       {} read, {} inserted, {} updated, {} unchanged, {} deleted{}",
         thousands(s.counts.read),

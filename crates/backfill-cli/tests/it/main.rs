@@ -19,5 +19,6 @@ mod errors;
 mod idempotency;
 mod lifecycle;
 mod matrix;
+mod output;
 mod replan;
 mod replica_lag;

@@ -30,7 +30,7 @@ use sqlx::postgres::{
 use sqlx::{Arguments, ConnectOptions, Decode, Postgres, TypeInfo, ValueRef};
 
 use crate::ConnectorError;
-use crate::shared::{classify_driver, driver_error};
+use crate::shared::{classify_driver, describe, driver_error};
 
 pub use sink::{PostgresReplace, PostgresSink};
 pub use source::PostgresSource;
@@ -90,10 +90,10 @@ pub(crate) async fn connect(url: &SecretUrl, pool_size: u32) -> Result<PgPool, C
     sqlx::Connection::close(
         <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
             .await
-            .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))?,
+            .map_err(|e| fail(format!("cannot connect to PostgreSQL: {}", describe(&e))))?,
     )
     .await
-    .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))?;
+    .map_err(|e| fail(format!("cannot connect to PostgreSQL: {}", describe(&e))))?;
     PgPoolOptions::new()
         .max_connections(pool_size.max(1))
         // An unreachable server is reported within seconds; a run's retries (with backoff)
@@ -109,7 +109,7 @@ pub(crate) async fn connect(url: &SecretUrl, pool_size: u32) -> Result<PgPool, C
         })
         .connect_with(options)
         .await
-        .map_err(|e| fail(format!("cannot connect to PostgreSQL: {e}")))
+        .map_err(|e| fail(format!("cannot connect to PostgreSQL: {}", describe(&e))))
 }
 
 /// Adds `value` to `args` with its natural PostgreSQL type (window bounds, resume keys and

@@ -249,6 +249,9 @@ pub struct Parsed {
     /// `line:column` of every key in the file by dotted path (`target.key`), so later checks
     /// (connections, sampling) can point at the field they are about.
     pub positions: std::collections::BTreeMap<String, (usize, usize)>,
+    /// Byte span of every key's value (a table: its header's name) in the file, by dotted
+    /// path, for the same later checks to underline it.
+    pub spans: std::collections::BTreeMap<String, std::ops::Range<usize>>,
 }
 
 impl Parsed {
@@ -259,6 +262,18 @@ impl Parsed {
         loop {
             if let Some(p) = self.positions.get(path) {
                 return Some(*p);
+            }
+            path = path.rsplit_once('.')?.0;
+        }
+    }
+
+    /// The span of `path`, or of its nearest enclosing table that is in the file, like
+    /// [`Parsed::position_of`].
+    pub fn span_of(&self, path: &str) -> Option<std::ops::Range<usize>> {
+        let mut path = path;
+        loop {
+            if let Some(span) = self.spans.get(path) {
+                return Some(span.clone());
             }
             path = path.rsplit_once('.')?.0;
         }

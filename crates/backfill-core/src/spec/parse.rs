@@ -47,18 +47,17 @@ type Table<'i> = DeTable<'i>;
 type Value<'i> = Spanned<DeValue<'i>>;
 
 impl<'t> Walker<'t> {
-    fn pos(&self, span: Range<usize>) -> Option<(usize, usize)> {
-        Some(line_col(self.text, span.start))
-    }
-
     fn error(
         &mut self,
         path: &str,
         span: Option<Range<usize>>,
         msg: impl Into<String>,
     ) -> &mut Diagnostic {
-        let position = span.and_then(|s| self.pos(s));
-        self.diags.push(Diagnostic::error(path, msg).at(position));
+        let d = Diagnostic::error(path, msg);
+        self.diags.push(match span {
+            Some(span) => d.spanned(self.text, span),
+            None => d,
+        });
         self.diags.last_mut().expect("just pushed")
     }
 
@@ -68,8 +67,11 @@ impl<'t> Walker<'t> {
         span: Option<Range<usize>>,
         msg: impl Into<String>,
     ) -> &mut Diagnostic {
-        let position = span.and_then(|s| self.pos(s));
-        self.diags.push(Diagnostic::warning(path, msg).at(position));
+        let d = Diagnostic::warning(path, msg);
+        self.diags.push(match span {
+            Some(span) => d.spanned(self.text, span),
+            None => d,
+        });
         self.diags.last_mut().expect("just pushed")
     }
 
@@ -527,14 +529,17 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
-            let position = e.span().map(|s| line_col(text, s.start));
             let message = e.message().trim().to_owned();
-            w.diags
-                .push(Diagnostic::error("", format!("invalid TOML: {message}")).at(position));
+            let d = Diagnostic::error("", format!("invalid TOML: {message}"));
+            w.diags.push(match e.span() {
+                Some(span) => d.spanned(text, span),
+                None => d,
+            });
             return Parsed {
                 spec: None,
                 diagnostics: w.diags,
                 positions: Default::default(),
+                spans: Default::default(),
             };
         }
     };
@@ -602,15 +607,18 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     }
 
     let mut positions = std::collections::BTreeMap::new();
-    collect_positions(root, "", text, &mut positions);
+    let mut spans = std::collections::BTreeMap::new();
+    collect_positions(root, "", text, &mut positions, &mut spans);
     let mut parsed = Parsed {
         spec: None,
         diagnostics: Vec::new(),
         positions,
+        spans,
     };
     for d in &mut w.diags {
         if d.position.is_none() && !d.path.is_empty() {
             d.position = parsed.position_of(&d.path);
+            d.span = parsed.span_of(&d.path);
         }
     }
     w.diags
@@ -635,12 +643,14 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     parsed
 }
 
-/// Records the position of every value (and table header) under `table`, by dotted path.
+/// Records the position and span of every value (and table header) under `table`, by dotted
+/// path.
 fn collect_positions(
     table: &Table<'_>,
     prefix: &str,
     text: &str,
     out: &mut std::collections::BTreeMap<String, (usize, usize)>,
+    spans: &mut std::collections::BTreeMap<String, Range<usize>>,
 ) {
     for (k, v) in table.iter() {
         let name: &str = k.get_ref();
@@ -648,9 +658,11 @@ fn collect_positions(
         // Values are where problems are; a table is found by its header.
         if let DeValue::Table(inner) = v.get_ref() {
             out.insert(path.clone(), line_col(text, k.span().start));
-            collect_positions(inner, &path, text, out);
+            spans.insert(path.clone(), k.span());
+            collect_positions(inner, &path, text, out, spans);
         } else {
-            out.insert(path, line_col(text, v.span().start));
+            out.insert(path.clone(), line_col(text, v.span().start));
+            spans.insert(path, v.span());
         }
     }
 }

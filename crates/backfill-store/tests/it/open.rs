@@ -128,8 +128,11 @@ crate::on_both_backends!(
     same_database_compares_the_database,
 );
 
+/// Each failure to open names the redacted URL and says which kind it is: a URL that names no
+/// store (`InvalidUrl`, the user's input), a server that cannot be reached (`Unreachable`), or
+/// a store that is there but cannot be opened (`Open`).
 #[tokio::test]
-async fn open_errors_name_the_redacted_url() {
+async fn open_errors_name_the_redacted_url_and_their_kind() {
     let dir = tempfile::tempdir().unwrap();
     // A directory is not a database file.
     let err = Store::open(&dir.path().display().to_string())
@@ -141,7 +144,7 @@ async fn open_errors_name_the_redacted_url() {
     let err = Store::open("postgres://bob:hunter2@127.0.0.1:1/state")
         .await
         .unwrap_err();
-    let StoreError::Open { url, .. } = &err else {
+    let StoreError::Unreachable { url, .. } = &err else {
         panic!("{err:?}")
     };
     assert_eq!(url, "postgres://bob:***@127.0.0.1:1/state");
@@ -154,12 +157,17 @@ async fn open_errors_name_the_redacted_url() {
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, StoreError::Open { message, .. } if message.contains("schema name")),
+            matches!(&err, StoreError::InvalidUrl { message, .. } if message.contains("schema name")),
             "{bad}: {err:?}"
         );
     }
-    let err = Store::open("mysql://h/db").await.unwrap_err();
-    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    for bad in ["mysql://h/db", "sqlite://", "postgres://h:notaport/db"] {
+        let err = Store::open(bad).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidUrl { .. }),
+            "{bad}: {err:?}"
+        );
+    }
 }
 
 #[tokio::test]
