@@ -11,16 +11,16 @@
 //! so every kill lands mid-run whatever the machine's speed; the test checks that at least two
 //! sessions really died by SIGKILL with the target still incomplete.
 //!
-//! Servers come from `BACKFILL_TEST_POSTGRES_URL` and `BACKFILL_TEST_MYSQL_URL` (local defaults),
-//! as in `matrix.rs`; a test whose server is down is skipped, or fails when
-//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`. Each test uses its own schema or database and
-//! drops it at the end.
+//! Each test uses its own PostgreSQL schema or MySQL database (`backfill_testkit::servers`)
+//! and drops it at the end; a test whose server is down is skipped and counted as skipped, or
+//! fails when services are required (`backfill_testkit::skip`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sqlx::{MySqlPool, PgPool, Row, SqlitePool};
+use backfill_testkit::{MyDatabase, PgSchema};
+use sqlx::{Row, SqlitePool};
 
 use crate::support::{Workspace, runs_json, sqlite};
 
@@ -30,110 +30,55 @@ const KILLS_PER_MILLE: [i64; 3] = [150, 400, 700];
 
 type Rows = Vec<(i64, Option<String>, i64)>;
 
-/// One isolated database of a test (a compact copy of `matrix.rs`'s).
+/// One isolated database of a test.
 enum Db {
     Sqlite(SqlitePool, String),
-    Postgres(PgPool, String, String),
-    MySql(MySqlPool, String, String),
-}
-
-/// How long a test waits for a server before it is skipped (a refused connection is retried
-/// until then).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
-    assert!(
-        !required(),
-        "{what} is required (CI) but not reachable at {url}: {e}"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("skipped: {what} not reachable at {url}: {e}");
-    }
-    None
+    Postgres(PgSchema),
+    MySql(MyDatabase),
 }
 
 impl Db {
     async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
-        let db = match system {
+        let prefix = format!("bf_cr_{name}");
+        Some(match system {
             "sqlite" => {
                 let path = ws.path(&format!("{name}.db"));
                 let url = format!("sqlite://{}", path.display());
                 Db::Sqlite(sqlite(&path).await, url)
             }
-            "postgres" => {
-                let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-                let pool = match sqlx::postgres::PgPoolOptions::new()
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(&base)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("PostgreSQL", &base, &e),
-                };
-                Db::Postgres(pool, base, unique(&format!("bf_cr_{name}")))
-            }
-            "mysql" => {
-                let base = std::env::var("BACKFILL_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-                let pool = match sqlx::mysql::MySqlPoolOptions::new()
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(&base)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("MySQL", &base, &e),
-                };
-                Db::MySql(pool, base, unique(&format!("bf_cr_{name}")))
-            }
+            "postgres" => Db::Postgres(PgSchema::create(&prefix).await?),
+            "mysql" => Db::MySql(MyDatabase::create(&prefix).await?),
             other => panic!("unknown system {other}"),
-        };
-        match &db {
-            Db::Sqlite(..) => {}
-            Db::Postgres(_, _, s) => db.exec(&format!("CREATE SCHEMA {s}")).await,
-            Db::MySql(_, _, d) => {
-                db.exec(&format!("CREATE DATABASE {d} CHARACTER SET utf8mb4"))
-                    .await;
-            }
-        }
-        Some(db)
+        })
     }
 
     fn table(&self, table: &str) -> String {
         match self {
             Db::Sqlite(..) => table.to_owned(),
-            Db::Postgres(_, _, ns) | Db::MySql(_, _, ns) => format!("{ns}.{table}"),
+            Db::Postgres(schema) => schema.table(table),
+            Db::MySql(database) => database.table(table),
         }
     }
 
     fn url(&self) -> &str {
         match self {
-            Db::Sqlite(_, url) | Db::Postgres(_, url, _) | Db::MySql(_, url, _) => url,
+            Db::Sqlite(_, url) => url,
+            Db::Postgres(schema) => schema.server_url(),
+            Db::MySql(database) => database.server_url(),
         }
     }
 
     async fn exec(&self, sql: &str) {
-        let q = || sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
-        let done = match self {
-            Db::Sqlite(pool, _) => q().execute(pool).await.map(drop),
-            Db::Postgres(pool, ..) => q().execute(pool).await.map(drop),
-            Db::MySql(pool, ..) => q().execute(pool).await.map(drop),
-        };
-        done.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        match self {
+            Db::Sqlite(pool, _) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            Db::Postgres(schema) => schema.exec(sql).await,
+            Db::MySql(database) => database.exec(sql).await,
+        }
     }
 
     /// Creates `name (id BIGINT PRIMARY KEY, note, n BIGINT)` and fills it with `rows` rows.
@@ -186,8 +131,8 @@ impl Db {
         }
         match self {
             Db::Sqlite(pool, _) => collect!(pool),
-            Db::Postgres(pool, ..) => collect!(pool),
-            Db::MySql(pool, ..) => collect!(pool),
+            Db::Postgres(schema) => collect!(schema.pool()),
+            Db::MySql(database) => collect!(database.pool()),
         }
     }
 
@@ -197,8 +142,8 @@ impl Db {
         let sql = sqlx::AssertSqlSafe(sql);
         let n = match self {
             Db::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Db::Postgres(pool, ..) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Db::MySql(pool, ..) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Db::Postgres(schema) => sqlx::query_scalar(sql).fetch_one(schema.pool()).await,
+            Db::MySql(database) => sqlx::query_scalar(sql).fetch_one(database.pool()).await,
         };
         n.unwrap_or_else(|e| panic!("count {name}: {e}"))
     }
@@ -206,11 +151,8 @@ impl Db {
     async fn drop_all(&self) {
         match self {
             Db::Sqlite(..) => {}
-            Db::Postgres(_, _, s) => {
-                self.exec(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-                    .await
-            }
-            Db::MySql(_, _, d) => self.exec(&format!("DROP DATABASE IF EXISTS {d}")).await,
+            Db::Postgres(schema) => schema.drop_now().await,
+            Db::MySql(database) => database.drop_now().await,
         }
     }
 }

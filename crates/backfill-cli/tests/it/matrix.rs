@@ -2,11 +2,12 @@
 //! binary: a copy, then an idempotent re-run, compared row by row.
 //!
 //! Each test isolates itself: its own SQLite files, its own PostgreSQL schema and its own MySQL
-//! database, dropped at the end. Servers come from `BACKFILL_TEST_POSTGRES_URL` and
-//! `BACKFILL_TEST_MYSQL_URL` (local defaults); a test whose server is not reachable is skipped
-//! with a message, or fails when `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`.
+//! database (`backfill_testkit::servers`), dropped at the end. A test whose server is not
+//! reachable is skipped and counted as skipped, or fails when services are required
+//! (`backfill_testkit::skip`).
 
-use sqlx::{MySqlPool, PgPool, Row, SqlitePool};
+use backfill_testkit::{MyDatabase, PgSchema, unique};
+use sqlx::{Row, SqlitePool};
 
 use crate::support::{Workspace, sqlite};
 
@@ -14,97 +15,44 @@ const ROWS: i64 = 3_000;
 
 /// One database of a test, of any system.
 enum Db {
-    Sqlite {
-        pool: SqlitePool,
-        url: String,
-    },
-    Postgres {
-        pool: PgPool,
-        url: String,
-        schema: String,
-    },
-    MySql {
-        pool: MySqlPool,
-        url: String,
-        database: String,
-    },
-}
-
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
+    Sqlite { pool: SqlitePool, url: String },
+    Postgres(PgSchema),
+    MySql(MyDatabase),
 }
 
 impl Db {
     /// Opens an isolated database of `system`, or `None` (skip) when its server is down.
     async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
-        match system {
+        let prefix = format!("bf_mx_{name}");
+        Some(match system {
             "sqlite" => {
                 let path = ws.path(&format!("{name}.db"));
                 let pool = sqlite(&path).await;
-                Some(Db::Sqlite {
+                Db::Sqlite {
                     pool,
                     url: format!("sqlite://{}", path.display()),
-                })
+                }
             }
-            "postgres" => {
-                let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-                let pool = match PgPool::connect(&base).await {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("PostgreSQL", &base, &e),
-                };
-                let schema = unique(&format!("bf_mx_{name}"));
-                exec_pg(&pool, &format!("CREATE SCHEMA {schema}")).await;
-                Some(Db::Postgres {
-                    pool,
-                    url: base,
-                    schema,
-                })
-            }
-            "mysql" => {
-                let base = std::env::var("BACKFILL_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-                let pool = match MySqlPool::connect(&base).await {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("MySQL", &base, &e),
-                };
-                let database = unique(&format!("bf_mx_{name}"));
-                exec_my(
-                    &pool,
-                    &format!("CREATE DATABASE {database} CHARACTER SET utf8mb4"),
-                )
-                .await;
-                Some(Db::MySql {
-                    pool,
-                    url: base,
-                    database,
-                })
-            }
+            "postgres" => Db::Postgres(PgSchema::create(&prefix).await?),
+            "mysql" => Db::MySql(MyDatabase::create(&prefix).await?),
             other => panic!("unknown system {other}"),
-        }
+        })
     }
 
     /// `table` qualified with this test's schema or database.
     fn table(&self, table: &str) -> String {
         match self {
             Db::Sqlite { .. } => table.to_owned(),
-            Db::Postgres { schema, .. } => format!("{schema}.{table}"),
-            Db::MySql { database, .. } => format!("{database}.{table}"),
+            Db::Postgres(schema) => schema.table(table),
+            Db::MySql(database) => database.table(table),
         }
     }
 
     fn url(&self) -> &str {
         match self {
-            Db::Sqlite { url, .. } | Db::Postgres { url, .. } | Db::MySql { url, .. } => url,
+            Db::Sqlite { url, .. } => url,
+            Db::Postgres(schema) => schema.server_url(),
+            Db::MySql(database) => database.server_url(),
         }
     }
 
@@ -116,14 +64,14 @@ impl Db {
                     .await
                     .unwrap();
             }
-            Db::Postgres { pool, .. } => exec_pg(pool, sql).await,
-            Db::MySql { pool, .. } => exec_my(pool, sql).await,
+            Db::Postgres(schema) => schema.exec(sql).await,
+            Db::MySql(database) => database.exec(sql).await,
         }
     }
 
     /// Creates `name (id BIGINT PRIMARY KEY, note TEXT, n BIGINT)` in this system's types.
     async fn create(&self, name: &str) {
-        let text = if matches!(self, Db::MySql { .. }) {
+        let text = if matches!(self, Db::MySql(..)) {
             "VARCHAR(200)"
         } else {
             "TEXT"
@@ -173,48 +121,18 @@ impl Db {
         }
         match self {
             Db::Sqlite { pool, .. } => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
-            Db::Postgres { pool, .. } => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
-            Db::MySql { pool, .. } => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
+            Db::Postgres(s) => collect!(sqlx::query(sql).fetch_all(s.pool()).await.unwrap()),
+            Db::MySql(d) => collect!(sqlx::query(sql).fetch_all(d.pool()).await.unwrap()),
         }
     }
 
     async fn drop_all(&self) {
         match self {
             Db::Sqlite { .. } => {}
-            Db::Postgres { pool, schema, .. } => {
-                exec_pg(pool, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
-            }
-            Db::MySql { pool, database, .. } => {
-                exec_my(pool, &format!("DROP DATABASE IF EXISTS {database}")).await;
-            }
+            Db::Postgres(schema) => schema.drop_now().await,
+            Db::MySql(database) => database.drop_now().await,
         }
     }
-}
-
-fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
-    assert!(
-        !required(),
-        "{what} is required (CI) but not reachable at {url}: {e}"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("skipped: {what} not reachable at {url}: {e}");
-    }
-    None
-}
-
-async fn exec_pg(pool: &PgPool, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn exec_my(pool: &MySqlPool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn spec(source: &Db, target: &Db) -> String {
