@@ -147,4 +147,62 @@ mod tests {
             "backfill-testkit skip::tests::the_current_test_is_named_by_package_and_path"
         );
     }
+
+    /// `scripts/test-summary` (the end of `scripts/test`) on a runner's output and a skip log.
+    fn summary(format: &str, output: &str, skips: &str) -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, log) = (dir.path().join("out"), dir.path().join("skips"));
+        std::fs::write(&out, output).unwrap();
+        std::fs::write(&log, skips).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-summary");
+        let ran = std::process::Command::new("bash")
+            .arg(script)
+            .args([Path::new(format), &out, &log])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(ran.stdout).unwrap();
+        (ran.status.success(), stdout)
+    }
+
+    #[test]
+    fn the_suite_reports_skipped_tests_as_skipped_not_passed() {
+        let nextest =
+            "  PASS [ 0.1s] (1/9) x\n  Summary [ 8.5s] 9 tests run: 9 passed, 0 skipped\n";
+        let skips = "backfill-cli matrix::a\tPostgreSQL not reachable\n\
+                     backfill-cli matrix::a\tMySQL not reachable\n\
+                     backfill-store runs::b::postgres\tPostgreSQL not reachable\n";
+        assert_eq!(
+            summary("nextest", nextest, skips),
+            (
+                true,
+                "skipped: backfill-cli matrix::a (PostgreSQL not reachable)\n\
+                 skipped: backfill-store runs::b::postgres (PostgreSQL not reachable)\n\
+                 7 passed, 0 failed, 2 skipped\n"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            summary("nextest", nextest, ""),
+            (true, "9 passed, 0 failed, 0 skipped\n".to_owned())
+        );
+        let failing = "Summary [ 8.5s] 9 tests run: 6 passed, 2 failed, 1 timed out, 0 skipped\n";
+        assert_eq!(
+            summary("nextest", failing, ""),
+            (false, "6 passed, 3 failed, 0 skipped\n".to_owned())
+        );
+        let cargo = "test result: ok. 5 passed; 0 failed; 0 ignored\n\
+                     test result: ok. 4 passed; 0 failed; 1 ignored\n";
+        assert_eq!(
+            summary("cargo", cargo, "backfill-cli x\tdown\n"),
+            (
+                true,
+                "skipped: backfill-cli x (down)\n8 passed, 0 failed, 1 skipped\n".to_owned()
+            )
+        );
+        // A suite that stopped before its summary (say, a build error) has no closing line.
+        assert_eq!(
+            summary("nextest", "error: could not compile\n", ""),
+            (false, String::new())
+        );
+    }
 }
