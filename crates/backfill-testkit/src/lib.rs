@@ -13,5 +13,5 @@
 pub mod servers;
 pub mod skip;
 
-pub use servers::{MyDatabase, PgSchema, mysql_url, postgres_url, unique};
+pub use servers::{Db, Isolated, MyDatabase, PgSchema, System, mysql_url, postgres_url, unique};
 pub use skip::{missing, required, skip_or_fail, unreachable};

@@ -19,10 +19,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use backfill_testkit::{MyDatabase, PgSchema};
-use sqlx::{Row, SqlitePool};
+use backfill_testkit::{Db, System};
+use sqlx::Row;
 
-use crate::support::{Workspace, runs_json, sqlite};
+use crate::support::{Workspace, runs_json};
 
 const ROWS: i64 = 60_000;
 /// A session is killed once the target holds this many thousandths of the rows.
@@ -30,57 +30,20 @@ const KILLS_PER_MILLE: [i64; 3] = [150, 400, 700];
 
 type Rows = Vec<(i64, Option<String>, i64)>;
 
-/// One isolated database of a test.
-enum Db {
-    Sqlite(SqlitePool, String),
-    Postgres(PgSchema),
-    MySql(MyDatabase),
+/// Opens an isolated database of `system` (`sqlite`, `postgres`, `mysql`), or `None` (skip)
+/// when its server is down.
+async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
+    Db::open(System::parse(system), ws.dir.path(), "bf_cr", name).await
 }
 
-impl Db {
-    async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
-        let prefix = format!("bf_cr_{name}");
-        Some(match system {
-            "sqlite" => {
-                let path = ws.path(&format!("{name}.db"));
-                let url = format!("sqlite://{}", path.display());
-                Db::Sqlite(sqlite(&path).await, url)
-            }
-            "postgres" => Db::Postgres(PgSchema::create(&prefix).await?),
-            "mysql" => Db::MySql(MyDatabase::create(&prefix).await?),
-            other => panic!("unknown system {other}"),
-        })
-    }
+/// The tables of this file's tests.
+trait Tables {
+    async fn create(&self, name: &str, rows: i64);
+    async fn rows(&self, name: &str) -> Rows;
+    async fn count(&self, name: &str) -> i64;
+}
 
-    fn table(&self, table: &str) -> String {
-        match self {
-            Db::Sqlite(..) => table.to_owned(),
-            Db::Postgres(schema) => schema.table(table),
-            Db::MySql(database) => database.table(table),
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) => url,
-            Db::Postgres(schema) => schema.server_url(),
-            Db::MySql(database) => database.server_url(),
-        }
-    }
-
-    async fn exec(&self, sql: &str) {
-        match self {
-            Db::Sqlite(pool, _) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-            Db::Postgres(schema) => schema.exec(sql).await,
-            Db::MySql(database) => database.exec(sql).await,
-        }
-    }
-
+impl Tables for Db {
     /// Creates `name (id BIGINT PRIMARY KEY, note, n BIGINT)` and fills it with `rows` rows.
     async fn create(&self, name: &str, rows: i64) {
         let text = if matches!(self, Db::MySql(..)) {
@@ -146,14 +109,6 @@ impl Db {
             Db::MySql(database) => sqlx::query_scalar(sql).fetch_one(database.pool()).await,
         };
         n.unwrap_or_else(|e| panic!("count {name}: {e}"))
-    }
-
-    async fn drop_all(&self) {
-        match self {
-            Db::Sqlite(..) => {}
-            Db::Postgres(schema) => schema.drop_now().await,
-            Db::MySql(database) => database.drop_now().await,
-        }
     }
 }
 
@@ -245,11 +200,11 @@ async fn crash_and_resume(from: &str, to: &str) {
 
 async fn crash_and_resume_with(from: &str, to: &str, extra_target: &str) {
     let ws = Workspace::new();
-    let Some(source) = Db::open(from, &ws, "src").await else {
+    let Some(source) = open(from, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to, &ws, "dst").await else {
-        source.drop_all().await;
+    let Some(target) = open(to, &ws, "dst").await else {
+        source.drop_now().await;
         return;
     };
     source.create("src", ROWS).await;
@@ -336,8 +291,8 @@ async fn crash_and_resume_with(from: &str, to: &str, extra_target: &str) {
     let verify = ws.run(&["audit", "--verify"]);
     assert_eq!(verify.code, 0, "{from} -> {to}: {verify:?}");
 
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
 }
 
 #[tokio::test]

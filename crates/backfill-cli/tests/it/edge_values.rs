@@ -56,29 +56,11 @@
 //! MySQL sessions in UTC); a test whose server is down is skipped and counted as skipped, or
 //! fails when services are required (`backfill_testkit::skip`).
 
-use backfill_testkit::{MyDatabase, PgSchema};
+use backfill_testkit::{Db, System};
 use chrono::{NaiveDateTime, SecondsFormat};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 
-use crate::support::{Workspace, sqlite};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum System {
-    Sqlite,
-    Postgres,
-    MySql,
-}
-
-impl System {
-    fn parse(name: &str) -> System {
-        match name {
-            "sqlite" => System::Sqlite,
-            "postgres" => System::Postgres,
-            "mysql" => System::MySql,
-            other => panic!("unknown system {other}"),
-        }
-    }
-}
+use crate::support::Workspace;
 
 /// The logical type of a column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,64 +234,20 @@ fn expected(
     })
 }
 
-/// One isolated database of a test.
-enum Db {
-    Sqlite(SqlitePool, String),
-    Postgres(PgSchema),
-    MySql(MyDatabase),
+/// Opens an isolated database of `system`, or `None` (skip) when its server is down.
+async fn open(system: System, ws: &Workspace, name: &str) -> Option<Db> {
+    Db::open(system, ws.dir.path(), "bf_ev", name).await
 }
 
-impl Db {
-    async fn open(system: System, ws: &Workspace, name: &str) -> Option<Db> {
-        let prefix = format!("bf_ev_{name}");
-        Some(match system {
-            System::Sqlite => {
-                let path = ws.path(&format!("{name}.db"));
-                let url = format!("sqlite://{}", path.display());
-                Db::Sqlite(sqlite(&path).await, url)
-            }
-            System::Postgres => Db::Postgres(PgSchema::create(&prefix).await?),
-            System::MySql => Db::MySql(MyDatabase::create(&prefix).await?),
-        })
-    }
+/// The table of this file's tests, in each system's types.
+trait Tables {
+    fn column_type(&self, kind: Kind) -> &'static str;
+    async fn create(&self, name: &str);
+    async fn fill(&self, name: &str, instants: SqliteInstants);
+    async fn render(&self, name: &str) -> Vec<(i64, Vec<Option<String>>)>;
+}
 
-    fn system(&self) -> System {
-        match self {
-            Db::Sqlite(..) => System::Sqlite,
-            Db::Postgres(..) => System::Postgres,
-            Db::MySql(..) => System::MySql,
-        }
-    }
-
-    fn table(&self, table: &str) -> String {
-        match self {
-            Db::Sqlite(..) => table.to_owned(),
-            Db::Postgres(schema) => schema.table(table),
-            Db::MySql(database) => database.table(table),
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) => url,
-            Db::Postgres(schema) => schema.server_url(),
-            Db::MySql(database) => database.server_url(),
-        }
-    }
-
-    async fn exec(&self, sql: &str) {
-        match self {
-            Db::Sqlite(pool, _) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-            Db::Postgres(schema) => schema.exec(sql).await,
-            Db::MySql(database) => database.exec(sql).await,
-        }
-    }
-
+impl Tables for Db {
     /// The column type of `kind` in this system (see the table in the module doc).
     fn column_type(&self, kind: Kind) -> &'static str {
         use Kind::*;
@@ -524,14 +462,6 @@ impl Db {
             Db::MySql(database) => collect!(database.pool()),
         }
     }
-
-    async fn drop_all(&self) {
-        match self {
-            Db::Sqlite(..) => {}
-            Db::Postgres(schema) => schema.drop_now().await,
-            Db::MySql(database) => database.drop_now().await,
-        }
-    }
 }
 
 /// Returns `Err(message)` from the enclosing function unless `cond` holds, so a failing test
@@ -616,16 +546,16 @@ batch_rows = 1
 async fn copy_edge_values(from: &str, to: &str, extra_target: &str, instants: SqliteInstants) {
     let (from_system, to_system) = (System::parse(from), System::parse(to));
     let ws = Workspace::new();
-    let Some(source) = Db::open(from_system, &ws, "src").await else {
+    let Some(source) = open(from_system, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to_system, &ws, "dst").await else {
-        source.drop_all().await;
+    let Some(target) = open(to_system, &ws, "dst").await else {
+        source.drop_now().await;
         return;
     };
     let outcome = copy_and_check(&ws, &source, &target, extra_target, instants).await;
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
     if let Err(message) = outcome {
         panic!("{from} -> {to}: {message}");
     }
@@ -734,10 +664,10 @@ async fn sqlite_to_mysql_with_naive_utc_instants() {
 #[tokio::test]
 async fn postgres_decimal_into_a_sqlite_decimal_column_is_exact_or_refused() {
     let ws = Workspace::new();
-    let Some(source) = Db::open(System::Postgres, &ws, "src").await else {
+    let Some(source) = open(System::Postgres, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(System::Sqlite, &ws, "dst").await else {
+    let Some(target) = open(System::Sqlite, &ws, "dst").await else {
         return;
     };
     let digits = "9999999999999999999999999999.9999999999";
@@ -785,7 +715,7 @@ chunk = 2
             .fetch_all(pool)
             .await
             .expect("read target");
-    source.drop_all().await;
+    source.drop_now().await;
     assert_eq!(ran.code, 1, "the rounded row is quarantined: {ran:#?}");
     assert_eq!(
         stored,

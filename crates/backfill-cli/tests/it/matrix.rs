@@ -6,69 +6,27 @@
 //! reachable is skipped and counted as skipped, or fails when services are required
 //! (`backfill_testkit::skip`).
 
-use backfill_testkit::{MyDatabase, PgSchema, unique};
-use sqlx::{Row, SqlitePool};
+use backfill_testkit::{Db, System, unique};
+use sqlx::Row;
 
-use crate::support::{Workspace, sqlite};
+use crate::support::Workspace;
 
 const ROWS: i64 = 3_000;
 
-/// One database of a test, of any system.
-enum Db {
-    Sqlite { pool: SqlitePool, url: String },
-    Postgres(PgSchema),
-    MySql(MyDatabase),
+/// Opens an isolated database of `system` (`sqlite`, `postgres`, `mysql`), or `None` (skip)
+/// when its server is down.
+async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
+    Db::open(System::parse(system), ws.dir.path(), "bf_mx", name).await
 }
 
-impl Db {
-    /// Opens an isolated database of `system`, or `None` (skip) when its server is down.
-    async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
-        let prefix = format!("bf_mx_{name}");
-        Some(match system {
-            "sqlite" => {
-                let path = ws.path(&format!("{name}.db"));
-                let pool = sqlite(&path).await;
-                Db::Sqlite {
-                    pool,
-                    url: format!("sqlite://{}", path.display()),
-                }
-            }
-            "postgres" => Db::Postgres(PgSchema::create(&prefix).await?),
-            "mysql" => Db::MySql(MyDatabase::create(&prefix).await?),
-            other => panic!("unknown system {other}"),
-        })
-    }
+/// The tables of this file's tests.
+trait Tables {
+    async fn create(&self, name: &str);
+    async fn fill(&self, name: &str);
+    async fn rows(&self, name: &str) -> Vec<(i64, Option<String>, i64)>;
+}
 
-    /// `table` qualified with this test's schema or database.
-    fn table(&self, table: &str) -> String {
-        match self {
-            Db::Sqlite { .. } => table.to_owned(),
-            Db::Postgres(schema) => schema.table(table),
-            Db::MySql(database) => database.table(table),
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite { url, .. } => url,
-            Db::Postgres(schema) => schema.server_url(),
-            Db::MySql(database) => database.server_url(),
-        }
-    }
-
-    async fn exec(&self, sql: &str) {
-        match self {
-            Db::Sqlite { pool, .. } => {
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-            Db::Postgres(schema) => schema.exec(sql).await,
-            Db::MySql(database) => database.exec(sql).await,
-        }
-    }
-
+impl Tables for Db {
     /// Creates `name (id BIGINT PRIMARY KEY, note TEXT, n BIGINT)` in this system's types.
     async fn create(&self, name: &str) {
         let text = if matches!(self, Db::MySql(..)) {
@@ -120,17 +78,9 @@ impl Db {
             };
         }
         match self {
-            Db::Sqlite { pool, .. } => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
+            Db::Sqlite(pool, _) => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
             Db::Postgres(s) => collect!(sqlx::query(sql).fetch_all(s.pool()).await.unwrap()),
             Db::MySql(d) => collect!(sqlx::query(sql).fetch_all(d.pool()).await.unwrap()),
-        }
-    }
-
-    async fn drop_all(&self) {
-        match self {
-            Db::Sqlite { .. } => {}
-            Db::Postgres(schema) => schema.drop_now().await,
-            Db::MySql(database) => database.drop_now().await,
         }
     }
 }
@@ -169,11 +119,11 @@ batch_rows = 200
 
 async fn copy_and_rerun(from: &str, to: &str) {
     let ws = Workspace::new();
-    let Some(source) = Db::open(from, &ws, "src").await else {
+    let Some(source) = open(from, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to, &ws, "dst").await else {
-        source.drop_all().await;
+    let Some(target) = open(to, &ws, "dst").await else {
+        source.drop_now().await;
         return;
     };
     source.create("src").await;
@@ -208,8 +158,8 @@ async fn copy_and_rerun(from: &str, to: &str) {
         "{from} -> {to}: re-run changed the target"
     );
 
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
 }
 
 macro_rules! pairs {
@@ -239,10 +189,10 @@ pairs! {
 #[tokio::test]
 async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
     let ws = Workspace::new();
-    let Some(source) = Db::open("sqlite", &ws, "src").await else {
+    let Some(source) = open("sqlite", &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open("postgres", &ws, "dst").await else {
+    let Some(target) = open("postgres", &ws, "dst").await else {
         return;
     };
     source.create("src").await;
@@ -268,7 +218,7 @@ async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
     target
         .exec(&format!("DROP SCHEMA IF EXISTS {state_schema} CASCADE"))
         .await;
-    target.drop_all().await;
+    target.drop_now().await;
 }
 
 /// `guard = "n"` (a version column): rows a live writer updates while the backfill runs keep
@@ -276,10 +226,10 @@ async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
 /// each target system (SQLite → SQLite runs inside SQLite, the pushdown).
 async fn guard_lets_concurrent_live_writes_win(to: &str) {
     let ws = Workspace::new();
-    let Some(source) = Db::open("sqlite", &ws, "src").await else {
+    let Some(source) = open("sqlite", &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to, &ws, "dst").await else {
+    let Some(target) = open(to, &ws, "dst").await else {
         return;
     };
     source.create("src").await;
@@ -345,8 +295,8 @@ async fn guard_lets_concurrent_live_writes_win(to: &str) {
         })
         .collect();
     assert_eq!(target.rows("dst").await, want, "into {to}");
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
 }
 
 #[tokio::test]
