@@ -24,11 +24,6 @@ const DAYS: i64 = 4;
 const RATE: f64 = 2_000.0;
 const ROUNDS: usize = 20;
 
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| !v.is_empty())
-}
-
 /// Where the state store lives for a test.
 enum StoreKind {
     Sqlite,
@@ -64,19 +59,13 @@ impl Fixture {
         let (state, pg) = match kind {
             StoreKind::Sqlite => (ws.state(), None),
             StoreKind::Postgres => {
-                let server = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+                let server = backfill_testkit::postgres_url();
                 if let Err(e) = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await {
-                    assert!(!required(), "PostgreSQL is required but not reachable: {e}");
-                    eprintln!("skipped: PostgreSQL not reachable: {e}");
-                    return None;
+                    return backfill_testkit::unreachable("PostgreSQL", &server, &e);
                 }
-                let schema = format!("bf_claim_{}", uuid::Uuid::now_v7().simple());
-                let sep = if server.contains('?') { '&' } else { '?' };
-                (
-                    format!("{server}{sep}schema={schema}"),
-                    Some((server, schema)),
-                )
+                let schema = backfill_testkit::unique("bf_claim");
+                let url = backfill_testkit::servers::with_param(&server, "schema", &schema);
+                (url, Some((server, schema)))
             }
         };
         Some(Fixture {

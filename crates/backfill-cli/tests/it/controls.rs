@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::{PgPool, Row, SqlitePool};
+use backfill_testkit::PgSchema;
+use sqlx::{Row, SqlitePool};
 
 use crate::support::{
     Ran, Workspace, assert_same_rows, audit_events, copy_spec, make_source, make_target, reference,
@@ -514,106 +515,17 @@ async fn a_second_run_process_refuses_while_one_is_executing() {
 // The circuit breaker, against a PostgreSQL target whose trigger fails every write with a
 // serialization failure (SQLSTATE 40001, transient) while a flag is set.
 
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-async fn pg_exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-/// The test's schema: dropped by [`Schema::drop_now`] at the end, or, when the test fails
-/// before, by `Drop`.
-struct Schema {
-    url: String,
-    name: String,
-    dropped: bool,
-}
-
-impl Schema {
-    async fn drop_now(mut self, pool: &PgPool) {
-        pg_exec(pool, &format!("DROP SCHEMA {} CASCADE", self.name)).await;
-        self.dropped = true;
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if self.dropped {
-            return;
-        }
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // A fresh thread, runtime and connection: the test's runtime is blocked here, so a
-        // connection of its pool would never see the server's answer.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let sql = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop schema {}: {dropped:?}", self.name);
-        }
-    }
-}
-
 #[tokio::test]
 async fn circuit_breaker_opens_on_failing_batches_and_resume_closes_it() {
     const ROWS: i64 = 2_000;
-    let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&base)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            assert!(
-                !required(),
-                "PostgreSQL is required (CI) but not reachable at {base}: {e}"
-            );
-            eprintln!("skipped: PostgreSQL not reachable at {base}: {e}");
-            return;
-        }
+    let Some(schema) = PgSchema::create("bf_ctl").await else {
+        return;
     };
-    let schema = Schema {
-        dropped: false,
-        url: base.clone(),
-        name: unique("bf_ctl"),
-    };
-    let s = &schema.name;
-    pg_exec(
-        &pool,
-        &format!(
-            "CREATE SCHEMA {s};
-             CREATE TABLE {s}.events_copy (id BIGINT PRIMARY KEY, user_id BIGINT, amount_cents BIGINT, ts TEXT NOT NULL, note TEXT);
+    let base = schema.server_url().to_owned();
+    let s = schema.name();
+    schema
+        .exec(&format!(
+            "CREATE TABLE {s}.events_copy (id BIGINT PRIMARY KEY, user_id BIGINT, amount_cents BIGINT, ts TEXT NOT NULL, note TEXT);
              CREATE TABLE {s}.fail (on_ BOOLEAN NOT NULL);
              INSERT INTO {s}.fail VALUES (true);
              CREATE FUNCTION {s}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -625,9 +537,8 @@ async fn circuit_breaker_opens_on_failing_batches_and_resume_closes_it() {
              END $$;
              CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {s}.events_copy
                FOR EACH ROW EXECUTE FUNCTION {s}.refuse();"
-        ),
-    )
-    .await;
+        ))
+        .await;
 
     let ws = Workspace::new();
     let source = make_source(&ws.path("source.db"), ROWS, 2).await;
@@ -684,7 +595,9 @@ async fn circuit_breaker_opens_on_failing_batches_and_resume_closes_it() {
         run.stderr().contains("circuit breaker open")
     });
 
-    pg_exec(&pool, &format!("UPDATE {s}.fail SET on_ = false")).await;
+    schema
+        .exec(&format!("UPDATE {s}.fail SET on_ = false"))
+        .await;
     let resumed = ws.run(&["resume", &id]);
     assert_eq!(resumed.code, 0, "{resumed:?}");
     assert_eq!(run.wait(Duration::from_secs(30)), 0, "{}", run.stderr());
@@ -692,7 +605,7 @@ async fn circuit_breaker_opens_on_failing_batches_and_resume_closes_it() {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, user_id, amount_cents, ts, note FROM {s}.events_copy ORDER BY id"
     )))
-    .fetch_all(&pool)
+    .fetch_all(schema.pool())
     .await
     .expect("read target");
     let got: Vec<Vec<Option<String>>> = rows
@@ -717,5 +630,5 @@ async fn circuit_breaker_opens_on_failing_batches_and_resume_closes_it() {
         actions.iter().any(|a| a == "partition.retry"),
         "{actions:?}"
     );
-    schema.drop_now(&pool).await;
+    schema.drop_now().await;
 }

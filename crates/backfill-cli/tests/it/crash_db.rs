@@ -11,18 +11,18 @@
 //! so every kill lands mid-run whatever the machine's speed; the test checks that at least two
 //! sessions really died by SIGKILL with the target still incomplete.
 //!
-//! Servers come from `BACKFILL_TEST_POSTGRES_URL` and `BACKFILL_TEST_MYSQL_URL` (local defaults),
-//! as in `matrix.rs`; a test whose server is down is skipped, or fails when
-//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`. Each test uses its own schema or database and
-//! drops it at the end.
+//! Each test uses its own PostgreSQL schema or MySQL database (`backfill_testkit::servers`)
+//! and drops it at the end; a test whose server is down is skipped and counted as skipped, or
+//! fails when services are required (`backfill_testkit::skip`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sqlx::{MySqlPool, PgPool, Row, SqlitePool};
+use backfill_testkit::{Db, System};
+use sqlx::Row;
 
-use crate::support::{Workspace, runs_json, sqlite};
+use crate::support::{Workspace, runs_json};
 
 const ROWS: i64 = 60_000;
 /// A session is killed once the target holds this many thousandths of the rows.
@@ -30,112 +30,20 @@ const KILLS_PER_MILLE: [i64; 3] = [150, 400, 700];
 
 type Rows = Vec<(i64, Option<String>, i64)>;
 
-/// One isolated database of a test (a compact copy of `matrix.rs`'s).
-enum Db {
-    Sqlite(SqlitePool, String),
-    Postgres(PgPool, String, String),
-    MySql(MySqlPool, String, String),
+/// Opens an isolated database of `system` (`sqlite`, `postgres`, `mysql`), or `None` (skip)
+/// when its server is down.
+async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
+    Db::open(System::parse(system), ws.dir.path(), "bf_cr", name).await
 }
 
-/// How long a test waits for a server before it is skipped (a refused connection is retried
-/// until then).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
+/// The tables of this file's tests.
+trait Tables {
+    async fn create(&self, name: &str, rows: i64);
+    async fn rows(&self, name: &str) -> Rows;
+    async fn count(&self, name: &str) -> i64;
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
-    assert!(
-        !required(),
-        "{what} is required (CI) but not reachable at {url}: {e}"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("skipped: {what} not reachable at {url}: {e}");
-    }
-    None
-}
-
-impl Db {
-    async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
-        let db = match system {
-            "sqlite" => {
-                let path = ws.path(&format!("{name}.db"));
-                let url = format!("sqlite://{}", path.display());
-                Db::Sqlite(sqlite(&path).await, url)
-            }
-            "postgres" => {
-                let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-                let pool = match sqlx::postgres::PgPoolOptions::new()
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(&base)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("PostgreSQL", &base, &e),
-                };
-                Db::Postgres(pool, base, unique(&format!("bf_cr_{name}")))
-            }
-            "mysql" => {
-                let base = std::env::var("BACKFILL_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-                let pool = match sqlx::mysql::MySqlPoolOptions::new()
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(&base)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("MySQL", &base, &e),
-                };
-                Db::MySql(pool, base, unique(&format!("bf_cr_{name}")))
-            }
-            other => panic!("unknown system {other}"),
-        };
-        match &db {
-            Db::Sqlite(..) => {}
-            Db::Postgres(_, _, s) => db.exec(&format!("CREATE SCHEMA {s}")).await,
-            Db::MySql(_, _, d) => {
-                db.exec(&format!("CREATE DATABASE {d} CHARACTER SET utf8mb4"))
-                    .await;
-            }
-        }
-        Some(db)
-    }
-
-    fn table(&self, table: &str) -> String {
-        match self {
-            Db::Sqlite(..) => table.to_owned(),
-            Db::Postgres(_, _, ns) | Db::MySql(_, _, ns) => format!("{ns}.{table}"),
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) | Db::Postgres(_, url, _) | Db::MySql(_, url, _) => url,
-        }
-    }
-
-    async fn exec(&self, sql: &str) {
-        let q = || sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
-        let done = match self {
-            Db::Sqlite(pool, _) => q().execute(pool).await.map(drop),
-            Db::Postgres(pool, ..) => q().execute(pool).await.map(drop),
-            Db::MySql(pool, ..) => q().execute(pool).await.map(drop),
-        };
-        done.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
+impl Tables for Db {
     /// Creates `name (id BIGINT PRIMARY KEY, note, n BIGINT)` and fills it with `rows` rows.
     async fn create(&self, name: &str, rows: i64) {
         let text = if matches!(self, Db::MySql(..)) {
@@ -186,8 +94,8 @@ impl Db {
         }
         match self {
             Db::Sqlite(pool, _) => collect!(pool),
-            Db::Postgres(pool, ..) => collect!(pool),
-            Db::MySql(pool, ..) => collect!(pool),
+            Db::Postgres(schema) => collect!(schema.pool()),
+            Db::MySql(database) => collect!(database.pool()),
         }
     }
 
@@ -197,21 +105,10 @@ impl Db {
         let sql = sqlx::AssertSqlSafe(sql);
         let n = match self {
             Db::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Db::Postgres(pool, ..) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Db::MySql(pool, ..) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Db::Postgres(schema) => sqlx::query_scalar(sql).fetch_one(schema.pool()).await,
+            Db::MySql(database) => sqlx::query_scalar(sql).fetch_one(database.pool()).await,
         };
         n.unwrap_or_else(|e| panic!("count {name}: {e}"))
-    }
-
-    async fn drop_all(&self) {
-        match self {
-            Db::Sqlite(..) => {}
-            Db::Postgres(_, _, s) => {
-                self.exec(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-                    .await
-            }
-            Db::MySql(_, _, d) => self.exec(&format!("DROP DATABASE IF EXISTS {d}")).await,
-        }
     }
 }
 
@@ -303,11 +200,11 @@ async fn crash_and_resume(from: &str, to: &str) {
 
 async fn crash_and_resume_with(from: &str, to: &str, extra_target: &str) {
     let ws = Workspace::new();
-    let Some(source) = Db::open(from, &ws, "src").await else {
+    let Some(source) = open(from, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to, &ws, "dst").await else {
-        source.drop_all().await;
+    let Some(target) = open(to, &ws, "dst").await else {
+        source.drop_now().await;
         return;
     };
     source.create("src", ROWS).await;
@@ -394,8 +291,8 @@ async fn crash_and_resume_with(from: &str, to: &str, extra_target: &str) {
     let verify = ws.run(&["audit", "--verify"]);
     assert_eq!(verify.code, 0, "{from} -> {to}: {verify:?}");
 
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
 }
 
 #[tokio::test]

@@ -20,14 +20,16 @@
 //! retries. `rows_per_second` keeps the run long enough (about 2 s) for every kill to land
 //! mid-run.
 //!
-//! Servers come from `BACKFILL_TEST_POSTGRES_URL` / `BACKFILL_TEST_MYSQL_URL` (local defaults);
-//! a test whose server is down is skipped, or fails when `BACKFILL_REQUIRE_SERVICES=1` or
-//! `CI=true`. Each test uses its own schema or database and drops it at the end.
+//! Each test uses its own PostgreSQL schema or MySQL database (`backfill_testkit::servers`)
+//! and drops it at the end; a test whose server is down is skipped and counted as skipped, or
+//! fails when services are required (`backfill_testkit::skip`).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sqlx::{MySqlPool, PgPool, Row};
+use backfill_testkit::servers::{with_database, with_param};
+use backfill_testkit::{MyDatabase, PgSchema};
+use sqlx::Row;
 
 use crate::support::{Ran, Workspace};
 
@@ -36,57 +38,6 @@ const ROWS: i64 = 40_000;
 const HITS: u32 = 5;
 /// Pause after a hit before the next one, so the run makes progress in between.
 const GAP: Duration = Duration::from_millis(250);
-
-/// How long a test waits for a server before it is skipped (a refused connection is retried
-/// until then).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
-    assert!(
-        !required(),
-        "{what} is required (CI) but not reachable at {url}: {e}"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("skipped: {what} not reachable at {url}: {e}");
-    }
-    None
-}
-
-/// `url` with `key=value` added to its query string.
-fn with_param(url: &str, key: &str, value: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{key}={value}")
-}
-
-/// `url` with its database (the path) replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let host_part = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{host_part}/{database}?{q}"),
-        None => format!("{host_part}/{database}"),
-    }
-}
 
 /// Whose connections a kill round ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,93 +60,39 @@ enum State {
 
 /// The source and target of one test, on one server.
 enum Server {
-    Postgres {
-        pool: PgPool,
-        base: String,
-        schema: String,
-    },
-    MySql {
-        pool: MySqlPool,
-        base: String,
-        database: String,
-    },
+    Postgres(PgSchema),
+    MySql(MyDatabase),
 }
 
 impl Server {
     async fn open(system: &str) -> Option<Server> {
-        let server = match system {
-            "postgres" => {
-                let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-                let pool = match sqlx::postgres::PgPoolOptions::new()
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(&base)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("PostgreSQL", &base, &e),
-                };
-                Server::Postgres {
-                    pool,
-                    base,
-                    schema: unique("bf_out"),
-                }
-            }
-            "mysql" => {
-                let base = std::env::var("BACKFILL_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-                let pool = match sqlx::mysql::MySqlPoolOptions::new()
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(&base)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("MySQL", &base, &e),
-                };
-                Server::MySql {
-                    pool,
-                    base,
-                    database: unique("bf_out"),
-                }
-            }
+        Some(match system {
+            "postgres" => Server::Postgres(PgSchema::create("bf_out").await?),
+            "mysql" => Server::MySql(MyDatabase::create("bf_out").await?),
             other => panic!("unknown system {other}"),
-        };
-        match &server {
-            Server::Postgres { schema, .. } => {
-                server.exec(&format!("CREATE SCHEMA {schema}")).await;
-            }
-            Server::MySql { database, .. } => {
-                server
-                    .exec(&format!("CREATE DATABASE {database} CHARACTER SET utf8mb4"))
-                    .await;
-            }
-        }
-        Some(server)
+        })
     }
 
     async fn exec(&self, sql: &str) {
-        let q = || sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
-        let done = match self {
-            Server::Postgres { pool, .. } => q().execute(pool).await.map(drop),
-            Server::MySql { pool, .. } => q().execute(pool).await.map(drop),
-        };
-        done.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        match self {
+            Server::Postgres(schema) => schema.exec(sql).await,
+            Server::MySql(database) => database.exec(sql).await,
+        }
     }
 
     fn table(&self, name: &str) -> String {
         match self {
-            Server::Postgres { schema: ns, .. } | Server::MySql { database: ns, .. } => {
-                format!("{ns}.{name}")
-            }
+            Server::Postgres(schema) => schema.table(name),
+            Server::MySql(database) => database.table(name),
         }
     }
 
     /// The PostgreSQL `application_name` of `whom`'s connections.
     fn app(&self, whom: Whom) -> String {
         match (self, whom) {
-            (Server::Postgres { schema, .. }, Whom::Engine) => format!("{schema}_engine"),
-            (Server::Postgres { schema, .. }, Whom::Store) => format!("{schema}_store"),
-            (Server::MySql { .. }, _) => panic!("MySQL connections carry no application name"),
+            (Server::Postgres(schema), Whom::Engine) => format!("{}_engine", schema.name()),
+            (Server::Postgres(schema), Whom::Store) => format!("{}_store", schema.name()),
+            (Server::MySql(..), _) => panic!("MySQL connections carry no application name"),
         }
     }
 
@@ -203,18 +100,20 @@ impl Server {
     /// connections.
     fn engine_url(&self) -> String {
         match self {
-            Server::Postgres { base, .. } => {
-                with_param(base, "application_name", &self.app(Whom::Engine))
-            }
-            Server::MySql { base, database, .. } => with_database(base, database),
+            Server::Postgres(schema) => with_param(
+                schema.server_url(),
+                "application_name",
+                &self.app(Whom::Engine),
+            ),
+            Server::MySql(database) => with_database(database.server_url(), database.name()),
         }
     }
 
     /// The schema of the PostgreSQL state store.
     fn state_schema(&self) -> String {
         match self {
-            Server::Postgres { schema, .. } => format!("{schema}_state"),
-            Server::MySql { .. } => panic!("the state store cannot live in MySQL"),
+            Server::Postgres(schema) => format!("{}_state", schema.name()),
+            Server::MySql(..) => panic!("the state store cannot live in MySQL"),
         }
     }
 
@@ -222,20 +121,20 @@ impl Server {
     /// own application name.
     fn state_url(&self) -> String {
         match self {
-            Server::Postgres { base, .. } => with_param(
-                &with_param(base, "schema", &self.state_schema()),
+            Server::Postgres(schema) => with_param(
+                &with_param(schema.server_url(), "schema", &self.state_schema()),
                 "application_name",
                 &self.app(Whom::Store),
             ),
-            Server::MySql { .. } => panic!("the state store cannot live in MySQL"),
+            Server::MySql(..) => panic!("the state store cannot live in MySQL"),
         }
     }
 
     /// Creates `src` with `rows` rows (NULLs, empty strings, unicode) and an empty `dst`.
     async fn create_tables(&self, rows: i64) {
         let text = match self {
-            Server::Postgres { .. } => "TEXT",
-            Server::MySql { .. } => "VARCHAR(200)",
+            Server::Postgres(..) => "TEXT",
+            Server::MySql(..) => "VARCHAR(200)",
         };
         for name in ["src", "dst"] {
             self.exec(&format!(
@@ -281,8 +180,8 @@ impl Server {
             };
         }
         match self {
-            Server::Postgres { pool, .. } => collect!(pool),
-            Server::MySql { pool, .. } => collect!(pool),
+            Server::Postgres(schema) => collect!(schema.pool()),
+            Server::MySql(database) => collect!(database.pool()),
         }
     }
 
@@ -294,8 +193,8 @@ impl Server {
         );
         let sql = sqlx::AssertSqlSafe(sql);
         let n: i64 = match self {
-            Server::Postgres { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Server::MySql { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Server::Postgres(schema) => sqlx::query_scalar(sql).fetch_one(schema.pool()).await,
+            Server::MySql(database) => sqlx::query_scalar(sql).fetch_one(database.pool()).await,
         }
         .expect("count");
         n > 0
@@ -305,7 +204,8 @@ impl Server {
     /// returns how many.
     async fn kill_busy(&self, whom: Whom) -> u64 {
         match self {
-            Server::Postgres { pool, .. } => {
+            Server::Postgres(schema) => {
+                let pool = schema.pool();
                 let killed: i64 = sqlx::query_scalar(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
                      FROM pg_stat_activity \
@@ -317,13 +217,14 @@ impl Server {
                 .expect("pg_terminate_backend");
                 u64::try_from(killed).unwrap_or(0)
             }
-            Server::MySql { pool, database, .. } => {
+            Server::MySql(database) => {
+                let pool = database.pool();
                 assert_eq!(whom, Whom::Engine, "MySQL holds no state store");
                 let ids: Vec<u64> = sqlx::query_scalar(
                     "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist \
                      WHERE db = ? AND command <> 'Sleep' AND id <> CONNECTION_ID()",
                 )
-                .bind(database)
+                .bind(database.name())
                 .fetch_all(pool)
                 .await
                 .expect("processlist");
@@ -345,19 +246,15 @@ impl Server {
 
     async fn drop_all(&self) {
         match self {
-            Server::Postgres { schema, .. } => {
-                self.exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await;
+            Server::Postgres(schema) => {
                 self.exec(&format!(
                     "DROP SCHEMA IF EXISTS {} CASCADE",
                     self.state_schema()
                 ))
                 .await;
+                schema.drop_now().await;
             }
-            Server::MySql { database, .. } => {
-                self.exec(&format!("DROP DATABASE IF EXISTS {database}"))
-                    .await;
-            }
+            Server::MySql(database) => database.drop_now().await,
         }
     }
 }

@@ -18,8 +18,8 @@
 //! port, restarts that one, and removes it when the test ends, even on a panic (`Drop`); see
 //! `private_server.rs`. Start-up takes well under a second for either.
 //!
-//! When the server binaries are missing the test is skipped, or fails when
-//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`.
+//! When the server binaries are missing the test is skipped (and counted), or fails when
+//! services are required (`backfill_testkit::skip`).
 
 use std::fs::File;
 use std::path::Path;

@@ -52,35 +52,15 @@
 //!   instant's UTC wall clock for those columns only (`sqlite_to_mysql`);
 //!   `sqlite_to_mysql_with_naive_utc_instants` covers instants already in MySQL's spelling.
 //!
-//! Servers come from `BACKFILL_TEST_POSTGRES_URL` / `BACKFILL_TEST_MYSQL_URL` (local defaults);
-//! a test whose server is down is skipped, or fails when `BACKFILL_REQUIRE_SERVICES=1` or
-//! `CI=true`. Each test uses its own schema or database and drops it at the end.
+//! Each test uses its own PostgreSQL schema or MySQL database (`backfill_testkit::servers`,
+//! MySQL sessions in UTC); a test whose server is down is skipped and counted as skipped, or
+//! fails when services are required (`backfill_testkit::skip`).
 
-use std::str::FromStr;
-
+use backfill_testkit::{Db, System};
 use chrono::{NaiveDateTime, SecondsFormat};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{MySqlPool, PgPool, Row, SqlitePool};
+use sqlx::Row;
 
-use crate::support::{Workspace, sqlite};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum System {
-    Sqlite,
-    Postgres,
-    MySql,
-}
-
-impl System {
-    fn parse(name: &str) -> System {
-        match name {
-            "sqlite" => System::Sqlite,
-            "postgres" => System::Postgres,
-            "mysql" => System::MySql,
-            other => panic!("unknown system {other}"),
-        }
-    }
-}
+use crate::support::Workspace;
 
 /// The logical type of a column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,125 +234,20 @@ fn expected(
     })
 }
 
-/// One isolated database of a test.
-enum Db {
-    Sqlite(SqlitePool, String),
-    Postgres(PgPool, String, String),
-    MySql(MySqlPool, String, String),
+/// Opens an isolated database of `system`, or `None` (skip) when its server is down.
+async fn open(system: System, ws: &Workspace, name: &str) -> Option<Db> {
+    Db::open(system, ws.dir.path(), "bf_ev", name).await
 }
 
-/// How long a test waits for a server before it is skipped (a refused connection is retried
-/// until then).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
+/// The table of this file's tests, in each system's types.
+trait Tables {
+    fn column_type(&self, kind: Kind) -> &'static str;
+    async fn create(&self, name: &str);
+    async fn fill(&self, name: &str, instants: SqliteInstants);
+    async fn render(&self, name: &str) -> Vec<(i64, Vec<Option<String>>)>;
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
-    assert!(
-        !required(),
-        "{what} is required (CI) but not reachable at {url}: {e}"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("skipped: {what} not reachable at {url}: {e}");
-    }
-    None
-}
-
-impl Db {
-    async fn open(system: System, ws: &Workspace, name: &str) -> Option<Db> {
-        let db = match system {
-            System::Sqlite => {
-                let path = ws.path(&format!("{name}.db"));
-                let url = format!("sqlite://{}", path.display());
-                Db::Sqlite(sqlite(&path).await, url)
-            }
-            System::Postgres => {
-                let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-                let pool = match sqlx::postgres::PgPoolOptions::new()
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(&base)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("PostgreSQL", &base, &e),
-                };
-                Db::Postgres(pool, base, unique(&format!("bf_ev_{name}")))
-            }
-            System::MySql => {
-                let base = std::env::var("BACKFILL_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-                // Read TIMESTAMP columns in UTC, as the connector does.
-                let options = match MySqlConnectOptions::from_str(&base) {
-                    Ok(o) => o.timezone(Some("+00:00".to_owned())).charset("utf8mb4"),
-                    Err(e) => panic!("BACKFILL_TEST_MYSQL_URL {base}: {e}"),
-                };
-                let pool = match MySqlPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(options)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("MySQL", &base, &e),
-                };
-                Db::MySql(pool, base, unique(&format!("bf_ev_{name}")))
-            }
-        };
-        match &db {
-            Db::Sqlite(..) => {}
-            Db::Postgres(_, _, s) => db.exec(&format!("CREATE SCHEMA {s}")).await,
-            Db::MySql(_, _, d) => {
-                db.exec(&format!("CREATE DATABASE {d} CHARACTER SET utf8mb4"))
-                    .await;
-            }
-        }
-        Some(db)
-    }
-
-    fn system(&self) -> System {
-        match self {
-            Db::Sqlite(..) => System::Sqlite,
-            Db::Postgres(..) => System::Postgres,
-            Db::MySql(..) => System::MySql,
-        }
-    }
-
-    fn table(&self, table: &str) -> String {
-        match self {
-            Db::Sqlite(..) => table.to_owned(),
-            Db::Postgres(_, _, ns) | Db::MySql(_, _, ns) => format!("{ns}.{table}"),
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite(_, url) | Db::Postgres(_, url, _) | Db::MySql(_, url, _) => url,
-        }
-    }
-
-    async fn exec(&self, sql: &str) {
-        let q = || sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
-        let done = match self {
-            Db::Sqlite(pool, _) => q().execute(pool).await.map(drop),
-            Db::Postgres(pool, ..) => q().execute(pool).await.map(drop),
-            Db::MySql(pool, ..) => q().execute(pool).await.map(drop),
-        };
-        done.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
+impl Tables for Db {
     /// The column type of `kind` in this system (see the table in the module doc).
     fn column_type(&self, kind: Kind) -> &'static str {
         use Kind::*;
@@ -432,7 +307,8 @@ impl Db {
         let names: Vec<&str> = COLUMNS.iter().map(|(c, _)| *c).collect();
         for (id, values) in ROWS {
             match self {
-                Db::Postgres(pool, ..) => {
+                Db::Postgres(schema) => {
+                    let pool = schema.pool();
                     // Every value as text, cast by SQL into the column's type.
                     let marks: Vec<String> = COLUMNS
                         .iter()
@@ -475,7 +351,8 @@ impl Db {
                         .await
                         .unwrap_or_else(|e| panic!("fill: {e}"));
                 }
-                Db::MySql(pool, ..) => {
+                Db::MySql(database) => {
+                    let pool = database.pool();
                     let sql = format!(
                         "INSERT INTO {table} (id, {}) VALUES (?, {})",
                         names.join(", "),
@@ -581,19 +458,8 @@ impl Db {
         }
         match self {
             Db::Sqlite(pool, _) => collect!(pool),
-            Db::Postgres(pool, ..) => collect!(pool),
-            Db::MySql(pool, ..) => collect!(pool),
-        }
-    }
-
-    async fn drop_all(&self) {
-        match self {
-            Db::Sqlite(..) => {}
-            Db::Postgres(_, _, s) => {
-                self.exec(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-                    .await
-            }
-            Db::MySql(_, _, d) => self.exec(&format!("DROP DATABASE IF EXISTS {d}")).await,
+            Db::Postgres(schema) => collect!(schema.pool()),
+            Db::MySql(database) => collect!(database.pool()),
         }
     }
 }
@@ -680,16 +546,16 @@ batch_rows = 1
 async fn copy_edge_values(from: &str, to: &str, extra_target: &str, instants: SqliteInstants) {
     let (from_system, to_system) = (System::parse(from), System::parse(to));
     let ws = Workspace::new();
-    let Some(source) = Db::open(from_system, &ws, "src").await else {
+    let Some(source) = open(from_system, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to_system, &ws, "dst").await else {
-        source.drop_all().await;
+    let Some(target) = open(to_system, &ws, "dst").await else {
+        source.drop_now().await;
         return;
     };
     let outcome = copy_and_check(&ws, &source, &target, extra_target, instants).await;
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
     if let Err(message) = outcome {
         panic!("{from} -> {to}: {message}");
     }
@@ -798,10 +664,10 @@ async fn sqlite_to_mysql_with_naive_utc_instants() {
 #[tokio::test]
 async fn postgres_decimal_into_a_sqlite_decimal_column_is_exact_or_refused() {
     let ws = Workspace::new();
-    let Some(source) = Db::open(System::Postgres, &ws, "src").await else {
+    let Some(source) = open(System::Postgres, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(System::Sqlite, &ws, "dst").await else {
+    let Some(target) = open(System::Sqlite, &ws, "dst").await else {
         return;
     };
     let digits = "9999999999999999999999999999.9999999999";
@@ -849,7 +715,7 @@ chunk = 2
             .fetch_all(pool)
             .await
             .expect("read target");
-    source.drop_all().await;
+    source.drop_now().await;
     assert_eq!(ran.code, 1, "the rounded row is quarantined: {ran:#?}");
     assert_eq!(
         stored,

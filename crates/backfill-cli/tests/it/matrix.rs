@@ -2,128 +2,34 @@
 //! binary: a copy, then an idempotent re-run, compared row by row.
 //!
 //! Each test isolates itself: its own SQLite files, its own PostgreSQL schema and its own MySQL
-//! database, dropped at the end. Servers come from `BACKFILL_TEST_POSTGRES_URL` and
-//! `BACKFILL_TEST_MYSQL_URL` (local defaults); a test whose server is not reachable is skipped
-//! with a message, or fails when `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`.
+//! database (`backfill_testkit::servers`), dropped at the end. A test whose server is not
+//! reachable is skipped and counted as skipped, or fails when services are required
+//! (`backfill_testkit::skip`).
 
-use sqlx::{MySqlPool, PgPool, Row, SqlitePool};
+use backfill_testkit::{Db, System, unique};
+use sqlx::Row;
 
-use crate::support::{Workspace, sqlite};
+use crate::support::Workspace;
 
 const ROWS: i64 = 3_000;
 
-/// One database of a test, of any system.
-enum Db {
-    Sqlite {
-        pool: SqlitePool,
-        url: String,
-    },
-    Postgres {
-        pool: PgPool,
-        url: String,
-        schema: String,
-    },
-    MySql {
-        pool: MySqlPool,
-        url: String,
-        database: String,
-    },
+/// Opens an isolated database of `system` (`sqlite`, `postgres`, `mysql`), or `None` (skip)
+/// when its server is down.
+async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
+    Db::open(System::parse(system), ws.dir.path(), "bf_mx", name).await
 }
 
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
+/// The tables of this file's tests.
+trait Tables {
+    async fn create(&self, name: &str);
+    async fn fill(&self, name: &str);
+    async fn rows(&self, name: &str) -> Vec<(i64, Option<String>, i64)>;
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-impl Db {
-    /// Opens an isolated database of `system`, or `None` (skip) when its server is down.
-    async fn open(system: &str, ws: &Workspace, name: &str) -> Option<Db> {
-        match system {
-            "sqlite" => {
-                let path = ws.path(&format!("{name}.db"));
-                let pool = sqlite(&path).await;
-                Some(Db::Sqlite {
-                    pool,
-                    url: format!("sqlite://{}", path.display()),
-                })
-            }
-            "postgres" => {
-                let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-                let pool = match PgPool::connect(&base).await {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("PostgreSQL", &base, &e),
-                };
-                let schema = unique(&format!("bf_mx_{name}"));
-                exec_pg(&pool, &format!("CREATE SCHEMA {schema}")).await;
-                Some(Db::Postgres {
-                    pool,
-                    url: base,
-                    schema,
-                })
-            }
-            "mysql" => {
-                let base = std::env::var("BACKFILL_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-                let pool = match MySqlPool::connect(&base).await {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail("MySQL", &base, &e),
-                };
-                let database = unique(&format!("bf_mx_{name}"));
-                exec_my(
-                    &pool,
-                    &format!("CREATE DATABASE {database} CHARACTER SET utf8mb4"),
-                )
-                .await;
-                Some(Db::MySql {
-                    pool,
-                    url: base,
-                    database,
-                })
-            }
-            other => panic!("unknown system {other}"),
-        }
-    }
-
-    /// `table` qualified with this test's schema or database.
-    fn table(&self, table: &str) -> String {
-        match self {
-            Db::Sqlite { .. } => table.to_owned(),
-            Db::Postgres { schema, .. } => format!("{schema}.{table}"),
-            Db::MySql { database, .. } => format!("{database}.{table}"),
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Sqlite { url, .. } | Db::Postgres { url, .. } | Db::MySql { url, .. } => url,
-        }
-    }
-
-    async fn exec(&self, sql: &str) {
-        match self {
-            Db::Sqlite { pool, .. } => {
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-            Db::Postgres { pool, .. } => exec_pg(pool, sql).await,
-            Db::MySql { pool, .. } => exec_my(pool, sql).await,
-        }
-    }
-
+impl Tables for Db {
     /// Creates `name (id BIGINT PRIMARY KEY, note TEXT, n BIGINT)` in this system's types.
     async fn create(&self, name: &str) {
-        let text = if matches!(self, Db::MySql { .. }) {
+        let text = if matches!(self, Db::MySql(..)) {
             "VARCHAR(200)"
         } else {
             "TEXT"
@@ -172,49 +78,11 @@ impl Db {
             };
         }
         match self {
-            Db::Sqlite { pool, .. } => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
-            Db::Postgres { pool, .. } => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
-            Db::MySql { pool, .. } => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
+            Db::Sqlite(pool, _) => collect!(sqlx::query(sql).fetch_all(pool).await.unwrap()),
+            Db::Postgres(s) => collect!(sqlx::query(sql).fetch_all(s.pool()).await.unwrap()),
+            Db::MySql(d) => collect!(sqlx::query(sql).fetch_all(d.pool()).await.unwrap()),
         }
     }
-
-    async fn drop_all(&self) {
-        match self {
-            Db::Sqlite { .. } => {}
-            Db::Postgres { pool, schema, .. } => {
-                exec_pg(pool, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
-            }
-            Db::MySql { pool, database, .. } => {
-                exec_my(pool, &format!("DROP DATABASE IF EXISTS {database}")).await;
-            }
-        }
-    }
-}
-
-fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
-    assert!(
-        !required(),
-        "{what} is required (CI) but not reachable at {url}: {e}"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("skipped: {what} not reachable at {url}: {e}");
-    }
-    None
-}
-
-async fn exec_pg(pool: &PgPool, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn exec_my(pool: &MySqlPool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn spec(source: &Db, target: &Db) -> String {
@@ -251,11 +119,11 @@ batch_rows = 200
 
 async fn copy_and_rerun(from: &str, to: &str) {
     let ws = Workspace::new();
-    let Some(source) = Db::open(from, &ws, "src").await else {
+    let Some(source) = open(from, &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to, &ws, "dst").await else {
-        source.drop_all().await;
+    let Some(target) = open(to, &ws, "dst").await else {
+        source.drop_now().await;
         return;
     };
     source.create("src").await;
@@ -290,8 +158,8 @@ async fn copy_and_rerun(from: &str, to: &str) {
         "{from} -> {to}: re-run changed the target"
     );
 
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
 }
 
 macro_rules! pairs {
@@ -321,10 +189,10 @@ pairs! {
 #[tokio::test]
 async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
     let ws = Workspace::new();
-    let Some(source) = Db::open("sqlite", &ws, "src").await else {
+    let Some(source) = open("sqlite", &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open("postgres", &ws, "dst").await else {
+    let Some(target) = open("postgres", &ws, "dst").await else {
         return;
     };
     source.create("src").await;
@@ -350,7 +218,7 @@ async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
     target
         .exec(&format!("DROP SCHEMA IF EXISTS {state_schema} CASCADE"))
         .await;
-    target.drop_all().await;
+    target.drop_now().await;
 }
 
 /// `guard = "n"` (a version column): rows a live writer updates while the backfill runs keep
@@ -358,10 +226,10 @@ async fn postgres_target_in_the_postgres_state_store_is_exactly_once() {
 /// each target system (SQLite → SQLite runs inside SQLite, the pushdown).
 async fn guard_lets_concurrent_live_writes_win(to: &str) {
     let ws = Workspace::new();
-    let Some(source) = Db::open("sqlite", &ws, "src").await else {
+    let Some(source) = open("sqlite", &ws, "src").await else {
         return;
     };
-    let Some(target) = Db::open(to, &ws, "dst").await else {
+    let Some(target) = open(to, &ws, "dst").await else {
         return;
     };
     source.create("src").await;
@@ -427,8 +295,8 @@ async fn guard_lets_concurrent_live_writes_win(to: &str) {
         })
         .collect();
     assert_eq!(target.rows("dst").await, want, "into {to}");
-    source.drop_all().await;
-    target.drop_all().await;
+    source.drop_now().await;
+    target.drop_now().await;
 }
 
 #[tokio::test]

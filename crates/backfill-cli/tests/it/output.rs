@@ -211,21 +211,12 @@ async fn the_quarantine_flow_speaks_the_users_terms() {
 #[tokio::test]
 async fn postgresql_errors_show_detail_constraint_and_column() {
     use sqlx::PgPool;
-    let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let base = backfill_testkit::postgres_url();
     let pool = match PgPool::connect(&base).await {
         Ok(p) => p,
-        Err(e) => {
-            let required = std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-                || std::env::var("CI").is_ok_and(|v| v == "true");
-            assert!(
-                !required,
-                "PostgreSQL is required (CI) but not reachable: {e}"
-            );
-            return;
-        }
+        Err(e) => return backfill_testkit::unreachable("PostgreSQL", &base, &e).unwrap_or(()),
     };
-    let schema = format!("bf_out_{}", std::process::id());
+    let schema = backfill_testkit::unique("bf_out");
     let run = |sql: String| {
         let pool = pool.clone();
         async move {

@@ -9,8 +9,8 @@
 //! following its primary's binary log from the position the primary had when the replica was
 //! made.
 //!
-//! When the server binaries are missing a test is skipped (`None`, with `skipped: …` on
-//! stderr), or fails when `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`.
+//! When the server binaries are missing a test is skipped and counted as skipped (`None`), or
+//! fails when services are required (`backfill_testkit::missing`).
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -19,22 +19,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Row};
-
-/// Whether a missing server fails the test instead of skipping it.
-pub(crate) fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// `None` with `skipped: {what} missing` on stderr, or a panic when services are required.
-pub(crate) fn skip_or_fail<T>(what: &str) -> Option<T> {
-    assert!(!required(), "{what} is required (CI) but missing");
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("skipped: {what} missing");
-    }
-    None
-}
 
 /// A loopback port nobody listens on right now.
 pub(crate) fn free_port() -> u16 {
@@ -147,7 +131,9 @@ impl PrivatePostgres {
             .unwrap_or_default();
         bins.sort();
         let Some(bin) = bins.into_iter().rev().find(|b| b.join("initdb").is_file()) else {
-            return skip_or_fail("PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb)");
+            return backfill_testkit::missing(
+                "PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb)",
+            );
         };
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(
@@ -283,7 +269,9 @@ impl PrivateMariaDb {
     pub(crate) async fn start_with(options: &[&str]) -> Option<PrivateMariaDb> {
         let (Some(install), Some(mariadbd)) = (which("mariadb-install-db"), which("mariadbd"))
         else {
-            return skip_or_fail("MariaDB server binaries (mariadb-install-db, mariadbd)");
+            return backfill_testkit::missing(
+                "MariaDB server binaries (mariadb-install-db, mariadbd)",
+            );
         };
         let dir = tempfile::tempdir().expect("temp dir");
         chown(dir.path(), "mysql");

@@ -15,7 +15,7 @@
 //! interval) pin the readings themselves, edge cases included, in a few seconds.
 //!
 //! Servers are private (`private_server.rs`): when their binaries are missing the tests are
-//! skipped, or fail when `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`. Each test takes about
+//! skipped (and counted), or fail when services are required. Each test takes about
 //! 15–20 s, mostly the run itself; every wait has a generous limit and no assertion is about
 //! how fast anything happened.
 

@@ -5,9 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Row, SqlitePool};
 
 /// Path of the binary under test (built by cargo for integration tests).
@@ -89,16 +87,7 @@ impl Workspace {
 
 /// Opens (creating if needed) a SQLite database file.
 pub async fn sqlite(path: &Path) -> SqlitePool {
-    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-        .expect("url")
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(std::time::Duration::from_secs(30));
-    sqlx::pool::PoolOptions::new()
-        .max_connections(2)
-        .connect_with(options)
-        .await
-        .expect("open sqlite")
+    backfill_testkit::servers::sqlite(path).await
 }
 
 /// Runs each `;`-free statement in order.

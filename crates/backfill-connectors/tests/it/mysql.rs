@@ -1,12 +1,10 @@
 //! MySQL/MariaDB source and sink against a real server, each test in its own database.
 //!
-//! The server comes from `BACKFILL_TEST_MYSQL_URL` (default
-//! `mysql://root@127.0.0.1:3306/test`). When it is unreachable the tests print
-//! `skipped: MySQL not reachable` and pass, unless `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`.
+//! The database comes from `backfill_testkit::MyDatabase` (server `BACKFILL_TEST_MYSQL_URL`).
+//! When the server is unreachable a test is skipped and counted as skipped, or fails when
+//! services are required (`backfill_testkit::skip`).
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backfill_connectors::{AnySource, ConnectorError, Extra, open_sink, open_source};
 use backfill_core::SecretUrl;
@@ -14,6 +12,7 @@ use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{TargetSpec, WriteMode};
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
+use backfill_testkit::{MyDatabase, mysql_url};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
@@ -22,79 +21,18 @@ use crate::{day, keys, nodelay_of, read_all, source_spec, strings};
 
 /// A database of its own on the test server, dropped by [`Db::drop`].
 struct Db {
-    admin: MySqlPool,
-    name: String,
+    database: MyDatabase,
+    /// The URL of the database (the connector's).
     url: String,
 }
 
-fn base_url() -> String {
-    std::env::var("BACKFILL_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
-}
-
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// The URL of database `name` on the server of `base`.
-fn with_database(base: &str, name: &str) -> String {
-    let (path, query) = base
-        .split_once('?')
-        .map_or((base, None), |(p, q)| (p, Some(q)));
-    let authority_end = path.find("://").map_or(0, |i| {
-        i + 3 + path[i + 3..].find('/').unwrap_or(path.len() - i - 3)
-    });
-    let mut url = format!("{}/{name}", &path[..authority_end]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
-#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
-fn skipped(e: &sqlx::Error) {
-    eprintln!("skipped: MySQL not reachable ({e})");
-}
-
 /// Creates a fresh database and runs `script` (statements separated by `;` at line ends)
-/// in it; `None` (after printing why) when the server is not reachable and not required.
+/// in it; `None` (skipped, counted) when the server is not reachable and not required.
 async fn db(script: &str) -> Option<Db> {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let base = base_url();
-    let admin = match MySqlPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&base)
-        .await
-    {
-        Ok(pool) => pool,
-        Err(e) => {
-            assert!(!required(), "MySQL not reachable at {base}: {e}");
-            skipped(&e);
-            return None;
-        }
-    };
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let name = format!(
-        "bf_conn_{}_{}_{nanos}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    let database = MyDatabase::create("bf_conn").await?;
     let db = Db {
-        admin,
-        url: with_database(&base, &name),
-        name,
+        url: database.url(),
+        database,
     };
     let pool = db.pool().await;
     for statement in script.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
@@ -152,11 +90,7 @@ impl Db {
     }
 
     async fn drop(self) {
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE `{}`", self.name)))
-            .execute(&self.admin)
-            .await
-            .unwrap();
-        self.admin.close().await;
+        self.database.drop_now().await;
     }
 }
 
@@ -171,19 +105,6 @@ fn counts(inserted: u64, updated: u64, unchanged: u64) -> RowCounts {
 
 fn ts(s: &str) -> NaiveDateTime {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").unwrap()
-}
-
-#[test]
-fn builds_database_urls() {
-    assert_eq!(
-        with_database("mysql://root@127.0.0.1:3306/test", "x"),
-        "mysql://root@127.0.0.1:3306/x"
-    );
-    assert_eq!(
-        with_database("mysql://u:p@h/test?ssl-mode=disabled", "x"),
-        "mysql://u:p@h/x?ssl-mode=disabled"
-    );
-    assert_eq!(with_database("mysql://h:1", "x"), "mysql://h:1/x");
 }
 
 #[tokio::test]
@@ -793,7 +714,7 @@ async fn rejected_rows_are_data_errors() {
 #[tokio::test]
 async fn refused_connection_is_a_connect_error_without_password() {
     let Some(db) = db("").await else { return };
-    let base = base_url();
+    let base = mysql_url();
     let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
     let host = rest.split_once('@').map_or(rest, |(_, h)| h);
     let spec = source_spec(
@@ -851,8 +772,8 @@ async fn pooled_connections_have_tcp_nodelay() {
     // The connector's connections are the only ones on this test's database.
     let clients: Vec<String> =
         sqlx::query_scalar("SELECT host FROM information_schema.processlist WHERE db = ?")
-            .bind(&db.name)
-            .fetch_all(&db.admin)
+            .bind(db.database.name())
+            .fetch_all(db.database.pool())
             .await
             .unwrap();
     let server = MySqlConnectOptions::from_str(&db.url).unwrap();

@@ -1,39 +1,23 @@
 //! The PostgreSQL connector against a real server: pagination, type round trips, upsert
 //! counts and guard, replace, error classification.
 //!
-//! Each test runs in its own schema `bf_conn_<random>`, dropped at the end (also when the
-//! test panics). PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`); when it is unreachable a test fails if
-//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`, and otherwise prints `skipped: PostgreSQL not
-//! reachable` and passes.
+//! Each test runs in its own schema `bf_conn_…` (`backfill_testkit::PgSchema`, server
+//! `BACKFILL_TEST_POSTGRES_URL`), dropped at the end (also when the test panics). When the
+//! server is unreachable a test is skipped and counted as skipped, or fails when services are
+//! required (`backfill_testkit::skip`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use backfill_connectors::{ConnectorError, Extra, open_sink, open_source};
 use backfill_core::retry::ErrorClass;
 use backfill_core::spec::WriteMode;
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
+use backfill_testkit::PgSchema;
 use chrono::{TimeZone, Utc};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 
 use crate::{day, keys, nodelay_of, read_all, source_spec, strings, target_spec};
-
-fn server_url() -> String {
-    std::env::var("BACKFILL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn services_required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
-fn skip(url: &str) {
-    eprintln!("skipped: PostgreSQL not reachable at {url}");
-}
 
 /// One test's schema on the server.
 #[derive(Clone)]
@@ -96,38 +80,15 @@ where
     F: FnOnce(Pg) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let url = server_url();
-    let mut conn = match PgConnection::connect(&url).await {
-        Ok(conn) => conn,
-        Err(e) if services_required() => panic!("PostgreSQL not reachable at {url}: {e}"),
-        Err(_) => return skip(&url),
+    let Some(schema) = PgSchema::create("bf_conn").await else {
+        return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let schema = format!(
-        "bf_conn_{}_{}_{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE SCHEMA {schema}"
-    ))))
-    .await
-    .unwrap();
     let pg = Pg {
-        url: url.clone(),
-        schema: schema.clone(),
+        url: schema.server_url().to_owned(),
+        schema: schema.name().to_owned(),
     };
     let outcome = tokio::spawn(test(pg)).await;
-    conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP SCHEMA {schema} CASCADE"
-    ))))
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
+    schema.drop_now().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }

@@ -2,8 +2,8 @@
 //! replica lag where there is no replication, and reports failures as classified errors.
 //!
 //! PostgreSQL and MySQL come from `BACKFILL_TEST_POSTGRES_URL` / `BACKFILL_TEST_MYSQL_URL`
-//! (defaults on 127.0.0.1); an unreachable server skips the test unless
-//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`.
+//! (defaults on 127.0.0.1); an unreachable server skips the test (counted as skipped) unless
+//! services are required (`backfill_testkit::skip`).
 
 use std::time::Duration;
 
@@ -13,28 +13,17 @@ use backfill_core::retry::ErrorClass;
 
 use crate::Dir;
 
-fn required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// The probe on `url`, or `None` (after saying so) when the server is down and not required.
-#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
+/// The probe on `url`, or `None` (skipped, counted) when the server is down and not required.
 async fn open_or_skip(url: &str) -> Option<Probe> {
     match Probe::open(&SecretUrl::new(url)).await {
         Ok(probe) => Some(probe),
-        Err(e) if required() => panic!("{url} not reachable: {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
+        Err(e) => backfill_testkit::unreachable("the probe's server", url, &e),
     }
 }
 
 #[tokio::test]
 async fn postgres_probe_times_the_statement_and_sees_no_replicas() {
-    let url = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = backfill_testkit::postgres_url();
     let Some(probe) = open_or_skip(&url).await else {
         return;
     };
@@ -62,8 +51,7 @@ async fn postgres_probe_times_the_statement_and_sees_no_replicas() {
 
 #[tokio::test]
 async fn mysql_probe_times_the_statement_and_sees_no_replication() {
-    let url = std::env::var("BACKFILL_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let url = backfill_testkit::mysql_url();
     let Some(probe) = open_or_skip(&url).await else {
         return;
     };

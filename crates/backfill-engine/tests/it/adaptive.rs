@@ -1,10 +1,10 @@
 //! Limits that steer a real run: the rows limiter's accuracy, and the adaptive throttle
 //! reacting to a probe whose latency is made to rise on a real PostgreSQL server.
 //!
-//! PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`); when it is unreachable the adaptive test fails
-//! if `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`, and otherwise prints `skipped` and passes.
-//! Each test uses its own schema, dropped at the end.
+//! PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL`; the adaptive test uses its own schema
+//! (`backfill_testkit::PgSchema`), dropped at the end. When the server is unreachable it is
+//! skipped and counted as skipped, or fails when services are required
+//! (`backfill_testkit::skip`).
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use backfill_core::spec::{Probe, Spec, ThrottleSpec};
 use backfill_core::{RunState, SecretUrl};
 use backfill_engine::{ExecuteOptions, RunSummary, Shutdown, execute, prepare_run};
 use backfill_store::{RateChangeRecord, Store};
+use backfill_testkit::PgSchema;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use tokio::task::JoinHandle;
 
@@ -126,37 +127,22 @@ async fn rows_per_second_holds_within_ten_percent_over_twenty_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adaptive_throttle_cuts_on_probe_latency_and_recovers() {
-    let url = std::env::var("BACKFILL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = match PgConnection::connect(&url).await {
-        Ok(conn) => conn,
-        Err(e)
-            if std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-                || std::env::var("CI").is_ok_and(|v| v == "true") =>
-        {
-            panic!("PostgreSQL not reachable at {url}: {e}")
-        }
-        Err(_) => return skip(&url),
+    let Some(schema) = PgSchema::create("bf_adaptive").await else {
+        return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let schema = format!("bf_adaptive_{}_{nanos}", std::process::id());
-    let exec = |sql: String| sqlx::raw_sql(AssertSqlSafe(sql));
-    admin
-        .execute(exec(format!(
-            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.probe_delay (d float8 NOT NULL); \
-             INSERT INTO {schema}.probe_delay VALUES (0)"
-        )))
-        .await
-        .unwrap();
-    let outcome = tokio::spawn(latency_scenario(url.clone(), schema.clone())).await;
-    admin
-        .execute(exec(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
+    schema
+        .exec(&format!(
+            "CREATE TABLE {0}.probe_delay (d float8 NOT NULL); \
+             INSERT INTO {0}.probe_delay VALUES (0)",
+            schema.name()
+        ))
+        .await;
+    let outcome = tokio::spawn(latency_scenario(
+        schema.server_url().to_owned(),
+        schema.name().to_owned(),
+    ))
+    .await;
+    schema.drop_now().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -258,9 +244,4 @@ async fn latency_scenario(url: String, schema: String) {
     assert!(live["adaptive"]["rate"].as_f64().is_some(), "{live}");
     let summary = run.stop().await;
     assert_eq!(summary.state, RunState::Paused);
-}
-
-#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
-fn skip(url: &str) {
-    eprintln!("skipped: PostgreSQL not reachable at {url}");
 }

@@ -5,10 +5,9 @@
 //! its own file in its own temporary directory; each PostgreSQL test its own schema
 //! (`schema=bf_test_<random>`), dropped at the end.
 //!
-//! PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`). When it is unreachable, a PostgreSQL test fails if
-//! `BACKFILL_REQUIRE_SERVICES=1` or `CI=true`, and otherwise prints `skipped: PostgreSQL not
-//! reachable at …` to stderr and passes.
+//! PostgreSQL comes from `BACKFILL_TEST_POSTGRES_URL` (`backfill_testkit::postgres_url`). When
+//! it is unreachable, a PostgreSQL test is skipped and counted as skipped, or fails when
+//! services are required (`backfill_testkit::skip`).
 
 mod audit;
 mod concurrency;
@@ -64,16 +63,6 @@ pub(crate) struct TestDb {
     _dir: Option<Arc<tempfile::TempDir>>,
 }
 
-fn postgres_url() -> String {
-    std::env::var("BACKFILL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn services_required() -> bool {
-    std::env::var("BACKFILL_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 impl TestDb {
     /// A fresh database, or `None` (after saying so on stderr) when PostgreSQL is unreachable
     /// and not required.
@@ -90,15 +79,9 @@ impl TestDb {
                 })
             }
             Backend::Postgres => {
-                let server = postgres_url();
+                let server = backfill_testkit::postgres_url();
                 if let Err(e) = sqlx::PgConnection::connect(&server).await {
-                    let redacted = backfill_core::secret::redact(&server);
-                    assert!(
-                        !services_required(),
-                        "PostgreSQL not reachable at {redacted}: {e}"
-                    );
-                    skip(&redacted);
-                    return None;
+                    return backfill_testkit::unreachable("PostgreSQL", &server, &e);
                 }
                 let schema = format!("bf_test_{}", uuid::Uuid::now_v7().simple());
                 let sep = if server.contains('?') { '&' } else { '?' };
@@ -228,11 +211,6 @@ impl TestDb {
                 .unwrap();
         }
     }
-}
-
-#[allow(clippy::print_stderr, reason = "the one way a test can say it skipped")]
-fn skip(url: &str) {
-    eprintln!("skipped: PostgreSQL not reachable at {url}");
 }
 
 /// Runs one test on a fresh database of `backend`, then cleans it up, also when it panics.
