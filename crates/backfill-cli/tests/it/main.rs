@@ -19,3 +19,4 @@ mod idempotency;
 mod lifecycle;
 mod matrix;
 mod replica_lag;
+mod sql_mode;
