@@ -149,3 +149,75 @@ async fn sql_mode_without_a_source_refuses_limits_that_count_rows() {
     );
     assert!(run.stderr.contains("only `sql` mode"), "{run:?}");
 }
+
+/// The same rollup in PostgreSQL, without a source: the statement runs in the target, the
+/// window bound as `timestamptz`.
+#[tokio::test]
+async fn sql_mode_without_a_source_runs_in_postgres() {
+    let base = std::env::var("BACKFILL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = match sqlx::PgPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("PostgreSQL at {base} is required in CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: PostgreSQL at {base} is not reachable: {e}");
+            return;
+        }
+    };
+    let schema = format!("bf_sqlmode_{}", std::process::id());
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+        format!("CREATE TABLE {schema}.events (ts timestamptz NOT NULL, amount bigint NOT NULL)"),
+        format!(
+            "INSERT INTO {schema}.events VALUES ('2026-01-01T01:00:00Z', 1), \
+             ('2026-01-01T23:59:59Z', 2), ('2026-01-02T00:00:00Z', 10)"
+        ),
+        format!("CREATE TABLE {schema}.daily (day date PRIMARY KEY, n bigint, total bigint)"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let ws = Workspace::new();
+    let text = format!(
+        r#"name = "pg_rollup"
+reason = "recompute"
+
+[target]
+url = "{base}"
+mode = "sql"
+sql = "INSERT INTO {schema}.daily SELECT (ts AT TIME ZONE 'UTC')::date, count(*), sum(amount) FROM {schema}.events WHERE ts >= :start AND ts < :end GROUP BY 1 ON CONFLICT (day) DO UPDATE SET n = excluded.n, total = excluded.total"
+
+[scope]
+start = "2026-01-01T00:00:00Z"
+end = "2026-01-03T00:00:00Z"
+partition = "1d"
+"#
+    );
+    let path = ws.write("spec.toml", &text);
+    let plan = ws.run(&["plan", &path]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let run = ws.run(&["run", &path]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got: Vec<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT day::text, n, total FROM {schema}.daily ORDER BY day"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        [
+            ("2026-01-01".to_owned(), 2, 3),
+            ("2026-01-02".to_owned(), 1, 10)
+        ]
+    );
+}
