@@ -191,7 +191,7 @@ impl Db {
     }
 }
 
-fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
+pub(crate) fn skip_or_fail<T>(what: &str, url: &str, e: &sqlx::Error) -> Option<T> {
     assert!(
         !required(),
         "{what} is required (CI) but not reachable at {url}: {e}"
