@@ -136,6 +136,9 @@ const INSTANTS: &[&str] = &[
     "9999-12-31T23:59:59.999999999+14:00",
     "-9999-01-01",
     "+262142-12-31T23:59:59",
+    "+262142-12-31T23:59:59.999999999",
+    "262142-12-31 23:59:59",
+    "-262143-01-01",
     "-262143-01-01T00:00:00",
     "262143-12-31",
     "2026-03-01T00:00:00-23:59",
@@ -302,17 +305,26 @@ fn generated() -> impl Strategy<Value = String> {
         format!("list = [{}]\n", items.join(", "))
     });
     let scope = prop_oneof![4 => time, 3 => key, 1 => list];
+    let order = prop_oneof![
+        Just(String::new()),
+        Just("order = \"largest_first\"\n".to_owned()),
+        (pick(INSTANTS), pick(INSTANTS))
+            .prop_map(|(a, b)| format!("order = [\"{a}\", \"{a}..{b}\", \"{b}\"]\n")),
+        (pick(INTEGERS), pick(INTEGERS))
+            .prop_map(|(a, b)| format!("order = [\"{a}..{b}\", \"{b}\"]\n")),
+    ];
     let limits = (
         mostly(GOOD_COUNTS, INTEGERS),
         mostly(GOOD_DURATIONS, DURATIONS),
         mostly(GOOD_DURATIONS, DURATIONS),
         mostly(GOOD_ZONES, ZONES),
         mostly(GOOD_COUNTS, INTEGERS),
+        order,
     )
-        .prop_map(|(split_rows, duration, retry, zone, rows)| {
+        .prop_map(|(split_rows, duration, retry, zone, rows, order)| {
             format!(
                 "[limits]\nsplit_rows = {split_rows}\nretry_cap = \"{retry}\"\n\
-                 window = \"22:00-06:00 {zone}\"\n\
+                 window = \"22:00-06:00 {zone}\"\n{order}\
                  budget = {{ rows = {rows}, duration = \"{duration}\" }}\n"
             )
         });
