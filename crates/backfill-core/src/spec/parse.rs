@@ -1207,6 +1207,9 @@ fn list_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
     ok.then_some(Scope::List(windows))
 }
 
+/// The largest `limits.batch_rows`: connectors reserve memory for a whole batch up front.
+const MAX_BATCH_ROWS: u32 = 10_000_000;
+
 fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
     let d = Limits::default();
     let concurrency = w.positive_u32(t, "limits", "concurrency", d.concurrency.get());
@@ -1227,7 +1230,14 @@ fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
             "at most 1024",
         );
     }
-    if batch_rows.get() > 1_000_000 {
+    if batch_rows.get() > MAX_BATCH_ROWS {
+        w.error(
+            "limits.batch_rows",
+            t.get("batch_rows").map(|v| v.span()),
+            format!("at most {MAX_BATCH_ROWS} rows, found {batch_rows}"),
+        )
+        .hint = Some("a batch is held in memory; e.g. `batch_rows = 5_000`".to_owned());
+    } else if batch_rows.get() > 1_000_000 {
         w.warn(
             "limits.batch_rows",
             t.get("batch_rows").map(|v| v.span()),

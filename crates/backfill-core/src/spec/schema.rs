@@ -310,7 +310,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "integer",
         Some("5000"),
         false,
-        "Rows per batch: one read, one write and one checkpoint.",
+        "Rows per batch: one read, one write and one checkpoint. At most 10,000,000 (a batch is held in memory).",
     ),
     key(
         "limits.max_attempts",

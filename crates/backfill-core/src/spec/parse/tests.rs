@@ -356,6 +356,12 @@ fn sizes_past_what_can_be_planned_name_the_field() {
         "1",
     )));
     expect![[r#"
+        spec.toml:20:14: error: limits.batch_rows: at most 10000000 rows, found 4294967295
+          hint: a batch is held in memory; e.g. `batch_rows = 5_000`"#]]
+    .assert_eq(&rendered(parse(&format!(
+        "{GOOD}\n[limits]\nbatch_rows = 4294967295\n"
+    ))));
+    expect![[r#"
         spec.toml:20:13: error: limits.retry_cap: must be at most 24h, found 1year 1day
           hint: retries back off exponentially up to `retry_cap`; e.g. `1m`"#]]
     .assert_eq(&rendered(parse(&format!(
