@@ -306,6 +306,28 @@ mod tests {
             }
         }
 
+        /// Every flag and argument that takes a value, given any text: parsed or refused by
+        /// clap (exit 2), never a panic.
+        #[test]
+        fn any_value_of_any_argument_parses_or_errs(value in "\\PC{0,40}", which in 0usize..12) {
+            let v = value.as_str();
+            let argv: Vec<&str> = match which {
+                0 => vec!["throttle", "0193", "--rows-per-second", v],
+                1 => vec!["throttle", "0193", "--batches-per-second", v],
+                2 => vec!["throttle", "0193", "--concurrency", v],
+                3 => vec!["throttle", v, "--concurrency", "2"],
+                4 => vec!["resume", "0193", "--extend-budget", v],
+                5 => vec!["resume", v],
+                6 => vec!["status", v],
+                7 => vec!["audit", v],
+                8 => vec!["quarantine", v, "--retry"],
+                9 => vec!["runs", "--limit", v],
+                10 => vec!["demo", "--rows", v],
+                _ => vec!["pause", v, "--reason", v],
+            };
+            let _ = Cli::try_parse_from(std::iter::once("backfill").chain(argv));
+        }
+
         /// Rates: every u32 from 1 reads back (with `_` separators too), anything larger
         /// or zero is refused.
         #[test]
@@ -328,6 +350,12 @@ mod tests {
             let prefix = &id[..len];
             prop_assert_eq!(parse_run_ref(&prefix.to_ascii_uppercase()), Ok(prefix.to_owned()));
         }
+    }
+
+    #[test]
+    fn the_declarations_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]
