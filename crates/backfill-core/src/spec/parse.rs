@@ -560,10 +560,7 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
         .filter(|r| !r.trim().is_empty());
 
     // `sql` mode runs its own statement: `[source]` is optional there (estimates only).
-    let sql_mode = matches!(
-        root.get("target").map(|t| t.get_ref()),
-        Some(DeValue::Table(t)) if matches!(t.get("mode").map(|m| m.get_ref()), Some(DeValue::String(m)) if m == "sql")
-    );
+    let sql_mode = is_sql_mode(root);
     let source_table = w.section(root, "source", false);
     if source_table.is_none() && root.get("source").is_none() && !sql_mode {
         w.error("source", None, "missing section `[source]`").hint = Some(
@@ -647,6 +644,14 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     parsed.spec = spec;
     parsed.diagnostics = w.diags;
     parsed
+}
+
+/// Whether the file says `target.mode = "sql"`, read before `[target]` is validated.
+fn is_sql_mode(root: &Table<'_>) -> bool {
+    let Some(DeValue::Table(target)) = root.get("target").map(|t| t.get_ref()) else {
+        return false;
+    };
+    matches!(target.get("mode").map(|m| m.get_ref()), Some(DeValue::String(m)) if m == "sql")
 }
 
 /// In `sql` mode without `[source]`, the limits that count a window's rows in the source are
