@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use backfill_core::BudgetExtension;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Controlled, observable, idempotent re-processing of historical data.
@@ -164,14 +165,15 @@ pub(crate) fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Args)]
 pub(crate) struct ResumeArgs {
     /// Run id (or a unique prefix of at least 4 characters).
+    #[arg(value_parser = parse_run_ref)]
     pub(crate) run: String,
     /// The spec file, when it moved since the run was created.
     #[arg(long)]
     pub(crate) spec: Option<PathBuf>,
     /// Grant more budget, added to the spec's: `rows=N,duration=2h,partitions=N,cost=X`
     /// (any subset). Needed to continue a run paused with `budget_exhausted`.
-    #[arg(long, value_name = "LIST")]
-    pub(crate) extend_budget: Option<String>,
+    #[arg(long, value_name = "LIST", value_parser = parse_extension)]
+    pub(crate) extend_budget: Option<BudgetExtension>,
     /// Reopen a cancelled run (its unfinished partitions continue from their checkpoints).
     #[arg(long)]
     pub(crate) reopen: bool,
@@ -183,6 +185,7 @@ pub(crate) struct ResumeArgs {
 #[derive(Debug, Args)]
 pub(crate) struct RequestArgs {
     /// Run id (or a unique prefix of at least 4 characters).
+    #[arg(value_parser = parse_run_ref)]
     pub(crate) run: String,
     /// Why (recorded in the audit trail).
     #[arg(long)]
@@ -195,6 +198,7 @@ pub(crate) struct RequestArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ThrottleArgs {
     /// Run id (or a unique prefix of at least 4 characters).
+    #[arg(value_parser = parse_run_ref)]
     pub(crate) run: String,
     /// Rows read per second for the whole run, or `off` for no limit.
     #[arg(long, value_name = "N|off", value_parser = parse_limit)]
@@ -207,6 +211,45 @@ pub(crate) struct ThrottleArgs {
     pub(crate) concurrency: Option<u32>,
 }
 
+/// A run id or a prefix of one, lower-cased: hex digits and `-`, at most 36 characters (a
+/// UUID). The store says when a prefix is too short, matches nothing or matches several.
+fn parse_run_ref(text: &str) -> Result<String, String> {
+    const HINT: &str = "`backfill runs` lists the run ids";
+    let id = text.trim().to_ascii_lowercase();
+    if id.is_empty() {
+        return Err(format!("empty run id; {HINT}"));
+    }
+    if id.chars().count() > 36 {
+        return Err(format!(
+            "`{}` is longer than a run id (36 characters); {HINT}",
+            preview(text)
+        ));
+    }
+    if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(format!(
+            "`{}` is not a run id: hex digits and `-`, e.g. `0193a1b2`; {HINT}",
+            preview(text)
+        ));
+    }
+    Ok(id)
+}
+
+/// `--extend-budget`: what [`BudgetExtension::parse`] reads, refused here (exit 2) otherwise.
+fn parse_extension(text: &str) -> Result<BudgetExtension, String> {
+    BudgetExtension::parse(text).map_err(|e| {
+        format!("{e}; write it as `rows=1000000,duration=2h,partitions=10,cost=5` (any subset)")
+    })
+}
+
+/// At most 40 characters of `text`, for echoing user input in an error.
+fn preview(text: &str) -> String {
+    let mut out: String = text.chars().take(40).collect();
+    if text.chars().nth(40).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A positive rate, or `off` (stored as 0: no limit).
 fn parse_limit(text: &str) -> Result<u32, String> {
     match text {
@@ -214,7 +257,11 @@ fn parse_limit(text: &str) -> Result<u32, String> {
         _ => match text.replace('_', "").parse::<u32>() {
             Ok(0) => Err("must be at least 1 (or `off` for no limit)".to_owned()),
             Ok(n) => Ok(n),
-            Err(_) => Err(format!("`{text}` is not a whole number or `off`")),
+            Err(_) => Err(format!(
+                "`{}` is not a whole number from 1 to {} or `off`",
+                preview(text),
+                u32::MAX
+            )),
         },
     }
 }
@@ -222,6 +269,7 @@ fn parse_limit(text: &str) -> Result<u32, String> {
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// Run id or unique prefix; the latest run when omitted.
+    #[arg(value_parser = parse_run_ref)]
     pub(crate) run: Option<String>,
 }
 
@@ -235,6 +283,7 @@ pub(crate) struct RunsArgs {
 #[derive(Debug, Args)]
 pub(crate) struct AuditArgs {
     /// Run id or unique prefix; every event when omitted.
+    #[arg(value_parser = parse_run_ref)]
     pub(crate) run: Option<String>,
     /// Verify the hash chain of every event in the store instead of listing events.
     #[arg(long)]
@@ -244,6 +293,7 @@ pub(crate) struct AuditArgs {
 #[derive(Debug, Args)]
 pub(crate) struct QuarantineArgs {
     /// Run id or unique prefix.
+    #[arg(value_parser = parse_run_ref)]
     pub(crate) run: String,
     /// Reopen the partitions with quarantined rows (from the start of their window) and clear
     /// their quarantine; then `backfill resume RUN` writes them again.
@@ -272,4 +322,98 @@ pub(crate) struct DocsArgs {
     /// Fail (exit 1) if the files on disk differ instead of writing them.
     #[arg(long)]
     pub(crate) check: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text: a value or an error naming the input, never a panic.
+        #[test]
+        fn value_parsers_never_panic(text in "\\PC{0,60}") {
+            let _ = parse_limit(&text);
+            let _ = parse_extension(&text);
+            if let Ok(id) = parse_run_ref(&text) {
+                prop_assert!(!id.is_empty() && id.len() <= 36);
+                prop_assert!(id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f' | '-')));
+            }
+        }
+
+        /// Every flag and argument that takes a value, given any text: parsed or refused by
+        /// clap (exit 2), never a panic.
+        #[test]
+        fn any_value_of_any_argument_parses_or_errs(value in "\\PC{0,40}", which in 0usize..12) {
+            let v = value.as_str();
+            let argv: Vec<&str> = match which {
+                0 => vec!["throttle", "0193", "--rows-per-second", v],
+                1 => vec!["throttle", "0193", "--batches-per-second", v],
+                2 => vec!["throttle", "0193", "--concurrency", v],
+                3 => vec!["throttle", v, "--concurrency", "2"],
+                4 => vec!["resume", "0193", "--extend-budget", v],
+                5 => vec!["resume", v],
+                6 => vec!["status", v],
+                7 => vec!["audit", v],
+                8 => vec!["quarantine", v, "--retry"],
+                9 => vec!["runs", "--limit", v],
+                10 => vec!["demo", "--rows", v],
+                _ => vec!["pause", v, "--reason", v],
+            };
+            let _ = Cli::try_parse_from(std::iter::once("backfill").chain(argv));
+        }
+
+        /// Rates: every u32 from 1 reads back (with `_` separators too), anything larger
+        /// or zero is refused.
+        #[test]
+        fn limits_read_whole_numbers_in_range(n in any::<u64>()) {
+            let grouped = n.to_string().chars().rev().collect::<Vec<_>>().chunks(3)
+                .map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("_")
+                .chars().rev().collect::<String>();
+            for text in [n.to_string(), grouped] {
+                match u32::try_from(n) {
+                    Ok(0) | Err(_) => prop_assert!(parse_limit(&text).is_err()),
+                    Ok(v) => prop_assert_eq!(parse_limit(&text), Ok(v)),
+                }
+            }
+        }
+
+        /// A run id and every prefix of it are accepted, in any case, lower-cased.
+        #[test]
+        fn run_ids_and_their_prefixes_are_accepted(bytes in any::<u128>(), len in 1usize..=36) {
+            let id = uuid::Uuid::from_u128(bytes).to_string();
+            let prefix = &id[..len];
+            prop_assert_eq!(parse_run_ref(&prefix.to_ascii_uppercase()), Ok(prefix.to_owned()));
+        }
+    }
+
+    #[test]
+    fn the_declarations_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn value_errors_name_the_input() {
+        let errors = [
+            parse_limit("0").unwrap_err(),
+            parse_limit("4294967296").unwrap_err(),
+            parse_limit("fast").unwrap_err(),
+            parse_run_ref("zzzz").unwrap_err(),
+            parse_run_ref(&"0".repeat(37)).unwrap_err(),
+            parse_run_ref("  ").unwrap_err(),
+        ];
+        expect_test::expect![[r#"
+            must be at least 1 (or `off` for no limit)
+            `4294967296` is not a whole number from 1 to 4294967295 or `off`
+            `fast` is not a whole number from 1 to 4294967295 or `off`
+            `zzzz` is not a run id: hex digits and `-`, e.g. `0193a1b2`; `backfill runs` lists the run ids
+            `0000000000000000000000000000000000000` is longer than a run id (36 characters); `backfill runs` lists the run ids
+            empty run id; `backfill runs` lists the run ids"#]]
+        .assert_eq(&errors.join("\n"));
+        expect_test::expect!["`rows=-1`: `-1` is not a whole number; write it as `rows=1000000,duration=2h,partitions=10,cost=5` (any subset)"]
+            .assert_eq(&parse_extension("rows=-1").unwrap_err());
+        assert_eq!(parse_extension("rows=5, duration=1h").unwrap().rows, 5);
+    }
 }

@@ -57,6 +57,12 @@ impl CostModel {
     }
 }
 
+/// The largest count (rows, partitions) or cost one budget extension may add: a quadrillion.
+pub const MAX_EXTENSION: u64 = 1_000_000_000_000_000;
+
+/// The longest running time one budget extension may add: 100 years.
+pub const MAX_EXTENSION_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Extra allowance granted by `resume --extend-budget rows=…,duration=…,partitions=…,cost=…`.
 /// Extensions add up; `Default` is no extension.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -74,7 +80,9 @@ pub struct BudgetExtension {
 impl BudgetExtension {
     /// Parses `rows=1000000,duration=2h,partitions=10,cost=5` (any subset, any order, spaces
     /// allowed, `_` in numbers). An empty text, an unknown or repeated item, or a bad value is
-    /// an error naming the item.
+    /// an error naming the item. Counts and cost are at most [`MAX_EXTENSION`] and durations
+    /// at most [`MAX_EXTENSION_DURATION`], so extensions summed in the state store (64-bit
+    /// integers) cannot overflow however often a run is extended.
     pub fn parse(text: &str) -> Result<BudgetExtension, String> {
         let mut ext = BudgetExtension::default();
         let mut seen: Vec<&str> = Vec::new();
@@ -93,9 +101,14 @@ impl BudgetExtension {
                 return Err(format!("`{key}` is given twice"));
             }
             let count = |v: &str| -> Result<u64, String> {
-                v.replace('_', "")
+                let n = v
+                    .replace('_', "")
                     .parse::<u64>()
-                    .map_err(|_| format!("`{item}`: `{v}` is not a whole number"))
+                    .map_err(|_| format!("`{item}`: `{v}` is not a whole number"))?;
+                if n > MAX_EXTENSION {
+                    return Err(format!("`{item}`: at most {MAX_EXTENSION}"));
+                }
+                Ok(n)
             };
             match key {
                 "rows" => ext.rows = count(value)?,
@@ -103,14 +116,21 @@ impl BudgetExtension {
                 "duration" => {
                     ext.duration = humantime::parse_duration(value)
                         .map_err(|e| format!("`{item}`: invalid duration ({e}); e.g. `2h`"))?;
+                    if ext.duration > MAX_EXTENSION_DURATION {
+                        return Err(format!("`{item}`: at most 100 years"));
+                    }
                 }
                 "cost" => {
                     ext.cost = value
                         .replace('_', "")
                         .parse::<f64>()
                         .ok()
-                        .filter(|c| c.is_finite() && *c >= 0.0)
-                        .ok_or_else(|| format!("`{item}`: `{value}` is not an amount ≥ 0"))?;
+                        .filter(|c| c.is_finite() && *c >= 0.0 && *c <= MAX_EXTENSION as f64)
+                        .ok_or_else(|| {
+                            format!(
+                                "`{item}`: `{value}` is not an amount from 0 to {MAX_EXTENSION}"
+                            )
+                        })?;
                 }
                 other => {
                     return Err(format!(
@@ -439,6 +459,42 @@ mod tests {
         assert_eq!(line.fraction(), f64::INFINITY);
     }
 
+    proptest! {
+        /// Any text: an extension or an error, never a panic; an extension is within the caps
+        /// and reads back from its own display.
+        #[test]
+        fn any_extension_text_parses_or_errs(text in "\\PC{0,40}") {
+            if let Ok(ext) = BudgetExtension::parse(&text) {
+                prop_assert!(ext.rows <= MAX_EXTENSION && ext.partitions <= MAX_EXTENSION);
+                prop_assert!(ext.duration <= MAX_EXTENSION_DURATION);
+            }
+        }
+
+        #[test]
+        fn extreme_extensions_round_trip_or_name_the_item(
+            rows in prop_oneof![Just(0u64), Just(MAX_EXTENSION), Just(MAX_EXTENSION + 1), Just(u64::MAX), any::<u64>()],
+            secs in prop_oneof![Just(0u64), Just(MAX_EXTENSION_DURATION.as_secs()), Just(u64::MAX / 1000), any::<u64>()],
+            cost in prop_oneof![Just(0.0f64), Just(1e15), Just(1e300), Just(f64::NAN), any::<f64>()],
+        ) {
+            let text = format!("rows={rows}, duration={secs}s ,cost={cost}");
+            match BudgetExtension::parse(&text) {
+                Ok(ext) => {
+                    prop_assert_eq!(ext.rows, rows);
+                    if ext != BudgetExtension::default() {
+                        prop_assert_eq!(BudgetExtension::parse(&ext.to_string()), Ok(ext.clone()));
+                    }
+                    let mut twice = ext.clone();
+                    twice.add(&ext);
+                    prop_assert!(twice.rows >= ext.rows);
+                }
+                Err(e) => prop_assert!(
+                    e.starts_with("`rows=") || e.starts_with("`duration=") || e.starts_with("`cost="),
+                    "{}", e
+                ),
+            }
+        }
+    }
+
     #[test]
     fn extension_parsing() {
         let ext = BudgetExtension::parse("rows=1000000,duration=2h,partitions=10,cost=5").unwrap();
@@ -465,6 +521,10 @@ mod tests {
             "cost=-1",
             "cost=inf",
             "time=2h",
+            "rows=1_000_000_000_000_001",
+            "partitions=18446744073709551616",
+            "duration=101y",
+            "cost=1e16",
         ]
         .iter()
         .map(|t| BudgetExtension::parse(t).unwrap_err())
@@ -475,9 +535,13 @@ mod tests {
             `rows=-1`: `-1` is not a whole number
             `rows` is given twice
             `duration=soon`: invalid duration (expected number at 0); e.g. `2h`
-            `cost=-1`: `-1` is not an amount ≥ 0
-            `cost=inf`: `inf` is not an amount ≥ 0
-            unknown budget item `time` (use rows, duration, partitions or cost)"#]]
+            `cost=-1`: `-1` is not an amount from 0 to 1000000000000000
+            `cost=inf`: `inf` is not an amount from 0 to 1000000000000000
+            unknown budget item `time` (use rows, duration, partitions or cost)
+            `rows=1_000_000_000_000_001`: at most 1000000000000000
+            `partitions=18446744073709551616`: `18446744073709551616` is not a whole number
+            `duration=101y`: at most 100 years
+            `cost=1e16`: `1e16` is not an amount from 0 to 1000000000000000"#]]
         .assert_eq(&errors.join("\n"));
     }
 

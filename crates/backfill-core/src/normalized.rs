@@ -51,17 +51,23 @@ pub struct FieldChange {
 impl NormalizedSpec {
     /// The normalised form of `spec`, planned as `partitions`.
     pub fn of(spec: &Spec, partitions: &[Partition]) -> NormalizedSpec {
-        let source = &spec.source;
         let target = &spec.target;
-        let mut fields: Vec<(&str, Value)> = vec![
-            ("source.url", json!(source.url.identity())),
-            ("source.query", json!(source.query)),
-            ("source.time_format", json!(source.time_format.name())),
+        let mut fields: Vec<(&str, Value)> = Vec::new();
+        // In `sql` mode the statement reads its own rows: a source, when given, only counts
+        // them for `plan`, so it decides nothing written and is not part of the plan.
+        if let Some(source) = &spec.source
+            && !matches!(target.mode, WriteMode::Sql { .. })
+        {
+            fields.push(("source.url", json!(source.url.identity())));
+            fields.push(("source.query", json!(source.query)));
+            fields.push(("source.time_format", json!(source.time_format.name())));
+        }
+        fields.extend([
             ("target.url", json!(target.url.identity())),
             ("target.table", json!(target.table)),
             ("target.key", json!(target.key)),
             ("target.mode", json!(target.mode.name())),
-        ];
+        ]);
         match &target.mode {
             WriteMode::Upsert => {}
             WriteMode::Replace { window_column } => {

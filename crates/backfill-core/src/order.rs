@@ -108,12 +108,17 @@ fn time_item(s: &str, tz: Tz) -> Result<(DateTime<Utc>, DateTime<Utc>), String> 
     if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         let next = day
             .checked_add_days(Days::new(1))
-            .ok_or("date out of range")?;
+            .ok_or_else(|| format!("`{s}` is the last date there is; its day has no end"))?;
         let midnight = |d: NaiveDate| local_instant(d.and_time(NaiveTime::MIN), tz);
         return Ok((midnight(day), midnight(next)));
     }
     match crate::spec::parse_instant(s, tz) {
-        Some(t) => Ok((t, t + chrono::Duration::nanoseconds(1))),
+        Some(t) => {
+            let after = t
+                .checked_add_signed(chrono::TimeDelta::nanoseconds(1))
+                .ok_or_else(|| format!("`{s}` is at the end of time"))?;
+            Ok((t, after))
+        }
         None => Err(format!(
             "`{s}` is not a date (`2025-12-24`), an instant (`2025-12-24T10:00:00Z`), a range \
              `START..END` of those, or a key range (`1000..2000`)"
@@ -195,6 +200,27 @@ mod tests {
 
     use super::*;
     use crate::plan::{Scope, Step, partitions};
+
+    #[test]
+    fn instants_at_the_ends_of_time_do_not_overflow() {
+        let got: Vec<String> = [
+            "+262142-12-31T23:59:59",
+            "+262142-12-31",
+            "-262143-01-01",
+            "9999-12-31T23:59:59Z..+262142-12-31T23:59:59.999999999",
+        ]
+        .iter()
+        .map(|t| match PriorityRange::parse(t, Tz::UTC) {
+            Ok(r) => r.window.to_string(),
+            Err(e) => e,
+        })
+        .collect();
+        expect_test::expect![[r#"
+            [+262142-12-31T23:59:59Z, +262142-12-31T23:59:59.000000001Z)
+            `+262142-12-31` is the last date there is; its day has no end
+            [-262143-01-01T00:00:00Z, -262143-01-02T00:00:00Z)
+            `+262142-12-31T23:59:59.999999999` is not a date (`2025-12-24`), an instant (`2025-12-24T10:00:00Z`), a range `START..END` of those, or a key range (`1000..2000`)"#]].assert_eq(&got.join("\n"));
+    }
 
     fn days(n: u32) -> Vec<Partition> {
         let start = DateTime::parse_from_rfc3339("2025-12-18T00:00:00Z")

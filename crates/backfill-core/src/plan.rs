@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Days, Months, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Days, Months, NaiveDateTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::normalized::NormalizedSpec;
@@ -117,19 +117,43 @@ impl Step {
         if n == 0 {
             return Err("a partition size must be greater than zero".to_owned());
         }
-        let secs = |mult: u64| Ok(Step::Seconds(u64::from(n) * mult));
-        match unit.trim() {
+        let secs = |mult: u64| Step::Seconds(u64::from(n) * mult);
+        let step = match unit.trim() {
             "s" | "sec" | "secs" | "second" | "seconds" => secs(1),
             "m" | "min" | "mins" | "minute" | "minutes" => secs(60),
             "h" | "hr" | "hour" | "hours" => secs(3600),
-            "d" | "day" | "days" => Ok(Step::Days(n)),
-            "w" | "week" | "weeks" => Ok(Step::Weeks(n)),
-            "mo" | "month" | "months" => Ok(Step::Months(n)),
-            "" => Err(format!("`{s}` has no unit (use s, m, h, d, w or mo)")),
-            other => Err(format!("unknown unit `{other}` (use s, m, h, d, w or mo)")),
+            "d" | "day" | "days" => Step::Days(n),
+            "w" | "week" | "weeks" => Step::Weeks(n),
+            "mo" | "month" | "months" => Step::Months(n),
+            "" => return Err(format!("`{s}` has no unit (use s, m, h, d, w or mo)")),
+            other => return Err(format!("unknown unit `{other}` (use s, m, h, d, w or mo)")),
+        };
+        if step.nominal_seconds() > MAX_STEP_SECONDS {
+            return Err(format!(
+                "`{s}` is longer than {MAX_STEP_YEARS} years, the largest partition size"
+            ));
+        }
+        Ok(step)
+    }
+
+    /// The step's length in seconds, with calendar units at their average length (a day is
+    /// 86,400 s, a month 30.436875 days): exact for fixed steps, an estimate for calendar ones.
+    pub fn nominal_seconds(&self) -> f64 {
+        match *self {
+            Step::Seconds(s) => s as f64,
+            Step::Days(d) => f64::from(d) * 86_400.0,
+            Step::Weeks(w) => f64::from(w) * 7.0 * 86_400.0,
+            Step::Months(m) => f64::from(m) * 30.436_875 * 86_400.0,
         }
     }
 }
+
+/// The longest partition size [`Step::parse`] accepts, in years. Longer steps are surely typos,
+/// and keeping them far inside what `chrono` can add keeps the planner's arithmetic exact.
+pub const MAX_STEP_YEARS: u32 = 10_000;
+
+/// [`MAX_STEP_YEARS`] in (average Gregorian) seconds.
+const MAX_STEP_SECONDS: f64 = MAX_STEP_YEARS as f64 * 365.2425 * 86_400.0;
 
 /// What a backfill covers.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,6 +184,36 @@ pub enum Scope {
 
 /// The most partitions one plan may hold; more is almost always a typo in the step.
 pub const MAX_PARTITIONS: usize = 1_000_000;
+
+/// About how many partitions `scope` makes, without planning it, in constant time: exact for
+/// key scopes, lists and fixed time steps; for calendar steps (days, weeks, months) the span
+/// divided by the step's average length, rounded up, which DST changes and month lengths move
+/// by a partition or so. Saturates at `u64::MAX`. Used to refuse a scope too large to plan
+/// before planning it.
+pub fn estimated_partitions(scope: &Scope) -> u64 {
+    match scope {
+        Scope::Time {
+            start, end, step, ..
+        } => {
+            if start >= end {
+                return 0;
+            }
+            let span = (*end - *start).as_seconds_f64();
+            let n = (span / step.nominal_seconds().max(1.0)).ceil();
+            // `as` saturates; a NaN (impossible here) would give 0.
+            n as u64
+        }
+        Scope::Key { from, to, chunk } => {
+            let span = i128::from(*to) - i128::from(*from);
+            if span <= 0 {
+                return 0;
+            }
+            let chunk = i128::from((*chunk).max(1));
+            u64::try_from((span + chunk - 1) / chunk).unwrap_or(u64::MAX)
+        }
+        Scope::List(list) => list.len() as u64,
+    }
+}
 
 /// Why a scope cannot be planned.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -231,10 +285,13 @@ fn time_windows(
             return Err(PlanError::TooManyPartitions);
         }
         n += 1;
+        // Every sum is checked: a step past the end of time (`None`) ends at the scope's end.
         let next = match step {
-            Step::Seconds(secs) => {
-                cursor + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
-            }
+            Step::Seconds(secs) => i64::try_from(secs)
+                .ok()
+                .and_then(TimeDelta::try_seconds)
+                .and_then(|d| cursor.checked_add_signed(d))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
             Step::Days(d) => local_to_utc(
                 local_start.checked_add_days(Days::new(u64::from(d) * u64::from(n))),
                 tz,
@@ -249,7 +306,10 @@ fn time_windows(
                 tz,
             ),
         };
-        let next = next.min(end).max(cursor + chrono::Duration::seconds(1));
+        let at_least = cursor
+            .checked_add_signed(TimeDelta::seconds(1))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let next = next.min(end).max(at_least);
         out.push(Window::Time {
             start: cursor,
             end: next.min(end),
@@ -271,7 +331,10 @@ fn local_to_utc(local: Option<NaiveDateTime>, tz: Tz) -> DateTime<Utc> {
         if let Some(t) = tz.from_local_datetime(&probe).earliest() {
             return t.with_timezone(&Utc);
         }
-        probe += chrono::Duration::minutes(30);
+        let Some(later) = probe.checked_add_signed(TimeDelta::minutes(30)) else {
+            return DateTime::<Utc>::MAX_UTC;
+        };
+        probe = later;
     }
     local.and_utc()
 }
@@ -325,11 +388,15 @@ pub fn plan(spec: &crate::spec::Spec) -> Result<Plan, PlanError> {
 /// versions created, with no normalised spec stored, still resumes when this matches: from
 /// the same folder with the same spec.
 pub fn legacy_hash(spec: &crate::spec::Spec, partitions: &[Partition]) -> String {
+    // A `sql`-mode spec without `[source]` hashes it as empty; with one, as it always did.
+    let source = spec.source.as_ref();
     let mut parts: Vec<String> = vec![
         spec.name.clone(),
-        spec.source.url.redacted(),
-        spec.source.query.clone(),
-        spec.source.time_format.name().to_owned(),
+        source.map(|s| s.url.redacted()).unwrap_or_default(),
+        source.map(|s| s.query.clone()).unwrap_or_default(),
+        source
+            .map_or("rfc3339", |s| s.time_format.name())
+            .to_owned(),
         spec.target.url.redacted(),
         spec.target.table.clone().unwrap_or_default(),
         spec.target.key.join(","),
@@ -610,6 +677,39 @@ mod tests {
                 cursor = end;
             }
             prop_assert_eq!(cursor, from.max(from + len));
+        }
+
+        /// Any step at any instant chrono holds: no overflow panics, the plan still covers
+        /// the scope (a step past the end of time ends at the scope's end).
+        #[test]
+        fn extreme_time_plans_never_panic(
+            start in -8_210_000_000_000i64..8_210_000_000_000,
+            step_kind in 0usize..4,
+            size in prop_oneof![1u32..40, any::<u32>()],
+            secs in prop_oneof![1u64..100_000, any::<u64>()],
+            steps in 0.0f64..300.0,
+            zone in 0usize..4,
+        ) {
+            let zones = ["UTC", "Pacific/Apia", "America/St_Johns", "Australia/Lord_Howe"];
+            let step = match step_kind {
+                0 => Step::Seconds(secs.max(1)),
+                1 => Step::Days(size.max(1)),
+                2 => Step::Weeks(size.max(1)),
+                _ => Step::Months(size.max(1)),
+            };
+            let s = Utc.timestamp_opt(start, 0).unwrap();
+            let len = (step.nominal_seconds() * steps).min(1.6e13) as i64;
+            let e = Utc.timestamp_opt(start.saturating_add(len).min(8_210_000_000_000), 0).unwrap();
+            let scope = Scope::Time { start: s, end: e, step, timezone: zones[zone].parse().unwrap() };
+            let parts = partitions(&scope).unwrap();
+            let mut cursor = s;
+            for p in &parts {
+                let Window::Time { start, end } = p.window else { panic!("time window") };
+                prop_assert_eq!(start, cursor);
+                prop_assert!(end > start);
+                cursor = end;
+            }
+            prop_assert_eq!(cursor, s.max(e));
         }
 
         #[test]

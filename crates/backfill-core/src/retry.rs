@@ -64,7 +64,10 @@ impl RetryPolicy {
         } else {
             0.0
         };
-        RetryDecision::RetryAfter(ceiling.mul_f64(draw))
+        // `mul_f64` would panic on a product it cannot hold; a draw near 1 of a ceiling near
+        // `Duration::MAX` rounds up past it.
+        let delay = Duration::try_from_secs_f64(ceiling.as_secs_f64() * draw).unwrap_or(ceiling);
+        RetryDecision::RetryAfter(delay.min(ceiling))
     }
 }
 
@@ -96,6 +99,21 @@ mod tests {
             big.decide(40, ErrorClass::Transient, 1.0),
             RetryDecision::RetryAfter(Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn a_ceiling_at_the_largest_duration_does_not_overflow() {
+        let p = RetryPolicy {
+            base: Duration::MAX,
+            cap: Duration::MAX,
+            max_attempts: 9,
+        };
+        for draw in [0.0, 0.5, 0.999_999_999_999_999_9, 1.0] {
+            assert!(matches!(
+                p.decide(5, ErrorClass::Transient, draw),
+                RetryDecision::RetryAfter(_)
+            ));
+        }
     }
 
     #[test]

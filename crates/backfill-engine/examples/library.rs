@@ -24,12 +24,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spec = Spec {
         name: "library_example".into(),
         reason: Some("show the library API".into()),
-        source: SourceSpec {
+        source: Some(SourceSpec {
             url: SecretUrl::new(&source),
             query: "SELECT id, ts, amount FROM events WHERE ts >= :start AND ts < :end".into(),
             time_format: TimeFormat::Rfc3339,
             time_column: Some("ts".into()),
-        },
+        }),
         target: TargetSpec {
             url: SecretUrl::new(&target),
             table: Some("events_copy".into()),

@@ -18,6 +18,13 @@ pub enum EngineError {
     /// A source or target could not be opened or checked.
     #[error(transparent)]
     Connector(#[from] ConnectorError),
+    /// An `upsert` or `replace` spec without a source (only a spec built in code can be: the
+    /// parser refuses it).
+    #[error("`{mode}` mode needs a source to read rows from; only `sql` mode can do without")]
+    NoSource {
+        /// The write mode.
+        mode: &'static str,
+    },
     /// The run has no reason.
     #[error("a run needs a reason")]
     NoReason,

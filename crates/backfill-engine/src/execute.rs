@@ -35,7 +35,9 @@ pub(crate) struct Ctx {
     pub(crate) actor: String,
     pub(crate) spec: Spec,
     pub(crate) store: Store,
-    pub(crate) source: AnySource,
+    /// Always present in `upsert` and `replace` modes; in `sql` mode only when the spec has
+    /// `[source]`, which then only counts rows (`split_rows`, `largest_first`).
+    pub(crate) source: Option<AnySource>,
     pub(crate) sink: AnySink,
     /// Moves the rows inside the databases instead of through `source` and `sink`, when the
     /// spec allows it and the systems can (see `backfill_connectors::open_pushdown`).
@@ -72,6 +74,19 @@ impl Ctx {
     /// True when workers must not start another batch: a stop request or a hold.
     pub(crate) fn should_stop(&self) -> bool {
         self.shutdown.is_requested() || self.live.is_held()
+    }
+
+    /// The source rows are read from. `open_connectors` refuses an `upsert` or `replace` spec
+    /// without one, so the error only guards a misuse of the library, without panicking.
+    fn rows_source(&self) -> Result<&AnySource, ConnectorError> {
+        self.source.as_ref().ok_or_else(|| ConnectorError::Sql {
+            context: "reading rows".to_owned(),
+            message: format!(
+                "`{}` mode reads rows from a source, and the spec has no `[source]`",
+                self.spec.target.mode.name()
+            ),
+            class: ErrorClass::Permanent,
+        })
     }
 
     /// Completes when workers must stop (at once if they must).
@@ -372,7 +387,8 @@ impl SlowCheck {
 async fn split_by_estimate(ctx: &Ctx, partition: &Partition, attempt: u32) -> Option<PartitionEnd> {
     let policy = ctx.spec.limits.split;
     policy.rows?;
-    let rows = match ctx.source.count(&partition.window).await {
+    // Parsing refuses `split_rows` in a `sql`-mode spec without `[source]`.
+    let rows = match ctx.source.as_ref()?.count(&partition.window).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot estimate the partition's rows; not splitting it");
@@ -503,7 +519,10 @@ fn can_isolate(ctx: &Ctx) -> bool {
 /// non-empty window) returns false and the partition takes the normal path, which retries.
 /// Replace mode never takes this path: its empty window must still be deleted in the target.
 async fn finish_if_empty(ctx: &Ctx, partition: &Partition) -> bool {
-    match ctx.source.has_rows(&partition.window).await {
+    let Some(source) = &ctx.source else {
+        return false;
+    };
+    match source.has_rows(&partition.window).await {
         Ok(false) => {}
         _ => return false,
     }
@@ -585,7 +604,7 @@ impl Reader {
         let batch_rows = ctx.spec.limits.batch_rows.get();
         Ok(
             match ctx
-                .source
+                .rows_source()?
                 .stream(&partition.window, after, batch_rows)
                 .await?
             {
@@ -605,7 +624,7 @@ impl Reader {
         match self {
             Reader::Pages => {
                 let batch_rows = ctx.spec.limits.batch_rows.get();
-                ctx.source
+                ctx.rows_source()?
                     .read_batch(&partition.window, after, batch_rows)
                     .await
             }
@@ -786,7 +805,7 @@ async fn upsert_partition(
             Staged::Rows(batch) => {
                 let positions = match &key_positions {
                     Some(p) => p,
-                    None => key_positions.insert(ctx.source.key_positions(&batch.columns)?),
+                    None => key_positions.insert(ctx.rows_source()?.key_positions(&batch.columns)?),
                 };
                 batch.rows.last().map(|row| {
                     positions
@@ -973,7 +992,7 @@ async fn replace_rows(
         ctx.live.throttle(batch.len()).await;
         let positions = match &key_positions {
             Some(p) => p,
-            None => key_positions.insert(ctx.source.key_positions(&batch.columns)?),
+            None => key_positions.insert(ctx.rows_source()?.key_positions(&batch.columns)?),
         };
         after = batch
             .rows

@@ -372,7 +372,7 @@ async fn execute_claimed(
             }
             let records =
                 patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
-            let pending = ordered_pending(spec, &records, &ctx.source).await;
+            let pending = ordered_pending(spec, &records, ctx.source.as_ref()).await;
             if pending.is_empty() {
                 break;
             }
@@ -416,7 +416,9 @@ async fn execute_claimed(
         let _ = adaptive.await;
     }
     watcher.abort();
-    ctx.source.close().await;
+    if let Some(source) = &ctx.source {
+        source.close().await;
+    }
     ctx.sink.close().await;
     if let Some(pushdown) = &ctx.pushdown {
         pushdown.close().await;
@@ -521,13 +523,14 @@ pub fn executor(controls: &backfill_store::Controls) -> Executor {
 
 /// The pending partitions of `records` with their checkpoints, in the spec's `order`.
 /// With `order = "largest_first"`, the source's rows of each pending partition are counted,
-/// for at most this long; partitions not counted by then run after the counted ones.
+/// for at most this long; partitions not counted by then (all of them without a source) run
+/// after the counted ones.
 const ESTIMATE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn ordered_pending(
     spec: &Spec,
     records: &[backfill_store::PartitionRecord],
-    source: &AnySource,
+    source: Option<&AnySource>,
 ) -> Vec<execute::Work> {
     let pending: Vec<_> = records
         .iter()
@@ -542,7 +545,9 @@ async fn ordered_pending(
         })
         .collect();
     let mut estimates = vec![None; partitions.len()];
-    if spec.limits.order == backfill_core::order::Order::LargestFirst {
+    if spec.limits.order == backfill_core::order::Order::LargestFirst
+        && let Some(source) = source
+    {
         let started = std::time::Instant::now();
         for (estimate, partition) in estimates.iter_mut().zip(&partitions) {
             if started.elapsed() > ESTIMATE_BUDGET {
@@ -561,17 +566,29 @@ async fn ordered_pending(
         .collect()
 }
 
-/// Opens the source, the target and (when used) the pushdown, and runs the preflight check.
+/// Opens the source (when the spec has one), the target and (when used) the pushdown, and
+/// runs the preflight check. In `sql` mode the statement reads its own rows: the source is
+/// optional and, when given, only counts rows, so it is opened without key columns (its query
+/// need not return the target's key).
 async fn open_connectors(
     spec: &Spec,
     same_database: bool,
     concurrency: u32,
-) -> Result<(AnySource, AnySink, Option<AnyPushdown>), EngineError> {
+) -> Result<(Option<AnySource>, AnySink, Option<AnyPushdown>), EngineError> {
     let pool = concurrency.saturating_add(1);
-    let source = open_source(&spec.source, &spec.target.key, pool).await?;
+    let sql_mode = matches!(spec.target.mode, WriteMode::Sql { .. });
+    let source = match &spec.source {
+        Some(source) => Some(open_source(source, spec.source_key(), pool).await?),
+        None if sql_mode => None,
+        None => {
+            return Err(EngineError::NoSource {
+                mode: spec.target.mode.name(),
+            });
+        }
+    };
     let sink = open_sink(&spec.target, pool).await?;
-    if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
-        preflight(spec, &source, &sink).await?;
+    if let (Some(source), false) = (&source, sql_mode) {
+        preflight(spec, source, &sink).await?;
     }
     if let Ok(Some(false)) = sink.window_indexed().await {
         tracing::warn!(
@@ -626,8 +643,10 @@ async fn open_pushdown_for(
         }
         WriteMode::Sql { .. } => return Ok(None),
     }
-    let Some(pushdown) = open_pushdown(&spec.source, &spec.target, pool, same_database).await?
-    else {
+    let Some(source) = &spec.source else {
+        return Ok(None);
+    };
+    let Some(pushdown) = open_pushdown(source, &spec.target, pool, same_database).await? else {
         return Ok(None);
     };
     // The row path checks the columns of the first batch; the pushdown writes every column

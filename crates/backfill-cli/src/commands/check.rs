@@ -1,6 +1,7 @@
 //! `backfill check SPEC`: validate the file, then the connections and the data's time format.
 
 use backfill_connectors::{ConnectorError, open_sink, open_source};
+use backfill_core::spec::SourceSpec;
 use backfill_core::{Diagnostic, Scope, Spec, Window, WriteMode};
 use serde_json::json;
 
@@ -66,12 +67,16 @@ pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
 /// Connects to the source and target; checks the target columns and the time format.
 async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let source = match open_source(&spec.source, &spec.target.key, 1).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            out.push(open_problem("source", &e));
-            None
-        }
+    // `sql` mode may have no `[source]`: then only the target is checked.
+    let source = match &spec.source {
+        None => None,
+        Some(source) => match open_source(source, spec.source_key(), 1).await {
+            Ok(s) => Some((s, source)),
+            Err(e) => {
+                out.push(open_problem("source", &e));
+                None
+            }
+        },
     };
     let sink = match open_sink(&spec.target, 1).await {
         Ok(s) => Some(s),
@@ -98,13 +103,23 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
             )),
         );
     }
-    let Some(source) = source else { return out };
+    let Some((source, source_spec)) = source else {
+        if let Some(sink) = sink {
+            sink.close().await;
+        }
+        return out;
+    };
     let whole = whole_window(&spec.scope);
     let first = backfill_core::plan::partitions(&spec.scope)
         .ok()
         .and_then(|p| p.into_iter().next())
         .map(|p| p.window);
-    if let Some(window) = first {
+    if let (Some(window), WriteMode::Sql { .. }) = (first, &spec.target.mode) {
+        // The source of `sql` mode only counts rows: that is all there is to check.
+        if let Err(e) = source.count(&window).await {
+            out.push(Diagnostic::error("source.query", e.to_string()));
+        }
+    } else if let Some(window) = first {
         match source.read_batch(&window, None, 1).await {
             Ok(batch) if !batch.columns.is_empty() => {
                 if let Err(e) = source.key_positions(&batch.columns) {
@@ -125,8 +140,8 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
             Err(e) => out.push(Diagnostic::error("source.query", e.to_string())),
         }
     }
-    if let (Some(window @ Window::Time { .. }), Some(column)) = (whole, &spec.source.time_column) {
-        out.extend(time_format_checks(spec, &source, &window, column).await);
+    if let (Some(window @ Window::Time { .. }), Some(column)) = (whole, &source_spec.time_column) {
+        out.extend(time_format_checks(source_spec, &source, &window, column).await);
     }
     source.close().await;
     if let Some(sink) = sink {
@@ -158,13 +173,13 @@ fn open_problem(side: &str, e: &ConnectorError) -> Diagnostic {
 }
 
 async fn time_format_checks(
-    spec: &Spec,
+    spec: &SourceSpec,
     source: &backfill_connectors::AnySource,
     whole: &Window,
     column: &str,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let format = &spec.source.time_format;
+    let format = &spec.time_format;
     match source.sample(whole, column, 20).await {
         Ok(values) if values.is_empty() => {
             let mut hint = None;

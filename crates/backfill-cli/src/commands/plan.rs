@@ -43,7 +43,11 @@ pub(crate) struct Estimates {
 /// Counts rows per partition in the source, within a time budget; the total is extrapolated
 /// from an even sample when counting everything would take too long.
 pub(crate) async fn estimate(spec: &Spec, plan: &Plan) -> anyhow::Result<Option<Estimates>> {
-    let source = open_source(&spec.source, &spec.target.key, 2).await?;
+    // `sql` mode without `[source]`: nothing to count rows in.
+    let Some(source) = &spec.source else {
+        return Ok(None);
+    };
+    let source = open_source(source, spec.source_key(), 2).await?;
     let n = plan.partitions.len();
     let mut rows = vec![None; n];
     let started = Instant::now();
@@ -173,6 +177,9 @@ fn print(
                 " (estimated from a sample of partitions)"
             }
         )),
+        None if spec.source.is_none() => out.line(
+            "  rows:       not estimated (`sql` mode without `[source]`; add one to count the rows of each window)",
+        ),
         None => out.line("  rows:       not estimated"),
     }
     out.line(format!(

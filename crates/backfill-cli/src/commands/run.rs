@@ -83,19 +83,12 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
     }
     let extra = match &args.extend_budget {
         None => BudgetExtra::default(),
-        Some(text) => {
-            let ext = backfill_core::budget::BudgetExtension::parse(text).map_err(|e| {
-                UserError::new(format!("--extend-budget: {e}")).hint(
-                    "write it as `rows=1000000,duration=2h,partitions=10,cost=5` (any subset)",
-                )
-            })?;
-            BudgetExtra {
-                rows: ext.rows,
-                duration_ms: u64::try_from(ext.duration.as_millis()).unwrap_or(u64::MAX),
-                partitions: ext.partitions,
-                cost: ext.cost,
-            }
-        }
+        Some(ext) => BudgetExtra {
+            rows: ext.rows,
+            duration_ms: u64::try_from(ext.duration.as_millis()).unwrap_or(u64::MAX),
+            partitions: ext.partitions,
+            cost: ext.cost,
+        },
     };
     // Unless another process executes the run (and keeps its own spec), check the spec before
     // anything is written, so a refused resume changes nothing.

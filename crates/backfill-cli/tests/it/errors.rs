@@ -338,6 +338,24 @@ async fn bad_command_line_arguments_exit_2() {
         &["runs", "--limit", "many"],
         &["plan"],
         &["--log-format", "xml", "runs"],
+        // Values the binary parses: refused with the value named, never a panic.
+        &["status", "not-a-run!"],
+        &[
+            "resume",
+            "0193",
+            "--extend-budget",
+            "rows=99999999999999999999",
+        ],
+        &[
+            "resume",
+            "0193",
+            "--extend-budget",
+            "duration=584942417355y",
+        ],
+        &["resume", "0193", "--extend-budget", "cost=1e400"],
+        &["throttle", "0193", "--rows-per-second", "4294967296"],
+        &["throttle", "0193", "--concurrency", "0"],
+        &["cancel", "0193aaaa-bbbb-cccc-dddd-eeeeffff00001"],
     ];
     for args in cases {
         let ran = ws.run(args);
@@ -355,6 +373,28 @@ async fn bad_command_line_arguments_exit_2() {
     let help = ws.run(&["--help"]);
     assert_eq!(help.code, 0, "{help:#?}");
     assert!(help.stdout.contains("Usage"), "{}", help.stdout);
+}
+
+/// A partition size past the end of time panicked the planner (exit 101): now it is a
+/// diagnostic at the field, exit 2, from `plan` and `run` alike.
+#[tokio::test]
+async fn a_partition_size_past_the_end_of_time_is_an_error_not_a_panic() {
+    let ws = Workspace::new();
+    let spec = setup(&ws, 10, "")
+        .await
+        .replace("partition = \"1d\"", "partition = \"4000000000h\"");
+    ws.write(SPEC, &spec);
+    for args in [&["plan", SPEC, "--no-estimate"][..], &["run", SPEC][..]] {
+        let ran = ws.run(args);
+        assert_eq!(ran.code, 2, "{args:?}: {ran:#?}");
+        assert!(
+            ran.stderr.contains(
+                "error: scope.partition: invalid partition size: `4000000000h` is longer than 10000 years"
+            ),
+            "{args:?}: {}",
+            ran.stderr
+        );
+    }
 }
 
 #[tokio::test]

@@ -22,3 +22,4 @@ mod matrix;
 mod output;
 mod replan;
 mod replica_lag;
+mod sql_mode;

@@ -32,8 +32,10 @@ pub struct Spec {
     pub name: String,
     /// Why the backfill exists, when the spec says.
     pub reason: Option<String>,
-    /// Where rows come from.
-    pub source: SourceSpec,
+    /// Where rows come from. Always present in `upsert` and `replace` modes; in `sql` mode,
+    /// where the statement reads its own rows, optional and used only to count a window's
+    /// rows (`plan`'s estimates, `limits.split_rows`, `order = "largest_first"`).
+    pub source: Option<SourceSpec>,
     /// Where rows go.
     pub target: TargetSpec,
     /// What to cover.
@@ -47,6 +49,18 @@ pub struct Spec {
     /// Hash of the spec text (before `${VAR}` expansion), wherever the file lies. The plan
     /// hash, not this, decides whether a run may continue (see [`crate::normalized`]).
     pub spec_hash: String,
+}
+
+impl Spec {
+    /// The key columns the source query must return: the target's key in `upsert` and
+    /// `replace` modes (rows are read and written in key order), none in `sql` mode, where the
+    /// source only counts a window's rows.
+    pub fn source_key(&self) -> &[String] {
+        match self.target.mode {
+            WriteMode::Sql { .. } => &[],
+            _ => &self.target.key,
+        }
+    }
 }
 
 /// Where rows come from.
@@ -70,7 +84,8 @@ pub struct TargetSpec {
     /// Target table, validated identifier (`table` or `schema.table`); `None` only in `sql`
     /// mode.
     pub table: Option<String>,
-    /// Key columns, validated identifiers; empty only in `sql` mode.
+    /// Key columns, validated identifiers; never empty in `upsert` and `replace` modes, not
+    /// used (and usually empty) in `sql` mode.
     pub key: Vec<String>,
     /// How rows are written.
     pub mode: WriteMode,

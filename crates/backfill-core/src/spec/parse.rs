@@ -19,7 +19,7 @@ use crate::budget::{Budget, CostModel};
 use crate::diag::{Diagnostic, line_col};
 use crate::order::{Order, PriorityRange};
 use crate::params::named_params;
-use crate::plan::{Scope, Step, Window, short_hash};
+use crate::plan::{MAX_PARTITIONS, Scope, Step, Window, estimated_partitions, short_hash};
 use crate::retry::RetryPolicy;
 use crate::run_window::RunWindow;
 use crate::secret::{SecretUrl, redact};
@@ -220,17 +220,6 @@ impl<'t> Walker<'t> {
         }
     }
 
-    fn duration(
-        &mut self,
-        table: &Table<'_>,
-        section: &str,
-        key: &str,
-        default: Duration,
-    ) -> Duration {
-        self.opt_duration(table, section, key)
-            .map_or(default, |(d, _)| d)
-    }
-
     /// A number (TOML float or integer) that must be finite.
     fn float(
         &mut self,
@@ -391,10 +380,22 @@ impl<'t> Walker<'t> {
                 Some(span),
                 format!("unsupported URL `{}`", redact(&expanded)),
             )
-            .hint = Some(format!(
-                "supported schemes: {}; e.g. `sqlite://data/events.db` (relative to the spec file)",
-                SUPPORTED_SCHEMES.join(", ")
-            ));
+            .hint = Some(
+                match expanded
+                    .contains(':')
+                    .then(|| suggest(&scheme, SUPPORTED_SCHEMES))
+                    .flatten()
+                {
+                    Some(close) => format!(
+                        "did you mean `{close}://`? (supported schemes: {})",
+                        SUPPORTED_SCHEMES.join(", ")
+                    ),
+                    None => format!(
+                        "supported schemes: {}; e.g. `sqlite://data/events.db` (relative to the spec file)",
+                        SUPPORTED_SCHEMES.join(", ")
+                    ),
+                },
+            );
             return None;
         }
         // MariaDB speaks the MySQL protocol; the driver only knows `mysql://`.
@@ -565,9 +566,17 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
         .map(|(r, _)| r)
         .filter(|r| !r.trim().is_empty());
 
-    let source = w
-        .section(root, "source", true)
-        .and_then(|t| source_spec(&mut w, t, ctx));
+    // `sql` mode runs its own statement: `[source]` is optional there (estimates only).
+    let sql_mode = is_sql_mode(root);
+    let source_table = w.section(root, "source", false);
+    if source_table.is_none() && root.get("source").is_none() && !sql_mode {
+        w.error("source", None, "missing section `[source]`").hint = Some(
+            "add a `[source]` table with the `url` and `query` rows are read from (only `sql` \
+             mode, which runs its own statement, can do without); see docs/spec.md"
+                .to_owned(),
+        );
+    }
+    let source = source_table.and_then(|t| source_spec(&mut w, t, ctx));
     let target_table = w.section(root, "target", true);
     let scope_table = w.section(root, "scope", true);
     let scope = scope_table.and_then(|t| scope(&mut w, t));
@@ -584,6 +593,9 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     let target = target_table.and_then(|t| target_spec(&mut w, t, ctx, &source_format));
 
     // Cross-field rules.
+    if sql_mode && source_table.is_none() {
+        needs_source(&mut w, root, &limits);
+    }
     if let (Some(src), Some(scope)) = (&source, &scope) {
         let needs_window = !matches!(scope, Scope::List(v) if v.is_empty());
         let params = named_params(&src.query);
@@ -624,8 +636,9 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     w.diags
         .sort_by_key(|d| (d.position.unwrap_or((usize::MAX, 0)), d.path.clone()));
     let has_error = w.diags.iter().any(Diagnostic::is_error);
-    let spec = match (name, source, target, scope, has_error) {
-        (Some(name), Some(source), Some(target), Some(scope), false) => Some(Spec {
+    let source_ok = source.is_some() || (sql_mode && source_table.is_none());
+    let spec = match (name, source_ok, target, scope, has_error) {
+        (Some(name), true, Some(target), Some(scope), false) => Some(Spec {
             name,
             reason,
             source,
@@ -641,6 +654,41 @@ pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
     parsed.spec = spec;
     parsed.diagnostics = w.diags;
     parsed
+}
+
+/// Whether the file says `target.mode = "sql"`, read before `[target]` is validated.
+fn is_sql_mode(root: &Table<'_>) -> bool {
+    let Some(DeValue::Table(target)) = root.get("target").map(|t| t.get_ref()) else {
+        return false;
+    };
+    matches!(target.get("mode").map(|m| m.get_ref()), Some(DeValue::String(m)) if m == "sql")
+}
+
+/// In `sql` mode without `[source]`, the limits that count a window's rows in the source are
+/// errors: there is nothing to count.
+fn needs_source(w: &mut Walker<'_>, root: &Table<'_>, limits: &Limits) {
+    let span = |key: &str| match root.get("limits").map(|l| l.get_ref()) {
+        Some(DeValue::Table(t)) => t.get(key).map(|v| v.span()),
+        _ => None,
+    };
+    let hint = "add a `[source]` whose `query` selects the rows of a window (`:start`, `:end`): \
+                in `sql` mode it is only used to count them";
+    if limits.split.rows.is_some() {
+        w.error(
+            "limits.split_rows",
+            span("split_rows"),
+            "`split_rows` needs `[source]`: it counts each partition's rows in the source",
+        )
+        .hint = Some(hint.to_owned());
+    }
+    if limits.order == Order::LargestFirst {
+        w.error(
+            "limits.order",
+            span("order"),
+            "`largest_first` needs `[source]`: it counts each partition's rows in the source",
+        )
+        .hint = Some(hint.to_owned());
+    }
 }
 
 /// Records the position and span of every value (and table header) under `table`, by dotted
@@ -947,14 +995,27 @@ fn timezone(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Tz> {
                     Some(span),
                     format!("unknown time zone `{s}`"),
                 )
-                .hint = Some(
-                    "use an IANA name such as `UTC`, `Europe/Berlin` or `America/New_York`"
+                .hint = Some(match suggest_zone(&s) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => "use an IANA name such as `UTC`, `Europe/Berlin` or \
+                             `America/New_York`"
                         .to_owned(),
-                );
+                });
                 None
             }
         },
     }
+}
+
+/// The IANA zone closest to `name`: the same name in other case (`europe/berlin`), or a typo
+/// away from one (`Europe/Berln`).
+fn suggest_zone(name: &str) -> Option<String> {
+    let names: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+    names
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(name))
+        .map(|n| (*n).to_owned())
+        .or_else(|| suggest(name, &names))
 }
 
 fn time_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
@@ -969,9 +1030,13 @@ fn time_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
     };
     let start = get(w, "start");
     let end = get(w, "end");
+    let mut step_span = None;
     let step = match w.string(t, "scope", "partition", false) {
         Some((s, span)) => match Step::parse(&s) {
-            Ok(step) => Some(step),
+            Ok(step) => {
+                step_span = Some(span);
+                Some(step)
+            }
             Err(msg) => {
                 w.error(
                     "scope.partition",
@@ -1002,12 +1067,37 @@ fn time_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
         .hint = Some("the scope is the half-open range [start, end)".to_owned());
         return None;
     }
-    Some(Scope::Time {
+    let scope = Scope::Time {
         start,
         end,
         step: step?,
         timezone: tz?,
-    })
+    };
+    within_cap(w, scope, "scope.partition", step_span)
+}
+
+/// Refuses a scope that makes more partitions than a plan may hold, before planning it (the
+/// estimate takes constant time; planning a scope of a billion seconds would not), naming the
+/// field that sets the partition size and the count.
+fn within_cap(
+    w: &mut Walker<'_>,
+    scope: Scope,
+    path: &str,
+    span: Option<Range<usize>>,
+) -> Option<Scope> {
+    let n = estimated_partitions(&scope);
+    if n <= MAX_PARTITIONS as u64 {
+        return Some(scope);
+    }
+    w.error(
+        path,
+        span,
+        format!(
+            "the scope makes about {n} partitions, more than the {MAX_PARTITIONS} a plan may hold"
+        ),
+    )
+    .hint = Some("use a larger partition size, or split the scope into several specs".to_owned());
+    None
 }
 
 fn key_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
@@ -1027,7 +1117,7 @@ fn key_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
     if chunk <= 0 {
         w.error(
             "scope.chunk",
-            Some(chunk_span),
+            Some(chunk_span.clone()),
             format!("chunk must be positive, found {chunk}"),
         );
         ok = false;
@@ -1041,11 +1131,15 @@ fn key_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
         .hint = Some("the scope is the half-open range [from, to)".to_owned());
         ok = false;
     }
-    ok.then(|| Scope::Key {
+    if !ok {
+        return None;
+    }
+    let scope = Scope::Key {
         from,
         to,
         chunk: chunk.unsigned_abs(),
-    })
+    };
+    within_cap(w, scope, "scope.chunk", Some(chunk_span))
 }
 
 fn list_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
@@ -1132,6 +1226,9 @@ fn list_scope(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Scope> {
     ok.then_some(Scope::List(windows))
 }
 
+/// The largest `limits.batch_rows`: connectors reserve memory for a whole batch up front.
+const MAX_BATCH_ROWS: u32 = 10_000_000;
+
 fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
     let d = Limits::default();
     let concurrency = w.positive_u32(t, "limits", "concurrency", d.concurrency.get());
@@ -1143,8 +1240,8 @@ fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
         .get("batches_per_second")
         .map(|_| w.positive_u32(t, "limits", "batches_per_second", u32::MAX));
     let max_attempts = w.positive_u32(t, "limits", "max_attempts", d.retry.max_attempts);
-    let base = w.duration(t, "limits", "retry_base", d.retry.base);
-    let cap = w.duration(t, "limits", "retry_cap", d.retry.cap);
+    let base = retry_delay(w, t, "retry_base", d.retry.base);
+    let cap = retry_delay(w, t, "retry_cap", d.retry.cap);
     if concurrency.get() > 1024 {
         w.error(
             "limits.concurrency",
@@ -1152,7 +1249,14 @@ fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
             "at most 1024",
         );
     }
-    if batch_rows.get() > 1_000_000 {
+    if batch_rows.get() > MAX_BATCH_ROWS {
+        w.error(
+            "limits.batch_rows",
+            t.get("batch_rows").map(|v| v.span()),
+            format!("at most {MAX_BATCH_ROWS} rows, found {batch_rows}"),
+        )
+        .hint = Some("a batch is held in memory; e.g. `batch_rows = 5_000`".to_owned());
+    } else if batch_rows.get() > 1_000_000 {
         w.warn(
             "limits.batch_rows",
             t.get("batch_rows").map(|v| v.span()),
@@ -1208,6 +1312,29 @@ fn limits(w: &mut Walker<'_>, t: &Table<'_>, scope: Option<&Scope>) -> Limits {
         order,
         breaker,
         split,
+    }
+}
+
+/// `limits.retry_base` / `limits.retry_cap`: at most a day, so a retry's backoff
+/// (`base × 2^n`, capped, times a random fraction) always fits a `Duration` and a partition is
+/// never parked for ages by a typo.
+fn retry_delay(w: &mut Walker<'_>, t: &Table<'_>, key: &str, default: Duration) -> Duration {
+    const MAX: Duration = Duration::from_secs(24 * 3600);
+    match w.opt_duration(t, "limits", key) {
+        None => default,
+        Some((d, _)) if d <= MAX => d,
+        Some((d, span)) => {
+            w.error(
+                &join("limits", key),
+                Some(span),
+                format!(
+                    "must be at most 24h, found {}",
+                    humantime::format_duration(d)
+                ),
+            )
+            .hint = Some("retries back off exponentially up to `retry_cap`; e.g. `1m`".to_owned());
+            default
+        }
     }
 }
 

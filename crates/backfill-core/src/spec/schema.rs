@@ -43,7 +43,11 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "source",
-        "Where rows come from: a connection and a query for one window.",
+        "Where rows come from: a connection and a query for one window. Required for \
+         `upsert` and `replace`; optional in `sql` mode, where the statement reads its own rows \
+         and `[source]`, when given, only counts the rows of each window for `plan`'s estimates \
+         (and `limits.split_rows`, `order = \"largest_first\"`), so its query need not return \
+         the key columns.",
     ),
     ("target", "Where rows go, and how they are written."),
     (
@@ -110,7 +114,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "string",
         None,
         false,
-        "SQL returning the rows of one window. Must use `:start` and `:end` (bound parameters, never pasted into the text) and return the target's key columns.",
+        "SQL returning the rows of one window. Must use `:start` and `:end` (bound parameters, never pasted into the text) and, in `upsert` and `replace` modes, return the target's key columns.",
     ),
     key(
         "source.time_format",
@@ -145,7 +149,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "array of strings",
         None,
         true,
-        "Key columns: the upsert conflict target and the order of keyset pagination. Required for `upsert` and `replace`; a single string is accepted.",
+        "Key columns: the upsert conflict target and the order of keyset pagination. Required for `upsert` and `replace`, not used in `sql` mode; a single string is accepted.",
     ),
     key(
         "target.mode",
@@ -306,7 +310,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "integer",
         Some("5000"),
         false,
-        "Rows per batch: one read, one write and one checkpoint.",
+        "Rows per batch: one read, one write and one checkpoint. At most 10,000,000 (a batch is held in memory).",
     ),
     key(
         "limits.max_attempts",

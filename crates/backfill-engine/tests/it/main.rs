@@ -54,12 +54,12 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
     Spec {
         name: "engine_test".into(),
         reason: Some("test".into()),
-        source: SourceSpec {
+        source: Some(SourceSpec {
             url: SecretUrl::new(source),
             query: "SELECT id, ts, v FROM events WHERE ts >= :start AND ts < :end".into(),
             time_format: TimeFormat::Rfc3339,
             time_column: None,
-        },
+        }),
         target: TargetSpec {
             url: SecretUrl::new(target),
             table: Some("copy".into()),

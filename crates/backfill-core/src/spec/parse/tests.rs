@@ -58,7 +58,10 @@ fn a_good_spec_parses() {
     assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
     let spec = parsed.spec.unwrap();
     assert_eq!(spec.name, "orders_repair");
-    assert_eq!(spec.source.url.expose(), "sqlite:///specs/src.db");
+    assert_eq!(
+        spec.source.as_ref().unwrap().url.expose(),
+        "sqlite:///specs/src.db"
+    );
     assert_eq!(spec.target.mode, WriteMode::Upsert);
     assert_eq!(spec.limits.concurrency.get(), 4);
     assert_eq!(crate::plan::partitions(&spec.scope).unwrap().len(), 72);
@@ -171,7 +174,7 @@ fn wrong_types_and_bad_toml() {
         spec.toml: error: scope: missing section `[scope]`
           hint: add a `[scope]` table; see docs/spec.md
         spec.toml: error: source: missing section `[source]`
-          hint: add a `[source]` table; see docs/spec.md
+          hint: add a `[source]` table with the `url` and `query` rows are read from (only `sql` mode, which runs its own statement, can do without); see docs/spec.md
         spec.toml: error: target: missing section `[target]`
           hint: add a `[target]` table; see docs/spec.md"#]],
     );
@@ -182,7 +185,7 @@ fn urls_expand_env_and_never_show_passwords() {
     let text = good_with("sqlite://src.db", "sqlite://src.db?password=${DB_PASSWORD}");
     let spec = parse(&text).spec.unwrap();
     assert_eq!(
-        spec.source.url.expose(),
+        spec.source.as_ref().unwrap().url.expose(),
         "sqlite:///specs/src.db?password=s3cret"
     );
     assert!(!format!("{:?}", spec).contains("s3cret"));
@@ -228,6 +231,142 @@ fn write_modes() {
             spec.toml:13:7: error: target.sql: the statement does not use `:end`
               hint: without the window each partition would redo the whole table"#]],
     );
+}
+
+#[test]
+fn sql_mode_needs_no_source_nor_key() {
+    let without = |extra: &str| {
+        let text = good_with(
+            "key = [\"id\"]",
+            "mode = \"sql\"\nsql = \"INSERT INTO x SELECT * FROM y WHERE ts >= :start AND ts < :end\"",
+        );
+        let start = text.find("[source]").unwrap();
+        let end = text.find("[target]").unwrap();
+        format!("{}{}{extra}", &text[..start], &text[end..])
+    };
+    let parsed = parse(&without(""));
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let spec = parsed.spec.unwrap();
+    assert!(spec.source.is_none());
+    assert!(spec.target.key.is_empty());
+    // Limits that count a window's rows need a source to count them in.
+    check(
+        &without("\n[limits]\nsplit_rows = 1000\norder = \"largest_first\"\n"),
+        expect![[r#"
+            spec.toml:17:14: error: limits.split_rows: `split_rows` needs `[source]`: it counts each partition's rows in the source
+              hint: add a `[source]` whose `query` selects the rows of a window (`:start`, `:end`): in `sql` mode it is only used to count them
+            spec.toml:18:9: error: limits.order: `largest_first` needs `[source]`: it counts each partition's rows in the source
+              hint: add a `[source]` whose `query` selects the rows of a window (`:start`, `:end`): in `sql` mode it is only used to count them"#]],
+    );
+    // Other modes still need one.
+    check(
+        &without("").replace("mode = \"sql\"", "key = [\"id\"]\nmode = \"upsert\""),
+        expect![[r#"
+            spec.toml: error: source: missing section `[source]`
+              hint: add a `[source]` table with the `url` and `query` rows are read from (only `sql` mode, which runs its own statement, can do without); see docs/spec.md"#]],
+    );
+}
+
+#[test]
+fn unknown_zones_and_schemes_suggest_the_closest() {
+    check(
+        &good_with(
+            "partition = \"1h\"",
+            "partition = \"1h\"\ntimezone = \"Europe/Berln\"",
+        ),
+        expect![[r#"
+            spec.toml:18:12: error: scope.timezone: unknown time zone `Europe/Berln`
+              hint: did you mean `Europe/Berlin`?"#]],
+    );
+    check(
+        &good_with(
+            "partition = \"1h\"",
+            "partition = \"1h\"\ntimezone = \"america/new_york\"",
+        ),
+        expect![[r#"
+            spec.toml:18:12: error: scope.timezone: unknown time zone `america/new_york`
+              hint: did you mean `America/New_York`?"#]],
+    );
+    check(
+        &good_with("sqlite://src.db", "postgress://u:hunter2@h/db"),
+        expect![[r#"
+            spec.toml:6:7: error: source.url: unsupported URL `postgress://u:***@h/db`
+              hint: did you mean `postgres://`? (supported schemes: sqlite, postgres, postgresql, mysql, mariadb)"#]],
+    );
+    check(
+        &good_with("sqlite://dst.db", "sqlite3://dst.db"),
+        expect![[r#"
+            spec.toml:10:7: error: target.url: unsupported URL `sqlite3://dst.db`
+              hint: did you mean `sqlite://`? (supported schemes: sqlite, postgres, postgresql, mysql, mariadb)"#]],
+    );
+}
+
+#[test]
+fn sizes_past_what_can_be_planned_name_the_field() {
+    check(
+        &good_with("partition = \"1h\"", "partition = \"4000000000h\""),
+        expect![[r#"
+            spec.toml:17:13: error: scope.partition: invalid partition size: `4000000000h` is longer than 10000 years, the largest partition size
+              hint: e.g. `15m`, `1h`, `1d`, `1mo`"#]],
+    );
+    check(
+        &good_with(
+            "end = \"2026-03-04T00:00:00Z\"",
+            "end = \"9999-12-31T23:59:59Z\"",
+        )
+        .replace("partition = \"1h\"", "partition = \"1s\""),
+        expect![[r#"
+            spec.toml:17:13: error: scope.partition: the scope makes about 251629977599 partitions, more than the 1000000 a plan may hold
+              hint: use a larger partition size, or split the scope into several specs"#]],
+    );
+    let key = |from: &str, to: &str, chunk: &str| {
+        let text = good_with(
+            "start = \"2026-03-01T00:00:00Z\"\nend = \"2026-03-04T00:00:00Z\"\npartition = \"1h\"",
+            &format!("from = {from}\nto = {to}\nchunk = {chunk}"),
+        );
+        parse(&text)
+    };
+    let rendered = |p: Parsed| {
+        p.diagnostics
+            .iter()
+            .map(|d| d.render("spec.toml"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    expect![[r#"
+        spec.toml:17:9: error: scope.chunk: the scope makes about 18446744073709551615 partitions, more than the 1000000 a plan may hold
+          hint: use a larger partition size, or split the scope into several specs"#]]
+    .assert_eq(&rendered(key("-9223372036854775808", "9223372036854775807", "1")));
+    let whole = key(
+        "-9223372036854775808",
+        "9223372036854775807",
+        "9223372036854775807",
+    );
+    assert!(whole.diagnostics.is_empty(), "{:?}", whole.diagnostics);
+    assert_eq!(
+        crate::plan::plan(&whole.spec.unwrap())
+            .unwrap()
+            .partitions
+            .len(),
+        3
+    );
+    expect!["spec.toml:15:8: error: scope.from: integer out of range"].assert_eq(&rendered(key(
+        "-9223372036854775809",
+        "0",
+        "1",
+    )));
+    expect![[r#"
+        spec.toml:20:14: error: limits.batch_rows: at most 10000000 rows, found 4294967295
+          hint: a batch is held in memory; e.g. `batch_rows = 5_000`"#]]
+    .assert_eq(&rendered(parse(&format!(
+        "{GOOD}\n[limits]\nbatch_rows = 4294967295\n"
+    ))));
+    expect![[r#"
+        spec.toml:20:13: error: limits.retry_cap: must be at most 24h, found 1year 1day
+          hint: retries back off exponentially up to `retry_cap`; e.g. `1m`"#]]
+    .assert_eq(&rendered(parse(&format!(
+        "{GOOD}\n[limits]\nretry_cap = \"1y 1d\"\n"
+    ))));
 }
 
 #[test]
@@ -316,7 +455,10 @@ fn databases_default_to_native_time_binding() {
         )
         .replace("sqlite://dst.db", "mariadb://root@127.0.0.1:3306/test");
     let spec = parse(&text).spec.unwrap();
-    assert_eq!(spec.source.time_format, crate::TimeFormat::Native);
+    assert_eq!(
+        spec.source.as_ref().unwrap().time_format,
+        crate::TimeFormat::Native
+    );
     assert_eq!(spec.target.time_format, crate::TimeFormat::Native);
     assert_eq!(spec.target.url.expose(), "mysql://root@127.0.0.1:3306/test");
     assert!(!format!("{spec:?}").contains("s3cret"));
