@@ -317,6 +317,15 @@ pub(crate) async fn execute_quiet(
             }
         })
     };
+    if claim.wait
+        && let Err(EngineError::Held { host, pid, .. }) =
+            backfill_engine::ensure_unclaimed(store, &run.id).await
+    {
+        out.note(format!(
+            "run {} is being executed by pid {pid} on {host}; waiting for it to finish or stop (--wait)",
+            run.id
+        ));
+    }
     let done = done_count(store, run).await?;
     let (tx, renderer) =
         progress::start(run.partitions_total, done, out.is_tty(), quiet || out.json);

@@ -396,3 +396,49 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `--wait`: a second `run SPEC --wait` started while another process executes the run says it
+/// waits, waits for the run to end, then reports it finished without executing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_waits_for_the_holder_then_reports_the_finished_run() {
+    let Some(f) = Fixture::new(StoreKind::Sqlite).await else {
+        return;
+    };
+    let slow = std::fs::read_to_string(&f.spec).unwrap().replace(
+        &format!("rows_per_second = {RATE}"),
+        "rows_per_second = 1000",
+    );
+    std::fs::write(&f.spec, slow).unwrap();
+    let created = f.run(&["run", &f.spec, "--create-only"]);
+    let run_id = created.stdout.trim().to_owned();
+    let mut first = f
+        .command(&["resume", &run_id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first_pid = u64::from(first.id());
+    wait_until("the first process claims the run", || {
+        f.status(&run_id)["claim"]["pid"].as_u64() == Some(first_pid)
+    });
+    let second = f.run(&["run", &f.spec, "--wait"]);
+    let first_code = wait_child(&mut first, Duration::from_secs(30));
+    assert_eq!(first_code, 0);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(
+        second.stderr.contains("waiting for it to finish or stop"),
+        "says it waits: {second:?}"
+    );
+    assert!(
+        second.stdout.contains(&format!("run {run_id} succeeded")),
+        "{second:?}"
+    );
+    let audit = audit_events_of(&f, &run_id);
+    let running = audit
+        .iter()
+        .filter(|e| e["action"] == "run.running")
+        .count();
+    assert_eq!(running, 1, "executed once");
+    f.assert_target_is_source("after --wait").await;
+}
