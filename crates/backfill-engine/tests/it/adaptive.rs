@@ -191,8 +191,10 @@ async fn latency_scenario(url: String, schema: String) {
     );
     // Up toward the maximum in steps of a quarter of it, once a window of probes is in
     // (the first step is enough: a cut from there is still well above the floor).
+    // About 5 s on a quiet machine (×2 per window of probes); a loaded one delays probes and
+    // its jitter may cut once on the way, so the wait is generous.
     let climbed = run
-        .wait_change(started.seq, Duration::from_secs(20), |c| {
+        .wait_change(started.seq, Duration::from_secs(60), |c| {
             c.cause == "recovered" && c.rate.is_some_and(|r| r >= 100.0)
         })
         .await;
