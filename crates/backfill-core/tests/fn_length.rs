@@ -109,7 +109,7 @@ fn mask(text: &str) -> Vec<char> {
             // A char literal ('x', '\n', '\u{7b}') closes within a few characters; a lifetime
             // or label does not.
             let end = if next == Some('\\') {
-                (i + 2..src.len().min(i + 12)).find(|&j| src[j] == '\'')
+                (i + 3..src.len().min(i + 12)).find(|&j| src[j] == '\'')
             } else {
                 (src.get(i + 2) == Some(&'\'')).then_some(i + 2)
             };
@@ -157,7 +157,7 @@ fn item_end(code: &[char], from: usize) -> usize {
             '(' | '[' => depth += 1,
             ')' | ']' => depth -= 1,
             ';' if depth == 0 => return i + 1,
-            '{' if depth == 0 => return matching_brace(code, i) + 1,
+            '{' if depth == 0 => return closing(code, i) + 1,
             _ => {}
         }
         i += 1;
@@ -165,19 +165,23 @@ fn item_end(code: &[char], from: usize) -> usize {
     code.len()
 }
 
-/// The index of the `}` closing the `{` at `open` (the end of the text if none does).
-fn matching_brace(code: &[char], open: usize) -> usize {
+/// The index of the bracket closing the `{` or `[` at `open` (the end of the text if none
+/// does).
+fn closing(code: &[char], open: usize) -> usize {
+    let (up, down) = if code[open] == '[' {
+        ('[', ']')
+    } else {
+        ('{', '}')
+    };
     let mut depth = 0usize;
     for (i, &c) in code.iter().enumerate().skip(open) {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return i;
-                }
+        if c == up {
+            depth += 1;
+        } else if c == down {
+            depth -= 1;
+            if depth == 0 {
+                return i;
             }
-            _ => {}
         }
     }
     code.len().saturating_sub(1)
@@ -233,7 +237,7 @@ fn scan(text: &str) -> Scan {
     let mut i = 0;
     while i < code.len() {
         if code[i] == '#' && code.get(i + 1) == Some(&'[') {
-            let close = item_end_bracket(&code, i + 1);
+            let close = closing(&code, i + 1);
             let attr: String = code[i + 2..close]
                 .iter()
                 .filter(|c| !c.is_whitespace())
@@ -243,7 +247,7 @@ fn scan(text: &str) -> Scan {
                 // Skip further attributes, then the whole item.
                 let mut start = skip_space(&code, i);
                 while code.get(start) == Some(&'#') {
-                    start = skip_space(&code, item_end_bracket(&code, start + 1) + 1);
+                    start = skip_space(&code, closing(&code, start + 1) + 1);
                 }
                 let end = item_end(&code, start);
                 let item: String = code[start..end].iter().collect();
@@ -286,24 +290,6 @@ fn scan(text: &str) -> Scan {
         i = after;
     }
     found
-}
-
-/// The index of the `]` closing the `[` at `open`.
-fn item_end_bracket(code: &[char], open: usize) -> usize {
-    let mut depth = 0usize;
-    for (i, &c) in code.iter().enumerate().skip(open) {
-        match c {
-            '[' => depth += 1,
-            ']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return i;
-                }
-            }
-            _ => {}
-        }
-    }
-    code.len().saturating_sub(1)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -403,7 +389,7 @@ fn first<'a>(s: &'a str) -> [u8; 2] {
     // a comment {
     let a = "{ in a string";
 
-    let b = '{';
+    let b = ['{', '\'', '"', '\u{7d}'];
     /* a block { comment
        spanning lines */
     let c = r#"raw " { string"#;
