@@ -1,7 +1,7 @@
 //! Sources and sinks: reading a window of rows and writing batches of them, per database.
 //!
-//! Owns: the [`Source`] and [`Sink`] protocols, one module per system ([`sqlite`] today;
-//! PostgreSQL and MySQL drop in the same way), and the single place where systems are
+//! Owns: the [`Source`] and [`Sink`] protocols, one module per system ([`sqlite`],
+//! [`postgres`], [`mysql`] for MySQL and MariaDB), and the single place where systems are
 //! registered: the closed enums [`AnySource`] and [`AnySink`], built by [`open_source`] and
 //! [`open_sink`] from the URL scheme. The engine only ever sees database-neutral types:
 //! [`Value`], [`Batch`], [`Window`] and [`RowCounts`].

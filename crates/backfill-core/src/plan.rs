@@ -366,9 +366,10 @@ pub struct Plan {
     /// the run so a refused resume can name what changed.
     pub normalized: NormalizedSpec,
     /// Hash of `normalized`: the same for the same source and target databases, query, time
-    /// formats, target table, key, mode and guard, scope and partitions, wherever the spec
-    /// file lies and whatever the passwords. Limits (concurrency, rate, budget) are not part
-    /// of it, so changing them resumes the same run.
+    /// formats, target table, key, mode and guard, scope and partitions (in `sql` mode without
+    /// the source, which only counts rows there), wherever the spec file lies and whatever the
+    /// passwords. Limits (concurrency, rate, budget) are not part of it, so changing them
+    /// resumes the same run.
     pub hash: String,
 }
 

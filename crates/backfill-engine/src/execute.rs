@@ -17,7 +17,7 @@ use std::time::Instant;
 use backfill_connectors::{
     AnyPushdown, AnySink, AnySource, ConnectorError, Extra, PushedBatch, ReplaceTxn, RowStream,
 };
-use backfill_core::retry::{ErrorClass, RetryDecision};
+use backfill_core::retry::{ErrorClass, Failure, NextStep, RetryHistory};
 use backfill_core::secret::redact;
 use backfill_core::{Batch, Partition, PartitionState, RowCounts, Spec, Value, WriteMode};
 use backfill_store::{Outcome, Rejected, Store, StoreError};
@@ -163,12 +163,8 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
     // When this process first started the partition: what "slow" is measured against.
     let first_started = Instant::now();
     let policy = ctx.spec.limits.retry;
-    // While a database is unreachable (a restart, an outage), retries wait it out with
-    // backoff for up to OUTAGE_PATIENCE without using up `max_attempts`.
-    // The current outage: when it began and how many attempts it failed in a row.
-    let mut outage: Option<(Instant, u32)> = None;
-    // Attempts lost to outages in all, which `max_attempts` does not count.
-    let mut outage_attempts = 0u32;
+    // The outage in progress and the attempts outages used (`RetryPolicy::after_failure`).
+    let mut history = RetryHistory::default();
     // Set when the target rejected rows of a pushed-down batch or of a `replace`: the next
     // attempt takes the row path and quarantines them.
     let mut row_path = false;
@@ -302,31 +298,20 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
                 }
             }
             Err(error) => {
-                let class = error.class();
                 let message = redact(&error.to_string());
+                let failure = Failure {
+                    class: error.class(),
+                    unavailable: error.is_unavailable(),
+                    attempt,
+                    at: first_started.elapsed(),
+                };
                 // An unreachable database is waited out by backoff; the breaker guards
                 // against one that answers with errors.
-                let decision = if error.is_unavailable() {
-                    outage_attempts += 1;
-                    let (since, tries) = outage.get_or_insert((Instant::now(), 0));
-                    *tries += 1;
-                    let patient = backfill_core::retry::RetryPolicy {
-                        max_attempts: u32::MAX,
-                        ..policy
-                    };
-                    if since.elapsed() < OUTAGE_PATIENCE {
-                        patient.decide(*tries, class, rand::random::<f64>())
-                    } else {
-                        RetryDecision::GiveUp
-                    }
-                } else {
+                if !failure.unavailable {
                     ctx.live.record_batch(Some(&message));
-                    outage = None;
-                    let counted = attempt.saturating_sub(outage_attempts).max(1);
-                    policy.decide(counted, class, rand::random::<f64>())
-                };
-                match decision {
-                    RetryDecision::RetryAfter(delay) => {
+                }
+                match policy.after_failure(failure, &mut history, rand::random::<f64>()) {
+                    NextStep::Retry(delay) | NextStep::WaitOutOutage(delay) => {
                         if finish(Outcome::Retry { error: &message }).await.is_err() {
                             return PartitionEnd::Interrupted;
                         }
@@ -341,13 +326,8 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
                             () = ctx.stopping() => return PartitionEnd::Interrupted,
                         }
                     }
-                    RetryDecision::GiveUp => {
-                        let text = match class {
-                            ErrorClass::Permanent | ErrorClass::Data => message.clone(),
-                            ErrorClass::Transient => {
-                                format!("{message} (gave up after {attempt} attempts)")
-                            }
-                        };
+                    NextStep::Fail(reason) => {
+                        let text = reason.message(&message, attempt);
                         if finish(Outcome::Failed { error: &text }).await.is_err() {
                             return PartitionEnd::Interrupted;
                         }
@@ -362,9 +342,6 @@ async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
         }
     }
 }
-
-/// How long a partition keeps retrying while a database is unreachable before it fails.
-const OUTAGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Whether a running attempt should stop and split its partition (`limits.split_slow`).
 #[derive(Clone, Copy)]

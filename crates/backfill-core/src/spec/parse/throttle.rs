@@ -1,0 +1,199 @@
+//! `[throttle]`: the probe against the live database and the rules of the adaptive (AIMD)
+//! throttle.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::secret::SecretUrl;
+use crate::spec::{Limits, ParseContext, Probe, ThrottleSpec};
+
+use super::walker::{Table, Walker};
+
+/// `[throttle]`: `None` (with diagnostics) when any of its keys is wrong, so a run never
+/// starts with half a throttle.
+pub(super) fn throttle(
+    w: &mut Walker<'_>,
+    t: &Table<'_>,
+    ctx: &ParseContext<'_>,
+    limits: &Limits,
+) -> Option<ThrottleSpec> {
+    const SECTION: &str = "throttle";
+    let d = ThrottleSpec::default();
+    let problems_before = w.diags.iter().filter(|d| d.is_error()).count();
+    let probe = w
+        .subtable(
+            t,
+            SECTION,
+            "probe",
+            "e.g. `probe = { url = \"postgres://app@db/shop\", sql = \"SELECT 1\" }`",
+        )
+        .map(|p| probe(w, p, ctx));
+    let interval = interval(w, t).unwrap_or(d.interval);
+    let baseline_probes = w.positive_u32(t, SECTION, "baseline_probes", d.baseline_probes);
+    if !(5..=10_000).contains(&baseline_probes.get()) {
+        w.error(
+            "throttle.baseline_probes",
+            t.get("baseline_probes").map(|v| v.span()),
+            format!("must be between 5 and 10000, found {baseline_probes}"),
+        )
+        .hint = Some("a baseline needs enough probes for a p90; 20 takes 20 intervals".to_owned());
+    }
+    let window = w.positive_u32(t, SECTION, "window", d.window);
+    if window.get() > 10_000 {
+        w.error(
+            "throttle.window",
+            t.get("window").map(|v| v.span()),
+            "at most 10000 probes",
+        );
+    }
+    let max_latency_increase = w.fraction(
+        t,
+        SECTION,
+        "max_latency_increase",
+        d.max_latency_increase,
+        |f| f > 0.0,
+        "positive (0.10 allows +10%)",
+    );
+    let max_replica_lag = max_replica_lag(w, t);
+    let decrease_factor = w.fraction(
+        t,
+        SECTION,
+        "decrease_factor",
+        d.decrease_factor,
+        |f| f > 0.0 && f < 1.0,
+        "between 0 and 1 (exclusive)",
+    );
+    let min_rate_fraction = w.fraction(
+        t,
+        SECTION,
+        "min_rate_fraction",
+        d.min_rate_fraction,
+        |f| f > 0.0 && f <= 1.0,
+        "above 0 and at most 1",
+    );
+    let increase_fraction = w.fraction(
+        t,
+        SECTION,
+        "increase_fraction",
+        d.increase_fraction,
+        |f| f > 0.0 && f <= 1.0,
+        "above 0 and at most 1",
+    );
+    let max_rows_per_second = t
+        .get("max_rows_per_second")
+        .map(|_| w.positive_u32(t, SECTION, "max_rows_per_second", u32::MAX));
+    needs_rate_and_probe(
+        w,
+        max_rows_per_second.is_some() || limits.rows_per_second.is_some(),
+        probe.is_some(),
+        max_replica_lag.as_ref().map(|(_, span)| span.clone()),
+    );
+    let probe = match probe {
+        Some((Some(url), Some(sql))) => Some(Probe { url, sql }),
+        Some(_) => return None,
+        None => None,
+    };
+    if w.diags.iter().filter(|d| d.is_error()).count() != problems_before {
+        return None;
+    }
+    Some(ThrottleSpec {
+        probe,
+        interval,
+        baseline_probes: baseline_probes.get(),
+        max_latency_increase,
+        max_replica_lag: max_replica_lag.map(|(lag, _)| lag),
+        decrease_factor,
+        min_rate_fraction,
+        increase_fraction,
+        window: window.get(),
+        max_rows_per_second,
+    })
+}
+
+/// `throttle.probe`: its URL and a non-empty statement.
+fn probe(
+    w: &mut Walker<'_>,
+    p: &Table<'_>,
+    ctx: &ParseContext<'_>,
+) -> (Option<SecretUrl>, Option<String>) {
+    let url = w.url(p, "throttle.probe", ctx);
+    let sql = w
+        .string(p, "throttle.probe", "sql", true)
+        .and_then(|(sql, span)| {
+            if sql.trim().is_empty() {
+                w.error(
+                    "throttle.probe.sql",
+                    Some(span),
+                    "the probe statement is empty",
+                )
+                .hint = Some(
+                    "e.g. `sql = \"SELECT 1\"`, or a cheap query live traffic runs".to_owned(),
+                );
+                None
+            } else {
+                Some(sql)
+            }
+        });
+    (url, sql)
+}
+
+/// `throttle.interval`, between 10 ms and 10 minutes, when given and valid.
+fn interval(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Duration> {
+    w.opt_duration(t, "throttle", "interval")
+        .and_then(|(i, span)| {
+            if (Duration::from_millis(10)..=Duration::from_secs(600)).contains(&i) {
+                Some(i)
+            } else {
+                w.error(
+                    "throttle.interval",
+                    Some(span),
+                    "must be between 10ms and 10m",
+                );
+                None
+            }
+        })
+}
+
+/// `throttle.max_replica_lag`, longer than zero, with its span.
+fn max_replica_lag(w: &mut Walker<'_>, t: &Table<'_>) -> Option<(Duration, Range<usize>)> {
+    w.opt_duration(t, "throttle", "max_replica_lag")
+        .and_then(|(lag, span)| {
+            if lag.is_zero() {
+                w.error(
+                    "throttle.max_replica_lag",
+                    Some(span),
+                    "must be longer than zero",
+                );
+                None
+            } else {
+                Some((lag, span))
+            }
+        })
+}
+
+/// The throttle needs a maximum rate to start at; without a probe it only reacts to errors
+/// (a warning), and cannot watch replica lag (an error at `lag_span`).
+fn needs_rate_and_probe(
+    w: &mut Walker<'_>,
+    has_max_rate: bool,
+    has_probe: bool,
+    lag_span: Option<Range<usize>>,
+) {
+    const SECTION: &str = "throttle";
+    if !has_max_rate {
+        w.error(SECTION, None, "the throttle has no maximum rate")
+            .hint = Some(
+            "set `throttle.max_rows_per_second` or `limits.rows_per_second`: the rate the run starts at and never exceeds"
+                .to_owned(),
+        );
+    }
+    if !has_probe {
+        if let Some(span) = lag_span {
+            w.error("throttle.max_replica_lag", Some(span), "`max_replica_lag` needs `probe`")
+                .hint = Some("the lag is measured on the probe's database; add `probe = { url = …, sql = \"SELECT 1\" }`".to_owned());
+        } else {
+            w.warn(SECTION, None, "without `probe` the throttle reacts to errors only")
+                .hint = Some("add `probe = { url = …, sql = \"SELECT 1\" }` against the live database to watch its latency".to_owned());
+        }
+    }
+}
