@@ -35,6 +35,7 @@ mod error;
 mod events;
 mod execute;
 mod patience;
+mod pending;
 mod shutdown;
 pub mod status;
 
@@ -46,7 +47,7 @@ use backfill_connectors::{
 use backfill_core::plan::Plan;
 use backfill_core::retry::ErrorClass;
 use backfill_core::{Guarantee, PartitionState, RowCounts, RunState, Spec, WriteMode};
-use backfill_store::{NewRun, RunRecord, Store};
+use backfill_store::{NewRun, PartitionTotals, RunRecord, Store};
 use tokio::sync::mpsc;
 
 pub use claim::{DEFAULT_LEASE, ensure_unclaimed};
@@ -56,7 +57,8 @@ pub use events::{Emitter, Event};
 pub use shutdown::Shutdown;
 
 use crate::control::{Controller, Limits, Live};
-use crate::execute::{Ctx, PartitionEnd};
+use crate::execute::Ctx;
+use crate::pending::Pending;
 
 /// Whether `prepare_run` made a new run or found the unfinished one of the same spec.
 #[derive(Clone, Debug)]
@@ -181,7 +183,8 @@ pub struct RunSummary {
     pub total: u64,
     /// Partitions that finished with rows in quarantine (`backfill quarantine RUN`).
     pub quarantined: u64,
-    /// Failed partitions and their last error.
+    /// Failed partitions and their last error, in plan order: the first
+    /// [`SUMMARY_FAILURES`] (`failed` counts them all).
     pub failures: Vec<(String, String)>,
     /// Wall time of this call.
     pub elapsed: std::time::Duration,
@@ -259,10 +262,9 @@ async fn execute_claimed(
     if run.state == RunState::Succeeded {
         if waited {
             // Another process finished it while this one waited: report, do not redo.
-            let records =
-                patience::store(shutdown, "read partitions", || store.partitions(run_id)).await?;
+            let (totals, failures) = read_totals(store, run_id, shutdown).await?;
             let guarantee = guarantee(store, spec);
-            let mut summary = summarize(&records, run.state, started, guarantee, false);
+            let mut summary = summarize(&totals, failures, run.state, started, guarantee, false);
             summary.session_rows_read = 0;
             return Ok(summary);
         }
@@ -304,10 +306,16 @@ async fn execute_claimed(
         })
         .await?;
     }
-    let records =
-        patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
-    let read_before: u64 = records.iter().map(|p| p.counts.read).sum();
-    let finished_before = records.iter().filter(|p| p.state.is_finished()).count() as u64;
+    let totals = patience::store(shutdown, "read the run's totals", || {
+        store.partition_totals(&run.id)
+    })
+    .await?;
+    let read_before = totals.counts.read;
+    let finished_before = PartitionState::ALL
+        .iter()
+        .filter(|s| s.is_finished())
+        .map(|s| totals.count(*s))
+        .sum();
 
     let emitter = Emitter::new(&run.id, options.listener);
     let live = Arc::new(Live::new(spec, limits, capacity));
@@ -372,16 +380,24 @@ async fn execute_claimed(
                 .await?;
                 state = RunState::Running;
             }
-            let records =
-                patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
-            let pending = ordered_pending(spec, &records, &ctx.source).await;
-            if pending.is_empty() {
+            // A pass over the pending work, read a page at a time: never every partition.
+            let pending = Pending::start(
+                spec,
+                store,
+                &run.id,
+                run.partitions_total,
+                &ctx.source,
+                shutdown,
+            )
+            .await?;
+            let pass = execute::run_partitions(ctx.clone(), pending).await;
+            if let Some(e) = pass.error {
+                return Err(e.into());
+            }
+            if pass.idle {
                 break;
             }
-            let ends = execute::run_partitions(ctx.clone(), pending).await;
-            interrupted |= ends
-                .iter()
-                .any(|(_, end)| matches!(end, PartitionEnd::Interrupted));
+            interrupted |= pass.interrupted;
             patience::store(shutdown, "reset interrupted partitions", || {
                 store.reset_interrupted(&run.id, actor)
             })
@@ -430,13 +446,11 @@ async fn execute_claimed(
         store.reset_interrupted(&run.id, actor)
     })
     .await?;
-    let records =
-        patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
+    let (totals, failures) = read_totals(store, &run.id, shutdown).await?;
     let guarantee = Guarantee::of(&spec.target.mode, same_database);
-    let done = records
-        .iter()
-        .all(|p| matches!(p.state, PartitionState::Done | PartitionState::Split));
-    let any_pending = records.iter().any(|p| p.state == PartitionState::Pending);
+    let done =
+        totals.all() == totals.count(PartitionState::Done) + totals.count(PartitionState::Split);
+    let any_pending = totals.count(PartitionState::Pending) > 0;
     let final_state = if done {
         RunState::Succeeded
     } else if cancelled {
@@ -446,7 +460,7 @@ async fn execute_claimed(
     } else {
         RunState::Failed
     };
-    let mut summary = summarize(&records, final_state, started, guarantee, pushed);
+    let mut summary = summarize(&totals, failures, final_state, started, guarantee, pushed);
     summary.session_rows_read = summary.counts.read.saturating_sub(read_before);
     let mut detail = serde_json::json!({
         "done": summary.done,
@@ -519,48 +533,6 @@ pub fn executor(controls: &backfill_store::Controls) -> Executor {
         }
         (host, _) => Executor::Unknown { host },
     }
-}
-
-/// The pending partitions of `records` with their checkpoints, in the spec's `order`.
-/// With `order = "largest_first"`, the source's rows of each pending partition are counted,
-/// for at most this long; partitions not counted by then run after the counted ones.
-const ESTIMATE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn ordered_pending(
-    spec: &Spec,
-    records: &[backfill_store::PartitionRecord],
-    source: &AnySource,
-) -> Vec<execute::Work> {
-    let pending: Vec<_> = records
-        .iter()
-        .filter(|p| p.state == PartitionState::Pending)
-        .collect();
-    let partitions: Vec<backfill_core::Partition> = pending
-        .iter()
-        .map(|p| backfill_core::Partition {
-            id: p.partition_id.clone(),
-            index: p.index as usize,
-            window: p.window,
-        })
-        .collect();
-    let mut estimates = vec![None; partitions.len()];
-    if spec.limits.order == backfill_core::order::Order::LargestFirst {
-        let started = std::time::Instant::now();
-        for (estimate, partition) in estimates.iter_mut().zip(&partitions) {
-            if started.elapsed() > ESTIMATE_BUDGET {
-                break;
-            }
-            *estimate = source.count(&partition.window).await.ok();
-        }
-    }
-    backfill_core::order::order_partitions(&partitions, &spec.limits.order, &estimates)
-        .into_iter()
-        .map(|i| execute::Work {
-            partition: partitions[i].clone(),
-            checkpoint: pending[i].checkpoint.clone(),
-            splittable: pending[i].parent_id.is_none(),
-        })
-        .collect()
 }
 
 /// Opens the source, the target and (when used) the pushdown, and runs the preflight check.
@@ -647,48 +619,51 @@ fn serde_json_reason(run: &RunRecord, from: RunState) -> serde_json::Value {
     serde_json::json!({ "reason": run.reason, "from": from.as_str() })
 }
 
+/// Failed partitions a summary lists by id and error (the count covers them all).
+pub const SUMMARY_FAILURES: usize = 1000;
+
+/// The run's totals and its first [`SUMMARY_FAILURES`] failed partitions with their last
+/// error, from aggregate and indexed queries: never every partition.
+async fn read_totals(
+    store: &Store,
+    run_id: &str,
+    shutdown: &Shutdown,
+) -> Result<(PartitionTotals, Vec<(String, String)>), EngineError> {
+    let totals = patience::store(shutdown, "read the run's totals", || {
+        store.partition_totals(run_id)
+    })
+    .await?;
+    let failed = patience::store(shutdown, "read failed partitions", || {
+        store.partitions_in_state(run_id, PartitionState::Failed, SUMMARY_FAILURES)
+    })
+    .await?;
+    let failures = failed
+        .into_iter()
+        .map(|p| (p.partition_id, p.last_error.unwrap_or_default()))
+        .collect();
+    Ok((totals, failures))
+}
+
 fn summarize(
-    records: &[backfill_store::PartitionRecord],
+    totals: &PartitionTotals,
+    failures: Vec<(String, String)>,
     state: RunState,
     started: std::time::Instant,
     guarantee: Guarantee,
     pushdown: bool,
 ) -> RunSummary {
-    let mut counts = RowCounts::default();
-    for p in records {
-        counts.add(&p.counts);
-    }
-    let failures: Vec<(String, String)> = records
-        .iter()
-        .filter(|p| p.state == PartitionState::Failed)
-        .map(|p| {
-            (
-                p.partition_id.clone(),
-                p.last_error.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
     RunSummary {
         state,
         pause_reason: None,
-        counts,
-        done: records
-            .iter()
-            .filter(|p| p.state == PartitionState::Done)
-            .count() as u64,
-        quarantined: records
-            .iter()
-            .filter(|p| p.state == PartitionState::DoneWithQuarantine)
-            .count() as u64,
-        failed: failures.len() as u64,
+        counts: totals.counts,
+        done: totals.count(PartitionState::Done),
+        quarantined: totals.count(PartitionState::DoneWithQuarantine),
+        failed: totals.count(PartitionState::Failed),
         // A split partition's work is carried by its children: count them, not it.
-        total: records
-            .iter()
-            .filter(|p| p.state != PartitionState::Split)
-            .count() as u64,
+        total: totals.total(),
         failures,
         elapsed: started.elapsed(),
-        session_rows_read: counts.read,
+        session_rows_read: totals.counts.read,
         guarantee,
         pushdown,
     }

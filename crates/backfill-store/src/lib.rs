@@ -57,7 +57,7 @@ pub use audit::{AuditCheck, AuditEvent};
 pub use controls::{BudgetExtra, ControlRequest, Controls, RateChangeRecord, ThrottleChange};
 pub use error::StoreError;
 pub use leases::{Claim, Lease, LeaseHolder, LeaseOwner, run_resource};
-pub use partitions::{Outcome, PartitionRecord, Split};
+pub use partitions::{Outcome, PartitionRecord, PartitionTotals, Split, is_failing};
 pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, RunRecord};
 

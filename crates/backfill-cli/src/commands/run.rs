@@ -173,11 +173,9 @@ pub(crate) async fn find_run(store: &Store, id: &str) -> anyhow::Result<RunRecor
 
 async fn done_count(store: &Store, run: &RunRecord) -> anyhow::Result<u64> {
     Ok(store
-        .partitions(&run.id)
+        .partition_totals(&run.id)
         .await?
-        .iter()
-        .filter(|p| p.state == backfill_core::PartitionState::Done)
-        .count() as u64)
+        .count(backfill_core::PartitionState::Done))
 }
 
 /// Executes with progress display and Ctrl-C handling, then prints the summary. Exit code 1
@@ -367,10 +365,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
     for (id, error) in s.failures.iter().take(10) {
         out.line(format!("  failed:     {id}: {error}"));
     }
-    if s.failures.len() > 10 {
-        out.line(format!(
-            "  … and {} more failed partitions",
-            s.failures.len() - 10
-        ));
+    if s.failed > 10 {
+        out.line(format!("  … and {} more failed partitions", s.failed - 10));
     }
 }

@@ -201,7 +201,13 @@ async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
         parts.iter().all(|p| p.state != PartitionState::Running),
         "nothing left running"
     );
-    let st = status::compute(&store.get_run(&run.id).await.unwrap(), &parts, Utc::now());
+    let totals = backfill_store::PartitionTotals::of(&parts);
+    let st = status::compute(
+        &store.get_run(&run.id).await.unwrap(),
+        &totals,
+        &parts,
+        Utc::now(),
+    );
     assert!(st.success_rate < 1.0);
 
     spec.limits.rows_per_second = None;
