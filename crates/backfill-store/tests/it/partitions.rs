@@ -635,10 +635,10 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
     // A mix of every state: done with counts, retried, failed, running, split, and pending
     // with an error on record.
     let attempt = |i: usize| started(&store, &run.id, &parts[i]);
-    for i in 0..4 {
-        let a = attempt(i).await;
+    for p in &parts[..4] {
+        let a = started(&store, &run.id, p).await;
         store
-            .finish_partition(&run.id, &parts[i].id, a, Outcome::Done, "w")
+            .finish_partition(&run.id, &p.id, a, Outcome::Done, "w")
             .await
             .unwrap();
     }
