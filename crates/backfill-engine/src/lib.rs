@@ -280,6 +280,15 @@ async fn execute_claimed(
     let limits = Limits::of(spec, &controls);
     // Enough connections for the concurrency in force when the session starts.
     let capacity = limits.concurrency.max(spec.limits.concurrency.get());
+    // The preflight reads from the first pending partitions (not the whole plan again).
+    let first: Vec<backfill_core::Window> =
+        patience::store(shutdown, "read pending partitions", || {
+            store.pending_page(&run.id, 0..u64::MAX, false, PREFLIGHT_PARTITIONS)
+        })
+        .await?
+        .into_iter()
+        .map(|p| p.window)
+        .collect();
     // A connection lost while opening is retried; a database that refuses the first
     // connection (a wrong host or port, most likely) fails at once.
     let (source, sink, pushdown) = patience::retry_transient(
@@ -291,7 +300,7 @@ async fn execute_claimed(
             EngineError::Store(s) => s.is_transient(),
             _ => false,
         },
-        || open_connectors(spec, same_database, capacity),
+        || open_connectors(spec, &first, same_database, capacity),
     )
     .await?;
 
@@ -535,9 +544,14 @@ pub fn executor(controls: &backfill_store::Controls) -> Executor {
     }
 }
 
-/// Opens the source, the target and (when used) the pushdown, and runs the preflight check.
+/// Pending partitions whose rows the preflight check reads (the first non-empty one).
+const PREFLIGHT_PARTITIONS: usize = 3;
+
+/// Opens the source, the target and (when used) the pushdown, and runs the preflight check on
+/// the first non-empty window of `first`.
 async fn open_connectors(
     spec: &Spec,
+    first: &[backfill_core::Window],
     same_database: bool,
     concurrency: u32,
 ) -> Result<(AnySource, AnySink, Option<AnyPushdown>), EngineError> {
@@ -545,7 +559,7 @@ async fn open_connectors(
     let source = open_source(&spec.source, &spec.target.key, pool).await?;
     let sink = open_sink(&spec.target, pool).await?;
     if !matches!(spec.target.mode, WriteMode::Sql { .. }) {
-        preflight(spec, &source, &sink).await?;
+        preflight(first, &source, &sink).await?;
     }
     if let Ok(Some(false)) = sink.window_indexed().await {
         tracing::warn!(
@@ -560,14 +574,13 @@ async fn open_connectors(
 /// Checks before any write that the target has the columns the source returns, so a typo in
 /// the query fails the run up front rather than every partition.
 async fn preflight(
-    spec: &Spec,
+    first: &[backfill_core::Window],
     source: &backfill_connectors::AnySource,
     sink: &backfill_connectors::AnySink,
 ) -> Result<(), EngineError> {
-    let scope_partitions = backfill_core::plan::partitions(&spec.scope)?;
     // The first non-empty partition among the first few gives the column list.
-    for partition in scope_partitions.iter().take(3) {
-        let batch = source.read_batch(&partition.window, None, 1).await?;
+    for window in first {
+        let batch = source.read_batch(window, None, 1).await?;
         if !batch.columns.is_empty() {
             source.key_positions(&batch.columns)?;
             sink.check_columns(&batch.columns).await?;

@@ -48,6 +48,9 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
         }
         Err(e) => return Err(e.into()),
     };
+    // The run is stored: its partitions are read back from the store a page at a time, so
+    // the plan (every partition) is not held while the run executes.
+    drop(plan);
     match &launch {
         Launch::Created(r) => out.note(format!(
             "created run {} of `{}`: {} partitions, reason: {}",
@@ -149,6 +152,7 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
         )
         .into());
     }
+    drop(plan);
     let done = done_count(&store, &run).await?;
     out.note(format!(
         "resuming run {} of `{}` from its checkpoints ({}/{} partitions done)",
