@@ -200,10 +200,12 @@ def bench_size(binary, demo, n, budget, rows):
         time.sleep(0.05)
     ended = wait_paused_or_exit(proc, state, 3600)
     if ended == "paused":
+        r["paused_kib"] = vm_rss(proc.proc.pid)
         proc.proc.send_signal(signal.SIGINT)
     proc.exited(block=True)
     r["run_kib"] = proc.rusage.ru_maxrss
-    count, first, last = done_count(state, run_id, resumed_at)
+    # Empty partitions only (those past the demo's rows): the engine's own cost.
+    count, first, last = done_count(state, run_id, resumed_at, rows // 100)
     r["session_done"] = count
     span = (parse_time(last) - parse_time(first)).total_seconds() if count else 0.0
     r["per_partition_ms"] = span * 1000 / max(count, 1)
