@@ -187,6 +187,7 @@ def bench_size(binary, demo, n, budget, rows):
     if wait_paused_or_exit(proc, state, 600) != "paused":
         raise SystemExit("the budget of 10 did not pause the run")
     r["first_pause_s"] = time.perf_counter() - t0
+    r["first_paused_kib"] = vm_rss(proc.proc.pid)
     r["budget10_done"] = done_count(state, run_id)[0]
     b = min(n, budget)
     resumed_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -239,12 +240,15 @@ def report(results, meta):
         L.append(f"| {label} | " + " | ".join(f(r) for r in results) + f" | {target} |")
 
     row("`plan --no-estimate`", lambda r: f"{r['plan_s']:.2f} s")
+    row("  peak RSS of `plan` (every partition in memory)", lambda r: mib(r["plan_kib"]))
     row("create the run (`run --create-only`)", lambda r: f"{r['create_s']:.2f} s", "< 10 s")
     row("  peak RSS while creating", lambda r: mib(r["create_kib"]))
     row("per-partition overhead in a run (empty partitions)", lambda r: f"{r['per_partition_ms']:.3f} ms "
         f"(over {r['session_done']:,})", "≤ 0.5 ms, flat")
     row("peak RSS of `run` (plans the spec to check its hash, then executes)",
         lambda r: mib(r["run_kib"]))
+    row("RSS of `run` executing, after 10 partitions (at the first pause)",
+        lambda r: mib(r["first_paused_kib"]))
     row("RSS of `run` executing, after B partitions (at the budget's pause)",
         lambda r: mib(r["paused_kib"]) if r.get("paused_kib") else "– (ran to the end)",
         "< 100 MiB")
