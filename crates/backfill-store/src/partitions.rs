@@ -166,7 +166,9 @@ fn counts_json(counts: &RowCounts) -> serde_json::Value {
 
 impl Store {
     /// The partitions of run `run_id` (exact id), ordered by plan index; empty for an unknown
-    /// run.
+    /// run. Every record in memory at once: for tests, tools and small runs. The engine and
+    /// `status` never call it; they read [`Store::pending_page`] pages and
+    /// [`Store::partition_totals`].
     pub async fn partitions(&self, run_id: &str) -> Result<Vec<PartitionRecord>, StoreError> {
         let rows = stmt(format!("{PARTITION_COLUMNS} WHERE run_id = ? ORDER BY idx"))
             .bind(run_id)
