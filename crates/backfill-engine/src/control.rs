@@ -237,6 +237,15 @@ pub(crate) struct Live {
     pub(crate) rows_read: AtomicU64,
     /// Partitions finished (done, with or without quarantine) in this session.
     pub(crate) partitions_finished: AtomicU64,
+    /// How many partitions this session may finish under the partition budget (its limit
+    /// plus extensions, less what earlier sessions finished); `u64::MAX` without one. Set by
+    /// the controller at every poll; the dispatcher starts a partition only while the
+    /// partitions finished plus those in flight stay below it, so a budget stops within the
+    /// partitions in flight instead of a poll's worth of partitions later.
+    partition_allowance: watch::Sender<u64>,
+    /// Asks the controller to poll now rather than at the end of its [`POLL`] sleep (the
+    /// dispatcher reached the allowance: the budget's hold is due).
+    poll_now: tokio::sync::Notify,
 }
 
 /// The limits in force: the spec's unless `throttle` changed them.
@@ -284,7 +293,20 @@ impl Live {
             partition_times: Mutex::new(Vec::new()),
             rows_read: AtomicU64::new(0),
             partitions_finished: AtomicU64::new(0),
+            partition_allowance: watch::channel(u64::MAX).0,
+            poll_now: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Partitions this session may still finish under the partition budget (`u64::MAX`
+    /// without one). A receiver, so the dispatcher can wait for an extension.
+    pub(crate) fn partition_allowance(&self) -> watch::Receiver<u64> {
+        self.partition_allowance.subscribe()
+    }
+
+    /// Asks the controller for a decision now.
+    pub(crate) fn poll_now(&self) {
+        self.poll_now.notify_one();
     }
 
     /// The current hold, if any.
@@ -585,6 +607,10 @@ impl Controller {
                     }
                 }
             }
+            let allowance = self.partition_allowance(&extension);
+            self.live
+                .partition_allowance
+                .send_if_modified(|a| std::mem::replace(a, allowance) != allowance);
             let wanted = self.wanted_hold(&controls, &verdict);
             self.live.set_hold(wanted.clone());
             let reason = wanted.as_ref().map(Hold::pause_reason);
@@ -628,6 +654,7 @@ impl Controller {
             }
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
+                () = self.live.poll_now.notified() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -704,6 +731,18 @@ impl Controller {
             partitions: self.partitions_before
                 + self.live.partitions_finished.load(Ordering::Relaxed),
         }
+    }
+
+    /// Partitions this session may finish under the partition budget and `extension`:
+    /// `u64::MAX` without a partition budget.
+    fn partition_allowance(&self, extension: &BudgetExtension) -> u64 {
+        self.spec
+            .limits
+            .budget
+            .partitions
+            .map_or(u64::MAX, |limit| {
+                (limit + extension.partitions).saturating_sub(self.partitions_before)
+            })
     }
 
     /// The hold the run should be under now, most serious first.

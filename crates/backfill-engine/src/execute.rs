@@ -27,6 +27,7 @@ use crate::control::Live;
 use crate::error::AttemptError;
 use crate::events::{Emitter, Event};
 use crate::patience;
+use crate::pending::Pending;
 use crate::shutdown::Shutdown;
 
 /// Everything a partition worker needs, shared by all workers of a run.
@@ -98,23 +99,48 @@ impl Ctx {
     }
 }
 
-/// Runs `pending` partitions (in the given order) with at most the current concurrency in
-/// flight; returns how each ended. Returns early, with the rest untouched, on a stop request
-/// or a hold.
-pub(crate) async fn run_partitions(
-    ctx: Arc<Ctx>,
-    pending: Vec<Work>,
-) -> Vec<(String, PartitionEnd)> {
+/// How a pass of [`run_partitions`] ended.
+#[derive(Debug, Default)]
+pub(crate) struct PassEnd {
+    /// Some partition was interrupted (a stop request or a lost lease) and is left for a
+    /// later resume.
+    pub(crate) interrupted: bool,
+    /// The pass found no pending work at all (it read to the end and started nothing): the
+    /// run has nothing left to do.
+    pub(crate) idle: bool,
+    /// Reading the next page of pending work failed (after the store's patience): the pass
+    /// stopped starting partitions and let those in flight end.
+    pub(crate) error: Option<StoreError>,
+}
+
+/// Runs the partitions of `pending` (in its order, a page at a time) with at most the current
+/// concurrency in flight. Returns early, with the rest untouched, on a stop request or a
+/// hold. Never starts a partition that could take the session past the partition budget
+/// ([`Live::partition_allowance`]): when the partitions finished plus those in flight reach
+/// it, it waits for them and asks the controller for its decision (the budget's hold).
+pub(crate) async fn run_partitions(ctx: Arc<Ctx>, mut pending: Pending) -> PassEnd {
     let mut concurrency = ctx.live.concurrency();
-    let mut queue: std::collections::VecDeque<Work> = pending.into();
+    let mut allowance = ctx.live.partition_allowance();
+    let mut queue: std::collections::VecDeque<Work> = std::collections::VecDeque::new();
+    let mut more = true;
     let mut tasks = JoinSet::new();
-    let mut ends = Vec::new();
+    let mut end = PassEnd::default();
+    let mut started = 0u64;
     loop {
         let limit = *concurrency.borrow_and_update() as usize;
-        while tasks.len() < limit && !ctx.should_stop() {
+        let allowed = *allowance.borrow_and_update();
+        let capped = |in_flight: usize| {
+            let finished = ctx.live.partitions_finished.load(Ordering::Relaxed);
+            finished.saturating_add(in_flight as u64) >= allowed
+        };
+        while tasks.len() < limit && !ctx.should_stop() && !capped(tasks.len()) {
+            if queue.is_empty() && more {
+                more = refill(&mut pending, &mut queue, &mut end).await;
+            }
             let Some(work) = queue.pop_front() else {
                 break;
             };
+            started += 1;
             let ctx = ctx.clone();
             tasks.spawn(async move {
                 let id = work.partition.id.clone();
@@ -122,18 +148,32 @@ pub(crate) async fn run_partitions(
             });
         }
         if tasks.is_empty() {
-            break;
+            if queue.is_empty() && more && capped(0) && !ctx.should_stop() {
+                // Is there work left for the budget to hold back?
+                more = refill(&mut pending, &mut queue, &mut end).await;
+            }
+            if !capped(0) || ctx.should_stop() || queue.is_empty() {
+                break;
+            }
+            // The budget allows no more partitions: its hold is due. Wait for it, or for an
+            // extension (`resume --extend-budget` while this process runs).
+            ctx.live.poll_now();
+            tokio::select! {
+                () = ctx.stopping() => {}
+                _ = allowance.changed() => {}
+            }
+            continue;
         }
         tokio::select! {
             joined = tasks.join_next() => match joined {
-                Some(Ok((id, PartitionEnd::Split(children)))) => {
+                Some(Ok((_, PartitionEnd::Split(children)))) => {
                     // The long tail goes first, to the workers that are free now.
-                    for child in children.iter().rev() {
-                        queue.push_front(child.clone());
+                    for child in children.into_iter().rev() {
+                        queue.push_front(child);
                     }
-                    ends.push((id, PartitionEnd::Split(children)));
                 }
-                Some(Ok(end)) => ends.push(end),
+                Some(Ok((_, PartitionEnd::Interrupted))) => end.interrupted = true,
+                Some(Ok(_)) => {}
                 Some(Err(join_error)) => {
                     // A panic in a worker is a bug; the partition stays `running` and is reset
                     // to `pending` by the next resume, so nothing is lost.
@@ -143,9 +183,32 @@ pub(crate) async fn run_partitions(
             },
             // A raised concurrency starts more partitions at once.
             _ = concurrency.changed() => {}
+            // An extended budget too.
+            _ = allowance.changed() => {}
         }
     }
-    ends
+    end.idle = started == 0 && !more && queue.is_empty() && end.error.is_none();
+    end
+}
+
+/// Reads the next page of `pending` into `queue`; false when there is no more work (or the
+/// store failed: the error is kept in `end`).
+async fn refill(
+    pending: &mut Pending,
+    queue: &mut std::collections::VecDeque<Work>,
+    end: &mut PassEnd,
+) -> bool {
+    match pending.next_page().await {
+        Ok(page) if page.is_empty() => false,
+        Ok(page) => {
+            queue.extend(page);
+            true
+        }
+        Err(e) => {
+            end.error = Some(e);
+            false
+        }
+    }
 }
 
 /// Attempts one partition until it is done, fails for good, or is interrupted.

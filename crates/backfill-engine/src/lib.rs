@@ -35,6 +35,7 @@ mod error;
 mod events;
 mod execute;
 mod patience;
+mod pending;
 mod replan;
 mod shutdown;
 pub mod status;
@@ -47,7 +48,7 @@ use backfill_connectors::{
 use backfill_core::plan::Plan;
 use backfill_core::retry::ErrorClass;
 use backfill_core::{Guarantee, PartitionState, RowCounts, RunState, Spec, WriteMode};
-use backfill_store::{NewRun, RunRecord, Store};
+use backfill_store::{NewRun, PartitionTotals, RunRecord, Store};
 use tokio::sync::mpsc;
 
 pub use claim::{DEFAULT_LEASE, ensure_unclaimed};
@@ -58,7 +59,8 @@ pub use replan::check_same_plan;
 pub use shutdown::Shutdown;
 
 use crate::control::{Controller, Limits, Live};
-use crate::execute::{Ctx, PartitionEnd};
+use crate::execute::Ctx;
+use crate::pending::Pending;
 
 /// Whether `prepare_run` made a new run or found the unfinished one of the same spec.
 #[derive(Clone, Debug)]
@@ -179,7 +181,8 @@ pub struct RunSummary {
     pub total: u64,
     /// Partitions that finished with rows in quarantine (`backfill quarantine RUN`).
     pub quarantined: u64,
-    /// Failed partitions and their last error.
+    /// Failed partitions and their last error, in plan order: the first
+    /// [`SUMMARY_FAILURES`] (`failed` counts them all).
     pub failures: Vec<(String, String)>,
     /// Wall time of this call.
     pub elapsed: std::time::Duration,
@@ -257,10 +260,9 @@ async fn execute_claimed(
     if run.state == RunState::Succeeded {
         if waited {
             // Another process finished it while this one waited: report, do not redo.
-            let records =
-                patience::store(shutdown, "read partitions", || store.partitions(run_id)).await?;
+            let (totals, failures) = read_totals(store, run_id, shutdown).await?;
             let guarantee = guarantee(store, spec);
-            let mut summary = summarize(&records, run.state, started, guarantee, false);
+            let mut summary = summarize(&totals, failures, run.state, started, guarantee, false);
             summary.session_rows_read = 0;
             return Ok(summary);
         }
@@ -276,6 +278,15 @@ async fn execute_claimed(
     let limits = Limits::of(spec, &controls);
     // Enough connections for the concurrency in force when the session starts.
     let capacity = limits.concurrency.max(spec.limits.concurrency.get());
+    // The preflight reads from the first pending partitions (not the whole plan again).
+    let first: Vec<backfill_core::Window> =
+        patience::store(shutdown, "read pending partitions", || {
+            store.pending_page(&run.id, 0..u64::MAX, false, PREFLIGHT_PARTITIONS)
+        })
+        .await?
+        .into_iter()
+        .map(|p| p.window)
+        .collect();
     // A connection lost while opening is retried; a database that refuses the first
     // connection (a wrong host or port, most likely) fails at once.
     let (source, sink, pushdown) = patience::retry_transient(
@@ -287,7 +298,7 @@ async fn execute_claimed(
             EngineError::Store(s) => s.is_transient(),
             _ => false,
         },
-        || open_connectors(spec, same_database, capacity),
+        || open_connectors(spec, &first, same_database, capacity),
     )
     .await?;
 
@@ -302,10 +313,16 @@ async fn execute_claimed(
         })
         .await?;
     }
-    let records =
-        patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
-    let read_before: u64 = records.iter().map(|p| p.counts.read).sum();
-    let finished_before = records.iter().filter(|p| p.state.is_finished()).count() as u64;
+    let totals = patience::store(shutdown, "read the run's totals", || {
+        store.partition_totals(&run.id)
+    })
+    .await?;
+    let read_before = totals.counts.read;
+    let finished_before = PartitionState::ALL
+        .iter()
+        .filter(|s| s.is_finished())
+        .map(|s| totals.count(*s))
+        .sum();
 
     let emitter = Emitter::new(&run.id, options.listener);
     let live = Arc::new(Live::new(spec, limits, capacity));
@@ -370,16 +387,24 @@ async fn execute_claimed(
                 .await?;
                 state = RunState::Running;
             }
-            let records =
-                patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
-            let pending = ordered_pending(spec, &records, ctx.source.as_ref()).await;
-            if pending.is_empty() {
+            // A pass over the pending work, read a page at a time: never every partition.
+            let pending = Pending::start(
+                spec,
+                store,
+                &run.id,
+                run.partitions_total,
+                ctx.source.as_ref(),
+                shutdown,
+            )
+            .await?;
+            let pass = execute::run_partitions(ctx.clone(), pending).await;
+            if let Some(e) = pass.error {
+                return Err(e.into());
+            }
+            if pass.idle {
                 break;
             }
-            let ends = execute::run_partitions(ctx.clone(), pending).await;
-            interrupted |= ends
-                .iter()
-                .any(|(_, end)| matches!(end, PartitionEnd::Interrupted));
+            interrupted |= pass.interrupted;
             patience::store(shutdown, "reset interrupted partitions", || {
                 store.reset_interrupted(&run.id, actor)
             })
@@ -430,13 +455,11 @@ async fn execute_claimed(
         store.reset_interrupted(&run.id, actor)
     })
     .await?;
-    let records =
-        patience::store(shutdown, "read partitions", || store.partitions(&run.id)).await?;
+    let (totals, failures) = read_totals(store, &run.id, shutdown).await?;
     let guarantee = Guarantee::of(&spec.target.mode, same_database);
-    let done = records
-        .iter()
-        .all(|p| matches!(p.state, PartitionState::Done | PartitionState::Split));
-    let any_pending = records.iter().any(|p| p.state == PartitionState::Pending);
+    let done =
+        totals.all() == totals.count(PartitionState::Done) + totals.count(PartitionState::Split);
+    let any_pending = totals.count(PartitionState::Pending) > 0;
     let final_state = if done {
         RunState::Succeeded
     } else if cancelled {
@@ -446,7 +469,7 @@ async fn execute_claimed(
     } else {
         RunState::Failed
     };
-    let mut summary = summarize(&records, final_state, started, guarantee, pushed);
+    let mut summary = summarize(&totals, failures, final_state, started, guarantee, pushed);
     summary.session_rows_read = summary.counts.read.saturating_sub(read_before);
     let mut detail = serde_json::json!({
         "done": summary.done,
@@ -521,57 +544,16 @@ pub fn executor(controls: &backfill_store::Controls) -> Executor {
     }
 }
 
-/// The pending partitions of `records` with their checkpoints, in the spec's `order`.
-/// With `order = "largest_first"`, the source's rows of each pending partition are counted,
-/// for at most this long; partitions not counted by then (all of them without a source) run
-/// after the counted ones.
-const ESTIMATE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn ordered_pending(
-    spec: &Spec,
-    records: &[backfill_store::PartitionRecord],
-    source: Option<&AnySource>,
-) -> Vec<execute::Work> {
-    let pending: Vec<_> = records
-        .iter()
-        .filter(|p| p.state == PartitionState::Pending)
-        .collect();
-    let partitions: Vec<backfill_core::Partition> = pending
-        .iter()
-        .map(|p| backfill_core::Partition {
-            id: p.partition_id.clone(),
-            index: p.index as usize,
-            window: p.window,
-        })
-        .collect();
-    let mut estimates = vec![None; partitions.len()];
-    if spec.limits.order == backfill_core::order::Order::LargestFirst
-        && let Some(source) = source
-    {
-        let started = std::time::Instant::now();
-        for (estimate, partition) in estimates.iter_mut().zip(&partitions) {
-            if started.elapsed() > ESTIMATE_BUDGET {
-                break;
-            }
-            *estimate = source.count(&partition.window).await.ok();
-        }
-    }
-    backfill_core::order::order_partitions(&partitions, &spec.limits.order, &estimates)
-        .into_iter()
-        .map(|i| execute::Work {
-            partition: partitions[i].clone(),
-            checkpoint: pending[i].checkpoint.clone(),
-            splittable: pending[i].parent_id.is_none(),
-        })
-        .collect()
-}
+/// Pending partitions whose rows the preflight check reads (the first non-empty one).
+const PREFLIGHT_PARTITIONS: usize = 3;
 
 /// Opens the source (when the spec has one), the target and (when used) the pushdown, and
-/// runs the preflight check. In `sql` mode the statement reads its own rows: the source is
-/// optional and, when given, only counts rows, so it is opened without key columns (its query
-/// need not return the target's key).
+/// runs the preflight check on the first non-empty window of `first`. In `sql` mode the
+/// statement reads its own rows: the source is optional and, when given, only counts rows, so
+/// it is opened without key columns (its query need not return the target's key).
 async fn open_connectors(
     spec: &Spec,
+    first: &[backfill_core::Window],
     same_database: bool,
     concurrency: u32,
 ) -> Result<(Option<AnySource>, AnySink, Option<AnyPushdown>), EngineError> {
@@ -588,7 +570,7 @@ async fn open_connectors(
     };
     let sink = open_sink(&spec.target, pool).await?;
     if let (Some(source), false) = (&source, sql_mode) {
-        preflight(spec, source, &sink).await?;
+        preflight(first, source, &sink).await?;
     }
     if let Ok(Some(false)) = sink.window_indexed().await {
         tracing::warn!(
@@ -603,14 +585,13 @@ async fn open_connectors(
 /// Checks before any write that the target has the columns the source returns, so a typo in
 /// the query fails the run up front rather than every partition.
 async fn preflight(
-    spec: &Spec,
+    first: &[backfill_core::Window],
     source: &backfill_connectors::AnySource,
     sink: &backfill_connectors::AnySink,
 ) -> Result<(), EngineError> {
-    let scope_partitions = backfill_core::plan::partitions(&spec.scope)?;
     // The first non-empty partition among the first few gives the column list.
-    for partition in scope_partitions.iter().take(3) {
-        let batch = source.read_batch(&partition.window, None, 1).await?;
+    for window in first {
+        let batch = source.read_batch(window, None, 1).await?;
         if !batch.columns.is_empty() {
             source.key_positions(&batch.columns)?;
             sink.check_columns(&batch.columns).await?;
@@ -664,48 +645,51 @@ fn serde_json_reason(run: &RunRecord, from: RunState) -> serde_json::Value {
     serde_json::json!({ "reason": run.reason, "from": from.as_str() })
 }
 
+/// Failed partitions a summary lists by id and error (the count covers them all).
+pub const SUMMARY_FAILURES: usize = 1000;
+
+/// The run's totals and its first [`SUMMARY_FAILURES`] failed partitions with their last
+/// error, from aggregate and indexed queries: never every partition.
+async fn read_totals(
+    store: &Store,
+    run_id: &str,
+    shutdown: &Shutdown,
+) -> Result<(PartitionTotals, Vec<(String, String)>), EngineError> {
+    let totals = patience::store(shutdown, "read the run's totals", || {
+        store.partition_totals(run_id)
+    })
+    .await?;
+    let failed = patience::store(shutdown, "read failed partitions", || {
+        store.partitions_in_state(run_id, PartitionState::Failed, SUMMARY_FAILURES)
+    })
+    .await?;
+    let failures = failed
+        .into_iter()
+        .map(|p| (p.partition_id, p.last_error.unwrap_or_default()))
+        .collect();
+    Ok((totals, failures))
+}
+
 fn summarize(
-    records: &[backfill_store::PartitionRecord],
+    totals: &PartitionTotals,
+    failures: Vec<(String, String)>,
     state: RunState,
     started: std::time::Instant,
     guarantee: Guarantee,
     pushdown: bool,
 ) -> RunSummary {
-    let mut counts = RowCounts::default();
-    for p in records {
-        counts.add(&p.counts);
-    }
-    let failures: Vec<(String, String)> = records
-        .iter()
-        .filter(|p| p.state == PartitionState::Failed)
-        .map(|p| {
-            (
-                p.partition_id.clone(),
-                p.last_error.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
     RunSummary {
         state,
         pause_reason: None,
-        counts,
-        done: records
-            .iter()
-            .filter(|p| p.state == PartitionState::Done)
-            .count() as u64,
-        quarantined: records
-            .iter()
-            .filter(|p| p.state == PartitionState::DoneWithQuarantine)
-            .count() as u64,
-        failed: failures.len() as u64,
+        counts: totals.counts,
+        done: totals.count(PartitionState::Done),
+        quarantined: totals.count(PartitionState::DoneWithQuarantine),
+        failed: totals.count(PartitionState::Failed),
         // A split partition's work is carried by its children: count them, not it.
-        total: records
-            .iter()
-            .filter(|p| p.state != PartitionState::Split)
-            .count() as u64,
+        total: totals.total(),
         failures,
         elapsed: started.elapsed(),
-        session_rows_read: counts.read,
+        session_rows_read: totals.counts.read,
         guarantee,
         pushdown,
     }

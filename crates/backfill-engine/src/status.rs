@@ -1,10 +1,12 @@
 //! The status of a run, derived from its stored records.
 //!
-//! Pure arithmetic over a run and its partitions; the numbers `backfill status` prints and
-//! `--json` returns. Nothing here is stored, so the status can never disagree with the store.
+//! Pure arithmetic over a run and the totals of its partitions; the numbers `backfill status`
+//! prints and `--json` returns. The totals are aggregates the store computes, so the status
+//! never reads every partition; nothing here is stored, so it can never disagree with the
+//! store.
 
 use backfill_core::{PartitionState, RowCounts, RunState};
-use backfill_store::{PartitionRecord, RunRecord};
+use backfill_store::{PartitionRecord, PartitionTotals, RunRecord};
 use chrono::{DateTime, Utc};
 
 /// The status of one run at `now`.
@@ -28,8 +30,11 @@ pub struct RunStatus {
     pub eta_seconds: Option<f64>,
     /// Seconds since the run first started (until it finished, for finished runs).
     pub elapsed_seconds: f64,
-    /// Failed partitions with their windows and last error, in plan order.
+    /// Failing partitions with their windows and last error, in plan order: the first ones
+    /// read (see [`compute`]).
     pub failing: Vec<FailingPartition>,
+    /// Failing partitions in all.
+    pub failing_total: u64,
 }
 
 /// A partition whose last attempt failed.
@@ -47,31 +52,22 @@ pub struct FailingPartition {
     pub state: PartitionState,
 }
 
-/// Computes the status of `run` from its `partitions` at instant `now`.
-pub fn compute(run: &RunRecord, partitions: &[PartitionRecord], now: DateTime<Utc>) -> RunStatus {
-    let mut counts = RowCounts::default();
-    let mut attempts: u64 = 0;
-    let mut retries: u64 = 0;
-    let mut started_partitions: u64 = 0;
-    let mut failed_attempts: u64 = 0;
-    for p in partitions {
-        counts.add(&p.counts);
-        attempts += u64::from(p.attempts);
-        if p.attempts > 0 {
-            started_partitions += 1;
-            retries += u64::from(p.attempts - 1);
-            failed_attempts += u64::from(p.errors);
-        }
-    }
-    let _ = attempts;
-    let count = |s: PartitionState| partitions.iter().filter(|p| p.state == s).count() as u64;
-    let by_state: Vec<(PartitionState, u64)> = PartitionState::ALL
-        .iter()
-        .map(|s| (*s, count(*s)))
-        .collect();
-    // A split partition's work is carried by its children: count them, not it.
-    let total = partitions.len() as u64 - count(PartitionState::Split);
-    let done = count(PartitionState::Done);
+/// Failing partitions `status` lists (`RunStatus::failing_total` counts them all).
+pub const FAILING_LISTED: usize = 1000;
+
+/// Computes the status of `run` at instant `now` from the totals of its partitions
+/// (`Store::partition_totals`, or `PartitionTotals::of` over records) and its first failing
+/// partitions (`Store::failing_partitions`). Nothing per partition beyond `failing` is
+/// needed, so a run of a million partitions costs what a run of ten does.
+pub fn compute(
+    run: &RunRecord,
+    totals: &PartitionTotals,
+    failing: &[PartitionRecord],
+    now: DateTime<Utc>,
+) -> RunStatus {
+    let counts = totals.counts;
+    let total = totals.total();
+    let done = totals.count(PartitionState::Done);
     let end = match run.state {
         RunState::Running => now,
         _ => run.finished_at.unwrap_or(run.updated_at),
@@ -86,13 +82,9 @@ pub fn compute(run: &RunRecord, partitions: &[PartitionRecord], now: DateTime<Ut
     };
     let eta_seconds = (run.state == RunState::Running && done > 0 && done < total)
         .then(|| elapsed_seconds / done as f64 * (total - done) as f64);
-    let failing = partitions
+    let failing = failing
         .iter()
-        .filter(|p| {
-            p.state == PartitionState::Failed
-                || (!matches!(p.state, PartitionState::Done | PartitionState::Split)
-                    && p.last_error.is_some())
-        })
+        .filter(|p| backfill_store::is_failing(p))
         .map(|p| FailingPartition {
             partition_id: p.partition_id.clone(),
             window: p.window.to_string(),
@@ -102,8 +94,9 @@ pub fn compute(run: &RunRecord, partitions: &[PartitionRecord], now: DateTime<Ut
         })
         .collect();
     RunStatus {
-        by_state,
+        by_state: totals.by_state.clone(),
         counts,
+        failing_total: totals.failing,
         success_rate: if total == 0 {
             1.0
         } else {
@@ -113,12 +106,12 @@ pub fn compute(run: &RunRecord, partitions: &[PartitionRecord], now: DateTime<Ut
         errors_per_1000_rows: if counts.read == 0 {
             0.0
         } else {
-            failed_attempts as f64 * 1000.0 / counts.read as f64
+            totals.errors as f64 * 1000.0 / counts.read as f64
         },
-        retries_per_partition: if started_partitions == 0 {
+        retries_per_partition: if totals.started == 0 {
             0.0
         } else {
-            retries as f64 / started_partitions as f64
+            totals.retries as f64 / totals.started as f64
         },
         eta_seconds,
         elapsed_seconds,

@@ -14,3 +14,11 @@ CREATE TABLE leases (
     expires_at   TEXT    NOT NULL,              -- RFC 3339 UTC; past it, anyone may claim
     released     INTEGER NOT NULL DEFAULT 0     -- 1: the holder let go (anyone may claim)
 );
+
+-- A run of a million partitions is never read whole: the engine pages its pending work by
+-- plan index (keyset on (run_id, state, idx)), and `status` sums the partitions that started
+-- (a partial index: a partition enters it at its first attempt, so creating a run does not
+-- pay for it). The new index replaces partitions_by_state, which it extends.
+DROP INDEX partitions_by_state;
+CREATE INDEX partitions_by_state ON partitions (run_id, state, idx);
+CREATE INDEX partitions_started ON partitions (run_id) WHERE attempts > 0;

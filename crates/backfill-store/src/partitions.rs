@@ -166,7 +166,9 @@ fn counts_json(counts: &RowCounts) -> serde_json::Value {
 
 impl Store {
     /// The partitions of run `run_id` (exact id), ordered by plan index; empty for an unknown
-    /// run.
+    /// run. Every record in memory at once: for tests, tools and small runs. The engine and
+    /// `status` never call it; they read [`Store::pending_page`] pages and
+    /// [`Store::partition_totals`].
     pub async fn partitions(&self, run_id: &str) -> Result<Vec<PartitionRecord>, StoreError> {
         let rows = stmt(format!("{PARTITION_COLUMNS} WHERE run_id = ? ORDER BY idx"))
             .bind(run_id)
@@ -675,5 +677,262 @@ impl Store {
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
+    }
+}
+
+/// Totals over the partitions of a run, for `status` and a run's summary: what the store
+/// computes in one aggregate query ([`Store::partition_totals`]) and, for a test or a caller
+/// that already holds every record, [`PartitionTotals::of`] computes from records. Both give
+/// the same numbers for the same partitions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionTotals {
+    /// Partitions per state, in [`PartitionState::ALL`] order (every state, zeros included).
+    pub by_state: Vec<(PartitionState, u64)>,
+    /// What the writes of every partition did.
+    pub counts: RowCounts,
+    /// Partitions that have started at least once (`attempts > 0`).
+    pub started: u64,
+    /// Attempts after the first, over the started partitions.
+    pub retries: u64,
+    /// Attempts that ended in an error, over the started partitions.
+    pub errors: u64,
+    /// Partitions listed by [`Store::failing_partitions`]: failed, or not finished with an
+    /// error on record.
+    pub failing: u64,
+}
+
+impl PartitionTotals {
+    /// The totals of `records`, computed one record at a time (the reference the store's
+    /// aggregate query is tested against).
+    pub fn of(records: &[PartitionRecord]) -> PartitionTotals {
+        let mut totals = PartitionTotals {
+            by_state: PartitionState::ALL.iter().map(|s| (*s, 0)).collect(),
+            ..PartitionTotals::default()
+        };
+        for p in records {
+            totals.counts.add(&p.counts);
+            if let Some(slot) = totals.by_state.iter_mut().find(|(s, _)| *s == p.state) {
+                slot.1 += 1;
+            }
+            if p.attempts > 0 {
+                totals.started += 1;
+                totals.retries += u64::from(p.attempts - 1);
+                totals.errors += u64::from(p.errors);
+            }
+            totals.failing += u64::from(is_failing(p));
+        }
+        totals
+    }
+
+    /// Partitions in state `state`.
+    pub fn count(&self, state: PartitionState) -> u64 {
+        self.by_state
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Every partition of the run, split parents included.
+    pub fn all(&self) -> u64 {
+        self.by_state.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The partitions that carry work: a split partition's work is carried by its children,
+    /// so it is not counted.
+    pub fn total(&self) -> u64 {
+        self.all() - self.count(PartitionState::Split)
+    }
+}
+
+/// Whether `p` is listed among the failing partitions: failed, or not finished (done or split)
+/// with an error on record.
+pub fn is_failing(p: &PartitionRecord) -> bool {
+    p.state == PartitionState::Failed
+        || (!matches!(p.state, PartitionState::Done | PartitionState::Split)
+            && p.last_error.is_some())
+}
+
+/// The condition of [`is_failing`] in SQL.
+const FAILING_SQL: &str = "(state = 'failed' OR (state NOT IN ('done', 'split') \
+     AND last_error IS NOT NULL))";
+
+impl Store {
+    /// Pending partitions of run `run_id` whose plan index is in `indexes` (from `start`,
+    /// inclusive, to `end`, exclusive), at most `limit` of them, by index ascending or (with
+    /// `descending`) descending. One indexed query on `(run_id, state, idx)`: a caller pages
+    /// through pending work by narrowing the range past the last index it got (a keyset), and
+    /// never holds more than a page. Plan indexes are unique within a run, so the pages of a
+    /// range cover each partition pending throughout exactly once.
+    pub async fn pending_page(
+        &self,
+        run_id: &str,
+        indexes: std::ops::Range<u64>,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<PartitionRecord>, StoreError> {
+        if indexes.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let direction = if descending { "DESC" } else { "ASC" };
+        let rows = stmt(format!(
+            "{PARTITION_COLUMNS} WHERE run_id = ? AND state = 'pending' AND idx >= ? AND idx < ? \
+             ORDER BY idx {direction} LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(codec::to_db(indexes.start))
+        .bind(codec::to_db(indexes.end))
+        .bind(codec::to_db(limit as u64))
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        rows.iter().map(partition_from_row).collect()
+    }
+
+    /// The pending partitions among plan indexes `indexes`, in the order of `indexes` (those
+    /// no longer pending are left out). For an order the store cannot page by index
+    /// (`largest_first`, a priority list): the caller holds the order as indexes and reads
+    /// the records a slice at a time.
+    pub async fn pending_at(
+        &self,
+        run_id: &str,
+        indexes: &[u64],
+    ) -> Result<Vec<PartitionRecord>, StoreError> {
+        let mut found = Vec::with_capacity(indexes.len());
+        for chunk in indexes.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let query = chunk.iter().fold(
+                stmt(format!(
+                    "{PARTITION_COLUMNS} WHERE run_id = ? AND state = 'pending' AND idx IN ({marks})"
+                ))
+                .bind(run_id),
+                |query, index| query.bind(codec::to_db(*index)),
+            );
+            let rows = query.fetch_all(&mut self.conn().await?).await?;
+            let mut records = rows
+                .iter()
+                .map(partition_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            records.sort_by_key(|r| {
+                chunk
+                    .iter()
+                    .position(|i| *i == r.index)
+                    .unwrap_or(usize::MAX)
+            });
+            found.extend(records);
+        }
+        Ok(found)
+    }
+
+    /// One past the highest plan index of run `run_id` (0 for a run without partitions): the
+    /// index the next split child will take, so a page range ending here leaves out the
+    /// children created after the call.
+    pub async fn index_end(&self, run_id: &str) -> Result<u64, StoreError> {
+        let row = stmt("SELECT COALESCE(MAX(idx), -1) + 1 FROM partitions WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&mut self.conn().await?)
+            .await?;
+        Ok(codec::from_db(
+            row.map_or(Ok(0), |r| r.try_get::<i64, _>(0))?,
+        ))
+    }
+
+    /// The totals of run `run_id`'s partitions (see [`PartitionTotals`]), from aggregate
+    /// queries in the store: nothing per partition is read into memory, so it costs the same
+    /// memory at a million partitions as at ten.
+    pub async fn partition_totals(&self, run_id: &str) -> Result<PartitionTotals, StoreError> {
+        let sum = |column: &str| format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT)");
+        let columns = [
+            "rows_read",
+            "inserted",
+            "updated",
+            "unchanged",
+            "deleted",
+            "affected",
+        ]
+        .map(sum)
+        .join(", ");
+        let mut conn = self.conn().await?;
+        let mut totals = PartitionTotals {
+            by_state: PartitionState::ALL.iter().map(|s| (*s, 0)).collect(),
+            ..PartitionTotals::default()
+        };
+        // Counts per state come from the (run_id, state, idx) index alone.
+        let rows = stmt("SELECT state, COUNT(*) FROM partitions WHERE run_id = ? GROUP BY state")
+            .bind(run_id)
+            .fetch_all(&mut conn)
+            .await?;
+        for row in &rows {
+            let state: String = row.try_get(0)?;
+            let state: PartitionState = state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+            let n: i64 = row.try_get(1)?;
+            if let Some(slot) = totals.by_state.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 = codec::from_db(n);
+            }
+        }
+        // A partition that never started has no counts, errors or retries.
+        let row = stmt(format!(
+            "SELECT {columns}, COUNT(*), {retries}, {errors}, {failing} FROM partitions \
+             WHERE run_id = ? AND attempts > 0",
+            retries = sum("attempts - 1"),
+            errors = sum("errors"),
+            failing = sum(&format!("CASE WHEN {FAILING_SQL} THEN 1 ELSE 0 END")),
+        ))
+        .bind(run_id)
+        .fetch_optional(&mut conn)
+        .await?;
+        if let Some(row) = row {
+            let n = |i: usize| row.try_get::<i64, _>(i).map(codec::from_db);
+            totals.counts = RowCounts {
+                read: n(0)?,
+                inserted: n(1)?,
+                updated: n(2)?,
+                unchanged: n(3)?,
+                deleted: n(4)?,
+                affected: n(5)?,
+            };
+            totals.started = n(6)?;
+            totals.retries = n(7)?;
+            totals.errors = n(8)?;
+            totals.failing = n(9)?;
+        }
+        Ok(totals)
+    }
+
+    /// The partitions of run `run_id` in state `state`, in plan order, at most `limit` of
+    /// them (one indexed range of `(run_id, state, idx)`).
+    pub async fn partitions_in_state(
+        &self,
+        run_id: &str,
+        state: PartitionState,
+        limit: usize,
+    ) -> Result<Vec<PartitionRecord>, StoreError> {
+        let rows = stmt(format!(
+            "{PARTITION_COLUMNS} WHERE run_id = ? AND state = ? ORDER BY idx LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(state.as_str())
+        .bind(codec::to_db(limit as u64))
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        rows.iter().map(partition_from_row).collect()
+    }
+
+    /// The failing partitions of run `run_id` (see [`is_failing`]), in plan order, at most
+    /// `limit` of them; [`PartitionTotals::failing`] says how many there are in all.
+    pub async fn failing_partitions(
+        &self,
+        run_id: &str,
+        limit: usize,
+    ) -> Result<Vec<PartitionRecord>, StoreError> {
+        let rows = stmt(format!(
+            "{PARTITION_COLUMNS} WHERE run_id = ? AND attempts > 0 AND {FAILING_SQL} \
+             ORDER BY idx LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(codec::to_db(limit as u64))
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        rows.iter().map(partition_from_row).collect()
     }
 }

@@ -42,6 +42,9 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
         Err(e @ EngineError::PlanChanged { .. }) => return Err(plan_changed(e, &args.spec)),
         Err(e) => return Err(e.into()),
     };
+    // The run is stored: its partitions are read back from the store a page at a time, so
+    // the plan (every partition) is not held while the run executes.
+    drop(plan);
     match &launch {
         Launch::Created(r) => out.note(format!(
             "created run {} of `{}`: {} partitions, reason: {}",
@@ -231,11 +234,9 @@ pub(crate) async fn find_run(store: &Store, id: &str) -> anyhow::Result<RunRecor
 
 async fn done_count(store: &Store, run: &RunRecord) -> anyhow::Result<u64> {
     Ok(store
-        .partitions(&run.id)
+        .partition_totals(&run.id)
         .await?
-        .iter()
-        .filter(|p| p.state == backfill_core::PartitionState::Done)
-        .count() as u64)
+        .count(backfill_core::PartitionState::Done))
 }
 
 /// Executes with progress display and Ctrl-C handling, then prints the summary. Exit code 1
@@ -447,10 +448,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
     for (id, error) in s.failures.iter().take(10) {
         out.line(format!("  failed:     {id}: {error}"));
     }
-    if s.failures.len() > 10 {
-        out.line(format!(
-            "  … and {} more failed partitions",
-            s.failures.len() - 10
-        ));
+    if s.failed > 10 {
+        out.line(format!("  … and {} more failed partitions", s.failed - 10));
     }
 }

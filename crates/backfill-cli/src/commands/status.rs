@@ -21,8 +21,12 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
             .hint("start one with `backfill run SPEC`, or pass --state")
         })?,
     };
-    let partitions = store.partitions(&run.id).await?;
-    let st = status::compute(&run, &partitions, chrono::Utc::now());
+    // Aggregates and the first failing partitions: never every partition of the run.
+    let totals = store.partition_totals(&run.id).await?;
+    let failing = store
+        .failing_partitions(&run.id, status::FAILING_LISTED)
+        .await?;
+    let st = status::compute(&run, &totals, &failing, chrono::Utc::now());
     let controls = store.controls(&run.id).await?;
     let rates = store.rate_changes(&run.id, 1).await?;
     let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
@@ -44,7 +48,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         "plan_hash": run.plan_hash,
         "guarantee": run.guarantee.map(|g| g.name()),
         "partitions": st.by_state.iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "partitions_total": partitions.len(),
+        "partitions_total": totals.all(),
         "rows": {
             "read": st.counts.read,
             "written": st.counts.written(),
@@ -90,6 +94,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
             "attempts": f.attempts,
             "error": f.error,
         })).collect::<Vec<_>>(),
+        "failing_total": st.failing_total,
     }));
     out.line(format!(
         "run {} of `{}`: {}",
@@ -141,7 +146,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     out.line(format!(
         "  partitions: {} of {} ({})",
         states.join(", "),
-        partitions.len(),
+        totals.all(),
         format_args!("{:.1}% done", st.success_rate * 100.0)
     ));
     out.line(format!(
@@ -169,17 +174,18 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         out.line(line);
     }
     if !st.failing.is_empty() {
-        out.line(format!("  failing partitions ({}):", st.failing.len()));
+        out.line(format!("  failing partitions ({}):", st.failing_total));
         for f in st.failing.iter().take(20) {
             out.line(format!(
                 "    {} {} [{}, {} attempts]: {}",
                 f.partition_id, f.window, f.state, f.attempts, f.error
             ));
         }
-        if st.failing.len() > 20 {
+        if st.failing_total > 20 {
             out.line(format!(
-                "    … and {} more (--json lists all)",
-                st.failing.len() - 20
+                "    … and {} more (--json lists the first {})",
+                st.failing_total - 20,
+                status::FAILING_LISTED
             ));
         }
     }

@@ -473,6 +473,50 @@ async fn budget_pauses_the_run_and_extend_budget_continues_it() {
 }
 
 #[tokio::test]
+async fn partition_budget_stops_within_the_partitions_in_flight() {
+    // Regression: `budget = { partitions = 10 }` stopped after 36-38 partitions, because
+    // only the controller's poll (every 250 ms) looked at the budget. 240 hourly partitions
+    // of a few rows each finish far faster than that; the dispatcher itself must not start a
+    // partition the budget cannot pay for.
+    let f = fixture(
+        600,
+        10,
+        "concurrency = 4\nbatch_rows = 1000\nbudget = { partitions = 10 }\n",
+    )
+    .await;
+    let hourly = std::fs::read_to_string(&f.spec)
+        .expect("read spec")
+        .replacen("partition = \"1d\"", "partition = \"1h\"", 1);
+    std::fs::write(&f.spec, hourly).expect("write spec");
+    let (mut run, id) = f.start();
+    let mut st = serde_json::Value::Null;
+    wait_until(
+        "the run pauses with budget_exhausted",
+        Duration::from_secs(30),
+        || {
+            assert!(run.alive(), "the run ended:\n{}", run.stderr());
+            st = status(&f.ws, &id);
+            st["state"] == "paused"
+        },
+    );
+    assert_eq!(st["pause_reason"], "budget_exhausted", "{st:#}");
+    assert_eq!(st["partitions_total"], 240, "{st:#}");
+    // Every partition it started finished (none failed), so exactly the budget is done.
+    assert_eq!(st["partitions"]["done"], 10, "{st:#}");
+    assert_eq!(st["partitions"]["pending"], 230, "{st:#}");
+    let started = actions(&f.ws, &id)
+        .iter()
+        .filter(|a| *a == "partition.running")
+        .count();
+    assert_eq!(started, 10, "partitions started under a budget of 10");
+    let resumed =
+        f.ws.run(&["resume", &id, "--extend-budget", "partitions=230"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(run.wait(Duration::from_secs(60)), 0, "{}", run.stderr());
+    f.assert_target_is_source().await;
+}
+
+#[tokio::test]
 async fn a_second_run_process_refuses_while_one_is_executing() {
     let f = fixture(
         3_000,

@@ -281,7 +281,13 @@ async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
         parts.iter().all(|p| p.state != PartitionState::Running),
         "nothing left running"
     );
-    let st = status::compute(&store.get_run(&run.id).await.unwrap(), &parts, Utc::now());
+    let totals = backfill_store::PartitionTotals::of(&parts);
+    let st = status::compute(
+        &store.get_run(&run.id).await.unwrap(),
+        &totals,
+        &parts,
+        Utc::now(),
+    );
     assert!(st.success_rate < 1.0);
 
     spec.limits.rows_per_second = None;
@@ -778,6 +784,61 @@ async fn partitions_start_in_the_spec_order() {
     assert_eq!(
         started_order(priority, dir.path().to_owned()).await,
         [3, 1, 0, 2, 4]
+    );
+}
+
+/// More partitions than a page of pending work (1,000): the pages of a pass cover every
+/// partition once, in the spec's order, whether the store pages it (newest first: by index,
+/// descending) or the engine orders it first (a priority list: indexes read a page at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_of_more_partitions_than_a_page_start_each_once_in_order() {
+    use backfill_core::order::{Order, PriorityRange};
+    const HOURS: u32 = 2_100;
+    let started_order = |spec: Spec, dir: std::path::PathBuf| async move {
+        let state = format!("sqlite://{}/state.db", dir.display());
+        let summary = run_to_end(&spec, &state).await;
+        assert_eq!(summary.state, RunState::Succeeded);
+        assert_eq!(summary.done, u64::from(HOURS));
+        let store = backfill_store::Store::open(&state).await.unwrap();
+        let run = store.latest_run().await.unwrap().unwrap();
+        let parts = store.partitions(&run.id).await.unwrap();
+        let index: std::collections::HashMap<&str, u64> = parts
+            .iter()
+            .map(|p| (p.partition_id.as_str(), p.index))
+            .collect();
+        store
+            .audit_events(Some(&run.id))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "partition.running")
+            .map(|e| index[e.partition_id.as_deref().unwrap()])
+            .collect::<Vec<u64>>()
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 300, "target.db").await;
+    let mut newest = spec(&source, &target, HOURS);
+    newest.limits.concurrency = NonZeroU32::new(1).unwrap();
+    newest.limits.order = Order::NewestFirst;
+    let expected: Vec<u64> = (0..u64::from(HOURS)).rev().collect();
+    assert_eq!(started_order(newest, dir.path().to_owned()).await, expected);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 300, "target.db").await;
+    let mut priority = spec(&source, &target, HOURS);
+    priority.limits.concurrency = NonZeroU32::new(1).unwrap();
+    // Hours 1,500 and 1,501 (in the second page of the plan) first, then the rest.
+    priority.limits.order = Order::Priority(vec![
+        PriorityRange::parse("2026-05-02T12:00:00Z..2026-05-02T14:00:00Z", chrono_tz::UTC).unwrap(),
+    ]);
+    let expected: Vec<u64> = [1500, 1501]
+        .into_iter()
+        .chain((0..u64::from(HOURS)).filter(|i| !(1500..1502).contains(i)))
+        .collect();
+    assert_eq!(
+        started_order(priority, dir.path().to_owned()).await,
+        expected
     );
 }
 

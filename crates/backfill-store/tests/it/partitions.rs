@@ -508,7 +508,206 @@ async fn split_replaces_a_running_partition_by_children_that_inherit_its_checkpo
     assert!(store.verify_audit().await.unwrap().is_ok());
 }
 
+/// Every pending partition of `indexes`, read in keyset pages of `page` the way the engine
+/// reads them; after the first page, `split` (if any) is started and split into 3 children,
+/// as a worker would.
+async fn read_in_pages(
+    store: &backfill_store::Store,
+    run_id: &str,
+    indexes: std::ops::Range<u64>,
+    descending: bool,
+    page: usize,
+    mut split: Option<&backfill_core::Partition>,
+) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut range = indexes;
+    loop {
+        let records = store
+            .pending_page(run_id, range.clone(), descending, page)
+            .await
+            .unwrap();
+        assert!(records.len() <= page);
+        assert!(records.iter().all(|r| r.state == PartitionState::Pending));
+        seen.extend(records.iter().map(|r| r.index));
+        let Some(last) = records.last() else { break };
+        range = if descending {
+            range.start..last.index
+        } else {
+            last.index + 1..range.end
+        };
+        if let Some(parent) = split.take() {
+            split_running(store, run_id, parent, 3).await;
+        }
+    }
+    seen
+}
+
+/// Starts `parent` and splits it into `n` children.
+async fn split_running(
+    store: &backfill_store::Store,
+    run_id: &str,
+    parent: &backfill_core::Partition,
+    n: u32,
+) {
+    let a = store.start_attempt(run_id, &parent.id, "w").await.unwrap();
+    let windows = backfill_core::split::split_window(&parent.window, n);
+    let children = backfill_core::split::children(parent, &windows, 0);
+    store
+        .split_partition(
+            run_id,
+            &parent.id,
+            a,
+            Split {
+                children: &children,
+                checkpoint: None,
+                reason: json!("slow"),
+            },
+            "w",
+        )
+        .await
+        .unwrap();
+}
+
+/// Starts partition `p` and checkpoints some counts; returns the attempt.
+async fn started(store: &backfill_store::Store, run_id: &str, p: &backfill_core::Partition) -> u32 {
+    let a = store.start_attempt(run_id, &p.id, "w").await.unwrap();
+    let read = 10 + p.index as u64;
+    store
+        .checkpoint(run_id, &p.id, a, None, &counts(read, 5), 7)
+        .await
+        .unwrap();
+    a
+}
+
+async fn pending_pages_cover_every_pending_partition_once_with_children_split_mid_way(db: TestDb) {
+    let store = db.open().await;
+    let parts = key_partitions(25);
+    let run = create(&store, "orders", &parts).await;
+    // Two partitions are no longer pending before the pass starts.
+    for p in [&parts[3], &parts[4]] {
+        let a = store.start_attempt(&run.id, &p.id, "w").await.unwrap();
+        store
+            .finish_partition(&run.id, &p.id, a, Outcome::Done, "w")
+            .await
+            .unwrap();
+    }
+    let horizon = store.index_end(&run.id).await.unwrap();
+    assert_eq!(horizon, 25);
+    // Mid-way through the pass (after the first page), a partition of a later page is
+    // started and split into 3 children, as a worker would.
+    let first = read_in_pages(&store, &run.id, 0..horizon, false, 4, Some(&parts[20])).await;
+    // Each partition pending throughout, once, in plan order; the split parent is gone and
+    // its children (indexes past the horizon) are not in this pass.
+    let expected: Vec<u64> = (0..25).filter(|i| ![3, 4, 20].contains(i)).collect();
+    assert_eq!(first, expected);
+    // The next pass reads the children, and only them, past the plan's indexes.
+    let end = store.index_end(&run.id).await.unwrap();
+    assert_eq!(end, 28);
+    let children = read_in_pages(&store, &run.id, 25..end, false, 2, None).await;
+    assert_eq!(children, vec![25, 26, 27]);
+    let rest = read_in_pages(&store, &run.id, 0..25, false, 2, None).await;
+    assert_eq!(rest, expected);
+    // Newest first: the same partitions, children first, each once.
+    let newest = read_in_pages(&store, &run.id, 0..end, true, 4, None).await;
+    let mut all: Vec<u64> = expected.iter().copied().chain(25..28).collect();
+    all.reverse();
+    assert_eq!(newest, all);
+    // By index, for the orders the store cannot page: only those still pending, in the
+    // order asked.
+    let at = store
+        .pending_at(&run.id, &[27, 3, 0, 20, 26])
+        .await
+        .unwrap();
+    let at: Vec<u64> = at.iter().map(|r| r.index).collect();
+    assert_eq!(at, vec![27, 0, 26]);
+}
+
+async fn partition_totals_from_the_store_equal_the_per_record_computation(db: TestDb) {
+    let store = db.open().await;
+    let parts = key_partitions(12);
+    let run = create(&store, "orders", &parts).await;
+    let empty = store.partition_totals(&run.id).await.unwrap();
+    assert_eq!(
+        empty,
+        backfill_store::PartitionTotals::of(&store.partitions(&run.id).await.unwrap())
+    );
+    assert_eq!(empty.count(PartitionState::Pending), 12);
+    // A mix of every state: done with counts, retried, failed, running, split, and pending
+    // with an error on record.
+    let attempt = |i: usize| started(&store, &run.id, &parts[i]);
+    for p in &parts[..4] {
+        let a = started(&store, &run.id, p).await;
+        store
+            .finish_partition(&run.id, &p.id, a, Outcome::Done, "w")
+            .await
+            .unwrap();
+    }
+    let a = attempt(4).await;
+    store
+        .finish_partition(
+            &run.id,
+            &parts[4].id,
+            a,
+            Outcome::Retry { error: "busy" },
+            "w",
+        )
+        .await
+        .unwrap();
+    let a = attempt(4).await;
+    store
+        .finish_partition(
+            &run.id,
+            &parts[4].id,
+            a,
+            Outcome::Failed { error: "bad row" },
+            "w",
+        )
+        .await
+        .unwrap();
+    let a = attempt(5).await;
+    store
+        .finish_partition(
+            &run.id,
+            &parts[5].id,
+            a,
+            Outcome::Retry { error: "timeout" },
+            "w",
+        )
+        .await
+        .unwrap();
+    attempt(6).await;
+    split_running(&store, &run.id, &parts[7], 2).await;
+    let records = store.partitions(&run.id).await.unwrap();
+    let reference = backfill_store::PartitionTotals::of(&records);
+    let totals = store.partition_totals(&run.id).await.unwrap();
+    assert_eq!(totals, reference);
+    assert_eq!(totals.all(), 14);
+    assert_eq!(totals.total(), 13);
+    assert_eq!(totals.count(PartitionState::Done), 4);
+    assert_eq!(totals.started, 8);
+    assert_eq!(totals.retries, 1);
+    assert_eq!(totals.errors, 3);
+    assert_eq!(totals.failing, 2);
+    let failing = store.failing_partitions(&run.id, 10).await.unwrap();
+    let failing: Vec<u64> = failing.iter().map(|r| r.index).collect();
+    let expected: Vec<u64> = records
+        .iter()
+        .filter(|p| backfill_store::is_failing(p))
+        .map(|p| p.index)
+        .collect();
+    assert_eq!(failing, expected);
+    assert_eq!(store.failing_partitions(&run.id, 1).await.unwrap().len(), 1);
+    let failed = store
+        .partitions_in_state(&run.id, PartitionState::Failed, 10)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].partition_id, parts[4].id);
+}
+
 crate::on_both_backends!(
+    pending_pages_cover_every_pending_partition_once_with_children_split_mid_way,
+    partition_totals_from_the_store_equal_the_per_record_computation,
     split_replaces_a_running_partition_by_children_that_inherit_its_checkpoint,
     attempt_checkpoint_and_finish_round_trip,
     stale_attempts_are_fenced_and_change_nothing,

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""A million partitions (issue 10, section 8): how the engine scales with the number of
+partitions of a run, at 2,000, 100,000 and 1,000,000.
+
+The demo's tables (`backfill demo --prepare-only`, --rows rows in `events`, ids from 1) and a
+key-range scope `from = 1, to = 1 + N * 100, chunk = 100`: N partitions of 100 keys, the first
+rows/100 of them holding rows, the rest empty. SQLite state store, upsert into the demo's
+`events_fixed`. For each N, on a fresh state file:
+
+  plan     `plan SPEC --no-estimate`: wall time and peak RSS.
+  create   `run SPEC --create-only`: wall time and peak RSS of creating the run (N rows).
+  budget   `run SPEC` with `budget = { partitions = 10 }` until the run pauses: the partitions
+           done beyond 10 are the overshoot (target: 0; "within the partitions in flight").
+  overhead `resume RUN --extend-budget partitions=B-10` (B = min(N, --budget)), until the run
+           pauses again or succeeds; then SIGINT. Per-partition overhead = (last finished_at
+           - first started_at) / partitions done, over the empty partitions (past the
+           demo's rows) started after the resume, read from the state file. Peak RSS of the `run` process (executing, not
+           creating: the run exists already).
+  status   `status RUN --json` on the paused run: wall time and peak RSS (best of 3).
+
+Peak RSS is the kernel's ru_maxrss of the child (os.wait4). Timings on a shared machine
+drift: compare the ratios between sizes, not the absolute figures. Nothing is asserted.
+
+Writes the "A million partitions" section of bench/RESULTS.md (between its own markers;
+replaced if present, appended otherwise). Usage:
+  bench/million.py [--no-build] [--binary PATH] [--sizes 2000,100000,1000000] [--budget 20000]
+"""
+
+import argparse
+import datetime as dt
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+BEGIN = "<!-- bench/million.py: begin -->"
+END = "<!-- bench/million.py: end -->"
+QUERY = (
+    "SELECT id, user_id, CAST(round(amount * 100) AS INTEGER) AS amount_cents, ts, "
+    "lower(note) AS note FROM events WHERE id >= :start AND id < :end"
+)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def spec_text(n, budget):
+    return f"""name   = "million_{n}"
+reason = "bench/million.py"
+
+[source]
+url   = "sqlite://source.db"
+query = "{QUERY}"
+
+[target]
+url   = "sqlite://target.db"
+table = "events_fixed"
+key   = ["id"]
+mode  = "upsert"
+
+[scope]
+key   = "id"
+from  = 1
+to    = {1 + n * 100}
+chunk = 100
+
+[limits]
+concurrency = 4
+batch_rows  = 5000
+budget      = {{ partitions = {budget} }}
+"""
+
+
+def timed(cmd, cwd):
+    """Runs `cmd` to its end: (wall seconds, peak RSS in KiB, exit code, stdout)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        code = os.waitstatus_to_exitcode(status)
+        text = out.read().decode()
+        if code not in (0, 1):
+            raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{text}\n{err.read().decode()}")
+        return wall, rusage.ru_maxrss, code, text
+
+
+def run_row(state):
+    """(run id, state, pause reason) of the only run of the state file, or None."""
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute("SELECT id, state, pause_reason FROM runs").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+
+
+def done_count(state, run_id, after=None, from_index=0):
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=30)
+    try:
+        sql = "SELECT count(*), min(started_at), max(finished_at) FROM partitions WHERE run_id = ? AND state = 'done'"
+        args = [run_id]
+        if after:
+            sql += " AND started_at > ? AND idx >= ?"
+            args += [after, from_index]
+        return conn.execute(sql, args).fetchone()
+    finally:
+        conn.close()
+
+
+class Child:
+    """A child process reaped with wait4, so its peak RSS is known once it exits."""
+
+    def __init__(self, cmd, cwd):
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.rusage = None
+
+    def exited(self, block=False):
+        if self.rusage is None:
+            pid, _, rusage = os.wait4(self.proc.pid, 0 if block else os.WNOHANG)
+            if pid:
+                self.rusage = rusage
+        return self.rusage is not None
+
+
+def wait_paused_or_exit(proc, state, limit):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.exited():
+            return "exited"
+        row = run_row(state)
+        if row and row[1] == "paused" and row[2] == "budget_exhausted":
+            return "paused"
+        time.sleep(0.2)
+    raise SystemExit(f"the run neither paused nor ended within {limit}s")
+
+
+def vm_rss(pid):
+    """The current resident set of a live process, in KiB (0 when unknown)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def parse_time(text):
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def bench_size(binary, demo, n, budget, rows):
+    d = demo / f"n{n}"
+    d.mkdir(exist_ok=True)
+    for name in ("source.db", "target.db"):
+        (d / name).unlink(missing_ok=True)
+        os.symlink(demo / name, d / name)
+    state = d / "state.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{state}{suffix}").unlink(missing_ok=True)
+    spec = d / "spec.toml"
+    spec.write_text(spec_text(n, 10))
+    base = [str(binary), "--state", f"sqlite://{state}"]
+    r = {"n": n}
+
+    wall, rss, code, _ = timed(base + ["plan", str(spec), "--no-estimate"], d)
+    r["plan_s"], r["plan_kib"] = wall, rss
+    wall, rss, code, _ = timed(base + ["run", str(spec), "--create-only"], d)
+    r["create_s"], r["create_kib"] = wall, rss
+    run_id = run_row(state)[0]
+    log(f"  n={n:,}: plan {r['plan_s']:.2f}s, create {r['create_s']:.2f}s")
+
+    t0 = time.perf_counter()
+    proc = Child(base + ["run", str(spec)], d)
+    if wait_paused_or_exit(proc, state, 600) != "paused":
+        raise SystemExit("the budget of 10 did not pause the run")
+    r["first_pause_s"] = time.perf_counter() - t0
+    r["first_paused_kib"] = vm_rss(proc.proc.pid)
+    r["budget10_done"] = done_count(state, run_id)[0]
+    b = min(n, budget)
+    resumed_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    subprocess.run(base + ["resume", run_id, "--extend-budget", f"partitions={b - 10}"],
+                   cwd=d, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The run process sees the extension at its next poll: wait for it to leave the pause.
+    deadline = time.monotonic() + 30
+    while not proc.exited() and run_row(state)[1] == "paused":
+        if time.monotonic() > deadline:
+            raise SystemExit("the run did not continue after --extend-budget")
+        time.sleep(0.05)
+    ended = wait_paused_or_exit(proc, state, 3600)
+    if ended == "paused":
+        r["paused_kib"] = vm_rss(proc.proc.pid)
+        proc.proc.send_signal(signal.SIGINT)
+    proc.exited(block=True)
+    r["run_kib"] = proc.rusage.ru_maxrss
+    # Empty partitions only (those past the demo's rows): the engine's own cost.
+    count, first, last = done_count(state, run_id, resumed_at, rows // 100)
+    r["session_done"] = count
+    span = (parse_time(last) - parse_time(first)).total_seconds() if count else 0.0
+    r["per_partition_ms"] = span * 1000 / max(count, 1)
+    r["budget_done"] = done_count(state, run_id)[0]
+    log(f"  n={n:,}: budget 10 -> {r['budget10_done']} done; {r['session_done']:,} partitions "
+        f"at {r['per_partition_ms']:.3f} ms each")
+
+    best = None
+    for _ in range(3):
+        wall, rss, code, _ = timed(base + ["--json", "status", run_id], d)
+        if best is None or wall < best[0]:
+            best = (wall, rss)
+    r["status_s"], r["status_kib"] = best
+    log(f"  n={n:,}: status {r['status_s'] * 1000:.0f} ms, {r['status_kib'] / 1024:.0f} MiB")
+    return r
+
+
+def report(results, meta):
+    mib = lambda kib: f"{kib / 1024:.0f} MiB"  # noqa: E731
+    L = [BEGIN, "", "## A million partitions (issue 10, section 8)", ""]
+    L.append(f"Measured {meta['date']} on {meta['commit']}, {os.cpu_count()} cores, load "
+             f"{meta['load']} before. `bench/million.py`: key scope of N partitions of 100 "
+             "keys over the demo's tables (100,000 rows: the first 1,000 partitions hold "
+             "rows, the rest are empty), SQLite state store, concurrency 4. The machine was "
+             "shared with other builds: read the ratios between sizes, not the absolute times.")
+    L.append("")
+    L.append("| | " + " | ".join(f"{r['n']:,}" for r in results) + " | target at 1M |")
+    L.append("|---|" + "---:|" * len(results) + "---|")
+
+    def row(label, f, target=""):
+        L.append(f"| {label} | " + " | ".join(f(r) for r in results) + f" | {target} |")
+
+    row("`plan --no-estimate`", lambda r: f"{r['plan_s']:.2f} s")
+    row("  peak RSS of `plan` (every partition in memory)", lambda r: mib(r["plan_kib"]))
+    row("create the run (`run --create-only`)", lambda r: f"{r['create_s']:.2f} s", "< 10 s")
+    row("  peak RSS while creating", lambda r: mib(r["create_kib"]))
+    row("per-partition overhead in a run (empty partitions)", lambda r: f"{r['per_partition_ms']:.3f} ms "
+        f"(over {r['session_done']:,})", "≤ 0.5 ms, flat")
+    row("peak RSS of `run` (plans the spec to check its hash, then executes)",
+        lambda r: mib(r["run_kib"]))
+    row("RSS of `run` executing, after 10 partitions (at the first pause)",
+        lambda r: mib(r["first_paused_kib"]))
+    row("RSS of `run` executing, after B partitions (at the budget's pause)",
+        lambda r: mib(r["paused_kib"]) if r.get("paused_kib") else "– (ran to the end)",
+        "< 100 MiB")
+    row("`status --json` (best of 3)", lambda r: f"{r['status_s'] * 1000:.0f} ms", "< 300 ms")
+    row("  peak RSS of `status`", lambda r: mib(r["status_kib"]), "< 50 MiB")
+    row("`budget = { partitions = 10 }`: partitions done", lambda r: f"{r['budget10_done']}",
+        "≤ 10 + concurrency")
+    L += ["", END]
+    return "\n".join(L)
+
+
+def write_section(text):
+    path = BENCH / "RESULTS.md"
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        a, b = old.index(BEGIN), old.index(END) + len(END)
+        new = old[:a] + text + old[b:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(new)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--binary", help="the backfill binary (default: target/release/backfill)")
+    p.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
+    p.add_argument("--sizes", default="2000,100000,1000000")
+    p.add_argument("--budget", type=int, default=20000, help="partitions timed per size (default 20000)")
+    p.add_argument("--rows", type=int, default=100000, help="rows of the demo's source")
+    p.add_argument("--workdir", help="keep the databases here (default: a removed temp dir)")
+    args = p.parse_args()
+    if not args.no_build and not args.binary:
+        subprocess.run(["cargo", "build", "--release", "-p", "backfill-cli"], cwd=REPO, check=True)
+    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    binary = Path(args.binary or target_dir / "release" / "backfill").resolve()
+    meta = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                 capture_output=True, text=True).stdout.strip(),
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+    with tempfile.TemporaryDirectory(prefix="backfill-million-") as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        demo = work / "demo"
+        subprocess.run([str(binary), "demo", "--dir", str(demo), "--rows", str(args.rows),
+                        "--prepare-only"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        results = []
+        for n in [int(s) for s in args.sizes.split(",")]:
+            results.append(bench_size(binary, demo, n, args.budget, args.rows))
+    text = report(results, meta)
+    print(text)
+    write_section(text)
+
+
+if __name__ == "__main__":
+    main()
