@@ -1,0 +1,368 @@
+//! The controller task: polls the state store for commands, applies the budget, the circuit
+//! breaker and the run window as holds, renews the run's claim and reports heartbeats.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use backfill_core::Spec;
+use backfill_core::budget::{BudgetExtension, BudgetUse, BudgetVerdict};
+use backfill_core::run_window::WindowState;
+use backfill_store::{ControlRequest, Controls, Store};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::events::{Emitter, Event};
+
+use super::{Clock, HEARTBEAT, Hold, Limits, Live, POLL, host};
+
+/// What the controller needs besides the shared state.
+pub(crate) struct Controller {
+    pub(crate) run_id: String,
+    pub(crate) spec: Spec,
+    pub(crate) store: Store,
+    pub(crate) live: Arc<Live>,
+    pub(crate) clock: Clock,
+    pub(crate) emitter: Emitter,
+    /// Partitions in the run's plan.
+    pub(crate) partitions_total: u64,
+    /// Rows read and partitions finished by earlier sessions of the run.
+    pub(crate) rows_before: u64,
+    pub(crate) partitions_before: u64,
+    /// The controls read when the session started.
+    pub(crate) controls: Controls,
+    /// What the adaptive throttle publishes for `status`, when the spec has `[throttle]`.
+    pub(crate) adaptive: Option<crate::adaptive::SharedStatus>,
+    /// This process's claim on the run, renewed with every heartbeat.
+    pub(crate) lease: backfill_store::Lease,
+    /// Requested when the claim is lost, so the workers stop at once.
+    pub(crate) shutdown: crate::Shutdown,
+}
+
+impl Controller {
+    /// Polls the store until `stop` is set; sets and clears holds, applies limit changes,
+    /// reports heartbeats. Store errors are logged and retried at the next poll.
+    /// `ready` is sent after the first decision, so no batch starts before it.
+    pub(crate) async fn run(
+        self,
+        mut stop: watch::Receiver<bool>,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut ready = Some(ready);
+        let mut seen_version = self.controls.version;
+        let mut seen_resumes = self.controls.resumes;
+        let mut controls = self.controls.clone();
+        let mut limits = self.live.apply(Limits::of(&self.spec, &controls));
+        let mut warned: Vec<&'static str> = Vec::new();
+        let mut last_beat = Instant::now();
+        // The first heartbeat goes out at once: another process starting now sees this one.
+        let mut first_beat = true;
+        // The hold last announced (by reason): a worker may set a hold itself (the breaker),
+        // so announcing follows what was said, not what changed here.
+        let mut announced: Option<&'static str> = None;
+        let mut active_since_beat = Duration::ZERO;
+        let mut last_tick = Instant::now();
+        let _ = self
+            .store
+            .record_rate_change(
+                &self.run_id,
+                rate_of(limits.rows_per_second),
+                "start",
+                &json!({ "concurrency": limits.concurrency, "batches_per_second": limits.batches_per_second }),
+            )
+            .await;
+        loop {
+            let now = Instant::now();
+            if !self.live.is_held() {
+                active_since_beat += now - last_tick;
+            }
+            last_tick = now;
+            match self.store.controls(&self.run_id).await {
+                Ok(c) => controls = c,
+                Err(e) => {
+                    tracing::warn!(run_id = self.run_id, error = %e, "cannot read run controls")
+                }
+            }
+            if controls.version != seen_version {
+                seen_version = controls.version;
+                let wanted = self.live.apply(Limits::of(&self.spec, &controls));
+                if wanted != limits {
+                    self.limits_changed(limits, wanted).await;
+                    limits = wanted;
+                }
+                if controls.resumes != seen_resumes {
+                    seen_resumes = controls.resumes;
+                    self.live.close_breaker();
+                }
+            }
+            let used = self.budget_use(&controls, active_since_beat);
+            let extension = extension_of(&controls);
+            let verdict = self.spec.limits.budget.verdict(&used, &extension);
+            if let BudgetVerdict::Warning(lines) = &verdict {
+                for line in lines {
+                    let kind = line.kind.as_str();
+                    if !warned.contains(&kind) {
+                        warned.push(kind);
+                        tracing::warn!(
+                            run_id = self.run_id,
+                            budget = kind,
+                            used = line.used,
+                            limit = line.limit,
+                            "budget 80% used"
+                        );
+                        self.emitter.emit(Event::BudgetWarning {
+                            kind: kind.to_owned(),
+                            used: line.used,
+                            limit: line.limit,
+                        });
+                    }
+                }
+            }
+            let allowance = self.partition_allowance(&extension);
+            self.live
+                .partition_allowance
+                .send_if_modified(|a| std::mem::replace(a, allowance) != allowance);
+            let wanted = self.wanted_hold(&controls, &verdict);
+            self.live.set_hold(wanted.clone());
+            let reason = wanted.as_ref().map(Hold::pause_reason);
+            if reason != announced {
+                announced = reason;
+                match &wanted {
+                    Some(hold) => {
+                        tracing::info!(
+                            run_id = self.run_id,
+                            reason = hold.pause_reason(),
+                            "holding the workers"
+                        );
+                        self.emitter.emit(Event::Holding { hold: hold.clone() });
+                    }
+                    None => {
+                        tracing::info!(run_id = self.run_id, "releasing the workers");
+                        self.emitter.emit(Event::Released);
+                    }
+                }
+            }
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+            if last_beat.elapsed() >= HEARTBEAT || first_beat {
+                first_beat = false;
+                if !self.renew_claim().await {
+                    break;
+                }
+                let live = self.telemetry(&limits, &used, &extension);
+                let active_ms = u64::try_from(active_since_beat.as_millis()).unwrap_or(u64::MAX);
+                match self.store.heartbeat(&self.run_id, active_ms, &live).await {
+                    Ok(()) => {
+                        controls.active_ms += active_ms;
+                        active_since_beat = Duration::ZERO;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run_id = self.run_id, error = %e, "cannot report heartbeat")
+                    }
+                }
+                last_beat = Instant::now();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => {}
+                () = self.live.poll_now.notified() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        // The last slice of running time counts too, and the last telemetry stays for
+        // `status`, marked stopped so no one takes this process for a live one.
+        let active_ms = u64::try_from(active_since_beat.as_millis()).unwrap_or(u64::MAX);
+        controls.active_ms += active_ms;
+        let used = self.budget_use(&controls, Duration::ZERO);
+        let extension = extension_of(&controls);
+        let mut last = self.telemetry(&limits, &used, &extension);
+        last["state"] = json!("stopped");
+        let _ = self.store.heartbeat(&self.run_id, active_ms, &last).await;
+    }
+
+    /// Renews this process's claim on the run. False when another process claimed it: then
+    /// every write of this process is refused, so the workers are told to stop.
+    async fn renew_claim(&self) -> bool {
+        match self.store.renew_lease(&self.lease).await {
+            Ok(_) => true,
+            Err(e @ backfill_store::StoreError::LeaseLost { .. }) => {
+                tracing::error!(run_id = self.run_id, error = %e, "stopping");
+                self.shutdown.request();
+                false
+            }
+            Err(e) => {
+                // Still ours until it expires; the next heartbeat tries again.
+                tracing::warn!(run_id = self.run_id, error = %e, "cannot renew the run's claim");
+                true
+            }
+        }
+    }
+
+    async fn limits_changed(&self, from: Limits, to: Limits) {
+        tracing::info!(
+            run_id = self.run_id,
+            rows_per_second = to.rows_per_second,
+            batches_per_second = to.batches_per_second,
+            concurrency = to.concurrency,
+            "limits changed by `throttle`"
+        );
+        if to.concurrency < from.concurrency.max(to.concurrency)
+            && to.concurrency == self.live.capacity
+        {
+            tracing::warn!(
+                run_id = self.run_id,
+                capacity = self.live.capacity,
+                "concurrency capped at this process's connection pools"
+            );
+        }
+        self.emitter.emit(Event::Throttled {
+            rows_per_second: to.rows_per_second,
+            batches_per_second: to.batches_per_second,
+            concurrency: to.concurrency,
+        });
+        let _ = self
+            .store
+            .record_rate_change(
+                &self.run_id,
+                rate_of(to.rows_per_second),
+                "manual",
+                &json!({
+                    "from": rate_of(from.rows_per_second),
+                    "concurrency": to.concurrency,
+                    "batches_per_second": to.batches_per_second,
+                }),
+            )
+            .await;
+    }
+
+    fn budget_use(&self, controls: &Controls, unreported: Duration) -> BudgetUse {
+        BudgetUse {
+            rows: self.rows_before + self.live.rows_read.load(Ordering::Relaxed),
+            active: Duration::from_millis(controls.active_ms) + unreported,
+            partitions: self.partitions_before
+                + self.live.partitions_finished.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Partitions this session may finish under the partition budget and `extension`:
+    /// `u64::MAX` without a partition budget.
+    fn partition_allowance(&self, extension: &BudgetExtension) -> u64 {
+        self.spec
+            .limits
+            .budget
+            .partitions
+            .map_or(u64::MAX, |limit| {
+                (limit + extension.partitions).saturating_sub(self.partitions_before)
+            })
+    }
+
+    /// The hold the run should be under now, most serious first.
+    fn wanted_hold(&self, controls: &Controls, verdict: &BudgetVerdict) -> Option<Hold> {
+        match controls.requested {
+            Some(ControlRequest::Cancel) => return Some(Hold::Cancel),
+            Some(ControlRequest::Pause) => return Some(Hold::User),
+            None => {}
+        }
+        if self.live.breaker_open() {
+            return Some(self.live.circuit_hold());
+        }
+        if let BudgetVerdict::Exhausted(lines) = verdict {
+            return Some(Hold::BudgetExhausted {
+                lines: lines
+                    .iter()
+                    .filter(|l| l.used >= l.limit)
+                    .map(|l| format!("{} {}/{}", l.kind.as_str(), l.used, l.limit))
+                    .collect(),
+            });
+        }
+        if let Some(window) = &self.spec.limits.window
+            && let WindowState::Closed { opens_at } = window.state_at(self.clock.now())
+        {
+            return Some(Hold::OutsideWindow { opens_at });
+        }
+        None
+    }
+
+    fn telemetry(
+        &self,
+        limits: &Limits,
+        used: &BudgetUse,
+        extension: &BudgetExtension,
+    ) -> serde_json::Value {
+        let budget = &self.spec.limits.budget;
+        let verdict = &budget.verdict(used, extension);
+        let lines = &budget.lines(used, extension);
+        let hold = self.live.hold();
+        let mut live = json!({
+            "pid": std::process::id(),
+            "host": host(),
+            "state": if hold.is_some() { "held" } else { "running" },
+            "hold": hold.as_ref().map(Hold::pause_reason),
+            "rows_per_second": rate_of(limits.rows_per_second),
+            "batches_per_second": rate_of(limits.batches_per_second),
+            "concurrency": limits.concurrency,
+            "breaker_error_rate": self.live.breaker_error_rate(),
+            "budget": lines.iter().map(|l| json!({
+                "kind": l.kind.as_str(), "used": l.used, "limit": l.limit,
+            })).collect::<Vec<_>>(),
+            "budget_warning": matches!(verdict, BudgetVerdict::Warning(_)),
+        });
+        live["order"] = json!(self.spec.limits.order.describe());
+        if let Some(cost) = &self.spec.limits.budget.cost {
+            live["cost"] = self.cost_telemetry(cost, used);
+        }
+        if let Some(adaptive) = &self.adaptive {
+            live["adaptive"] = adaptive.lock().unwrap_or_else(|e| e.into_inner()).to_json();
+        }
+        if let Some(Hold::OutsideWindow { opens_at }) = &hold {
+            live["resumes_at"] = json!(opens_at.to_rfc3339());
+        }
+        if let Some(window) = &self.spec.limits.window
+            && let WindowState::Open { closes_at } = window.state_at(self.clock.now())
+        {
+            live["window_closes_at"] = json!(closes_at.to_rfc3339());
+        }
+        live
+    }
+}
+
+impl Controller {
+    /// Money spent so far and projected to complete, at the pace of the finished partitions.
+    fn cost_telemetry(
+        &self,
+        cost: &backfill_core::budget::CostModel,
+        used: &BudgetUse,
+    ) -> serde_json::Value {
+        let rows = used.rows;
+        let finished = used.partitions;
+        let active = used.active.as_secs_f64();
+        let so_far = cost.cost(rows, used.active);
+        let to_complete = (finished > 0).then(|| {
+            let left = self.partitions_total.saturating_sub(finished) as f64 / finished as f64;
+            let rows_left = (rows as f64 * left) as u64;
+            let time_left = Duration::from_secs_f64((active * left).max(0.0));
+            cost.cost(rows_left, time_left)
+        });
+        json!({
+            "so_far": cost.format(so_far),
+            "to_complete": to_complete.map(|c| cost.format(c)),
+            "so_far_amount": so_far,
+            "to_complete_amount": to_complete,
+            "currency": cost.currency,
+        })
+    }
+}
+
+fn rate_of(per_second: u32) -> Option<f64> {
+    (per_second > 0).then_some(f64::from(per_second))
+}
+
+/// The budget granted by `resume --extend-budget`, as the core policy counts it.
+pub(crate) fn extension_of(controls: &Controls) -> BudgetExtension {
+    BudgetExtension {
+        rows: controls.budget_extra.rows,
+        duration: Duration::from_millis(controls.budget_extra.duration_ms),
+        partitions: controls.budget_extra.partitions,
+        cost: controls.budget_extra.cost,
+    }
+}
