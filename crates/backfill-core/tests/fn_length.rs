@@ -22,8 +22,14 @@ const LIMIT: usize = 100;
 const ALLOWED_LONG: &[(&str, &str)] = &[
     // The engine's partition worker and controller loop: to be split by stage (section 7 of
     // issue 10: `execute.rs` by stage, `control.rs` into modules).
-    ("crates/backfill-engine/src/execute/attempt.rs", "run_partition"),
-    ("crates/backfill-engine/src/execute/upsert.rs", "upsert_partition"),
+    (
+        "crates/backfill-engine/src/execute/attempt.rs",
+        "run_partition",
+    ),
+    (
+        "crates/backfill-engine/src/execute/upsert.rs",
+        "upsert_partition",
+    ),
     ("crates/backfill-engine/src/control/controller.rs", "run"),
     // The CLI's command bodies and progress renderer, and the SQLite pushdown's `open`: to be
     // split into named steps (rendering sections, phases of opening).

@@ -29,14 +29,13 @@ pub(super) async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
     let partition = &partition;
     let splittable =
         splittable && backfill_core::split::split_window(&partition.window, 2).len() > 1;
-    // When this process first started the partition: what "slow" is measured against.
-    let first_started = Instant::now();
-    let policy = ctx.spec.limits.retry;
-    // The outage in progress and the attempts outages used (`RetryPolicy::after_failure`).
-    let mut history = RetryHistory::default();
-    // Set when the target rejected rows of a pushed-down batch or of a `replace`: the next
-    // attempt takes the row path and quarantines them.
-    let mut row_path = false;
+    let mut run = PartitionRun {
+        // When this process first started the partition: what "slow" is measured against.
+        first_started: Instant::now(),
+        splittable,
+        history: RetryHistory::default(),
+        row_path: false,
+    };
     // Whether an attempt started in this process (later ones re-read the checkpoint).
     let mut attempted = false;
     if checkpoint.is_none()
@@ -49,33 +48,9 @@ pub(super) async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
         if ctx.should_stop() {
             return PartitionEnd::Interrupted;
         }
-        let attempt = match store_call(ctx, "start attempt", || {
-            ctx.store
-                .start_attempt(&ctx.run_id, &partition.id, &ctx.actor)
-        })
-        .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot start attempt");
-                return PartitionEnd::Interrupted;
-            }
+        let Some(attempt) = begin_attempt(ctx, partition, attempted, &mut checkpoint).await else {
+            return PartitionEnd::Interrupted;
         };
-        if attempted {
-            // The store holds the resume point. After a lost connection the last batch may
-            // have committed (with its checkpoint) without this process hearing of it.
-            match store_call(ctx, "read checkpoint", || {
-                ctx.store.partition(&ctx.run_id, &partition.id)
-            })
-            .await
-            {
-                Ok(record) => checkpoint = record.checkpoint,
-                Err(e) => {
-                    tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot read checkpoint");
-                    return PartitionEnd::Interrupted;
-                }
-            }
-        }
         let first_attempt_here = !attempted;
         attempted = true;
         if splittable
@@ -89,124 +64,221 @@ pub(super) async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
             partition_id: partition.id.clone(),
             attempt,
         });
-        let started = Instant::now();
         let slow = SlowCheck {
             splittable,
-            since: first_started,
+            since: run.first_started,
         };
         let result = attempt_partition(
             ctx,
             partition,
             attempt,
-            started,
+            Instant::now(),
             &mut checkpoint,
-            row_path,
+            run.row_path,
             slow,
         )
         .await;
-        let finish = |outcome| finish_partition(ctx, partition, attempt, outcome);
-        match result {
-            Ok(counts) => {
-                return match finish(Outcome::Done).await {
-                    Ok(()) => {
-                        ctx.live.partitions_finished.fetch_add(1, Ordering::Relaxed);
-                        if splittable {
-                            ctx.live.record_partition_time(first_started.elapsed());
-                        }
-                        ctx.emitter.emit(Event::PartitionDone {
-                            partition_id: partition.id.clone(),
-                            counts,
-                        });
-                        PartitionEnd::Done
-                    }
-                    Err(e) => {
-                        tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot mark partition done");
-                        PartitionEnd::Interrupted
-                    }
-                };
+        let next = match result {
+            Ok(counts) => Next::End(run.done(ctx, partition, attempt, counts).await),
+            Err(AttemptError::SplitRequested) => Next::End(
+                run.split_slow(ctx, partition, attempt, checkpoint.as_deref())
+                    .await,
+            ),
+            Err(error) => run.after_error(ctx, partition, attempt, error).await,
+        };
+        if let Next::End(end) = next {
+            return end;
+        }
+    }
+}
+
+/// What a failed attempt leads to.
+enum Next {
+    /// The partition's work in this process ends so.
+    End(PartitionEnd),
+    /// Another attempt (after the backoff already waited).
+    Again,
+}
+
+/// What one partition's attempts in this process share.
+struct PartitionRun {
+    first_started: Instant,
+    splittable: bool,
+    /// The outage in progress and the attempts outages used (`RetryPolicy::after_failure`).
+    history: RetryHistory,
+    /// Set when the target rejected rows of a pushed-down batch or of a `replace`: the next
+    /// attempt takes the row path and quarantines them.
+    row_path: bool,
+}
+
+/// Starts an attempt (the fencing number) and, after the first in this process, re-reads the
+/// checkpoint: after a lost connection the last batch may have committed with its checkpoint
+/// unheard. `None` when the store cannot be reached (the partition is interrupted).
+async fn begin_attempt(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempted: bool,
+    checkpoint: &mut Option<Vec<Value>>,
+) -> Option<u32> {
+    let attempt = match store_call(ctx, "start attempt", || {
+        ctx.store
+            .start_attempt(&ctx.run_id, &partition.id, &ctx.actor)
+    })
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot start attempt");
+            return None;
+        }
+    };
+    if attempted {
+        match store_call(ctx, "read checkpoint", || {
+            ctx.store.partition(&ctx.run_id, &partition.id)
+        })
+        .await
+        {
+            Ok(record) => *checkpoint = record.checkpoint,
+            Err(e) => {
+                tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot read checkpoint");
+                return None;
             }
-            Err(AttemptError::Interrupted) | Err(AttemptError::Stale) => {
-                return PartitionEnd::Interrupted;
-            }
-            Err(AttemptError::SplitRequested) => {
-                // Twice the workers: slices are equal in time, not in rows, so smaller ones
-                // balance the tail better (a slice already written finishes at once).
-                let parts = (*ctx.live.concurrency().borrow() * 2).max(2);
-                let elapsed = first_started.elapsed();
-                let reason = serde_json::json!({
-                    "trigger": "slow",
-                    "elapsed_seconds": elapsed.as_secs_f64(),
-                    "median_seconds": ctx.live.median_partition_time().map(|d| d.as_secs_f64()),
-                    "split_slow": ctx.spec.limits.split.slow_factor,
+        }
+    }
+    Some(attempt)
+}
+
+impl PartitionRun {
+    /// The attempt wrote the whole window: mark the partition done (fenced) and report it.
+    async fn done(
+        &self,
+        ctx: &Ctx,
+        partition: &Partition,
+        attempt: u32,
+        counts: RowCounts,
+    ) -> PartitionEnd {
+        match finish_partition(ctx, partition, attempt, Outcome::Done).await {
+            Ok(()) => {
+                ctx.live.partitions_finished.fetch_add(1, Ordering::Relaxed);
+                if self.splittable {
+                    ctx.live.record_partition_time(self.first_started.elapsed());
+                }
+                ctx.emitter.emit(Event::PartitionDone {
+                    partition_id: partition.id.clone(),
+                    counts,
                 });
-                return split(
-                    ctx,
-                    partition,
-                    attempt,
-                    parts,
-                    checkpoint.as_deref(),
-                    reason,
-                )
-                .await;
+                PartitionEnd::Done
             }
-            Err(AttemptError::Store(
-                StoreError::StaleAttempt { .. } | StoreError::LeaseLost { .. },
-            )) => {
-                return PartitionEnd::Interrupted;
+            Err(e) => {
+                tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot mark partition done");
+                PartitionEnd::Interrupted
             }
-            Err(error) if error.class() == ErrorClass::Data && !row_path && can_isolate(ctx) => {
+        }
+    }
+
+    /// The partition ran far longer than the others (`split_slow`): split it at its
+    /// checkpoint into twice as many children as workers (slices are equal in time, not in
+    /// rows, so smaller ones balance the tail better; a slice already written finishes at
+    /// once).
+    async fn split_slow(
+        &self,
+        ctx: &Ctx,
+        partition: &Partition,
+        attempt: u32,
+        checkpoint: Option<&[Value]>,
+    ) -> PartitionEnd {
+        let parts = (*ctx.live.concurrency().borrow() * 2).max(2);
+        let reason = serde_json::json!({
+            "trigger": "slow",
+            "elapsed_seconds": self.first_started.elapsed().as_secs_f64(),
+            "median_seconds": ctx.live.median_partition_time().map(|d| d.as_secs_f64()),
+            "split_slow": ctx.spec.limits.split.slow_factor,
+        });
+        split(ctx, partition, attempt, parts, checkpoint, reason).await
+    }
+
+    /// A failed attempt: stop when it lost its partition, redo it on the row path when the
+    /// target rejected rows the path in use cannot isolate, otherwise carry out the decision of
+    /// `core::retry` (retry after a backoff, wait out an outage, or fail for good).
+    async fn after_error(
+        &mut self,
+        ctx: &Ctx,
+        partition: &Partition,
+        attempt: u32,
+        error: AttemptError,
+    ) -> Next {
+        let finish = |outcome| finish_partition(ctx, partition, attempt, outcome);
+        match error {
+            AttemptError::Interrupted
+            | AttemptError::Stale
+            | AttemptError::Store(StoreError::StaleAttempt { .. } | StoreError::LeaseLost { .. }) => {
+                Next::End(PartitionEnd::Interrupted)
+            }
+            error if error.class() == ErrorClass::Data && !self.row_path && can_isolate(ctx) => {
                 // The pushdown and plain `replace` inserts cannot tell which rows the target
                 // rejects: redo the partition on the row path, isolating them into quarantine.
-                row_path = true;
+                self.row_path = true;
                 let message = format!(
                     "{}; redoing the partition row by row to quarantine the rejected rows",
                     redact(&error.to_string())
                 );
-                if finish(Outcome::Retry { error: &message }).await.is_err() {
-                    return PartitionEnd::Interrupted;
+                match finish(Outcome::Retry { error: &message }).await {
+                    Ok(()) => Next::Again,
+                    Err(_) => Next::End(PartitionEnd::Interrupted),
                 }
             }
-            Err(error) => {
-                let message = redact(&error.to_string());
-                let failure = Failure {
-                    class: error.class(),
-                    unavailable: error.is_unavailable(),
+            error => self.retry_or_fail(ctx, partition, attempt, &error).await,
+        }
+    }
+
+    /// Carries out `RetryPolicy::after_failure` for `error`.
+    async fn retry_or_fail(
+        &mut self,
+        ctx: &Ctx,
+        partition: &Partition,
+        attempt: u32,
+        error: &AttemptError,
+    ) -> Next {
+        let finish = |outcome| finish_partition(ctx, partition, attempt, outcome);
+        let message = redact(&error.to_string());
+        let failure = Failure {
+            class: error.class(),
+            unavailable: error.is_unavailable(),
+            attempt,
+            at: self.first_started.elapsed(),
+        };
+        // An unreachable database is waited out by backoff; the breaker guards against one
+        // that answers with errors.
+        if !failure.unavailable {
+            ctx.live.record_batch(Some(&message));
+        }
+        let policy = ctx.spec.limits.retry;
+        match policy.after_failure(failure, &mut self.history, rand::random::<f64>()) {
+            NextStep::Retry(delay) | NextStep::WaitOutOutage(delay) => {
+                if finish(Outcome::Retry { error: &message }).await.is_err() {
+                    return Next::End(PartitionEnd::Interrupted);
+                }
+                ctx.emitter.emit(Event::PartitionRetrying {
+                    partition_id: partition.id.clone(),
                     attempt,
-                    at: first_started.elapsed(),
-                };
-                // An unreachable database is waited out by backoff; the breaker guards
-                // against one that answers with errors.
-                if !failure.unavailable {
-                    ctx.live.record_batch(Some(&message));
+                    error: message,
+                    delay,
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => Next::Again,
+                    () = ctx.stopping() => Next::End(PartitionEnd::Interrupted),
                 }
-                match policy.after_failure(failure, &mut history, rand::random::<f64>()) {
-                    NextStep::Retry(delay) | NextStep::WaitOutOutage(delay) => {
-                        if finish(Outcome::Retry { error: &message }).await.is_err() {
-                            return PartitionEnd::Interrupted;
-                        }
-                        ctx.emitter.emit(Event::PartitionRetrying {
-                            partition_id: partition.id.clone(),
-                            attempt,
-                            error: message,
-                            delay,
-                        });
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = ctx.stopping() => return PartitionEnd::Interrupted,
-                        }
-                    }
-                    NextStep::Fail(reason) => {
-                        let text = reason.message(&message, attempt);
-                        if finish(Outcome::Failed { error: &text }).await.is_err() {
-                            return PartitionEnd::Interrupted;
-                        }
-                        ctx.emitter.emit(Event::PartitionFailed {
-                            partition_id: partition.id.clone(),
-                            error: text,
-                        });
-                        return PartitionEnd::Failed;
-                    }
+            }
+            NextStep::Fail(reason) => {
+                let text = reason.message(&message, attempt);
+                if finish(Outcome::Failed { error: &text }).await.is_err() {
+                    return Next::End(PartitionEnd::Interrupted);
                 }
+                ctx.emitter.emit(Event::PartitionFailed {
+                    partition_id: partition.id.clone(),
+                    error: text,
+                });
+                Next::End(PartitionEnd::Failed)
             }
         }
     }
