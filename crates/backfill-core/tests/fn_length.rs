@@ -30,7 +30,6 @@ const ALLOWED_LONG: &[(&str, &str)] = &[
         "crates/backfill-engine/src/execute/upsert.rs",
         "upsert_partition",
     ),
-    ("crates/backfill-engine/src/control/controller.rs", "run"),
     // The CLI's command bodies and progress renderer, and the SQLite pushdown's `open`: to be
     // split into named steps (rendering sections, phases of opening).
     ("crates/backfill-cli/src/commands/demo.rs", "run"),

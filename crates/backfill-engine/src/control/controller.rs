@@ -16,6 +16,27 @@ use crate::events::{Emitter, Event};
 
 use super::{Clock, HEARTBEAT, Hold, Limits, Live, POLL, host};
 
+/// What the controller's loop carries from one poll to the next.
+struct LoopState {
+    /// The controls version and resume count last acted on.
+    seen_version: u64,
+    seen_resumes: u64,
+    /// The controls last read.
+    controls: Controls,
+    /// The limits in force.
+    limits: Limits,
+    /// Budget lines already warned about (80%).
+    warned: Vec<&'static str>,
+    last_beat: Instant,
+    /// The first heartbeat goes out at once: another process starting now sees this one.
+    first_beat: bool,
+    /// The hold last announced, by reason.
+    announced: Option<&'static str>,
+    /// Running time (not held) since the last heartbeat.
+    active_since_beat: Duration,
+    last_tick: Instant,
+}
+
 /// What the controller needs besides the shared state.
 pub(crate) struct Controller {
     pub(crate) run_id: String,
@@ -49,119 +70,52 @@ impl Controller {
         ready: tokio::sync::oneshot::Sender<()>,
     ) {
         let mut ready = Some(ready);
-        let mut seen_version = self.controls.version;
-        let mut seen_resumes = self.controls.resumes;
-        let mut controls = self.controls.clone();
-        let mut limits = self.live.apply(Limits::of(&self.spec, &controls));
-        let mut warned: Vec<&'static str> = Vec::new();
-        let mut last_beat = Instant::now();
-        // The first heartbeat goes out at once: another process starting now sees this one.
-        let mut first_beat = true;
-        // The hold last announced (by reason): a worker may set a hold itself (the breaker),
-        // so announcing follows what was said, not what changed here.
-        let mut announced: Option<&'static str> = None;
-        let mut active_since_beat = Duration::ZERO;
-        let mut last_tick = Instant::now();
+        let mut st = LoopState {
+            seen_version: self.controls.version,
+            seen_resumes: self.controls.resumes,
+            controls: self.controls.clone(),
+            limits: self.live.apply(Limits::of(&self.spec, &self.controls)),
+            warned: Vec::new(),
+            last_beat: Instant::now(),
+            first_beat: true,
+            announced: None,
+            active_since_beat: Duration::ZERO,
+            last_tick: Instant::now(),
+        };
         let _ = self
             .store
             .record_rate_change(
                 &self.run_id,
-                rate_of(limits.rows_per_second),
+                rate_of(st.limits.rows_per_second),
                 "start",
-                &json!({ "concurrency": limits.concurrency, "batches_per_second": limits.batches_per_second }),
+                &json!({ "concurrency": st.limits.concurrency, "batches_per_second": st.limits.batches_per_second }),
             )
             .await;
         loop {
             let now = Instant::now();
             if !self.live.is_held() {
-                active_since_beat += now - last_tick;
+                st.active_since_beat += now - st.last_tick;
             }
-            last_tick = now;
-            match self.store.controls(&self.run_id).await {
-                Ok(c) => controls = c,
-                Err(e) => {
-                    tracing::warn!(run_id = self.run_id, error = %e, "cannot read run controls")
-                }
-            }
-            if controls.version != seen_version {
-                seen_version = controls.version;
-                let wanted = self.live.apply(Limits::of(&self.spec, &controls));
-                if wanted != limits {
-                    self.limits_changed(limits, wanted).await;
-                    limits = wanted;
-                }
-                if controls.resumes != seen_resumes {
-                    seen_resumes = controls.resumes;
-                    self.live.close_breaker();
-                }
-            }
-            let used = self.budget_use(&controls, active_since_beat);
-            let extension = extension_of(&controls);
+            st.last_tick = now;
+            self.apply_commands(&mut st).await;
+            let used = self.budget_use(&st.controls, st.active_since_beat);
+            let extension = extension_of(&st.controls);
             let verdict = self.spec.limits.budget.verdict(&used, &extension);
-            if let BudgetVerdict::Warning(lines) = &verdict {
-                for line in lines {
-                    let kind = line.kind.as_str();
-                    if !warned.contains(&kind) {
-                        warned.push(kind);
-                        tracing::warn!(
-                            run_id = self.run_id,
-                            budget = kind,
-                            used = line.used,
-                            limit = line.limit,
-                            "budget 80% used"
-                        );
-                        self.emitter.emit(Event::BudgetWarning {
-                            kind: kind.to_owned(),
-                            used: line.used,
-                            limit: line.limit,
-                        });
-                    }
-                }
-            }
+            self.warn_budget(&verdict, &mut st.warned);
             let allowance = self.partition_allowance(&extension);
             self.live
                 .partition_allowance
                 .send_if_modified(|a| std::mem::replace(a, allowance) != allowance);
-            let wanted = self.wanted_hold(&controls, &verdict);
+            let wanted = self.wanted_hold(&st.controls, &verdict);
             self.live.set_hold(wanted.clone());
-            let reason = wanted.as_ref().map(Hold::pause_reason);
-            if reason != announced {
-                announced = reason;
-                match &wanted {
-                    Some(hold) => {
-                        tracing::info!(
-                            run_id = self.run_id,
-                            reason = hold.pause_reason(),
-                            "holding the workers"
-                        );
-                        self.emitter.emit(Event::Holding { hold: hold.clone() });
-                    }
-                    None => {
-                        tracing::info!(run_id = self.run_id, "releasing the workers");
-                        self.emitter.emit(Event::Released);
-                    }
-                }
-            }
+            self.announce(wanted.as_ref(), &mut st.announced);
             if let Some(ready) = ready.take() {
                 let _ = ready.send(());
             }
-            if last_beat.elapsed() >= HEARTBEAT || first_beat {
-                first_beat = false;
-                if !self.renew_claim().await {
-                    break;
-                }
-                let live = self.telemetry(&limits, &used, &extension);
-                let active_ms = u64::try_from(active_since_beat.as_millis()).unwrap_or(u64::MAX);
-                match self.store.heartbeat(&self.run_id, active_ms, &live).await {
-                    Ok(()) => {
-                        controls.active_ms += active_ms;
-                        active_since_beat = Duration::ZERO;
-                    }
-                    Err(e) => {
-                        tracing::warn!(run_id = self.run_id, error = %e, "cannot report heartbeat")
-                    }
-                }
-                last_beat = Instant::now();
+            if (st.last_beat.elapsed() >= HEARTBEAT || st.first_beat)
+                && !self.beat(&mut st, &used, &extension).await
+            {
+                break;
             }
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
@@ -169,13 +123,119 @@ impl Controller {
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        // The last slice of running time counts too, and the last telemetry stays for
-        // `status`, marked stopped so no one takes this process for a live one.
-        let active_ms = u64::try_from(active_since_beat.as_millis()).unwrap_or(u64::MAX);
-        controls.active_ms += active_ms;
-        let used = self.budget_use(&controls, Duration::ZERO);
-        let extension = extension_of(&controls);
-        let mut last = self.telemetry(&limits, &used, &extension);
+        self.last_beat(st).await;
+    }
+
+    /// Reads the run's controls and applies what changed since the last poll: new limits
+    /// (`throttle`), a closed breaker (`resume`).
+    async fn apply_commands(&self, st: &mut LoopState) {
+        match self.store.controls(&self.run_id).await {
+            Ok(c) => st.controls = c,
+            Err(e) => {
+                tracing::warn!(run_id = self.run_id, error = %e, "cannot read run controls")
+            }
+        }
+        if st.controls.version == st.seen_version {
+            return;
+        }
+        st.seen_version = st.controls.version;
+        let wanted = self.live.apply(Limits::of(&self.spec, &st.controls));
+        if wanted != st.limits {
+            self.limits_changed(st.limits, wanted).await;
+            st.limits = wanted;
+        }
+        if st.controls.resumes != st.seen_resumes {
+            st.seen_resumes = st.controls.resumes;
+            self.live.close_breaker();
+        }
+    }
+
+    /// Warns once per budget line at 80% of it.
+    fn warn_budget(&self, verdict: &BudgetVerdict, warned: &mut Vec<&'static str>) {
+        let BudgetVerdict::Warning(lines) = verdict else {
+            return;
+        };
+        for line in lines {
+            let kind = line.kind.as_str();
+            if warned.contains(&kind) {
+                continue;
+            }
+            warned.push(kind);
+            tracing::warn!(
+                run_id = self.run_id,
+                budget = kind,
+                used = line.used,
+                limit = line.limit,
+                "budget 80% used"
+            );
+            self.emitter.emit(Event::BudgetWarning {
+                kind: kind.to_owned(),
+                used: line.used,
+                limit: line.limit,
+            });
+        }
+    }
+
+    /// Announces a hold (or its lift) when its reason differs from the last one announced: a
+    /// worker may set a hold itself (the breaker), so announcing follows what was said, not
+    /// what changed here.
+    fn announce(&self, wanted: Option<&Hold>, announced: &mut Option<&'static str>) {
+        let reason = wanted.map(Hold::pause_reason);
+        if reason == *announced {
+            return;
+        }
+        *announced = reason;
+        match wanted {
+            Some(hold) => {
+                tracing::info!(
+                    run_id = self.run_id,
+                    reason = hold.pause_reason(),
+                    "holding the workers"
+                );
+                self.emitter.emit(Event::Holding { hold: hold.clone() });
+            }
+            None => {
+                tracing::info!(run_id = self.run_id, "releasing the workers");
+                self.emitter.emit(Event::Released);
+            }
+        }
+    }
+
+    /// Renews the claim and reports the heartbeat with the running time since the last one.
+    /// False when the claim is lost: the controller stops.
+    async fn beat(
+        &self,
+        st: &mut LoopState,
+        used: &BudgetUse,
+        extension: &BudgetExtension,
+    ) -> bool {
+        st.first_beat = false;
+        if !self.renew_claim().await {
+            return false;
+        }
+        let live = self.telemetry(&st.limits, used, extension);
+        let active_ms = u64::try_from(st.active_since_beat.as_millis()).unwrap_or(u64::MAX);
+        match self.store.heartbeat(&self.run_id, active_ms, &live).await {
+            Ok(()) => {
+                st.controls.active_ms += active_ms;
+                st.active_since_beat = Duration::ZERO;
+            }
+            Err(e) => {
+                tracing::warn!(run_id = self.run_id, error = %e, "cannot report heartbeat")
+            }
+        }
+        st.last_beat = Instant::now();
+        true
+    }
+
+    /// The last slice of running time counts too, and the last telemetry stays for `status`,
+    /// marked stopped so no one takes this process for a live one.
+    async fn last_beat(&self, mut st: LoopState) {
+        let active_ms = u64::try_from(st.active_since_beat.as_millis()).unwrap_or(u64::MAX);
+        st.controls.active_ms += active_ms;
+        let used = self.budget_use(&st.controls, Duration::ZERO);
+        let extension = extension_of(&st.controls);
+        let mut last = self.telemetry(&st.limits, &used, &extension);
         last["state"] = json!("stopped");
         let _ = self.store.heartbeat(&self.run_id, active_ms, &last).await;
     }
