@@ -324,11 +324,12 @@ impl AnySource {
         }
     }
 
-    /// Whether `window` holds any row. PostgreSQL asks without ordering the window (the
-    /// server stops at the first row); the others read a one-row page.
+    /// Whether `window` holds any row. PostgreSQL and SQLite ask without ordering the window
+    /// (the database stops at the first row); MySQL reads a one-row page.
     pub async fn has_rows(&self, window: &Window) -> Result<bool, ConnectorError> {
         match self {
             AnySource::Postgres(s) => s.has_rows(window).await,
+            AnySource::Sqlite(s) => s.has_rows(window).await,
             other => Ok(!other.read_batch(window, None, 1).await?.is_empty()),
         }
     }

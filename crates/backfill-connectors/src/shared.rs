@@ -520,6 +520,11 @@ pub(crate) fn wrap(select: &str, query: &str) -> String {
     format!("SELECT {select} FROM (\n{query}\n) AS q")
 }
 
+/// Whether the query returns any row: no order, so the database stops at the first.
+pub(crate) fn any(query: &str) -> String {
+    format!("SELECT EXISTS ({})", wrap("1", query))
+}
+
 /// Appends `items` separated by `, `.
 pub(crate) fn push_list(out: &mut String, items: &[String]) {
     for (i, item) in items.iter().enumerate() {

@@ -239,7 +239,7 @@ impl Store {
             (Pool::Sqlite(pool), _) => {
                 let gate = self.write_gate.clone().lock_owned().await;
                 let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTxn::Sqlite { tx, _gate: gate })
+                Ok(WriteTxn::sqlite(tx, gate))
             }
             (Pool::Postgres(pool), Location::Postgres { lock_key, .. }) => {
                 let mut tx = pool.begin().await?;
@@ -247,7 +247,7 @@ impl Store {
                     .bind(lock_key)
                     .execute(&mut *tx)
                     .await?;
-                Ok(WriteTxn::Postgres(tx))
+                Ok(WriteTxn::postgres(tx))
             }
             (Pool::Postgres(_), Location::Sqlite(_)) => unreachable!("a PostgreSQL pool"),
         }

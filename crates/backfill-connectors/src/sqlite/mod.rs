@@ -41,6 +41,13 @@ pub use source::SqliteSource;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rows buffered between SQLite's worker thread and the reading task.
 const ROW_BUFFER: usize = 1024;
+/// SQLite's soft heap limit in bytes, set on every connection the connectors open. It is one
+/// limit for the whole process (every connection of every pool, the state store's too):
+/// above it SQLite recycles page-cache memory instead of allocating more, so peak memory no
+/// longer grows with the number of connections (each had up to 2 MiB of cache per attached
+/// file, and sorter memory). Measured on the demo's full copy of 1,000,000 rows: peak RSS
+/// 38 → 28 MiB, no slower (bench/RESULTS.md).
+const SOFT_HEAP_LIMIT: &str = "4194304";
 
 /// Whether a failed SQLite call may succeed if tried again, by (extended) result code.
 ///
@@ -111,6 +118,7 @@ pub(crate) async fn connect(
         .create_if_missing(false)
         .busy_timeout(BUSY_TIMEOUT)
         .row_buffer_size(ROW_BUFFER)
+        .pragma("soft_heap_limit", SOFT_HEAP_LIMIT)
         .disable_statement_logging();
     if role == Role::Target {
         options = options

@@ -40,6 +40,8 @@ pub struct SqliteSource {
     first_page: Arc<str>,
     next_page: Arc<str>,
     count_sql: Arc<str>,
+    /// `SELECT EXISTS (…)` of the query: stops at the first row, never sorts the window.
+    any_sql: Arc<str>,
 }
 
 impl SqliteSource {
@@ -82,6 +84,7 @@ impl SqliteSource {
             first_page: sql::page(&rewritten.sql, &quoted, first_param, false).into(),
             next_page: sql::page(&rewritten.sql, &quoted, first_param, true).into(),
             count_sql: sql::count(&rewritten.sql).into(),
+            any_sql: sql::any(&rewritten.sql).into(),
             names: rewritten.names,
             query: rewritten.sql,
             columns,
@@ -99,6 +102,21 @@ impl SqliteSource {
             .map_err(|e| sql_error(CONTEXT, &e))?;
         let n: i64 = row.try_get(0).map_err(|e| sql_error(CONTEXT, &e))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+impl SqliteSource {
+    /// Whether `window` holds any row, without ordering the window: SQLite stops at the
+    /// first row (a one-row page would read and sort the whole window).
+    pub(crate) async fn has_rows(&self, window: &Window) -> Result<bool, ConnectorError> {
+        let values = named_values(&self.names, window, &self.time_format);
+        sqlx::query_scalar_with(
+            AssertSqlSafe(Arc::clone(&self.any_sql)),
+            arguments(&values, values.len())?,
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql_error(CONTEXT, &e))
     }
 }
 
