@@ -816,7 +816,11 @@ async fn upsert_partition(
             }
             Staged::Pushed(batch) => batch.last_key().map(<[Value]>::to_vec),
         };
-        let full = len as u32 >= batch_rows;
+        // A batch below both bounds (rows and `BATCH_BYTES`) ends the window.
+        let full = match &staged {
+            Staged::Rows(batch) => batch.is_full(batch_rows),
+            Staged::Pushed(_) => len as u32 >= batch_rows,
+        };
         let extra = ctx.same_database.then(|| {
             let (sql, params) = ctx.store.checkpoint_statement(
                 &ctx.run_id,
@@ -1010,8 +1014,7 @@ async fn replace_rows(
         } else {
             counts.inserted += txn.insert(&batch).await?;
         }
-        let full = batch.len() as u32 >= batch_rows;
-        if !full {
+        if !batch.is_full(batch_rows) {
             break;
         }
     }
