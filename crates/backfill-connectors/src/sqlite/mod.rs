@@ -137,7 +137,7 @@ pub(crate) async fn connect(
             path.display()
         )));
     }
-    let pool_options = SqlitePoolOptions::new().max_connections(pool_size.max(1));
+    let pool_options = pool_options(pool_size);
     retry_while_locked(|| pool_options.clone().connect_with(options.clone()))
         .await
         .map_err(|e| {
@@ -146,6 +146,15 @@ pub(crate) async fn connect(
                 path.display()
             ))
         })
+}
+
+/// Options of every SQLite pool of the connectors: at most `size` connections, handed out
+/// without a ping (a SQLite connection is a file handle that cannot go stale like a socket,
+/// and each ping is a round trip to the connection's thread on every statement's acquire).
+fn pool_options(size: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(size.max(1))
+        .test_before_acquire(false)
 }
 
 /// Runs `connect` again while it fails because another process holds a lock, for up to

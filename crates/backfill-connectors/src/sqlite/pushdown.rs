@@ -52,7 +52,7 @@ use backfill_core::value::{RowCounts, Value};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{
     AssertSqlSafe, Column, ConnectOptions, Connection, Executor, Row, SqlSafeStr, Statement,
@@ -62,7 +62,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::sink::run_extra;
 use super::{
-    BUSY_TIMEOUT, SOFT_HEAP_LIMIT, arguments, decode_value, retry_while_locked, sql, sql_error,
+    BUSY_TIMEOUT, SOFT_HEAP_LIMIT, arguments, decode_value, pool_options, retry_while_locked, sql,
+    sql_error,
 };
 use crate::ident::{check_column, check_table, position};
 use crate::window::{bounds, check_names, named_values};
@@ -393,8 +394,7 @@ impl SqlitePushdown {
         let attach: Option<String> =
             (!same_file).then(|| target_file.to_string_lossy().into_owned());
         let setup = Arc::new(setup);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(pool_size.max(1))
+        let pool = pool_options(pool_size)
             .after_connect(move |conn, _meta| {
                 let attach = attach.clone();
                 let setup = Arc::clone(&setup);
