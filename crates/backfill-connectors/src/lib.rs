@@ -74,7 +74,7 @@ pub struct Extra {
 pub trait Source {
     /// Rows of `window` whose key is strictly greater than `after` (`None`: from the start),
     /// ordered by the key columns, at most `limit` of them; a source may stop earlier at the
-    /// row that reaches `backfill_core::value::BATCH_BYTES` (SQLite does), so only a batch
+    /// row that reaches `backfill_core::value::BATCH_BYTES` (each connector does), so only a batch
     /// that is not [`Batch::is_full`] ends the window. `columns` is filled even when no row
     /// matches.
     fn read_batch(

@@ -12,14 +12,13 @@ use backfill_core::params::{self, Placeholder};
 use backfill_core::plan::Window;
 use backfill_core::spec::SourceSpec;
 use backfill_core::timefmt::TimeFormat;
-use backfill_core::value::{BATCH_BYTES, Batch, Value, row_size};
-use futures_util::TryStreamExt;
+use backfill_core::value::{Batch, Value};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement};
 
 use super::{Role, arguments, connect, decode_rows, decode_value, sql, sql_error};
 use crate::ident::check_column;
-use crate::shared::{decode_row, keyed_batch, page_values, resolve_column, resolve_key};
+use crate::shared::{fetch_page, keyed_batch, page_values, resolve_column, resolve_key};
 use crate::window::{check_names, named_values};
 use crate::{ConnectorError, Source};
 
@@ -135,29 +134,11 @@ impl Source for SqliteSource {
             Some(_) => &self.next_page,
         };
         let args = arguments(&values, values.len())?;
-        // Rows are decoded as they arrive and the page stops at the row that reaches
-        // BATCH_BYTES (`Batch::is_full` tells the engine to read on), so a page of wide rows
-        // never holds `limit` of them at once.
-        let mut stream = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args).fetch(&self.pool);
-        let mut columns: Option<Vec<String>> = None;
-        let mut rows = Vec::new();
-        let mut size = 0;
-        while let Some(row) = stream
-            .try_next()
-            .await
-            .map_err(|e| sql_error(CONTEXT, &e))?
-        {
-            let names = columns
-                .get_or_insert_with(|| row.columns().iter().map(|c| c.name().to_owned()).collect());
-            let values = decode_row(&row, names, decode_value)?;
-            size += row_size(&values);
-            rows.push(values);
-            if size >= BATCH_BYTES {
-                break;
-            }
-        }
-        drop(stream);
-        let columns = columns.unwrap_or_else(|| self.columns.clone());
+        let stream = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args).fetch(&self.pool);
+        let (columns, rows) = fetch_page(stream, &self.columns, decode_value, |e| {
+            sql_error(CONTEXT, e)
+        })
+        .await?;
         keyed_batch(&self.key, columns, rows, CONTEXT)
     }
 
