@@ -73,8 +73,10 @@ pub struct Extra {
 /// Errors: [`ConnectorError::class`] says whether retrying the same call may help.
 pub trait Source {
     /// Rows of `window` whose key is strictly greater than `after` (`None`: from the start),
-    /// ordered by the key columns, at most `limit` of them. `columns` is filled even when no
-    /// row matches.
+    /// ordered by the key columns, at most `limit` of them; a source may stop earlier at the
+    /// row that reaches `backfill_core::value::BATCH_BYTES` (each connector does), so only a batch
+    /// that is not [`Batch::is_full`] ends the window. `columns` is filled even when no row
+    /// matches.
     fn read_batch(
         &self,
         window: &Window,
@@ -287,8 +289,9 @@ impl RowStream {
         RowStream { columns, rx, task }
     }
 
-    /// The next batch (as many rows as the stream's chunk size, fewer at the end); empty
-    /// when the window is exhausted.
+    /// The next batch (as many rows as the stream's chunk size, fewer at the end or when
+    /// the rows reach `backfill_core::value::BATCH_BYTES`); empty when the window is
+    /// exhausted.
     pub async fn next_batch(&mut self) -> Result<Batch, ConnectorError> {
         let rows = match self.rx.recv().await {
             Some(rows) => rows?,
@@ -324,11 +327,12 @@ impl AnySource {
         }
     }
 
-    /// Whether `window` holds any row. PostgreSQL asks without ordering the window (the
-    /// server stops at the first row); the others read a one-row page.
+    /// Whether `window` holds any row. PostgreSQL and SQLite ask without ordering the window
+    /// (the database stops at the first row); MySQL reads a one-row page.
     pub async fn has_rows(&self, window: &Window) -> Result<bool, ConnectorError> {
         match self {
             AnySource::Postgres(s) => s.has_rows(window).await,
+            AnySource::Sqlite(s) => s.has_rows(window).await,
             other => Ok(!other.read_batch(window, None, 1).await?.is_empty()),
         }
     }

@@ -18,7 +18,7 @@ use backfill_core::retry::ErrorClass;
 use backfill_core::secret::redact;
 use backfill_core::spec::{TargetSpec, WriteMode};
 use backfill_core::timefmt::TimeFormat;
-use backfill_core::value::{Batch, RowCounts, Value};
+use backfill_core::value::{BATCH_BYTES, Batch, RowCounts, Value, row_size};
 use sqlx::{Column, Row};
 
 use crate::ConnectorError;
@@ -490,6 +490,36 @@ where
     Ok(values)
 }
 
+/// A page read from `rows` (a query's row stream): its column names (`known` when no row
+/// came) and its rows, decoded as they arrive. The page stops at the row that brings it to
+/// [`BATCH_BYTES`] (the engine reads on after it: `Batch::is_full`), so a page of wide rows
+/// never holds its whole `LIMIT` of them.
+pub(crate) async fn fetch_page<R: Row>(
+    mut rows: impl futures_util::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    known: &[String],
+    decode: impl Fn(<R::Database as sqlx::Database>::ValueRef<'_>) -> Result<Value, String>,
+    fail: impl Fn(&sqlx::Error) -> ConnectorError,
+) -> Result<(Vec<String>, Vec<Vec<Value>>), ConnectorError>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    use futures_util::TryStreamExt;
+    let mut columns: Option<Vec<String>> = None;
+    let mut page = Vec::new();
+    let mut size = 0;
+    while let Some(row) = rows.try_next().await.map_err(|e| fail(&e))? {
+        let names = columns
+            .get_or_insert_with(|| row.columns().iter().map(|c| c.name().to_owned()).collect());
+        let values = decode_row(&row, names, &decode)?;
+        size += row_size(&values);
+        page.push(values);
+        if size >= BATCH_BYTES {
+            break;
+        }
+    }
+    Ok((columns.unwrap_or_else(|| known.to_vec()), page))
+}
+
 // --- SQL text that reads the same in every dialect ----------------------------------------------
 
 /// Quotes a validated identifier, each dot-separated part between `mark`s (`"` or `` ` ``):
@@ -518,6 +548,11 @@ pub(crate) fn trim_statement(sql: &str) -> &str {
 /// keep a trailing `-- comment` in the query from swallowing the closing parenthesis.
 pub(crate) fn wrap(select: &str, query: &str) -> String {
     format!("SELECT {select} FROM (\n{query}\n) AS q")
+}
+
+/// Whether the query returns any row: no order, so the database stops at the first.
+pub(crate) fn any(query: &str) -> String {
+    format!("SELECT EXISTS ({})", wrap("1", query))
 }
 
 /// Appends `items` separated by `, `.

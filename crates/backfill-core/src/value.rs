@@ -66,6 +66,17 @@ impl PartialEq for Value {
 impl Eq for Value {}
 
 impl Value {
+    /// The memory this value holds: its inline size plus the bytes of text, JSON, decimal or
+    /// blob it owns (the measure of [`BATCH_BYTES`]).
+    pub fn size(&self) -> usize {
+        std::mem::size_of::<Value>()
+            + match self {
+                Value::Decimal(s) | Value::Text(s) | Value::Json(s) => s.len(),
+                Value::Blob(b) => b.len(),
+                _ => 0,
+            }
+    }
+
     /// A short, human form for messages (text is truncated, blobs are summarised), so a huge
     /// value never floods a log line.
     pub fn preview(&self) -> String {
@@ -138,6 +149,11 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// The most memory one batch of rows is meant to hold, in [`Value::size`] bytes, whatever
+/// `limits.batch_rows` says: a source stops a batch at the row that reaches it, so a batch
+/// of wide rows (large text, JSON or blobs) cannot grow with `batch_rows` times the width.
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 /// A batch of rows read from a source, column names shared by every row.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
@@ -157,6 +173,22 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
+    /// The memory the rows hold, as [`row_size`] counts it.
+    pub fn size(&self) -> usize {
+        self.rows.iter().map(|r| row_size(r)).sum()
+    }
+
+    /// Whether a source may have more rows after this batch, read with at most `batch_rows`
+    /// rows and [`BATCH_BYTES`]: the batch was cut by one bound or the other. Only a batch
+    /// below both bounds ends its window.
+    pub fn is_full(&self, batch_rows: u32) -> bool {
+        self.len() >= batch_rows as usize || self.size() >= BATCH_BYTES
+    }
+}
+
+/// The memory one row's values hold: each value's inline size plus the bytes it owns.
+pub fn row_size(row: &[Value]) -> usize {
+    row.iter().map(Value::size).sum()
 }
 
 /// What a write did to the target, counted by the database where it can tell.
@@ -274,6 +306,25 @@ pub fn decode_key(text: &str) -> Option<Vec<Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_full_at_its_row_count_or_its_bytes() {
+        let inline = std::mem::size_of::<Value>();
+        assert_eq!(Value::Int(7).size(), inline);
+        assert_eq!(Value::Text("abc".into()).size(), inline + 3);
+        assert_eq!(Value::Blob(vec![0; 10]).size(), inline + 10);
+        let wide = |n: usize| Batch {
+            columns: vec!["body".into()],
+            rows: (0..n)
+                .map(|_| vec![Value::Text("x".repeat(BATCH_BYTES / 4))])
+                .collect(),
+        };
+        // Below both bounds: the window ends here.
+        assert!(!wide(3).is_full(1000));
+        // Cut by bytes (4 rows reach BATCH_BYTES), or by rows.
+        assert!(wide(4).is_full(1000));
+        assert!(wide(3).is_full(3));
+    }
 
     #[test]
     fn keys_round_trip() {

@@ -71,12 +71,18 @@ pub(crate) async fn append(
     action: &str,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
-    let last = stmt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(tx)
-        .await?;
-    let (seq, prev_hash) = match last {
-        Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
-        None => (1, GENESIS.to_owned()),
+    let (seq, prev_hash) = match tx.last_audit.take() {
+        // Appended earlier in this transaction: still the last event (writers are serialised).
+        Some((seq, hash)) => (seq + 1, hash),
+        None => {
+            let last = stmt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(tx)
+                .await?;
+            match last {
+                Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
+                None => (1, GENESIS.to_owned()),
+            }
+        }
     };
     let at = codec::now();
     let actor = backfill_core::secret::redact(actor);
@@ -107,6 +113,7 @@ pub(crate) async fn append(
     .bind(&hash)
     .execute(tx)
     .await?;
+    tx.last_audit = Some((seq, hash));
     Ok(())
 }
 

@@ -140,7 +140,15 @@ impl Db for Conn {
 /// A write transaction: on SQLite `BEGIN IMMEDIATE` plus this process's write gate, on
 /// PostgreSQL a transaction holding the store's advisory lock (see `Store::begin_write`). It
 /// rolls back when dropped uncommitted.
-pub(crate) enum WriteTxn {
+pub(crate) struct WriteTxn {
+    inner: TxnInner,
+    /// The `(seq, hash)` of the audit event this transaction appended last. Writers are
+    /// serialised for the whole transaction, so it is still the chain's last event when the
+    /// next event of the same transaction is appended, which then needs no query to find it.
+    pub(crate) last_audit: Option<(i64, String)>,
+}
+
+enum TxnInner {
     Sqlite {
         tx: sqlx::Transaction<'static, Sqlite>,
         _gate: tokio::sync::OwnedMutexGuard<()>,
@@ -149,27 +157,46 @@ pub(crate) enum WriteTxn {
 }
 
 impl WriteTxn {
+    /// A SQLite transaction begun with `BEGIN IMMEDIATE`, holding this process's write gate.
+    pub(crate) fn sqlite(
+        tx: sqlx::Transaction<'static, Sqlite>,
+        gate: tokio::sync::OwnedMutexGuard<()>,
+    ) -> WriteTxn {
+        WriteTxn {
+            inner: TxnInner::Sqlite { tx, _gate: gate },
+            last_audit: None,
+        }
+    }
+
+    /// A PostgreSQL transaction holding the store's advisory lock.
+    pub(crate) fn postgres(tx: sqlx::Transaction<'static, Postgres>) -> WriteTxn {
+        WriteTxn {
+            inner: TxnInner::Postgres(tx),
+            last_audit: None,
+        }
+    }
+
     /// Commits (and on SQLite then releases the write gate).
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            WriteTxn::Sqlite { tx, .. } => tx.commit().await,
-            WriteTxn::Postgres(tx) => tx.commit().await,
+        match self.inner {
+            TxnInner::Sqlite { tx, .. } => tx.commit().await,
+            TxnInner::Postgres(tx) => tx.commit().await,
         }
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
-        match self {
-            WriteTxn::Sqlite { .. } => Dialect::Sqlite,
-            WriteTxn::Postgres(_) => Dialect::Postgres,
+        match self.inner {
+            TxnInner::Sqlite { .. } => Dialect::Sqlite,
+            TxnInner::Postgres(_) => Dialect::Postgres,
         }
     }
 }
 
 impl Db for WriteTxn {
     fn exec(&mut self) -> Exec<'_> {
-        match self {
-            WriteTxn::Sqlite { tx, .. } => Exec::Sqlite(tx),
-            WriteTxn::Postgres(tx) => Exec::Postgres(tx),
+        match &mut self.inner {
+            TxnInner::Sqlite { tx, .. } => Exec::Sqlite(tx),
+            TxnInner::Postgres(tx) => Exec::Postgres(tx),
         }
     }
 }

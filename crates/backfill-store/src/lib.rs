@@ -239,7 +239,7 @@ impl Store {
             (Pool::Sqlite(pool), _) => {
                 let gate = self.write_gate.clone().lock_owned().await;
                 let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTxn::Sqlite { tx, _gate: gate })
+                Ok(WriteTxn::sqlite(tx, gate))
             }
             (Pool::Postgres(pool), Location::Postgres { lock_key, .. }) => {
                 let mut tx = pool.begin().await?;
@@ -247,7 +247,7 @@ impl Store {
                     .bind(lock_key)
                     .execute(&mut *tx)
                     .await?;
-                Ok(WriteTxn::Postgres(tx))
+                Ok(WriteTxn::postgres(tx))
             }
             (Pool::Postgres(_), Location::Sqlite(_)) => unreachable!("a PostgreSQL pool"),
         }
@@ -320,7 +320,13 @@ async fn open_sqlite(target: Target) -> Result<(Pool, Location), String> {
             None,
         ),
     };
-    let pool = connect_sqlite(pool_options.acquire_timeout(BUSY_TIMEOUT), options).await?;
+    // No ping before handing out a pooled connection: a SQLite connection is a file handle
+    // that cannot go stale like a socket, and each ping is a round trip to the connection's
+    // thread (two thread switches) on every store call.
+    let pool_options = pool_options
+        .acquire_timeout(BUSY_TIMEOUT)
+        .test_before_acquire(false);
+    let pool = connect_sqlite(pool_options, options).await?;
     // Canonicalise once the file exists, so two spellings of one file compare equal.
     let path = path.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     Ok((Pool::Sqlite(pool), Location::Sqlite(path)))

@@ -23,3 +23,4 @@ mod output;
 mod replan;
 mod replica_lag;
 mod sql_mode;
+mod wide_rows;

@@ -15,9 +15,11 @@ use backfill_core::value::{Batch, Value};
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 
-use super::{arguments, connect, decode_rows, kind, sql, sql_error, unsupported_type};
+use super::{
+    arguments, connect, decode_rows, decode_value, kind, sql, sql_error, unsupported_type,
+};
 use crate::ident::check_column;
-use crate::shared::{keyed_batch, page_columns, page_values, resolve_column, resolve_key};
+use crate::shared::{fetch_page, keyed_batch, page_values, resolve_column, resolve_key};
 use crate::window::{check_names, named_values};
 use crate::{ConnectorError, Source};
 
@@ -112,12 +114,12 @@ impl Source for MySqlSource {
             None => &self.first_page,
             Some(_) => &self.next_page,
         };
-        let rows = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), arguments(&values)?)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| sql_error(CONTEXT, &e))?;
-        let columns = page_columns(&rows, &self.columns);
-        let rows = decode_rows(rows, &columns)?;
+        let stream =
+            sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), arguments(&values)?).fetch(&self.pool);
+        let (columns, rows) = fetch_page(stream, &self.columns, decode_value, |e| {
+            sql_error(CONTEXT, e)
+        })
+        .await?;
         keyed_batch(&self.key, columns, rows, CONTEXT)
     }
 

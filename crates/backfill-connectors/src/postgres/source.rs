@@ -11,7 +11,7 @@ use backfill_core::params::{self, Placeholder};
 use backfill_core::plan::Window;
 use backfill_core::spec::SourceSpec;
 use backfill_core::timefmt::TimeFormat;
-use backfill_core::value::{Batch, Value};
+use backfill_core::value::{BATCH_BYTES, Batch, Value, row_size};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 
@@ -123,12 +123,19 @@ impl PostgresSource {
             let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
             // Rows are decoded as they arrive, so no raw row outlives its message in the
             // driver's read buffer.
-            let mut buf = Vec::with_capacity(chunk);
+            // A batch ends at `chunk` rows or at the row that reaches BATCH_BYTES, whichever
+            // comes first (`Batch::is_full` tells the engine to read on).
+            let capacity = chunk.min(1024);
+            let mut buf = Vec::with_capacity(capacity);
+            let mut size = 0;
             loop {
                 let end = match rows.try_next().await {
                     Ok(Some(row)) => {
                         match decode_row(&row, &task_columns) {
-                            Ok(values) => buf.push(values),
+                            Ok(values) => {
+                                size += row_size(&values);
+                                buf.push(values);
+                            }
                             Err(e) => {
                                 let _ = tx.send(Err(e)).await;
                                 return;
@@ -142,8 +149,9 @@ impl PostgresSource {
                         return;
                     }
                 };
-                if buf.len() == chunk || (end && !buf.is_empty()) {
-                    let rows = std::mem::replace(&mut buf, Vec::with_capacity(chunk));
+                if buf.len() == chunk || size >= BATCH_BYTES || (end && !buf.is_empty()) {
+                    size = 0;
+                    let rows = std::mem::replace(&mut buf, Vec::with_capacity(capacity));
                     let checked =
                         crate::ident::reject_null_keys(&rows, &key_positions, &task_columns)
                             .map(|()| rows);

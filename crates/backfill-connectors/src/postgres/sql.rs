@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::shared::quote_ident;
-pub(crate) use crate::shared::{trim_statement, wrap};
+pub(crate) use crate::shared::{any, trim_statement, wrap};
 
 /// Quotes a validated identifier: `x` → `"x"`, `s.t` → `"s"."t"`.
 pub(crate) fn quote(name: &str) -> String {
@@ -40,11 +40,6 @@ pub(crate) fn ordered(query: &str, key: &[String], first_param: usize, after: bo
 /// Row count of the query.
 pub(crate) fn count(query: &str) -> String {
     wrap("count(*)", query)
-}
-
-/// Whether the query returns any row: no order, so the server stops at the first.
-pub(crate) fn any(query: &str) -> String {
-    format!("SELECT EXISTS ({})", wrap("1", query))
 }
 
 /// Non-NULL values of one (quoted) column of the query, limited by placeholder `$limit`.

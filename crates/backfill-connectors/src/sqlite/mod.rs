@@ -41,6 +41,13 @@ pub use source::SqliteSource;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rows buffered between SQLite's worker thread and the reading task.
 const ROW_BUFFER: usize = 1024;
+/// SQLite's soft heap limit in bytes, set on every connection the connectors open. It is one
+/// limit for the whole process (every connection of every pool, the state store's too):
+/// above it SQLite recycles page-cache memory instead of allocating more, so peak memory no
+/// longer grows with the number of connections (each had up to 2 MiB of cache per attached
+/// file, and sorter memory). Measured on the demo's full copy of 1,000,000 rows: peak RSS
+/// 38 → 28 MiB, no slower (bench/RESULTS.md).
+const SOFT_HEAP_LIMIT: &str = "4194304";
 
 /// Whether a failed SQLite call may succeed if tried again, by (extended) result code.
 ///
@@ -111,6 +118,7 @@ pub(crate) async fn connect(
         .create_if_missing(false)
         .busy_timeout(BUSY_TIMEOUT)
         .row_buffer_size(ROW_BUFFER)
+        .pragma("soft_heap_limit", SOFT_HEAP_LIMIT)
         .disable_statement_logging();
     if role == Role::Target {
         options = options
@@ -129,7 +137,7 @@ pub(crate) async fn connect(
             path.display()
         )));
     }
-    let pool_options = SqlitePoolOptions::new().max_connections(pool_size.max(1));
+    let pool_options = pool_options(pool_size);
     retry_while_locked(|| pool_options.clone().connect_with(options.clone()))
         .await
         .map_err(|e| {
@@ -138,6 +146,15 @@ pub(crate) async fn connect(
                 path.display()
             ))
         })
+}
+
+/// Options of every SQLite pool of the connectors: at most `size` connections, handed out
+/// without a ping (a SQLite connection is a file handle that cannot go stale like a socket,
+/// and each ping is a round trip to the connection's thread on every statement's acquire).
+fn pool_options(size: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(size.max(1))
+        .test_before_acquire(false)
 }
 
 /// Runs `connect` again while it fails because another process holds a lock, for up to

@@ -7,7 +7,8 @@
 //! Shape: the connections are opened on the SOURCE file (so the user's query resolves its
 //! names exactly as on the row path) with the TARGET file attached as `backfill_target`
 //! (not attached when both are the same file). Each connection has a TEMP table
-//! `backfill_part`, kept in a temporary FILE (`temp_store = FILE`), not in memory.
+//! `backfill_part`, kept in a temporary FILE (`temp_store = FILE`), not in memory, whose key
+//! columns are NOT NULL: a NULL key fails the staging statement itself.
 //!
 //! - upsert, per partition attempt: [`SqlitePushdown::partition`] runs the query once for the
 //!   window (keys after the checkpoint, in key order) into the TEMP table, autocommit: it
@@ -51,7 +52,7 @@ use backfill_core::value::{RowCounts, Value};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{
     AssertSqlSafe, Column, ConnectOptions, Connection, Executor, Row, SqlSafeStr, Statement,
@@ -60,7 +61,10 @@ use sqlx::{
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::sink::run_extra;
-use super::{BUSY_TIMEOUT, arguments, decode_value, retry_while_locked, sql, sql_error};
+use super::{
+    BUSY_TIMEOUT, SOFT_HEAP_LIMIT, arguments, decode_value, pool_options, retry_while_locked, sql,
+    sql_error,
+};
 use crate::ident::{check_column, check_table, position};
 use crate::window::{bounds, check_names, named_values};
 use crate::{ConnectorError, Extra};
@@ -97,7 +101,6 @@ struct Statements {
     first_page: Arc<str>,
     next_page: Arc<str>,
     rowids: Arc<str>,
-    null_key: Arc<str>,
     last_key: Arc<str>,
     lock: Arc<str>,
     count_existing: Arc<str>,
@@ -163,6 +166,21 @@ async fn schema_names(
     Ok(names.into_iter().collect())
 }
 
+/// The staged column whose NOT NULL constraint `err` reports (a NULL key in the source), if
+/// that is what failed.
+fn null_stage_column(err: &sqlx::Error) -> Option<&str> {
+    const NOT_NULL: &str = "1299"; // SQLITE_CONSTRAINT_NOTNULL
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    if db.code().as_deref() != Some(NOT_NULL) {
+        return None;
+    }
+    db.message()
+        .rsplit_once(&format!("{STAGE}."))
+        .map(|(_, column)| column.trim())
+}
+
 fn list(items: &[String]) -> String {
     items.join(", ")
 }
@@ -217,6 +235,7 @@ impl SqlitePushdown {
             .create_if_missing(false)
             .busy_timeout(BUSY_TIMEOUT)
             .pragma("temp_store", "file")
+            .pragma("soft_heap_limit", SOFT_HEAP_LIMIT)
             .disable_statement_logging();
         if same_file {
             options = options
@@ -314,9 +333,22 @@ impl SqlitePushdown {
         let quoted: Vec<String> = columns.iter().map(|c| sql::quote(c)).collect();
         let key: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| quoted[p].clone()).collect();
+        // Key columns are NOT NULL: a NULL key fails the staging insert itself (named by
+        // `null_key_error`), without a scan of the staged rows.
+        let stage_columns: Vec<String> = quoted
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if key_positions.contains(&i) {
+                    format!("{c} NOT NULL")
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
         setup.push(format!(
             "CREATE TEMP TABLE IF NOT EXISTS \"{STAGE}\" ({})",
-            list(&quoted)
+            list(&stage_columns)
         ));
         let target_quoted = format!("\"{target_schema}\".{}", sql::quote(name));
         let stmts = statements(
@@ -340,7 +372,6 @@ impl SqlitePushdown {
         let mut check: Vec<&Arc<str>> = vec![
             &stmts.first_page,
             &stmts.next_page,
-            &stmts.null_key,
             &stmts.last_key,
             &stmts.lock,
             &stmts.count_existing,
@@ -363,8 +394,7 @@ impl SqlitePushdown {
         let attach: Option<String> =
             (!same_file).then(|| target_file.to_string_lossy().into_owned());
         let setup = Arc::new(setup);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(pool_size.max(1))
+        let pool = pool_options(pool_size)
             .after_connect(move |conn, _meta| {
                 let attach = attach.clone();
                 let setup = Arc::clone(&setup);
@@ -455,7 +485,10 @@ impl SqlitePushdown {
         )
         .execute(&mut *conn)
         .await
-        .map_err(|e| sql_error(CONTEXT, &e))?
+        .map_err(|e| match null_stage_column(&e) {
+            Some(column) => self.null_key_error(column),
+            None => sql_error(CONTEXT, &e),
+        })?
         .rows_affected();
         if total > 0 {
             // Rows inserted into an empty rowid table are numbered 1..=total in insertion
@@ -472,13 +505,6 @@ impl SqlitePushdown {
                     ),
                 });
             }
-            let null = sqlx::query(AssertSqlSafe(Arc::clone(&self.stmts.null_key)))
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| sql_error(CONTEXT, &e))?;
-            if let Some(row) = null {
-                return Err(self.null_key_error(&row));
-            }
         }
         Ok(SqlitePartition {
             owner: self,
@@ -488,11 +514,20 @@ impl SqlitePushdown {
         })
     }
 
-    /// Names the first key column that is NULL in `row` (one `IS NULL` flag per key column).
-    fn null_key_error(&self, row: &sqlx::sqlite::SqliteRow) -> ConnectorError {
-        let column = (0..self.key.len())
+    /// The first key column that is NULL in `row` (one `IS NULL` flag per key column).
+    fn null_column(&self, row: &sqlx::sqlite::SqliteRow) -> &str {
+        (0..self.key.len())
             .find(|&i| row.try_get::<i64, _>(i).is_ok_and(|flag| flag != 0))
-            .map_or("?", |i| self.key[i].as_str());
+            .map_or("?", |i| self.key[i].as_str())
+    }
+
+    /// A source row has NULL in key `column`.
+    fn null_key_error(&self, column: &str) -> ConnectorError {
+        let column = self
+            .key
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(column))
+            .map_or(column, String::as_str);
         ConnectorError::Data {
             message: format!(
                 "a source row has NULL in key column \"{column}\"; key values must be \
@@ -538,7 +573,7 @@ impl SqlitePushdown {
         .await
         .map_err(|e| sql_error("source query", &e))?;
         if let Some(row) = null {
-            return Err(self.null_key_error(&row));
+            return Err(self.null_key_error(self.null_column(&row)));
         }
         let inserted = sqlx::query_with(
             AssertSqlSafe(Arc::clone(insert)),
@@ -628,9 +663,12 @@ fn statements(query: &str, query_params: usize, shape: TargetShape<'_>) -> State
         clear: format!("DELETE FROM {STAGE_QUOTED}").into(),
         first_page: insert_stage(false),
         next_page: insert_stage(true),
-        rowids: format!("SELECT min(rowid), max(rowid) FROM {STAGE_QUOTED}").into(),
-        null_key: format!("SELECT {null_flags} FROM {STAGE_QUOTED} WHERE {any_null} LIMIT 1")
-            .into(),
+        // Two subqueries: SQLite answers a lone min() or max() from the b-tree's ends, but
+        // `min(rowid), max(rowid)` together would scan every staged row.
+        rowids: format!(
+            "SELECT (SELECT min(rowid) FROM {STAGE_QUOTED}), (SELECT max(rowid) FROM {STAGE_QUOTED})"
+        )
+        .into(),
         last_key: format!("SELECT {} FROM {STAGE_QUOTED} WHERE rowid = ?1", list(key)).into(),
         lock: format!("UPDATE {target} SET {first_key} = {first_key} WHERE false").into(),
         count_existing: format!(

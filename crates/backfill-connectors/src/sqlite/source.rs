@@ -16,9 +16,9 @@ use backfill_core::value::{Batch, Value};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement};
 
-use super::{Role, arguments, connect, decode_rows, sql, sql_error};
+use super::{Role, arguments, connect, decode_rows, decode_value, sql, sql_error};
 use crate::ident::check_column;
-use crate::shared::{keyed_batch, page_columns, page_values, resolve_column, resolve_key};
+use crate::shared::{fetch_page, keyed_batch, page_values, resolve_column, resolve_key};
 use crate::window::{check_names, named_values};
 use crate::{ConnectorError, Source};
 
@@ -40,6 +40,8 @@ pub struct SqliteSource {
     first_page: Arc<str>,
     next_page: Arc<str>,
     count_sql: Arc<str>,
+    /// `SELECT EXISTS (…)` of the query: stops at the first row, never sorts the window.
+    any_sql: Arc<str>,
 }
 
 impl SqliteSource {
@@ -82,6 +84,7 @@ impl SqliteSource {
             first_page: sql::page(&rewritten.sql, &quoted, first_param, false).into(),
             next_page: sql::page(&rewritten.sql, &quoted, first_param, true).into(),
             count_sql: sql::count(&rewritten.sql).into(),
+            any_sql: sql::any(&rewritten.sql).into(),
             names: rewritten.names,
             query: rewritten.sql,
             columns,
@@ -102,6 +105,21 @@ impl SqliteSource {
     }
 }
 
+impl SqliteSource {
+    /// Whether `window` holds any row, without ordering the window: SQLite stops at the
+    /// first row (a one-row page would read and sort the whole window).
+    pub(crate) async fn has_rows(&self, window: &Window) -> Result<bool, ConnectorError> {
+        let values = named_values(&self.names, window, &self.time_format);
+        sqlx::query_scalar_with(
+            AssertSqlSafe(Arc::clone(&self.any_sql)),
+            arguments(&values, values.len())?,
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql_error(CONTEXT, &e))
+    }
+}
+
 impl Source for SqliteSource {
     async fn read_batch(
         &self,
@@ -116,12 +134,11 @@ impl Source for SqliteSource {
             Some(_) => &self.next_page,
         };
         let args = arguments(&values, values.len())?;
-        let rows = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| sql_error(CONTEXT, &e))?;
-        let columns = page_columns(&rows, &self.columns);
-        let rows = decode_rows(rows, &columns)?;
+        let stream = sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args).fetch(&self.pool);
+        let (columns, rows) = fetch_page(stream, &self.columns, decode_value, |e| {
+            sql_error(CONTEXT, e)
+        })
+        .await?;
         keyed_batch(&self.key, columns, rows, CONTEXT)
     }
 

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-pub(crate) use crate::shared::{insert, trim_statement, wrap};
+pub(crate) use crate::shared::{any, insert, trim_statement, wrap};
 use crate::shared::{push_list, push_tuples, quote_ident};
 
 /// SQLite's default upper bound on bound parameters per statement (since 3.32).

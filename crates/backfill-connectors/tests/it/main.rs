@@ -199,7 +199,7 @@ pub async fn read_all(source: &AnySource, window: &Window, limit: u32) -> (Batch
         if let Some(last) = batch.rows.last() {
             after = Some(positions.iter().map(|&p| last[p].clone()).collect());
         }
-        let done = batch.rows.len() < limit as usize;
+        let done = !batch.is_full(limit);
         all.rows.extend(batch.rows);
         if done {
             return (all, batches);

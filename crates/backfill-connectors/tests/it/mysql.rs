@@ -793,3 +793,21 @@ async fn pooled_connections_have_tcp_nodelay() {
     sink.close().await;
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_page_of_wide_rows_is_cut_by_bytes() {
+    // 20 rows of 1 MiB: 8 of them reach BATCH_BYTES (8 MiB) before a page of 1,000 rows ends.
+    let script = "CREATE TABLE w (id INT PRIMARY KEY, body LONGTEXT NOT NULL);\n\
+                  INSERT INTO w SELECT seq, CONCAT(REPEAT('x', 1048576), seq) FROM seq_1_to_20;\n";
+    let Some(db) = db(script).await else { return };
+    let source = db
+        .source(
+            "SELECT id, body FROM w WHERE id >= :start AND id < :end",
+            &["id"],
+            TimeFormat::Native,
+        )
+        .await;
+    let (all, batches) = read_all(&source, &keys(1, 100), 1000).await;
+    assert_eq!(all.rows.len(), 20);
+    assert_eq!(batches, 3, "8 + 8 + 4 rows");
+}

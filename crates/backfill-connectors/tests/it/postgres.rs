@@ -678,3 +678,47 @@ async fn pooled_connections_have_tcp_nodelay() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stream_of_wide_rows_cuts_its_batches_by_bytes() {
+    run(|pg| async move {
+        // 20 rows of 1 MiB: 8 of them reach BATCH_BYTES (8 MiB) before 1,000 rows do.
+        pg.exec(
+            "CREATE TABLE w (id int4 PRIMARY KEY, body text);
+             INSERT INTO w SELECT g, repeat('x', 1048576) || g FROM generate_series(1, 20) g;",
+        )
+        .await;
+        let query = format!(
+            "SELECT * FROM {} WHERE id >= :start AND id < :end",
+            pg.t("w")
+        );
+        let source = open_source(
+            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
+            &strings(&["id"]),
+            2,
+        )
+        .await
+        .unwrap();
+        let mut stream = source
+            .stream(&keys(1, 100), None, 1000)
+            .await
+            .unwrap()
+            .expect("PostgreSQL streams");
+        let mut sizes = Vec::new();
+        loop {
+            let batch = stream.next_batch().await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(
+                batch.size() < backfill_core::value::BATCH_BYTES + 2 * 1048576,
+                "{}",
+                batch.size()
+            );
+            sizes.push((batch.len(), batch.is_full(1000)));
+        }
+        assert_eq!(sizes, [(8, true), (8, true), (4, false)]);
+        source.close().await;
+    })
+    .await;
+}

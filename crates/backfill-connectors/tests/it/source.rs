@@ -5,7 +5,7 @@ use backfill_core::retry::ErrorClass;
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::Value;
 
-use crate::{Dir, day, keys, read_all, source, source_spec, strings};
+use crate::{Dir, day, keys, read_all, rows, source, source_spec, strings};
 
 const EVENTS: &str = "
 CREATE TABLE events (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, unix INTEGER NOT NULL, v TEXT);
@@ -229,5 +229,40 @@ async fn null_keys_are_refused() {
     assert!(
         err.to_string().contains("NULL in key column \"k\""),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn has_rows_asks_without_reading_a_page() {
+    let dir = Dir::temp();
+    let url = dir
+        .db(
+            "src.db",
+            "CREATE TABLE t (n INTEGER, k TEXT); INSERT INTO t VALUES (1, 'a'), (5, NULL);",
+        )
+        .await;
+    let src = source(
+        &url,
+        "SELECT n, k FROM t WHERE n >= :start AND n < :end",
+        &["k"],
+    )
+    .await;
+    assert!(src.has_rows(&keys(0, 2)).await.unwrap());
+    assert!(!src.has_rows(&keys(2, 5)).await.unwrap());
+    // The window's only row has a NULL key: it holds a row all the same (an ordered page of
+    // one row would fail on the key here; reading the rows reports it).
+    assert!(src.has_rows(&keys(5, 6)).await.unwrap());
+    assert!(src.read_batch(&keys(5, 6), None, 1).await.is_err());
+}
+
+#[tokio::test]
+async fn opening_a_sqlite_source_bounds_sqlites_heap_for_the_process() {
+    let dir = Dir::temp();
+    let url = dir.db("src.db", EVENTS).await;
+    let _src = source(&url, "SELECT id, v FROM events", &["id"]).await;
+    // The soft heap limit is one setting of the process: any connection reads it.
+    assert_eq!(
+        rows(&url, "PRAGMA soft_heap_limit").await,
+        [[Value::Int(4 * 1024 * 1024)]]
     );
 }

@@ -310,7 +310,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "integer",
         Some("5000"),
         false,
-        "Rows per batch: one read, one write and one checkpoint. At most 10,000,000 (a batch is held in memory).",
+        "Rows per batch: one read, one write and one checkpoint. At most 10,000,000 (a batch is held in memory). A batch of wide rows also ends at the row that brings it to 8 MiB of values, so memory stays bounded whatever the row width (rows that move inside SQLite, the SQLite-to-SQLite pushdown, are batched by rows only).",
     ),
     key(
         "limits.max_attempts",

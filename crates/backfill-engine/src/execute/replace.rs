@@ -133,8 +133,7 @@ pub(super) async fn replace_rows(
         } else {
             counts.inserted += txn.insert(&batch).await?;
         }
-        let full = batch.len() as u32 >= batch_rows;
-        if !full {
+        if !batch.is_full(batch_rows) {
             break;
         }
     }

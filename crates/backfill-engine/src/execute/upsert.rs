@@ -172,7 +172,11 @@ pub(super) async fn upsert_partition(
             }
             Staged::Pushed(batch) => batch.last_key().map(<[Value]>::to_vec),
         };
-        let full = len as u32 >= batch_rows;
+        // A batch below both bounds (rows and `BATCH_BYTES`) ends the window.
+        let full = match &staged {
+            Staged::Rows(batch) => batch.is_full(batch_rows),
+            Staged::Pushed(_) => len as u32 >= batch_rows,
+        };
         let extra = ctx.same_database.then(|| {
             let (sql, params) = ctx.store.checkpoint_statement(
                 &ctx.run_id,
