@@ -20,11 +20,6 @@ const LIMIT: usize = 100;
 /// Functions over [`LIMIT`] that are known and will be split into named steps, by file and
 /// name; the list only shrinks, to empty. Add nothing here: split the function instead.
 const ALLOWED_LONG: &[(&str, &str)] = &[
-    // The upsert path's batch loop: to be split into reading, writing and checkpointing.
-    (
-        "crates/backfill-engine/src/execute/upsert.rs",
-        "upsert_partition",
-    ),
     // The CLI's command bodies and progress renderer, and the SQLite pushdown's `open`: to be
     // split into named steps (rendering sections, phases of opening).
     ("crates/backfill-cli/src/commands/demo.rs", "run"),

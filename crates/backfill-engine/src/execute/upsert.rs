@@ -157,77 +157,22 @@ pub(super) async fn upsert_partition(
             break;
         }
         ctx.live.throttle(len).await;
-        let last = match &staged {
-            Staged::Rows(batch) => {
-                let positions = match &key_positions {
-                    Some(p) => p,
-                    None => key_positions.insert(ctx.rows_source()?.key_positions(&batch.columns)?),
-                };
-                batch.rows.last().map(|row| {
-                    positions
-                        .iter()
-                        .map(|&i| row[i].clone())
-                        .collect::<Vec<Value>>()
-                })
-            }
-            Staged::Pushed(batch) => batch.last_key().map(<[Value]>::to_vec),
-        };
+        let last = last_key(ctx, &staged, &mut key_positions)?;
         // A batch below both bounds (rows and `BATCH_BYTES`) ends the window.
         let full = match &staged {
             Staged::Rows(batch) => batch.is_full(batch_rows),
             Staged::Pushed(_) => len as u32 >= batch_rows,
         };
-        let extra = ctx.same_database.then(|| {
-            let (sql, params) = ctx.store.checkpoint_statement(
-                &ctx.run_id,
-                &partition.id,
-                attempt,
-                last.as_deref(),
-                &RowCounts {
-                    read: len as u64,
-                    ..RowCounts::default()
-                },
-                elapsed_ms(batch_started),
-            );
-            Extra { sql, params }
-        });
         let positions = key_positions.as_deref().unwrap_or(&[]);
-        let written = staged.upsert(ctx, extra.as_ref(), positions).await?;
-        // Rejected rows are recorded before the checkpoint moves past them.
-        ctx.store
-            .quarantine(&ctx.run_id, &partition.id, attempt, &written.rejected)
-            .await?;
-        let mut counts = written.counts;
-        if written.extra_ran {
-            // The checkpoint committed with the batch; the write's counts are only known
-            // now, so they are added afterwards (counters only: the resume point is already
-            // durable, and a lost counter update never causes a wrong write). The batch's
-            // time was already counted by the in-transaction checkpoint.
-            let tally = RowCounts { read: 0, ..counts };
-            checkpoint_only(
-                ctx,
-                partition,
-                attempt,
-                last.as_deref(),
-                &tally,
-                Instant::now(),
-            )
-            .await?;
-        } else {
-            let with_read = RowCounts {
-                read: len as u64,
-                ..counts
-            };
-            checkpoint_only(
-                ctx,
-                partition,
-                attempt,
-                last.as_deref(),
-                &with_read,
-                batch_started,
-            )
-            .await?;
+        let mut counts = BatchWrite {
+            partition,
+            attempt,
+            last: last.as_deref(),
+            len,
+            started: batch_started,
         }
+        .run(ctx, staged, positions)
+        .await?;
         counts.read = len as u64;
         batch_started = Instant::now();
         total.add(&counts);
@@ -247,4 +192,89 @@ pub(super) async fn upsert_partition(
         }
     }
     Ok(total)
+}
+
+/// The last key of a batch: where its checkpoint points. The row path learns the key's
+/// positions from the first batch's columns.
+fn last_key(
+    ctx: &Ctx,
+    staged: &Staged<'_, '_>,
+    key_positions: &mut Option<Vec<usize>>,
+) -> Result<Option<Vec<Value>>, AttemptError> {
+    Ok(match staged {
+        Staged::Rows(batch) => {
+            let positions = match key_positions {
+                Some(p) => p,
+                None => key_positions.insert(ctx.rows_source()?.key_positions(&batch.columns)?),
+            };
+            batch.rows.last().map(|row| {
+                positions
+                    .iter()
+                    .map(|&i| row[i].clone())
+                    .collect::<Vec<Value>>()
+            })
+        }
+        Staged::Pushed(batch) => batch.last_key().map(<[Value]>::to_vec),
+    })
+}
+
+/// One batch's write and its checkpoint.
+struct BatchWrite<'a> {
+    partition: &'a Partition,
+    attempt: u32,
+    /// The batch's last key: the new resume point.
+    last: Option<&'a [Value]>,
+    /// Rows in the batch.
+    len: usize,
+    /// When reading the batch began.
+    started: Instant,
+}
+
+impl BatchWrite<'_> {
+    /// Writes `staged` and moves the checkpoint past it: in the same transaction when the
+    /// target is the store's database, after the commit otherwise; rows the target rejected
+    /// are quarantined before the checkpoint moves past them. Returns the batch's counts
+    /// (without rows read).
+    async fn run(
+        &self,
+        ctx: &Ctx,
+        staged: Staged<'_, '_>,
+        positions: &[usize],
+    ) -> Result<RowCounts, AttemptError> {
+        let (partition, attempt, last, len) = (self.partition, self.attempt, self.last, self.len);
+        let extra = ctx.same_database.then(|| {
+            let (sql, params) = ctx.store.checkpoint_statement(
+                &ctx.run_id,
+                &partition.id,
+                attempt,
+                last,
+                &RowCounts {
+                    read: len as u64,
+                    ..RowCounts::default()
+                },
+                elapsed_ms(self.started),
+            );
+            Extra { sql, params }
+        });
+        let written = staged.upsert(ctx, extra.as_ref(), positions).await?;
+        ctx.store
+            .quarantine(&ctx.run_id, &partition.id, attempt, &written.rejected)
+            .await?;
+        let counts = written.counts;
+        if written.extra_ran {
+            // The checkpoint committed with the batch; the write's counts are only known
+            // now, so they are added afterwards (counters only: the resume point is already
+            // durable, and a lost counter update never causes a wrong write). The batch's
+            // time was already counted by the in-transaction checkpoint.
+            let tally = RowCounts { read: 0, ..counts };
+            checkpoint_only(ctx, partition, attempt, last, &tally, Instant::now()).await?;
+        } else {
+            let with_read = RowCounts {
+                read: len as u64,
+                ..counts
+            };
+            checkpoint_only(ctx, partition, attempt, last, &with_read, self.started).await?;
+        }
+        Ok(counts)
+    }
 }
