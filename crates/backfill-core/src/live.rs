@@ -14,7 +14,7 @@
 //! The allowed rise is `b × (1 + max_latency_increase)` (at least [`MIN_LIVE_MARGIN`] over
 //! `b`), raised to the baseline's noise for a window of that many calls: `b + z × σ / √calls`,
 //! with `σ` the per-call spread measured at rest (from how far each baseline interval's mean
-//! strays, weighted by its calls) and `z` the one-sided normal quantile for [`NOISE_ALPHA`]
+//! strays, weighted by its calls) and `z` the one-sided normal quantile for [`crate::aimd::NOISE_ALPHA`]
 //! (a window at rest exceeds it one time in ten, as the probe's noise ceiling). A window is
 //! judged unhealthy as soon as it has [`MIN_JUDGED_INTERVALS`] and its mean exceeds that
 //! limit; healthy only once it holds enough calls for the noise to be under the allowed rise
@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use crate::aimd::{NOISE_ALPHA, RateCause};
+use crate::aimd::RateCause;
 
 /// The smallest rise of the live mean time per call over its baseline that counts, so an
 /// idle database whose statements take microseconds does not turn scheduling jitter into cuts.
@@ -40,7 +40,7 @@ pub const MIN_LIVE_MARGIN: Duration = Duration::from_micros(10);
 /// by one slow statement.
 pub const MIN_JUDGED_INTERVALS: usize = 3;
 
-/// `z` for [`NOISE_ALPHA`] = 0.1: `P(Z > 1.2816) = 0.1` for a standard normal `Z`.
+/// `z` for `NOISE_ALPHA` = 0.1: `P(Z > 1.2816) = 0.1` for a standard normal `Z`.
 const Z_NOISE: f64 = 1.281_551_565_545;
 
 /// The live statements of one interval: how many completed and their total execution time.
@@ -122,6 +122,17 @@ impl LatencyBaseline {
         })
     }
 
+    /// The same baseline measured over intervals `factor` times shorter than the run's
+    /// (the engine reads the baseline faster than it decides): only the calls per interval
+    /// scale; the mean and the per-call spread do not depend on the interval.
+    #[must_use]
+    pub fn rescaled(mut self, factor: f64) -> LatencyBaseline {
+        if factor.is_finite() && factor > 0.0 {
+            self.calls_per_interval *= factor;
+        }
+        self
+    }
+
     /// The mean time per call at rest.
     pub fn mean(&self) -> Duration {
         secs(self.mean)
@@ -140,7 +151,7 @@ impl LatencyBaseline {
         )
     }
 
-    /// The mean a window of `calls` at rest exceeds one time in ten ([`NOISE_ALPHA`]).
+    /// The mean a window of `calls` at rest exceeds one time in ten ([`crate::aimd::NOISE_ALPHA`]).
     pub fn noise_ceiling(&self, calls: u64) -> Duration {
         secs(self.mean + Z_NOISE * self.sigma / calls_f64(calls.max(1)).sqrt())
     }
@@ -252,6 +263,11 @@ impl GaugeBaseline {
         })
     }
 
+    /// The cause a cut on this gauge carries.
+    pub fn cause(&self) -> RateCause {
+        self.cause
+    }
+
     /// The mean at rest.
     pub fn mean(&self) -> f64 {
         self.mean
@@ -340,6 +356,13 @@ mod tests {
         let base_idle = LatencyBaseline::measure(&idle).unwrap();
         assert_eq!(base_idle.mean(), us(100));
         assert_eq!(base_idle.calls_per_interval(), 50.0);
+        // Read every 100 ms for a run deciding every second: ten times the calls.
+        let rescaled = base_idle.rescaled(10.0);
+        assert_eq!(
+            (rescaled.calls_per_interval(), rescaled.mean()),
+            (500.0, us(100))
+        );
+        assert_eq!(base_idle.rescaled(f64::NAN), base_idle);
         // Too little to measure.
         assert_eq!(LatencyBaseline::measure(&intervals(100, &[90])), None);
         assert_eq!(LatencyBaseline::measure(&[StatDelta::default(); 5]), None);

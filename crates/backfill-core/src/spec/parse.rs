@@ -1641,6 +1641,29 @@ fn throttle(
                 });
             (url, sql)
         });
+    let watch = w
+        .subtable(
+            t,
+            SECTION,
+            "watch",
+            "e.g. `watch = { url = \"postgres://app@db/shop\" }`",
+        )
+        .map(|p| {
+            let url = w.url(p, "throttle.watch", ctx)?;
+            if url.scheme() == "sqlite" {
+                w.error(
+                    "throttle.watch.url",
+                    p.get("url").map(|v| v.span()),
+                    "SQLite has no live signals to watch",
+                )
+                .hint = Some(
+                    "name a PostgreSQL or MySQL/MariaDB database, or time a statement with `probe` instead"
+                        .to_owned(),
+                );
+                return None;
+            }
+            Some(url)
+        });
     let interval = w
         .opt_duration(t, SECTION, "interval")
         .and_then(|(i, span)| {
@@ -1729,15 +1752,20 @@ fn throttle(
                 .to_owned(),
         );
     }
-    if probe.is_none() {
+    if probe.is_none() && watch.is_none() {
         if let Some((_, span)) = &max_replica_lag {
-            w.error("throttle.max_replica_lag", Some(span.clone()), "`max_replica_lag` needs `probe`")
-                .hint = Some("the lag is measured on the probe's database; add `probe = { url = …, sql = \"SELECT 1\" }`".to_owned());
+            w.error("throttle.max_replica_lag", Some(span.clone()), "`max_replica_lag` needs `watch` or `probe`")
+                .hint = Some("the lag is measured on the watched (or the probe's) database; add `watch = { url = … }` naming the live database".to_owned());
         } else {
-            w.warn(SECTION, None, "without `probe` the throttle reacts to errors only")
-                .hint = Some("add `probe = { url = …, sql = \"SELECT 1\" }` against the live database to watch its latency".to_owned());
+            w.warn(SECTION, None, "without `watch` or `probe` the throttle reacts to errors only")
+                .hint = Some("add `watch = { url = … }` naming the live database, to follow its own statements' latency".to_owned());
         }
     }
+    let watch = match watch {
+        Some(Some(url)) => Some(url),
+        Some(None) => return None,
+        None => None,
+    };
     let probe = match probe {
         Some((Some(url), Some(sql))) => Some(Probe { url, sql }),
         Some(_) => return None,
@@ -1748,6 +1776,7 @@ fn throttle(
     }
     Some(ThrottleSpec {
         probe,
+        watch,
         interval,
         baseline_probes: baseline_probes.get(),
         max_latency_increase,
