@@ -17,6 +17,9 @@
 
 use std::time::{Duration, Instant};
 
+use backfill_connectors::{Probe, Watch};
+use backfill_core::SecretUrl;
+use backfill_store::Store;
 use sqlx::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -155,6 +158,14 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
     assert!(
         (1.5..10.0).contains(&baseline) && live["unavailable"] == serde_json::json!([]),
         "the baseline is pg_sleep(2 ms)'s time, every signal offered: {live:#}"
+    );
+
+    let text = ws.run(&["status", &run_id]);
+    assert!(
+        text.stdout.contains("  watch:      mean ")
+            && text.stdout.contains("per call vs baseline")
+            && text.stdout.contains("waiting on WAL or I/O"),
+        "status shows the watch: {text:?}"
     );
 
     // Healthy: the rate climbs and is never cut while the statements keep their time.
@@ -324,4 +335,59 @@ async fn check_says_which_signals_the_watched_database_offers_and_why_not() {
         text.stdout.contains("  pg_stat_statements: yes") && !text.stderr.contains("warning"),
         "{text:?}"
     );
+}
+
+/// What the watch counts as live traffic: a session of the connectors (here the probe's) and
+/// the state store's are named `backfill`, and the statements our sessions ran are left out
+/// of the interval, while a live session's are counted with their own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_sessions_are_named_and_their_statements_left_out_of_live_traffic() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let url = SecretUrl::new(pg.url());
+    let store = Store::open(&pg.url()).await.expect("a state store in it");
+    let ours = Probe::open(&url).await.expect("probe");
+    let mut watch = Watch::open(&url).await.expect("watch");
+    let mut live = pg.connect().await;
+    let named: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backfill'",
+    )
+    .fetch_one(&mut live)
+    .await
+    .unwrap();
+    // The store's pool, the probe and the watch: at least three sessions named `backfill`.
+    assert!(named >= 3, "{named} sessions named backfill");
+
+    // Ours: a slow statement, seen by the first reading (which only sets the counters).
+    ours.measure("SELECT pg_sleep(0.05), 'ours'")
+        .await
+        .expect("our statement");
+    let first = watch.read().await.expect("first reading");
+    assert_eq!(first.statements, None, "nothing to subtract from yet");
+    assert_eq!(first.unavailable, vec![], "every signal offered");
+    assert!(first.waiting.is_some());
+
+    // Then ours again, five times, and a live statement ten times.
+    for _ in 0..5 {
+        ours.measure("SELECT pg_sleep(0.05), 'ours'")
+            .await
+            .expect("our statement");
+    }
+    for _ in 0..10 {
+        sqlx::query("SELECT pg_sleep($1)")
+            .bind(FAST)
+            .execute(&mut live)
+            .await
+            .expect("live statement");
+    }
+    let reading = watch.read().await.expect("reading");
+    let interval = reading.statements.expect("an interval");
+    let mean = interval.time.as_secs_f64() / interval.calls.max(1) as f64;
+    assert_eq!(interval.calls, 10, "only the live calls: {reading:?}");
+    assert!(
+        (0.0015..0.02).contains(&mean),
+        "the live statement's own time, not ours (50 ms): {mean} s"
+    );
+    store.close().await;
 }
