@@ -118,6 +118,9 @@ pub struct Watch {
     previous: Option<Totals>,
     /// PostgreSQL query ids seen run by our sessions: never live traffic.
     ours: HashSet<i64>,
+    /// MySQL: whether the server records digests, checked at the first reading (a server
+    /// setting that needs a restart, so once per connection).
+    digests: Option<Result<(), String>>,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,7 @@ impl Watch {
             pool,
             previous: None,
             ours: HashSet::new(),
+            digests: None,
         })
     }
 
@@ -193,7 +197,11 @@ impl Watch {
                             .push((signal::THREADS_RUNNING, e.to_string()));
                     }
                 }
-                match mysql_totals(pool).await {
+                if self.digests.is_none() {
+                    self.digests = Some(mysql_digests_ready(pool).await);
+                }
+                let ready = self.digests.clone().unwrap_or(Ok(()));
+                match ready.and(mysql_totals(pool).await) {
                     Ok(t) => Some(t),
                     Err(reason) => {
                         reading.unavailable.push((signal::DIGESTS, reason));
@@ -438,23 +446,20 @@ async fn all_stats(pool: &PgPool) -> bool {
     .unwrap_or(false)
 }
 
-async fn mysql_digests_offer(pool: &MySqlPool) -> Offer {
-    let no = |detail: String| offer(signal::DIGESTS, false, detail);
-    let on: Result<i64, _> = sqlx::query_scalar("SELECT @@performance_schema + 0")
+/// Whether the server records statement digests (`performance_schema` on, its
+/// `statements_digest` consumer enabled); otherwise why not and how to enable them. With
+/// `performance_schema` off the digest table exists but stays empty, so reading it is no test.
+async fn mysql_digests_ready(pool: &MySqlPool) -> Result<(), String> {
+    let on: i64 = sqlx::query_scalar("SELECT @@performance_schema + 0")
         .fetch_one(pool)
-        .await;
-    match on {
-        Ok(0) => {
-            return no(
-                "performance_schema is OFF: set performance_schema = ON in the server's \
-                       configuration and restart it"
-                    .to_owned(),
-            );
-        }
-        Ok(_) => {}
-        Err(e) => {
-            return no(crate::mysql::sql_error("reading @@performance_schema", &e).to_string());
-        }
+        .await
+        .map_err(|e| crate::mysql::sql_error("reading @@performance_schema", &e).to_string())?;
+    if on == 0 {
+        return Err(
+            "performance_schema is OFF: set performance_schema = ON in the server's \
+                    configuration and restart it"
+                .to_owned(),
+        );
     }
     let consumer: Option<String> = sqlx::query_scalar(
         "SELECT ENABLED FROM performance_schema.setup_consumers WHERE NAME = 'statements_digest'",
@@ -464,19 +469,24 @@ async fn mysql_digests_offer(pool: &MySqlPool) -> Offer {
     .ok()
     .flatten();
     if consumer.as_deref() != Some("YES") {
-        return no(
+        return Err(
             "the statements_digest consumer is disabled: UPDATE performance_schema.\
-                   setup_consumers SET ENABLED = 'YES' WHERE NAME = 'statements_digest'"
+                    setup_consumers SET ENABLED = 'YES' WHERE NAME = 'statements_digest'"
                 .to_owned(),
         );
     }
-    match mysql_totals(pool).await {
-        Ok(_) => offer(
+    mysql_totals(pool).await.map(drop)
+}
+
+async fn mysql_digests_offer(pool: &MySqlPool) -> Offer {
+    match mysql_digests_ready(pool).await {
+        Ok(()) => offer(
             signal::DIGESTS,
             true,
-            "performance_schema digests of this schema; the backfill's own statements in it count too",
+            "performance_schema digests of this schema; the backfill's own statements in it \
+             count too",
         ),
-        Err(reason) => no(reason),
+        Err(reason) => offer(signal::DIGESTS, false, reason),
     }
 }
 

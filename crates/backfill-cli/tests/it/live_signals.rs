@@ -24,7 +24,7 @@ use sqlx::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::private_server::PrivatePostgres;
+use crate::private_server::{PrivateMariaDb, PrivatePostgres};
 use crate::replica_lag::{
     PATIENCE, RUN_TIMEOUT, Running, rate_changes, show, status, wait_for, wait_for_cause,
 };
@@ -390,4 +390,74 @@ async fn our_sessions_are_named_and_their_statements_left_out_of_live_traffic() 
         "the live statement's own time, not ours (50 ms): {mean} s"
     );
     store.close().await;
+}
+
+/// MariaDB: `Threads_running` always; the statement digests of the watched schema only with
+/// `performance_schema = ON` (off by default, and on the shared test server), counted per
+/// interval like `pg_stat_statements`. `check` says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_offers_threads_running_and_digests_only_with_performance_schema() {
+    let Some(off) = PrivateMariaDb::start().await else {
+        return;
+    };
+    let Some(on) = PrivateMariaDb::start_with(&["--performance-schema=ON"]).await else {
+        return;
+    };
+    // Off: the digests are unavailable and say how to enable them; Threads_running reads.
+    let mut watch = Watch::open(&SecretUrl::new(off.url()))
+        .await
+        .expect("watch");
+    let reading = watch.read().await.expect("reading");
+    assert!(reading.running.is_some_and(|n| n >= 1), "{reading:?}");
+    assert_eq!(reading.statements, None);
+    assert!(
+        reading
+            .unavailable
+            .iter()
+            .any(|(s, _)| *s == "statement digests"),
+        "{reading:?}"
+    );
+    let (signals, text) = check_signals(&off.url()).await;
+    let digests = offer(&signals, "statement digests");
+    assert_eq!(digests["available"], false, "{signals:#}");
+    assert!(
+        digests["detail"]
+            .as_str()
+            .unwrap()
+            .contains("performance_schema = ON"),
+        "{signals:#}"
+    );
+    assert_eq!(offer(&signals, "Threads_running")["available"], true);
+    assert!(
+        text.stderr.contains(
+            "warning: throttle.watch: the watched database does not offer statement digests"
+        ),
+        "{text:?}"
+    );
+
+    // On: live statements in the schema are counted with their own time.
+    let mut watch = Watch::open(&SecretUrl::new(on.url())).await.expect("watch");
+    assert_eq!(watch.read().await.expect("first").unavailable, vec![]);
+    let mut live = on.connect("test").await.expect("connect");
+    // Text protocol, as most application drivers send it (MariaDB keeps no digest for a
+    // server-side prepared statement's executions).
+    for _ in 0..10 {
+        sqlx::raw_sql("SELECT SLEEP(0.01)")
+            .execute(&mut live)
+            .await
+            .expect("live statement");
+    }
+    let reading = watch.read().await.expect("reading");
+    let interval = reading.statements.expect("an interval");
+    let mean = interval.time.as_secs_f64() / interval.calls.max(1) as f64;
+    assert!(
+        interval.calls >= 10 && (0.005..0.1).contains(&mean),
+        "{interval:?}: mean {mean} s"
+    );
+    let (signals, _) = check_signals(&on.url()).await;
+    assert_eq!(
+        offer(&signals, "statement digests")["available"],
+        true,
+        "{signals:#}"
+    );
 }
