@@ -164,10 +164,12 @@ impl LatencyBaseline {
     }
 
     /// Judges the window `intervals` (since the latest cut, at most `full` of them): see the
-    /// module's latency rule.
+    /// module's latency rule. No healthy verdict comes before `at_least` intervals (the
+    /// backfill writes in batches, so a shorter window may hold none: [`batch_intervals`]).
     pub fn judge(
         &self,
         intervals: &[StatDelta],
+        at_least: usize,
         full: usize,
         max_latency_increase: f64,
     ) -> Verdict {
@@ -181,12 +183,31 @@ impl LatencyBaseline {
             return Verdict::Unhealthy(RateCause::LiveLatency);
         }
         let resolved = self.noise_ceiling(window.calls) <= self.allowed(max_latency_increase);
-        if resolved || intervals.len() >= full {
+        if intervals.len() >= at_least.min(full) && (resolved || intervals.len() >= full) {
             Verdict::Healthy
         } else {
             Verdict::Undecided
         }
     }
+}
+
+/// How many batches a window of live readings must span before it may say "healthy": the
+/// backfill reaches the database one batch at a time, so a window between two batches would
+/// see none of its effect.
+pub const BATCHES_PER_VERDICT: f64 = 2.0;
+
+/// The intervals that [`BATCHES_PER_VERDICT`] batches of `batch_rows` take at `rate` rows per
+/// second, `interval` apart, at least 1 and at most `window`.
+pub fn batch_intervals(batch_rows: u32, rate: f64, interval: Duration, window: usize) -> usize {
+    let window = window.max(1);
+    let per_interval = rate * interval.as_secs_f64();
+    if !(per_interval.is_finite() && per_interval > 0.0) {
+        return window;
+    }
+    let n = (BATCHES_PER_VERDICT * f64::from(batch_rows) / per_interval).ceil();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = n.min(1e9) as usize;
+    n.clamp(1, window)
 }
 
 /// The mean time per call of a window and its calls; `None` without calls.
@@ -406,11 +427,36 @@ mod tests {
         ];
         for (means, calls, verdict) in cases {
             assert_eq!(
-                base.judge(&intervals(*calls, means), 5, 0.10),
+                base.judge(&intervals(*calls, means), 0, 5, 0.10),
                 *verdict,
                 "{means:?} × {calls}"
             );
         }
+        // A window shorter than two batches of the backfill may hold none of them: however
+        // quiet, it is not healthy yet; a slow one still cuts.
+        let quiet = intervals(1000, &[200, 200, 200]);
+        assert_eq!(base.judge(&quiet, 4, 5, 0.10), Verdict::Undecided);
+        assert_eq!(base.judge(&quiet, 3, 5, 0.10), Verdict::Healthy);
+        let slow = intervals(1000, &[300, 300, 300]);
+        assert_eq!(
+            base.judge(&slow, 4, 5, 0.10),
+            Verdict::Unhealthy(RateCause::LiveLatency)
+        );
+    }
+
+    #[test]
+    fn a_verdict_spans_two_batches_of_the_backfill() {
+        let ms100 = Duration::from_millis(100);
+        // 5,000-row batches at 3,250 rows/s, read every 100 ms: two batches take 3.1 s.
+        assert_eq!(batch_intervals(5000, 3250.0, ms100, 100), 31);
+        assert_eq!(
+            batch_intervals(5000, 3250.0, ms100, 20),
+            20,
+            "capped at the window"
+        );
+        assert_eq!(batch_intervals(5000, 1e6, ms100, 100), 1);
+        assert_eq!(batch_intervals(5000, 0.0, ms100, 100), 100);
+        assert_eq!(batch_intervals(5000, f64::NAN, ms100, 100), 100);
     }
 
     #[test]
@@ -505,7 +551,7 @@ mod tests {
             if seen.len() > window {
                 seen.remove(0);
             }
-            let cause = match base.judge(&seen, window, spec.max_latency_increase) {
+            let cause = match base.judge(&seen, 0, window, spec.max_latency_increase) {
                 Verdict::Unhealthy(cause) => Some(cause),
                 Verdict::Healthy => None,
                 Verdict::Undecided => {

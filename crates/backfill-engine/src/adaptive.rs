@@ -44,7 +44,8 @@ use backfill_connectors::{Probe, Watch};
 use backfill_core::Spec;
 use backfill_core::aimd::{Aimd, RateCause, RateChange, noise_ceiling, percentile};
 use backfill_core::live::{
-    GaugeBaseline, LatencyBaseline, StatDelta, Verdict, intervals_to_resolve, window_mean,
+    GaugeBaseline, LatencyBaseline, StatDelta, Verdict, batch_intervals, intervals_to_resolve,
+    window_mean,
 };
 use backfill_core::spec::ThrottleSpec;
 use backfill_store::Store;
@@ -162,6 +163,8 @@ pub(crate) struct Adaptive {
     /// Intervals of live readings judged together: enough calls to see a rise, at most
     /// `window`.
     live_window: usize,
+    /// Rows per batch (`limits.batch_rows`): the live window spans two batches.
+    batch_rows: u32,
     /// Signals already reported unavailable (logged once each).
     reported: Vec<&'static str>,
     baseline_p50: Option<Duration>,
@@ -196,6 +199,7 @@ impl Adaptive {
             gauges: Vec::new(),
             live_window: throttle.window.max(1) as usize,
             reported: Vec::new(),
+            batch_rows: spec.limits.batch_rows.get(),
             baseline_p50: None,
             baseline_p90: None,
             aimd,
@@ -428,6 +432,19 @@ impl Adaptive {
                     "adaptive throttle: maximum changed by `throttle`"
                 );
             }
+            // The live window: enough calls to see a rise, and two batches of the backfill at
+            // the current rate (a window between two batches would see none of them), at
+            // most `window`; the climb is paced to it when no probe sets the pace.
+            let batches = batch_intervals(
+                self.batch_rows,
+                self.aimd.rate(),
+                self.throttle.interval,
+                window,
+            );
+            let full = self.live_window.max(batches);
+            if self.live_base.is_some() && self.throttle.probe.is_none() {
+                self.aimd.set_pace(u32::try_from(full).unwrap_or(u32::MAX));
+            }
             let mut probe_failed = false;
             if self.probe.is_none() {
                 self.reopen().await;
@@ -448,7 +465,7 @@ impl Adaptive {
                     self.reopen_watch().await;
                 }
                 match self.read_watch().await {
-                    Some(reading) => live.push(reading, self.live_window),
+                    Some(reading) => live.push(reading, full),
                     None => probe_failed = true,
                 }
             }
@@ -485,7 +502,8 @@ impl Adaptive {
             let statements = match &self.live_base {
                 Some(base) => base.judge(
                     live.statements.make_contiguous(),
-                    self.live_window,
+                    batches,
+                    full,
                     self.throttle.max_latency_increase,
                 ),
                 None => Verdict::Healthy,
@@ -669,10 +687,11 @@ impl LiveWindow {
     fn push(&mut self, reading: Reading, cap: usize) {
         fn keep<T>(q: &mut VecDeque<T>, v: Option<T>, cap: usize) {
             if let Some(v) = v {
-                if q.len() >= cap.max(1) {
-                    q.pop_front();
-                }
                 q.push_back(v);
+            }
+            // The cap shrinks as the rate rises: drop the oldest beyond it.
+            while q.len() > cap.max(1) {
+                q.pop_front();
             }
         }
         keep(&mut self.statements, reading.statements, cap);
