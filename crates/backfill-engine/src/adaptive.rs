@@ -387,6 +387,10 @@ impl Adaptive {
                     .collect();
                 status.live.waiting = reading.waiting;
                 status.live.running = reading.running;
+                if self.throttle.probe.is_none() {
+                    // The watch is the one connection: its success clears its last failure.
+                    status.probe_error = None;
+                }
                 drop(status);
                 Some(reading)
             }
