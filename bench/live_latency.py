@@ -92,7 +92,9 @@ class PrivatePg:
         with open(data / "postgresql.conf", "a") as f:
             f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                     f"unix_socket_directories = '{self.dir}'\n"
-                    "shared_preload_libraries = 'pg_stat_statements'\nmax_connections = 100\n")
+                    "shared_preload_libraries = 'pg_stat_statements'\nmax_connections = 100\n"
+                    # As the machine's shared server (5432) runs, so cases compare with its history.
+                    "autovacuum = off\n")
         self.as_postgres([self.bin / "pg_ctl", "-D", data, "-l", self.dir / "server.log", "start", "-w", "-t", "60"])
         self.url = f"postgres://postgres@127.0.0.1:{self.port}"
 
