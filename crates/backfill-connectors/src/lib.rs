@@ -33,6 +33,7 @@ pub mod postgres;
 pub mod probe;
 mod shared;
 pub mod sqlite;
+pub mod watch;
 mod window;
 
 use std::future::Future;
@@ -45,6 +46,7 @@ use backfill_core::value::{Batch, RowCounts, Value};
 
 pub use error::ConnectorError;
 pub use probe::Probe;
+pub use watch::Watch;
 
 /// A statement the engine runs inside a sink's write transaction, after the write: the
 /// state-store checkpoint when the target database is the state store, so the batch and its

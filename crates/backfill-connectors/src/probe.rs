@@ -104,7 +104,7 @@ impl Probe {
     }
 }
 
-async fn postgres_lag(pool: &PgPool) -> Result<Option<Duration>, ConnectorError> {
+pub(crate) async fn postgres_lag(pool: &PgPool) -> Result<Option<Duration>, ConnectorError> {
     let fail = |e: sqlx::Error| crate::postgres::sql_error("replica lag", &e);
     let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
         .fetch_one(pool)
@@ -152,7 +152,7 @@ async fn postgres_lag(pool: &PgPool) -> Result<Option<Duration>, ConnectorError>
     Ok(seconds.map(seconds_to_duration))
 }
 
-async fn mysql_lag(pool: &MySqlPool) -> Result<Option<Duration>, ConnectorError> {
+pub(crate) async fn mysql_lag(pool: &MySqlPool) -> Result<Option<Duration>, ConnectorError> {
     let rows = match sqlx::raw_sql("SHOW REPLICA STATUS").fetch_all(pool).await {
         Ok(rows) => rows,
         // Servers older than MySQL 8.0.22 / MariaDB 10.5.1 only know the old name.

@@ -83,6 +83,13 @@ pub enum RateCause {
     Start,
     /// The probe's p90 rose above the baseline by more than allowed.
     Latency,
+    /// The live statements' own mean time per call (`pg_stat_statements`, statement digests)
+    /// rose above its baseline by more than allowed (`crate::live`).
+    LiveLatency,
+    /// More live sessions wait on WAL or I/O than at rest (PostgreSQL `pg_stat_activity`).
+    Waiting,
+    /// More threads run than at rest (MySQL/MariaDB `Threads_running`).
+    Running,
     /// The replica lag exceeded `max_replica_lag`.
     ReplicaLag,
     /// Throttling errors (lock timeouts, deadlocks, too many connections, …) were seen.
@@ -100,6 +107,9 @@ impl RateCause {
         match self {
             RateCause::Start => "start",
             RateCause::Latency => "latency",
+            RateCause::LiveLatency => "live_latency",
+            RateCause::Waiting => "waiting",
+            RateCause::Running => "running",
             RateCause::ReplicaLag => "replica_lag",
             RateCause::Errors => "errors",
             RateCause::Recovered => "recovered",
@@ -112,6 +122,9 @@ impl RateCause {
         [
             RateCause::Start,
             RateCause::Latency,
+            RateCause::LiveLatency,
+            RateCause::Waiting,
+            RateCause::Running,
             RateCause::ReplicaLag,
             RateCause::Errors,
             RateCause::Recovered,
@@ -199,6 +212,17 @@ impl Aimd {
             noise: None,
             cause: RateCause::Start,
         }
+    }
+
+    /// Paces the climb for a signal that judges a new rate within `intervals` intervals
+    /// (instead of `throttle.window`): at most ×[`MAX_GROWTH_PER_WINDOW`] (×
+    /// [`PROBE_GROWTH_PER_WINDOW`] above the settling level) per that many intervals. The
+    /// live signals resolve a rise in a few intervals on busy traffic
+    /// ([`crate::live::intervals_to_resolve`]), so the rate reaches its level sooner than a
+    /// window of probes would allow.
+    pub fn set_pace(&mut self, intervals: u32) {
+        self.growth = growth_per_interval(MAX_GROWTH_PER_WINDOW, intervals);
+        self.probe_growth = growth_per_interval(PROBE_GROWTH_PER_WINDOW, intervals);
     }
 
     /// Sets the probe's noise ceiling ([`noise_ceiling`] of the baseline): a p90 at or under
@@ -298,6 +322,13 @@ impl Aimd {
         } else {
             None
         };
+        self.on_verdict(cause)
+    }
+
+    /// One interval judged elsewhere (the live signals, [`crate::live::Verdict`]): `Some(cause)`
+    /// cuts the rate unless the previous interval cut it (hold); `None` raises it by one step,
+    /// with the same rules as [`Aimd::on_interval`].
+    pub fn on_verdict(&mut self, cause: Option<RateCause>) -> Option<RateChange> {
         let held = std::mem::take(&mut self.hold);
         match cause {
             Some(_) if held => None,
@@ -800,6 +831,9 @@ mod tests {
         for c in [
             "start",
             "latency",
+            "live_latency",
+            "waiting",
+            "running",
             "replica_lag",
             "errors",
             "recovered",

@@ -3,7 +3,8 @@
 //! Owns: parsing and validating spec files into precise types ([`spec`]), cutting a scope into
 //! partitions ([`plan`]) identified by the normalised spec ([`normalized`]), a run's delivery
 //! guarantee ([`guarantee`]), the run and partition state machines ([`state`]), the policies
-//! that keep a run safe (retries [`retry`], adaptive throttling [`aimd`], budgets
+//! that keep a run safe (retries [`retry`], adaptive throttling [`aimd`] and
+//! its live signals [`live`], budgets
 //! [`budget`], run windows [`run_window`], partition order [`order`], the circuit breaker
 //! [`breaker`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
 //! ([`params`]), the values that move between connectors ([`value`]) and secret handling
@@ -18,6 +19,7 @@ pub mod breaker;
 pub mod budget;
 pub mod diag;
 pub mod guarantee;
+pub mod live;
 pub mod normalized;
 pub mod order;
 pub mod params;

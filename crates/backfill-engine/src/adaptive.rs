@@ -1,12 +1,19 @@
-//! Adaptive throttling (`[throttle]`): the task that probes a live-facing database, feeds the
-//! pure AIMD controller (`backfill_core::aimd`) and steers the run's rows limiter.
+//! Adaptive throttling (`[throttle]`): the task that reads what live traffic feels (the watched
+//! database's own signals, an optional probe statement), feeds the pure AIMD controller
+//! (`backfill_core::aimd`, judged by `backfill_core::live`) and steers the run's rows limiter.
 //!
-//! Protocol: [`Adaptive::start`] opens the probe and measures the baseline (p50/p90 over
-//! `baseline_probes` probes, and from them the probe's noise ceiling for a window, which the
-//! controller's latency limit includes) before any batch runs; `execute` awaits it. Then [`Adaptive::run`]
-//! probes every `interval`: it keeps the last `window` latencies, reads the replica lag when
-//! `max_replica_lag` is set and counts the batch attempts that failed since the previous
-//! interval, and hands these to [`Aimd::on_interval`]. A change is applied at once
+//! Protocol: [`Adaptive::start`] opens the watch and the probe and measures the baselines
+//! before any batch runs (`execute` awaits it): over `baseline_probes` readings, the live
+//! statements' mean time per call and its per-call noise, the waiting sessions or running
+//! threads, and the probe's p50/p90 and noise ceiling. Then [`Adaptive::run`] reads every
+//! `interval`: the watch's interval (statements, gauges), the probe's latency (the last
+//! `window` kept), the replica lag when `max_replica_lag` is set (from the watch, else the
+//! probe) and the batch attempts that failed since the previous interval. Each signal gives a
+//! verdict (`backfill_core::live::Verdict`); combined, they cut or raise the rate
+//! ([`Aimd::on_verdict`]) or hold it while a signal cannot tell yet. With a watch and no probe,
+//! the climb is paced to the intervals the live signal needs to see a rise
+//! ([`backfill_core::live::intervals_to_resolve`]). A signal the database does not offer is
+//! logged once and left out. A change is applied at once
 //! ([`Live::set_adaptive_rows`]), logged with its cause and kept in the store's rate time
 //! series; the numbers `status` shows are published in an [`AdaptiveStatus`] the controller
 //! reads for its heartbeat.
@@ -15,25 +22,31 @@
 //! and this rate), hold or stop the run, or retry batches.
 //!
 //! Invariants:
-//! - A probe failure (connection lost, timeout, a failing statement) is an unhealthy interval,
-//!   logged, never an error of the run.
+//! - A probe failure (connection lost, timeout, a failing statement) or a lost watch
+//!   connection is an unhealthy interval, logged, never an error of the run.
 //! - The adaptive rate never exceeds the ceiling in force: the controller's maximum follows
 //!   `backfill throttle` ([`Aimd::set_max`]).
 //! - While the run is held (paused, outside its window…) the rate does not move: an idle
 //!   workload says nothing about what the run costs. Probing goes on.
-//! - After a cut, the latencies measured before it are forgotten, and no decision is taken
-//!   until a whole `window` of new probes is in (likewise at the start): a p90 still full of
-//!   the old rate's samples would otherwise cut again and again down to the floor, and the
-//!   p90 of a few probes is their maximum, which a single hiccup decides.
+//! - After a cut, the readings taken before it are forgotten, and no decision is taken until a
+//!   whole `window` of new probes is in (likewise at the start), and until the live signals
+//!   have enough intervals to judge: a p90 or a mean still full of the old rate's samples
+//!   would otherwise cut again and again down to the floor, and the p90 of a few probes is
+//!   their maximum, which a single hiccup decides.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backfill_connectors::Probe;
+use backfill_connectors::watch::Reading;
+use backfill_connectors::{Probe, Watch};
 use backfill_core::Spec;
 use backfill_core::aimd::{Aimd, RateCause, RateChange, noise_ceiling, percentile};
+use backfill_core::live::{
+    GaugeBaseline, LatencyBaseline, StatDelta, Verdict, batch_intervals, intervals_to_resolve,
+    window_mean,
+};
 use backfill_core::spec::ThrottleSpec;
 use backfill_store::Store;
 use serde_json::json;
@@ -45,6 +58,10 @@ use crate::shutdown::Shutdown;
 /// Spacing of the baseline probes: quicker than `interval` (the run has not started, so there
 /// is no effect to wait for) but spread enough to sample the live traffic, not one instant.
 const BASELINE_SPACING: Duration = Duration::from_millis(100);
+
+/// Waiting sessions (PostgreSQL) over their mean at rest that never count as a rise: half a
+/// session on average, so a lone WAL flush caught by the sampling does not cut.
+const WAIT_MARGIN: f64 = 0.5;
 
 /// What `status` shows of the adaptive throttle, updated by the task every interval.
 #[derive(Clone, Debug, Default)]
@@ -66,6 +83,43 @@ pub(crate) struct AdaptiveStatus {
     lag: Option<Duration>,
     /// The latest probe failure, cleared by the next success.
     probe_error: Option<String>,
+    /// The live signals of the watched database.
+    live: LiveNow,
+}
+
+/// The watched database's latest readings, for `status` and the rate time series.
+#[derive(Clone, Debug, Default)]
+struct LiveNow {
+    /// Mean time per call of the live statements over the window judged.
+    mean: Option<Duration>,
+    /// Their mean at rest.
+    baseline: Option<Duration>,
+    /// The mean above which the window is unhealthy (allowed rise or noise).
+    limit: Option<Duration>,
+    /// Calls in the window.
+    calls: u64,
+    /// Live sessions waiting on WAL or I/O, last reading.
+    waiting: Option<u32>,
+    /// `Threads_running`, last reading.
+    running: Option<u32>,
+    /// Signals the database does not offer, with why.
+    unavailable: Vec<(String, String)>,
+}
+
+impl LiveNow {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "mean_ms": self.mean.map(ms),
+            "baseline_mean_ms": self.baseline.map(ms),
+            "limit_mean_ms": self.limit.map(ms),
+            "calls": self.calls,
+            "waiting": self.waiting,
+            "running": self.running,
+            "unavailable": self.unavailable.iter()
+                .map(|(signal, why)| json!({"signal": signal, "reason": why}))
+                .collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// Shared between the task (writer) and the controller (reader).
@@ -84,6 +138,7 @@ impl AdaptiveStatus {
             "limit_p90_ms": self.limit.map(ms),
             "lag_ms": self.lag.map(ms),
             "probe_error": self.probe_error,
+            "watch": self.live.to_json(),
         })
     }
 }
@@ -98,6 +153,20 @@ pub(crate) struct Adaptive {
     live: Arc<Live>,
     /// `None` when it could not be opened; reopened at each interval.
     probe: Option<Probe>,
+    /// The watched live database; `None` when not configured or lost (reopened at each
+    /// interval).
+    watch: Option<Watch>,
+    /// The live statements at rest; `None` without a watch or its statistics.
+    live_base: Option<LatencyBaseline>,
+    /// Waiting sessions (PostgreSQL) and running threads (MySQL) at rest.
+    gauges: Vec<GaugeBaseline>,
+    /// Intervals of live readings judged together: enough calls to see a rise, at most
+    /// `window`.
+    live_window: usize,
+    /// Rows per batch (`limits.batch_rows`): the live window spans two batches.
+    batch_rows: u32,
+    /// Signals already reported unavailable (logged once each).
+    reported: Vec<&'static str>,
     baseline_p50: Option<Duration>,
     baseline_p90: Option<Duration>,
     aimd: Aimd,
@@ -125,6 +194,12 @@ impl Adaptive {
             store: store.clone(),
             live: live.clone(),
             probe: None,
+            watch: None,
+            live_base: None,
+            gauges: Vec::new(),
+            live_window: throttle.window.max(1) as usize,
+            reported: Vec::new(),
+            batch_rows: spec.limits.batch_rows.get(),
             baseline_p50: None,
             baseline_p90: None,
             aimd,
@@ -132,19 +207,31 @@ impl Adaptive {
             throttle,
         };
         adaptive.reopen().await;
-        if let Some(sql) = adaptive.probe_sql() {
-            let mut samples = Vec::new();
-            for i in 0..adaptive.throttle.baseline_probes {
-                if shutdown.is_requested() {
-                    break;
-                }
-                if i > 0 {
-                    tokio::time::sleep(BASELINE_SPACING.min(adaptive.throttle.interval)).await;
-                }
-                if let Ok(latency) = adaptive.measure(&sql).await {
-                    samples.push(latency);
-                }
+        adaptive.reopen_watch().await;
+        let spacing = BASELINE_SPACING.min(adaptive.throttle.interval);
+        let mut readings = Vec::new();
+        if adaptive.watch.is_some() {
+            // The first reading only sets the counters the next one subtracts.
+            adaptive.read_watch().await;
+        }
+        let mut samples = Vec::new();
+        let probe_sql = adaptive.probe_sql();
+        for _ in 0..adaptive.throttle.baseline_probes {
+            if shutdown.is_requested() || (probe_sql.is_none() && adaptive.watch.is_none()) {
+                break;
             }
+            tokio::time::sleep(spacing).await;
+            if let Some(sql) = &probe_sql
+                && let Ok(latency) = adaptive.measure(sql).await
+            {
+                samples.push(latency);
+            }
+            if let Some(reading) = adaptive.read_watch().await {
+                readings.push(reading);
+            }
+        }
+        adaptive.live_baselines(spec, &readings, spacing);
+        if probe_sql.is_some() {
             adaptive.baseline_p50 = percentile(&samples, 0.5);
             adaptive.baseline_p90 = percentile(&samples, 0.9);
             let window = adaptive.throttle.window.max(1) as usize;
@@ -196,6 +283,180 @@ impl Adaptive {
         self.status.clone()
     }
 
+    /// Sets the watch's baselines from `readings` taken `spacing` apart, logs them and the
+    /// signals the database does not offer, and paces the climb to the live signal when it
+    /// is the one latency signal.
+    fn live_baselines(&mut self, spec: &Spec, readings: &[Reading], spacing: Duration) {
+        if self.watch.is_none() && readings.is_empty() {
+            return;
+        }
+        let deltas: Vec<StatDelta> = readings.iter().filter_map(|r| r.statements).collect();
+        let factor = self.throttle.interval.as_secs_f64() / spacing.as_secs_f64().max(1e-9);
+        self.live_base = LatencyBaseline::measure(&deltas).map(|b| b.rescaled(factor));
+        let waiting: Vec<f64> = readings
+            .iter()
+            .filter_map(|r| r.waiting.map(f64::from))
+            .collect();
+        let running: Vec<f64> = readings
+            .iter()
+            .filter_map(|r| r.running.map(f64::from))
+            .collect();
+        // Threads_running counts our own threads too: up to `concurrency` of them run at once.
+        let ours = f64::from(spec.limits.concurrency.get());
+        self.gauges = [
+            GaugeBaseline::measure(&waiting, WAIT_MARGIN, RateCause::Waiting),
+            GaugeBaseline::measure(&running, ours, RateCause::Running),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let window = self.throttle.window.max(1) as usize;
+        match self.live_base {
+            Some(base) => {
+                self.live_window =
+                    intervals_to_resolve(&base, self.throttle.max_latency_increase, window);
+                if self.throttle.probe.is_none() {
+                    self.aimd
+                        .set_pace(u32::try_from(self.live_window).unwrap_or(u32::MAX));
+                }
+                tracing::info!(
+                    run_id = self.run_id,
+                    readings = deltas.len(),
+                    mean_ms = ms(base.mean()),
+                    calls_per_interval = base.calls_per_interval(),
+                    limit_ms = ms(base.allowed(self.throttle.max_latency_increase)),
+                    judged_over_intervals = self.live_window,
+                    "adaptive throttle: live statements' baseline measured"
+                );
+            }
+            None if self.watch.is_some() => tracing::warn!(
+                run_id = self.run_id,
+                "adaptive throttle: the watched database's statements gave no baseline (no \
+                 statistics, or no live statement completed while it was measured), so their \
+                 latency cannot throttle the run"
+            ),
+            None => {}
+        }
+        let mut status = self.lock();
+        status.live.baseline = self.live_base.map(|b| b.mean());
+    }
+
+    /// Opens the watch connection when there is one; a failure is published and logged.
+    async fn reopen_watch(&mut self) {
+        let Some(url) = &self.throttle.watch else {
+            return;
+        };
+        match Watch::open(url).await {
+            Ok(watch) => self.watch = Some(watch),
+            Err(e) => self.failed(&e.to_string()),
+        }
+    }
+
+    /// One reading of the watch; `None` (logged, connection dropped for a reopen) when the
+    /// database could not be reached. Signals it does not offer are logged once each.
+    async fn read_watch(&mut self) -> Option<Reading> {
+        let watch = self.watch.as_mut()?;
+        let limit = (self.throttle.interval * 5).max(Duration::from_secs(5));
+        let result = match tokio::time::timeout(limit, watch.read()).await {
+            Ok(Ok(reading)) => Ok(reading),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "reading the watched database took longer than {} ms",
+                limit.as_millis()
+            )),
+        };
+        match result {
+            Ok(reading) => {
+                for (signal, why) in &reading.unavailable {
+                    if !self.reported.contains(signal) {
+                        self.reported.push(signal);
+                        tracing::warn!(
+                            run_id = self.run_id,
+                            signal,
+                            reason = why.as_str(),
+                            "adaptive throttle: the watched database does not offer this signal; \
+                             it is left out"
+                        );
+                    }
+                }
+                let mut status = self.lock();
+                status.live.unavailable = reading
+                    .unavailable
+                    .iter()
+                    .map(|(s, w)| ((*s).to_owned(), w.clone()))
+                    .collect();
+                status.live.waiting = reading.waiting;
+                status.live.running = reading.running;
+                if self.throttle.probe.is_none() {
+                    // The watch is the one connection: its success clears its last failure.
+                    status.probe_error = None;
+                }
+                drop(status);
+                Some(reading)
+            }
+            Err(message) => {
+                if let Some(watch) = self.watch.take() {
+                    watch.close().await;
+                }
+                self.failed(&message);
+                None
+            }
+        }
+    }
+
+    /// Follows `backfill throttle`: the ceiling caps the controller's maximum. The controller
+    /// already recorded the manual change; this keeps the two in step.
+    fn follow_ceiling(&mut self) {
+        if let Some(max) = max_rate(&self.throttle, self.spec_max, self.live.rows_ceiling())
+            && max != self.aimd.max()
+            && let Some(change) = self.aimd.set_max(max)
+        {
+            self.live.set_adaptive_rows(rows(change.to));
+            tracing::info!(
+                run_id = self.run_id,
+                rate = change.to,
+                cause = change.cause.as_str(),
+                "adaptive throttle: maximum changed by `throttle`"
+            );
+        }
+    }
+
+    /// The probe's verdict: its p90 against the limit, judged over a full window only (see the
+    /// module's invariants); healthy without a probe or its baseline; undecided while too few
+    /// probes came in since the last cut (only another signal may cut then, nothing may raise).
+    fn probe_verdict(&self, p90: Option<Duration>, full_window: bool) -> Verdict {
+        match (p90, self.baseline_p90) {
+            (Some(p90), Some(baseline)) if full_window => {
+                if self.aimd.latency_unhealthy(p90, baseline) {
+                    Verdict::Unhealthy(RateCause::Latency)
+                } else {
+                    Verdict::Healthy
+                }
+            }
+            (_, None) => Verdict::Healthy,
+            _ => Verdict::Undecided,
+        }
+    }
+
+    /// The watched database's verdicts: its statements' mean time per call against their
+    /// baseline, and each gauge (waits, threads running) against its level at rest.
+    fn live_verdicts(&self, live: &mut LiveWindow, batches: usize, full: usize) -> Vec<Verdict> {
+        let statements = match &self.live_base {
+            Some(base) => base.judge(
+                live.statements.make_contiguous(),
+                batches,
+                full,
+                self.throttle.max_latency_increase,
+            ),
+            None => Verdict::Healthy,
+        };
+        let gauges = self.gauges.iter().map(|g| match g.cause() {
+            RateCause::Waiting => g.judge(live.waiting.make_contiguous()),
+            _ => g.judge(live.running.make_contiguous()),
+        });
+        std::iter::once(statements).chain(gauges).collect()
+    }
+
     /// Records the starting rate, then probes every `interval` and moves the rate until
     /// `stop` is set. Spawned once the controller has recorded its own start, so the time
     /// series reads: the ceiling, then the adaptive rate under it.
@@ -204,6 +465,7 @@ impl Adaptive {
         self.apply(&start, None, None).await;
         let window = self.throttle.window.max(1) as usize;
         let mut samples: VecDeque<Duration> = VecDeque::with_capacity(window);
+        let mut live = LiveWindow::default();
         let mut errors_before = self.live.errors_seen();
         let mut ticker = tokio::time::interval(self.throttle.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -213,19 +475,19 @@ impl Adaptive {
                 _ = ticker.tick() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            // Follow `backfill throttle`: the ceiling caps the controller's maximum. The
-            // controller already recorded the manual change; this keeps the two in step.
-            if let Some(max) = max_rate(&self.throttle, self.spec_max, self.live.rows_ceiling())
-                && max != self.aimd.max()
-                && let Some(change) = self.aimd.set_max(max)
-            {
-                self.live.set_adaptive_rows(rows(change.to));
-                tracing::info!(
-                    run_id = self.run_id,
-                    rate = change.to,
-                    cause = change.cause.as_str(),
-                    "adaptive throttle: maximum changed by `throttle`"
-                );
+            self.follow_ceiling();
+            // The live window: enough calls to see a rise, and two batches of the backfill at
+            // the current rate (a window between two batches would see none of them), at
+            // most `window`; the climb is paced to it when no probe sets the pace.
+            let batches = batch_intervals(
+                self.batch_rows,
+                self.aimd.rate(),
+                self.throttle.interval,
+                window,
+            );
+            let full = self.live_window.max(batches);
+            if self.live_base.is_some() && self.throttle.probe.is_none() {
+                self.aimd.set_pace(u32::try_from(full).unwrap_or(u32::MAX));
             }
             let mut probe_failed = false;
             if self.probe.is_none() {
@@ -242,23 +504,22 @@ impl Adaptive {
                     Err(()) => probe_failed = true,
                 }
             }
-            let mut lag = None;
-            if self.throttle.max_replica_lag.is_some()
-                && let Some(probe) = &self.probe
-            {
-                match probe.replica_lag().await {
-                    Ok(l) => lag = l,
-                    Err(e) => {
-                        probe_failed = true;
-                        self.failed(&e.to_string());
-                    }
+            if self.throttle.watch.is_some() {
+                if self.watch.is_none() {
+                    self.reopen_watch().await;
+                }
+                match self.read_watch().await {
+                    Some(reading) => live.push(reading, full),
+                    None => probe_failed = true,
                 }
             }
+            let lag = self.replica_lag(&mut probe_failed).await;
             let errors_now = self.live.errors_seen();
             let batch_errors = errors_now.saturating_sub(errors_before);
             errors_before = errors_now;
             let p90 = percentile(samples.make_contiguous(), 0.9);
             self.publish(p90, lag);
+            self.publish_live(&live);
             if self.live.is_held() {
                 continue;
             }
@@ -267,26 +528,62 @@ impl Adaptive {
                 (lag, self.throttle.max_replica_lag),
                 (Some(l), Some(m)) if l > m
             );
-            let (p90_used, baseline) = match (p90, self.baseline_p90) {
-                // Judged over a full window only (see the module's invariants).
-                (Some(p90), Some(baseline)) if samples.len() == window => (p90, baseline),
-                // Without a baseline, latency never throttles (zero against zero is healthy).
-                (_, None) => (Duration::ZERO, Duration::ZERO),
-                // Too few probes since the last cut to judge latency: only another signal
-                // may cut now, and nothing may raise the rate yet.
-                _ if errors || lagging => (Duration::ZERO, Duration::ZERO),
-                _ => continue,
+            let probe = self.probe_verdict(p90, samples.len() == window);
+            let verdicts: Vec<Verdict> = std::iter::once(probe)
+                .chain(self.live_verdicts(&mut live, batches, full))
+                .chain(lagging.then_some(Verdict::Unhealthy(RateCause::ReplicaLag)))
+                .chain(errors.then_some(Verdict::Unhealthy(RateCause::Errors)))
+                .collect();
+            let cause = match Verdict::combine(verdicts) {
+                Verdict::Unhealthy(cause) => Some(cause),
+                Verdict::Healthy => None,
+                Verdict::Undecided => continue,
             };
-            if let Some(change) = self.aimd.on_interval(p90_used, baseline, lag, errors) {
+            if let Some(change) = self.aimd.on_verdict(cause) {
                 if change.to < change.from {
                     samples.clear();
+                    live.clear();
                 }
                 self.apply(&change, p90, lag).await;
             }
         }
+        if let Some(watch) = &self.watch {
+            watch.close().await;
+        }
         if let Some(probe) = &self.probe {
             probe.close().await;
         }
+    }
+
+    /// The replica lag of the watched database (of the probe's without a watch) when
+    /// `max_replica_lag` is set; a failed read sets `failed` and is published.
+    async fn replica_lag(&mut self, failed: &mut bool) -> Option<Duration> {
+        self.throttle.max_replica_lag?;
+        let read = match (&self.watch, &self.probe) {
+            (Some(watch), _) => watch.replica_lag().await,
+            (None, Some(probe)) if self.throttle.watch.is_none() => probe.replica_lag().await,
+            _ => return None,
+        };
+        match read {
+            Ok(lag) => lag,
+            Err(e) => {
+                *failed = true;
+                self.failed(&e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Publishes the live window's mean and limit for `status`.
+    fn publish_live(&self, live: &LiveWindow) {
+        let mean = window_mean(&live.statements.iter().copied().collect::<Vec<_>>());
+        let mut status = self.lock();
+        status.live.mean = mean.map(|m| m.mean);
+        status.live.calls = mean.map_or(0, |m| m.calls);
+        status.live.limit = match (self.live_base, mean) {
+            (Some(base), Some(m)) => Some(base.limit(m.calls, self.throttle.max_latency_increase)),
+            _ => None,
+        };
     }
 
     fn probe_sql(&self) -> Option<String> {
@@ -360,8 +657,13 @@ impl Adaptive {
             "baseline_p90_ms": self.baseline_p90.map(ms),
             "limit_p90_ms": self.baseline_p90.map(|b| ms(self.aimd.latency_limit(b))),
             "lag_ms": lag.map(ms),
+            "watch": self.lock().live.to_json(),
             "adaptive": true,
         });
+        let (live_mean, live_limit) = {
+            let status = self.lock();
+            (status.live.mean.map(ms), status.live.limit.map(ms))
+        };
         tracing::info!(
             run_id = self.run_id,
             from = change.from,
@@ -370,6 +672,8 @@ impl Adaptive {
             p90_ms = p90.map(ms),
             baseline_p90_ms = self.baseline_p90.map(ms),
             lag_ms = lag.map(ms),
+            live_mean_ms = live_mean,
+            live_limit_ms = live_limit,
             "adaptive throttle: rate changed"
         );
         if let Err(e) = self
@@ -384,6 +688,37 @@ impl Adaptive {
         {
             tracing::warn!(run_id = self.run_id, error = %e, "cannot record a rate change");
         }
+    }
+}
+
+/// The watched database's readings since the latest cut, at most the live window of each.
+#[derive(Default)]
+struct LiveWindow {
+    statements: VecDeque<StatDelta>,
+    waiting: VecDeque<f64>,
+    running: VecDeque<f64>,
+}
+
+impl LiveWindow {
+    fn push(&mut self, reading: Reading, cap: usize) {
+        fn keep<T>(q: &mut VecDeque<T>, v: Option<T>, cap: usize) {
+            if let Some(v) = v {
+                q.push_back(v);
+            }
+            // The cap shrinks as the rate rises: drop the oldest beyond it.
+            while q.len() > cap.max(1) {
+                q.pop_front();
+            }
+        }
+        keep(&mut self.statements, reading.statements, cap);
+        keep(&mut self.waiting, reading.waiting.map(f64::from), cap);
+        keep(&mut self.running, reading.running.map(f64::from), cap);
+    }
+
+    fn clear(&mut self) {
+        self.statements.clear();
+        self.waiting.clear();
+        self.running.clear();
     }
 }
 

@@ -397,6 +397,13 @@ async fn open_postgres(
     // One direct connection first: an unreachable server is reported at once, where the
     // pool would keep retrying a refused connection until its acquire timeout.
     let options = options.disable_statement_logging();
+    // Named like the connectors' sessions (`backfill_connectors::watch::APPLICATION_NAME`),
+    // so the adaptive throttle's watch leaves the store's statements out of live traffic when
+    // the store lives in the watched database; a URL that names its own keeps it.
+    let options = match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name("backfill"),
+    };
     let probe = options
         .connect()
         .await

@@ -1,6 +1,7 @@
 //! `backfill check SPEC`: validate the file, then the connections and the data's time format.
 
-use backfill_connectors::{ConnectorError, open_sink, open_source};
+use backfill_connectors::watch::{Offer, signal};
+use backfill_connectors::{ConnectorError, Watch, open_sink, open_source};
 use backfill_core::spec::SourceSpec;
 use backfill_core::{Diagnostic, Scope, Spec, Window, WriteMode};
 use serde_json::json;
@@ -14,10 +15,15 @@ pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
     let spec_file = specfile::parse_file(&args.spec)?;
     let (file, parsed) = (&spec_file.file, &spec_file.parsed);
     let mut diagnostics = parsed.diagnostics.clone();
+    let mut signals = None;
     if let Some(spec) = &parsed.spec
         && !args.offline
     {
-        for mut d in live_checks(spec).await {
+        let mut found = live_checks(spec).await;
+        let (offers, problems) = live_signals(spec).await;
+        found.extend(problems);
+        signals = offers;
+        for mut d in found {
             d.position = d.position.or_else(|| parsed.position_of(&d.path));
             d.span = d.span.or_else(|| parsed.span_of(&d.path));
             diagnostics.push(d);
@@ -31,14 +37,34 @@ pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|s| backfill_core::plan::partitions(&s.scope).ok())
         .map_or(0, |p| p.len());
-    out.json(&json!({
+    let mut result = json!({
         "spec": file,
         "ok": errors == 0,
         "errors": errors,
         "warnings": warnings,
         "partitions": partitions,
         "diagnostics": specfile::diagnostics_json(&diagnostics),
-    }));
+    });
+    if let Some((key, offers)) = &signals {
+        result["signals"] = json!({
+            "database": key,
+            "offers": offers.iter().map(|o| json!({
+                "signal": o.signal,
+                "available": o.available,
+                "detail": o.detail,
+            })).collect::<Vec<_>>(),
+        });
+        out.line(format!("live signals of {key}:"));
+        for o in offers {
+            out.line(format!(
+                "  {}: {} ({})",
+                o.signal,
+                if o.available { "yes" } else { "no" },
+                o.detail
+            ));
+        }
+    }
+    out.json(&result);
     if errors > 0 {
         let mut error = UserError::new(format!(
             "{file}: {errors} error{}, {warnings} warning{}",
@@ -62,6 +88,63 @@ pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
         }
     ));
     Ok(())
+}
+
+/// The signals the throttle's live database offers (`backfill_connectors::Watch::offers`):
+/// the database of `throttle.watch`, else a PostgreSQL or MySQL probe's (which the throttle
+/// reads only through `watch`, said in a warning). Returns the key the database came from and
+/// its offers, and the problems found: the watch unreachable (an error), the live statements'
+/// latency not offered (a warning: the throttle then follows the other signals only).
+async fn live_signals(spec: &Spec) -> (Option<(&'static str, Vec<Offer>)>, Vec<Diagnostic>) {
+    let Some(throttle) = &spec.throttle else {
+        return (None, Vec::new());
+    };
+    let (key, url) = match (&throttle.watch, &throttle.probe) {
+        (Some(url), _) => ("throttle.watch", url),
+        (None, Some(probe)) if probe.url.scheme() != "sqlite" => ("throttle.probe", &probe.url),
+        _ => return (None, Vec::new()),
+    };
+    let watch = match Watch::open(url).await {
+        Ok(w) => w,
+        Err(e) => return (None, vec![open_problem(key, &e)]),
+    };
+    let offers = watch.offers().await;
+    watch.close().await;
+    let mut problems = Vec::new();
+    let latency = offers
+        .iter()
+        .find(|o| [signal::PG_STAT_STATEMENTS, signal::DIGESTS].contains(&o.signal));
+    match (key, latency) {
+        ("throttle.watch", Some(o)) if !o.available => problems.push(
+            Diagnostic::warning(
+                "throttle.watch",
+                format!(
+                    "the watched database does not offer {}: {}",
+                    o.signal, o.detail
+                ),
+            )
+            .with_hint(
+                "until it does, the throttle follows the other signals only (waits or threads \
+                 running, replica lag, errors, a `probe` if set)",
+            ),
+        ),
+        ("throttle.probe", Some(o)) if o.available => problems.push(
+            Diagnostic::warning(
+                "throttle.probe",
+                format!(
+                    "the probe's database offers {}, which the throttle reads only through \
+                     `watch`",
+                    o.signal
+                ),
+            )
+            .with_hint(
+                "add `watch = { url = … }` naming it: live traffic's own latency is a \
+                 steadier signal than a probe statement",
+            ),
+        ),
+        _ => {}
+    }
+    (Some((key, offers)), problems)
 }
 
 /// Connects to the source and target; checks the target columns and the time format.

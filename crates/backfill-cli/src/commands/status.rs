@@ -276,6 +276,9 @@ fn control_lines(
         if let Some(error) = adaptive["probe_error"].as_str() {
             lines.push(format!("  probe error: {error}"));
         }
+        if let Some(line) = watch_line(&adaptive["watch"]) {
+            lines.push(line);
+        }
     }
     if let Some(budget) = live["budget"].as_array().filter(|b| !b.is_empty()) {
         let parts: Vec<String> = budget
@@ -312,4 +315,34 @@ fn control_lines(
         lines.push(format!("  order:      {order}"));
     }
     lines
+}
+
+/// The adaptive throttle's watched database in `status`: the live statements' mean time per
+/// call against its baseline and limit, the gauges, and the signals it does not offer; `None`
+/// when the run watches nothing.
+fn watch_line(watch: &serde_json::Value) -> Option<String> {
+    let ms = |k: &str| watch[k].as_f64().map(|v| format!("{v:.2} ms"));
+    let mut parts = Vec::new();
+    if let Some(base) = ms("baseline_mean_ms") {
+        parts.push(format!(
+            "mean {} per call vs baseline {base} (cuts above {}; {} calls)",
+            ms("mean_ms").unwrap_or_else(|| "-".to_owned()),
+            ms("limit_mean_ms").unwrap_or_else(|| "-".to_owned()),
+            watch["calls"].as_u64().unwrap_or(0)
+        ));
+    }
+    if let Some(n) = watch["waiting"].as_u64() {
+        parts.push(format!("{n} waiting on WAL or I/O"));
+    }
+    if let Some(n) = watch["running"].as_u64() {
+        parts.push(format!("{n} threads running"));
+    }
+    for missing in watch["unavailable"].as_array().into_iter().flatten() {
+        parts.push(format!(
+            "no {} ({})",
+            missing["signal"].as_str().unwrap_or("?"),
+            missing["reason"].as_str().unwrap_or("?")
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("  watch:      {}", parts.join("; ")))
 }

@@ -18,6 +18,7 @@ mod edge_values;
 mod errors;
 mod idempotency;
 mod lifecycle;
+mod live_signals;
 mod matrix;
 mod output;
 mod replan;

@@ -58,9 +58,9 @@ fn throttle(probe_url: &str) -> String {
 }
 
 /// The limit of every wait for something the test caused (a cut, a recovery, replication).
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 /// The limit for the run to finish after the replica caught up.
-const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A primary and its replica (private servers), and the way to make the replica fall behind.
 enum Pair {
@@ -269,7 +269,7 @@ impl Drop for Traffic {
 }
 
 /// Polls `check` every 100 ms until it holds; panics naming `what` after `limit`.
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check().await {
         assert!(
@@ -281,14 +281,14 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
 }
 
 /// A `backfill --json run` child process, killed if the test ends before it does.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     stdout: std::path::PathBuf,
     stderr: std::path::PathBuf,
 }
 
 impl Running {
-    fn spawn(ws: &Workspace) -> Running {
+    pub(crate) fn spawn(ws: &Workspace) -> Running {
         let (out, err) = (ws.path("run.stdout"), ws.path("run.stderr"));
         // Files, not pipes: a full pipe would block the run.
         let child = ws
@@ -306,13 +306,13 @@ impl Running {
     }
 
     /// The exit code once the process has exited.
-    fn exited(&mut self) -> Option<i32> {
+    pub(crate) fn exited(&mut self) -> Option<i32> {
         let status = self.child.try_wait().expect("try_wait")?;
         Some(status.code().unwrap_or(-1))
     }
 
     /// What the process printed so far, and `code`.
-    fn ran(&self, code: i32) -> Ran {
+    pub(crate) fn ran(&self, code: i32) -> Ran {
         Ran {
             code,
             stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
@@ -321,7 +321,7 @@ impl Running {
     }
 
     /// Panics with the run's output when it has already exited.
-    fn assert_alive(&mut self, when: &str) {
+    pub(crate) fn assert_alive(&mut self, when: &str) {
         if let Some(code) = self.exited() {
             panic!(
                 "the run ended {when}, before the test was done with it; the run is too \
@@ -342,14 +342,14 @@ impl Drop for Running {
 }
 
 /// `backfill status RUN --json`.
-fn status(ws: &Workspace, run_id: &str) -> serde_json::Value {
+pub(crate) fn status(ws: &Workspace, run_id: &str) -> serde_json::Value {
     let ran = ws.run(&["status", run_id, "--json"]);
     assert_eq!(ran.code, 0, "status failed: {ran:?}");
     ran.json()
 }
 
 /// The run's rate changes, oldest first, read from its state store.
-async fn rate_changes(ws: &Workspace, run_id: &str) -> Vec<RateChangeRecord> {
+pub(crate) async fn rate_changes(ws: &Workspace, run_id: &str) -> Vec<RateChangeRecord> {
     let store = Store::open(&ws.state())
         .await
         .expect("open the state store");
@@ -362,7 +362,7 @@ async fn rate_changes(ws: &Workspace, run_id: &str) -> Vec<RateChangeRecord> {
 }
 
 /// The changes in a failure message: one line each.
-fn show(changes: &[RateChangeRecord]) -> String {
+pub(crate) fn show(changes: &[RateChangeRecord]) -> String {
     changes
         .iter()
         .map(|c| format!("  #{} {} {:?} {}\n", c.seq, c.cause, c.rate, c.detail))
@@ -370,7 +370,7 @@ fn show(changes: &[RateChangeRecord]) -> String {
 }
 
 /// The change `backfill status --json` shows, once it has `cause`.
-async fn wait_for_cause(
+pub(crate) async fn wait_for_cause(
     ws: &Workspace,
     run: &mut Running,
     run_id: &str,

@@ -85,6 +85,12 @@ pub(crate) async fn connect(url: &SecretUrl, pool_size: u32) -> Result<PgPool, C
     let options = PgConnectOptions::from_str(url.expose())
         .map_err(|e| fail(format!("not a PostgreSQL URL: {e}")))?
         .disable_statement_logging();
+    // Names our sessions, so the adaptive throttle's watch (`crate::watch`) leaves them out
+    // of live traffic; a URL that sets `application_name` keeps its own.
+    let options = match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(crate::watch::APPLICATION_NAME),
+    };
     // One direct connection first: a refused or unknown host fails at once with the driver's
     // own reason, where the pool would only say that it timed out.
     sqlx::Connection::close(

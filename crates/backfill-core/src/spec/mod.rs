@@ -179,9 +179,12 @@ impl Default for Limits {
 /// (`max_rows_per_second` or `limits.rows_per_second`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ThrottleSpec {
-    /// The statement whose latency (and database's replica lag) is watched; without one only
-    /// errors throttle.
+    /// The statement whose latency (and database's replica lag) is watched; optional.
     pub probe: Option<Probe>,
+    /// The live database whose own signals are read every interval, without a probe
+    /// statement (`pg_stat_statements`, wait events, `Threads_running`, statement digests,
+    /// replica lag); see `crate::live`. Without `probe` and `watch` only errors throttle.
+    pub watch: Option<SecretUrl>,
     /// Time between two probes, and between two decisions of the controller.
     pub interval: Duration,
     /// Probes measured before the run starts to set the baseline p50/p90.
@@ -203,10 +206,11 @@ pub struct ThrottleSpec {
 }
 
 impl Default for ThrottleSpec {
-    /// The documented defaults, no probe and no maximum of its own.
+    /// The documented defaults, no probe, no watched database and no maximum of its own.
     fn default() -> Self {
         ThrottleSpec {
             probe: None,
+            watch: None,
             interval: Duration::from_secs(1),
             baseline_probes: 20,
             max_latency_increase: 0.10,

@@ -62,9 +62,15 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "throttle",
-        "Adaptive throttling, to protect a live database: a probe statement runs every \
-         `interval`; before the run starts a baseline p50/p90 is measured over \
-         `baseline_probes` probes. The rate starts at its floor and climbs while healthy (slow \
+        "Adaptive throttling, to protect a live database. Its signals: what live traffic \
+         itself feels, read from the database named by `watch` every `interval` (the mean time \
+         per call of its statements, sessions waiting on WAL or I/O or threads running, the \
+         replica lag), and optionally a probe statement timed every `interval`; before the \
+         run starts a baseline of each is measured over `baseline_probes` intervals. The live \
+         mean per call is judged over the intervals since the latest cut, as soon as they hold \
+         enough calls for a rise of `max_latency_increase` to stand out of the noise measured \
+         at rest (at least 3 intervals, at most `window`); the climb is paced to that many \
+         intervals instead of `window`, so on busy traffic the rate settles within a minute. The rate starts at its floor and climbs while healthy (slow \
          start: a run never opens at full speed on a database it has not felt yet). The climb \
          never more than doubles the rate over one window of probes (×2^(1/`window`) per \
          interval at most), and grows it by at most ×1.25 per window when it probes above the \
@@ -73,8 +79,9 @@ pub const SECTIONS: &[(&str, &str)] = &[
          `max_latency_increase` above the baseline (at least 0.1 ms, so sub-millisecond \
          baselines do not flap, and above the probe's own noise: the p90 that a window of the \
          baseline's probes reaches one time in ten, computed from the baseline; a warning says \
-         when that noise, not `max_latency_increase`, sets the limit), when the replica lag \
-         exceeds `max_replica_lag`, or when the run sees \
+         when that noise, not `max_latency_increase`, sets the limit), when a `watch` signal \
+         exceeds its limit, when the replica lag exceeds `max_replica_lag`, or when the run \
+         sees \
          lock timeouts, deadlocks or \"too many connections\", the rate is multiplied by \
          `decrease_factor` (at most once every two intervals, down to `min_rate_fraction` of \
          the maximum); each healthy interval raises it by `increase_fraction` of the rate of \
@@ -443,7 +450,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "table",
         None,
         true,
-        "The statement whose latency is watched, e.g. `{ url = \"postgres://app:${PGPASSWORD}@db/shop\", sql = \"SELECT 1 FROM orders ORDER BY id DESC LIMIT 1\" }`. Without it only errors throttle.",
+        "Optional: a statement whose latency is timed every interval, e.g. `{ url = \"postgres://app:${PGPASSWORD}@db/shop\", sql = \"SELECT 1 FROM orders ORDER BY id DESC LIMIT 1\" }`, for databases that do not offer the signals of `watch`. A probe on a hot row queues behind live traffic's own locks and amplifies their noise: prefer `watch` where it offers `pg_stat_statements` or statement digests. Without `watch` or `probe` only errors throttle.",
     ),
     key(
         "throttle.probe.url",
@@ -460,6 +467,20 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "A cheap statement representative of live traffic.",
     ),
     key(
+        "throttle.watch",
+        "table",
+        None,
+        true,
+        "The live database whose own signals are read every interval, with no probe statement, e.g. `{ url = \"postgres://monitor:${PGPASSWORD}@db/shop\" }`. PostgreSQL: the live statements' mean time per call from `pg_stat_statements` deltas (the extension must be in `shared_preload_libraries`, which takes a server restart, and created with `CREATE EXTENSION pg_stat_statements` in this database; a role with `pg_read_all_stats` sees every user's statements), counting only this database's statements that are not the backfill's (our connections set `application_name = backfill`, and the query ids of those sessions are left out), and the live sessions waiting on WAL or I/O (`pg_stat_activity` wait events). MySQL/MariaDB: the statements' mean time per call from `performance_schema.events_statements_summary_by_digest` deltas in this schema (needs `performance_schema = ON`; MariaDB 10.11 was seen to record no digest for the executions of server-side prepared statements, only for statements sent as text, which most application drivers do), and `Threads_running` (which counts the backfill's own running threads too, so it cuts only above `limits.concurrency` threads over its level at rest). The replica lag too, when `max_replica_lag` is set. Each is compared with its level at rest, measured before the run over `baseline_probes` intervals, allowing `max_latency_increase` or the signal's own noise, whichever is larger. A signal the database does not offer is left out and said so in the log; `backfill check` lists what the database offers.",
+    ),
+    key(
+        "throttle.watch.url",
+        "string",
+        None,
+        false,
+        "Connection URL of the live database (`postgres://` or `mysql://`/`mariadb://`; same forms and `${VAR}` expansion as `source.url`).",
+    ),
+    key(
         "throttle.interval",
         "duration string",
         Some("\"1s\""),
@@ -471,7 +492,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "integer",
         Some("20"),
         false,
-        "Probes measured before the run starts to set the baseline (at least 5).",
+        "Probes (and readings of `watch`) measured before the run starts to set the baseline (at least 5).",
     ),
     key(
         "throttle.window",
@@ -497,7 +518,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "duration string",
         None,
         true,
-        "Cut the rate while the replica lag of the probe's database exceeds this (`5s`); needs `probe`.",
+        "Cut the rate while the replica lag of the watched database (of the probe's without `watch`) exceeds this (`5s`); needs `watch` or `probe`.",
     ),
     key(
         "throttle.decrease_factor",

@@ -707,6 +707,7 @@ fn key_scope_priorities_and_free_costs() {
 const THROTTLE: &str = r#"
 [throttle]
 probe = { url = "postgres://app:${DB_PASSWORD}@db/shop", sql = "SELECT 1" }
+watch = { url = "mariadb://app:${DB_PASSWORD}@db/shop" }
 interval = "500ms"
 baseline_probes = 30
 window = 12
@@ -730,6 +731,9 @@ fn a_spec_with_every_new_key_parses() {
     assert_eq!(probe.url.expose(), "postgres://app:s3cret@db/shop");
     assert!(!format!("{probe:?}").contains("s3cret"));
     assert_eq!(probe.sql, "SELECT 1");
+    let watch = throttle.watch.as_ref().unwrap();
+    assert_eq!(watch.expose(), "mysql://app:s3cret@db/shop");
+    assert!(!format!("{throttle:?}").contains("s3cret"));
     assert_eq!(throttle.interval, Duration::from_millis(500));
     assert_eq!((throttle.baseline_probes, throttle.window), (30, 12));
     assert_eq!(throttle.max_replica_lag, Some(Duration::from_secs(5)));
@@ -766,6 +770,18 @@ fn a_spec_with_every_new_key_parses() {
     );
     assert_eq!(throttle.max_rate(&spec.limits), Some(1000.0));
     assert!(parse(GOOD).spec.unwrap().throttle.is_none());
+
+    // A watched database alone: no probe, no warning, and the replica lag is read from it.
+    let parsed = parse(&format!(
+        "{GOOD}\n[throttle]\nmax_rows_per_second = 100\nmax_replica_lag = \"2s\"\nwatch = {{ url = \"postgres://monitor@db/shop\" }}\n"
+    ));
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let throttle = parsed.spec.unwrap().throttle.unwrap();
+    assert_eq!(throttle.probe, None);
+    assert_eq!(
+        throttle.watch.as_ref().map(crate::SecretUrl::expose),
+        Some("postgres://monitor@db/shop")
+    );
 }
 
 #[test]
@@ -806,16 +822,34 @@ fn bad_throttles() {
               hint: did you mean `max_rows_per_second`?"#]],
     );
     check(
+        &format!(
+            "{GOOD}\n[throttle]\nmax_rows_per_second = 100\nwatch = {{ url = \"redis://db\", sql = \"SELECT 1\" }}\n"
+        ),
+        expect![[r#"
+            spec.toml:21:17: error: throttle.watch.url: unsupported URL `redis://db`
+              hint: supported schemes: sqlite, postgres, postgresql, mysql, mariadb; e.g. `sqlite://data/events.db` (relative to the spec file)
+            spec.toml:21:31: error: throttle.watch.sql: unknown key `sql`
+              hint: did you mean `url`?"#]],
+    );
+    check(
+        &format!(
+            "{GOOD}\n[throttle]\nmax_rows_per_second = 100\nwatch = {{ url = \"sqlite://live.db\" }}\n"
+        ),
+        expect![[r#"
+            spec.toml:21:17: error: throttle.watch.url: SQLite has no live signals to watch
+              hint: name a PostgreSQL or MySQL/MariaDB database, or time a statement with `probe` instead"#]],
+    );
+    check(
         &format!("{GOOD}\n[throttle]\nmax_rows_per_second = 100\nmax_replica_lag = \"5s\"\n"),
         expect![[r#"
-            spec.toml:21:19: error: throttle.max_replica_lag: `max_replica_lag` needs `probe`
-              hint: the lag is measured on the probe's database; add `probe = { url = …, sql = "SELECT 1" }`"#]],
+            spec.toml:21:19: error: throttle.max_replica_lag: `max_replica_lag` needs `watch` or `probe`
+              hint: the lag is measured on the watched (or the probe's) database; add `watch = { url = … }` naming the live database"#]],
     );
     check(
         &format!("{GOOD}\n[throttle]\nmax_rows_per_second = 100\n"),
         expect![[r#"
-            spec.toml:19:2: warning: throttle: without `probe` the throttle reacts to errors only
-              hint: add `probe = { url = …, sql = "SELECT 1" }` against the live database to watch its latency"#]],
+            spec.toml:19:2: warning: throttle: without `watch` or `probe` the throttle reacts to errors only
+              hint: add `watch = { url = … }` naming the live database, to follow its own statements' latency"#]],
     );
     check(
         &format!("throttle = 3\n{GOOD}"),

@@ -1,4 +1,4 @@
-//! `[throttle]`: the probe against the live database and the rules of the adaptive (AIMD)
+//! `[throttle]`: the watched live database, the probe against it, and the rules of the adaptive (AIMD)
 //! throttle.
 
 use std::ops::Range;
@@ -28,6 +28,14 @@ pub(super) fn throttle(
             "e.g. `probe = { url = \"postgres://app@db/shop\", sql = \"SELECT 1\" }`",
         )
         .map(|p| probe(w, p, ctx));
+    let watch = w
+        .subtable(
+            t,
+            SECTION,
+            "watch",
+            "e.g. `watch = { url = \"postgres://app@db/shop\" }`",
+        )
+        .map(|p| watch(w, p, ctx));
     let interval = interval(w, t).unwrap_or(d.interval);
     let baseline_probes = w.positive_u32(t, SECTION, "baseline_probes", d.baseline_probes);
     if !(5..=10_000).contains(&baseline_probes.get()) {
@@ -55,6 +63,47 @@ pub(super) fn throttle(
         "positive (0.10 allows +10%)",
     );
     let max_replica_lag = max_replica_lag(w, t);
+    let (decrease_factor, min_rate_fraction, increase_fraction) = rate_steps(w, t, &d);
+    let max_rows_per_second = t
+        .get("max_rows_per_second")
+        .map(|_| w.positive_u32(t, SECTION, "max_rows_per_second", u32::MAX));
+    needs_rate_and_probe(
+        w,
+        max_rows_per_second.is_some() || limits.rows_per_second.is_some(),
+        probe.is_some() || watch.is_some(),
+        max_replica_lag.as_ref().map(|(_, span)| span.clone()),
+    );
+    let watch = match watch {
+        Some(Some(url)) => Some(url),
+        Some(None) => return None,
+        None => None,
+    };
+    let probe = match probe {
+        Some((Some(url), Some(sql))) => Some(Probe { url, sql }),
+        Some(_) => return None,
+        None => None,
+    };
+    if w.diags.iter().filter(|d| d.is_error()).count() != problems_before {
+        return None;
+    }
+    Some(ThrottleSpec {
+        probe,
+        watch,
+        interval,
+        baseline_probes: baseline_probes.get(),
+        max_latency_increase,
+        max_replica_lag: max_replica_lag.map(|(lag, _)| lag),
+        decrease_factor,
+        min_rate_fraction,
+        increase_fraction,
+        window: window.get(),
+        max_rows_per_second,
+    })
+}
+
+/// `decrease_factor`, `min_rate_fraction` and `increase_fraction`: how the rate moves.
+fn rate_steps(w: &mut Walker<'_>, t: &Table<'_>, d: &ThrottleSpec) -> (f64, f64, f64) {
+    const SECTION: &str = "throttle";
     let decrease_factor = w.fraction(
         t,
         SECTION,
@@ -79,35 +128,26 @@ pub(super) fn throttle(
         |f| f > 0.0 && f <= 1.0,
         "above 0 and at most 1",
     );
-    let max_rows_per_second = t
-        .get("max_rows_per_second")
-        .map(|_| w.positive_u32(t, SECTION, "max_rows_per_second", u32::MAX));
-    needs_rate_and_probe(
-        w,
-        max_rows_per_second.is_some() || limits.rows_per_second.is_some(),
-        probe.is_some(),
-        max_replica_lag.as_ref().map(|(_, span)| span.clone()),
-    );
-    let probe = match probe {
-        Some((Some(url), Some(sql))) => Some(Probe { url, sql }),
-        Some(_) => return None,
-        None => None,
-    };
-    if w.diags.iter().filter(|d| d.is_error()).count() != problems_before {
+    (decrease_factor, min_rate_fraction, increase_fraction)
+}
+
+/// `throttle.watch`: the live database whose own signals are read (not SQLite, which has
+/// none).
+fn watch(w: &mut Walker<'_>, p: &Table<'_>, ctx: &ParseContext<'_>) -> Option<SecretUrl> {
+    let url = w.url(p, "throttle.watch", ctx)?;
+    if url.scheme() == "sqlite" {
+        w.error(
+            "throttle.watch.url",
+            p.get("url").map(|v| v.span()),
+            "SQLite has no live signals to watch",
+        )
+        .hint = Some(
+            "name a PostgreSQL or MySQL/MariaDB database, or time a statement with `probe` instead"
+                .to_owned(),
+        );
         return None;
     }
-    Some(ThrottleSpec {
-        probe,
-        interval,
-        baseline_probes: baseline_probes.get(),
-        max_latency_increase,
-        max_replica_lag: max_replica_lag.map(|(lag, _)| lag),
-        decrease_factor,
-        min_rate_fraction,
-        increase_fraction,
-        window: window.get(),
-        max_rows_per_second,
-    })
+    Some(url)
 }
 
 /// `throttle.probe`: its URL and a non-empty statement.
@@ -171,8 +211,8 @@ fn max_replica_lag(w: &mut Walker<'_>, t: &Table<'_>) -> Option<(Duration, Range
         })
 }
 
-/// The throttle needs a maximum rate to start at; without a probe it only reacts to errors
-/// (a warning), and cannot watch replica lag (an error at `lag_span`).
+/// The throttle needs a maximum rate to start at; without a watch or a probe it only reacts
+/// to errors (a warning), and cannot watch replica lag (an error at `lag_span`).
 fn needs_rate_and_probe(
     w: &mut Walker<'_>,
     has_max_rate: bool,
@@ -189,11 +229,11 @@ fn needs_rate_and_probe(
     }
     if !has_probe {
         if let Some(span) = lag_span {
-            w.error("throttle.max_replica_lag", Some(span), "`max_replica_lag` needs `probe`")
-                .hint = Some("the lag is measured on the probe's database; add `probe = { url = …, sql = \"SELECT 1\" }`".to_owned());
+            w.error("throttle.max_replica_lag", Some(span), "`max_replica_lag` needs `watch` or `probe`")
+                .hint = Some("the lag is measured on the watched (or the probe's) database; add `watch = { url = … }` naming the live database".to_owned());
         } else {
-            w.warn(SECTION, None, "without `probe` the throttle reacts to errors only")
-                .hint = Some("add `probe = { url = …, sql = \"SELECT 1\" }` against the live database to watch its latency".to_owned());
+            w.warn(SECTION, None, "without `watch` or `probe` the throttle reacts to errors only")
+                .hint = Some("add `watch = { url = … }` naming the live database, to follow its own statements' latency".to_owned());
         }
     }
 }

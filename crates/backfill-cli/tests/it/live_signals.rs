@@ -1,0 +1,463 @@
+//! The adaptive throttle's `watch` (issue 10): it follows what live traffic itself feels, read
+//! from the live database with no probe statement, on a private PostgreSQL that loads
+//! `pg_stat_statements` (`shared_preload_libraries` needs a server of its own: the shared one
+//! does not load it, and loading it takes a restart).
+//!
+//! Live traffic is one session running `SELECT pg_sleep($1)` back to back: 2 ms per call
+//! while healthy, 20 ms while the test slows it down. The backfill is SQLite to SQLite, so
+//! the only link between the run and the live database is the watch. The run must hold its
+//! rate while the statements keep their baseline, cut with cause `live_latency` once they
+//! slow down, recover once they are fast again, and finish with the target equal to the
+//! source. `backfill check` must say which signals a server offers, and why not.
+//!
+//! Servers are private (`private_server.rs`): when their binaries are missing the tests are
+//! skipped (and counted), or fail when services are required.
+
+#![allow(clippy::print_stderr)]
+
+use std::time::{Duration, Instant};
+
+use backfill_connectors::{Probe, Watch};
+use backfill_core::SecretUrl;
+use backfill_store::Store;
+use sqlx::Connection;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::private_server::{PrivateMariaDb, PrivatePostgres};
+use crate::replica_lag::{
+    PATIENCE, RUN_TIMEOUT, Running, rate_changes, show, status, wait_for, wait_for_cause,
+};
+use crate::support::{
+    Workspace, assert_same_rows, copy_spec, make_source, make_target, reference, runs_json,
+    target_rows,
+};
+
+/// 40,000 rows at up to 2,000 rows/s: 20 s or more, so the slowdown lands mid-run.
+const ROWS: i64 = 40_000;
+const DAYS: i64 = 4;
+const LIMITS: &str = "concurrency = 2\nbatch_rows = 100\nrows_per_second = 2000\n";
+/// The live statement's time while healthy and while slowed down.
+const FAST: f64 = 0.002;
+const SLOW: f64 = 0.020;
+
+/// A private PostgreSQL loading `pg_stat_statements`; the extension is created when `create`.
+async fn server(create: bool) -> Option<PrivatePostgres> {
+    let pg = PrivatePostgres::start_with(
+        "shared_preload_libraries = 'pg_stat_statements'\nautovacuum = off\n",
+    )?;
+    if create {
+        sqlx::raw_sql("CREATE EXTENSION pg_stat_statements")
+            .execute(&mut pg.connect().await)
+            .await
+            .expect("create pg_stat_statements");
+    }
+    Some(pg)
+}
+
+/// The watch under test, no probe: 200 ms intervals, a baseline of 10 readings, +50% allowed
+/// (`pg_sleep` is steady; a loaded test machine is not), and a floor of 25% so the run ends
+/// soon after a cut.
+fn throttle(url: &str) -> String {
+    format!(
+        "\n[throttle]\nwatch = {{ url = \"{url}\" }}\ninterval = \"200ms\"\nbaseline_probes = 10\n\
+         window = 10\nmax_latency_increase = 0.5\nincrease_fraction = 1.0\n\
+         min_rate_fraction = 0.25\n"
+    )
+}
+
+/// Live traffic: `SELECT pg_sleep(delay)` back to back on one session, `delay` set by the
+/// test. Not named `backfill`, so it is live traffic to the watch.
+struct Traffic {
+    delay: watch::Sender<f64>,
+    task: JoinHandle<u64>,
+}
+
+impl Traffic {
+    async fn start(pg: &PrivatePostgres) -> Traffic {
+        let mut conn = pg.connect().await;
+        let (delay, rx) = watch::channel(FAST);
+        let task = tokio::spawn(async move {
+            let mut calls = 0;
+            // Stops when the test drops the sender.
+            while rx.has_changed().is_ok() {
+                let d = *rx.borrow();
+                sqlx::query("SELECT pg_sleep($1)")
+                    .bind(d)
+                    .execute(&mut conn)
+                    .await
+                    .expect("live statement");
+                calls += 1;
+            }
+            let _ = conn.close().await;
+            calls
+        });
+        Traffic { delay, task }
+    }
+
+    fn set(&self, seconds: f64) {
+        self.delay.send_replace(seconds);
+    }
+
+    async fn stop(self) -> u64 {
+        drop(self.delay);
+        self.task.await.expect("traffic task")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let started = Instant::now();
+    let ws = Workspace::new();
+    let (source, target) = (ws.path("source.db"), ws.path("target.db"));
+    let want = reference(&make_source(&source, ROWS, DAYS).await).await;
+    let target_pool = make_target(&target).await;
+    let spec = copy_spec(
+        &source.display().to_string(),
+        &target.display().to_string(),
+        DAYS,
+        "",
+    );
+    let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", LIMITS, 1);
+    assert_ne!(
+        spec, with_limits,
+        "copy_spec changed: cannot set the limits"
+    );
+    assert!(!with_limits.contains("probe"));
+    ws.write("spec.toml", &(with_limits + &throttle(&pg.url())));
+
+    let traffic = Traffic::start(&pg).await;
+    let mut run = Running::spawn(&ws);
+    let mut run_id = None;
+    wait_for("the run process creates its run", PATIENCE, async || {
+        run.assert_alive("at its start");
+        run_id = runs_json(&ws)
+            .first()
+            .and_then(|r| r["run_id"].as_str().map(str::to_owned));
+        run_id.is_some()
+    })
+    .await;
+    let run_id = run_id.expect("run id");
+
+    // The baseline of the live statements is measured, then read every interval.
+    let mut live = serde_json::Value::Null;
+    wait_for(
+        "status shows the live statements' mean",
+        PATIENCE,
+        async || {
+            run.assert_alive("before the watch was read");
+            live = status(&ws, &run_id)["live"]["adaptive"]["watch"].clone();
+            live["mean_ms"].is_number() && live["baseline_mean_ms"].is_number()
+        },
+    )
+    .await;
+    let baseline = live["baseline_mean_ms"].as_f64().unwrap();
+    assert!(
+        (1.5..10.0).contains(&baseline) && live["unavailable"] == serde_json::json!([]),
+        "the baseline is pg_sleep(2 ms)'s time, every signal offered: {live:#}"
+    );
+
+    let text = ws.run(&["status", &run_id]);
+    assert!(
+        text.stdout.contains("  watch:      mean ")
+            && text.stdout.contains("per call vs baseline")
+            && text.stdout.contains("waiting on WAL or I/O"),
+        "status shows the watch: {text:?}"
+    );
+
+    // Healthy: the rate climbs and is never cut while the statements keep their time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.assert_alive("while healthy");
+    let healthy = rate_changes(&ws, &run_id).await;
+    assert!(
+        healthy
+            .iter()
+            .all(|c| ["start", "recovered", "manual"].contains(&c.cause.as_str())),
+        "a cut while live traffic kept its baseline:\n{}",
+        show(&healthy)
+    );
+    assert!(
+        healthy.iter().any(|c| c.cause == "recovered"),
+        "the rate climbs from its floor while healthy:\n{}",
+        show(&healthy)
+    );
+    let before = healthy.last().map_or(0, |c| c.seq);
+
+    // Live statements slow down tenfold: the run is cut for it, by the watch alone.
+    let slowed = Instant::now();
+    traffic.set(SLOW);
+    let cut = wait_for_cause(&ws, &mut run, &run_id, "live_latency").await;
+    let cut_after = slowed.elapsed();
+    let detail = &cut["rate"]["detail"];
+    let (mean, limit) = (
+        detail["watch"]["mean_ms"].as_f64().unwrap(),
+        detail["watch"]["limit_mean_ms"].as_f64().unwrap(),
+    );
+    assert!(mean > limit && limit < 10.0, "{cut:#}");
+    assert!(
+        cut["rate"]["rows_per_second"].as_f64() < detail["from"].as_f64(),
+        "a cut lowers the rate: {cut:#}"
+    );
+
+    // Fast again: the rate climbs back.
+    traffic.set(FAST);
+    let restored = Instant::now();
+    let recovered = wait_for_cause(&ws, &mut run, &run_id, "recovered").await;
+    let recovered_after = restored.elapsed();
+
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let code = loop {
+        if let Some(code) = run.exited() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish within {RUN_TIMEOUT:?}\n{:?}\n{:#}",
+            run.ran(-1),
+            status(&ws, &run_id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let calls = traffic.stop().await;
+    let ran = run.ran(code);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.json()["state"], "succeeded", "{ran:?}");
+    assert_same_rows(&target_rows(&target_pool).await, &want, "watch");
+
+    let changes = rate_changes(&ws, &run_id).await;
+    let cuts: Vec<_> = changes
+        .iter()
+        .filter(|c| !["start", "recovered", "manual"].contains(&c.cause.as_str()))
+        .collect();
+    assert!(
+        cuts.iter()
+            .all(|c| c.seq > before && c.cause == "live_latency"),
+        "every cut is a live_latency cut during the slowdown or after:\n{}",
+        show(&changes)
+    );
+    eprintln!(
+        "cut {cut_after:?} after the slowdown (mean {mean:.2} ms > limit {limit:.2} ms, \
+         baseline {baseline:.2} ms), recovered {recovered_after:?} after (rate {}); {} cuts; \
+         {calls} live calls; {:?} in all\n{}",
+        recovered["rate"]["rows_per_second"],
+        cuts.len(),
+        started.elapsed(),
+        show(&changes)
+    );
+}
+
+/// `check` on a spec whose `watch` is `url`: the `signals` object of `--json`, and the text.
+async fn check_signals(url: &str) -> (serde_json::Value, crate::support::Ran) {
+    let ws = Workspace::new();
+    make_source(&ws.path("source.db"), 10, 1)
+        .await
+        .close()
+        .await;
+    make_target(&ws.path("target.db")).await.close().await;
+    let spec = copy_spec(
+        &ws.path("source.db").display().to_string(),
+        &ws.path("target.db").display().to_string(),
+        1,
+        "rows_per_second = 100\n",
+    );
+    ws.write("spec.toml", &(spec + &throttle(url)));
+    let json = ws.run(&["--json", "check", "spec.toml", "--offline"]);
+    assert_eq!(json.code, 0, "offline check reads no signal: {json:?}");
+    assert!(json.json().get("signals").is_none(), "{json:?}");
+    let ran = ws.run(&["--json", "check", "spec.toml"]);
+    let text = ws.run(&["check", "spec.toml"]);
+    (ran.json()["signals"].clone(), text)
+}
+
+fn offer<'a>(signals: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    signals["offers"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["signal"] == name))
+        .unwrap_or_else(|| panic!("no `{name}` in {signals:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_which_signals_the_watched_database_offers_and_why_not() {
+    let Some(loaded) = server(false).await else {
+        return;
+    };
+    let Some(plain) = PrivatePostgres::start() else {
+        return;
+    };
+    // Not in shared_preload_libraries: says so and how to fix it, with a warning.
+    let (signals, text) = check_signals(&plain.url()).await;
+    assert_eq!(signals["database"], "throttle.watch");
+    let statements = offer(&signals, "pg_stat_statements");
+    assert_eq!(statements["available"], false, "{signals:#}");
+    assert!(
+        statements["detail"]
+            .as_str()
+            .unwrap()
+            .contains("shared_preload_libraries"),
+        "{signals:#}"
+    );
+    assert_eq!(offer(&signals, "wait events")["available"], true);
+    assert_eq!(offer(&signals, "replica lag")["available"], true);
+    assert!(
+        text.stdout.contains("live signals of throttle.watch:")
+            && text.stdout.contains("  pg_stat_statements: no (not loaded")
+            && text.stdout.contains("  wait events: yes"),
+        "{text:?}"
+    );
+    assert!(
+        text.stderr.contains(
+            "warning: throttle.watch: the watched database does not offer pg_stat_statements"
+        ),
+        "{text:?}"
+    );
+    // Loaded, not created in this database.
+    let (signals, _) = check_signals(&loaded.url()).await;
+    let detail = offer(&signals, "pg_stat_statements")["detail"].clone();
+    assert!(
+        detail.as_str().unwrap().contains("CREATE EXTENSION"),
+        "{signals:#}"
+    );
+    // Created: offered.
+    sqlx::raw_sql("CREATE EXTENSION pg_stat_statements")
+        .execute(&mut loaded.connect().await)
+        .await
+        .expect("create pg_stat_statements");
+    let (signals, text) = check_signals(&loaded.url()).await;
+    assert_eq!(
+        offer(&signals, "pg_stat_statements")["available"],
+        true,
+        "{signals:#}"
+    );
+    assert!(
+        text.stdout.contains("  pg_stat_statements: yes") && !text.stderr.contains("warning"),
+        "{text:?}"
+    );
+}
+
+/// What the watch counts as live traffic: a session of the connectors (here the probe's) and
+/// the state store's are named `backfill`, and the statements our sessions ran are left out
+/// of the interval, while a live session's are counted with their own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_sessions_are_named_and_their_statements_left_out_of_live_traffic() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let url = SecretUrl::new(pg.url());
+    let store = Store::open(&pg.url()).await.expect("a state store in it");
+    let ours = Probe::open(&url).await.expect("probe");
+    let mut watch = Watch::open(&url).await.expect("watch");
+    let mut live = pg.connect().await;
+    let named: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backfill'",
+    )
+    .fetch_one(&mut live)
+    .await
+    .unwrap();
+    // The store's pool, the probe and the watch: at least three sessions named `backfill`.
+    assert!(named >= 3, "{named} sessions named backfill");
+
+    // Ours: a slow statement, seen by the first reading (which only sets the counters).
+    ours.measure("SELECT pg_sleep(0.05), 'ours'")
+        .await
+        .expect("our statement");
+    let first = watch.read().await.expect("first reading");
+    assert_eq!(first.statements, None, "nothing to subtract from yet");
+    assert_eq!(first.unavailable, vec![], "every signal offered");
+    assert!(first.waiting.is_some());
+
+    // Then ours again, five times, and a live statement ten times.
+    for _ in 0..5 {
+        ours.measure("SELECT pg_sleep(0.05), 'ours'")
+            .await
+            .expect("our statement");
+    }
+    for _ in 0..10 {
+        sqlx::query("SELECT pg_sleep($1)")
+            .bind(FAST)
+            .execute(&mut live)
+            .await
+            .expect("live statement");
+    }
+    let reading = watch.read().await.expect("reading");
+    let interval = reading.statements.expect("an interval");
+    let mean = interval.time.as_secs_f64() / interval.calls.max(1) as f64;
+    assert_eq!(interval.calls, 10, "only the live calls: {reading:?}");
+    assert!(
+        (0.0015..0.02).contains(&mean),
+        "the live statement's own time, not ours (50 ms): {mean} s"
+    );
+    store.close().await;
+}
+
+/// MariaDB: `Threads_running` always; the statement digests of the watched schema only with
+/// `performance_schema = ON` (off by default, and on the shared test server), counted per
+/// interval like `pg_stat_statements`. `check` says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_offers_threads_running_and_digests_only_with_performance_schema() {
+    let Some(off) = PrivateMariaDb::start().await else {
+        return;
+    };
+    let Some(on) = PrivateMariaDb::start_with(&["--performance-schema=ON"]).await else {
+        return;
+    };
+    // Off: the digests are unavailable and say how to enable them; Threads_running reads.
+    let mut watch = Watch::open(&SecretUrl::new(off.url()))
+        .await
+        .expect("watch");
+    let reading = watch.read().await.expect("reading");
+    assert!(reading.running.is_some_and(|n| n >= 1), "{reading:?}");
+    assert_eq!(reading.statements, None);
+    assert!(
+        reading
+            .unavailable
+            .iter()
+            .any(|(s, _)| *s == "statement digests"),
+        "{reading:?}"
+    );
+    let (signals, text) = check_signals(&off.url()).await;
+    let digests = offer(&signals, "statement digests");
+    assert_eq!(digests["available"], false, "{signals:#}");
+    assert!(
+        digests["detail"]
+            .as_str()
+            .unwrap()
+            .contains("performance_schema = ON"),
+        "{signals:#}"
+    );
+    assert_eq!(offer(&signals, "Threads_running")["available"], true);
+    assert!(
+        text.stderr.contains(
+            "warning: throttle.watch: the watched database does not offer statement digests"
+        ),
+        "{text:?}"
+    );
+
+    // On: live statements in the schema are counted with their own time.
+    let mut watch = Watch::open(&SecretUrl::new(on.url())).await.expect("watch");
+    assert_eq!(watch.read().await.expect("first").unavailable, vec![]);
+    let mut live = on.connect("test").await.expect("connect");
+    // Text protocol, as most application drivers send it (MariaDB keeps no digest for a
+    // server-side prepared statement's executions).
+    for _ in 0..10 {
+        sqlx::raw_sql("SELECT SLEEP(0.01)")
+            .execute(&mut live)
+            .await
+            .expect("live statement");
+    }
+    let reading = watch.read().await.expect("reading");
+    let interval = reading.statements.expect("an interval");
+    let mean = interval.time.as_secs_f64() / interval.calls.max(1) as f64;
+    assert!(
+        interval.calls >= 10 && (0.005..0.1).contains(&mean),
+        "{interval:?}: mean {mean} s"
+    );
+    let (signals, _) = check_signals(&on.url()).await;
+    assert_eq!(
+        offer(&signals, "statement digests")["available"],
+        true,
+        "{signals:#}"
+    );
+}

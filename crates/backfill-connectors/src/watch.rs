@@ -1,0 +1,517 @@
+//! The live signals of adaptive throttling (`[throttle] watch`): one connection to the live
+//! database that reads what its own traffic feels, with no probe statement.
+//!
+//! Owns: reading, every interval, the live statements' calls and total execution time
+//! (PostgreSQL `pg_stat_statements`, MySQL/MariaDB `performance_schema` statement digests)
+//! and turning two readings into the interval's [`StatDelta`]; counting the live sessions
+//! waiting on WAL or I/O (PostgreSQL `pg_stat_activity`) or the threads running (MySQL
+//! `Threads_running`); the replica lag ([`crate::Probe::replica_lag`]'s rules); and saying
+//! which of these the database offers, and why not ([`Watch::offers`], for `backfill check`).
+//!
+//! What is ours, and left out: every PostgreSQL connection of the connectors sets
+//! `application_name = backfill` ([`APPLICATION_NAME`]; a URL that sets its own keeps it).
+//! `pg_stat_statements` does not record sessions, so each reading also collects the query ids
+//! that sessions named `backfill` last ran (`pg_stat_activity.query_id`, PostgreSQL 14+, which
+//! `pg_stat_statements` turns on) and leaves those statements out from then on; only this
+//! database's statements count, and statements reading the statistics views themselves
+//! (ours, monitoring) never do. MySQL has no session name to go by: the digests of the watched
+//! schema count, so `watch` should name the live schema, not the backfill's target.
+//!
+//! Does not: decide anything (`backfill_core::live` judges the readings) or fail a run: a
+//! signal the database does not offer is absent from [`Reading`] and named in
+//! [`Reading::unavailable`]; only a lost connection is an error.
+//!
+//! Invariants:
+//! - One connection at most (a pool of one), replaced after a loss on the next call.
+//! - A counter that went backwards (`pg_stat_statements_reset()`, an evicted entry, a server
+//!   restart) never yields a negative interval: that statement is counted from its new value.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use backfill_core::SecretUrl;
+use backfill_core::live::StatDelta;
+use sqlx::{MySqlPool, PgPool, Row};
+
+use crate::ConnectorError;
+
+/// The `application_name` every PostgreSQL connection of the connectors sets (unless its URL
+/// sets one), so the watch can tell the backfill's sessions from live traffic.
+pub const APPLICATION_NAME: &str = "backfill";
+
+/// Statements that read the statistics views (the watch's own, and any monitoring) are not
+/// live traffic.
+const PG_STATEMENTS: &str = "SELECT s.userid::int8, s.queryid, sum(s.calls)::int8, \
+     sum(s.total_exec_time)::float8 \
+     FROM pg_stat_statements s \
+     WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND s.queryid IS NOT NULL \
+       AND s.query NOT ILIKE '%pg_stat_statements%' AND s.query NOT ILIKE '%pg_stat_activity%' \
+     GROUP BY s.userid, s.queryid";
+
+/// Client sessions other than ours waiting on WAL (I/O, its locks, synchronous replication) or
+/// on reading and writing data files.
+const PG_WAITING: &str = "SELECT count(*)::int8 FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+       AND application_name IS DISTINCT FROM $1 \
+       AND (wait_event_type = 'IO' \
+            OR (wait_event_type = 'LWLock' AND wait_event LIKE 'WAL%') \
+            OR (wait_event_type = 'IPC' AND wait_event = 'SyncRep'))";
+
+/// The statements our sessions ran last (or run now).
+const PG_OURS: &str = "SELECT DISTINCT query_id FROM pg_stat_activity \
+     WHERE application_name = $1 AND query_id IS NOT NULL";
+
+const MYSQL_DIGESTS: &str = "SELECT DIGEST, COUNT_STAR, SUM_TIMER_WAIT \
+     FROM performance_schema.events_statements_summary_by_digest \
+     WHERE SCHEMA_NAME = DATABASE() AND DIGEST IS NOT NULL \
+       AND DIGEST_TEXT NOT LIKE '%performance_schema%' \
+       AND DIGEST_TEXT NOT LIKE '%Threads_running%'";
+
+/// The names of the signals, as `check`, logs and `status` show them.
+pub mod signal {
+    /// PostgreSQL: the live statements' time per call from `pg_stat_statements`.
+    pub const PG_STAT_STATEMENTS: &str = "pg_stat_statements";
+    /// PostgreSQL: live sessions waiting on WAL or I/O.
+    pub const WAIT_EVENTS: &str = "wait events";
+    /// MySQL/MariaDB: the statements' time per call from the digest table.
+    pub const DIGESTS: &str = "statement digests";
+    /// MySQL/MariaDB: `Threads_running`.
+    pub const THREADS_RUNNING: &str = "Threads_running";
+    /// Either: how far replicas are behind.
+    pub const REPLICA_LAG: &str = "replica lag";
+}
+
+/// One signal and whether the database offers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// The signal's name ([`signal`]).
+    pub signal: &'static str,
+    /// Whether it can be read.
+    pub available: bool,
+    /// What was found: why not and how to enable it, or a caveat, or the current reading.
+    pub detail: String,
+}
+
+/// One interval's readings; a signal the database does not offer is `None`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reading {
+    /// The live statements completed since the previous reading; `None` on the first reading
+    /// (nothing to subtract from) or when the statistics are not offered.
+    pub statements: Option<StatDelta>,
+    /// Live sessions waiting on WAL or I/O right now (PostgreSQL).
+    pub waiting: Option<u32>,
+    /// `Threads_running` right now (MySQL/MariaDB).
+    pub running: Option<u32>,
+    /// The signals that could not be read, with why: `(signal, reason)`.
+    pub unavailable: Vec<(&'static str, String)>,
+}
+
+/// Cumulative counters of one statement: calls and total execution time in seconds.
+type Totals = HashMap<String, (u64, f64)>;
+
+/// The watched live database (`[throttle] watch`).
+#[derive(Debug)]
+pub struct Watch {
+    pool: Pool,
+    /// The previous reading's counters per statement; `None` before the first.
+    previous: Option<Totals>,
+    /// PostgreSQL query ids seen run by our sessions: never live traffic.
+    ours: HashSet<i64>,
+    /// MySQL: whether the server records digests, checked at the first reading (a server
+    /// setting that needs a restart, so once per connection).
+    digests: Option<Result<(), String>>,
+}
+
+#[derive(Debug)]
+enum Pool {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+impl Watch {
+    /// Connects to `url` (`postgres`, `postgresql` or `mysql`); a refused connection is a
+    /// [`ConnectorError::Connect`] naming the redacted URL, any other scheme is refused.
+    pub async fn open(url: &SecretUrl) -> Result<Watch, ConnectorError> {
+        let pool = match url.scheme().as_str() {
+            "postgres" | "postgresql" => Pool::Postgres(crate::postgres::connect(url, 1).await?),
+            "mysql" => Pool::MySql(crate::mysql::connect(url, 1).await?),
+            other => return Err(crate::unsupported(other, url)),
+        };
+        Ok(Watch {
+            pool,
+            previous: None,
+            ours: HashSet::new(),
+            digests: None,
+        })
+    }
+
+    /// Reads every offered signal once. The statements' interval is the difference with the
+    /// previous call's counters. Errors only when the database cannot be reached at all.
+    pub async fn read(&mut self) -> Result<Reading, ConnectorError> {
+        let mut reading = Reading::default();
+        let totals = match &self.pool {
+            Pool::Postgres(pool) => {
+                // Also the round trip that tells a lost connection (an error of the whole
+                // reading) from a view this server lacks (`query_id` before PostgreSQL 14).
+                match sqlx::query_scalar::<_, i64>(PG_OURS)
+                    .bind(APPLICATION_NAME)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| crate::postgres::sql_error("watch", &e))
+                {
+                    Ok(ids) => self.ours.extend(ids),
+                    Err(e @ ConnectorError::Unavailable { .. }) => return Err(e),
+                    Err(_) => {}
+                }
+                match sqlx::query_scalar::<_, i64>(PG_WAITING)
+                    .bind(APPLICATION_NAME)
+                    .fetch_one(pool)
+                    .await
+                {
+                    Ok(n) => reading.waiting = Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                    Err(e) => reading.unavailable.push((
+                        signal::WAIT_EVENTS,
+                        crate::postgres::sql_error("wait events", &e).to_string(),
+                    )),
+                }
+                match pg_totals(pool, &self.ours).await {
+                    Ok(t) => Some(t),
+                    Err(reason) => {
+                        reading
+                            .unavailable
+                            .push((signal::PG_STAT_STATEMENTS, reason));
+                        None
+                    }
+                }
+            }
+            Pool::MySql(pool) => {
+                match threads_running(pool).await {
+                    Ok(n) => reading.running = Some(n),
+                    Err(e) => {
+                        if matches!(e, ConnectorError::Unavailable { .. }) {
+                            return Err(e);
+                        }
+                        reading
+                            .unavailable
+                            .push((signal::THREADS_RUNNING, e.to_string()));
+                    }
+                }
+                if self.digests.is_none() {
+                    self.digests = Some(mysql_digests_ready(pool).await);
+                }
+                let ready = self.digests.clone().unwrap_or(Ok(()));
+                match ready.and(mysql_totals(pool).await) {
+                    Ok(t) => Some(t),
+                    Err(reason) => {
+                        reading.unavailable.push((signal::DIGESTS, reason));
+                        None
+                    }
+                }
+            }
+        };
+        reading.statements = match (&self.previous, &totals) {
+            (Some(previous), Some(now)) => Some(delta(previous, now)),
+            _ => None,
+        };
+        self.previous = totals;
+        Ok(reading)
+    }
+
+    /// How far replicas of the watched database are behind; see [`crate::Probe::replica_lag`].
+    pub async fn replica_lag(&self) -> Result<Option<Duration>, ConnectorError> {
+        match &self.pool {
+            Pool::Postgres(pool) => crate::probe::postgres_lag(pool).await,
+            Pool::MySql(pool) => crate::probe::mysql_lag(pool).await,
+        }
+    }
+
+    /// Which signals the database offers, and why not: for `backfill check`. Never fails: a
+    /// failed look-up is an unavailable signal with the database's message.
+    pub async fn offers(&self) -> Vec<Offer> {
+        let lag = match self.replica_lag().await {
+            Ok(None) => offer(
+                signal::REPLICA_LAG,
+                true,
+                "not replicated (no standby or replica): no lag to watch",
+            ),
+            Ok(Some(lag)) => offer(
+                signal::REPLICA_LAG,
+                true,
+                format!("replicated; current lag {} ms", lag.as_millis()),
+            ),
+            Err(e) => offer(signal::REPLICA_LAG, false, e.to_string()),
+        };
+        let mut out = match &self.pool {
+            Pool::Postgres(pool) => {
+                vec![pg_statements_offer(pool).await, pg_waits_offer(pool).await]
+            }
+            Pool::MySql(pool) => vec![
+                mysql_digests_offer(pool).await,
+                match threads_running(pool).await {
+                    Ok(n) => offer(
+                        signal::THREADS_RUNNING,
+                        true,
+                        format!("{n} now; counts the backfill's own running threads too"),
+                    ),
+                    Err(e) => offer(signal::THREADS_RUNNING, false, e.to_string()),
+                },
+            ],
+        };
+        out.push(lag);
+        out
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::MySql(pool) => pool.close().await,
+        }
+    }
+}
+
+fn offer(signal: &'static str, available: bool, detail: impl Into<String>) -> Offer {
+    Offer {
+        signal,
+        available,
+        detail: detail.into(),
+    }
+}
+
+/// The statements' interval: for each statement in `now` (none of them ours), its counters
+/// minus `previous`'s; a statement new since then, or whose counters went backwards (reset,
+/// evicted and back), counts from zero.
+fn delta(previous: &Totals, now: &Totals) -> StatDelta {
+    let (mut calls, mut secs) = (0u64, 0.0f64);
+    for (key, &(c, t)) in now {
+        let (dc, dt) = match previous.get(key) {
+            Some(&(pc, pt)) if pc <= c && pt <= t => (c - pc, t - pt),
+            _ => (c, t),
+        };
+        calls = calls.saturating_add(dc);
+        secs += dt;
+    }
+    StatDelta {
+        calls,
+        time: Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX),
+    }
+}
+
+async fn pg_totals(pool: &PgPool, ours: &HashSet<i64>) -> Result<Totals, String> {
+    let rows = sqlx::query(PG_STATEMENTS)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| crate::postgres::sql_error("reading pg_stat_statements", &e).to_string())?;
+    let mut out = Totals::with_capacity(rows.len());
+    for row in rows {
+        let (user, query, calls, ms): (i64, i64, i64, f64) = (
+            row.try_get(0).map_err(|e| e.to_string())?,
+            row.try_get(1).map_err(|e| e.to_string())?,
+            row.try_get(2).map_err(|e| e.to_string())?,
+            row.try_get(3).map_err(|e| e.to_string())?,
+        );
+        if ours.contains(&query) {
+            continue;
+        }
+        out.insert(
+            format!("{user}/{query}"),
+            (u64::try_from(calls).unwrap_or(0), ms / 1000.0),
+        );
+    }
+    Ok(out)
+}
+
+async fn mysql_totals(pool: &MySqlPool) -> Result<Totals, String> {
+    let rows = sqlx::query(MYSQL_DIGESTS)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| crate::mysql::sql_error("reading statement digests", &e).to_string())?;
+    let mut out = Totals::with_capacity(rows.len());
+    for row in rows {
+        let digest: String = row.try_get(0).map_err(|e| e.to_string())?;
+        let calls: u64 = row.try_get(1).map_err(|e| e.to_string())?;
+        let picos: u64 = row.try_get(2).map_err(|e| e.to_string())?;
+        #[allow(clippy::cast_precision_loss)]
+        out.insert(digest, (calls, picos as f64 / 1e12));
+    }
+    Ok(out)
+}
+
+async fn threads_running(pool: &MySqlPool) -> Result<u32, ConnectorError> {
+    let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Threads_running'")
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| crate::mysql::sql_error("reading Threads_running", &e))?;
+    let value: Option<String> = row.and_then(|r| r.try_get::<String, _>(1).ok());
+    value
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .ok_or_else(|| ConnectorError::Sql {
+            context: "reading Threads_running".into(),
+            message: "SHOW GLOBAL STATUS has no Threads_running".into(),
+            class: backfill_core::retry::ErrorClass::Permanent,
+        })
+}
+
+async fn pg_statements_offer(pool: &PgPool) -> Offer {
+    let no = |detail: String| offer(signal::PG_STAT_STATEMENTS, false, detail);
+    let preload: String =
+        match sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                return no(
+                    crate::postgres::sql_error("reading shared_preload_libraries", &e).to_string(),
+                );
+            }
+        };
+    if !preload
+        .split(',')
+        .any(|l| l.trim().trim_matches('"') == "pg_stat_statements")
+    {
+        return no(
+            "not loaded: add pg_stat_statements to shared_preload_libraries in postgresql.conf \
+             and restart the server, then run CREATE EXTENSION pg_stat_statements in this database"
+                .to_owned(),
+        );
+    }
+    let created: Option<String> = sqlx::query_scalar(
+        "SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    if created.is_none() {
+        return no(
+            "loaded, but not created in this database: run CREATE EXTENSION pg_stat_statements"
+                .to_owned(),
+        );
+    }
+    if let Err(e) = sqlx::query(PG_STATEMENTS).fetch_all(pool).await {
+        return no(crate::postgres::sql_error("reading pg_stat_statements", &e).to_string());
+    }
+    match all_stats(pool).await {
+        true => offer(
+            signal::PG_STAT_STATEMENTS,
+            true,
+            "loaded and created; every user's statements visible",
+        ),
+        false => offer(
+            signal::PG_STAT_STATEMENTS,
+            true,
+            "loaded and created, but this role sees only its own statements' query ids: \
+             GRANT pg_read_all_stats TO it to watch every user's",
+        ),
+    }
+}
+
+async fn pg_waits_offer(pool: &PgPool) -> Offer {
+    let waiting: Result<i64, _> = sqlx::query_scalar(PG_WAITING)
+        .bind(APPLICATION_NAME)
+        .fetch_one(pool)
+        .await;
+    match (waiting, all_stats(pool).await) {
+        (Err(e), _) => offer(
+            signal::WAIT_EVENTS,
+            false,
+            crate::postgres::sql_error("reading pg_stat_activity", &e).to_string(),
+        ),
+        (Ok(n), true) => offer(
+            signal::WAIT_EVENTS,
+            true,
+            format!("{n} live sessions waiting on WAL or I/O now"),
+        ),
+        (Ok(n), false) => offer(
+            signal::WAIT_EVENTS,
+            true,
+            format!(
+                "{n} waiting now, but this role sees only its own sessions' wait events: \
+                 GRANT pg_read_all_stats TO it to see every session's"
+            ),
+        ),
+    }
+}
+
+/// Whether the connected role sees every session's statistics.
+async fn all_stats(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') \
+         FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(false)
+}
+
+/// Whether the server records statement digests (`performance_schema` on, its
+/// `statements_digest` consumer enabled); otherwise why not and how to enable them. With
+/// `performance_schema` off the digest table exists but stays empty, so reading it is no test.
+async fn mysql_digests_ready(pool: &MySqlPool) -> Result<(), String> {
+    let on: i64 = sqlx::query_scalar("SELECT @@performance_schema + 0")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| crate::mysql::sql_error("reading @@performance_schema", &e).to_string())?;
+    if on == 0 {
+        return Err(
+            "performance_schema is OFF: set performance_schema = ON in the server's \
+                    configuration and restart it"
+                .to_owned(),
+        );
+    }
+    let consumer: Option<String> = sqlx::query_scalar(
+        "SELECT ENABLED FROM performance_schema.setup_consumers WHERE NAME = 'statements_digest'",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    if consumer.as_deref() != Some("YES") {
+        return Err(
+            "the statements_digest consumer is disabled: UPDATE performance_schema.\
+                    setup_consumers SET ENABLED = 'YES' WHERE NAME = 'statements_digest'"
+                .to_owned(),
+        );
+    }
+    mysql_totals(pool).await.map(drop)
+}
+
+async fn mysql_digests_offer(pool: &MySqlPool) -> Offer {
+    match mysql_digests_ready(pool).await {
+        Ok(()) => offer(
+            signal::DIGESTS,
+            true,
+            "performance_schema digests of this schema; the backfill's own statements in it \
+             count too",
+        ),
+        Err(reason) => offer(signal::DIGESTS, false, reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(entries: &[(&str, u64, f64)]) -> Totals {
+        entries
+            .iter()
+            .map(|(k, c, t)| ((*k).to_owned(), (*c, *t)))
+            .collect()
+    }
+
+    #[test]
+    fn an_interval_is_the_difference_and_a_reset_counts_from_zero() {
+        let before = totals(&[("a", 100, 1.0), ("b", 10, 0.5), ("gone", 5, 0.1)]);
+        let now = totals(&[
+            ("a", 150, 1.5), // +50 calls, +0.5 s
+            ("b", 4, 0.2),   // reset since: counts from zero
+            ("new", 6, 0.3), // appeared since
+        ]);
+        let d = delta(&before, &now);
+        assert_eq!(d.calls, 50 + 4 + 6);
+        assert!((d.time.as_secs_f64() - 1.0).abs() < 1e-9, "{:?}", d.time);
+        assert_eq!(delta(&now, &now), StatDelta::default());
+    }
+}

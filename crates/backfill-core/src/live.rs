@@ -1,0 +1,611 @@
+//! What live traffic feels, judged against its own measured noise: the decision half of the
+//! adaptive throttle's live signals (`[throttle] watch`).
+//!
+//! The engine reads the watched database every `throttle.interval` (`backfill_connectors::
+//! Watch`): how many live statements completed and how long they took in all (PostgreSQL
+//! `pg_stat_statements`, MySQL/MariaDB `performance_schema` statement digests, the backfill's
+//! own statements excluded), and gauges counted at that instant (PostgreSQL: live sessions
+//! waiting on WAL or I/O; MySQL: `Threads_running`). Before the run it measures the same
+//! readings at rest. This module turns them into a verdict per interval: the rate may rise, it
+//! must be cut (with its cause), or the readings cannot tell yet.
+//!
+//! Latency rule: the window is the intervals since the latest cut (at most `throttle.window`);
+//! its mean time per call, `m = Σ time / Σ calls`, is compared with the baseline's mean `b`.
+//! The allowed rise is `b × (1 + max_latency_increase)` (at least [`MIN_LIVE_MARGIN`] over
+//! `b`), raised to the baseline's noise for a window of that many calls: `b + z × σ / √calls`,
+//! with `σ` the per-call spread measured at rest (from how far each baseline interval's mean
+//! strays, weighted by its calls) and `z` the one-sided normal quantile for [`crate::aimd::NOISE_ALPHA`]
+//! (a window at rest exceeds it one time in ten, as the probe's noise ceiling). A window is
+//! judged unhealthy as soon as it has [`MIN_JUDGED_INTERVALS`] and its mean exceeds that
+//! limit; healthy only once it holds enough calls for the noise to be under the allowed rise
+//! (so a +`max_latency_increase` rise would show), or once it is full. Busy live traffic thus
+//! gets a verdict within a few intervals, and [`intervals_to_resolve`] tells the controller how
+//! many, which paces its climb ([`crate::aimd::Aimd::set_pace`]).
+//!
+//! Gauge rule: the window's mean exceeds the baseline's mean by more than the gauge's margin
+//! (in sessions or threads) and more than its noise (`z × sd / √n`) once it has
+//! [`MIN_JUDGED_INTERVALS`]: unhealthy; otherwise the gauge does not object.
+//!
+//! Pure: no clock, no I/O; the same readings give the same verdicts.
+
+use std::time::Duration;
+
+use crate::aimd::RateCause;
+
+/// The smallest rise of the live mean time per call over its baseline that counts, so an
+/// idle database whose statements take microseconds does not turn scheduling jitter into cuts.
+pub const MIN_LIVE_MARGIN: Duration = Duration::from_micros(10);
+
+/// The fewest intervals a window needs before any verdict: one interval's mean can be decided
+/// by one slow statement.
+pub const MIN_JUDGED_INTERVALS: usize = 3;
+
+/// `z` for `NOISE_ALPHA` = 0.1: `P(Z > 1.2816) = 0.1` for a standard normal `Z`.
+const Z_NOISE: f64 = 1.281_551_565_545;
+
+/// The live statements of one interval: how many completed and their total execution time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StatDelta {
+    /// Statements (calls) that completed in the interval, the backfill's own excluded.
+    pub calls: u64,
+    /// Their total execution time.
+    pub time: Duration,
+}
+
+/// What one interval's readings say about the rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing objects: the rate may rise.
+    Healthy,
+    /// Live traffic suffers: cut, for this cause.
+    Unhealthy(RateCause),
+    /// Not enough readings since the latest cut to tell: hold the rate.
+    Undecided,
+}
+
+impl Verdict {
+    /// Combines the verdicts of several signals: the first unhealthy one wins; otherwise any
+    /// undecided signal holds the rate; otherwise healthy (also for no signal at all).
+    pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        let mut out = Verdict::Healthy;
+        for v in verdicts {
+            match v {
+                Verdict::Unhealthy(_) => return v,
+                Verdict::Undecided => out = Verdict::Undecided,
+                Verdict::Healthy => {}
+            }
+        }
+        out
+    }
+}
+
+/// The live statements at rest, measured before the run: their mean time per call and its
+/// per-call spread.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyBaseline {
+    /// Mean time per call over the baseline, seconds.
+    mean: f64,
+    /// Per-call standard deviation estimated from the intervals' means, seconds.
+    sigma: f64,
+    /// Mean calls per interval at rest.
+    calls_per_interval: f64,
+}
+
+impl LatencyBaseline {
+    /// The baseline of `intervals` (readings at rest); `None` with fewer than two intervals
+    /// that saw calls (no mean, or no spread, to compare with).
+    pub fn measure(intervals: &[StatDelta]) -> Option<LatencyBaseline> {
+        let busy: Vec<&StatDelta> = intervals.iter().filter(|d| d.calls > 0).collect();
+        if busy.len() < 2 {
+            return None;
+        }
+        let calls: f64 = busy.iter().map(|d| calls_f64(d.calls)).sum();
+        let time: f64 = busy.iter().map(|d| d.time.as_secs_f64()).sum();
+        let mean = time / calls;
+        // Var(interval mean) ≈ σ² / calls, so calls × (mean_i − mean)² estimates σ².
+        let squares: f64 = busy
+            .iter()
+            .map(|d| {
+                let c = calls_f64(d.calls);
+                let m = d.time.as_secs_f64() / c;
+                c * (m - mean).powi(2)
+            })
+            .sum();
+        #[allow(clippy::cast_precision_loss)]
+        let n = busy.len() as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let all = intervals.len() as f64;
+        Some(LatencyBaseline {
+            mean,
+            sigma: (squares / (n - 1.0)).sqrt(),
+            calls_per_interval: calls / all,
+        })
+    }
+
+    /// The same baseline measured over intervals `factor` times shorter than the run's
+    /// (the engine reads the baseline faster than it decides): only the calls per interval
+    /// scale; the mean and the per-call spread do not depend on the interval.
+    #[must_use]
+    pub fn rescaled(mut self, factor: f64) -> LatencyBaseline {
+        if factor.is_finite() && factor > 0.0 {
+            self.calls_per_interval *= factor;
+        }
+        self
+    }
+
+    /// The mean time per call at rest.
+    pub fn mean(&self) -> Duration {
+        secs(self.mean)
+    }
+
+    /// The mean calls per interval at rest.
+    pub fn calls_per_interval(&self) -> f64 {
+        self.calls_per_interval
+    }
+
+    /// The rise `max_latency_increase` allows over the mean (at least [`MIN_LIVE_MARGIN`]).
+    pub fn allowed(&self, max_latency_increase: f64) -> Duration {
+        secs(
+            (self.mean * (1.0 + max_latency_increase.max(0.0)))
+                .max(self.mean + MIN_LIVE_MARGIN.as_secs_f64()),
+        )
+    }
+
+    /// The mean a window of `calls` at rest exceeds one time in ten ([`crate::aimd::NOISE_ALPHA`]).
+    pub fn noise_ceiling(&self, calls: u64) -> Duration {
+        secs(self.mean + Z_NOISE * self.sigma / calls_f64(calls.max(1)).sqrt())
+    }
+
+    /// The mean time per call above which a window of `calls` is unhealthy: the larger of
+    /// [`LatencyBaseline::allowed`] and [`LatencyBaseline::noise_ceiling`].
+    pub fn limit(&self, calls: u64, max_latency_increase: f64) -> Duration {
+        self.allowed(max_latency_increase)
+            .max(self.noise_ceiling(calls))
+    }
+
+    /// Judges the window `intervals` (since the latest cut, at most `full` of them): see the
+    /// module's latency rule. No healthy verdict comes before `at_least` intervals (the
+    /// backfill writes in batches, so a shorter window may hold none: [`batch_intervals`]).
+    pub fn judge(
+        &self,
+        intervals: &[StatDelta],
+        at_least: usize,
+        full: usize,
+        max_latency_increase: f64,
+    ) -> Verdict {
+        let Some(window) = window_mean(intervals) else {
+            return Verdict::Undecided;
+        };
+        if intervals.len() < MIN_JUDGED_INTERVALS.min(full.max(1)) {
+            return Verdict::Undecided;
+        }
+        if window.mean > self.limit(window.calls, max_latency_increase) {
+            return Verdict::Unhealthy(RateCause::LiveLatency);
+        }
+        let resolved = self.noise_ceiling(window.calls) <= self.allowed(max_latency_increase);
+        if intervals.len() >= at_least.min(full) && (resolved || intervals.len() >= full) {
+            Verdict::Healthy
+        } else {
+            Verdict::Undecided
+        }
+    }
+}
+
+/// How many batches a window of live readings must span before it may say "healthy": the
+/// backfill reaches the database one batch at a time, so a window between two batches would
+/// see none of its effect.
+pub const BATCHES_PER_VERDICT: f64 = 2.0;
+
+/// The intervals that [`BATCHES_PER_VERDICT`] batches of `batch_rows` take at `rate` rows per
+/// second, `interval` apart, at least 1 and at most `window`.
+pub fn batch_intervals(batch_rows: u32, rate: f64, interval: Duration, window: usize) -> usize {
+    let window = window.max(1);
+    let per_interval = rate * interval.as_secs_f64();
+    if !(per_interval.is_finite() && per_interval > 0.0) {
+        return window;
+    }
+    let n = (BATCHES_PER_VERDICT * f64::from(batch_rows) / per_interval).ceil();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = n.min(1e9) as usize;
+    n.clamp(1, window)
+}
+
+/// The mean time per call of a window and its calls; `None` without calls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowMean {
+    /// Σ time / Σ calls.
+    pub mean: Duration,
+    /// Σ calls.
+    pub calls: u64,
+}
+
+/// The mean time per call over `intervals`; `None` when they saw no call.
+pub fn window_mean(intervals: &[StatDelta]) -> Option<WindowMean> {
+    let calls: u64 = intervals
+        .iter()
+        .map(|d| d.calls)
+        .fold(0, u64::saturating_add);
+    if calls == 0 {
+        return None;
+    }
+    let time: f64 = intervals.iter().map(|d| d.time.as_secs_f64()).sum();
+    Some(WindowMean {
+        mean: secs(time / calls_f64(calls)),
+        calls,
+    })
+}
+
+/// How many intervals a window needs at the baseline's traffic before a +`max_latency_increase`
+/// rise would stand out of its noise, in `[MIN_JUDGED_INTERVALS, full]` (`full` = the window):
+/// the pace at which the controller may climb.
+pub fn intervals_to_resolve(
+    baseline: &LatencyBaseline,
+    max_latency_increase: f64,
+    full: usize,
+) -> usize {
+    let full = full.max(1);
+    let margin = baseline.allowed(max_latency_increase).as_secs_f64() - baseline.mean;
+    if baseline.calls_per_interval <= 0.0 || margin <= 0.0 {
+        return full;
+    }
+    // z σ / √C ≤ margin  ⇔  C ≥ (z σ / margin)².
+    let calls = (Z_NOISE * baseline.sigma / margin).powi(2);
+    let intervals = (calls / baseline.calls_per_interval).ceil();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let intervals = if intervals.is_finite() {
+        intervals.min(1e9) as usize
+    } else {
+        full
+    };
+    intervals.clamp(MIN_JUDGED_INTERVALS.min(full), full)
+}
+
+/// A gauge at rest (live sessions waiting on WAL or I/O, threads running): its mean and spread
+/// over the baseline's readings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GaugeBaseline {
+    mean: f64,
+    sd: f64,
+    /// The rise over the mean that never counts, in the gauge's unit.
+    margin: f64,
+    cause: RateCause,
+}
+
+impl GaugeBaseline {
+    /// The baseline of `samples`, a rise of at most `margin` (sessions or threads) never
+    /// counting, cut with `cause`; `None` without samples.
+    pub fn measure(samples: &[f64], margin: f64, cause: RateCause) -> Option<GaugeBaseline> {
+        let (mean, sd) = mean_sd(samples)?;
+        Some(GaugeBaseline {
+            mean,
+            sd,
+            margin: margin.max(0.0),
+            cause,
+        })
+    }
+
+    /// The cause a cut on this gauge carries.
+    pub fn cause(&self) -> RateCause {
+        self.cause
+    }
+
+    /// The mean at rest.
+    pub fn mean(&self) -> f64 {
+        self.mean
+    }
+
+    /// The window mean above which `n` readings are unhealthy.
+    pub fn limit(&self, n: usize) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let noise = Z_NOISE * self.sd / (n.max(1) as f64).sqrt();
+        self.mean + self.margin.max(noise)
+    }
+
+    /// Judges the readings since the latest cut (see the module's gauge rule): unhealthy or
+    /// healthy, never undecided (a gauge does not hold a rise).
+    pub fn judge(&self, samples: &[f64]) -> Verdict {
+        match mean_sd(samples) {
+            Some((mean, _))
+                if samples.len() >= MIN_JUDGED_INTERVALS && mean > self.limit(samples.len()) =>
+            {
+                Verdict::Unhealthy(self.cause)
+            }
+            _ => Verdict::Healthy,
+        }
+    }
+}
+
+fn mean_sd(samples: &[f64]) -> Option<(f64, f64)> {
+    if samples.is_empty() {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let sd = if samples.len() > 1 {
+        (samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Some((mean, sd))
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn calls_f64(calls: u64) -> f64 {
+    calls as f64
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aimd::Aimd;
+    use crate::spec::ThrottleSpec;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// Intervals of `calls` statements each, with these mean times per call (µs).
+    fn intervals(calls: u64, means_us: &[u64]) -> Vec<StatDelta> {
+        means_us
+            .iter()
+            .map(|m| StatDelta {
+                calls,
+                time: us(m * calls),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_baseline_is_the_mean_per_call_and_its_spread_per_call() {
+        // Means 90 and 110 µs over 100 calls each: mean 100 µs; each interval strays 10 µs,
+        // so σ per call = √(100 × 10² × 2 / 1) µs ≈ 141 µs.
+        let base = LatencyBaseline::measure(&intervals(100, &[90, 110])).unwrap();
+        assert_eq!(base.mean(), us(100));
+        assert!(
+            (base.sigma * 1e6 - 141.42).abs() < 0.01,
+            "{}",
+            base.sigma * 1e6
+        );
+        assert_eq!(base.calls_per_interval(), 100.0);
+        // Idle intervals count for the traffic, not for the mean.
+        let idle = [intervals(100, &[90, 110]), vec![StatDelta::default(); 2]].concat();
+        let base_idle = LatencyBaseline::measure(&idle).unwrap();
+        assert_eq!(base_idle.mean(), us(100));
+        assert_eq!(base_idle.calls_per_interval(), 50.0);
+        // Read every 100 ms for a run deciding every second: ten times the calls.
+        let rescaled = base_idle.rescaled(10.0);
+        assert_eq!(
+            (rescaled.calls_per_interval(), rescaled.mean()),
+            (500.0, us(100))
+        );
+        assert_eq!(base_idle.rescaled(f64::NAN), base_idle);
+        // Too little to measure.
+        assert_eq!(LatencyBaseline::measure(&intervals(100, &[90])), None);
+        assert_eq!(LatencyBaseline::measure(&[StatDelta::default(); 5]), None);
+        assert_eq!(LatencyBaseline::measure(&[]), None);
+    }
+
+    #[test]
+    fn windows_are_judged_against_the_allowed_rise_or_their_own_noise() {
+        // At rest: 1,000 calls per interval, mean 200 µs, intervals straying ±10 µs (σ per
+        // call = √(4 × 1,000 × 10² / 5) ≈ 283 µs).
+        let base =
+            LatencyBaseline::measure(&intervals(1000, &[190, 210, 190, 210, 200, 200])).unwrap();
+        assert_eq!(base.allowed(0.10), us(220));
+        // A window of 1,000 calls at rest reaches 211 µs one time in ten; of 3,000, 206 µs.
+        assert_eq!(base.noise_ceiling(1000).as_micros(), 211);
+        assert_eq!(base.noise_ceiling(3000).as_micros(), 206);
+        // (intervals of the window as mean µs per call, calls per interval) -> verdict.
+        let cases: &[(&[u64], u64, Verdict)] = &[
+            // Too few intervals for any verdict, however slow.
+            (&[900, 900], 1000, Verdict::Undecided),
+            // Three intervals, 3,000 calls: within the +10%: healthy (the noise of 3,000 calls
+            // is under the allowed rise, so a rise would show).
+            (&[200, 215, 205], 1000, Verdict::Healthy),
+            (
+                &[230, 230, 230],
+                1000,
+                Verdict::Unhealthy(RateCause::LiveLatency),
+            ),
+            // Ten calls per interval: the noise of 30 calls (≈ 266 µs) is above the allowed
+            // rise: +15% is within it (undecided: cannot tell yet); +50% is not.
+            (&[230, 230, 230], 10, Verdict::Undecided),
+            (
+                &[300, 300, 300],
+                10,
+                Verdict::Unhealthy(RateCause::LiveLatency),
+            ),
+            // ... and a full window (5) is judged on what it has.
+            (&[230, 230, 230, 230, 230], 10, Verdict::Healthy),
+            // No calls at all: nothing to judge.
+            (&[], 0, Verdict::Undecided),
+        ];
+        for (means, calls, verdict) in cases {
+            assert_eq!(
+                base.judge(&intervals(*calls, means), 0, 5, 0.10),
+                *verdict,
+                "{means:?} × {calls}"
+            );
+        }
+        // A window shorter than two batches of the backfill may hold none of them: however
+        // quiet, it is not healthy yet; a slow one still cuts.
+        let quiet = intervals(1000, &[200, 200, 200]);
+        assert_eq!(base.judge(&quiet, 4, 5, 0.10), Verdict::Undecided);
+        assert_eq!(base.judge(&quiet, 3, 5, 0.10), Verdict::Healthy);
+        let slow = intervals(1000, &[300, 300, 300]);
+        assert_eq!(
+            base.judge(&slow, 4, 5, 0.10),
+            Verdict::Unhealthy(RateCause::LiveLatency)
+        );
+    }
+
+    #[test]
+    fn a_verdict_spans_two_batches_of_the_backfill() {
+        let ms100 = Duration::from_millis(100);
+        // 5,000-row batches at 3,250 rows/s, read every 100 ms: two batches take 3.1 s.
+        assert_eq!(batch_intervals(5000, 3250.0, ms100, 100), 31);
+        assert_eq!(
+            batch_intervals(5000, 3250.0, ms100, 20),
+            20,
+            "capped at the window"
+        );
+        assert_eq!(batch_intervals(5000, 1e6, ms100, 100), 1);
+        assert_eq!(batch_intervals(5000, 0.0, ms100, 100), 100);
+        assert_eq!(batch_intervals(5000, f64::NAN, ms100, 100), 100);
+    }
+
+    #[test]
+    fn gauges_object_above_their_margin_and_noise() {
+        // Waiting sessions at rest: 0 or 1, mean 0.25.
+        let base = GaugeBaseline::measure(&[0.0, 1.0, 0.0, 0.0], 0.5, RateCause::Waiting).unwrap();
+        assert_eq!(base.mean(), 0.25);
+        let cases: &[(&[f64], Verdict)] = &[
+            (&[2.0, 2.0], Verdict::Healthy), // too few readings
+            (&[1.0, 0.0, 1.0], Verdict::Healthy),
+            (&[2.0, 2.0, 1.0], Verdict::Unhealthy(RateCause::Waiting)),
+            (&[], Verdict::Healthy),
+        ];
+        for (samples, verdict) in cases {
+            assert_eq!(base.judge(samples), *verdict, "{samples:?}");
+        }
+        // A noisy gauge's own spread sets the limit when it exceeds the margin.
+        let noisy = GaugeBaseline::measure(&[0.0, 8.0, 0.0, 8.0], 1.0, RateCause::Running).unwrap();
+        assert!(noisy.limit(3) > 4.0 + 3.0, "{}", noisy.limit(3));
+        assert_eq!(noisy.judge(&[6.0, 6.0, 6.0]), Verdict::Healthy);
+        assert_eq!(GaugeBaseline::measure(&[], 1.0, RateCause::Running), None);
+    }
+
+    #[test]
+    fn verdicts_combine_unhealthy_first_then_undecided() {
+        use Verdict::*;
+        let cut = Unhealthy(RateCause::Waiting);
+        assert_eq!(Verdict::combine([Healthy, Undecided, cut]), cut);
+        assert_eq!(Verdict::combine([Healthy, Undecided]), Undecided);
+        assert_eq!(Verdict::combine([Healthy, Healthy]), Healthy);
+        assert_eq!(Verdict::combine([]), Healthy);
+    }
+
+    #[test]
+    fn busy_traffic_resolves_a_rise_in_a_few_intervals_quiet_traffic_takes_the_window() {
+        let busy = LatencyBaseline::measure(&intervals(2000, &[190, 210, 195, 205])).unwrap();
+        assert_eq!(intervals_to_resolve(&busy, 0.10, 20), MIN_JUDGED_INTERVALS);
+        let quiet = LatencyBaseline::measure(&intervals(5, &[100, 300, 150, 250])).unwrap();
+        assert_eq!(intervals_to_resolve(&quiet, 0.10, 20), 20);
+        let between = LatencyBaseline::measure(&intervals(50, &[150, 250, 150, 250])).unwrap();
+        let n = intervals_to_resolve(&between, 0.10, 20);
+        assert!((4..20).contains(&n), "{n}");
+    }
+
+    /// A live database whose statements slow down once the backfill exceeds `knee` rows/s:
+    /// the mean per call grows by `slope` × the excess share, with a deterministic ±6% jitter.
+    struct Plant {
+        knee: f64,
+        slope: f64,
+        base_us: f64,
+        calls: u64,
+        seed: u64,
+    }
+
+    impl Plant {
+        fn interval(&mut self, rate: f64) -> StatDelta {
+            // A small LCG: the same jitter on every run of the test.
+            self.seed = self
+                .seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            #[allow(clippy::cast_precision_loss)]
+            let u = (self.seed >> 11) as f64 / (1u64 << 53) as f64;
+            let jitter = 1.0 + 0.12 * (u - 0.5);
+            let excess = (rate / self.knee - 1.0).max(0.0);
+            let mean = self.base_us * (1.0 + self.slope * excess) * jitter;
+            #[allow(clippy::cast_precision_loss)]
+            let total = mean * self.calls as f64;
+            StatDelta {
+                calls: self.calls,
+                time: Duration::from_secs_f64(total / 1e6),
+            }
+        }
+    }
+
+    /// The engine's loop, without I/O: a baseline at rest, then one verdict per interval over
+    /// the last `pace` intervals (the readings since the latest cut). Returns the rate after
+    /// each interval.
+    fn simulate(plant: &mut Plant, max: f64, seconds: usize) -> Vec<f64> {
+        let spec = ThrottleSpec::default(); // interval 1 s, window 20, +10%
+        let rest: Vec<StatDelta> = (0..spec.baseline_probes)
+            .map(|_| plant.interval(0.0))
+            .collect();
+        let base = LatencyBaseline::measure(&rest).unwrap();
+        let mut aimd = Aimd::new(&spec, max);
+        let window = intervals_to_resolve(&base, spec.max_latency_increase, spec.window as usize);
+        aimd.set_pace(u32::try_from(window).unwrap());
+        let mut seen: Vec<StatDelta> = Vec::new();
+        let mut rates = Vec::new();
+        for _ in 0..seconds {
+            seen.push(plant.interval(aimd.rate()));
+            if seen.len() > window {
+                seen.remove(0);
+            }
+            let cause = match base.judge(&seen, 0, window, spec.max_latency_increase) {
+                Verdict::Unhealthy(cause) => Some(cause),
+                Verdict::Healthy => None,
+                Verdict::Undecided => {
+                    rates.push(aimd.rate());
+                    continue;
+                }
+            };
+            if let Some(change) = aimd.on_verdict(cause)
+                && change.to < change.from
+            {
+                seen.clear();
+            }
+            rates.push(aimd.rate());
+        }
+        rates
+    }
+
+    #[test]
+    fn reaches_a_steady_rate_within_sixty_seconds_and_keeps_it_under_the_knee() {
+        // The benchmark's shape: live traffic tolerates 1/20 of the unthrottled rate; above
+        // it each 10% of excess costs +20% per statement. Busy traffic (2,000 statements/s)
+        // and quiet traffic (40/s, a window takes many intervals).
+        for (calls, max) in [(2000, 200_000.0), (40, 200_000.0), (2000, 20_000.0)] {
+            let knee = 10_000.0;
+            let mut plant = Plant {
+                knee,
+                slope: 2.0,
+                base_us: 200.0,
+                calls,
+                seed: 7,
+            };
+            let rates = simulate(&mut plant, max, 600);
+            let after = &rates[60..];
+            let low = after.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = after.iter().copied().fold(0.0, f64::max);
+            #[allow(clippy::cast_precision_loss)]
+            let mean = after.iter().sum::<f64>() / after.len() as f64;
+            let first: Vec<String> = rates[..90]
+                .iter()
+                .step_by(5)
+                .map(|r| format!("{:.0}", r / knee * 100.0))
+                .collect();
+            let shape = format!(
+                "calls {calls}, max {max}: % of knee every 5 s {}; after 60 s: {:.0}%..{:.0}%, mean {:.0}%",
+                first.join(" "),
+                low / knee * 100.0,
+                high / knee * 100.0,
+                mean / knee * 100.0
+            );
+            // Steady: after 60 s the rate never drops below half the knee (no collapse to the
+            // floor) nor climbs past 1.3× it, and averages at least 70% of it.
+            assert!(low >= 0.5 * knee, "{shape}");
+            assert!(high <= 1.3 * knee, "{shape}");
+            assert!(mean >= 0.7 * knee, "{shape}");
+        }
+    }
+}
