@@ -11,6 +11,9 @@
 //! files today); the engine uses it instead of `read_batch` + `upsert`/`replace` and keeps
 //! the same batches, checkpoints and counts.
 //!
+//! [`fingerprint`] computes `backfill_core::fingerprint` inside each database (row hashes,
+//! range and bucketed fingerprints) for diff and reconciliation.
+//!
 //! Does not: plan, retry, throttle, checkpoint or decide when to commit a partition; the engine
 //! does. Connectors never read the state store; the one bridge is [`Extra`], a statement the
 //! engine hands in to run inside the write transaction.
@@ -26,6 +29,7 @@
 //! - Error messages never hold a password (see [`ConnectorError`]).
 
 mod error;
+pub mod fingerprint;
 mod ident;
 pub mod mysql;
 pub mod nodelay;

@@ -2,7 +2,8 @@
 //!
 //! Owns: parsing and validating spec files into precise types ([`spec`]), cutting a scope into
 //! partitions ([`plan`]) identified by the normalised spec ([`normalized`]), a run's delivery
-//! guarantee ([`guarantee`]), the run and partition state machines ([`state`]), the policies
+//! guarantee ([`guarantee`]), row and key-range fingerprints that agree across databases
+//! ([`fingerprint`]), the run and partition state machines ([`state`]), the policies
 //! that keep a run safe (retries [`retry`], adaptive throttling [`aimd`] and
 //! its live signals [`live`], budgets
 //! [`budget`], run windows [`run_window`], partition order [`order`], the circuit breaker
@@ -18,6 +19,7 @@ pub mod aimd;
 pub mod breaker;
 pub mod budget;
 pub mod diag;
+pub mod fingerprint;
 pub mod guarantee;
 pub mod live;
 pub mod normalized;

@@ -160,7 +160,7 @@ fn push_value(args: &mut MySqlArguments, value: &Value) -> Result<(), ConnectorE
 }
 
 /// Arguments holding `values`, in order.
-fn arguments<'v>(
+pub(crate) fn arguments<'v>(
     values: impl IntoIterator<Item = &'v Value>,
 ) -> Result<MySqlArguments, ConnectorError> {
     let mut args = MySqlArguments::default();

@@ -149,7 +149,7 @@ fn push_value(args: &mut PgArguments, value: &Value) -> Result<(), ConnectorErro
 }
 
 /// Arguments holding `values`, in order.
-fn arguments<'v>(
+pub(crate) fn arguments<'v>(
     values: impl IntoIterator<Item = &'v Value>,
 ) -> Result<PgArguments, ConnectorError> {
     let mut args = PgArguments::default();

@@ -155,6 +155,8 @@ fn pool_options(size: u32) -> SqlitePoolOptions {
     SqlitePoolOptions::new()
         .max_connections(size.max(1))
         .test_before_acquire(false)
+        // The fingerprint functions (`backfill_row_md5`, `backfill_fingerprint`).
+        .after_connect(|conn, _| Box::pin(crate::fingerprint::sqlite::register(conn)))
 }
 
 /// Runs `connect` again while it fails because another process holds a lock, for up to
@@ -205,7 +207,7 @@ fn push_value(args: &mut SqliteArguments, value: &Value) -> Result<(), Connector
 }
 
 /// Arguments holding `values`, in order.
-fn arguments<'v>(
+pub(crate) fn arguments<'v>(
     values: impl IntoIterator<Item = &'v Value>,
     capacity: usize,
 ) -> Result<SqliteArguments, ConnectorError> {

@@ -1,5 +1,6 @@
 //! Integration tests of the connectors against real SQLite files in temporary folders.
 
+mod fingerprint;
 mod mysql;
 mod postgres;
 mod probe;

@@ -1,0 +1,171 @@
+//! Fingerprints inside PostgreSQL: canonical texts with `to_char`, `trim_scale` and `encode`,
+//! the digest with `md5`, the sums as `numeric` (exact, reduced modulo 2^64 by the caller).
+//!
+//! Needs PostgreSQL 13 or later (`trim_scale`). Every statement runs in a transaction with
+//! `SET LOCAL TimeZone = 'UTC'`, so `timestamptz` values print in UTC whatever the session's
+//! zone. `json`/`jsonb` columns are refused (see the parent module).
+
+use backfill_core::fingerprint::{Fingerprint, Kind, RowHash};
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Buckets, Column, Scan, SqlDialect, Statement};
+use crate::ConnectorError;
+use crate::postgres::{arguments, sql_error};
+
+const DIALECT: SqlDialect = SqlDialect {
+    quote: '"',
+    numbered: true,
+    canonical,
+    field: |x| format!("coalesce('V' || octet_length({x})::text || ':' || {x}, 'N')"),
+    digest: |fields| format!("md5({})", fields.join(" || ")),
+    half_sum: |m, from| {
+        format!("coalesce(sum(('x' || substr({m}, {from}, 16))::bit(64)::bigint), 0)::text")
+    },
+    int64: |x| format!("({x})::bigint"),
+};
+
+/// The canonical text of `x` (a quoted column) by kind; NULL stays NULL.
+fn canonical(column: &Column, x: &str) -> Result<String, ConnectorError> {
+    Ok(match column.kind {
+        Kind::Int | Kind::Text | Kind::Uuid => format!("({x})::text"),
+        Kind::Decimal => format!("trim_scale(({x})::numeric)::text"),
+        Kind::Bool => format!("CASE {x} WHEN true THEN '1' WHEN false THEN '0' END"),
+        Kind::Bytes => format!("encode({x}, 'hex')"),
+        Kind::Date => format!("to_char({x}, 'YYYY-MM-DD')"),
+        Kind::Time => format!("to_char({x}, 'HH24:MI:SS.US')"),
+        Kind::Timestamp => format!("to_char({x}, 'YYYY-MM-DD HH24:MI:SS.US')"),
+        Kind::Json => return Err(super::json_not_pushable(&column.name, "PostgreSQL")),
+    })
+}
+
+/// The statement giving one row: `count, sum, check` of the whole scan.
+pub fn fingerprint_sql(scan: &Scan<'_>) -> Result<Statement, ConnectorError> {
+    super::aggregate_sql(scan, None, &DIALECT)
+}
+
+/// The statement giving `count, sum, check, bucket` per non-empty bucket.
+pub fn buckets_sql(scan: &Scan<'_>, buckets: &Buckets<'_>) -> Result<Statement, ConnectorError> {
+    super::aggregate_sql(scan, Some(buckets), &DIALECT)
+}
+
+/// The statement giving each row's hex digest, ordered by `order_by`.
+pub fn row_hashes_sql(scan: &Scan<'_>, order_by: &[&str]) -> Result<Statement, ConnectorError> {
+    super::row_hashes_sql(scan, order_by, &DIALECT)
+}
+
+/// Runs `statement` in a read transaction with the session in UTC.
+async fn fetch(
+    pool: &PgPool,
+    statement: Statement,
+) -> Result<Vec<sqlx::postgres::PgRow>, ConnectorError> {
+    let context = "fingerprint query";
+    let mut tx = pool.begin().await.map_err(|e| sql_error(context, &e))?;
+    sqlx::query("SET LOCAL TimeZone = 'UTC'")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(&statement.params)?)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    tx.commit().await.map_err(|e| sql_error(context, &e))?;
+    Ok(rows)
+}
+
+/// Reads `count, sum, check` from the first columns of `row`.
+fn read_fingerprint(row: &sqlx::postgres::PgRow) -> Result<Fingerprint, ConnectorError> {
+    let read = |e: sqlx::Error| sql_error("reading a fingerprint", &e);
+    let rows: i64 = row.try_get(0).map_err(read)?;
+    let sum: String = row.try_get(1).map_err(read)?;
+    let check: String = row.try_get(2).map_err(read)?;
+    Fingerprint::from_sums(rows, Some(&sum), Some(&check))
+        .ok_or_else(|| super::bad_sums(&format!("{sum}, {check}")))
+}
+
+/// The fingerprint of the scan, computed in the database.
+pub async fn fingerprint(pool: &PgPool, scan: &Scan<'_>) -> Result<Fingerprint, ConnectorError> {
+    let rows = fetch(pool, fingerprint_sql(scan)?).await?;
+    rows.first()
+        .map_or(Ok(Fingerprint::default()), read_fingerprint)
+}
+
+/// The fingerprint of each bucket (in bucket order; empty buckets are empty fingerprints),
+/// in one query.
+pub async fn fingerprint_buckets(
+    pool: &PgPool,
+    scan: &Scan<'_>,
+    buckets: &Buckets<'_>,
+) -> Result<Vec<Fingerprint>, ConnectorError> {
+    let rows = fetch(pool, buckets_sql(scan, buckets)?).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let bucket: i64 = row
+            .try_get(3)
+            .map_err(|e| sql_error("reading a fingerprint", &e))?;
+        out.push((bucket, read_fingerprint(row)?));
+    }
+    super::per_bucket(buckets.len(), out)
+}
+
+/// Each row's hash, ordered by `order_by`.
+pub async fn row_hashes(
+    pool: &PgPool,
+    scan: &Scan<'_>,
+    order_by: &[&str],
+) -> Result<Vec<RowHash>, ConnectorError> {
+    let rows = fetch(pool, row_hashes_sql(scan, order_by)?).await?;
+    let digests = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error("reading a row hash", &e))?;
+    super::parse_digests(digests)
+}
+
+/// The kind of a PostgreSQL type (`pg_type.typname`); `None` when it has no fingerprint.
+pub fn kind_of(type_name: &str) -> Option<Kind> {
+    Some(match type_name {
+        "int2" | "int4" | "int8" => Kind::Int,
+        "numeric" => Kind::Decimal,
+        "bool" => Kind::Bool,
+        "text" | "varchar" | "bpchar" | "name" | "char" => Kind::Text,
+        "bytea" => Kind::Bytes,
+        "date" => Kind::Date,
+        "time" => Kind::Time,
+        "timestamp" | "timestamptz" => Kind::Timestamp,
+        "json" | "jsonb" => Kind::Json,
+        "uuid" => Kind::Uuid,
+        _ => return None,
+    })
+}
+
+/// The columns of `table` (`table` or `schema.table`; without a schema, the first on the
+/// search path that has it) in table order, with their kinds from the catalog. A column
+/// whose type has no fingerprint (floats, intervals, arrays…) is an error naming it; a
+/// missing table is an error too.
+pub async fn columns(pool: &PgPool, table: &str) -> Result<Vec<Column>, ConnectorError> {
+    crate::ident::check_table(table)?;
+    let sql = "SELECT a.attname::text, t.typname::text FROM pg_attribute a \
+               JOIN pg_type t ON t.oid = a.atttypid \
+               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+               ORDER BY a.attnum";
+    let rows = sqlx::query(sql)
+        .bind(crate::shared::quote_ident(table, '"'))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| sql_error("reading the table's columns", &e))?;
+    if rows.is_empty() {
+        return Err(ConnectorError::Data {
+            message: format!("table {table} not found (or it has no columns)"),
+        });
+    }
+    rows.iter()
+        .map(|row| {
+            let name: String = row.get(0);
+            let type_name: String = row.get(1);
+            let kind = kind_of(&type_name).ok_or_else(|| super::unsupported(&name, &type_name))?;
+            Ok(Column { name, kind })
+        })
+        .collect()
+}

@@ -1,0 +1,497 @@
+//! Fingerprints inside SQLite, which has no MD5: two functions written in Rust and registered
+//! on every connection the connectors open ([`register`]), which read each value by its
+//! storage class and hash it with `backfill_core::fingerprint` itself, so SQLite and the
+//! engine share one implementation of the contract.
+//!
+//! - `backfill_row_md5(codes, v1, …, vn)`: the row's MD5 digest as 32 hex digits; `codes` is
+//!   one [`Kind::code`] letter per value.
+//! - `backfill_fingerprint(codes, v1, …, vn)`: an aggregate giving `rows:sum:check` (decimal
+//!   `u64`s) over its group; `0:0:0` over no row. Sums wrap modulo 2^64 in Rust, so nothing
+//!   overflows (SQLite's `sum()` fails on 64-bit overflow).
+//!
+//! A value that does not read as its kind (text that is not a date in a date column) makes
+//! the statement fail with the contract's message, naming the column's position.
+//!
+//! The one `unsafe` of the module is the FFI: registering the functions on a locked handle,
+//! reading `sqlite3_value`s and setting results; no Rust panic crosses it (the functions
+//! return errors as SQLite errors, and Rust aborts rather than unwinding through `extern "C"`).
+
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int};
+use std::ptr;
+
+use backfill_core::fingerprint::{Fingerprint, Kind, RowHash, row_hash};
+use backfill_core::value::Value;
+use libsqlite3_sys as ffi;
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Binder, Buckets, Column, Scan, Statement};
+use crate::ConnectorError;
+use crate::shared::quote_ident;
+use crate::sqlite::{arguments, sql_error};
+
+const ROW_MD5: &std::ffi::CStr = c"backfill_row_md5";
+const FINGERPRINT: &std::ffi::CStr = c"backfill_fingerprint";
+
+/// Registers `backfill_row_md5` and `backfill_fingerprint` on `conn` (deterministic, UTF-8).
+///
+/// Called for every new connection of the connectors' SQLite pools (`after_connect`); a test
+/// or tool opening its own pool calls it the same way.
+pub async fn register(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    let flags = ffi::SQLITE_UTF8 | ffi::SQLITE_DETERMINISTIC;
+    // SAFETY: `db` is this connection's open handle, locked away from sqlx's worker thread
+    // for the duration; the names are NUL-terminated statics; no user data pointer is passed,
+    // so no destructor is needed.
+    let rc = unsafe {
+        ffi::sqlite3_create_function_v2(
+            db,
+            ROW_MD5.as_ptr(),
+            -1,
+            flags,
+            ptr::null_mut(),
+            Some(row_md5),
+            None,
+            None,
+            None,
+        )
+    };
+    check(rc, ROW_MD5)?;
+    // SAFETY: as above.
+    let rc = unsafe {
+        ffi::sqlite3_create_function_v2(
+            db,
+            FINGERPRINT.as_ptr(),
+            -1,
+            flags,
+            ptr::null_mut(),
+            None,
+            Some(fingerprint_step),
+            Some(fingerprint_final),
+            None,
+        )
+    };
+    check(rc, FINGERPRINT)
+}
+
+fn check(rc: c_int, name: &std::ffi::CStr) -> Result<(), sqlx::Error> {
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Protocol(format!(
+            "cannot register SQLite function {}: result code {rc}",
+            name.to_string_lossy()
+        )))
+    }
+}
+
+/// The running sums of one `backfill_fingerprint` group, in memory SQLite zeroes for us.
+#[repr(C)]
+struct Sums {
+    rows: u64,
+    sum: u64,
+    check: u64,
+}
+
+/// Reads one argument by its storage class.
+///
+/// SAFETY: `v` must be a protected `sqlite3_value` of the current call.
+unsafe fn read_value(v: *mut ffi::sqlite3_value) -> Result<Value, String> {
+    // SAFETY: per the function's contract; text/blob pointers are read before their length,
+    // as SQLite documents, and copied before returning.
+    unsafe {
+        match ffi::sqlite3_value_type(v) {
+            ffi::SQLITE_INTEGER => Ok(Value::Int(ffi::sqlite3_value_int64(v))),
+            ffi::SQLITE_FLOAT => Ok(Value::Float(ffi::sqlite3_value_double(v))),
+            ffi::SQLITE_TEXT => {
+                let p = ffi::sqlite3_value_text(v);
+                let bytes = raw_bytes(p, ffi::sqlite3_value_bytes(v));
+                String::from_utf8(bytes)
+                    .map(Value::Text)
+                    .map_err(|_| "text that is not UTF-8".to_owned())
+            }
+            ffi::SQLITE_BLOB => {
+                let p = ffi::sqlite3_value_blob(v).cast::<u8>();
+                Ok(Value::Blob(raw_bytes(p, ffi::sqlite3_value_bytes(v))))
+            }
+            _ => Ok(Value::Null),
+        }
+    }
+}
+
+/// Copies `len` bytes at `p` (a NULL pointer or non-positive length is empty).
+///
+/// SAFETY: `p` must be valid for `len` bytes when non-null.
+unsafe fn raw_bytes(p: *const u8, len: c_int) -> Vec<u8> {
+    match usize::try_from(len) {
+        Ok(len) if !p.is_null() && len > 0 => {
+            // SAFETY: per the function's contract.
+            unsafe { std::slice::from_raw_parts(p, len) }.to_vec()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The row hash of a call's arguments: kind codes, then one value per code.
+///
+/// SAFETY: `argv` must hold `argc` protected values of the current call.
+unsafe fn hash_arguments(
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) -> Result<RowHash, String> {
+    let argc = usize::try_from(argc).unwrap_or(0);
+    if argc == 0 || argv.is_null() {
+        return Err("needs the kind codes and one value per code".to_owned());
+    }
+    // SAFETY: per the function's contract.
+    let args = unsafe { std::slice::from_raw_parts(argv, argc) };
+    // SAFETY: each element is a protected value of this call.
+    let values = args
+        .iter()
+        .map(|v| unsafe { read_value(*v) })
+        .collect::<Result<Vec<Value>, String>>()?;
+    let Some((Value::Text(codes), row)) = values.split_first() else {
+        return Err("the first argument must be the kind codes".to_owned());
+    };
+    let kinds = Kind::parse_codes(codes).ok_or_else(|| format!("bad kind codes {codes:?}"))?;
+    row_hash(&kinds, row).map_err(|e| e.to_string())
+}
+
+/// Sets `text` as the call's result (SQLite copies it).
+///
+/// SAFETY: `ctx` must be the current call's context.
+unsafe fn result_text(ctx: *mut ffi::sqlite3_context, text: &str) {
+    let len = c_int::try_from(text.len()).unwrap_or(0);
+    // SAFETY: per the function's contract; SQLITE_TRANSIENT makes SQLite copy the bytes.
+    unsafe {
+        ffi::sqlite3_result_text(
+            ctx,
+            text.as_ptr().cast::<c_char>(),
+            len,
+            ffi::SQLITE_TRANSIENT(),
+        );
+    }
+}
+
+/// Fails the call (and its statement) with `message`.
+///
+/// SAFETY: `ctx` must be the current call's context.
+unsafe fn result_error(ctx: *mut ffi::sqlite3_context, name: &str, message: &str) {
+    let message = format!("{name}: {message}");
+    let len = c_int::try_from(message.len()).unwrap_or(0);
+    // SAFETY: per the function's contract; SQLite copies the message.
+    unsafe { ffi::sqlite3_result_error(ctx, message.as_ptr().cast::<c_char>(), len) };
+}
+
+unsafe extern "C" fn row_md5(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite calls this with the call's context and arguments.
+    unsafe {
+        match hash_arguments(argc, argv) {
+            Ok(hash) => result_text(ctx, &hash.to_hex()),
+            Err(message) => result_error(ctx, "backfill_row_md5", &message),
+        }
+    }
+}
+
+unsafe extern "C" fn fingerprint_step(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite calls this with the call's context and arguments; the aggregate context
+    // is zeroed, 8-byte aligned memory of the requested size, owned by SQLite for the group.
+    unsafe {
+        let size = c_int::try_from(std::mem::size_of::<Sums>()).unwrap_or(c_int::MAX);
+        let sums = ffi::sqlite3_aggregate_context(ctx, size).cast::<Sums>();
+        let Some(sums) = sums.as_mut() else {
+            ffi::sqlite3_result_error_nomem(ctx);
+            return;
+        };
+        match hash_arguments(argc, argv) {
+            Ok(hash) => {
+                sums.rows += 1;
+                sums.sum = sums.sum.wrapping_add(hash.hash);
+                sums.check = sums.check.wrapping_add(hash.check);
+            }
+            Err(message) => result_error(ctx, "backfill_fingerprint", &message),
+        }
+    }
+}
+
+unsafe extern "C" fn fingerprint_final(ctx: *mut ffi::sqlite3_context) {
+    // SAFETY: a size of 0 returns the group's context if a step allocated it, else NULL
+    // (no row), without allocating.
+    unsafe {
+        let sums = ffi::sqlite3_aggregate_context(ctx, 0).cast::<Sums>();
+        let text = match sums.as_ref() {
+            Some(s) => format!("{}:{}:{}", s.rows, s.sum, s.check),
+            None => "0:0:0".to_owned(),
+        };
+        result_text(ctx, &text);
+    }
+}
+
+/// `'codes', t."c1", …`: the functions' arguments for the scan's columns.
+fn function_args(columns: &[Column]) -> String {
+    // Only `Kind::code` letters: safe to write as a literal.
+    let mut out = format!(
+        "'{}'",
+        Kind::codes(&columns.iter().map(|c| c.kind).collect::<Vec<_>>())
+    );
+    for column in columns {
+        out.push_str(", t.");
+        out.push_str(&quote_ident(&column.name, '"'));
+    }
+    out
+}
+
+/// `SELECT backfill_fingerprint(…) [, bucket] FROM … [GROUP BY bucket]`.
+fn aggregate_sql(
+    scan: &Scan<'_>,
+    buckets: Option<&Buckets<'_>>,
+) -> Result<Statement, ConnectorError> {
+    super::check_scan(scan)?;
+    if let Some(b) = buckets {
+        super::check_buckets(b)?;
+    }
+    let mut binder = Binder::new(false, &scan.relation);
+    let mut select = format!(
+        "backfill_fingerprint({}) AS fp",
+        function_args(scan.columns)
+    );
+    if let Some(b) = buckets {
+        select.push_str(&format!(
+            ", {} AS bk",
+            super::bucket_expr(&mut binder, b, '"')
+        ));
+    }
+    let from = binder.relation(&scan.relation, '"');
+    let filter = super::where_clause(&mut binder, scan, buckets, '"');
+    let group = if buckets.is_some() {
+        " GROUP BY bk"
+    } else {
+        ""
+    };
+    Ok(binder.finish(format!("SELECT {select} FROM {from}{filter}{group}")))
+}
+
+/// The statement giving one row, `rows:sum:check`, for the whole scan.
+pub fn fingerprint_sql(scan: &Scan<'_>) -> Result<Statement, ConnectorError> {
+    aggregate_sql(scan, None)
+}
+
+/// The statement giving `rows:sum:check, bucket` per non-empty bucket.
+pub fn buckets_sql(scan: &Scan<'_>, buckets: &Buckets<'_>) -> Result<Statement, ConnectorError> {
+    aggregate_sql(scan, Some(buckets))
+}
+
+/// The statement giving each row's hex digest, ordered by `order_by`.
+pub fn row_hashes_sql(scan: &Scan<'_>, order_by: &[&str]) -> Result<Statement, ConnectorError> {
+    super::check_scan(scan)?;
+    let mut order = Vec::new();
+    for key in order_by {
+        crate::ident::check_column(key, "order column")?;
+        order.push(format!("t.{}", quote_ident(key, '"')));
+    }
+    let mut binder = Binder::new(false, &scan.relation);
+    let from = binder.relation(&scan.relation, '"');
+    let filter = super::where_clause(&mut binder, scan, None, '"');
+    let order = if order.is_empty() {
+        String::new()
+    } else {
+        format!(" ORDER BY {}", order.join(", "))
+    };
+    let sql = format!(
+        "SELECT backfill_row_md5({}) FROM {from}{filter}{order}",
+        function_args(scan.columns)
+    );
+    Ok(binder.finish(sql))
+}
+
+async fn fetch(pool: &SqlitePool, statement: Statement) -> Result<Vec<SqliteRow>, ConnectorError> {
+    let args = arguments(&statement.params, statement.params.len())?;
+    sqlx::query_with(AssertSqlSafe(statement.sql), args)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| sql_error("fingerprint query", &e))
+}
+
+/// Parses `rows:sum:check` from `backfill_fingerprint`.
+fn parse_fingerprint(text: &str) -> Result<Fingerprint, ConnectorError> {
+    let mut parts = text.split(':');
+    let (Some(rows), Some(sum), Some(check), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(super::bad_sums(text));
+    };
+    let rows = rows.parse::<i64>().map_err(|_| super::bad_sums(text))?;
+    Fingerprint::from_sums(rows, Some(sum), Some(check)).ok_or_else(|| super::bad_sums(text))
+}
+
+/// The fingerprint of the scan, computed in the database.
+pub async fn fingerprint(
+    pool: &SqlitePool,
+    scan: &Scan<'_>,
+) -> Result<Fingerprint, ConnectorError> {
+    let rows = fetch(pool, fingerprint_sql(scan)?).await?;
+    match rows.first() {
+        Some(row) => parse_fingerprint(
+            &row.try_get::<String, _>(0)
+                .map_err(|e| sql_error("reading a fingerprint", &e))?,
+        ),
+        None => Ok(Fingerprint::default()),
+    }
+}
+
+/// The fingerprint of each bucket (in bucket order; empty buckets are empty fingerprints),
+/// in one query.
+pub async fn fingerprint_buckets(
+    pool: &SqlitePool,
+    scan: &Scan<'_>,
+    buckets: &Buckets<'_>,
+) -> Result<Vec<Fingerprint>, ConnectorError> {
+    let rows = fetch(pool, buckets_sql(scan, buckets)?).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let read = |e: sqlx::Error| sql_error("reading a fingerprint", &e);
+        let text: String = row.try_get(0).map_err(read)?;
+        let bucket: i64 = row.try_get(1).map_err(read)?;
+        out.push((bucket, parse_fingerprint(&text)?));
+    }
+    super::per_bucket(buckets.len(), out)
+}
+
+/// Each row's hash, ordered by `order_by`.
+pub async fn row_hashes(
+    pool: &SqlitePool,
+    scan: &Scan<'_>,
+    order_by: &[&str],
+) -> Result<Vec<RowHash>, ConnectorError> {
+    let rows = fetch(pool, row_hashes_sql(scan, order_by)?).await?;
+    let digests = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error("reading a row hash", &e))?;
+    super::parse_digests(digests)
+}
+
+/// The kind of a SQLite column by its declared type (SQLite's own affinity rules, refined by
+/// the names the connectors and users write: `BOOLEAN`, `DATE`, `TIMESTAMP`, `JSON`, `UUID`,
+/// `DECIMAL`); `None` for `REAL`/`FLOAT`/`DOUBLE` and an undeclared type.
+pub fn kind_of(declared: &str) -> Option<Kind> {
+    let t = declared.to_ascii_uppercase();
+    let has = |s: &str| t.contains(s);
+    Some(if has("BOOL") {
+        Kind::Bool
+    } else if has("TIMESTAMP") || has("DATETIME") {
+        Kind::Timestamp
+    } else if has("DATE") {
+        Kind::Date
+    } else if has("TIME") {
+        Kind::Time
+    } else if has("JSON") {
+        Kind::Json
+    } else if has("UUID") {
+        Kind::Uuid
+    } else if has("DEC") || has("NUMERIC") {
+        Kind::Decimal
+    } else if has("INT") {
+        Kind::Int
+    } else if has("CHAR") || has("CLOB") || has("TEXT") {
+        Kind::Text
+    } else if has("BLOB") || has("BINARY") || has("BYTEA") {
+        Kind::Bytes
+    } else {
+        return None;
+    })
+}
+
+/// The columns of `table` (`table` or `schema.table`) in table order, with their kinds from
+/// the declared types. A column whose declared type has no fingerprint is an error naming
+/// it; a missing table is an error too.
+pub async fn columns(pool: &SqlitePool, table: &str) -> Result<Vec<Column>, ConnectorError> {
+    crate::ident::check_table(table)?;
+    let (schema, name) = match table.split_once('.') {
+        Some((schema, name)) => (schema, name),
+        None => ("main", table),
+    };
+    let rows = sqlx::query("SELECT name, type FROM pragma_table_info(?, ?) ORDER BY cid")
+        .bind(name)
+        .bind(schema)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| sql_error("reading the table's columns", &e))?;
+    if rows.is_empty() {
+        return Err(ConnectorError::Data {
+            message: format!("table {table} not found (or it has no columns)"),
+        });
+    }
+    rows.iter()
+        .map(|row| {
+            let name: String = row.get(0);
+            let declared: String = row.get(1);
+            let kind = kind_of(&declared).ok_or_else(|| {
+                let shown = if declared.is_empty() {
+                    "(none declared)"
+                } else {
+                    &declared
+                };
+                super::unsupported(&name, shown)
+            })?;
+            Ok(Column { name, kind })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_types_map_to_kinds() {
+        let cases = [
+            ("INTEGER", Some(Kind::Int)),
+            ("BIGINT", Some(Kind::Int)),
+            ("BOOLEAN", Some(Kind::Bool)),
+            ("DECIMAL(38,10)", Some(Kind::Decimal)),
+            ("NUMERIC", Some(Kind::Decimal)),
+            ("TEXT", Some(Kind::Text)),
+            ("VARCHAR(20)", Some(Kind::Text)),
+            ("BLOB", Some(Kind::Bytes)),
+            ("DATE", Some(Kind::Date)),
+            ("DATETIME", Some(Kind::Timestamp)),
+            ("TIMESTAMPTZ", Some(Kind::Timestamp)),
+            ("TIME", Some(Kind::Time)),
+            ("JSON", Some(Kind::Json)),
+            ("UUID", Some(Kind::Uuid)),
+            ("REAL", None),
+            ("DOUBLE", None),
+            ("", None),
+        ];
+        for (declared, want) in cases {
+            assert_eq!(kind_of(declared), want, "{declared}");
+        }
+    }
+
+    #[test]
+    fn fingerprint_text_parses() {
+        assert_eq!(
+            parse_fingerprint("2:18446744073709551615:3").unwrap(),
+            Fingerprint {
+                rows: 2,
+                sum: u64::MAX,
+                check: 3
+            }
+        );
+        assert!(parse_fingerprint("2:1").is_err());
+        assert!(parse_fingerprint("x:1:2").is_err());
+    }
+}
