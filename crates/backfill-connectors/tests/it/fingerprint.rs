@@ -155,6 +155,17 @@ struct Observed {
     whole: Fingerprint,
     buckets: Vec<Fingerprint>,
     range: Fingerprint,
+    /// Buckets over the timestamp column: [`time_bounds`] hold row 6, then rows 2 and 5.
+    by_time: Vec<Fingerprint>,
+}
+
+/// Bounds on `at`, bound as each connector binds a window's instants.
+fn time_bounds() -> Vec<Value> {
+    vec![
+        ts(2000, 1, 1, 0, 0, 0, 0),
+        ts(2026, 3, 1, 0, 0, 0, 0),
+        ts(2026, 3, 2, 0, 0, 0, 0),
+    ]
 }
 
 const BOUNDS: [i64; 5] = [0, 3, 5, 7, 100];
@@ -179,6 +190,13 @@ fn engine(rows: &[Vec<Value>]) -> Observed {
         whole: of(i64::MIN, i64::MAX),
         buckets: BOUNDS.windows(2).map(|w| of(w[0], w[1])).collect(),
         range: of(2, 5),
+        by_time: [&[6][..], &[2, 5]]
+            .iter()
+            .map(|ids| {
+                let rows = rows.iter().filter(|r| ids.contains(&id(r)));
+                Fingerprint::of_rows(&kinds, rows.map(Vec::as_slice)).unwrap()
+            })
+            .collect(),
     }
 }
 
@@ -215,6 +233,11 @@ macro_rules! pushed {
             column: "id",
             bounds: &bounds,
         };
+        let time_bounds = time_bounds();
+        let by_time = Buckets {
+            column: "at",
+            bounds: &time_bounds,
+        };
         let (start, end) = (Value::Int(2), Value::Int(5));
         let ranged = Scan {
             range: Some(Range {
@@ -235,6 +258,9 @@ macro_rules! pushed {
                 .await
                 .unwrap(),
             range: fingerprint::$module::fingerprint($pool, &ranged)
+                .await
+                .unwrap(),
+            by_time: fingerprint::$module::fingerprint_buckets($pool, &scan, &by_time)
                 .await
                 .unwrap(),
         }
@@ -415,6 +441,16 @@ async fn json_is_canonical_and_refused_where_sql_cannot_canonicalise_it() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("column 1"), "{err}");
+
+    // The connectors' own SQLite connections have the functions: a source query calls one.
+    let url = crate::url(&dir.path("j.db"));
+    let query = "SELECT id, backfill_row_md5('ij', id, doc) AS h FROM j \
+                 WHERE id >= :start AND id < :end";
+    let (batch, _) = read_all(&source(&url, query, &["id"]).await, &keys(1, 2), 10).await;
+    assert_eq!(
+        batch.rows,
+        vec![vec![Value::Int(1), Value::Text(want.to_hex())]]
+    );
 
     let refused = fingerprint::postgres::fingerprint_sql(&scan).unwrap_err();
     assert!(refused.to_string().contains("\"doc\" is JSON"), "{refused}");
