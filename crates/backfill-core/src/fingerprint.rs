@@ -34,8 +34,9 @@
 //! | `Json` | the document with object keys sorted by their UTF-8 bytes (last duplicate wins), no whitespace, strings escaped as `serde_json` writes them, numbers as `serde_json` reads them (integers exact, others the shortest `f64` form) | `{"a":1,"b":[true,null]}` |
 //! | `Uuid` | lower-case, hyphenated | `0190c7c8-8a2b-7c1e-9b3a-1234567890ab` |
 //!
-//! Kinds agree with each other where values do: `Int` 5, `Decimal` `5.00` and `Bool`-free
-//! integers all give `5`, so a `bigint` copied into a `numeric(20,2)` keeps its fingerprint.
+//! Kinds agree with each other where values do: `Int` 5 and `Decimal` `5.00` both give `5`
+//! (a `bigint` copied into a `numeric(20,2)` keeps its fingerprint), `Bool` true and `Int` 1
+//! both give `1` (MySQL's `TINYINT(1)` against PostgreSQL's `boolean`).
 //! Floating-point columns have no canonical text every database prints alike and are refused
 //! by the catalog readers (`Kind` has no float); exclude them from the checksum columns.
 //!
