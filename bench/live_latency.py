@@ -274,7 +274,7 @@ def rate_summary(changes, t0, t1, full_rate):
     steps = [(t, r) for t, c, r in changes if r is not None and t == t]
     if not steps:
         return "no adaptive rate recorded"
-    cuts = sum(1 for _, c, _ in changes if c in ("latency", "live_latency", "waiting", "running", "errors", "replica_lag"))
+    cuts = sum(1 for _, c, _ in changes if c in ("latency", "live_latency", "live_transactions", "waiting", "running", "errors", "replica_lag"))
     raises = sum(1 for _, c, _ in changes if c == "recovered")
     causes = sorted({c for _, c, _ in changes})
     area, last_t, last_r = 0.0, t0, steps[0][1]
@@ -318,6 +318,8 @@ def main():
     p.add_argument("--alone", type=float, default=60.0,
                    help="seconds of case a, pgbench alone (default 60: its p90 is the yardstick of every ratio)")
     p.add_argument("--no-build", action="store_true")
+    p.add_argument("--binary", type=Path, default=None,
+                   help="the backfill binary to measure (default: target/release/backfill of this checkout, built unless --no-build)")
     p.add_argument("--only-ac", type=float, metavar="FULL_RATE",
                    help="experiment: measure only a and c, with this maximum rate (rows/s), print, do not write RESULTS.md")
     p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
@@ -348,10 +350,10 @@ def main():
 
 def run_all(args, server_note):
     args.pgbench = pgbench_bin()
-    if not args.no_build:
+    if not args.no_build and args.binary is None:
         subprocess.run(["cargo", "build", "--release", "-p", "backfill-cli"], cwd=REPO, check=True)
     args.work = Path(tempfile.mkdtemp(prefix="backfill-live-"))
-    shutil.copy2(REPO / "target" / "release" / "backfill", args.work / "backfill")
+    shutil.copy2(args.binary or REPO / "target" / "release" / "backfill", args.work / "backfill")
     args.binary = args.work / "backfill"
     args.n = 0
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())

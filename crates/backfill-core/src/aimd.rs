@@ -86,6 +86,10 @@ pub enum RateCause {
     /// The live statements' own mean time per call (`pg_stat_statements`, statement digests)
     /// rose above its baseline by more than allowed (`crate::live`).
     LiveLatency,
+    /// The live sessions' time per transaction (PostgreSQL `pg_stat_database`: time active or
+    /// idle in a transaction per commit or rollback) rose above its baseline by more than
+    /// allowed (`crate::live`): what a client waiting between its statements feels too.
+    LiveTransactions,
     /// More live sessions wait on WAL or I/O than at rest (PostgreSQL `pg_stat_activity`).
     Waiting,
     /// More threads run than at rest (MySQL/MariaDB `Threads_running`).
@@ -108,6 +112,7 @@ impl RateCause {
             RateCause::Start => "start",
             RateCause::Latency => "latency",
             RateCause::LiveLatency => "live_latency",
+            RateCause::LiveTransactions => "live_transactions",
             RateCause::Waiting => "waiting",
             RateCause::Running => "running",
             RateCause::ReplicaLag => "replica_lag",
@@ -123,6 +128,7 @@ impl RateCause {
             RateCause::Start,
             RateCause::Latency,
             RateCause::LiveLatency,
+            RateCause::LiveTransactions,
             RateCause::Waiting,
             RateCause::Running,
             RateCause::ReplicaLag,
@@ -329,6 +335,21 @@ impl Aimd {
     /// cuts the rate unless the previous interval cut it (hold); `None` raises it by one step,
     /// with the same rules as [`Aimd::on_interval`].
     pub fn on_verdict(&mut self, cause: Option<RateCause>) -> Option<RateChange> {
+        self.step(cause, false)
+    }
+
+    /// A healthy interval whose signals are comfortably under their limits (a live window
+    /// whose mean, noise included, sits under half the allowed rise:
+    /// [`crate::live::Verdict::Comfortable`]): the same rules as a healthy
+    /// [`Aimd::on_verdict`], but the climb is multiplicative, only paced (at most
+    /// ×[`MAX_GROWTH_PER_WINDOW`] per window, ×[`PROBE_GROWTH_PER_WINDOW`] above the settling
+    /// level), not limited to `increase_fraction` per interval: far from the limit the rate
+    /// doubles per window; near it the healthy verdicts climb additively (AIMD).
+    pub fn on_headroom(&mut self) -> Option<RateChange> {
+        self.step(None, true)
+    }
+
+    fn step(&mut self, cause: Option<RateCause>, headroom: bool) -> Option<RateChange> {
         let held = std::mem::take(&mut self.hold);
         match cause {
             Some(_) if held => None,
@@ -360,10 +381,12 @@ impl Aimd {
                     Some(_) => (self.rate, self.max, self.probe_growth),
                     None => (self.max, self.max, self.growth),
                 };
-                let to = (self.rate + self.increase_fraction * scale)
-                    .min(self.rate * growth)
-                    .min(cap)
-                    .min(self.max);
+                let additive = if headroom {
+                    f64::INFINITY
+                } else {
+                    self.rate + self.increase_fraction * scale
+                };
+                let to = additive.min(self.rate * growth).min(cap).min(self.max);
                 self.change(to, RateCause::Recovered)
             }
         }
@@ -827,11 +850,62 @@ mod tests {
     }
 
     #[test]
+    fn headroom_doubles_per_window_where_a_healthy_interval_climbs_additively() {
+        // Max 100,000, floor 1,000, +0.02% of the maximum (20/s) per healthy interval, a
+        // window of 10 intervals.
+        let spec = ThrottleSpec {
+            min_rate_fraction: 0.01,
+            increase_fraction: 0.0002,
+            window: 10,
+            ..spec()
+        };
+        let (mut roomy, mut healthy) = (Aimd::new(&spec, 100_000.0), Aimd::new(&spec, 100_000.0));
+        for _ in 0..30 {
+            roomy.on_headroom();
+            healthy.on_verdict(None);
+        }
+        // Three windows: ×8 with headroom; +30 × 20 (the additive step; ×2 per window would
+        // allow more) when merely healthy.
+        assert!((roomy.rate() - 8_000.0).abs() < 1e-6, "{}", roomy.rate());
+        assert!(
+            (healthy.rate() - 1_600.0).abs() < 1e-6,
+            "{}",
+            healthy.rate()
+        );
+        // Near trouble the same rules hold: back to 75% of the trouble rate, settle, then
+        // probe at ×1.25 per window at most.
+        let trouble = roomy.rate();
+        roomy.on_verdict(Some(RateCause::LiveTransactions));
+        assert_eq!(roomy.rate(), trouble / 2.0);
+        let mut steps = 0;
+        while roomy.rate() < trouble * SETTLE_SHARE {
+            roomy.on_headroom();
+            steps += 1;
+        }
+        // 4,000 to 6,000 at ×2 per 10 intervals: 6 intervals, capped at the settle level.
+        assert_eq!((steps, roomy.rate()), (6, trouble * SETTLE_SHARE));
+        for _ in 0..roomy.settle_intervals() {
+            roomy.on_headroom();
+        }
+        assert_eq!(roomy.rate(), trouble * SETTLE_SHARE, "settled");
+        for _ in 0..10 {
+            roomy.on_headroom();
+        }
+        let probed = trouble * SETTLE_SHARE * PROBE_GROWTH_PER_WINDOW;
+        assert!(
+            (roomy.rate() - probed).abs() < 1e-6,
+            "{} vs {probed}",
+            roomy.rate()
+        );
+    }
+
+    #[test]
     fn causes_round_trip() {
         for c in [
             "start",
             "latency",
             "live_latency",
+            "live_transactions",
             "waiting",
             "running",
             "replica_lag",
