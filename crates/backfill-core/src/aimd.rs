@@ -37,6 +37,10 @@
 //! once above the trouble rate (probing upward gently, like TCP after a loss), capped at the
 //! maximum.
 //!
+//! Headroom: a healthy interval whose live signals sit far under their limits
+//! ([`Aimd::on_headroom`]) climbs by the pacing factor alone, not by `increase_fraction`:
+//! doubling per window from the floor, while the rules after a cut stay the same.
+//!
 //! Invariant (property-tested): the rate always lies in `[floor, max]`.
 
 use std::fmt;
@@ -932,7 +936,8 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the signals and manual changes, the rate stays in [floor, max].
+        /// Whatever the signals (headroom included) and manual changes, the rate stays in
+        /// [floor, max].
         #[test]
         fn rate_stays_between_floor_and_max(
             max in 1.0f64..1e6,
@@ -955,6 +960,8 @@ mod tests {
             for (p90, lag, errors, manual) in events {
                 let change = match manual {
                     Some(m) => aimd.set_max(m),
+                    // Some intervals far under the limit: the multiplicative climb.
+                    None if p90 % 7 == 0 => aimd.on_headroom(),
                     None => aimd.on_interval(ms(p90), ms(20), Some(Duration::from_secs(lag)), errors),
                 };
                 if let Some(c) = change {

@@ -5,7 +5,10 @@
 //! Watch`): how many live statements completed and how long they took in all (PostgreSQL
 //! `pg_stat_statements`, MySQL/MariaDB `performance_schema` statement digests, the backfill's
 //! own statements excluded), and gauges counted at that instant (PostgreSQL: live sessions
-//! waiting on WAL or I/O; MySQL: `Threads_running`). Before the run it measures the same
+//! waiting on WAL or I/O; MySQL: `Threads_running`), and on PostgreSQL the live transactions
+//! and the time their sessions spent active or idle inside them (`pg_stat_database`: a
+//! [`StatDelta`] of transactions, judged by the same latency rule, cut cause
+//! `live_transactions`). Before the run it measures the same
 //! readings at rest. This module turns them into a verdict per interval: the rate may rise, it
 //! must be cut (with its cause), or the readings cannot tell yet.
 //!
@@ -20,7 +23,10 @@
 //! limit; healthy only once it holds enough calls for the noise to be under the allowed rise
 //! (so a +`max_latency_increase` rise would show), or once it is full. Busy live traffic thus
 //! gets a verdict within a few intervals, and [`intervals_to_resolve`] tells the controller how
-//! many, which paces its climb ([`crate::aimd::Aimd::set_pace`]).
+//! many, which paces its climb ([`crate::aimd::Aimd::set_pace`]). A healthy window whose
+//! mean plus that noise stays under [`COMFORT_SHARE`] of the allowed rise is comfortable: the
+//! rate may double per window there ([`crate::aimd::Aimd::on_headroom`]), and climbs by
+//! additive steps only nearer the limit.
 //!
 //! Gauge rule: the window's mean exceeds the baseline's mean by more than the gauge's margin
 //! (in sessions or threads) and more than its noise (`z × sd / √n`) once it has

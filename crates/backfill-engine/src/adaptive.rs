@@ -6,11 +6,12 @@
 //! before any batch runs (`execute` awaits it): over `baseline_probes` readings, the live
 //! statements' mean time per call and its per-call noise, the waiting sessions or running
 //! threads, and the probe's p50/p90 and noise ceiling. Then [`Adaptive::run`] reads every
-//! `interval`: the watch's interval (statements, gauges), the probe's latency (the last
+//! `interval`: the watch's interval (statements, transactions, gauges), the probe's latency (the last
 //! `window` kept), the replica lag when `max_replica_lag` is set (from the watch, else the
 //! probe) and the batch attempts that failed since the previous interval. Each signal gives a
 //! verdict (`backfill_core::live::Verdict`); combined, they cut or raise the rate
-//! ([`Aimd::on_verdict`]) or hold it while a signal cannot tell yet. With a watch and no probe,
+//! ([`Aimd::on_verdict`]), double it per window while every signal is comfortable
+//! ([`Aimd::on_headroom`]), or hold it while a signal cannot tell yet. With a watch and no probe,
 //! the climb is paced to the intervals the live signal needs to see a rise
 //! ([`backfill_core::live::intervals_to_resolve`]). A signal the database does not offer is
 //! logged once and left out. A change is applied at once
