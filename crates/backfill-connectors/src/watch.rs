@@ -212,7 +212,9 @@ impl Watch {
                 self.own_pending += PG_OWN_TRANSACTIONS;
                 match pg_transactions(pool).await {
                     Ok((_, _, others)) if others > 0 => {
+                        // Counted afresh once they leave: nothing of ours is pending then.
                         self.transactions = None;
+                        self.own_pending = 0;
                         reading.unavailable.push((
                             signal::TRANSACTIONS,
                             format!(
@@ -229,6 +231,7 @@ impl Watch {
                     }
                     Err(reason) => {
                         self.transactions = None;
+                        self.own_pending = 0;
                         reading.unavailable.push((signal::TRANSACTIONS, reason));
                     }
                 }

@@ -515,7 +515,27 @@ async fn our_sessions_are_named_and_their_statements_left_out_of_live_traffic() 
         (0.0015..0.02).contains(&mean),
         "the live statement's own time, not ours (50 ms): {mean} s"
     );
+
+    // While ours share the database, the watch keeps reading; once they leave, the live
+    // transactions count again, none of them taken for the watch's own transactions of the
+    // readings in between (`transactions_count_again_once_our_sessions_leave`).
+    for _ in 0..20 {
+        watch.read().await.expect("reading");
+    }
     store.close().await;
+    ours.close().await;
+    drop(live);
+    wait_for(
+        "the transaction time is offered again once our sessions left",
+        PATIENCE,
+        async || {
+            let reading = watch.read().await.expect("reading");
+            reading.unavailable.is_empty()
+        },
+    )
+    .await;
+    let (transactions, _) = live_transactions(&pg, &mut watch, 10, Duration::ZERO).await;
+    assert!(transactions.calls >= 10, "{transactions:?}");
 }
 
 /// MariaDB: `Threads_running` always; the statement digests of the watched schema only with
