@@ -39,7 +39,10 @@
 //!
 //! Headroom: a healthy interval whose live signals sit far under their limits
 //! ([`Aimd::on_headroom`]) climbs by the pacing factor alone, not by `increase_fraction`:
-//! doubling per window from the floor, while the rules after a cut stay the same.
+//! doubling per window from the floor and back to the settling level after a cut; from
+//! there, with no settling, at ×1.25 per window up to [`STALE_TROUBLE`] times the trouble
+//! rate, which is then forgotten (a marginal cut near the floor must not slow the run for
+//! good).
 //!
 //! Invariant (property-tested): the rate always lies in `[floor, max]`.
 
@@ -73,6 +76,10 @@ pub const MAX_GROWTH_PER_WINDOW: f64 = 2.0;
 /// The most a rate may grow over one window of probes while it probes above the level it
 /// settled at after a cut: ×1.25, close to a rate known to have hurt.
 pub const PROBE_GROWTH_PER_WINDOW: f64 = 1.25;
+
+/// A trouble rate is forgotten once the rate, far under every limit
+/// ([`Aimd::on_headroom`]), reaches this multiple of it: it no longer tells where trouble is.
+pub const STALE_TROUBLE: f64 = 2.0;
 
 /// How often the p90 of a window of probes taken with no backfill at all may exceed the
 /// [`noise_ceiling`]: one window in ten. A p90 under that ceiling is within the probe's own
@@ -344,11 +351,13 @@ impl Aimd {
 
     /// A healthy interval whose signals are comfortably under their limits (a live window
     /// whose mean, noise included, sits under half the allowed rise:
-    /// [`crate::live::Verdict::Comfortable`]): the same rules as a healthy
-    /// [`Aimd::on_verdict`], but the climb is multiplicative, only paced (at most
-    /// ×[`MAX_GROWTH_PER_WINDOW`] per window, ×[`PROBE_GROWTH_PER_WINDOW`] above the settling
-    /// level), not limited to `increase_fraction` per interval: far from the limit the rate
-    /// doubles per window; near it the healthy verdicts climb additively (AIMD).
+    /// [`crate::live::Verdict::Comfortable`]): the climb is multiplicative, only paced (at
+    /// most ×[`MAX_GROWTH_PER_WINDOW`] per window), not limited to `increase_fraction` per
+    /// interval, and it does not settle under the latest trouble rate: the signals say that
+    /// rate is far from hurting now. After a cut it still stops once at [`SETTLE_SHARE`] of
+    /// the trouble rate, and from there it probes at ×[`PROBE_GROWTH_PER_WINDOW`] per window
+    /// until [`STALE_TROUBLE`] times it, where the trouble is forgotten. Near the
+    /// limit the healthy verdicts climb additively, settle and probe gently (AIMD).
     pub fn on_headroom(&mut self) -> Option<RateChange> {
         self.step(None, true)
     }
@@ -375,8 +384,10 @@ impl Aimd {
                     Some(trouble) if self.rate < trouble * SETTLE_SHARE => {
                         (trouble, trouble * SETTLE_SHARE, self.growth)
                     }
-                    // Settled just under it for a while before probing higher.
-                    Some(_) if self.settled < self.settle_intervals => {
+                    // Settled just under it for a while before probing higher, unless the
+                    // live signals say it is far from any limit now (the trouble is stale:
+                    // one noisy window near the floor, or load that has gone).
+                    Some(_) if !headroom && self.settled < self.settle_intervals => {
                         self.settled += 1;
                         return None;
                     }
@@ -385,6 +396,11 @@ impl Aimd {
                     Some(_) => (self.rate, self.max, self.probe_growth),
                     None => (self.max, self.max, self.growth),
                 };
+                // Far under every limit at twice the trouble rate: that trouble is stale (a
+                // marginal cut near the floor, load that has gone): climb as before any cut.
+                if headroom && self.trouble.is_some_and(|t| self.rate >= STALE_TROUBLE * t) {
+                    self.trouble = None;
+                }
                 let additive = if headroom {
                     f64::INFINITY
                 } else {
@@ -876,8 +892,7 @@ mod tests {
             "{}",
             healthy.rate()
         );
-        // Near trouble the same rules hold: back to 75% of the trouble rate, settle, then
-        // probe at ×1.25 per window at most.
+        // After a cut: back to 75% of the trouble rate at ×2 per window.
         let trouble = roomy.rate();
         roomy.on_verdict(Some(RateCause::LiveTransactions));
         assert_eq!(roomy.rate(), trouble / 2.0);
@@ -888,17 +903,33 @@ mod tests {
         }
         // 4,000 to 6,000 at ×2 per 10 intervals: 6 intervals, capped at the settle level.
         assert_eq!((steps, roomy.rate()), (6, trouble * SETTLE_SHARE));
-        for _ in 0..roomy.settle_intervals() {
-            roomy.on_headroom();
-        }
-        assert_eq!(roomy.rate(), trouble * SETTLE_SHARE, "settled");
+        // A merely healthy interval there settles (the rate holds) ...
+        let mut healthy = roomy.clone();
+        assert_eq!(healthy.on_verdict(None), None, "settles");
+        // ... while headroom probes on at once, at ×1.25 per window (the rate of the
+        // latest cut is where a sharp knee may be) ...
+        let at = roomy.rate();
         for _ in 0..10 {
             roomy.on_headroom();
         }
-        let probed = trouble * SETTLE_SHARE * PROBE_GROWTH_PER_WINDOW;
         assert!(
-            (roomy.rate() - probed).abs() < 1e-6,
-            "{} vs {probed}",
+            (roomy.rate() - at * PROBE_GROWTH_PER_WINDOW).abs() < 1e-6,
+            "{}",
+            roomy.rate()
+        );
+        // ... until twice the trouble rate, where it is forgotten: ×2 per window again.
+        while roomy.trouble().is_some() {
+            roomy.on_headroom();
+        }
+        let at = roomy.rate();
+        // (Forgotten at the start of the interval that then climbs at ×2 per window.)
+        assert!(at >= 2.0 * trouble && at < 2.2 * trouble, "{at}");
+        for _ in 0..10 {
+            roomy.on_headroom();
+        }
+        assert!(
+            (roomy.rate() - at * 2.0).abs() < 1e-6,
+            "{} vs {at}",
             roomy.rate()
         );
     }
