@@ -240,7 +240,7 @@ def measure(args, name, spec_path=None, limit=None, alone=None, origin=None):
     whole = live.latencies(start, t1)
     after = live.latencies(start + SETTLE, t1) if t1 - start > SETTLE + 2 else whole
     r = {
-        "name": name, "secs": t1 - t0, "n": len(after),
+        "name": name, "secs": t1 - t0, "n": len(after), "tps": len(whole) / max(t1 - start, 1e-9),
         "p90": percentile(after, 0.9), "p99": percentile(after, 0.99),
         "p90_all": percentile(whole, 0.9), "p99_all": percentile(whole, 0.99),
         "state": errlog, "t0": t0, "start": start,
@@ -274,7 +274,7 @@ def rate_summary(changes, t0, t1, full_rate):
     steps = [(t, r) for t, c, r in changes if r is not None and t == t]
     if not steps:
         return "no adaptive rate recorded"
-    cuts = sum(1 for _, c, _ in changes if c in ("latency", "live_latency", "waiting", "running", "errors", "replica_lag"))
+    cuts = sum(1 for _, c, _ in changes if c in ("latency", "live_latency", "live_transactions", "waiting", "running", "errors", "replica_lag"))
     raises = sum(1 for _, c, _ in changes if c == "recovered")
     causes = sorted({c for _, c, _ in changes})
     area, last_t, last_r = 0.0, t0, steps[0][1]
@@ -318,6 +318,8 @@ def main():
     p.add_argument("--alone", type=float, default=60.0,
                    help="seconds of case a, pgbench alone (default 60: its p90 is the yardstick of every ratio)")
     p.add_argument("--no-build", action="store_true")
+    p.add_argument("--binary", type=Path, default=None,
+                   help="the backfill binary to measure (default: target/release/backfill of this checkout, built unless --no-build)")
     p.add_argument("--only-ac", type=float, metavar="FULL_RATE",
                    help="experiment: measure only a and c, with this maximum rate (rows/s), print, do not write RESULTS.md")
     p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
@@ -348,10 +350,10 @@ def main():
 
 def run_all(args, server_note):
     args.pgbench = pgbench_bin()
-    if not args.no_build:
+    if not args.no_build and args.binary is None:
         subprocess.run(["cargo", "build", "--release", "-p", "backfill-cli"], cwd=REPO, check=True)
     args.work = Path(tempfile.mkdtemp(prefix="backfill-live-"))
-    shutil.copy2(REPO / "target" / "release" / "backfill", args.work / "backfill")
+    shutil.copy2(args.binary or REPO / "target" / "release" / "backfill", args.work / "backfill")
     args.binary = args.work / "backfill"
     args.n = 0
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -457,10 +459,14 @@ increase_fraction = {args.increase_fraction}
     L += [
         "",
         f"- Unthrottled rate (b): {full_rate:,.0f} rows/s; the adaptive maximum is set to it. "
-        + (f"Watch: `{PGBENCH_DB}` (pg_stat_statements, wait events). " if not args.no_watch else "")
+        + (f"Watch: `{PGBENCH_DB}` (pg_stat_statements, transaction time from pg_stat_database, wait events). " if not args.no_watch else "")
         + (f"Probe: `{args.probe_sql}` on `{PGBENCH_DB}` (autocommit: one commit per probe). " if args.probe_sql else "No probe. ")
         + f"[throttle] keys: `{args.throttle_keys}`.",
         f"- Server: {server_note}.",
+        (f"- **pgbench alone ran {a['tps']:.0f} tps of its 300 with a p90 of {a['p90']:.0f} ms: it could not keep its "
+         "schedule, so the machine was overloaded by other work and every ratio of this run is meaningless.**"
+         if a["tps"] < 285 or a["p90"] > 50 else
+         f"- pgbench alone kept its schedule ({a['tps']:.0f} tps of 300)."),
         f"- (c)/(d) completion: **{c['secs'] / d['secs']:.2f}×** (target ≤ 1.25×); (c) p90 after 10 s vs (a): "
         f"**{c['p90'] / a['p90']:.2f}×** (target ≤ 1.10×); (d) p90 over its full run vs (a): "
         f"**{d['p90'] / a['p90']:.2f}×** ({'confirmed' if d_ok else 'NOT confirmed: no full run at or above the floor kept the goal'}).",

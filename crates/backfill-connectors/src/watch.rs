@@ -58,6 +58,21 @@ const PG_WAITING: &str = "SELECT count(*)::int8 FROM pg_stat_activity \
             OR (wait_event_type = 'LWLock' AND wait_event LIKE 'WAL%') \
             OR (wait_event_type = 'IPC' AND wait_event = 'SyncRep'))";
 
+/// The watched database's transactions (commits and rollbacks) and the time its sessions spent
+/// active or idle inside a transaction (PostgreSQL 14+, milliseconds), and how many other
+/// sessions named `backfill` are connected to it (their transactions would be counted too).
+/// Each session adds its counters at the end of a transaction, at most once a second
+/// (PostgreSQL 15+) or every half second (14), so one interval may see a lump of a second.
+const PG_TRANSACTIONS: &str = "SELECT (d.xact_commit + d.xact_rollback)::int8, \
+     (d.active_time + d.idle_in_transaction_time)::float8, \
+     (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.datid \
+        AND a.application_name = $1 AND a.pid <> pg_backend_pid())::int8 \
+     FROM pg_stat_database d WHERE d.datname = current_database()";
+
+/// The statements the watch runs on PostgreSQL per reading, each its own transaction: its
+/// own part of [`PG_TRANSACTIONS`]'s count, taken out again.
+const PG_OWN_TRANSACTIONS: u64 = 4;
+
 /// The statements our sessions ran last (or run now).
 const PG_OURS: &str = "SELECT DISTINCT query_id FROM pg_stat_activity \
      WHERE application_name = $1 AND query_id IS NOT NULL";
@@ -74,6 +89,9 @@ pub mod signal {
     pub const PG_STAT_STATEMENTS: &str = "pg_stat_statements";
     /// PostgreSQL: live sessions waiting on WAL or I/O.
     pub const WAIT_EVENTS: &str = "wait events";
+    /// PostgreSQL: the live sessions' time per transaction (active or idle inside it) from
+    /// `pg_stat_database`.
+    pub const TRANSACTIONS: &str = "transaction time";
     /// MySQL/MariaDB: the statements' time per call from the digest table.
     pub const DIGESTS: &str = "statement digests";
     /// MySQL/MariaDB: `Threads_running`.
@@ -99,6 +117,15 @@ pub struct Reading {
     /// The live statements completed since the previous reading; `None` on the first reading
     /// (nothing to subtract from) or when the statistics are not offered.
     pub statements: Option<StatDelta>,
+    /// The live transactions completed since the previous reading (PostgreSQL 14+): `calls`
+    /// counts commits and rollbacks, `time` the time the sessions spent active or idle inside
+    /// a transaction, so the time a client takes between its statements (slow when the
+    /// machine is short of CPU) counts too. `None` on the first reading, before PostgreSQL 14,
+    /// or while other `backfill` sessions use the watched database (theirs cannot be told
+    /// apart: the reason is in `unavailable`). The watch's own few short transactions per
+    /// reading are taken out of the count, not of the time (it cannot be read per session),
+    /// which slightly dilutes a rise and never makes one.
+    pub transactions: Option<StatDelta>,
     /// Live sessions waiting on WAL or I/O right now (PostgreSQL).
     pub waiting: Option<u32>,
     /// `Threads_running` right now (MySQL/MariaDB).
@@ -118,6 +145,11 @@ pub struct Watch {
     previous: Option<Totals>,
     /// PostgreSQL query ids seen run by our sessions: never live traffic.
     ours: HashSet<i64>,
+    /// PostgreSQL: the previous reading's transactions and their time in seconds.
+    transactions: Option<(u64, f64)>,
+    /// PostgreSQL: the watch's own transactions not yet taken out of an interval (sessions
+    /// report theirs up to a second late).
+    own_pending: u64,
     /// MySQL: whether the server records digests, checked at the first reading (a server
     /// setting that needs a restart, so once per connection).
     digests: Option<Result<(), String>>,
@@ -142,6 +174,8 @@ impl Watch {
             pool,
             previous: None,
             ours: HashSet::new(),
+            transactions: None,
+            own_pending: 0,
             digests: None,
         })
     }
@@ -174,6 +208,32 @@ impl Watch {
                         signal::WAIT_EVENTS,
                         crate::postgres::sql_error("wait events", &e).to_string(),
                     )),
+                }
+                self.own_pending += PG_OWN_TRANSACTIONS;
+                match pg_transactions(pool).await {
+                    Ok((_, _, others)) if others > 0 => {
+                        // Counted afresh once they leave: nothing of ours is pending then.
+                        self.transactions = None;
+                        self.own_pending = 0;
+                        reading.unavailable.push((
+                            signal::TRANSACTIONS,
+                            format!(
+                                "{others} other backfill sessions use the watched database: \
+                                 their transactions cannot be told apart from live traffic's"
+                            ),
+                        ));
+                    }
+                    Ok((count, secs, _)) => {
+                        reading.transactions = self
+                            .transactions
+                            .map(|(pc, pt)| own_out(&mut self.own_pending, pc, pt, count, secs));
+                        self.transactions = Some((count, secs));
+                    }
+                    Err(reason) => {
+                        self.transactions = None;
+                        self.own_pending = 0;
+                        reading.unavailable.push((signal::TRANSACTIONS, reason));
+                    }
                 }
                 match pg_totals(pool, &self.ours).await {
                     Ok(t) => Some(t),
@@ -243,9 +303,11 @@ impl Watch {
             Err(e) => offer(signal::REPLICA_LAG, false, e.to_string()),
         };
         let mut out = match &self.pool {
-            Pool::Postgres(pool) => {
-                vec![pg_statements_offer(pool).await, pg_waits_offer(pool).await]
-            }
+            Pool::Postgres(pool) => vec![
+                pg_statements_offer(pool).await,
+                pg_transactions_offer(pool).await,
+                pg_waits_offer(pool).await,
+            ],
             Pool::MySql(pool) => vec![
                 mysql_digests_offer(pool).await,
                 match threads_running(pool).await {
@@ -277,6 +339,37 @@ fn offer(signal: &'static str, available: bool, detail: impl Into<String>) -> Of
         available,
         detail: detail.into(),
     }
+}
+
+/// The transactions' interval from the counters before (`pc` transactions, `pt` seconds) and
+/// now, less the watch's own `pending` transactions (as many as the interval holds; the rest
+/// stays pending for the next). Counters that went backwards (a statistics reset) count from
+/// zero.
+fn own_out(pending: &mut u64, pc: u64, pt: f64, count: u64, secs: f64) -> StatDelta {
+    let (calls, time) = if pc <= count && pt <= secs {
+        (count - pc, secs - pt)
+    } else {
+        (count, secs)
+    };
+    let ours = (*pending).min(calls);
+    *pending -= ours;
+    StatDelta {
+        calls: calls - ours,
+        time: Duration::try_from_secs_f64(time.max(0.0)).unwrap_or(Duration::MAX),
+    }
+}
+
+/// The watched database's transactions, their time in seconds, and the other `backfill`
+/// sessions connected to it; the reason when the server cannot say (before PostgreSQL 14).
+async fn pg_transactions(pool: &PgPool) -> Result<(u64, f64, i64), String> {
+    let (count, ms, others): (i64, f64, i64) = sqlx::query_as(PG_TRANSACTIONS)
+        .bind(APPLICATION_NAME)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| {
+            crate::postgres::sql_error("reading pg_stat_database (PostgreSQL 14+)", &e).to_string()
+        })?;
+    Ok((u64::try_from(count).unwrap_or(0), ms / 1000.0, others))
 }
 
 /// The statements' interval: for each statement in `now` (none of them ours), its counters
@@ -408,6 +501,26 @@ async fn pg_statements_offer(pool: &PgPool) -> Offer {
     }
 }
 
+async fn pg_transactions_offer(pool: &PgPool) -> Offer {
+    match pg_transactions(pool).await {
+        Err(reason) => offer(signal::TRANSACTIONS, false, reason),
+        Ok((_, _, others)) if others > 0 => offer(
+            signal::TRANSACTIONS,
+            true,
+            format!(
+                "pg_stat_database; but {others} other backfill sessions use this database now, \
+                 and while they do their transactions cannot be told apart, so it is left out"
+            ),
+        ),
+        Ok(_) => offer(
+            signal::TRANSACTIONS,
+            true,
+            "pg_stat_database: time active or idle inside a transaction, per transaction, of \
+             every session of this database",
+        ),
+    }
+}
+
 async fn pg_waits_offer(pool: &PgPool) -> Offer {
     let waiting: Result<i64, _> = sqlx::query_scalar(PG_WAITING)
         .bind(APPLICATION_NAME)
@@ -513,5 +626,19 @@ mod tests {
         assert_eq!(d.calls, 50 + 4 + 6);
         assert!((d.time.as_secs_f64() - 1.0).abs() < 1e-9, "{:?}", d.time);
         assert_eq!(delta(&now, &now), StatDelta::default());
+    }
+
+    #[test]
+    fn the_watch_takes_its_own_transactions_out_even_when_reported_late() {
+        let secs = |d: StatDelta| (d.calls, d.time.as_secs_f64());
+        // 8 of ours pending; the interval holds 5 transactions: all 5 are taken as ours, 3
+        // stay pending for the next interval, whose 103 are then 100 live ones.
+        let mut pending = 8;
+        assert_eq!(secs(own_out(&mut pending, 100, 1.0, 105, 1.5)), (0, 0.5));
+        assert_eq!(pending, 3);
+        assert_eq!(secs(own_out(&mut pending, 105, 1.5, 208, 2.5)), (100, 1.0));
+        assert_eq!(pending, 0);
+        // A statistics reset: counts from zero.
+        assert_eq!(secs(own_out(&mut pending, 208, 2.5, 10, 0.25)), (10, 0.25));
     }
 }

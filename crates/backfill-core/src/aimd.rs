@@ -37,6 +37,13 @@
 //! once above the trouble rate (probing upward gently, like TCP after a loss), capped at the
 //! maximum.
 //!
+//! Headroom: a healthy interval whose live signals sit far under their limits
+//! ([`Aimd::on_headroom`]) climbs by the pacing factor alone, not by `increase_fraction`:
+//! doubling per window from the floor and back to the settling level after a cut; from
+//! there, with no settling, at ×1.25 per window up to [`STALE_TROUBLE`] times the trouble
+//! rate, which is then forgotten (a marginal cut near the floor must not slow the run for
+//! good).
+//!
 //! Invariant (property-tested): the rate always lies in `[floor, max]`.
 
 use std::fmt;
@@ -70,6 +77,10 @@ pub const MAX_GROWTH_PER_WINDOW: f64 = 2.0;
 /// settled at after a cut: ×1.25, close to a rate known to have hurt.
 pub const PROBE_GROWTH_PER_WINDOW: f64 = 1.25;
 
+/// A trouble rate is forgotten once the rate, far under every limit
+/// ([`Aimd::on_headroom`]), reaches this multiple of it: it no longer tells where trouble is.
+pub const STALE_TROUBLE: f64 = 2.0;
+
 /// How often the p90 of a window of probes taken with no backfill at all may exceed the
 /// [`noise_ceiling`]: one window in ten. A p90 under that ceiling is within the probe's own
 /// noise, not a rise (measured on PostgreSQL at rest: windows of 40 and of 100 probes spread
@@ -86,6 +97,10 @@ pub enum RateCause {
     /// The live statements' own mean time per call (`pg_stat_statements`, statement digests)
     /// rose above its baseline by more than allowed (`crate::live`).
     LiveLatency,
+    /// The live sessions' time per transaction (PostgreSQL `pg_stat_database`: time active or
+    /// idle in a transaction per commit or rollback) rose above its baseline by more than
+    /// allowed (`crate::live`): what a client waiting between its statements feels too.
+    LiveTransactions,
     /// More live sessions wait on WAL or I/O than at rest (PostgreSQL `pg_stat_activity`).
     Waiting,
     /// More threads run than at rest (MySQL/MariaDB `Threads_running`).
@@ -108,6 +123,7 @@ impl RateCause {
             RateCause::Start => "start",
             RateCause::Latency => "latency",
             RateCause::LiveLatency => "live_latency",
+            RateCause::LiveTransactions => "live_transactions",
             RateCause::Waiting => "waiting",
             RateCause::Running => "running",
             RateCause::ReplicaLag => "replica_lag",
@@ -123,6 +139,7 @@ impl RateCause {
             RateCause::Start,
             RateCause::Latency,
             RateCause::LiveLatency,
+            RateCause::LiveTransactions,
             RateCause::Waiting,
             RateCause::Running,
             RateCause::ReplicaLag,
@@ -329,6 +346,23 @@ impl Aimd {
     /// cuts the rate unless the previous interval cut it (hold); `None` raises it by one step,
     /// with the same rules as [`Aimd::on_interval`].
     pub fn on_verdict(&mut self, cause: Option<RateCause>) -> Option<RateChange> {
+        self.step(cause, false)
+    }
+
+    /// A healthy interval whose signals are comfortably under their limits (a live window
+    /// whose mean, noise included, sits under half the allowed rise:
+    /// [`crate::live::Verdict::Comfortable`]): the climb is multiplicative, only paced (at
+    /// most ×[`MAX_GROWTH_PER_WINDOW`] per window), not limited to `increase_fraction` per
+    /// interval, and it does not settle under the latest trouble rate: the signals say that
+    /// rate is far from hurting now. After a cut it still stops once at [`SETTLE_SHARE`] of
+    /// the trouble rate, and from there it probes at ×[`PROBE_GROWTH_PER_WINDOW`] per window
+    /// until [`STALE_TROUBLE`] times it, where the trouble is forgotten. Near the
+    /// limit the healthy verdicts climb additively, settle and probe gently (AIMD).
+    pub fn on_headroom(&mut self) -> Option<RateChange> {
+        self.step(None, true)
+    }
+
+    fn step(&mut self, cause: Option<RateCause>, headroom: bool) -> Option<RateChange> {
         let held = std::mem::take(&mut self.hold);
         match cause {
             Some(_) if held => None,
@@ -350,8 +384,10 @@ impl Aimd {
                     Some(trouble) if self.rate < trouble * SETTLE_SHARE => {
                         (trouble, trouble * SETTLE_SHARE, self.growth)
                     }
-                    // Settled just under it for a while before probing higher.
-                    Some(_) if self.settled < self.settle_intervals => {
+                    // Settled just under it for a while before probing higher, unless the
+                    // live signals say it is far from any limit now (the trouble is stale:
+                    // one noisy window near the floor, or load that has gone).
+                    Some(_) if !headroom && self.settled < self.settle_intervals => {
                         self.settled += 1;
                         return None;
                     }
@@ -360,10 +396,17 @@ impl Aimd {
                     Some(_) => (self.rate, self.max, self.probe_growth),
                     None => (self.max, self.max, self.growth),
                 };
-                let to = (self.rate + self.increase_fraction * scale)
-                    .min(self.rate * growth)
-                    .min(cap)
-                    .min(self.max);
+                // Far under every limit at twice the trouble rate: that trouble is stale (a
+                // marginal cut near the floor, load that has gone): climb as before any cut.
+                if headroom && self.trouble.is_some_and(|t| self.rate >= STALE_TROUBLE * t) {
+                    self.trouble = None;
+                }
+                let additive = if headroom {
+                    f64::INFINITY
+                } else {
+                    self.rate + self.increase_fraction * scale
+                };
+                let to = additive.min(self.rate * growth).min(cap).min(self.max);
                 self.change(to, RateCause::Recovered)
             }
         }
@@ -827,11 +870,77 @@ mod tests {
     }
 
     #[test]
+    fn headroom_doubles_per_window_where_a_healthy_interval_climbs_additively() {
+        // Max 100,000, floor 1,000, +0.02% of the maximum (20/s) per healthy interval, a
+        // window of 10 intervals.
+        let spec = ThrottleSpec {
+            min_rate_fraction: 0.01,
+            increase_fraction: 0.0002,
+            window: 10,
+            ..spec()
+        };
+        let (mut roomy, mut healthy) = (Aimd::new(&spec, 100_000.0), Aimd::new(&spec, 100_000.0));
+        for _ in 0..30 {
+            roomy.on_headroom();
+            healthy.on_verdict(None);
+        }
+        // Three windows: ×8 with headroom; +30 × 20 (the additive step; ×2 per window would
+        // allow more) when merely healthy.
+        assert!((roomy.rate() - 8_000.0).abs() < 1e-6, "{}", roomy.rate());
+        assert!(
+            (healthy.rate() - 1_600.0).abs() < 1e-6,
+            "{}",
+            healthy.rate()
+        );
+        // After a cut: back to 75% of the trouble rate at ×2 per window.
+        let trouble = roomy.rate();
+        roomy.on_verdict(Some(RateCause::LiveTransactions));
+        assert_eq!(roomy.rate(), trouble / 2.0);
+        let mut steps = 0;
+        while roomy.rate() < trouble * SETTLE_SHARE {
+            roomy.on_headroom();
+            steps += 1;
+        }
+        // 4,000 to 6,000 at ×2 per 10 intervals: 6 intervals, capped at the settle level.
+        assert_eq!((steps, roomy.rate()), (6, trouble * SETTLE_SHARE));
+        // A merely healthy interval there settles (the rate holds) ...
+        let mut healthy = roomy.clone();
+        assert_eq!(healthy.on_verdict(None), None, "settles");
+        // ... while headroom probes on at once, at ×1.25 per window (the rate of the
+        // latest cut is where a sharp knee may be) ...
+        let at = roomy.rate();
+        for _ in 0..10 {
+            roomy.on_headroom();
+        }
+        assert!(
+            (roomy.rate() - at * PROBE_GROWTH_PER_WINDOW).abs() < 1e-6,
+            "{}",
+            roomy.rate()
+        );
+        // ... until twice the trouble rate, where it is forgotten: ×2 per window again.
+        while roomy.trouble().is_some() {
+            roomy.on_headroom();
+        }
+        let at = roomy.rate();
+        // (Forgotten at the start of the interval that then climbs at ×2 per window.)
+        assert!(at >= 2.0 * trouble && at < 2.2 * trouble, "{at}");
+        for _ in 0..10 {
+            roomy.on_headroom();
+        }
+        assert!(
+            (roomy.rate() - at * 2.0).abs() < 1e-6,
+            "{} vs {at}",
+            roomy.rate()
+        );
+    }
+
+    #[test]
     fn causes_round_trip() {
         for c in [
             "start",
             "latency",
             "live_latency",
+            "live_transactions",
             "waiting",
             "running",
             "replica_lag",
@@ -858,7 +967,8 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the signals and manual changes, the rate stays in [floor, max].
+        /// Whatever the signals (headroom included) and manual changes, the rate stays in
+        /// [floor, max].
         #[test]
         fn rate_stays_between_floor_and_max(
             max in 1.0f64..1e6,
@@ -881,6 +991,8 @@ mod tests {
             for (p90, lag, errors, manual) in events {
                 let change = match manual {
                     Some(m) => aimd.set_max(m),
+                    // Some intervals far under the limit: the multiplicative climb.
+                    None if p90 % 7 == 0 => aimd.on_headroom(),
                     None => aimd.on_interval(ms(p90), ms(20), Some(Duration::from_secs(lag)), errors),
                 };
                 if let Some(c) = change {

@@ -5,7 +5,10 @@
 //! Watch`): how many live statements completed and how long they took in all (PostgreSQL
 //! `pg_stat_statements`, MySQL/MariaDB `performance_schema` statement digests, the backfill's
 //! own statements excluded), and gauges counted at that instant (PostgreSQL: live sessions
-//! waiting on WAL or I/O; MySQL: `Threads_running`). Before the run it measures the same
+//! waiting on WAL or I/O; MySQL: `Threads_running`), and on PostgreSQL the live transactions
+//! and the time their sessions spent active or idle inside them (`pg_stat_database`: a
+//! [`StatDelta`] of transactions, judged by the same latency rule, cut cause
+//! `live_transactions`). Before the run it measures the same
 //! readings at rest. This module turns them into a verdict per interval: the rate may rise, it
 //! must be cut (with its cause), or the readings cannot tell yet.
 //!
@@ -20,7 +23,10 @@
 //! limit; healthy only once it holds enough calls for the noise to be under the allowed rise
 //! (so a +`max_latency_increase` rise would show), or once it is full. Busy live traffic thus
 //! gets a verdict within a few intervals, and [`intervals_to_resolve`] tells the controller how
-//! many, which paces its climb ([`crate::aimd::Aimd::set_pace`]).
+//! many, which paces its climb ([`crate::aimd::Aimd::set_pace`]). A healthy window whose
+//! mean plus that noise stays under [`COMFORT_SHARE`] of the allowed rise is comfortable: the
+//! rate may double per window there ([`crate::aimd::Aimd::on_headroom`]), and climbs by
+//! additive steps only nearer the limit.
 //!
 //! Gauge rule: the window's mean exceeds the baseline's mean by more than the gauge's margin
 //! (in sessions or threads) and more than its noise (`z × sd / √n`) once it has
@@ -55,7 +61,13 @@ pub struct StatDelta {
 /// What one interval's readings say about the rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Nothing objects: the rate may rise.
+    /// Far under the limit: the window's mean, its noise included, sits under
+    /// [`COMFORT_SHARE`] of the allowed rise (or the signal cannot tell a small rise and does
+    /// not object: a gauge, an absent signal). The rate may climb multiplicatively
+    /// ([`crate::aimd::Aimd::on_headroom`]).
+    Comfortable,
+    /// Nothing objects, but the window is near its limit: the rate may rise by an additive
+    /// step ([`crate::aimd::Aimd::on_verdict`]).
     Healthy,
     /// Live traffic suffers: cut, for this cause.
     Unhealthy(RateCause),
@@ -64,20 +76,27 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Combines the verdicts of several signals: the first unhealthy one wins; otherwise any
-    /// undecided signal holds the rate; otherwise healthy (also for no signal at all).
+    /// Combines the verdicts of several signals, the most cautious wins: the first unhealthy
+    /// one; otherwise undecided if any signal is; otherwise healthy if any is; comfortable
+    /// only when every signal is. No signal at all is healthy (an additive climb).
     pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
-        let mut out = Verdict::Healthy;
+        let mut out: Option<Verdict> = None;
         for v in verdicts {
-            match v {
-                Verdict::Unhealthy(_) => return v,
-                Verdict::Undecided => out = Verdict::Undecided,
-                Verdict::Healthy => {}
-            }
+            out = Some(match (v, out) {
+                (Verdict::Unhealthy(_), _) => return v,
+                (_, None) => v,
+                (Verdict::Undecided, _) | (_, Some(Verdict::Undecided)) => Verdict::Undecided,
+                (Verdict::Healthy, _) | (_, Some(Verdict::Healthy)) => Verdict::Healthy,
+                _ => Verdict::Comfortable,
+            });
         }
-        out
+        out.unwrap_or(Verdict::Healthy)
     }
 }
+
+/// The share of the allowed rise under which a window is comfortable ([`Verdict::Comfortable`]):
+/// its mean plus its noise (`z × σ / √calls`) under `baseline + COMFORT_SHARE × allowed rise`.
+pub const COMFORT_SHARE: f64 = 0.5;
 
 /// The live statements at rest, measured before the run: their mean time per call and its
 /// per-call spread.
@@ -164,10 +183,31 @@ impl LatencyBaseline {
     }
 
     /// Judges the window `intervals` (since the latest cut, at most `full` of them): see the
-    /// module's latency rule. No healthy verdict comes before `at_least` intervals (the
-    /// backfill writes in batches, so a shorter window may hold none: [`batch_intervals`]).
+    /// module's latency rule; a cut carries `RateCause::LiveLatency`. No healthy verdict comes
+    /// before `at_least` intervals (the backfill writes in batches, so a shorter window may
+    /// hold none: [`batch_intervals`]).
     pub fn judge(
         &self,
+        intervals: &[StatDelta],
+        at_least: usize,
+        full: usize,
+        max_latency_increase: f64,
+    ) -> Verdict {
+        self.judge_as(
+            RateCause::LiveLatency,
+            intervals,
+            at_least,
+            full,
+            max_latency_increase,
+        )
+    }
+
+    /// [`LatencyBaseline::judge`] for another signal of the same shape (transactions and
+    /// their time): a cut carries `cause`. A healthy window whose mean plus its noise stays
+    /// under [`COMFORT_SHARE`] of the allowed rise is [`Verdict::Comfortable`].
+    pub fn judge_as(
+        &self,
+        cause: RateCause,
         intervals: &[StatDelta],
         at_least: usize,
         full: usize,
@@ -180,13 +220,18 @@ impl LatencyBaseline {
             return Verdict::Undecided;
         }
         if window.mean > self.limit(window.calls, max_latency_increase) {
-            return Verdict::Unhealthy(RateCause::LiveLatency);
+            return Verdict::Unhealthy(cause);
         }
         let resolved = self.noise_ceiling(window.calls) <= self.allowed(max_latency_increase);
-        if intervals.len() >= at_least.min(full) && (resolved || intervals.len() >= full) {
-            Verdict::Healthy
+        if intervals.len() < at_least.min(full) || !(resolved || intervals.len() >= full) {
+            return Verdict::Undecided;
+        }
+        let rise = self.allowed(max_latency_increase).as_secs_f64() - self.mean;
+        let noise = self.noise_ceiling(window.calls).as_secs_f64() - self.mean;
+        if window.mean.as_secs_f64() + noise <= self.mean + COMFORT_SHARE * rise {
+            Verdict::Comfortable
         } else {
-            Verdict::Undecided
+            Verdict::Healthy
         }
     }
 }
@@ -301,8 +346,9 @@ impl GaugeBaseline {
         self.mean + self.margin.max(noise)
     }
 
-    /// Judges the readings since the latest cut (see the module's gauge rule): unhealthy or
-    /// healthy, never undecided (a gauge does not hold a rise).
+    /// Judges the readings since the latest cut (see the module's gauge rule): unhealthy, or
+    /// comfortable (a gauge does not object, and cannot tell a small rise: the latency
+    /// signals set the pace), never undecided (a gauge does not hold a rise).
     pub fn judge(&self, samples: &[f64]) -> Verdict {
         match mean_sd(samples) {
             Some((mean, _))
@@ -310,7 +356,7 @@ impl GaugeBaseline {
             {
                 Verdict::Unhealthy(self.cause)
             }
-            _ => Verdict::Healthy,
+            _ => Verdict::Comfortable,
         }
     }
 }
@@ -436,7 +482,18 @@ mod tests {
         // quiet, it is not healthy yet; a slow one still cuts.
         let quiet = intervals(1000, &[200, 200, 200]);
         assert_eq!(base.judge(&quiet, 4, 5, 0.10), Verdict::Undecided);
-        assert_eq!(base.judge(&quiet, 3, 5, 0.10), Verdict::Healthy);
+        // At its baseline, noise (≈ 6.5 µs for 3,000 calls) included: under half the allowed
+        // rise (210 µs), so comfortable: the rate may double per window.
+        assert_eq!(base.judge(&quiet, 3, 5, 0.10), Verdict::Comfortable);
+        // +5%: under the limit, over half the allowed rise: healthy, an additive step.
+        let near = intervals(1000, &[210, 210, 210]);
+        assert_eq!(base.judge(&near, 3, 5, 0.10), Verdict::Healthy);
+        // Another signal of the same shape cuts with its own cause.
+        let slow_tx = intervals(1000, &[300, 300, 300]);
+        assert_eq!(
+            base.judge_as(RateCause::LiveTransactions, &slow_tx, 3, 5, 0.10),
+            Verdict::Unhealthy(RateCause::LiveTransactions)
+        );
         let slow = intervals(1000, &[300, 300, 300]);
         assert_eq!(
             base.judge(&slow, 4, 5, 0.10),
@@ -464,11 +521,12 @@ mod tests {
         // Waiting sessions at rest: 0 or 1, mean 0.25.
         let base = GaugeBaseline::measure(&[0.0, 1.0, 0.0, 0.0], 0.5, RateCause::Waiting).unwrap();
         assert_eq!(base.mean(), 0.25);
+        // A gauge that does not object leaves the pace to the latency signals: comfortable.
         let cases: &[(&[f64], Verdict)] = &[
-            (&[2.0, 2.0], Verdict::Healthy), // too few readings
-            (&[1.0, 0.0, 1.0], Verdict::Healthy),
+            (&[2.0, 2.0], Verdict::Comfortable), // too few readings
+            (&[1.0, 0.0, 1.0], Verdict::Comfortable),
             (&[2.0, 2.0, 1.0], Verdict::Unhealthy(RateCause::Waiting)),
-            (&[], Verdict::Healthy),
+            (&[], Verdict::Comfortable),
         ];
         for (samples, verdict) in cases {
             assert_eq!(base.judge(samples), *verdict, "{samples:?}");
@@ -476,17 +534,22 @@ mod tests {
         // A noisy gauge's own spread sets the limit when it exceeds the margin.
         let noisy = GaugeBaseline::measure(&[0.0, 8.0, 0.0, 8.0], 1.0, RateCause::Running).unwrap();
         assert!(noisy.limit(3) > 4.0 + 3.0, "{}", noisy.limit(3));
-        assert_eq!(noisy.judge(&[6.0, 6.0, 6.0]), Verdict::Healthy);
+        assert_eq!(noisy.judge(&[6.0, 6.0, 6.0]), Verdict::Comfortable);
         assert_eq!(GaugeBaseline::measure(&[], 1.0, RateCause::Running), None);
     }
 
     #[test]
-    fn verdicts_combine_unhealthy_first_then_undecided() {
+    fn verdicts_combine_unhealthy_first_then_undecided_then_healthy() {
         use Verdict::*;
         let cut = Unhealthy(RateCause::Waiting);
         assert_eq!(Verdict::combine([Healthy, Undecided, cut]), cut);
+        assert_eq!(Verdict::combine([Comfortable, cut, Undecided]), cut);
         assert_eq!(Verdict::combine([Healthy, Undecided]), Undecided);
+        assert_eq!(Verdict::combine([Comfortable, Undecided]), Undecided);
         assert_eq!(Verdict::combine([Healthy, Healthy]), Healthy);
+        assert_eq!(Verdict::combine([Comfortable, Healthy]), Healthy);
+        assert_eq!(Verdict::combine([Comfortable, Comfortable]), Comfortable);
+        assert_eq!(Verdict::combine([Comfortable]), Comfortable);
         assert_eq!(Verdict::combine([]), Healthy);
     }
 
@@ -551,15 +614,16 @@ mod tests {
             if seen.len() > window {
                 seen.remove(0);
             }
-            let cause = match base.judge(&seen, 0, window, spec.max_latency_increase) {
-                Verdict::Unhealthy(cause) => Some(cause),
-                Verdict::Healthy => None,
+            let change = match base.judge(&seen, 0, window, spec.max_latency_increase) {
+                Verdict::Unhealthy(cause) => aimd.on_verdict(Some(cause)),
+                Verdict::Healthy => aimd.on_verdict(None),
+                Verdict::Comfortable => aimd.on_headroom(),
                 Verdict::Undecided => {
                     rates.push(aimd.rate());
                     continue;
                 }
             };
-            if let Some(change) = aimd.on_verdict(cause)
+            if let Some(change) = change
                 && change.to < change.from
             {
                 seen.clear();

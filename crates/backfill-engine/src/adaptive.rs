@@ -6,11 +6,12 @@
 //! before any batch runs (`execute` awaits it): over `baseline_probes` readings, the live
 //! statements' mean time per call and its per-call noise, the waiting sessions or running
 //! threads, and the probe's p50/p90 and noise ceiling. Then [`Adaptive::run`] reads every
-//! `interval`: the watch's interval (statements, gauges), the probe's latency (the last
+//! `interval`: the watch's interval (statements, transactions, gauges), the probe's latency (the last
 //! `window` kept), the replica lag when `max_replica_lag` is set (from the watch, else the
 //! probe) and the batch attempts that failed since the previous interval. Each signal gives a
 //! verdict (`backfill_core::live::Verdict`); combined, they cut or raise the rate
-//! ([`Aimd::on_verdict`]) or hold it while a signal cannot tell yet. With a watch and no probe,
+//! ([`Aimd::on_verdict`]), double it per window while every signal is comfortable
+//! ([`Aimd::on_headroom`]), or hold it while a signal cannot tell yet. With a watch and no probe,
 //! the climb is paced to the intervals the live signal needs to see a rise
 //! ([`backfill_core::live::intervals_to_resolve`]). A signal the database does not offer is
 //! logged once and left out. A change is applied at once
@@ -59,6 +60,11 @@ use crate::shutdown::Shutdown;
 /// is no effect to wait for) but spread enough to sample the live traffic, not one instant.
 const BASELINE_SPACING: Duration = Duration::from_millis(100);
 
+/// How long a PostgreSQL session may keep its transaction counters before reporting them
+/// (`pg_stat_database` is fed at most once a second per session): a window of live
+/// transactions spans at least two of these, so it holds every live session's share.
+const STATS_REPORT: Duration = Duration::from_secs(1);
+
 /// Waiting sessions (PostgreSQL) over their mean at rest that never count as a rise: half a
 /// session on average, so a lone WAL flush caught by the sampling does not cut.
 const WAIT_MARGIN: f64 = 0.5;
@@ -98,6 +104,14 @@ struct LiveNow {
     limit: Option<Duration>,
     /// Calls in the window.
     calls: u64,
+    /// Time per live transaction over the window judged (PostgreSQL `pg_stat_database`).
+    transaction: Option<Duration>,
+    /// Its mean at rest.
+    transaction_baseline: Option<Duration>,
+    /// The time per transaction above which the window is unhealthy.
+    transaction_limit: Option<Duration>,
+    /// Transactions in the window.
+    transactions: u64,
     /// Live sessions waiting on WAL or I/O, last reading.
     waiting: Option<u32>,
     /// `Threads_running`, last reading.
@@ -113,6 +127,10 @@ impl LiveNow {
             "baseline_mean_ms": self.baseline.map(ms),
             "limit_mean_ms": self.limit.map(ms),
             "calls": self.calls,
+            "transaction_ms": self.transaction.map(ms),
+            "baseline_transaction_ms": self.transaction_baseline.map(ms),
+            "limit_transaction_ms": self.transaction_limit.map(ms),
+            "transactions": self.transactions,
             "waiting": self.waiting,
             "running": self.running,
             "unavailable": self.unavailable.iter()
@@ -158,6 +176,9 @@ pub(crate) struct Adaptive {
     watch: Option<Watch>,
     /// The live statements at rest; `None` without a watch or its statistics.
     live_base: Option<LatencyBaseline>,
+    /// The live transactions' time per transaction at rest (PostgreSQL); `None` without a
+    /// watch or its statistics.
+    tx_base: Option<LatencyBaseline>,
     /// Waiting sessions (PostgreSQL) and running threads (MySQL) at rest.
     gauges: Vec<GaugeBaseline>,
     /// Intervals of live readings judged together: enough calls to see a rise, at most
@@ -196,6 +217,7 @@ impl Adaptive {
             probe: None,
             watch: None,
             live_base: None,
+            tx_base: None,
             gauges: Vec::new(),
             live_window: throttle.window.max(1) as usize,
             reported: Vec::new(),
@@ -293,6 +315,8 @@ impl Adaptive {
         let deltas: Vec<StatDelta> = readings.iter().filter_map(|r| r.statements).collect();
         let factor = self.throttle.interval.as_secs_f64() / spacing.as_secs_f64().max(1e-9);
         self.live_base = LatencyBaseline::measure(&deltas).map(|b| b.rescaled(factor));
+        let transactions: Vec<StatDelta> = readings.iter().filter_map(|r| r.transactions).collect();
+        self.tx_base = LatencyBaseline::measure(&transactions).map(|b| b.rescaled(factor));
         let waiting: Vec<f64> = readings
             .iter()
             .filter_map(|r| r.waiting.map(f64::from))
@@ -311,34 +335,60 @@ impl Adaptive {
         .flatten()
         .collect();
         let window = self.throttle.window.max(1) as usize;
-        match self.live_base {
-            Some(base) => {
-                self.live_window =
-                    intervals_to_resolve(&base, self.throttle.max_latency_increase, window);
-                if self.throttle.probe.is_none() {
-                    self.aimd
-                        .set_pace(u32::try_from(self.live_window).unwrap_or(u32::MAX));
-                }
-                tracing::info!(
-                    run_id = self.run_id,
-                    readings = deltas.len(),
-                    mean_ms = ms(base.mean()),
-                    calls_per_interval = base.calls_per_interval(),
-                    limit_ms = ms(base.allowed(self.throttle.max_latency_increase)),
-                    judged_over_intervals = self.live_window,
-                    "adaptive throttle: live statements' baseline measured"
-                );
+        let mli = self.throttle.max_latency_increase;
+        // The slower of the two live latency signals to see a rise sets the window and the
+        // pace; transactions are reported up to STATS_REPORT late, so their window spans two.
+        let reports = (2.0 * STATS_REPORT.as_secs_f64()
+            / self.throttle.interval.as_secs_f64().max(1e-9))
+        .ceil();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let reports = reports.clamp(1.0, 1e6) as usize;
+        let windows = [
+            self.live_base
+                .map(|b| intervals_to_resolve(&b, mli, window)),
+            self.tx_base
+                .map(|b| intervals_to_resolve(&b, mli, window).max(reports.min(window))),
+        ];
+        if let Some(n) = windows.iter().flatten().max() {
+            self.live_window = *n;
+            if self.throttle.probe.is_none() {
+                self.aimd
+                    .set_pace(u32::try_from(self.live_window).unwrap_or(u32::MAX));
             }
-            None if self.watch.is_some() => tracing::warn!(
+        }
+        if let Some(base) = self.live_base {
+            tracing::info!(
                 run_id = self.run_id,
-                "adaptive throttle: the watched database's statements gave no baseline (no \
-                 statistics, or no live statement completed while it was measured), so their \
-                 latency cannot throttle the run"
-            ),
-            None => {}
+                readings = deltas.len(),
+                mean_ms = ms(base.mean()),
+                calls_per_interval = base.calls_per_interval(),
+                limit_ms = ms(base.allowed(mli)),
+                judged_over_intervals = self.live_window,
+                "adaptive throttle: live statements' baseline measured"
+            );
+        }
+        if let Some(base) = self.tx_base {
+            tracing::info!(
+                run_id = self.run_id,
+                readings = transactions.len(),
+                mean_ms = ms(base.mean()),
+                transactions_per_interval = base.calls_per_interval(),
+                limit_ms = ms(base.allowed(mli)),
+                judged_over_intervals = self.live_window,
+                "adaptive throttle: live transactions' baseline measured"
+            );
+        }
+        if self.watch.is_some() && self.live_base.is_none() && self.tx_base.is_none() {
+            tracing::warn!(
+                run_id = self.run_id,
+                "adaptive throttle: the watched database's statements and transactions gave \
+                 no baseline (no statistics, or no live statement completed while it was \
+                 measured), so their latency cannot throttle the run"
+            );
         }
         let mut status = self.lock();
         status.live.baseline = self.live_base.map(|b| b.mean());
+        status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
     }
 
     /// Opens the watch connection when there is one; a failure is published and logged.
@@ -433,28 +483,42 @@ impl Adaptive {
                     Verdict::Healthy
                 }
             }
+            // No probe: it leaves the pace to the other signals.
+            (_, None) if self.throttle.probe.is_none() => Verdict::Comfortable,
             (_, None) => Verdict::Healthy,
             _ => Verdict::Undecided,
         }
     }
 
-    /// The watched database's verdicts: its statements' mean time per call against their
-    /// baseline, and each gauge (waits, threads running) against its level at rest.
+    /// The watched database's verdicts: its statements' mean time per call and its
+    /// transactions' mean time against their baselines, and each gauge (waits, threads
+    /// running) against its level at rest. An absent signal does not object
+    /// ([`Verdict::Comfortable`]); without any latency signal at all (no probe, no live
+    /// baseline) the climb stays additive ([`Verdict::Healthy`]).
     fn live_verdicts(&self, live: &mut LiveWindow, batches: usize, full: usize) -> Vec<Verdict> {
-        let statements = match &self.live_base {
-            Some(base) => base.judge(
-                live.statements.make_contiguous(),
-                batches,
-                full,
-                self.throttle.max_latency_increase,
-            ),
-            None => Verdict::Healthy,
+        let mli = self.throttle.max_latency_increase;
+        let judge = |base: Option<LatencyBaseline>, cause, window: &mut VecDeque<StatDelta>| {
+            base.map_or(Verdict::Comfortable, |b| {
+                b.judge_as(cause, window.make_contiguous(), batches, full, mli)
+            })
         };
+        let statements = judge(self.live_base, RateCause::LiveLatency, &mut live.statements);
+        let transactions = judge(
+            self.tx_base,
+            RateCause::LiveTransactions,
+            &mut live.transactions,
+        );
         let gauges = self.gauges.iter().map(|g| match g.cause() {
             RateCause::Waiting => g.judge(live.waiting.make_contiguous()),
             _ => g.judge(live.running.make_contiguous()),
         });
-        std::iter::once(statements).chain(gauges).collect()
+        let blind =
+            self.live_base.is_none() && self.tx_base.is_none() && self.baseline_p90.is_none();
+        [statements, transactions]
+            .into_iter()
+            .chain(gauges)
+            .chain(blind.then_some(Verdict::Healthy))
+            .collect()
     }
 
     /// Records the starting rate, then probes every `interval` and moves the rate until
@@ -467,6 +531,11 @@ impl Adaptive {
         let mut samples: VecDeque<Duration> = VecDeque::with_capacity(window);
         let mut live = LiveWindow::default();
         let mut errors_before = self.live.errors_seen();
+        let late = (STATS_REPORT.as_secs_f64() / self.throttle.interval.as_secs_f64().max(1e-9))
+            .ceil()
+            .min(1e6);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let late = late as usize;
         let mut ticker = tokio::time::interval(self.throttle.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -486,7 +555,8 @@ impl Adaptive {
                 window,
             );
             let full = self.live_window.max(batches);
-            if self.live_base.is_some() && self.throttle.probe.is_none() {
+            if (self.live_base.is_some() || self.tx_base.is_some()) && self.throttle.probe.is_none()
+            {
                 self.aimd.set_pace(u32::try_from(full).unwrap_or(u32::MAX));
             }
             let mut probe_failed = false;
@@ -509,7 +579,7 @@ impl Adaptive {
                     self.reopen_watch().await;
                 }
                 match self.read_watch().await {
-                    Some(reading) => live.push(reading, full),
+                    Some(reading) => live.push(reading, full, late),
                     None => probe_failed = true,
                 }
             }
@@ -534,12 +604,13 @@ impl Adaptive {
                 .chain(lagging.then_some(Verdict::Unhealthy(RateCause::ReplicaLag)))
                 .chain(errors.then_some(Verdict::Unhealthy(RateCause::Errors)))
                 .collect();
-            let cause = match Verdict::combine(verdicts) {
-                Verdict::Unhealthy(cause) => Some(cause),
-                Verdict::Healthy => None,
+            let change = match Verdict::combine(verdicts) {
+                Verdict::Unhealthy(cause) => self.aimd.on_verdict(Some(cause)),
+                Verdict::Healthy => self.aimd.on_verdict(None),
+                Verdict::Comfortable => self.aimd.on_headroom(),
                 Verdict::Undecided => continue,
             };
-            if let Some(change) = self.aimd.on_verdict(cause) {
+            if let Some(change) = change {
                 if change.to < change.from {
                     samples.clear();
                     live.clear();
@@ -581,6 +652,13 @@ impl Adaptive {
         status.live.mean = mean.map(|m| m.mean);
         status.live.calls = mean.map_or(0, |m| m.calls);
         status.live.limit = match (self.live_base, mean) {
+            (Some(base), Some(m)) => Some(base.limit(m.calls, self.throttle.max_latency_increase)),
+            _ => None,
+        };
+        let tx = window_mean(&live.transactions.iter().copied().collect::<Vec<_>>());
+        status.live.transaction = tx.map(|m| m.mean);
+        status.live.transactions = tx.map_or(0, |m| m.calls);
+        status.live.transaction_limit = match (self.tx_base, tx) {
             (Some(base), Some(m)) => Some(base.limit(m.calls, self.throttle.max_latency_increase)),
             _ => None,
         };
@@ -694,13 +772,19 @@ impl Adaptive {
 /// The watched database's readings since the latest cut, at most the live window of each.
 #[derive(Default)]
 struct LiveWindow {
+    /// Readings pushed since the latest cut.
+    pushed: usize,
     statements: VecDeque<StatDelta>,
+    transactions: VecDeque<StatDelta>,
     waiting: VecDeque<f64>,
     running: VecDeque<f64>,
 }
 
 impl LiveWindow {
-    fn push(&mut self, reading: Reading, cap: usize) {
+    /// Keeps `reading`, at most `cap` of each signal; the transactions of the first `late`
+    /// readings after a cut are left out: sessions report them up to [`STATS_REPORT`] late,
+    /// so they still hold the rate cut from.
+    fn push(&mut self, reading: Reading, cap: usize, late: usize) {
         fn keep<T>(q: &mut VecDeque<T>, v: Option<T>, cap: usize) {
             if let Some(v) = v {
                 q.push_back(v);
@@ -711,12 +795,17 @@ impl LiveWindow {
             }
         }
         keep(&mut self.statements, reading.statements, cap);
+        self.pushed += 1;
+        let transactions = reading.transactions.filter(|_| self.pushed > late);
+        keep(&mut self.transactions, transactions, cap);
         keep(&mut self.waiting, reading.waiting.map(f64::from), cap);
         keep(&mut self.running, reading.running.map(f64::from), cap);
     }
 
     fn clear(&mut self) {
+        self.pushed = 0;
         self.statements.clear();
+        self.transactions.clear();
         self.waiting.clear();
         self.running.clear();
     }

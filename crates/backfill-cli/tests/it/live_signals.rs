@@ -8,7 +8,9 @@
 //! the only link between the run and the live database is the watch. The run must hold its
 //! rate while the statements keep their baseline, cut with cause `live_latency` once they
 //! slow down, recover once they are fast again, and finish with the target equal to the
-//! source. `backfill check` must say which signals a server offers, and why not.
+//! source. `backfill check` must say which signals a server offers, and why not. The live
+//! transactions' time (`pg_stat_database`) must rise when a client is slow between its
+//! statements, where each statement's own time does not move.
 //!
 //! Servers are private (`private_server.rs`): when their binaries are missing the tests are
 //! skipped (and counted), or fail when services are required.
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use backfill_connectors::{Probe, Watch};
 use backfill_core::SecretUrl;
+use backfill_core::live::StatDelta;
 use backfill_store::Store;
 use sqlx::Connection;
 use tokio::sync::watch;
@@ -186,16 +189,24 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
     );
     let before = healthy.last().map_or(0, |c| c.seq);
 
-    // Live statements slow down tenfold: the run is cut for it, by the watch alone.
+    // Live statements slow down tenfold: the run is cut for it, by the watch alone (its
+    // statements' time, or its transactions', which here are one statement each).
     let slowed = Instant::now();
     traffic.set(SLOW);
-    let cut = wait_for_cause(&ws, &mut run, &run_id, "live_latency").await;
+    let cut = wait_for_live_cut(&ws, &mut run, &run_id).await;
     let cut_after = slowed.elapsed();
     let detail = &cut["rate"]["detail"];
-    let (mean, limit) = (
-        detail["watch"]["mean_ms"].as_f64().unwrap(),
-        detail["watch"]["limit_mean_ms"].as_f64().unwrap(),
-    );
+    let (mean, limit) = if cut["rate"]["cause"] == "live_latency" {
+        (
+            detail["watch"]["mean_ms"].as_f64().unwrap(),
+            detail["watch"]["limit_mean_ms"].as_f64().unwrap(),
+        )
+    } else {
+        (
+            detail["watch"]["transaction_ms"].as_f64().unwrap(),
+            detail["watch"]["limit_transaction_ms"].as_f64().unwrap(),
+        )
+    };
     assert!(mean > limit && limit < 10.0, "{cut:#}");
     assert!(
         cut["rate"]["rows_per_second"].as_f64() < detail["from"].as_f64(),
@@ -234,8 +245,8 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
         .collect();
     assert!(
         cuts.iter()
-            .all(|c| c.seq > before && c.cause == "live_latency"),
-        "every cut is a live_latency cut during the slowdown or after:\n{}",
+            .all(|c| c.seq > before && LIVE_CUTS.contains(&c.cause.as_str())),
+        "every cut is a live_latency or live_transactions cut during the slowdown or after:\n{}",
         show(&changes)
     );
     eprintln!(
@@ -246,6 +257,109 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
         cuts.len(),
         started.elapsed(),
         show(&changes)
+    );
+}
+
+/// The causes of a cut by the watched database's latency signals.
+const LIVE_CUTS: [&str; 2] = ["live_latency", "live_transactions"];
+
+/// Waits until `status` shows a cut by the live latency signals; returns that status.
+async fn wait_for_live_cut(ws: &Workspace, run: &mut Running, run_id: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for(
+        "a live_latency or live_transactions cut",
+        PATIENCE,
+        async || {
+            run.assert_alive("while waiting for a live cut");
+            last = status(ws, run_id);
+            LIVE_CUTS.iter().any(|c| last["rate"]["cause"] == *c)
+        },
+    )
+    .await;
+    last
+}
+
+/// Runs `n` transactions on a new live session (not named `backfill`), each two `SELECT 1`
+/// with `between` of client time between them, then ends the session (which reports its
+/// statistics at once); returns the watch's live transactions and statements over them.
+async fn live_transactions(
+    pg: &PrivatePostgres,
+    watch: &mut Watch,
+    n: u64,
+    between: Duration,
+) -> (StatDelta, StatDelta) {
+    let mut conn = pg.connect().await;
+    for _ in 0..n {
+        let mut tx = conn.begin().await.expect("begin");
+        sqlx::query("SELECT 1")
+            .execute(&mut *tx)
+            .await
+            .expect("live");
+        tokio::time::sleep(between).await;
+        sqlx::query("SELECT 1")
+            .execute(&mut *tx)
+            .await
+            .expect("live");
+        tx.commit().await.expect("commit");
+    }
+    conn.close().await.expect("close");
+    let (mut transactions, mut statements) = (StatDelta::default(), StatDelta::default());
+    let add = |sum: &mut StatDelta, d: Option<StatDelta>| {
+        if let Some(d) = d {
+            sum.calls += d.calls;
+            sum.time += d.time;
+        }
+    };
+    // The session reports its counters as it exits, a moment after the close.
+    wait_for(
+        "the live session's transactions are reported",
+        PATIENCE,
+        async || {
+            let reading = watch.read().await.expect("reading");
+            assert_eq!(reading.unavailable, vec![], "every signal offered");
+            add(&mut transactions, reading.transactions);
+            add(&mut statements, reading.statements);
+            transactions.calls >= n
+        },
+    )
+    .await;
+    (transactions, statements)
+}
+
+fn per_call(d: StatDelta) -> Duration {
+    d.time / u32::try_from(d.calls.max(1)).unwrap()
+}
+
+/// The signal that statement time misses: a client slow between the statements of its
+/// transactions (short of CPU, say) makes each transaction longer while each statement keeps
+/// its time. The watch's time per live transaction (time active or idle inside one, per
+/// commit) rises with it; the statements' time per call does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_transaction_time_rises_when_clients_are_slow_between_statements() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let mut watch = Watch::open(&SecretUrl::new(pg.url())).await.expect("watch");
+    let first = watch.read().await.expect("first reading");
+    assert_eq!(first.transactions, None, "nothing to subtract from yet");
+
+    let (quick, quick_statements) = live_transactions(&pg, &mut watch, 20, Duration::ZERO).await;
+    let (slow, slow_statements) =
+        live_transactions(&pg, &mut watch, 20, Duration::from_millis(20)).await;
+    eprintln!(
+        "per transaction: {:?} quick, {:?} slow; per statement: {:?} quick, {:?} slow          ({quick:?}, {slow:?})",
+        per_call(quick),
+        per_call(slow),
+        per_call(quick_statements),
+        per_call(slow_statements)
+    );
+    // Direction, and the 20 ms each slow transaction surely spent idle inside itself.
+    assert!(per_call(slow) > per_call(quick), "{quick:?} vs {slow:?}");
+    assert!(per_call(slow) >= Duration::from_millis(20), "{slow:?}");
+    // The statements themselves stayed short: statement time alone would not have seen it.
+    assert!(
+        per_call(slow_statements) < per_call(slow) / 2,
+        "{slow_statements:?} vs {slow:?}"
     );
 }
 
@@ -301,6 +415,9 @@ async fn check_says_which_signals_the_watched_database_offers_and_why_not() {
     );
     assert_eq!(offer(&signals, "wait events")["available"], true);
     assert_eq!(offer(&signals, "replica lag")["available"], true);
+    // pg_stat_database needs no extension.
+    assert_eq!(offer(&signals, "transaction time")["available"], true);
+    assert!(text.stdout.contains("  transaction time: yes"), "{text:?}");
     assert!(
         text.stdout.contains("live signals of throttle.watch:")
             && text.stdout.contains("  pg_stat_statements: no (not loaded")
@@ -365,7 +482,16 @@ async fn our_sessions_are_named_and_their_statements_left_out_of_live_traffic() 
         .expect("our statement");
     let first = watch.read().await.expect("first reading");
     assert_eq!(first.statements, None, "nothing to subtract from yet");
-    assert_eq!(first.unavailable, vec![], "every signal offered");
+    // Our other sessions (the store's, the probe) use the watched database: its transaction
+    // counters would mix theirs with live traffic's, so that signal is left out, said why.
+    assert_eq!(first.transactions, None);
+    assert!(
+        matches!(
+            first.unavailable.as_slice(),
+            [("transaction time", why)] if why.contains("other backfill sessions")
+        ),
+        "every other signal offered: {first:?}"
+    );
     assert!(first.waiting.is_some());
 
     // Then ours again, five times, and a live statement ten times.
@@ -389,7 +515,27 @@ async fn our_sessions_are_named_and_their_statements_left_out_of_live_traffic() 
         (0.0015..0.02).contains(&mean),
         "the live statement's own time, not ours (50 ms): {mean} s"
     );
+
+    // While ours share the database, the watch keeps reading; once they leave, the live
+    // transactions count again, none of them taken for the watch's own transactions of the
+    // readings in between (`transactions_count_again_once_our_sessions_leave`).
+    for _ in 0..20 {
+        watch.read().await.expect("reading");
+    }
     store.close().await;
+    ours.close().await;
+    drop(live);
+    wait_for(
+        "the transaction time is offered again once our sessions left",
+        PATIENCE,
+        async || {
+            let reading = watch.read().await.expect("reading");
+            reading.unavailable.is_empty()
+        },
+    )
+    .await;
+    let (transactions, _) = live_transactions(&pg, &mut watch, 10, Duration::ZERO).await;
+    assert!(transactions.calls >= 10, "{transactions:?}");
 }
 
 /// MariaDB: `Threads_running` always; the statement digests of the watched schema only with
