@@ -188,6 +188,9 @@ fn poisoned<T>(_: T) -> ConnectorError {
     }
 }
 
+/// The size of one `CopyData` message.
+const COPY_PIECE: usize = 64 * 1024;
+
 /// `COPY`s `batch` into `table` (quoted); returns the rows copied. In binary when every value
 /// has an exact binary encoding for its column, else as text (see `copy_binary`).
 async fn copy_rows(
@@ -211,10 +214,16 @@ async fn copy_rows(
         .copy_in_raw(&statement)
         .await
         .map_err(|e| sql_error(context, &e))?;
-    if let Err(e) = copy.send(data).await {
-        let _ = copy.abort("backfill: sending the batch failed").await;
-        return Err(sql_error(context, &e));
+    // In pieces: the driver copies each message into the connection's write buffer, which
+    // keeps its largest size for the connection's life; one message per batch would keep a
+    // batch-sized buffer on every pooled connection.
+    for piece in data.chunks(COPY_PIECE) {
+        if let Err(e) = copy.send(piece).await {
+            let _ = copy.abort("backfill: sending the batch failed").await;
+            return Err(sql_error(context, &e));
+        }
     }
+    drop(data);
     copy.finish().await.map_err(|e| sql_error(context, &e))
 }
 
