@@ -10,10 +10,21 @@
 //! server's input functions do the casting and report bad values. The two paths store the
 //! same values; binary is only faster.
 //!
-//! Format: <https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4>.
+//! The same per-field encoding makes a column of a batch one binary array parameter
+//! ([`ArrayParam`]), for the upsert that reads its rows from `unnest($1::int8[], …)`: the
+//! array's elements go through the element type's binary input, exactly as a binary COPY
+//! field does, so both paths store the same values, and a batch that cannot be encoded
+//! exactly falls back to COPY text the same way.
+//!
+//! Format: <https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4>; arrays:
+//! `array_recv` in PostgreSQL's `src/backend/utils/adt/arrayfuncs.c`.
 
 use backfill_core::value::Value;
 use chrono::{NaiveDate, NaiveDateTime, Timelike};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 
 /// How one target column is encoded, from its `format_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +86,123 @@ impl Column {
             _ => Column::Other,
         }
     }
+}
+
+impl Column {
+    /// The element type's OID and the SQL name of its array type (for the cast of an
+    /// `unnest` parameter), or `None` for [`Column::Other`]. Built-in OIDs never change.
+    pub(super) fn array_type(self) -> Option<(u32, &'static str)> {
+        Some(match self {
+            Column::Int2 => (21, "int2[]"),
+            Column::Int4 => (23, "int4[]"),
+            Column::Int8 => (20, "int8[]"),
+            Column::Float4 => (700, "float4[]"),
+            Column::Float8 => (701, "float8[]"),
+            Column::Bool => (16, "bool[]"),
+            Column::Text => (25, "text[]"),
+            Column::Bytea => (17, "bytea[]"),
+            Column::TimestampTz => (1184, "timestamptz[]"),
+            Column::Timestamp => (1114, "timestamp[]"),
+            Column::Date => (1082, "date[]"),
+            Column::Time => (1083, "time[]"),
+            Column::Uuid => (2950, "uuid[]"),
+            Column::Json => (114, "json[]"),
+            Column::Jsonb => (3802, "jsonb[]"),
+            Column::Numeric => (1700, "numeric[]"),
+            Column::Other => return None,
+        })
+    }
+
+    /// The OID of the array type of this element type.
+    fn array_oid(self) -> Option<u32> {
+        Some(match self {
+            Column::Int2 => 1005,
+            Column::Int4 => 1007,
+            Column::Int8 => 1016,
+            Column::Float4 => 1021,
+            Column::Float8 => 1022,
+            Column::Bool => 1000,
+            Column::Text => 1009,
+            Column::Bytea => 1001,
+            Column::TimestampTz => 1185,
+            Column::Timestamp => 1115,
+            Column::Date => 1182,
+            Column::Time => 1183,
+            Column::Uuid => 2951,
+            Column::Json => 199,
+            Column::Jsonb => 3807,
+            Column::Numeric => 1231,
+            Column::Other => return None,
+        })
+    }
+}
+
+/// One column of a batch as a one-dimensional binary array parameter, encoded straight into
+/// the statement's argument buffer (no copy of the batch in between). Encoding fails when a
+/// value has no exact binary form for its column ([`NeedsText`]): the caller then sends the
+/// batch by `COPY` text, where the server casts.
+pub(super) struct ArrayParam<'a> {
+    /// The batch's rows.
+    pub(super) rows: &'a [Vec<Value>],
+    /// Which value of each row.
+    pub(super) index: usize,
+    /// How the column's values are encoded.
+    pub(super) column: Column,
+}
+
+/// The error of an [`ArrayParam`] whose batch needs `COPY` text.
+#[derive(Debug, thiserror::Error)]
+#[error("a value has no exact binary form for its column")]
+pub(super) struct NeedsText;
+
+impl sqlx::Type<Postgres> for ArrayParam<'_> {
+    fn type_info() -> PgTypeInfo {
+        // Never used: `produces` names the column's own array type.
+        PgTypeInfo::with_name("_text")
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for ArrayParam<'_> {
+    fn produces(&self) -> Option<PgTypeInfo> {
+        self.column
+            .array_oid()
+            .map(|oid| PgTypeInfo::with_oid(Oid(oid)))
+    }
+
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        let out: &mut Vec<u8> = buf;
+        encode_array(out, self.rows, self.index, self.column).ok_or(NeedsText)?;
+        Ok(IsNull::No)
+    }
+
+    fn size_hint(&self) -> usize {
+        20 + self.rows.len() * 16
+    }
+}
+
+/// Appends the binary array of value `index` of every row (`array_recv`'s input: dimensions,
+/// a has-NULL flag, the element type, the length and lower bound, then each element as a
+/// length and bytes), or `None` when some value has no exact encoding for `column`.
+fn encode_array(
+    out: &mut Vec<u8>,
+    rows: &[Vec<Value>],
+    index: usize,
+    column: Column,
+) -> Option<()> {
+    let (element, _) = column.array_type()?;
+    let len = i32::try_from(rows.len()).ok()?;
+    let has_null = rows
+        .iter()
+        .any(|r| matches!(r.get(index), Some(Value::Null)));
+    out.extend_from_slice(&1i32.to_be_bytes()); // one dimension
+    out.extend_from_slice(&i32::from(has_null).to_be_bytes());
+    out.extend_from_slice(&element.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+    for row in rows {
+        field(out, row.get(index)?, column)?;
+    }
+    Some(())
 }
 
 /// Midnight of 2000-01-01, PostgreSQL's epoch for dates and timestamps.

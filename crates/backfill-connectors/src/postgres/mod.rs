@@ -1,16 +1,18 @@
 //! PostgreSQL source and sink, on sqlx's `PgPool`.
 //!
 //! Owns: connecting to PostgreSQL, mapping column types to [`Value`] and back, keyset-paginated
-//! reads, upserts through a `COPY`-filled temporary table, and the classification of
+//! and streamed reads, upserts from batches bound as binary arrays (or, for values that need
+//! the server's casts, through a `COPY`-filled temporary table), and the classification of
 //! PostgreSQL errors by SQLSTATE ([`classify_sqlstate`]).
 //!
 //! Does not: change a source database (queries are wrapped as subqueries of a `SELECT`), or
 //! convert a column type that has no faithful [`Value`]: such a column is refused when the
 //! source is opened, naming the column and its type, before anything is written.
 //!
-//! Invariants: batches reach the target as `COPY` text, parsed by PostgreSQL into the target
-//! column types, so a value is never cast lossily on the way; numerics are read from their
-//! binary form with their display scale kept.
+//! Invariants: batches reach the target in the exact binary form of each target column's type
+//! (arrays or binary `COPY`) or, when some value needs a cast, as `COPY` text parsed by
+//! PostgreSQL's input functions, so a value is never cast lossily on the way; numerics are
+//! read from their binary form with their display scale kept.
 
 mod copy_binary;
 mod sink;

@@ -1,10 +1,15 @@
 //! Writing batches into a PostgreSQL table: upsert, replace and sql modes.
 //!
-//! An upsert is one transaction: the batch is `COPY`ed into a temporary table with the
-//! target's column types (dropped at commit), then one `INSERT … SELECT … ON CONFLICT DO
-//! UPDATE … WHERE <a value differs>` moves it into the target; `RETURNING (xmax = 0)` lets the
-//! database count inserted and updated rows, and the rest of the batch was unchanged (or held
-//! back by the guard). A replace deletes the window and `COPY`s each batch straight into the
+//! An upsert is one statement, `INSERT … SELECT * FROM unnest($1::int8[], …) ON CONFLICT DO
+//! UPDATE … WHERE <a value differs>`, with each column of the batch bound as one binary array
+//! (`copy_binary::ArrayParam`); its text depends only on the columns, so each pooled
+//! connection prepares it once. With the engine's `Extra` checkpoint it runs in one
+//! transaction with it; alone, the statement is its own transaction. A batch whose values
+//! need the server's casts (or a column type without a binary array here) is `COPY`ed as
+//! text into a temporary table with the target's column types (dropped at commit) and moved
+//! by the same statement reading that table, in one transaction. Either way
+//! `RETURNING (xmax = 0)` lets the database count inserted and updated rows, and the rest of
+//! the batch was unchanged (or held back by the guard). A replace deletes the window and `COPY`s each batch straight into the
 //! target, in one transaction.
 
 use std::fmt;
@@ -16,8 +21,8 @@ use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{TargetSpec, WriteMode};
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{Batch, RowCounts, Value};
-use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use sqlx::{AssertSqlSafe, Row, Transaction};
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
+use sqlx::{Arguments, AssertSqlSafe, Row, Transaction};
 
 use super::{arguments, connect, copy_binary, copy_text, sql, sql_error};
 use crate::ident::{check_column, position};
@@ -183,6 +188,9 @@ fn poisoned<T>(_: T) -> ConnectorError {
     }
 }
 
+/// The size of one `CopyData` message.
+const COPY_PIECE: usize = 64 * 1024;
+
 /// `COPY`s `batch` into `table` (quoted); returns the rows copied. In binary when every value
 /// has an exact binary encoding for its column, else as text (see `copy_binary`).
 async fn copy_rows(
@@ -206,10 +214,16 @@ async fn copy_rows(
         .copy_in_raw(&statement)
         .await
         .map_err(|e| sql_error(context, &e))?;
-    if let Err(e) = copy.send(data).await {
-        let _ = copy.abort("backfill: sending the batch failed").await;
-        return Err(sql_error(context, &e));
+    // In pieces: the driver copies each message into the connection's write buffer, which
+    // keeps its largest size for the connection's life; one message per batch would keep a
+    // batch-sized buffer on every pooled connection.
+    for piece in data.chunks(COPY_PIECE) {
+        if let Err(e) = copy.send(piece).await {
+            let _ = copy.abort("backfill: sending the batch failed").await;
+            return Err(sql_error(context, &e));
+        }
     }
+    drop(data);
     copy.finish().await.map_err(|e| sql_error(context, &e))
 }
 
@@ -225,6 +239,141 @@ async fn run_extra(conn: &mut PgConnection, extra: Option<&Extra>) -> Result<(),
         .await
         .map_err(|e| sql_error(EXTRA_CONTEXT, &e))?;
     check_extra(done.rows_affected())
+}
+
+/// Each column of `batch` as one binary array parameter, with the arrays' SQL types; `None`
+/// for an empty batch, a column type without a binary array here, or a value that needs a
+/// cast (the batch then goes through `COPY` into the staging table, as text where needed).
+fn array_arguments(
+    batch: &Batch,
+    columns: &BatchColumns,
+) -> Result<Option<(Vec<&'static str>, PgArguments)>, ConnectorError> {
+    if batch.rows.is_empty() {
+        return Ok(None);
+    }
+    let Some(types) = columns
+        .binary
+        .iter()
+        .map(|c| c.array_type().map(|(_, name)| name))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let mut args = PgArguments::default();
+    for (index, &column) in columns.binary.iter().enumerate() {
+        let param = copy_binary::ArrayParam {
+            rows: &batch.rows,
+            index,
+            column,
+        };
+        match Arguments::add(&mut args, param) {
+            Ok(()) => {}
+            Err(e) if e.is::<copy_binary::NeedsText>() => return Ok(None),
+            Err(e) => {
+                return Err(ConnectorError::Data {
+                    message: format!("cannot bind column {}: {e}", columns.quoted[index]),
+                });
+            }
+        }
+    }
+    Ok(Some((types, args)))
+}
+
+/// One batch's upsert statement: the target, the batch's columns, the key and the guard.
+struct UpsertStatement<'a> {
+    table: &'a str,
+    columns: &'a BatchColumns,
+    key: &'a [usize],
+    guard: Option<&'a str>,
+    context: &'a str,
+}
+
+impl UpsertStatement<'_> {
+    fn text(&self, from: sql::UpsertFrom<'_>) -> String {
+        sql::upsert(
+            self.table,
+            &self.columns.quoted,
+            self.key,
+            &self.columns.as_text,
+            self.guard,
+            from,
+        )
+    }
+
+    /// The batch bound as arrays: one statement, prepared once per connection (its text
+    /// depends only on the columns). Without `extra` it runs alone (one statement is atomic);
+    /// with it, both commit in one transaction. Returns (inserted, updated).
+    async fn run_arrays(
+        &self,
+        pool: &PgPool,
+        types: &[&str],
+        args: PgArguments,
+        extra: Option<&Extra>,
+    ) -> Result<(u64, u64), ConnectorError> {
+        let text = self.text(sql::UpsertFrom::Arrays(types));
+        let query = sqlx::query_with(AssertSqlSafe(text), args);
+        let Some(extra) = extra else {
+            let row = query
+                .fetch_one(pool)
+                .await
+                .map_err(|e| sql_error(self.context, &e))?;
+            return self.counts(&row);
+        };
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(|e| sql_error(self.context, &e))?;
+        let row = query
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| sql_error(self.context, &e))?;
+        let counts = self.counts(&row)?;
+        run_extra(&mut tx, Some(extra)).await?;
+        tx.commit().await.map_err(|e| sql_error(self.context, &e))?;
+        Ok(counts)
+    }
+
+    /// The batch `COPY`ed into a temporary staging table typed like the target's columns
+    /// (as text when some value needs the server's cast), then moved by one statement, in
+    /// one transaction with `extra`. Returns (inserted, updated).
+    async fn run_staged(
+        &self,
+        pool: &PgPool,
+        batch: &Batch,
+        extra: Option<&Extra>,
+    ) -> Result<(u64, u64), ConnectorError> {
+        let context = self.context;
+        let mut tx = pool.begin().await.map_err(|e| sql_error(context, &e))?;
+        let mut counts = (0, 0);
+        if !batch.rows.is_empty() {
+            let stage = sql::create_stage(self.table, &self.columns.quoted);
+            sqlx::raw_sql(AssertSqlSafe(stage))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(context, &e))?;
+            copy_rows(&mut tx, context, sql::STAGE, self.columns, batch).await?;
+            // Not prepared: the staging table is a new relation in every transaction.
+            let row = sqlx::query(AssertSqlSafe(self.text(sql::UpsertFrom::Stage)))
+                .persistent(false)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| sql_error(context, &e))?;
+            counts = self.counts(&row)?;
+        }
+        run_extra(&mut tx, extra).await?;
+        tx.commit().await.map_err(|e| sql_error(context, &e))?;
+        Ok(counts)
+    }
+
+    /// (inserted, updated) from the statement's one row.
+    fn counts(&self, row: &PgRow) -> Result<(u64, u64), ConnectorError> {
+        let ins: i64 = row.try_get(0).map_err(|e| sql_error(self.context, &e))?;
+        let upd: i64 = row.try_get(1).map_err(|e| sql_error(self.context, &e))?;
+        Ok((
+            u64::try_from(ins).unwrap_or(0),
+            u64::try_from(upd).unwrap_or(0),
+        ))
+    }
 }
 
 impl Sink for PostgresSink {
@@ -281,41 +430,21 @@ impl Sink for PostgresSink {
             Some(g) => Some(info.resolve(table, g)?.1),
             None => None,
         };
-
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| sql_error(&context, &e))?;
-        let (mut inserted, mut updated) = (0u64, 0u64);
-        if !batch.rows.is_empty() {
-            sqlx::raw_sql(AssertSqlSafe(sql::create_stage(
-                &table.quoted,
-                &columns.quoted,
-            )))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| sql_error(&context, &e))?;
-            copy_rows(&mut tx, &context, sql::STAGE, &columns, batch).await?;
-            let text = sql::upsert(
-                &table.quoted,
-                &columns.quoted,
-                &key_positions,
-                &columns.as_text,
-                guard.as_deref(),
-            );
-            let row = sqlx::query(AssertSqlSafe(text))
-                .persistent(false)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| sql_error(&context, &e))?;
-            let ins: i64 = row.try_get(0).map_err(|e| sql_error(&context, &e))?;
-            let upd: i64 = row.try_get(1).map_err(|e| sql_error(&context, &e))?;
-            inserted = u64::try_from(ins).unwrap_or(0);
-            updated = u64::try_from(upd).unwrap_or(0);
-        }
-        run_extra(&mut tx, extra).await?;
-        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+        let statement = UpsertStatement {
+            table: &table.quoted,
+            columns: &columns,
+            key: &key_positions,
+            guard: guard.as_deref(),
+            context: &context,
+        };
+        let (inserted, updated) = match array_arguments(batch, &columns)? {
+            Some((types, args)) => {
+                statement
+                    .run_arrays(&self.pool, &types, args, extra)
+                    .await?
+            }
+            None => statement.run_staged(&self.pool, batch, extra).await?,
+        };
         Ok(upsert_counts(batch.rows.len() as u64, inserted, updated))
     }
 

@@ -98,9 +98,10 @@ impl PostgresSource {
 
     /// Streams the rows of `window` after `after`, in key order, from one query, `chunk` rows
     /// per batch. A keyset page re-runs the query and sorts the whole window for every
-    /// batch; a stream reads the window once. A task holds one pooled connection and hands
-    /// over one chunk at a time (a channel of one), so memory stays bounded; dropping the
-    /// stream stops it.
+    /// batch; a stream reads the window once. A task holds one pooled connection and reads
+    /// the next batch while the engine writes the one before (the read of batch n + 1
+    /// overlaps the write of batch n), starting a batch only once the previous one was taken:
+    /// at most two batches of a stream are in memory. Dropping the stream stops it.
     pub(crate) async fn stream(
         &self,
         window: &Window,
@@ -121,46 +122,23 @@ impl PostgresSource {
         let task_columns = columns.clone();
         let task = tokio::spawn(async move {
             let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
-            // Rows are decoded as they arrive, so no raw row outlives its message in the
-            // driver's read buffer.
-            // A batch ends at `chunk` rows or at the row that reaches BATCH_BYTES, whichever
-            // comes first (`Batch::is_full` tells the engine to read on).
-            let capacity = chunk.min(1024);
-            let mut buf = Vec::with_capacity(capacity);
-            let mut size = 0;
             loop {
-                let end = match rows.try_next().await {
-                    Ok(Some(row)) => {
-                        match decode_row(&row, &task_columns) {
-                            Ok(values) => {
-                                size += row_size(&values);
-                                buf.push(values);
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
-                        }
-                        false
-                    }
-                    Ok(None) => true,
-                    Err(e) => {
-                        let _ = tx.send(Err(sql_error(CONTEXT, &e))).await;
-                        return;
-                    }
+                // A batch is read only once the one before it was taken: at most two batches
+                // of a stream are alive, the one being written and the one being read.
+                let Ok(permit) = tx.reserve().await else {
+                    return;
                 };
-                if buf.len() == chunk || size >= BATCH_BYTES || (end && !buf.is_empty()) {
-                    size = 0;
-                    let rows = std::mem::replace(&mut buf, Vec::with_capacity(capacity));
-                    let checked =
-                        crate::ident::reject_null_keys(&rows, &key_positions, &task_columns)
-                            .map(|()| rows);
-                    let failed = checked.is_err();
-                    if tx.send(checked).await.is_err() || failed {
-                        return;
-                    }
+                let (batch, end) = next_chunk(&mut rows, &task_columns, chunk).await;
+                let checked = batch.and_then(|rows| {
+                    crate::ident::reject_null_keys(&rows, &key_positions, &task_columns)
+                        .map(|()| rows)
+                });
+                let failed = checked.is_err();
+                let empty = matches!(&checked, Ok(rows) if rows.is_empty());
+                if !empty {
+                    permit.send(checked);
                 }
-                if end {
+                if end || failed {
                     return;
                 }
             }
@@ -194,6 +172,36 @@ impl PostgresSource {
         let n: i64 = row.try_get(0).map_err(|e| sql_error(CONTEXT, &e))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// Reads the next batch from a streamed query: up to `chunk` rows, or fewer at the row that
+/// reaches `BATCH_BYTES` (`Batch::is_full` then tells the engine to read on) or at the end;
+/// true with it when the query is exhausted or failed. Rows are decoded as they arrive, so
+/// no raw row outlives its message in the driver's read buffer.
+async fn next_chunk<S>(
+    rows: &mut S,
+    columns: &[String],
+    chunk: usize,
+) -> (Result<Vec<Vec<Value>>, ConnectorError>, bool)
+where
+    S: futures_util::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
+{
+    let mut buf = Vec::with_capacity(chunk.min(1024));
+    let mut size = 0;
+    while buf.len() < chunk && size < BATCH_BYTES {
+        match rows.try_next().await {
+            Ok(Some(row)) => match decode_row(&row, columns) {
+                Ok(values) => {
+                    size += row_size(&values);
+                    buf.push(values);
+                }
+                Err(e) => return (Err(e), true),
+            },
+            Ok(None) => return (Ok(buf), true),
+            Err(e) => return (Err(sql_error(CONTEXT, &e)), true),
+        }
+    }
+    (Ok(buf), false)
 }
 
 impl Source for PostgresSource {

@@ -84,7 +84,17 @@ pub(crate) fn copy_in_binary(table: &str, columns: &[String]) -> String {
     )
 }
 
-/// Upsert of the staged rows; returns the number of inserted and updated rows. A row is
+/// Where an upsert reads its rows from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum UpsertFrom<'a> {
+    /// The staging table ([`STAGE`]) filled by `COPY`.
+    Stage,
+    /// One array parameter per column, `$1` … `$n`, cast to these array types
+    /// (`unnest($1::int8[], $2::text[])` zips them into rows).
+    Arrays(&'a [&'a str]),
+}
+
+/// Upsert of the rows read `from`; returns the number of inserted and updated rows. A row is
 /// updated only when some non-key value differs (`IS DISTINCT FROM`, NULL-aware; columns
 /// in `as_text` have no equality operator and are compared as text) and, with a `guard`, only
 /// when the target's guard is NULL or not newer.
@@ -94,12 +104,23 @@ pub(crate) fn upsert(
     key: &[usize],
     as_text: &[bool],
     guard: Option<&str>,
+    from: UpsertFrom<'_>,
 ) -> String {
     let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
     let rest: Vec<usize> = (0..columns.len()).filter(|i| !key.contains(i)).collect();
+    let select = match from {
+        UpsertFrom::Stage => format!("SELECT {} FROM {STAGE}", list(columns)),
+        UpsertFrom::Arrays(types) => {
+            let params: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("${}::{t}", i + 1))
+                .collect();
+            format!("SELECT * FROM unnest({})", params.join(", "))
+        }
+    };
     let mut sql = format!(
-        "WITH w AS (INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {STAGE} \
-         ON CONFLICT ({keys}) ",
+        "WITH w AS (INSERT INTO {table} AS t ({cols}) {select} ON CONFLICT ({keys}) ",
         cols = list(columns),
         keys = list(&keys)
     );
@@ -176,13 +197,35 @@ mod tests {
     fn builds_upserts() {
         let cols = q(&["id", "a", "j"]);
         assert_eq!(
-            upsert("\"t\"", &cols, &[0], &[false, false, true], Some("\"a\"")),
+            upsert(
+                "\"t\"",
+                &cols,
+                &[0],
+                &[false, false, true],
+                Some("\"a\""),
+                UpsertFrom::Stage
+            ),
             "WITH w AS (INSERT INTO \"t\" AS t (\"id\", \"a\", \"j\") SELECT \"id\", \"a\", \"j\" \
              FROM \"backfill_stage\" ON CONFLICT (\"id\") DO UPDATE SET \"a\" = EXCLUDED.\"a\", \
              \"j\" = EXCLUDED.\"j\" WHERE ROW(t.\"a\", t.\"j\"::text) IS DISTINCT FROM \
              ROW(EXCLUDED.\"a\", EXCLUDED.\"j\"::text) AND (t.\"a\" IS NULL OR t.\"a\" <= \
              EXCLUDED.\"a\") RETURNING (xmax = 0) AS inserted) SELECT count(*) FILTER (WHERE \
              inserted), count(*) FILTER (WHERE NOT inserted) FROM w"
+        );
+        assert_eq!(
+            upsert(
+                "\"t\"",
+                &q(&["id", "v"]),
+                &[0],
+                &[false, false],
+                None,
+                UpsertFrom::Arrays(&["int8[]", "text[]"])
+            ),
+            "WITH w AS (INSERT INTO \"t\" AS t (\"id\", \"v\") SELECT * FROM \
+             unnest($1::int8[], $2::text[]) ON CONFLICT (\"id\") DO UPDATE SET \"v\" = \
+             EXCLUDED.\"v\" WHERE ROW(t.\"v\") IS DISTINCT FROM ROW(EXCLUDED.\"v\") \
+             RETURNING (xmax = 0) AS inserted) SELECT count(*) FILTER (WHERE inserted), \
+             count(*) FILTER (WHERE NOT inserted) FROM w"
         );
         assert_eq!(
             create_stage("\"t\"", &q(&["id"])),

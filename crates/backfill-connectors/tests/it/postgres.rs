@@ -722,3 +722,126 @@ async fn a_stream_of_wide_rows_cuts_its_batches_by_bytes() {
     })
     .await;
 }
+
+/// An upsert binds each column of the batch as one binary array and runs one statement
+/// (`INSERT … SELECT * FROM unnest($1::int8[], …)`), alone when no checkpoint rides along:
+/// no staging table, no transaction of its own. A batch whose values need the server's casts
+/// (text into an integer column) goes through the `COPY` text staging table instead; both
+/// count exactly, and a rejected row leaves nothing of its batch written.
+#[tokio::test]
+async fn upsert_binds_arrays_in_one_statement_and_stages_values_that_need_a_cast() {
+    run(|pg| async move {
+        pg.exec(
+            "CREATE TABLE u (id int8 PRIMARY KEY, n int4 CHECK (n > 0), note varchar(5),
+               at timestamptz, amount numeric(8,2));
+             CREATE TABLE checkpoints (partition text PRIMARY KEY, token int8);
+             INSERT INTO checkpoints VALUES ('p1', 1);",
+        )
+        .await;
+        let name = format!("{}_arrays", pg.schema);
+        let separator = if pg.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}application_name={name}", pg.url);
+        let sink = open_sink(
+            &target_spec(&url, &pg.t("u"), &["id"], WriteMode::Upsert),
+            1,
+        )
+        .await
+        .unwrap();
+        let at = Value::TimestampTz(Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap());
+        let row = |id: i64, n: Value, note: Option<&str>| {
+            vec![
+                Value::Int(id),
+                n,
+                note.map_or(Value::Null, |s| Value::Text(s.into())),
+                at.clone(),
+                Value::Decimal("12.50".into()),
+            ]
+        };
+        let columns = strings(&["id", "n", "note", "at", "amount"]);
+        let exact = Batch {
+            columns: columns.clone(),
+            rows: vec![
+                row(1, Value::Int(1), Some("a")),
+                row(2, Value::Null, None),
+                row(3, Value::Int(3), Some("ccc")),
+            ],
+        };
+        sink.check_columns(&exact.columns).await.unwrap();
+        assert_eq!(sink.upsert(&exact, None).await.unwrap(), counts(3, 0, 0));
+        let last_query = || async {
+            let mut conn = PgConnection::connect(&pg.url).await.unwrap();
+            let q: Vec<String> = sqlx::query_scalar(
+                "SELECT query FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind(&name)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+            q
+        };
+        let q = last_query().await;
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert!(
+            q[0].contains("unnest($1::int8[], $2::int4[], $3::text[]"),
+            "{q:?}"
+        );
+        assert_eq!(sink.upsert(&exact, None).await.unwrap(), counts(0, 0, 3));
+
+        // Text for an integer column needs the server's cast: staged as COPY text.
+        let cast = Batch {
+            columns: columns.clone(),
+            rows: vec![
+                row(3, Value::Text("33".into()), Some("ccc")),
+                row(4, Value::Text("4".into()), Some("d")),
+                row(1, Value::Int(1), Some("a")),
+            ],
+        };
+        assert_eq!(sink.upsert(&cast, None).await.unwrap(), counts(1, 1, 1));
+        assert_eq!(last_query().await, ["COMMIT"]);
+        assert_eq!(pg.scalar("SELECT n::int8 FROM u WHERE id = 3").await, 33);
+
+        // With a checkpoint riding along, both commit in one transaction.
+        let extra = Extra {
+            sql: format!(
+                "UPDATE {} SET token = token + 1 WHERE partition = $1 AND token = $2",
+                pg.t("checkpoints")
+            ),
+            params: vec![Value::Text("p1".into()), Value::Int(1)],
+        };
+        let more = Batch {
+            columns: columns.clone(),
+            rows: vec![row(5, Value::Int(5), Some("e"))],
+        };
+        assert_eq!(
+            sink.upsert(&more, Some(&extra)).await.unwrap(),
+            counts(1, 0, 0)
+        );
+        assert_eq!(pg.scalar("SELECT token FROM checkpoints").await, 2);
+        // Stale now: the batch is rolled back with it.
+        let stale = Batch {
+            columns: columns.clone(),
+            rows: vec![row(6, Value::Int(6), Some("f"))],
+        };
+        sink.upsert(&stale, Some(&extra)).await.unwrap_err();
+        assert_eq!(pg.scalar("SELECT count(*) FROM u WHERE id = 6").await, 0);
+
+        // A rejected row (CHECK, a too long varchar) writes nothing of its batch, by either path.
+        for bad in [
+            row(7, Value::Int(-7), Some("g")),
+            row(7, Value::Int(7), Some("too long")),
+            row(7, Value::Text("-7".into()), Some("g")),
+        ] {
+            let batch = Batch {
+                columns: columns.clone(),
+                rows: vec![row(8, Value::Int(8), Some("h")), bad],
+            };
+            let err = sink.upsert(&batch, None).await.unwrap_err();
+            assert_eq!(err.class(), ErrorClass::Data, "{err}");
+        }
+        assert_eq!(pg.scalar("SELECT count(*) FROM u WHERE id >= 7").await, 0);
+        assert_eq!(pg.scalar("SELECT count(*) FROM u").await, 5);
+        sink.close().await;
+    })
+    .await;
+}
