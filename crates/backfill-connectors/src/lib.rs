@@ -592,7 +592,7 @@ impl ReplaceTxn {
 /// guarantees of the row path: the same keyset batches, exact counts, idempotent writes, and
 /// a write and its [`Extra`] committing together.
 ///
-/// Protocol (`upsert`): per partition attempt, [`partition`](AnyPushdown::partition) stages
+/// Protocol (`upsert`): per partition attempt, [`partition`](AnyPushdown::partition) counts
 /// the rows after the checkpoint (nothing is written yet); then per batch,
 /// [`PushedPartition::next_batch`] and [`PushedBatch::upsert`] with the checkpoint. (`replace`): per partition, [`begin_replace`](AnyPushdown::begin_replace),
 /// then [`PushedReplace::commit`].
@@ -610,9 +610,10 @@ impl AnyPushdown {
         }
     }
 
-    /// Stages the rows of `window` whose key is strictly greater than `after` (`None`: from
-    /// the start), in key order, like [`Source::read_batch`] would return them over
-    /// successive calls; writes nothing. A NULL key is a [`ConnectorError::Data`] error.
+    /// Starts a partition attempt over the rows of `window` whose key is strictly greater
+    /// than `after` (`None`: from the start), handed out in key order like
+    /// [`Source::read_batch`] would return them over successive calls; writes nothing. A
+    /// NULL key is a [`ConnectorError::Data`] error.
     pub async fn partition(
         &self,
         window: &Window,
@@ -639,6 +640,14 @@ impl AnyPushdown {
     pub async fn close(&self) {
         match self {
             AnyPushdown::Sqlite(p) => p.close().await,
+        }
+    }
+
+    /// What the pushdown did so far: batches written without staging, partitions staged,
+    /// commits and the syncs that made them durable.
+    pub fn stats(&self) -> sqlite::PushdownStats {
+        match self {
+            AnyPushdown::Sqlite(p) => p.stats(),
         }
     }
 }

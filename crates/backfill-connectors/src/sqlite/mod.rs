@@ -9,8 +9,10 @@
 //! a live database to WAL is a permanent change that needs an exclusive lock).
 //!
 //! Invariants: write transactions start with `BEGIN IMMEDIATE`, so a write never fails half-way
-//! on a lock upgrade; the target runs in WAL with `synchronous = FULL`, so a committed batch
-//! (and a checkpoint committed with it) is durable before the call returns.
+//! on a lock upgrade; a committed batch (and a checkpoint committed with it) is durable before
+//! the call returns: the row path's target runs in WAL with `synchronous = FULL`, the
+//! pushdown's commits with `synchronous = NORMAL` and then wait for a shared sync of the WAL
+//! file (group commit, see `pushdown`).
 
 mod pushdown;
 mod sink;
@@ -33,7 +35,9 @@ use sqlx::{Arguments, ConnectOptions, Decode, TypeInfo, ValueRef};
 use crate::ConnectorError;
 use crate::shared::{classify_driver, decode_row, driver_error};
 
-pub use pushdown::{SqlitePartition, SqlitePushdown, SqlitePushedReplace, SqliteStaged};
+pub use pushdown::{
+    PushdownStats, SqlitePartition, SqlitePushdown, SqlitePushedReplace, SqliteStaged,
+};
 pub use sink::{SqliteReplace, SqliteSink};
 pub use source::SqliteSource;
 

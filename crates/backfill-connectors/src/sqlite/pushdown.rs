@@ -10,26 +10,44 @@
 //! `backfill_part`, kept in a temporary FILE (`temp_store = FILE`), not in memory, whose key
 //! columns are NOT NULL: a NULL key fails the staging statement itself.
 //!
-//! - upsert, per partition attempt: [`SqlitePushdown::partition`] runs the query once for the
-//!   window (keys after the checkpoint, in key order) into the TEMP table, autocommit: it
-//!   reads the source only, so workers stage in parallel, and one indexed pass over the
-//!   window replaces one pass per batch. Its rowids are then the key order, so a batch is a
-//!   rowid range ([`SqlitePartition::next_batch`]): the same rows, the same last keys, the same
-//!   batch sizes as the row path's keyset pages. Per batch, [`SqliteStaged::upsert`] runs one
-//!   target transaction: a write to the target first (it takes the target's write lock, and
-//!   only the target's), count the batch's keys that exist, `INSERT … SELECT … FROM
-//!   temp.backfill_part WHERE rowid in the batch ON CONFLICT … DO UPDATE … WHERE <a column
-//!   differs> [AND <the target's guard is not newer>]`, the engine's [`Extra`], commit. Counts are split exactly as on the row path:
-//!   `changes()` = inserted + updated.
+//! - upsert, per partition attempt: [`SqlitePushdown::partition`] counts the window's rows
+//!   after the checkpoint (refusing a NULL key); nothing is written.
+//!   - When they fit in one batch (the common case: partitions sized to a batch),
+//!     [`SqlitePartition::next_batch`] reads only their last key, and
+//!     [`SqliteStaged::upsert`] writes them straight from the query in one target
+//!     transaction: `INSERT … SELECT … WHERE <key after the checkpoint and up to the last key>
+//!     ON CONFLICT DO NOTHING` (`changes()` = inserted), then, only when some key already
+//!     existed, the same rows with the upsert clause below (`changes()` = updated: the rows
+//!     just inserted are identical), the engine's [`Extra`], commit. No TEMP table, no count
+//!     of existing keys: on a full copy each row is read and written once, as by one
+//!     `INSERT … SELECT`.
+//!   - Otherwise the query runs once for the rows after the checkpoint (in key order) into
+//!     the TEMP table, autocommit: it reads the source only, so workers stage in parallel,
+//!     and one indexed pass over the window replaces one pass per batch. Its rowids are then
+//!     the key order, so a batch is a rowid range: the same rows, the same last keys, the
+//!     same batch sizes as the row path's keyset pages. Per batch, one target transaction: a
+//!     write to the target first (it takes the target's write lock, and only the target's),
+//!     count the batch's keys that exist, `INSERT … SELECT … FROM temp.backfill_part WHERE
+//!     rowid in the batch ON CONFLICT … DO UPDATE … WHERE <a column differs> [AND <the
+//!     target's guard is not newer>]`, the engine's [`Extra`], commit. Counts are split
+//!     exactly as on the row path: `changes()` = inserted + updated.
 //! - replace, per partition: one target transaction deletes the window, checks the window has
 //!   no NULL key, inserts the whole window with one `INSERT … SELECT` (SQLite streams it), runs
 //!   the [`Extra`] and commits.
 //!
+//! Durability (group commit, [`WalSync`]): in WAL mode the target is written with
+//! `synchronous = NORMAL`, so a commit does not sync inside the writer lock; after releasing
+//! it, the writer waits for an `fdatasync` of the WAL file that began after its commit. One
+//! sync covers every commit before it and overlaps the next writer's statements. `upsert` and
+//! `commit` return only then, so the engine's checkpoint (written after they return, or inside
+//! the same transaction) never claims a batch that is not durable. A target not in WAL mode
+//! keeps `synchronous = FULL`.
+//!
 //! Invariants: the source is only read (the query is a subquery of a `SELECT`, and no
 //! transaction ever starts with a source write, so no lock but a read lock is taken on it);
 //! this process's pushdown writers are serialised by an async mutex (SQLite has one writer per
-//! file anyway; the mutex avoids busy-waiting on each other); the target runs in WAL with
-//! `synchronous = FULL`; every value is bound, identifiers are validated and quoted.
+//! file anyway; the mutex avoids busy-waiting on each other); a write returns only once durable
+//! (see Durability); every value is bound, identifiers are validated and quoted.
 //!
 //! Not used (the engine falls back to the row path, logged at info level) for an in-memory
 //! or parameterised URL, a target table outside `main`, a source table named like the TEMP
@@ -42,10 +60,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use backfill_core::SecretUrl;
 use backfill_core::params::{self, Placeholder};
 use backfill_core::plan::Window;
+use backfill_core::retry::ErrorClass;
 use backfill_core::spec::{SourceSpec, TargetSpec, WriteMode};
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{RowCounts, Value};
@@ -76,6 +96,10 @@ const STAGE: &str = "backfill_part";
 const STAGE_QUOTED: &str = "temp.\"backfill_part\"";
 /// The rows of one batch in the TEMP table: rowids `(?1, ?2]`.
 const BATCH_ROWS: &str = "rowid > ?1 AND rowid <= ?2";
+/// Statement variant of a partition read from its window's start.
+const FIRST: usize = 0;
+/// Statement variant of a partition read after a resume key.
+const AFTER: usize = 1;
 
 /// Moves a spec's rows from a SQLite source file to a SQLite target file inside SQLite.
 pub struct SqlitePushdown {
@@ -93,6 +117,103 @@ pub struct SqlitePushdown {
     /// Quoted target table, schema-qualified (`"backfill_target"."t"` or `"main"."t"`).
     target: String,
     stmts: Statements,
+    /// Makes commits durable after the writer lock is released (`None`: the target is not
+    /// in WAL mode, and each commit syncs itself with `synchronous = FULL`).
+    wal: Option<Arc<WalSync>>,
+    /// Partitions staged in the TEMP table (more than one batch after the checkpoint).
+    staged_partitions: AtomicU64,
+    /// Batches written straight from the query (the direct path).
+    direct_batches: AtomicU64,
+    /// Whether the last direct batch found mostly new keys: the next one then inserts the new
+    /// keys first and upserts only if some existed (one pass on a copy into an empty
+    /// target); otherwise it counts the existing keys and upserts (one write pass where most
+    /// rows exist). Either gives exact counts; this only picks the cheaper.
+    expect_new: AtomicBool,
+}
+
+/// What a pushdown did so far (for tests, logs and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushdownStats {
+    /// Partition attempts whose rows were staged in the TEMP table, to be cut into batches.
+    pub staged_partitions: u64,
+    /// Batches written straight from the query, without staging (the partition's rows after
+    /// its checkpoint fit in one batch).
+    pub direct_batches: u64,
+    /// Target transactions committed without a sync of their own (`synchronous = NORMAL`).
+    pub commits: u64,
+    /// Syncs of the target's WAL file that made those commits durable; each covers every
+    /// commit made before it started, so with concurrent writers there are fewer syncs than
+    /// commits (group commit).
+    pub wal_syncs: u64,
+}
+
+/// Group commit for the target's WAL: commits run with `synchronous = NORMAL` (written to the
+/// WAL file, not synced), then each writer, after releasing the writer lock, waits until one
+/// `fdatasync` of the WAL file that started after its commit has finished. One sync then
+/// covers every commit made before it began, and it runs while the next writer already
+/// writes, instead of inside the lock.
+///
+/// Why this is as durable as `synchronous = FULL` for a commit once [`WalSync::durable`]
+/// returns: the commit's frames are either still in the WAL file (synced here) or were
+/// copied into the database by a checkpoint, which with `synchronous = NORMAL` syncs the WAL
+/// before copying and the database before the WAL is reused. Our open connections keep the
+/// WAL file from being deleted. A power loss before the sync loses the commit as a whole
+/// (SQLite recovers the WAL up to its last complete commit), never half of it.
+#[derive(Debug)]
+struct WalSync {
+    /// The target's WAL file (`<canonical target path>-wal`).
+    path: PathBuf,
+    /// Commits counted so far, each counted after its commit returned.
+    committed: AtomicU64,
+    /// Commits known durable. Held during a sync, so writers arriving meanwhile wait for it
+    /// and then find themselves covered or start the next one.
+    synced: Mutex<u64>,
+    /// Syncs issued.
+    syncs: AtomicU64,
+}
+
+impl WalSync {
+    fn new(path: PathBuf) -> WalSync {
+        WalSync {
+            path,
+            committed: AtomicU64::new(0),
+            synced: Mutex::new(0),
+            syncs: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a commit that just returned; its number, for [`WalSync::durable`].
+    fn committed(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Returns once commit number `seq` is durable: covered by a sync that started after it.
+    async fn durable(&self, seq: u64) -> Result<(), ConnectorError> {
+        let mut synced = self.synced.lock().await;
+        if *synced >= seq {
+            return Ok(());
+        }
+        // Every commit counted by now has written its frames: this sync covers them all.
+        let upto = self.committed.load(Ordering::SeqCst);
+        let path = self.path.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path).and_then(|file| file.sync_data())
+        })
+        .await;
+        let failed = |message: String| ConnectorError::Sql {
+            context: format!("sync of {}", self.path.display()),
+            message,
+            class: ErrorClass::Transient,
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(e) => return Err(failed(e.to_string())),
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        *synced = upto;
+        Ok(())
+    }
 }
 
 /// Every statement, built once from validated identifiers.
@@ -105,6 +226,17 @@ struct Statements {
     lock: Arc<str>,
     count_existing: Arc<str>,
     upsert: Arc<str>,
+    /// The direct path (a partition whose rows after the checkpoint fit in one batch), per
+    /// variant ([`FIRST`]: from the window's start, [`AFTER`]: after a resume key): the
+    /// count of those rows with one NULL count per key column, the last key, and the writes
+    /// of the rows up to a bound last key straight from the query: insert the new keys
+    /// only, then (when some key existed) the upsert.
+    window_count: [Arc<str>; 2],
+    window_last: [Arc<str>; 2],
+    direct_new: [Arc<str>; 2],
+    direct_upsert: [Arc<str>; 2],
+    /// The direct path's count of the batch's keys that exist in the target.
+    direct_existing: [Arc<str>; 2],
     /// `replace` mode: delete the window, find a NULL key in the query, insert the query.
     replace: Option<(Arc<str>, Arc<str>, Arc<str>)>,
 }
@@ -328,7 +460,6 @@ impl SqlitePushdown {
                 }
             }
             setup.push(format!("PRAGMA \"{TARGET_SCHEMA}\".journal_mode = WAL"));
-            setup.push(format!("PRAGMA \"{TARGET_SCHEMA}\".synchronous = FULL"));
         }
         let quoted: Vec<String> = columns.iter().map(|c| sql::quote(c)).collect();
         let key: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
@@ -369,6 +500,23 @@ impl SqlitePushdown {
                 return not_used(format!("setup failed ({text}): {e}"));
             }
         }
+        // In WAL mode commits are made durable by a shared sync outside the writer lock
+        // (`WalSync`); otherwise each commit syncs itself.
+        let journal: String = sqlx::query_scalar(AssertSqlSafe(format!(
+            "PRAGMA \"{target_schema}\".journal_mode"
+        )))
+        .fetch_one(&mut probe)
+        .await
+        .map_err(|e| sql_error("pushdown setup", &e))?;
+        let wal = journal.eq_ignore_ascii_case("wal").then(|| {
+            let mut path = target_file.clone().into_os_string();
+            path.push("-wal");
+            Arc::new(WalSync::new(PathBuf::from(path)))
+        });
+        let synchronous = if wal.is_some() { "NORMAL" } else { "FULL" };
+        setup.push(format!(
+            "PRAGMA \"{target_schema}\".synchronous = {synchronous}"
+        ));
         let mut check: Vec<&Arc<str>> = vec![
             &stmts.first_page,
             &stmts.next_page,
@@ -376,10 +524,18 @@ impl SqlitePushdown {
             &stmts.lock,
             &stmts.count_existing,
         ];
+        check.extend(stmts.window_count.iter().chain(&stmts.window_last));
         if let Some((delete, null_key, insert)) = &stmts.replace {
             check.extend([delete, null_key, insert]);
         } else {
             check.push(&stmts.upsert);
+            check.extend(
+                stmts
+                    .direct_new
+                    .iter()
+                    .chain(&stmts.direct_upsert)
+                    .chain(&stmts.direct_existing),
+            );
         }
         for text in check {
             if let Err(e) = probe
@@ -431,6 +587,10 @@ impl SqlitePushdown {
             target_format: target.time_format.clone(),
             target: target_quoted,
             stmts,
+            wal,
+            staged_partitions: AtomicU64::new(0),
+            direct_batches: AtomicU64::new(0),
+            expect_new: AtomicBool::new(true),
         }))
     }
 
@@ -443,9 +603,11 @@ impl SqlitePushdown {
         format!("pushdown {what} {}", self.target)
     }
 
-    /// Runs the query for `window` (rows whose key is after `after`, in key order) into this
-    /// connection's TEMP table, once; nothing is written to the target. Batches are then taken
-    /// from it in order with [`SqlitePartition::next_batch`].
+    /// Starts a partition attempt: counts the rows of `window` whose key is after `after`
+    /// (refusing a NULL key); nothing is written to the target. Batches are then taken in key
+    /// order with [`SqlitePartition::next_batch`]: when they all fit in the first batch, it is
+    /// written straight from the query; otherwise the rows are staged once in this
+    /// connection's TEMP table and cut into batches there.
     pub async fn partition(
         &self,
         window: &Window,
@@ -453,11 +615,11 @@ impl SqlitePushdown {
     ) -> Result<SqlitePartition<'_>, ConnectorError> {
         const CONTEXT: &str = "source query";
         let mut values = named_values(&self.names, window, &self.source_format);
-        let text = match after {
-            None => &self.stmts.first_page,
+        let variant = match after {
+            None => FIRST,
             Some(after) if after.len() == self.key.len() => {
                 values.extend(after.iter().cloned());
-                &self.stmts.next_page
+                AFTER
             }
             Some(after) => {
                 return Err(ConnectorError::Data {
@@ -475,43 +637,68 @@ impl SqlitePushdown {
             .acquire()
             .await
             .map_err(|e| sql_error(CONTEXT, &e))?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.stmts.clear)))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| sql_error(CONTEXT, &e))?;
-        let total = sqlx::query_with(
-            AssertSqlSafe(Arc::clone(text)),
+        let row = sqlx::query_with(
+            AssertSqlSafe(Arc::clone(&self.stmts.window_count[variant])),
             arguments(&values, values.len())?,
         )
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await
-        .map_err(|e| match null_stage_column(&e) {
-            Some(column) => self.null_key_error(column),
-            None => sql_error(CONTEXT, &e),
-        })?
-        .rows_affected();
-        if total > 0 {
-            // Rows inserted into an empty rowid table are numbered 1..=total in insertion
-            // (key) order; batches rely on it.
-            let (min, max): (i64, i64) =
-                sqlx::query_as(AssertSqlSafe(Arc::clone(&self.stmts.rowids)))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| sql_error(CONTEXT, &e))?;
-            if min != 1 || u64::try_from(max).ok() != Some(total) {
-                return Err(ConnectorError::Data {
-                    message: format!(
-                        "pushdown: staged rows are numbered {min}..{max}, expected 1..{total}"
-                    ),
-                });
+        .map_err(|e| sql_error(CONTEXT, &e))?;
+        let total: i64 = row.try_get(0).map_err(|e| sql_error(CONTEXT, &e))?;
+        for (i, column) in self.key.iter().enumerate() {
+            let nulls: i64 = row.try_get(i + 1).map_err(|e| sql_error(CONTEXT, &e))?;
+            if nulls > 0 {
+                return Err(self.null_key_error(column));
             }
         }
         Ok(SqlitePartition {
             owner: self,
             conn,
-            total,
+            total: u64::try_from(total).unwrap_or(0),
             done: 0,
+            values,
+            variant,
+            staged: false,
         })
+    }
+
+    /// What this pushdown did so far.
+    pub fn stats(&self) -> PushdownStats {
+        let (commits, wal_syncs) = self.wal.as_ref().map_or((0, 0), |w| {
+            (
+                w.committed.load(Ordering::SeqCst),
+                w.syncs.load(Ordering::Relaxed),
+            )
+        });
+        PushdownStats {
+            staged_partitions: self.staged_partitions.load(Ordering::Relaxed),
+            direct_batches: self.direct_batches.load(Ordering::Relaxed),
+            commits,
+            wal_syncs,
+        }
+    }
+
+    /// Makes the commit that just returned durable (see [`WalSync`]); call it after the
+    /// writer lock is released.
+    async fn durable(&self) -> Result<(), ConnectorError> {
+        match &self.wal {
+            Some(wal) => wal.durable(wal.committed()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The key values of `row` (its first columns are the key columns, in order).
+    fn read_key(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Vec<Value>, ConnectorError> {
+        let mut key = Vec::with_capacity(self.key.len());
+        for (i, name) in self.key.iter().enumerate() {
+            let raw = row
+                .try_get_raw(i)
+                .map_err(|e| sql_error("source query", &e))?;
+            key.push(decode_value(raw).map_err(|e| ConnectorError::Data {
+                message: format!("column \"{name}\": {e}"),
+            })?);
+        }
+        Ok(key)
     }
 
     /// The first key column that is NULL in `row` (one `IS NULL` flag per key column).
@@ -585,7 +772,8 @@ impl SqlitePushdown {
         .rows_affected();
         Ok(SqlitePushedReplace {
             tx,
-            _writer: guard,
+            writer: guard,
+            wal: self.wal.clone(),
             context,
             counts: RowCounts {
                 read: inserted,
@@ -629,6 +817,12 @@ fn statements(query: &str, query_params: usize, shape: TargetShape<'_>) -> State
         window_column,
     } = shape;
     let first_param = query_params + 1;
+    let direct = Direct {
+        query,
+        key,
+        first_param,
+        after: false,
+    };
     let insert_stage = |after: bool| -> Arc<str> {
         let (ordered, _) = sql::ordered(query, key, first_param, after);
         format!("INSERT INTO {STAGE_QUOTED} {ordered}").into()
@@ -686,19 +880,111 @@ fn statements(query: &str, query_params: usize, shape: TargetShape<'_>) -> State
             BATCH_ROWS,
         )
         .into(),
+        window_count: direct.each(|d| d.count()),
+        window_last: direct.each(|d| d.last()),
+        direct_new: direct.each(|d| {
+            let (from, filter) = d.upto();
+            sql::insert_new_select(target, columns, key_positions, &from, &filter)
+        }),
+        direct_upsert: direct.each(|d| {
+            let (from, filter) = d.upto();
+            sql::upsert_select(target, columns, key_positions, guard, &from, &filter)
+        }),
+        direct_existing: direct.each(|d| {
+            let (from, filter) = d.upto();
+            format!(
+                "SELECT count(*) FROM {target} WHERE {target_key} IN \
+                 (SELECT {} FROM {from} WHERE {filter})",
+                list(key)
+            )
+        }),
         replace,
     }
 }
 
-/// A partition attempt staged in a connection's TEMP table by [`SqlitePushdown::partition`];
-/// dropping it writes nothing.
+/// Builds the direct path's statements over the query itself (no TEMP table).
+struct Direct<'a> {
+    query: &'a str,
+    key: &'a [String],
+    /// The first placeholder after the query's own.
+    first_param: usize,
+    /// Whether rows start after a bound resume key ([`AFTER`]).
+    after: bool,
+}
+
+impl<'a> Direct<'a> {
+    fn each(&self, build: impl Fn(&Direct<'a>) -> String) -> [Arc<str>; 2] {
+        [FIRST, AFTER].map(|variant| {
+            let d = Direct {
+                after: variant == AFTER,
+                ..*self
+            };
+            Arc::from(build(&d))
+        })
+    }
+
+    fn from(&self) -> String {
+        format!("(\n{}\n) AS q", self.query)
+    }
+
+    /// The rows after the resume key (all rows for [`FIRST`]) and the next placeholder.
+    fn filter(&self) -> (String, usize) {
+        if self.after {
+            sql::key_cmp(self.key, ">", self.first_param)
+        } else {
+            ("true".to_owned(), self.first_param)
+        }
+    }
+
+    /// `count(*)` and, per key column, its NULLs.
+    fn count(&self) -> String {
+        let nulls: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("coalesce(sum({k} IS NULL), 0)"))
+            .collect();
+        format!(
+            "SELECT count(*), {} FROM {} WHERE {}",
+            list(&nulls),
+            self.from(),
+            self.filter().0
+        )
+    }
+
+    /// The last key in key order (the order of the staging statement, reversed).
+    fn last(&self) -> String {
+        let desc: Vec<String> = self.key.iter().map(|k| format!("+{k} DESC")).collect();
+        format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT 1",
+            list(self.key),
+            self.from(),
+            self.filter().0,
+            list(&desc)
+        )
+    }
+
+    /// The source and the filter of the rows up to a bound last key.
+    fn upto(&self) -> (String, String) {
+        let (filter, next) = self.filter();
+        let (upto, _) = sql::key_cmp(self.key, "<=", next);
+        (self.from(), format!("{filter} AND {upto}"))
+    }
+}
+
+/// A partition attempt started by [`SqlitePushdown::partition`]; dropping it writes nothing.
 pub struct SqlitePartition<'a> {
     owner: &'a SqlitePushdown,
     conn: PoolConnection<Sqlite>,
-    /// Rows staged.
+    /// Rows after the checkpoint: counted, then (once staged) the rows staged.
     total: u64,
-    /// Rows handed out as batches so far.
+    /// Rows handed out as batches and written so far.
     done: u64,
+    /// The query's bound values, then the resume key's ([`AFTER`]).
+    values: Vec<Value>,
+    /// [`FIRST`] or [`AFTER`].
+    variant: usize,
+    /// Whether the rows are staged in the TEMP table.
+    staged: bool,
 }
 
 impl fmt::Debug for SqlitePartition<'_> {
@@ -706,16 +992,24 @@ impl fmt::Debug for SqlitePartition<'_> {
         f.debug_struct("SqlitePartition")
             .field("total", &self.total)
             .field("done", &self.done)
+            .field("staged", &self.staged)
             .finish_non_exhaustive()
     }
 }
 
 impl<'p> SqlitePartition<'p> {
-    /// The next `limit` staged rows, in key order (empty when all were handed out), with
-    /// the key of the last one.
+    /// The next `limit` rows, in key order (empty when all were handed out), with the key of
+    /// the last one. When every row after the checkpoint fits, the batch is the query itself
+    /// up to its last key (nothing staged); otherwise the rows are staged on the first call.
     pub async fn next_batch(&mut self, limit: u32) -> Result<SqliteStaged<'_, 'p>, ConnectorError> {
+        if !self.staged && self.done < self.total {
+            if self.done == 0 && self.total <= u64::from(limit) {
+                return self.direct_batch().await;
+            }
+            self.stage().await?;
+        }
         let from = self.done;
-        let len = u64::from(limit).min(self.total - from);
+        let len = u64::from(limit).min(self.total.saturating_sub(from));
         let mut last = None;
         if len > 0 {
             let to = i64::try_from(from + len).unwrap_or(i64::MAX);
@@ -724,33 +1018,100 @@ impl<'p> SqlitePartition<'p> {
                 .fetch_one(&mut *self.conn)
                 .await
                 .map_err(|e| sql_error("source query", &e))?;
-            let mut key = Vec::with_capacity(self.owner.key.len());
-            for (i, name) in self.owner.key.iter().enumerate() {
-                let raw = row
-                    .try_get_raw(i)
-                    .map_err(|e| sql_error("source query", &e))?;
-                key.push(decode_value(raw).map_err(|e| ConnectorError::Data {
-                    message: format!("column \"{name}\": {e}"),
-                })?);
-            }
-            last = Some(key);
+            last = Some(self.owner.read_key(&row)?);
         }
         Ok(SqliteStaged {
             part: self,
             from,
             len,
             last,
+            direct: false,
         })
+    }
+
+    /// Every row after the checkpoint as one batch, read by the write itself: only its last
+    /// key is read here.
+    async fn direct_batch(&mut self) -> Result<SqliteStaged<'_, 'p>, ConnectorError> {
+        let owner = self.owner;
+        let row = sqlx::query_with(
+            AssertSqlSafe(Arc::clone(&owner.stmts.window_last[self.variant])),
+            arguments(&self.values, self.values.len())?,
+        )
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(|e| sql_error("source query", &e))?;
+        let last = match row {
+            Some(row) => Some(owner.read_key(&row)?),
+            // The rows went away since they were counted.
+            None => None,
+        };
+        let len = if last.is_some() { self.total } else { 0 };
+        Ok(SqliteStaged {
+            part: self,
+            from: 0,
+            len,
+            last,
+            direct: true,
+        })
+    }
+
+    /// Runs the query once for the rows after the checkpoint, in key order, into the TEMP
+    /// table (autocommit: it reads the source only, so workers stage in parallel).
+    async fn stage(&mut self) -> Result<(), ConnectorError> {
+        const CONTEXT: &str = "source query";
+        let owner = self.owner;
+        let text = match self.variant {
+            FIRST => &owner.stmts.first_page,
+            _ => &owner.stmts.next_page,
+        };
+        let conn: &mut SqliteConnection = &mut self.conn;
+        sqlx::query(AssertSqlSafe(Arc::clone(&owner.stmts.clear)))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| sql_error(CONTEXT, &e))?;
+        let total = sqlx::query_with(
+            AssertSqlSafe(Arc::clone(text)),
+            arguments(&self.values, self.values.len())?,
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match null_stage_column(&e) {
+            Some(column) => owner.null_key_error(column),
+            None => sql_error(CONTEXT, &e),
+        })?
+        .rows_affected();
+        if total > 0 {
+            // Rows inserted into an empty rowid table are numbered 1..=total in insertion
+            // (key) order; batches rely on it.
+            let (min, max): (i64, i64) =
+                sqlx::query_as(AssertSqlSafe(Arc::clone(&owner.stmts.rowids)))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| sql_error(CONTEXT, &e))?;
+            if min != 1 || u64::try_from(max).ok() != Some(total) {
+                return Err(ConnectorError::Data {
+                    message: format!(
+                        "pushdown: staged rows are numbered {min}..{max}, expected 1..{total}"
+                    ),
+                });
+            }
+        }
+        owner.staged_partitions.fetch_add(1, Ordering::Relaxed);
+        self.total = total;
+        self.staged = true;
+        Ok(())
     }
 }
 
-/// One batch of a staged partition, not yet written. Dropping it writes nothing (and the
-/// next batch is the same rows again).
+/// One batch of a partition, not yet written. Dropping it writes nothing (and the next
+/// batch is the same rows again).
 pub struct SqliteStaged<'a, 'p> {
     part: &'a mut SqlitePartition<'p>,
     from: u64,
     len: u64,
     last: Option<Vec<Value>>,
+    /// Written straight from the query (every row after the checkpoint, up to `last`).
+    direct: bool,
 }
 
 impl fmt::Debug for SqliteStaged<'_, '_> {
@@ -759,6 +1120,7 @@ impl fmt::Debug for SqliteStaged<'_, '_> {
             .field("from", &self.from)
             .field("len", &self.len)
             .field("last", &self.last)
+            .field("direct", &self.direct)
             .finish_non_exhaustive()
     }
 }
@@ -779,8 +1141,9 @@ impl SqliteStaged<'_, '_> {
         self.last.as_deref()
     }
 
-    /// Upserts the batch into the target and runs `extra`, in one transaction. Counts are
-    /// exact, as on the row path: `inserted + updated + unchanged == len`.
+    /// Upserts the batch into the target and runs `extra`, in one transaction, and returns
+    /// once that transaction is durable. Counts are exact, as on the row path:
+    /// `inserted + updated + unchanged == len`.
     pub async fn upsert(self, extra: Option<&Extra>) -> Result<RowCounts, ConnectorError> {
         let part = self.part;
         let owner = part.owner;
@@ -789,53 +1152,28 @@ impl SqliteStaged<'_, '_> {
         if n == 0 {
             return Ok(RowCounts::default());
         }
-        let range = [
-            i64::try_from(self.from).unwrap_or(i64::MAX),
-            i64::try_from(self.from + n).unwrap_or(i64::MAX),
-        ];
         let guard = owner.writer.lock().await;
-        let (existing, written) = {
-            let conn: &mut SqliteConnection = &mut part.conn;
-            // Deferred, so the source is never write-locked; the first statement writes
-            // (nothing) to the target, which takes the target's write lock before any read,
-            // so a concurrent commit cannot invalidate this transaction's snapshot.
-            let mut tx: Transaction<'_, Sqlite> = conn
-                .begin_with("BEGIN")
-                .await
-                .map_err(|e| sql_error(&context, &e))?;
-            sqlx::query(AssertSqlSafe(Arc::clone(&owner.stmts.lock)))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| sql_error(&context, &e))?;
-            let existing: i64 =
-                sqlx::query_scalar(AssertSqlSafe(Arc::clone(&owner.stmts.count_existing)))
-                    .bind(range[0])
-                    .bind(range[1])
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| sql_error(&context, &e))?;
-            let written = sqlx::query(AssertSqlSafe(Arc::clone(&owner.stmts.upsert)))
-                .bind(range[0])
-                .bind(range[1])
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| sql_error(&context, &e))?
-                .rows_affected();
-            run_extra(&mut tx, extra).await?;
-            tx.commit().await.map_err(|e| sql_error(&context, &e))?;
-            (u64::try_from(existing).unwrap_or(0), written)
+        let (inserted, updated) = match &self.last {
+            Some(last) if self.direct => {
+                let mut values = part.values.clone();
+                values.extend(last.iter().cloned());
+                write_direct(part, &values, extra, &context).await?
+            }
+            _ => write_staged(part, [self.from, self.from + n], extra, &context).await?,
         };
         drop(guard);
+        owner.durable().await?;
+        if self.direct {
+            owner.direct_batches.fetch_add(1, Ordering::Relaxed);
+        }
         part.done = self.from + n;
-        if part.done == part.total {
+        if part.staged && part.done == part.total {
             // The partition is written: free the staged rows now (best effort; the next
             // partition on this connection clears them anyway).
             let _ = sqlx::query(AssertSqlSafe(Arc::clone(&owner.stmts.clear)))
                 .execute(&mut *part.conn)
                 .await;
         }
-        let inserted = n.saturating_sub(existing);
-        let updated = written.saturating_sub(inserted);
         Ok(RowCounts {
             inserted,
             updated,
@@ -845,13 +1183,128 @@ impl SqliteStaged<'_, '_> {
     }
 }
 
+/// Writes staged rows `(range[0], range[1]]` and `extra` in one target transaction; returns
+/// (inserted, updated).
+async fn write_staged(
+    part: &mut SqlitePartition<'_>,
+    range: [u64; 2],
+    extra: Option<&Extra>,
+    context: &str,
+) -> Result<(u64, u64), ConnectorError> {
+    let owner = part.owner;
+    let range = range.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+    let conn: &mut SqliteConnection = &mut part.conn;
+    // Deferred, so the source is never write-locked; the first statement writes (nothing) to
+    // the target, which takes the target's write lock before any read, so a concurrent commit
+    // cannot invalidate this transaction's snapshot.
+    let mut tx: Transaction<'_, Sqlite> = conn
+        .begin_with("BEGIN")
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    sqlx::query(AssertSqlSafe(Arc::clone(&owner.stmts.lock)))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    let existing: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&owner.stmts.count_existing)))
+        .bind(range[0])
+        .bind(range[1])
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    let written = sqlx::query(AssertSqlSafe(Arc::clone(&owner.stmts.upsert)))
+        .bind(range[0])
+        .bind(range[1])
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?
+        .rows_affected();
+    run_extra(&mut tx, extra).await?;
+    tx.commit().await.map_err(|e| sql_error(context, &e))?;
+    let n = u64::try_from(range[1] - range[0]).unwrap_or(0);
+    let inserted = n.saturating_sub(u64::try_from(existing).unwrap_or(0));
+    Ok((inserted, written.saturating_sub(inserted)))
+}
+
+/// Writes the query's rows after the checkpoint up to the bound last key (`values`: the
+/// query's, the resume key's, the last key's) and `extra` in one target transaction. When the
+/// last batch found mostly new keys: first the new keys only (`changes()` = inserted), then,
+/// only when some key already existed, the upsert, whose `changes()` are the updated rows (the
+/// rows just inserted are identical). Otherwise: count the keys that exist, then the upsert
+/// (`changes()` = inserted + updated). The first statement takes the target's write lock (it
+/// writes, or the transaction began with the lock statement) before its snapshot could go
+/// stale; the source is only read. Returns (inserted, updated).
+async fn write_direct(
+    part: &mut SqlitePartition<'_>,
+    values: &[Value],
+    extra: Option<&Extra>,
+    context: &str,
+) -> Result<(u64, u64), ConnectorError> {
+    let owner = part.owner;
+    let stmts = &owner.stmts;
+    let variant = part.variant;
+    let n = part.total;
+    let conn: &mut SqliteConnection = &mut part.conn;
+    let mut tx: Transaction<'_, Sqlite> = conn
+        .begin_with("BEGIN")
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    let run = |text: &Arc<str>| -> Result<_, ConnectorError> {
+        Ok(sqlx::query_with(
+            AssertSqlSafe(Arc::clone(text)),
+            arguments(values, values.len())?,
+        ))
+    };
+    let (inserted, updated) = if owner.expect_new.load(Ordering::Relaxed) {
+        let inserted = run(&stmts.direct_new[variant])?
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?
+            .rows_affected();
+        let mut updated = 0;
+        if inserted < n {
+            updated = run(&stmts.direct_upsert[variant])?
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(context, &e))?
+                .rows_affected();
+        }
+        (inserted, updated)
+    } else {
+        sqlx::query(AssertSqlSafe(Arc::clone(&stmts.lock)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+        let (existing,): (i64,) = sqlx::query_as_with(
+            AssertSqlSafe(Arc::clone(&stmts.direct_existing[variant])),
+            arguments(values, values.len())?,
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+        let written = run(&stmts.direct_upsert[variant])?
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?
+            .rows_affected();
+        let inserted = n.saturating_sub(u64::try_from(existing).unwrap_or(0));
+        (inserted, written.saturating_sub(inserted))
+    };
+    run_extra(&mut tx, extra).await?;
+    tx.commit().await.map_err(|e| sql_error(context, &e))?;
+    owner
+        .expect_new
+        .store(inserted.saturating_mul(2) >= n, Ordering::Relaxed);
+    Ok((inserted, updated))
+}
+
 /// An open pushdown `replace` transaction: the window is deleted and re-inserted inside it.
 /// Dropped without commit, it rolls back.
 pub struct SqlitePushedReplace {
     tx: Transaction<'static, Sqlite>,
-    _writer: OwnedMutexGuard<()>,
+    writer: OwnedMutexGuard<()>,
     context: String,
     counts: RowCounts,
+    wal: Option<Arc<WalSync>>,
 }
 
 impl fmt::Debug for SqlitePushedReplace {
@@ -868,12 +1321,22 @@ impl SqlitePushedReplace {
         self.counts
     }
 
-    /// Runs `extra` (must affect exactly one row), then commits.
-    pub async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
-        run_extra(&mut self.tx, extra).await?;
-        self.tx
-            .commit()
-            .await
-            .map_err(|e| sql_error(&self.context, &e))
+    /// Runs `extra` (must affect exactly one row), then commits; returns once the commit is
+    /// durable.
+    pub async fn commit(self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
+        let SqlitePushedReplace {
+            mut tx,
+            writer,
+            context,
+            wal,
+            ..
+        } = self;
+        run_extra(&mut tx, extra).await?;
+        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+        drop(writer);
+        match wal {
+            Some(wal) => wal.durable(wal.committed()).await,
+            None => Ok(()),
+        }
     }
 }

@@ -141,29 +141,63 @@ pub(crate) fn ordered(
 ) -> (String, usize) {
     let mut sql = wrap("*", query);
     let mut n = first_param;
-    let plus: Vec<String> = key.iter().map(|k| format!("+{k}")).collect();
     if after {
-        sql.push_str(" WHERE ");
-        if let [k] = plus.as_slice() {
-            let _ = write!(sql, "{k} > ?{n}");
-            n += 1;
-        } else {
-            sql.push('(');
-            push_list(&mut sql, &plus);
-            sql.push_str(") > (");
-            for i in 0..key.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let _ = write!(sql, "?{n}");
-                n += 1;
-            }
-            sql.push(')');
-        }
+        let (cmp, next) = key_cmp(key, ">", n);
+        let _ = write!(sql, " WHERE {cmp}");
+        n = next;
     }
     sql.push_str(" ORDER BY ");
-    push_list(&mut sql, &plus);
+    push_list(&mut sql, &plus(key));
     (sql, n)
+}
+
+/// The key columns (quoted) written `+"k"`: see [`ordered`] for why.
+fn plus(key: &[String]) -> Vec<String> {
+    key.iter().map(|k| format!("+{k}")).collect()
+}
+
+/// `+"k" OP ?n` for one key column, `(+"a", +"b") OP (?n, ?n+1)` for several: the key compared
+/// with bound values in key order; returns the SQL and the next free placeholder.
+pub(crate) fn key_cmp(key: &[String], op: &str, first_param: usize) -> (String, usize) {
+    let plus = plus(key);
+    let mut n = first_param;
+    let mut sql = String::new();
+    if let [k] = plus.as_slice() {
+        let _ = write!(sql, "{k} {op} ?{n}");
+        return (sql, n + 1);
+    }
+    sql.push('(');
+    push_list(&mut sql, &plus);
+    let _ = write!(sql, ") {op} (");
+    for i in 0..key.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "?{n}");
+        n += 1;
+    }
+    sql.push(')');
+    (sql, n)
+}
+
+/// Inserts the rows of `from` matching `filter` whose key is not in `table` yet, leaving
+/// existing keys alone: `changes()` counts exactly the inserted rows.
+pub(crate) fn insert_new_select(
+    table: &str,
+    columns: &[String],
+    key: &[usize],
+    from: &str,
+    filter: &str,
+) -> String {
+    let mut sql = format!("INSERT INTO {table} (");
+    push_list(&mut sql, columns);
+    sql.push_str(") SELECT ");
+    push_list(&mut sql, columns);
+    let _ = write!(sql, " FROM {from} WHERE {filter} ON CONFLICT (");
+    let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
+    push_list(&mut sql, &keys);
+    sql.push_str(") DO NOTHING");
+    sql
 }
 
 /// `(a, b)` for several quoted columns, `a` for one: the left side of a key comparison.

@@ -446,3 +446,116 @@ async fn guard_keeps_target_rows_that_are_newer() {
         "no guard column in the query: the row path reports it"
     );
 }
+
+/// A partition whose rows after the checkpoint fit in one batch is written straight from the
+/// query (no TEMP table): new keys inserted first, then only the existing ones upserted, with
+/// the same counts, last keys and target as the staged path; a larger one is staged.
+#[tokio::test]
+async fn a_partition_that_fits_one_batch_is_written_without_staging() {
+    let dir = Dir::temp();
+    let src = dir.db("src.db", SOURCE).await;
+    let dst = dir.db("dst.db", TARGET).await;
+    let p = pushdown(&src, QUERY, &dst, WriteMode::Upsert, false)
+        .await
+        .expect("pushdown applies");
+
+    // 1 and 3 identical, 2 differs, 4..7 new: both statements of the direct write run.
+    let (c, lasts) = upsert_all(&p, &keys(1, 8), 7).await;
+    assert_eq!(c, counts(4, 1, 2));
+    assert_eq!(lasts, [[Value::Int(7)]]);
+    let stats = p.stats();
+    assert_eq!((stats.direct_batches, stats.staged_partitions), (1, 0));
+    let want: Vec<Vec<Value>> = rows(&src, "SELECT * FROM e ORDER BY id").await;
+    let mut got = rows(&dst, "SELECT * FROM t ORDER BY id").await;
+    got.pop(); // 9, outside the window
+    assert_eq!(got, want);
+
+    // After a checkpoint: only the rows after it, in one direct batch.
+    let mut part = p
+        .partition(&keys(1, 8), Some(&[Value::Int(4)]))
+        .await
+        .unwrap();
+    let batch = part.next_batch(3).await.unwrap();
+    assert_eq!(
+        (batch.len(), batch.last_key()),
+        (3, Some(&[Value::Int(7)][..]))
+    );
+    assert_eq!(batch.upsert(None).await.unwrap(), counts(0, 0, 3));
+    assert!(part.next_batch(3).await.unwrap().is_empty());
+    drop(part);
+    assert_eq!(p.stats().direct_batches, 2);
+
+    // More rows than a batch: staged once, cut into batches.
+    let (c, lasts) = upsert_all(&p, &keys(1, 8), 6).await;
+    assert_eq!(c, counts(0, 0, 7));
+    assert_eq!(lasts, [[Value::Int(6)], [Value::Int(7)]]);
+    assert_eq!(p.stats().staged_partitions, 1);
+
+    // The last direct batch found every key: the next one counts the existing keys before
+    // its upsert instead of trying to insert first; the counts are as exact.
+    let mut conn = SqliteConnectOptions::new()
+        .filename(dst.trim_start_matches("sqlite://"))
+        .connect()
+        .await
+        .unwrap();
+    conn.execute("DELETE FROM t WHERE id = 5; UPDATE t SET a = 'changed' WHERE id = 6")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (c, _) = upsert_all(&p, &keys(1, 8), 7).await;
+    assert_eq!(c, counts(1, 1, 5));
+    assert_eq!(p.stats().direct_batches, 3);
+    let mut got = rows(&dst, "SELECT * FROM t ORDER BY id").await;
+    got.pop();
+    assert_eq!(got, want);
+    p.close().await;
+}
+
+/// Commits run with `synchronous = NORMAL` and are made durable by a sync of the target's
+/// WAL file before `upsert` or `commit` returns: every commit is covered by a sync, and
+/// concurrent writers share syncs instead of each holding the writer lock through its own.
+#[tokio::test]
+async fn every_commit_is_synced_before_the_write_returns() {
+    let dir = Dir::temp();
+    let src = dir.db("src.db", SOURCE).await;
+    let dst = dir.db("dst.db", TARGET).await;
+    let p = pushdown(&src, QUERY, &dst, WriteMode::Upsert, false)
+        .await
+        .expect("pushdown applies");
+    let (c, _) = upsert_all(&p, &keys(1, 8), 3).await;
+    assert_eq!(c, counts(4, 1, 2));
+    let stats = p.stats();
+    assert_eq!(stats.commits, 3, "one commit per batch");
+    assert!(
+        (1..=3).contains(&stats.wal_syncs),
+        "every commit covered by a WAL sync: {stats:?}"
+    );
+    // Two partitions at once: each write returns only once synced.
+    let one = async {
+        let mut part = p.partition(&keys(1, 4), None).await.unwrap();
+        part.next_batch(10)
+            .await
+            .unwrap()
+            .upsert(None)
+            .await
+            .unwrap()
+    };
+    let two = async {
+        let mut part = p.partition(&keys(4, 8), None).await.unwrap();
+        part.next_batch(10)
+            .await
+            .unwrap()
+            .upsert(None)
+            .await
+            .unwrap()
+    };
+    let (a, b) = tokio::join!(one, two);
+    assert_eq!((a, b), (counts(0, 0, 3), counts(0, 0, 4)));
+    let after = p.stats();
+    assert_eq!(after.commits, 5);
+    assert!(
+        after.wal_syncs > stats.wal_syncs && after.wal_syncs <= 5,
+        "{after:?}"
+    );
+    p.close().await;
+}
