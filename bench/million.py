@@ -18,12 +18,17 @@ rows/100 of them holding rows, the rest empty. SQLite state store, upsert into t
            creating: the run exists already).
   status   `status RUN --json` on the paused run: wall time and peak RSS (best of 3).
 
+With `--state postgres[://URL]` the state store is a PostgreSQL schema of its own per size
+(`million_<pid>_<n>`, dropped afterwards; default server postgres://postgres@127.0.0.1:5432/test),
+read with `psql`; everything else is the same.
+
 Peak RSS is the kernel's ru_maxrss of the child (os.wait4). Timings on a shared machine
 drift: compare the ratios between sizes, not the absolute figures. Nothing is asserted.
 
 Writes the "A million partitions" section of bench/RESULTS.md (between its own markers;
 replaced if present, appended otherwise). Usage:
   bench/million.py [--no-build] [--binary PATH] [--sizes 2000,100000,1000000] [--budget 20000]
+                   [--state postgres[://URL]]
 """
 
 import argparse
@@ -94,8 +99,41 @@ def timed(cmd, cwd):
         return wall, rusage.ru_maxrss, code, text
 
 
+PG_DEFAULT = "postgres://postgres@127.0.0.1:5432/test"
+
+
+class PgState:
+    """A PostgreSQL state store in its own schema, queried with psql."""
+
+    def __init__(self, server, schema):
+        self.server, self.schema = server, schema
+        sep = "&" if "?" in server else "?"
+        self.url = f"{server}{sep}schema={schema}"
+
+    def query(self, sql, args=()):
+        for a in args:
+            sql = sql.replace("?", "'" + str(a).replace("'", "''") + "'", 1)
+        out = subprocess.run(["psql", self.server, "-At", "-F", "\t", "-c",
+                              f"SET search_path TO {self.schema}; {sql}"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            if "does not exist" in out.stderr:
+                return None
+            raise SystemExit(f"psql failed: {out.stderr}")
+        lines = [l for l in out.stdout.splitlines() if l and l != "SET"]
+        if not lines:
+            return None
+        return tuple(None if v == "" else (int(v) if v.isdigit() else v) for v in lines[0].split("\t"))
+
+    def drop(self):
+        subprocess.run(["psql", self.server, "-q", "-c", f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"],
+                       check=True, capture_output=True)
+
+
 def run_row(state):
     """(run id, state, pause reason) of the only run of the state file, or None."""
+    if isinstance(state, PgState):
+        return state.query("SELECT id, state, pause_reason FROM runs")
     conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=30)
     try:
         return conn.execute("SELECT id, state, pause_reason FROM runs").fetchone()
@@ -106,13 +144,15 @@ def run_row(state):
 
 
 def done_count(state, run_id, after=None, from_index=0):
+    sql = "SELECT count(*), min(started_at), max(finished_at) FROM partitions WHERE run_id = ? AND state = 'done'"
+    args = [run_id]
+    if after:
+        sql += " AND started_at > ? AND idx >= ?"
+        args += [after, from_index]
+    if isinstance(state, PgState):
+        return state.query(sql.replace("idx >= ?", f"idx >= {int(from_index)}"), args[:2])
     conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=30)
     try:
-        sql = "SELECT count(*), min(started_at), max(finished_at) FROM partitions WHERE run_id = ? AND state = 'done'"
-        args = [run_id]
-        if after:
-            sql += " AND started_at > ? AND idx >= ?"
-            args += [after, from_index]
         return conn.execute(sql, args).fetchone()
     finally:
         conn.close()
@@ -161,18 +201,24 @@ def parse_time(text):
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def bench_size(binary, demo, n, budget, rows):
+def bench_size(binary, demo, n, budget, rows, pg=None):
     d = demo / f"n{n}"
     d.mkdir(exist_ok=True)
     for name in ("source.db", "target.db"):
         (d / name).unlink(missing_ok=True)
         os.symlink(demo / name, d / name)
-    state = d / "state.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{state}{suffix}").unlink(missing_ok=True)
+    if pg:
+        state = PgState(pg, f"million_{os.getpid()}_{n}")
+        state.drop()
+        url = state.url
+    else:
+        state = d / "state.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{state}{suffix}").unlink(missing_ok=True)
+        url = f"sqlite://{state}"
     spec = d / "spec.toml"
     spec.write_text(spec_text(n, 10))
-    base = [str(binary), "--state", f"sqlite://{state}"]
+    base = [str(binary), "--state", url]
     r = {"n": n}
 
     wall, rss, code, _ = timed(base + ["plan", str(spec), "--no-estimate"], d)
@@ -221,16 +267,21 @@ def bench_size(binary, demo, n, budget, rows):
             best = (wall, rss)
     r["status_s"], r["status_kib"] = best
     log(f"  n={n:,}: status {r['status_s'] * 1000:.0f} ms, {r['status_kib'] / 1024:.0f} MiB")
+    if pg:
+        state.drop()
     return r
 
 
 def report(results, meta):
     mib = lambda kib: f"{kib / 1024:.0f} MiB"  # noqa: E731
-    L = [BEGIN, "", "## A million partitions (issue 10, section 8)", ""]
+    begin, end = markers(meta["pg"])
+    store = "PostgreSQL state store (a schema of its own per size)" if meta["pg"] else "SQLite state store"
+    title = " on a PostgreSQL state store" if meta["pg"] else ""
+    L = [begin, "", f"## A million partitions{title} (issue 10, section 8)", ""]
     L.append(f"Measured {meta['date']} on {meta['commit']}, {os.cpu_count()} cores, load "
              f"{meta['load']} before. `bench/million.py`: key scope of N partitions of 100 "
              "keys over the demo's tables (100,000 rows: the first 1,000 partitions hold "
-             "rows, the rest are empty), SQLite state store, concurrency 4. The machine was "
+             "rows, the rest are empty), " + store + ", concurrency 4. The machine was "
              "shared with other builds: read the ratios between sizes, not the absolute times.")
     L.append("")
     L.append("| | " + " | ".join(f"{r['n']:,}" for r in results) + " | target at 1M |")
@@ -256,15 +307,22 @@ def report(results, meta):
     row("  peak RSS of `status`", lambda r: mib(r["status_kib"]), "< 50 MiB")
     row("`budget = { partitions = 10 }`: partitions done", lambda r: f"{r['budget10_done']}",
         "≤ 10 + concurrency")
-    L += ["", END]
+    L += ["", end]
     return "\n".join(L)
 
 
-def write_section(text):
+def markers(pg):
+    if not pg:
+        return BEGIN, END
+    return BEGIN.replace("million.py", "million.py --state postgres"), END.replace("million.py", "million.py --state postgres")
+
+
+def write_section(text, pg):
+    begin, end = markers(pg)
     path = BENCH / "RESULTS.md"
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        a, b = old.index(BEGIN), old.index(END) + len(END)
+    if begin in old and end in old:
+        a, b = old.index(begin), old.index(end) + len(end)
         new = old[:a] + text + old[b:]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
@@ -279,7 +337,15 @@ def main():
     p.add_argument("--budget", type=int, default=20000, help="partitions timed per size (default 20000)")
     p.add_argument("--rows", type=int, default=100000, help="rows of the demo's source")
     p.add_argument("--workdir", help="keep the databases here (default: a removed temp dir)")
+    p.add_argument("--state", default="sqlite", help="sqlite (default) or postgres[://URL] "
+                   f"(default server {PG_DEFAULT}; a schema per size, dropped afterwards)")
     args = p.parse_args()
+    sys.path.insert(0, str(BENCH))
+    import benchlock
+    benchlock.hold("bench/million.py")
+    pg = None
+    if args.state.startswith("postgres"):
+        pg = args.state if "://" in args.state else PG_DEFAULT
     if not args.no_build and not args.binary:
         subprocess.run(["cargo", "build", "--release", "-p", "backfill-cli"], cwd=REPO, check=True)
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
@@ -289,6 +355,7 @@ def main():
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                  capture_output=True, text=True).stdout.strip(),
         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "pg": pg,
     }
     with tempfile.TemporaryDirectory(prefix="backfill-million-") as tmp:
         work = Path(args.workdir or tmp)
@@ -299,10 +366,10 @@ def main():
                        stderr=subprocess.DEVNULL)
         results = []
         for n in [int(s) for s in args.sizes.split(",")]:
-            results.append(bench_size(binary, demo, n, args.budget, args.rows))
+            results.append(bench_size(binary, demo, n, args.budget, args.rows, pg))
     text = report(results, meta)
     print(text)
-    write_section(text)
+    write_section(text, pg)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde_json::{Value, json};
 
-use crate::plan::{Partition, Scope, Step, Window, short_hash};
+use crate::plan::{Scope, Step, Window, short_hash};
 use crate::spec::{Spec, WriteMode};
 
 /// Hashed first, so a future change of the normal form cannot collide with this one.
@@ -49,8 +49,10 @@ pub struct FieldChange {
 }
 
 impl NormalizedSpec {
-    /// The normalised form of `spec`, planned as `partitions`.
-    pub fn of(spec: &Spec, partitions: &[Partition]) -> NormalizedSpec {
+    /// The normalised form of `spec`, whose scope the planner cut into `count` partitions
+    /// with `digest` over their windows (a [`Digest`](crate::plan::Digest) of each window's
+    /// canonical text, in plan order: what [`plan`](crate::plan::plan) computes as it cuts).
+    pub fn of(spec: &Spec, count: usize, digest: &str) -> NormalizedSpec {
         let target = &spec.target;
         let mut fields: Vec<(&str, Value)> = Vec::new();
         // In `sql` mode the statement reads its own rows: a source, when given, only counts
@@ -102,12 +104,7 @@ impl NormalizedSpec {
                 fields.push(("scope.list", json!(list)));
             }
         }
-        let windows: Vec<String> = partitions.iter().map(|p| p.window.canonical()).collect();
-        let refs: Vec<&str> = windows.iter().map(String::as_str).collect();
-        fields.push((
-            "partitions",
-            json!({ "count": partitions.len(), "digest": short_hash(&refs) }),
-        ));
+        fields.push(("partitions", json!({ "count": count, "digest": digest })));
         NormalizedSpec {
             fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         }
@@ -301,7 +298,36 @@ concurrency = 2
             .assert_eq(&plan.normalized.to_json());
         // Runs made before the normalised spec carry the old hash, of absolute paths.
         let spec = spec_in(SPEC, "/home/alice/demo", "s3cret");
-        expect!["e8d458abb0b19a5b"].assert_eq(&crate::plan::legacy_hash(&spec, &plan.partitions));
+        expect!["e8d458abb0b19a5b"].assert_eq(&crate::plan::legacy_hash(&spec, &plan));
+    }
+
+    /// The plan hashes its windows as it cuts them, keeping none: the `partitions` field is
+    /// still the count and `short_hash` of every window collected, as before it streamed.
+    #[test]
+    fn the_streamed_partitions_field_is_the_collected_one() {
+        let scopes = [
+            "from = -5\nto = 250_000\nchunk = 1",
+            "start = \"2026-03-01T00:00:00Z\"\nend = \"2027-03-04T00:00:00Z\"\npartition = \"7m\"",
+            "start = \"2026-03-01T00:00:00Z\"\nend = \"2031-03-04T00:00:00Z\"\npartition = \"1d\"\ntimezone = \"Europe/Berlin\"",
+        ];
+        for scope in scopes {
+            let text = SPEC.replace(
+                "start = \"2026-03-01T00:00:00Z\"\nend = \"2026-03-04T00:00:00Z\"\npartition = \"1d\"",
+                scope,
+            );
+            let spec = spec_in(&text, "/specs", "pw");
+            let plan = plan(&spec).expect("plan");
+            let collected = crate::plan::partitions(&spec.scope).expect("partitions");
+            let texts: Vec<String> = collected.iter().map(|p| p.window.canonical()).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            assert_eq!(
+                plan.normalized.get("partitions"),
+                Some(&json!({ "count": collected.len(), "digest": short_hash(&refs) })),
+                "{scope}"
+            );
+            assert_eq!(plan.len(), collected.len());
+            assert!(plan.partitions().eq(collected), "{scope}");
+        }
     }
 
     #[test]

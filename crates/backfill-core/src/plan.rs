@@ -35,14 +35,24 @@ pub enum Window {
 impl Window {
     /// A canonical text form, stable across versions: it is hashed into partition ids.
     pub fn canonical(&self) -> String {
-        match self {
-            Window::Time { start, end } => format!(
+        let mut text = String::new();
+        self.write_canonical(&mut text);
+        text
+    }
+
+    /// Appends [`Self::canonical`] to `out`, so a pass over many windows can reuse one buffer.
+    pub fn write_canonical(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        // Writing to a `String` cannot fail.
+        let _ = match self {
+            Window::Time { start, end } => write!(
+                out,
                 "time:{}/{}",
                 start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                 end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
             ),
-            Window::Key { start, end } => format!("key:{start}/{end}"),
-        }
+            Window::Key { start, end } => write!(out, "key:{start}/{end}"),
+        };
     }
 
     /// True when `start >= end`.
@@ -228,36 +238,255 @@ pub enum PlanError {
     Overlap(String, String),
 }
 
-/// Cuts `scope` into its ordered partitions. Pure and deterministic.
-pub fn partitions(scope: &Scope) -> Result<Vec<Partition>, PlanError> {
-    let windows = match scope {
-        Scope::Time {
-            start,
-            end,
-            step,
-            timezone,
-        } => time_windows(*start, *end, *step, *timezone)?,
-        Scope::Key { from, to, chunk } => key_windows(*from, *to, *chunk)?,
-        Scope::List(list) => {
-            let mut list: Vec<Window> = list.iter().copied().filter(|w| !w.is_empty()).collect();
-            list.sort();
-            for pair in list.windows(2) {
-                if overlaps(&pair[0], &pair[1]) {
-                    return Err(PlanError::Overlap(pair[0].to_string(), pair[1].to_string()));
+/// A scope made ready to cut: an explicit list sorted, emptied of empty windows and checked
+/// for overlaps. It cuts its windows one at a time ([`Cut::windows`], [`Cut::partitions`]),
+/// so no caller needs every partition in memory at once; every pass yields the same windows.
+/// It does not count them: [`Cut::count`] and [`plan`] bound the count by
+/// [`MAX_PARTITIONS`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cut {
+    kind: CutKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum CutKind {
+    Time {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        step: Step,
+        timezone: Tz,
+    },
+    Key {
+        from: i64,
+        to: i64,
+        chunk: u64,
+    },
+    /// Sorted, without empty windows, no two overlapping.
+    List(Vec<Window>),
+}
+
+impl Cut {
+    /// Readies `scope`; fails only when two windows of an explicit list overlap.
+    pub fn new(scope: &Scope) -> Result<Cut, PlanError> {
+        let kind = match scope {
+            Scope::Time {
+                start,
+                end,
+                step,
+                timezone,
+            } => CutKind::Time {
+                start: *start,
+                end: *end,
+                step: *step,
+                timezone: *timezone,
+            },
+            Scope::Key { from, to, chunk } => CutKind::Key {
+                from: *from,
+                to: *to,
+                chunk: *chunk,
+            },
+            Scope::List(list) => {
+                let mut list: Vec<Window> =
+                    list.iter().copied().filter(|w| !w.is_empty()).collect();
+                list.sort();
+                for pair in list.windows(2) {
+                    if overlaps(&pair[0], &pair[1]) {
+                        return Err(PlanError::Overlap(pair[0].to_string(), pair[1].to_string()));
+                    }
                 }
+                CutKind::List(list)
             }
-            list
+        };
+        Ok(Cut { kind })
+    }
+
+    /// The windows in plan order, cut as they are read (constant memory for time and key
+    /// scopes). Finite: every window is at least one second or one key long and none goes
+    /// past the scope's end.
+    pub fn windows(&self) -> Windows<'_> {
+        let inner = match &self.kind {
+            CutKind::Time {
+                start,
+                end,
+                step,
+                timezone,
+            } => WindowsInner::Time {
+                cursor: *start,
+                end: *end,
+                step: *step,
+                tz: *timezone,
+                // Calendar steps advance the local start time, so every boundary is the same
+                // local wall time (midnight stays midnight across DST changes).
+                local_start: start.with_timezone(timezone).naive_local(),
+                n: 0,
+            },
+            CutKind::Key { from, to, chunk } => WindowsInner::Key {
+                cursor: *from,
+                to: *to,
+                chunk: i64::try_from((*chunk).max(1)).unwrap_or(i64::MAX),
+            },
+            CutKind::List(list) => WindowsInner::List(list.iter()),
+        };
+        Windows { inner }
+    }
+
+    /// The partitions in plan order (index from 0, id from the window), cut as they are read.
+    pub fn partitions(&self) -> Partitions<'_> {
+        Partitions {
+            windows: self.windows(),
+            index: 0,
         }
-    };
-    Ok(windows
-        .into_iter()
-        .enumerate()
-        .map(|(index, window)| Partition {
+    }
+
+    /// How many partitions it cuts; [`PlanError::TooManyPartitions`] past [`MAX_PARTITIONS`]
+    /// (it stops counting there).
+    pub fn count(&self) -> Result<usize, PlanError> {
+        let n = self.windows().take(MAX_PARTITIONS + 1).count();
+        if n > MAX_PARTITIONS {
+            return Err(PlanError::TooManyPartitions);
+        }
+        Ok(n)
+    }
+}
+
+/// The windows of a [`Cut`], in plan order (see [`Cut::windows`]).
+#[derive(Clone, Debug)]
+pub struct Windows<'a> {
+    inner: WindowsInner<'a>,
+}
+
+#[derive(Clone, Debug)]
+enum WindowsInner<'a> {
+    Time {
+        cursor: DateTime<Utc>,
+        end: DateTime<Utc>,
+        step: Step,
+        tz: Tz,
+        local_start: NaiveDateTime,
+        /// Steps taken from the start (calendar steps are counted from it, not chained).
+        n: u32,
+    },
+    Key {
+        cursor: i64,
+        to: i64,
+        chunk: i64,
+    },
+    List(std::slice::Iter<'a, Window>),
+}
+
+impl Iterator for Windows<'_> {
+    type Item = Window;
+
+    fn next(&mut self) -> Option<Window> {
+        match &mut self.inner {
+            WindowsInner::Time {
+                cursor,
+                end,
+                step,
+                tz,
+                local_start,
+                n,
+            } => {
+                if *cursor >= *end {
+                    return None;
+                }
+                *n = n.saturating_add(1);
+                let next = time_step(*cursor, *local_start, *step, *tz, *n);
+                let at_least = cursor
+                    .checked_add_signed(TimeDelta::seconds(1))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let next = next.min(*end).max(at_least);
+                let window = Window::Time {
+                    start: *cursor,
+                    end: next.min(*end),
+                };
+                *cursor = next;
+                Some(window)
+            }
+            WindowsInner::Key { cursor, to, chunk } => {
+                if *cursor >= *to {
+                    return None;
+                }
+                let next = cursor.checked_add(*chunk).map_or(*to, |n| n.min(*to));
+                let window = Window::Key {
+                    start: *cursor,
+                    end: next,
+                };
+                *cursor = next;
+                Some(window)
+            }
+            WindowsInner::List(list) => list.next().copied(),
+        }
+    }
+}
+
+/// The end of the `n`th step from the start (`cursor` is the end of the previous one). Every
+/// sum is checked: a step past the end of time ends at the far future, which the caller
+/// clamps to the scope's end.
+fn time_step(
+    cursor: DateTime<Utc>,
+    local_start: NaiveDateTime,
+    step: Step,
+    tz: Tz,
+    n: u32,
+) -> DateTime<Utc> {
+    match step {
+        Step::Seconds(secs) => i64::try_from(secs)
+            .ok()
+            .and_then(TimeDelta::try_seconds)
+            .and_then(|d| cursor.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        Step::Days(d) => local_to_utc(
+            local_start.checked_add_days(Days::new(u64::from(d) * u64::from(n))),
+            tz,
+        ),
+        Step::Weeks(w) => local_to_utc(
+            local_start.checked_add_days(Days::new(7 * u64::from(w) * u64::from(n))),
+            tz,
+        ),
+        Step::Months(m) => local_to_utc(
+            n.checked_mul(m)
+                .and_then(|k| local_start.checked_add_months(Months::new(k))),
+            tz,
+        ),
+    }
+}
+
+/// The partitions of a [`Cut`], in plan order (see [`Cut::partitions`]).
+#[derive(Clone, Debug)]
+pub struct Partitions<'a> {
+    windows: Windows<'a>,
+    index: usize,
+}
+
+impl Iterator for Partitions<'_> {
+    type Item = Partition;
+
+    fn next(&mut self) -> Option<Partition> {
+        let window = self.windows.next()?;
+        let index = self.index;
+        self.index += 1;
+        Some(Partition {
             id: partition_id(&window),
             index,
             window,
         })
-        .collect())
+    }
+}
+
+/// Cuts `scope` into its ordered partitions, all in memory. Pure and deterministic. For
+/// tests and small scopes: a run never needs them all at once ([`Plan::partitions`] cuts
+/// them as they are read).
+pub fn partitions(scope: &Scope) -> Result<Vec<Partition>, PlanError> {
+    let cut = Cut::new(scope)?;
+    let mut out = Vec::new();
+    for p in cut.partitions() {
+        if out.len() >= MAX_PARTITIONS {
+            return Err(PlanError::TooManyPartitions);
+        }
+        out.push(p);
+    }
+    Ok(out)
 }
 
 fn overlaps(a: &Window, b: &Window) -> bool {
@@ -266,57 +495,6 @@ fn overlaps(a: &Window, b: &Window) -> bool {
         (Window::Key { end: ae, .. }, Window::Key { start: bs, .. }) => ae > bs,
         _ => false,
     }
-}
-
-fn time_windows(
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    step: Step,
-    tz: Tz,
-) -> Result<Vec<Window>, PlanError> {
-    let mut out = Vec::new();
-    let mut cursor = start;
-    // Calendar steps advance the local start time, so every boundary is the same local wall
-    // time (midnight stays midnight across DST changes).
-    let local_start = start.with_timezone(&tz).naive_local();
-    let mut n: u32 = 0;
-    while cursor < end {
-        if out.len() >= MAX_PARTITIONS {
-            return Err(PlanError::TooManyPartitions);
-        }
-        n += 1;
-        // Every sum is checked: a step past the end of time (`None`) ends at the scope's end.
-        let next = match step {
-            Step::Seconds(secs) => i64::try_from(secs)
-                .ok()
-                .and_then(TimeDelta::try_seconds)
-                .and_then(|d| cursor.checked_add_signed(d))
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
-            Step::Days(d) => local_to_utc(
-                local_start.checked_add_days(Days::new(u64::from(d) * u64::from(n))),
-                tz,
-            ),
-            Step::Weeks(w) => local_to_utc(
-                local_start.checked_add_days(Days::new(7 * u64::from(w) * u64::from(n))),
-                tz,
-            ),
-            Step::Months(m) => local_to_utc(
-                n.checked_mul(m)
-                    .and_then(|k| local_start.checked_add_months(Months::new(k))),
-                tz,
-            ),
-        };
-        let at_least = cursor
-            .checked_add_signed(TimeDelta::seconds(1))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let next = next.min(end).max(at_least);
-        out.push(Window::Time {
-            start: cursor,
-            end: next.min(end),
-        });
-        cursor = next;
-    }
-    Ok(out)
 }
 
 /// The instant of a local wall time: the earlier one when the time is repeated (DST end), the
@@ -339,29 +517,15 @@ fn local_to_utc(local: Option<NaiveDateTime>, tz: Tz) -> DateTime<Utc> {
     local.and_utc()
 }
 
-fn key_windows(from: i64, to: i64, chunk: u64) -> Result<Vec<Window>, PlanError> {
-    let chunk = i64::try_from(chunk.max(1)).unwrap_or(i64::MAX);
-    let mut out = Vec::new();
-    let mut cursor = from;
-    while cursor < to {
-        if out.len() >= MAX_PARTITIONS {
-            return Err(PlanError::TooManyPartitions);
-        }
-        let next = cursor.checked_add(chunk).map_or(to, |n| n.min(to));
-        out.push(Window::Key {
-            start: cursor,
-            end: next,
-        });
-        cursor = next;
-    }
-    Ok(out)
-}
-
 /// The deterministic, ordered partitions of a spec, identified by a hash.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It holds the scope's [`Cut`] and not the partitions: [`Plan::partitions`] cuts them again
+/// each time they are read, so a plan of a million partitions takes as little memory as one
+/// of three (an explicit list excepted, which the spec holds anyway).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    /// Partitions in execution order.
-    pub partitions: Vec<Partition>,
+    cut: Cut,
+    len: usize,
     /// The fields of the spec that decide the partitions and what the run writes, stored with
     /// the run so a refused resume can name what changed.
     pub normalized: NormalizedSpec,
@@ -373,25 +537,61 @@ pub struct Plan {
     pub hash: String,
 }
 
-/// Plans `spec`: same spec, same partitions, same hash.
+impl Plan {
+    /// The partitions in execution order, cut as they are read; every call yields the same.
+    pub fn partitions(&self) -> Partitions<'_> {
+        self.cut.partitions()
+    }
+
+    /// Their windows alone, in the same order.
+    pub fn windows(&self) -> Windows<'_> {
+        self.cut.windows()
+    }
+
+    /// How many partitions it has (at most [`MAX_PARTITIONS`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the scope is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Plans `spec`: same spec, same partitions, same hash. Cuts the scope once, hashing each
+/// window as it goes (the normalised spec keeps their count and digest), and keeps none.
 pub fn plan(spec: &crate::spec::Spec) -> Result<Plan, PlanError> {
-    let partitions = partitions(&spec.scope)?;
-    let normalized = NormalizedSpec::of(spec, &partitions);
+    let cut = Cut::new(&spec.scope)?;
+    let mut digest = Digest::new();
+    let mut text = String::new();
+    let mut len = 0usize;
+    for window in cut.windows() {
+        if len >= MAX_PARTITIONS {
+            return Err(PlanError::TooManyPartitions);
+        }
+        text.clear();
+        window.write_canonical(&mut text);
+        digest.push(&text);
+        len += 1;
+    }
+    let normalized = NormalizedSpec::of(spec, len, &digest.finish());
     Ok(Plan {
         hash: normalized.hash(),
         normalized,
-        partitions,
+        cut,
+        len,
     })
 }
 
 /// The plan hash of backfill versions before the normalised spec (state store schema 7 and
 /// older), which covered the spec's name and hashed SQLite paths made absolute. A run those
 /// versions created, with no normalised spec stored, still resumes when this matches: from
-/// the same folder with the same spec.
-pub fn legacy_hash(spec: &crate::spec::Spec, partitions: &[Partition]) -> String {
+/// the same folder with the same spec. Streams `plan`'s windows like [`plan`].
+pub fn legacy_hash(spec: &crate::spec::Spec, plan: &Plan) -> String {
     // A `sql`-mode spec without `[source]` hashes it as empty; with one, as it always did.
     let source = spec.source.as_ref();
-    let mut parts: Vec<String> = vec![
+    let fields: [String; 9] = [
         spec.name.clone(),
         source.map(|s| s.url.redacted()).unwrap_or_default(),
         source.map(|s| s.query.clone()).unwrap_or_default(),
@@ -404,20 +604,52 @@ pub fn legacy_hash(spec: &crate::spec::Spec, partitions: &[Partition]) -> String
         format!("{:?}", spec.target.mode),
         spec.target.time_format.name().to_owned(),
     ];
-    parts.extend(partitions.iter().map(|p| p.window.canonical()));
-    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-    short_hash(&refs)
+    let mut digest = Digest::new();
+    for field in &fields {
+        digest.push(field);
+    }
+    let mut text = String::new();
+    for window in plan.windows() {
+        text.clear();
+        window.write_canonical(&mut text);
+        digest.push(&text);
+    }
+    digest.finish()
 }
 
 /// A short, stable hash of some text (hex), for plan and spec hashes.
 pub fn short_hash(parts: &[&str]) -> String {
-    let mut hasher = blake3::Hasher::new();
+    let mut digest = Digest::new();
     for part in parts {
-        // Length-prefix each part so ("ab","c") and ("a","bc") differ.
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
+        digest.push(part);
     }
-    hasher.finalize().to_hex()[..16].to_owned()
+    digest.finish()
+}
+
+/// [`short_hash`] fed one part at a time: the parts pushed hash exactly as `short_hash` of
+/// them all, so a hash over a million windows needs none of them kept.
+#[derive(Clone, Debug, Default)]
+pub struct Digest {
+    hasher: blake3::Hasher,
+}
+
+impl Digest {
+    /// An empty digest (`short_hash(&[])` until a part is pushed).
+    pub fn new() -> Digest {
+        Digest::default()
+    }
+
+    /// Adds the next part.
+    pub fn push(&mut self, part: &str) {
+        // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+        self.hasher.update(&(part.len() as u64).to_le_bytes());
+        self.hasher.update(part.as_bytes());
+    }
+
+    /// 16 hex digits over the parts pushed so far.
+    pub fn finish(&self) -> String {
+        self.hasher.finalize().to_hex()[..16].to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -666,7 +898,159 @@ mod tests {
         expect!["pe1224a56906009df"].assert_eq(&a[0].id);
     }
 
+    /// The planner before it streamed (a `Vec` of every window), kept as the oracle the
+    /// streaming cut must agree with window for window.
+    fn collected_time_windows(
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        step: Step,
+        tz: Tz,
+    ) -> Vec<Window> {
+        let mut out = Vec::new();
+        let mut cursor = start;
+        let local_start = start.with_timezone(&tz).naive_local();
+        let mut n: u32 = 0;
+        while cursor < end && out.len() <= MAX_PARTITIONS {
+            n += 1;
+            let next = match step {
+                Step::Seconds(secs) => i64::try_from(secs)
+                    .ok()
+                    .and_then(TimeDelta::try_seconds)
+                    .and_then(|d| cursor.checked_add_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                Step::Days(d) => local_to_utc(
+                    local_start.checked_add_days(Days::new(u64::from(d) * u64::from(n))),
+                    tz,
+                ),
+                Step::Weeks(w) => local_to_utc(
+                    local_start.checked_add_days(Days::new(7 * u64::from(w) * u64::from(n))),
+                    tz,
+                ),
+                Step::Months(m) => local_to_utc(
+                    n.checked_mul(m)
+                        .and_then(|k| local_start.checked_add_months(Months::new(k))),
+                    tz,
+                ),
+            };
+            let at_least = cursor
+                .checked_add_signed(TimeDelta::seconds(1))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            let next = next.min(end).max(at_least);
+            out.push(Window::Time {
+                start: cursor,
+                end: next.min(end),
+            });
+            cursor = next;
+        }
+        out
+    }
+
+    fn collected_key_windows(from: i64, to: i64, chunk: u64) -> Vec<Window> {
+        let chunk = i64::try_from(chunk.max(1)).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        let mut cursor = from;
+        while cursor < to && out.len() <= MAX_PARTITIONS {
+            let next = cursor.checked_add(chunk).map_or(to, |n| n.min(to));
+            out.push(Window::Key {
+                start: cursor,
+                end: next,
+            });
+            cursor = next;
+        }
+        out
+    }
+
+    /// The streaming cut of `scope` is the collected one, and its running digest is
+    /// `short_hash` of every canonical window (what the plan hash covered before).
+    fn assert_stream_is_collect(scope: &Scope) -> Result<(), TestCaseError> {
+        let collected = match scope {
+            Scope::Time {
+                start,
+                end,
+                step,
+                timezone,
+            } => collected_time_windows(*start, *end, *step, *timezone),
+            Scope::Key { from, to, chunk } => collected_key_windows(*from, *to, *chunk),
+            Scope::List(_) => unreachable!("lists are sorted, not cut"),
+        };
+        let cut = Cut::new(scope).unwrap();
+        let streamed: Vec<Window> = cut.windows().take(MAX_PARTITIONS + 1).collect();
+        prop_assert_eq!(&streamed, &collected);
+        let ids: Vec<Partition> = cut.partitions().take(3).collect();
+        for (i, p) in ids.iter().enumerate() {
+            prop_assert_eq!(p.index, i);
+            prop_assert_eq!(&p.id, &partition_id(&collected[i]));
+        }
+        let texts: Vec<String> = collected.iter().map(Window::canonical).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut digest = Digest::new();
+        let mut text = String::new();
+        for w in cut.windows() {
+            text.clear();
+            w.write_canonical(&mut text);
+            digest.push(&text);
+        }
+        prop_assert_eq!(digest.finish(), short_hash(&refs));
+        Ok(())
+    }
+
+    #[test]
+    fn a_million_partitions_stream_in_constant_memory() {
+        let cut = Cut::new(&Scope::Key {
+            from: 1,
+            to: 100_000_001,
+            chunk: 100,
+        })
+        .unwrap();
+        assert_eq!(cut.count(), Ok(MAX_PARTITIONS));
+        let last = cut.partitions().last().unwrap();
+        assert_eq!(last.index, MAX_PARTITIONS - 1);
+        assert_eq!(
+            last.window,
+            Window::Key {
+                start: 99_999_901,
+                end: 100_000_001
+            }
+        );
+        let over = Cut::new(&Scope::Key {
+            from: 0,
+            to: 100_000_001,
+            chunk: 100,
+        })
+        .unwrap();
+        assert_eq!(over.count(), Err(PlanError::TooManyPartitions));
+    }
+
     proptest! {
+        #[test]
+        fn streamed_key_cuts_are_the_collected_ones(from in any::<i64>(), len in prop_oneof![0u64..5_000, any::<u64>()], chunk in prop_oneof![1u64..100, 1u64..u64::MAX]) {
+            let to = from.saturating_add_unsigned(len);
+            let chunk = chunk.max(len / 1000).max(1);
+            assert_stream_is_collect(&Scope::Key { from, to, chunk })?;
+        }
+
+        #[test]
+        fn streamed_time_cuts_are_the_collected_ones(
+            start in -8_210_000_000_000i64..8_210_000_000_000,
+            step_kind in 0usize..4,
+            size in prop_oneof![1u32..40, any::<u32>()],
+            secs in prop_oneof![1u64..100_000, any::<u64>()],
+            steps in 0.0f64..2_000.0,
+            zone in 0usize..5,
+        ) {
+            let zones = ["UTC", "Europe/Berlin", "America/Santiago", "Pacific/Apia", "Australia/Lord_Howe"];
+            let step = match step_kind {
+                0 => Step::Seconds(secs.max(1)),
+                1 => Step::Days(size.max(1)),
+                2 => Step::Weeks(size.max(1)),
+                _ => Step::Months(size.max(1)),
+            };
+            let s = Utc.timestamp_opt(start, 0).unwrap();
+            let len = (step.nominal_seconds() * steps).min(1.6e13) as i64;
+            let e = Utc.timestamp_opt(start.saturating_add(len).min(8_210_000_000_000), 0).unwrap();
+            assert_stream_is_collect(&Scope::Time { start: s, end: e, step, timezone: zones[zone].parse().unwrap() })?;
+        }
+
         #[test]
         fn key_plans_cover_exactly(from in -1_000_000i64..1_000_000, len in 0i64..100_000, chunk in 1u64..50_000) {
             let parts = partitions(&Scope::Key { from, to: from + len, chunk }).unwrap();

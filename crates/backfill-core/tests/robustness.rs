@@ -475,7 +475,7 @@ fn check(text: &str) -> Result<(), TestCaseError> {
             )));
         }
     };
-    let windows: Vec<Window> = plan.partitions.iter().map(|p| p.window).collect();
+    let windows: Vec<Window> = plan.windows().collect();
     covers(&spec.scope, &windows)?;
     for w in windows.iter().take(3).chain(windows.last()) {
         let parts = split_window(w, 64);
@@ -614,10 +614,10 @@ fn a_plan_at_the_cap_covers_and_one_past_it_is_refused() {
     let started = Instant::now();
     let parsed = parse(&spec("1s"));
     let plan = backfill_core::plan::plan(parsed.spec.as_ref().unwrap()).unwrap();
-    assert_eq!(plan.partitions.len(), MAX_PARTITIONS);
+    assert_eq!(plan.len(), MAX_PARTITIONS);
     covers(
         &parsed.spec.unwrap().scope,
-        &plan.partitions.iter().map(|p| p.window).collect::<Vec<_>>(),
+        &plan.windows().collect::<Vec<_>>(),
     )
     .unwrap();
     assert!(started.elapsed() < CASE_LIMIT, "{:?}", started.elapsed());

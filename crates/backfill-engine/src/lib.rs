@@ -97,7 +97,7 @@ pub async fn prepare_run(
         spec_text: &spec.redacted_text,
         owner,
         reason,
-        partitions: &plan.partitions,
+        partitions: plan,
         guarantee: guarantee(store, spec),
     };
     if force_new {

@@ -24,7 +24,7 @@ pub fn check_same_plan(run: &RunRecord, spec: &Spec, plan: &Plan) -> Result<(), 
         return Ok(());
     }
     let stored = run.normalized_spec.as_deref();
-    if stored.is_none() && run.plan_hash == legacy_hash(spec, &plan.partitions) {
+    if stored.is_none() && run.plan_hash == legacy_hash(spec, plan) {
         return Ok(());
     }
     let changes = stored

@@ -59,7 +59,7 @@ pub use error::StoreError;
 pub use leases::{Claim, Lease, LeaseHolder, LeaseOwner, run_resource};
 pub use partitions::{Outcome, PartitionRecord, PartitionTotals, Split, is_failing};
 pub use quarantine::{QuarantineRecord, Rejected};
-pub use runs::{NewRun, RunRecord};
+pub use runs::{NewRun, PartitionSource, RunRecord};
 
 use db::{Conn, Dialect, WriteTxn};
 

@@ -4,9 +4,9 @@
 //! so a crash never leaves a run with half a plan. Run state changes are checked against
 //! [`RunState::can_move_to`] on the stored state, under the write lock.
 
-use crate::db::{DbRow, Dialect, WriteTxn, stmt};
+use crate::db::{Arg, DbRow, Dialect, WriteTxn, stmt};
 use crate::{Store, StoreError, audit, codec};
-use backfill_core::{Guarantee, Partition, RunState};
+use backfill_core::{Guarantee, Partition, Plan, RunState};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -28,11 +28,53 @@ pub struct NewRun<'a> {
     pub owner: &'a str,
     /// Why (the spec's or the command line's reason).
     pub reason: &'a str,
-    /// The plan; every partition is stored `pending`.
-    pub partitions: &'a [Partition],
+    /// The plan; every partition is stored `pending`, read from it a chunk at a time.
+    pub partitions: &'a dyn PartitionSource,
     /// What a crash can do to the target (decided by the caller from the mode and whether
     /// the target is this store's database).
     pub guarantee: Guarantee,
+}
+
+/// The partitions a new run is created with, read once, in plan order, as they are inserted:
+/// a plan of a million partitions never has to be in memory at once.
+pub trait PartitionSource: Sync {
+    /// How many partitions [`Self::partitions`] yields.
+    fn count(&self) -> usize;
+    /// Every partition, in plan order (indexes from 0).
+    fn partitions(&self) -> Box<dyn Iterator<Item = Partition> + Send + '_>;
+}
+
+impl PartitionSource for Plan {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn partitions(&self) -> Box<dyn Iterator<Item = Partition> + Send + '_> {
+        Box::new(Plan::partitions(self))
+    }
+}
+
+impl PartitionSource for Vec<Partition> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn partitions(&self) -> Box<dyn Iterator<Item = Partition> + Send + '_> {
+        Box::new(self.iter().cloned())
+    }
+}
+
+impl PartitionSource for &[Partition] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn partitions(&self) -> Box<dyn Iterator<Item = Partition> + Send + '_> {
+        Box::new(self.iter().cloned())
+    }
+}
+
+impl std::fmt::Debug for dyn PartitionSource + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} partitions", self.count())
+    }
 }
 
 /// A stored run.
@@ -84,6 +126,9 @@ const NEWEST_FIRST: &str = "ORDER BY created_at DESC, id DESC";
 /// PostgreSQL's 65535 limits.
 const INSERT_CHUNK: usize = 500;
 
+/// Partitions per `INSERT` on PostgreSQL, sent as one JSON parameter (about 1 MB).
+const PG_INSERT_CHUNK: usize = 10_000;
+
 /// Partitions above which creating a run on SQLite enlarges the page cache for the insert.
 const LARGE_INSERT: usize = 50_000;
 
@@ -124,45 +169,97 @@ fn run_from_row(row: &DbRow) -> Result<RunRecord, StoreError> {
 async fn insert_partitions(
     tx: &mut WriteTxn,
     run_id: &str,
-    partitions: &[Partition],
+    partitions: &dyn PartitionSource,
 ) -> Result<(), StoreError> {
     // SQLite, for a large run only (then the default again): the primary key
     // (run_id, partition_id) takes ids in hash order, so at a million rows its pages no longer
     // fit the default 2 MB page cache and inserts read pages back. (Statement journals stay
     // in memory: `temp_store` in `open_sqlite`.) PostgreSQL needs no such help.
-    let large = tx.dialect() == Dialect::Sqlite && partitions.len() > LARGE_INSERT;
+    let large = tx.dialect() == Dialect::Sqlite && partitions.count() > LARGE_INSERT;
     if large {
         stmt(format!("PRAGMA cache_size = -{LARGE_INSERT_CACHE_KIB}"))
             .execute(tx)
             .await?;
     }
-    for chunk in partitions.chunks(INSERT_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO partitions \
-             (run_id, partition_id, idx, window_kind, window_start, window_end, state) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str("(?, ?, ?, ?, ?, ?, 'pending')");
+    let size = match tx.dialect() {
+        Dialect::Sqlite => INSERT_CHUNK,
+        Dialect::Postgres => PG_INSERT_CHUNK,
+    };
+    let mut source = partitions.partitions();
+    let mut chunk: Vec<Partition> = Vec::with_capacity(size);
+    loop {
+        chunk.clear();
+        chunk.extend(source.by_ref().take(size));
+        if chunk.is_empty() {
+            break;
         }
-        let mut query = stmt(sql);
-        for p in chunk {
-            let (kind, start, end) = codec::window_columns(&p.window);
-            query = query
-                .bind(run_id)
-                .bind(&p.id)
-                .bind(codec::to_db(p.index as u64))
-                .bind(kind)
-                .bind(&start)
-                .bind(&end);
+        match tx.dialect() {
+            Dialect::Sqlite => insert_chunk(tx, run_id, &chunk).await?,
+            Dialect::Postgres => insert_chunk_pg(tx, run_id, &chunk).await?,
         }
-        query.execute(tx).await?;
     }
     if large {
         stmt("PRAGMA cache_size = -2000").execute(tx).await?;
     }
+    Ok(())
+}
+
+/// One multi-row `INSERT` of `chunk`, every partition `pending`.
+async fn insert_chunk(
+    tx: &mut WriteTxn,
+    run_id: &str,
+    chunk: &[Partition],
+) -> Result<(), StoreError> {
+    let mut sql = String::from(
+        "INSERT INTO partitions \
+         (run_id, partition_id, idx, window_kind, window_start, window_end, state) VALUES ",
+    );
+    for i in 0..chunk.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, 'pending')");
+    }
+    let mut query = stmt(sql);
+    for p in chunk {
+        let (kind, start, end) = codec::window_columns(&p.window);
+        query = query
+            .bind(run_id)
+            .bind(&p.id)
+            .bind(codec::to_db(p.index as u64))
+            .bind(kind)
+            .bind(Arg::Text(Some(start)))
+            .bind(Arg::Text(Some(end)));
+    }
+    query.execute(tx).await?;
+    Ok(())
+}
+
+/// PostgreSQL: the chunk as one JSON parameter, unpacked by `json_to_recordset`. A multi-row
+/// `VALUES` needs six parameters a row, so at most about 10,000 rows a statement, each parsed
+/// and planned anew; one parameter of text carries any number of rows.
+async fn insert_chunk_pg(
+    tx: &mut WriteTxn,
+    run_id: &str,
+    chunk: &[Partition],
+) -> Result<(), StoreError> {
+    let rows: Vec<serde_json::Value> = chunk
+        .iter()
+        .map(|p| {
+            let (kind, start, end) = codec::window_columns(&p.window);
+            json!({ "i": p.id, "x": p.index, "k": kind, "s": start, "e": end })
+        })
+        .collect();
+    stmt(
+        "INSERT INTO partitions \
+         (run_id, partition_id, idx, window_kind, window_start, window_end, state) \
+         SELECT ?, r.i, r.x, r.k, r.s, r.e, 'pending' \
+         FROM json_to_recordset(?::json) AS r(i text, x bigint, k text, s text, e text)",
+    )
+    .bind(run_id)
+    .bind(Arg::Text(Some(serde_json::Value::Array(rows).to_string())))
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
@@ -198,7 +295,7 @@ async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, St
     .bind(RunState::Planned.as_str())
     .bind(&now)
     .bind(&now)
-    .bind(codec::to_db(new.partitions.len() as u64))
+    .bind(codec::to_db(new.partitions.count() as u64))
     .bind(new.guarantee.name())
     .execute(tx)
     .await?;
@@ -214,7 +311,7 @@ async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, St
             "spec_hash": new.spec_hash,
             "plan_hash": new.plan_hash,
             "reason": new.reason,
-            "partitions": new.partitions.len(),
+            "partitions": new.partitions.count(),
             "guarantee": new.guarantee.name(),
         }),
     )

@@ -91,7 +91,7 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
     out.note(format!(
         "\nrunning backfill {} ({} daily partitions, concurrency {})",
         run.id,
-        plan.partitions.len(),
+        plan.len(),
         spec.limits.concurrency
     ));
     let summary = crate::commands::run::execute_quiet(

@@ -48,7 +48,8 @@ pub(crate) async fn estimate(spec: &Spec, plan: &Plan) -> anyhow::Result<Option<
         return Ok(None);
     };
     let source = open_source(source, spec.source_key(), 2).await?;
-    let n = plan.partitions.len();
+    let windows: Vec<backfill_core::Window> = plan.windows().collect();
+    let n = windows.len();
     let mut rows = vec![None; n];
     let started = Instant::now();
     // Visit partitions in an order that samples evenly: strides of decreasing size.
@@ -71,7 +72,7 @@ pub(crate) async fn estimate(spec: &Spec, plan: &Plan) -> anyhow::Result<Option<
         if started.elapsed() > ESTIMATE_BUDGET {
             break;
         }
-        rows[i] = Some(source.count(&plan.partitions[i].window).await?);
+        rows[i] = Some(source.count(&windows[i]).await?);
     }
     source.close().await;
     let counted: Vec<u64> = rows.iter().flatten().copied().collect();
@@ -96,7 +97,10 @@ fn print(
     all: bool,
     out: Output,
 ) {
-    let parts = &plan.partitions;
+    // Only what is shown is kept: the plan cuts its partitions again on each pass.
+    let n = plan.len();
+    let first = plan.partitions().next();
+    let last = plan.partitions().last();
     let rps = spec.limits.rows_per_second.map(|r| r.get());
     let eta = match (est, rps) {
         (Some(e), Some(r)) => Some(e.total as f64 / f64::from(r)),
@@ -116,13 +120,12 @@ fn print(
             "estimated_rows": est.and_then(|e| e.rows[p.index]),
         })
     };
-    let shown: Vec<&Partition> = if all || parts.len() <= 8 {
-        parts.iter().collect()
+    let shown: Vec<Partition> = if all || n <= 8 {
+        plan.partitions().collect()
     } else {
-        parts
-            .iter()
+        plan.partitions()
             .take(5)
-            .chain(parts.iter().skip(parts.len() - 2))
+            .chain(plan.partitions().skip(n - 2))
             .collect()
     };
     out.json(&json!({
@@ -130,9 +133,9 @@ fn print(
         "spec_hash": spec.spec_hash,
         "plan_hash": plan.hash,
         "mode": spec.target.mode.name(),
-        "partitions": parts.len(),
-        "first": parts.first().map(|p| p.window.to_string()),
-        "last": parts.last().map(|p| p.window.to_string()),
+        "partitions": n,
+        "first": first.as_ref().map(|p| p.window.to_string()),
+        "last": last.as_ref().map(|p| p.window.to_string()),
         "estimated_rows": est.map(|e| e.total),
         "estimate_exact": est.map(|e| e.exact),
         "rows_per_second_limit": rps,
@@ -154,7 +157,7 @@ fn print(
             "currency": model.currency,
             "includes_time": with_time,
         })),
-        "sample": shown.iter().map(|p| row(p)).collect::<Vec<_>>(),
+        "sample": shown.iter().map(row).collect::<Vec<_>>(),
     }));
     out.line(format!(
         "plan {} of spec `{}` ({} mode)",
@@ -162,8 +165,8 @@ fn print(
         spec.name,
         spec.target.mode.name()
     ));
-    out.line(format!("  partitions: {}", thousands(parts.len() as u64)));
-    if let (Some(first), Some(last)) = (parts.first(), parts.last()) {
+    out.line(format!("  partitions: {}", thousands(n as u64)));
+    if let (Some(first), Some(last)) = (&first, &last) {
         out.line(format!("  first:      {}", first.window));
         out.line(format!("  last:       {}", last.window));
     }

@@ -42,9 +42,6 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
         Err(e @ EngineError::PlanChanged { .. }) => return Err(plan_changed(e, &args.spec)),
         Err(e) => return Err(e.into()),
     };
-    // The run is stored: its partitions are read back from the store a page at a time, so
-    // the plan (every partition) is not held while the run executes.
-    drop(plan);
     match &launch {
         Launch::Created(r) => out.note(format!(
             "created run {} of `{}`: {} partitions, reason: {}",

@@ -220,7 +220,7 @@ async fn a_changed_spec_is_refused_naming_each_field_and_an_old_run_resumes_by_i
 
     // A run from before the normalised spec: its old hash still resumes it ...
     let db = pool(&state).await;
-    let legacy = backfill_core::plan::legacy_hash(&spec, &plan.partitions);
+    let legacy = backfill_core::plan::legacy_hash(&spec, &plan);
     sqlx::query("UPDATE runs SET normalized_spec = NULL, plan_hash = ?1")
         .bind(&legacy)
         .execute(&db)

@@ -287,7 +287,7 @@ pub(crate) async fn create(store: &Store, spec_name: &str, partitions: &[Partiti
             spec_text: "name = \"x\"",
             owner: "alice@laptop",
             reason: "ETL outage",
-            partitions,
+            partitions: &partitions,
             guarantee: backfill_core::Guarantee::Idempotent,
         })
         .await

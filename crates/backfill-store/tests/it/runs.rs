@@ -82,6 +82,24 @@ async fn creating_thousands_of_partitions_is_fast(db: TestDb) {
     assert_eq!(store.partitions(&run.id).await.unwrap().len(), 2500);
 }
 
+/// A run's partitions are inserted a chunk at a time as they are read (500 a statement on
+/// SQLite, 10,000 as one JSON parameter on PostgreSQL): every one arrives, `pending`, in plan
+/// order, across chunk boundaries and a short last chunk.
+async fn partitions_are_stored_whole_across_insert_chunks(db: TestDb) {
+    let store = db.open().await;
+    let parts = key_partitions(20_001);
+    let run = create(&store, "chunks", &parts).await;
+    assert_eq!(run.partitions_total, 20_001);
+    let stored = store.partitions(&run.id).await.unwrap();
+    assert_eq!(stored.len(), parts.len());
+    for (want, got) in parts.iter().zip(&stored) {
+        assert_eq!(got.partition_id, want.id);
+        assert_eq!(got.index, want.index as u64);
+        assert_eq!(got.window, want.window);
+        assert_eq!(got.state, PartitionState::Pending);
+    }
+}
+
 async fn find_unfinished_run_returns_the_newest_unfinished_of_that_spec(db: TestDb) {
     let store = db.open().await;
     let parts = key_partitions(1);
@@ -240,6 +258,7 @@ async fn run_timestamps_follow_the_state_machine(db: TestDb) {
 
 crate::on_both_backends!(
     create_run_round_trips_run_and_partitions,
+    partitions_are_stored_whole_across_insert_chunks,
     creating_thousands_of_partitions_is_fast,
     find_unfinished_run_returns_the_newest_unfinished_of_that_spec,
     runs_are_found_by_unique_prefix_and_ambiguity_is_reported,

@@ -343,13 +343,7 @@ fn sizes_past_what_can_be_planned_name_the_field() {
         "9223372036854775807",
     );
     assert!(whole.diagnostics.is_empty(), "{:?}", whole.diagnostics);
-    assert_eq!(
-        crate::plan::plan(&whole.spec.unwrap())
-            .unwrap()
-            .partitions
-            .len(),
-        3
-    );
+    assert_eq!(crate::plan::plan(&whole.spec.unwrap()).unwrap().len(), 3);
     expect!["spec.toml:15:8: error: scope.from: integer out of range"].assert_eq(&rendered(key(
         "-9223372036854775809",
         "0",
