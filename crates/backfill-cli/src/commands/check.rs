@@ -35,8 +35,9 @@ pub(crate) async fn run(args: &CheckArgs, out: Output) -> anyhow::Result<()> {
     let partitions = parsed
         .spec
         .as_ref()
-        .and_then(|s| backfill_core::plan::partitions(&s.scope).ok())
-        .map_or(0, |p| p.len());
+        .and_then(|s| backfill_core::plan::Cut::new(&s.scope).ok())
+        .and_then(|cut| cut.count().ok())
+        .unwrap_or(0);
     let mut result = json!({
         "spec": file,
         "ok": errors == 0,
@@ -193,10 +194,9 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
         return out;
     };
     let whole = whole_window(&spec.scope);
-    let first = backfill_core::plan::partitions(&spec.scope)
+    let first = backfill_core::plan::Cut::new(&spec.scope)
         .ok()
-        .and_then(|p| p.into_iter().next())
-        .map(|p| p.window);
+        .and_then(|cut| cut.windows().next());
     if let (Some(window), WriteMode::Sql { .. }) = (first, &spec.target.mode) {
         // The source of `sql` mode only counts rows: that is all there is to check.
         if let Err(e) = source.count(&window).await {
