@@ -124,9 +124,10 @@ pub(crate) struct DiffArgs {
     /// Print N differing rows side by side, source against target.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) sample: usize,
-    /// List at most N differing keys per partition (the counts stay exact).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub(crate) max_keys: usize,
+    /// List at most N differing keys per partition (the counts stay exact). Default: 10 in
+    /// text, 100 with --json.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_keys: Option<usize>,
     /// The column (in the source query's result and in the target table) whose value places
     /// a row in a partition. Default: `replace` mode's `window_column`, else
     /// `source.time_column`, else the key of a key scope.

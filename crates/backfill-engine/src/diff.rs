@@ -56,7 +56,8 @@ pub struct DiffOptions {
     /// A slice with at most this many rows on each side is fetched and compared row by row.
     pub fetch_rows: u64,
     /// Bisect differing partitions down to keys; `false` stops at partition fingerprints
-    /// (what `gaps` needs).
+    /// (what `gaps` needs). A partition with one side empty is not bisected when it holds
+    /// more than `fetch_rows` rows: its counts are known, its keys are not listed.
     pub bisect: bool,
 }
 
@@ -197,7 +198,8 @@ pub struct PartitionDiff {
     pub counts: Option<ChangeCounts>,
     /// Differing keys, at most [`DiffOptions::max_keys`].
     pub keys: Vec<KeyChange>,
-    /// True when more keys differ than are listed.
+    /// True when more keys differ than are listed (or, for a big partition with one side
+    /// empty, none is).
     pub keys_truncated: bool,
 }
 
@@ -641,6 +643,19 @@ async fn bisect_partition(
     let p = &diff.partitions[index];
     let window = p.partition.window;
     let source_rows = p.source.rows;
+    // One side empty and too big to list cheaply: the counts are known without a row.
+    if (p.source.rows == 0 || p.target.rows == 0)
+        && p.source.rows.max(p.target.rows) > options.fetch_rows
+    {
+        let p = &mut diff.partitions[index];
+        p.counts = Some(ChangeCounts {
+            insert: p.source.rows,
+            extra: p.target.rows,
+            ..ChangeCounts::default()
+        });
+        p.keys_truncated = true;
+        return Ok(());
+    }
     let mut pending = vec![(window, p.source, p.target)];
     let mut counts = ChangeCounts::default();
     let mut keys = Vec::new();

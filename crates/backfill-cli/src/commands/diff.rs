@@ -26,7 +26,7 @@ pub(crate) async fn diff(args: &DiffArgs, out: Output) -> anyhow::Result<()> {
         columns: args.columns.clone().filter(|c| !c.is_empty()),
         window_column: args.window_column.clone(),
         sample: args.sample,
-        max_keys: args.max_keys,
+        max_keys: args.max_keys.unwrap_or(if out.json { 100 } else { 10 }),
         fetch_rows: args.fetch_rows.max(1),
         ..DiffOptions::default()
     };
@@ -350,7 +350,16 @@ fn print_diff(spec: &backfill_core::Spec, diff: &Diff, name_columns: bool, all: 
                 key_text(diff, &k.key)
             ));
         }
-        if p.keys_truncated {
+        if p.keys_truncated && p.keys.is_empty() {
+            let side = if p.target.rows == 0 {
+                "target"
+            } else {
+                "source"
+            };
+            out.line(format!(
+                "    every row (the {side} has none in this window; keys not listed)"
+            ));
+        } else if p.keys_truncated {
             out.line("    … more keys differ (--max-keys lists more)");
         }
     }
