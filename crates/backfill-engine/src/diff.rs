@@ -695,7 +695,7 @@ async fn bisect_partition(
         }
     }
     counts.unchanged = source_rows.saturating_sub(counts.insert + counts.update);
-    keys.sort_by(|a, b| a.key.cmp(&b.key));
+    keys.sort_by(|a, b| key_order(&a.key, &b.key));
     let p = &mut diff.partitions[index];
     p.counts = Some(counts);
     p.keys = keys;
@@ -819,8 +819,25 @@ fn changed_rows(
             target: Some(row),
         });
     }
-    out.sort_by(|a, b| a.change.key.cmp(&b.change.key));
+    out.sort_by(|a, b| key_order(&a.change.key, &b.change.key));
     out
+}
+
+/// Keys in a natural order: integer parts as numbers (`9` before `10`), others as text.
+fn key_order(a: &[Option<String>], b: &[Option<String>]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let order = match (x, y) {
+            (Some(x), Some(y)) => match (x.parse::<i128>(), y.parse::<i128>()) {
+                (Ok(x), Ok(y)) => x.cmp(&y),
+                _ => x.cmp(y),
+            },
+            _ => x.cmp(y),
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// What `gaps` reports about one partition.
@@ -900,7 +917,7 @@ mod tests {
             ]
         };
         let source = vec![r("1", "x", None), r("2", "y", Some("")), r("3", "z", None)];
-        let target = vec![r("1", "x", None), r("2", "y", None), r("4", "w", None)];
+        let target = vec![r("1", "x", None), r("2", "y", None), r("10", "w", None)];
         let changes = changed_rows(&columns, &[0], source, target);
         let got: Vec<(String, &str, Vec<String>)> = changes
             .iter()
@@ -917,7 +934,7 @@ mod tests {
             vec![
                 ("2".to_owned(), "update", vec!["b".to_owned()]),
                 ("3".to_owned(), "insert", vec![]),
-                ("4".to_owned(), "extra", vec![]),
+                ("10".to_owned(), "extra", vec![]),
             ]
         );
     }
