@@ -485,6 +485,11 @@ pub(crate) struct SqlDialect {
     half_sum: fn(&str, usize) -> String,
     /// `expr` as a 64-bit integer column.
     int64: fn(&str) -> String,
+    /// Appended to the innermost query so the planner evaluates each canonical text once
+    /// per row: PostgreSQL pulls a plain subquery up into its parent and would compute every
+    /// canonical expression (and the source query's own expressions) twice, once for the
+    /// field's length and once for its text (`OFFSET 0` keeps it a subquery).
+    fence: &'static str,
 }
 
 /// `SELECT <canonical texts as c0…> [, extra] FROM rel WHERE …`, the innermost query.
@@ -507,7 +512,11 @@ fn canonical_select(
     }
     let from = binder.relation(&scan.relation, d.quote);
     let filter = where_clause(binder, scan, buckets, d.quote);
-    Ok(format!("SELECT {} FROM {from}{filter}", select.join(", ")))
+    Ok(format!(
+        "SELECT {} FROM {from}{filter}{}",
+        select.join(", "),
+        d.fence
+    ))
 }
 
 /// The digest expression over the inner query's `c0…` columns (alias `f`).

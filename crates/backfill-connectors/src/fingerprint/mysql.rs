@@ -28,6 +28,7 @@ const DIALECT: SqlDialect = SqlDialect {
         )
     },
     int64: |x| format!("CAST({x} AS SIGNED)"),
+    fence: "",
 };
 
 /// The canonical text of `x` (a quoted column) by kind; NULL stays NULL.

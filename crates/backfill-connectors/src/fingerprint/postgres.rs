@@ -23,6 +23,7 @@ const DIALECT: SqlDialect = SqlDialect {
         format!("coalesce(sum(('x' || substr({m}, {from}, 16))::bit(64)::bigint), 0)::text")
     },
     int64: |x| format!("({x})::bigint"),
+    fence: " OFFSET 0",
 };
 
 /// The canonical text of `x` (a quoted column) by kind; NULL stays NULL.
