@@ -78,6 +78,14 @@ pub(crate) enum Command {
     /// Change a run's limits while it runs, from any terminal: rows per second, batches per
     /// second, concurrency. Takes effect within a second and is recorded in the audit trail.
     Throttle(ThrottleArgs),
+    /// Show what a run of a spec would change, before anything is written: per partition the
+    /// rows it would insert, update, leave unchanged, and the target's extra rows (keys the
+    /// source no longer has), down to the exact keys. Read-only. Not for `sql` mode.
+    Diff(DiffArgs),
+    /// List the partitions whose target is missing (empty), partial (fewer rows than the
+    /// source) or drifted (different rows), with their row deltas. Read-only. Exits 1 when
+    /// any partition has a gap, 0 when none has.
+    Gaps(GapsArgs),
     /// Show the state, progress, throughput and failing partitions of a run.
     Status(StatusArgs),
     /// List runs, newest first.
@@ -102,6 +110,48 @@ pub(crate) struct CheckArgs {
     /// Only validate the file; do not connect to the source or target.
     #[arg(long)]
     pub(crate) offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// The spec file (TOML).
+    pub(crate) spec: PathBuf,
+    /// Name, for each updated key, the columns that differ. With a comma-separated list
+    /// (`--columns=amount,status`), compare only those columns (and the key); rows that differ
+    /// elsewhere count as unchanged. Without a list, every target column is compared.
+    #[arg(long, num_args = 0.., value_delimiter = ',', value_name = "COLUMNS")]
+    pub(crate) columns: Option<Vec<String>>,
+    /// Print N differing rows side by side, source against target.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) sample: usize,
+    /// List at most N differing keys per partition (the counts stay exact). Default: 10 in
+    /// text, 100 with --json.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_keys: Option<usize>,
+    /// The column (in the source query's result and in the target table) whose value places
+    /// a row in a partition. Default: `replace` mode's `window_column`, else
+    /// `source.time_column`, else the key of a key scope.
+    #[arg(long, value_name = "COLUMN")]
+    pub(crate) window_column: Option<String>,
+    /// List every partition, unchanged ones included.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Compare rows one by one once a slice of a differing partition holds at most N rows on
+    /// each side; bigger slices are cut again by fingerprints.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub(crate) fetch_rows: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GapsArgs {
+    /// The spec file (TOML).
+    pub(crate) spec: PathBuf,
+    /// Compare only these columns (comma-separated; the key is always compared).
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "COLUMNS")]
+    pub(crate) columns: Option<Vec<String>>,
+    /// The column whose value places a row in a partition (see `diff --window-column`).
+    #[arg(long, value_name = "COLUMN")]
+    pub(crate) window_column: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -143,6 +143,8 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Pause(args) => commands::control::pause(&args, &state, out).await,
         Command::Cancel(args) => commands::control::cancel(&args, &state, out).await,
         Command::Throttle(args) => commands::control::throttle(&args, &state, out).await,
+        Command::Diff(args) => commands::diff::diff(&args, out).await,
+        Command::Gaps(args) => commands::diff::gaps(&args, out).await,
         Command::Status(args) => commands::status::run(&args, &state, out).await,
         Command::Runs(args) => commands::status::list(&args, &state, out).await,
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,

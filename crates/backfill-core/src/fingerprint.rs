@@ -316,6 +316,28 @@ pub fn encode_row(
     Ok(())
 }
 
+/// The canonical text of `value` read as `kind` (see the module doc); `Ok(None)` for NULL.
+///
+/// Guarantees: hashing a row of these texts as [`Kind::Text`] values (NULL as
+/// [`Value::Null`]) gives the same [`RowHash`] as hashing the original values with their
+/// kinds, so rows fetched as canonical texts (what `diff` compares key by key) hash alike.
+pub fn canonical_text(
+    kind: Kind,
+    value: &Value,
+    column: usize,
+) -> Result<Option<String>, FingerprintError> {
+    let mut out = String::new();
+    match canonical(kind, value, &mut out) {
+        Ok(true) => Ok(Some(out)),
+        Ok(false) => Ok(None),
+        Err(()) => Err(FingerprintError::Invalid {
+            column,
+            value: value.preview(),
+            kind,
+        }),
+    }
+}
+
 /// Appends the canonical text of `value` read as `kind` to `out`; `Ok(false)` for NULL.
 ///
 /// Values arrive as each connector decodes them; SQLite's dynamic storage gives text (or an
@@ -559,6 +581,31 @@ mod tests {
             Ok(false) => Some("NULL".to_owned()),
             Err(()) => None,
         }
+    }
+
+    #[test]
+    fn canonical_texts_hash_like_the_values() {
+        let kinds = [Kind::Decimal, Kind::Timestamp, Kind::Text];
+        let row = [
+            Value::Decimal("12.50".into()),
+            Value::Text("2026-03-01T06:05:06+02:00".into()),
+            Value::Null,
+        ];
+        let texts: Vec<Value> = kinds
+            .iter()
+            .zip(&row)
+            .enumerate()
+            .map(|(i, (k, v))| {
+                canonical_text(*k, v, i)
+                    .unwrap()
+                    .map_or(Value::Null, Value::Text)
+            })
+            .collect();
+        assert_eq!(
+            row_hash(&[Kind::Text; 3], &texts).unwrap(),
+            row_hash(&kinds, &row).unwrap()
+        );
+        assert!(canonical_text(Kind::Date, &Value::Text("x".into()), 4).is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@
 mod adaptive;
 mod claim;
 mod control;
+pub mod diff;
 mod error;
 mod events;
 mod execute;
@@ -48,6 +49,7 @@ use tokio::sync::mpsc;
 
 pub use claim::{DEFAULT_LEASE, ensure_unclaimed};
 pub use control::{Clock, Hold, LIVE_WITHIN};
+pub use diff::{Diff, DiffError, DiffOptions, DiffProgress, diff};
 pub use error::EngineError;
 pub use events::{Emitter, Event};
 pub use replan::check_same_plan;

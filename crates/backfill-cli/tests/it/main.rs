@@ -14,6 +14,7 @@ mod crash_db;
 mod db_outage;
 mod db_restart;
 mod demo;
+mod diff;
 mod edge_values;
 mod errors;
 mod idempotency;

@@ -11,7 +11,13 @@
 //!   `diff` needs one query per side for a whole set of partitions, and each row costs
 //!   `log2(buckets)` comparisons);
 //! - the row hashes in key order (`row_hashes`: what a small slice is compared with, row by
-//!   row).
+//!   row);
+//! - each row's canonical texts (`canonical_rows`: what `diff` compares key by key and
+//!   column by column once a slice is small).
+//!
+//! [`Db`] opens any of the three systems from a URL and dispatches these calls, so the
+//! engine's `diff` sees one type; [`query_relation`] turns a spec's source query and a window
+//! into a [`Relation::Query`] in the database's placeholder style.
 //!
 //! Does not: decide which columns are hashed or in which order (the caller passes
 //! [`Column`]s, usually from the dialect's `columns` catalog reader), compare fingerprints or
@@ -35,9 +41,133 @@ pub mod sqlite;
 use backfill_core::fingerprint::{Fingerprint, Kind, RowHash};
 use backfill_core::value::Value;
 
+use backfill_core::params::{Placeholder, rewrite};
+use backfill_core::plan::Window;
+use backfill_core::secret::SecretUrl;
+use backfill_core::timefmt::TimeFormat;
+
 use crate::ConnectorError;
 use crate::ident::{check_column, check_table};
 use crate::shared::quote_ident;
+
+/// A database opened for fingerprints: one pool of any registered system.
+///
+/// Guarantees: every call only reads (SELECTs in a read transaction or on a plain
+/// connection); nothing is ever written.
+#[derive(Debug)]
+pub enum Db {
+    /// SQLite file, with the fingerprint functions registered on every connection.
+    Sqlite(sqlx::SqlitePool),
+    /// MySQL or MariaDB.
+    MySql(sqlx::MySqlPool),
+    /// PostgreSQL.
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    /// Opens `url` with a pool of at most `pool_size` connections; `target` decides which
+    /// side a missing SQLite file is reported as (it is never created).
+    pub async fn open(url: &SecretUrl, pool_size: u32, target: bool) -> Result<Db, ConnectorError> {
+        match url.scheme().as_str() {
+            "sqlite" => {
+                let role = if target {
+                    crate::sqlite::Role::Target
+                } else {
+                    crate::sqlite::Role::Source
+                };
+                Ok(Db::Sqlite(
+                    crate::sqlite::connect(url, pool_size, role).await?,
+                ))
+            }
+            "mysql" => Ok(Db::MySql(crate::mysql::connect(url, pool_size).await?)),
+            "postgres" | "postgresql" => Ok(Db::Postgres(
+                crate::postgres::connect(url, pool_size).await?,
+            )),
+            other => Err(crate::unsupported(other, url)),
+        }
+    }
+
+    /// The system's name, for messages.
+    pub fn system(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "SQLite",
+            Db::MySql(_) => "MySQL",
+            Db::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// How a [`Relation::Query`]'s own placeholders must be written for this database.
+    pub fn placeholder(&self) -> Placeholder {
+        match self {
+            Db::Postgres(_) => Placeholder::DollarNumbered,
+            Db::Sqlite(_) | Db::MySql(_) => Placeholder::Question,
+        }
+    }
+
+    /// Every column of `table` with its type and kind (see each dialect's `catalog`).
+    pub async fn catalog(&self, table: &str) -> Result<Vec<Catalogued>, ConnectorError> {
+        match self {
+            Db::Sqlite(p) => sqlite::catalog(p, table).await,
+            Db::MySql(p) => mysql::catalog(p, table).await,
+            Db::Postgres(p) => postgres::catalog(p, table).await,
+        }
+    }
+
+    /// The fingerprint of each bucket, in one query (see `fingerprint_buckets`).
+    pub async fn fingerprint_buckets(
+        &self,
+        scan: &Scan<'_>,
+        buckets: &Buckets<'_>,
+    ) -> Result<Vec<Fingerprint>, ConnectorError> {
+        match self {
+            Db::Sqlite(p) => sqlite::fingerprint_buckets(p, scan, buckets).await,
+            Db::MySql(p) => mysql::fingerprint_buckets(p, scan, buckets).await,
+            Db::Postgres(p) => postgres::fingerprint_buckets(p, scan, buckets).await,
+        }
+    }
+
+    /// Each row's canonical texts, one per scan column (NULL as `None`), in no order.
+    pub async fn canonical_rows(
+        &self,
+        scan: &Scan<'_>,
+    ) -> Result<Vec<Vec<Option<String>>>, ConnectorError> {
+        match self {
+            Db::Sqlite(p) => sqlite::canonical_rows(p, scan).await,
+            Db::MySql(p) => mysql::canonical_rows(p, scan).await,
+            Db::Postgres(p) => postgres::canonical_rows(p, scan).await,
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::MySql(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// A spec's source `query` over `window` as the SQL and parameters of a
+/// [`Relation::Query`] for `db`: `:start` and `:end` rewritten into the database's
+/// placeholders and bound with `format` (key windows as integers). Any other named
+/// parameter is refused.
+pub fn query_relation(
+    db: &Db,
+    query: &str,
+    window: &Window,
+    format: &TimeFormat,
+) -> Result<(String, Vec<Value>), ConnectorError> {
+    let rewritten = rewrite(query, db.placeholder());
+    crate::window::check_names(&rewritten.names, "source query")?;
+    let params = crate::window::named_values(&rewritten.names, window, format);
+    Ok((rewritten.sql, params))
+}
+
+/// The bounds of `window` as values bound in a database using `format` for time windows.
+pub fn window_bounds(window: &Window, format: &TimeFormat) -> [Value; 2] {
+    crate::window::bounds(window, format)
+}
 
 /// A hashed column: its name in the relation and the kind its values are read as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +186,31 @@ impl Column {
             kind,
         }
     }
+}
+
+/// A column as the catalog describes it, fingerprintable or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Catalogued {
+    /// The column's name.
+    pub name: String,
+    /// Its type as the catalog names it (for messages).
+    pub type_name: String,
+    /// Its kind; `None` when the type has no fingerprint (floats, intervals, arrays…).
+    pub kind: Option<Kind>,
+}
+
+impl Catalogued {
+    /// The hashed column, or the error naming it when its type has no fingerprint.
+    pub fn column(&self) -> Result<Column, ConnectorError> {
+        self.kind
+            .map(|kind| Column::new(self.name.clone(), kind))
+            .ok_or_else(|| unsupported(&self.name, &self.type_name))
+    }
+}
+
+/// Every column as a hashed [`Column`], or the error naming the first that cannot be.
+fn require_kinds(catalog: Vec<Catalogued>) -> Result<Vec<Column>, ConnectorError> {
+    catalog.iter().map(Catalogued::column).collect()
 }
 
 /// What rows are scanned.
@@ -330,6 +485,11 @@ pub(crate) struct SqlDialect {
     half_sum: fn(&str, usize) -> String,
     /// `expr` as a 64-bit integer column.
     int64: fn(&str) -> String,
+    /// Appended to the innermost query so the planner evaluates each canonical text once
+    /// per row: PostgreSQL pulls a plain subquery up into its parent and would compute every
+    /// canonical expression (and the source query's own expressions) twice, once for the
+    /// field's length and once for its text (`OFFSET 0` keeps it a subquery).
+    fence: &'static str,
 }
 
 /// `SELECT <canonical texts as c0…> [, extra] FROM rel WHERE …`, the innermost query.
@@ -352,7 +512,11 @@ fn canonical_select(
     }
     let from = binder.relation(&scan.relation, d.quote);
     let filter = where_clause(binder, scan, buckets, d.quote);
-    Ok(format!("SELECT {} FROM {from}{filter}", select.join(", ")))
+    Ok(format!(
+        "SELECT {} FROM {from}{filter}{}",
+        select.join(", "),
+        d.fence
+    ))
 }
 
 /// The digest expression over the inner query's `c0…` columns (alias `f`).
@@ -419,6 +583,17 @@ pub(crate) fn row_hashes_sql(
         digest_expr(scan, d)
     );
     Ok(binder.finish(sql))
+}
+
+/// The canonical-rows statement: one canonical text per scan column.
+pub(crate) fn canonical_rows_sql(
+    scan: &Scan<'_>,
+    d: &SqlDialect,
+) -> Result<Statement, ConnectorError> {
+    check_scan(scan)?;
+    let mut binder = Binder::new(d.numbered, &scan.relation);
+    let inner = canonical_select(&mut binder, scan, None, &[], d)?;
+    Ok(binder.finish(inner))
 }
 
 /// Parses digests read back from a row-hash statement.

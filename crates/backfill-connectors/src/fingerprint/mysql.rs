@@ -28,6 +28,7 @@ const DIALECT: SqlDialect = SqlDialect {
         )
     },
     int64: |x| format!("CAST({x} AS SIGNED)"),
+    fence: "",
 };
 
 /// The canonical text of `x` (a quoted column) by kind; NULL stays NULL.
@@ -117,6 +118,30 @@ pub async fn fingerprint_buckets(
     super::per_bucket(buckets.len(), out)
 }
 
+/// The statement giving each row's canonical texts, one column per scan column.
+pub fn canonical_rows_sql(scan: &Scan<'_>) -> Result<Statement, ConnectorError> {
+    super::canonical_rows_sql(scan, &DIALECT)
+}
+
+/// Each row's canonical texts (NULL as `None`), in no particular order.
+pub async fn canonical_rows(
+    pool: &MySqlPool,
+    scan: &Scan<'_>,
+) -> Result<Vec<Vec<Option<String>>>, ConnectorError> {
+    let rows = fetch(pool, canonical_rows_sql(scan)?).await?;
+    rows.iter()
+        .map(|r| {
+            (0..scan.columns.len())
+                .map(|i| {
+                    r.try_get::<Option<Vec<u8>>, _>(i)
+                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error("reading canonical rows", &e))
+}
+
 /// Each row's hash, ordered by `order_by`.
 pub async fn row_hashes(
     pool: &MySqlPool,
@@ -158,6 +183,15 @@ pub fn kind_of(data_type: &str, column_type: &str) -> Option<Kind> {
 /// no fingerprint (`FLOAT`, `DOUBLE`, `BIT`, spatial types…) is an error naming it; a
 /// missing table is an error too.
 pub async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<Column>, ConnectorError> {
+    super::require_kinds(catalog(pool, table).await?)
+}
+
+/// Every column of `table` in table order with its type and kind (`None` when it has no
+/// fingerprint); a missing table is an error.
+pub async fn catalog(
+    pool: &MySqlPool,
+    table: &str,
+) -> Result<Vec<super::Catalogued>, ConnectorError> {
     crate::ident::check_table(table)?;
     let (schema, name) = match table.split_once('.') {
         Some((schema, name)) => (Some(schema), name),
@@ -186,9 +220,12 @@ pub async fn columns(pool: &MySqlPool, table: &str) -> Result<Vec<Column>, Conne
                     .map_err(|e| sql_error("reading the table's columns", &e))
             };
             let (name, data_type, column_type) = (read(0)?, read(1)?, read(2)?);
-            let kind = kind_of(&data_type, &column_type)
-                .ok_or_else(|| super::unsupported(&name, &column_type))?;
-            Ok(Column { name, kind })
+            let kind = kind_of(&data_type, &column_type);
+            Ok(super::Catalogued {
+                name,
+                type_name: column_type,
+                kind,
+            })
         })
         .collect()
 }

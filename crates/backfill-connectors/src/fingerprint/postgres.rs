@@ -23,6 +23,7 @@ const DIALECT: SqlDialect = SqlDialect {
         format!("coalesce(sum(('x' || substr({m}, {from}, 16))::bit(64)::bigint), 0)::text")
     },
     int64: |x| format!("({x})::bigint"),
+    fence: " OFFSET 0",
 };
 
 /// The canonical text of `x` (a quoted column) by kind; NULL stays NULL.
@@ -108,6 +109,27 @@ pub async fn fingerprint_buckets(
     super::per_bucket(buckets.len(), out)
 }
 
+/// The statement giving each row's canonical texts, one column per scan column.
+pub fn canonical_rows_sql(scan: &Scan<'_>) -> Result<Statement, ConnectorError> {
+    super::canonical_rows_sql(scan, &DIALECT)
+}
+
+/// Each row's canonical texts (NULL as `None`), in no particular order.
+pub async fn canonical_rows(
+    pool: &PgPool,
+    scan: &Scan<'_>,
+) -> Result<Vec<Vec<Option<String>>>, ConnectorError> {
+    let rows = fetch(pool, canonical_rows_sql(scan)?).await?;
+    rows.iter()
+        .map(|r| {
+            (0..scan.columns.len())
+                .map(|i| r.try_get::<Option<String>, _>(i))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error("reading canonical rows", &e))
+}
+
 /// Each row's hash, ordered by `order_by`.
 pub async fn row_hashes(
     pool: &PgPool,
@@ -145,6 +167,12 @@ pub fn kind_of(type_name: &str) -> Option<Kind> {
 /// whose type has no fingerprint (floats, intervals, arrays…) is an error naming it; a
 /// missing table is an error too.
 pub async fn columns(pool: &PgPool, table: &str) -> Result<Vec<Column>, ConnectorError> {
+    super::require_kinds(catalog(pool, table).await?)
+}
+
+/// Every column of `table` in table order with its type and kind (`None` when it has no
+/// fingerprint); a missing table is an error.
+pub async fn catalog(pool: &PgPool, table: &str) -> Result<Vec<super::Catalogued>, ConnectorError> {
     crate::ident::check_table(table)?;
     let sql = "SELECT a.attname::text, t.typname::text FROM pg_attribute a \
                JOIN pg_type t ON t.oid = a.atttypid \
@@ -164,8 +192,12 @@ pub async fn columns(pool: &PgPool, table: &str) -> Result<Vec<Column>, Connecto
         .map(|row| {
             let name: String = row.get(0);
             let type_name: String = row.get(1);
-            let kind = kind_of(&type_name).ok_or_else(|| super::unsupported(&name, &type_name))?;
-            Ok(Column { name, kind })
+            let kind = kind_of(&type_name);
+            Ok(super::Catalogued {
+                name,
+                type_name,
+                kind,
+            })
         })
         .collect()
 }

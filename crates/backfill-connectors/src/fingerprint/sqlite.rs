@@ -8,6 +8,8 @@
 //! - `backfill_fingerprint(codes, v1, …, vn)`: an aggregate giving `rows:sum:check` (decimal
 //!   `u64`s) over its group; `0:0:0` over no row. Sums wrap modulo 2^64 in Rust, so nothing
 //!   overflows (SQLite's `sum()` fails on 64-bit overflow).
+//! - `backfill_canonical(code, v)`: the canonical text of one value read as the kind of
+//!   `code` (NULL for NULL), what `diff` compares key by key.
 //!
 //! A value that does not read as its kind (text that is not a date in a date column) makes
 //! the statement fail with the contract's message, naming the column's position.
@@ -34,6 +36,7 @@ use crate::sqlite::{arguments, sql_error};
 
 const ROW_MD5: &std::ffi::CStr = c"backfill_row_md5";
 const FINGERPRINT: &std::ffi::CStr = c"backfill_fingerprint";
+const CANONICAL: &std::ffi::CStr = c"backfill_canonical";
 
 /// Registers `backfill_row_md5` and `backfill_fingerprint` on `conn` (deterministic, UTF-8).
 ///
@@ -74,7 +77,22 @@ pub async fn register(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
             None,
         )
     };
-    check(rc, FINGERPRINT)
+    check(rc, FINGERPRINT)?;
+    // SAFETY: as above.
+    let rc = unsafe {
+        ffi::sqlite3_create_function_v2(
+            db,
+            CANONICAL.as_ptr(),
+            2,
+            flags,
+            ptr::null_mut(),
+            Some(canonical_fn),
+            None,
+            None,
+            None,
+        )
+    };
+    check(rc, CANONICAL)
 }
 
 fn check(rc: c_int, name: &std::ffi::CStr) -> Result<(), sqlx::Error> {
@@ -200,6 +218,43 @@ unsafe extern "C" fn row_md5(
     }
 }
 
+/// The canonical text of a call's two arguments: one kind code, then the value.
+///
+/// SAFETY: `argv` must hold `argc` protected values of the current call.
+unsafe fn canonical_arguments(
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) -> Result<Option<String>, String> {
+    if argc != 2 || argv.is_null() {
+        return Err("needs a kind code and a value".to_owned());
+    }
+    // SAFETY: per the function's contract.
+    let args = unsafe { std::slice::from_raw_parts(argv, 2) };
+    // SAFETY: each element is a protected value of this call.
+    let (code, value) = unsafe { (read_value(args[0])?, read_value(args[1])?) };
+    let kind = match &code {
+        Value::Text(c) => Kind::parse_codes(c).and_then(|k| (k.len() == 1).then(|| k[0])),
+        _ => None,
+    }
+    .ok_or_else(|| format!("bad kind code {code:?}"))?;
+    backfill_core::fingerprint::canonical_text(kind, &value, 0).map_err(|e| e.to_string())
+}
+
+unsafe extern "C" fn canonical_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite calls this with the call's context and arguments.
+    unsafe {
+        match canonical_arguments(argc, argv) {
+            Ok(Some(text)) => result_text(ctx, &text),
+            Ok(None) => ffi::sqlite3_result_null(ctx),
+            Err(message) => result_error(ctx, "backfill_canonical", &message),
+        }
+    }
+}
+
 unsafe extern "C" fn fingerprint_step(
     ctx: *mut ffi::sqlite3_context,
     argc: c_int,
@@ -315,6 +370,44 @@ pub fn row_hashes_sql(scan: &Scan<'_>, order_by: &[&str]) -> Result<Statement, C
     Ok(binder.finish(sql))
 }
 
+/// The statement giving each row's canonical texts, one column per scan column.
+pub fn canonical_rows_sql(scan: &Scan<'_>) -> Result<Statement, ConnectorError> {
+    super::check_scan(scan)?;
+    let mut binder = Binder::new(false, &scan.relation);
+    let select: Vec<String> = scan
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            // Only `Kind::code` letters: safe to write as a literal.
+            format!(
+                "backfill_canonical('{}', t.{}) AS c{i}",
+                c.kind.code(),
+                quote_ident(&c.name, '"')
+            )
+        })
+        .collect();
+    let from = binder.relation(&scan.relation, '"');
+    let filter = super::where_clause(&mut binder, scan, None, '"');
+    Ok(binder.finish(format!("SELECT {} FROM {from}{filter}", select.join(", "))))
+}
+
+/// Each row's canonical texts (NULL as `None`), in no particular order.
+pub async fn canonical_rows(
+    pool: &SqlitePool,
+    scan: &Scan<'_>,
+) -> Result<Vec<Vec<Option<String>>>, ConnectorError> {
+    let rows = fetch(pool, canonical_rows_sql(scan)?).await?;
+    rows.iter()
+        .map(|r| {
+            (0..scan.columns.len())
+                .map(|i| r.try_get::<Option<String>, _>(i))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error("reading canonical rows", &e))
+}
+
 async fn fetch(pool: &SqlitePool, statement: Statement) -> Result<Vec<SqliteRow>, ConnectorError> {
     let args = arguments(&statement.params, statement.params.len())?;
     sqlx::query_with(AssertSqlSafe(statement.sql), args)
@@ -418,6 +511,15 @@ pub fn kind_of(declared: &str) -> Option<Kind> {
 /// the declared types. A column whose declared type has no fingerprint is an error naming
 /// it; a missing table is an error too.
 pub async fn columns(pool: &SqlitePool, table: &str) -> Result<Vec<Column>, ConnectorError> {
+    super::require_kinds(catalog(pool, table).await?)
+}
+
+/// Every column of `table` in table order with its declared type and kind (`None` when it
+/// has no fingerprint); a missing table is an error.
+pub async fn catalog(
+    pool: &SqlitePool,
+    table: &str,
+) -> Result<Vec<super::Catalogued>, ConnectorError> {
     crate::ident::check_table(table)?;
     let (schema, name) = match table.split_once('.') {
         Some((schema, name)) => (schema, name),
@@ -438,15 +540,17 @@ pub async fn columns(pool: &SqlitePool, table: &str) -> Result<Vec<Column>, Conn
         .map(|row| {
             let name: String = row.get(0);
             let declared: String = row.get(1);
-            let kind = kind_of(&declared).ok_or_else(|| {
-                let shown = if declared.is_empty() {
-                    "(none declared)"
-                } else {
-                    &declared
-                };
-                super::unsupported(&name, shown)
-            })?;
-            Ok(Column { name, kind })
+            let kind = kind_of(&declared);
+            let type_name = if declared.is_empty() {
+                "(none declared)".to_owned()
+            } else {
+                declared
+            };
+            Ok(super::Catalogued {
+                name,
+                type_name,
+                kind,
+            })
         })
         .collect()
 }

@@ -157,6 +157,25 @@ struct Observed {
     range: Fingerprint,
     /// Buckets over the timestamp column: [`time_bounds`] hold row 6, then rows 2 and 5.
     by_time: Vec<Fingerprint>,
+    /// The rows fetched as canonical texts (what `diff` compares), hashed as text, sorted:
+    /// the same as the row hashes, so texts agree byte for byte across systems.
+    canonical: Vec<RowHash>,
+}
+
+/// Hashes rows of canonical texts as `Text` values, sorted.
+fn text_hashes(rows: Vec<Vec<Option<String>>>) -> Vec<RowHash> {
+    let mut out: Vec<RowHash> = rows
+        .into_iter()
+        .map(|r| {
+            let values: Vec<Value> = r
+                .into_iter()
+                .map(|v| v.map_or(Value::Null, Value::Text))
+                .collect();
+            row_hash(&vec![Kind::Text; values.len()], &values).unwrap()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Bounds on `at`, bound as each connector binds a window's instants.
@@ -187,6 +206,11 @@ fn engine(rows: &[Vec<Value>]) -> Observed {
     };
     Observed {
         hashes: rows.iter().map(|r| row_hash(&kinds, r).unwrap()).collect(),
+        canonical: {
+            let mut all: Vec<RowHash> = rows.iter().map(|r| row_hash(&kinds, r).unwrap()).collect();
+            all.sort();
+            all
+        },
         whole: of(i64::MIN, i64::MAX),
         buckets: BOUNDS.windows(2).map(|w| of(w[0], w[1])).collect(),
         range: of(2, 5),
@@ -263,6 +287,11 @@ macro_rules! pushed {
             by_time: fingerprint::$module::fingerprint_buckets($pool, &scan, &by_time)
                 .await
                 .unwrap(),
+            canonical: text_hashes(
+                fingerprint::$module::canonical_rows($pool, &scan)
+                    .await
+                    .unwrap(),
+            ),
         }
     }};
 }
