@@ -288,7 +288,9 @@ pub async fn diff(
 ) -> Result<Diff, DiffError> {
     let plan = backfill_core::plan::plan(spec)?;
     let sides = open(spec, options).await?;
-    let result = compare(&sides, &plan.partitions, options, progress).await;
+    // The result holds one entry per partition anyway, so the list is collected here.
+    let partitions: Vec<Partition> = plan.partitions().collect();
+    let result = compare(&sides, &partitions, options, progress).await;
     sides.source.close().await;
     sides.target.close().await;
     result
