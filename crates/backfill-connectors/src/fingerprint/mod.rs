@@ -476,7 +476,8 @@ pub(crate) struct SqlDialect {
     numbered: bool,
     /// The canonical text of a column's value (`x`, a quoted `t.col`), NULL for NULL.
     canonical: fn(&Column, &str) -> Result<String, ConnectorError>,
-    /// One encoded field (`N`, or `V<len>:<text>`) of a canonical text expression.
+    /// One encoded field (`N`, or `V<len>:<text>`) of a canonical text expression, as
+    /// `digest` takes it (PostgreSQL's is two arguments of its `concat`).
     field: fn(&str) -> String,
     /// The 32 hex digits of the MD5 of the concatenated fields.
     digest: fn(&[String]) -> String,
