@@ -101,6 +101,25 @@ pub(crate) enum Command {
     /// Regenerate the reference docs (docs/spec.md, docs/cli.md) from the declarations.
     #[command(hide = true)]
     Docs(DocsArgs),
+    /// Re-run reconciliation alone, at any time: for every partition, the source's and the
+    /// target's row count and checksum over its window (as after each partition of a run,
+    /// see `[validate]` in docs/spec.md). Records each partition's result and one audit
+    /// event. Exits 1 when a partition's target differs from its source beyond
+    /// `validate.tolerance`, naming up to 5 differing keys; `backfill diff SPEC` lists them
+    /// all.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// A run id (or unique prefix): check that run's partitions. Or a spec file: check its
+    /// latest run, or, when it has none, its plan's partitions (recording only the audit
+    /// event).
+    #[arg(value_name = "RUN|SPEC")]
+    pub(crate) target: String,
+    /// The run's spec file, when it moved since the run was created.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) spec: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -150,6 +150,7 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,
         Command::Quarantine(args) => commands::quarantine::run(&args, &state, out).await,
         Command::Demo(args) => commands::demo::run(&args, out).await,
+        Command::Validate(args) => commands::validate::run(&args, &state, out).await,
         Command::Docs(args) => commands::docs::run(&args, out),
     }
 }

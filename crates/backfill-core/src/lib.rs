@@ -8,8 +8,8 @@
 //! its live signals [`live`], budgets
 //! [`budget`], run windows [`run_window`], partition order [`order`], the circuit breaker
 //! [`breaker`]), time formats for binding window bounds ([`timefmt`]), named SQL parameters
-//! ([`params`]), the values that move between connectors ([`value`]) and secret handling
-//! ([`secret`]).
+//! ([`params`]), the values that move between connectors ([`value`]), secret handling
+//! ([`secret`]) and the decision how runs are reconciled after writing ([`reconcile`]).
 //!
 //! Deliberately does not: open files or connections, read the clock, draw random numbers or
 //! spawn tasks. The same input always gives the same output, so a plan made on one machine is
@@ -26,6 +26,7 @@ pub mod normalized;
 pub mod order;
 pub mod params;
 pub mod plan;
+pub mod reconcile;
 pub mod retry;
 pub mod run_window;
 pub mod secret;
@@ -48,7 +49,7 @@ pub use order::{Order, PriorityRange, order_partitions};
 pub use plan::{Partition, Plan, Scope, Step, Window};
 pub use run_window::{RunWindow, WindowState};
 pub use secret::SecretUrl;
-pub use spec::{Probe, Spec, ThrottleSpec, WriteMode};
+pub use spec::{Probe, Spec, ThrottleSpec, ValidateSpec, WriteMode};
 pub use state::{PartitionState, RunState};
 pub use timefmt::TimeFormat;
 pub use value::{Batch, RowCounts, Value, decode_key, encode_key};

@@ -12,7 +12,7 @@
 //! What it deliberately leaves out: where the spec file lies (a folder of a spec and its
 //! SQLite files can move), passwords (rotated credentials resume the same run), the spec's
 //! name and reason, limits, throttle, partition order and splitting, `target.pushdown` and
-//! `source.time_column`. They change who runs it, how fast or in which order rows move, never
+//! `source.time_column`, and `[validate]` (what is checked after writing). They change who runs it, how fast or in which order rows move, never
 //! which rows are written where, so changing them never refuses a resume.
 //!
 //! Invariants: pure and deterministic, so the same spec text gives the same fields and the

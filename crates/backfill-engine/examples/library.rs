@@ -50,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Limits::default()
         },
         throttle: None,
+        validate: Default::default(),
         redacted_text: String::new(),
         spec_hash: "library".into(),
     };

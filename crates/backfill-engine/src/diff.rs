@@ -265,7 +265,7 @@ pub enum DiffProgress {
 }
 
 /// Both sides opened, and what is compared.
-struct Sides {
+pub(crate) struct Sides {
     source: Db,
     target: Db,
     query: String,
@@ -297,7 +297,7 @@ pub async fn diff(
 }
 
 /// Opens both databases and decides the compared columns and the window column.
-async fn open(spec: &Spec, options: &DiffOptions) -> Result<Sides, DiffError> {
+pub(crate) async fn open(spec: &Spec, options: &DiffOptions) -> Result<Sides, DiffError> {
     let (Some(source), Some(table)) = (&spec.source, &spec.target.table) else {
         return Err(DiffError::SqlMode);
     };
@@ -497,7 +497,7 @@ fn hull(windows: &[Window]) -> Window {
 
 /// Fingerprints of each of `windows` (disjoint, any order) on both sides, one bucket query
 /// per side; the source's query is bound to `over`, which covers them all.
-async fn fingerprints(
+pub(crate) async fn fingerprints(
     sides: &Sides,
     over: &Window,
     windows: &[Window],
@@ -840,6 +840,48 @@ fn key_order(a: &[Option<String>], b: &[Option<String>]) -> std::cmp::Ordering {
         }
     }
     a.len().cmp(&b.len())
+}
+
+impl Sides {
+    /// Closes both databases.
+    pub(crate) async fn close(&self) {
+        self.source.close().await;
+        self.target.close().await;
+    }
+
+    /// The differing keys of one window whose fingerprints differ (`source`, `target`), by
+    /// bisection, at most `options.max_keys` (reconciliation's sample of a mismatch).
+    pub(crate) async fn differing_keys(
+        &self,
+        window: Window,
+        source: Fingerprint,
+        target: Fingerprint,
+        options: &DiffOptions,
+    ) -> Result<(Vec<KeyChange>, ChangeCounts, bool), DiffError> {
+        let mut diff = Diff {
+            columns: self.columns.clone(),
+            key: Vec::new(),
+            window_column: self.window_column.clone(),
+            partitions: vec![PartitionDiff {
+                partition: Partition {
+                    id: backfill_core::plan::partition_id(&window),
+                    index: 0,
+                    window,
+                },
+                source,
+                target,
+                counts: None,
+                keys: Vec::new(),
+                keys_truncated: false,
+            }],
+            samples: Vec::new(),
+            rows_fetched: 0,
+            queries: 0,
+        };
+        bisect_partition(self, &mut diff, 0, options).await?;
+        let p = diff.partitions.swap_remove(0);
+        Ok((p.keys, p.counts.unwrap_or_default(), p.keys_truncated))
+    }
 }
 
 /// What `gaps` reports about one partition.

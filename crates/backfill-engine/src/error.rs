@@ -71,6 +71,10 @@ pub enum EngineError {
         /// What to do instead.
         hint: String,
     },
+    /// An explicit `[validate]` could not be set up (an unknown or float column, a
+    /// database unreachable for the comparison).
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
 }
 
 /// The text of [`EngineError::PlanChanged`]: one line naming every changed field, or both

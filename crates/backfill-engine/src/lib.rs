@@ -37,6 +37,7 @@ mod events;
 mod execute;
 mod patience;
 mod pending;
+pub mod reconcile;
 mod replan;
 mod session;
 mod shutdown;
@@ -187,6 +188,10 @@ pub struct RunSummary {
     /// True when this call moved the rows inside the databases (`target.pushdown`) rather
     /// than through the engine.
     pub pushdown: bool,
+    /// Partitions verified, mismatched and not verified by reconciliation (`[validate]`).
+    pub checks: backfill_store::CheckTotals,
+    /// Why nothing was reconciled, when nothing was (see `backfill_core::reconcile`).
+    pub not_verified_reason: Option<String>,
 }
 
 /// Executes (or continues) `run`: resets partitions a crashed process left `running`,

@@ -95,6 +95,8 @@ pub(crate) struct Session {
     finished_before: u64,
     /// The progress emitter.
     emitter: Emitter,
+    /// Reconciliation after writing (`[validate]`), or why there is none.
+    reconcile: crate::reconcile::Setup,
 }
 
 /// Opens the connectors (retrying a connection lost on the way), resets the partitions a dead
@@ -151,6 +153,7 @@ async fn open_session(
         store.partition_totals(&run.id)
     })
     .await?;
+    let reconcile = crate::reconcile::open(spec).await?;
     let emitter = Emitter::new(&run.id, options.listener.clone());
     let live = Arc::new(Live::new(spec, limits, capacity));
     let ctx = Arc::new(Ctx {
@@ -165,6 +168,10 @@ async fn open_session(
         shutdown: shutdown.clone(),
         emitter: emitter.clone(),
         same_database,
+        reconciler: match &reconcile {
+            crate::reconcile::Setup::On(r) => Some(r.clone()),
+            crate::reconcile::Setup::NotVerified(_) => None,
+        },
     });
     Ok(Session {
         ctx,
@@ -177,6 +184,7 @@ async fn open_session(
             .map(|s| totals.count(*s))
             .sum(),
         emitter,
+        reconcile,
     })
 }
 
@@ -372,6 +380,11 @@ async fn finish(
         store.reset_interrupted(&run.id, actor)
     })
     .await?;
+    let reconciled = reconcile_at_end(store, &run.id, session, interrupted, actor).await;
+    if let crate::reconcile::Setup::On(r) = &session.reconcile {
+        r.close().await;
+    }
+    reconciled?;
     let (totals, failures) = read_totals(store, &run.id, shutdown).await?;
     let guarantee = Guarantee::of(&spec.target.mode, session.ctx.same_database);
     let done =
@@ -389,6 +402,13 @@ async fn finish(
     let pushed = session.ctx.pushdown.is_some();
     let mut summary = summarize(&totals, failures, final_state, started, guarantee, pushed);
     summary.session_rows_read = summary.counts.read.saturating_sub(session.read_before);
+    summary.checks = patience::store(shutdown, "read the reconciliation totals", || {
+        store.check_totals(&run.id)
+    })
+    .await?;
+    if let crate::reconcile::Setup::NotVerified(reason) = &session.reconcile {
+        summary.not_verified_reason = Some(reason.clone());
+    }
     let mut detail = serde_json::json!({
         "done": summary.done,
         "failed": summary.failed,
@@ -414,6 +434,39 @@ async fn finish(
         _ => None,
     };
     Ok(summary)
+}
+
+/// `[validate] at_end`: when the session was not interrupted, re-checks every finished
+/// partition (one bucketed query per side per chunk), records the checks and appends one
+/// `run.reconciled` event with the totals.
+async fn reconcile_at_end(
+    store: &Store,
+    run_id: &str,
+    session: &Session,
+    interrupted: bool,
+    actor: &str,
+) -> Result<(), EngineError> {
+    let crate::reconcile::Setup::On(reconciler) = &session.reconcile else {
+        return Ok(());
+    };
+    if !reconciler.at_end || interrupted {
+        return Ok(());
+    }
+    let (totals, _) =
+        crate::reconcile::check_run(reconciler, store, run_id, true, "at_end").await?;
+    store
+        .record_check_event(
+            Some(run_id),
+            actor,
+            "run.reconciled",
+            serde_json::json!({
+                "verified": totals.verified,
+                "mismatched": totals.mismatched,
+                "not_verified": totals.not_verified,
+            }),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Pending partitions whose rows the preflight check reads (the first non-empty one).
@@ -561,5 +614,7 @@ pub(crate) fn summarize(
         session_rows_read: totals.counts.read,
         guarantee,
         pushdown,
+        checks: backfill_store::CheckTotals::default(),
+        not_verified_reason: None,
     }
 }

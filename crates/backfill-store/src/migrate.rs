@@ -27,6 +27,7 @@ const SQLITE: &[(i64, &str)] = &[
         8,
         include_str!("../migrations/0008_run_normalized_spec.sql"),
     ),
+    (9, include_str!("../migrations/0009_partition_checks.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -56,6 +57,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         8,
         include_str!("../migrations/postgres/0008_run_normalized_spec.sql"),
+    ),
+    (
+        9,
+        include_str!("../migrations/postgres/0009_partition_checks.sql"),
     ),
 ];
 

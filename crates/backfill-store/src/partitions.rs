@@ -81,11 +81,11 @@ pub enum Outcome<'a> {
     },
 }
 
-const PARTITION_COLUMNS: &str = "SELECT run_id, partition_id, idx, window_kind, window_start, \
+pub(crate) const PARTITION_COLUMNS: &str = "SELECT run_id, partition_id, idx, window_kind, window_start, \
      window_end, state, attempts, checkpoint, rows_read, inserted, updated, unchanged, deleted, \
      affected, last_error, errors, started_at, finished_at, elapsed_ms, parent_id FROM partitions";
 
-fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreError> {
+pub(crate) fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreError> {
     let partition_id: String = row.try_get("partition_id")?;
     let state: String = row.try_get("state")?;
     let checkpoint = row
@@ -477,6 +477,12 @@ impl Store {
         }
         if let Some(error) = &error {
             detail["error"] = json!(error);
+        }
+        // The reconciliation made after the partition's last batch (issue 11).
+        if to != PartitionState::Pending
+            && let Some(check) = crate::verify::finish_detail(&mut tx, run_id, partition_id).await?
+        {
+            detail["reconcile"] = check;
         }
         audit::append(
             &mut tx,

@@ -130,6 +130,7 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
         },
         "elapsed_seconds": secs,
         "rows_per_second": rate,
+        "reconciliation": crate::commands::run::reconciliation_json(&summary.checks, summary.not_verified_reason.as_deref()),
     }));
     if !out.json {
         out.line("");
@@ -149,6 +150,13 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
             "  elapsed {} ({} rows/s)",
             duration(secs),
             thousands(rate as u64)
+        ));
+        out.line(format!(
+            "  reconciled: {}",
+            crate::commands::run::reconciliation_line(
+                &summary.checks,
+                summary.not_verified_reason.as_deref()
+            )
         ));
         out.line(format!(
             "  inspect: backfill --state {state_url} status {}   |   audit: backfill --state {state_url} audit --verify",

@@ -10,6 +10,7 @@ pub(crate) mod plan;
 pub(crate) mod quarantine;
 pub(crate) mod run;
 pub(crate) mod status;
+pub(crate) mod validate;
 
 /// `user@host` of the current process, recorded as the owner and actor of runs.
 pub(crate) fn whoami() -> String {

@@ -158,6 +158,7 @@ fn print(
             "includes_time": with_time,
         })),
         "sample": shown.iter().map(row).collect::<Vec<_>>(),
+        "reconciliation": reconciliation_json(spec),
     }));
     out.line(format!(
         "plan {} of spec `{}` ({} mode)",
@@ -203,6 +204,7 @@ fn print(
         }
     ));
     out.line(format!("  guarantee:  {}", guarantee.explain()));
+    out.line(format!("  reconcile:  {}", reconciliation_text(spec)));
     out.line(format!("  order:      {}", spec.limits.order.describe()));
     if let Some(window) = &spec.limits.window {
         out.line(format!("  window:     runs only during {window}"));
@@ -266,5 +268,49 @@ fn print(
             p.window.to_string(),
             rows
         ));
+    }
+}
+
+/// How runs of `spec` are reconciled after writing (`[validate]`), for `--json`.
+fn reconciliation_json(spec: &Spec) -> serde_json::Value {
+    use backfill_core::reconcile::{Reconcile, reconcile};
+    let v = &spec.validate;
+    match reconcile(spec) {
+        Reconcile::Rows { window_column } => json!({
+            "method": "fingerprints",
+            "window_column": window_column,
+            "columns": v.columns,
+            "after_partition": v.after_partition,
+            "at_end": v.at_end,
+            "tolerance": v.tolerance,
+        }),
+        Reconcile::Checks => json!({
+            "method": "checks",
+            "after_partition": v.after_partition,
+            "at_end": v.at_end,
+        }),
+        Reconcile::NotVerified { reason } => json!({
+            "method": "none",
+            "not_verified_reason": reason,
+        }),
+    }
+}
+
+/// `fingerprints by created_at after each partition and at the end, tolerance 0 rows`.
+fn reconciliation_text(spec: &Spec) -> String {
+    use backfill_core::reconcile::{Reconcile, reconcile};
+    let v = &spec.validate;
+    let when = match (v.after_partition, v.at_end) {
+        (true, true) => "after each partition and at the end",
+        (true, false) => "after each partition",
+        _ => "at the end of the run",
+    };
+    match reconcile(spec) {
+        Reconcile::Rows { window_column } => format!(
+            "row count and checksum of both sides by `{window_column}`, {when}, tolerance {} rows",
+            v.tolerance
+        ),
+        Reconcile::Checks => format!("`source_check` against `target_check`, {when}"),
+        Reconcile::NotVerified { reason } => format!("not verified: {reason}"),
     }
 }

@@ -134,7 +134,7 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
 
 /// The spec `run` continues under: `path`, or the file the run recorded; refused when it no
 /// longer plans what the run was made from.
-fn spec_of(run: &RunRecord, path: Option<&Path>, out: Output) -> anyhow::Result<Spec> {
+pub(crate) fn spec_of(run: &RunRecord, path: Option<&Path>, out: Output) -> anyhow::Result<Spec> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => {
@@ -248,6 +248,15 @@ pub(crate) async fn execute(
     let summary = execute_quiet(store, spec, run, out, false, claim).await?;
     print_summary(run, &summary, out);
     match summary.state {
+        RunState::Succeeded if summary.checks.mismatched > 0 => {
+            out.note(format!(
+                "run finished, but the end-of-run reconciliation found {} partitions whose target \
+                 differs from the source (written by someone else since?); see `backfill \
+                 validate {}` and `backfill diff SPEC`",
+                summary.checks.mismatched, run.id
+            ));
+            Err(Reported(1).into())
+        }
         RunState::Succeeded => Ok(()),
         RunState::Paused => {
             let why = match summary.pause_reason.as_deref() {
@@ -420,6 +429,7 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         "guarantee": s.guarantee.name(),
         "exactly_once_checkpoints": s.guarantee == backfill_core::Guarantee::ExactlyOnce,
         "failures": s.failures.iter().map(|(id, e)| json!({"partition_id": id, "error": e})).collect::<Vec<_>>(),
+        "reconciliation": reconciliation_json(&s.checks, s.not_verified_reason.as_deref()),
     }));
     out.line(format!("run {} {}", run.id, s.state));
     out.line(format!("  partitions: {}", partition_counts(s)));
@@ -442,10 +452,45 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         thousands(rate as u64)
     ));
     out.line(format!("  guarantee:  {}", s.guarantee.explain()));
+    out.line(format!(
+        "  verified:   {}",
+        reconciliation_line(&s.checks, s.not_verified_reason.as_deref())
+    ));
     for (id, error) in s.failures.iter().take(10) {
         out.line(format!("  failed:     {id}: {error}"));
     }
     if s.failed > 10 {
         out.line(format!("  … and {} more failed partitions", s.failed - 10));
     }
+}
+
+/// `reconciliation` in `--json` output (run summary, `status`): partitions verified,
+/// mismatched and not verified, and why nothing was compared when nothing was.
+pub(crate) fn reconciliation_json(
+    checks: &backfill_store::CheckTotals,
+    not_verified_reason: Option<&str>,
+) -> serde_json::Value {
+    json!({
+        "verified": checks.verified,
+        "mismatched": checks.mismatched,
+        "not_verified": checks.not_verified,
+        "not_verified_reason": not_verified_reason,
+    })
+}
+
+/// `17 verified, 0 mismatched, 0 not verified` (and the reason when nothing was compared).
+pub(crate) fn reconciliation_line(
+    checks: &backfill_store::CheckTotals,
+    not_verified_reason: Option<&str>,
+) -> String {
+    let mut text = format!(
+        "{} verified, {} mismatched, {} not verified",
+        thousands(checks.verified),
+        thousands(checks.mismatched),
+        thousands(checks.not_verified)
+    );
+    if let Some(reason) = not_verified_reason {
+        text.push_str(&format!(" ({reason})"));
+    }
+    text
 }

@@ -27,6 +27,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         .failing_partitions(&run.id, status::FAILING_LISTED)
         .await?;
     let st = status::compute(&run, &totals, &failing, chrono::Utc::now());
+    let checks = store.check_totals(&run.id).await?;
     let controls = store.controls(&run.id).await?;
     let rates = store.rate_changes(&run.id, 1).await?;
     let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
@@ -95,6 +96,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
             "error": f.error,
         })).collect::<Vec<_>>(),
         "failing_total": st.failing_total,
+        "reconciliation": crate::commands::run::reconciliation_json(&checks, None),
     }));
     out.line(format!(
         "run {} of `{}`: {}",
@@ -170,6 +172,10 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     if let Some(eta) = st.eta_seconds {
         out.line(format!("  ETA:        {}", duration(eta)));
     }
+    out.line(format!(
+        "  verified:   {}",
+        crate::commands::run::reconciliation_line(&checks, None)
+    ));
     for line in control_lines(&live, rates.last()) {
         out.line(line);
     }

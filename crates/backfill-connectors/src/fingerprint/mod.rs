@@ -138,6 +138,25 @@ impl Db {
         }
     }
 
+    /// The first row of `sql` (in this database's placeholder style, see
+    /// [`query_relation`]) bound to `params`, as values; `None` when it returns no row. For
+    /// `sql` mode's reconciliation checks (`validate.source_check`, `target_check`).
+    pub async fn check_row(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<Vec<Value>>, ConnectorError> {
+        let statement = Statement {
+            sql: sql.to_owned(),
+            params: params.to_vec(),
+        };
+        match self {
+            Db::Sqlite(p) => sqlite::check_row(p, statement).await,
+            Db::MySql(p) => mysql::check_row(p, statement).await,
+            Db::Postgres(p) => postgres::check_row(p, statement).await,
+        }
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         match self {

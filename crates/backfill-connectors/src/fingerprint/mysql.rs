@@ -229,3 +229,17 @@ pub async fn catalog(
         })
         .collect()
 }
+
+/// The first row of `statement` (a reconciliation check query, issue 11) as values, read
+/// like a source's rows; `None` when it returns no row.
+pub async fn check_row(
+    pool: &MySqlPool,
+    statement: Statement,
+) -> Result<Option<Vec<backfill_core::value::Value>>, ConnectorError> {
+    let rows = fetch(pool, statement).await?;
+    Ok(
+        crate::mysql::decode_rows(rows.into_iter().take(1).collect(), &[])?
+            .into_iter()
+            .next(),
+    )
+}

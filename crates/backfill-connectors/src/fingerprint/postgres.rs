@@ -208,3 +208,17 @@ pub async fn catalog(pool: &PgPool, table: &str) -> Result<Vec<super::Catalogued
         })
         .collect()
 }
+
+/// The first row of `statement` (a reconciliation check query, issue 11) as values, read
+/// like a source's rows; `None` when it returns no row.
+pub async fn check_row(
+    pool: &PgPool,
+    statement: Statement,
+) -> Result<Option<Vec<backfill_core::value::Value>>, ConnectorError> {
+    let rows = fetch(pool, statement).await?;
+    Ok(
+        crate::postgres::decode_rows(rows.into_iter().take(1).collect(), &[])?
+            .into_iter()
+            .next(),
+    )
+}

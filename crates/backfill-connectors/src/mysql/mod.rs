@@ -274,7 +274,10 @@ fn decode_value(raw: MySqlValueRef<'_>) -> Result<Value, String> {
 }
 
 /// Converts fetched rows to values, naming the column of a value that cannot be read.
-fn decode_rows(rows: Vec<MySqlRow>, columns: &[String]) -> Result<Vec<Vec<Value>>, ConnectorError> {
+pub(crate) fn decode_rows(
+    rows: Vec<MySqlRow>,
+    columns: &[String],
+) -> Result<Vec<Vec<Value>>, ConnectorError> {
     rows.iter()
         .map(|row| decode_row(row, columns, decode_value))
         .collect()

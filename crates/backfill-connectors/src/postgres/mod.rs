@@ -315,7 +315,10 @@ fn numeric_text(bytes: &[u8]) -> Result<String, String> {
 }
 
 /// Converts fetched rows to values, naming the column of a value that cannot be read.
-fn decode_rows(rows: Vec<PgRow>, columns: &[String]) -> Result<Vec<Vec<Value>>, ConnectorError> {
+pub(crate) fn decode_rows(
+    rows: Vec<PgRow>,
+    columns: &[String],
+) -> Result<Vec<Vec<Value>>, ConnectorError> {
     rows.iter().map(|row| decode_row(row, columns)).collect()
 }
 

@@ -246,7 +246,7 @@ fn decode_value(raw: SqliteValueRef<'_>) -> Result<Value, String> {
 }
 
 /// Converts fetched rows to values, naming the column of a value that cannot be read.
-fn decode_rows(
+pub(crate) fn decode_rows(
     rows: Vec<SqliteRow>,
     columns: &[String],
 ) -> Result<Vec<Vec<Value>>, ConnectorError> {

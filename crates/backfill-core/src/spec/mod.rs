@@ -44,6 +44,8 @@ pub struct Spec {
     pub limits: Limits,
     /// Adaptive throttling against a live-facing database, when the spec has `[throttle]`.
     pub throttle: Option<ThrottleSpec>,
+    /// Reconciliation after writing (`[validate]`, defaults when absent).
+    pub validate: ValidateSpec,
     /// The spec text with any URL password masked, kept on the run for the audit trail.
     pub redacted_text: String,
     /// Hash of the spec text (before `${VAR}` expansion), wherever the file lies. The plan
@@ -317,4 +319,51 @@ pub fn is_identifier(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
         })
+}
+
+/// Reconciliation after writing (`[validate]`): after each partition and at the end of the
+/// run, the source's and the target's fingerprints of a window are compared (row count and
+/// order-independent checksum, `crate::fingerprint`); a difference of more than `tolerance`
+/// rows fails the partition with `reconcile_mismatch`. Present on every spec with its
+/// defaults; `explicit` says the spec has the section, which turns a reconciliation that
+/// cannot work from "not verified" into a spec error. Not part of the plan hash: it decides
+/// what is checked, never which rows are written where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidateSpec {
+    /// The spec has a `[validate]` section.
+    pub explicit: bool,
+    /// Reconcile each partition after its last batch, before it is marked done.
+    pub after_partition: bool,
+    /// Re-check every partition at the end of the run, one bucketed query per side.
+    pub at_end: bool,
+    /// Rows allowed to differ (by count, or rows a differing checksum stands for) per
+    /// partition before it is a mismatch.
+    pub tolerance: u64,
+    /// Compared columns (the key is always compared); every target column when `None`.
+    pub columns: Option<Vec<String>>,
+    /// The column placing each row in a partition; when `None`, as `diff` decides:
+    /// `replace`'s `window_column`, else `source.time_column`, else a one-column key of a
+    /// key scope.
+    pub window_column: Option<String>,
+    /// `sql` mode: a query with `:start`/`:end` on the source (the target's database without
+    /// `[source]`) whose single-row result must equal `target_check`'s.
+    pub source_check: Option<String>,
+    /// `sql` mode: a query with `:start`/`:end` on the target.
+    pub target_check: Option<String>,
+}
+
+impl Default for ValidateSpec {
+    /// The documented defaults: on after each partition and at the end, no tolerance.
+    fn default() -> Self {
+        ValidateSpec {
+            explicit: false,
+            after_partition: true,
+            at_end: true,
+            tolerance: 0,
+            columns: None,
+            window_column: None,
+            source_check: None,
+            target_check: None,
+        }
+    }
 }

@@ -13,13 +13,16 @@ mod source;
 mod target;
 mod throttle;
 mod url;
+mod validate;
 mod walker;
 
 use std::ops::Range;
 
 use toml::de::{DeTable, DeValue};
 
-use super::{Limits, ParseContext, Parsed, SourceSpec, Spec, TargetSpec, ThrottleSpec};
+use super::{
+    Limits, ParseContext, Parsed, SourceSpec, Spec, TargetSpec, ThrottleSpec, ValidateSpec,
+};
 use crate::diag::{Diagnostic, line_col};
 use crate::order::Order;
 use crate::params::named_params;
@@ -33,6 +36,7 @@ use self::scope::scope;
 use self::source::source_spec;
 use self::target::target_spec;
 use self::throttle::throttle;
+use self::validate::{validate, validate_rules};
 use self::walker::{Table, Walker, join};
 
 pub(super) fn parse(text: &str, ctx: &ParseContext<'_>) -> Parsed {
@@ -80,6 +84,7 @@ struct Sections {
     scope: Option<Scope>,
     limits: Limits,
     throttle: Option<ThrottleSpec>,
+    validate: ValidateSpec,
 }
 
 /// Reads the top-level keys and every section, in the order later sections depend on them
@@ -120,6 +125,11 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
     if sql_mode && source_table.is_none() {
         needs_source(w, root, &limits);
     }
+    let validate_table = w.section(root, "validate", false);
+    let validate = validate_table.map_or_else(ValidateSpec::default, |t| validate(w, t));
+    if let (Some(t), Some(target)) = (validate_table, &target) {
+        validate_rules(w, t, &validate, source.as_ref(), target, scope.as_ref());
+    }
     Sections {
         name,
         reason,
@@ -130,6 +140,7 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
         scope,
         limits,
         throttle,
+        validate,
     }
 }
 
@@ -214,6 +225,7 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
         scope,
         limits,
         throttle,
+        validate,
     } = sections;
     let source_ok = source.is_some() || (sql_mode && !has_source_table);
     let spec = match (name, source_ok, target, scope, has_error) {
@@ -225,6 +237,7 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
             scope,
             limits,
             throttle,
+            validate,
             redacted_text: redact(text),
             spec_hash: short_hash(&[text]),
         }),

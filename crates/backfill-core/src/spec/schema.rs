@@ -94,6 +94,24 @@ pub const SECTIONS: &[(&str, &str)] = &[
          The maximum is `max_rows_per_second`, or `limits.rows_per_second` (the smaller when \
          both are set); one of them is required. Every change is logged with its cause.",
     ),
+    (
+        "validate",
+        "Reconciliation after writing: after each partition (before it is marked done) and at \
+         the end of the run, the source's and the target's fingerprints of the window are \
+         compared: row count and an order-independent checksum of every compared column, \
+         computed inside each database (the same definition as `backfill diff`). A difference \
+         of more than `tolerance` rows fails the partition with `reconcile_mismatch`, naming up \
+         to 5 differing keys; it is not retried, since a mismatch right after a correct write \
+         means the data moved (a concurrent writer) or the transform is not deterministic. \
+         Both sides' counts and checksums are stored per partition; `backfill validate` \
+         re-runs the comparison at any time. Without this section the defaults apply where a \
+         column places rows in partitions (`target.window_column` in `replace` mode, \
+         `source.time_column`, or a one-column key of a key scope) and the target has no \
+         `guard`; elsewhere partitions are \"not verified\", with the reason shown by `plan` \
+         and the run summary. With the section, a reconciliation that cannot work is a spec \
+         error. In `sql` mode, where the target's rows are the statement's own, give \
+         `source_check` and `target_check` instead. Not part of the plan hash.",
+    ),
 ];
 
 /// Every key of the spec.
@@ -551,6 +569,55 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         None,
         true,
         "The throttle's maximum rate (rows per second); defaults to `limits.rows_per_second`.",
+    ),
+    key(
+        "validate.after_partition",
+        "boolean",
+        Some("true"),
+        false,
+        "Reconcile each partition after its last batch, before it is marked done: one fingerprint query per side for its window.",
+    ),
+    key(
+        "validate.at_end",
+        "boolean",
+        Some("true"),
+        false,
+        "At the end of the run, re-check every finished partition with one bucketed query per side (per 1000 partitions) and record the results.",
+    ),
+    key(
+        "validate.tolerance",
+        "integer",
+        Some("0"),
+        false,
+        "Rows a partition may differ by (the difference of the row counts; a differing checksum with equal counts counts as one row) before it is a mismatch.",
+    ),
+    key(
+        "validate.columns",
+        "array of strings",
+        None,
+        true,
+        "Compared columns (the key columns are always compared); every target column when not set. Floats have no fingerprint: leave them out here.",
+    ),
+    key(
+        "validate.window_column",
+        "string",
+        None,
+        true,
+        "The column, in the source's result and in the target table, whose value places a row in a partition; defaults to `target.window_column` in `replace` mode, else `source.time_column`, else a one-column key of a key scope.",
+    ),
+    key(
+        "validate.source_check",
+        "string",
+        None,
+        true,
+        "`sql` mode: a query with `:start` and `:end` returning one row (e.g. `SELECT count(*), sum(amount) FROM events WHERE ts >= :start AND ts < :end`), run on the source's database (the target's without `[source]`); its row must equal `target_check`'s, value by value as text.",
+    ),
+    key(
+        "validate.target_check",
+        "string",
+        None,
+        true,
+        "`sql` mode: the query with `:start` and `:end` run on the target whose one row must equal `source_check`'s.",
     ),
 ];
 

@@ -79,7 +79,10 @@ pub(super) async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
         )
         .await;
         let next = match result {
-            Ok(counts) => Next::End(run.done(ctx, partition, attempt, counts).await),
+            Ok(counts) => match reconcile_partition(ctx, partition, attempt).await {
+                Some(end) => Next::End(end),
+                None => Next::End(run.done(ctx, partition, attempt, counts).await),
+            },
             Err(AttemptError::SplitRequested) => Next::End(
                 run.split_slow(ctx, partition, attempt, checkpoint.as_deref())
                     .await,
@@ -90,6 +93,47 @@ pub(super) async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
             return end;
         }
     }
+}
+
+/// Reconciles a written partition (`[validate] after_partition`) and records the check,
+/// before it is marked done. `None` when it may be marked done (verified, not verified, or
+/// reconciliation off); on a mismatch it fails the partition with `reconcile_mismatch`, with
+/// no retry (see `crate::reconcile`), and returns how it ended.
+async fn reconcile_partition(
+    ctx: &Ctx,
+    partition: &Partition,
+    attempt: u32,
+) -> Option<PartitionEnd> {
+    let reconciler = ctx.reconciler.as_ref().filter(|r| r.after_partition)?;
+    let check = reconciler
+        .check(&partition.id, partition.window, "partition")
+        .await;
+    let recorded = store_call(ctx, "record the reconciliation", || {
+        ctx.store
+            .record_checks(&ctx.run_id, std::slice::from_ref(&check))
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(run_id = ctx.run_id, partition_id = partition.id, error = %e, "cannot record the reconciliation");
+        return Some(PartitionEnd::Interrupted);
+    }
+    if check.status != backfill_store::CheckStatus::Mismatch {
+        return None;
+    }
+    let message =
+        crate::reconcile::mismatch_message(&check, &crate::reconcile::key_names(&ctx.spec))
+            + crate::reconcile::AFTER_WRITE;
+    if finish_partition(ctx, partition, attempt, Outcome::Failed { error: &message })
+        .await
+        .is_err()
+    {
+        return Some(PartitionEnd::Interrupted);
+    }
+    ctx.emitter.emit(Event::PartitionFailed {
+        partition_id: partition.id.clone(),
+        error: message,
+    });
+    Some(PartitionEnd::Failed)
 }
 
 /// What a failed attempt leads to.

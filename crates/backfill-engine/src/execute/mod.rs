@@ -64,6 +64,9 @@ pub(crate) struct Ctx {
     pub(crate) emitter: Emitter,
     /// The target database is the state store: checkpoints commit with the batch.
     pub(crate) same_database: bool,
+    /// Reconciliation after each partition's last batch (`[validate] after_partition`),
+    /// when on.
+    pub(crate) reconciler: Option<Arc<crate::reconcile::Reconciler>>,
 }
 
 /// How one partition ended in this process.

@@ -82,6 +82,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
             ..Limits::default()
         },
         throttle: None,
+        validate: Default::default(),
         redacted_text: String::new(),
         spec_hash: "h".into(),
     }
