@@ -32,6 +32,7 @@
 //!   before they are stored.
 //! - A store written by a newer build is refused rather than misread.
 
+mod anchor;
 mod audit;
 mod codec;
 mod controls;
@@ -42,6 +43,7 @@ mod migrate;
 mod partitions;
 mod quarantine;
 mod runs;
+mod skips;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -60,6 +62,7 @@ pub use leases::{Claim, Lease, LeaseHolder, LeaseOwner, run_resource};
 pub use partitions::{Outcome, PartitionRecord, PartitionTotals, Split, is_failing};
 pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, PartitionSource, RunRecord};
+pub use skips::{Differing, GapFindings, GapRecord, GapsRecorded, WouldChange};
 
 use db::{Conn, Dialect, WriteTxn};
 
