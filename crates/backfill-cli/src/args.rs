@@ -200,6 +200,25 @@ pub(crate) struct RunArgs {
     /// executes it.
     #[arg(long)]
     pub(crate) create_only: bool,
+    /// Write only the partitions that differ: before the run is created, one fingerprint
+    /// query per side (as `backfill gaps`) compares every partition's source and target; those
+    /// that already match are recorded as skipped (done without being written, listed as
+    /// `skipped` by the summary, `status` and --json, one `run.skipped_correct` audit event);
+    /// only the missing, partial and drifted ones run. For a new run: refused when the spec
+    /// has an unfinished run (resume it, or add --new). Not for `sql` mode.
+    #[arg(long)]
+    pub(crate) only_gaps: bool,
+    /// Like --only-gaps, and inside each differing partition write only the slices of its
+    /// window where rows differ (found by `diff`'s bisection): the partition is narrowed into
+    /// children `<id>.<n>` covering those slices, and its would-change counts (insert,
+    /// update, unchanged, extra) are kept for the summary and `status`. Exact when the source
+    /// query filters on the window column.
+    #[arg(long)]
+    pub(crate) only_diff: bool,
+    /// With --only-gaps or --only-diff: the column whose value places a row in a partition
+    /// (see `diff --window-column`).
+    #[arg(long, value_name = "COLUMN")]
+    pub(crate) window_column: Option<String>,
     #[command(flatten)]
     pub(crate) claim: ClaimArgs,
 }

@@ -201,6 +201,10 @@ pub struct PartitionDiff {
     /// True when more keys differ than are listed (or, for a big partition with one side
     /// empty, none is).
     pub keys_truncated: bool,
+    /// After bisection: the slices of the window where rows differ, adjacent ones merged, in
+    /// order (the whole window when it was not cut); what `run --only-diff` writes. Empty when
+    /// unchanged or not bisected.
+    pub ranges: Vec<Window>,
 }
 
 impl PartitionDiff {
@@ -455,6 +459,7 @@ async fn compare(
             counts,
             keys: Vec::new(),
             keys_truncated: false,
+            ranges: Vec::new(),
         });
     }
     let differing: Vec<usize> = (0..partitions.len())
@@ -656,17 +661,22 @@ async fn bisect_partition(
             ..ChangeCounts::default()
         });
         p.keys_truncated = true;
+        p.ranges = vec![window];
         return Ok(());
     }
     let mut pending = vec![(window, p.source, p.target)];
     let mut counts = ChangeCounts::default();
     let mut keys = Vec::new();
     let mut truncated = false;
+    let mut ranges: Vec<Window> = Vec::new();
     while let Some((w, s, t)) = pending.pop() {
         let cut = slices(&w, options.slices);
         if s.rows.max(t.rows) <= options.fetch_rows || cut.len() < 2 {
             let rows = compare_rows(sides, &window, &w).await?;
             diff.rows_fetched += rows.fetched;
+            if !rows.changes.is_empty() {
+                push_range(&mut ranges, w);
+            }
             for change in rows.changes {
                 match change.change.change {
                     Change::Insert => counts.insert += 1,
@@ -702,7 +712,23 @@ async fn bisect_partition(
     p.counts = Some(counts);
     p.keys = keys;
     p.keys_truncated = truncated;
+    p.ranges = ranges;
     Ok(())
+}
+
+/// Appends `w` to `ranges` (visited in order), merged into the last range when adjacent.
+fn push_range(ranges: &mut Vec<Window>, w: Window) {
+    if let Some(last) = ranges.last_mut()
+        && end_of(last) == start_of(&w)
+    {
+        *last = match (*last, w) {
+            (Window::Time { start, .. }, Window::Time { end, .. }) => Window::Time { start, end },
+            (Window::Key { start, .. }, Window::Key { end, .. }) => Window::Key { start, end },
+            (a, _) => a,
+        };
+        return;
+    }
+    ranges.push(w);
 }
 
 /// The differing rows of one small slice.

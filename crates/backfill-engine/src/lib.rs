@@ -35,6 +35,7 @@ pub mod diff;
 mod error;
 mod events;
 mod execute;
+pub mod only_gaps;
 mod patience;
 mod pending;
 pub mod reconcile;

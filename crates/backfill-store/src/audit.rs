@@ -4,8 +4,9 @@
 //! partition, time, actor, action, detail (the JSON text exactly as stored) and the previous
 //! event's hash; the first event chains to 64 zeros. Editing any field, removing an event from
 //! the middle or reordering events therefore breaks the chain at the first affected event.
-//! (Removing the *last* events cannot be seen from the chain alone; compare the event count
-//! with an external record for that.)
+//! Removing the *last* events cannot be seen from the chain alone: every append also moves
+//! the head's anchor (`anchor.rs`, table `audit_head`) in the same transaction, and
+//! [`Store::verify_audit`] fails when the chain does not end at it.
 //!
 //! Events are appended only by the store, inside the transaction of the state change they
 //! record, after the write lock is held (SQLite's database lock, or the store's advisory lock
@@ -113,6 +114,7 @@ pub(crate) async fn append(
     .bind(&hash)
     .execute(tx)
     .await?;
+    crate::anchor::advance(tx, seq, &hash).await?;
     tx.last_audit = Some((seq, hash));
     Ok(())
 }
@@ -258,10 +260,15 @@ impl Store {
 
     /// Recomputes the whole chain and reports the first event that does not match: an edited
     /// event fails its own hash, a removed or moved event breaks the link of the next one.
+    /// A chain that does not end at the anchored head (its tail removed) fails at the first
+    /// missing event.
     pub async fn verify_audit(&self) -> Result<AuditCheck, StoreError> {
+        let mut conn = self.conn().await?;
         let rows = stmt(format!("{EVENT_COLUMNS} ORDER BY seq"))
-            .fetch_all(&mut self.conn().await?)
+            .fetch_all(&mut conn)
             .await?;
+        let anchor = crate::anchor::head(&mut conn).await?;
+        drop(conn);
         let mut expected_prev = GENESIS.to_owned();
         for (expected_seq, row) in (1i64..).zip(&rows) {
             let event = RawEvent::from_row(row)?;
@@ -286,10 +293,15 @@ impl Store {
             }
             expected_prev = event.hash;
         }
+        let last = rows.len() as i64;
+        let tail = crate::anchor::check_tail(
+            (last > 0).then_some((last, expected_prev.as_str())),
+            anchor.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
+        );
         Ok(AuditCheck {
             events: rows.len() as u64,
-            first_bad_seq: None,
-            problem: None,
+            first_bad_seq: tail.as_ref().map(|(seq, _)| *seq),
+            problem: tail.map(|(_, problem)| problem),
         })
     }
 }

@@ -32,6 +32,7 @@
 //!   before they are stored.
 //! - A store written by a newer build is refused rather than misread.
 
+mod anchor;
 mod audit;
 mod codec;
 mod controls;
@@ -43,6 +44,7 @@ mod partitions;
 mod quarantine;
 mod runs;
 mod verify;
+mod skips;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -62,6 +64,7 @@ pub use partitions::{Outcome, PartitionRecord, PartitionTotals, Split, is_failin
 pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, PartitionSource, RunRecord};
 pub use verify::{CheckStatus, CheckTotals, PartitionCheck, checksum};
+pub use skips::{Differing, GapFindings, GapRecord, GapsRecorded, WouldChange};
 
 use db::{Conn, Dialect, WriteTxn};
 

@@ -1,6 +1,8 @@
 //! `backfill diff SPEC` and `backfill gaps SPEC`: what a run would change, and which
 //! partitions are missing, partial or drifted, computed by `backfill_engine::diff` without
-//! writing anything (neither the target nor the state store).
+//! writing to the source or the target. Each records one audit event in the state store
+//! (`spec.diff` / `spec.gaps`: the spec's name, its plan hash and the totals; no run, so the
+//! event's run is NULL), since who compared what, and when, belongs in the trail.
 //!
 //! Exit codes: `diff` exits 0 whenever it could compare (a difference is its answer, not a
 //! failure); `gaps` exits 1 when any partition has a gap and 0 when none has, so a script can
@@ -20,8 +22,9 @@ use crate::output::Output;
 use crate::{Reported, UserError, specfile};
 
 /// `backfill diff SPEC`.
-pub(crate) async fn diff(args: &DiffArgs, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn diff(args: &DiffArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let (spec, _) = specfile::load(&args.spec, out)?;
+    let store = crate::commands::open_store(state).await?;
     let options = DiffOptions {
         columns: args.columns.clone().filter(|c| !c.is_empty()),
         window_column: args.window_column.clone(),
@@ -33,6 +36,21 @@ pub(crate) async fn diff(args: &DiffArgs, out: Output) -> anyhow::Result<()> {
     let started = Instant::now();
     let result = compute(&spec, &options, out).await?;
     let elapsed = started.elapsed();
+    let totals = result.totals();
+    record(
+        &store,
+        &spec,
+        "spec.diff",
+        json!({
+            "partitions": result.partitions.len(),
+            "partitions_changed": result.partitions.iter().filter(|p| !p.is_unchanged()).count(),
+            "totals": counts_json(&totals),
+            "window_column": result.window_column,
+            "queries": result.queries,
+            "rows_fetched": result.rows_fetched,
+        }),
+    )
+    .await?;
     let name_columns = args.columns.is_some();
     if out.json {
         out.json(&diff_json(
@@ -54,8 +72,9 @@ pub(crate) async fn diff(args: &DiffArgs, out: Output) -> anyhow::Result<()> {
 }
 
 /// `backfill gaps SPEC`.
-pub(crate) async fn gaps(args: &GapsArgs, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn gaps(args: &GapsArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let (spec, _) = specfile::load(&args.spec, out)?;
+    let store = crate::commands::open_store(state).await?;
     let options = DiffOptions {
         columns: args.columns.clone(),
         window_column: args.window_column.clone(),
@@ -69,6 +88,20 @@ pub(crate) async fn gaps(args: &GapsArgs, out: Output) -> anyhow::Result<()> {
         .map(|p| (p, Gap::of(&p.source, &p.target)))
         .filter(|(_, g)| *g != Gap::Ok)
         .collect();
+    let count = |gap: Gap| gaps.iter().filter(|(_, g)| *g == gap).count();
+    record(
+        &store,
+        &spec,
+        "spec.gaps",
+        json!({
+            "partitions": result.partitions.len(),
+            "missing": count(Gap::Missing),
+            "partial": count(Gap::Partial),
+            "drifted": count(Gap::Drifted),
+            "window_column": result.window_column,
+        }),
+    )
+    .await?;
     if out.json {
         let list: Vec<J> = gaps
             .iter()
@@ -123,6 +156,25 @@ pub(crate) async fn gaps(args: &GapsArgs, out: Output) -> anyhow::Result<()> {
     }
 }
 
+/// Appends the audit event of a `diff` or `gaps` (no run: `run_id` NULL): `detail` plus the
+/// spec's name and plan hash.
+async fn record(
+    store: &backfill_store::Store,
+    spec: &backfill_core::Spec,
+    action: &str,
+    mut detail: J,
+) -> anyhow::Result<()> {
+    let plan = backfill_core::plan::plan(spec).map_err(|e| UserError::new(e.to_string()))?;
+    if let Some(o) = detail.as_object_mut() {
+        o.insert("spec".into(), json!(spec.name));
+        o.insert("plan_hash".into(), json!(plan.hash));
+    }
+    store
+        .record_action(&crate::commands::whoami(), action, detail)
+        .await?;
+    Ok(())
+}
+
 /// Target rows minus source rows.
 fn delta(p: &PartitionDiff) -> i128 {
     i128::from(p.target.rows) - i128::from(p.source.rows)
@@ -153,25 +205,31 @@ async fn compute(
     };
     backfill_engine::diff(spec, options, &mut progress)
         .await
-        .map_err(|e| match e {
-            DiffError::SqlMode => UserError::new(e.to_string())
-                .hint(
-                    "`backfill plan` shows the windows the statement would run for; compare \
+        .map_err(diff_error)
+}
+
+/// A diff's error as the CLI reports it: the user's mistakes exit 2 with a hint, a failing
+/// database exits 1.
+pub(crate) fn diff_error(e: DiffError) -> anyhow::Error {
+    match e {
+        DiffError::SqlMode => UserError::new(e.to_string())
+            .hint(
+                "`backfill plan` shows the windows the statement would run for; compare \
                      results with your own queries",
-                )
-                .into(),
-            DiffError::NoWindowColumn => UserError::new(e.to_string())
-                .hint("e.g. `--window-column created_at`")
-                .into(),
-            DiffError::UnknownColumn { .. } => UserError::new(e.to_string())
-                .hint("--columns takes target column names, comma-separated")
-                .into(),
-            DiffError::Unhashable { .. } => UserError::new(e.to_string())
-                .hint("e.g. `--columns=id,amount` lists the columns to compare")
-                .into(),
-            DiffError::Plan(_) => UserError::new(e.to_string()).into(),
-            DiffError::Connector(e) => anyhow::Error::new(e),
-        })
+            )
+            .into(),
+        DiffError::NoWindowColumn => UserError::new(e.to_string())
+            .hint("e.g. `--window-column created_at`")
+            .into(),
+        DiffError::UnknownColumn { .. } => UserError::new(e.to_string())
+            .hint("--columns takes target column names, comma-separated")
+            .into(),
+        DiffError::Unhashable { .. } => UserError::new(e.to_string())
+            .hint("e.g. `--columns=id,amount` lists the columns to compare")
+            .into(),
+        DiffError::Plan(_) => UserError::new(e.to_string()).into(),
+        DiffError::Connector(e) => anyhow::Error::new(e),
+    }
 }
 
 /// `{"id", "index", "window", "source_rows", "target_rows"}` of a partition.

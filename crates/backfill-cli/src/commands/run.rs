@@ -18,6 +18,10 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
         .map_err(|e| UserError::new(format!("{}: {e}", args.spec.display())))?;
     let store = open_store(state).await?;
     let owner = whoami();
+    let findings = match crate::commands::only_gaps::wanted(args)? {
+        true => Some(crate::commands::only_gaps::compare(&store, &spec, args, out).await?),
+        false => None,
+    };
     let launch = match backfill_engine::prepare_run(
         &store,
         &spec,
@@ -47,6 +51,16 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
             "created run {} of `{}`: {} partitions, reason: {}",
             r.id, r.spec_name, r.partitions_total, r.reason
         )),
+        Launch::Resumed(r) if findings.is_some() => {
+            let flag = if args.only_diff {
+                "--only-diff"
+            } else {
+                "--only-gaps"
+            };
+            return Err(crate::commands::only_gaps::refuse_resume(
+                r, flag, &args.spec,
+            ));
+        }
         Launch::Resumed(r) => {
             if !args.claim.wait
                 && !args.create_only
@@ -60,6 +74,9 @@ pub(crate) async fn run(args: &RunArgs, state: &str, out: Output) -> anyhow::Res
                 r.id, r.spec_name, done, r.partitions_total
             ));
         }
+    }
+    if let Some(findings) = &findings {
+        crate::commands::only_gaps::record(&store, launch.run(), &owner, findings, out).await?;
     }
     if args.create_only {
         let run = launch.run();
@@ -246,7 +263,8 @@ pub(crate) async fn execute(
     claim: ClaimArgs,
 ) -> anyhow::Result<()> {
     let summary = execute_quiet(store, spec, run, out, false, claim).await?;
-    print_summary(run, &summary, out);
+    let gaps = crate::commands::only_gaps::GapView::load(store, &run.id).await?;
+    print_summary(run, &summary, gaps.as_ref(), out);
     match summary.state {
         RunState::Succeeded if summary.checks.mismatched > 0 => {
             out.note(format!(
@@ -403,7 +421,12 @@ fn partition_counts(s: &RunSummary) -> String {
     )
 }
 
-fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
+fn print_summary(
+    run: &RunRecord,
+    s: &RunSummary,
+    gaps: Option<&crate::commands::only_gaps::GapView>,
+    out: Output,
+) {
     let secs = s.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
         s.session_rows_read as f64 / secs
@@ -415,7 +438,8 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
         "spec": run.spec_name,
         "state": s.state.as_str(),
         "pause_reason": s.pause_reason,
-        "partitions": { "total": s.total, "done": s.done, "failed": s.failed, "done_with_quarantine": s.quarantined },
+        "partitions": { "total": s.total, "done": s.done, "failed": s.failed, "done_with_quarantine": s.quarantined, "skipped": gaps.map_or(0, |g| g.skipped) },
+        "only_gaps": gaps.map(crate::commands::only_gaps::GapView::to_json),
         "rows": {
             "read": s.counts.read,
             "inserted": s.counts.inserted,
@@ -433,6 +457,9 @@ fn print_summary(run: &RunRecord, s: &RunSummary, out: Output) {
     }));
     out.line(format!("run {} {}", run.id, s.state));
     out.line(format!("  partitions: {}", partition_counts(s)));
+    for line in gaps.map(|g| g.lines()).unwrap_or_default() {
+        out.line(line);
+    }
     out.line(format!(
         "  rows:       {} read, {} inserted, {} updated, {} unchanged, {} deleted{}",
         thousands(s.counts.read),

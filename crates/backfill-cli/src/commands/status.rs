@@ -28,6 +28,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         .await?;
     let st = status::compute(&run, &totals, &failing, chrono::Utc::now());
     let checks = store.check_totals(&run.id).await?;
+    let gaps = crate::commands::only_gaps::GapView::load(&store, &run.id).await?;
     let controls = store.controls(&run.id).await?;
     let rates = store.rate_changes(&run.id, 1).await?;
     let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
@@ -50,6 +51,8 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         "guarantee": run.guarantee.map(|g| g.name()),
         "partitions": st.by_state.iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "partitions_total": totals.all(),
+        "partitions_skipped": gaps.as_ref().map_or(0, |g| g.skipped),
+        "only_gaps": gaps.as_ref().map(crate::commands::only_gaps::GapView::to_json),
         "rows": {
             "read": st.counts.read,
             "written": st.counts.written(),
@@ -151,6 +154,9 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         totals.all(),
         format_args!("{:.1}% done", st.success_rate * 100.0)
     ));
+    for line in gaps.as_ref().map(|g| g.lines()).unwrap_or_default() {
+        out.line(line);
+    }
     out.line(format!(
         "  rows:       {} read, {} written ({} inserted, {} updated, {} deleted), {} unchanged",
         thousands(st.counts.read),

@@ -21,6 +21,7 @@ mod idempotency;
 mod lifecycle;
 mod live_signals;
 mod matrix;
+mod only_gaps;
 mod output;
 mod replan;
 mod replica_lag;
