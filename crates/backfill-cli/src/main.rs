@@ -149,6 +149,9 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Runs(args) => commands::status::list(&args, &state, out).await,
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,
         Command::Quarantine(args) => commands::quarantine::run(&args, &state, out).await,
+        Command::Promote(args) => commands::shadow::promote(&args, &state, out).await,
+        Command::ShadowSwapBack(args) => commands::shadow::swap_back(&args, &state, out).await,
+        Command::ShadowCleanup(args) => commands::shadow::cleanup(&args, &state, out).await,
         Command::Demo(args) => commands::demo::run(&args, out).await,
         Command::Docs(args) => commands::docs::run(&args, out),
     }

@@ -39,6 +39,7 @@ mod patience;
 mod pending;
 mod replan;
 mod session;
+pub mod shadow;
 mod shutdown;
 pub mod status;
 

@@ -42,6 +42,7 @@ mod migrate;
 mod partitions;
 mod quarantine;
 mod runs;
+mod shadows;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -60,6 +61,7 @@ pub use leases::{Claim, Lease, LeaseHolder, LeaseOwner, run_resource};
 pub use partitions::{Outcome, PartitionRecord, PartitionTotals, Split, is_failing};
 pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, PartitionSource, RunRecord};
+pub use shadows::{NewShadow, ShadowRecord, ShadowState};
 
 use db::{Conn, Dialect, WriteTxn};
 

@@ -9,6 +9,7 @@ pub(crate) mod docs;
 pub(crate) mod plan;
 pub(crate) mod quarantine;
 pub(crate) mod run;
+pub(crate) mod shadow;
 pub(crate) mod status;
 
 /// `user@host` of the current process, recorded as the owner and actor of runs.
