@@ -95,6 +95,19 @@ pub(crate) enum Command {
     /// List the rows the target rejected (constraint violations, values out of range) with
     /// their reason; `--retry` gives them another run.
     Quarantine(QuarantineArgs),
+    /// Swap a shadow run's table in (`mode = "shadow"`): the shadow becomes the live table in
+    /// one atomic rename, the old table is kept as `<table>__bf_old_<id>`. Refused unless the
+    /// run succeeded and the live table is unchanged since the shadow was seeded (someone
+    /// wrote to it); `--force` overrides that, and the audit trail records it.
+    Promote(PromoteArgs),
+    /// Undo a promote: the old table is live again, the promoted one goes back to the
+    /// shadow's name. (`backfill rollback` will route here for shadow runs.)
+    #[command(hide = true, name = "shadow-swap-back")]
+    ShadowSwapBack(ShadowArgs),
+    /// Drop the table of a shadow run that is not live: the old table after a promote, else
+    /// the shadow. (`backfill cleanup` will route here for shadow runs.)
+    #[command(hide = true, name = "shadow-cleanup")]
+    ShadowCleanup(ShadowArgs),
     /// A self-contained repair on SQLite: creates 1,000,000 synthetic events, breaks 4 days of
     /// a derived table, and repairs them with a backfill.
     Demo(DemoArgs),
@@ -387,6 +400,33 @@ pub(crate) struct QuarantineArgs {
     /// their quarantine; then `backfill resume RUN` writes them again.
     #[arg(long)]
     pub(crate) retry: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PromoteArgs {
+    /// Run id (or a unique prefix of at least 4 characters) of a `mode = "shadow"` run.
+    #[arg(value_parser = parse_run_ref)]
+    pub(crate) run: String,
+    /// Promote even though the live table changed since the shadow was seeded (its writes in
+    /// the fingerprinted rows are then discarded) or its fingerprint is unknown. Recorded as
+    /// `forced` in the `run.promoted` audit event.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// The spec file, when it moved since the run was created (it names the target
+    /// database).
+    #[arg(long)]
+    pub(crate) spec: Option<PathBuf>,
+}
+
+/// A step on a shadow run's tables.
+#[derive(Debug, Args)]
+pub(crate) struct ShadowArgs {
+    /// Run id (or a unique prefix of at least 4 characters) of a `mode = "shadow"` run.
+    #[arg(value_parser = parse_run_ref)]
+    pub(crate) run: String,
+    /// The spec file, when it moved since the run was created.
+    #[arg(long)]
+    pub(crate) spec: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -77,6 +77,14 @@ impl NormalizedSpec {
             }
             WriteMode::Sql { statement } => fields.push(("target.sql", json!(statement))),
         }
+        if let Some(shadow) = &target.shadow {
+            fields.push(("target.shadow", json!(true)));
+            fields.push((
+                "target.seed_outside_scope",
+                json!(shadow.seed_outside_scope),
+            ));
+            fields.push(("target.window_column", json!(shadow.window_column)));
+        }
         fields.push(("target.guard", json!(target.guard)));
         fields.push(("target.time_format", json!(target.time_format.name())));
         match &spec.scope {

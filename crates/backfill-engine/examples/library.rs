@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             time_format: TimeFormat::Rfc3339,
             guard: None,
             pushdown: true,
+            shadow: None,
         },
         scope: Scope::Time {
             start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),

@@ -61,6 +61,9 @@ pub enum EngineError {
         /// When its claim lapses unless it renews it.
         expires_at: chrono::DateTime<chrono::Utc>,
     },
+    /// A shadow write could not ready its shadow table (see [`crate::shadow`]).
+    #[error(transparent)]
+    Shadow(#[from] crate::shadow::ShadowError),
     /// The run is in a state that cannot be continued.
     #[error("run {run_id} is {state}; {hint}")]
     NotResumable {

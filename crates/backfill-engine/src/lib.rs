@@ -41,6 +41,7 @@ mod pending;
 pub mod reconcile;
 mod replan;
 mod session;
+pub mod shadow;
 mod shutdown;
 pub mod status;
 

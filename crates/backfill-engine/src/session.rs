@@ -43,6 +43,9 @@ pub(crate) async fn execute_claimed(
     if run.state == RunState::Succeeded {
         return finished_meanwhile(store, spec, run, waited, started, shutdown).await;
     }
+    // A shadow write (`mode = "shadow"`) writes into its shadow table, made on first use.
+    let shadowed = crate::shadow::prepare(store, spec, &run.id, &options.actor).await?;
+    let spec = shadowed.as_ref().unwrap_or(spec);
     let session = open_session(store, spec, &run, &options).await?;
     let background = Background::start(store, spec, &run, &options, &session, lease).await;
     let outcome = drive(store, spec, &run, &session, shutdown, &options.actor).await;

@@ -45,6 +45,7 @@ mod quarantine;
 mod runs;
 mod verify;
 mod skips;
+mod shadows;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -65,6 +66,7 @@ pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, PartitionSource, RunRecord};
 pub use verify::{CheckStatus, CheckTotals, PartitionCheck, checksum};
 pub use skips::{Differing, GapFindings, GapRecord, GapsRecorded, WouldChange};
+pub use shadows::{NewShadow, ShadowRecord, ShadowState};
 
 use db::{Conn, Dialect, WriteTxn};
 

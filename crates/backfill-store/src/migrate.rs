@@ -32,6 +32,7 @@ const SQLITE: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/0011_only_gaps_audit_anchor.sql"),
     ),
+    (13, include_str!("../migrations/0013_shadows.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -70,6 +71,7 @@ const POSTGRES: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/postgres/0011_only_gaps_audit_anchor.sql"),
     ),
+    (13, include_str!("../migrations/postgres/0013_shadows.sql")),
 ];
 
 fn migrations(dialect: Dialect) -> &'static [(i64, &'static str)] {

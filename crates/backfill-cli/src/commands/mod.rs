@@ -10,6 +10,7 @@ pub(crate) mod only_gaps;
 pub(crate) mod plan;
 pub(crate) mod quarantine;
 pub(crate) mod run;
+pub(crate) mod shadow;
 pub(crate) mod status;
 pub(crate) mod validate;
 

@@ -132,7 +132,7 @@ fn print(
         "spec": spec.name,
         "spec_hash": spec.spec_hash,
         "plan_hash": plan.hash,
-        "mode": spec.target.mode.name(),
+        "mode": spec.target.mode_name(),
         "partitions": n,
         "first": first.as_ref().map(|p| p.window.to_string()),
         "last": last.as_ref().map(|p| p.window.to_string()),
@@ -164,7 +164,7 @@ fn print(
         "plan {} of spec `{}` ({} mode)",
         plan.hash,
         spec.name,
-        spec.target.mode.name()
+        spec.target.mode_name()
     ));
     out.line(format!("  partitions: {}", thousands(n as u64)));
     if let (Some(first), Some(last)) = (&first, &last) {

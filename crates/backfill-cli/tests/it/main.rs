@@ -25,5 +25,6 @@ mod only_gaps;
 mod output;
 mod replan;
 mod replica_lag;
+mod shadow;
 mod sql_mode;
 mod wide_rows;

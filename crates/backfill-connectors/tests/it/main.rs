@@ -122,6 +122,7 @@ pub fn target_spec(url: &str, table: &str, key: &[&str], mode: WriteMode) -> Tar
         time_format: TimeFormat::Rfc3339,
         guard: None,
         pushdown: true,
+        shadow: None,
     }
 }
 

@@ -86,6 +86,7 @@ impl Db {
             time_format: TimeFormat::Native,
             guard: None,
             pushdown: false,
+            shadow: None,
         }
     }
 

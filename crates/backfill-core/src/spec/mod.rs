@@ -100,6 +100,32 @@ pub struct TargetSpec {
     /// Let the databases move the rows themselves when they can (both SQLite today): the
     /// same batches, checkpoints and counts, without rows passing through the engine.
     pub pushdown: bool,
+    /// `mode = "shadow"`: rows are upserted by key (`mode` is [`WriteMode::Upsert`]) into a
+    /// shadow copy of `table` that `backfill promote` swaps in; `None` in every other mode.
+    pub shadow: Option<ShadowSpec>,
+}
+
+impl TargetSpec {
+    /// The write mode's name as the spec writes it: `shadow` for a shadow write (whose rows
+    /// are upserted into the shadow table), else [`WriteMode::name`].
+    pub fn mode_name(&self) -> &'static str {
+        match self.shadow {
+            Some(_) => "shadow",
+            None => self.mode.name(),
+        }
+    }
+}
+
+/// `mode = "shadow"`: how the shadow table is filled before the run writes its scope there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowSpec {
+    /// Copy the live table's rows outside the scope into the shadow when it is created, so
+    /// the promoted table holds them too; without it the promoted table holds the scope only.
+    pub seed_outside_scope: bool,
+    /// The target column that places a row in the scope (`target.window_column`, else
+    /// `source.time_column`): bounds the seed copy and the live table's fingerprint. Required
+    /// with `seed_outside_scope`.
+    pub window_column: Option<String>,
 }
 
 /// How a partition's rows are written. Every mode is replay-safe (invariant 1).

@@ -184,14 +184,21 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "string",
         Some("\"upsert\""),
         false,
-        "`upsert` (insert or update by key, unchanged rows untouched), `replace` (delete the window, insert it, one transaction per partition) or `sql` (run `target.sql` once per partition in the target).",
+        "`upsert` (insert or update by key, unchanged rows untouched), `replace` (delete the window, insert it, one transaction per partition), `sql` (run `target.sql` once per partition in the target) or `shadow` (upsert by key into a new table `<table>__bf_<run>` made like `table`, with its keys and indexes; the live table is untouched until `backfill promote RUN` swaps the two atomically).",
     ),
     key(
         "target.window_column",
         "string",
         None,
         true,
-        "`replace` mode: the target column compared with `:start`/`:end` when deleting a window.",
+        "`replace` mode: the target column compared with `:start`/`:end` when deleting a window. `shadow` mode (default `source.time_column`): the column that places a live row inside or outside the scope, for `seed_outside_scope` and for the live table's fingerprint `promote` compares.",
+    ),
+    key(
+        "target.seed_outside_scope",
+        "boolean",
+        Some("false"),
+        false,
+        "`shadow` mode: copy the live table's rows outside the scope (by `window_column`) into the shadow when it is created, so the promoted table keeps them; without it the promoted table holds only what the run wrote.",
     ),
     key(
         "target.time_format",

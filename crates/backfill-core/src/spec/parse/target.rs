@@ -7,7 +7,7 @@ use toml::de::DeValue;
 
 use crate::params::named_params;
 use crate::spec::schema::suggest;
-use crate::spec::{ParseContext, TargetSpec, WriteMode};
+use crate::spec::{ParseContext, ShadowSpec, TargetSpec, WriteMode};
 use crate::timefmt::TimeFormat;
 
 use super::source::{default_time_format, identifier, time_format};
@@ -41,8 +41,29 @@ pub(super) fn target_spec(
     let window_column_raw = w.string(t, "target", "window_column", false);
     let window_column = identifier(w, window_column_raw, "target.window_column");
     let sql = w.string(t, "target", "sql", false);
+    let seed_outside_scope = w.boolean(t, "target", "seed_outside_scope", false);
 
     let has_table = table.is_some() || table_span.is_some();
+    let is_shadow = mode_raw.as_ref().is_some_and(|(m, _)| m == "shadow");
+    let shadow = is_shadow.then(|| ShadowSpec {
+        seed_outside_scope,
+        window_column: window_column.clone(),
+    });
+    let (mode_raw, window_column) = match is_shadow {
+        // A shadow write upserts by key into the shadow table.
+        true => {
+            needs_table_and_key(w, "shadow", has_table, key.as_deref());
+            (mode_raw.map(|(_, span)| ("upsert".to_owned(), span)), None)
+        }
+        false => (mode_raw, window_column),
+    };
+    if seed_outside_scope && !is_shadow {
+        w.error(
+            "target.seed_outside_scope",
+            None,
+            "`seed_outside_scope` only applies to `shadow` mode",
+        );
+    }
     let mode = write_mode(w, mode_raw, has_table, key.as_deref(), window_column, sql);
     let pushdown = w.boolean(t, "target", "pushdown", true);
     if guard.is_some() && !matches!(mode, Some(WriteMode::Upsert)) {
@@ -61,6 +82,7 @@ pub(super) fn target_spec(
         mode: mode?,
         time_format: time_format?,
         pushdown,
+        shadow,
     })
 }
 
@@ -130,9 +152,9 @@ fn write_mode(
         },
         other => {
             let span = mode_raw.map(|(_, s)| s);
-            let hint = match suggest(other, &["upsert", "replace", "sql"]) {
+            let hint = match suggest(other, &["upsert", "replace", "sql", "shadow"]) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => "use `upsert`, `replace` or `sql`".to_owned(),
+                None => "use `upsert`, `replace`, `sql` or `shadow`".to_owned(),
             };
             w.error("target.mode", span, format!("unknown write mode `{other}`"))
                 .hint = Some(hint);
@@ -209,4 +231,28 @@ fn key_list(w: &mut Walker<'_>, t: &Table<'_>) -> Option<Vec<String>> {
         out.push(identifier(w, Some(item), "target.key")?);
     }
     Some(out)
+}
+
+/// A shadow write's window column: `target.window_column`, else `source.time_column`;
+/// `seed_outside_scope` needs one (it copies the rows outside the scope by that column).
+pub(super) fn shadow_window(
+    w: &mut Walker<'_>,
+    shadow: &mut ShadowSpec,
+    source: Option<&crate::spec::SourceSpec>,
+) {
+    if shadow.window_column.is_none() {
+        shadow.window_column = source.and_then(|s| s.time_column.clone());
+    }
+    if shadow.seed_outside_scope && shadow.window_column.is_none() {
+        w.error(
+            "target.seed_outside_scope",
+            None,
+            "`seed_outside_scope` needs the column that places a row in the scope",
+        )
+        .hint = Some(
+            "set `target.window_column` (or `source.time_column`): rows of the live table \
+             outside `[scope start, scope end)` by that column are copied into the shadow"
+                .to_owned(),
+        );
+    }
 }
