@@ -149,6 +149,8 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Runs(args) => commands::status::list(&args, &state, out).await,
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,
         Command::Quarantine(args) => commands::quarantine::run(&args, &state, out).await,
+        Command::Rollback(args) => commands::rollback::rollback(&args, &state, out).await,
+        Command::Cleanup(args) => commands::rollback::cleanup(&args, &state, out).await,
         Command::Demo(args) => commands::demo::run(&args, out).await,
         Command::Docs(args) => commands::docs::run(&args, out),
     }

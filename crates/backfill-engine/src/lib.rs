@@ -38,6 +38,7 @@ mod execute;
 mod patience;
 mod pending;
 mod replan;
+pub mod rollback;
 mod session;
 mod shutdown;
 pub mod status;

@@ -32,6 +32,7 @@
 //!   before they are stored.
 //! - A store written by a newer build is refused rather than misread.
 
+mod actions;
 mod audit;
 mod codec;
 mod controls;

@@ -8,6 +8,7 @@ pub(crate) mod diff;
 pub(crate) mod docs;
 pub(crate) mod plan;
 pub(crate) mod quarantine;
+pub(crate) mod rollback;
 pub(crate) mod run;
 pub(crate) mod status;
 

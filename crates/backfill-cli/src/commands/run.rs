@@ -134,7 +134,7 @@ pub(crate) async fn resume(args: &ResumeArgs, state: &str, out: Output) -> anyho
 
 /// The spec `run` continues under: `path`, or the file the run recorded; refused when it no
 /// longer plans what the run was made from.
-fn spec_of(run: &RunRecord, path: Option<&Path>, out: Output) -> anyhow::Result<Spec> {
+pub(crate) fn spec_of(run: &RunRecord, path: Option<&Path>, out: Output) -> anyhow::Result<Spec> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => {

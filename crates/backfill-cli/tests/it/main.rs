@@ -24,5 +24,6 @@ mod matrix;
 mod output;
 mod replan;
 mod replica_lag;
+mod rollback;
 mod sql_mode;
 mod wide_rows;

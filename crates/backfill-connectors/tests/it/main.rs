@@ -122,6 +122,9 @@ pub fn target_spec(url: &str, table: &str, key: &[&str], mode: WriteMode) -> Tar
         time_format: TimeFormat::Rfc3339,
         guard: None,
         pushdown: true,
+        undo: false,
+        propagate_deletes: false,
+        delete_window_column: None,
     }
 }
 

@@ -86,6 +86,9 @@ impl Db {
             time_format: TimeFormat::Native,
             guard: None,
             pushdown: false,
+            undo: false,
+            propagate_deletes: false,
+            delete_window_column: None,
         }
     }
 

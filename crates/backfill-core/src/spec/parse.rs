@@ -12,6 +12,7 @@ mod scope;
 mod source;
 mod target;
 mod throttle;
+mod undo;
 mod url;
 mod walker;
 
@@ -116,7 +117,10 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
     let source_format = source
         .as_ref()
         .map_or(TimeFormat::Rfc3339, |s| s.time_format.clone());
-    let target = target_table.and_then(|t| target_spec(w, t, ctx, &source_format));
+    let mut target = target_table.and_then(|t| target_spec(w, t, ctx, &source_format));
+    if let Some(target) = target.as_mut() {
+        undo::window_for_deletes(w, target, source.as_ref());
+    }
     if sql_mode && source_table.is_none() {
         needs_source(w, root, &limits);
     }

@@ -43,8 +43,10 @@ pub(super) fn target_spec(
     let sql = w.string(t, "target", "sql", false);
 
     let has_table = table.is_some() || table_span.is_some();
+    let delete_window_column = window_column.clone();
     let mode = write_mode(w, mode_raw, has_table, key.as_deref(), window_column, sql);
     let pushdown = w.boolean(t, "target", "pushdown", true);
+    let undo_flags = super::undo::undo_flags(w, t, mode.as_ref());
     if guard.is_some() && !matches!(mode, Some(WriteMode::Upsert)) {
         w.error(
             "target.guard",
@@ -61,6 +63,9 @@ pub(super) fn target_spec(
         mode: mode?,
         time_format: time_format?,
         pushdown,
+        undo: undo_flags.undo,
+        propagate_deletes: undo_flags.propagate_deletes,
+        delete_window_column,
     })
 }
 
