@@ -108,6 +108,15 @@ pub(crate) enum Command {
     /// the shadow. (`backfill cleanup` will route here for shadow runs.)
     #[command(hide = true, name = "shadow-cleanup")]
     ShadowCleanup(ShadowArgs),
+    /// Undo a run's in-place writes (`upsert`/`replace` with `undo`, the default): delete the
+    /// keys it inserted and restore the rows it updated or deleted as they were before it. A
+    /// row someone else changed after the run wrote it is a conflict: left as it is and
+    /// listed, unless --force. One transaction per partition; a killed rollback, run again,
+    /// continues where it stopped. Refused while the run executes. Audited.
+    Rollback(RollbackArgs),
+    /// Drop a run's undo data (its rows in `<table>__bf_undo`); the run can no longer be
+    /// rolled back. Refused while the run executes. Audited.
+    Cleanup(CleanupArgs),
     /// A self-contained repair on SQLite: creates 1,000,000 synthetic events, breaks 4 days of
     /// a derived table, and repairs them with a backfill.
     Demo(DemoArgs),
@@ -418,6 +427,24 @@ pub(crate) struct PromoteArgs {
     pub(crate) spec: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    /// Run id or unique prefix.
+    #[arg(value_parser = parse_run_ref)]
+    pub(crate) run: String,
+    /// Report what the rollback would do (keys deleted, rows restored, conflicts) and change
+    /// nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Restore the before-images of conflicting rows too, overwriting changes made by others
+    /// since the run wrote them.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// The spec file, when the run's recorded one moved.
+    #[arg(long)]
+    pub(crate) spec: Option<PathBuf>,
+}
+
 /// A step on a shadow run's tables.
 #[derive(Debug, Args)]
 pub(crate) struct ShadowArgs {
@@ -425,6 +452,16 @@ pub(crate) struct ShadowArgs {
     #[arg(value_parser = parse_run_ref)]
     pub(crate) run: String,
     /// The spec file, when it moved since the run was created.
+    #[arg(long)]
+    pub(crate) spec: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CleanupArgs {
+    /// Run id or unique prefix.
+    #[arg(value_parser = parse_run_ref)]
+    pub(crate) run: String,
+    /// The spec file, when the run's recorded one moved.
     #[arg(long)]
     pub(crate) spec: Option<PathBuf>,
 }

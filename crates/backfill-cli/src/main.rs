@@ -152,6 +152,8 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Promote(args) => commands::shadow::promote(&args, &state, out).await,
         Command::ShadowSwapBack(args) => commands::shadow::swap_back(&args, &state, out).await,
         Command::ShadowCleanup(args) => commands::shadow::cleanup(&args, &state, out).await,
+        Command::Rollback(args) => commands::rollback::rollback(&args, &state, out).await,
+        Command::Cleanup(args) => commands::rollback::cleanup(&args, &state, out).await,
         Command::Demo(args) => commands::demo::run(&args, out).await,
         Command::Validate(args) => commands::validate::run(&args, &state, out).await,
         Command::Docs(args) => commands::docs::run(&args, out),

@@ -38,6 +38,7 @@ pub mod probe;
 pub mod shadow;
 mod shared;
 pub mod sqlite;
+pub mod undo;
 pub mod watch;
 mod window;
 
@@ -52,6 +53,7 @@ use backfill_core::value::{Batch, RowCounts, Value};
 pub use error::ConnectorError;
 pub use probe::Probe;
 pub use watch::Watch;
+pub use undo::{RollbackCounts, UndoBatch, UndoTarget};
 
 /// A statement the engine runs inside a sink's write transaction, after the write: the
 /// state-store checkpoint when the target database is the state store, so the batch and its
@@ -451,6 +453,51 @@ impl AnySink {
             AnySink::Sqlite(s) => s.begin_replace(window).await,
             AnySink::MySql(s) => s.begin_replace(window).await,
             AnySink::Postgres(s) => s.begin_replace(window).await,
+        }
+    }
+
+    /// [`Sink::upsert`] that also writes the batch's undo log (see [`undo`]) in its
+    /// transaction when `undo` is given.
+    pub async fn upsert_undo(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+        undo: Option<&UndoBatch>,
+    ) -> Result<RowCounts, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.upsert_undo(batch, extra, undo).await,
+            AnySink::MySql(s) => s.upsert_undo(batch, extra, undo).await,
+            AnySink::Postgres(s) => s.upsert_undo(batch, extra, undo).await,
+        }
+    }
+
+    /// [`Sink::begin_replace`] that logs the window's before-images first, and each
+    /// inserted batch's keys, when `undo` is given.
+    pub async fn begin_replace_undo(
+        &self,
+        window: &Window,
+        undo: Option<&UndoBatch>,
+    ) -> Result<ReplaceTxn, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.begin_replace_undo(window, undo).await,
+            AnySink::MySql(s) => s.begin_replace_undo(window, undo).await,
+            AnySink::Postgres(s) => s.begin_replace_undo(window, undo).await,
+        }
+    }
+
+    /// `propagate_deletes` in `upsert`: in one transaction, logs as `deleted` and deletes
+    /// the target rows of `window` (bounded by `column`) whose key no batch of the run
+    /// wrote; returns the rows deleted. Call after the window's last batch.
+    pub async fn delete_missing(
+        &self,
+        window: &Window,
+        column: &str,
+        undo: &UndoBatch,
+    ) -> Result<u64, ConnectorError> {
+        match self {
+            AnySink::Sqlite(s) => s.delete_missing(window, column, undo).await,
+            AnySink::MySql(s) => s.delete_missing(window, column, undo).await,
+            AnySink::Postgres(s) => s.delete_missing(window, column, undo).await,
         }
     }
 

@@ -6,14 +6,16 @@
 //! expanded, any password removed, a relative SQLite path kept relative), the source query,
 //! both time formats, the target table, key, write mode (with its window column or statement)
 //! and guard, the scope (bounds, partition size and time zone; or the key range; or the
-//! explicit windows) and the partitions the planner cut from it (their count and a digest of
+//! explicit windows), `target.propagate_deletes` with its window column (only when true, so
+//! older specs keep their hash) and the partitions the planner cut from it (their count and a digest of
 //! their windows, so a planner that cuts the same scope differently is a different plan).
 //!
 //! What it deliberately leaves out: where the spec file lies (a folder of a spec and its
 //! SQLite files can move), passwords (rotated credentials resume the same run), the spec's
-//! name and reason, limits, throttle, partition order and splitting, `target.pushdown` and
-//! `source.time_column`, and `[validate]` (what is checked after writing). They change who runs it, how fast or in which order rows move, never
-//! which rows are written where, so changing them never refuses a resume.
+//! name and reason, limits, throttle, partition order and splitting, `target.pushdown`,
+//! `target.undo`, `source.time_column`, and `[validate]` (what is checked after writing).
+//! They change who runs it, how fast or in which order rows move, never which rows are
+//! written where, so changing them never refuses a resume.
 //!
 //! Invariants: pure and deterministic, so the same spec text gives the same fields and the
 //! same hash on any machine and in any folder (a golden test pins one); no field ever holds a
@@ -86,6 +88,14 @@ impl NormalizedSpec {
             fields.push(("target.window_column", json!(shadow.window_column)));
         }
         fields.push(("target.guard", json!(target.guard)));
+        // Omitted when false, so specs that do not set it keep their plan hash.
+        if target.propagate_deletes {
+            fields.push(("target.propagate_deletes", json!(true)));
+            fields.push((
+                "target.delete_window_column",
+                json!(target.delete_window_column),
+            ));
+        }
         fields.push(("target.time_format", json!(target.time_format.name())));
         match &spec.scope {
             Scope::Time {

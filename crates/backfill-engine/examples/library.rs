@@ -39,6 +39,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             guard: None,
             pushdown: true,
             shadow: None,
+            undo: false,
+            propagate_deletes: false,
+            delete_window_column: None,
         },
         scope: Scope::Time {
             start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),

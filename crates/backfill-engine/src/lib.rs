@@ -40,6 +40,7 @@ mod patience;
 mod pending;
 pub mod reconcile;
 mod replan;
+pub mod rollback;
 mod session;
 pub mod shadow;
 mod shutdown;

@@ -537,7 +537,9 @@ async fn open_pushdown_for(
     same_database: bool,
     sink: &AnySink,
 ) -> Result<Option<AnyPushdown>, EngineError> {
-    if !spec.target.pushdown {
+    // The undo log is written by the row path's sinks (issue 11): with it on, rows move
+    // through the engine.
+    if !spec.target.pushdown || spec.target.undo {
         return Ok(None);
     }
     match spec.target.mode {

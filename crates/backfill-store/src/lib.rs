@@ -33,6 +33,7 @@
 //! - A store written by a newer build is refused rather than misread.
 
 mod anchor;
+mod actions;
 mod audit;
 mod codec;
 mod controls;

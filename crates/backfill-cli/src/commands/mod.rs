@@ -9,6 +9,7 @@ pub(crate) mod docs;
 pub(crate) mod only_gaps;
 pub(crate) mod plan;
 pub(crate) mod quarantine;
+pub(crate) mod rollback;
 pub(crate) mod run;
 pub(crate) mod shadow;
 pub(crate) mod status;

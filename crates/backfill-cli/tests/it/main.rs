@@ -26,5 +26,6 @@ mod output;
 mod replan;
 mod replica_lag;
 mod shadow;
+mod rollback;
 mod sql_mode;
 mod wide_rows;

@@ -605,6 +605,24 @@ pub(crate) fn row_hashes_sql(
     Ok(binder.finish(sql))
 }
 
+/// The hex digest of one row of `alias` over `columns` (columns the dialect cannot
+/// canonicalise, JSON, are left out), as an SQL expression: the undo log's after-image hash.
+pub(crate) fn row_digest_expr(
+    columns: &[Column],
+    alias: &str,
+    d: &SqlDialect,
+) -> Result<String, ConnectorError> {
+    let mut fields = Vec::new();
+    for column in columns.iter().filter(|c| c.kind != Kind::Json) {
+        let x = format!("{alias}.{}", quote_ident(&column.name, d.quote));
+        fields.push((d.field)(&(d.canonical)(column, &x)?));
+    }
+    if fields.is_empty() {
+        return Ok("'-'".to_owned());
+    }
+    Ok((d.digest)(&fields))
+}
+
 /// The canonical-rows statement: one canonical text per scan column.
 pub(crate) fn canonical_rows_sql(
     scan: &Scan<'_>,

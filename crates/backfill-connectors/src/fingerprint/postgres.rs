@@ -44,6 +44,11 @@ fn canonical(column: &Column, x: &str) -> Result<String, ConnectorError> {
     })
 }
 
+/// The row digest expression over `alias`'s `columns` (see `super::row_digest_expr`).
+pub(crate) fn row_digest(columns: &[Column], alias: &str) -> Result<String, ConnectorError> {
+    super::row_digest_expr(columns, alias, &DIALECT)
+}
+
 /// The statement giving one row: `count, sum, check` of the whole scan.
 pub fn fingerprint_sql(scan: &Scan<'_>) -> Result<Statement, ConnectorError> {
     super::aggregate_sql(scan, None, &DIALECT)

@@ -307,6 +307,28 @@ fn function_args(columns: &[Column]) -> String {
     out
 }
 
+/// `backfill_row_md5('codes', alias."c1", …)`: one row's digest (see
+/// `super::row_digest_expr`).
+pub(crate) fn row_digest(columns: &[Column], alias: &str) -> String {
+    let columns: Vec<Column> = columns
+        .iter()
+        .filter(|c| c.kind != Kind::Json)
+        .cloned()
+        .collect();
+    if columns.is_empty() {
+        return "'-'".to_owned();
+    }
+    let mut out = format!(
+        "backfill_row_md5('{}'",
+        Kind::codes(&columns.iter().map(|c| c.kind).collect::<Vec<_>>())
+    );
+    for column in &columns {
+        out.push_str(&format!(", {alias}.{}", quote_ident(&column.name, '"')));
+    }
+    out.push(')');
+    out
+}
+
 /// `SELECT backfill_fingerprint(…) [, bucket] FROM … [GROUP BY bucket]`.
 fn aggregate_sql(
     scan: &Scan<'_>,

@@ -30,6 +30,7 @@ use crate::shared::{
     upsert_counts,
 };
 use crate::window::{bounds, named_values};
+use crate::undo::{self, Conn, Dialect, UndoBatch, UndoLog};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// Most rows in one multi-row statement.
@@ -50,6 +51,8 @@ pub struct MySqlSink {
     packet_budget: usize,
     /// The table's `DATETIME` and `TIMESTAMP` columns, read from the catalog once.
     temporal: tokio::sync::OnceCell<Arc<Vec<String>>>,
+    /// The undo log, built on the first write that keeps one.
+    undo_log: tokio::sync::OnceCell<Arc<UndoLog>>,
 }
 
 impl MySqlSink {
@@ -78,6 +81,7 @@ impl MySqlSink {
             statement,
             packet_budget,
             temporal: tokio::sync::OnceCell::new(),
+            undo_log: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -98,6 +102,146 @@ impl MySqlSink {
             })
             .await
             .cloned()
+    }
+
+    /// The undo log of the target, its table created on first use.
+    async fn undo_log(&self) -> Result<Arc<UndoLog>, ConnectorError> {
+        let table = self.table()?;
+        self.undo_log
+            .get_or_try_init(|| async {
+                let log = undo::open_log!(
+                    &self.pool,
+                    Dialect::MySql,
+                    crate::fingerprint::mysql::catalog,
+                    &table.name,
+                    &self.key,
+                    MySql
+                );
+                Ok(Arc::new(log))
+            })
+            .await
+            .cloned()
+    }
+
+    /// `upsert` with the undo log of `undo` written in the same transaction.
+    pub async fn upsert_undo(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+        undo: Option<&UndoBatch>,
+    ) -> Result<RowCounts, ConnectorError> {
+        let log = match undo {
+            Some(_) => Some(self.undo_log().await?),
+            None => None,
+        };
+        let table = self.table()?;
+        let context = format!("upsert into {}", table.quoted);
+        let (columns, key_positions) = batch_columns(batch, &self.key, sql::quote)?;
+        let temporal = self.temporal_columns(table).await?;
+        let batch = &*instants_as_datetimes(batch, &temporal);
+        let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
+        let guard = batch_guard(batch, self.guard.as_deref(), sql::quote)?;
+        let keys = undo::batch_keys(batch, &key_positions, undo.is_some());
+
+        let mut tx = begin(&self.pool, &context).await?;
+        if let (Some(log), Some(b)) = (&log, undo) {
+            let mut conn = Conn::MySql(&mut tx);
+            for stmt in log.before_write(b, &keys) {
+                conn.exec(&stmt, &context).await?;
+            }
+        }
+        let existing = count_existing(
+            &mut tx,
+            &context,
+            table,
+            &key_quoted,
+            &key_positions,
+            &batch.rows,
+            self.packet_budget,
+        )
+        .await?;
+        let affected = write_chunks(&mut tx, &context, &batch.rows, self.packet_budget, |n| {
+            sql::upsert(&table.quoted, &columns, &key_positions, guard.as_deref(), n)
+        })
+        .await?;
+        if let (Some(log), Some(b)) = (&log, undo) {
+            let mut conn = Conn::MySql(&mut tx);
+            for stmt in log.after_write(b, &keys) {
+                conn.exec(&stmt, &context).await?;
+            }
+        }
+        run_extra(&mut tx, extra).await?;
+        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+
+        // CLIENT_FOUND_ROWS: affected = batch + updated (see the module comment).
+        let n = batch.rows.len() as u64;
+        let inserted = n.saturating_sub(existing);
+        let updated = affected.saturating_sub(n).min(existing);
+        Ok(upsert_counts(n, inserted, updated))
+    }
+
+    /// `propagate_deletes` in `upsert`: deletes the rows of `window` (by `column`) whose key
+    /// no batch of the run wrote, logging their before-images; returns the rows deleted.
+    pub async fn delete_missing(
+        &self,
+        window: &Window,
+        column: &str,
+        undo: &UndoBatch,
+    ) -> Result<u64, ConnectorError> {
+        let log = self.undo_log().await?;
+        let table = self.table()?;
+        let context = format!("delete rows missing from the source in {}", table.quoted);
+        let bounds = bounds(window, &self.time_format);
+        let column = sql::quote(column);
+        let predicate = format!("t.{column} >= ? AND t.{column} < ?");
+        let mut tx = begin(&self.pool, &context).await?;
+        let [copy, delete] = log.delete_missing(undo, &predicate, &bounds);
+        let mut conn = Conn::MySql(&mut tx);
+        conn.exec(&copy, &context).await?;
+        let deleted = conn.exec(&delete, &context).await?;
+        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+        Ok(deleted)
+    }
+
+    /// `begin_replace` with the window's before-images logged first.
+    pub async fn begin_replace_undo(
+        &self,
+        window: &Window,
+        undo: Option<&UndoBatch>,
+    ) -> Result<ReplaceTxn, ConnectorError> {
+        let log = match undo {
+            Some(_) => Some(self.undo_log().await?),
+            None => None,
+        };
+        let table = self.table()?;
+        let window_column = replace_column(&self.mode)?;
+        let context = format!("delete window {window} from {}", table.quoted);
+        let bounds = bounds(window, &self.time_format);
+        // Read before the transaction holds a pooled connection.
+        let temporal = self.temporal_columns(table).await?;
+        let mut tx = begin(&self.pool, &context).await?;
+        if let (Some(log), Some(b)) = (&log, undo) {
+            let column = sql::quote(window_column);
+            let predicate = format!("t.{column} >= ? AND t.{column} < ?");
+            let stmt = log.before_window_delete(b, &predicate, &bounds, "updated");
+            Conn::MySql(&mut tx).exec(&stmt, &context).await?;
+        }
+        let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
+        let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        Ok(ReplaceTxn {
+            inner: ReplaceInner::MySql(MySqlReplace {
+                tx,
+                table: table.clone(),
+                packet_budget: self.packet_budget,
+                temporal,
+                undo: log.zip(undo.cloned()),
+                key: self.key.clone(),
+            }),
+            deleted: done.rows_affected(),
+        })
     }
 
     fn table(&self) -> Result<&Table, ConnectorError> {
@@ -342,61 +486,11 @@ impl Sink for MySqlSink {
         batch: &Batch,
         extra: Option<&Extra>,
     ) -> Result<RowCounts, ConnectorError> {
-        let table = self.table()?;
-        let context = format!("upsert into {}", table.quoted);
-        let (columns, key_positions) = batch_columns(batch, &self.key, sql::quote)?;
-        let temporal = self.temporal_columns(table).await?;
-        let batch = &*instants_as_datetimes(batch, &temporal);
-        let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
-        let guard = batch_guard(batch, self.guard.as_deref(), sql::quote)?;
-
-        let mut tx = begin(&self.pool, &context).await?;
-        let existing = count_existing(
-            &mut tx,
-            &context,
-            table,
-            &key_quoted,
-            &key_positions,
-            &batch.rows,
-            self.packet_budget,
-        )
-        .await?;
-        let affected = write_chunks(&mut tx, &context, &batch.rows, self.packet_budget, |n| {
-            sql::upsert(&table.quoted, &columns, &key_positions, guard.as_deref(), n)
-        })
-        .await?;
-        run_extra(&mut tx, extra).await?;
-        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
-
-        // CLIENT_FOUND_ROWS: affected = batch + updated (see the module comment).
-        let n = batch.rows.len() as u64;
-        let inserted = n.saturating_sub(existing);
-        let updated = affected.saturating_sub(n).min(existing);
-        Ok(upsert_counts(n, inserted, updated))
+        self.upsert_undo(batch, extra, None).await
     }
 
     async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
-        let table = self.table()?;
-        let window_column = replace_column(&self.mode)?;
-        let context = format!("delete window {window} from {}", table.quoted);
-        let bounds = bounds(window, &self.time_format);
-        // Read before the transaction holds a pooled connection.
-        let temporal = self.temporal_columns(table).await?;
-        let mut tx = begin(&self.pool, &context).await?;
-        let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
-        let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| sql_error(&context, &e))?;
-        Ok(ReplaceTxn {
-            inner: ReplaceInner::MySql(MySqlReplace {
-                tx,
-                table: table.clone(),
-                packet_budget: self.packet_budget,
-                temporal,
-            }),
-            deleted: done.rows_affected(),
-        })
+        self.begin_replace_undo(window, None).await
     }
 
     async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
@@ -424,6 +518,10 @@ pub struct MySqlReplace {
     table: Table,
     packet_budget: usize,
     temporal: Arc<Vec<String>>,
+    /// The undo log and the partition it logs for, when `target.undo` is on.
+    undo: Option<(Arc<UndoLog>, UndoBatch)>,
+    /// Key columns, to log each inserted batch's keys.
+    key: Vec<String>,
 }
 
 impl fmt::Debug for MySqlReplace {
@@ -441,14 +539,34 @@ impl MySqlReplace {
         let (columns, _) = batch_columns(batch, &[], sql::quote)?;
         let batch = &*instants_as_datetimes(batch, &self.temporal);
         let table = &self.table.quoted;
-        write_chunks(
+        let keys = match &self.undo {
+            Some(_) => {
+                let (_, positions) = batch_columns(batch, &self.key, sql::quote)?;
+                undo::batch_keys(batch, &positions, true)
+            }
+            None => Vec::new(),
+        };
+        if let Some((log, b)) = &self.undo {
+            let mut conn = Conn::MySql(&mut self.tx);
+            for stmt in log.before_write(b, &keys) {
+                conn.exec(&stmt, &context).await?;
+            }
+        }
+        let n = write_chunks(
             &mut self.tx,
             &context,
             &batch.rows,
             self.packet_budget,
             |n| sql::insert(table, &columns, n),
         )
-        .await
+        .await?;
+        if let Some((log, b)) = &self.undo {
+            let mut conn = Conn::MySql(&mut self.tx);
+            for stmt in log.after_write(b, &keys) {
+                conn.exec(&stmt, &context).await?;
+            }
+        }
+        Ok(n)
     }
 
     /// Sets, rolls back to or releases the transaction's one savepoint.
@@ -462,8 +580,13 @@ impl MySqlReplace {
 
     /// Runs `extra`, then commits.
     pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
-        run_extra(&mut self.tx, extra).await?;
         let context = format!("replace in {}", self.table.quoted);
+        if let Some((log, b)) = &self.undo {
+            Conn::MySql(&mut self.tx)
+                .exec(&log.mark_deleted(b), &context)
+                .await?;
+        }
+        run_extra(&mut self.tx, extra).await?;
         self.tx.commit().await.map_err(|e| sql_error(&context, &e))
     }
 }

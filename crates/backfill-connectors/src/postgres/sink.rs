@@ -32,6 +32,7 @@ use crate::shared::{
     upsert_counts,
 };
 use crate::window::{bounds, named_values};
+use crate::undo::{self, Conn, Dialect, UndoBatch, UndoLog};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// The target table's columns as the catalog knows them.
@@ -108,6 +109,8 @@ pub struct PostgresSink {
     statement: Option<(Arc<str>, Vec<String>)>,
     /// The catalog's view of the table, read once.
     info: Mutex<Option<Arc<TableInfo>>>,
+    /// The undo log, built on the first write that keeps one.
+    undo_log: tokio::sync::OnceCell<Arc<UndoLog>>,
 }
 
 impl PostgresSink {
@@ -126,11 +129,153 @@ impl PostgresSink {
             time_format: spec.time_format.clone(),
             statement,
             info: Mutex::new(None),
+            undo_log: tokio::sync::OnceCell::new(),
         })
     }
 
     fn table(&self) -> Result<&Table, ConnectorError> {
         require_table(self.table.as_ref(), &self.mode)
+    }
+
+    /// The undo log of the target, its table created on first use.
+    async fn undo_log(&self) -> Result<Arc<UndoLog>, ConnectorError> {
+        let table = self.table()?;
+        self.undo_log
+            .get_or_try_init(|| async {
+                let log = undo::open_log!(
+                    &self.pool,
+                    Dialect::Postgres,
+                    crate::fingerprint::postgres::catalog,
+                    &table.name,
+                    &self.key,
+                    Postgres
+                );
+                Ok(Arc::new(log))
+            })
+            .await
+            .cloned()
+    }
+
+    /// `upsert` with the undo log of `undo` written in the same transaction.
+    pub async fn upsert_undo(
+        &self,
+        batch: &Batch,
+        extra: Option<&Extra>,
+        undo: Option<&UndoBatch>,
+    ) -> Result<RowCounts, ConnectorError> {
+        let log = match undo {
+            Some(_) => Some(self.undo_log().await?),
+            None => None,
+        };
+        let table = self.table()?;
+        let context = format!("upsert into {}", table.quoted);
+        let info = self.info(table).await?;
+        let columns = info.batch_columns(table, batch)?;
+        let key_positions = batch_key_positions(batch, &self.key)?;
+        let guard = match &self.guard {
+            Some(g) => Some(info.resolve(table, g)?.1),
+            None => None,
+        };
+        let keys = undo::batch_keys(batch, &key_positions, undo.is_some());
+        let hooks = match (&log, undo) {
+            (Some(log), Some(b)) => Some(UndoHooks {
+                log,
+                batch: b,
+                keys: &keys,
+            }),
+            _ => None,
+        };
+        let statement = UpsertStatement {
+            table: &table.quoted,
+            columns: &columns,
+            key: &key_positions,
+            guard: guard.as_deref(),
+            context: &context,
+            undo: hooks,
+        };
+        let (inserted, updated) = match array_arguments(batch, &columns)? {
+            Some((types, args)) => {
+                statement
+                    .run_arrays(&self.pool, &types, args, extra)
+                    .await?
+            }
+            None => statement.run_staged(&self.pool, batch, extra).await?,
+        };
+        Ok(upsert_counts(batch.rows.len() as u64, inserted, updated))
+    }
+
+    /// `propagate_deletes` in `upsert`: deletes the rows of `window` (by `column`) whose key
+    /// no batch of the run wrote, logging their before-images; returns the rows deleted.
+    pub async fn delete_missing(
+        &self,
+        window: &Window,
+        column: &str,
+        undo: &UndoBatch,
+    ) -> Result<u64, ConnectorError> {
+        let log = self.undo_log().await?;
+        let table = self.table()?;
+        let info = self.info(table).await?;
+        let (i, quoted) = info.resolve(table, column)?;
+        let context = format!("delete rows missing from the source in {}", table.quoted);
+        let bounds = bounds(window, &self.time_format);
+        let predicate = window_predicate(&quoted, &bounds, &info.types[i]);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        let [copy, delete] = log.delete_missing(undo, &predicate, &bounds);
+        let mut conn = Conn::Postgres(&mut tx);
+        conn.exec(&copy, &context).await?;
+        let deleted = conn.exec(&delete, &context).await?;
+        tx.commit().await.map_err(|e| sql_error(&context, &e))?;
+        Ok(deleted)
+    }
+
+    /// `begin_replace` with the window's before-images logged first.
+    pub async fn begin_replace_undo(
+        &self,
+        window: &Window,
+        undo: Option<&UndoBatch>,
+    ) -> Result<ReplaceTxn, ConnectorError> {
+        let log = match undo {
+            Some(_) => Some(self.undo_log().await?),
+            None => None,
+        };
+        let table = self.table()?;
+        let window_column = replace_column(&self.mode)?;
+        let info = self.info(table).await?;
+        let (i, column) = info.resolve(table, window_column)?;
+        let context = format!("delete window {window} from {}", table.quoted);
+        let bounds = bounds(window, &self.time_format);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        if let (Some(log), Some(b)) = (&log, undo) {
+            let predicate = window_predicate(&column, &bounds, &info.types[i]);
+            let stmt = log.before_window_delete(b, &predicate, &bounds, "updated");
+            Conn::Postgres(&mut tx).exec(&stmt, &context).await?;
+        }
+        // Text bounds (rfc3339, strftime) are parsed as the column's type, so they compare
+        // with a timestamp column as well as with a text one.
+        let cast = matches!(bounds[0], Value::Text(_)).then(|| info.types[i].as_str());
+        let text = sql::delete_window(&table.quoted, &column, cast);
+        let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        Ok(ReplaceTxn {
+            inner: ReplaceInner::Postgres(PostgresReplace {
+                tx,
+                table: table.clone(),
+                info,
+                undo: log.zip(undo.cloned()),
+                key: self.key.clone(),
+            }),
+            deleted: done.rows_affected(),
+        })
     }
 
     /// The table's columns, types and unique keys, read from the catalog once.
@@ -286,6 +431,43 @@ struct UpsertStatement<'a> {
     key: &'a [usize],
     guard: Option<&'a str>,
     context: &'a str,
+    /// The undo log to write in the same transaction, when `target.undo` is on.
+    undo: Option<UndoHooks<'a>>,
+}
+
+/// What a batch's undo log needs: the log, the partition and the batch's keys.
+#[derive(Clone, Copy)]
+struct UndoHooks<'a> {
+    log: &'a UndoLog,
+    batch: &'a UndoBatch,
+    keys: &'a [Vec<Value>],
+}
+
+impl UndoHooks<'_> {
+    async fn before(&self, conn: &mut PgConnection, context: &str) -> Result<(), ConnectorError> {
+        let mut conn = Conn::Postgres(conn);
+        for stmt in self.log.before_write(self.batch, self.keys) {
+            conn.exec(&stmt, context).await?;
+        }
+        Ok(())
+    }
+
+    async fn after(&self, conn: &mut PgConnection, context: &str) -> Result<(), ConnectorError> {
+        let mut conn = Conn::Postgres(conn);
+        for stmt in self.log.after_write(self.batch, self.keys) {
+            conn.exec(&stmt, context).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `t.column >= $ AND t.column < $` (as `?`), casting text bounds to the column's type.
+fn window_predicate(column: &str, bounds: &[Value], ty: &str) -> String {
+    if matches!(bounds.first(), Some(Value::Text(_))) {
+        format!("t.{column} >= CAST(? AS {ty}) AND t.{column} < CAST(? AS {ty})")
+    } else {
+        format!("t.{column} >= ? AND t.{column} < ?")
+    }
 }
 
 impl UpsertStatement<'_> {
@@ -312,23 +494,29 @@ impl UpsertStatement<'_> {
     ) -> Result<(u64, u64), ConnectorError> {
         let text = self.text(sql::UpsertFrom::Arrays(types));
         let query = sqlx::query_with(AssertSqlSafe(text), args);
-        let Some(extra) = extra else {
+        if extra.is_none() && self.undo.is_none() {
             let row = query
                 .fetch_one(pool)
                 .await
                 .map_err(|e| sql_error(self.context, &e))?;
             return self.counts(&row);
-        };
+        }
         let mut tx = pool
             .begin()
             .await
             .map_err(|e| sql_error(self.context, &e))?;
+        if let Some(hooks) = self.undo {
+            hooks.before(&mut tx, self.context).await?;
+        }
         let row = query
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| sql_error(self.context, &e))?;
         let counts = self.counts(&row)?;
-        run_extra(&mut tx, Some(extra)).await?;
+        if let Some(hooks) = self.undo {
+            hooks.after(&mut tx, self.context).await?;
+        }
+        run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(self.context, &e))?;
         Ok(counts)
     }
@@ -345,6 +533,9 @@ impl UpsertStatement<'_> {
         let context = self.context;
         let mut tx = pool.begin().await.map_err(|e| sql_error(context, &e))?;
         let mut counts = (0, 0);
+        if let Some(hooks) = self.undo {
+            hooks.before(&mut tx, context).await?;
+        }
         if !batch.rows.is_empty() {
             let stage = sql::create_stage(self.table, &self.columns.quoted);
             sqlx::raw_sql(AssertSqlSafe(stage))
@@ -359,6 +550,9 @@ impl UpsertStatement<'_> {
                 .await
                 .map_err(|e| sql_error(context, &e))?;
             counts = self.counts(&row)?;
+        }
+        if let Some(hooks) = self.undo {
+            hooks.after(&mut tx, context).await?;
         }
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(context, &e))?;
@@ -421,61 +615,11 @@ impl Sink for PostgresSink {
         batch: &Batch,
         extra: Option<&Extra>,
     ) -> Result<RowCounts, ConnectorError> {
-        let table = self.table()?;
-        let context = format!("upsert into {}", table.quoted);
-        let info = self.info(table).await?;
-        let columns = info.batch_columns(table, batch)?;
-        let key_positions = batch_key_positions(batch, &self.key)?;
-        let guard = match &self.guard {
-            Some(g) => Some(info.resolve(table, g)?.1),
-            None => None,
-        };
-        let statement = UpsertStatement {
-            table: &table.quoted,
-            columns: &columns,
-            key: &key_positions,
-            guard: guard.as_deref(),
-            context: &context,
-        };
-        let (inserted, updated) = match array_arguments(batch, &columns)? {
-            Some((types, args)) => {
-                statement
-                    .run_arrays(&self.pool, &types, args, extra)
-                    .await?
-            }
-            None => statement.run_staged(&self.pool, batch, extra).await?,
-        };
-        Ok(upsert_counts(batch.rows.len() as u64, inserted, updated))
+        self.upsert_undo(batch, extra, None).await
     }
 
     async fn begin_replace(&self, window: &Window) -> Result<ReplaceTxn, ConnectorError> {
-        let table = self.table()?;
-        let window_column = replace_column(&self.mode)?;
-        let info = self.info(table).await?;
-        let (i, column) = info.resolve(table, window_column)?;
-        let context = format!("delete window {window} from {}", table.quoted);
-        let bounds = bounds(window, &self.time_format);
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| sql_error(&context, &e))?;
-        // Text bounds (rfc3339, strftime) are parsed as the column's type, so they compare
-        // with a timestamp column as well as with a text one.
-        let cast = matches!(bounds[0], Value::Text(_)).then(|| info.types[i].as_str());
-        let text = sql::delete_window(&table.quoted, &column, cast);
-        let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| sql_error(&context, &e))?;
-        Ok(ReplaceTxn {
-            inner: ReplaceInner::Postgres(PostgresReplace {
-                tx,
-                table: table.clone(),
-                info,
-            }),
-            deleted: done.rows_affected(),
-        })
+        self.begin_replace_undo(window, None).await
     }
 
     async fn execute_sql(&self, window: &Window) -> Result<RowCounts, ConnectorError> {
@@ -502,6 +646,10 @@ pub struct PostgresReplace {
     tx: Transaction<'static, Postgres>,
     table: Table,
     info: Arc<TableInfo>,
+    /// The undo log and the partition it logs for, when `target.undo` is on.
+    undo: Option<(Arc<UndoLog>, UndoBatch)>,
+    /// Key columns, to log each inserted batch's keys.
+    key: Vec<String>,
 }
 
 impl fmt::Debug for PostgresReplace {
@@ -517,6 +665,21 @@ impl PostgresReplace {
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
         let columns = self.info.batch_columns(&self.table, batch)?;
+        let keys = match &self.undo {
+            Some(_) => undo::batch_keys(batch, &batch_key_positions(batch, &self.key)?, true),
+            None => Vec::new(),
+        };
+        if let Some((log, b)) = &self.undo {
+            let hooks = UndoHooks {
+                log,
+                batch: b,
+                keys: &keys,
+            };
+            hooks.before(&mut self.tx, &context).await?;
+            let n = copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await?;
+            hooks.after(&mut self.tx, &context).await?;
+            return Ok(n);
+        }
         copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await
     }
 
@@ -531,8 +694,13 @@ impl PostgresReplace {
 
     /// Runs `extra`, then commits.
     pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
-        run_extra(&mut self.tx, extra).await?;
         let context = format!("replace in {}", self.table.quoted);
+        if let Some((log, b)) = &self.undo {
+            Conn::Postgres(&mut self.tx)
+                .exec(&log.mark_deleted(b), &context)
+                .await?;
+        }
+        run_extra(&mut self.tx, extra).await?;
         self.tx.commit().await.map_err(|e| sql_error(&context, &e))
     }
 }

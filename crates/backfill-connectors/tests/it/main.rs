@@ -123,6 +123,9 @@ pub fn target_spec(url: &str, table: &str, key: &[&str], mode: WriteMode) -> Tar
         guard: None,
         pushdown: true,
         shadow: None,
+        undo: false,
+        propagate_deletes: false,
+        delete_window_column: None,
     }
 }
 

@@ -87,6 +87,9 @@ impl Db {
             guard: None,
             pushdown: false,
             shadow: None,
+            undo: false,
+            propagate_deletes: false,
+            delete_window_column: None,
         }
     }
 

@@ -100,6 +100,17 @@ pub struct TargetSpec {
     /// Let the databases move the rows themselves when they can (both SQLite today): the
     /// same batches, checkpoints and counts, without rows passing through the engine.
     pub pushdown: bool,
+    /// Keep an undo log (before-images and inserted keys, in `<table>__bf_undo` in the
+    /// target's database, written in each batch's transaction) so `backfill rollback` can
+    /// restore the run's scope. Default true in `upsert` and `replace`; always false in `sql`.
+    pub undo: bool,
+    /// Delete target rows of a window whose key is no longer in the source: `replace` does
+    /// by nature; `upsert` after a window's last batch, through the undo log. In the plan hash
+    /// (it changes the data written).
+    pub propagate_deletes: bool,
+    /// `upsert` with `propagate_deletes`: the target column compared with the window bounds
+    /// (`target.window_column`, else `source.time_column`). `None` otherwise.
+    pub delete_window_column: Option<String>,
     /// `mode = "shadow"`: rows are upserted by key (`mode` is [`WriteMode::Upsert`]) into a
     /// shadow copy of `table` that `backfill promote` swaps in; `None` in every other mode.
     pub shadow: Option<ShadowSpec>,

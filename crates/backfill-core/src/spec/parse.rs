@@ -12,6 +12,7 @@ mod scope;
 mod source;
 mod target;
 mod throttle;
+mod undo;
 mod url;
 mod validate;
 mod walker;
@@ -122,6 +123,9 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
         .as_ref()
         .map_or(TimeFormat::Rfc3339, |s| s.time_format.clone());
     let mut target = target_table.and_then(|t| target_spec(w, t, ctx, &source_format));
+    if let Some(target) = target.as_mut() {
+        undo::window_for_deletes(w, target, source.as_ref());
+    }
     if let Some(shadow) = target.as_mut().and_then(|t| t.shadow.as_mut()) {
         target::shadow_window(w, shadow, source.as_ref());
     }

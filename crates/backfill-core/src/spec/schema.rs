@@ -191,7 +191,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "string",
         None,
         true,
-        "`replace` mode: the target column compared with `:start`/`:end` when deleting a window. `shadow` mode (default `source.time_column`): the column that places a live row inside or outside the scope, for `seed_outside_scope` and for the live table's fingerprint `promote` compares.",
+        "`replace` mode: the target column compared with `:start`/`:end` when deleting a window; `upsert` mode with `propagate_deletes`: the column that bounds a window's deletions. `shadow` mode (default `source.time_column`): the column that places a live row inside or outside the scope, for `seed_outside_scope` and for the live table's fingerprint `promote` compares.",
     ),
     key(
         "target.seed_outside_scope",
@@ -227,6 +227,20 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         Some("true"),
         false,
         "When source and target are both SQLite files, SQLite moves each batch itself (`INSERT … SELECT` with the source attached): the same batches, checkpoints and counts, several times faster. `false` moves rows through the engine.",
+    ),
+    key(
+        "target.undo",
+        "boolean",
+        Some("true (upsert, replace)"),
+        false,
+        "Keep an undo log so `backfill rollback RUN` can restore the run's scope: for each key the run touched, the operation (inserted, updated, deleted), the row as it was before the run (the first before-image only: a replayed batch never overwrites it) and a hash of the row the run wrote (a row edited since is a conflict). It lives in the target's database, in the table `<table>__bf_undo`, written in each batch's transaction; `backfill cleanup RUN` drops a run's part. Refused in `sql` mode. With undo on, the SQLite-to-SQLite pushdown is not used.",
+    ),
+    key(
+        "target.propagate_deletes",
+        "boolean",
+        Some("false"),
+        false,
+        "Delete target rows of a window whose key is no longer in the source, counted as `deleted`; this is how a backfill honours erasure requests. `replace` does by nature; `upsert` deletes after each window's last batch, through the undo log (needs `undo`), bounding the window by `window_column` (or `[source] time_column`). Example: `propagate_deletes = true` with `window_column = \"created_at\"`.",
     ),
     key(
         "scope.start",

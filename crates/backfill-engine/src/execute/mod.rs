@@ -38,6 +38,7 @@ mod quarantine;
 mod replace;
 mod split;
 mod upsert;
+mod deletes;
 
 use attempt::{SlowCheck, run_partition};
 use quarantine::{isolate_rejected, rejected_row};
@@ -106,6 +107,17 @@ impl Ctx {
             ),
             class: ErrorClass::Permanent,
         })
+    }
+
+    /// The undo log's tag for `partition_id`'s writes, when `target.undo` is on.
+    pub(crate) fn undo_batch(&self, partition_id: &str) -> Option<backfill_connectors::UndoBatch> {
+        self.spec
+            .target
+            .undo
+            .then(|| backfill_connectors::UndoBatch {
+                run_id: self.run_id.clone(),
+                partition_id: partition_id.to_owned(),
+            })
     }
 
     /// Completes when workers must stop (at once if they must).

@@ -1,6 +1,7 @@
 //! Rows the target rejects: a batch split until each refused row stands alone, the refused
 //! rows recorded in the store's quarantine with their reason.
 
+use backfill_connectors::UndoBatch;
 use backfill_core::retry::ErrorClass;
 use backfill_core::secret::redact;
 use backfill_core::{Batch, RowCounts, Value};
@@ -17,6 +18,7 @@ pub(super) async fn isolate_rejected(
     ctx: &Ctx,
     batch: &Batch,
     key_positions: &[usize],
+    undo: Option<&UndoBatch>,
 ) -> Result<Written, AttemptError> {
     let mut counts = RowCounts::default();
     let mut rejected = Vec::new();
@@ -26,7 +28,7 @@ pub(super) async fn isolate_rejected(
             columns: batch.columns.clone(),
             rows: rows.to_vec(),
         };
-        match ctx.sink.upsert(&part, None).await {
+        match ctx.sink.upsert_undo(&part, None, undo).await {
             Ok(c) => counts.add(&c),
             Err(e) if e.class() == ErrorClass::Data && rows.len() > 1 => {
                 let (left, right) = rows.split_at(rows.len() / 2);

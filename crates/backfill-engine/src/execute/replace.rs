@@ -90,7 +90,11 @@ pub(super) async fn replace_rows(
     slow: SlowCheck,
 ) -> Result<(ReplaceTxn, RowCounts, Vec<Rejected>), AttemptError> {
     let batch_rows = ctx.spec.limits.batch_rows.get();
-    let mut txn = ctx.sink.begin_replace(&partition.window).await?;
+    let undo = ctx.undo_batch(&partition.id);
+    let mut txn = ctx
+        .sink
+        .begin_replace_undo(&partition.window, undo.as_ref())
+        .await?;
     let mut counts = RowCounts {
         deleted: txn.deleted(),
         ..RowCounts::default()

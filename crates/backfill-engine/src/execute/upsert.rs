@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use backfill_connectors::{ConnectorError, Extra, PushedBatch, RowStream};
+use backfill_connectors::{ConnectorError, Extra, PushedBatch, RowStream, UndoBatch};
 use backfill_core::retry::ErrorClass;
 use backfill_core::{Batch, Partition, RowCounts, Value};
 use backfill_store::Rejected;
@@ -83,6 +83,7 @@ impl Staged<'_, '_> {
         ctx: &Ctx,
         extra: Option<&Extra>,
         key_positions: &[usize],
+        undo: Option<&UndoBatch>,
     ) -> Result<Written, AttemptError> {
         match self {
             Staged::Pushed(batch) => Ok(Written {
@@ -90,14 +91,14 @@ impl Staged<'_, '_> {
                 rejected: Vec::new(),
                 extra_ran: extra.is_some(),
             }),
-            Staged::Rows(batch) => match ctx.sink.upsert(&batch, extra).await {
+            Staged::Rows(batch) => match ctx.sink.upsert_undo(&batch, extra, undo).await {
                 Ok(counts) => Ok(Written {
                     counts,
                     rejected: Vec::new(),
                     extra_ran: extra.is_some(),
                 }),
                 Err(e) if e.class() == ErrorClass::Data => {
-                    isolate_rejected(ctx, &batch, key_positions).await
+                    isolate_rejected(ctx, &batch, key_positions, undo).await
                 }
                 Err(e) => Err(e.into()),
             },
@@ -191,6 +192,7 @@ pub(super) async fn upsert_partition(
             return Err(AttemptError::SplitRequested);
         }
     }
+    total.deleted += super::deletes::propagate_deletes(ctx, partition, attempt, after.as_deref()).await?;
     Ok(total)
 }
 
@@ -256,7 +258,10 @@ impl BatchWrite<'_> {
             );
             Extra { sql, params }
         });
-        let written = staged.upsert(ctx, extra.as_ref(), positions).await?;
+        let undo = ctx.undo_batch(&partition.id);
+        let written = staged
+            .upsert(ctx, extra.as_ref(), positions, undo.as_ref())
+            .await?;
         ctx.store
             .quarantine(&ctx.run_id, &partition.id, attempt, &written.rejected)
             .await?;

@@ -69,6 +69,9 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
             guard: None,
             pushdown: true,
             shadow: None,
+            undo: false,
+            propagate_deletes: false,
+            delete_window_column: None,
         },
         scope: Scope::Time {
             start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),

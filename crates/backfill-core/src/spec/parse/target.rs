@@ -44,6 +44,7 @@ pub(super) fn target_spec(
     let seed_outside_scope = w.boolean(t, "target", "seed_outside_scope", false);
 
     let has_table = table.is_some() || table_span.is_some();
+    let delete_window_column = window_column.clone();
     let is_shadow = mode_raw.as_ref().is_some_and(|(m, _)| m == "shadow");
     let shadow = is_shadow.then(|| ShadowSpec {
         seed_outside_scope,
@@ -66,6 +67,7 @@ pub(super) fn target_spec(
     }
     let mode = write_mode(w, mode_raw, has_table, key.as_deref(), window_column, sql);
     let pushdown = w.boolean(t, "target", "pushdown", true);
+    let undo_flags = super::undo::undo_flags(w, t, mode.as_ref());
     if guard.is_some() && !matches!(mode, Some(WriteMode::Upsert)) {
         w.error(
             "target.guard",
@@ -82,6 +84,9 @@ pub(super) fn target_spec(
         mode: mode?,
         time_format: time_format?,
         pushdown,
+        undo: undo_flags.undo,
+        propagate_deletes: undo_flags.propagate_deletes,
+        delete_window_column,
         shadow,
     })
 }

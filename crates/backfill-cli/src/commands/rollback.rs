@@ -1,0 +1,103 @@
+//! `backfill rollback RUN [--dry-run] [--force]` and `backfill cleanup RUN`: the undo log's
+//! two commands (the work is `backfill_engine::rollback`). Progress on stderr, one line per
+//! partition; the result on stdout (text or `--json`).
+
+use backfill_engine::rollback::{self, RollbackError, RollbackOptions, RollbackSummary};
+use serde_json::json;
+
+use crate::UserError;
+use crate::args::{CleanupArgs, RollbackArgs};
+use crate::commands::run::{find_run, spec_of};
+use crate::commands::{open_store, thousands, whoami};
+use crate::output::Output;
+
+/// A refusal (running, no undo data) is the user's error (exit 2); the rest failed work.
+fn refusal(e: RollbackError, run_id: &str) -> anyhow::Error {
+    match &e {
+        RollbackError::Executing { .. } => UserError::new(e.to_string())
+            .hint(format!(
+                "wait for it to finish, or stop it first: `backfill cancel {run_id}`"
+            ))
+            .into(),
+        RollbackError::NoUndo { .. } => UserError::new(e.to_string())
+            .hint(
+                "only runs in `upsert` or `replace` mode with `undo` on (the default) keep undo \
+                 data, until `backfill cleanup`",
+            )
+            .into(),
+        _ => anyhow::Error::new(e),
+    }
+}
+
+pub(crate) async fn rollback(args: &RollbackArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let store = open_store(state).await?;
+    let run = find_run(&store, &args.run).await?;
+    let spec = spec_of(&run, args.spec.as_deref(), out)?;
+    let options = RollbackOptions {
+        actor: whoami(),
+        force: args.force,
+        dry_run: args.dry_run,
+    };
+    let verb = if args.dry_run { "would roll back" } else { "rolled back" };
+    let summary = rollback::rollback(&store, &spec, &run, &options, |p| {
+        out.note(format!(
+            "[{}/{}] partition {} {verb}: {} deleted, {} restored, {} conflicts",
+            p.index, p.total, p.partition_id, p.counts.deleted, p.counts.restored, p.counts.conflicts
+        ));
+    })
+    .await
+    .map_err(|e| refusal(e, &run.id))?;
+    report(&summary, &run.id, args, out);
+    Ok(())
+}
+
+fn report(summary: &RollbackSummary, run_id: &str, args: &RollbackArgs, out: Output) {
+    out.json(&json!({
+        "run_id": run_id,
+        "dry_run": args.dry_run,
+        "force": args.force,
+        "partitions": summary.partitions,
+        "deleted": summary.deleted,
+        "restored": summary.restored,
+        "conflicts": summary.conflicts,
+        "conflict_keys": summary.conflict_keys.iter()
+            .map(|(p, k)| json!({ "partition_id": p, "key": k }))
+            .collect::<Vec<_>>(),
+    }));
+    let what = if args.dry_run { "would delete" } else { "deleted" };
+    out.line(format!(
+        "run {run_id}: {} partition(s); {what} {} key(s) the run inserted, {} {} row(s) as they were before it",
+        summary.partitions,
+        thousands(summary.deleted),
+        if args.dry_run { "would restore" } else { "restored" },
+        thousands(summary.restored),
+    ));
+    if summary.conflicts > 0 {
+        out.line(format!(
+            "{} conflict(s): changed by someone else since the run wrote them, left as they are:",
+            thousands(summary.conflicts)
+        ));
+        for (partition, key) in &summary.conflict_keys {
+            out.line(format!("  {partition} key {key}"));
+        }
+        out.line(format!(
+            "to overwrite them with their before-images: `backfill rollback {run_id} --force`"
+        ));
+    }
+}
+
+pub(crate) async fn cleanup(args: &CleanupArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let store = open_store(state).await?;
+    let run = find_run(&store, &args.run).await?;
+    let spec = spec_of(&run, args.spec.as_deref(), out)?;
+    let dropped = rollback::cleanup(&store, &spec, &run, &whoami())
+        .await
+        .map_err(|e| refusal(e, &run.id))?;
+    out.json(&json!({ "run_id": run.id, "undo_rows_dropped": dropped }));
+    out.line(format!(
+        "run {}: dropped {} undo row(s); it can no longer be rolled back",
+        run.id,
+        thousands(dropped)
+    ));
+    Ok(())
+}

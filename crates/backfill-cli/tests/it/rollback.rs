@@ -1,0 +1,311 @@
+//! `backfill rollback` and `backfill cleanup` through the real binary, on SQLite, PostgreSQL
+//! and MySQL/MariaDB: the whole target's fingerprint before a run equals the one after the
+//! run and its rollback (upsert with 10% changed and 10% new rows, replace, and upsert with
+//! `propagate_deletes`); a row edited after the run is a conflict, kept unless `--force`;
+//! `--dry-run` changes nothing.
+
+use backfill_connectors::fingerprint::{Column, Db, Relation, Scan};
+use backfill_core::fingerprint::Fingerprint;
+use backfill_core::secret::SecretUrl;
+use backfill_testkit::servers::{Db as TestDb, System};
+use serde_json::Value as J;
+
+use crate::support::Workspace;
+
+const PER_DAY: i64 = 30;
+const DAYS: i64 = 10;
+
+fn ts(system: System, i: i64) -> String {
+    let day = (i - 1) / PER_DAY + 1;
+    let minute = (i - 1) % PER_DAY;
+    match system {
+        System::Sqlite => format!("2026-01-{day:02}T00:{minute:02}:00Z"),
+        _ => format!("2026-01-{day:02} 00:{minute:02}:00"),
+    }
+}
+
+fn tuples(system: System, ids: impl Iterator<Item = i64>) -> String {
+    ids.map(|i| {
+        let note = if i % 7 == 0 {
+            "NULL".to_owned()
+        } else {
+            format!("'note {i} é'")
+        };
+        format!("({i}, {}, '{}', {note})", i * 100, ts(system, i))
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+fn create(system: System, table: &str) -> String {
+    let ts = match system {
+        System::Sqlite => "TEXT",
+        System::Postgres => "timestamptz",
+        System::MySql => "DATETIME(6)",
+    };
+    format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, amount_cents BIGINT, ts {ts} NOT NULL, \
+         note VARCHAR(100))"
+    )
+}
+
+/// Source with 300 rows; target with the same but ids 1..=30 changed, 31..=60 missing and
+/// two extra rows (1001, 1002) in day 7.
+async fn fixture(system: System, ws: &Workspace) -> Option<(TestDb, TestDb)> {
+    let source = TestDb::open(system, ws.dir.path(), "bf_undo", "src").await?;
+    let target = TestDb::open(system, ws.dir.path(), "bf_undo", "dst").await?;
+    let src = source.table("src");
+    source.exec(&create(system, &src)).await;
+    source
+        .exec(&format!(
+            "INSERT INTO {src} VALUES {}",
+            tuples(system, 1..=PER_DAY * DAYS)
+        ))
+        .await;
+    let dst = target.table("dst");
+    target.exec(&create(system, &dst)).await;
+    target
+        .exec(&format!(
+            "INSERT INTO {dst} VALUES {}",
+            tuples(system, (1..=PER_DAY * DAYS).filter(|i| !(31..=60).contains(i)))
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE {dst} SET amount_cents = amount_cents + 1, note = 'old' WHERE id <= 30"
+        ))
+        .await;
+    let (a, b) = match system {
+        System::Sqlite => ("2026-01-07T12:00:00Z", "2026-01-07T13:00:00Z"),
+        _ => ("2026-01-07 12:00:00", "2026-01-07 13:00:00"),
+    };
+    target
+        .exec(&format!(
+            "INSERT INTO {dst} VALUES (1001, 5, '{a}', 'stray'), (1002, 6, '{b}', NULL)"
+        ))
+        .await;
+    Some((source, target))
+}
+
+fn spec(source: &TestDb, target: &TestDb, mode: &str) -> String {
+    let src = source.table("src");
+    format!(
+        r#"name = "undo_test"
+reason = "integration test"
+
+[source]
+url = "{}"
+query = "SELECT id, amount_cents, ts, note FROM {src} WHERE ts >= :start AND ts < :end"
+time_column = "ts"
+
+[target]
+url = "{}"
+table = "{}"
+key = ["id"]
+{mode}
+
+[scope]
+start = "2026-01-01T00:00:00Z"
+end = "2026-01-11T00:00:00Z"
+partition = "1d"
+"#,
+        source.url(),
+        target.url(),
+        target.table("dst"),
+    )
+}
+
+/// The whole target table's fingerprint, pushed down.
+async fn fingerprint(target: &TestDb) -> Fingerprint {
+    let table = target.table("dst").replace(['"', '`'], "");
+    let db = Db::open(&SecretUrl::new(target.url()), 1, true)
+        .await
+        .expect("open target");
+    let columns: Vec<Column> = db
+        .catalog(&table)
+        .await
+        .expect("catalog")
+        .iter()
+        .map(|c| c.column().expect("kind"))
+        .collect();
+    let scan = Scan {
+        relation: Relation::Table(&table),
+        columns: &columns,
+        range: None,
+    };
+    let fp = match &db {
+        Db::Sqlite(p) => backfill_connectors::fingerprint::sqlite::fingerprint(p, &scan).await,
+        Db::Postgres(p) => backfill_connectors::fingerprint::postgres::fingerprint(p, &scan).await,
+        Db::MySql(p) => backfill_connectors::fingerprint::mysql::fingerprint(p, &scan).await,
+    }
+    .expect("fingerprint");
+    db.close().await;
+    fp
+}
+
+fn run_id(ran: &crate::support::Ran) -> String {
+    ran.json()["run_id"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn run_then_rollback_restores_the_target(system: System, mode: &str, expect: [u64; 3]) {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(system, &ws).await else {
+        return;
+    };
+    let path = ws.write("spec.toml", &spec(&source, &target, mode));
+    let before = fingerprint(&target).await;
+
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let rows = &ran.json()["rows"];
+    let [inserted, updated, deleted] = expect;
+    assert_eq!(
+        (&rows["inserted"], &rows["updated"], &rows["deleted"]),
+        (&J::from(inserted), &J::from(updated), &J::from(deleted)),
+        "{ran:?}"
+    );
+    let id = run_id(&ran);
+    let after = fingerprint(&target).await;
+    assert_ne!(after, before);
+
+    // --dry-run reports and changes nothing.
+    let dry = ws.run(&["rollback", &id, "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert_eq!(dry.json()["conflicts"], 0, "{dry:?}");
+    assert_eq!(fingerprint(&target).await, after);
+
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    let json = back.json();
+    // The keys the run added (31..=60) go again, whatever the mode counted as inserted.
+    assert_eq!(json["deleted"], 30, "{json:#}");
+    assert_eq!(json["conflicts"], 0, "{json:#}");
+    assert_eq!(fingerprint(&target).await, before, "{back:?}");
+    assert!(back.stderr.contains("[10/10] partition"), "{back:?}");
+
+    // Again: nothing left to do, the target stays as it was.
+    let again = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(fingerprint(&target).await, before);
+
+    // Audited.
+    let audit = ws.run(&["audit", &id]);
+    assert!(audit.stdout.contains("rollback.started"), "{audit:?}");
+    assert!(audit.stdout.contains("rollback.finished"), "{audit:?}");
+
+    // cleanup drops the undo rows; a rollback is then refused (exit 2).
+    let clean = ws.run(&["cleanup", &id, "--json"]);
+    assert_eq!(clean.code, 0, "{clean:?}");
+    assert!(clean.json()["undo_rows_dropped"].as_u64() > Some(0), "{clean:?}");
+    let refused = ws.run(&["rollback", &id]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("no undo data"), "{refused:?}");
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+async fn edited_rows_are_conflicts_unless_forced(system: System) {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(system, &ws).await else {
+        return;
+    };
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let id = run_id(&ran);
+    // A live writer edits a row the run updated and one it inserted.
+    let dst = target.table("dst");
+    target
+        .exec(&format!(
+            "UPDATE {dst} SET note = 'live edit' WHERE id IN (5, 40)"
+        ))
+        .await;
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    let json = back.json();
+    assert_eq!(json["conflicts"], 2, "{json:#}");
+    let keys: Vec<&str> = json["conflict_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["5", "40"], "{json:#}");
+    assert_ne!(fingerprint(&target).await, before);
+    let text = ws.run(&["rollback", &id, "--dry-run"]);
+    assert!(text.stdout.contains("--force"), "{text:?}");
+
+    // The live rows are kept.
+    let forced = ws.run(&["rollback", &id, "--force", "--json"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert_eq!(fingerprint(&target).await, before, "{forced:?}");
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+const UPSERT: [u64; 3] = [30, 30, 0];
+
+#[tokio::test]
+async fn rollback_upsert_sqlite() {
+    run_then_rollback_restores_the_target(System::Sqlite, "", UPSERT).await;
+}
+
+#[tokio::test]
+async fn rollback_upsert_postgres() {
+    run_then_rollback_restores_the_target(System::Postgres, "", UPSERT).await;
+}
+
+#[tokio::test]
+async fn rollback_upsert_mysql() {
+    run_then_rollback_restores_the_target(System::MySql, "", UPSERT).await;
+}
+
+const REPLACE: &str = "mode = \"replace\"\nwindow_column = \"ts\"";
+
+#[tokio::test]
+async fn rollback_replace_sqlite() {
+    run_then_rollback_restores_the_target(System::Sqlite, REPLACE, [300, 0, 272]).await;
+}
+
+#[tokio::test]
+async fn rollback_replace_postgres() {
+    run_then_rollback_restores_the_target(System::Postgres, REPLACE, [300, 0, 272]).await;
+}
+
+#[tokio::test]
+async fn rollback_replace_mysql() {
+    run_then_rollback_restores_the_target(System::MySql, REPLACE, [300, 0, 272]).await;
+}
+
+const PROPAGATE: &str = "propagate_deletes = true";
+
+#[tokio::test]
+async fn propagate_deletes_then_rollback_sqlite() {
+    run_then_rollback_restores_the_target(System::Sqlite, PROPAGATE, [30, 30, 2]).await;
+}
+
+#[tokio::test]
+async fn propagate_deletes_then_rollback_postgres() {
+    run_then_rollback_restores_the_target(System::Postgres, PROPAGATE, [30, 30, 2]).await;
+}
+
+#[tokio::test]
+async fn propagate_deletes_then_rollback_mysql() {
+    run_then_rollback_restores_the_target(System::MySql, PROPAGATE, [30, 30, 2]).await;
+}
+
+#[tokio::test]
+async fn rollback_conflicts_sqlite() {
+    edited_rows_are_conflicts_unless_forced(System::Sqlite).await;
+}
+
+#[tokio::test]
+async fn rollback_conflicts_postgres() {
+    edited_rows_are_conflicts_unless_forced(System::Postgres).await;
+}
+
+#[tokio::test]
+async fn rollback_conflicts_mysql() {
+    edited_rows_are_conflicts_unless_forced(System::MySql).await;
+}

@@ -1,0 +1,924 @@
+//! The undo log of in-place writes (issue 11): what `backfill rollback` restores from.
+//!
+//! Owns: the table `<table>__bf_undo` in the target's own database (one per target table,
+//! shared by runs, each row tagged with its run), the statements that fill it inside a
+//! sink's write transaction, and the statements that restore a run's partition from it.
+//!
+//! Shape of the table: the bookkeeping columns `bf_undo_run`, `bf_undo_partition`,
+//! `bf_undo_op` (`inserted`, `updated`, `deleted`), `bf_undo_after` (the fingerprint row
+//! digest of the row as the run left it, NULL when the run left no row) and `bf_undo_state`
+//! (NULL, `conflict`, `restored`), then every column of the target with its type (created by
+//! `CREATE TABLE … AS SELECT` from the target, all nullable): the before-image. A UNIQUE
+//! index on the run and the key keeps one row per key per run.
+//!
+//! Protocol, per batch, in the batch's own transaction (so the log and the write commit or
+//! roll back together):
+//! 1. before the write, the existing target rows of the batch's keys are copied in as
+//!    `updated` (their before-image) and the batch's other keys recorded as `inserted`; both
+//!    with "insert or ignore", so only the FIRST before-image per key per run is kept and a
+//!    replayed batch never records the backfill's own values;
+//! 2. after the write, `bf_undo_after` is set to the digest of each batch key's row;
+//! 3. `replace` copies the whole window's rows before deleting it, and at commit marks the
+//!    ones the source did not have again as `deleted`; `upsert` with `propagate_deletes`
+//!    copies then deletes the window's rows whose key no batch of the run touched.
+//!
+//! Rollback of one partition is one transaction: rows whose current digest differs from
+//! `bf_undo_after` are marked `conflict` (someone else changed them; left alone unless
+//! forced), the others are deleted and their before-images inserted back, and marked
+//! `restored` in the same transaction, so a killed rollback re-run skips what it finished
+//! and ends the same. A dry run runs the same statements and rolls them back.
+//!
+//! Does not: talk to the state store (the engine audits and reports), nor decide which runs
+//! may be rolled back.
+//!
+//! Invariants: every value is bound; names are validated identifiers, quoted. The digest is
+//! `backfill_core::fingerprint`'s row digest computed by the same SQL at write and at
+//! rollback time, over the columns the dialect can canonicalise (JSON is left out).
+
+use backfill_core::value::Value;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::ConnectorError;
+use crate::fingerprint::{Catalogued, Column};
+use crate::shared::quote_ident;
+
+/// Which run and partition a batch's undo rows belong to; the engine passes it with each
+/// write when `target.undo` is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndoBatch {
+    /// The run id.
+    pub run_id: String,
+    /// The partition id.
+    pub partition_id: String,
+}
+
+/// The SQL dialect of the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Dialect {
+    fn quote(self, name: &str) -> String {
+        quote_ident(name, if self == Dialect::MySql { '`' } else { '"' })
+    }
+
+    /// A text type for the bookkeeping columns.
+    fn text_type(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "TEXT",
+            Dialect::Postgres => "text",
+            Dialect::MySql => "CHAR(191)",
+        }
+    }
+
+    fn cast_text(self, x: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("CAST({x} AS TEXT)"),
+            Dialect::Postgres => format!("CAST({x} AS text)"),
+            Dialect::MySql => format!("CAST({x} AS CHAR)"),
+        }
+    }
+
+    /// `INSERT` that skips rows whose (run, key) is already logged: prefix and suffix.
+    fn insert_ignore(self) -> (&'static str, &'static str) {
+        match self {
+            Dialect::Sqlite => ("INSERT OR IGNORE INTO", ""),
+            Dialect::Postgres => ("INSERT INTO", " ON CONFLICT DO NOTHING"),
+            Dialect::MySql => (
+                "INSERT INTO",
+                " ON DUPLICATE KEY UPDATE bf_undo_run = bf_undo_run",
+            ),
+        }
+    }
+}
+
+/// A statement with `?` placeholders (renumbered `$n` for PostgreSQL when run) and values.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stmt {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Value>,
+}
+
+/// `?` placeholders as `$1…$n`, for PostgreSQL. Our SQL never holds a `?` elsewhere: names
+/// are validated identifiers and the literals are ours.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Each row's key values (empty unless `wanted`).
+pub(crate) fn batch_keys(
+    batch: &backfill_core::value::Batch,
+    positions: &[usize],
+    wanted: bool,
+) -> Vec<Vec<Value>> {
+    if !wanted {
+        return Vec::new();
+    }
+    batch
+        .rows
+        .iter()
+        .map(|r| positions.iter().map(|&p| r[p].clone()).collect())
+        .collect()
+}
+
+/// The name of the undo table of `table` (`t` → `t__bf_undo`, `s.t` → `s.t__bf_undo`).
+pub fn undo_table_name(table: &str) -> String {
+    format!("{table}__bf_undo")
+}
+
+/// The undo log of one target table: its names and SQL pieces, built once per sink.
+#[derive(Debug)]
+pub(crate) struct UndoLog {
+    dialect: Dialect,
+    /// The target, quoted.
+    target: String,
+    /// The undo table, quoted.
+    undo: String,
+    /// Key columns, quoted.
+    key: Vec<String>,
+    /// Every target column, quoted, in the table's order.
+    columns: Vec<String>,
+    /// The digest expression over alias `t` of the target.
+    digest: String,
+}
+
+/// Runs statements on one connection of the target (inside a transaction or not).
+pub(crate) enum Conn<'c> {
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    Postgres(&'c mut sqlx::PgConnection),
+    MySql(&'c mut sqlx::MySqlConnection),
+}
+
+impl Conn<'_> {
+    /// Executes `stmt`; returns the rows affected.
+    pub(crate) async fn exec(&mut self, stmt: &Stmt, context: &str) -> Result<u64, ConnectorError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let args = crate::sqlite::arguments(&stmt.params, stmt.params.len())?;
+                sqlx::query_with(AssertSqlSafe(stmt.sql.clone()), args)
+                    .execute(&mut **c)
+                    .await
+                    .map(|d| d.rows_affected())
+                    .map_err(|e| crate::sqlite::sql_error(context, &e))
+            }
+            Conn::Postgres(c) => {
+                let args = crate::postgres::arguments(&stmt.params)?;
+                sqlx::query_with(AssertSqlSafe(numbered(&stmt.sql)), args)
+                    .execute(&mut **c)
+                    .await
+                    .map(|d| d.rows_affected())
+                    .map_err(|e| crate::postgres::sql_error(context, &e))
+            }
+            Conn::MySql(c) => {
+                let args = crate::mysql::arguments(&stmt.params)?;
+                sqlx::query_with(AssertSqlSafe(stmt.sql.clone()), args)
+                    .execute(&mut **c)
+                    .await
+                    .map(|d| d.rows_affected())
+                    .map_err(|e| crate::mysql::sql_error(context, &e))
+            }
+        }
+    }
+
+    /// Runs `stmt` and reads every column of every row as text (NULL as `None`).
+    pub(crate) async fn texts(
+        &mut self,
+        stmt: &Stmt,
+        context: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ConnectorError> {
+        fn read<R: Row>(rows: Vec<R>, context: &str, err: fn(&str, &sqlx::Error) -> ConnectorError) -> Result<Vec<Vec<Option<String>>>, ConnectorError>
+        where
+            for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            usize: sqlx::ColumnIndex<R>,
+        {
+            rows.iter()
+                .map(|row| {
+                    (0..row.len())
+                        .map(|i| row.try_get::<Option<String>, _>(i).map_err(|e| err(context, &e)))
+                        .collect()
+                })
+                .collect()
+        }
+        match self {
+            Conn::Sqlite(c) => {
+                let args = crate::sqlite::arguments(&stmt.params, stmt.params.len())?;
+                let rows = sqlx::query_with(AssertSqlSafe(stmt.sql.clone()), args)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(|e| crate::sqlite::sql_error(context, &e))?;
+                read(rows, context, |c, e| crate::sqlite::sql_error(c, e))
+            }
+            Conn::Postgres(c) => {
+                let args = crate::postgres::arguments(&stmt.params)?;
+                let rows = sqlx::query_with(AssertSqlSafe(numbered(&stmt.sql)), args)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(|e| crate::postgres::sql_error(context, &e))?;
+                read(rows, context, |c, e| crate::postgres::sql_error(c, e))
+            }
+            Conn::MySql(c) => {
+                let args = crate::mysql::arguments(&stmt.params)?;
+                let rows = sqlx::query_with(AssertSqlSafe(stmt.sql.clone()), args)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(|e| crate::mysql::sql_error(context, &e))?;
+                read(rows, context, |c, e| crate::mysql::sql_error(c, e))
+            }
+        }
+    }
+}
+
+pub(crate) const CONTEXT: &str = "undo log";
+
+/// Keys per statement: keeps every statement far below each system's parameter limit.
+const KEYS_PER_STMT: usize = 1000;
+
+impl UndoLog {
+    /// The log of `table` (as written in the spec) with `key`, from the target's catalog.
+    pub(crate) fn new(
+        dialect: Dialect,
+        table: &str,
+        key: &[String],
+        catalog: &[Catalogued],
+    ) -> Result<UndoLog, ConnectorError> {
+        let hashed: Vec<Column> = catalog
+            .iter()
+            .filter_map(|c| c.kind.map(|k| Column::new(c.name.clone(), k)))
+            .collect();
+        let digest = match dialect {
+            Dialect::Sqlite => crate::fingerprint::sqlite::row_digest(&hashed, "t"),
+            Dialect::Postgres => crate::fingerprint::postgres::row_digest(&hashed, "t")?,
+            Dialect::MySql => crate::fingerprint::mysql::row_digest(&hashed, "t")?,
+        };
+        Ok(UndoLog {
+            dialect,
+            target: dialect.quote(table),
+            undo: dialect.quote(&undo_table_name(table)),
+            key: key.iter().map(|k| dialect.quote(k)).collect(),
+            columns: catalog.iter().map(|c| dialect.quote(&c.name)).collect(),
+            digest,
+        })
+    }
+
+    /// The statements that create the undo table and its index when missing (run outside
+    /// any write transaction: DDL commits implicitly in MySQL).
+    pub(crate) fn create(&self, table: &str) -> Vec<Stmt> {
+        let d = self.dialect;
+        let ty = d.text_type();
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {} AS SELECT CAST(NULL AS {ty}) AS bf_undo_run, \
+             CAST(NULL AS {ty}) AS bf_undo_partition, CAST(NULL AS {ty}) AS bf_undo_op, \
+             CAST(NULL AS {ty}) AS bf_undo_after, CAST(NULL AS {ty}) AS bf_undo_state, t.* \
+             FROM (SELECT 1 AS bf_one) AS d LEFT JOIN {} AS t ON 1 = 0 WHERE 1 = 0",
+            self.undo, self.target
+        );
+        let name = table.rsplit('.').next().unwrap_or(table);
+        let index = d.quote(&format!("{name}__bf_undo_key"));
+        let if_not = if d == Dialect::MySql { "" } else { "IF NOT EXISTS " };
+        let index = format!(
+            "CREATE UNIQUE INDEX {if_not}{index} ON {} (bf_undo_run, {})",
+            self.undo,
+            self.key.join(", ")
+        );
+        vec![
+            Stmt {
+                sql: create,
+                params: vec![],
+            },
+            Stmt {
+                sql: index,
+                params: vec![],
+            },
+        ]
+    }
+
+    /// `(k) IN ((?, ?), …)` over `alias`'s key columns, for `n` keys.
+    fn key_in(&self, alias: &str, n: usize) -> String {
+        let cols: Vec<String> = self.key.iter().map(|k| format!("{alias}{k}")).collect();
+        let one = format!("({})", vec!["?"; self.key.len()].join(", "));
+        if self.key.len() == 1 {
+            format!("{} IN ({})", cols[0], vec!["?"; n].join(", "))
+        } else {
+            format!("({}) IN ({})", cols.join(", "), vec![one; n].join(", "))
+        }
+    }
+
+    /// `u.k1 = t.k1 AND …`.
+    fn key_eq(&self, a: &str, b: &str) -> String {
+        self.key
+            .iter()
+            .map(|k| format!("{a}.{k} = {b}.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// Statements run before a batch's write: the before-images of its existing keys
+    /// (`updated`), then its other keys (`inserted`). `keys` holds each row's key values.
+    pub(crate) fn before_write(&self, b: &UndoBatch, keys: &[Vec<Value>]) -> Vec<Stmt> {
+        let (ins, ign) = self.dialect.insert_ignore();
+        let mut out = Vec::new();
+        for chunk in keys.chunks(KEYS_PER_STMT) {
+            let mut params = vec![
+                Value::Text(b.run_id.clone()),
+                Value::Text(b.partition_id.clone()),
+            ];
+            params.extend(chunk.iter().flatten().cloned());
+            let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{c}")).collect();
+            out.push(Stmt {
+                sql: format!(
+                    "{ins} {} (bf_undo_run, bf_undo_partition, bf_undo_op, {}) SELECT ?, ?, \
+                     'updated', {} FROM {} AS t WHERE {}{ign}",
+                    self.undo,
+                    self.columns.join(", "),
+                    cols.join(", "),
+                    self.target,
+                    self.key_in("t.", chunk.len())
+                ),
+                params,
+            });
+            let row = format!("(?, ?, 'inserted', {})", vec!["?"; self.key.len()].join(", "));
+            let mut params = Vec::new();
+            for key in chunk {
+                params.push(Value::Text(b.run_id.clone()));
+                params.push(Value::Text(b.partition_id.clone()));
+                params.extend(key.iter().cloned());
+            }
+            out.push(Stmt {
+                sql: format!(
+                    "{ins} {} (bf_undo_run, bf_undo_partition, bf_undo_op, {}) VALUES {}{ign}",
+                    self.undo,
+                    self.key.join(", "),
+                    vec![row; chunk.len()].join(", ")
+                ),
+                params,
+            });
+        }
+        out
+    }
+
+    /// Statements run after a batch's write: the digest of each of its keys' rows now.
+    pub(crate) fn after_write(&self, b: &UndoBatch, keys: &[Vec<Value>]) -> Vec<Stmt> {
+        let mut out = Vec::new();
+        if self.dialect == Dialect::Postgres {
+            // The digest prints timestamps in the session's zone: pin it (rollback does too).
+            out.push(Stmt {
+                sql: "SET LOCAL TimeZone = 'UTC'".to_owned(),
+                params: vec![],
+            });
+        }
+        for chunk in keys.chunks(KEYS_PER_STMT) {
+            let mut params = vec![Value::Text(b.run_id.clone())];
+            params.extend(chunk.iter().flatten().cloned());
+            out.push(Stmt {
+                sql: format!(
+                    "UPDATE {} AS u SET bf_undo_after = (SELECT {} FROM {} AS t WHERE {}) \
+                     WHERE u.bf_undo_run = ? AND {}",
+                    self.undo,
+                    self.digest,
+                    self.target,
+                    self.key_eq("t", "u"),
+                    self.key_in("u.", chunk.len())
+                ),
+                params,
+            });
+        }
+        out
+    }
+
+    /// Before a window is deleted (`replace`): the before-images of its rows. `predicate`
+    /// is the window's condition over alias `t` with two `?` for `bounds`.
+    pub(crate) fn before_window_delete(
+        &self,
+        b: &UndoBatch,
+        predicate: &str,
+        bounds: &[Value],
+        op: &str,
+    ) -> Stmt {
+        let (ins, ign) = self.dialect.insert_ignore();
+        let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{c}")).collect();
+        let mut params = vec![
+            Value::Text(b.run_id.clone()),
+            Value::Text(b.partition_id.clone()),
+            Value::Text(op.to_owned()),
+        ];
+        params.extend(bounds.iter().cloned());
+        Stmt {
+            sql: format!(
+                "{ins} {} (bf_undo_run, bf_undo_partition, bf_undo_op, {}) SELECT ?, ?, ?, {} \
+                 FROM {} AS t WHERE {predicate}{ign}",
+                self.undo,
+                self.columns.join(", "),
+                cols.join(", "),
+                self.target
+            ),
+            params,
+        }
+    }
+
+    /// At a `replace` commit: the window's logged keys the source did not write again are
+    /// `deleted`.
+    pub(crate) fn mark_deleted(&self, b: &UndoBatch) -> Stmt {
+        Stmt {
+            sql: format!(
+                "UPDATE {} SET bf_undo_op = 'deleted' WHERE bf_undo_run = ? AND \
+                 bf_undo_partition = ? AND bf_undo_op = 'updated' AND bf_undo_after IS NULL",
+                self.undo
+            ),
+            params: vec![
+                Value::Text(b.run_id.clone()),
+                Value::Text(b.partition_id.clone()),
+            ],
+        }
+    }
+
+    /// `propagate_deletes` in `upsert`: copies the window's rows whose key no batch of the
+    /// run wrote as `deleted`, then deletes them (two statements; the second's count is the
+    /// rows deleted). `predicate` as in [`before_window_delete`](Self::before_window_delete).
+    pub(crate) fn delete_missing(
+        &self,
+        b: &UndoBatch,
+        predicate: &str,
+        bounds: &[Value],
+    ) -> [Stmt; 2] {
+        let (ins, ign) = self.dialect.insert_ignore();
+        let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{c}")).collect();
+        let mut params = vec![
+            Value::Text(b.run_id.clone()),
+            Value::Text(b.partition_id.clone()),
+        ];
+        params.extend(bounds.iter().cloned());
+        params.push(Value::Text(b.run_id.clone()));
+        let copy = Stmt {
+            sql: format!(
+                "{ins} {} (bf_undo_run, bf_undo_partition, bf_undo_op, {}) SELECT ?, ?, \
+                 'deleted', {} FROM {} AS t WHERE {predicate} AND NOT EXISTS (SELECT 1 FROM {} \
+                 AS u WHERE u.bf_undo_run = ? AND {}){ign}",
+                self.undo,
+                self.columns.join(", "),
+                cols.join(", "),
+                self.target,
+                self.undo,
+                self.key_eq("u", "t")
+            ),
+            params,
+        };
+        let delete = Stmt {
+            sql: format!(
+                "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM {} WHERE bf_undo_run = ? AND \
+                 bf_undo_partition = ? AND bf_undo_op = 'deleted' AND bf_undo_state IS NULL)",
+                self.target,
+                self.key.join(", "),
+                self.key.join(", "),
+                self.undo
+            ),
+            params: vec![
+                Value::Text(b.run_id.clone()),
+                Value::Text(b.partition_id.clone()),
+            ],
+        };
+        [copy, delete]
+    }
+}
+
+/// What rolling back one partition did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollbackCounts {
+    /// Keys the run inserted, deleted again.
+    pub deleted: u64,
+    /// Keys the run updated or deleted, their before-image restored.
+    pub restored: u64,
+    /// Keys changed by someone else since the run wrote them, left as they are.
+    pub conflicts: u64,
+    /// Up to [`CONFLICT_SAMPLE`] conflicting keys, each as its key values joined by `,`.
+    pub conflict_keys: Vec<String>,
+}
+
+/// How many conflicting keys a partition's rollback names.
+pub const CONFLICT_SAMPLE: usize = 20;
+
+impl UndoLog {
+    fn run_part(b: &UndoBatch) -> Vec<Value> {
+        vec![
+            Value::Text(b.run_id.clone()),
+            Value::Text(b.partition_id.clone()),
+        ]
+    }
+
+    /// The rows a rollback acts on: pending ones, and with `force` the conflicts too.
+    fn pending(force: bool) -> &'static str {
+        if force {
+            "(bf_undo_state IS NULL OR bf_undo_state = 'conflict')"
+        } else {
+            "bf_undo_state IS NULL"
+        }
+    }
+
+    /// The rollback statements of one partition, in order; see the module doc.
+    fn rollback_steps(&self, b: &UndoBatch, force: bool) -> Vec<Stmt> {
+        let mut out = Vec::new();
+        if self.dialect == Dialect::Postgres {
+            out.push(Stmt {
+                sql: "SET LOCAL TimeZone = 'UTC'".to_owned(),
+                params: vec![],
+            });
+        }
+        if !force {
+            out.push(Stmt {
+                sql: format!(
+                    "UPDATE {} AS u SET bf_undo_state = 'conflict' WHERE u.bf_undo_run = ? AND \
+                     u.bf_undo_partition = ? AND u.bf_undo_state IS NULL AND \
+                     COALESCE((SELECT {} FROM {} AS t WHERE {}), '-') <> \
+                     COALESCE(u.bf_undo_after, '-')",
+                    self.undo,
+                    self.digest,
+                    self.target,
+                    self.key_eq("t", "u")
+                ),
+                params: Self::run_part(b),
+            });
+        }
+        let pending = Self::pending(force);
+        let key = self.key.join(", ");
+        out.push(Stmt {
+            sql: format!(
+                "DELETE FROM {} WHERE ({key}) IN (SELECT {key} FROM {} WHERE bf_undo_run = ? AND \
+                 bf_undo_partition = ? AND {pending})",
+                self.target, self.undo
+            ),
+            params: Self::run_part(b),
+        });
+        let cols = self.columns.join(", ");
+        out.push(Stmt {
+            sql: format!(
+                "INSERT INTO {} ({cols}) SELECT {cols} FROM {} WHERE bf_undo_run = ? AND \
+                 bf_undo_partition = ? AND bf_undo_op <> 'inserted' AND {pending}",
+                self.target, self.undo
+            ),
+            params: Self::run_part(b),
+        });
+        out.push(Stmt {
+            sql: format!(
+                "UPDATE {} SET bf_undo_state = 'restored' WHERE bf_undo_run = ? AND \
+                 bf_undo_partition = ? AND {pending}",
+                self.undo
+            ),
+            params: Self::run_part(b),
+        });
+        out
+    }
+
+    /// The conflicting keys of `b`, at most [`CONFLICT_SAMPLE`], and their count.
+    async fn conflicts(
+        &self,
+        conn: &mut Conn<'_>,
+        b: &UndoBatch,
+    ) -> Result<(u64, Vec<String>), ConnectorError> {
+        let keys: Vec<String> = self.key.iter().map(|k| self.dialect.cast_text(k)).collect();
+        let stmt = Stmt {
+            sql: format!(
+                "SELECT {} FROM {} WHERE bf_undo_run = ? AND bf_undo_partition = ? AND \
+                 bf_undo_state = 'conflict' ORDER BY {}",
+                keys.join(", "),
+                self.undo,
+                self.key.join(", ")
+            ),
+            params: Self::run_part(b),
+        };
+        let rows = conn.texts(&stmt, CONTEXT).await?;
+        let sample = rows
+            .iter()
+            .take(CONFLICT_SAMPLE)
+            .map(|r| {
+                r.iter()
+                    .map(|v| v.clone().unwrap_or_else(|| "NULL".to_owned()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        Ok((rows.len() as u64, sample))
+    }
+
+    /// Rolls back partition `b` on `conn`, which must be inside a transaction the caller
+    /// commits (or, for a dry run, rolls back).
+    pub(crate) async fn rollback(
+        &self,
+        conn: &mut Conn<'_>,
+        b: &UndoBatch,
+        force: bool,
+    ) -> Result<RollbackCounts, ConnectorError> {
+        for stmt in self.rollback_steps(b, force) {
+            conn.exec(&stmt, CONTEXT).await?;
+        }
+        let (conflicts, conflict_keys) = self.conflicts(conn, b).await?;
+        let mut counts = RollbackCounts {
+            conflicts,
+            conflict_keys,
+            ..RollbackCounts::default()
+        };
+        // Counted from the log: a rollback resumed after a kill reports the whole.
+        let restored = conn
+            .texts(
+                &Stmt {
+                    sql: format!(
+                        "SELECT bf_undo_op, {} FROM {} WHERE bf_undo_run = ? AND \
+                         bf_undo_partition = ? AND bf_undo_state = 'restored' GROUP BY bf_undo_op",
+                        self.dialect.cast_text("COUNT(*)"),
+                        self.undo
+                    ),
+                    params: Self::run_part(b),
+                },
+                CONTEXT,
+            )
+            .await?;
+        for row in restored {
+            let n: u64 = row
+                .get(1)
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if row.first().and_then(|v| v.as_deref()) == Some("inserted") {
+                counts.deleted += n;
+            } else {
+                counts.restored += n;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The partitions of `run` that have undo rows, in order.
+    pub(crate) async fn partitions(
+        &self,
+        conn: &mut Conn<'_>,
+        run: &str,
+    ) -> Result<Vec<String>, ConnectorError> {
+        let stmt = Stmt {
+            sql: format!(
+                "SELECT DISTINCT bf_undo_partition FROM {} WHERE bf_undo_run = ? ORDER BY \
+                 bf_undo_partition",
+                self.undo
+            ),
+            params: vec![Value::Text(run.to_owned())],
+        };
+        Ok(conn
+            .texts(&stmt, CONTEXT)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect())
+    }
+
+    /// Rows of `run` in the log; `None` when the undo table does not exist.
+    pub(crate) async fn size(&self, conn: &mut Conn<'_>, run: &str) -> Option<u64> {
+        let stmt = Stmt {
+            sql: format!(
+                "SELECT {} FROM {} WHERE bf_undo_run = ?",
+                self.dialect.cast_text("COUNT(*)"),
+                self.undo
+            ),
+            params: vec![Value::Text(run.to_owned())],
+        };
+        let rows = conn.texts(&stmt, CONTEXT).await.ok()?;
+        rows.first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Deletes `run`'s rows from the log; returns how many.
+    pub(crate) async fn drop_run(
+        &self,
+        conn: &mut Conn<'_>,
+        run: &str,
+    ) -> Result<u64, ConnectorError> {
+        let stmt = Stmt {
+            sql: format!("DELETE FROM {} WHERE bf_undo_run = ?", self.undo),
+            params: vec![Value::Text(run.to_owned())],
+        };
+        conn.exec(&stmt, CONTEXT).await
+    }
+}
+
+/// Runs `$body` with `$conn` a [`Conn`] on a pooled connection of `$target`.
+macro_rules! with_conn {
+    ($target:expr, $conn:ident, $body:expr) => {{
+        let acquire_err = |e: sqlx::Error| ConnectorError::Sql {
+            context: CONTEXT.to_owned(),
+            message: e.to_string(),
+            class: backfill_core::retry::ErrorClass::Transient,
+        };
+        match &$target.pool {
+            Pool::Sqlite(p) => {
+                let mut c = p.acquire().await.map_err(acquire_err)?;
+                let mut $conn = Conn::Sqlite(&mut c);
+                $body
+            }
+            Pool::Postgres(p) => {
+                let mut c = p.acquire().await.map_err(acquire_err)?;
+                let mut $conn = Conn::Postgres(&mut c);
+                $body
+            }
+            Pool::MySql(p) => {
+                let mut c = p.acquire().await.map_err(acquire_err)?;
+                let mut $conn = Conn::MySql(&mut c);
+                $body
+            }
+        }
+    }};
+}
+
+/// A pool of the target's database, for the undo log outside the run.
+#[derive(Debug)]
+enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+/// The undo log of a spec's target, opened for `rollback`, `cleanup` and `status`.
+#[derive(Debug)]
+pub struct UndoTarget {
+    pool: Pool,
+    log: UndoLog,
+    /// Whether the undo table exists.
+    exists: bool,
+}
+
+/// Reads the target's catalog and builds its log.
+pub(crate) async fn catalog_log(
+    dialect: Dialect,
+    catalog: Vec<Catalogued>,
+    table: &str,
+    key: &[String],
+) -> Result<UndoLog, ConnectorError> {
+    if catalog.is_empty() {
+        return Err(ConnectorError::Data {
+            message: format!("target table \"{table}\" not found (the undo log copies its columns)"),
+        });
+    }
+    UndoLog::new(dialect, table, key, &catalog)
+}
+
+/// Builds the undo log of `table` on `pool`, creating its table when missing.
+macro_rules! open_log {
+    ($pool:expr, $dialect:expr, $catalog:path, $table:expr, $key:expr, $conn:ident) => {{
+        let log = $crate::undo::catalog_log($dialect, $catalog($pool, $table).await?, $table, $key).await?;
+        let mut c = $pool.acquire().await.map_err(|e| $crate::ConnectorError::Sql {
+            context: $crate::undo::CONTEXT.to_owned(),
+            message: e.to_string(),
+            class: backfill_core::retry::ErrorClass::Transient,
+        })?;
+        let mut conn = $crate::undo::Conn::$conn(&mut c);
+        log.ensure(&mut conn, $table).await?;
+        log
+    }};
+}
+pub(crate) use open_log;
+
+impl UndoLog {
+    /// Creates the undo table and its index when missing.
+    pub(crate) async fn ensure(&self, conn: &mut Conn<'_>, table: &str) -> Result<(), ConnectorError> {
+        let [create, index]: [Stmt; 2] = match self.create(table).try_into() {
+            Ok(pair) => pair,
+            Err(_) => return Ok(()),
+        };
+        conn.exec(&create, CONTEXT).await?;
+        match conn.exec(&index, CONTEXT).await {
+            // MySQL has no `IF NOT EXISTS` for indexes: an existing one is fine.
+            Err(e) if self.dialect == Dialect::MySql && e.to_string().contains("Duplicate key name") => {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+}
+
+impl UndoTarget {
+    /// Opens the target of `spec` and reads whether its undo log exists (nothing is
+    /// created: a target without a log has no undo data).
+    pub async fn open(spec: &backfill_core::spec::TargetSpec) -> Result<UndoTarget, ConnectorError> {
+        let table = spec.table.as_deref().ok_or_else(|| ConnectorError::Data {
+            message: "`sql` mode has no undo log".to_owned(),
+        })?;
+        let undo_name = undo_table_name(table);
+        let url = &spec.url;
+        let (pool, dialect, catalog, undo_catalog) = match url.scheme().as_str() {
+            "sqlite" => {
+                let p = crate::sqlite::connect(url, 2, crate::sqlite::Role::Target).await?;
+                let c = crate::fingerprint::sqlite::catalog(&p, table).await?;
+                let u = crate::fingerprint::sqlite::catalog(&p, &undo_name).await?;
+                (Pool::Sqlite(p), Dialect::Sqlite, c, u)
+            }
+            "mysql" => {
+                let p = crate::mysql::connect(url, 2).await?;
+                let c = crate::fingerprint::mysql::catalog(&p, table).await?;
+                let u = crate::fingerprint::mysql::catalog(&p, &undo_name).await?;
+                (Pool::MySql(p), Dialect::MySql, c, u)
+            }
+            "postgres" | "postgresql" => {
+                let p = crate::postgres::connect(url, 2).await?;
+                let c = crate::fingerprint::postgres::catalog(&p, table).await?;
+                let u = crate::fingerprint::postgres::catalog(&p, &undo_name).await?;
+                (Pool::Postgres(p), Dialect::Postgres, c, u)
+            }
+            other => return Err(crate::unsupported(other, url)),
+        };
+        let log = catalog_log(dialect, catalog, table, &spec.key).await?;
+        Ok(UndoTarget {
+            pool,
+            log,
+            exists: !undo_catalog.is_empty(),
+        })
+    }
+
+    /// The partitions of `run` with undo rows, in order.
+    pub async fn partitions(&self, run: &str) -> Result<Vec<String>, ConnectorError> {
+        if !self.exists {
+            return Ok(Vec::new());
+        }
+        with_conn!(self, conn, self.log.partitions(&mut conn, run).await)
+    }
+
+    /// Rows of `run` in the undo log (0 when there is no log).
+    pub async fn size(&self, run: &str) -> u64 {
+        if !self.exists {
+            return 0;
+        }
+        self.size_of(run).await.ok().flatten().unwrap_or(0)
+    }
+
+    async fn size_of(&self, run: &str) -> Result<Option<u64>, ConnectorError> {
+        with_conn!(self, conn, Ok(self.log.size(&mut conn, run).await))
+    }
+
+    /// Deletes `run`'s undo rows; returns how many.
+    pub async fn drop_run(&self, run: &str) -> Result<u64, ConnectorError> {
+        if !self.exists {
+            return Ok(0);
+        }
+        with_conn!(self, conn, self.log.drop_run(&mut conn, run).await)
+    }
+
+    /// Rolls back one partition of a run in one transaction (see the module doc); with
+    /// `dry_run` the transaction is rolled back and the counts say what it would do.
+    pub async fn rollback_partition(
+        &self,
+        batch: &UndoBatch,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<RollbackCounts, ConnectorError> {
+        let begin_err = |e: sqlx::Error| ConnectorError::Sql {
+            context: CONTEXT.to_owned(),
+            message: e.to_string(),
+            class: backfill_core::retry::ErrorClass::Transient,
+        };
+        macro_rules! run_tx {
+            ($tx:ident, $variant:ident) => {{
+                let counts = {
+                    let mut conn = Conn::$variant(&mut $tx);
+                    self.log.rollback(&mut conn, batch, force).await?
+                };
+                if dry_run {
+                    $tx.rollback().await.map_err(begin_err)?;
+                } else {
+                    $tx.commit().await.map_err(begin_err)?;
+                }
+                Ok(counts)
+            }};
+        }
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(begin_err)?;
+                run_tx!(tx, Sqlite)
+            }
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await.map_err(begin_err)?;
+                run_tx!(tx, Postgres)
+            }
+            Pool::MySql(p) => {
+                let mut tx = p.begin().await.map_err(begin_err)?;
+                run_tx!(tx, MySql)
+            }
+        }
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+            Pool::MySql(p) => p.close().await,
+        }
+    }
+}

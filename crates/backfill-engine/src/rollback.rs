@@ -1,0 +1,251 @@
+//! `backfill rollback RUN` and `backfill cleanup RUN` (issue 11): restoring a run's scope
+//! from its undo log, and dropping the log.
+//!
+//! Owns the order of a rollback: refuse while the run is executing (its lease is live) or
+//! when it has no undo rows; audit `rollback.started`; roll back each partition that has
+//! undo rows in its own target transaction (`backfill_connectors::undo`), audited as
+//! `rollback.partition` with its counts and conflicting keys; audit `rollback.finished`
+//! with the totals. A dry run audits nothing and changes nothing (each partition's
+//! transaction is rolled back).
+//!
+//! Resumable: the log marks each row `restored` or `conflict` in the restore's own
+//! transaction, so a killed rollback, run again, skips what it finished and ends the same.
+//! Progress therefore lives in the target with the data, not in the state store.
+//!
+//! Does not: print (the caller gets a callback per partition), or lock the run against a
+//! `run` started while it rolls back (the refusal is checked once, at the start).
+
+use backfill_connectors::{ConnectorError, RollbackCounts, UndoBatch, UndoTarget};
+use backfill_core::Spec;
+use backfill_store::{RunRecord, Store, StoreError, run_resource};
+use serde_json::json;
+
+/// Why a rollback or cleanup did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// The target or its undo log failed.
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
+    /// The run is being executed (its lease is live).
+    #[error("run {run_id} is executing (pid {pid} on {host}); a rollback would race its writes")]
+    Executing {
+        /// The run.
+        run_id: String,
+        /// Its executing process.
+        pid: u64,
+        /// Its host.
+        host: String,
+    },
+    /// The run has no undo rows (`undo = false`, `sql` mode, or already cleaned up).
+    #[error("run {run_id} has no undo data in {table}")]
+    NoUndo {
+        /// The run.
+        run_id: String,
+        /// The undo table looked in.
+        table: String,
+    },
+}
+
+impl RollbackError {
+    /// True when the user's input (which run) is the problem, not the work.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            RollbackError::Executing { .. } | RollbackError::NoUndo { .. }
+        )
+    }
+}
+
+/// How to roll back.
+#[derive(Clone, Debug)]
+pub struct RollbackOptions {
+    /// Who asks (recorded in the audit events).
+    pub actor: String,
+    /// Overwrite rows changed by someone else since the run wrote them.
+    pub force: bool,
+    /// Compute and report, change nothing.
+    pub dry_run: bool,
+}
+
+/// One partition rolled back.
+#[derive(Clone, Debug)]
+pub struct PartitionRollback {
+    /// The partition.
+    pub partition_id: String,
+    /// Its position among the partitions with undo rows, from 1.
+    pub index: usize,
+    /// How many partitions have undo rows.
+    pub total: usize,
+    /// What it did.
+    pub counts: RollbackCounts,
+}
+
+/// What a whole rollback did.
+#[derive(Clone, Debug, Default)]
+pub struct RollbackSummary {
+    /// Partitions with undo rows.
+    pub partitions: u64,
+    /// Keys the run inserted, deleted again.
+    pub deleted: u64,
+    /// Keys whose before-image was restored.
+    pub restored: u64,
+    /// Keys left as they are because someone else changed them.
+    pub conflicts: u64,
+    /// A sample of the conflicting keys: (partition, key).
+    pub conflict_keys: Vec<(String, String)>,
+}
+
+/// The undo table of `spec`'s target, for messages.
+fn undo_table(spec: &Spec) -> String {
+    backfill_connectors::undo::undo_table_name(spec.target.table.as_deref().unwrap_or("?"))
+}
+
+/// Refuses while another process executes `run`.
+async fn refuse_executing(store: &Store, run: &RunRecord) -> Result<(), RollbackError> {
+    if let Some(holder) = store.lease_holder(&run_resource(&run.id)).await?
+        && !holder.is_free(chrono::Utc::now())
+    {
+        return Err(RollbackError::Executing {
+            run_id: run.id.clone(),
+            pid: holder.pid,
+            host: holder.host,
+        });
+    }
+    Ok(())
+}
+
+/// Restores `run`'s scope from its undo log (see the module doc); `progress` is called
+/// after each partition.
+pub async fn rollback(
+    store: &Store,
+    spec: &Spec,
+    run: &RunRecord,
+    options: &RollbackOptions,
+    mut progress: impl FnMut(&PartitionRollback),
+) -> Result<RollbackSummary, RollbackError> {
+    refuse_executing(store, run).await?;
+    let target = UndoTarget::open(&spec.target).await?;
+    let result = rollback_on(store, &target, spec, run, options, &mut progress).await;
+    target.close().await;
+    result
+}
+
+async fn rollback_on(
+    store: &Store,
+    target: &UndoTarget,
+    spec: &Spec,
+    run: &RunRecord,
+    options: &RollbackOptions,
+    progress: &mut impl FnMut(&PartitionRollback),
+) -> Result<RollbackSummary, RollbackError> {
+    let partitions = target.partitions(&run.id).await?;
+    if partitions.is_empty() {
+        return Err(RollbackError::NoUndo {
+            run_id: run.id.clone(),
+            table: undo_table(spec),
+        });
+    }
+    let audit = !options.dry_run;
+    let (actor, force) = (options.actor.as_str(), options.force);
+    if audit {
+        let detail = json!({ "partitions": partitions.len(), "force": force });
+        store
+            .record_action(&run.id, None, actor, "rollback.started", detail)
+            .await?;
+    }
+    let mut summary = RollbackSummary {
+        partitions: partitions.len() as u64,
+        ..RollbackSummary::default()
+    };
+    for (i, partition_id) in partitions.iter().enumerate() {
+        let batch = UndoBatch {
+            run_id: run.id.clone(),
+            partition_id: partition_id.clone(),
+        };
+        let counts = target
+            .rollback_partition(&batch, force, options.dry_run)
+            .await?;
+        if audit {
+            let detail = json!({
+                "deleted": counts.deleted,
+                "restored": counts.restored,
+                "conflicts": counts.conflicts,
+                "conflict_keys": counts.conflict_keys,
+                "force": force,
+            });
+            store
+                .record_action(&run.id, Some(partition_id), actor, "rollback.partition", detail)
+                .await?;
+        }
+        summary.deleted += counts.deleted;
+        summary.restored += counts.restored;
+        summary.conflicts += counts.conflicts;
+        summary.conflict_keys.extend(
+            counts
+                .conflict_keys
+                .iter()
+                .map(|k| (partition_id.clone(), k.clone())),
+        );
+        progress(&PartitionRollback {
+            partition_id: partition_id.clone(),
+            index: i + 1,
+            total: partitions.len(),
+            counts,
+        });
+    }
+    if audit {
+        let detail = json!({
+            "partitions": summary.partitions,
+            "deleted": summary.deleted,
+            "restored": summary.restored,
+            "conflicts": summary.conflicts,
+            "force": force,
+        });
+        store
+            .record_action(&run.id, None, actor, "rollback.finished", detail)
+            .await?;
+    }
+    Ok(summary)
+}
+
+/// Drops `run`'s undo rows (refused while it executes), audited as `undo.cleaned`; returns
+/// how many rows went. A run without undo rows is not an error: nothing to clean.
+pub async fn cleanup(
+    store: &Store,
+    spec: &Spec,
+    run: &RunRecord,
+    actor: &str,
+) -> Result<u64, RollbackError> {
+    refuse_executing(store, run).await?;
+    if spec.target.table.is_none() {
+        return Ok(0);
+    }
+    let target = UndoTarget::open(&spec.target).await?;
+    let dropped = target.drop_run(&run.id).await;
+    target.close().await;
+    let dropped = dropped?;
+    store
+        .record_action(
+            &run.id,
+            None,
+            actor,
+            "undo.cleaned",
+            json!({ "rows": dropped, "table": undo_table(spec) }),
+        )
+        .await?;
+    Ok(dropped)
+}
+
+/// Rows of `run` in its target's undo log (0 without one), for `status`.
+pub async fn undo_size(spec: &Spec, run_id: &str) -> Result<u64, RollbackError> {
+    if !spec.target.undo || spec.target.table.is_none() {
+        return Ok(0);
+    }
+    let target = UndoTarget::open(&spec.target).await?;
+    let size = target.size(run_id).await;
+    target.close().await;
+    Ok(size)
+}
