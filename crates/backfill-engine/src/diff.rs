@@ -898,6 +898,7 @@ impl Sides {
                 target,
                 counts: None,
                 keys: Vec::new(),
+                ranges: Vec::new(),
                 keys_truncated: false,
             }],
             samples: Vec::new(),

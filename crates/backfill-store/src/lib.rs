@@ -32,8 +32,8 @@
 //!   before they are stored.
 //! - A store written by a newer build is refused rather than misread.
 
-mod anchor;
 mod actions;
+mod anchor;
 mod audit;
 mod codec;
 mod controls;
@@ -44,9 +44,9 @@ mod migrate;
 mod partitions;
 mod quarantine;
 mod runs;
-mod verify;
-mod skips;
 mod shadows;
+mod skips;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -65,9 +65,9 @@ pub use leases::{Claim, Lease, LeaseHolder, LeaseOwner, run_resource};
 pub use partitions::{Outcome, PartitionRecord, PartitionTotals, Split, is_failing};
 pub use quarantine::{QuarantineRecord, Rejected};
 pub use runs::{NewRun, PartitionSource, RunRecord};
-pub use verify::{CheckStatus, CheckTotals, PartitionCheck, checksum};
-pub use skips::{Differing, GapFindings, GapRecord, GapsRecorded, WouldChange};
 pub use shadows::{NewShadow, ShadowRecord, ShadowState};
+pub use skips::{Differing, GapFindings, GapRecord, GapsRecorded, WouldChange};
+pub use verify::{CheckStatus, CheckTotals, PartitionCheck, checksum};
 
 use db::{Conn, Dialect, WriteTxn};
 

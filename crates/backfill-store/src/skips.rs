@@ -365,7 +365,7 @@ fn gap_from_row(row: &crate::db::DbRow) -> Result<GapRecord, StoreError> {
 impl Store {
     /// Appends an audit event of an action outside any run (`diff`, `gaps`), in its own
     /// transaction: the chain is global, so `run_id` is NULL.
-    pub async fn record_action(
+    pub async fn record_spec_action(
         &self,
         actor: &str,
         action: &str,

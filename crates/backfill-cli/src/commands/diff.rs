@@ -170,7 +170,7 @@ async fn record(
         o.insert("plan_hash".into(), json!(plan.hash));
     }
     store
-        .record_action(&crate::commands::whoami(), action, detail)
+        .record_spec_action(&crate::commands::whoami(), action, detail)
         .await?;
     Ok(())
 }

@@ -25,7 +25,7 @@ mod only_gaps;
 mod output;
 mod replan;
 mod replica_lag;
-mod shadow;
 mod rollback;
+mod shadow;
 mod sql_mode;
 mod wide_rows;

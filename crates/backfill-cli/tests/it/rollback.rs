@@ -67,7 +67,10 @@ async fn fixture(system: System, ws: &Workspace) -> Option<(TestDb, TestDb)> {
     target
         .exec(&format!(
             "INSERT INTO {dst} VALUES {}",
-            tuples(system, (1..=PER_DAY * DAYS).filter(|i| !(31..=60).contains(i)))
+            tuples(
+                system,
+                (1..=PER_DAY * DAYS).filter(|i| !(31..=60).contains(i))
+            )
         ))
         .await;
     target
@@ -196,7 +199,10 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     // cleanup drops the undo rows; a rollback is then refused (exit 2).
     let clean = ws.run(&["cleanup", &id, "--json"]);
     assert_eq!(clean.code, 0, "{clean:?}");
-    assert!(clean.json()["undo_rows_dropped"].as_u64() > Some(0), "{clean:?}");
+    assert!(
+        clean.json()["undo_rows_dropped"].as_u64() > Some(0),
+        "{clean:?}"
+    );
     let refused = ws.run(&["rollback", &id]);
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(refused.stderr.contains("no undo data"), "{refused:?}");
