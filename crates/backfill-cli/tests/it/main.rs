@@ -25,4 +25,5 @@ mod output;
 mod replan;
 mod replica_lag;
 mod sql_mode;
+mod validate;
 mod wide_rows;
