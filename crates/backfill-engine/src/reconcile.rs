@@ -329,9 +329,21 @@ fn texts(row: Option<Vec<Value>>) -> Option<Vec<Option<String>>> {
     row.map(|values| {
         values
             .iter()
-            .map(|v| v.as_portable_text().map(|t| canonical_number(&t)))
+            .map(|v| value_text(v).map(|t| canonical_number(&t)))
             .collect()
     })
+}
+
+/// A check value as text: integers, floats, booleans and bytes too (hex).
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Int(i) => Some(i.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_owned()),
+        Value::Blob(b) => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
+        other => other.as_portable_text(),
+    }
 }
 
 /// `3.00` and `3` are the same number: trailing fraction zeros are dropped.

@@ -243,9 +243,19 @@ impl Store {
         })
     }
 
+    /// Rows of one partition in quarantine (rows the target refused: missing from it by
+    /// design, so a reconciliation of that partition cannot verify it).
+    pub async fn quarantined_rows(
+        &self,
+        run_id: &str,
+        partition_id: &str,
+    ) -> Result<u64, StoreError> {
+        crate::quarantine::count_quarantined(&mut self.conn().await?, run_id, partition_id).await
+    }
+
     /// Up to `limit` partitions of run `run_id` after plan index `after` (from the start
-    /// when `None`), by index: with `finished_only` the `done` and `done_with_quarantine`
-    /// ones (what a run's end re-checks), otherwise every one but split parents (what
+    /// when `None`), by index: with `finished_only` the `done` ones (what a run's end
+    /// re-checks; `done_with_quarantine` ones miss their refused rows by design), otherwise every one but split parents (what
     /// `backfill validate` checks). A keyset page on `(run_id, idx)`.
     pub async fn check_page(
         &self,
@@ -255,7 +265,7 @@ impl Store {
         finished_only: bool,
     ) -> Result<Vec<crate::PartitionRecord>, StoreError> {
         let states = if finished_only {
-            "state IN ('done', 'done_with_quarantine')"
+            "state = 'done'"
         } else {
             "state <> 'split'"
         };

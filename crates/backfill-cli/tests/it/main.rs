@@ -28,4 +28,5 @@ mod replica_lag;
 mod rollback;
 mod shadow;
 mod sql_mode;
+mod validate;
 mod wide_rows;

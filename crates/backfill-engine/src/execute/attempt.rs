@@ -105,9 +105,16 @@ async fn reconcile_partition(
     attempt: u32,
 ) -> Option<PartitionEnd> {
     let reconciler = ctx.reconciler.as_ref().filter(|r| r.after_partition)?;
-    let check = reconciler
+    let mut check = reconciler
         .check(&partition.id, partition.window, "partition")
         .await;
+    if check.status == backfill_store::CheckStatus::Mismatch
+        && let Ok(n @ 1..) = ctx.store.quarantined_rows(&ctx.run_id, &partition.id).await
+    {
+        // The target refused rows, kept in quarantine: missing from it by design.
+        check.status = backfill_store::CheckStatus::NotVerified;
+        check.detail["reason"] = serde_json::json!(format!("{n} rows in quarantine"));
+    }
     let recorded = store_call(ctx, "record the reconciliation", || {
         ctx.store
             .record_checks(&ctx.run_id, std::slice::from_ref(&check))
