@@ -864,3 +864,41 @@ fn bad_split_settings() {
         expect!["spec.toml:20:14: error: limits.split_slow: expected a number, found a string"],
     );
 }
+
+#[test]
+fn shadow_mode_is_an_upsert_into_a_shadow() {
+    let text = good_with("key = [\"id\"]", "key = [\"id\"]\nmode = \"shadow\"");
+    let spec = parse(&text).spec.unwrap();
+    assert_eq!(spec.target.mode, WriteMode::Upsert);
+    assert_eq!(spec.target.mode_name(), "shadow");
+    let shadow = spec.target.shadow.unwrap();
+    assert!(!shadow.seed_outside_scope);
+    assert_eq!(shadow.window_column, None);
+
+    let seeded = good_with(
+        "key = [\"id\"]",
+        "key = [\"id\"]\nmode = \"shadow\"\nseed_outside_scope = true\nwindow_column = \"ts\"",
+    );
+    let shadow = parse(&seeded).spec.unwrap().target.shadow.unwrap();
+    assert!(shadow.seed_outside_scope);
+    assert_eq!(shadow.window_column.as_deref(), Some("ts"));
+
+    check(
+        &good_with(
+            "key = [\"id\"]",
+            "key = [\"id\"]\nmode = \"shadow\"\nseed_outside_scope = true",
+        ),
+        expect![[r#"
+            spec.toml:14:22: error: target.seed_outside_scope: `seed_outside_scope` needs the column that places a row in the scope
+              hint: set `target.window_column` (or `source.time_column`): rows of the live table outside `[scope start, scope end)` by that column are copied into the shadow"#]],
+    );
+    check(
+        &good_with(
+            "key = [\"id\"]",
+            "key = [\"id\"]\nseed_outside_scope = true",
+        ),
+        expect![
+            "spec.toml:13:22: error: target.seed_outside_scope: `seed_outside_scope` only applies to `shadow` mode"
+        ],
+    );
+}
