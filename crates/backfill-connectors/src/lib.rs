@@ -35,6 +35,7 @@ pub mod mysql;
 pub mod nodelay;
 pub mod postgres;
 pub mod probe;
+pub mod ready;
 mod shared;
 pub mod sqlite;
 pub mod watch;

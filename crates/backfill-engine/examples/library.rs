@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             query: "SELECT id, ts, amount FROM events WHERE ts >= :start AND ts < :end".into(),
             time_format: TimeFormat::Rfc3339,
             time_column: Some("ts".into()),
+            ready: None,
         }),
         target: TargetSpec {
             url: SecretUrl::new(&target),
@@ -50,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Limits::default()
         },
         throttle: None,
+        canary: None,
         redacted_text: String::new(),
         spec_hash: "library".into(),
     };

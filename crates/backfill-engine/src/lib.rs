@@ -35,6 +35,7 @@ pub mod diff;
 mod error;
 mod events;
 mod execute;
+pub mod gates;
 mod patience;
 mod pending;
 mod replan;

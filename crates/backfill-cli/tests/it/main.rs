@@ -22,6 +22,7 @@ mod lifecycle;
 mod live_signals;
 mod matrix;
 mod output;
+mod readiness;
 mod replan;
 mod replica_lag;
 mod sql_mode;

@@ -8,6 +8,7 @@
 
 mod limits;
 mod order;
+mod readiness;
 mod scope;
 mod source;
 mod target;
@@ -80,6 +81,9 @@ struct Sections {
     scope: Option<Scope>,
     limits: Limits,
     throttle: Option<ThrottleSpec>,
+    canary: Option<super::CanarySpec>,
+    /// `[canary]` is present (even an invalid one, already reported).
+    has_canary_table: bool,
 }
 
 /// Reads the top-level keys and every section, in the order later sections depend on them
@@ -120,6 +124,8 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
     if sql_mode && source_table.is_none() {
         needs_source(w, root, &limits);
     }
+    let canary_table = w.section(root, "canary", false);
+    let canary = canary_table.and_then(|t| readiness::canary(w, t));
     Sections {
         name,
         reason,
@@ -130,6 +136,8 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
         scope,
         limits,
         throttle,
+        canary,
+        has_canary_table: canary_table.is_some(),
     }
 }
 
@@ -214,9 +222,12 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
         scope,
         limits,
         throttle,
+        canary,
+        has_canary_table,
     } = sections;
     let source_ok = source.is_some() || (sql_mode && !has_source_table);
-    let spec = match (name, source_ok, target, scope, has_error) {
+    let canary_ok = canary.is_some() || !has_canary_table;
+    let spec = match (name, source_ok && canary_ok, target, scope, has_error) {
         (Some(name), true, Some(target), Some(scope), false) => Some(Spec {
             name,
             reason,
@@ -225,6 +236,7 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
             scope,
             limits,
             throttle,
+            canary,
             redacted_text: redact(text),
             spec_hash: short_hash(&[text]),
         }),

@@ -35,6 +35,7 @@ use crate::shutdown::Shutdown;
 
 mod attempt;
 mod quarantine;
+mod ready;
 mod replace;
 mod split;
 mod upsert;
