@@ -29,6 +29,7 @@
 //! ```
 
 mod adaptive;
+mod canary;
 mod claim;
 mod control;
 pub mod diff;

@@ -1,5 +1,5 @@
-//! What `plan` shows of issue 11's gates: the partitions the source is not ready for
-//! (`source.ready`).
+//! Issue 11's gates on the command line: what `plan` shows of source readiness (the
+//! partitions `source.ready` says are not ready), and `backfill approve`, the canary's gate.
 
 use backfill_core::Spec;
 use backfill_core::plan::Plan;
@@ -77,6 +77,97 @@ pub(crate) fn print_readiness(ready: Option<&Readiness>, out: Output) {
         out.line(format!(
             "              … and {} more (`plan --json` lists them all)",
             r.not_ready.len() - LISTED
+        ));
+    }
+}
+
+/// `backfill approve RUN [--reason TEXT]`.
+pub(crate) async fn approve(
+    args: &crate::args::ApproveArgs,
+    state: &str,
+    out: Output,
+) -> anyhow::Result<()> {
+    let store = crate::commands::open_store(state).await?;
+    let run = crate::commands::run::find_run(&store, &args.run).await?;
+    let actor = crate::commands::whoami();
+    match store
+        .approve_run(&run.id, &actor, args.reason.as_deref())
+        .await
+    {
+        Ok(()) => {}
+        Err(backfill_store::StoreError::IllegalTransition { from, .. }) => {
+            return Err(UserError::new(format!(
+                "run {} is {from}: only a run awaiting approval can be approved",
+                run.id
+            ))
+            .hint(
+                "a run awaits approval after its canary passed, when the spec says `[canary] \
+                 require_approval = true`; `backfill status RUN` shows its state",
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let controls = store.controls(&run.id).await?;
+    let process = crate::commands::control::live_process(&controls);
+    out.json(&json!({
+        "run_id": run.id,
+        "approved_by": actor,
+        "reason": args.reason,
+        "process": process,
+    }));
+    out.line(format!("approved run {} ({actor})", run.id));
+    match process {
+        Some(p) => out.line(format!("  {p} continues with the rest of the run")),
+        None => out.line(format!(
+            "  no process is executing it: `backfill resume {}` continues it",
+            run.id
+        )),
+    }
+    Ok(())
+}
+
+/// `status`'s canary lines: its partitions with their state and rows, and how to approve.
+pub(crate) fn print_canary(
+    run: &backfill_store::RunRecord,
+    canary: Option<&serde_json::Value>,
+    out: Output,
+) {
+    let Some(canary) = canary else {
+        return;
+    };
+    out.line(format!(
+        "  canary:     {} (seed {})",
+        canary["outcome"].as_str().unwrap_or("?"),
+        canary["seed"]
+    ));
+    let results = canary["results"].as_array();
+    for p in canary["partitions"].as_array().into_iter().flatten() {
+        let result = results
+            .into_iter()
+            .flatten()
+            .find(|r| r["partition_id"] == p["partition_id"]);
+        let detail = result.map_or("not run yet".to_owned(), |r| {
+            format!(
+                "{}, {} rows read, {} written",
+                r["state"].as_str().unwrap_or("?"),
+                r["rows_read"],
+                r["rows_written"]
+            )
+        });
+        out.line(format!(
+            "              {:<8} {} {}: {detail}",
+            p["why"].as_str().unwrap_or("?"),
+            p["partition_id"].as_str().unwrap_or("?"),
+            p["window"].as_str().unwrap_or("?"),
+        ));
+    }
+    if let Some(by) = canary["approved_by"].as_str() {
+        out.line(format!("              approved by {by}"));
+    } else if run.state == backfill_core::RunState::AwaitingApproval {
+        out.line(format!(
+            "              awaiting approval: `backfill approve {} --reason …`",
+            run.id
         ));
     }
 }

@@ -28,6 +28,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         .await?;
     let st = status::compute(&run, &totals, &failing, chrono::Utc::now());
     let controls = store.controls(&run.id).await?;
+    let canary = store.canary(&run.id).await?;
     let rates = store.rate_changes(&run.id, 1).await?;
     let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
     let process = crate::commands::control::live_process(&controls);
@@ -65,6 +66,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         "eta_seconds": st.eta_seconds,
         "elapsed_seconds": st.elapsed_seconds,
         "pause_reason": run.pause_reason,
+        "canary": canary,
         "control": {
             "requested": controls.requested.map(|r| r.as_str()),
             "requested_by": controls.requested_by,
@@ -173,6 +175,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     for line in control_lines(&live, rates.last()) {
         out.line(line);
     }
+    crate::commands::gates::print_canary(&run, canary.as_ref(), out);
     if !st.failing.is_empty() {
         out.line(format!("  failing partitions ({}):", st.failing_total));
         for f in st.failing.iter().take(20) {

@@ -6,6 +6,7 @@
 mod private_server;
 mod support;
 
+mod canary;
 mod check;
 mod claim;
 mod controls;
