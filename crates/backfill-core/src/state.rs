@@ -223,6 +223,25 @@ mod tests {
     }
 
     #[test]
+    fn gates_of_issue_11() {
+        use PartitionState::*;
+        assert!(Pending.can_move_to(WaitingSource));
+        assert!(WaitingSource.can_move_to(Pending));
+        assert!(WaitingSource.can_move_to(Failed));
+        assert!(
+            !WaitingSource.can_move_to(Done),
+            "a waiting partition is never done unread"
+        );
+        assert!(!Running.can_move_to(WaitingSource));
+        assert!(RunState::Running.can_move_to(RunState::AwaitingApproval));
+        assert!(RunState::AwaitingApproval.can_move_to(RunState::Running));
+        assert!(RunState::AwaitingApproval.can_move_to(RunState::Cancelled));
+        assert!(!RunState::AwaitingApproval.can_move_to(RunState::Succeeded));
+        assert!(!RunState::Paused.can_move_to(RunState::AwaitingApproval));
+        assert!(RunState::AwaitingApproval.is_unfinished());
+    }
+
+    #[test]
     fn succeeded_runs_stay_succeeded() {
         for to in RunState::ALL {
             assert!(!RunState::Succeeded.can_move_to(to), "succeeded -> {to}");
