@@ -75,6 +75,12 @@ pub(crate) enum Command {
     /// Cancel a run from any terminal: in-flight batches finish and checkpoint, the target
     /// stays consistent, and the run ends `cancelled` (`backfill resume --reopen` continues it).
     Cancel(RequestArgs),
+    /// Approve a run waiting at its canary gate (`[canary] require_approval`): its canary
+    /// partitions passed and `status` shows them with their row counts; after approval the
+    /// rest of the run goes on (the waiting process within a second; with none, `backfill
+    /// resume RUN`). Recorded as `run.approved` with who and why. Refused on a run that is not
+    /// `awaiting_approval`.
+    Approve(ApproveArgs),
     /// Change a run's limits while it runs, from any terminal: rows per second, batches per
     /// second, concurrency. Takes effect within a second and is recorded in the audit trail.
     Throttle(ThrottleArgs),
@@ -289,6 +295,17 @@ pub(crate) struct ResumeArgs {
     pub(crate) reopen: bool,
     #[command(flatten)]
     pub(crate) claim: ClaimArgs,
+}
+
+/// `approve`: the canary gate's approval.
+#[derive(Debug, Args)]
+pub(crate) struct ApproveArgs {
+    /// Run id (or a unique prefix of at least 4 characters) of a run awaiting approval.
+    #[arg(value_parser = parse_run_ref)]
+    pub(crate) run: String,
+    /// Why it is approved, e.g. what was checked in the canary (recorded in the audit trail).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
 }
 
 /// `pause` and `cancel`: a request to the process executing a run.

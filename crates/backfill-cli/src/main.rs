@@ -142,6 +142,7 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Resume(args) => commands::run::resume(&args, &state, out).await,
         Command::Pause(args) => commands::control::pause(&args, &state, out).await,
         Command::Cancel(args) => commands::control::cancel(&args, &state, out).await,
+        Command::Approve(args) => commands::gates::approve(&args, &state, out).await,
         Command::Throttle(args) => commands::control::throttle(&args, &state, out).await,
         Command::Diff(args) => commands::diff::diff(&args, &state, out).await,
         Command::Gaps(args) => commands::diff::gaps(&args, &state, out).await,

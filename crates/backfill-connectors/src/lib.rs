@@ -36,6 +36,7 @@ pub mod nodelay;
 pub mod postgres;
 pub mod probe;
 pub mod shadow;
+pub mod ready;
 mod shared;
 pub mod sqlite;
 pub mod undo;

@@ -18,6 +18,7 @@
 pub mod aimd;
 pub mod breaker;
 pub mod budget;
+pub mod canary;
 pub mod diag;
 pub mod fingerprint;
 pub mod guarantee;
@@ -49,7 +50,7 @@ pub use order::{Order, PriorityRange, order_partitions};
 pub use plan::{Partition, Plan, Scope, Step, Window};
 pub use run_window::{RunWindow, WindowState};
 pub use secret::SecretUrl;
-pub use spec::{Probe, Spec, ThrottleSpec, ValidateSpec, WriteMode};
+pub use spec::{CanarySpec, Probe, ReadyCheck, Spec, ThrottleSpec, ValidateSpec, WriteMode};
 pub use state::{PartitionState, RunState};
 pub use timefmt::TimeFormat;
 pub use value::{Batch, RowCounts, Value, decode_key, encode_key};

@@ -13,9 +13,10 @@
 //! What it deliberately leaves out: where the spec file lies (a folder of a spec and its
 //! SQLite files can move), passwords (rotated credentials resume the same run), the spec's
 //! name and reason, limits, throttle, partition order and splitting, `target.pushdown`,
-//! `target.undo`, `source.time_column`, and `[validate]` (what is checked after writing).
-//! They change who runs it, how fast or in which order rows move, never which rows are
-//! written where, so changing them never refuses a resume.
+//! `target.undo`, `source.time_column`, `[validate]` (what is checked after writing), source
+//! readiness (`source.ready*`) and `[canary]` (when rows may be written and in which order,
+//! not which). They change who runs it, how fast or in which order rows move, never which
+//! rows are written where, so changing them never refuses a resume.
 //!
 //! Invariants: pure and deterministic, so the same spec text gives the same fields and the
 //! same hash on any machine and in any folder (a golden test pins one); no field ever holds a
@@ -363,6 +364,26 @@ concurrency = 2
             plan_in(&absolute, "/b", "pw").hash
         );
         assert_ne!(plan_in(&absolute, "/data", "pw").hash, here.hash);
+    }
+
+    #[test]
+    fn readiness_and_canary_are_not_part_of_the_plan() {
+        let here = plan_in(SPEC, "/specs", "pw");
+        let gated = SPEC
+            .replace(
+                "ts < :end\"\n",
+                "ts < :end\"\nready = \"SELECT count(*) FROM loads WHERE d >= :start AND d < :end\"\nready_timeout = \"1h\"\n",
+            )
+            .replace(
+                "[limits]",
+                "[canary]\npartitions = 3\nseed = 9\nrequire_approval = true\n\n[limits]",
+            );
+        let gated_plan = plan_in(&gated, "/specs", "pw");
+        assert!(
+            gated.contains("ready =") && gated.contains("[canary]"),
+            "{gated}"
+        );
+        assert_eq!(gated_plan.hash, here.hash);
     }
 
     #[test]

@@ -24,17 +24,21 @@ pub enum RunState {
     Failed,
     /// Stopped for good by a user; only an explicit reopen continues it.
     Cancelled,
+    /// The canary partitions passed and the spec requires approval (`[canary]
+    /// require_approval`): nothing else runs until `backfill approve RUN`.
+    AwaitingApproval,
 }
 
 impl RunState {
     /// All states, in display order.
-    pub const ALL: [RunState; 6] = [
+    pub const ALL: [RunState; 7] = [
         RunState::Planned,
         RunState::Running,
         RunState::Paused,
         RunState::Succeeded,
         RunState::Failed,
         RunState::Cancelled,
+        RunState::AwaitingApproval,
     ];
 
     /// The stable lower-case name stored in the state store and shown to users.
@@ -46,6 +50,7 @@ impl RunState {
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
             RunState::Cancelled => "cancelled",
+            RunState::AwaitingApproval => "awaiting_approval",
         }
     }
 
@@ -53,7 +58,7 @@ impl RunState {
     pub fn is_unfinished(self) -> bool {
         matches!(
             self,
-            RunState::Planned | RunState::Running | RunState::Paused
+            RunState::Planned | RunState::Running | RunState::Paused | RunState::AwaitingApproval
         )
     }
 
@@ -77,6 +82,11 @@ impl RunState {
                 // An explicit resume reopens a failed run to retry its failed partitions.
                 | (Failed, Running)
                 | (Cancelled, Running)
+                // The canary gate (`[canary] require_approval`): `backfill approve` lets the
+                // run continue; cancel ends it.
+                | (Running, AwaitingApproval)
+                | (AwaitingApproval, Running)
+                | (AwaitingApproval, Cancelled)
         )
     }
 }
@@ -99,17 +109,22 @@ pub enum PartitionState {
     /// Too big or too slow: its window was split into child partitions (`<id>.<n>`) that
     /// carry the rest of its work; see `split.rs`.
     Split,
+    /// The source is not ready for its window yet (`source.ready` said no): re-checked with
+    /// backoff until it is (back to `pending`) or `source.ready_timeout` passes (`failed`,
+    /// reason `source_not_ready`).
+    WaitingSource,
 }
 
 impl PartitionState {
     /// All states, in display order.
-    pub const ALL: [PartitionState; 6] = [
+    pub const ALL: [PartitionState; 7] = [
         PartitionState::Pending,
         PartitionState::Running,
         PartitionState::Done,
         PartitionState::DoneWithQuarantine,
         PartitionState::Failed,
         PartitionState::Split,
+        PartitionState::WaitingSource,
     ];
 
     /// The stable lower-case name stored in the state store and shown to users.
@@ -121,6 +136,7 @@ impl PartitionState {
             PartitionState::DoneWithQuarantine => "done_with_quarantine",
             PartitionState::Failed => "failed",
             PartitionState::Split => "split",
+            PartitionState::WaitingSource => "waiting_source",
         }
     }
 
@@ -150,6 +166,10 @@ impl PartitionState {
                 | (Failed, Pending)
                 // Too big or too slow: children take over its window.
                 | (Running, Split)
+                // Source readiness: wait, then run or time out; a stop or crash resets it.
+                | (Pending, WaitingSource)
+                | (WaitingSource, Pending)
+                | (WaitingSource, Failed)
         )
     }
 }
@@ -200,6 +220,25 @@ mod tests {
         for to in PartitionState::ALL {
             assert!(!PartitionState::Done.can_move_to(to), "done -> {to}");
         }
+    }
+
+    #[test]
+    fn gates_of_issue_11() {
+        use PartitionState::*;
+        assert!(Pending.can_move_to(WaitingSource));
+        assert!(WaitingSource.can_move_to(Pending));
+        assert!(WaitingSource.can_move_to(Failed));
+        assert!(
+            !WaitingSource.can_move_to(Done),
+            "a waiting partition is never done unread"
+        );
+        assert!(!Running.can_move_to(WaitingSource));
+        assert!(RunState::Running.can_move_to(RunState::AwaitingApproval));
+        assert!(RunState::AwaitingApproval.can_move_to(RunState::Running));
+        assert!(RunState::AwaitingApproval.can_move_to(RunState::Cancelled));
+        assert!(!RunState::AwaitingApproval.can_move_to(RunState::Succeeded));
+        assert!(!RunState::Paused.can_move_to(RunState::AwaitingApproval));
+        assert!(RunState::AwaitingApproval.is_unfinished());
     }
 
     #[test]

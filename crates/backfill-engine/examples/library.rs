@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             query: "SELECT id, ts, amount FROM events WHERE ts >= :start AND ts < :end".into(),
             time_format: TimeFormat::Rfc3339,
             time_column: Some("ts".into()),
+            ready: None,
         }),
         target: TargetSpec {
             url: SecretUrl::new(&target),
@@ -55,6 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         throttle: None,
         validate: Default::default(),
+        canary: None,
         redacted_text: String::new(),
         spec_hash: "library".into(),
     };

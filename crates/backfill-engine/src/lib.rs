@@ -29,6 +29,7 @@
 //! ```
 
 mod adaptive;
+mod canary;
 mod claim;
 mod control;
 pub mod diff;
@@ -36,6 +37,7 @@ mod error;
 mod events;
 mod execute;
 pub mod only_gaps;
+pub mod gates;
 mod patience;
 mod pending;
 pub mod reconcile;

@@ -93,6 +93,23 @@ impl Pending {
         Ok(pending)
     }
 
+    /// A pass over only the partitions at plan `indexes` still pending, in that order (the
+    /// canary's, see `crate::canary`).
+    pub(crate) fn only(
+        store: &Store,
+        run_id: &str,
+        indexes: Vec<u64>,
+        shutdown: &Shutdown,
+    ) -> Pending {
+        Pending {
+            store: store.clone(),
+            run_id: run_id.to_owned(),
+            ranges: VecDeque::new(),
+            ordered: Some(indexes.into()),
+            shutdown: shutdown.clone(),
+        }
+    }
+
     /// The next page of work; empty when the pass is over. A failed read (after the
     /// store's patience) leaves the pass where it was.
     pub(crate) async fn next_page(&mut self) -> Result<Vec<Work>, StoreError> {

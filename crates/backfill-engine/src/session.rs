@@ -285,6 +285,9 @@ pub(crate) struct Outcome {
     interrupted: bool,
     /// A cancel was carried out.
     cancelled: bool,
+    /// The canary decided the run's state (`failed`, or still `awaiting_approval`): `finish`
+    /// records nothing else.
+    gated: bool,
 }
 
 /// Runs passes over the pending work while nothing holds the run; marks it `running` before
@@ -303,7 +306,34 @@ async fn drive(
         state: run.state,
         interrupted: false,
         cancelled: false,
+        gated: false,
     };
+    // The canary first (`[canary]`): its partitions, then its verdict and the approval.
+    let gate = crate::canary::Gate {
+        store,
+        spec,
+        run,
+        ctx: &session.ctx,
+        live,
+        shutdown,
+        actor,
+    };
+    match gate.pass(&mut outcome.state).await? {
+        crate::canary::GateEnd::Continue => {}
+        crate::canary::GateEnd::Failed => {
+            outcome.gated = true;
+            return Ok(outcome);
+        }
+        crate::canary::GateEnd::Stopped(state) => {
+            outcome.gated = state == RunState::AwaitingApproval;
+            outcome.interrupted = true;
+            return Ok(outcome);
+        }
+        crate::canary::GateEnd::Cancelled => {
+            outcome.cancelled = true;
+            return Ok(outcome);
+        }
+    }
     loop {
         if !live.is_held() && !shutdown.is_requested() {
             if outcome.state != RunState::Running {
@@ -393,7 +423,9 @@ async fn finish(
     let done =
         totals.all() == totals.count(PartitionState::Done) + totals.count(PartitionState::Split);
     let any_pending = totals.count(PartitionState::Pending) > 0;
-    let final_state = if done {
+    let final_state = if outcome.gated {
+        outcome.state
+    } else if done {
         RunState::Succeeded
     } else if outcome.cancelled {
         RunState::Cancelled

@@ -32,6 +32,7 @@ const SQLITE: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/0011_only_gaps_audit_anchor.sql"),
     ),
+    (12, include_str!("../migrations/0012_run_canary.sql")),
     (13, include_str!("../migrations/0013_shadows.sql")),
 ];
 
@@ -70,6 +71,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         11,
         include_str!("../migrations/postgres/0011_only_gaps_audit_anchor.sql"),
+    ),
+    (
+        12,
+        include_str!("../migrations/postgres/0012_run_canary.sql"),
     ),
     (13, include_str!("../migrations/postgres/0013_shadows.sql")),
 ];

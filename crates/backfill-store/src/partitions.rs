@@ -153,6 +153,16 @@ async fn fetch_partition(
     partition_from_row(&row)
 }
 
+/// One partition, its row locked until the write transaction `tx` ends.
+pub(crate) async fn fetch_partition_locked(
+    tx: &mut crate::db::WriteTxn,
+    run_id: &str,
+    partition_id: &str,
+) -> Result<PartitionRecord, StoreError> {
+    let lock = tx.dialect().for_update();
+    fetch_partition(tx, lock, run_id, partition_id).await
+}
+
 fn counts_json(counts: &RowCounts) -> serde_json::Value {
     json!({
         "read": counts.read,
@@ -594,14 +604,26 @@ impl Store {
     /// is no longer `running`) and the next attempt gets a new number. One
     /// `partition.interrupted` event per partition; returns how many were reset.
     pub async fn reset_interrupted(&self, run_id: &str, actor: &str) -> Result<u64, StoreError> {
-        self.move_all(
-            run_id,
-            PartitionState::Running,
-            PartitionState::Pending,
-            "partition.interrupted",
-            actor,
-        )
-        .await
+        let running = self
+            .move_all(
+                run_id,
+                PartitionState::Running,
+                PartitionState::Pending,
+                "partition.interrupted",
+                actor,
+            )
+            .await?;
+        // A partition left waiting for its source by a dead process waits again on resume.
+        let waiting = self
+            .move_all(
+                run_id,
+                PartitionState::WaitingSource,
+                PartitionState::Pending,
+                "partition.interrupted",
+                actor,
+            )
+            .await?;
+        Ok(running + waiting)
     }
 
     /// For a resume of a failed run: every `failed` partition of `run_id` goes back to

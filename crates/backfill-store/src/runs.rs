@@ -339,7 +339,7 @@ impl Store {
     ) -> Result<(RunRecord, bool), StoreError> {
         let mut tx = self.begin_write().await?;
         let found = stmt(format!(
-            "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused') \
+            "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused', 'awaiting_approval') \
              {NEWEST_FIRST} LIMIT 1"
         ))
         .bind(new.spec_name)
@@ -360,7 +360,7 @@ impl Store {
         spec_name: &str,
     ) -> Result<Option<RunRecord>, StoreError> {
         let row = stmt(format!(
-            "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused') \
+            "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused', 'awaiting_approval') \
              {NEWEST_FIRST} LIMIT 1"
         ))
         .bind(spec_name)

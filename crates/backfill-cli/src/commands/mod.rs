@@ -7,6 +7,7 @@ pub(crate) mod demo;
 pub(crate) mod diff;
 pub(crate) mod docs;
 pub(crate) mod only_gaps;
+pub(crate) mod gates;
 pub(crate) mod plan;
 pub(crate) mod quarantine;
 pub(crate) mod rollback;

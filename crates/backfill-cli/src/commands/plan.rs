@@ -24,12 +24,21 @@ pub(crate) async fn run(args: &PlanArgs, state: &str, out: Output) -> anyhow::Re
     } else {
         estimate(&spec, &plan).await?
     };
+    let ready = crate::commands::gates::readiness(&spec, &plan).await?;
     // Compared by URL: planning never creates the state store.
     let guarantee = Guarantee::of(
         &spec.target.mode,
         backfill_store::same_database_urls(state, spec.target.url.expose()),
     );
-    print(&spec, &plan, estimates.as_ref(), guarantee, args.all, out);
+    print(
+        &spec,
+        &plan,
+        estimates.as_ref(),
+        ready.as_ref(),
+        guarantee,
+        args.all,
+        out,
+    );
     Ok(())
 }
 
@@ -93,6 +102,7 @@ fn print(
     spec: &Spec,
     plan: &Plan,
     est: Option<&Estimates>,
+    ready: Option<&backfill_engine::gates::Readiness>,
     guarantee: Guarantee,
     all: bool,
     out: Output,
@@ -159,6 +169,7 @@ fn print(
         })),
         "sample": shown.iter().map(row).collect::<Vec<_>>(),
         "reconciliation": reconciliation_json(spec),
+        "source_ready": crate::commands::gates::readiness_json(ready),
     }));
     out.line(format!(
         "plan {} of spec `{}` ({} mode)",
@@ -203,6 +214,7 @@ fn print(
             None => "unknown (no row estimate)".to_owned(),
         }
     ));
+    crate::commands::gates::print_readiness(ready, out);
     out.line(format!("  guarantee:  {}", guarantee.explain()));
     out.line(format!("  reconcile:  {}", reconciliation_text(spec)));
     out.line(format!("  order:      {}", spec.limits.order.describe()));

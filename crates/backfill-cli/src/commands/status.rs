@@ -30,6 +30,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     let checks = store.check_totals(&run.id).await?;
     let gaps = crate::commands::only_gaps::GapView::load(&store, &run.id).await?;
     let controls = store.controls(&run.id).await?;
+    let canary = store.canary(&run.id).await?;
     let rates = store.rate_changes(&run.id, 1).await?;
     let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
     let process = crate::commands::control::live_process(&controls);
@@ -69,6 +70,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         "eta_seconds": st.eta_seconds,
         "elapsed_seconds": st.elapsed_seconds,
         "pause_reason": run.pause_reason,
+        "canary": canary,
         "control": {
             "requested": controls.requested.map(|r| r.as_str()),
             "requested_by": controls.requested_by,
@@ -185,6 +187,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     for line in control_lines(&live, rates.last()) {
         out.line(line);
     }
+    crate::commands::gates::print_canary(&run, canary.as_ref(), out);
     if !st.failing.is_empty() {
         out.line(format!("  failing partitions ({}):", st.failing_total));
         for f in st.failing.iter().take(20) {

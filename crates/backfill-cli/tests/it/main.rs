@@ -6,6 +6,7 @@
 mod private_server;
 mod support;
 
+mod canary;
 mod check;
 mod claim;
 mod controls;
@@ -23,6 +24,7 @@ mod live_signals;
 mod matrix;
 mod only_gaps;
 mod output;
+mod readiness;
 mod replan;
 mod replica_lag;
 mod rollback;

@@ -164,3 +164,29 @@ impl Source for MySqlSource {
         self.pool.close().await;
     }
 }
+
+/// What `source.ready` says is read in its own context, so its errors name it.
+const READY_CONTEXT: &str = "source.ready query";
+
+impl MySqlSource {
+    /// The first value of the first row `source.ready` returns for `window` (bound like the
+    /// source query), `None` for no row. See `crate::ready`.
+    pub(crate) async fn ready_value(
+        &self,
+        ready_sql: &str,
+        window: &Window,
+    ) -> Result<Option<Value>, ConnectorError> {
+        let rewritten = params::rewrite(sql::trim_statement(ready_sql), Placeholder::Question);
+        check_names(&rewritten.names, READY_CONTEXT)?;
+        let values = named_values(&rewritten.names, window, &self.time_format);
+        let row = sqlx::query_with(AssertSqlSafe(rewritten.sql), arguments(&values)?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| sql_error(READY_CONTEXT, &e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let values = crate::shared::decode_row(&row, &["ready".to_owned()], decode_value)?;
+        Ok(values.into_iter().next())
+    }
+}

@@ -15,7 +15,9 @@ use backfill_core::value::{BATCH_BYTES, Batch, Value, row_size};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 
-use super::{arguments, check_type, connect, decode_row, decode_rows, sql, sql_error};
+use super::{
+    arguments, check_type, connect, decode_row, decode_rows, decode_value, sql, sql_error,
+};
 use crate::ident::check_column;
 use crate::shared::{keyed_batch, page_columns, page_values, resolve_column, resolve_key};
 use crate::window::{check_names, named_values};
@@ -267,5 +269,32 @@ impl Source for PostgresSource {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// What `source.ready` says is read in its own context, so its errors name it.
+const READY_CONTEXT: &str = "source.ready query";
+
+impl PostgresSource {
+    /// The first value of the first row `source.ready` returns for `window` (bound like the
+    /// source query), `None` for no row. See `crate::ready`.
+    pub(crate) async fn ready_value(
+        &self,
+        ready_sql: &str,
+        window: &Window,
+    ) -> Result<Option<Value>, ConnectorError> {
+        let rewritten =
+            params::rewrite(sql::trim_statement(ready_sql), Placeholder::DollarNumbered);
+        check_names(&rewritten.names, READY_CONTEXT)?;
+        let values = named_values(&rewritten.names, window, &self.time_format);
+        let row = sqlx::query_with(AssertSqlSafe(rewritten.sql), arguments(&values)?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| sql_error(READY_CONTEXT, &e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let values = crate::shared::decode_row(&row, &["ready".to_owned()], decode_value)?;
+        Ok(values.into_iter().next())
     }
 }

@@ -96,6 +96,7 @@ pub fn source_spec(url: &str, query: &str, format: TimeFormat) -> SourceSpec {
         query: query.to_owned(),
         time_format: format,
         time_column: None,
+        ready: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Spec {
     pub throttle: Option<ThrottleSpec>,
     /// Reconciliation after writing (`[validate]`, defaults when absent).
     pub validate: ValidateSpec,
+    /// Canary partitions first, when the spec has `[canary]`.
+    pub canary: Option<CanarySpec>,
     /// The spec text with any URL password masked, kept on the run for the audit trail.
     pub redacted_text: String,
     /// Hash of the spec text (before `${VAR}` expansion), wherever the file lies. The plan
@@ -76,6 +78,47 @@ pub struct SourceSpec {
     pub time_format: TimeFormat,
     /// Column sampled by `check` to validate `time_format`.
     pub time_column: Option<String>,
+    /// `source.ready`: the check that the source holds a window's data before it is read.
+    pub ready: Option<ReadyCheck>,
+}
+
+/// Source readiness (`source.ready`): a query, bound to a window like the source query, that
+/// returns true or a non-zero number when the window's data is complete upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyCheck {
+    /// The query, with `:start` and `:end` (only those) as bound parameters.
+    pub sql: String,
+    /// How long a partition may wait for its source before it fails (`source_not_ready`).
+    pub timeout: Duration,
+    /// The first re-check delay; it doubles after every check, up to [`ReadyCheck::MAX_INTERVAL`].
+    pub interval: Duration,
+}
+
+impl ReadyCheck {
+    /// The longest delay between two checks of one partition.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(300);
+
+    /// The delay before check number `checks + 1` (after `checks` that said not ready):
+    /// `interval · 2^(checks-1)`, capped at [`ReadyCheck::MAX_INTERVAL`] (never below the
+    /// interval itself when that is larger).
+    pub fn delay(&self, checks: u32) -> Duration {
+        let doubled = self
+            .interval
+            .saturating_mul(1u32 << checks.saturating_sub(1).min(20));
+        doubled.min(Self::MAX_INTERVAL.max(self.interval))
+    }
+}
+
+/// `[canary]`: representative partitions run first; the rest runs only when they all pass
+/// (and, with `require_approval`, after `backfill approve`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanarySpec {
+    /// How many partitions the canary runs (at most the plan's).
+    pub partitions: NonZeroU32,
+    /// The seed of the random picks; `None`: a random one, recorded in `canary.chosen`.
+    pub seed: Option<u64>,
+    /// Wait in `awaiting_approval` after the canary passed, until `backfill approve RUN`.
+    pub require_approval: bool,
 }
 
 /// Where rows go and how.

@@ -8,6 +8,7 @@
 
 mod limits;
 mod order;
+mod readiness;
 mod scope;
 mod source;
 mod target;
@@ -86,6 +87,9 @@ struct Sections {
     limits: Limits,
     throttle: Option<ThrottleSpec>,
     validate: ValidateSpec,
+    canary: Option<super::CanarySpec>,
+    /// `[canary]` is present (even an invalid one, already reported).
+    has_canary_table: bool,
 }
 
 /// Reads the top-level keys and every section, in the order later sections depend on them
@@ -137,6 +141,8 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
     if let (Some(t), Some(target)) = (validate_table, &target) {
         validate_rules(w, t, &validate, source.as_ref(), target, scope.as_ref());
     }
+    let canary_table = w.section(root, "canary", false);
+    let canary = canary_table.and_then(|t| readiness::canary(w, t));
     Sections {
         name,
         reason,
@@ -148,6 +154,8 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
         limits,
         throttle,
         validate,
+        canary,
+        has_canary_table: canary_table.is_some(),
     }
 }
 
@@ -233,9 +241,12 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
         limits,
         throttle,
         validate,
+        canary,
+        has_canary_table,
     } = sections;
     let source_ok = source.is_some() || (sql_mode && !has_source_table);
-    let spec = match (name, source_ok, target, scope, has_error) {
+    let canary_ok = canary.is_some() || !has_canary_table;
+    let spec = match (name, source_ok && canary_ok, target, scope, has_error) {
         (Some(name), true, Some(target), Some(scope), false) => Some(Spec {
             name,
             reason,
@@ -245,6 +256,7 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
             limits,
             throttle,
             validate,
+            canary,
             redacted_text: redact(text),
             spec_hash: short_hash(&[text]),
         }),

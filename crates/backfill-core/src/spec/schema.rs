@@ -112,6 +112,13 @@ pub const SECTIONS: &[(&str, &str)] = &[
          error. In `sql` mode, where the target's rows are the statement's own, give \
          `source_check` and `target_check` instead. Not part of the plan hash.",
     ),
+    (
+        "canary",
+        "Canary partitions: a few representative partitions run first; the rest runs only when \
+         every one of them succeeded (a failed canary partition, whatever the cause, stops the \
+         run: state `failed`, reason `canary_failed`, no other partition touched). With \
+         `require_approval` a person then approves the run (`backfill approve RUN --reason …`).",
+    ),
 ];
 
 /// Every key of the spec.
@@ -639,6 +646,48 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         None,
         true,
         "`sql` mode: the query with `:start` and `:end` run on the target whose one row must equal `source_check`'s.",
+    ),
+    key(
+        "source.ready",
+        "string",
+        None,
+        true,
+        "Source readiness: SQL run in the source before a partition is read, with `:start` and `:end` bound to its window like the query (e.g. `SELECT count(*) FROM loads WHERE day >= :start AND day < :end AND finished`). True or a non-zero number means the window's data is complete; false, 0, NULL or no row means not yet: the partition waits in state `waiting_source` (its worker slot held), re-checked with backoff, and fails with reason `source_not_ready` after `ready_timeout`. `plan` runs it for each partition and lists those not ready. Not part of the plan hash.",
+    ),
+    key(
+        "source.ready_timeout",
+        "string",
+        Some("\"6h\""),
+        false,
+        "How long a partition waits for `source.ready` before it fails (`source_not_ready`); a duration such as `30m` or `6h`.",
+    ),
+    key(
+        "source.ready_interval",
+        "string",
+        Some("\"30s\""),
+        false,
+        "The first delay before `source.ready` is checked again; it doubles after every check, up to 5 minutes.",
+    ),
+    key(
+        "canary.partitions",
+        "integer",
+        None,
+        false,
+        "How many partitions run first: the first, the last, the largest by the source's row count (when it can count), then random ones from `seed`. The choice is recorded in the audit event `canary.chosen`.",
+    ),
+    key(
+        "canary.seed",
+        "integer",
+        None,
+        true,
+        "Seed of the random picks (a whole number from 0): the same seed and plan pick the same partitions. Without it a random seed is drawn and recorded.",
+    ),
+    key(
+        "canary.require_approval",
+        "boolean",
+        Some("false"),
+        false,
+        "After the canary passed, wait in run state `awaiting_approval` until `backfill approve RUN`; the executing process waits (a stopped one continues with `backfill resume RUN` or `backfill run SPEC` after the approval).",
     ),
 ];
 

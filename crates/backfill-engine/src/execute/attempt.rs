@@ -38,6 +38,14 @@ pub(super) async fn run_partition(ctx: &Ctx, work: Work) -> PartitionEnd {
     };
     // Whether an attempt started in this process (later ones re-read the checkpoint).
     let mut attempted = false;
+    // Source readiness first: an empty window of a source not loaded yet is not done.
+    if checkpoint.is_none() {
+        match super::ready::wait_for_source(ctx, partition).await {
+            super::ready::Gate::Open => {}
+            super::ready::Gate::Failed => return PartitionEnd::Failed,
+            super::ready::Gate::Interrupted => return PartitionEnd::Interrupted,
+        }
+    }
     if checkpoint.is_none()
         && ctx.spec.target.mode == WriteMode::Upsert
         && finish_if_empty(ctx, partition).await

@@ -36,6 +36,7 @@ use crate::shutdown::Shutdown;
 mod attempt;
 mod deletes;
 mod quarantine;
+mod ready;
 mod replace;
 mod split;
 mod upsert;

@@ -59,6 +59,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
             query: "SELECT id, ts, v FROM events WHERE ts >= :start AND ts < :end".into(),
             time_format: TimeFormat::Rfc3339,
             time_column: None,
+            ready: None,
         }),
         target: TargetSpec {
             url: SecretUrl::new(target),
@@ -87,6 +88,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
         },
         throttle: None,
         validate: Default::default(),
+        canary: None,
         redacted_text: String::new(),
         spec_hash: "h".into(),
     }

@@ -79,10 +79,12 @@ pub(super) fn source_spec(
     if had_column && time_column.is_none() {
         return None;
     }
+    let ready = super::readiness::ready_check(w, t);
     Some(SourceSpec {
         url: url?,
         query: query?,
         time_format: time_format?,
         time_column,
+        ready: ready.ok()?,
     })
 }
