@@ -274,6 +274,17 @@ async fn only_gaps_writes_only_what_differs(system: System) {
     assert_eq!(diff_event["detail"]["totals"]["unchanged"], 6000);
     assert!(diff_event["detail"]["plan_hash"].is_string());
     assert_eq!(ws.run(&["audit", "--verify"]).code, 0);
+
+    // Once repaired, a new --only-gaps run skips everything, writes nothing, and succeeds.
+    let again = ws.run(&["run", &path, "--only-gaps", "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let again = again.json();
+    assert_eq!(
+        (&again["state"], &again["partitions"]["skipped"]),
+        (&J::from("succeeded"), &J::from(10)),
+        "{again:#}"
+    );
+    assert_eq!(written_ids(&target).await, written);
     source.drop_now().await;
     target.drop_now().await;
 }
