@@ -393,6 +393,39 @@ async fn only_gaps_refuses_sql_mode_and_resume() {
     assert_eq!(alone.code, 2, "{alone:?}");
 }
 
+/// The skips and narrowing on a PostgreSQL state store (one `UPDATE` per chunk of skips).
+#[tokio::test]
+async fn only_diff_with_a_postgres_state_store() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Sqlite, &ws).await else {
+        return;
+    };
+    let Some(schema) = backfill_testkit::servers::PgSchema::create("bf_gaps_state").await else {
+        return;
+    };
+    let state = backfill_testkit::servers::with_param(schema.server_url(), "schema", schema.name());
+    let path = ws.write("spec.toml", &spec(&source, &target));
+    break_target(System::Sqlite, &target).await;
+    let ran = ws.run(&["--state", &state, "run", &path, "--only-diff", "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let summary = ran.json();
+    assert_eq!(summary["partitions"]["skipped"], 5, "{summary:#}");
+    assert_eq!(
+        summary["only_gaps"]["differing"][0]["would_change"]["update"],
+        1
+    );
+    let run_id = summary["run_id"].as_str().unwrap();
+    let events = ws
+        .run(&["--state", &state, "audit", run_id, "--json"])
+        .json();
+    let acts = actions(&events);
+    assert!(acts.contains(&"partition.narrowed") && acts.contains(&"run.skipped_correct"));
+    let gaps = ws.run(&["--state", &state, "gaps", &path]);
+    assert_eq!(gaps.code, 0, "{gaps:?}");
+    assert_eq!(ws.run(&["--state", &state, "audit", "--verify"]).code, 0);
+    schema.drop_now().await;
+}
+
 fn runs_of(ws: &Workspace) -> Vec<J> {
     crate::support::runs_json(ws)
 }
