@@ -86,11 +86,13 @@ pub(crate) enum Command {
     Throttle(ThrottleArgs),
     /// Show what a run of a spec would change, before anything is written: per partition the
     /// rows it would insert, update, leave unchanged, and the target's extra rows (keys the
-    /// source no longer has), down to the exact keys. Read-only. Not for `sql` mode.
+    /// source no longer has), down to the exact keys. Writes nothing to the source or target;
+    /// records one `spec.diff` audit event in the state store. Not for `sql` mode.
     Diff(DiffArgs),
     /// List the partitions whose target is missing (empty), partial (fewer rows than the
-    /// source) or drifted (different rows), with their row deltas. Read-only. Exits 1 when
-    /// any partition has a gap, 0 when none has.
+    /// source) or drifted (different rows), with their row deltas. Writes nothing to the source
+    /// or target; records one `spec.gaps` audit event. Exits 1 when any partition has a gap, 0
+    /// when none has. `backfill run --only-gaps` repairs just those partitions.
     Gaps(GapsArgs),
     /// Show the state, progress, throughput and failing partitions of a run.
     Status(StatusArgs),

@@ -274,6 +274,17 @@ async fn only_gaps_writes_only_what_differs(system: System) {
     assert_eq!(diff_event["detail"]["totals"]["unchanged"], 6000);
     assert!(diff_event["detail"]["plan_hash"].is_string());
     assert_eq!(ws.run(&["audit", "--verify"]).code, 0);
+
+    // Once repaired, a new --only-gaps run skips everything, writes nothing, and succeeds.
+    let again = ws.run(&["run", &path, "--only-gaps", "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let again = again.json();
+    assert_eq!(
+        (&again["state"], &again["partitions"]["skipped"]),
+        (&J::from("succeeded"), &J::from(10)),
+        "{again:#}"
+    );
+    assert_eq!(written_ids(&target).await, written);
     source.drop_now().await;
     target.drop_now().await;
 }
@@ -380,6 +391,39 @@ async fn only_gaps_refuses_sql_mode_and_resume() {
     assert!(ran.stderr.contains("--new --only-gaps"), "{ran:?}");
     let alone = ws.run(&["run", &path, "--window-column", "ts"]);
     assert_eq!(alone.code, 2, "{alone:?}");
+}
+
+/// The skips and narrowing on a PostgreSQL state store (one `UPDATE` per chunk of skips).
+#[tokio::test]
+async fn only_diff_with_a_postgres_state_store() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Sqlite, &ws).await else {
+        return;
+    };
+    let Some(schema) = backfill_testkit::servers::PgSchema::create("bf_gaps_state").await else {
+        return;
+    };
+    let state = backfill_testkit::servers::with_param(schema.server_url(), "schema", schema.name());
+    let path = ws.write("spec.toml", &spec(&source, &target));
+    break_target(System::Sqlite, &target).await;
+    let ran = ws.run(&["--state", &state, "run", &path, "--only-diff", "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let summary = ran.json();
+    assert_eq!(summary["partitions"]["skipped"], 5, "{summary:#}");
+    assert_eq!(
+        summary["only_gaps"]["differing"][0]["would_change"]["update"],
+        1
+    );
+    let run_id = summary["run_id"].as_str().unwrap();
+    let events = ws
+        .run(&["--state", &state, "audit", run_id, "--json"])
+        .json();
+    let acts = actions(&events);
+    assert!(acts.contains(&"partition.narrowed") && acts.contains(&"run.skipped_correct"));
+    let gaps = ws.run(&["--state", &state, "gaps", &path]);
+    assert_eq!(gaps.code, 0, "{gaps:?}");
+    assert_eq!(ws.run(&["--state", &state, "audit", "--verify"]).code, 0);
+    schema.drop_now().await;
 }
 
 fn runs_of(ws: &Workspace) -> Vec<J> {
