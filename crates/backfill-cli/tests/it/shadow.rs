@@ -443,3 +443,33 @@ async fn shadow_resume_after_sigkill_mid_run() {
         .count();
     assert_eq!(seeded, 1);
 }
+
+/// PostgreSQL: a `serial` column's sequence follows the promoted table, so dropping the old
+/// table after a promote works and new rows still get numbers.
+#[tokio::test]
+async fn serial_sequence_follows_the_promoted_table_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    target
+        .exec(&format!("ALTER TABLE {dst} ADD COLUMN serial_no bigserial"))
+        .await;
+    let path = ws.write("spec.toml", &spec(&source, &target, "", ""));
+    let ran = ws.run(&["run", &path]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let run_id = only_run_id(&ws);
+    let promoted = ws.run(&["promote", &run_id]);
+    assert_eq!(promoted.code, 0, "{promoted:?}");
+    let cleaned = ws.run(&["shadow-cleanup", &run_id]);
+    assert_eq!(cleaned.code, 0, "{cleaned:?}");
+    target
+        .exec(&format!(
+            "INSERT INTO {dst} (id, amount_cents, ts) VALUES (5000, 1, '2026-02-01 00:00:00')"
+        ))
+        .await;
+    assert_eq!(count_sum(&target, "dst").await.map(|c| c.0), Some(121));
+    source.drop_now().await;
+    target.drop_now().await;
+}
