@@ -328,7 +328,7 @@ pub async fn exchange(
                 .await
                 .map_err(fail)?;
             let started = Instant::now();
-            move_owned_sequences(&mut *tx, live, incoming)
+            move_owned_sequences(&mut tx, live, incoming)
                 .await
                 .map_err(fail)?;
             for (from, to) in [(live, retire_as), (incoming, live)] {
