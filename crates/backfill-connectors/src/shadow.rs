@@ -364,7 +364,7 @@ pub async fn exchange(
 /// PostgreSQL: the sequences owned by `live`'s columns (`serial`) are handed to the same
 /// columns of `incoming`, whose defaults (copied by `LIKE … INCLUDING ALL`) already use them:
 /// the sequence then follows the table that goes live, and dropping the retired one later
-/// does not take it along.
+/// does not take it along. Identity columns continue numbering (see `continue_identities`).
 async fn move_owned_sequences(
     tx: &mut sqlx::PgConnection,
     live: &str,
@@ -386,6 +386,44 @@ async fn move_owned_sequences(
         // `sequence` is the catalog's own quoted, qualified-as-needed name.
         let sql = format!(
             "ALTER SEQUENCE {sequence} OWNED BY {}.{}",
+            quote_ident(incoming, '"'),
+            quote_ident(&column, '"')
+        );
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
+    continue_identities(tx, live, incoming).await
+}
+
+/// PostgreSQL: each identity column of `incoming` (which `LIKE … INCLUDING ALL` gave its own
+/// sequence, starting over) restarts past both `live`'s sequence and `incoming`'s largest
+/// value, so rows inserted after the swap never reuse a number.
+async fn continue_identities(
+    tx: &mut sqlx::PgConnection,
+    live: &str,
+    incoming: &str,
+) -> Result<(), sqlx::Error> {
+    let columns = sqlx::query(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass \
+         AND attidentity IN ('a', 'd') AND NOT attisdropped",
+    )
+    .bind(quote_ident(incoming, '"'))
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in columns {
+        let column: String = row.try_get(0)?;
+        let next: i64 = sqlx::query(AssertSqlSafe(format!(
+            "SELECT GREATEST(COALESCE((SELECT max({col}) FROM {table}), 0)::bigint, \
+             COALESCE(pg_sequence_last_value(pg_get_serial_sequence($1, $2)::regclass), 0)) + 1",
+            col = quote_ident(&column, '"'),
+            table = quote_ident(incoming, '"'),
+        )))
+        .bind(quote_ident(live, '"'))
+        .bind(&column)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let sql = format!(
+            "ALTER TABLE {} ALTER COLUMN {} RESTART WITH {next}",
             quote_ident(incoming, '"'),
             quote_ident(&column, '"')
         );
