@@ -328,6 +328,9 @@ pub async fn exchange(
                 .await
                 .map_err(fail)?;
             let started = Instant::now();
+            move_owned_sequences(&mut tx, live, incoming)
+                .await
+                .map_err(fail)?;
             for (from, to) in [(live, retire_as), (incoming, live)] {
                 let sql = format!(
                     "ALTER TABLE {} RENAME TO {}",
@@ -356,6 +359,77 @@ pub async fn exchange(
         }
         Db::Sqlite(pool) => exchange_sqlite(pool, live, incoming, retire_as, &context).await,
     }
+}
+
+/// PostgreSQL: the sequences owned by `live`'s columns (`serial`) are handed to the same
+/// columns of `incoming`, whose defaults (copied by `LIKE … INCLUDING ALL`) already use them:
+/// the sequence then follows the table that goes live, and dropping the retired one later
+/// does not take it along. Identity columns continue numbering (see `continue_identities`).
+async fn move_owned_sequences(
+    tx: &mut sqlx::PgConnection,
+    live: &str,
+    incoming: &str,
+) -> Result<(), sqlx::Error> {
+    let owned = sqlx::query(
+        "SELECT d.objid::regclass::text, a.attname::text FROM pg_depend d \
+         JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+         JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+         AND d.refobjid = $1::regclass AND d.deptype = 'a'",
+    )
+    .bind(quote_ident(live, '"'))
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in owned {
+        let sequence: String = row.try_get(0)?;
+        let column: String = row.try_get(1)?;
+        // `sequence` is the catalog's own quoted, qualified-as-needed name.
+        let sql = format!(
+            "ALTER SEQUENCE {sequence} OWNED BY {}.{}",
+            quote_ident(incoming, '"'),
+            quote_ident(&column, '"')
+        );
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
+    continue_identities(tx, live, incoming).await
+}
+
+/// PostgreSQL: each identity column of `incoming` (which `LIKE … INCLUDING ALL` gave its own
+/// sequence, starting over) restarts past both `live`'s sequence and `incoming`'s largest
+/// value, so rows inserted after the swap never reuse a number.
+async fn continue_identities(
+    tx: &mut sqlx::PgConnection,
+    live: &str,
+    incoming: &str,
+) -> Result<(), sqlx::Error> {
+    let columns = sqlx::query(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass \
+         AND attidentity IN ('a', 'd') AND NOT attisdropped",
+    )
+    .bind(quote_ident(incoming, '"'))
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in columns {
+        let column: String = row.try_get(0)?;
+        let next: i64 = sqlx::query(AssertSqlSafe(format!(
+            "SELECT GREATEST(COALESCE((SELECT max({col}) FROM {table}), 0)::bigint, \
+             COALESCE(pg_sequence_last_value(pg_get_serial_sequence($1, $2)::regclass), 0)) + 1",
+            col = quote_ident(&column, '"'),
+            table = quote_ident(incoming, '"'),
+        )))
+        .bind(quote_ident(live, '"'))
+        .bind(&column)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let sql = format!(
+            "ALTER TABLE {} ALTER COLUMN {} RESTART WITH {next}",
+            quote_ident(incoming, '"'),
+            quote_ident(&column, '"')
+        );
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// SQLite: both renames in one `BEGIN IMMEDIATE` transaction (the write lock is taken first,
