@@ -62,7 +62,7 @@ async fn a_newer_schema_is_refused(db: TestDb) {
             err,
             StoreError::NewerSchema {
                 found: 99,
-                known: 8
+                known: 12
             }
         ),
         "{err:?}"
