@@ -171,3 +171,16 @@ pub(crate) fn print_canary(
         ));
     }
 }
+
+/// What a stopped run awaiting approval tells the user.
+pub(crate) fn awaiting_note(run_id: &str) -> String {
+    format!(
+        "run awaits approval: its canary passed (`backfill status {run_id}` shows its partitions); \
+         `backfill approve {run_id} --reason …`, then `backfill resume {run_id}` runs the rest"
+    )
+}
+
+/// Whether run `run_id` failed at its canary.
+pub(crate) async fn canary_failed(store: &backfill_store::Store, run_id: &str) -> bool {
+    matches!(store.canary(run_id).await, Ok(Some(c)) if c["outcome"] == "failed")
+}

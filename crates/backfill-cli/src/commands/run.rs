@@ -302,6 +302,17 @@ pub(crate) async fn execute(
             ));
             Err(Reported(1).into())
         }
+        RunState::AwaitingApproval => {
+            out.note(crate::commands::gates::awaiting_note(&run.id));
+            Err(Reported(1).into())
+        }
+        RunState::Failed if crate::commands::gates::canary_failed(store, &run.id).await => {
+            out.note(format!(
+                "run failed at its canary: a canary partition failed, so no other partition was touched; see `backfill status {}`; after fixing the cause, `backfill resume {}` runs the canary again",
+                run.id, run.id
+            ));
+            Err(Reported(1).into())
+        }
         _ if summary.failed == 0 && summary.quarantined > 0 => {
             out.note(format!(
                 "run finished with rejected rows: {} partitions have rows in quarantine; list them with `backfill quarantine {}`, fix the cause, then `backfill quarantine {} --retry` and `backfill resume {}`",

@@ -216,6 +216,7 @@ async fn failed_canary_stops_the_run(system: System) {
     let path = ws.write("spec.toml", &spec(&source, &target, "partitions = 2"));
     let ran = ws.run(&["run", &path]);
     assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(ran.stderr.contains("run failed at its canary"), "{ran:?}");
     let run = newest_run(&ws);
     let status = ws.run(&["status", &run, "--json"]).json();
     assert_eq!(status["state"], "failed", "{status:#}");
@@ -334,6 +335,66 @@ async fn run_awaits_approval_until_another_process_approves_sqlite() {
 #[tokio::test]
 async fn run_awaits_approval_until_another_process_approves_postgres() {
     waits_for_approval(System::Postgres).await;
+}
+
+/// Ctrl-C while the run awaits approval leaves it `awaiting_approval`; an approval with no
+/// process says to resume, and `resume` runs the rest.
+#[tokio::test]
+async fn stopped_while_awaiting_approval_resumes_after_approval() {
+    let system = System::Sqlite;
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(system, &ws, false).await else {
+        return;
+    };
+    let text = spec(&source, &target, "partitions = 1\nrequire_approval = true");
+    let path = ws.write("spec.toml", &text);
+    let child = ws
+        .command(&["run", &path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backfill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let status = ws.run(&["status", "--json"]);
+        if status.code == 0 && status.json()["state"] == "awaiting_approval" {
+            break status.json()["run_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never awaiting approval: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("run awaits approval"), "{stderr}");
+    let json = ws.run(&["status", &run, "--json"]).json();
+    assert_eq!(json["state"], "awaiting_approval", "{json:#}");
+    let ran = ws.run(&["approve", &run]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("backfill resume"), "{ran:?}");
+    let ran = ws.run(&["resume", &run]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let json = ws.run(&["status", &run, "--json"]).json();
+    assert_eq!(json["state"], "succeeded", "{json:#}");
+    assert_eq!(json["rows"]["inserted"], DAYS * 5 + 5, "{json:#}");
+    let events = audit_events(&ws, &run);
+    assert_eq!(actions(&events, "canary.passed").len(), 1, "{events:#?}");
+    assert_eq!(actions(&events, "run.approved").len(), 1);
 }
 
 #[tokio::test]

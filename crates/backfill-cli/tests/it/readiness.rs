@@ -273,6 +273,69 @@ async fn plan_lists_partitions_not_ready_postgres() {
     plan_lists_not_ready(System::Postgres).await;
 }
 
+#[tokio::test]
+async fn plan_lists_partitions_not_ready_mysql() {
+    plan_lists_not_ready(System::MySql).await;
+}
+
+/// Ctrl-C while a partition waits for its source: the wait ends at once, the partition is
+/// back to `pending` (audited), the run is paused, and `resume` waits again and finishes once
+/// the source is loaded.
+#[tokio::test]
+async fn ctrl_c_while_waiting_leaves_the_partition_pending() {
+    let system = System::Sqlite;
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(system, &ws, DAYS - 1).await else {
+        return;
+    };
+    let text = spec(
+        &source,
+        &target,
+        "ready_timeout = \"2m\"\nready_interval = \"100ms\"",
+    );
+    let path = ws.write("spec.toml", &text);
+    let child = ws
+        .command(&["run", &path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backfill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = ws.run(&["status", "--json"]);
+        if status.code == 0 && status.json()["partitions"]["waiting_source"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never waiting: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let run = only_run(&ws);
+    let status = ws.run(&["status", &run, "--json"]).json();
+    assert_eq!(status["state"], "paused", "{status:#}");
+    assert_eq!(status["partitions"]["pending"], 1, "{status:#}");
+    assert_eq!(status["partitions"]["waiting_source"], 0, "{status:#}");
+    let events = audit_events(&ws, &run);
+    let interrupted = actions(&events, "partition.interrupted");
+    assert_eq!(interrupted.len(), 1, "{events:#?}");
+    load_day(system, &source, DAYS).await;
+    let ran = ws.run(&["resume", &run]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let status = ws.run(&["status", &run, "--json"]).json();
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    assert_eq!(status["rows"]["inserted"], DAYS * PER_DAY, "{status:#}");
+}
+
 async fn broken_ready_query(system: System) {
     let ws = Workspace::new();
     let Some((source, target)) = fixture(system, &ws, DAYS).await else {

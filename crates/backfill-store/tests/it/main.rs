@@ -12,6 +12,7 @@
 mod audit;
 mod concurrency;
 mod controls;
+mod gates;
 mod leases;
 mod open;
 mod partitions;
