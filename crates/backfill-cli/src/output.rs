@@ -6,7 +6,19 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+
+/// Writes one line to stdout. A closed pipe (`backfill runs | head -1`) or a full disk is not
+/// the command's failure: the line is dropped and the command goes on to its end (a run keeps
+/// running, its exit code still says how it ended), instead of `println!`'s panic.
+pub(crate) fn out_line(text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Writes one line to stderr; a closed stderr drops it, as [`out_line`] does.
+pub(crate) fn err_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
 
 /// Output handle passed to every command.
 #[derive(Clone, Copy, Debug)]
@@ -19,23 +31,20 @@ impl Output {
     /// A line of the command's result for people (suppressed in JSON mode).
     pub(crate) fn line(&self, text: impl AsRef<str>) {
         if !self.json {
-            println!("{}", text.as_ref());
+            out_line(text.as_ref());
         }
     }
 
     /// The command's result as JSON (only in JSON mode).
     pub(crate) fn json(&self, value: &serde_json::Value) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).unwrap_or_default()
-            );
+            out_line(&serde_json::to_string_pretty(value).unwrap_or_default());
         }
     }
 
     /// A note about what is happening, on stderr, in both modes (so stdout stays parseable).
     pub(crate) fn note(&self, text: impl AsRef<str>) {
-        eprintln!("{}", text.as_ref());
+        err_line(text.as_ref());
     }
 
     /// True when stderr is a terminal that can show a live progress bar.
@@ -48,15 +57,15 @@ impl Output {
     /// spec with errors.
     pub(crate) fn error(&self, report: &ErrorReport) {
         if self.json {
-            eprintln!("{}", report.to_json());
+            err_line(&report.to_json().to_string());
             return;
         }
-        eprintln!("error: {}", report.message);
+        err_line(&format!("error: {}", report.message));
         for cause in &report.causes {
-            eprintln!("  caused by: {cause}");
+            err_line(&format!("  caused by: {cause}"));
         }
         if let Some(hint) = &report.hint {
-            eprintln!("  hint: {hint}");
+            err_line(&format!("  hint: {hint}"));
         }
     }
 }

@@ -1,7 +1,5 @@
 //! Live progress of a run: a bar on a terminal, periodic plain lines otherwise (stderr).
 
-#![allow(clippy::print_stderr)]
-
 use std::time::{Duration, Instant};
 
 use backfill_engine::{Event, Hold};
@@ -54,7 +52,7 @@ pub(crate) fn start(
                     let line = format!("partition {partition_id} failed: {error}");
                     match &bar {
                         Some(bar) => bar.println(line),
-                        None if !quiet => eprintln!("{line}"),
+                        None if !quiet => crate::output::err_line(&line),
                         None => {}
                     }
                 }
@@ -70,7 +68,7 @@ pub(crate) fn start(
                     );
                     match &bar {
                         Some(bar) => bar.println(line),
-                        None if !quiet => eprintln!("{line}"),
+                        None if !quiet => crate::output::err_line(&line),
                         None => {}
                     }
                 }
@@ -79,7 +77,7 @@ pub(crate) fn start(
                         "stopping: finishing in-flight batches (Ctrl-C again to stop at once)";
                     match &bar {
                         Some(bar) => bar.println(line),
-                        None => eprintln!("{line}"),
+                        None => crate::output::err_line(&line),
                     }
                 }
                 Event::Holding { hold } => {
@@ -160,12 +158,12 @@ pub(crate) fn start(
                     last_line = Instant::now();
                     let left = total.saturating_sub(finished + failed);
                     let per = secs / (finished + failed).saturating_sub(done).max(1) as f64;
-                    eprintln!(
+                    crate::output::err_line(&format!(
                         "progress: {}/{} partitions, {msg}, ETA {:.0}s",
                         finished + failed,
                         total,
                         per * left as f64
-                    );
+                    ));
                 }
                 None => {}
             }
@@ -181,7 +179,7 @@ pub(crate) fn start(
 fn say(bar: &Option<ProgressBar>, quiet: bool, line: String) {
     match bar {
         Some(bar) => bar.println(line),
-        None if !quiet => eprintln!("{line}"),
+        None if !quiet => crate::output::err_line(&line),
         None => {}
     }
 }

@@ -529,6 +529,14 @@ pub async fn validate(
     run_id: Option<&str>,
     actor: &str,
 ) -> Result<ValidateReport, crate::EngineError> {
+    // A shadow run's rows are in its shadow table until promoted.
+    let shadowed = match run_id {
+        Some(id) => crate::shadow::reading_spec(store, spec, id)
+            .await
+            .map_err(ReconcileError::from)?,
+        None => None,
+    };
+    let spec = shadowed.as_ref().unwrap_or(spec);
     let setup = open(spec).await?;
     let mut report = ValidateReport {
         run_id: run_id.map(str::to_owned),

@@ -181,6 +181,26 @@ pub(crate) async fn prepare(
     Ok(Some(shadowed))
 }
 
+/// The spec whose `target.table` holds run `run_id`'s rows now, for reading them
+/// (`backfill validate`): the shadow table until it is promoted (or after a swap back), the
+/// live name once promoted; `None` when the run wrote no shadow (use `spec` as it is).
+pub(crate) async fn reading_spec(
+    store: &Store,
+    spec: &Spec,
+    run_id: &str,
+) -> Result<Option<Spec>, StoreError> {
+    let Some(record) = store.shadow(run_id).await? else {
+        return Ok(None);
+    };
+    let table = match record.state {
+        ShadowState::Seeded | ShadowState::Unpromoted => record.shadow_table,
+        ShadowState::Promoted | ShadowState::Cleaned => record.live_table,
+    };
+    let mut reading = spec.clone();
+    reading.target.table = Some(table);
+    Ok(Some(reading))
+}
+
 /// Creates, fingerprints, seeds and records the shadow of a run that has none yet.
 async fn seed(
     db: &Db,
@@ -431,10 +451,17 @@ async fn promote_on(
     })
 }
 
-/// The hook for per-partition reconciliation: a run with a partition whose reconciliation
-/// mismatched is not promoted. The store keeps no reconciliation results yet (another part of
-/// issue 11 adds them); until then every succeeded run passes.
-async fn check_reconciled(_store: &Store, _run_id: &str) -> Result<(), ShadowError> {
+/// A run with a partition whose last reconciliation mismatched (`[validate]` after each
+/// partition, at the end, or `backfill validate`) is not promoted: the shadow is not what the
+/// source says. `--force` does not override this; fix the data and `backfill validate` again.
+async fn check_reconciled(store: &Store, run_id: &str) -> Result<(), ShadowError> {
+    let totals = store.check_totals(run_id).await?;
+    if totals.mismatched > 0 {
+        return Err(ShadowError::NotReconciled {
+            run_id: run_id.to_owned(),
+            mismatched: totals.mismatched,
+        });
+    }
     Ok(())
 }
 

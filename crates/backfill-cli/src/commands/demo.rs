@@ -79,6 +79,7 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
     }
 
     let (spec, _) = specfile::load(&spec_path, out)?;
+    let preview = diff_before(&spec, out).await?;
     let plan = backfill_core::plan::plan(&spec)?;
     let state_url = format!(
         "sqlite://{}",
@@ -109,6 +110,8 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
 
     let after = gaps(&target, &dir).await?;
     target.close().await;
+    // `backfill validate RUN`: both sides' fingerprints of every day compared again, now.
+    let proof = backfill_engine::reconcile::validate(&store, &spec, Some(&run.id), &owner).await?;
     let secs = summary.elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
         summary.session_rows_read as f64 / secs
@@ -131,6 +134,12 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
         "elapsed_seconds": secs,
         "rows_per_second": rate,
         "reconciliation": crate::commands::run::reconciliation_json(&summary.checks, summary.not_verified_reason.as_deref()),
+        "diff_before": preview,
+        "validate_after": {
+            "verified": proof.totals.verified,
+            "mismatched": proof.totals.mismatched,
+            "not_verified": proof.totals.not_verified,
+        },
     }));
     if !out.json {
         out.line("");
@@ -152,19 +161,32 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
             thousands(rate as u64)
         ));
         out.line(format!(
-            "  reconciled: {}",
+            "  reconciled after each day: {}",
             crate::commands::run::reconciliation_line(
                 &summary.checks,
                 summary.not_verified_reason.as_deref()
             )
         ));
         out.line(format!(
+            "  validate (every day's fingerprints compared again, now): {} verified, {} mismatched, {} not verified",
+            thousands(proof.totals.verified),
+            thousands(proof.totals.mismatched),
+            thousands(proof.totals.not_verified)
+        ));
+        out.line(format!(
             "  inspect: backfill --state {state_url} status {}   |   audit: backfill --state {state_url} audit --verify",
+            run.id
+        ));
+        out.line(format!(
+            "  undo it: backfill --state {state_url} rollback {} --dry-run",
             run.id
         ));
     }
     let remaining = after.iter().filter(|d| d.is_broken()).count();
-    if summary.state != backfill_core::RunState::Succeeded || remaining > 0 {
+    if summary.state != backfill_core::RunState::Succeeded
+        || remaining > 0
+        || proof.totals.mismatched > 0
+    {
         out.note(format!(
             "demo run ended {} with {remaining} days still differing",
             summary.state
@@ -172,6 +194,35 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
         return Err(Reported(1).into());
     }
     Ok(())
+}
+
+/// `backfill diff` before anything is written: what the run will change, from one fingerprint
+/// query per side, as one line (the JSON result keeps the totals).
+async fn diff_before(spec: &backfill_core::Spec, out: Output) -> anyhow::Result<serde_json::Value> {
+    let options = backfill_engine::diff::DiffOptions::default();
+    let started = Instant::now();
+    let diff = backfill_engine::diff::diff(spec, &options, &mut |_| {}).await?;
+    let t = diff.totals();
+    let differ = diff.partitions.iter().filter(|p| !p.is_unchanged()).count();
+    if !out.json {
+        out.line(format!(
+            "diff (what the run will change; nothing written yet): {} to insert, {} to update, \
+             {} unchanged, {} extra, in {differ} of {} days ({})",
+            thousands(t.insert),
+            thousands(t.update),
+            thousands(t.unchanged),
+            thousands(t.extra),
+            diff.partitions.len(),
+            duration(started.elapsed().as_secs_f64())
+        ));
+    }
+    Ok(json!({
+        "insert": t.insert,
+        "update": t.update,
+        "unchanged": t.unchanged,
+        "extra": t.extra,
+        "partitions_differing": differ,
+    }))
 }
 
 /// Creates `dir`, or recreates it when it holds an earlier demo. Never deletes anything else.

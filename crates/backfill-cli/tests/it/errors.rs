@@ -740,3 +740,29 @@ async fn a_password_in_an_unreachable_database_url_is_never_shown_or_stored() {
     let runs = with_pw(&["--json", "runs"]);
     assert_no_secret(&ws, SECRET, &[&check, &run, &runs]);
 }
+
+/// A reader that closed the pipe (`backfill plan SPEC --all | head -1`) is not a crash: the
+/// command drops the lines it can no longer write and ends normally, where `println!`
+/// panicked (exit 101 and a backtrace).
+#[tokio::test]
+async fn a_closed_stdout_pipe_is_not_a_panic() {
+    let ws = Workspace::new();
+    let spec = setup(&ws, 300, "").await;
+    ws.write(SPEC, &spec);
+    // `true` exits at once, before `backfill` writes: every write meets a closed pipe.
+    let script = format!(
+        "\"{}\" --state '{}' plan {SPEC} --all --no-estimate 2>err.txt | true; echo \"${{PIPESTATUS[0]}}\"",
+        crate::support::bin().display(),
+        ws.state()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(ws.path(""))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stderr = std::fs::read_to_string(ws.path("err.txt")).unwrap_or_default();
+    assert_eq!(status, "0", "exit status {status}, stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

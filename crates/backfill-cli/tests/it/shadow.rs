@@ -483,3 +483,51 @@ async fn serial_sequence_follows_the_promoted_table_postgres() {
     source.drop_now().await;
     target.drop_now().await;
 }
+
+/// A shadow whose reconciliation mismatched is not promoted, even with `--force`: someone
+/// edited the shadow after the run, `backfill validate` records the mismatch, and promote
+/// refuses naming it; once the row is right again and validated, promote goes through.
+#[tokio::test]
+async fn a_mismatched_shadow_is_not_promoted() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Sqlite, &ws).await else {
+        return;
+    };
+    let path = ws.write("spec.toml", &spec(&source, &target, "", ""));
+    let ran = ws.run(&["run", &path]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let run_id = only_run_id(&ws);
+    let (shadow, _) = names(&run_id);
+    target
+        .exec(&format!(
+            "UPDATE {shadow} SET amount_cents = -1 WHERE id = 100"
+        ))
+        .await;
+    let validated = ws.run(&["validate", &run_id]);
+    assert_eq!(validated.code, 1, "{validated:?}");
+    for args in [
+        vec!["promote", &run_id],
+        vec!["promote", &run_id, "--force"],
+    ] {
+        let refused = ws.run(&args);
+        assert_ne!(refused.code, 0, "{refused:?}");
+        assert!(
+            refused.stderr.contains("reconciliation failed"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        count_sum(&target, &target.table("dst")).await,
+        Some((PER_DAY * DAYS, 0)),
+        "the live table is untouched"
+    );
+    target
+        .exec(&format!(
+            "UPDATE {shadow} SET amount_cents = 10000 WHERE id = 100"
+        ))
+        .await;
+    let validated = ws.run(&["validate", &run_id]);
+    assert_eq!(validated.code, 0, "{validated:?}");
+    let promoted = ws.run(&["promote", &run_id]);
+    assert_eq!(promoted.code, 0, "{promoted:?}");
+}
