@@ -77,7 +77,7 @@ pub(crate) fn start(
                         "stopping: finishing in-flight batches (Ctrl-C again to stop at once)";
                     match &bar {
                         Some(bar) => bar.println(line),
-                        None => crate::output::err_line(&line),
+                        None => crate::output::err_line(line),
                     }
                 }
                 Event::Holding { hold } => {
