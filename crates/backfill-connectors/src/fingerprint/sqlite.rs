@@ -577,6 +577,20 @@ pub async fn catalog(
         .collect()
 }
 
+/// The first row of `statement` (a reconciliation check query, issue 11) as values, read
+/// like a source's rows; `None` when it returns no row.
+pub async fn check_row(
+    pool: &SqlitePool,
+    statement: Statement,
+) -> Result<Option<Vec<backfill_core::value::Value>>, ConnectorError> {
+    let rows = fetch(pool, statement).await?;
+    Ok(
+        crate::sqlite::decode_rows(rows.into_iter().take(1).collect(), &[])?
+            .into_iter()
+            .next(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,18 +634,4 @@ mod tests {
         assert!(parse_fingerprint("2:1").is_err());
         assert!(parse_fingerprint("x:1:2").is_err());
     }
-}
-
-/// The first row of `statement` (a reconciliation check query, issue 11) as values, read
-/// like a source's rows; `None` when it returns no row.
-pub async fn check_row(
-    pool: &SqlitePool,
-    statement: Statement,
-) -> Result<Option<Vec<backfill_core::value::Value>>, ConnectorError> {
-    let rows = fetch(pool, statement).await?;
-    Ok(
-        crate::sqlite::decode_rows(rows.into_iter().take(1).collect(), &[])?
-            .into_iter()
-            .next(),
-    )
 }

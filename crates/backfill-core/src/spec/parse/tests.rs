@@ -902,3 +902,47 @@ fn shadow_mode_is_an_upsert_into_a_shadow() {
         ],
     );
 }
+
+/// `[validate]` (issue 11): the decision of `crate::reconcile` per spec, and its errors.
+#[test]
+fn validate_section_decides_reconciliation() {
+    use crate::reconcile::{Reconcile, reconcile};
+    let decide = |text: &str| {
+        let parsed = parse(text);
+        let errors: Vec<String> = parsed.diagnostics.iter().map(|d| d.render("s")).collect();
+        parsed.spec.map(|s| reconcile(&s)).ok_or(errors)
+    };
+    // No window column and no [validate]: not verified, with the reason.
+    assert!(matches!(
+        decide(GOOD),
+        Ok(Reconcile::NotVerified { reason }) if reason.contains("no column places rows")
+    ));
+    let timed = good_with("query =", "time_column = \"ts\"\nquery =");
+    assert_eq!(
+        decide(&timed),
+        Ok(Reconcile::Rows {
+            window_column: "ts".to_owned()
+        })
+    );
+    let guarded = timed.replace("key = [\"id\"]", "key = [\"id\"]\nguard = \"v\"");
+    assert!(matches!(
+        decide(&guarded),
+        Ok(Reconcile::NotVerified { .. })
+    ));
+    let explicit = format!("{guarded}\n[validate]\ntolerance = 3\n");
+    assert!(matches!(decide(&explicit), Ok(Reconcile::Rows { .. })));
+    let column = format!("{GOOD}\n[validate]\nwindow_column = \"v\"\n");
+    assert_eq!(
+        decide(&column),
+        Ok(Reconcile::Rows {
+            window_column: "v".to_owned()
+        })
+    );
+    let off = format!("{timed}\n[validate]\nafter_partition = false\nat_end = false\n");
+    assert!(matches!(decide(&off), Ok(Reconcile::NotVerified { .. })));
+    let missing = format!("{GOOD}\n[validate]\ntolerance = 0\n");
+    assert!(matches!(
+        decide(&missing),
+        Err(errors) if errors.iter().any(|e| e.contains("validate.window_column"))
+    ));
+}
