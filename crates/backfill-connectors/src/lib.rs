@@ -51,8 +51,8 @@ use backfill_core::value::{Batch, RowCounts, Value};
 
 pub use error::ConnectorError;
 pub use probe::Probe;
-pub use watch::Watch;
 pub use undo::{RollbackCounts, UndoBatch, UndoTarget};
+pub use watch::Watch;
 
 /// A statement the engine runs inside a sink's write transaction, after the write: the
 /// state-store checkpoint when the target database is the state store, so the batch and its

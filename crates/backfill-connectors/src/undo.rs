@@ -199,7 +199,11 @@ impl Conn<'_> {
         stmt: &Stmt,
         context: &str,
     ) -> Result<Vec<Vec<Option<String>>>, ConnectorError> {
-        fn read<R: Row>(rows: Vec<R>, context: &str, err: fn(&str, &sqlx::Error) -> ConnectorError) -> Result<Vec<Vec<Option<String>>>, ConnectorError>
+        fn read<R: Row>(
+            rows: Vec<R>,
+            context: &str,
+            err: fn(&str, &sqlx::Error) -> ConnectorError,
+        ) -> Result<Vec<Vec<Option<String>>>, ConnectorError>
         where
             for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
             usize: sqlx::ColumnIndex<R>,
@@ -207,7 +211,10 @@ impl Conn<'_> {
             rows.iter()
                 .map(|row| {
                     (0..row.len())
-                        .map(|i| row.try_get::<Option<String>, _>(i).map_err(|e| err(context, &e)))
+                        .map(|i| {
+                            row.try_get::<Option<String>, _>(i)
+                                .map_err(|e| err(context, &e))
+                        })
                         .collect()
                 })
                 .collect()
@@ -287,7 +294,11 @@ impl UndoLog {
         );
         let name = table.rsplit('.').next().unwrap_or(table);
         let index = d.quote(&format!("{name}__bf_undo_key"));
-        let if_not = if d == Dialect::MySql { "" } else { "IF NOT EXISTS " };
+        let if_not = if d == Dialect::MySql {
+            ""
+        } else {
+            "IF NOT EXISTS "
+        };
         let index = format!(
             "CREATE UNIQUE INDEX {if_not}{index} ON {} (bf_undo_run, {})",
             self.undo,
@@ -349,7 +360,10 @@ impl UndoLog {
                 ),
                 params,
             });
-            let row = format!("(?, ?, 'inserted', {})", vec!["?"; self.key.len()].join(", "));
+            let row = format!(
+                "(?, ?, 'inserted', {})",
+                vec!["?"; self.key.len()].join(", ")
+            );
             let mut params = Vec::new();
             for key in chunk {
                 params.push(Value::Text(b.run_id.clone()));
@@ -764,7 +778,9 @@ pub(crate) async fn catalog_log(
 ) -> Result<UndoLog, ConnectorError> {
     if catalog.is_empty() {
         return Err(ConnectorError::Data {
-            message: format!("target table \"{table}\" not found (the undo log copies its columns)"),
+            message: format!(
+                "target table \"{table}\" not found (the undo log copies its columns)"
+            ),
         });
     }
     UndoLog::new(dialect, table, key, &catalog)
@@ -773,12 +789,16 @@ pub(crate) async fn catalog_log(
 /// Builds the undo log of `table` on `pool`, creating its table when missing.
 macro_rules! open_log {
     ($pool:expr, $dialect:expr, $catalog:path, $table:expr, $key:expr, $conn:ident) => {{
-        let log = $crate::undo::catalog_log($dialect, $catalog($pool, $table).await?, $table, $key).await?;
-        let mut c = $pool.acquire().await.map_err(|e| $crate::ConnectorError::Sql {
-            context: $crate::undo::CONTEXT.to_owned(),
-            message: e.to_string(),
-            class: backfill_core::retry::ErrorClass::Transient,
-        })?;
+        let log = $crate::undo::catalog_log($dialect, $catalog($pool, $table).await?, $table, $key)
+            .await?;
+        let mut c = $pool
+            .acquire()
+            .await
+            .map_err(|e| $crate::ConnectorError::Sql {
+                context: $crate::undo::CONTEXT.to_owned(),
+                message: e.to_string(),
+                class: backfill_core::retry::ErrorClass::Transient,
+            })?;
         let mut conn = $crate::undo::Conn::$conn(&mut c);
         log.ensure(&mut conn, $table).await?;
         log
@@ -788,15 +808,25 @@ pub(crate) use open_log;
 
 impl UndoLog {
     /// Creates the undo table and its index when missing.
-    pub(crate) async fn ensure(&self, conn: &mut Conn<'_>, table: &str) -> Result<(), ConnectorError> {
+    pub(crate) async fn ensure(
+        &self,
+        conn: &mut Conn<'_>,
+        table: &str,
+    ) -> Result<(), ConnectorError> {
         let [create, index]: [Stmt; 2] = match self.create(table).try_into() {
             Ok(pair) => pair,
             Err(_) => return Ok(()),
         };
         conn.exec(&create, CONTEXT).await?;
+        if self.dialect == Dialect::MySql {
+            self.mysql_nullable(conn, table).await?;
+        }
         match conn.exec(&index, CONTEXT).await {
             // MySQL has no `IF NOT EXISTS` for indexes: an existing one is fine.
-            Err(e) if self.dialect == Dialect::MySql && e.to_string().contains("Duplicate key name") => {
+            Err(e)
+                if self.dialect == Dialect::MySql
+                    && e.to_string().contains("Duplicate key name") =>
+            {
                 Ok(())
             }
             other => other.map(drop),
@@ -804,10 +834,51 @@ impl UndoLog {
     }
 }
 
+impl UndoLog {
+    /// MySQL/MariaDB copy `NOT NULL` and "no default" into a `CREATE TABLE … AS SELECT`;
+    /// an `inserted` row holds only its key, so every copied column is made nullable with
+    /// a NULL default.
+    async fn mysql_nullable(&self, conn: &mut Conn<'_>, table: &str) -> Result<(), ConnectorError> {
+        let undo = undo_table_name(table);
+        let (schema, name) = match undo.split_once('.') {
+            Some((s, n)) => (Value::Text(s.to_owned()), n.to_owned()),
+            None => (Value::Null, undo.clone()),
+        };
+        let stmt = Stmt {
+            sql: "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR) FROM \
+                  information_schema.columns WHERE table_schema = COALESCE(?, DATABASE()) AND \
+                  table_name = ? AND COLUMN_NAME NOT LIKE 'bf\\_undo\\_%'"
+                .to_owned(),
+            params: vec![schema, Value::Text(name)],
+        };
+        let rows = conn.texts(&stmt, CONTEXT).await?;
+        let mut changes = Vec::new();
+        for row in rows {
+            if let [Some(column), Some(ty)] = row.as_slice() {
+                // The type comes from the catalog and holds only type syntax.
+                changes.push(format!(
+                    "MODIFY {} {ty} NULL DEFAULT NULL",
+                    self.dialect.quote(column)
+                ));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let alter = Stmt {
+            sql: format!("ALTER TABLE {} {}", self.undo, changes.join(", ")),
+            params: vec![],
+        };
+        conn.exec(&alter, CONTEXT).await.map(drop)
+    }
+}
+
 impl UndoTarget {
     /// Opens the target of `spec` and reads whether its undo log exists (nothing is
     /// created: a target without a log has no undo data).
-    pub async fn open(spec: &backfill_core::spec::TargetSpec) -> Result<UndoTarget, ConnectorError> {
+    pub async fn open(
+        spec: &backfill_core::spec::TargetSpec,
+    ) -> Result<UndoTarget, ConnectorError> {
         let table = spec.table.as_deref().ok_or_else(|| ConnectorError::Data {
             message: "`sql` mode has no undo log".to_owned(),
         })?;

@@ -177,7 +177,13 @@ async fn rollback_on(
                 "force": force,
             });
             store
-                .record_action(&run.id, Some(partition_id), actor, "rollback.partition", detail)
+                .record_action(
+                    &run.id,
+                    Some(partition_id),
+                    actor,
+                    "rollback.partition",
+                    detail,
+                )
                 .await?;
         }
         summary.deleted += counts.deleted;

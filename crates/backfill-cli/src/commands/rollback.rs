@@ -38,11 +38,20 @@ pub(crate) async fn rollback(args: &RollbackArgs, state: &str, out: Output) -> a
         force: args.force,
         dry_run: args.dry_run,
     };
-    let verb = if args.dry_run { "would roll back" } else { "rolled back" };
+    let verb = if args.dry_run {
+        "would roll back"
+    } else {
+        "rolled back"
+    };
     let summary = rollback::rollback(&store, &spec, &run, &options, |p| {
         out.note(format!(
             "[{}/{}] partition {} {verb}: {} deleted, {} restored, {} conflicts",
-            p.index, p.total, p.partition_id, p.counts.deleted, p.counts.restored, p.counts.conflicts
+            p.index,
+            p.total,
+            p.partition_id,
+            p.counts.deleted,
+            p.counts.restored,
+            p.counts.conflicts
         ));
     })
     .await
@@ -64,7 +73,11 @@ fn report(summary: &RollbackSummary, run_id: &str, args: &RollbackArgs, out: Out
             .map(|(p, k)| json!({ "partition_id": p, "key": k }))
             .collect::<Vec<_>>(),
     }));
-    let what = if args.dry_run { "would delete" } else { "deleted" };
+    let what = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
     out.line(format!(
         "run {run_id}: {} partition(s); {what} {} key(s) the run inserted, {} {} row(s) as they were before it",
         summary.partitions,
@@ -100,4 +113,14 @@ pub(crate) async fn cleanup(args: &CleanupArgs, state: &str, out: Output) -> any
         thousands(dropped)
     ));
     Ok(())
+}
+
+/// Rows of `run` in its target's undo log, for `status`; `None` when the run keeps none or
+/// its spec or target cannot be read now.
+pub(crate) async fn undo_rows(run: &backfill_store::RunRecord, out: Output) -> Option<u64> {
+    let spec = spec_of(run, None, out).ok()?;
+    if !spec.target.undo {
+        return None;
+    }
+    rollback::undo_size(&spec, &run.id).await.ok()
 }

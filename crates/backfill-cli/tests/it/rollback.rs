@@ -67,7 +67,10 @@ async fn fixture(system: System, ws: &Workspace) -> Option<(TestDb, TestDb)> {
     target
         .exec(&format!(
             "INSERT INTO {dst} VALUES {}",
-            tuples(system, (1..=PER_DAY * DAYS).filter(|i| !(31..=60).contains(i)))
+            tuples(
+                system,
+                (1..=PER_DAY * DAYS).filter(|i| !(31..=60).contains(i))
+            )
         ))
         .await;
     target
@@ -167,6 +170,11 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     let id = run_id(&ran);
     let after = fingerprint(&target).await;
     assert_ne!(after, before);
+    let status = ws.run(&["status", &id, "--json"]);
+    assert!(
+        status.json()["undo_rows"].as_u64() >= Some(300),
+        "{status:?}"
+    );
 
     // --dry-run reports and changes nothing.
     let dry = ws.run(&["rollback", &id, "--dry-run", "--json"]);
@@ -196,7 +204,11 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     // cleanup drops the undo rows; a rollback is then refused (exit 2).
     let clean = ws.run(&["cleanup", &id, "--json"]);
     assert_eq!(clean.code, 0, "{clean:?}");
-    assert!(clean.json()["undo_rows_dropped"].as_u64() > Some(0), "{clean:?}");
+    assert!(
+        clean.json()["undo_rows_dropped"].as_u64() > Some(0),
+        "{clean:?}"
+    );
+    assert_eq!(ws.run(&["status", &id, "--json"]).json()["undo_rows"], 0);
     let refused = ws.run(&["rollback", &id]);
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(refused.stderr.contains("no undo data"), "{refused:?}");

@@ -31,8 +31,8 @@ use crate::shared::{
     check_target, is_key, no_unique_key, replace_column, require_table, sql_statement,
     upsert_counts,
 };
-use crate::window::{bounds, named_values};
 use crate::undo::{self, Conn, Dialect, UndoBatch, UndoLog};
+use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// The target table's columns as the catalog knows them.

@@ -34,11 +34,11 @@ use crate::pending::Pending;
 use crate::shutdown::Shutdown;
 
 mod attempt;
+mod deletes;
 mod quarantine;
 mod replace;
 mod split;
 mod upsert;
-mod deletes;
 
 use attempt::{SlowCheck, run_partition};
 use quarantine::{isolate_rejected, rejected_row};

@@ -192,7 +192,8 @@ pub(super) async fn upsert_partition(
             return Err(AttemptError::SplitRequested);
         }
     }
-    total.deleted += super::deletes::propagate_deletes(ctx, partition, attempt, after.as_deref()).await?;
+    total.deleted +=
+        super::deletes::propagate_deletes(ctx, partition, attempt, after.as_deref()).await?;
     Ok(total)
 }
 
