@@ -299,8 +299,11 @@ impl UndoLog {
         } else {
             "IF NOT EXISTS "
         };
+        // Key first: the hot path looks keys up for one run, and with the run first a fresh
+        // table without statistics gets plans that scan the whole run per batch (measured:
+        // 37x the run without undo on PostgreSQL).
         let index = format!(
-            "CREATE UNIQUE INDEX {if_not}{index} ON {} (bf_undo_run, {})",
+            "CREATE UNIQUE INDEX {if_not}{index} ON {} ({}, bf_undo_run)",
             self.undo,
             self.key.join(", ")
         );
