@@ -299,8 +299,11 @@ impl UndoLog {
         } else {
             "IF NOT EXISTS "
         };
+        // Key first: the hot path looks keys up for one run, and with the run first a fresh
+        // table without statistics gets plans that scan the whole run per batch (measured:
+        // 37x the run without undo on PostgreSQL).
         let index = format!(
-            "CREATE UNIQUE INDEX {if_not}{index} ON {} (bf_undo_run, {})",
+            "CREATE UNIQUE INDEX {if_not}{index} ON {} ({}, bf_undo_run)",
             self.undo,
             self.key.join(", ")
         );
@@ -818,6 +821,9 @@ impl UndoLog {
             Err(_) => return Ok(()),
         };
         conn.exec(&create, CONTEXT).await?;
+        if self.dialect == Dialect::MySql {
+            self.mysql_nullable(conn, table).await?;
+        }
         match conn.exec(&index, CONTEXT).await {
             // MySQL has no `IF NOT EXISTS` for indexes: an existing one is fine.
             Err(e)
@@ -828,6 +834,45 @@ impl UndoLog {
             }
             other => other.map(drop),
         }
+    }
+}
+
+impl UndoLog {
+    /// MySQL/MariaDB copy `NOT NULL` and "no default" into a `CREATE TABLE … AS SELECT`;
+    /// an `inserted` row holds only its key, so every copied column is made nullable with
+    /// a NULL default.
+    async fn mysql_nullable(&self, conn: &mut Conn<'_>, table: &str) -> Result<(), ConnectorError> {
+        let undo = undo_table_name(table);
+        let (schema, name) = match undo.split_once('.') {
+            Some((s, n)) => (Value::Text(s.to_owned()), n.to_owned()),
+            None => (Value::Null, undo.clone()),
+        };
+        let stmt = Stmt {
+            sql: "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR) FROM \
+                  information_schema.columns WHERE table_schema = COALESCE(?, DATABASE()) AND \
+                  table_name = ? AND COLUMN_NAME NOT LIKE 'bf\\_undo\\_%'"
+                .to_owned(),
+            params: vec![schema, Value::Text(name)],
+        };
+        let rows = conn.texts(&stmt, CONTEXT).await?;
+        let mut changes = Vec::new();
+        for row in rows {
+            if let [Some(column), Some(ty)] = row.as_slice() {
+                // The type comes from the catalog and holds only type syntax.
+                changes.push(format!(
+                    "MODIFY {} {ty} NULL DEFAULT NULL",
+                    self.dialect.quote(column)
+                ));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let alter = Stmt {
+            sql: format!("ALTER TABLE {} {}", self.undo, changes.join(", ")),
+            params: vec![],
+        };
+        conn.exec(&alter, CONTEXT).await.map(drop)
     }
 }
 

@@ -114,3 +114,13 @@ pub(crate) async fn cleanup(args: &CleanupArgs, state: &str, out: Output) -> any
     ));
     Ok(())
 }
+
+/// Rows of `run` in its target's undo log, for `status`; `None` when the run keeps none or
+/// its spec or target cannot be read now.
+pub(crate) async fn undo_rows(run: &backfill_store::RunRecord, out: Output) -> Option<u64> {
+    let spec = spec_of(run, None, out).ok()?;
+    if !spec.target.undo {
+        return None;
+    }
+    rollback::undo_size(&spec, &run.id).await.ok()
+}

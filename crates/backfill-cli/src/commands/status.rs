@@ -39,10 +39,12 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         .lease_holder(&backfill_store::run_resource(&run.id))
         .await?
         .filter(|c| !c.is_free(now));
+    let undo_rows = crate::commands::rollback::undo_rows(&run, out).await;
     out.json(&json!({
         "run_id": run.id,
         "spec": run.spec_name,
         "state": run.state.as_str(),
+        "undo_rows": undo_rows,
         "owner": run.owner,
         "reason": run.reason,
         "created_at": run.created_at.to_rfc3339(),
@@ -168,6 +170,13 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         thousands(st.counts.deleted),
         thousands(st.counts.unchanged),
     ));
+    if let Some(n) = undo_rows {
+        out.line(format!(
+            "  undo data:  {} row(s) (`backfill rollback {}` restores; `backfill cleanup` drops)",
+            thousands(n),
+            run.id
+        ));
+    }
     out.line(format!(
         "  throughput: {} rows/s over {}",
         thousands(st.rows_per_second as u64),

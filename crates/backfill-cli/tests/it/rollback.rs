@@ -170,6 +170,11 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     let id = run_id(&ran);
     let after = fingerprint(&target).await;
     assert_ne!(after, before);
+    let status = ws.run(&["status", &id, "--json"]);
+    assert!(
+        status.json()["undo_rows"].as_u64() >= Some(300),
+        "{status:?}"
+    );
 
     // --dry-run reports and changes nothing.
     let dry = ws.run(&["rollback", &id, "--dry-run", "--json"]);
@@ -203,6 +208,7 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
         clean.json()["undo_rows_dropped"].as_u64() > Some(0),
         "{clean:?}"
     );
+    assert_eq!(ws.run(&["status", &id, "--json"]).json()["undo_rows"], 0);
     let refused = ws.run(&["rollback", &id]);
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(refused.stderr.contains("no undo data"), "{refused:?}");
@@ -314,4 +320,41 @@ async fn rollback_conflicts_postgres() {
 #[tokio::test]
 async fn rollback_conflicts_mysql() {
     edited_rows_are_conflicts_unless_forced(System::MySql).await;
+}
+
+/// SIGKILL in the middle of a run, resume, then rollback: the target is as before the run
+/// (the first before-image of each key survives the replayed batches).
+#[tokio::test]
+async fn rollback_after_sigkill_and_resume_restores_sqlite() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Sqlite, &ws).await else {
+        return;
+    };
+    let slow = "\n[limits]\nconcurrency = 1\nbatch_rows = 5\nrows_per_second = 300\n";
+    let path = ws.write("spec.toml", &(spec(&source, &target, "") + slow));
+    let before = fingerprint(&target).await;
+    let mut child = ws
+        .command(&["run", &path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = ws.run(&["status", "--json"]);
+    let id = status.json()["run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!id.is_empty(), "{status:?}");
+    let resumed = ws.run(&["resume", &id, "--json"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(resumed.json()["state"], "succeeded", "{resumed:?}");
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+    assert_eq!(fingerprint(&target).await, before, "{back:?}");
+    source.drop_now().await;
+    target.drop_now().await;
 }

@@ -85,3 +85,82 @@ pub(super) fn window_for_deletes(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::spec::{ParseContext, Parsed};
+
+    const BASE: &str = r#"
+name = "n"
+reason = "r"
+[source]
+url = "sqlite://src.db"
+query = "SELECT id, ts FROM t WHERE ts >= :start AND ts < :end"
+[target]
+url = "sqlite://dst.db"
+table = "t_copy"
+key = ["id"]
+EXTRA
+[scope]
+start = "2026-03-01T00:00:00Z"
+end = "2026-03-04T00:00:00Z"
+partition = "1d"
+"#;
+
+    fn parse(extra: &str) -> Parsed {
+        let env = |_: &str| None;
+        crate::spec::parse(
+            &BASE.replace("EXTRA", extra),
+            &ParseContext {
+                env: &env,
+                base_dir: Path::new("/specs"),
+            },
+        )
+    }
+
+    fn errors(extra: &str) -> Vec<String> {
+        parse(extra)
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn undo_defaults_on_and_propagate_deletes_off() {
+        let spec = parse("").spec.expect("valid");
+        assert!(spec.target.undo);
+        assert!(!spec.target.propagate_deletes);
+        assert_eq!(spec.target.delete_window_column, None);
+    }
+
+    #[test]
+    fn propagate_deletes_in_upsert_needs_a_window_column_and_undo() {
+        assert_eq!(
+            errors("propagate_deletes = true"),
+            [
+                "target.propagate_deletes: `propagate_deletes` in `upsert` mode needs the target column that bounds a window"
+            ]
+        );
+        let spec = parse("propagate_deletes = true\nwindow_column = \"ts\"")
+            .spec
+            .expect("valid");
+        assert_eq!(spec.target.delete_window_column.as_deref(), Some("ts"));
+        assert_eq!(
+            errors("propagate_deletes = true\nwindow_column = \"ts\"\nundo = false"),
+            ["target.propagate_deletes: `propagate_deletes` in `upsert` mode needs `undo = true`"]
+        );
+    }
+
+    #[test]
+    fn sql_mode_refuses_undo() {
+        let sql =
+            "mode = \"sql\"\nsql = \"DELETE FROM t WHERE ts >= :start AND ts < :end\"\nundo = true";
+        assert_eq!(
+            errors(sql),
+            ["target.undo: `undo` does not apply to `sql` mode"]
+        );
+    }
+}
