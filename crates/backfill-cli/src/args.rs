@@ -108,22 +108,16 @@ pub(crate) enum Command {
     /// run succeeded and the live table is unchanged since the shadow was seeded (someone
     /// wrote to it); `--force` overrides that, and the audit trail records it.
     Promote(PromoteArgs),
-    /// Undo a promote: the old table is live again, the promoted one goes back to the
-    /// shadow's name. (`backfill rollback` will route here for shadow runs.)
-    #[command(hide = true, name = "shadow-swap-back")]
-    ShadowSwapBack(ShadowArgs),
-    /// Drop the table of a shadow run that is not live: the old table after a promote, else
-    /// the shadow. (`backfill cleanup` will route here for shadow runs.)
-    #[command(hide = true, name = "shadow-cleanup")]
-    ShadowCleanup(ShadowArgs),
     /// Undo a run's in-place writes (`upsert`/`replace` with `undo`, the default): delete the
     /// keys it inserted and restore the rows it updated or deleted as they were before it. A
     /// row someone else changed after the run wrote it is a conflict: left as it is and
     /// listed, unless --force. One transaction per partition; a killed rollback, run again,
-    /// continues where it stopped. Refused while the run executes. Audited.
+    /// continues where it stopped. Refused while the run executes. Audited. For a promoted
+    /// `mode = "shadow"` run: swaps the old table back in.
     Rollback(RollbackArgs),
     /// Drop a run's undo data (its rows in `<table>__bf_undo`); the run can no longer be
-    /// rolled back. Refused while the run executes. Audited.
+    /// rolled back. Refused while the run executes. Audited. For a `mode = "shadow"` run:
+    /// drops the table that is not live (the old one after a promote, else the shadow).
     Cleanup(CleanupArgs),
     /// A self-contained repair on SQLite: creates 1,000,000 synthetic events, breaks 4 days of
     /// a derived table, and repairs them with a backfill.
@@ -460,17 +454,6 @@ pub(crate) struct RollbackArgs {
     #[arg(long)]
     pub(crate) force: bool,
     /// The spec file, when the run's recorded one moved.
-    #[arg(long)]
-    pub(crate) spec: Option<PathBuf>,
-}
-
-/// A step on a shadow run's tables.
-#[derive(Debug, Args)]
-pub(crate) struct ShadowArgs {
-    /// Run id (or a unique prefix of at least 4 characters) of a `mode = "shadow"` run.
-    #[arg(value_parser = parse_run_ref)]
-    pub(crate) run: String,
-    /// The spec file, when it moved since the run was created.
     #[arg(long)]
     pub(crate) spec: Option<PathBuf>,
 }

@@ -151,8 +151,6 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,
         Command::Quarantine(args) => commands::quarantine::run(&args, &state, out).await,
         Command::Promote(args) => commands::shadow::promote(&args, &state, out).await,
-        Command::ShadowSwapBack(args) => commands::shadow::swap_back(&args, &state, out).await,
-        Command::ShadowCleanup(args) => commands::shadow::cleanup(&args, &state, out).await,
         Command::Rollback(args) => commands::rollback::rollback(&args, &state, out).await,
         Command::Cleanup(args) => commands::rollback::cleanup(&args, &state, out).await,
         Command::Demo(args) => commands::demo::run(&args, out).await,

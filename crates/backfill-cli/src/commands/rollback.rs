@@ -32,6 +32,18 @@ fn refusal(e: RollbackError, run_id: &str) -> anyhow::Error {
 pub(crate) async fn rollback(args: &RollbackArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
+    if store.shadow(&run.id).await?.is_some() {
+        if args.dry_run {
+            out.json(&json!({ "run_id": run.id, "dry_run": true, "swap_back": true }));
+            out.line(format!(
+                "run {} wrote a shadow table: its rollback swaps the old table back in (one \
+                 rename, nothing else changes); run without --dry-run to do it",
+                run.id
+            ));
+            return Ok(());
+        }
+        return crate::commands::shadow::swap_back(&store, &run, args.spec.as_deref(), out).await;
+    }
     let spec = spec_of(&run, args.spec.as_deref(), out)?;
     let options = RollbackOptions {
         actor: whoami(),
@@ -102,6 +114,9 @@ fn report(summary: &RollbackSummary, run_id: &str, args: &RollbackArgs, out: Out
 pub(crate) async fn cleanup(args: &CleanupArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
+    if store.shadow(&run.id).await?.is_some() {
+        return crate::commands::shadow::cleanup(&store, &run, args.spec.as_deref(), out).await;
+    }
     let spec = spec_of(&run, args.spec.as_deref(), out)?;
     let dropped = rollback::cleanup(&store, &spec, &run, &whoami())
         .await

@@ -1,5 +1,5 @@
-//! `backfill promote RUN [--force]`, and the hidden `shadow-swap-back RUN` and
-//! `shadow-cleanup RUN` (which `rollback` and `cleanup` will route to for shadow runs): the
+//! `backfill promote RUN [--force]`, and what `rollback` and `cleanup` do for a shadow run
+//! (swap back, drop the spare table): the
 //! steps on a `mode = "shadow"` run's tables, from `backfill_engine::shadow`.
 //!
 //! A refusal (the run did not succeed, the live table changed, a table is missing) exits 2
@@ -8,7 +8,7 @@
 use backfill_engine::shadow::{self, ShadowError};
 use serde_json::json;
 
-use crate::args::{PromoteArgs, ShadowArgs};
+use crate::args::PromoteArgs;
 use crate::commands::run::{find_run, spec_of};
 use crate::commands::{open_store, whoami};
 use crate::output::Output;
@@ -42,10 +42,14 @@ pub(crate) async fn promote(args: &PromoteArgs, state: &str, out: Output) -> any
     Ok(())
 }
 
-pub(crate) async fn swap_back(args: &ShadowArgs, state: &str, out: Output) -> anyhow::Result<()> {
-    let store = open_store(state).await?;
-    let run = find_run(&store, &args.run).await?;
-    let spec = spec_of(&run, args.spec.as_deref(), out)?;
+/// `backfill rollback RUN` of a shadow run: the old table is live again.
+pub(crate) async fn swap_back(
+    store: &backfill_store::Store,
+    run: &backfill_store::RunRecord,
+    spec_path: Option<&std::path::Path>,
+    out: Output,
+) -> anyhow::Result<()> {
+    let spec = spec_of(run, spec_path, out)?;
     let swapped = shadow::swap_back(&store, &spec, &run.id, &whoami())
         .await
         .map_err(|e| refusal(e, &run.id))?;
@@ -66,10 +70,14 @@ pub(crate) async fn swap_back(args: &ShadowArgs, state: &str, out: Output) -> an
     Ok(())
 }
 
-pub(crate) async fn cleanup(args: &ShadowArgs, state: &str, out: Output) -> anyhow::Result<()> {
-    let store = open_store(state).await?;
-    let run = find_run(&store, &args.run).await?;
-    let spec = spec_of(&run, args.spec.as_deref(), out)?;
+/// `backfill cleanup RUN` of a shadow run: drops the table that is not live.
+pub(crate) async fn cleanup(
+    store: &backfill_store::Store,
+    run: &backfill_store::RunRecord,
+    spec_path: Option<&std::path::Path>,
+    out: Output,
+) -> anyhow::Result<()> {
+    let spec = spec_of(run, spec_path, out)?;
     let cleaned = shadow::cleanup(&store, &spec, &run.id, &whoami())
         .await
         .map_err(|e| refusal(e, &run.id))?;

@@ -254,14 +254,14 @@ async fn shadow_run_promote_and_swap_back(system: System) {
     assert!(again.stderr.contains("already promoted"), "{again:?}");
 
     // Swapping back restores the original live table, live write included.
-    let back = ws.run(&["shadow-swap-back", &run_id]);
+    let back = ws.run(&["rollback", &run_id]);
     assert_eq!(back.code, 0, "{back:?}");
     assert_eq!(count_sum(&target, "dst").await, Some((300, 0)));
     assert_eq!(count_sum(&target, &shadow).await, Some((300, in_scope)));
     assert_eq!(count_sum(&target, &old).await, None);
 
     // Cleanup drops the table that is not live.
-    let cleaned = ws.run(&["shadow-cleanup", &run_id]);
+    let cleaned = ws.run(&["cleanup", &run_id]);
     assert_eq!(cleaned.code, 0, "{cleaned:?}");
     assert_eq!(count_sum(&target, &shadow).await, None);
     assert_eq!(count_sum(&target, "dst").await, Some((300, 0)));
@@ -467,7 +467,7 @@ async fn serial_sequence_follows_the_promoted_table_postgres() {
     let run_id = only_run_id(&ws);
     let promoted = ws.run(&["promote", &run_id]);
     assert_eq!(promoted.code, 0, "{promoted:?}");
-    let cleaned = ws.run(&["shadow-cleanup", &run_id]);
+    let cleaned = ws.run(&["cleanup", &run_id]);
     assert_eq!(cleaned.code, 0, "{cleaned:?}");
     target
         .exec(&format!(

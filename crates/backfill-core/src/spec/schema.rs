@@ -238,9 +238,9 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
     key(
         "target.undo",
         "boolean",
-        Some("true (upsert, replace)"),
+        Some("true (upsert, replace; false in shadow)"),
         false,
-        "Keep an undo log so `backfill rollback RUN` can restore the run's scope: for each key the run touched, the operation (inserted, updated, deleted), the row as it was before the run (the first before-image only: a replayed batch never overwrites it) and a hash of the row the run wrote (a row edited since is a conflict). It lives in the target's database, in the table `<table>__bf_undo`, written in each batch's transaction; `backfill cleanup RUN` drops a run's part. Refused in `sql` mode. With undo on, the SQLite-to-SQLite pushdown is not used.",
+        "Keep an undo log so `backfill rollback RUN` can restore the run's scope: for each key the run touched, the operation (inserted, updated, deleted), the row as it was before the run (the first before-image only: a replayed batch never overwrites it) and a hash of the row the run wrote (a row edited since is a conflict). It lives in the target's database, in the table `<table>__bf_undo`, written in each batch's transaction; `backfill cleanup RUN` drops a run's part. Refused in `sql` mode; off by default in `shadow` mode, whose rollback swaps the old table back. With undo on, the SQLite-to-SQLite pushdown is not used.",
     ),
     key(
         "target.propagate_deletes",

@@ -67,7 +67,12 @@ pub(super) fn target_spec(
     }
     let mode = write_mode(w, mode_raw, has_table, key.as_deref(), window_column, sql);
     let pushdown = w.boolean(t, "target", "pushdown", true);
-    let undo_flags = super::undo::undo_flags(w, t, mode.as_ref());
+    let mut undo_flags = super::undo::undo_flags(w, t, mode.as_ref());
+    // A shadow write leaves the live table alone: its rollback is a rename back, so no undo
+    // log unless the spec asks for one.
+    if is_shadow && t.get("undo").is_none() {
+        undo_flags.undo = false;
+    }
     if guard.is_some() && !matches!(mode, Some(WriteMode::Upsert)) {
         w.error(
             "target.guard",

@@ -871,6 +871,10 @@ fn shadow_mode_is_an_upsert_into_a_shadow() {
     let spec = parse(&text).spec.unwrap();
     assert_eq!(spec.target.mode, WriteMode::Upsert);
     assert_eq!(spec.target.mode_name(), "shadow");
+    assert!(
+        !spec.target.undo,
+        "a shadow's rollback is a rename: no undo log by default"
+    );
     let shadow = spec.target.shadow.unwrap();
     assert!(!shadow.seed_outside_scope);
     assert_eq!(shadow.window_column, None);
