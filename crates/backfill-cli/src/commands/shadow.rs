@@ -50,7 +50,7 @@ pub(crate) async fn swap_back(
     out: Output,
 ) -> anyhow::Result<()> {
     let spec = spec_of(run, spec_path, out)?;
-    let swapped = shadow::swap_back(&store, &spec, &run.id, &whoami())
+    let swapped = shadow::swap_back(store, &spec, &run.id, &whoami())
         .await
         .map_err(|e| refusal(e, &run.id))?;
     let lock_ms = swapped.lock.as_secs_f64() * 1000.0;
@@ -78,7 +78,7 @@ pub(crate) async fn cleanup(
     out: Output,
 ) -> anyhow::Result<()> {
     let spec = spec_of(run, spec_path, out)?;
-    let cleaned = shadow::cleanup(&store, &spec, &run.id, &whoami())
+    let cleaned = shadow::cleanup(store, &spec, &run.id, &whoami())
         .await
         .map_err(|e| refusal(e, &run.id))?;
     out.json(&json!({ "run_id": run.id, "dropped": cleaned.dropped }));
