@@ -4,7 +4,8 @@ PostgreSQL, 365 daily partitions, `replace` mode), measured in one run.
 
 Times `backfill run` of the W1 copy with reconciliation on (the defaults: one fingerprint
 query per side after each partition, one bucketed query per side at the end) against the
-same spec with `[validate] after_partition = false, at_end = false`, interleaved `--reps`
+same spec with `[validate] after_partition = false, at_end = false` and with `at_end = false`
+only (the end-of-run re-check's share), interleaved `--reps`
 times, each on a fresh state store into the same target (`replace` rewrites every window).
 Reports the best wall time of each and their ratio, and checks that the validated run
 verified every partition.
@@ -30,6 +31,8 @@ from pg_suite import TARGET_DDL, YEAR_END, YEAR_START, Engine, Pg  # noqa: E402
 
 DB = "bench_w1_validate"
 OFF = "\n[validate]\nafter_partition = false\nat_end = false\n"
+# After each partition only: the end-of-run re-check's share of the cost.
+PARTITION = "\n[validate]\nat_end = false\n"
 
 
 def log(msg):
@@ -59,17 +62,18 @@ def main():
         work = Path(tmp)
         engine = Engine(Path(args.binary), work, pg)
         specs = {}
-        for label, extra in (("on", ""), ("off", OFF)):
+        for label, extra in (("on", ""), ("partition", PARTITION), ("off", OFF)):
             text = pg_suite.spec_text(
                 f"bench_validate_{label}", pg.url(src), pg.url(DB), mode, YEAR_START, YEAR_END,
                 "1d", args.concurrency, 5000,
             ) + extra
             specs[label] = pg_suite.write_spec(work, f"validate_{label}", text)
         engine.run(specs["off"])  # warm-up (caches, a full target), not counted
-        times = {"on": [], "off": []}
+        times = {"on": [], "partition": [], "off": []}
         verified = None
         for rep in range(args.reps):
-            for label in ("on", "off") if rep % 2 == 0 else ("off", "on"):
+            labels = ("on", "partition", "off")
+            for label in labels if rep % 2 == 0 else labels[::-1]:
                 r = engine.run(specs[label], expect={"rows.read": args.rows})
                 times[label].append(r.wall)
                 log(f"  rep {rep + 1} validate {label}: {r.wall:.1f} s")
@@ -77,11 +81,13 @@ def main():
                     verified = r.summary["reconciliation"]
     load_after = os.getloadavg()
     pg.drop(DB)
-    on, off = min(times["on"]), min(times["off"])
+    on, off, part = min(times["on"]), min(times["off"]), min(times["partition"])
     print(f"rows: {args.rows:,}; partitions: 365 (1d, replace, concurrency {args.concurrency})")
     print(f"validate on  (best of {args.reps}): {on:.1f} s  all: {', '.join(f'{t:.1f}' for t in times['on'])}")
     print(f"validate off (best of {args.reps}): {off:.1f} s  all: {', '.join(f'{t:.1f}' for t in times['off'])}")
-    print(f"ratio on/off: {on / off:.2f}x")
+    print(f"after_partition only (best of {args.reps}): {part:.1f} s  all: "
+          f"{', '.join(f'{t:.1f}' for t in times['partition'])}")
+    print(f"ratio on/off: {on / off:.2f}x; after_partition only/off: {part / off:.2f}x")
     print(f"reconciliation of the validated run: {verified}")
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f}; "
           f"after: {load_after[0]:.2f} {load_after[1]:.2f}")
