@@ -432,7 +432,7 @@ fn runs_of(ws: &Workspace) -> Vec<J> {
 
 /// Removing the last audit events leaves a chain that still links; the anchored head names
 /// the missing range.
-/// Without an anchor (a store from before schema 11 that never appended since), the chain
+/// Without an anchor (a store from before schema 10 that never appended since), the chain
 /// verifies as before.
 async fn truncated_tail_is_detected(state: &str, delete: impl AsyncFn(&str)) {
     let ws = Workspace::new();

@@ -96,7 +96,12 @@ async fn correct_run_verifies_then_validate_finds_an_edit(system: System) {
     let Some((source, target)) = fixture(system, &ws).await else {
         return;
     };
-    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    // The end-of-run re-check is off by default (each partition was checked as it ended);
+    // asked for here, it adds one `run.reconciled` event.
+    let path = ws.write(
+        "spec.toml",
+        &spec(&source, &target, "[validate]\nat_end = true\n"),
+    );
 
     let plan = ws.run(&["plan", &path]);
     assert!(

@@ -414,7 +414,10 @@ pub struct ValidateSpec {
     pub explicit: bool,
     /// Reconcile each partition after its last batch, before it is marked done.
     pub after_partition: bool,
-    /// Re-check every partition at the end of the run, one bucketed query per side.
+    /// Re-check every partition at the end of the run, one bucketed query per side. Off by
+    /// default when `after_partition` is on: on W1 it took the run from 1.56x to 2.38x of a
+    /// run without reconciliation, to prove again what each partition proved when it ended
+    /// (`backfill validate` does that at any time, and also sees writes made since).
     pub at_end: bool,
     /// Rows allowed to differ (by count, or rows a differing checksum stands for) per
     /// partition before it is a mismatch.
@@ -433,12 +436,13 @@ pub struct ValidateSpec {
 }
 
 impl Default for ValidateSpec {
-    /// The documented defaults: on after each partition and at the end, no tolerance.
+    /// The documented defaults: on after each partition, not again at the end, no
+    /// tolerance.
     fn default() -> Self {
         ValidateSpec {
             explicit: false,
             after_partition: true,
-            at_end: true,
+            at_end: false,
             tolerance: 0,
             columns: None,
             window_column: None,

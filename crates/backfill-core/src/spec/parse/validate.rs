@@ -33,10 +33,12 @@ pub(super) fn validate(w: &mut Walker<'_>, t: &Table<'_>) -> ValidateSpec {
         None => d.tolerance,
     };
     let window_column_raw = w.string(t, SECTION, "window_column", false);
+    let after_partition = w.boolean(t, SECTION, "after_partition", d.after_partition);
     ValidateSpec {
         explicit: true,
-        after_partition: w.boolean(t, SECTION, "after_partition", d.after_partition),
-        at_end: w.boolean(t, SECTION, "at_end", d.at_end),
+        after_partition,
+        // Without the check after each partition, the end of the run checks them all.
+        at_end: w.boolean(t, SECTION, "at_end", !after_partition),
         tolerance,
         columns: columns(w, t),
         window_column: identifier(w, window_column_raw, "validate.window_column"),
