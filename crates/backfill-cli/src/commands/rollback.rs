@@ -131,11 +131,18 @@ pub(crate) async fn cleanup(args: &CleanupArgs, state: &str, out: Output) -> any
 }
 
 /// Rows of `run` in its target's undo log, for `status`; `None` when the run keeps none or
-/// its spec or target cannot be read now.
+/// its spec or target cannot be read within [`UNDO_SIZE_PATIENCE`] (status answers from the
+/// state store; an unreachable target must not hold it up).
 pub(crate) async fn undo_rows(run: &backfill_store::RunRecord, out: Output) -> Option<u64> {
     let spec = spec_of(run, None, out).ok()?;
     if !spec.target.undo {
         return None;
     }
-    rollback::undo_size(&spec, &run.id).await.ok()
+    tokio::time::timeout(UNDO_SIZE_PATIENCE, rollback::undo_size(&spec, &run.id))
+        .await
+        .ok()?
+        .ok()
 }
+
+/// How long `status` waits for the target to count a run's undo rows.
+const UNDO_SIZE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
