@@ -60,6 +60,9 @@ pub(crate) struct Reconciler {
     method: Method,
     /// Rows a partition may differ by.
     tolerance: u64,
+    /// `upsert` without `propagate_deletes`: target rows whose key is not in the source are
+    /// kept by design (the run never deletes), so they are reported, not a mismatch.
+    keeps_extra: bool,
     /// Check each partition after its last batch.
     pub(crate) after_partition: bool,
     /// Re-check every finished partition at the end of the run.
@@ -109,6 +112,8 @@ pub(crate) async fn open(spec: &Spec) -> Result<Setup, ReconcileError> {
         Ok(method) => Ok(Setup::On(Arc::new(Reconciler {
             method,
             tolerance: v.tolerance,
+            keeps_extra: spec.target.mode == backfill_core::WriteMode::Upsert
+                && !spec.target.propagate_deletes,
             after_partition: v.after_partition,
             at_end: v.at_end,
         }))),
@@ -235,16 +240,24 @@ impl Reconciler {
             max_keys: SAMPLE_KEYS,
             ..DiffOptions::default()
         };
-        let (keys, differing, truncated) =
+        let (mut keys, differing, extra_kept, truncated) =
             match sides.differing_keys(window, source, target, &options).await {
-                Ok((keys, counts, truncated)) => (
-                    keys,
-                    counts.insert + counts.update + counts.extra,
-                    truncated,
-                ),
+                Ok((keys, counts, truncated)) => {
+                    let kept = if self.keeps_extra { counts.extra } else { 0 };
+                    let differing = counts.insert + counts.update + counts.extra - kept;
+                    (keys, differing, kept, truncated)
+                }
                 // The keys are a courtesy: without them the counts still decide.
-                Err(_) => (Vec::new(), source.rows.abs_diff(target.rows).max(1), true),
+                Err(_) => (
+                    Vec::new(),
+                    source.rows.abs_diff(target.rows).max(1),
+                    0,
+                    true,
+                ),
             };
+        if extra_kept > 0 {
+            keys.retain(|k| k.change != crate::diff::Change::Extra);
+        }
         let status = if differing > self.tolerance {
             CheckStatus::Mismatch
         } else {
@@ -259,6 +272,7 @@ impl Reconciler {
                 "keys": keys.iter().map(key_json).collect::<Vec<_>>(),
                 "keys_truncated": truncated,
                 "tolerance": self.tolerance,
+                "extra_kept": extra_kept,
             }),
         }
     }

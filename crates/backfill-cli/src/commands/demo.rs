@@ -177,10 +177,6 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
             "  inspect: backfill --state {state_url} status {}   |   audit: backfill --state {state_url} audit --verify",
             run.id
         ));
-        out.line(format!(
-            "  undo it: backfill --state {state_url} rollback {} --dry-run",
-            run.id
-        ));
     }
     let remaining = after.iter().filter(|d| d.is_broken()).count();
     if summary.state != backfill_core::RunState::Succeeded

@@ -399,3 +399,41 @@ async fn bad_validate_sections_are_spec_errors() {
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(ran.stderr.contains("\"nope\""), "{ran:?}");
 }
+
+/// An `upsert` never deletes, so target rows whose key is not in the source are kept by
+/// design: reported as `extra_kept`, not a mismatch (a run into a table with rows of its own
+/// does not fail). With `propagate_deletes` they are deleted, and the partition verifies.
+#[tokio::test]
+async fn extra_target_rows_are_kept_by_an_upsert_not_a_mismatch() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Sqlite, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    target
+        .exec(&format!(
+            "INSERT INTO {dst} VALUES (9001, 1, '2026-01-04T12:00:00Z', 'mine')"
+        ))
+        .await;
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let summary = ran.json();
+    assert_eq!(reconciliation(&summary), (10, 0, 0), "{summary:#}");
+    let run_id = summary["run_id"].as_str().unwrap_or_default().to_owned();
+    let kept: Vec<J> = audit_events(&ws, &run_id)
+        .into_iter()
+        .filter(|e| e["detail"]["reconcile"]["detail"]["extra_kept"] == 1)
+        .collect();
+    assert_eq!(kept.len(), 1, "one partition reports its extra row");
+    let valid = ws.run(&["validate", &run_id]);
+    assert_eq!(valid.code, 0, "{valid:?}");
+    // Someone changes a row the run wrote: that is a mismatch, extra rows or not.
+    target
+        .exec(&format!("UPDATE {dst} SET note = 'edited' WHERE id = 20"))
+        .await;
+    let edited = ws.run(&["validate", &run_id]);
+    assert_eq!(edited.code, 1, "{edited:?}");
+    assert!(edited.stdout.contains("id=20"), "{edited:?}");
+    assert!(!edited.stdout.contains("id=9001"), "{edited:?}");
+}

@@ -103,6 +103,8 @@ pub const SECTIONS: &[(&str, &str)] = &[
          of more than `tolerance` rows fails the partition with `reconcile_mismatch`, naming up \
          to 5 differing keys; it is not retried, since a mismatch right after a correct write \
          means the data moved (a concurrent writer) or the transform is not deterministic. \
+         In `upsert` mode without `propagate_deletes`, target rows whose key is not in the \
+         source are kept by design and reported (`extra_kept`), not a mismatch. \
          Both sides' counts and checksums are stored per partition; `backfill validate` \
          re-runs the comparison at any time. Without this section the defaults apply where a \
          column places rows in partitions (`target.window_column` in `replace` mode, \
@@ -238,9 +240,9 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
     key(
         "target.undo",
         "boolean",
-        Some("true (upsert, replace; false in shadow)"),
+        Some("false (true with propagate_deletes)"),
         false,
-        "Keep an undo log so `backfill rollback RUN` can restore the run's scope: for each key the run touched, the operation (inserted, updated, deleted), the row as it was before the run (the first before-image only: a replayed batch never overwrites it) and a hash of the row the run wrote (a row edited since is a conflict). It lives in the target's database, in the table `<table>__bf_undo`, written in each batch's transaction; `backfill cleanup RUN` drops a run's part. Refused in `sql` mode; off by default in `shadow` mode, whose rollback swaps the old table back. With undo on, the SQLite-to-SQLite pushdown is not used.",
+        "Keep an undo log so `backfill rollback RUN` can restore the run's scope: for each key the run touched, the operation (inserted, updated, deleted), the row as it was before the run (the first before-image only: a replayed batch never overwrites it) and a hash of the row the run wrote (a row edited since is a conflict). It lives in the target's database, in the table `<table>__bf_undo`, written in each batch's transaction; `backfill cleanup RUN` drops a run's part. Opt-in: it costs a read of every touched row's before-image and a write of it (bench/undo.py measures the ratio against `undo = false`). Refused in `sql` mode; a `shadow` run needs none (its rollback swaps the old table back). With undo on, the SQLite-to-SQLite pushdown is not used.",
     ),
     key(
         "target.propagate_deletes",

@@ -1,6 +1,8 @@
 //! `[target] undo` and `[target] propagate_deletes`: the undo log and deletions (issue 11).
 //!
-//! Rules: `undo` defaults to true in `upsert` and `replace` and is refused in `sql` mode
+//! Rules: `undo` is opt-in (`undo = true`; on by itself with `propagate_deletes`, which
+//! needs it in `upsert`): on W1 it made a run several times slower (bench/undo.py), so a run
+//! pays for it only when asked. It is refused in `sql` mode
 //! (its rows are not the engine's, so there is nothing to take a before-image of);
 //! `propagate_deletes` is natural in `replace`, needs the undo log in `upsert` (the keys a
 //! window's batches touched are what tells a deleted key from a kept one), and is refused
@@ -22,8 +24,8 @@ pub(super) struct UndoFlags {
 pub(super) fn undo_flags(w: &mut Walker<'_>, t: &Table<'_>, mode: Option<&WriteMode>) -> UndoFlags {
     let sql = matches!(mode, Some(WriteMode::Sql { .. }));
     let undo_set = t.get("undo").is_some();
-    let undo = w.boolean(t, "target", "undo", !sql);
     let propagate_deletes = w.boolean(t, "target", "propagate_deletes", false);
+    let undo = w.boolean(t, "target", "undo", propagate_deletes && !sql);
     if sql && undo_set && undo {
         w.error("target.undo", None, "`undo` does not apply to `sql` mode")
             .hint = Some(
@@ -129,9 +131,15 @@ partition = "1d"
     }
 
     #[test]
-    fn undo_defaults_on_and_propagate_deletes_off() {
+    fn undo_is_opt_in_and_propagate_deletes_off() {
         let spec = parse("").spec.expect("valid");
-        assert!(spec.target.undo);
+        assert!(!spec.target.undo);
+        assert!(parse("undo = true").spec.expect("valid").target.undo);
+        let deleting = parse("propagate_deletes = true\nwindow_column = \"ts\"");
+        assert!(
+            deleting.spec.expect("valid").target.undo,
+            "deletions turn the log on"
+        );
         assert!(!spec.target.propagate_deletes);
         assert_eq!(spec.target.delete_window_column, None);
     }
