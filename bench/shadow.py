@@ -10,7 +10,7 @@ times, on a fresh state store:
   promoted table equals what `replace` leaves), then `backfill promote` — the same end state;
 - `shadow`: the same without seeding (the promoted table would hold the scope only; timed
   run only, not promoted), to show what the seed copy costs.
-After a promote the old table is dropped (`shadow-cleanup`) so the next repetition starts
+After a promote the old table is dropped (`backfill cleanup`) so the next repetition starts
 from the same table size. Goal: the promote's lock < 100 ms.
 
 Usage: bench/shadow.py [--binary PATH] [--no-build] [--days N] [--reps N] [--base URL]
@@ -132,9 +132,9 @@ def one_rep(pg, src, binary, work, days):
             promoted = json.loads(out)
             times["promote"] = took
             times["lock_ms"] = promoted["lock_ms"]
-            backfill(binary, work, "shadow-cleanup", run)
+            backfill(binary, work, "cleanup", run)
         if mode == "shadow":
-            backfill(binary, work, "shadow-cleanup", last_run(binary, work))
+            backfill(binary, work, "cleanup", last_run(binary, work))
     return times
 
 
