@@ -40,11 +40,19 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         .await?
         .filter(|c| !c.is_free(now));
     let undo_rows = crate::commands::rollback::undo_rows(&run, out).await;
+    let shadow = store.shadow(&run.id).await?;
     out.json(&json!({
         "run_id": run.id,
         "spec": run.spec_name,
         "state": run.state.as_str(),
         "undo_rows": undo_rows,
+        "shadow": shadow.as_ref().map(|s| json!({
+            "state": s.state.as_str(),
+            "live_table": s.live_table,
+            "shadow_table": s.shadow_table,
+            "old_table": s.old_table,
+            "seeded_rows": s.seeded_rows,
+        })),
         "owner": run.owner,
         "reason": run.reason,
         "created_at": run.created_at.to_rfc3339(),
@@ -170,6 +178,12 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         thousands(st.counts.deleted),
         thousands(st.counts.unchanged),
     ));
+    if let Some(s) = &shadow {
+        out.line(format!(
+            "  shadow:     {} ({}; live table {}, old table after promote {})",
+            s.shadow_table, s.state, s.live_table, s.old_table
+        ));
+    }
     if let Some(n) = undo_rows {
         out.line(format!(
             "  undo data:  {} row(s) (`backfill rollback {}` restores; `backfill cleanup` drops)",

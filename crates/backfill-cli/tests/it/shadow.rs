@@ -528,6 +528,15 @@ async fn a_mismatched_shadow_is_not_promoted() {
         .await;
     let validated = ws.run(&["validate", &run_id]);
     assert_eq!(validated.code, 0, "{validated:?}");
+    let shadow_state = || ws.run(&["status", &run_id, "--json"]).json()["shadow"]["state"].clone();
+    assert_eq!(shadow_state(), "seeded");
     let promoted = ws.run(&["promote", &run_id]);
     assert_eq!(promoted.code, 0, "{promoted:?}");
+    assert_eq!(shadow_state(), "promoted");
+    let text = ws.run(&["status", &run_id]);
+    assert!(
+        text.stdout
+            .contains(&format!("shadow:     {shadow} (promoted")),
+        "{text:?}"
+    );
 }
