@@ -50,6 +50,10 @@ pub struct UndoBatch {
     pub run_id: String,
     /// The partition id.
     pub partition_id: String,
+    /// Log every key the batch writes, changed or not (`propagate_deletes` needs it: it
+    /// deletes the keys no batch wrote). Otherwise PostgreSQL logs only the rows the write
+    /// inserts or changes, in the write's own statement.
+    pub every_key: bool,
 }
 
 /// The SQL dialect of the target.
@@ -384,6 +388,57 @@ impl UndoLog {
             });
         }
         out
+    }
+
+    /// PostgreSQL, for a batch without `every_key`: the two CTEs that put the log in the
+    /// upsert's own statement (`postgres::sql::upsert_logged`). `before` (named `b`) reads the
+    /// target's rows whose key is among the batch's (`s`, key columns `batch_key`, quoted);
+    /// `log` inserts, for each row the write returned (`w`), its before-image from `b` (none:
+    /// `inserted`), and its digest as written; a key already logged by this run keeps its
+    /// first before-image and gets the new digest. `$run` and `$part` number the run and
+    /// partition parameters.
+    ///
+    /// `b` takes no row locks: a row another session changes between the statement's
+    /// snapshot and the write is logged with the image the snapshot saw (the separate
+    /// statements of the general path have the same window, between them).
+    pub(crate) fn postgres_ctes(
+        &self,
+        batch_key: &[String],
+        run: usize,
+        part: usize,
+    ) -> (String, String) {
+        let target_key: Vec<String> = self.key.iter().map(|k| format!("t.{k}")).collect();
+        let before = format!(
+            "SELECT t.* FROM {} AS t WHERE ({}) IN (SELECT {} FROM s)",
+            self.target,
+            target_key.join(", "),
+            batch_key.join(", ")
+        );
+        let image: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                if self.key.contains(c) {
+                    format!("t.{c}")
+                } else {
+                    format!("b.{c}")
+                }
+            })
+            .collect();
+        let log = format!(
+            "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, {}) \
+             SELECT ${run}::text, ${part}::text, CASE WHEN b.{} IS NULL THEN 'inserted' ELSE \
+             'updated' END, {}, {} FROM w AS t LEFT JOIN b ON {} ON CONFLICT ({}, bf_undo_run) \
+             DO UPDATE SET bf_undo_after = EXCLUDED.bf_undo_after",
+            self.undo,
+            self.columns.join(", "),
+            self.key[0],
+            self.digest,
+            image.join(", "),
+            self.key_eq("b", "t"),
+            self.key.join(", ")
+        );
+        (before, log)
     }
 
     /// Statements run after a batch's write: the digest of each of its keys' rows now.

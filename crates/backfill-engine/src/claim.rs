@@ -114,3 +114,62 @@ fn held(run_id: &str, holder: LeaseHolder) -> EngineError {
         expires_at: holder.expires_at,
     }
 }
+
+/// A claim kept alive by a background task that renews it every third of its time to live,
+/// for work that holds a run without the executor's heartbeat (`rollback`, `cleanup`).
+/// Dropping it stops the renewals; [`KeptClaim::release`] also lets go of the lease at once.
+pub(crate) struct KeptClaim {
+    store: Store,
+    lease: Lease,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl KeptClaim {
+    /// Starts renewing `lease`.
+    pub(crate) fn keep(store: &Store, lease: Lease) -> KeptClaim {
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewer = tokio::spawn({
+            let (store, lease, lost) = (store.clone(), lease.clone(), lost.clone());
+            async move {
+                let every = lease.ttl / 3;
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = store.renew_lease(&lease).await {
+                        tracing::warn!(resource = lease.resource, error = %e, "claim not renewed");
+                        if matches!(e, backfill_store::StoreError::LeaseLost { .. }) {
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        KeptClaim {
+            store: store.clone(),
+            lease,
+            lost,
+            renewer,
+        }
+    }
+
+    /// True once another process has claimed the resource (this claim had lapsed).
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops renewing and lets go of the lease (a failure to release only delays the next
+    /// claimer until the lease expires).
+    pub(crate) async fn release(self) {
+        self.renewer.abort();
+        if let Err(e) = self.store.release_lease(&self.lease).await {
+            tracing::warn!(resource = self.lease.resource, error = %e, "claim not released");
+        }
+    }
+}
+
+impl Drop for KeptClaim {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}

@@ -1,8 +1,9 @@
 //! `backfill rollback RUN` and `backfill cleanup RUN` (issue 11): restoring a run's scope
 //! from its undo log, and dropping the log.
 //!
-//! Owns the order of a rollback: refuse while the run is executing (its lease is live) or
-//! when it has no undo rows; audit `rollback.started`; roll back each partition that has
+//! Owns the order of a rollback: claim the run's lease (as `resume` would; refused while
+//! another process executes or rolls back the run, and while it is held no `resume` can
+//! start), refuse when it has no undo rows; audit `rollback.started`; roll back each partition that has
 //! undo rows in its own target transaction (`backfill_connectors::undo`), audited as
 //! `rollback.partition` with its counts and conflicting keys; audit `rollback.finished`
 //! with the totals. A dry run audits nothing and changes nothing (each partition's
@@ -12,13 +13,24 @@
 //! transaction, so a killed rollback, run again, skips what it finished and ends the same.
 //! Progress therefore lives in the target with the data, not in the state store.
 //!
-//! Does not: print (the caller gets a callback per partition), or lock the run against a
-//! `run` started while it rolls back (the refusal is checked once, at the start).
+//! The claim is renewed in the background and released at the end; a dry run changes
+//! nothing, so it only refuses while the run is held and does not claim it. `cleanup` claims
+//! the run the same way while it drops the log.
+//!
+//! Does not: print (the caller gets a callback per partition), or stop a new run of the same
+//! spec (another run id) from starting while it rolls back.
 
 use backfill_connectors::{ConnectorError, RollbackCounts, UndoBatch, UndoTarget};
 use backfill_core::Spec;
 use backfill_store::{RunRecord, Store, StoreError, run_resource};
 use serde_json::json;
+
+use crate::claim::{KeptClaim, claim_run};
+use crate::{EngineError, Shutdown};
+
+/// How long a rollback's or cleanup's claim on the run lasts unless renewed (it is renewed
+/// every third of it while the work goes on).
+const CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a rollback or cleanup did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +41,11 @@ pub enum RollbackError {
     /// The target or its undo log failed.
     #[error(transparent)]
     Connector(#[from] ConnectorError),
-    /// The run is being executed (its lease is live).
-    #[error("run {run_id} is executing (pid {pid} on {host}); a rollback would race its writes")]
+    /// The run is being executed or rolled back by another process (its lease is live).
+    #[error(
+        "run {run_id} is held by another process (pid {pid} on {host}): it is executing or \
+         being rolled back, and this would race its writes"
+    )]
     Executing {
         /// The run.
         run_id: String,
@@ -38,6 +53,14 @@ pub enum RollbackError {
         pid: u64,
         /// Its host.
         host: String,
+    },
+    /// The run's claim could not be taken, or was lost to another process midway.
+    #[error("claim on run {run_id}: {message}")]
+    Claim {
+        /// The run.
+        run_id: String,
+        /// What went wrong.
+        message: String,
     },
     /// The run has no undo rows (`undo = false`, `sql` mode, or already cleaned up).
     #[error("run {run_id} has no undo data in {table}")]
@@ -103,7 +126,23 @@ fn undo_table(spec: &Spec) -> String {
     backfill_connectors::undo::undo_table_name(spec.target.table.as_deref().unwrap_or("?"))
 }
 
-/// Refuses while another process executes `run`.
+/// Claims `run` for this process (see the module doc), or says who holds it.
+async fn claim(store: &Store, run: &RunRecord) -> Result<KeptClaim, RollbackError> {
+    match claim_run(store, &run.id, CLAIM_TTL, false, &Shutdown::new()).await {
+        Ok((lease, _)) => Ok(KeptClaim::keep(store, lease)),
+        Err(EngineError::Held { host, pid, .. }) => Err(RollbackError::Executing {
+            run_id: run.id.clone(),
+            pid,
+            host,
+        }),
+        Err(e) => Err(RollbackError::Claim {
+            run_id: run.id.clone(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Refuses while another process holds `run` (for a dry run, which writes nothing).
 async fn refuse_executing(store: &Store, run: &RunRecord) -> Result<(), RollbackError> {
     if let Some(holder) = store.lease_holder(&run_resource(&run.id)).await?
         && !holder.is_free(chrono::Utc::now())
@@ -126,10 +165,32 @@ pub async fn rollback(
     options: &RollbackOptions,
     mut progress: impl FnMut(&PartitionRollback),
 ) -> Result<RollbackSummary, RollbackError> {
-    refuse_executing(store, run).await?;
-    let target = UndoTarget::open(&spec.target).await?;
-    let result = rollback_on(store, &target, spec, run, options, &mut progress).await;
-    target.close().await;
+    let kept = if options.dry_run {
+        refuse_executing(store, run).await?;
+        None
+    } else {
+        Some(claim(store, run).await?)
+    };
+    let result = match UndoTarget::open(&spec.target).await {
+        Ok(target) => {
+            let result = rollback_on(
+                store,
+                &target,
+                spec,
+                run,
+                options,
+                kept.as_ref(),
+                &mut progress,
+            )
+            .await;
+            target.close().await;
+            result
+        }
+        Err(e) => Err(e.into()),
+    };
+    if let Some(kept) = kept {
+        kept.release().await;
+    }
     result
 }
 
@@ -139,6 +200,7 @@ async fn rollback_on(
     spec: &Spec,
     run: &RunRecord,
     options: &RollbackOptions,
+    kept: Option<&KeptClaim>,
     progress: &mut impl FnMut(&PartitionRollback),
 ) -> Result<RollbackSummary, RollbackError> {
     let partitions = target.partitions(&run.id).await?;
@@ -161,9 +223,18 @@ async fn rollback_on(
         ..RollbackSummary::default()
     };
     for (i, partition_id) in partitions.iter().enumerate() {
+        if kept.is_some_and(KeptClaim::lost) {
+            return Err(RollbackError::Claim {
+                run_id: run.id.clone(),
+                message: "lost to another process (this one stalled past its lease); run \
+                          `backfill rollback` again to finish"
+                    .to_owned(),
+            });
+        }
         let batch = UndoBatch {
             run_id: run.id.clone(),
             partition_id: partition_id.clone(),
+            every_key: false,
         };
         let counts = target
             .rollback_partition(&batch, force, options.dry_run)
@@ -225,13 +296,20 @@ pub async fn cleanup(
     run: &RunRecord,
     actor: &str,
 ) -> Result<u64, RollbackError> {
-    refuse_executing(store, run).await?;
     if spec.target.table.is_none() {
+        refuse_executing(store, run).await?;
         return Ok(0);
     }
-    let target = UndoTarget::open(&spec.target).await?;
-    let dropped = target.drop_run(&run.id).await;
-    target.close().await;
+    let kept = claim(store, run).await?;
+    let dropped = match UndoTarget::open(&spec.target).await {
+        Ok(target) => {
+            let dropped = target.drop_run(&run.id).await;
+            target.close().await;
+            dropped
+        }
+        Err(e) => Err(e),
+    };
+    kept.release().await;
     let dropped = dropped?;
     store
         .record_action(

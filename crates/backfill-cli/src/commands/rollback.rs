@@ -21,8 +21,8 @@ fn refusal(e: RollbackError, run_id: &str) -> anyhow::Error {
             .into(),
         RollbackError::NoUndo { .. } => UserError::new(e.to_string())
             .hint(
-                "only runs in `upsert` or `replace` mode with `undo` on (the default) keep undo \
-                 data, until `backfill cleanup`",
+                "only runs in `upsert` or `replace` mode with `undo = true` (or \
+                 `propagate_deletes = true`) keep undo data, until `backfill cleanup`",
             )
             .into(),
         _ => anyhow::Error::new(e),

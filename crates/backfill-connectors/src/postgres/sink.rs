@@ -176,7 +176,7 @@ impl PostgresSink {
             Some(g) => Some(info.resolve(table, g)?.1),
             None => None,
         };
-        let keys = undo::batch_keys(batch, &key_positions, undo.is_some());
+        let keys = undo::batch_keys(batch, &key_positions, undo.is_some_and(|u| u.every_key));
         let hooks = match (&log, undo) {
             (Some(log), Some(b)) => Some(UndoHooks {
                 log,
@@ -444,6 +444,12 @@ struct UndoHooks<'a> {
 }
 
 impl UndoHooks<'_> {
+    /// True when the log is written by the upsert's own statement (only the rows it changes;
+    /// see `UndoLog::postgres_ctes`), false when every key is logged by statements around it.
+    fn inline(&self) -> bool {
+        !self.batch.every_key
+    }
+
     async fn before(&self, conn: &mut PgConnection, context: &str) -> Result<(), ConnectorError> {
         let mut conn = Conn::Postgres(conn);
         for stmt in self.log.before_write(self.batch, self.keys) {
@@ -471,6 +477,54 @@ fn window_predicate(column: &str, bounds: &[Value], ty: &str) -> String {
 }
 
 impl UpsertStatement<'_> {
+    /// The upsert that also writes the undo log (see `UndoLog::postgres_ctes`); its run and
+    /// partition parameters follow the batch's own (none for the staging table).
+    fn logged_text(&self, from: sql::UpsertFrom<'_>, hooks: &UndoHooks<'_>) -> String {
+        let batch_key: Vec<String> = self
+            .key
+            .iter()
+            .map(|&i| self.columns.quoted[i].clone())
+            .collect();
+        let n = match from {
+            sql::UpsertFrom::Arrays(types) => types.len(),
+            sql::UpsertFrom::Stage => 0,
+        };
+        let (before, log) = hooks.log.postgres_ctes(&batch_key, n + 1, n + 2);
+        let upsert = sql::Upsert {
+            table: self.table,
+            columns: &self.columns.quoted,
+            key: self.key,
+            as_text: &self.columns.as_text,
+            guard: self.guard,
+        };
+        sql::upsert_logged(&upsert, from, &before, &log)
+    }
+
+    /// In the write's transaction, before it: the session in UTC (the log's digests print
+    /// timestamps in it, as rollback does), and every key's before-image when every key is
+    /// logged.
+    async fn before_write(&self, tx: &mut PgConnection) -> Result<(), ConnectorError> {
+        let Some(hooks) = self.undo else {
+            return Ok(());
+        };
+        if hooks.inline() {
+            sqlx::query("SELECT set_config('TimeZone', 'UTC', true)")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(self.context, &e))?;
+            return Ok(());
+        }
+        hooks.before(tx, self.context).await
+    }
+
+    /// In the write's transaction, after it: every key's digest when every key is logged.
+    async fn after_write(&self, tx: &mut PgConnection) -> Result<(), ConnectorError> {
+        match self.undo {
+            Some(hooks) if !hooks.inline() => hooks.after(tx, self.context).await,
+            _ => Ok(()),
+        }
+    }
+
     fn text(&self, from: sql::UpsertFrom<'_>) -> String {
         sql::upsert(
             self.table,
@@ -492,7 +546,19 @@ impl UpsertStatement<'_> {
         args: PgArguments,
         extra: Option<&Extra>,
     ) -> Result<(u64, u64), ConnectorError> {
-        let text = self.text(sql::UpsertFrom::Arrays(types));
+        let from = sql::UpsertFrom::Arrays(types);
+        let (text, args) = match self.undo.filter(UndoHooks::inline) {
+            Some(hooks) => {
+                let mut args = args;
+                for tag in [&hooks.batch.run_id, &hooks.batch.partition_id] {
+                    Arguments::add(&mut args, tag.as_str()).map_err(|e| ConnectorError::Data {
+                        message: format!("cannot bind the undo log's tag: {e}"),
+                    })?;
+                }
+                (self.logged_text(from, &hooks), args)
+            }
+            None => (self.text(from), args),
+        };
         let query = sqlx::query_with(AssertSqlSafe(text), args);
         if extra.is_none() && self.undo.is_none() {
             let row = query
@@ -505,17 +571,13 @@ impl UpsertStatement<'_> {
             .begin()
             .await
             .map_err(|e| sql_error(self.context, &e))?;
-        if let Some(hooks) = self.undo {
-            hooks.before(&mut tx, self.context).await?;
-        }
+        self.before_write(&mut tx).await?;
         let row = query
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| sql_error(self.context, &e))?;
         let counts = self.counts(&row)?;
-        if let Some(hooks) = self.undo {
-            hooks.after(&mut tx, self.context).await?;
-        }
+        self.after_write(&mut tx).await?;
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(self.context, &e))?;
         Ok(counts)
@@ -533,9 +595,7 @@ impl UpsertStatement<'_> {
         let context = self.context;
         let mut tx = pool.begin().await.map_err(|e| sql_error(context, &e))?;
         let mut counts = (0, 0);
-        if let Some(hooks) = self.undo {
-            hooks.before(&mut tx, context).await?;
-        }
+        self.before_write(&mut tx).await?;
         if !batch.rows.is_empty() {
             let stage = sql::create_stage(self.table, &self.columns.quoted);
             sqlx::raw_sql(AssertSqlSafe(stage))
@@ -544,16 +604,23 @@ impl UpsertStatement<'_> {
                 .map_err(|e| sql_error(context, &e))?;
             copy_rows(&mut tx, context, sql::STAGE, self.columns, batch).await?;
             // Not prepared: the staging table is a new relation in every transaction.
-            let row = sqlx::query(AssertSqlSafe(self.text(sql::UpsertFrom::Stage)))
+            let query = match self.undo.filter(UndoHooks::inline) {
+                Some(hooks) => {
+                    let from = sql::UpsertFrom::Stage;
+                    sqlx::query(AssertSqlSafe(self.logged_text(from, &hooks)))
+                        .bind(hooks.batch.run_id.as_str())
+                        .bind(hooks.batch.partition_id.as_str())
+                }
+                None => sqlx::query(AssertSqlSafe(self.text(sql::UpsertFrom::Stage))),
+            };
+            let row = query
                 .persistent(false)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| sql_error(context, &e))?;
             counts = self.counts(&row)?;
         }
-        if let Some(hooks) = self.undo {
-            hooks.after(&mut tx, context).await?;
-        }
+        self.after_write(&mut tx).await?;
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(context, &e))?;
         Ok(counts)

@@ -106,58 +106,119 @@ pub(crate) fn upsert(
     guard: Option<&str>,
     from: UpsertFrom<'_>,
 ) -> String {
-    let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
-    let rest: Vec<usize> = (0..columns.len()).filter(|i| !key.contains(i)).collect();
     let select = match from {
         UpsertFrom::Stage => format!("SELECT {} FROM {STAGE}", list(columns)),
-        UpsertFrom::Arrays(types) => {
-            let params: Vec<String> = types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| format!("${}::{t}", i + 1))
-                .collect();
-            format!("SELECT * FROM unnest({})", params.join(", "))
-        }
+        UpsertFrom::Arrays(types) => format!("SELECT * FROM unnest({})", unnest_params(types)),
     };
+    format!(
+        "WITH w AS ({} RETURNING (xmax = 0) AS inserted) \
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM w",
+        insert(table, columns, key, as_text, guard, &select)
+    )
+}
+
+/// [`upsert`] that also logs, in the same statement, the before-image of every row it
+/// inserts or changes (rows it leaves as they are are not logged): the batch is `s`, the
+/// caller's `before` CTE reads `b` (the target's rows of `s`'s keys, as they were: every CTE
+/// of a statement sees the same snapshot) and its `log` CTE writes from `w` (the rows as
+/// written, with `bf_undo_inserted`) joined to `b`. Returns the same two counts.
+pub(crate) fn upsert_logged(
+    upsert: &Upsert<'_>,
+    from: UpsertFrom<'_>,
+    before: &str,
+    log: &str,
+) -> String {
+    let columns = upsert.columns;
+    let source = match from {
+        UpsertFrom::Stage => format!("SELECT {} FROM {STAGE}", list(columns)),
+        UpsertFrom::Arrays(types) => format!(
+            "SELECT * FROM unnest({}) AS s({})",
+            unnest_params(types),
+            list(columns)
+        ),
+    };
+    let write = insert(
+        upsert.table,
+        columns,
+        upsert.key,
+        upsert.as_text,
+        upsert.guard,
+        &format!("SELECT {} FROM s", list(columns)),
+    );
+    format!(
+        "WITH s AS ({source}), b AS ({before}), \
+         w AS ({write} RETURNING (xmax = 0) AS bf_undo_inserted, t.*), l AS ({log}) \
+         SELECT count(*) FILTER (WHERE bf_undo_inserted), \
+         count(*) FILTER (WHERE NOT bf_undo_inserted) FROM w"
+    )
+}
+
+/// What an upsert writes: the target, the batch's columns (quoted), the key's positions among
+/// them, which columns compare as text, and the guard column.
+pub(crate) struct Upsert<'a> {
+    pub(crate) table: &'a str,
+    pub(crate) columns: &'a [String],
+    pub(crate) key: &'a [usize],
+    pub(crate) as_text: &'a [bool],
+    pub(crate) guard: Option<&'a str>,
+}
+
+/// `$1::t1, $2::t2, …`.
+fn unnest_params(types: &[&str]) -> String {
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `INSERT INTO table AS t (columns) select ON CONFLICT (key) DO …` (see [`upsert`]).
+fn insert(
+    table: &str,
+    columns: &[String],
+    key: &[usize],
+    as_text: &[bool],
+    guard: Option<&str>,
+    select: &str,
+) -> String {
+    let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
+    let rest: Vec<usize> = (0..columns.len()).filter(|i| !key.contains(i)).collect();
     let mut sql = format!(
-        "WITH w AS (INSERT INTO {table} AS t ({cols}) {select} ON CONFLICT ({keys}) ",
+        "INSERT INTO {table} AS t ({cols}) {select} ON CONFLICT ({keys}) ",
         cols = list(columns),
         keys = list(&keys)
     );
     if rest.is_empty() {
         sql.push_str("DO NOTHING");
-    } else {
-        let set: Vec<String> = rest
-            .iter()
-            .map(|&i| format!("{c} = EXCLUDED.{c}", c = columns[i]))
-            .collect();
-        let side = |prefix: &str| -> String {
-            rest.iter()
-                .map(|&i| {
-                    if as_text[i] {
-                        format!("{prefix}.{}::text", columns[i])
-                    } else {
-                        format!("{prefix}.{}", columns[i])
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = write!(
-            sql,
-            "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
-            list(&set),
-            side("t"),
-            side("EXCLUDED")
-        );
-        if let Some(g) = guard {
-            let _ = write!(sql, " AND (t.{g} IS NULL OR t.{g} <= EXCLUDED.{g})");
-        }
+        return sql;
     }
-    sql.push_str(
-        " RETURNING (xmax = 0) AS inserted) \
-         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM w",
+    let set: Vec<String> = rest
+        .iter()
+        .map(|&i| format!("{c} = EXCLUDED.{c}", c = columns[i]))
+        .collect();
+    let side = |prefix: &str| -> String {
+        rest.iter()
+            .map(|&i| {
+                if as_text[i] {
+                    format!("{prefix}.{}::text", columns[i])
+                } else {
+                    format!("{prefix}.{}", columns[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = write!(
+        sql,
+        "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
+        list(&set),
+        side("t"),
+        side("EXCLUDED")
     );
+    if let Some(g) = guard {
+        let _ = write!(sql, " AND (t.{g} IS NULL OR t.{g} <= EXCLUDED.{g})");
+    }
     sql
 }
 

@@ -118,6 +118,7 @@ impl Ctx {
             .then(|| backfill_connectors::UndoBatch {
                 run_id: self.run_id.clone(),
                 partition_id: partition_id.to_owned(),
+                every_key: self.spec.target.propagate_deletes,
             })
     }
 
