@@ -52,14 +52,19 @@ fn create(system: System, table: &str) -> String {
 /// Source with 300 rows; target with the same but ids 1..=30 changed, 31..=60 missing and
 /// two extra rows (1001, 1002) in day 7.
 async fn fixture(system: System, ws: &Workspace) -> Option<(TestDb, TestDb)> {
-    let source = TestDb::open(system, ws.dir.path(), "bf_undo", "src").await?;
+    fixture_across(system, system, ws).await
+}
+
+/// [`fixture`] with the source on `from` and the target on `system`.
+async fn fixture_across(from: System, system: System, ws: &Workspace) -> Option<(TestDb, TestDb)> {
+    let source = TestDb::open(from, ws.dir.path(), "bf_undo", "src").await?;
     let target = TestDb::open(system, ws.dir.path(), "bf_undo", "dst").await?;
     let src = source.table("src");
-    source.exec(&create(system, &src)).await;
+    source.exec(&create(from, &src)).await;
     source
         .exec(&format!(
             "INSERT INTO {src} VALUES {}",
-            tuples(system, 1..=PER_DAY * DAYS)
+            tuples(from, 1..=PER_DAY * DAYS)
         ))
         .await;
     let dst = target.table("dst");
@@ -268,6 +273,36 @@ async fn edited_rows_are_conflicts_unless_forced(system: System) {
 }
 
 const UPSERT: [u64; 3] = [30, 30, 0];
+
+/// SQLite's timestamps arrive as text, which PostgreSQL must cast: the upsert goes through its
+/// staging table, and the undo log written in that statement restores the target all the same.
+#[tokio::test]
+async fn rollback_upsert_through_the_staging_table_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture_across(System::Sqlite, System::Postgres, &ws).await else {
+        return;
+    };
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let rows = &ran.json()["rows"];
+    assert_eq!(
+        (&rows["inserted"], &rows["updated"]),
+        (&J::from(30), &J::from(30))
+    );
+    let id = run_id(&ran);
+    assert_ne!(fingerprint(&target).await, before);
+    let status = ws.run(&["status", &id, "--json"]);
+    assert_eq!(status.json()["undo_rows"], 60, "{status:?}");
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["deleted"], 30, "{back:?}");
+    assert_eq!(back.json()["restored"], 30, "{back:?}");
+    assert_eq!(fingerprint(&target).await, before, "{back:?}");
+    source.drop_now().await;
+    target.drop_now().await;
+}
 
 #[tokio::test]
 async fn rollback_upsert_sqlite() {

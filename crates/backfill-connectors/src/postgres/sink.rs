@@ -480,16 +480,11 @@ impl UpsertStatement<'_> {
     /// The upsert that also writes the undo log (see `UndoLog::postgres_ctes`); its run and
     /// partition parameters follow the batch's own (none for the staging table).
     fn logged_text(&self, from: sql::UpsertFrom<'_>, hooks: &UndoHooks<'_>) -> String {
-        let batch_key: Vec<String> = self
-            .key
-            .iter()
-            .map(|&i| self.columns.quoted[i].clone())
-            .collect();
         let n = match from {
             sql::UpsertFrom::Arrays(types) => types.len(),
             sql::UpsertFrom::Stage => 0,
         };
-        let (before, log) = hooks.log.postgres_ctes(&batch_key, n + 1, n + 2);
+        let (before, log) = hooks.log.postgres_ctes(n + 1, n + 2);
         let upsert = sql::Upsert {
             table: self.table,
             columns: &self.columns.quoted,

@@ -119,9 +119,9 @@ pub(crate) fn upsert(
 
 /// [`upsert`] that also logs, in the same statement, the before-image of every row it
 /// inserts or changes (rows it leaves as they are are not logged): the batch is `s`, the
-/// caller's `before` CTE reads `b` (the target's rows of `s`'s keys, as they were: every CTE
-/// of a statement sees the same snapshot) and its `log` CTE writes from `w` (the rows as
-/// written, with `bf_undo_inserted`) joined to `b`. Returns the same two counts.
+/// caller's `before` CTE is `b` (the target as it was: every part of a statement sees the same
+/// snapshot) and its `log` CTE writes from `w` (the rows as written, with `bf_undo_inserted`)
+/// joined to `b`. Returns the same two counts.
 pub(crate) fn upsert_logged(
     upsert: &Upsert<'_>,
     from: UpsertFrom<'_>,
@@ -228,6 +228,34 @@ mod tests {
 
     fn q(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| quote(n)).collect()
+    }
+
+    #[test]
+    fn logged_upsert_reads_the_batch_once_and_logs_what_the_write_returned() {
+        let columns = q(&["id", "v"]);
+        let upsert = Upsert {
+            table: "\"t\"",
+            columns: &columns,
+            key: &[0],
+            as_text: &[false, false],
+            guard: None,
+        };
+        let sql = upsert_logged(
+            &upsert,
+            UpsertFrom::Arrays(&["int8[]", "text[]"]),
+            "SELECT t.* FROM \"t\" AS t",
+            "INSERT INTO log SELECT $3, $4 FROM w",
+        );
+        assert_eq!(
+            sql,
+            "WITH s AS (SELECT * FROM unnest($1::int8[], $2::text[]) AS s(\"id\", \"v\")), \
+             b AS (SELECT t.* FROM \"t\" AS t), w AS (INSERT INTO \"t\" AS t (\"id\", \"v\") \
+             SELECT \"id\", \"v\" FROM s ON CONFLICT (\"id\") DO UPDATE SET \"v\" = \
+             EXCLUDED.\"v\" WHERE ROW(t.\"v\") IS DISTINCT FROM ROW(EXCLUDED.\"v\") \
+             RETURNING (xmax = 0) AS bf_undo_inserted, t.*), l AS (INSERT INTO log SELECT $3, \
+             $4 FROM w) SELECT count(*) FILTER (WHERE bf_undo_inserted), count(*) FILTER \
+             (WHERE NOT bf_undo_inserted) FROM w"
+        );
     }
 
     #[test]
