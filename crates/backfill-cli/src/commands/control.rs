@@ -50,6 +50,21 @@ fn refused(run: &RunRecord, what: &str, error: StoreError) -> anyhow::Error {
     }
 }
 
+/// `pause` of a run awaiting approval: it writes nothing until approved, so there is nothing
+/// to pause; say what the user can do instead.
+fn awaiting_approval(run: &RunRecord) -> anyhow::Error {
+    UserError::new(format!(
+        "run {} is awaiting approval: it writes nothing until it is approved, so there is \
+         nothing to pause",
+        run.id
+    ))
+    .hint(format!(
+        "`backfill approve {id} --reason …` lets it continue; `backfill cancel {id}` stops it",
+        id = run.id
+    ))
+    .into()
+}
+
 /// Waits until run `run_id` reaches one of `states`; returns the state it ended in, or
 /// `None` after [`WAIT_FOR_PROCESS`].
 async fn wait_for_state(
@@ -71,6 +86,9 @@ async fn wait_for_state(
 pub(crate) async fn pause(args: &RequestArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
+    if run.state == RunState::AwaitingApproval {
+        return Err(awaiting_approval(&run));
+    }
     let controls = store
         .request_control(
             &run.id,
@@ -95,8 +113,11 @@ pub(crate) async fn pause(args: &RequestArgs, state: &str, out: Output) -> anyho
             wait_for_state(
                 &store,
                 &run.id,
+                // A run that reaches its approval gate meanwhile waits there (the request
+                // stays recorded: it pauses once approved).
                 &[
                     RunState::Paused,
+                    RunState::AwaitingApproval,
                     RunState::Cancelled,
                     RunState::Succeeded,
                     RunState::Failed,

@@ -337,6 +337,64 @@ async fn run_awaits_approval_until_another_process_approves_postgres() {
     waits_for_approval(System::Postgres).await;
 }
 
+/// While a run awaits approval, `pause` is refused (it writes nothing: nothing to pause) and
+/// says what to do instead; `cancel` ends it: the waiting process exits and the run is
+/// `cancelled`, with only the canary written.
+#[tokio::test]
+async fn pause_is_refused_and_cancel_ends_a_run_awaiting_approval() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Sqlite, &ws, false).await else {
+        return;
+    };
+    let text = spec(&source, &target, "partitions = 1\nrequire_approval = true");
+    let path = ws.write("spec.toml", &text);
+    let mut child = ws
+        .command(&["run", &path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backfill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let status = ws.run(&["status", "--json"]);
+        if status.code == 0 && status.json()["state"] == "awaiting_approval" {
+            break status.json()["run_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never awaiting approval: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let paused = ws.run(&["pause", &run]);
+    assert_eq!(paused.code, 2, "{paused:?}");
+    assert!(
+        paused.stderr.contains("awaiting approval") && paused.stderr.contains("backfill cancel"),
+        "{paused:?}"
+    );
+    assert_eq!(
+        ws.run(&["status", &run, "--json"]).json()["state"],
+        "awaiting_approval"
+    );
+
+    let cancelled = ws.run(&["cancel", &run]);
+    assert_eq!(cancelled.code, 0, "{cancelled:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "the waiting process never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let json = ws.run(&["status", &run, "--json"]).json();
+    assert_eq!(json["state"], "cancelled", "{json:#}");
+    assert_eq!(json["partitions"]["pending"], DAYS - 1, "{json:#}");
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
 /// Ctrl-C while the run awaits approval leaves it `awaiting_approval`; an approval with no
 /// process says to resume, and `resume` runs the rest.
 #[tokio::test]
