@@ -1,7 +1,7 @@
 //! `backfill check SPEC`: validate the file, then the connections and the data's time format.
 
 use backfill_connectors::watch::{Offer, signal};
-use backfill_connectors::{ConnectorError, Watch, open_sink, open_source};
+use backfill_connectors::{AnySource, ConnectorError, Watch, open_sink, open_source};
 use backfill_core::spec::SourceSpec;
 use backfill_core::{Diagnostic, Scope, Spec, Window, WriteMode};
 use serde_json::json;
@@ -223,6 +223,9 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
             Err(e) => out.push(Diagnostic::error("source.query", e.to_string())),
         }
     }
+    if let (Some(window), Some(ready)) = (first, &source_spec.ready) {
+        out.extend(ready_check(&source, &ready.sql, &window).await);
+    }
     if let (Some(window @ Window::Time { .. }), Some(column)) = (whole, &source_spec.time_column) {
         out.extend(time_format_checks(source_spec, &source, &window, column).await);
     }
@@ -231,6 +234,25 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
         sink.close().await;
     }
     out
+}
+
+/// `source.ready` run once, for the first partition's `window`: an error is the spec's
+/// (the query is wrong); "not ready" only a note, since a run waits for it.
+async fn ready_check(source: &AnySource, sql: &str, window: &Window) -> Option<Diagnostic> {
+    match source.ready(sql, window).await {
+        Ok(true) => None,
+        Ok(false) => Some(
+            Diagnostic::warning(
+                "source.ready",
+                format!(
+                    "the source is not ready for the first partition ({window}) yet: a run \
+                     waits for it, up to `ready_timeout`"
+                ),
+            )
+            .with_hint("`backfill plan SPEC` lists every partition that is not ready"),
+        ),
+        Err(e) => Some(Diagnostic::error("source.ready", e.to_string())),
+    }
 }
 
 /// A diagnostic for an error opening the source or target, at the field it is about.

@@ -257,6 +257,23 @@ async fn plan_lists_not_ready(system: System) {
         ran.stdout.contains("NOT READY for 2 partition(s)"),
         "{ran:?}"
     );
+    // `check` runs the ready query for the first partition: ready here, so nothing to say;
+    // when it is not (no load recorded at all), a warning: the spec itself is right.
+    let ran = ws.run(&["check", &path]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(!ran.stdout.contains("source.ready"), "{ran:?}");
+    let loads = source.table("loads");
+    let never = spec(&source, &target, "").replace(
+        &format!("FROM {loads} WHERE"),
+        &format!("FROM {loads} WHERE 1 = 0 AND"),
+    );
+    let ran = ws.run(&["check", &ws.write("never.toml", &never)]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let said = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(
+        said.contains("source.ready") && said.contains("not ready for the first partition"),
+        "{ran:?}"
+    );
     // Nothing ran, nothing was written.
     assert!(runs_json(&ws).is_empty());
     source.drop_now().await;
@@ -351,6 +368,14 @@ async fn broken_ready_query(system: System) {
     assert_eq!(ran.code, 2, "{ran:?}");
     assert!(ran.stderr.contains("source.ready"), "{ran:?}");
     assert!(ran.stderr.contains("loads_missing"), "{ran:?}");
+    // `check` runs the ready query too, and names it.
+    let ran = ws.run(&["check", &path]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    let said = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(
+        said.contains("source.ready") && said.contains("loads_missing"),
+        "{ran:?}"
+    );
     let ran = ws.run(&["run", &path]);
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(ran.stdout.contains("`source.ready` failed"), "{ran:?}");
