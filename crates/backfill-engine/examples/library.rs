@@ -43,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             undo: false,
             propagate_deletes: false,
             delete_window_column: None,
+            partition_exchange: false,
         },
         scope: Scope::Time {
             start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),

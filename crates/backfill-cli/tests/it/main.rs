@@ -18,6 +18,7 @@ mod demo;
 mod diff;
 mod edge_values;
 mod errors;
+mod exchange;
 mod idempotency;
 mod lifecycle;
 mod live_signals;

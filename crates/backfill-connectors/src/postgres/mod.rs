@@ -15,6 +15,7 @@
 //! read from their binary form with their display scale kept.
 
 mod copy_binary;
+mod exchange;
 mod sink;
 mod source;
 mod sql;

@@ -24,7 +24,7 @@ use backfill_core::value::{Batch, RowCounts, Value};
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
 use sqlx::{Arguments, AssertSqlSafe, Row, Transaction};
 
-use super::{arguments, connect, copy_binary, copy_text, sql, sql_error};
+use super::{arguments, connect, copy_binary, copy_text, exchange, sql, sql_error};
 use crate::ident::{check_column, position};
 use crate::shared::{
     EXTRA_CONTEXT, Table, TargetSettings, batch_key_positions, check_extra, check_row_widths,
@@ -111,6 +111,8 @@ pub struct PostgresSink {
     info: Mutex<Option<Arc<TableInfo>>>,
     /// The undo log, built on the first write that keeps one.
     undo_log: tokio::sync::OnceCell<Arc<UndoLog>>,
+    /// `replace` exchanges a window that is one partition (`target.partition_exchange`).
+    partition_exchange: bool,
 }
 
 impl PostgresSink {
@@ -130,6 +132,7 @@ impl PostgresSink {
             statement,
             info: Mutex::new(None),
             undo_log: tokio::sync::OnceCell::new(),
+            partition_exchange: spec.partition_exchange,
         })
     }
 
@@ -253,6 +256,24 @@ impl PostgresSink {
             .begin()
             .await
             .map_err(|e| sql_error(&context, &e))?;
+        if self.partition_exchange
+            && log.is_none()
+            && let Some(exchange) =
+                exchange::find(&mut tx, table, window_column, &info.types[i], &bounds).await?
+        {
+            let deleted = exchange.begin(&mut tx).await?;
+            return Ok(ReplaceTxn {
+                inner: ReplaceInner::Postgres(PostgresReplace {
+                    tx,
+                    table: exchange.table().clone(),
+                    info,
+                    undo: None,
+                    key: self.key.clone(),
+                    exchange: Some(Box::new(exchange)),
+                }),
+                deleted,
+            });
+        }
         if let (Some(log), Some(b)) = (&log, undo) {
             let predicate = window_predicate(&column, &bounds, &info.types[i]);
             let stmt = log.before_window_delete(b, &predicate, &bounds, "updated");
@@ -273,6 +294,7 @@ impl PostgresSink {
                 info,
                 undo: log.zip(undo.cloned()),
                 key: self.key.clone(),
+                exchange: None,
             }),
             deleted: done.rows_affected(),
         })
@@ -712,6 +734,9 @@ pub struct PostgresReplace {
     undo: Option<(Arc<UndoLog>, UndoBatch)>,
     /// Key columns, to log each inserted batch's keys.
     key: Vec<String>,
+    /// A window that is one partition: `table` is the standalone table exchanged for it at
+    /// commit (nothing was deleted).
+    exchange: Option<Box<exchange::Exchange>>,
 }
 
 impl fmt::Debug for PostgresReplace {
@@ -761,6 +786,9 @@ impl PostgresReplace {
             Conn::Postgres(&mut self.tx)
                 .exec(&log.mark_deleted(b), &context)
                 .await?;
+        }
+        if let Some(exchange) = &self.exchange {
+            exchange.finish(&mut self.tx).await?;
         }
         run_extra(&mut self.tx, extra).await?;
         self.tx.commit().await.map_err(|e| sql_error(&context, &e))

@@ -127,6 +127,7 @@ pub fn target_spec(url: &str, table: &str, key: &[&str], mode: WriteMode) -> Tar
         undo: false,
         propagate_deletes: false,
         delete_window_column: None,
+        partition_exchange: false,
     }
 }
 

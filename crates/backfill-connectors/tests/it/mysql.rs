@@ -90,6 +90,7 @@ impl Db {
             undo: false,
             propagate_deletes: false,
             delete_window_column: None,
+            partition_exchange: false,
         }
     }
 

@@ -154,6 +154,12 @@ pub struct TargetSpec {
     /// `upsert` with `propagate_deletes`: the target column compared with the window bounds
     /// (`target.window_column`, else `source.time_column`). `None` otherwise.
     pub delete_window_column: Option<String>,
+    /// `replace` on a PostgreSQL declared-partitioned table: a window that is exactly one
+    /// partition is loaded into a standalone table made like it, which is then exchanged for
+    /// it (detach and attach in the window's one transaction) instead of deleting and
+    /// inserting in place; a window that is not one partition is replaced in place. Never
+    /// with `undo`. Not in the plan hash (the data written is the same).
+    pub partition_exchange: bool,
     /// `mode = "shadow"`: rows are upserted by key (`mode` is [`WriteMode::Upsert`]) into a
     /// shadow copy of `table` that `backfill promote` swaps in; `None` in every other mode.
     pub shadow: Option<ShadowSpec>,

@@ -203,6 +203,13 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "`replace` mode: the target column compared with `:start`/`:end` when deleting a window; `upsert` mode with `propagate_deletes`: the column that bounds a window's deletions. `shadow` mode (default `source.time_column`): the column that places a live row inside or outside the scope, for `seed_outside_scope` and for the live table's fingerprint `promote` compares.",
     ),
     key(
+        "target.partition_exchange",
+        "boolean",
+        Some("false"),
+        false,
+        "`replace` mode on a PostgreSQL declared-partitioned table (range-partitioned by `window_column`): a window that is exactly one partition is loaded into a standalone table made like it (`CREATE TABLE … (LIKE partition INCLUDING ALL)`) and exchanged for it in the window's one transaction (detach the old partition, attach the new one, drop the old), instead of a `DELETE` and inserts in the live table: no dead rows, no index churn on the live partition. The exchange takes an `ACCESS EXCLUSIVE` lock on the parent for its last few statements, waiting at most 10 s for it (a timeout is retried). A window that is not one partition (other bounds, no partition, not a partitioned table) is replaced in place. Not with `undo`; on other databases it changes nothing.",
+    ),
+    key(
         "target.seed_outside_scope",
         "boolean",
         Some("false"),

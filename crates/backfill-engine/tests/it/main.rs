@@ -73,6 +73,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
             undo: false,
             propagate_deletes: false,
             delete_window_column: None,
+            partition_exchange: false,
         },
         scope: Scope::Time {
             start: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),

@@ -73,6 +73,25 @@ pub(super) fn target_spec(
     if is_shadow && t.get("undo").is_none() {
         undo_flags.undo = false;
     }
+    let partition_exchange = w.boolean(t, "target", "partition_exchange", false);
+    if partition_exchange && !matches!(mode, Some(WriteMode::Replace { .. })) {
+        w.error(
+            "target.partition_exchange",
+            None,
+            "`partition_exchange` only applies to `replace` mode",
+        )
+        .hint = Some("it swaps a whole partition for a freshly loaded one".to_owned());
+    } else if partition_exchange && undo_flags.undo {
+        w.error(
+            "target.partition_exchange",
+            None,
+            "`partition_exchange` keeps no undo log, so it cannot be combined with `undo`",
+        )
+        .hint = Some(
+            "drop one of the two; `mode = \"shadow\"` gives a reversible swap of the whole table"
+                .to_owned(),
+        );
+    }
     if guard.is_some() && !matches!(mode, Some(WriteMode::Upsert)) {
         w.error(
             "target.guard",
@@ -92,6 +111,7 @@ pub(super) fn target_spec(
         undo: undo_flags.undo,
         propagate_deletes: undo_flags.propagate_deletes,
         delete_window_column,
+        partition_exchange,
         shadow,
     })
 }
