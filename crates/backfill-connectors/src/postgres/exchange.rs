@@ -12,7 +12,10 @@
 //!
 //! Does not: decide whether to exchange (the sink does, when the spec asks and a partition
 //! matches), or handle multi-column or list/hash partitioning, sub-partitioned partitions
-//! or `MINVALUE`/`MAXVALUE` bounds (those windows are replaced in place).
+//! or `MINVALUE`/`MAXVALUE` bounds (those windows are replaced in place); nor carry over
+//! privileges granted on the partition itself or triggers defined on it alone (`LIKE …
+//! INCLUDING ALL` copies columns, defaults, constraints and indexes; `ATTACH` adds the
+//! parent's triggers).
 //!
 //! Invariants: the bounds written into DDL are the catalog's own literals
 //! (`pg_get_expr(relpartbound)`), accepted only when they are one quoted string or one
