@@ -193,6 +193,75 @@ async fn aligned_windows_are_exchanged_for_their_partitions_postgres() {
     db.drop_now().await;
 }
 
+/// SIGKILL while the exchanges wait for the parent's lock (a reader holds it): every window's
+/// transaction dies with the process, so the partitions are the same relations with the same
+/// rows and no loaded table is left behind; `resume` then exchanges them.
+#[tokio::test]
+async fn sigkill_during_the_exchange_leaves_the_partitions_as_they_were_postgres() {
+    let Some(db) = schema().await else {
+        return;
+    };
+    fixture(&db).await;
+    let ws = Workspace::new();
+    let (before, tables_before) = partitions(&db).await;
+    let rows_before = rows(&db, "dst", "").await;
+    let path = ws.write("spec.toml", &spec(&db, "1d", ""));
+
+    let mut reader = db.pool().begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE {} IN ACCESS SHARE MODE",
+        db.table("dst")
+    )))
+    .execute(&mut *reader)
+    .await
+    .expect("a reader's lock on the parent");
+    let mut child = ws
+        .command(&["run", &path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let started = std::time::Instant::now();
+    let reached = loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND application_name = 'backfill' AND query LIKE '%DETACH PARTITION%'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break true;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(8) {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    reader.rollback().await.expect("release the reader");
+    assert!(reached, "the run never waited on the exchange's lock");
+
+    assert_eq!(partitions(&db).await, (before.clone(), tables_before));
+    assert_eq!(
+        rows(&db, "dst", "").await,
+        rows_before,
+        "row by row as before"
+    );
+
+    let run = crate::support::runs_json(&ws)[0]["run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let resumed = ws.run(&["resume", &run, "--json"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(rows(&db, "dst", IN_SCOPE).await, rows(&db, "src", "").await);
+    let (after, _) = partitions(&db).await;
+    assert_ne!(after[0], before[0], "dst_d1 exchanged on resume");
+    db.drop_now().await;
+}
+
 #[tokio::test]
 async fn partition_exchange_is_refused_where_it_cannot_apply() {
     let ws = Workspace::new();
