@@ -164,6 +164,17 @@ pub(crate) struct UndoLog {
     digest: String,
 }
 
+/// The pieces a PostgreSQL upsert needs to write its undo log in its own statement (see
+/// [`UndoLog::postgres_ctes`]).
+pub(crate) struct PostgresLog {
+    /// The CTE `b`: the target as the statement's snapshot sees it.
+    pub(crate) before: String,
+    /// The CTE `l`: the log rows of what the write returned.
+    pub(crate) log: String,
+    /// A condition over the written rows `w`: updated, yet without a before-image.
+    pub(crate) unlogged: String,
+}
+
 /// Runs statements on one connection of the target (inside a transaction or not).
 pub(crate) enum Conn<'c> {
     Sqlite(&'c mut sqlx::SqliteConnection),
@@ -301,8 +312,13 @@ impl UndoLog {
              FROM (SELECT 1 AS bf_one) AS d LEFT JOIN {} AS t ON 1 = 0 WHERE 1 = 0",
             self.undo, self.target
         );
+        // Named by the key too: runs of specs with another key on the same table get their
+        // own unique index (an upsert's `ON CONFLICT (key, bf_undo_run)` needs one on exactly
+        // its key), instead of finding one on other columns.
         let name = table.rsplit('.').next().unwrap_or(table);
-        let index = d.quote(&format!("{name}__bf_undo_key"));
+        let key_parts: Vec<&str> = self.key.iter().map(String::as_str).collect();
+        let key_hash = backfill_core::plan::short_hash(&key_parts);
+        let index = d.quote(&format!("{name}__bf_undo_{}", &key_hash[..8.min(key_hash.len())]));
         let if_not = if d == Dialect::MySql {
             ""
         } else {
@@ -407,7 +423,14 @@ impl UndoLog {
     /// 1.55x when `b` first selected every batch key's row). It takes no row locks: a row
     /// another session changes between the snapshot and the write is logged with the image
     /// the snapshot saw (the separate statements of the general path have the same window).
-    pub(crate) fn postgres_ctes(&self, run: usize, part: usize) -> (String, String) {
+    ///
+    /// The operation is what the write did (`bf_undo_inserted`), not what the snapshot saw:
+    /// a row another session deleted after the snapshot and the batch then inserted is
+    /// `inserted` (rollback deletes it; their deletion stands). The reverse, a row another
+    /// session inserted after the snapshot and the batch then updated, has no before-image in
+    /// `b`: `unlogged` (a condition over `w`'s rows) finds those, and the caller fails the
+    /// batch as transient, so it runs again with a snapshot that sees the row.
+    pub(crate) fn postgres_ctes(&self, run: usize, part: usize) -> PostgresLog {
         let before = format!("SELECT t.* FROM {} AS t", self.target);
         let image: Vec<String> = self
             .columns
@@ -422,18 +445,26 @@ impl UndoLog {
             .collect();
         let log = format!(
             "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, {}) \
-             SELECT ${run}::text, ${part}::text, CASE WHEN b.{} IS NULL THEN 'inserted' ELSE \
-             'updated' END, {}, {} FROM w AS t LEFT JOIN b ON {} ON CONFLICT ({}, bf_undo_run) \
-             DO UPDATE SET bf_undo_after = EXCLUDED.bf_undo_after",
+             SELECT ${run}::text, ${part}::text, CASE WHEN t.bf_undo_inserted THEN 'inserted' \
+             ELSE 'updated' END, {}, {} FROM w AS t LEFT JOIN b ON {} ON CONFLICT ({}, \
+             bf_undo_run) DO UPDATE SET bf_undo_after = EXCLUDED.bf_undo_after",
             self.undo,
             self.columns.join(", "),
-            self.key[0],
             self.digest,
             image.join(", "),
             self.key_eq("b", "t"),
             self.key.join(", ")
         );
-        (before, log)
+        let unlogged = format!(
+            "NOT bf_undo_inserted AND NOT EXISTS (SELECT 1 FROM {} AS o WHERE {})",
+            self.target,
+            self.key_eq("o", "w")
+        );
+        PostgresLog {
+            before,
+            log,
+            unlogged,
+        }
     }
 
     /// Statements run after a batch's write: the digest of each of its keys' rows now.

@@ -122,24 +122,35 @@ pub(crate) struct KeptClaim {
     store: Store,
     lease: Lease,
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When the lease lapses unless renewed again (Unix milliseconds): past it, another
+    /// process may hold the run even if no renewal said so (the store was unreachable).
+    expires_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
     renewer: tokio::task::JoinHandle<()>,
 }
 
 impl KeptClaim {
     /// Starts renewing `lease`.
     pub(crate) fn keep(store: &Store, lease: Lease) -> KeptClaim {
+        use std::sync::atomic::Ordering::SeqCst;
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let expires_ms = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+            lease.expires_at.timestamp_millis(),
+        ));
         let renewer = tokio::spawn({
-            let (store, lease, lost) = (store.clone(), lease.clone(), lost.clone());
+            let (store, lease) = (store.clone(), lease.clone());
+            let (lost, expires_ms) = (lost.clone(), expires_ms.clone());
             async move {
                 let every = lease.ttl / 3;
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = store.renew_lease(&lease).await {
-                        tracing::warn!(resource = lease.resource, error = %e, "claim not renewed");
-                        if matches!(e, backfill_store::StoreError::LeaseLost { .. }) {
-                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                            return;
+                    match store.renew_lease(&lease).await {
+                        Ok(until) => expires_ms.store(until.timestamp_millis(), SeqCst),
+                        Err(e) => {
+                            tracing::warn!(resource = lease.resource, error = %e, "claim not renewed");
+                            if matches!(e, backfill_store::StoreError::LeaseLost { .. }) {
+                                lost.store(true, SeqCst);
+                                return;
+                            }
                         }
                     }
                 }
@@ -149,13 +160,18 @@ impl KeptClaim {
             store: store.clone(),
             lease,
             lost,
+            expires_ms,
             renewer,
         }
     }
 
-    /// True once another process has claimed the resource (this claim had lapsed).
+    /// True once another process has claimed the resource, or could have: the lease was taken
+    /// over, or it lapsed without a renewal (the store unreachable for its whole time to
+    /// live).
     pub(crate) fn lost(&self) -> bool {
-        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+        use std::sync::atomic::Ordering::SeqCst;
+        self.lost.load(SeqCst)
+            || chrono::Utc::now().timestamp_millis() > self.expires_ms.load(SeqCst)
     }
 
     /// Stops renewing and lets go of the lease (a failure to release only delays the next

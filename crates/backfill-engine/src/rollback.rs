@@ -142,6 +142,12 @@ async fn claim(store: &Store, run: &RunRecord) -> Result<KeptClaim, RollbackErro
     }
 }
 
+/// True when `run` inserted, updated and deleted no row.
+async fn wrote_nothing(store: &Store, run: &RunRecord) -> Result<bool, RollbackError> {
+    let counts = store.partition_totals(&run.id).await?.counts;
+    Ok(counts.inserted == 0 && counts.updated == 0 && counts.deleted == 0)
+}
+
 /// Refuses while another process holds `run` (for a dry run, which writes nothing).
 async fn refuse_executing(store: &Store, run: &RunRecord) -> Result<(), RollbackError> {
     if let Some(holder) = store.lease_holder(&run_resource(&run.id)).await?
@@ -204,6 +210,11 @@ async fn rollback_on(
     progress: &mut impl FnMut(&PartitionRollback),
 ) -> Result<RollbackSummary, RollbackError> {
     let partitions = target.partitions(&run.id).await?;
+    if partitions.is_empty() && spec.target.undo && wrote_nothing(store, run).await? {
+        // PostgreSQL logs only the rows a write changed: a run that changed none has no undo
+        // rows, and nothing to roll back.
+        return Ok(RollbackSummary::default());
+    }
     if partitions.is_empty() {
         return Err(RollbackError::NoUndo {
             run_id: run.id.clone(),
@@ -226,8 +237,9 @@ async fn rollback_on(
         if kept.is_some_and(KeptClaim::lost) {
             return Err(RollbackError::Claim {
                 run_id: run.id.clone(),
-                message: "lost to another process (this one stalled past its lease); run \
-                          `backfill rollback` again to finish"
+                message: "this process's claim lapsed (it stalled, or the state store was \
+                          unreachable, past its lease) and another process may hold the run; \
+                          run `backfill rollback` again to finish"
                     .to_owned(),
             });
         }

@@ -88,6 +88,15 @@ partition = "{partition}"
     )
 }
 
+/// The schema's index names.
+async fn indexes(db: &PgSchema) -> Vec<String> {
+    sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 ORDER BY 1")
+        .bind(db.name())
+        .fetch_all(db.pool())
+        .await
+        .expect("indexes")
+}
+
 /// Each partition of `dst` by name, with its relation's oid, and the schema's other tables.
 async fn partitions(db: &PgSchema) -> (Vec<(String, u32)>, Vec<String>) {
     let attached = sqlx::query(
@@ -138,6 +147,7 @@ async fn aligned_windows_are_exchanged_for_their_partitions_postgres() {
     fixture(&db).await;
     let ws = Workspace::new();
     let (before, _) = partitions(&db).await;
+    let indexes_before = indexes(&db).await;
     let outside = rows(&db, "dst", OUTSIDE).await;
 
     let path = ws.write("spec.toml", &spec(&db, "1d", ""));
@@ -163,6 +173,11 @@ async fn aligned_windows_are_exchanged_for_their_partitions_postgres() {
     assert!(
         tables.iter().all(|t| !t.contains("__bf_x")),
         "no stray table: {tables:?}"
+    );
+    assert_eq!(
+        indexes(&db).await,
+        indexes_before,
+        "the partitions' index names are kept"
     );
     // The exchanged partitions kept the parent's indexes (the primary key serves this).
     let dup = db

@@ -295,6 +295,17 @@ async fn rollback_upsert_through_the_staging_table_postgres() {
     assert_ne!(fingerprint(&target).await, before);
     let status = ws.run(&["status", &id, "--json"]);
     assert_eq!(status.json()["undo_rows"], 60, "{status:?}");
+    // A second run changes nothing, so logs nothing: its rollback has nothing to do.
+    let idle = ws.run(&["run", &path, "--new", "--json"]);
+    assert_eq!(idle.code, 0, "{idle:?}");
+    assert_eq!(idle.json()["rows"]["unchanged"], 300, "{idle:?}");
+    let idle_back = ws.run(&["rollback", &run_id(&idle), "--json"]);
+    assert_eq!(idle_back.code, 0, "{idle_back:?}");
+    assert_eq!(
+        (&idle_back.json()["deleted"], &idle_back.json()["restored"]),
+        (&J::from(0), &J::from(0)),
+        "{idle_back:?}"
+    );
     let back = ws.run(&["rollback", &id, "--json"]);
     assert_eq!(back.code, 0, "{back:?}");
     assert_eq!(back.json()["deleted"], 30, "{back:?}");

@@ -17,6 +17,11 @@
 //! INCLUDING ALL` copies columns, defaults, constraints and indexes; `ATTACH` adds the
 //! parent's triggers).
 //!
+//! Other sessions: the live partition is locked `SHARE` for the whole window, so a writer of
+//! it waits (or a deadlock is detected and one side retried) rather than writing a row the
+//! exchange would drop with the old partition; readers are not blocked until the swap. An
+//! advisory lock on the partition serialises two exchanges of it (two runs on one target).
+//!
 //! Invariants: the bounds written into DDL are the catalog's own literals
 //! (`pg_get_expr(relpartbound)`), accepted only when they are one quoted string or one
 //! number; every name is quoted. The transaction waits at most [`LOCK_TIMEOUT`] for a lock,
@@ -27,12 +32,21 @@ use backfill_core::value::Value;
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{arguments, sql, sql_error};
+use super::{arguments, sql_error};
 use crate::ConnectorError;
 use crate::shared::Table;
 
 /// How long the window's transaction waits for any lock (`SET LOCAL lock_timeout`).
 pub(crate) const LOCK_TIMEOUT: &str = "10s";
+
+/// A catalog name (one part, may hold dots or quotes) quoted for SQL.
+fn quote_part(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The first key of the advisory lock that serialises exchanges of one partition (the second
+/// is the partition's oid): an arbitrary constant of ours.
+const EXCHANGE_LOCK_CLASS: i32 = 0x0bf0_e8c8;
 
 /// The name of the `CHECK` constraint that lets `ATTACH` skip its scan.
 const BOUND_CHECK: &str = "\"bf_exchange_bound\"";
@@ -92,8 +106,9 @@ pub(crate) async fn find(
     for row in &rows {
         let schema: String = row.try_get(0).map_err(|e| sql_error(&context, &e))?;
         let name: String = row.try_get(1).map_err(|e| sql_error(&context, &e))?;
-        let bound: String = row.try_get(2).map_err(|e| sql_error(&context, &e))?;
-        if let Some((lo, hi)) = range_bounds(&bound) {
+        // NULL for a partition another window is exchanging right now.
+        let bound: Option<String> = row.try_get(2).map_err(|e| sql_error(&context, &e))?;
+        if let Some((lo, hi)) = bound.as_deref().and_then(range_bounds) {
             candidates.push((schema, name, lo, hi));
         }
     }
@@ -131,14 +146,14 @@ pub(crate) async fn find(
     let new_name = format!("{}__bf_x", truncate(&name, 55));
     Ok(Some(Exchange {
         parent: parent.quoted.clone(),
-        old: format!("{}.{}", sql::quote(&schema), sql::quote(&name)),
+        old: format!("{}.{}", quote_part(&schema), quote_part(&name)),
         old_name: name,
         schema: schema.clone(),
         new: Table {
             name: format!("{schema}.{new_name}"),
-            quoted: format!("{}.{}", sql::quote(&schema), sql::quote(&new_name)),
+            quoted: format!("{}.{}", quote_part(&schema), quote_part(&new_name)),
         },
-        column: sql::quote(column),
+        column: quote_part(column),
         lo,
         hi,
     }))
@@ -160,8 +175,17 @@ impl Exchange {
     /// live partition; returns the live partition's rows (what the exchange replaces).
     pub(crate) async fn begin(&self, conn: &mut PgConnection) -> Result<u64, ConnectorError> {
         let context = format!("load a table to exchange for partition {}", self.old);
+        // One exchange of a partition at a time (two runs on the same target would otherwise
+        // deadlock on the loaded table's name), then writers of the live partition wait for
+        // the exchange instead of writing rows it would drop with the old partition.
         let statements = [
             format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"),
+            format!(
+                "SELECT pg_advisory_xact_lock({EXCHANGE_LOCK_CLASS}, \
+                 to_regclass('{}')::oid::int)",
+                self.old.replace('\'', "''")
+            ),
+            format!("LOCK TABLE {} IN SHARE MODE", self.old),
             format!(
                 "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
                 self.new.quoted, self.old
@@ -201,16 +225,16 @@ impl Exchange {
         let new_indexes = attached_indexes(conn, new, &context).await?;
         let mut statements = vec![
             format!("DROP TABLE {}", self.old),
-            format!("ALTER TABLE {new} RENAME TO {}", sql::quote(&self.old_name)),
+            format!("ALTER TABLE {new} RENAME TO {}", quote_part(&self.old_name)),
             format!("ALTER TABLE {} DROP CONSTRAINT {BOUND_CHECK}", self.old),
         ];
         for (parent_index, name) in &new_indexes {
             if let Some((_, old_name)) = old_indexes.iter().find(|(p, _)| p == parent_index) {
                 statements.push(format!(
                     "ALTER INDEX {}.{} RENAME TO {}",
-                    sql::quote(&self.schema),
-                    sql::quote(name),
-                    sql::quote(old_name)
+                    quote_part(&self.schema),
+                    quote_part(name),
+                    quote_part(old_name)
                 ));
             }
         }
@@ -260,7 +284,8 @@ async fn attached_indexes(
         .collect()
 }
 
-/// True when `key` (`pg_get_partkeydef`: `RANGE (ts)`) is a range key on `column` alone.
+/// True when `key` (`pg_get_partkeydef`: `RANGE (ts)`) is a range key on `column` alone,
+/// `column` spelled as the catalog spells it.
 fn range_key_is(key: &str, column: &str) -> bool {
     let Some(inner) = key
         .strip_prefix("RANGE (")
@@ -272,8 +297,8 @@ fn range_key_is(key: &str, column: &str) -> bool {
     let unquoted = inner
         .strip_prefix('"')
         .and_then(|k| k.strip_suffix('"'))
-        .map_or_else(|| inner.to_lowercase(), |k| k.replace("\"\"", "\""));
-    unquoted == column || unquoted == column.to_lowercase()
+        .map_or_else(|| inner.to_owned(), |k| k.replace("\"\"", "\""));
+    unquoted == column
 }
 
 /// The two literals of `FOR VALUES FROM (lo) TO (hi)`, each one quoted string or number.
@@ -320,6 +345,7 @@ mod tests {
     fn reads_range_keys_and_bounds_and_refuses_the_rest() {
         assert!(range_key_is("RANGE (ts)", "ts"));
         assert!(range_key_is("RANGE (\"Created At\")", "Created At"));
+        assert!(!range_key_is("RANGE (ts)", "TS"));
         assert!(!range_key_is("RANGE (ts, id)", "ts"));
         assert!(!range_key_is("LIST (ts)", "ts"));
         assert!(!range_key_is("RANGE (day)", "ts"));

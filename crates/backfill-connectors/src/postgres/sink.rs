@@ -259,7 +259,7 @@ impl PostgresSink {
         if self.partition_exchange
             && log.is_none()
             && let Some(exchange) =
-                exchange::find(&mut tx, table, window_column, &info.types[i], &bounds).await?
+                exchange::find(&mut tx, table, &info.columns[i], &info.types[i], &bounds).await?
         {
             let deleted = exchange.begin(&mut tx).await?;
             return Ok(ReplaceTxn {
@@ -506,7 +506,7 @@ impl UpsertStatement<'_> {
             sql::UpsertFrom::Arrays(types) => types.len(),
             sql::UpsertFrom::Stage => 0,
         };
-        let (before, log) = hooks.log.postgres_ctes(n + 1, n + 2);
+        let pieces = hooks.log.postgres_ctes(n + 1, n + 2);
         let upsert = sql::Upsert {
             table: self.table,
             columns: &self.columns.quoted,
@@ -514,7 +514,7 @@ impl UpsertStatement<'_> {
             as_text: &self.columns.as_text,
             guard: self.guard,
         };
-        sql::upsert_logged(&upsert, from, &before, &log)
+        sql::upsert_logged(&upsert, from, &pieces.before, &pieces.log, &pieces.unlogged)
     }
 
     /// In the write's transaction, before it: the session in UTC (the log's digests print
@@ -594,6 +594,7 @@ impl UpsertStatement<'_> {
             .await
             .map_err(|e| sql_error(self.context, &e))?;
         let counts = self.counts(&row)?;
+        self.check_logged(&row)?;
         self.after_write(&mut tx).await?;
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(self.context, &e))?;
@@ -636,11 +637,34 @@ impl UpsertStatement<'_> {
                 .await
                 .map_err(|e| sql_error(context, &e))?;
             counts = self.counts(&row)?;
+            self.check_logged(&row)?;
         }
         self.after_write(&mut tx).await?;
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(context, &e))?;
         Ok(counts)
+    }
+
+    /// For an upsert that logged its own undo rows: fails (transient: the batch runs again,
+    /// and its transaction is rolled back with the log) when it updated a row its snapshot
+    /// did not see, so the log has no before-image for it (another session inserted the key
+    /// meanwhile; see `UndoLog::postgres_ctes`).
+    fn check_logged(&self, row: &PgRow) -> Result<(), ConnectorError> {
+        if self.undo.is_none_or(|h| !h.inline()) {
+            return Ok(());
+        }
+        let unlogged: i64 = row.try_get(2).map_err(|e| sql_error(self.context, &e))?;
+        if unlogged == 0 {
+            return Ok(());
+        }
+        Err(ConnectorError::Sql {
+            context: self.context.to_owned(),
+            message: format!(
+                "{unlogged} row(s) of the batch were inserted by another session while it was \
+                 written, so the undo log has no before-image for them; the batch runs again"
+            ),
+            class: ErrorClass::Transient,
+        })
     }
 
     /// (inserted, updated) from the statement's one row.
