@@ -171,7 +171,7 @@ pub(crate) struct PostgresLog {
     pub(crate) before: String,
     /// The CTE `l`: the log rows of what the write returned.
     pub(crate) log: String,
-    /// A condition over the written rows `w`: updated, yet without a before-image.
+    /// An expression: how many written rows were updated without a before-image.
     pub(crate) unlogged: String,
 }
 
@@ -318,7 +318,10 @@ impl UndoLog {
         let name = table.rsplit('.').next().unwrap_or(table);
         let key_parts: Vec<&str> = self.key.iter().map(String::as_str).collect();
         let key_hash = backfill_core::plan::short_hash(&key_parts);
-        let index = d.quote(&format!("{name}__bf_undo_{}", &key_hash[..8.min(key_hash.len())]));
+        let index = d.quote(&format!(
+            "{name}__bf_undo_{}",
+            &key_hash[..8.min(key_hash.len())]
+        ));
         let if_not = if d == Dialect::MySql {
             ""
         } else {
@@ -428,8 +431,9 @@ impl UndoLog {
     /// a row another session deleted after the snapshot and the batch then inserted is
     /// `inserted` (rollback deletes it; their deletion stands). The reverse, a row another
     /// session inserted after the snapshot and the batch then updated, has no before-image in
-    /// `b`: `unlogged` (a condition over `w`'s rows) finds those, and the caller fails the
-    /// batch as transient, so it runs again with a snapshot that sees the row.
+    /// `b`: they are logged with the state `unlogged`, `unlogged` (an expression) counts them,
+    /// and the caller fails the batch as transient (its transaction, log included, rolls
+    /// back), so it runs again with a snapshot that sees the row.
     pub(crate) fn postgres_ctes(&self, run: usize, part: usize) -> PostgresLog {
         let before = format!("SELECT t.* FROM {} AS t", self.target);
         let image: Vec<String> = self
@@ -444,22 +448,23 @@ impl UndoLog {
             })
             .collect();
         let log = format!(
-            "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, {}) \
-             SELECT ${run}::text, ${part}::text, CASE WHEN t.bf_undo_inserted THEN 'inserted' \
-             ELSE 'updated' END, {}, {} FROM w AS t LEFT JOIN b ON {} ON CONFLICT ({}, \
-             bf_undo_run) DO UPDATE SET bf_undo_after = EXCLUDED.bf_undo_after",
+            "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
+             bf_undo_state, {}) SELECT ${run}::text, ${part}::text, CASE WHEN \
+             t.bf_undo_inserted THEN 'inserted' ELSE 'updated' END, {}, CASE WHEN NOT \
+             t.bf_undo_inserted AND b.{} IS NULL THEN 'unlogged' END, {} FROM w AS t LEFT JOIN \
+             b ON {} ON CONFLICT ({}, bf_undo_run) DO UPDATE SET bf_undo_after = \
+             EXCLUDED.bf_undo_after RETURNING bf_undo_state",
             self.undo,
             self.columns.join(", "),
             self.digest,
+            self.key[0],
             image.join(", "),
             self.key_eq("b", "t"),
             self.key.join(", ")
         );
-        let unlogged = format!(
-            "NOT bf_undo_inserted AND NOT EXISTS (SELECT 1 FROM {} AS o WHERE {})",
-            self.target,
-            self.key_eq("o", "w")
-        );
+        // Counted from what `l` wrote (its few rows), not by a second look at the target: a
+        // second reference to `b` would make PostgreSQL materialise the whole table.
+        let unlogged = "(SELECT count(*) FROM l WHERE bf_undo_state = 'unlogged')".to_owned();
         PostgresLog {
             before,
             log,

@@ -508,3 +508,94 @@ async fn sigkill_during_rollback_then_rollback_again_postgres() {
     source.drop_now().await;
     target.drop_now().await;
 }
+
+/// A live writer inserts a key the run is about to insert, and commits while the run's upsert
+/// waits on it: the upsert then updates a row its snapshot did not see, so it has no
+/// before-image. The batch fails as transient and runs again (now seeing the row, logging it
+/// as `updated`), and the rollback gives the live row back instead of deleting it.
+#[tokio::test]
+async fn a_key_inserted_by_a_live_writer_mid_batch_is_restored_not_deleted_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let TestDb::Postgres(schema) = &target else {
+        panic!("a PostgreSQL fixture");
+    };
+    let dst = target.table("dst");
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let snapshot = |table: String| async move {
+        let rows: Vec<(i64, i64, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, amount_cents, note FROM {table} ORDER BY id"
+        )))
+        .fetch_all(schema.pool())
+        .await
+        .expect("rows");
+        rows
+    };
+
+    let mut live = schema.pool().begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {dst} VALUES (45, 1, '2026-01-02 00:14:00', 'live')"
+    )))
+    .execute(&mut *live)
+    .await
+    .expect("the live insert");
+    // The target as the run finds it: the broken target plus the live row.
+    let before: Vec<(i64, i64, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, amount_cents, note FROM {dst} ORDER BY id"
+    )))
+    .fetch_all(&mut *live)
+    .await
+    .expect("rows");
+    let mut child = ws
+        .command(&["run", &path, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let started = std::time::Instant::now();
+    let waited = loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND application_name = 'backfill'",
+        )
+        .fetch_one(schema.pool())
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break true;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    live.commit().await.expect("commit the live insert");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(waited, "the run never waited on the live writer's row");
+    assert_eq!(out.status.code(), Some(0));
+    assert_ne!(
+        snapshot(dst.clone()).await,
+        before,
+        "the run changed the target"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ran: J = serde_json::from_str(&stdout).expect("json");
+    let id = ran["run_id"].as_str().unwrap_or_default().to_owned();
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+    let after = snapshot(dst.clone()).await;
+    assert_eq!(
+        after.iter().find(|r| r.0 == 45),
+        Some(&(45, 1, Some("live".to_owned()))),
+        "the live writer's row is restored, not deleted"
+    );
+    assert_eq!(after, before, "row by row as the run found it");
+    source.drop_now().await;
+    target.drop_now().await;
+}
