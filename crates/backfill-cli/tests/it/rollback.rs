@@ -548,7 +548,7 @@ async fn a_key_inserted_by_a_live_writer_mid_batch_is_restored_not_deleted_postg
     .fetch_all(&mut *live)
     .await
     .expect("rows");
-    let mut child = ws
+    let child = ws
         .command(&["run", &path, "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
