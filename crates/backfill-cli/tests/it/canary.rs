@@ -110,6 +110,32 @@ fn newest_run(ws: &Workspace) -> String {
         .to_owned()
 }
 
+/// The id of the workspace's run once `status` shows it awaiting approval (within 60 s);
+/// panics if `child` (the run's process, when given) ends first.
+async fn awaiting_approval(ws: &Workspace, mut child: Option<&mut std::process::Child>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = ws.run(&["status", "--json"]);
+        if status.code == 0 && status.json()["state"] == "awaiting_approval" {
+            return status.json()["run_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never awaiting approval: {status:?}"
+        );
+        if let Some(child) = child.as_deref_mut() {
+            assert!(
+                child.try_wait().expect("try_wait").is_none(),
+                "run ended early"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn actions<'a>(events: &'a [J], action: &str) -> Vec<&'a J> {
     events.iter().filter(|e| e["action"] == action).collect()
 }
@@ -270,25 +296,7 @@ async fn waits_for_approval(system: System) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn backfill");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        let status = ws.run(&["status", "--json"]);
-        if status.code == 0 && status.json()["state"] == "awaiting_approval" {
-            break status.json()["run_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never awaiting approval: {status:?}"
-        );
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "run ended early"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let run = awaiting_approval(&ws, Some(&mut child)).await;
     // Status shows the canary's partitions with their rows; nothing else ran.
     let status = ws.run(&["status", &run]);
     assert!(status.stdout.contains("awaiting approval"), "{status:?}");
@@ -355,21 +363,7 @@ async fn pause_is_refused_and_cancel_ends_a_run_awaiting_approval() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn backfill");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        let status = ws.run(&["status", "--json"]);
-        if status.code == 0 && status.json()["state"] == "awaiting_approval" {
-            break status.json()["run_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never awaiting approval: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let run = awaiting_approval(&ws, None).await;
     let paused = ws.run(&["pause", &run]);
     assert_eq!(paused.code, 2, "{paused:?}");
     assert!(
@@ -413,21 +407,7 @@ async fn stopped_while_awaiting_approval_resumes_after_approval() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn backfill");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        let status = ws.run(&["status", "--json"]);
-        if status.code == 0 && status.json()["state"] == "awaiting_approval" {
-            break status.json()["run_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never awaiting approval: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let run = awaiting_approval(&ws, None).await;
     let killed = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

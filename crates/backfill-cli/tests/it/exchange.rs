@@ -236,23 +236,12 @@ async fn sigkill_during_the_exchange_leaves_the_partitions_as_they_were_postgres
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn run");
-    let started = std::time::Instant::now();
-    let reached = loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND application_name = 'backfill' AND query LIKE '%DETACH PARTITION%'",
-        )
-        .fetch_one(db.pool())
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            break true;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(8) {
-            break false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let reached = crate::support::backfill_waits_on_a_lock(
+        db.pool(),
+        Some("DETACH PARTITION"),
+        std::time::Duration::from_secs(8),
+    )
+    .await;
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     reader.rollback().await.expect("release the reader");

@@ -456,23 +456,12 @@ async fn sigkill_during_rollback_then_rollback_again_postgres() {
         .spawn()
         .expect("spawn rollback");
     // Wait until the rollback waits on the lock: it started, and is stuck on that partition.
-    let started = std::time::Instant::now();
-    let reached = loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND application_name = 'backfill'",
-        )
-        .fetch_one(schema.pool())
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            break true;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(60) {
-            break false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let reached = crate::support::backfill_waits_on_a_lock(
+        schema.pool(),
+        None,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     // While it holds the run, a second rollback and a cleanup are refused (the rollback
     // claims the run's lease, as `resume` does). Asserted once the lock is released, so a
     // failure cannot leave this test waiting on its own transaction.
@@ -554,23 +543,12 @@ async fn a_key_inserted_by_a_live_writer_mid_batch_is_restored_not_deleted_postg
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn run");
-    let started = std::time::Instant::now();
-    let waited = loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND application_name = 'backfill'",
-        )
-        .fetch_one(schema.pool())
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            break true;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            break false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let waited = crate::support::backfill_waits_on_a_lock(
+        schema.pool(),
+        None,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     live.commit().await.expect("commit the live insert");
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use sqlx::{Row, SqlitePool};
 
@@ -314,4 +315,32 @@ pub fn assert_same_rows(
         wrong.len(),
         &wrong[..wrong.len().min(3)],
     );
+}
+
+/// True once a session of the `backfill` binary on `pool`'s PostgreSQL server waits on a
+/// lock (running a statement that contains `statement`, when given), polled every 10 ms;
+/// false after `within`.
+pub async fn backfill_waits_on_a_lock(
+    pool: &sqlx::PgPool,
+    statement: Option<&str>,
+    within: Duration,
+) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND application_name = 'backfill' AND query LIKE $1",
+        )
+        .bind(statement.map_or_else(|| "%".to_owned(), |s| format!("%{s}%")))
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return true;
+        }
+        if started.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
