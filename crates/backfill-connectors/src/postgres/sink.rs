@@ -507,14 +507,24 @@ impl UpsertStatement<'_> {
             sql::UpsertFrom::Stage => 0,
         };
         let pieces = hooks.log.postgres_ctes(n + 1, n + 2);
-        let upsert = sql::Upsert {
+        sql::upsert_logged(
+            &self.upsert(),
+            from,
+            &pieces.before,
+            &pieces.log,
+            &pieces.unlogged,
+        )
+    }
+
+    /// What the statement writes, for the SQL builders.
+    fn upsert(&self) -> sql::Upsert<'_> {
+        sql::Upsert {
             table: self.table,
             columns: &self.columns.quoted,
             key: self.key,
             as_text: &self.columns.as_text,
             guard: self.guard,
-        };
-        sql::upsert_logged(&upsert, from, &pieces.before, &pieces.log, &pieces.unlogged)
+        }
     }
 
     /// In the write's transaction, before it: the session in UTC (the log's digests print
@@ -543,14 +553,7 @@ impl UpsertStatement<'_> {
     }
 
     fn text(&self, from: sql::UpsertFrom<'_>) -> String {
-        sql::upsert(
-            self.table,
-            &self.columns.quoted,
-            self.key,
-            &self.columns.as_text,
-            self.guard,
-            from,
-        )
+        sql::upsert(&self.upsert(), from)
     }
 
     /// The batch bound as arrays: one statement, prepared once per connection (its text

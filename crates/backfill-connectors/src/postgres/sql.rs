@@ -98,22 +98,15 @@ pub(crate) enum UpsertFrom<'a> {
 /// updated only when some non-key value differs (`IS DISTINCT FROM`, NULL-aware; columns
 /// in `as_text` have no equality operator and are compared as text) and, with a `guard`, only
 /// when the target's guard is NULL or not newer.
-pub(crate) fn upsert(
-    table: &str,
-    columns: &[String],
-    key: &[usize],
-    as_text: &[bool],
-    guard: Option<&str>,
-    from: UpsertFrom<'_>,
-) -> String {
+pub(crate) fn upsert(upsert: &Upsert<'_>, from: UpsertFrom<'_>) -> String {
     let select = match from {
-        UpsertFrom::Stage => format!("SELECT {} FROM {STAGE}", list(columns)),
+        UpsertFrom::Stage => format!("SELECT {} FROM {STAGE}", list(upsert.columns)),
         UpsertFrom::Arrays(types) => format!("SELECT * FROM unnest({})", unnest_params(types)),
     };
     format!(
         "WITH w AS ({} RETURNING (xmax = 0) AS inserted) \
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM w",
-        insert(table, columns, key, as_text, guard, &select)
+        insert(upsert, &select)
     )
 }
 
@@ -138,14 +131,7 @@ pub(crate) fn upsert_logged(
             list(columns)
         ),
     };
-    let write = insert(
-        upsert.table,
-        columns,
-        upsert.key,
-        upsert.as_text,
-        upsert.guard,
-        &format!("SELECT {} FROM s", list(columns)),
-    );
+    let write = insert(upsert, &format!("SELECT {} FROM s", list(columns)));
     format!(
         "WITH s AS ({source}), b AS ({before}), \
          w AS ({write} RETURNING (xmax = 0) AS bf_undo_inserted, t.*), l AS ({log}) \
@@ -156,6 +142,7 @@ pub(crate) fn upsert_logged(
 
 /// What an upsert writes: the target, the batch's columns (quoted), the key's positions among
 /// them, which columns compare as text, and the guard column.
+#[derive(Clone, Copy)]
 pub(crate) struct Upsert<'a> {
     pub(crate) table: &'a str,
     pub(crate) columns: &'a [String],
@@ -175,14 +162,14 @@ fn unnest_params(types: &[&str]) -> String {
 }
 
 /// `INSERT INTO table AS t (columns) select ON CONFLICT (key) DO …` (see [`upsert`]).
-fn insert(
-    table: &str,
-    columns: &[String],
-    key: &[usize],
-    as_text: &[bool],
-    guard: Option<&str>,
-    select: &str,
-) -> String {
+fn insert(upsert: &Upsert<'_>, select: &str) -> String {
+    let Upsert {
+        table,
+        columns,
+        key,
+        as_text,
+        guard,
+    } = *upsert;
     let keys: Vec<String> = key.iter().map(|&i| columns[i].clone()).collect();
     let rest: Vec<usize> = (0..columns.len()).filter(|i| !key.contains(i)).collect();
     let mut sql = format!(
@@ -289,11 +276,13 @@ mod tests {
         let cols = q(&["id", "a", "j"]);
         assert_eq!(
             upsert(
-                "\"t\"",
-                &cols,
-                &[0],
-                &[false, false, true],
-                Some("\"a\""),
+                &Upsert {
+                    table: "\"t\"",
+                    columns: &cols,
+                    key: &[0],
+                    as_text: &[false, false, true],
+                    guard: Some("\"a\""),
+                },
                 UpsertFrom::Stage
             ),
             "WITH w AS (INSERT INTO \"t\" AS t (\"id\", \"a\", \"j\") SELECT \"id\", \"a\", \"j\" \
@@ -305,11 +294,13 @@ mod tests {
         );
         assert_eq!(
             upsert(
-                "\"t\"",
-                &q(&["id", "v"]),
-                &[0],
-                &[false, false],
-                None,
+                &Upsert {
+                    table: "\"t\"",
+                    columns: &q(&["id", "v"]),
+                    key: &[0],
+                    as_text: &[false, false],
+                    guard: None,
+                },
                 UpsertFrom::Arrays(&["int8[]", "text[]"])
             ),
             "WITH w AS (INSERT INTO \"t\" AS t (\"id\", \"v\") SELECT * FROM \
