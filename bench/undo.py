@@ -6,9 +6,10 @@ A source `src` of N rows over 30 days (id, ts, user_id, amount_cents, note) and 
 times, each from the same broken target (rebuilt from a template table between runs):
 `backfill run` in upsert mode with `undo = false`, then with `undo = true`, then
 `backfill rollback` of the undo run. Reports undo/no-undo (goal <= 1.25x), the undo rows and
-the undo table's size, and rollback/run.
+the undo table's size, and rollback/run. `--mode replace` measures `replace` (window `ts`)
+instead; reconciliation is off in both modes, so the ratio is the log's own cost.
 
-Usage: bench/undo.py [--binary PATH] [--rows N] [--reps N] [--base URL]
+Usage: bench/undo.py [--binary PATH] [--rows N] [--reps N] [--base URL] [--mode upsert|replace]
 Takes the machine's benchmark lock (bench/benchlock.py). Creates and drops only the database
 `bench_undo`.
 """
@@ -58,8 +59,10 @@ def reset(base):
         CREATE INDEX ON dst (ts); ANALYZE dst;""")
 
 
-def spec(base, undo):
+def spec(base, undo, mode):
     url = f"{base}/{DB}"
+    replace = 'mode = "replace"\nwindow_column = "ts"\n' if mode == "replace" else ""
+    validate = "[validate]\nafter_partition = false\nat_end = false\n" if mode == "replace" else ""
     return f"""name = "bench_undo_{undo}"
 reason = "bench"
 [source]
@@ -70,14 +73,14 @@ url = "{url}"
 table = "dst"
 key = ["id"]
 undo = {str(undo).lower()}
-[scope]
+{replace}[scope]
 start = "2025-01-01T00:00:00Z"
 end = "2025-02-01T00:00:00Z"
 partition = "1d"
 [limits]
 concurrency = 2
 batch_rows = 5000
-"""
+{validate}"""
 
 
 def timed(cmd, cwd):
@@ -95,6 +98,7 @@ def main():
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--base", default="postgres://postgres@127.0.0.1:5432")
+    ap.add_argument("--mode", choices=["upsert", "replace"], default="upsert")
     args = ap.parse_args()
     benchlock.hold("bench/undo.py")
     prepare(args.base, args.rows)
@@ -103,7 +107,7 @@ def main():
         for with_undo in (False, True):
             reset(args.base)
             with tempfile.TemporaryDirectory() as d:
-                Path(d, "spec.toml").write_text(spec(args.base, with_undo))
+                Path(d, "spec.toml").write_text(spec(args.base, with_undo, args.mode))
                 state = f"sqlite://{d}/state.db"
                 took, out = timed([args.binary, "--state", state, "run", "spec.toml", "--json"], d)
                 (undo if with_undo else plain).append(took)
@@ -121,6 +125,7 @@ def main():
               file=sys.stderr)
     best = lambda xs: min(xs)  # noqa: E731
     report = {
+        "mode": args.mode,
         "rows": args.rows,
         "changed": args.rows // 10,
         "new": args.rows // 10,

@@ -146,10 +146,14 @@ pub trait Sink {
         columns: &[String],
     ) -> impl Future<Output = Result<Vec<String>, ConnectorError>> + Send;
 
-    /// In `replace` mode, whether an index of the target table leads with `window_column`
-    /// (the integer primary key of a SQLite rowid table counts). Without one, deleting each
-    /// partition's window scans the whole table. `None` in other modes.
-    fn window_indexed(&self) -> impl Future<Output = Result<Option<bool>, ConnectorError>> + Send;
+    /// Whether an index of the target table leads with `column` (the integer primary key of
+    /// a SQLite rowid table counts); `None` when the spec names no table. Without one,
+    /// whatever selects a partition's window by `column` (`replace`'s delete, reconciliation
+    /// after each partition) scans the whole table.
+    fn leads_an_index(
+        &self,
+        column: &str,
+    ) -> impl Future<Output = Result<Option<bool>, ConnectorError>> + Send;
 
     /// Inserts new keys and updates changed rows of `batch` in one transaction, then runs
     /// `extra` in it. Rows identical to the target are not written. Counts are exact:
@@ -426,12 +430,12 @@ impl AnySink {
         }
     }
 
-    /// See [`Sink::window_indexed`].
-    pub async fn window_indexed(&self) -> Result<Option<bool>, ConnectorError> {
+    /// See [`Sink::leads_an_index`].
+    pub async fn leads_an_index(&self, column: &str) -> Result<Option<bool>, ConnectorError> {
         match self {
-            AnySink::Sqlite(s) => s.window_indexed().await,
-            AnySink::MySql(s) => s.window_indexed().await,
-            AnySink::Postgres(s) => s.window_indexed().await,
+            AnySink::Sqlite(s) => s.leads_an_index(column).await,
+            AnySink::MySql(s) => s.leads_an_index(column).await,
+            AnySink::Postgres(s) => s.leads_an_index(column).await,
         }
     }
 

@@ -240,9 +240,9 @@ impl Fingerprint {
         rows: impl IntoIterator<Item = &'r [Value]>,
     ) -> Result<Fingerprint, FingerprintError> {
         let mut fp = Fingerprint::default();
-        let mut buf = Vec::new();
+        let mut hasher = RowHasher::default();
         for row in rows {
-            fp.add(row_hash_with(kinds, row, &mut buf)?);
+            fp.add(hasher.hash(kinds, row)?);
         }
         Ok(fp)
     }
@@ -270,18 +270,27 @@ fn wrap_integer(text: &str) -> Option<u64> {
 
 /// The hash of one row over columns of `kinds` (see the module doc).
 pub fn row_hash(kinds: &[Kind], row: &[Value]) -> Result<RowHash, FingerprintError> {
-    row_hash_with(kinds, row, &mut Vec::new())
+    RowHasher::default().hash(kinds, row)
 }
 
-/// [`row_hash`] encoding into `buf` (cleared first), so a loop reuses one allocation.
-fn row_hash_with(
-    kinds: &[Kind],
-    row: &[Value],
-    buf: &mut Vec<u8>,
-) -> Result<RowHash, FingerprintError> {
-    encode_row(kinds, row, buf)?;
-    let digest: [u8; 16] = Md5::digest(buf.as_slice()).into();
-    Ok(RowHash::from_digest(&digest))
+/// Hashes rows one after another with the same two buffers, so hashing a row allocates
+/// nothing once the buffers have grown to the widest row (SQLite's fingerprint function
+/// calls it once per row; an allocation per value there cost more than the MD5).
+#[derive(Debug, Default)]
+pub struct RowHasher {
+    /// The encoded row, the MD5 input.
+    encoded: Vec<u8>,
+    /// One value's canonical text.
+    text: String,
+}
+
+impl RowHasher {
+    /// The hash of `row` over columns of `kinds`: the same as [`row_hash`].
+    pub fn hash(&mut self, kinds: &[Kind], row: &[Value]) -> Result<RowHash, FingerprintError> {
+        encode_row_with(kinds, row, &mut self.encoded, &mut self.text)?;
+        let digest: [u8; 16] = Md5::digest(self.encoded.as_slice()).into();
+        Ok(RowHash::from_digest(&digest))
+    }
 }
 
 /// Writes the encoded row (the MD5 input) into `out`, cleared first.
@@ -290,6 +299,16 @@ pub fn encode_row(
     row: &[Value],
     out: &mut Vec<u8>,
 ) -> Result<(), FingerprintError> {
+    encode_row_with(kinds, row, out, &mut String::new())
+}
+
+/// [`encode_row`] with `text` as the scratch space for each value's canonical text.
+fn encode_row_with(
+    kinds: &[Kind],
+    row: &[Value],
+    out: &mut Vec<u8>,
+    text: &mut String,
+) -> Result<(), FingerprintError> {
     if kinds.len() != row.len() {
         return Err(FingerprintError::Width {
             values: row.len(),
@@ -297,16 +316,15 @@ pub fn encode_row(
         });
     }
     out.clear();
-    let mut text = String::new();
     for (column, (kind, value)) in kinds.iter().zip(row).enumerate() {
         text.clear();
-        if canonical(*kind, value, &mut text).map_err(|()| FingerprintError::Invalid {
+        if canonical(*kind, value, text).map_err(|()| FingerprintError::Invalid {
             column,
             value: value.preview(),
             kind: *kind,
         })? {
             out.push(b'V');
-            out.extend_from_slice(text.len().to_string().as_bytes());
+            push_decimal(out, text.len());
             out.push(b':');
             out.extend_from_slice(text.as_bytes());
         } else {
@@ -314,6 +332,23 @@ pub fn encode_row(
         }
     }
     Ok(())
+}
+
+/// Appends `n` in decimal ASCII to `out`, without allocating.
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        // `n % 10` is below 10: the cast cannot truncate.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The canonical text of `value` read as `kind` (see the module doc); `Ok(None)` for NULL.
@@ -801,6 +836,42 @@ mod tests {
             Kind::parse_codes(&Kind::codes(&Kind::ALL)),
             Some(Kind::ALL.to_vec())
         );
+    }
+
+    /// One hasher reused over rows of different widths and kinds hashes each row as a
+    /// fresh one would (its buffers carry nothing from the row before), lengths of several
+    /// digits included.
+    #[test]
+    fn a_reused_hasher_hashes_like_a_fresh_one() {
+        let long = "x".repeat(1234);
+        let rows: Vec<(Vec<Kind>, Vec<Value>)> = vec![
+            (
+                vec![Kind::Text, Kind::Int],
+                vec![Value::Text(long.clone()), Value::Int(7)],
+            ),
+            (vec![Kind::Int], vec![Value::Int(-1)]),
+            (
+                vec![Kind::Text, Kind::Text, Kind::Bytes],
+                vec![
+                    Value::Text("0123456789ab".to_owned()),
+                    Value::Null,
+                    Value::Blob(vec![0, 255]),
+                ],
+            ),
+            (vec![Kind::Text], vec![Value::Text(String::new())]),
+        ];
+        let mut hasher = RowHasher::default();
+        for (kinds, row) in &rows {
+            assert_eq!(
+                hasher.hash(kinds, row).unwrap(),
+                row_hash(kinds, row).unwrap()
+            );
+        }
+        let mut encoded = Vec::new();
+        encode_row(&rows[0].0, &rows[0].1, &mut encoded).unwrap();
+        assert!(encoded.starts_with(b"V1234:xxx"));
+        encode_row(&rows[2].0, &rows[2].1, &mut encoded).unwrap();
+        assert_eq!(encoded, b"V12:0123456789abNV4:00ff");
     }
 
     /// The compatibility contract: these encodings and hashes must never change.

@@ -96,9 +96,20 @@ pub(crate) enum Setup {
 /// opened is "not verified" with the reason; an explicit one is an error.
 pub(crate) async fn open(spec: &Spec) -> Result<Setup, ReconcileError> {
     let v = &spec.validate;
+    let (mut after_partition, mut at_end) = (v.after_partition, v.at_end);
     let method = match backfill_core::reconcile::reconcile(spec) {
         Reconcile::NotVerified { reason } => return Ok(Setup::NotVerified(reason)),
         Reconcile::Rows { window_column } => {
+            if !v.explicit && after_partition && !target_window_indexed(spec, &window_column).await
+            {
+                tracing::warn!(
+                    "no index of the target table starts with `{window_column}`: reconciling \
+                     every partition in one pass at the end of the run instead of after each \
+                     one (each check would scan the whole table); create the index, or set \
+                     `[validate] after_partition = true` to check each partition anyway"
+                );
+                (after_partition, at_end) = (false, true);
+            }
             let options = DiffOptions {
                 columns: v.columns.clone(),
                 window_column: Some(window_column),
@@ -114,8 +125,8 @@ pub(crate) async fn open(spec: &Spec) -> Result<Setup, ReconcileError> {
             tolerance: v.tolerance,
             keeps_extra: spec.target.mode == backfill_core::WriteMode::Upsert
                 && !spec.target.propagate_deletes,
-            after_partition: v.after_partition,
-            at_end: v.at_end,
+            after_partition,
+            at_end,
         }))),
         Err(e) if v.explicit => Err(e.into()),
         Err(e) => {
@@ -125,6 +136,17 @@ pub(crate) async fn open(spec: &Spec) -> Result<Setup, ReconcileError> {
             )))
         }
     }
+}
+
+/// Whether the target table has an index leading with `column`; true when that cannot be
+/// told (no table, the target unreachable: the run reports that itself).
+async fn target_window_indexed(spec: &Spec, column: &str) -> bool {
+    let Ok(sink) = backfill_connectors::open_sink(&spec.target, 1).await else {
+        return true;
+    };
+    let indexed = sink.leads_an_index(column).await;
+    sink.close().await;
+    !matches!(indexed, Ok(Some(false)))
 }
 
 async fn open_checks(spec: &Spec) -> Result<Checks, DiffError> {

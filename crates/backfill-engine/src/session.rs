@@ -532,7 +532,9 @@ async fn open_connectors(
     if let (Some(source), false) = (&source, sql_mode) {
         preflight(first, source, &sink).await?;
     }
-    if let Ok(Some(false)) = sink.window_indexed().await {
+    if let WriteMode::Replace { window_column } = &spec.target.mode
+        && let Ok(Some(false)) = sink.leads_an_index(window_column).await
+    {
         tracing::warn!(
             "no index of the target table starts with the window column: every partition's \
              delete scans the whole table (see `backfill check`)"

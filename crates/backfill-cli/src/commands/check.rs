@@ -170,7 +170,7 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
         }
     };
     if let (Some(sink), WriteMode::Replace { window_column }) = (&sink, &spec.target.mode)
-        && let Ok(Some(false)) = sink.window_indexed().await
+        && let Ok(Some(false)) = sink.leads_an_index(window_column).await
     {
         out.push(
             Diagnostic::warning(

@@ -50,7 +50,12 @@ async fn fixture(system: System, ws: &Workspace) -> Option<(Db, Db)> {
     source
         .exec(&format!("INSERT INTO {src} VALUES {}", tuples(system)))
         .await;
-    target.exec(&create(system, &target.table("dst"))).await;
+    let dst = target.table("dst");
+    target.exec(&create(system, &dst)).await;
+    // The time index such a table has: each partition's check reads its window by it.
+    target
+        .exec(&format!("CREATE INDEX dst_ts ON {dst} (ts)"))
+        .await;
     Some((source, target))
 }
 
@@ -80,6 +85,20 @@ partition = "1d"
         target.url(),
         target.table("dst"),
     )
+}
+
+/// The `partition.done` events of `events`, after checking there are some and that each
+/// carries a verified check (the partition was reconciled as it ended).
+fn each_checked_as_it_ended(events: &[J]) -> Vec<&J> {
+    let done: Vec<&J> = events
+        .iter()
+        .filter(|e| e["action"] == "partition.done")
+        .collect();
+    assert!(!done.is_empty(), "{events:#?}");
+    for e in &done {
+        assert_eq!(e["detail"]["reconcile"]["status"], "verified", "{e:#}");
+    }
+    done
 }
 
 fn reconciliation(j: &J) -> (u64, u64, u64) {
@@ -116,13 +135,7 @@ async fn correct_run_verifies_then_validate_finds_an_edit(system: System) {
     let run_id = summary["run_id"].as_str().unwrap().to_owned();
     // Each partition's finish event carries its check; the run's end adds one event.
     let events = audit_events(&ws, &run_id);
-    let done: Vec<&J> = events
-        .iter()
-        .filter(|e| e["action"] == "partition.done")
-        .collect();
-    assert!(!done.is_empty(), "{events:#?}");
-    for e in &done {
-        assert_eq!(e["detail"]["reconcile"]["status"], "verified", "{e:#}");
+    for e in each_checked_as_it_ended(&events) {
         assert_eq!(e["detail"]["reconcile"]["source_rows"], PER_DAY, "{e:#}");
     }
     assert!(events.iter().any(|e| e["action"] == "run.reconciled"));
@@ -403,6 +416,70 @@ async fn bad_validate_sections_are_spec_errors() {
 /// An `upsert` never deletes, so target rows whose key is not in the source are kept by
 /// design: reported as `extra_kept`, not a mismatch (a run into a table with rows of its own
 /// does not fail). With `propagate_deletes` they are deleted, and the partition verifies.
+/// Without an index leading with the window column, each partition's check would scan the
+/// whole target table: the defaults check every partition in one pass at the end instead
+/// and say so; an explicit `after_partition` keeps the per-partition checks.
+async fn an_unindexed_target_is_reconciled_at_the_end(system: System) {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(system, &ws).await else {
+        return;
+    };
+    let drop = match system {
+        System::Postgres => format!("DROP INDEX {}", target.table("dst_ts")),
+        _ => "DROP INDEX dst_ts".to_owned(),
+    };
+    target.exec(&drop).await;
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stderr
+            .contains("reconciling every partition in one pass at the end of the run"),
+        "{ran:?}"
+    );
+    let summary = ran.json();
+    assert_eq!(reconciliation(&summary), (10, 0, 0), "{summary:#}");
+    let run_id = summary["run_id"].as_str().unwrap().to_owned();
+    let events = audit_events(&ws, &run_id);
+    assert!(
+        events.iter().any(|e| e["action"] == "run.reconciled"),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["action"] == "partition.done")
+            .all(|e| e["detail"]["reconcile"].is_null()),
+        "no partition was checked as it ended: {events:#?}"
+    );
+
+    let explicit = ws.write(
+        "explicit.toml",
+        &spec(&source, &target, "[validate]\nafter_partition = true\n")
+            .replace("validate_test", "validate_explicit"),
+    );
+    let checked = ws.run(&["run", &explicit, "--json"]);
+    assert_eq!(checked.code, 0, "{checked:?}");
+    assert!(
+        !checked
+            .stderr
+            .contains("reconciling every partition in one pass"),
+        "{checked:?}"
+    );
+    let run_id = checked.json()["run_id"].as_str().unwrap().to_owned();
+    each_checked_as_it_ended(&audit_events(&ws, &run_id));
+}
+
+#[tokio::test]
+async fn unindexed_target_is_reconciled_at_the_end_sqlite() {
+    an_unindexed_target_is_reconciled_at_the_end(System::Sqlite).await;
+}
+
+#[tokio::test]
+async fn unindexed_target_is_reconciled_at_the_end_postgres() {
+    an_unindexed_target_is_reconciled_at_the_end(System::Postgres).await;
+}
+
 #[tokio::test]
 async fn extra_target_rows_are_kept_by_an_upsert_not_a_mismatch() {
     let ws = Workspace::new();

@@ -23,7 +23,7 @@
 use std::ffi::{c_char, c_int};
 use std::ptr;
 
-use backfill_core::fingerprint::{Fingerprint, Kind, RowHash, row_hash};
+use backfill_core::fingerprint::{Fingerprint, Kind, RowHash, RowHasher};
 use backfill_core::value::Value;
 use libsqlite3_sys as ffi;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
@@ -144,13 +144,81 @@ unsafe fn read_value(v: *mut ffi::sqlite3_value) -> Result<Value, String> {
 ///
 /// SAFETY: `p` must be valid for `len` bytes when non-null.
 unsafe fn raw_bytes(p: *const u8, len: c_int) -> Vec<u8> {
-    match usize::try_from(len) {
-        Ok(len) if !p.is_null() && len > 0 => {
-            // SAFETY: per the function's contract.
-            unsafe { std::slice::from_raw_parts(p, len) }.to_vec()
+    // SAFETY: per the function's contract; copied before returning.
+    unsafe { raw_slice(p, len) }.to_vec()
+}
+
+/// Reads one argument into `slot`, reusing the `String` or `Vec` already there, so reading
+/// row after row into the same slots allocates nothing once they have grown.
+///
+/// SAFETY: `v` must be a protected `sqlite3_value` of the current call.
+unsafe fn read_value_into(v: *mut ffi::sqlite3_value, slot: &mut Value) -> Result<(), String> {
+    // SAFETY: per the function's contract; text/blob pointers are read before their length,
+    // as SQLite documents, and copied before returning.
+    unsafe {
+        match ffi::sqlite3_value_type(v) {
+            ffi::SQLITE_TEXT => {
+                let p = ffi::sqlite3_value_text(v);
+                let bytes = raw_slice(p, ffi::sqlite3_value_bytes(v));
+                let text =
+                    std::str::from_utf8(bytes).map_err(|_| "text that is not UTF-8".to_owned())?;
+                match slot {
+                    Value::Text(s) => {
+                        s.clear();
+                        s.push_str(text);
+                    }
+                    _ => *slot = Value::Text(text.to_owned()),
+                }
+            }
+            ffi::SQLITE_BLOB => {
+                let p = ffi::sqlite3_value_blob(v).cast::<u8>();
+                let bytes = raw_slice(p, ffi::sqlite3_value_bytes(v));
+                match slot {
+                    Value::Blob(b) => {
+                        b.clear();
+                        b.extend_from_slice(bytes);
+                    }
+                    _ => *slot = Value::Blob(bytes.to_vec()),
+                }
+            }
+            _ => *slot = read_value(v)?,
         }
-        _ => Vec::new(),
     }
+    Ok(())
+}
+
+/// The `len` bytes at `p` (a NULL pointer or non-positive length is empty).
+///
+/// SAFETY: `p` must be valid for `len` bytes when non-null, for the returned lifetime.
+unsafe fn raw_slice<'a>(p: *const u8, len: c_int) -> &'a [u8] {
+    match usize::try_from(len) {
+        // SAFETY: per the function's contract.
+        Ok(len) if !p.is_null() && len > 0 => unsafe { std::slice::from_raw_parts(p, len) },
+        _ => &[],
+    }
+}
+
+/// What a thread's calls reuse from row to row: the last kind codes parsed, the row's
+/// values and the hasher's buffers (an allocation per value per row cost more than the MD5,
+/// and threads contended for the allocator).
+struct Scratch {
+    /// The kind codes `kinds` was parsed from.
+    codes: String,
+    kinds: Vec<Kind>,
+    /// The call's first argument (the codes) as read.
+    head: Value,
+    row: Vec<Value>,
+    hasher: RowHasher,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
+        codes: String::new(),
+        kinds: Vec::new(),
+        head: Value::Null,
+        row: Vec::new(),
+        hasher: RowHasher::default(),
+    });
 }
 
 /// The row hash of a call's arguments: kind codes, then one value per code.
@@ -166,16 +234,35 @@ unsafe fn hash_arguments(
     }
     // SAFETY: per the function's contract.
     let args = unsafe { std::slice::from_raw_parts(argv, argc) };
-    // SAFETY: each element is a protected value of this call.
-    let values = args
-        .iter()
-        .map(|v| unsafe { read_value(*v) })
-        .collect::<Result<Vec<Value>, String>>()?;
-    let Some((Value::Text(codes), row)) = values.split_first() else {
-        return Err("the first argument must be the kind codes".to_owned());
-    };
-    let kinds = Kind::parse_codes(codes).ok_or_else(|| format!("bad kind codes {codes:?}"))?;
-    row_hash(&kinds, row).map_err(|e| e.to_string())
+    SCRATCH.with(|scratch| {
+        // A call never re-enters another on the same thread (SQLite calls the function and
+        // waits); `try_borrow_mut` turns a surprise into an error, not a panic.
+        let mut scratch = scratch
+            .try_borrow_mut()
+            .map_err(|_| "re-entered on one thread".to_owned())?;
+        let Scratch {
+            codes,
+            kinds,
+            head,
+            row,
+            hasher,
+        } = &mut *scratch;
+        // SAFETY: `args[0]` is a protected value of this call.
+        unsafe { read_value_into(args[0], head)? };
+        let Value::Text(text) = &*head else {
+            return Err("the first argument must be the kind codes".to_owned());
+        };
+        if text != codes {
+            *kinds = Kind::parse_codes(text).ok_or_else(|| format!("bad kind codes {text:?}"))?;
+            codes.clone_from(text);
+        }
+        row.resize(argc - 1, Value::Null);
+        for (slot, v) in row.iter_mut().zip(&args[1..]) {
+            // SAFETY: each element is a protected value of this call.
+            unsafe { read_value_into(*v, slot)? };
+        }
+        hasher.hash(kinds, row).map_err(|e| e.to_string())
+    })
 }
 
 /// Sets `text` as the call's result (SQLite copies it).

@@ -462,8 +462,8 @@ impl Sink for MySqlSink {
         Ok(existing)
     }
 
-    async fn window_indexed(&self) -> Result<Option<bool>, ConnectorError> {
-        let (WriteMode::Replace { window_column }, Some(table)) = (&self.mode, &self.table) else {
+    async fn leads_an_index(&self, column: &str) -> Result<Option<bool>, ConnectorError> {
+        let Some(table) = &self.table else {
             return Ok(None);
         };
         let (schema, name) = table.parts();
@@ -474,7 +474,7 @@ impl Sink for MySqlSink {
         )
         .bind(schema)
         .bind(name)
-        .bind(window_column)
+        .bind(column)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| sql_error(table.describe(), &e))?;

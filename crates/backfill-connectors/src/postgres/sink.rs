@@ -704,8 +704,8 @@ impl Sink for PostgresSink {
         Ok(info.columns.clone())
     }
 
-    async fn window_indexed(&self) -> Result<Option<bool>, ConnectorError> {
-        let (WriteMode::Replace { window_column }, Some(table)) = (&self.mode, &self.table) else {
+    async fn leads_an_index(&self, column: &str) -> Result<Option<bool>, ConnectorError> {
+        let Some(table) = &self.table else {
             return Ok(None);
         };
         let indexed: bool = sqlx::query_scalar(
@@ -714,7 +714,7 @@ impl Sink for PostgresSink {
              WHERE i.indrelid = to_regclass($1) AND lower(a.attname) = lower($2))",
         )
         .bind(&table.quoted)
-        .bind(window_column)
+        .bind(column)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| sql_error(table.describe(), &e))?;

@@ -558,9 +558,9 @@ async fn replace_touches_only_the_window_and_sql_mode_counts() {
         },
     );
     let sink = open_sink(&spec, 1).await.unwrap();
-    assert_eq!(sink.window_indexed().await.unwrap(), Some(false));
+    assert_eq!(sink.leads_an_index("ts").await.unwrap(), Some(false));
     db.exec("CREATE INDEX r_ts ON r (ts)").await;
-    assert_eq!(sink.window_indexed().await.unwrap(), Some(true));
+    assert_eq!(sink.leads_an_index("ts").await.unwrap(), Some(true));
     sink.check_columns(&strings(&["id", "ts", "v"]))
         .await
         .unwrap();

@@ -452,9 +452,9 @@ async fn replace_only_touches_the_window_and_sql_mode_counts_affected_rows() {
         );
         spec.time_format = TimeFormat::Native;
         let sink = open_sink(&spec, 1).await.unwrap();
-        assert_eq!(sink.window_indexed().await.unwrap(), Some(false));
+        assert_eq!(sink.leads_an_index("ts").await.unwrap(), Some(false));
         pg.exec("CREATE INDEX ev_ts ON ev (ts)").await;
-        assert_eq!(sink.window_indexed().await.unwrap(), Some(true));
+        assert_eq!(sink.leads_an_index("ts").await.unwrap(), Some(true));
         let at = |h: u32| Value::TimestampTz(Utc.with_ymd_and_hms(2025, 1, 2, h, 0, 0).unwrap());
         let rows = Batch {
             columns: strings(&["id", "ts", "v"]),

@@ -612,7 +612,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "boolean",
         Some("true"),
         false,
-        "Reconcile each partition after its last batch, before it is marked done: one fingerprint query per side for its window.",
+        "Reconcile each partition after its last batch, before it is marked done: one fingerprint query per side for its window. Without `[validate]` in the spec, a target table with no index leading with the window column is reconciled at the end of the run instead (one pass; each partition's check would scan the whole table), with a warning; set it to `true` to check each partition anyway.",
     ),
     key(
         "validate.at_end",
