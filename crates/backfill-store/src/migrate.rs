@@ -34,6 +34,10 @@ const SQLITE: &[(i64, &str)] = &[
     ),
     (11, include_str!("../migrations/0011_run_canary.sql")),
     (12, include_str!("../migrations/0012_shadows.sql")),
+    (
+        13,
+        include_str!("../migrations/0013_partitions_gap_index.sql"),
+    ),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -77,6 +81,10 @@ const POSTGRES: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0011_run_canary.sql"),
     ),
     (12, include_str!("../migrations/postgres/0012_shadows.sql")),
+    (
+        13,
+        include_str!("../migrations/postgres/0013_partitions_gap_index.sql"),
+    ),
 ];
 
 fn migrations(dialect: Dialect) -> &'static [(i64, &'static str)] {

@@ -953,9 +953,12 @@ impl Store {
         run_id: &str,
         limit: usize,
     ) -> Result<Vec<PartitionRecord>, StoreError> {
+        // `+idx`: ordering by the bare column made SQLite walk the `(run_id, idx)` index over
+        // every partition of the run (0.13 s at 1,000,000) instead of the partial index of
+        // started partitions and a sort of the few it holds.
         let rows = stmt(format!(
             "{PARTITION_COLUMNS} WHERE run_id = ? AND attempts > 0 AND {FAILING_SQL} \
-             ORDER BY idx LIMIT ?"
+             ORDER BY +idx LIMIT ?"
         ))
         .bind(run_id)
         .bind(codec::to_db(limit as u64))

@@ -213,6 +213,28 @@ impl Store {
     /// The run's partitions by their last check, from aggregate queries.
     pub async fn check_totals(&self, run_id: &str) -> Result<CheckTotals, StoreError> {
         let mut conn = self.conn().await?;
+        let row = stmt("SELECT COUNT(*) FROM partitions WHERE run_id = ? AND state <> 'split'")
+            .bind(run_id)
+            .fetch_optional(&mut conn)
+            .await?;
+        let total = match row {
+            Some(r) => codec::from_db(r.try_get::<i64, _>(0)?),
+            None => 0,
+        };
+        drop(conn);
+        self.check_totals_of(run_id, total).await
+    }
+
+    /// [`check_totals`](Self::check_totals) for a caller that already knows how many
+    /// partitions the run has, split parents aside (`status` has them from
+    /// [`partition_totals`](Self::partition_totals)): one query over the checks only, not a
+    /// second count of every partition.
+    pub async fn check_totals_of(
+        &self,
+        run_id: &str,
+        total: u64,
+    ) -> Result<CheckTotals, StoreError> {
+        let mut conn = self.conn().await?;
         let row = stmt(
             "SELECT CAST(COALESCE(SUM(CASE WHEN status = 'verified' THEN 1 ELSE 0 END), 0) \
              AS BIGINT), CAST(COALESCE(SUM(CASE WHEN status = 'mismatch' THEN 1 ELSE 0 END), 0) \
@@ -227,14 +249,6 @@ impl Store {
                 codec::from_db(r.try_get::<i64, _>(1)?),
             ),
             None => (0, 0),
-        };
-        let row = stmt("SELECT COUNT(*) FROM partitions WHERE run_id = ? AND state <> 'split'")
-            .bind(run_id)
-            .fetch_optional(&mut conn)
-            .await?;
-        let total = match row {
-            Some(r) => codec::from_db(r.try_get::<i64, _>(0)?),
-            None => 0,
         };
         Ok(CheckTotals {
             verified,

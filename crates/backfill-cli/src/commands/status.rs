@@ -27,7 +27,13 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         .failing_partitions(&run.id, status::FAILING_LISTED)
         .await?;
     let st = status::compute(&run, &totals, &failing, chrono::Utc::now());
-    let checks = store.check_totals(&run.id).await?;
+    let unsplit = totals
+        .by_state
+        .iter()
+        .filter(|(state, _)| *state != backfill_core::PartitionState::Split)
+        .map(|(_, n)| n)
+        .sum();
+    let checks = store.check_totals_of(&run.id, unsplit).await?;
     let gaps = crate::commands::only_gaps::GapView::load(&store, &run.id).await?;
     let controls = store.controls(&run.id).await?;
     let canary = store.canary(&run.id).await?;
