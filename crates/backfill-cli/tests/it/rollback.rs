@@ -176,16 +176,16 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     let id = run_id(&ran);
     let after = fingerprint(&target).await;
     assert_ne!(after, before);
-    // PostgreSQL's upsert logs only the rows it inserts (31..=60) or changes (1..=30), in
-    // its own statement, so only days 1 and 2 have undo rows; the other paths log every key
-    // of the scope.
-    let changed_only = system == System::Postgres && mode.is_empty();
+    // PostgreSQL logs only the rows the run inserts (31..=60) or changes (1..=30): the
+    // upsert in its own statement, `replace` at each window's commit, which also logs the
+    // two extra rows it deleted (1001, 1002); the other paths log every key of the scope.
     let status = ws.run(&["status", &id, "--json"]);
     let undo_rows = status.json()["undo_rows"].as_u64();
-    if changed_only {
-        assert_eq!(undo_rows, Some(60), "{status:?}");
-    } else {
-        assert!(undo_rows >= Some(300), "{status:?}");
+    let postgres = system == System::Postgres;
+    match (postgres, mode) {
+        (true, "") => assert_eq!(undo_rows, Some(60), "{status:?}"),
+        (true, REPLACE) => assert_eq!(undo_rows, Some(62), "{status:?}"),
+        _ => assert!(undo_rows >= Some(300), "{status:?}"),
     }
 
     // --dry-run reports and changes nothing.
@@ -201,7 +201,12 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     assert_eq!(json["deleted"], 30, "{json:#}");
     assert_eq!(json["conflicts"], 0, "{json:#}");
     assert_eq!(fingerprint(&target).await, before, "{back:?}");
-    let last = if changed_only { "[2/2]" } else { "[10/10]" };
+    // Only partitions with undo rows are rolled back: days 1 and 2, and day 7's deletions.
+    let last = match (postgres, mode) {
+        (true, "") => "[2/2]",
+        (true, REPLACE) => "[3/3]",
+        _ => "[10/10]",
+    };
     assert!(
         back.stderr.contains(&format!("{last} partition")),
         "{back:?}"
@@ -498,6 +503,52 @@ async fn sigkill_during_rollback_then_rollback_again_postgres() {
     target.drop_now().await;
 }
 
+/// `id, amount_cents, note` of every row of `table`, by id.
+async fn rows_of<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    table: &str,
+) -> Vec<(i64, i64, Option<String>)> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, amount_cents, note FROM {table} ORDER BY id"
+    )))
+    .fetch_all(conn)
+    .await
+    .expect("rows")
+}
+
+/// Runs `backfill run SPEC --json` while `live` holds a lock the run will wait on (in a
+/// statement containing `waits_in`, when given), commits `live` once the run waits, and
+/// returns the run's id after checking that it waited and succeeded.
+async fn run_beside_a_live_session(
+    ws: &Workspace,
+    path: &str,
+    pool: &sqlx::PgPool,
+    live: sqlx::Transaction<'static, sqlx::Postgres>,
+    waits_in: Option<&str>,
+) -> String {
+    let child = ws
+        .command(&["run", path, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let waited = crate::support::backfill_waits_on_a_lock(
+        pool,
+        waits_in,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    live.commit().await.expect("commit the live session");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(waited, "the run never waited on the live session's lock");
+    assert_eq!(out.status.code(), Some(0));
+    let ran: J = serde_json::from_slice(&out.stdout).expect("json");
+    ran["run_id"].as_str().unwrap_or_default().to_owned()
+}
+
 /// A live writer inserts a key the run is about to insert, and commits while the run's upsert
 /// waits on it: the upsert then updates a row its snapshot did not see, so it has no
 /// before-image. The batch fails as transient and runs again (now seeing the row, logging it
@@ -513,15 +564,6 @@ async fn a_key_inserted_by_a_live_writer_mid_batch_is_restored_not_deleted_postg
     };
     let dst = target.table("dst");
     let path = ws.write("spec.toml", &spec(&source, &target, ""));
-    let snapshot = |table: String| async move {
-        let rows: Vec<(i64, i64, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id, amount_cents, note FROM {table} ORDER BY id"
-        )))
-        .fetch_all(schema.pool())
-        .await
-        .expect("rows");
-        rows
-    };
 
     let mut live = schema.pool().begin().await.expect("begin");
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -531,47 +573,73 @@ async fn a_key_inserted_by_a_live_writer_mid_batch_is_restored_not_deleted_postg
     .await
     .expect("the live insert");
     // The target as the run finds it: the broken target plus the live row.
-    let before: Vec<(i64, i64, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, amount_cents, note FROM {dst} ORDER BY id"
-    )))
-    .fetch_all(&mut *live)
-    .await
-    .expect("rows");
-    let child = ws
-        .command(&["run", &path, "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn run");
-    let waited = crate::support::backfill_waits_on_a_lock(
-        schema.pool(),
-        None,
-        std::time::Duration::from_secs(30),
-    )
-    .await;
-    live.commit().await.expect("commit the live insert");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert!(waited, "the run never waited on the live writer's row");
-    assert_eq!(out.status.code(), Some(0));
+    let before = rows_of(&mut *live, &dst).await;
+    let id = run_beside_a_live_session(&ws, &path, schema.pool(), live, None).await;
     assert_ne!(
-        snapshot(dst.clone()).await,
+        rows_of(schema.pool(), &dst).await,
         before,
         "the run changed the target"
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let ran: J = serde_json::from_str(&stdout).expect("json");
-    let id = ran["run_id"].as_str().unwrap_or_default().to_owned();
     let back = ws.run(&["rollback", &id, "--json"]);
     assert_eq!(back.code, 0, "{back:?}");
     assert_eq!(back.json()["conflicts"], 0, "{back:?}");
-    let after = snapshot(dst.clone()).await;
+    let after = rows_of(schema.pool(), &dst).await;
     assert_eq!(
         after.iter().find(|r| r.0 == 45),
         Some(&(45, 1, Some("live".to_owned()))),
         "the live writer's row is restored, not deleted"
+    );
+    assert_eq!(after, before, "row by row as the run found it");
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+/// PostgreSQL `replace` logs a window at its commit, in one statement: a row another session
+/// inserts into the window while the run rewrites it is not the run's, so the rollback keeps
+/// it. The live session locks a row of day 1 and inserts a new key there; the run's delete of
+/// day 1 waits on that lock, then the live session commits: its row is in the window when the
+/// run commits, but not among the keys the run wrote.
+#[tokio::test]
+async fn a_row_inserted_into_a_window_during_a_replace_survives_the_rollback_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let TestDb::Postgres(schema) = &target else {
+        panic!("a PostgreSQL fixture");
+    };
+    let dst = target.table("dst");
+    // Reconciliation would rightly fail day 1 (the live row is not in the source).
+    let mode = format!("{REPLACE}\n[validate]\nafter_partition = false\nat_end = false");
+    let path = ws.write("spec.toml", &spec(&source, &target, &mode));
+
+    let mut live = schema.pool().begin().await.expect("begin");
+    for sql in [
+        format!("SELECT id FROM {dst} WHERE id = 10 FOR UPDATE"),
+        format!("INSERT INTO {dst} VALUES (5000, 1, '2026-01-01 00:59:00', 'live')"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *live)
+            .await
+            .expect("the live session");
+    }
+    // The target as the run finds it: the broken target plus the live row.
+    let before = rows_of(&mut *live, &dst).await;
+    let id = run_beside_a_live_session(&ws, &path, schema.pool(), live, Some("DELETE")).await;
+    let written = rows_of(schema.pool(), &dst).await;
+    assert!(
+        written.contains(&(5000, 1, Some("live".to_owned()))),
+        "the run left the live row alone: {written:?}"
+    );
+    assert_ne!(written, before, "the run changed the target");
+
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+    let after = rows_of(schema.pool(), &dst).await;
+    assert!(
+        after.contains(&(5000, 1, Some("live".to_owned()))),
+        "the live row survives the rollback: {after:?}"
     );
     assert_eq!(after, before, "row by row as the run found it");
     source.drop_now().await;

@@ -268,8 +268,34 @@ impl PostgresSink {
                     table: exchange.table().clone(),
                     info,
                     undo: None,
+                    logged_at_commit: None,
                     key: self.key.clone(),
                     exchange: Some(Box::new(exchange)),
+                }),
+                deleted,
+            });
+        }
+        if let (Some(undo_log), Some(_)) = (&log, undo)
+            && info.unique.iter().any(|c| is_key(c, &self.key))
+        {
+            // Logged at commit in one statement (`UndoLog::replace_commit`).
+            let predicate = window_predicate(&column, &bounds, &info.types[i]);
+            let mut conn = Conn::Postgres(&mut tx);
+            for stmt in undo_log.replace_begin() {
+                conn.exec(&stmt, &context).await?;
+            }
+            let deleted = conn
+                .exec(&undo_log.replace_delete(&predicate, &bounds), &context)
+                .await?;
+            return Ok(ReplaceTxn {
+                inner: ReplaceInner::Postgres(PostgresReplace {
+                    tx,
+                    table: table.clone(),
+                    info,
+                    undo: log.zip(undo.cloned()),
+                    logged_at_commit: Some((predicate, bounds.to_vec())),
+                    key: self.key.clone(),
+                    exchange: None,
                 }),
                 deleted,
             });
@@ -293,6 +319,7 @@ impl PostgresSink {
                 table: table.clone(),
                 info,
                 undo: log.zip(undo.cloned()),
+                logged_at_commit: None,
                 key: self.key.clone(),
                 exchange: None,
             }),
@@ -759,6 +786,9 @@ pub struct PostgresReplace {
     info: Arc<TableInfo>,
     /// The undo log and the partition it logs for, when `target.undo` is on.
     undo: Option<(Arc<UndoLog>, UndoBatch)>,
+    /// The window's predicate and bounds when the log is written at commit in one statement
+    /// (`UndoLog::replace_commit`: the key has a unique index), not around each batch.
+    logged_at_commit: Option<(String, Vec<Value>)>,
     /// Key columns, to log each inserted batch's keys.
     key: Vec<String>,
     /// A window that is one partition: `table` is the standalone table exchanged for it at
@@ -783,6 +813,24 @@ impl PostgresReplace {
             Some(_) => undo::batch_keys(batch, &batch_key_positions(batch, &self.key)?, true),
             None => Vec::new(),
         };
+        if self.undo.is_some() && self.logged_at_commit.is_some() {
+            let n = copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await?;
+            // The keys the run wrote, for the log at commit: `COPY`ed like the rows.
+            let keys = Batch {
+                columns: self.key.clone(),
+                rows: keys,
+            };
+            let key_columns = self.info.batch_columns(&self.table, &keys)?;
+            copy_rows(
+                &mut self.tx,
+                &context,
+                undo::REPLACE_KEYS,
+                &key_columns,
+                &keys,
+            )
+            .await?;
+            return Ok(n);
+        }
         if let Some((log, b)) = &self.undo {
             let hooks = UndoHooks {
                 log,
@@ -809,10 +857,19 @@ impl PostgresReplace {
     /// Runs `extra`, then commits.
     pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
         let context = format!("replace in {}", self.table.quoted);
-        if let Some((log, b)) = &self.undo {
-            Conn::Postgres(&mut self.tx)
-                .exec(&log.mark_deleted(b), &context)
-                .await?;
+        match (&self.undo, &self.logged_at_commit) {
+            (Some((log, b)), Some((predicate, bounds))) => {
+                let mut conn = Conn::Postgres(&mut self.tx);
+                for stmt in log.replace_commit(b, predicate, bounds) {
+                    conn.exec(&stmt, &context).await?;
+                }
+            }
+            (Some((log, b)), None) => {
+                Conn::Postgres(&mut self.tx)
+                    .exec(&log.mark_deleted(b), &context)
+                    .await?;
+            }
+            (None, _) => {}
         }
         if let Some(exchange) = &self.exchange {
             exchange.finish(&mut self.tx).await?;
