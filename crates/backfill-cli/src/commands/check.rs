@@ -1,7 +1,7 @@
 //! `backfill check SPEC`: validate the file, then the connections and the data's time format.
 
 use backfill_connectors::watch::{Offer, signal};
-use backfill_connectors::{AnySource, ConnectorError, Watch, open_sink, open_source};
+use backfill_connectors::{AnySink, AnySource, ConnectorError, Watch, open_sink, open_source};
 use backfill_core::spec::SourceSpec;
 use backfill_core::{Diagnostic, Scope, Spec, Window, WriteMode};
 use serde_json::json;
@@ -187,6 +187,11 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
             )),
         );
     }
+    if let Some(sink) = &sink
+        && let Some(d) = unindexed_reconciliation(spec, sink).await
+    {
+        out.push(d);
+    }
     let Some((source, source_spec)) = source else {
         if let Some(sink) = sink {
             sink.close().await;
@@ -238,6 +243,38 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
 
 /// `source.ready` run once, for the first partition's `window`: an error is the spec's
 /// (the query is wrong); "not ready" only a note, since a run waits for it.
+/// A warning when reconciliation by default would check each partition on a target table
+/// whose window column leads no index: the run reconciles at its end instead (each check
+/// would scan the whole table).
+async fn unindexed_reconciliation(spec: &Spec, sink: &AnySink) -> Option<Diagnostic> {
+    let backfill_core::reconcile::Reconcile::Rows { window_column } =
+        backfill_core::reconcile::reconcile(spec)
+    else {
+        return None;
+    };
+    if spec.validate.explicit || !spec.validate.after_partition {
+        return None;
+    }
+    let Ok(Some(false)) = sink.leads_an_index(&window_column).await else {
+        return None;
+    };
+    Some(
+        Diagnostic::warning(
+            "validate.after_partition",
+            format!(
+                "no index of the target table starts with `{window_column}`: the run will \
+                 reconcile every partition in one pass at its end, not after each partition \
+                 (each check would scan the whole table)"
+            ),
+        )
+        .with_hint(format!(
+            "create one, e.g. CREATE INDEX ON {} ({window_column}), or set `[validate] \
+             after_partition = true` to check each partition anyway",
+            spec.target.table.as_deref().unwrap_or("TABLE")
+        )),
+    )
+}
+
 async fn ready_check(source: &AnySource, sql: &str, window: &Window) -> Option<Diagnostic> {
     match source.ready(sql, window).await {
         Ok(true) => None,

@@ -451,7 +451,8 @@ async fn check_says_which_signals_the_watched_database_offers_and_why_not() {
         "{signals:#}"
     );
     assert!(
-        text.stdout.contains("  pg_stat_statements: yes") && !text.stderr.contains("warning"),
+        text.stdout.contains("  pg_stat_statements: yes")
+            && !text.stderr.contains("throttle.watch"),
         "{text:?}"
     );
 }

@@ -430,6 +430,12 @@ async fn an_unindexed_target_is_reconciled_at_the_end(system: System) {
     };
     target.exec(&drop).await;
     let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let checked = ws.run(&["check", &path]);
+    assert!(
+        format!("{}{}", checked.stdout, checked.stderr)
+            .contains("the run will reconcile every partition in one pass at its end"),
+        "`check` says so first: {checked:?}"
+    );
     let ran = ws.run(&["run", &path, "--json"]);
     assert_eq!(ran.code, 0, "{ran:?}");
     assert!(
