@@ -576,11 +576,17 @@ impl UndoLog {
         }
     }
 
-    /// At a `replace` commit: logs every window row the rewrite changed, in one statement: a
-    /// key only before is `deleted`, one only written is `inserted`, one whose columns differ
-    /// is `updated`; each with its before-image and the digest of the row as written. The
-    /// first before-image per key per run is kept (a re-run partition only refreshes the
-    /// digest). `predicate` as in [`before_window_delete`](Self::before_window_delete).
+    /// At a `replace` commit: logs every row the rewrite changed, in one statement: a key
+    /// only deleted is `deleted`, one only written is `inserted`, one whose row differs (by
+    /// binary image, so types without `=` compare too) is `updated`; each with its
+    /// before-image and the digest of the row as written. The written rows are the window's
+    /// rows whose keys the batches wrote: a row the source returns outside its own window
+    /// (a query that does not filter by the window column) is not logged. Looking every key
+    /// up instead made PostgreSQL merge-join the whole key index once per window (1.9x
+    /// against 1.65x at 1M rows). The first before-image per key per run is kept (a re-run
+    /// partition only refreshes the digest). Needs key columns that cannot be NULL (a NULL
+    /// key matches nothing in the join). `predicate` as in
+    /// [`before_window_delete`](Self::before_window_delete).
     pub(crate) fn replace_commit(
         &self,
         b: &UndoBatch,
@@ -625,8 +631,8 @@ impl UndoLog {
              SELECT ?, ?, CASE WHEN b.{k0} IS NULL THEN 'inserted' WHEN t.{k0} IS NULL THEN \
              'deleted' ELSE 'updated' END, CASE WHEN t.{k0} IS NULL THEN NULL ELSE {} END, {} \
              FROM {REPLACE_BEFORE} AS b FULL JOIN ({written}) AS t ON {} WHERE t.{k0} IS NULL \
-             OR b.{k0} IS NULL OR ({}) IS DISTINCT FROM ({}) ON CONFLICT ({}, bf_undo_run) DO \
-             UPDATE SET bf_undo_after = EXCLUDED.bf_undo_after",
+             OR b.{k0} IS NULL OR NOT (ROW({})::record *= ROW({})::record) ON CONFLICT ({}, \
+             bf_undo_run) DO UPDATE SET bf_undo_after = EXCLUDED.bf_undo_after",
             self.undo,
             self.columns.join(", "),
             self.digest,

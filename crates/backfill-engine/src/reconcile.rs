@@ -96,19 +96,21 @@ pub(crate) enum Setup {
 /// opened is "not verified" with the reason; an explicit one is an error.
 pub(crate) async fn open(spec: &Spec) -> Result<Setup, ReconcileError> {
     let v = &spec.validate;
-    let (mut after_partition, mut at_end) = (v.after_partition, v.at_end);
     let method = match backfill_core::reconcile::reconcile(spec) {
         Reconcile::NotVerified { reason } => return Ok(Setup::NotVerified(reason)),
         Reconcile::Rows { window_column } => {
-            if !v.explicit && after_partition && !target_window_indexed(spec, &window_column).await
+            // Still checked after each partition (a canary, a failed check that stops the
+            // run, an interrupted run: all rely on it), but said: each check scans the table.
+            if !v.explicit
+                && v.after_partition
+                && !target_window_indexed(spec, &window_column).await
             {
                 tracing::warn!(
-                    "no index of the target table starts with `{window_column}`: reconciling \
-                     every partition in one pass at the end of the run instead of after each \
-                     one (each check would scan the whole table); create the index, or set \
-                     `[validate] after_partition = true` to check each partition anyway"
+                    "no index of the target table starts with `{window_column}`: each \
+                     partition's reconciliation scans the whole table; create the index, or set \
+                     `[validate] after_partition = false` and `at_end = true` to reconcile \
+                     every partition in one pass at the end of the run"
                 );
-                (after_partition, at_end) = (false, true);
             }
             let options = DiffOptions {
                 columns: v.columns.clone(),
@@ -125,8 +127,8 @@ pub(crate) async fn open(spec: &Spec) -> Result<Setup, ReconcileError> {
             tolerance: v.tolerance,
             keeps_extra: spec.target.mode == backfill_core::WriteMode::Upsert
                 && !spec.target.propagate_deletes,
-            after_partition,
-            at_end,
+            after_partition: v.after_partition,
+            at_end: v.at_end,
         }))),
         Err(e) if v.explicit => Err(e.into()),
         Err(e) => {

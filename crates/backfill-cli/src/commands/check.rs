@@ -243,9 +243,8 @@ async fn live_checks(spec: &Spec) -> Vec<Diagnostic> {
 
 /// `source.ready` run once, for the first partition's `window`: an error is the spec's
 /// (the query is wrong); "not ready" only a note, since a run waits for it.
-/// A warning when reconciliation by default would check each partition on a target table
-/// whose window column leads no index: the run reconciles at its end instead (each check
-/// would scan the whole table).
+/// A warning when reconciliation by default checks each partition on a target table whose
+/// window column leads no index: each check scans the whole table.
 async fn unindexed_reconciliation(spec: &Spec, sink: &AnySink) -> Option<Diagnostic> {
     let backfill_core::reconcile::Reconcile::Rows { window_column } =
         backfill_core::reconcile::reconcile(spec)
@@ -262,14 +261,13 @@ async fn unindexed_reconciliation(spec: &Spec, sink: &AnySink) -> Option<Diagnos
         Diagnostic::warning(
             "validate.after_partition",
             format!(
-                "no index of the target table starts with `{window_column}`: the run will \
-                 reconcile every partition in one pass at its end, not after each partition \
-                 (each check would scan the whole table)"
+                "no index of the target table starts with `{window_column}`: each \
+                 partition's reconciliation will scan the whole table"
             ),
         )
         .with_hint(format!(
             "create one, e.g. CREATE INDEX ON {} ({window_column}), or set `[validate] \
-             after_partition = true` to check each partition anyway",
+             after_partition = false` and `at_end = true` to reconcile once at the end",
             spec.target.table.as_deref().unwrap_or("TABLE")
         )),
     )

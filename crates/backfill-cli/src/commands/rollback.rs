@@ -134,12 +134,12 @@ pub(crate) async fn cleanup(args: &CleanupArgs, state: &str, out: Output) -> any
 /// its spec or target cannot be read within [`UNDO_SIZE_PATIENCE`] (status answers from the
 /// state store; an unreachable target must not hold it up).
 pub(crate) async fn undo_rows(run: &backfill_store::RunRecord, out: Output) -> Option<u64> {
-    // Reading the spec is cheap; checking it still plans the run's partitions (a million
-    // windows hashed: most of `status`'s time at 1M), so only a run that keeps an undo log
-    // pays for it.
+    // Reading the spec is cheap (and quiet: `spec_of` prints its warnings once); checking it
+    // still plans the run's partitions (a million windows hashed: most of `status`'s time at
+    // 1M), so only a run that keeps an undo log pays for it.
     let path = crate::specfile::recorded_path(&run.spec_text)?;
-    let (spec, _) = crate::specfile::load(&path, out).ok()?;
-    if !spec.target.undo {
+    let file = crate::specfile::parse_file(&path).ok()?;
+    if !file.parsed.spec.as_ref()?.target.undo {
         return None;
     }
     let spec = spec_of(run, None, out).ok()?;

@@ -111,7 +111,7 @@ async fn a_good_spec_passes_with_both_databases_reachable() {
     let ws = Workspace::new();
     let spec = setup(&ws, 300, "").await;
     // The time index each partition's reconciliation reads its window by (without it,
-    // `check` warns: see validate.rs, `unindexed_target_is_reconciled_at_the_end_*`).
+    // `check` warns: see validate.rs, `unindexed_target_is_warned_about_*`).
     let target = sqlite(&ws.path("target.db")).await;
     exec(
         &target,

@@ -645,3 +645,48 @@ async fn a_row_inserted_into_a_window_during_a_replace_survives_the_rollback_pos
     source.drop_now().await;
     target.drop_now().await;
 }
+
+/// PostgreSQL `replace` compares a window's rows by their binary image when it logs them at
+/// commit: a `json` column (no `=` operator) neither breaks the log nor hides a change, and
+/// the rollback brings its values back.
+#[tokio::test]
+async fn replace_undo_logs_a_table_with_a_json_column_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let TestDb::Postgres(schema) = &target else {
+        panic!("a PostgreSQL fixture");
+    };
+    let dst = target.table("dst");
+    // Only the target has `doc`: the rewrite leaves it NULL, and the rollback restores it.
+    target
+        .exec(&format!(
+            "ALTER TABLE {dst} ADD COLUMN doc json; \
+             UPDATE {dst} SET doc = json_build_object('id', id, 'tags', json_build_array(id % 3))"
+        ))
+        .await;
+    /// `id, amount_cents, note, doc` of a row.
+    type Row = (i64, Option<i64>, Option<String>, Option<String>);
+    let rows = || async {
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, amount_cents, note, doc::text FROM {dst} ORDER BY id"
+        )))
+        .fetch_all(schema.pool())
+        .await
+        .expect("rows");
+        rows
+    };
+    let before = rows().await;
+    let path = ws.write("spec.toml", &spec(&source, &target, REPLACE));
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let id = run_id(&ran);
+    assert_ne!(rows().await, before, "the run rewrote the windows");
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+    assert_eq!(rows().await, before, "row by row, json included");
+    source.drop_now().await;
+    target.drop_now().await;
+}

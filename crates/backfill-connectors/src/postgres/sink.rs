@@ -277,6 +277,7 @@ impl PostgresSink {
         }
         if let (Some(undo_log), Some(_)) = (&log, undo)
             && info.unique.iter().any(|c| is_key(c, &self.key))
+            && self.key_not_null(&mut tx, table).await?
         {
             // Logged at commit in one statement (`UndoLog::replace_commit`).
             let predicate = window_predicate(&column, &bounds, &info.types[i]);
@@ -328,6 +329,26 @@ impl PostgresSink {
     }
 
     /// The table's columns, types and unique keys, read from the catalog once.
+    /// Whether every key column of `table` is `NOT NULL` (primary key columns are).
+    async fn key_not_null(
+        &self,
+        conn: &mut PgConnection,
+        table: &Table,
+    ) -> Result<bool, ConnectorError> {
+        let key: Vec<String> = self.key.iter().map(|k| k.to_lowercase()).collect();
+        let not_null: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
+             AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull \
+             AND lower(a.attname) = ANY($2)",
+        )
+        .bind(&table.quoted)
+        .bind(&key)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| sql_error(table.describe(), &e))?;
+        Ok(usize::try_from(not_null).is_ok_and(|n| n == key.len()))
+    }
+
     async fn info(&self, table: &Table) -> Result<Arc<TableInfo>, ConnectorError> {
         if let Some(info) = self.info.lock().map_err(poisoned)?.as_ref() {
             return Ok(Arc::clone(info));
@@ -787,7 +808,8 @@ pub struct PostgresReplace {
     /// The undo log and the partition it logs for, when `target.undo` is on.
     undo: Option<(Arc<UndoLog>, UndoBatch)>,
     /// The window's predicate and bounds when the log is written at commit in one statement
-    /// (`UndoLog::replace_commit`: the key has a unique index), not around each batch.
+    /// (`UndoLog::replace_commit`: the key has a unique index and no NULL), not around each
+    /// batch.
     logged_at_commit: Option<(String, Vec<Value>)>,
     /// Key columns, to log each inserted batch's keys.
     key: Vec<String>,

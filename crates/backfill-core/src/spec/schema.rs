@@ -612,7 +612,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "boolean",
         Some("true"),
         false,
-        "Reconcile each partition after its last batch, before it is marked done: one fingerprint query per side for its window. Without `[validate]` in the spec, a target table with no index leading with the window column is reconciled at the end of the run instead (one pass; each partition's check would scan the whole table), with a warning; set it to `true` to check each partition anyway.",
+        "Reconcile each partition after its last batch, before it is marked done: one fingerprint query per side for its window. Each check reads the partition's window of the target by the window column: without an index leading with it, every check scans the whole table, which `check` and the run warn about (create the index, or set `after_partition = false` and `at_end = true` to reconcile in one pass at the end).",
     ),
     key(
         "validate.at_end",
