@@ -291,6 +291,17 @@ impl RowHasher {
         let digest: [u8; 16] = Md5::digest(self.encoded.as_slice()).into();
         Ok(RowHash::from_digest(&digest))
     }
+
+    /// Frees a buffer that grew past `max` bytes (one huge row), so a long-lived hasher does
+    /// not keep the largest row it ever saw.
+    pub fn shrink(&mut self, max: usize) {
+        if self.encoded.capacity() > max {
+            self.encoded = Vec::new();
+        }
+        if self.text.capacity() > max {
+            self.text = String::new();
+        }
+    }
 }
 
 /// Writes the encoded row (the MD5 input) into `out`, cleared first.

@@ -211,6 +211,9 @@ struct Scratch {
     hasher: RowHasher,
 }
 
+/// The largest buffer a thread's scratch keeps between rows (bytes).
+const KEEP_BYTES: usize = 1 << 20;
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
         codes: String::new(),
@@ -261,7 +264,20 @@ unsafe fn hash_arguments(
             // SAFETY: each element is a protected value of this call.
             unsafe { read_value_into(*v, slot)? };
         }
-        hasher.hash(kinds, row).map_err(|e| e.to_string())
+        let hash = hasher.hash(kinds, row).map_err(|e| e.to_string());
+        // A thread's slots live as long as the thread: let one huge row go again.
+        hasher.shrink(KEEP_BYTES);
+        for slot in row.iter_mut() {
+            let large = match slot {
+                Value::Text(s) => s.capacity() > KEEP_BYTES,
+                Value::Blob(b) => b.capacity() > KEEP_BYTES,
+                _ => false,
+            };
+            if large {
+                *slot = Value::Null;
+            }
+        }
+        hash
     })
 }
 
