@@ -152,6 +152,13 @@ async fn fingerprint(target: &TestDb) -> Fingerprint {
     fp
 }
 
+/// Runs `backfill rollback ID --json` and checks it succeeded with no conflict.
+fn rolled_back_without_conflicts(ws: &Workspace, id: &str) {
+    let back = ws.run(&["rollback", id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+}
+
 fn run_id(ran: &crate::support::Ran) -> String {
     ran.json()["run_id"].as_str().unwrap_or_default().to_owned()
 }
@@ -413,10 +420,12 @@ async fn rollback_after_sigkill_and_resume_restores_sqlite() {
     let resumed = ws.run(&["resume", &id, "--json"]);
     assert_eq!(resumed.code, 0, "{resumed:?}");
     assert_eq!(resumed.json()["state"], "succeeded", "{resumed:?}");
-    let back = ws.run(&["rollback", &id, "--json"]);
-    assert_eq!(back.code, 0, "{back:?}");
-    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
-    assert_eq!(fingerprint(&target).await, before, "{back:?}");
+    rolled_back_without_conflicts(&ws, &id);
+    assert_eq!(
+        fingerprint(&target).await,
+        before,
+        "the rollback restored the target"
+    );
     source.drop_now().await;
     target.drop_now().await;
 }
@@ -580,9 +589,7 @@ async fn a_key_inserted_by_a_live_writer_mid_batch_is_restored_not_deleted_postg
         before,
         "the run changed the target"
     );
-    let back = ws.run(&["rollback", &id, "--json"]);
-    assert_eq!(back.code, 0, "{back:?}");
-    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+    rolled_back_without_conflicts(&ws, &id);
     let after = rows_of(schema.pool(), &dst).await;
     assert_eq!(
         after.iter().find(|r| r.0 == 45),
@@ -633,9 +640,7 @@ async fn a_row_inserted_into_a_window_during_a_replace_survives_the_rollback_pos
     );
     assert_ne!(written, before, "the run changed the target");
 
-    let back = ws.run(&["rollback", &id, "--json"]);
-    assert_eq!(back.code, 0, "{back:?}");
-    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+    rolled_back_without_conflicts(&ws, &id);
     let after = rows_of(schema.pool(), &dst).await;
     assert!(
         after.contains(&(5000, 1, Some("live".to_owned()))),
@@ -683,9 +688,7 @@ async fn replace_undo_logs_a_table_with_a_json_column_postgres() {
     assert_eq!(ran.code, 0, "{ran:?}");
     let id = run_id(&ran);
     assert_ne!(rows().await, before, "the run rewrote the windows");
-    let back = ws.run(&["rollback", &id, "--json"]);
-    assert_eq!(back.code, 0, "{back:?}");
-    assert_eq!(back.json()["conflicts"], 0, "{back:?}");
+    rolled_back_without_conflicts(&ws, &id);
     assert_eq!(rows().await, before, "row by row, json included");
     source.drop_now().await;
     target.drop_now().await;

@@ -44,9 +44,20 @@ struct TableInfo {
     types: Vec<String>,
     /// Column lists of the primary key and full unique indexes.
     unique: Vec<Vec<String>>,
+    /// Whether each column is `NOT NULL`, in table order.
+    not_null: Vec<bool>,
 }
 
 impl TableInfo {
+    /// Whether `key` has a unique index and no column of it can be NULL: what the undo log
+    /// of a `replace` written at commit needs (`UndoLog::replace_commit`).
+    fn key_unique_not_null(&self, key: &[String]) -> bool {
+        self.unique.iter().any(|c| is_key(c, key))
+            && key
+                .iter()
+                .all(|k| position(&self.columns, k).is_some_and(|i| self.not_null[i]))
+    }
+
     /// The table's spelling of `column`, quoted, and its position.
     fn resolve(&self, table: &Table, column: &str) -> Result<(usize, String), ConnectorError> {
         check_column(column, "column")?;
@@ -276,8 +287,7 @@ impl PostgresSink {
             });
         }
         if let (Some(undo_log), Some(_)) = (&log, undo)
-            && info.unique.iter().any(|c| is_key(c, &self.key))
-            && self.key_not_null(&mut tx, table).await?
+            && info.key_unique_not_null(&self.key)
         {
             // Logged at commit in one statement (`UndoLog::replace_commit`).
             let predicate = window_predicate(&column, &bounds, &info.types[i]);
@@ -329,33 +339,14 @@ impl PostgresSink {
     }
 
     /// The table's columns, types and unique keys, read from the catalog once.
-    /// Whether every key column of `table` is `NOT NULL` (primary key columns are).
-    async fn key_not_null(
-        &self,
-        conn: &mut PgConnection,
-        table: &Table,
-    ) -> Result<bool, ConnectorError> {
-        let key: Vec<String> = self.key.iter().map(|k| k.to_lowercase()).collect();
-        let not_null: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
-             AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull \
-             AND lower(a.attname) = ANY($2)",
-        )
-        .bind(&table.quoted)
-        .bind(&key)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| sql_error(table.describe(), &e))?;
-        Ok(usize::try_from(not_null).is_ok_and(|n| n == key.len()))
-    }
-
     async fn info(&self, table: &Table) -> Result<Arc<TableInfo>, ConnectorError> {
         if let Some(info) = self.info.lock().map_err(poisoned)?.as_ref() {
             return Ok(Arc::clone(info));
         }
         let context = table.describe();
         let rows = sqlx::query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
+             FROM pg_attribute a \
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
         )
@@ -372,9 +363,11 @@ impl PostgresSink {
         }
         let mut columns = Vec::with_capacity(rows.len());
         let mut types = Vec::with_capacity(rows.len());
+        let mut not_null = Vec::with_capacity(rows.len());
         for row in rows {
             columns.push(row.try_get(0).map_err(|e| sql_error(&context, &e))?);
             types.push(row.try_get(1).map_err(|e| sql_error(&context, &e))?);
+            not_null.push(row.try_get(2).map_err(|e| sql_error(&context, &e))?);
         }
         let unique: Vec<Vec<String>> = sqlx::query_scalar(
             "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
@@ -391,6 +384,7 @@ impl PostgresSink {
             columns,
             types,
             unique,
+            not_null,
         });
         *self.info.lock().map_err(poisoned)? = Some(Arc::clone(&info));
         Ok(info)
