@@ -9,7 +9,10 @@
 //! 1. **Fast path.** One `GROUP BY` bucket query per side gives every partition's fingerprint
 //!    (`rows, sum, check`) at once: the source query is bound to the whole scope and its rows
 //!    bucketed by the window column, the target table likewise. Equal fingerprints mean the
-//!    partition is unchanged (all its rows).
+//!    partition is unchanged (all its rows). Between two PostgreSQL databases whose compared
+//!    columns print alike ([`Hash::Native`]) this query uses PostgreSQL's own row hash, several
+//!    times cheaper; a partition it finds different is fingerprinted again with the portable
+//!    hash before it counts (a type's text form may differ where the values do not).
 //! 2. **Bisection.** A partition whose fingerprints differ is cut into `slices` adjacent
 //!    slices of its range (by the window column), one bucket query per side for all of them;
 //!    slices that still differ are cut again, until a slice holds at most `fetch_rows` rows
@@ -231,6 +234,9 @@ pub struct Diff {
     pub rows_fetched: u64,
     /// Fingerprint queries run (both sides).
     pub queries: u64,
+    /// The fast path used the databases' own row hash ([`Hash::Native`]) rather than the
+    /// portable fingerprint.
+    pub native: bool,
 }
 
 impl Diff {
@@ -268,6 +274,19 @@ pub enum DiffProgress {
     },
 }
 
+/// Which row hash a fingerprint query uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hash {
+    /// `backfill_core::fingerprint`'s: the same values hash alike in every database and in
+    /// the engine. What reconciliation records.
+    Portable,
+    /// The database's own (PostgreSQL on both sides, columns of comparable types; see
+    /// [`backfill_connectors::fingerprint::native_comparable`]): several times cheaper per
+    /// row. Equal means equal; a difference may be one of presentation only (a type's text
+    /// form), so it is checked again with [`Hash::Portable`] before it counts.
+    Native,
+}
+
 /// Both sides opened, and what is compared.
 pub(crate) struct Sides {
     source: Db,
@@ -279,6 +298,8 @@ pub(crate) struct Sides {
     columns: Vec<Column>,
     key_positions: Vec<usize>,
     window_column: String,
+    /// [`Hash::Native`] compares these sides.
+    native: bool,
 }
 
 /// Compares the source of `spec` with its target, partition by partition, without writing.
@@ -310,6 +331,13 @@ pub(crate) async fn open(spec: &Spec, options: &DiffOptions) -> Result<Sides, Di
     }
     let window_column = window_column(spec, options)?;
     let target = Db::open(&spec.target.url, 2, true).await?;
+    let catalog = match target.catalog(table).await {
+        Ok(c) => c,
+        Err(e) => {
+            target.close().await;
+            return Err(e.into());
+        }
+    };
     let source_db = match Db::open(&source.url, 2, false).await {
         Ok(db) => db,
         Err(e) => {
@@ -317,21 +345,35 @@ pub(crate) async fn open(spec: &Spec, options: &DiffOptions) -> Result<Sides, Di
             return Err(e.into());
         }
     };
-    let columns =
-        match compared_columns(&target, &source_db, table, &spec.target.key, options).await {
-            Ok(c) => c,
-            Err(e) => {
-                target.close().await;
-                source_db.close().await;
-                return Err(e);
-            }
-        };
+    let columns = match compared_columns(
+        &catalog,
+        &target,
+        &source_db,
+        table,
+        &spec.target.key,
+        options,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            target.close().await;
+            source_db.close().await;
+            return Err(e);
+        }
+    };
     let key_positions = spec
         .target
         .key
         .iter()
         .filter_map(|k| columns.iter().position(|c| &c.name == k))
         .collect();
+    let native = backfill_connectors::fingerprint::native_comparable(
+        &source_db,
+        &source.query,
+        &target,
+        &catalog,
+        &columns,
+    )
+    .await;
     Ok(Sides {
         source: source_db,
         target,
@@ -342,6 +384,7 @@ pub(crate) async fn open(spec: &Spec, options: &DiffOptions) -> Result<Sides, Di
         columns,
         key_positions,
         window_column,
+        native,
     })
 }
 
@@ -363,16 +406,17 @@ fn window_column(spec: &Spec, options: &DiffOptions) -> Result<String, DiffError
     }
 }
 
-/// The compared columns in target order: every target column, or the key plus `--columns`;
-/// refused when one has no fingerprint (in general, or in one of the two databases).
-async fn compared_columns(
+/// The compared columns in target order (`catalog`, the target table's): every target
+/// column, or the key plus `--columns`; refused when one has no fingerprint (in general, or
+/// in one of the two databases).
+fn compared_columns(
+    catalog: &[backfill_connectors::fingerprint::Catalogued],
     target: &Db,
     source: &Db,
     table: &str,
     key: &[String],
     options: &DiffOptions,
 ) -> Result<Vec<Column>, DiffError> {
-    let catalog = target.catalog(table).await?;
     if let Some(wanted) = &options.columns {
         for name in wanted.iter().chain(key) {
             if !catalog.iter().any(|c| &c.name == name) {
@@ -384,7 +428,7 @@ async fn compared_columns(
         }
     }
     let mut columns = Vec::new();
-    for c in &catalog {
+    for c in catalog {
         let chosen = options
             .columns
             .as_ref()
@@ -436,6 +480,7 @@ async fn compare(
         samples: Vec::new(),
         rows_fetched: 0,
         queries: 0,
+        native: sides.native,
     };
     if partitions.is_empty() {
         return Ok(diff);
@@ -444,8 +489,13 @@ async fn compare(
         partitions: partitions.len(),
     });
     let windows: Vec<Window> = partitions.iter().map(|p| p.window).collect();
-    let (source_fps, target_fps) = fingerprints(sides, &hull(&windows), &windows).await?;
+    let hash = sides.fast_hash();
+    let (mut source_fps, mut target_fps) =
+        fingerprints(sides, &hull(&windows), &windows, hash).await?;
     diff.queries += 2;
+    if hash == Hash::Native {
+        diff.queries += recheck(sides, &windows, &mut source_fps, &mut target_fps).await?;
+    }
     for (i, p) in partitions.iter().enumerate() {
         let (source, target) = (source_fps[i], target_fps[i]);
         let counts = (source == target).then_some(ChangeCounts {
@@ -481,6 +531,39 @@ async fn compare(
     Ok(diff)
 }
 
+/// Windows whose native fingerprints differ, fingerprinted again with [`Hash::Portable`]
+/// (their fingerprints replaced), so a difference of presentation only is not reported.
+/// A few are checked one by one (each reads its own window, through the window column's
+/// index where there is one); many at once in one bucket query per side. Returns the
+/// queries run.
+async fn recheck(
+    sides: &Sides,
+    windows: &[Window],
+    source: &mut [Fingerprint],
+    target: &mut [Fingerprint],
+) -> Result<u64, DiffError> {
+    const ONE_BY_ONE: usize = 16;
+    let differing: Vec<usize> = (0..windows.len())
+        .filter(|&i| source[i] != target[i])
+        .collect();
+    if differing.is_empty() {
+        return Ok(0);
+    }
+    if differing.len() <= ONE_BY_ONE {
+        for &i in &differing {
+            let (s, t) = fingerprints(sides, &windows[i], &windows[i..=i], Hash::Portable).await?;
+            (source[i], target[i]) = (s[0], t[0]);
+        }
+        return Ok(2 * differing.len() as u64);
+    }
+    let chosen: Vec<Window> = differing.iter().map(|&i| windows[i]).collect();
+    let (s, t) = fingerprints(sides, &hull(&chosen), &chosen, Hash::Portable).await?;
+    for (n, &i) in differing.iter().enumerate() {
+        (source[i], target[i]) = (s[n], t[n]);
+    }
+    Ok(2)
+}
+
 /// The smallest window covering `windows` (not empty).
 fn hull(windows: &[Window]) -> Window {
     let mut out = windows[0];
@@ -500,12 +583,13 @@ fn hull(windows: &[Window]) -> Window {
     out
 }
 
-/// Fingerprints of each of `windows` (disjoint, any order) on both sides, one bucket query
-/// per side; the source's query is bound to `over`, which covers them all.
+/// Fingerprints of each of `windows` (disjoint, any order) on both sides with `hash`, one
+/// bucket query per side; the source's query is bound to `over`, which covers them all.
 pub(crate) async fn fingerprints(
     sides: &Sides,
     over: &Window,
     windows: &[Window],
+    hash: Hash,
 ) -> Result<(Vec<Fingerprint>, Vec<Fingerprint>), DiffError> {
     // Adjacent buckets over the sorted windows; gaps between them are buckets of their own,
     // ignored.
@@ -564,18 +648,27 @@ pub(crate) async fn fingerprints(
         bounds: &target_bounds,
     };
     let (s, t) = tokio::join!(
-        sides
-            .source
-            .fingerprint_buckets(&source_scan, &source_buckets),
-        sides
-            .target
-            .fingerprint_buckets(&target_scan, &target_buckets)
+        bucket_fingerprints(&sides.source, hash, &source_scan, &source_buckets),
+        bucket_fingerprints(&sides.target, hash, &target_scan, &target_buckets)
     );
     let (s, t) = (s?, t?);
     Ok((
         bucket_of.iter().map(|&b| s[b]).collect(),
         bucket_of.iter().map(|&b| t[b]).collect(),
     ))
+}
+
+/// One side's fingerprints of `buckets` with `hash`.
+async fn bucket_fingerprints(
+    db: &Db,
+    hash: Hash,
+    scan: &Scan<'_>,
+    buckets: &Buckets<'_>,
+) -> Result<Vec<Fingerprint>, ConnectorError> {
+    match hash {
+        Hash::Portable => db.fingerprint_buckets(scan, buckets).await,
+        Hash::Native => db.native_fingerprint_buckets(scan, buckets).await,
+    }
 }
 
 fn start_of(w: &Window) -> Window {
@@ -697,7 +790,9 @@ async fn bisect_partition(
             }
             continue;
         }
-        let (sf, tf) = fingerprints(sides, &window, &cut).await?;
+        // The fast hash is safe here: a slice that differs only in presentation ends in a
+        // row-by-row comparison of canonical texts, which finds nothing.
+        let (sf, tf) = fingerprints(sides, &window, &cut, sides.fast_hash()).await?;
         diff.queries += 2;
         // Pushed in reverse so slices are visited in key order.
         for i in (0..cut.len()).rev() {
@@ -869,6 +964,15 @@ fn key_order(a: &[Option<String>], b: &[Option<String>]) -> std::cmp::Ordering {
 }
 
 impl Sides {
+    /// The cheapest row hash that compares these sides: [`Hash::Native`] where it can.
+    pub(crate) fn fast_hash(&self) -> Hash {
+        if self.native {
+            Hash::Native
+        } else {
+            Hash::Portable
+        }
+    }
+
     /// Closes both databases.
     pub(crate) async fn close(&self) {
         self.source.close().await;
@@ -904,6 +1008,7 @@ impl Sides {
             samples: Vec::new(),
             rows_fetched: 0,
             queries: 0,
+            native: self.native,
         };
         bisect_partition(self, &mut diff, 0, options).await?;
         let p = diff.partitions.swap_remove(0);

@@ -35,7 +35,7 @@ use backfill_core::value::Value;
 use backfill_store::{CheckStatus, CheckTotals, PartitionCheck, PartitionRecord, Store};
 use serde_json::json;
 
-use crate::diff::{DiffError, DiffOptions, KeyChange, Sides};
+use crate::diff::{DiffError, DiffOptions, Hash, KeyChange, Sides};
 
 /// Differing keys named by a mismatch, at most.
 pub const SAMPLE_KEYS: usize = 5;
@@ -198,7 +198,7 @@ impl Reconciler {
     ) -> PartitionCheck {
         let result = match &self.method {
             Method::Rows(sides) => {
-                match crate::diff::fingerprints(sides, &window, &[window]).await {
+                match crate::diff::fingerprints(sides, &window, &[window], Hash::Portable).await {
                     Ok((s, t)) => Ok(self.judge(sides, window, s[0], t[0]).await),
                     Err(e) => Err(e.to_string()),
                 }
@@ -224,7 +224,8 @@ impl Reconciler {
         let mut out = Vec::with_capacity(partitions.len());
         for chunk in partitions.chunks(CHUNK) {
             let windows: Vec<Window> = chunk.iter().map(|(_, w)| *w).collect();
-            let fps = crate::diff::fingerprints(sides, &hull(&windows), &windows).await;
+            let fps =
+                crate::diff::fingerprints(sides, &hull(&windows), &windows, Hash::Portable).await;
             match fps {
                 Ok((s, t)) => {
                     for (i, (id, w)) in chunk.iter().enumerate() {

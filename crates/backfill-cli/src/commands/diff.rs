@@ -48,6 +48,7 @@ pub(crate) async fn diff(args: &DiffArgs, state: &str, out: Output) -> anyhow::R
             "window_column": result.window_column,
             "queries": result.queries,
             "rows_fetched": result.rows_fetched,
+            "row_hash": row_hash(&result),
         }),
     )
     .await?;
@@ -62,9 +63,14 @@ pub(crate) async fn diff(args: &DiffArgs, state: &str, out: Output) -> anyhow::R
     } else {
         print_diff(&spec, &result, name_columns, args.all, out);
         out.line(format!(
-            "compared in {:.1} s: {} fingerprint queries, {} rows fetched",
+            "compared in {:.1} s: {} fingerprint queries ({} row hash), {} rows fetched",
             elapsed.as_secs_f64(),
             result.queries,
+            if result.native {
+                "PostgreSQL's own"
+            } else {
+                "portable"
+            },
             thousands(result.rows_fetched)
         ));
     }
@@ -354,8 +360,14 @@ fn diff_json(spec: &backfill_core::Spec, diff: &Diff, name_columns: bool, elapse
         "sample": diff.samples.iter().map(|s| sample_json(diff, s)).collect::<Vec<_>>(),
         "queries": diff.queries,
         "rows_fetched": diff.rows_fetched,
+        "row_hash": row_hash(diff),
         "elapsed_ms": elapsed_ms,
     })
+}
+
+/// Which row hash the fast path used: `native` (PostgreSQL's own, both sides) or `portable`.
+fn row_hash(diff: &Diff) -> &'static str {
+    if diff.native { "native" } else { "portable" }
 }
 
 /// `id=17` or `(a=1, b=x)`.

@@ -134,6 +134,12 @@ async fn diff_reports_exactly_what_differs(system: System) {
     assert_eq!(json["totals"]["unchanged"], 300, "{json:#}");
     assert_eq!(json["totals"]["partitions_changed"], 0, "{json:#}");
     assert_eq!(json["queries"], 2, "one bucket query per side: {json:#}");
+    let row_hash = if system == System::Postgres {
+        "native"
+    } else {
+        "portable"
+    };
+    assert_eq!(json["row_hash"], row_hash, "{json:#}");
     let gaps = ws.run(&["gaps", &path]);
     assert_eq!(gaps.code, 0, "{gaps:?}");
     assert!(gaps.stdout.contains("no gaps"), "{gaps:?}");
@@ -279,6 +285,75 @@ async fn diff_names_a_json_column_postgres_cannot_hash() {
     let ran = ws.run(&["diff", &path, "--json", "--columns=amount_cents,ts,note"]);
     assert_eq!(ran.code, 0, "{ran:?}");
     assert_eq!(ran.json()["totals"]["unchanged"], 300);
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+/// Two PostgreSQL databases are compared with PostgreSQL's own row hash, and a difference it
+/// sees that is one of presentation only (here `char(4)` and `char(8)` pad the same text
+/// differently) is checked again with the portable fingerprint: nothing is reported. A real
+/// change beside it still is.
+#[tokio::test]
+async fn diff_postgres_native_hash_rechecks_what_differs_in_print_only() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    for (db, t, width) in [(&source, "src", 4), (&target, "dst", 8)] {
+        let table = db.table(t);
+        db.exec(&format!(
+            "ALTER TABLE {table} ADD COLUMN code char({width})"
+        ))
+        .await;
+        db.exec(&format!("UPDATE {table} SET code = 'ab'")).await;
+    }
+    let text = spec(&source, &target, "").replace("note FROM", "note, code FROM");
+    let path = ws.write("spec.toml", &text);
+    let ran = ws.run(&["diff", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let json = ran.json();
+    assert_eq!(json["row_hash"], "native", "{json:#}");
+    assert_eq!(json["totals"]["unchanged"], 300, "{json:#}");
+    assert_eq!(json["totals"]["partitions_changed"], 0, "{json:#}");
+    // Every day differed natively: one portable query per side and day, after the first two.
+    assert_eq!(json["queries"], 2 + 2 * DAYS, "{json:#}");
+
+    let dst = target.table("dst");
+    target
+        .exec(&format!("UPDATE {dst} SET code = 'zz' WHERE id = 77"))
+        .await;
+    let ran = ws.run(&["diff", &path, "--json", "--columns"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let json = ran.json();
+    assert_eq!(json["totals"]["update"], 1, "{json:#}");
+    assert_eq!(json["totals"]["partitions_changed"], 1, "{json:#}");
+    let day3 = &json["partitions"][2];
+    assert_eq!(ids(&day3["keys"], "update"), ["77"], "{json:#}");
+    assert_eq!(day3["keys"][0]["columns"], serde_json::json!(["code"]));
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+/// A source column whose type prints unlike the target's (`timestamp` against
+/// `timestamptz`) keeps the portable fingerprint, which compares the values (in UTC): equal
+/// sides, all unchanged.
+#[tokio::test]
+async fn diff_postgres_types_that_print_differently_use_the_portable_hash() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let text = spec(&source, &target, "").replace(
+        "amount_cents, ts, note FROM",
+        "amount_cents, (ts AT TIME ZONE 'UTC') AS ts, note FROM",
+    );
+    let path = ws.write("spec.toml", &text);
+    let ran = ws.run(&["diff", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let json = ran.json();
+    assert_eq!(json["row_hash"], "portable", "{json:#}");
+    assert_eq!(json["totals"]["unchanged"], 300, "{json:#}");
+    assert_eq!(json["queries"], 2, "{json:#}");
     source.drop_now().await;
     target.drop_now().await;
 }

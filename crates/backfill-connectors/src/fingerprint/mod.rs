@@ -13,7 +13,10 @@
 //! - the row hashes in key order (`row_hashes`: what a small slice is compared with, row by
 //!   row);
 //! - each row's canonical texts (`canonical_rows`: what `diff` compares key by key and
-//!   column by column once a slice is small).
+//!   column by column once a slice is small);
+//! - PostgreSQL only, bucket fingerprints with its own row hash
+//!   (`native_fingerprint_buckets`), comparable only with another PostgreSQL's where
+//!   [`native_comparable`] says the columns print alike: `diff`'s cheap first look.
 //!
 //! [`Db`] opens any of the three systems from a URL and dispatches these calls, so the
 //! engine's `diff` sees one type; [`query_relation`] turns a spec's source query and a window
@@ -126,6 +129,22 @@ impl Db {
         }
     }
 
+    /// The fingerprint of each bucket with the database's own row hash, in one query (see
+    /// `postgres::native_fingerprint_buckets`): comparable only with the same system's native
+    /// fingerprints, where [`native_comparable`] says so. An error on a system without one.
+    pub async fn native_fingerprint_buckets(
+        &self,
+        scan: &Scan<'_>,
+        buckets: &Buckets<'_>,
+    ) -> Result<Vec<Fingerprint>, ConnectorError> {
+        match self {
+            Db::Postgres(p) => postgres::native_fingerprint_buckets(p, scan, buckets).await,
+            Db::Sqlite(_) | Db::MySql(_) => Err(ConnectorError::Data {
+                message: format!("{} has no native row hash", self.system()),
+            }),
+        }
+    }
+
     /// Each row's canonical texts, one per scan column (NULL as `None`), in no order.
     pub async fn canonical_rows(
         &self,
@@ -165,6 +184,36 @@ impl Db {
             Db::Postgres(p) => p.close().await,
         }
     }
+}
+
+/// True when `source` (running the spec's source `query`, with its `:name` parameters) and
+/// `target` (whose `catalog` this is) can be compared with their native row hashes over
+/// `columns`: both are PostgreSQL, and each compared column is in the query's result with a
+/// type that prints like the target column's (`postgres::native_comparable`). Anything else,
+/// a query PostgreSQL cannot describe without its parameters' values included, is `false`:
+/// the portable fingerprint then compares them (and reports any real error).
+pub async fn native_comparable(
+    source: &Db,
+    query: &str,
+    target: &Db,
+    catalog: &[Catalogued],
+    columns: &[Column],
+) -> bool {
+    let (Db::Postgres(pool), Db::Postgres(_)) = (source, target) else {
+        return false;
+    };
+    let sql = rewrite(query, Placeholder::DollarNumbered).sql;
+    let Ok(result) = postgres::query_column_types(pool, &sql).await else {
+        return false;
+    };
+    columns.iter().all(|c| {
+        let target_type = catalog.iter().find(|t| t.name == c.name);
+        let source_type = result.iter().find(|(name, _)| name == &c.name);
+        match (source_type, target_type) {
+            (Some((_, s)), Some(t)) => postgres::native_comparable(s, &t.type_name),
+            _ => false,
+        }
+    })
 }
 
 /// A spec's source `query` over `window` as the SQL and parameters of a

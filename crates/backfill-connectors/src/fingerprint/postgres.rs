@@ -38,6 +38,126 @@ const DIALECT: SqlDialect = SqlDialect {
     fence: " OFFSET 0",
 };
 
+/// PostgreSQL's own row hash, for comparing two PostgreSQL databases (`diff`'s fast path):
+/// the row's text as the server prints a record (`ROW(…)::text`, every column through its
+/// type's output function; `numeric` through `trim_scale` so a value's scale does not count)
+/// hashed with `hashtextextended`, and its sum. About 3.7x cheaper per row than the portable
+/// fingerprint on W1 (3.9 s against 14.3 s for 5M rows on one core), because it skips the
+/// canonical texts, the length prefixes, `md5` and the hex parse.
+///
+/// Only equality means anything, and only between two PostgreSQL servers whose compared
+/// columns have the same types (see [`native_comparable`]): the same values print the same
+/// record text. The record text is injective (NULL is empty, an empty text is `""`, a value
+/// holding a delimiter is quoted), so equal sums of different rows need a 64-bit collision;
+/// different texts of values the portable fingerprint calls equal make the native sums
+/// differ, never agree, so a caller re-checks a difference with the portable fingerprint.
+/// `check` is always 0.
+const NATIVE: SqlDialect = SqlDialect {
+    quote: '"',
+    numbered: true,
+    canonical: native_value,
+    field: |x| x.to_owned(),
+    digest: |fields| format!("hashtextextended(ROW({})::text, 0)", fields.join(", ")),
+    halves: |m| m.to_owned(),
+    half_sum: |m, from| {
+        if from == 1 {
+            format!("coalesce(sum({m}), 0)::text")
+        } else {
+            "'0'".to_owned()
+        }
+    },
+    int64: |x| format!("({x})::bigint"),
+    fence: " OFFSET 0",
+};
+
+/// A column's value as the native row hash prints it: the value itself, `numeric` without
+/// trailing zeros. JSON is refused as in the portable fingerprint (its callers refuse it).
+fn native_value(column: &Column, x: &str) -> Result<String, ConnectorError> {
+    Ok(match column.kind {
+        Kind::Decimal => format!("trim_scale({x})"),
+        Kind::Json => return Err(super::json_not_pushable(&column.name, "PostgreSQL")),
+        _ => x.to_owned(),
+    })
+}
+
+/// True when a column of type `source` (a source query's result column) and one of type
+/// `target` print equal values alike in a record, so [`native_fingerprint_buckets`] may
+/// compare them: the same type, two integer types, or two unpadded text types. Type names
+/// are `pg_type.typname`s, any case.
+pub fn native_comparable(source: &str, target: &str) -> bool {
+    if source.is_empty() {
+        return false;
+    }
+    let (s, t) = (source.to_ascii_lowercase(), target.to_ascii_lowercase());
+    let family = |n: &str| match n {
+        "int2" | "int4" | "int8" => Some("integer"),
+        "text" | "varchar" => Some("text"),
+        _ => None,
+    };
+    s == t || family(&s).is_some_and(|f| family(&t) == Some(f))
+}
+
+/// The result columns of `sql` (a source query, not run: only prepared) as
+/// `(name, pg_type.typname)`, in order; a column of a type without an OID has an empty name.
+pub async fn query_column_types(
+    pool: &PgPool,
+    sql: &str,
+) -> Result<Vec<(String, String)>, ConnectorError> {
+    use sqlx::{Column as _, Executor as _, SqlSafeStr as _, Statement as _};
+    let context = "describing the source query";
+    let statement = pool
+        .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    let columns: Vec<(String, i64)> = statement
+        .columns()
+        .iter()
+        .map(|c| {
+            let oid = c.type_info().oid().map_or(0, |o| i64::from(o.0));
+            (c.name().to_owned(), oid)
+        })
+        .collect();
+    // sqlx names some types its own way (`bpchar` is `CHAR`): ask the catalog.
+    let oids: Vec<i64> = columns.iter().map(|(_, oid)| *oid).collect();
+    let names: Vec<(i64, String)> =
+        sqlx::query_as("SELECT oid::int8, typname::text FROM pg_type WHERE oid = ANY($1::oid[])")
+            .bind(&oids)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+    Ok(columns
+        .into_iter()
+        .map(|(name, oid)| {
+            let type_name = names
+                .iter()
+                .find(|(o, _)| *o == oid)
+                .map(|(_, n)| n.clone())
+                .unwrap_or_default();
+            (name, type_name)
+        })
+        .collect())
+}
+
+/// The statement giving `count, sum, 0, bucket` per non-empty bucket with the native row
+/// hash (see [`NATIVE`]).
+pub fn native_buckets_sql(
+    scan: &Scan<'_>,
+    buckets: &Buckets<'_>,
+) -> Result<Statement, ConnectorError> {
+    super::aggregate_sql(scan, Some(buckets), &NATIVE)
+}
+
+/// The native fingerprint of each bucket (in bucket order), in one query: comparable only
+/// with another PostgreSQL's native fingerprints over columns of comparable types.
+pub async fn native_fingerprint_buckets(
+    pool: &PgPool,
+    scan: &Scan<'_>,
+    buckets: &Buckets<'_>,
+) -> Result<Vec<Fingerprint>, ConnectorError> {
+    let rows = fetch(pool, native_buckets_sql(scan, buckets)?).await?;
+    read_buckets(buckets, &rows)
+}
+
 /// The canonical text of `x` (a quoted column) by kind; NULL stays NULL.
 fn canonical(column: &Column, x: &str) -> Result<String, ConnectorError> {
     Ok(match column.kind {
@@ -79,13 +199,17 @@ async fn fetch(
 ) -> Result<Vec<sqlx::postgres::PgRow>, ConnectorError> {
     let context = "fingerprint query";
     let mut tx = pool.begin().await.map_err(|e| sql_error(context, &e))?;
-    // Both settings in one round trip (`set_config(…, true)` is `SET LOCAL`). JIT off: a
+    // The settings in one round trip (`set_config(…, true)` is `SET LOCAL`). JIT off: a
     // bucket query's `CASE` tree (a branch per partition) made PostgreSQL spend ~10 s
     // compiling it on W1's 365 partitions, a sixth of the whole query's time.
-    sqlx::query("SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true)")
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| sql_error(context, &e))?;
+    // `DateStyle` and `bytea_output` fix how the native row hash prints dates and bytes.
+    sqlx::query(
+        "SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true), \
+         set_config('DateStyle', 'ISO, MDY', true), set_config('bytea_output', 'hex', true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| sql_error(context, &e))?;
     let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(&statement.params)?)
         .fetch_all(&mut *tx)
         .await
@@ -119,8 +243,16 @@ pub async fn fingerprint_buckets(
     buckets: &Buckets<'_>,
 ) -> Result<Vec<Fingerprint>, ConnectorError> {
     let rows = fetch(pool, buckets_sql(scan, buckets)?).await?;
+    read_buckets(buckets, &rows)
+}
+
+/// Each bucket's fingerprint from rows of `count, sum, check, bucket`.
+fn read_buckets(
+    buckets: &Buckets<'_>,
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<Vec<Fingerprint>, ConnectorError> {
     let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let bucket: i64 = row
             .try_get(3)
             .map_err(|e| sql_error("reading a fingerprint", &e))?;
@@ -240,6 +372,7 @@ pub async fn check_row(
 mod tests {
     use super::*;
     use crate::fingerprint::Relation;
+    use backfill_core::value::Value;
 
     /// Each row's canonical texts and digest are computed once: both subqueries are fenced
     /// (without the second fence PostgreSQL inlined the digest into each sum and hashed every
@@ -261,5 +394,46 @@ mod tests {
         assert_eq!(sql.matches("::bit(128)").count(), 1, "{sql}");
         assert_eq!(sql.matches(" OFFSET 0").count(), 2, "{sql}");
         assert!(!sql.contains("concat("), "{sql}");
+    }
+
+    /// The native hash prints each row once as a record (a `numeric` without its trailing
+    /// zeros) and sums one hash of it per bucket: no canonical texts, no `md5`.
+    #[test]
+    fn the_native_aggregate_hashes_the_record_text_once() {
+        let columns = [
+            Column::new("id", Kind::Int),
+            Column::new("amount", Kind::Decimal),
+            Column::new("ts", Kind::Timestamp),
+        ];
+        let scan = Scan {
+            relation: Relation::Table("t"),
+            columns: &columns,
+            range: None,
+        };
+        let bounds = [Value::Int(0), Value::Int(10), Value::Int(20)];
+        let buckets = Buckets {
+            column: "id",
+            bounds: &bounds,
+        };
+        let sql = native_buckets_sql(&scan, &buckets).unwrap().sql;
+        assert_eq!(sql.matches("hashtextextended(ROW(").count(), 1, "{sql}");
+        assert!(sql.contains("trim_scale(t.\"amount\") AS c1"), "{sql}");
+        assert!(sql.contains("t.\"ts\" AS c2"), "{sql}");
+        assert!(!sql.contains("md5("), "{sql}");
+        assert!(!sql.contains("to_char("), "{sql}");
+    }
+
+    /// Types print alike when they are the same or of one family; padded `char` and
+    /// timestamps with and without a zone do not.
+    #[test]
+    fn comparable_types_print_alike() {
+        assert!(native_comparable("int4", "int8"));
+        assert!(native_comparable("VARCHAR", "text"));
+        assert!(native_comparable("bpchar", "bpchar"));
+        assert!(native_comparable("numeric", "numeric"));
+        assert!(!native_comparable("bpchar", "text"));
+        assert!(!native_comparable("timestamp", "timestamptz"));
+        assert!(!native_comparable("numeric", "int8"));
+        assert!(!native_comparable("", "int8"));
     }
 }
