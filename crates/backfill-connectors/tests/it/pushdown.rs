@@ -559,3 +559,53 @@ async fn every_commit_is_synced_before_the_write_returns() {
     );
     p.close().await;
 }
+
+/// A one-column key's last key comes from the count's `max(key)`, which compares with the
+/// column's collation exactly as the key order does: with `COLLATE NOCASE`, `'B'` sorts
+/// after `'a'` (in binary order it would not), and the batch ends there.
+#[tokio::test]
+async fn the_last_key_read_with_the_count_follows_the_keys_collation() {
+    let dir = Dir::temp();
+    let src = dir
+        .db(
+            "src.db",
+            "CREATE TABLE e (k TEXT PRIMARY KEY COLLATE NOCASE, id INTEGER);
+             INSERT INTO e VALUES ('B', 2), ('a', 1), ('C', 3), ('d', 9);",
+        )
+        .await;
+    let dst = dir
+        .db(
+            "dst.db",
+            "CREATE TABLE t (k TEXT PRIMARY KEY COLLATE NOCASE, id INTEGER);",
+        )
+        .await;
+    let query = "SELECT k, id FROM e WHERE id >= :start AND id < :end";
+    let p = open_pushdown(
+        &source_spec(&src, query, TimeFormat::Rfc3339),
+        &target_spec(&dst, "t", &["k"], WriteMode::Upsert),
+        2,
+        false,
+    )
+    .await
+    .unwrap()
+    .expect("pushdown applies");
+    let (c, lasts) = upsert_all(&p, &keys(1, 4), 10).await;
+    assert_eq!(c, counts(3, 0, 0));
+    assert_eq!(lasts, [[Value::Text("C".into())]]);
+    assert_eq!(p.stats().direct_batches, 1);
+    // Resuming after 'B' (case-insensitively between 'a' and 'C'): only 'C' is after it.
+    let mut part = p
+        .partition(&keys(1, 4), Some(&[Value::Text("b".into())]))
+        .await
+        .unwrap();
+    let batch = part.next_batch(10).await.unwrap();
+    assert_eq!(
+        (batch.len(), batch.last_key()),
+        (1, Some(&[Value::Text("C".into())][..]))
+    );
+    drop(batch);
+    drop(part);
+    let got = rows(&dst, "SELECT k, id FROM t ORDER BY k").await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    p.close().await;
+}
