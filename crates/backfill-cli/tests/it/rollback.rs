@@ -693,3 +693,60 @@ async fn replace_undo_logs_a_table_with_a_json_column_postgres() {
     source.drop_now().await;
     target.drop_now().await;
 }
+
+/// PostgreSQL logs the digest of a written row with its own row hash (`n…`); a log written
+/// before, with the portable `md5` digest, still rolls back: each entry is compared in its
+/// own format, so unchanged rows restore and an edited one is a conflict.
+#[tokio::test]
+async fn a_log_with_the_older_md5_digests_still_rolls_back_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let TestDb::Postgres(schema) = &target else {
+        panic!("a PostgreSQL fixture");
+    };
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let id = run_id(&ran);
+    let dst = target.table("dst");
+    let undo = target.table("dst__bf_undo");
+    let formats: Vec<(bool, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT bf_undo_after LIKE 'n%', count(*) FROM {undo} GROUP BY 1"
+    )))
+    .fetch_all(schema.pool())
+    .await
+    .expect("digests");
+    assert_eq!(formats, [(true, 60)], "native digests");
+
+    // The log as the previous version wrote it: md5 of the length-prefixed canonical texts.
+    let field = |x: &str| format!("coalesce('V' || octet_length({x})::text || ':' || {x}, 'N')");
+    let legacy = [
+        field("t.id::text"),
+        field("t.amount_cents::text"),
+        field("to_char(t.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"),
+        field("t.note::text"),
+    ]
+    .join(" || ");
+    target
+        .exec(&format!(
+            "UPDATE {undo} AS u SET bf_undo_after = \
+             (SELECT md5({legacy}) FROM {dst} AS t WHERE t.id = u.id)"
+        ))
+        .await;
+    target
+        .exec(&format!("UPDATE {dst} SET note = 'live edit' WHERE id = 5"))
+        .await;
+    let back = ws.run(&["rollback", &id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    let json = back.json();
+    assert_eq!(json["conflicts"], 1, "{json:#}");
+    assert_eq!(json["conflict_keys"][0]["key"], "5", "{json:#}");
+    let forced = ws.run(&["rollback", &id, "--force", "--json"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert_eq!(fingerprint(&target).await, before, "{forced:?}");
+    source.drop_now().await;
+    target.drop_now().await;
+}

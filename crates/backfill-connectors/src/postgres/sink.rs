@@ -577,7 +577,7 @@ impl UpsertStatement<'_> {
             return Ok(());
         };
         if hooks.inline() {
-            sqlx::query("SELECT set_config('TimeZone', 'UTC', true)")
+            sqlx::query(crate::undo::PG_DIGEST_SETTINGS)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| sql_error(self.context, &e))?;
