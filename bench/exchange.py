@@ -89,6 +89,7 @@ key = ["id", "ts"]
 mode = "replace"
 window_column = "ts"
 partition_exchange = {"true" if exchange else "false"}
+undo = false  # an exchange keeps none; the in-place replace measured without it too
 
 [scope]
 start = "{SCOPE_START}T00:00:00Z"

@@ -71,7 +71,7 @@ def spec_text(pg, src, days, mode):
     start = dt.date.fromisoformat(SCOPE_START)
     stop = start + dt.timedelta(days=days)
     target = {
-        "replace": 'mode = "replace"\nwindow_column = "ts"',
+        "replace": 'mode = "replace"\nwindow_column = "ts"\nundo = false',
         "shadow+seed": 'mode = "shadow"\nseed_outside_scope = true',
         "shadow": 'mode = "shadow"',
     }[mode]

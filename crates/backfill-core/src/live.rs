@@ -214,7 +214,15 @@ impl LatencyBaseline {
         max_latency_increase: f64,
     ) -> Verdict {
         let Some(window) = window_mean(intervals) else {
-            return Verdict::Undecided;
+            // Silent (no call completed): undecided for a while after a cut, but a signal
+            // silent for a whole window cannot object, and must not hold the rate forever (a
+            // database whose transaction counters stopped moving held a run at its floor
+            // with the statements back at their baseline). The climb stays additive.
+            return if intervals.len() >= full.max(1) {
+                Verdict::Healthy
+            } else {
+                Verdict::Undecided
+            };
         };
         if intervals.len() < MIN_JUDGED_INTERVALS.min(full.max(1)) {
             return Verdict::Undecided;
@@ -404,6 +412,22 @@ mod tests {
                 time: us(m * calls),
             })
             .collect()
+    }
+
+    /// A signal with no call in its window says nothing: undecided while the window fills,
+    /// then healthy (an additive climb), never undecided for good.
+    #[test]
+    fn a_silent_signal_holds_only_until_its_window_is_full() {
+        let base = LatencyBaseline::measure(&intervals(100, &[90, 110])).unwrap();
+        let silent = intervals(0, &[0, 0, 0, 0, 0, 0]);
+        assert_eq!(base.judge(&silent[..3], 3, 6, 0.1), Verdict::Undecided);
+        assert_eq!(base.judge(&silent, 3, 6, 0.1), Verdict::Healthy);
+        let slow = intervals(100, &[300, 300, 300, 300, 300, 300]);
+        assert_eq!(
+            base.judge(&slow, 3, 6, 0.1),
+            Verdict::Unhealthy(RateCause::LiveLatency),
+            "calls still judge as before"
+        );
     }
 
     #[test]

@@ -36,8 +36,10 @@ use crate::support::{
     target_rows,
 };
 
-/// 40,000 rows at up to 2,000 rows/s: 20 s or more, so the slowdown lands mid-run.
-const ROWS: i64 = 40_000;
+/// 120,000 rows at up to 2,000 rows/s: a minute or more, so the slowdown and the recovery
+/// land mid-run even on a slow machine (with 40,000 a run cut hard for long ended before it
+/// recovered); once the test has seen the recovery it lifts the limit to finish.
+const ROWS: i64 = 120_000;
 const DAYS: i64 = 4;
 const LIMITS: &str = "concurrency = 2\nbatch_rows = 100\nrows_per_second = 2000\n";
 /// The live statement's time while healthy and while slowed down.
@@ -220,6 +222,9 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
     let restored = Instant::now();
     let recovered = wait_for_cause(&ws, &mut run, &run_id, "recovered").await;
     let recovered_after = restored.elapsed();
+    // Seen all it needs: the rest of the rows at full speed (a `manual` change).
+    let lifted = ws.run(&["throttle", &run_id, "--rows-per-second", "100000"]);
+    assert!(lifted.code == 0 || run.exited().is_some(), "{lifted:?}");
 
     let deadline = Instant::now() + RUN_TIMEOUT;
     let code = loop {

@@ -164,6 +164,18 @@ impl PostgresSink {
                     &self.key,
                     Postgres
                 );
+                if matches!(self.mode, WriteMode::Replace { .. })
+                    && !self.info(table).await?.key_unique_not_null(&self.key)
+                {
+                    tracing::warn!(
+                        table = %table.name,
+                        key = %self.key.join(", "),
+                        "the undo log of this `replace` takes every row of each window with a \
+                         statement per batch (several times slower than one statement at \
+                         commit), because the key has no unique index over NOT NULL columns; \
+                         add one, or set `[target] undo = false` if the run needs no rollback"
+                    );
+                }
                 Ok(Arc::new(log))
             })
             .await

@@ -67,13 +67,16 @@ pub(super) fn target_spec(
     }
     let mode = write_mode(w, mode_raw, has_table, key.as_deref(), window_column, sql);
     let pushdown = w.boolean(t, "target", "pushdown", true);
-    let mut undo_flags = super::undo::undo_flags(w, t, mode.as_ref());
+    let partition_exchange = w.boolean(t, "target", "partition_exchange", false);
     // A shadow write leaves the live table alone: its rollback is a rename back, so no undo
     // log unless the spec asks for one.
+    let scheme = url.as_ref().map(|u| u.scheme());
+    let default_undo =
+        super::undo::undo_by_default(scheme.as_deref(), is_shadow, partition_exchange);
+    let mut undo_flags = super::undo::undo_flags(w, t, mode.as_ref(), default_undo);
     if is_shadow && t.get("undo").is_none() {
         undo_flags.undo = false;
     }
-    let partition_exchange = w.boolean(t, "target", "partition_exchange", false);
     if partition_exchange && !matches!(mode, Some(WriteMode::Replace { .. })) {
         w.error(
             "target.partition_exchange",

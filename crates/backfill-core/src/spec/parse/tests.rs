@@ -950,3 +950,34 @@ fn validate_section_decides_reconciliation() {
         Err(errors) if errors.iter().any(|e| e.contains("validate.window_column"))
     ));
 }
+
+#[test]
+fn undo_is_on_by_default_for_postgresql_upsert_and_replace_only() {
+    let target = "url = \"sqlite://dst.db\"\ntable = \"t_copy\"\nkey = [\"id\"]";
+    let with = |url: &str, extra: &str| {
+        let text = good_with(
+            target,
+            &format!("url = \"{url}\"\ntable = \"t_copy\"\nkey = [\"id\"]\n{extra}"),
+        );
+        let parsed = parse(&text);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        parsed.spec.unwrap().target.undo
+    };
+    let pg = "postgres://u@127.0.0.1/db";
+    assert!(with(pg, ""), "PostgreSQL upsert");
+    assert!(with("postgresql://u@127.0.0.1/db", ""), "either scheme");
+    let replace = "mode = \"replace\"\nwindow_column = \"ts\"";
+    assert!(with(pg, replace), "PostgreSQL replace");
+    assert!(!with(pg, "undo = false"), "asked off");
+    assert!(
+        !with(pg, &format!("{replace}\npartition_exchange = true")),
+        "an exchange keeps no log, and is no error by default"
+    );
+    assert!(
+        !with(pg, "mode = \"shadow\""),
+        "a shadow's rollback is a rename"
+    );
+    assert!(!with("sqlite://dst.db", ""), "SQLite: opt-in");
+    assert!(!with("mysql://root@127.0.0.1/db", ""), "MySQL: opt-in");
+    assert!(with("sqlite://dst.db", "undo = true"), "asked on");
+}

@@ -1,8 +1,10 @@
 //! `[target] undo` and `[target] propagate_deletes`: the undo log and deletions (issue 11).
 //!
-//! Rules: `undo` is opt-in (`undo = true`; on by itself with `propagate_deletes`, which
-//! needs it in `upsert`): on W1 it made a run several times slower (bench/undo.py), so a run
-//! pays for it only when asked. It is refused in `sql` mode
+//! Rules: `undo` is on by default for a PostgreSQL target in `upsert` and `replace`, where
+//! the log is written by the write's own statements (~1.1–1.7x, bench/undo.py), and opt-in on
+//! SQLite and MySQL (`undo = true`), where it would cost several times the run (and, SQLite
+//! to SQLite, the in-SQLite copy); on by itself with `propagate_deletes`, which needs it in
+//! `upsert` ([`undo_by_default`]). It is refused in `sql` mode
 //! (its rows are not the engine's, so there is nothing to take a before-image of);
 //! `propagate_deletes` is natural in `replace`, needs the undo log in `upsert` (the keys a
 //! window's batches touched are what tells a deleted key from a kept one), and is refused
@@ -20,12 +22,23 @@ pub(super) struct UndoFlags {
 }
 
 /// Reads `target.undo` and `target.propagate_deletes` for `mode` (`None`: the mode was
-/// invalid, already reported).
-pub(super) fn undo_flags(w: &mut Walker<'_>, t: &Table<'_>, mode: Option<&WriteMode>) -> UndoFlags {
+/// invalid, already reported); `undo` defaults to `default_undo` (see [`undo_by_default`]),
+/// or to true with `propagate_deletes`.
+pub(super) fn undo_flags(
+    w: &mut Walker<'_>,
+    t: &Table<'_>,
+    mode: Option<&WriteMode>,
+    default_undo: bool,
+) -> UndoFlags {
     let sql = matches!(mode, Some(WriteMode::Sql { .. }));
     let undo_set = t.get("undo").is_some();
     let propagate_deletes = w.boolean(t, "target", "propagate_deletes", false);
-    let undo = w.boolean(t, "target", "undo", propagate_deletes && !sql);
+    let undo = w.boolean(
+        t,
+        "target",
+        "undo",
+        (propagate_deletes || default_undo) && !sql,
+    );
     if sql && undo_set && undo {
         w.error("target.undo", None, "`undo` does not apply to `sql` mode")
             .hint = Some(
@@ -57,6 +70,15 @@ pub(super) fn undo_flags(w: &mut Walker<'_>, t: &Table<'_>, mode: Option<&WriteM
         undo: undo && !sql,
         propagate_deletes: propagate_deletes && !sql,
     }
+}
+
+/// Whether `undo` is on when the spec does not say: for a PostgreSQL target (`scheme`), where
+/// the log is written inside the write's own statements and costs ~1.1-1.3x on W1
+/// (bench/undo.py); not on SQLite, where it would turn off the in-SQLite copy (several times
+/// slower), nor on MySQL, whose log is a read of every touched row around each batch. Never
+/// for `shadow` (its rollback is a rename) or `partition_exchange` (it keeps no log).
+pub(super) fn undo_by_default(scheme: Option<&str>, shadow: bool, exchange: bool) -> bool {
+    matches!(scheme, Some("postgres" | "postgresql")) && !shadow && !exchange
 }
 
 /// In `upsert` mode with `propagate_deletes`, the column bounding each window's deletion:
