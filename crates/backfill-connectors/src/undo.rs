@@ -175,14 +175,25 @@ pub(crate) struct UndoLog {
 /// cheaper a row than the portable fingerprint's `md5` of canonical texts, which older logs
 /// hold (32 hex digits, never starting with `n`). Both are computed by the target on both
 /// sides of the comparison (at write and at rollback), so they need not be portable, only
-/// stable: every statement computing one pins the settings the record text depends on
-/// ([`PG_DIGEST_SETTINGS`]).
+/// stable: every statement computing one pins the output settings the record text depends on
+/// ([`PG_DIGEST_SETTINGS`]), and `timestamptz` columns are printed in UTC by the expression
+/// itself (`AT TIME ZONE 'UTC'`), not by pinning the session's zone.
 pub(crate) const PG_NATIVE_DIGEST: &str = "n";
 
-/// `SET LOCAL` of every setting a PostgreSQL row's record text depends on, in one statement.
-pub(crate) const PG_DIGEST_SETTINGS: &str = "SELECT set_config('TimeZone', 'UTC', true), \
-     set_config('DateStyle', 'ISO, MDY', true), set_config('IntervalStyle', 'postgres', true), \
-     set_config('bytea_output', 'hex', true), set_config('extra_float_digits', '1', true)";
+/// `SET LOCAL` of the settings a PostgreSQL row's record text depends on, in one statement:
+/// output formats only, never how input is read (these run before a write in its
+/// transaction: the session's `TimeZone` and `DateStyle` order must still read the batch's
+/// text values as they would without the log, so `DateStyle` is set to `ISO` alone, which
+/// keeps the day/month order).
+pub(crate) const PG_DIGEST_SETTINGS: &str = "SELECT set_config('DateStyle', 'ISO', true), \
+     set_config('IntervalStyle', 'postgres', true), set_config('bytea_output', 'hex', true), \
+     set_config('extra_float_digits', '1', true)";
+
+/// [`PG_DIGEST_SETTINGS`] and the time zone UTC, which the older `md5` digests print
+/// `timestamptz` values in: for rollback, which reads no text input.
+const PG_ROLLBACK_SETTINGS: &str = "SELECT set_config('DateStyle', 'ISO', true), \
+     set_config('IntervalStyle', 'postgres', true), set_config('bytea_output', 'hex', true), \
+     set_config('extra_float_digits', '1', true), set_config('TimeZone', 'UTC', true)";
 
 /// The pieces a PostgreSQL upsert needs to write its undo log in its own statement (see
 /// [`UndoLog::postgres_ctes`]).
@@ -320,7 +331,14 @@ impl UndoLog {
                 (d.clone(), d)
             }
             Dialect::Postgres => {
-                let fields: Vec<String> = columns.iter().map(|c| format!("t.{c}")).collect();
+                let fields: Vec<String> = catalog
+                    .iter()
+                    .zip(&columns)
+                    .map(|(c, quoted)| match c.type_name.as_str() {
+                        "timestamptz" => format!("(t.{quoted} AT TIME ZONE 'UTC')"),
+                        _ => format!("t.{quoted}"),
+                    })
+                    .collect();
                 (
                     format!(
                         "'{PG_NATIVE_DIGEST}' || hashtextextended(ROW({})::text, 0)::text",
@@ -800,7 +818,7 @@ impl UndoLog {
         let mut out = Vec::new();
         if self.dialect == Dialect::Postgres {
             out.push(Stmt {
-                sql: PG_DIGEST_SETTINGS.to_owned(),
+                sql: PG_ROLLBACK_SETTINGS.to_owned(),
                 params: vec![],
             });
         }

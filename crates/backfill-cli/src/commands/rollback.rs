@@ -21,8 +21,11 @@ fn refusal(e: RollbackError, run_id: &str) -> anyhow::Error {
             .into(),
         RollbackError::NoUndo { .. } => UserError::new(e.to_string())
             .hint(
-                "only runs in `upsert` or `replace` mode with `undo = true` (or \
-                 `propagate_deletes = true`) keep undo data, until `backfill cleanup`",
+                "only runs in `upsert` or `replace` mode that kept an undo log (on by default \
+                 for PostgreSQL targets; `undo = true` or `propagate_deletes = true` \
+                 elsewhere) have undo data, until `backfill cleanup`; on PostgreSQL the log \
+                 holds only the rows a run changed, so a run that changed none has nothing to \
+                 roll back",
             )
             .into(),
         _ => anyhow::Error::new(e),

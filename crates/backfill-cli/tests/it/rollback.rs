@@ -805,3 +805,47 @@ async fn replace_undo_without_a_unique_key_is_warned_about_postgres() {
     source.drop_now().await;
     target.drop_now().await;
 }
+
+/// The undo log's digests do not depend on the session's time zone: a run whose target
+/// session is in Tokyo logs them, a rollback whose session is in UTC compares them, and finds
+/// no conflict (they print `timestamptz` in UTC themselves; the log pins no zone, which would
+/// change how a batch's text values are read).
+#[tokio::test]
+async fn undo_digests_do_not_depend_on_the_sessions_time_zone_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let text = spec(&source, &target, "").replace("undo = true\n", "");
+    let path = ws.write("spec.toml", &text);
+    let before = fingerprint(&target).await;
+    // libpq's PGOPTIONS, which sqlx reads too: this run's sessions are in Tokyo.
+    let ran = ws.run_with_env(
+        &["run", &path, "--json"],
+        &[("PGOPTIONS", "-c TimeZone=Asia/Tokyo")],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let id = run_id(&ran);
+    // What the log holds is what a session in UTC computes.
+    let TestDb::Postgres(schema) = &target else {
+        panic!("a PostgreSQL fixture");
+    };
+    let (dst, undo) = (target.table("dst"), target.table("dst__bf_undo"));
+    let same: Vec<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT u.bf_undo_after = 'n' || hashtextextended(ROW(t.id, t.amount_cents, \
+         (t.ts AT TIME ZONE 'UTC'), t.note)::text, 0)::text \
+         FROM {undo} AS u JOIN {dst} AS t ON t.id = u.id"
+    )))
+    .fetch_all(schema.pool())
+    .await
+    .expect("digests");
+    assert_eq!(
+        (same.len(), same.iter().all(|s| *s)),
+        (60, true),
+        "{same:?}"
+    );
+    rolled_back_without_conflicts(&ws, &id);
+    assert_eq!(fingerprint(&target).await, before);
+    source.drop_now().await;
+    target.drop_now().await;
+}

@@ -205,7 +205,7 @@ async fn fetch(
     // `DateStyle` and `bytea_output` fix how the native row hash prints dates and bytes.
     sqlx::query(
         "SELECT set_config('TimeZone', 'UTC', true), set_config('jit', 'off', true), \
-         set_config('DateStyle', 'ISO, MDY', true), set_config('bytea_output', 'hex', true)",
+         set_config('DateStyle', 'ISO', true), set_config('bytea_output', 'hex', true)",
     )
     .execute(&mut *tx)
     .await
