@@ -45,7 +45,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         .lease_holder(&backfill_store::run_resource(&run.id))
         .await?
         .filter(|c| !c.is_free(now));
-    let undo_rows = crate::commands::rollback::undo_rows(&run, out).await;
+    let undo_rows = crate::commands::rollback::undo_rows(&run).await;
     let shadow = store.shadow(&run.id).await?;
     out.json(&json!({
         "run_id": run.id,
