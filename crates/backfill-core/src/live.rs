@@ -214,15 +214,7 @@ impl LatencyBaseline {
         max_latency_increase: f64,
     ) -> Verdict {
         let Some(window) = window_mean(intervals) else {
-            // Silent (no call completed): undecided for a while after a cut, but a signal
-            // silent for a whole window cannot object, and must not hold the rate forever (a
-            // database whose transaction counters stopped moving held a run at its floor
-            // with the statements back at their baseline). The climb stays additive.
-            return if intervals.len() >= full.max(1) {
-                Verdict::Healthy
-            } else {
-                Verdict::Undecided
-            };
+            return Verdict::Undecided;
         };
         if intervals.len() < MIN_JUDGED_INTERVALS.min(full.max(1)) {
             return Verdict::Undecided;
@@ -242,6 +234,37 @@ impl LatencyBaseline {
             Verdict::Healthy
         }
     }
+}
+
+/// The verdicts of a database's statements and transactions signals (each `None` without a
+/// baseline: [`Verdict::Comfortable`]), each judged by [`LatencyBaseline::judge_as`], except
+/// that a signal silent for its whole window (no call completed) while the other had calls is
+/// [`Verdict::Healthy`] (an additive climb): its silence says nothing the other does not, and
+/// must not hold the rate for good (transaction counters that stopped moving held a run at its
+/// floor for 90 s with the statements back at their baseline). Both silent stays undecided: a
+/// database where nothing completes may be stalled.
+pub fn judge_statements_and_transactions(
+    statements: Option<(&LatencyBaseline, &[StatDelta])>,
+    transactions: Option<(&LatencyBaseline, &[StatDelta])>,
+    at_least: usize,
+    full: usize,
+    max_latency_increase: f64,
+) -> (Verdict, Verdict) {
+    let silent = |signal: Option<(&LatencyBaseline, &[StatDelta])>| {
+        signal.is_some_and(|(_, w)| w.len() >= full.max(1) && window_mean(w).is_none())
+    };
+    let heard = |signal: Option<(&LatencyBaseline, &[StatDelta])>| {
+        signal.is_some_and(|(_, w)| window_mean(w).is_some())
+    };
+    let judge = |signal: Option<(&LatencyBaseline, &[StatDelta])>, cause, other| match signal {
+        None => Verdict::Comfortable,
+        Some(_) if silent(signal) && heard(other) => Verdict::Healthy,
+        Some((base, w)) => base.judge_as(cause, w, at_least, full, max_latency_increase),
+    };
+    (
+        judge(statements, RateCause::LiveLatency, transactions),
+        judge(transactions, RateCause::LiveTransactions, statements),
+    )
 }
 
 /// How many batches a window of live readings must span before it may say "healthy": the
@@ -414,19 +437,35 @@ mod tests {
             .collect()
     }
 
-    /// A signal with no call in its window says nothing: undecided while the window fills,
-    /// then healthy (an additive climb), never undecided for good.
+    /// A signal with no call in its whole window is healthy beside one that has calls, and
+    /// undecided while its window fills or when both are silent (a stall); calls judge as
+    /// before.
     #[test]
-    fn a_silent_signal_holds_only_until_its_window_is_full() {
+    fn a_silent_signal_holds_only_beside_another_silent_one() {
+        use Verdict::*;
         let base = LatencyBaseline::measure(&intervals(100, &[90, 110])).unwrap();
         let silent = intervals(0, &[0, 0, 0, 0, 0, 0]);
-        assert_eq!(base.judge(&silent[..3], 3, 6, 0.1), Verdict::Undecided);
-        assert_eq!(base.judge(&silent, 3, 6, 0.1), Verdict::Healthy);
+        let calm = intervals(100, &[100, 100, 100, 100, 100, 100]);
         let slow = intervals(100, &[300, 300, 300, 300, 300, 300]);
+        let pair = |s: &[StatDelta], t: &[StatDelta]| {
+            judge_statements_and_transactions(Some((&base, s)), Some((&base, t)), 3, 6, 0.1)
+        };
+        assert_eq!(pair(&calm, &silent).1, Healthy);
+        assert_eq!(pair(&silent, &calm).0, Healthy);
         assert_eq!(
-            base.judge(&slow, 3, 6, 0.1),
-            Verdict::Unhealthy(RateCause::LiveLatency),
-            "calls still judge as before"
+            pair(&calm, &silent[..3]).1,
+            Undecided,
+            "the window still fills"
+        );
+        assert_eq!(
+            pair(&silent, &silent),
+            (Undecided, Undecided),
+            "nothing completes"
+        );
+        assert_eq!(pair(&slow, &silent).0, Unhealthy(RateCause::LiveLatency));
+        assert_eq!(
+            judge_statements_and_transactions(None, Some((&base, &silent)), 3, 6, 0.1),
+            (Comfortable, Undecided)
         );
     }
 

@@ -497,16 +497,15 @@ impl Adaptive {
     /// baseline) the climb stays additive ([`Verdict::Healthy`]).
     fn live_verdicts(&self, live: &mut LiveWindow, batches: usize, full: usize) -> Vec<Verdict> {
         let mli = self.throttle.max_latency_increase;
-        let judge = |base: Option<LatencyBaseline>, cause, window: &mut VecDeque<StatDelta>| {
-            base.map_or(Verdict::Comfortable, |b| {
-                b.judge_as(cause, window.make_contiguous(), batches, full, mli)
-            })
-        };
-        let statements = judge(self.live_base, RateCause::LiveLatency, &mut live.statements);
-        let transactions = judge(
-            self.tx_base,
-            RateCause::LiveTransactions,
-            &mut live.transactions,
+        let (s_base, t_base) = (self.live_base, self.tx_base);
+        let statements = live.statements.make_contiguous();
+        let transactions = live.transactions.make_contiguous();
+        let (statements, transactions) = backfill_core::live::judge_statements_and_transactions(
+            s_base.as_ref().map(|b| (b, &*statements)),
+            t_base.as_ref().map(|b| (b, &*transactions)),
+            batches,
+            full,
+            mli,
         );
         let gauges = self.gauges.iter().map(|g| match g.cause() {
             RateCause::Waiting => g.judge(live.waiting.make_contiguous()),
