@@ -1098,7 +1098,12 @@ impl UndoLog {
             Ok(pair) => pair,
             Err(_) => return Ok(()),
         };
-        conn.exec(&create, CONTEXT).await?;
+        let creating = format!(
+            "creating the undo log {} (it needs CREATE on the target's schema: grant it, or \
+             set `[target] undo = false` if the run needs no rollback)",
+            self.undo
+        );
+        conn.exec(&create, &creating).await?;
         if self.dialect == Dialect::MySql {
             self.mysql_nullable(conn, table).await?;
         }

@@ -849,3 +849,46 @@ async fn undo_digests_do_not_depend_on_the_sessions_time_zone_postgres() {
     source.drop_now().await;
     target.drop_now().await;
 }
+
+/// With the log on by default, a target role that may write rows but not create tables
+/// cannot keep it: the failure names the undo table and both ways out.
+#[tokio::test]
+async fn a_role_without_create_is_told_how_to_keep_or_drop_the_undo_log_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    let schema = dst.split('.').next().unwrap_or_default().to_owned();
+    let role = format!("bf_writer_{}", std::process::id());
+    target
+        .exec(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; \
+             GRANT USAGE ON SCHEMA {schema} TO {role}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {dst} TO {role}"
+        ))
+        .await;
+    let url = target.url().replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, target.url());
+    let text = spec(&source, &target, "")
+        .replace("undo = true\n", "")
+        .replacen(
+            &format!("url = \"{}\"\ntable", target.url()),
+            &format!("url = \"{url}\"\ntable"),
+            1,
+        );
+    let path = ws.write("spec.toml", &text);
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    let all = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(all.contains("creating the undo log"), "{ran:?}");
+    assert!(all.contains("undo = false"), "{ran:?}");
+    target
+        .exec(&format!(
+            "REVOKE ALL ON {dst} FROM {role}; REVOKE ALL ON SCHEMA {schema} FROM {role}; \
+             DROP ROLE {role}"
+        ))
+        .await;
+    source.drop_now().await;
+    target.drop_now().await;
+}
