@@ -78,13 +78,6 @@ impl Workspace {
         Ran::from(self.command(args).output().expect("run backfill"))
     }
 
-    /// Runs the binary to completion with these environment variables set.
-    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
-        let mut cmd = self.command(args);
-        cmd.envs(env.iter().copied());
-        Ran::from(cmd.output().expect("run backfill"))
-    }
-
     /// Writes a file (e.g. a spec) into the workspace; returns its path as a string.
     pub fn write(&self, name: &str, text: &str) -> String {
         let path = self.path(name);
