@@ -158,7 +158,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "string",
         Some("\"rfc3339\" for SQLite, \"native\" otherwise"),
         false,
-        "How `:start`/`:end` are bound for time scopes: `native` (the database's timestamp type: PostgreSQL `timestamptz`, MySQL `DATETIME` in UTC), `rfc3339` (text, UTC, `Z` suffix), `unix` (seconds), `unix_ms`, or a strftime pattern such as `%Y-%m-%d %H:%M:%S`.",
+        "How `:start`/`:end` are bound for time scopes: `native` (the database's timestamp type: PostgreSQL `timestamptz`, MySQL `DATETIME` in UTC), `rfc3339` (text, UTC, `Z` suffix), `unix` (seconds), `unix_ms`, or a strftime pattern such as `%Y-%m-%d %H:%M:%S`. Every PostgreSQL session of the engine runs with `TimeZone = UTC` and `DateStyle = ISO, MDY` (set by the driver when it connects, over `PGOPTIONS` and role or database settings), so a text timestamp without an offset that PostgreSQL reads (a SQLite source's into a `timestamptz` column, or a literal in the query) is UTC.",
     ),
     key(
         "source.time_column",
