@@ -751,6 +751,38 @@ async fn a_log_with_the_older_md5_digests_still_rolls_back_postgres() {
     target.drop_now().await;
 }
 
+/// A `replace` whose key has no unique index cannot log at commit: the run says so (the log
+/// then takes every row of each window, several times slower) and names the way out, and
+/// the rollback still restores the target.
+#[tokio::test]
+async fn replace_undo_without_a_unique_key_is_warned_about_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    target
+        .exec(&format!("ALTER TABLE {dst} DROP CONSTRAINT dst_pkey"))
+        .await;
+    let text = spec(&source, &target, REPLACE).replace("undo = true\n", "");
+    let path = ws.write("spec.toml", &text);
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(
+        ran.stderr
+            .matches("the key has no unique index over NOT NULL columns")
+            .count(),
+        1,
+        "{ran:?}"
+    );
+    assert!(ran.stderr.contains("undo = false"), "{ran:?}");
+    rolled_back_without_conflicts(&ws, &run_id(&ran));
+    assert_eq!(fingerprint(&target).await, before);
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
 /// On PostgreSQL the undo log is on without being asked: a spec with no `undo` line logs the
 /// 60 rows its `upsert` inserts or changes and can be rolled back. The digests are the
 /// target's own row hash with `timestamptz` printed in UTC by the expression itself (not by
