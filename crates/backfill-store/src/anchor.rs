@@ -1,5 +1,5 @@
 //! The anchor of the audit chain's head: the last event's `seq` and `hash`, kept in the
-//! one-row table `audit_head` (migration 11) and rewritten in the transaction of every append.
+//! one-row table `audit_head` (migration 11) and rewritten by the statement of every append.
 //!
 //! The chain alone cannot show that its last events were removed: what is left still links.
 //! The anchor can: [`check_tail`] fails when the chain does not end at the anchored event,
@@ -12,19 +12,21 @@
 //! without any event has no anchor, and a chain without an anchor verifies as before.
 
 use crate::StoreError;
-use crate::db::{Conn, WriteTxn, stmt};
+use crate::db::{Conn, Dialect, stmt};
 
-/// Moves the anchor to event `seq` with `hash`, inside the append's transaction.
-pub(crate) async fn advance(tx: &mut WriteTxn, seq: i64, hash: &str) -> Result<(), StoreError> {
-    stmt(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    )
-    .bind(seq)
-    .bind(hash)
-    .execute(tx)
-    .await?;
-    Ok(())
+/// Moves the anchor to the event whose `seq` and `hash` are its two parameters.
+const ADVANCE: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
+     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
+
+/// `insert` (the `INSERT` of events, with its parameters) followed by the move of the anchor
+/// to the last of them, whose `seq` and `hash` are the two parameters after `insert`'s: one
+/// statement, so an append is one round trip. SQLite runs the two in sequence; PostgreSQL
+/// runs the insert as a data-modifying `WITH`, which always runs to completion.
+pub(crate) fn advancing(dialect: Dialect, insert: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("{insert}; {ADVANCE}"),
+        Dialect::Postgres => format!("WITH appended AS ({insert}) {ADVANCE}"),
+    }
 }
 
 /// The anchored head: `(seq, hash)`, or `None` when nothing is anchored yet.

@@ -72,52 +72,110 @@ pub(crate) async fn append(
     action: &str,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
-    let (seq, prev_hash) = match tx.last_audit.take() {
-        // Appended earlier in this transaction: still the last event (writers are serialised).
-        Some((seq, hash)) => (seq + 1, hash),
-        None => {
-            let last = stmt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(tx)
-                .await?;
-            match last {
-                Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
-                None => (1, GENESIS.to_owned()),
-            }
-        }
+    let event = NewEvent {
+        partition_id,
+        action,
+        detail,
+    };
+    append_all(tx, run_id, actor, vec![event]).await
+}
+
+/// An event to append with [`append_all`].
+pub(crate) struct NewEvent<'a> {
+    /// The partition it is about, if any.
+    pub(crate) partition_id: Option<&'a str>,
+    /// What happened (`partition.done`, …).
+    pub(crate) action: &'a str,
+    /// Its details (passwords are masked before they are stored).
+    pub(crate) detail: serde_json::Value,
+}
+
+/// Appends `events` of one run and actor, in order, in the write transaction `tx`, chained
+/// one after the other, and moves the anchor to the last: one statement whatever their number.
+pub(crate) async fn append_all(
+    tx: &mut WriteTxn,
+    run_id: Option<&str>,
+    actor: &str,
+    events: Vec<NewEvent<'_>>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut prev_hash) = match tx.last_audit.take() {
+        Some(head) => head,
+        None => last_event(tx).await?,
     };
     let at = codec::now();
     let actor = backfill_core::secret::redact(actor);
-    let detail = redact_json(detail).to_string();
-    let hash = event_hash(
-        seq,
-        run_id,
-        partition_id,
-        &at,
-        &actor,
-        action,
-        &detail,
-        &prev_hash,
-    );
-    stmt(
+    let tuples = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; events.len()].join(", ");
+    let insert = format!(
         "INSERT INTO audit_events \
          (seq, run_id, partition_id, at, actor, action, detail, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(seq)
-    .bind(run_id)
-    .bind(partition_id)
-    .bind(&at)
-    .bind(&actor)
-    .bind(action)
-    .bind(&detail)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(tx)
-    .await?;
-    crate::anchor::advance(tx, seq, &hash).await?;
-    tx.last_audit = Some((seq, hash));
+         VALUES {tuples}"
+    );
+    let mut insert = stmt(crate::anchor::advancing(tx.dialect(), &insert));
+    for NewEvent {
+        partition_id,
+        action,
+        detail,
+    } in events
+    {
+        seq += 1;
+        let detail = redact_json(detail).to_string();
+        let hash = event_hash(
+            seq,
+            run_id,
+            partition_id,
+            &at,
+            &actor,
+            action,
+            &detail,
+            &prev_hash,
+        );
+        insert = insert
+            .bind(seq)
+            .bind(run_id)
+            .bind(partition_id)
+            .bind(&at)
+            .bind(&actor)
+            .bind(action)
+            .bind(detail)
+            .bind(prev_hash)
+            .bind(&hash);
+        prev_hash = hash;
+    }
+    insert.bind(seq).bind(&prev_hash).execute(tx).await?;
+    tx.last_audit = Some((seq, prev_hash));
     Ok(())
 }
+
+/// The chain's last event `(seq, hash)`, `(0, GENESIS)` when it has none.
+async fn last_event(tx: &mut WriteTxn) -> Result<(i64, String), StoreError> {
+    let last = stmt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(tx)
+        .await?;
+    match last {
+        Some(row) => Ok((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?)),
+        None => Ok((0, GENESIS.to_owned())),
+    }
+}
+
+/// [`last_event`] from a row that read [`LAST_EVENT_COLUMNS`].
+pub(crate) fn last_event_of(row: &crate::db::DbRow) -> Result<(i64, String), StoreError> {
+    let seq: Option<i64> = row.try_get("seq")?;
+    let hash: Option<String> = row.try_get("hash")?;
+    Ok(match (seq, hash) {
+        (Some(seq), Some(hash)) => (seq, hash),
+        _ => (0, GENESIS.to_owned()),
+    })
+}
+
+/// The chain's last event as two columns, `seq` and `hash` (both NULL for an empty chain), to
+/// add to a statement the transaction runs anyway (the fence check, an `UPDATE … RETURNING`),
+/// so that it learns its head without a query of its own; read them with [`last_event_of`].
+pub(crate) const LAST_EVENT_COLUMNS: &str = "\
+    (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1) AS seq, \
+    (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS hash";
 
 /// Masks passwords in every string of a JSON value (keys included), keeping its structure.
 fn redact_json(value: serde_json::Value) -> serde_json::Value {

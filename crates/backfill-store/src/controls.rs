@@ -387,7 +387,7 @@ impl Store {
              WHERE run_id = ?",
         )
         .bind(codec::to_db(active_ms))
-        .bind(&codec::now())
+        .bind(codec::now())
         .bind(live.to_string().as_str())
         .bind(run_id)
         .execute(&mut tx)
@@ -416,7 +416,7 @@ impl Store {
         )
         .bind(run_id)
         .bind(seq)
-        .bind(&codec::now())
+        .bind(codec::now())
         .bind(match rate {
             Some(r) => crate::db::Arg::Float(r),
             None => crate::db::Arg::Int(None),

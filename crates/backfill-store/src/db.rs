@@ -85,6 +85,11 @@ impl From<&str> for Arg {
         Arg::Text(Some(v.to_owned()))
     }
 }
+impl From<String> for Arg {
+    fn from(v: String) -> Arg {
+        Arg::Text(Some(v))
+    }
+}
 impl From<&String> for Arg {
     fn from(v: &String) -> Arg {
         Arg::Text(Some(v.clone()))
@@ -142,9 +147,11 @@ impl Db for Conn {
 /// rolls back when dropped uncommitted.
 pub(crate) struct WriteTxn {
     inner: TxnInner,
-    /// The `(seq, hash)` of the audit event this transaction appended last. Writers are
-    /// serialised for the whole transaction, so it is still the chain's last event when the
-    /// next event of the same transaction is appended, which then needs no query to find it.
+    /// The audit chain's last event `(seq, hash)` as this transaction knows it (`(0, GENESIS)`
+    /// for an empty chain): read with the fence check when the transaction began, or the event
+    /// it appended last. Writers are serialised for the whole transaction, so it is still the
+    /// chain's last event when the next event is appended, which then needs no query to find
+    /// it. `None`: not read yet.
     pub(crate) last_audit: Option<(i64, String)>,
 }
 

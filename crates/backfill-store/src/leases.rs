@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{DbRow, WriteTxn, stmt};
+use crate::db::{DbRow, Stmt, WriteTxn, stmt};
 use crate::{Store, StoreError, codec};
 
 /// The resource name of the right to execute run `run_id`.
@@ -134,13 +134,18 @@ pub(crate) async fn check_fence(
     resource: &str,
     fence: u64,
 ) -> Result<(), StoreError> {
-    let current = stmt("SELECT fence FROM leases WHERE resource = ?")
-        .bind(resource)
-        .fetch_optional(tx)
-        .await?
-        .map(|row| row.try_get::<i64, _>(0))
-        .transpose()?
-        .map(codec::from_db);
+    // The chain's head comes with the fence, so the transaction's first audit event needs no
+    // query of its own.
+    let row = stmt(format!(
+        "SELECT (SELECT fence FROM leases WHERE resource = ?) AS fence, {}",
+        crate::audit::LAST_EVENT_COLUMNS
+    ))
+    .bind(resource)
+    .fetch_optional(tx)
+    .await?
+    .ok_or_else(|| StoreError::Corrupt("the fence check read no row".to_owned()))?;
+    let current = row.try_get::<Option<i64>, _>("fence")?.map(codec::from_db);
+    tx.last_audit = Some(crate::audit::last_event_of(&row)?);
     if current == Some(fence) {
         Ok(())
     } else {
@@ -186,9 +191,9 @@ impl Store {
                 .bind(owner.host.as_str())
                 .bind(codec::to_db(owner.pid))
                 .bind(owner.token.as_str())
-                .bind(&codec::timestamp(now))
-                .bind(&codec::timestamp(now))
-                .bind(&codec::timestamp(expires_at))
+                .bind(codec::timestamp(now))
+                .bind(codec::timestamp(now))
+                .bind(codec::timestamp(expires_at))
                 .execute(&mut tx)
                 .await?;
                 1
@@ -210,9 +215,9 @@ impl Store {
                 .bind(owner.host.as_str())
                 .bind(codec::to_db(owner.pid))
                 .bind(owner.token.as_str())
-                .bind(&codec::timestamp(now))
-                .bind(&codec::timestamp(now))
-                .bind(&codec::timestamp(expires_at))
+                .bind(codec::timestamp(now))
+                .bind(codec::timestamp(now))
+                .bind(codec::timestamp(expires_at))
                 .bind(resource)
                 .bind(codec::to_db(holder.fence))
                 .execute(&mut tx)
@@ -246,8 +251,8 @@ impl Store {
             "UPDATE leases SET renewed_at = ?, expires_at = ?, released = 0 \
              WHERE resource = ? AND fence = ?",
         )
-        .bind(&codec::timestamp(now))
-        .bind(&codec::timestamp(expires_at))
+        .bind(codec::timestamp(now))
+        .bind(codec::timestamp(expires_at))
         .bind(lease.resource.as_str())
         .bind(codec::to_db(lease.fence))
         .execute(&mut tx)
@@ -304,6 +309,44 @@ impl Store {
     /// The fence of this handle, if it is fenced.
     pub(crate) fn fence(&self) -> Option<&Fence> {
         self.fence.as_deref()
+    }
+
+    /// What a fenced handle's single-statement write adds to its `WHERE` so that it changes
+    /// nothing once another process has claimed the resource; empty on an unfenced handle.
+    /// Bind its parameters with [`Store::bind_fence`], after those before it.
+    pub(crate) fn fence_clause(&self) -> &'static str {
+        match self.fence() {
+            Some(_) => " AND EXISTS (SELECT 1 FROM leases WHERE resource = ? AND fence = ?)",
+            None => "",
+        }
+    }
+
+    /// Binds the parameters of [`Store::fence_clause`] (none on an unfenced handle).
+    pub(crate) fn bind_fence(&self, query: Stmt) -> Stmt {
+        match self.fence() {
+            Some(fence) => query
+                .bind(fence.resource.as_str())
+                .bind(codec::to_db(fence.number)),
+            None => query,
+        }
+    }
+
+    /// A write transaction whose first statement checks the fence itself with
+    /// [`Store::fence_clause`], one statement fewer than [`Store::begin_write`]: for the
+    /// hottest transactions (an attempt's start, an empty partition). When that statement
+    /// matches no row, [`Store::fence_still_held`] tells a lost lease from a row in another
+    /// state.
+    pub(crate) async fn begin_write_fenced_by_statement(&self) -> Result<WriteTxn, StoreError> {
+        self.begin_write_unfenced().await
+    }
+
+    /// In `tx`, [`StoreError::LeaseLost`] when this handle's lease was claimed by another
+    /// process; `Ok` on an unfenced handle.
+    pub(crate) async fn fence_still_held(&self, tx: &mut WriteTxn) -> Result<(), StoreError> {
+        match self.fence() {
+            Some(fence) => check_fence(tx, &fence.resource, fence.number).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -98,7 +98,7 @@ pub(crate) fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreEr
             })
         })
         .transpose()?;
-    let attempts: i64 = row.try_get("attempts")?;
+    let attempts = attempts_of(row, &partition_id)?;
     Ok(PartitionRecord {
         run_id: row.try_get("run_id")?,
         index: codec::from_db(row.try_get("idx")?),
@@ -110,18 +110,9 @@ pub(crate) fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreEr
         state: state
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("partition {partition_id}: {e}")))?,
-        attempts: u32::try_from(attempts).map_err(|_| {
-            StoreError::Corrupt(format!("partition {partition_id} has {attempts} attempts"))
-        })?,
+        attempts,
         checkpoint,
-        counts: RowCounts {
-            read: codec::from_db(row.try_get("rows_read")?),
-            inserted: codec::from_db(row.try_get("inserted")?),
-            updated: codec::from_db(row.try_get("updated")?),
-            unchanged: codec::from_db(row.try_get("unchanged")?),
-            deleted: codec::from_db(row.try_get("deleted")?),
-            affected: codec::from_db(row.try_get("affected")?),
-        },
+        counts: counts_from_row(row)?,
         last_error: row.try_get("last_error")?,
         errors: u32::try_from(row.try_get::<i64, _>("errors")?).unwrap_or(u32::MAX),
         started_at: codec::parse_opt_time(row.try_get("started_at")?, "started_at")?,
@@ -129,6 +120,51 @@ pub(crate) fn partition_from_row(row: &DbRow) -> Result<PartitionRecord, StoreEr
         elapsed_ms: codec::from_db(row.try_get("elapsed_ms")?),
         parent_id: row.try_get("parent_id")?,
         partition_id,
+    })
+}
+
+/// Why a fenced transition of one partition (its `UPDATE` with the state and the fence in
+/// the `WHERE`) matched no row: the lease was lost ([`StoreError::LeaseLost`]), the run has no
+/// such partition ([`StoreError::NotFound`]), or its state cannot move to `to`
+/// ([`StoreError::IllegalTransition`] about `what`).
+async fn refused(
+    store: &Store,
+    tx: &mut crate::db::WriteTxn,
+    run_id: &str,
+    partition_id: &str,
+    what: String,
+    to: PartitionState,
+) -> StoreError {
+    if let Err(lost) = store.fence_still_held(tx).await {
+        return lost;
+    }
+    match fetch_partition(tx, "", run_id, partition_id).await {
+        Ok(part) => StoreError::IllegalTransition {
+            what,
+            from: part.state.to_string(),
+            to: to.to_string(),
+        },
+        Err(e) => e,
+    }
+}
+
+/// The `attempts` column of a row of partition `partition_id`.
+fn attempts_of(row: &DbRow, partition_id: &str) -> Result<u32, StoreError> {
+    let attempts: i64 = row.try_get("attempts")?;
+    u32::try_from(attempts).map_err(|_| {
+        StoreError::Corrupt(format!("partition {partition_id} has {attempts} attempts"))
+    })
+}
+
+/// The counters of a row that has the `partitions` columns `rows_read` … `affected`.
+fn counts_from_row(row: &DbRow) -> Result<RowCounts, StoreError> {
+    Ok(RowCounts {
+        read: codec::from_db(row.try_get("rows_read")?),
+        inserted: codec::from_db(row.try_get("inserted")?),
+        updated: codec::from_db(row.try_get("updated")?),
+        unchanged: codec::from_db(row.try_get("unchanged")?),
+        deleted: codec::from_db(row.try_get("deleted")?),
+        affected: codec::from_db(row.try_get("affected")?),
     })
 }
 
@@ -206,29 +242,38 @@ impl Store {
         partition_id: &str,
         actor: &str,
     ) -> Result<u32, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let lock = tx.dialect().for_update();
-        let part = fetch_partition(&mut tx, lock, run_id, partition_id).await?;
-        if !part.state.can_move_to(PartitionState::Running) {
-            return Err(StoreError::IllegalTransition {
-                what: format!("partition {partition_id}"),
-                from: part.state.to_string(),
-                to: PartitionState::Running.to_string(),
-            });
-        }
-        let attempt = part.attempts + 1;
+        let mut tx = self.begin_write_fenced_by_statement().await?;
         let now = codec::now();
-        stmt(
-            "UPDATE partitions SET state = 'running', attempts = ?, \
+        // One statement: only `pending` moves to `running` (`PartitionState::can_move_to`),
+        // and the fence, in the `WHERE`; the new attempt number and the audit chain's head
+        // come back with `RETURNING`.
+        debug_assert!(PartitionState::Pending.can_move_to(PartitionState::Running));
+        let update = stmt(format!(
+            "UPDATE partitions SET state = 'running', attempts = attempts + 1, \
              started_at = COALESCE(started_at, ?), finished_at = NULL \
-             WHERE run_id = ? AND partition_id = ?",
-        )
-        .bind(i64::from(attempt))
+             WHERE run_id = ? AND partition_id = ? AND state = 'pending'{} \
+             RETURNING attempts, {}",
+            self.fence_clause(),
+            audit::LAST_EVENT_COLUMNS
+        ))
         .bind(&now)
         .bind(run_id)
-        .bind(partition_id)
-        .execute(&mut tx)
-        .await?;
+        .bind(partition_id);
+        let updated = self.bind_fence(update).fetch_optional(&mut tx).await?;
+        let Some(row) = updated else {
+            let what = format!("partition {partition_id}");
+            return Err(refused(
+                self,
+                &mut tx,
+                run_id,
+                partition_id,
+                what,
+                PartitionState::Running,
+            )
+            .await);
+        };
+        let attempt = attempts_of(&row, partition_id)?;
+        tx.last_audit = Some(audit::last_event_of(&row)?);
         audit::append(
             &mut tx,
             Some(run_id),
@@ -247,54 +292,63 @@ impl Store {
     /// `partition.running` and `partition.done` audit events an attempt would write. Half the
     /// store work of `start_attempt` + `finish_partition`, which matters for sparse scopes.
     /// Returns the attempt number used. Fails with [`StoreError::IllegalTransition`] when the
-    /// partition is not pending or has a checkpoint.
+    /// partition is not pending or has a checkpoint ([`StoreError::NotFound`] when the run has
+    /// no such partition).
     pub async fn finish_empty(
         &self,
         run_id: &str,
         partition_id: &str,
         actor: &str,
     ) -> Result<u32, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let lock = tx.dialect().for_update();
-        let part = fetch_partition(&mut tx, lock, run_id, partition_id).await?;
-        if part.state != PartitionState::Pending || part.checkpoint.is_some() {
-            return Err(StoreError::IllegalTransition {
-                what: format!("partition {partition_id} (finish as empty)"),
-                from: part.state.to_string(),
-                to: PartitionState::Done.to_string(),
-            });
-        }
-        let attempt = part.attempts + 1;
+        let mut tx = self.begin_write_fenced_by_statement().await?;
         let now = codec::now();
-        stmt(
-            "UPDATE partitions SET state = 'done', attempts = ?, \
+        // One statement where a fence check, a locked read and an update were three (a sparse
+        // scope of a million partitions takes this path a million times): the state and the
+        // fence are checked in the `WHERE`, the row and the audit chain's head come back with
+        // `RETURNING`.
+        let update = stmt(format!(
+            "UPDATE partitions SET state = 'done', attempts = attempts + 1, \
              started_at = COALESCE(started_at, ?), finished_at = ? \
-             WHERE run_id = ? AND partition_id = ?",
-        )
-        .bind(i64::from(attempt))
+             WHERE run_id = ? AND partition_id = ? AND state = 'pending' \
+             AND checkpoint IS NULL{} \
+             RETURNING attempts, rows_read, inserted, updated, unchanged, deleted, affected, {}",
+            self.fence_clause(),
+            audit::LAST_EVENT_COLUMNS
+        ))
         .bind(&now)
         .bind(&now)
         .bind(run_id)
-        .bind(partition_id)
-        .execute(&mut tx)
-        .await?;
-        for (action, detail) in [
-            ("partition.running", json!({ "attempt": attempt })),
-            (
-                "partition.done",
-                json!({ "attempt": attempt, "counts": counts_json(&part.counts), "empty": true }),
-            ),
-        ] {
-            audit::append(
+        .bind(partition_id);
+        let updated = self.bind_fence(update).fetch_optional(&mut tx).await?;
+        let Some(row) = updated else {
+            let what = format!("partition {partition_id} (finish as empty)");
+            return Err(refused(
+                self,
                 &mut tx,
-                Some(run_id),
-                Some(partition_id),
-                actor,
-                action,
-                detail,
+                run_id,
+                partition_id,
+                what,
+                PartitionState::Done,
             )
-            .await?;
-        }
+            .await);
+        };
+        let attempt = attempts_of(&row, partition_id)?;
+        let counts = counts_from_row(&row)?;
+        tx.last_audit = Some(audit::last_event_of(&row)?);
+        // Both events in one `INSERT`.
+        let events = vec![
+            audit::NewEvent {
+                partition_id: Some(partition_id),
+                action: "partition.running",
+                detail: json!({ "attempt": attempt }),
+            },
+            audit::NewEvent {
+                partition_id: Some(partition_id),
+                action: "partition.done",
+                detail: json!({ "attempt": attempt, "counts": counts_json(&counts), "empty": true }),
+            },
+        ];
+        audit::append_all(&mut tx, Some(run_id), actor, events).await?;
         tx.commit().await?;
         Ok(attempt)
     }
@@ -403,23 +457,19 @@ impl Store {
         partition_id: &str,
         attempt: u32,
     ) -> Result<(), StoreError> {
-        let mut sql = "UPDATE partitions SET rows_read = 0, inserted = 0, updated = 0, \
+        let query = stmt(format!(
+            "UPDATE partitions SET rows_read = 0, inserted = 0, updated = 0, \
              unchanged = 0, deleted = 0, affected = 0, checkpoint = NULL \
-             WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'"
-            .to_owned();
-        if self.fence().is_some() {
-            sql.push_str(" AND EXISTS (SELECT 1 FROM leases WHERE resource = ? AND fence = ?)");
-        }
-        let mut query = stmt(sql)
-            .bind(run_id)
-            .bind(partition_id)
-            .bind(i64::from(attempt));
-        if let Some(fence) = self.fence() {
-            query = query
-                .bind(fence.resource.as_str())
-                .bind(codec::to_db(fence.number));
-        }
-        let done = query.execute(&mut self.conn().await?).await?;
+             WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'{}",
+            self.fence_clause()
+        ))
+        .bind(run_id)
+        .bind(partition_id)
+        .bind(i64::from(attempt));
+        let done = self
+            .bind_fence(query)
+            .execute(&mut self.conn().await?)
+            .await?;
         if done != 1 {
             return Err(self.stale_or_missing(run_id, partition_id).await);
         }

@@ -248,7 +248,7 @@ impl Store {
             "UPDATE partitions SET state = 'split', finished_at = ? WHERE run_id = ? \
              AND partition_id = ? AND state = 'pending' AND checkpoint IS NULL",
         )
-        .bind(&codec::now())
+        .bind(codec::now())
         .bind(run_id)
         .bind(&d.partition_id)
         .execute(&mut *tx)

@@ -136,7 +136,7 @@ async fn upsert(db: &mut impl Db, run_id: &str, check: &PartitionCheck) -> Resul
     .bind(Arg::Text(check.target.map(|f| checksum(&f))))
     .bind(backfill_core::secret::redact(&check.detail.to_string()).as_str())
     .bind(check.checked_by.as_str())
-    .bind(&codec::now())
+    .bind(codec::now())
     .execute(db)
     .await?;
     Ok(())

@@ -705,7 +705,169 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
     assert_eq!(failed[0].partition_id, parts[4].id);
 }
 
+/// `finish_empty` moves a fresh pending partition to done in one transaction, with its two
+/// events chained after what another handle appended in the meantime and the audit anchor on
+/// the last event; any other partition is refused and left as it was. Through a fenced handle,
+/// whose transactions read the fence and the chain's head together.
+async fn finish_empty_finishes_only_a_fresh_pending_partition(db: TestDb) {
+    let store = db.open().await;
+    let run = create(&store, "empty", &key_partitions(4)).await;
+    let owner = backfill_store::LeaseOwner {
+        host: "test-host".into(),
+        pid: 4242,
+        token: "token-empty".into(),
+    };
+    let backfill_store::Claim::Claimed(lease) = store
+        .claim_lease(
+            &backfill_store::run_resource(&run.id),
+            &owner,
+            std::time::Duration::from_secs(60),
+            None,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the only claim wins");
+    };
+    let fenced = store.fenced(&lease);
+    let ids: Vec<String> = store
+        .partitions(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition_id)
+        .collect();
+
+    assert_eq!(
+        fenced.finish_empty(&run.id, &ids[0], "w1").await.unwrap(),
+        1
+    );
+    // Another handle appends an event; the next fenced transaction must chain after it.
+    store
+        .set_run_state(
+            &run.id,
+            backfill_core::RunState::Running,
+            "other",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fenced.finish_empty(&run.id, &ids[1], "w1").await.unwrap(),
+        1
+    );
+    let done = store.partition(&run.id, &ids[1]).await.unwrap();
+    assert_eq!(done.state, PartitionState::Done);
+    assert_eq!(done.attempts, 1);
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+
+    // Refused, changing nothing: a done partition, one with a checkpoint, an unknown one.
+    let first = fenced.start_attempt(&run.id, &ids[2], "w1").await.unwrap();
+    fenced
+        .checkpoint(
+            &run.id,
+            &ids[2],
+            first,
+            Some(&[Value::Int(7)]),
+            &counts(1, 1),
+            5,
+        )
+        .await
+        .unwrap();
+    fenced
+        .finish_partition(&run.id, &ids[2], first, Outcome::Retry { error: "x" }, "w1")
+        .await
+        .unwrap();
+    let events_before = store.audit_events(None).await.unwrap();
+    let retried = store.partition(&run.id, &ids[2]).await.unwrap();
+    assert!(matches!(
+        fenced.finish_empty(&run.id, &ids[0], "w1").await,
+        Err(StoreError::IllegalTransition { from, .. }) if from == "done"
+    ));
+    assert!(matches!(
+        fenced.finish_empty(&run.id, &ids[2], "w1").await,
+        Err(StoreError::IllegalTransition { from, .. }) if from == "pending"
+    ));
+    assert!(matches!(
+        fenced
+            .finish_empty(&run.id, "no-such-partition", "w1")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let after = store.partition(&run.id, &ids[2]).await.unwrap();
+    assert_eq!(
+        (after.state, after.attempts, after.checkpoint),
+        (retried.state, retried.attempts, retried.checkpoint)
+    );
+    let events = store.audit_events(None).await.unwrap();
+    assert_eq!(events.len(), events_before.len());
+
+    let of_first: Vec<_> = events
+        .iter()
+        .filter(|e| e.partition_id.as_deref() == Some(ids[0].as_str()))
+        .map(|e| (e.action.as_str(), e.detail["attempt"].clone()))
+        .collect();
+    assert_eq!(
+        of_first,
+        [
+            ("partition.running", json!(1)),
+            ("partition.done", json!(1))
+        ]
+    );
+    let done_event = events
+        .iter()
+        .find(|e| e.action == "partition.done" && e.partition_id.as_deref() == Some(&ids[1]))
+        .unwrap();
+    assert_eq!(done_event.detail["empty"], json!(true));
+    assert_eq!(done_event.detail["counts"]["read"], json!(0));
+    // Chained in order, the anchor on the last event: the whole chain verifies.
+    let check = store.verify_audit().await.unwrap();
+    assert!(check.is_ok(), "{check:?}");
+    assert_eq!(check.events, events.len() as u64);
+    // The anchor is on the last event: without it, its removal would go unseen.
+    let last = events.last().unwrap().seq;
+    db.raw_exec(&format!("DELETE FROM audit_events WHERE seq = {last}"))
+        .await;
+    let check = store.verify_audit().await.unwrap();
+    assert_eq!(check.first_bad_seq, Some(last), "{check:?}");
+
+    // Once another process holds the run, the fenced handle's lease is lost: refused,
+    // nothing changed.
+    let backfill_store::Claim::Claimed(_) = store
+        .claim_lease(
+            &backfill_store::run_resource(&run.id),
+            &backfill_store::LeaseOwner {
+                token: "token-other".into(),
+                ..owner.clone()
+            },
+            std::time::Duration::from_secs(60),
+            Some(&owner.token),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("a claim replacing the holder wins");
+    };
+    let events_before = store.audit_events(None).await.unwrap().len();
+    for result in [
+        fenced.finish_empty(&run.id, &ids[3], "w1").await,
+        fenced.start_attempt(&run.id, &ids[3], "w1").await,
+    ] {
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost { .. })),
+            "{result:?}"
+        );
+    }
+    let untouched = store.partition(&run.id, &ids[3]).await.unwrap();
+    assert_eq!(
+        (untouched.state, untouched.attempts),
+        (PartitionState::Pending, 0)
+    );
+    assert_eq!(store.audit_events(None).await.unwrap().len(), events_before);
+}
+
 crate::on_both_backends!(
+    finish_empty_finishes_only_a_fresh_pending_partition,
     pending_pages_cover_every_pending_partition_once_with_children_split_mid_way,
     partition_totals_from_the_store_equal_the_per_record_computation,
     split_replaces_a_running_partition_by_children_that_inherit_its_checkpoint,
