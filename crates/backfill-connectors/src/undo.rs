@@ -1103,11 +1103,11 @@ impl UndoLog {
              set `[target] undo = false` if the run needs no rollback)",
             self.undo
         );
-        conn.exec(&create, &creating).await?;
+        self.create_if_missing(conn, &create, &creating).await?;
         if self.dialect == Dialect::MySql {
             self.mysql_nullable(conn, table).await?;
         }
-        match conn.exec(&index, CONTEXT).await {
+        match self.create_if_missing(conn, &index, CONTEXT).await {
             // MySQL has no `IF NOT EXISTS` for indexes: an existing one is fine.
             Err(e)
                 if self.dialect == Dialect::MySql
@@ -1115,9 +1115,35 @@ impl UndoLog {
             {
                 Ok(())
             }
+            other => other,
+        }
+    }
+
+    /// Runs a `CREATE … IF NOT EXISTS`, and once more when it lost a race. PostgreSQL checks
+    /// `IF NOT EXISTS` before it writes its catalog, so of two sessions creating one table
+    /// at the same moment (two runs of different specs writing the same target table, say)
+    /// one can fail on the catalog's unique index or with "already exists"; the second try
+    /// finds the object and does nothing.
+    async fn create_if_missing(
+        &self,
+        conn: &mut Conn<'_>,
+        create: &Stmt,
+        context: &str,
+    ) -> Result<(), ConnectorError> {
+        match conn.exec(create, context).await {
+            Err(e) if self.dialect == Dialect::Postgres && lost_create_race(&e.to_string()) => {
+                conn.exec(create, context).await.map(drop)
+            }
             other => other.map(drop),
         }
     }
+}
+
+/// Whether a PostgreSQL error of a `CREATE … IF NOT EXISTS` is a concurrent creation of the
+/// same object: a unique violation on a catalog index, or "already exists".
+fn lost_create_race(message: &str) -> bool {
+    message.contains("already exists")
+        || (message.contains("duplicate key value") && message.contains("\"pg_"))
 }
 
 impl UndoLog {

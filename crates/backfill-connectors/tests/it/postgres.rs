@@ -845,3 +845,53 @@ async fn upsert_binds_arrays_in_one_statement_and_stages_values_that_need_a_cast
     })
     .await;
 }
+
+/// Eight sinks with `undo` write their first batch at the same moment, 10 rounds, the undo
+/// table dropped before each: all create (or find) the one undo table and every write
+/// succeeds. Two runs of different specs writing the same table do this; PostgreSQL can fail
+/// one of two concurrent `CREATE TABLE IF NOT EXISTS` on its catalog's unique index.
+#[tokio::test]
+async fn sinks_creating_one_undo_table_at_once_all_succeed() {
+    run(|pg| async move {
+        pg.exec("CREATE TABLE t (id int8 PRIMARY KEY, a text, b float8);")
+            .await;
+        let undo_table = pg.t("t__bf_undo");
+        for round in 0..10i64 {
+            pg.exec(&format!("DROP TABLE IF EXISTS {undo_table};"))
+                .await;
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+            let mut writers = tokio::task::JoinSet::new();
+            for n in 0..8i64 {
+                let mut spec = target_spec(&pg.url, &pg.t("t"), &["id"], WriteMode::Upsert);
+                spec.undo = true;
+                let barrier = barrier.clone();
+                writers.spawn(async move {
+                    let sink = open_sink(&spec, 1).await.unwrap();
+                    let undo = backfill_connectors::UndoBatch {
+                        run_id: format!("run-{n}"),
+                        partition_id: format!("p{round}"),
+                        every_key: false,
+                    };
+                    let rows = batch(&[(round * 8 + n, Some("x"), 1.0)]);
+                    barrier.wait().await;
+                    let written = sink.upsert_undo(&rows, None, Some(&undo)).await;
+                    sink.close().await;
+                    written
+                });
+            }
+            while let Some(written) = writers.join_next().await {
+                let counts = written
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert_eq!(counts.inserted, 1, "round {round}");
+            }
+            assert_eq!(
+                pg.scalar(&format!("SELECT count(*) FROM {undo_table}"))
+                    .await,
+                8,
+                "round {round}: one undo row per writer"
+            );
+        }
+    })
+    .await;
+}
