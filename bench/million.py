@@ -17,6 +17,9 @@ rows/100 of them holding rows, the rest empty. SQLite state store, upsert into t
            demo's rows) started after the resume, read from the state file. Peak RSS of the `run` process (executing, not
            creating: the run exists already).
   status   `status RUN --json` on the paused run: wall time and peak RSS (best of 3).
+  serve    `serve --bind 127.0.0.1:0` on the same store (issue 12): best of 3 wall times of
+           `GET /api/runs/RUN` (the status), the first page of partitions, a page at the end
+           of the plan, a page of `state=pending`, and `/metrics`; then the server's peak RSS.
 
 With `--state postgres[://URL]` the state store is a PostgreSQL schema of its own per size
 (`million_<pid>_<n>`, dropped afterwards; default server postgres://postgres@127.0.0.1:5432/test),
@@ -34,6 +37,8 @@ replaced if present, appended otherwise). Usage:
 import argparse
 import datetime as dt
 import os
+import re
+import urllib.request
 import signal
 import sqlite3
 import subprocess
@@ -267,9 +272,58 @@ def bench_size(binary, demo, n, budget, rows, pg=None):
             best = (wall, rss)
     r["status_s"], r["status_kib"] = best
     log(f"  n={n:,}: status {r['status_s'] * 1000:.0f} ms, {r['status_kib'] / 1024:.0f} MiB")
+    r.update(bench_serve(base, d, run_id, n))
+    log(f"  n={n:,}: serve: status {r['api_status_s'] * 1000:.0f} ms, first page "
+        f"{r['api_page_s'] * 1000:.0f} ms, last page {r['api_last_page_s'] * 1000:.0f} ms, pending page "
+        f"{r['api_pending_page_s'] * 1000:.0f} ms, /metrics {r['metrics_s'] * 1000:.0f} ms, "
+        f"peak RSS {r['serve_kib'] / 1024:.0f} MiB")
     if pg:
         state.drop()
     return r
+
+
+def bench_serve(base, d, run_id, n):
+    """Times the API and /metrics of `backfill serve` on this store (best of 3 each)."""
+    proc = subprocess.Popen(base + ["serve", "--bind", "127.0.0.1:0"], cwd=d,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    addr = None
+    for line in proc.stderr:
+        m = re.search(r"listening on http://([0-9.]+:[0-9]+)", line)
+        if m:
+            addr = m.group(1)
+            break
+    if addr is None:
+        raise SystemExit(f"serve did not start (exit {proc.wait()})")
+
+    def best(path):
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(f"http://{addr}{path}", timeout=60) as response:
+                response.read()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    pages = f"/api/runs/{run_id}/partitions"
+    out = {
+        "api_status_s": best(f"/api/runs/{run_id}"),
+        "api_page_s": best(f"{pages}?limit=100"),
+        "api_last_page_s": best(f"{pages}?limit=100&after={max(n - 101, 0)}"),
+        "api_pending_page_s": best(f"{pages}?state=pending&limit=100"),
+        "metrics_s": best("/metrics"),
+    }
+    out["serve_kib"] = vm_hwm(proc.pid)
+    proc.terminate()
+    proc.wait()
+    return out
+
+
+def vm_hwm(pid):
+    """Peak resident set of a live process (VmHWM), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def report(results, meta):
@@ -307,6 +361,13 @@ def report(results, meta):
     row("  peak RSS of `status`", lambda r: mib(r["status_kib"]), "< 50 MiB")
     row("`budget = { partitions = 10 }`: partitions done", lambda r: f"{r['budget10_done']}",
         "≤ 10 + concurrency")
+    ms = lambda key: (lambda r: f"{r[key] * 1000:.0f} ms")  # noqa: E731
+    row("`serve`: `GET /api/runs/RUN` (best of 3)", ms("api_status_s"), "< 300 ms")
+    row("`serve`: first page of 100 partitions", ms("api_page_s"), "< 300 ms")
+    row("`serve`: last page of 100 partitions (`after=N-101`)", ms("api_last_page_s"), "< 300 ms")
+    row("`serve`: first page of `state=pending`", ms("api_pending_page_s"), "< 300 ms")
+    row("`serve`: `GET /metrics`", ms("metrics_s"), "–")
+    row("  peak RSS of `serve` after these", lambda r: mib(r["serve_kib"]), "< 100 MiB")
     L += ["", end]
     return "\n".join(L)
 

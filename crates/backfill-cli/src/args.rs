@@ -98,6 +98,10 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// List runs, newest first.
     Runs(RunsArgs),
+    /// Serve the state store over HTTP: a JSON API of the runs, their status and their
+    /// partitions (paged), and Prometheus metrics at /metrics. Read-only; binds to loopback
+    /// unless given --bind, and any other address needs --token-file.
+    Serve(ServeArgs),
     /// Show a run's audit events, or verify the hash chain of the whole store.
     Audit(AuditArgs),
     /// List the rows the target rejected (constraint violations, values out of range) with
@@ -247,7 +251,8 @@ pub(crate) struct RunArgs {
     pub(crate) claim: ClaimArgs,
 }
 
-/// How `run` and `resume` claim the run: one process executes a run at a time.
+/// How `run` and `resume` execute the run: how they claim it (one process executes a run at
+/// a time) and what they expose while they do.
 #[derive(Clone, Copy, Debug, Args)]
 pub(crate) struct ClaimArgs {
     /// When another process is executing the run, wait until it finishes or stops, then
@@ -259,6 +264,11 @@ pub(crate) struct ClaimArgs {
     /// process may take the run over, and every later write of this one is refused.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_lease)]
     pub(crate) lease: std::time::Duration,
+    /// Serve Prometheus metrics (and the read-only API of `backfill serve`) from this process
+    /// while it executes, at this loopback address (`127.0.0.1:9464`; port 0: any free port,
+    /// printed at start). For another address, run `backfill serve --bind … --token-file …`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A lease duration: 2 s to 24 h (`15s`, `1m`).
@@ -401,6 +411,18 @@ pub(crate) struct RunsArgs {
     /// Show at most this many runs.
     #[arg(long, default_value_t = 20)]
     pub(crate) limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address and port to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value_t = crate::serve::DEFAULT_BIND)]
+    pub(crate) bind: std::net::SocketAddr,
+    /// File holding the API token on its first line (at least 16 characters). Required to
+    /// bind to an address other than loopback; a request that sends `Authorization: Bearer
+    /// …` must send this token.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

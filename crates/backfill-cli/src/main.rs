@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod output;
 mod progress;
+mod serve;
 mod specfile;
 
 use std::process::ExitCode;
@@ -148,6 +149,7 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Gaps(args) => commands::diff::gaps(&args, &state, out).await,
         Command::Status(args) => commands::status::run(&args, &state, out).await,
         Command::Runs(args) => commands::status::list(&args, &state, out).await,
+        Command::Serve(args) => serve::run(&args, &state, out).await,
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,
         Command::Quarantine(args) => commands::quarantine::run(&args, &state, out).await,
         Command::Promote(args) => commands::shadow::promote(&args, &state, out).await,

@@ -996,6 +996,38 @@ impl Store {
         rows.iter().map(partition_from_row).collect()
     }
 
+    /// One page of the partitions of run `run_id`, in plan order: those after plan index
+    /// `after` (from the first when `None`), in state `state` when given, at most `limit`.
+    /// Keyset paging: the next page starts after the last index of this one, and each page is
+    /// one indexed range (`(run_id, idx)`, or `(run_id, state, idx)` with a state), however
+    /// many partitions the run has.
+    pub async fn partitions_page(
+        &self,
+        run_id: &str,
+        state: Option<PartitionState>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PartitionRecord>, StoreError> {
+        let state_clause = if state.is_some() {
+            " AND state = ?"
+        } else {
+            ""
+        };
+        let mut query = stmt(format!(
+            "{PARTITION_COLUMNS} WHERE run_id = ?{state_clause} AND idx > ? ORDER BY idx LIMIT ?"
+        ))
+        .bind(run_id);
+        if let Some(state) = state {
+            query = query.bind(state.as_str());
+        }
+        let rows = query
+            .bind(after.map_or(-1, codec::to_db))
+            .bind(codec::to_db(limit as u64))
+            .fetch_all(&mut self.conn().await?)
+            .await?;
+        rows.iter().map(partition_from_row).collect()
+    }
+
     /// The failing partitions of run `run_id` (see [`is_failing`]), in plan order, at most
     /// `limit` of them; [`PartitionTotals::failing`] says how many there are in all.
     pub async fn failing_partitions(

@@ -104,6 +104,7 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
         crate::args::ClaimArgs {
             wait: false,
             lease: backfill_engine::DEFAULT_LEASE,
+            metrics_addr: None,
         },
     )
     .await?;
@@ -176,6 +177,9 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
         out.line(format!(
             "  inspect: backfill --state {state_url} status {}   |   audit: backfill --state {state_url} audit --verify",
             run.id
+        ));
+        out.line(format!(
+            "  serve: backfill --state {state_url} serve   (then open http://127.0.0.1:8080/api/runs, or scrape /metrics)"
         ));
     }
     let remaining = after.iter().filter(|d| d.is_broken()).count();

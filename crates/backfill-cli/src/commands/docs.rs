@@ -1,4 +1,5 @@
-//! `backfill docs`: regenerate docs/spec.md and docs/cli.md from the declarations.
+//! `backfill docs`: regenerate docs/spec.md, docs/cli.md and docs/metrics.md from the
+//! declarations.
 
 use clap::CommandFactory;
 
@@ -10,6 +11,7 @@ pub(crate) fn run(args: &DocsArgs, out: Output) -> anyhow::Result<()> {
     let files = [
         ("spec.md", backfill_core::spec::schema::reference_markdown()),
         ("cli.md", cli_markdown()),
+        ("metrics.md", crate::serve::metrics_reference()),
     ];
     let mut stale = Vec::new();
     for (name, content) in files {
@@ -71,6 +73,7 @@ mod tests {
         let cases = [
             ("spec.md", backfill_core::spec::schema::reference_markdown()),
             ("cli.md", super::cli_markdown()),
+            ("metrics.md", crate::serve::metrics_reference()),
         ];
         for (name, want) in cases {
             let have = std::fs::read_to_string(docs.join(name)).unwrap_or_default();

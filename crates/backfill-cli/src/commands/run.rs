@@ -362,6 +362,10 @@ pub(crate) async fn execute_quiet(
             run.id
         ));
     }
+    let metrics = match claim.metrics_addr {
+        Some(addr) => Some(crate::serve::spawn_beside_run(store, &run.id, addr, out).await?),
+        None => None,
+    };
     let done = done_count(store, run).await?;
     let (tx, renderer) =
         progress::start(run.partitions_total, done, out.is_tty(), quiet || out.json);
@@ -376,6 +380,9 @@ pub(crate) async fn execute_quiet(
     let result = backfill_engine::execute(store, spec, run, options).await;
     let _ = renderer.await;
     ctrl_c.abort();
+    if let Some(server) = metrics {
+        server.abort();
+    }
     result.map_err(engine_error)
 }
 

@@ -9,6 +9,178 @@ use crate::commands::run::find_run;
 use crate::commands::{duration, open_store, thousands};
 use crate::output::Output;
 
+/// Whether [`StatusView::load`] counts the run's undo rows, which means connecting to the
+/// target database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UndoRows {
+    /// Count them (`backfill status`).
+    Count,
+    /// Leave them out (`undo_rows` is null): the dashboard's API answers from the store alone.
+    Skip,
+}
+
+/// Everything `status` shows of one run, read from the store: aggregates and the first
+/// failing partitions, never every partition of the run.
+pub(crate) struct StatusView {
+    pub(crate) run: backfill_store::RunRecord,
+    pub(crate) totals: backfill_store::PartitionTotals,
+    pub(crate) st: status::RunStatus,
+    pub(crate) checks: backfill_store::CheckTotals,
+    pub(crate) gaps: Option<crate::commands::only_gaps::GapView>,
+    pub(crate) controls: backfill_store::Controls,
+    pub(crate) canary: Option<serde_json::Value>,
+    pub(crate) rates: Vec<backfill_store::RateChangeRecord>,
+    pub(crate) live: serde_json::Value,
+    pub(crate) process: Option<String>,
+    pub(crate) claim: Option<backfill_store::LeaseHolder>,
+    pub(crate) undo_rows: Option<u64>,
+    pub(crate) shadow: Option<backfill_store::ShadowRecord>,
+}
+
+impl StatusView {
+    /// Reads the status of `run` from `store`.
+    pub(crate) async fn load(
+        store: &backfill_store::Store,
+        run: backfill_store::RunRecord,
+        undo: UndoRows,
+    ) -> anyhow::Result<StatusView> {
+        let totals = store.partition_totals(&run.id).await?;
+        let failing = store
+            .failing_partitions(&run.id, status::FAILING_LISTED)
+            .await?;
+        let now = chrono::Utc::now();
+        let st = status::compute(&run, &totals, &failing, now);
+        let unsplit = totals
+            .by_state
+            .iter()
+            .filter(|(state, _)| *state != backfill_core::PartitionState::Split)
+            .map(|(_, n)| n)
+            .sum();
+        let checks = store.check_totals_of(&run.id, unsplit).await?;
+        let gaps = crate::commands::only_gaps::GapView::load(store, &run.id).await?;
+        let controls = store.controls(&run.id).await?;
+        let canary = store.canary(&run.id).await?;
+        let rates = store.rate_changes(&run.id, 1).await?;
+        let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
+        let process = crate::commands::control::live_process(&controls);
+        let claim = store
+            .lease_holder(&backfill_store::run_resource(&run.id))
+            .await?
+            .filter(|c| !c.is_free(now));
+        let undo_rows = match undo {
+            UndoRows::Count => crate::commands::rollback::undo_rows(&run).await,
+            UndoRows::Skip => None,
+        };
+        let shadow = store.shadow(&run.id).await?;
+        Ok(StatusView {
+            run,
+            totals,
+            st,
+            checks,
+            gaps,
+            controls,
+            canary,
+            rates,
+            live,
+            process,
+            claim,
+            undo_rows,
+            shadow,
+        })
+    }
+
+    /// The JSON of `backfill status --json` (and of the API's `/api/runs/{id}`).
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let StatusView {
+            run,
+            totals,
+            st,
+            checks,
+            gaps,
+            controls,
+            canary,
+            rates,
+            live,
+            process,
+            claim,
+            undo_rows,
+            shadow,
+        } = self;
+        json!({
+            "run_id": run.id,
+            "spec": run.spec_name,
+            "state": run.state.as_str(),
+            "undo_rows": undo_rows,
+            "shadow": shadow.as_ref().map(|s| json!({
+                "state": s.state.as_str(),
+                "live_table": s.live_table,
+                "shadow_table": s.shadow_table,
+                "old_table": s.old_table,
+                "seeded_rows": s.seeded_rows,
+            })),
+            "owner": run.owner,
+            "reason": run.reason,
+            "created_at": run.created_at.to_rfc3339(),
+            "started_at": run.started_at.map(|t| t.to_rfc3339()),
+            "finished_at": run.finished_at.map(|t| t.to_rfc3339()),
+            "plan_hash": run.plan_hash,
+            "guarantee": run.guarantee.map(|g| g.name()),
+            "partitions": st.by_state.iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "partitions_total": totals.all(),
+            "partitions_skipped": gaps.as_ref().map_or(0, |g| g.skipped),
+            "only_gaps": gaps.as_ref().map(crate::commands::only_gaps::GapView::to_json),
+            "rows": {
+                "read": st.counts.read,
+                "written": st.counts.written(),
+                "inserted": st.counts.inserted,
+                "updated": st.counts.updated,
+                "unchanged": st.counts.unchanged,
+                "deleted": st.counts.deleted,
+                "affected": st.counts.affected,
+            },
+            "success_rate": st.success_rate,
+            "rows_per_second": st.rows_per_second,
+            "errors_per_1000_rows": st.errors_per_1000_rows,
+            "retries_per_partition": st.retries_per_partition,
+            "eta_seconds": st.eta_seconds,
+            "elapsed_seconds": st.elapsed_seconds,
+            "pause_reason": run.pause_reason,
+            "canary": canary,
+            "control": {
+                "requested": controls.requested.map(|r| r.as_str()),
+                "requested_by": controls.requested_by,
+                "process_running": process.is_some(),
+                "heartbeat_at": controls.heartbeat_at.map(|t| t.to_rfc3339()),
+                "active_seconds": controls.active_ms as f64 / 1000.0,
+                "throttle": {
+                    "rows_per_second": controls.rows_per_second,
+                    "batches_per_second": controls.batches_per_second,
+                    "concurrency": controls.concurrency,
+                },
+            },
+            "claim": claim.as_ref().map(|c| json!({
+                "host": c.host,
+                "pid": c.pid,
+                "fence": c.fence,
+                "since": c.claimed_at.to_rfc3339(),
+                "renewed_at": c.renewed_at.to_rfc3339(),
+                "expires_at": c.expires_at.to_rfc3339(),
+            })),
+            "live": live,
+            "rate": rates.last().map(|r| json!({ "rows_per_second": r.rate, "cause": r.cause, "at": r.at, "detail": r.detail })),
+            "failing": st.failing.iter().map(|f| json!({
+                "partition_id": f.partition_id,
+                "window": f.window,
+                "state": f.state.as_str(),
+                "attempts": f.attempts,
+                "error": f.error,
+            })).collect::<Vec<_>>(),
+            "failing_total": st.failing_total,
+            "reconciliation": crate::commands::run::reconciliation_json(checks, None),
+        })
+    }
+}
+
 pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = match &args.run {
@@ -21,104 +193,23 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
             .hint("start one with `backfill run SPEC`, or pass --state")
         })?,
     };
-    // Aggregates and the first failing partitions: never every partition of the run.
-    let totals = store.partition_totals(&run.id).await?;
-    let failing = store
-        .failing_partitions(&run.id, status::FAILING_LISTED)
-        .await?;
-    let st = status::compute(&run, &totals, &failing, chrono::Utc::now());
-    let unsplit = totals
-        .by_state
-        .iter()
-        .filter(|(state, _)| *state != backfill_core::PartitionState::Split)
-        .map(|(_, n)| n)
-        .sum();
-    let checks = store.check_totals_of(&run.id, unsplit).await?;
-    let gaps = crate::commands::only_gaps::GapView::load(&store, &run.id).await?;
-    let controls = store.controls(&run.id).await?;
-    let canary = store.canary(&run.id).await?;
-    let rates = store.rate_changes(&run.id, 1).await?;
-    let live = controls.live.clone().unwrap_or(serde_json::Value::Null);
-    let process = crate::commands::control::live_process(&controls);
-    let now = chrono::Utc::now();
-    let claim = store
-        .lease_holder(&backfill_store::run_resource(&run.id))
-        .await?
-        .filter(|c| !c.is_free(now));
-    let undo_rows = crate::commands::rollback::undo_rows(&run).await;
-    let shadow = store.shadow(&run.id).await?;
-    out.json(&json!({
-        "run_id": run.id,
-        "spec": run.spec_name,
-        "state": run.state.as_str(),
-        "undo_rows": undo_rows,
-        "shadow": shadow.as_ref().map(|s| json!({
-            "state": s.state.as_str(),
-            "live_table": s.live_table,
-            "shadow_table": s.shadow_table,
-            "old_table": s.old_table,
-            "seeded_rows": s.seeded_rows,
-        })),
-        "owner": run.owner,
-        "reason": run.reason,
-        "created_at": run.created_at.to_rfc3339(),
-        "started_at": run.started_at.map(|t| t.to_rfc3339()),
-        "finished_at": run.finished_at.map(|t| t.to_rfc3339()),
-        "plan_hash": run.plan_hash,
-        "guarantee": run.guarantee.map(|g| g.name()),
-        "partitions": st.by_state.iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "partitions_total": totals.all(),
-        "partitions_skipped": gaps.as_ref().map_or(0, |g| g.skipped),
-        "only_gaps": gaps.as_ref().map(crate::commands::only_gaps::GapView::to_json),
-        "rows": {
-            "read": st.counts.read,
-            "written": st.counts.written(),
-            "inserted": st.counts.inserted,
-            "updated": st.counts.updated,
-            "unchanged": st.counts.unchanged,
-            "deleted": st.counts.deleted,
-            "affected": st.counts.affected,
-        },
-        "success_rate": st.success_rate,
-        "rows_per_second": st.rows_per_second,
-        "errors_per_1000_rows": st.errors_per_1000_rows,
-        "retries_per_partition": st.retries_per_partition,
-        "eta_seconds": st.eta_seconds,
-        "elapsed_seconds": st.elapsed_seconds,
-        "pause_reason": run.pause_reason,
-        "canary": canary,
-        "control": {
-            "requested": controls.requested.map(|r| r.as_str()),
-            "requested_by": controls.requested_by,
-            "process_running": process.is_some(),
-            "heartbeat_at": controls.heartbeat_at.map(|t| t.to_rfc3339()),
-            "active_seconds": controls.active_ms as f64 / 1000.0,
-            "throttle": {
-                "rows_per_second": controls.rows_per_second,
-                "batches_per_second": controls.batches_per_second,
-                "concurrency": controls.concurrency,
-            },
-        },
-        "claim": claim.as_ref().map(|c| json!({
-            "host": c.host,
-            "pid": c.pid,
-            "fence": c.fence,
-            "since": c.claimed_at.to_rfc3339(),
-            "renewed_at": c.renewed_at.to_rfc3339(),
-            "expires_at": c.expires_at.to_rfc3339(),
-        })),
-        "live": live,
-        "rate": rates.last().map(|r| json!({ "rows_per_second": r.rate, "cause": r.cause, "at": r.at, "detail": r.detail })),
-        "failing": st.failing.iter().map(|f| json!({
-            "partition_id": f.partition_id,
-            "window": f.window,
-            "state": f.state.as_str(),
-            "attempts": f.attempts,
-            "error": f.error,
-        })).collect::<Vec<_>>(),
-        "failing_total": st.failing_total,
-        "reconciliation": crate::commands::run::reconciliation_json(&checks, None),
-    }));
+    let view = StatusView::load(&store, run, UndoRows::Count).await?;
+    out.json(&view.to_json());
+    let StatusView {
+        run,
+        totals,
+        st,
+        checks,
+        gaps,
+        controls,
+        canary,
+        rates,
+        live,
+        process,
+        claim,
+        undo_rows,
+        shadow,
+    } = view;
     out.line(format!(
         "run {} of `{}`: {}",
         run.id, run.spec_name, run.state
@@ -239,19 +330,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
 pub(crate) async fn list(args: &RunsArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let runs = store.list_runs(args.limit).await?;
-    out.json(&json!(
-        runs.iter()
-            .map(|r| json!({
-                "run_id": r.id,
-                "spec": r.spec_name,
-                "state": r.state.as_str(),
-                "owner": r.owner,
-                "reason": r.reason,
-                "partitions": r.partitions_total,
-                "created_at": r.created_at.to_rfc3339(),
-            }))
-            .collect::<Vec<_>>()
-    ));
+    out.json(&json!(runs.iter().map(run_line_json).collect::<Vec<_>>()));
     if runs.is_empty() {
         out.line(format!("no runs in {}", store.url_redacted()));
         return Ok(());
@@ -272,6 +351,19 @@ pub(crate) async fn list(args: &RunsArgs, state: &str, out: Output) -> anyhow::R
         ));
     }
     Ok(())
+}
+
+/// One run in `backfill runs --json` (and the API's `/api/runs`).
+pub(crate) fn run_line_json(r: &backfill_store::RunRecord) -> serde_json::Value {
+    json!({
+        "run_id": r.id,
+        "spec": r.spec_name,
+        "state": r.state.as_str(),
+        "owner": r.owner,
+        "reason": r.reason,
+        "partitions": r.partitions_total,
+        "created_at": r.created_at.to_rfc3339(),
+    })
 }
 
 /// The limits, rate, budget and breaker lines of `status`, from the executing process's last

@@ -29,6 +29,7 @@ mod readiness;
 mod replan;
 mod replica_lag;
 mod rollback;
+mod serve;
 mod shadow;
 mod sql_mode;
 mod validate;

@@ -866,7 +866,54 @@ async fn finish_empty_finishes_only_a_fresh_pending_partition(db: TestDb) {
     assert_eq!(store.audit_events(None).await.unwrap().len(), events_before);
 }
 
+/// `partitions_page` walks a run in plan order by keyset pages, with or without a state, each
+/// partition once.
+async fn partition_pages_follow_the_plan_with_or_without_a_state(db: TestDb) {
+    let store = db.open().await;
+    let run = create(&store, "pages", &key_partitions(5)).await;
+    let ids: Vec<String> = store
+        .partitions(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition_id)
+        .collect();
+    for id in [&ids[1], &ids[3], &ids[4]] {
+        store.finish_empty(&run.id, id, "w").await.unwrap();
+    }
+    let walk = |state: Option<PartitionState>| {
+        let store = store.clone();
+        let run_id = run.id.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store
+                    .partitions_page(&run_id, state, after, 2)
+                    .await
+                    .unwrap();
+                seen.extend(page.iter().map(|p| p.index));
+                if page.len() < 2 {
+                    return seen;
+                }
+                after = page.last().map(|p| p.index);
+            }
+        }
+    };
+    assert_eq!(walk(None).await, [0, 1, 2, 3, 4]);
+    assert_eq!(walk(Some(PartitionState::Done)).await, [1, 3, 4]);
+    assert_eq!(walk(Some(PartitionState::Pending)).await, [0, 2]);
+    assert_eq!(walk(Some(PartitionState::Failed)).await, Vec::<u64>::new());
+    let last = store
+        .partitions_page(&run.id, None, Some(3), 10)
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].partition_id, ids[4]);
+}
+
 crate::on_both_backends!(
+    partition_pages_follow_the_plan_with_or_without_a_state,
     finish_empty_finishes_only_a_fresh_pending_partition,
     pending_pages_cover_every_pending_partition_once_with_children_split_mid_way,
     partition_totals_from_the_store_equal_the_per_record_computation,

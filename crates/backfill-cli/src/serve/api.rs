@@ -1,0 +1,155 @@
+//! The JSON API: runs, one run's status, pages of its partitions.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use backfill_core::{PartitionState, Window};
+use backfill_store::PartitionRecord;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::commands::run::find_run;
+use crate::commands::status::{StatusView, UndoRows, run_line_json};
+
+/// Runs listed by default, and at most.
+const RUNS_DEFAULT: u32 = 100;
+const RUNS_MAX: u32 = 1000;
+/// Partitions per page by default, and at most.
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+/// `?limit=`: how many runs, newest first.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RunsQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /api/runs`: the newest runs, what `backfill runs --json` prints.
+pub(crate) async fn runs(
+    State(app): State<AppState>,
+    query: Result<Query<RunsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = query.limit.unwrap_or(RUNS_DEFAULT).clamp(1, RUNS_MAX);
+    let runs = app
+        .store
+        .list_runs(limit)
+        .await
+        .map_err(|e| ApiError::from_anyhow(&e.into()))?;
+    Ok(Json(json!({
+        "runs": runs.iter().map(run_line_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /api/runs/{run}`: what `backfill status RUN --json` prints (a unique prefix of the id
+/// works as on the command line), without the undo rows, which would mean connecting to the
+/// target on every request (`undo_rows` is null).
+pub(crate) async fn run(
+    State(app): State<AppState>,
+    Path(run): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = find_run(&app.store, &run)
+        .await
+        .map_err(|e| ApiError::from_anyhow(&e))?;
+    let view = StatusView::load(&app.store, record, UndoRows::Skip)
+        .await
+        .map_err(|e| ApiError::from_anyhow(&e))?;
+    let mut status = view.to_json();
+    if app.executes(&view.run.id) {
+        status["control"]["process_running"] = Value::Bool(true);
+    }
+    Ok(Json(status))
+}
+
+/// `?state=&after=&limit=` of a page of partitions.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PartitionsQuery {
+    /// Only partitions in this state.
+    state: Option<String>,
+    /// The plan index the page starts after (the previous page's `next_after`).
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/runs/{run}/partitions`: one page of the run's partitions in plan order, each
+/// with its window, state, attempts, checkpoint, rows and last error; `next_after` is the
+/// `after` of the next page, null on the last one.
+pub(crate) async fn partitions(
+    State(app): State<AppState>,
+    Path(run): Path<String>,
+    query: Result<Query<PartitionsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(name.parse::<PartitionState>().map_err(|_| {
+            let names: Vec<&str> = PartitionState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`state={name}` is not a partition state"),
+            )
+            .hint(format!("one of: {}", names.join(", ")))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let record = find_run(&app.store, &run)
+        .await
+        .map_err(|e| ApiError::from_anyhow(&e))?;
+    let page = app
+        .store
+        .partitions_page(&record.id, state, query.after, limit)
+        .await
+        .map_err(|e| ApiError::from_anyhow(&e.into()))?;
+    let next_after = (page.len() == limit)
+        .then(|| page.last().map(|p| p.index))
+        .flatten();
+    Ok(Json(json!({
+        "run_id": record.id,
+        "state": state.map(|s| s.as_str()),
+        "after": query.after,
+        "partitions": page.iter().map(partition_json).collect::<Vec<_>>(),
+        "next_after": next_after,
+    })))
+}
+
+/// One partition in the API.
+fn partition_json(p: &PartitionRecord) -> Value {
+    let (kind, start, end) = match &p.window {
+        Window::Time { start, end } => ("time", json!(start.to_rfc3339()), json!(end.to_rfc3339())),
+        Window::Key { start, end } => ("key", json!(start), json!(end)),
+    };
+    json!({
+        "partition_id": p.partition_id,
+        "index": p.index,
+        "window": { "kind": kind, "start": start, "end": end, "text": p.window.to_string() },
+        "state": p.state.as_str(),
+        "attempts": p.attempts,
+        "errors": p.errors,
+        // The key as stored: a JSON array of typed values.
+        "checkpoint": p.checkpoint.as_deref().map(|key| {
+            let text = backfill_core::encode_key(key);
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text))
+        }),
+        "rows": {
+            "read": p.counts.read,
+            "inserted": p.counts.inserted,
+            "updated": p.counts.updated,
+            "unchanged": p.counts.unchanged,
+            "deleted": p.counts.deleted,
+            "affected": p.counts.affected,
+        },
+        "last_error": p.last_error,
+        "started_at": p.started_at.map(|t| t.to_rfc3339()),
+        "finished_at": p.finished_at.map(|t| t.to_rfc3339()),
+        "elapsed_ms": p.elapsed_ms,
+        "parent_id": p.parent_id,
+    })
+}
+
+/// A query string that does not parse: 400 with what was wrong.
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())
+        .hint("numbers for `limit` and `after`, a partition state for `state`")
+}

@@ -1,0 +1,324 @@
+//! `backfill serve`: every run of a state store over HTTP, for people and for Prometheus.
+//!
+//! - `/api/…`: JSON (`docs/openapi.json` describes each response): the runs, one run's status
+//!   (what `backfill status --json` prints), its partitions in keyset-paginated pages, and
+//!   `/healthz`.
+//! - `/metrics`: the Prometheus text exposition ([`metrics`]).
+//!
+//! Everything here reads the store through its aggregates and indexed pages: no response ever
+//! holds every partition of a run, so a run of a million partitions answers like one of a
+//! hundred. The server is read-only: it changes nothing and writes no audit event.
+//!
+//! Security: it binds to loopback unless told otherwise, and any other address needs a token
+//! (`--token-file`), which a request that carries `Authorization` must match. Responses carry
+//! no secret (store URLs are redacted) and the standard protective headers
+//! ([`protective_headers`]).
+
+mod api;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use backfill_store::Store;
+use serde_json::json;
+
+use crate::UserError;
+use crate::args::ServeArgs;
+use crate::commands::open_store;
+use crate::output::Output;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    store: Store,
+    /// The token of `--token-file`; `None` on loopback without one.
+    token: Option<Arc<str>>,
+    /// The run this process executes (`run --metrics-addr`): the store's liveness check
+    /// cannot tell, as it reads a heartbeat of its own pid as a stale record.
+    executing_here: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// Whether this process executes run `run_id`.
+    fn executes(&self, run_id: &str) -> bool {
+        self.executing_here.as_deref() == Some(run_id)
+    }
+}
+
+/// `backfill serve`: binds, then answers until Ctrl-C or SIGTERM.
+pub(crate) async fn run(args: &ServeArgs, state: &str, out: Output) -> anyhow::Result<()> {
+    let token = read_token(args)?;
+    if !args.bind.ip().is_loopback() && token.is_none() {
+        return Err(UserError::new(format!(
+            "`--bind {}` is not a loopback address: anyone who can reach it could read every \
+             run of the store",
+            args.bind
+        ))
+        .hint(
+            "give a token with `--token-file FILE` (a file holding one line, readable only by \
+             you), or bind to 127.0.0.1",
+        )
+        .into());
+    }
+    let store = open_store(state).await?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|e| {
+            UserError::new(format!("cannot listen on {}: {e}", args.bind))
+                .hint("pick another address or port with `--bind`, e.g. --bind 127.0.0.1:8081")
+        })?;
+    let addr = listener.local_addr()?;
+    let app = router(AppState {
+        store: store.clone(),
+        token,
+        executing_here: None,
+    });
+    out.json(&json!({ "listening": format!("http://{addr}"), "state": store.url_redacted() }));
+    out.note(format!(
+        "backfill serve: listening on http://{addr} (state store {}); the API is under /api, \
+         metrics at /metrics; Ctrl-C stops",
+        store.url_redacted()
+    ));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop_signal())
+        .await?;
+    store.close().await;
+    Ok(())
+}
+
+/// `run --metrics-addr ADDR`: the same routes, served from the executing process until the
+/// returned task is aborted. Loopback only: this process has no token to guard another
+/// address with.
+pub(crate) async fn spawn_beside_run(
+    store: &Store,
+    run_id: &str,
+    addr: SocketAddr,
+    out: Output,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if !addr.ip().is_loopback() {
+        return Err(UserError::new(format!(
+            "`--metrics-addr {addr}` is not a loopback address: the metrics and the run's \
+             status would be open to anyone who can reach it"
+        ))
+        .hint(
+            "use a loopback address (127.0.0.1:9464) and let Prometheus scrape it locally, or \
+             run `backfill serve --bind ADDR --token-file FILE` beside the run",
+        )
+        .into());
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        UserError::new(format!("cannot listen on {addr} (--metrics-addr): {e}"))
+            .hint("pick another port, e.g. --metrics-addr 127.0.0.1:0 for any free one")
+    })?;
+    let local = listener.local_addr()?;
+    out.note(format!(
+        "metrics at http://{local}/metrics while the run executes"
+    ));
+    let app = router(AppState {
+        store: store.clone(),
+        token: None,
+        executing_here: Some(Arc::from(run_id)),
+    });
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics server stopped");
+        }
+    }))
+}
+
+/// The routes, with the checks and headers every response gets.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/runs", get(api::runs))
+        .route("/api/runs/{run}", get(api::run))
+        .route("/api/runs/{run}/partitions", get(api::partitions))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such path")
+                .hint("the API is /api/runs, /api/runs/{run}, /api/runs/{run}/partitions; metrics are at /metrics")
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_token,
+        ))
+        .layer(axum::middleware::map_response(protective_headers))
+        .with_state(state)
+}
+
+/// The token from `--token-file`: its first line, trimmed; an empty or unreadable file is an
+/// error (a server that was meant to be protected must not start open).
+fn read_token(args: &ServeArgs) -> anyhow::Result<Option<Arc<str>>> {
+    let Some(path) = &args.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UserError::new(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+        .hint("`--token-file` takes a file holding the token on its first line")
+    })?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < 16 {
+        return Err(UserError::new(format!(
+            "the token in {} is {}: it needs at least 16 characters",
+            path.display(),
+            if token.is_empty() {
+                "empty".to_owned()
+            } else {
+                format!("{} characters long", token.len())
+            }
+        ))
+        .hint("make one with `head -c 32 /dev/urandom | base64 > FILE`")
+        .into());
+    }
+    Ok(Some(Arc::from(token)))
+}
+
+/// A request that carries `Authorization` must carry the server's token (`Bearer TOKEN`);
+/// one that carries none reads, as the API is read-only. A wrong token is refused (401)
+/// rather than ignored, so a misconfigured client learns it at once.
+async fn check_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(given) = request.headers().get(header::AUTHORIZATION) {
+        let given = given
+            .to_str()
+            .unwrap_or("")
+            .strip_prefix("Bearer ")
+            .unwrap_or("");
+        let matches = state
+            .token
+            .as_deref()
+            .is_some_and(|token| constant_time_eq(token.as_bytes(), given.as_bytes()));
+        if !matches {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match")
+                .hint("send `Authorization: Bearer TOKEN` with the token of `--token-file`, or no Authorization header to read")
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares two byte strings in time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The headers every response carries: no script, style, frame or other resource may load
+/// from a response (`Content-Security-Policy: default-src 'none'` until the dashboard needs
+/// its own), no MIME sniffing, no framing, no referrer, no caching of run data.
+async fn protective_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// An error response: `{"error": …, "hint": …}` with its status.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    error: String,
+    hint: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> ApiError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// A failure of a handler: a user error (an unknown run) is 404 with its hint, anything
+    /// else (the store unreachable) 500, its message redacted.
+    fn from_anyhow(error: &anyhow::Error) -> ApiError {
+        match error.downcast_ref::<UserError>() {
+            Some(user) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                error: user.message.clone(),
+                hint: user.hint.clone(),
+            },
+            None => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                backfill_core::secret::redact(&format!("{error:#}")),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error, "hint": self.hint });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The metrics reference, `docs/metrics.md`.
+pub(crate) fn metrics_reference() -> String {
+    metrics::reference_markdown()
+}
+
+/// The address `--bind` takes by default.
+pub(crate) const DEFAULT_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abcdefgh", b"abcdefgh"));
+        assert!(!constant_time_eq(b"abcdefgh", b"abcdefgi"));
+        assert!(!constant_time_eq(b"abcdefgh", b"abcdefg"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,772 @@
+//! `backfill serve` and `run --metrics-addr`: the real binary on a real state store, read over
+//! real HTTP. Every JSON response is checked against `docs/openapi.json`; `/metrics` is parsed
+//! by a Prometheus text-format parser; the protective headers, the bind policy and the token
+//! are each checked; so are the alert rules of `deploy/prometheus/alerts.yml`.
+
+// A note when promtool is not installed.
+#![allow(clippy::print_stderr)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Workspace, copy_spec, make_source, make_target};
+
+/// A response: status, headers (lower-case names), body.
+struct Response {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
+fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(addr: &str, path: &str) -> Response {
+    request(addr, "GET", path, &[])
+}
+
+/// The body of a `Transfer-Encoding: chunked` response.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+/// The protective headers every response carries.
+fn assert_protected(r: &Response, what: &str) {
+    for (name, expected) in [
+        ("content-security-policy", "default-src 'none'"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        ("cross-origin-resource-policy", "same-origin"),
+    ] {
+        let value = r.headers.get(name).map(String::as_str).unwrap_or("");
+        assert!(value.starts_with(expected), "{what}: {name} = {value:?}");
+    }
+}
+
+/// A running `backfill serve` (or `run --metrics-addr`), killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    stderr: Vec<String>,
+}
+
+impl Server {
+    /// Starts `args` and waits for the line naming the address (`http://ADDR`) after `marker`.
+    fn start(ws: &Workspace, args: &[&str], marker: &str) -> Server {
+        let mut child = ws
+            .command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start backfill");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stderr = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            assert!(Instant::now() < deadline, "no `{marker}` line: {stderr:#?}");
+            let Some(Ok(line)) = lines.next() else {
+                panic!("backfill exited before `{marker}`: {stderr:#?}");
+            };
+            stderr.push(line.clone());
+            if let Some(at) = line.find(marker) {
+                let rest = &line[at + marker.len()..];
+                let addr = rest.trim_start_matches("http://");
+                break addr.split(['/', ' ']).next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `docs/openapi.json`.
+fn openapi() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Checks `value` against the JSON-schema subset `docs/openapi.json` uses (`$ref`, `type`,
+/// `enum`, `required`, `properties`, `items`, `oneOf`, `minimum`, `maximum`); returns the
+/// first problem, with its path.
+fn check_schema(spec: &Value, schema: &Value, value: &Value, path: &str) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        return check_schema(spec, &spec["components"]["schemas"][name], value, path);
+    }
+    if let Some(options) = schema["oneOf"].as_array() {
+        return match options
+            .iter()
+            .filter(|o| check_schema(spec, o, value, path).is_ok())
+            .count()
+        {
+            1 => Ok(()),
+            n => Err(format!("{path}: {value} matches {n} of oneOf")),
+        };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let type_ok = |t: &str| match t {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        other => panic!("schema type {other} not supported by the test"),
+    };
+    if !types.is_empty() && !types.iter().any(|t| type_ok(t)) {
+        return Err(format!("{path}: {value} is not {types:?}"));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{path}: {value} is not one of {allowed:?}"));
+    }
+    if let Some(n) = value.as_f64() {
+        if schema["minimum"].as_f64().is_some_and(|m| n < m) {
+            return Err(format!("{path}: {n} is under the minimum"));
+        }
+        if schema["maximum"].as_f64().is_some_and(|m| n > m) {
+            return Err(format!("{path}: {n} is over the maximum"));
+        }
+    }
+    if let Some(object) = value.as_object() {
+        for key in schema["required"].as_array().into_iter().flatten() {
+            let key = key.as_str().unwrap();
+            if !object.contains_key(key) {
+                return Err(format!("{path}: `{key}` is missing"));
+            }
+        }
+        if let Some(properties) = schema["properties"].as_object() {
+            for (key, sub) in properties {
+                if let Some(v) = object.get(key) {
+                    check_schema(spec, sub, v, &format!("{path}.{key}"))?;
+                }
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in array.iter().enumerate() {
+            check_schema(spec, items, v, &format!("{path}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Asserts a 200 JSON response of `route` (its OpenAPI path) matches the file's schema.
+fn assert_documented(spec: &Value, route: &str, r: &Response) -> Value {
+    assert_eq!(r.status, 200, "{route}: {}", r.body);
+    assert!(
+        r.headers["content-type"].starts_with("application/json"),
+        "{route}: {:?}",
+        r.headers
+    );
+    let schema =
+        &spec["paths"][route]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    assert!(!schema.is_null(), "{route} is not in docs/openapi.json");
+    let value = r.json();
+    if let Err(problem) = check_schema(spec, schema, &value, route) {
+        panic!("{route} does not match docs/openapi.json: {problem}\n{value:#}");
+    }
+    value
+}
+
+/// An error response: its status and the documented `{error, hint}` shape.
+fn assert_error(spec: &Value, r: &Response, status: u16, what: &str) -> Value {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    let value = r.json();
+    let schema = json_schema(spec, "Error");
+    if let Err(problem) = check_schema(spec, &schema, &value, what) {
+        panic!("{what}: {problem}");
+    }
+    value
+}
+
+fn json_schema(spec: &Value, name: &str) -> Value {
+    spec["components"]["schemas"][name].clone()
+}
+
+/// A 3-day source of `rows` rows, an empty target and `spec.toml` copying one to the other,
+/// its limits `limits` (the default's `batch_rows = 1000` replaced).
+async fn copy_workspace(ws: &Workspace, rows: i64, limits: &str) {
+    make_source(&ws.path("source.db"), rows, 3)
+        .await
+        .close()
+        .await;
+    make_target(&ws.path("target.db")).await.close().await;
+    let spec = copy_spec(
+        &ws.path("source.db").display().to_string(),
+        &ws.path("target.db").display().to_string(),
+        3,
+        "",
+    )
+    .replace("batch_rows = 1000", limits);
+    ws.write("spec.toml", &spec);
+}
+
+/// A workspace whose 3-day copy of 300 rows has run to success; returns the run id.
+async fn finished_run(ws: &Workspace) -> String {
+    copy_workspace(ws, 300, "batch_rows = 1000").await;
+    let ran = ws.run(&["--json", "run", "spec.toml"]);
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    ran.json()["run_id"].as_str().unwrap().to_owned()
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(metrics: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+fn parse_metrics(body: &str) -> prometheus_parse::Scrape {
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("a Prometheus text exposition")
+}
+
+/// The API answers what `status` and the store say, in the documented shapes, page by page;
+/// `/metrics` parses and carries the run's numbers; bad input gets the documented errors;
+/// every response carries the protective headers; SIGTERM stops the server cleanly.
+#[tokio::test]
+async fn serve_answers_runs_status_pages_and_metrics_as_documented() {
+    let ws = Workspace::new();
+    let run_id = finished_run(&ws).await;
+    let status = ws.run(&["--json", "status", &run_id]).json();
+    let spec = openapi();
+    let mut server = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let addr = server.addr.clone();
+
+    let health = get(&addr, "/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    assert_protected(&health, "/healthz");
+
+    let runs = get(&addr, "/api/runs");
+    assert_protected(&runs, "/api/runs");
+    let runs = assert_documented(&spec, "/api/runs", &runs);
+    assert_eq!(runs["runs"][0]["run_id"], run_id.as_str());
+    assert_eq!(runs["runs"][0]["state"], "succeeded");
+
+    // A unique prefix works as on the command line; the status is `status --json`'s.
+    let one = get(&addr, &format!("/api/runs/{}", &run_id[..8]));
+    let one = assert_documented(&spec, "/api/runs/{run}", &one);
+    for key in [
+        "run_id",
+        "state",
+        "partitions",
+        "rows",
+        "reconciliation",
+        "plan_hash",
+    ] {
+        assert_eq!(one[key], status[key], "{key}");
+    }
+    assert_eq!(one["undo_rows"], Value::Null);
+
+    // Pages of one partition each, followed by `next_after`, cover the plan once, in order.
+    let mut seen = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let path = match after {
+            Some(a) => format!("/api/runs/{run_id}/partitions?limit=1&after={a}"),
+            None => format!("/api/runs/{run_id}/partitions?limit=1"),
+        };
+        let page = assert_documented(&spec, "/api/runs/{run}/partitions", &get(&addr, &path));
+        for p in page["partitions"].as_array().unwrap() {
+            seen.push(p["index"].as_u64().unwrap());
+            assert_eq!(p["state"], "done");
+            assert_eq!(p["rows"]["read"], 100, "{p:#}");
+        }
+        match page["next_after"].as_u64() {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(seen.len() <= 3, "paging does not end: {seen:?}");
+    }
+    assert_eq!(seen, [0, 1, 2]);
+    let done = get(&addr, &format!("/api/runs/{run_id}/partitions?state=done"));
+    let done = assert_documented(&spec, "/api/runs/{run}/partitions", &done);
+    assert_eq!(done["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(done["next_after"], Value::Null);
+    let failed = get(
+        &addr,
+        &format!("/api/runs/{run_id}/partitions?state=failed"),
+    );
+    let failed = assert_documented(&spec, "/api/runs/{run}/partitions", &failed);
+    assert_eq!(failed["partitions"], serde_json::json!([]));
+
+    // Bad input: the documented error shape, with a hint.
+    let bad_state = get(&addr, &format!("/api/runs/{run_id}/partitions?state=bogus"));
+    let e = assert_error(&spec, &bad_state, 400, "bad state");
+    assert!(
+        e["hint"].as_str().unwrap().contains("done_with_quarantine"),
+        "{e}"
+    );
+    assert_error(
+        &spec,
+        &get(&addr, &format!("/api/runs/{run_id}/partitions?limit=x")),
+        400,
+        "bad limit",
+    );
+    let unknown = assert_error(&spec, &get(&addr, "/api/runs/ffffffff"), 404, "unknown run");
+    assert!(
+        unknown["hint"].as_str().unwrap().contains("backfill runs"),
+        "{unknown}"
+    );
+    let nowhere = get(&addr, "/nowhere");
+    assert_error(&spec, &nowhere, 404, "unknown path");
+    assert_protected(&nowhere, "/nowhere");
+    // Read-only: nothing but GET.
+    assert_eq!(request(&addr, "POST", "/api/runs", &[]).status, 405);
+    assert_eq!(
+        request(&addr, "DELETE", &format!("/api/runs/{run_id}"), &[]).status,
+        405
+    );
+
+    // Metrics: the run's numbers, parsed as Prometheus would.
+    let metrics = get(&addr, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.headers["content-type"].starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        metrics.headers
+    );
+    assert_protected(&metrics, "/metrics");
+    let scrape = parse_metrics(&metrics.body);
+    let run = [("run_id", run_id.as_str()), ("spec", "copy_events")];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut labels = run.to_vec();
+        labels.push(extra);
+        labels
+    };
+    // (metric, extra label, value) of the finished 3-day, 300-row run.
+    let expected = [
+        ("backfill_run_info", Some(("state", "succeeded")), 1.0),
+        ("backfill_run_partitions", Some(("state", "done")), 3.0),
+        ("backfill_run_partitions", Some(("state", "failed")), 0.0),
+        ("backfill_run_partitions_planned", None, 3.0),
+        ("backfill_run_rows_total", Some(("outcome", "read")), 300.0),
+        (
+            "backfill_run_rows_total",
+            Some(("outcome", "inserted")),
+            300.0,
+        ),
+        ("backfill_run_attempts_total", None, 3.0),
+        ("backfill_run_attempt_errors_total", None, 0.0),
+        ("backfill_run_success_ratio", None, 1.0),
+        (
+            "backfill_run_reconciled_partitions",
+            Some(("result", "verified")),
+            3.0,
+        ),
+        ("backfill_run_executing", None, 0.0),
+    ];
+    for (name, extra, value) in expected {
+        let labels = match extra {
+            Some(label) => with(label),
+            None => run.to_vec(),
+        };
+        assert_eq!(
+            sample(&scrape, name, &labels),
+            Some(value),
+            "{name} {extra:?}"
+        );
+    }
+    let events = ws.run(&["--json", "audit", "--verify"]).json();
+    assert_eq!(
+        sample(&scrape, "backfill_audit_events", &[]),
+        events["events"].as_f64(),
+        "{events}"
+    );
+    assert!(sample(&scrape, "process_cpu_seconds_total", &[]).is_some_and(|v| v >= 0.0));
+    assert!(sample(&scrape, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 1e6));
+    // Every series is documented in docs/metrics.md.
+    let documented = documented_metrics();
+    for s in &scrape.samples {
+        assert!(
+            documented.contains(&s.metric),
+            "{} is not in docs/metrics.md",
+            s.metric
+        );
+    }
+    // Low cardinality: no label names a partition.
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .all(|s| !s.labels.keys().any(|k| k.contains("partition"))),
+        "a partition label"
+    );
+
+    // SIGTERM: a clean stop.
+    let pid = server.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}: {:#?}", server.stderr);
+}
+
+/// Any address but loopback needs a token, refused before listening; a token file must hold
+/// a real token; a request with `Authorization` must carry the token (401 otherwise), one
+/// without reads; no response carries the token.
+#[tokio::test]
+async fn serve_guards_other_addresses_with_a_token() {
+    let ws = Workspace::new();
+    let run_id = finished_run(&ws).await;
+
+    let open = ws.run(&["--json", "serve", "--bind", "0.0.0.0:0"]);
+    assert_eq!(open.code, 2, "{open:#?}");
+    let error: Value = serde_json::from_str(open.stderr.lines().last().unwrap()).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a loopback address"),
+        "{error}"
+    );
+    assert!(
+        error["hint"].as_str().unwrap().contains("--token-file"),
+        "{error}"
+    );
+
+    ws.write("short.token", "abc\n");
+    let short = ws.run(&["serve", "--token-file", "short.token"]);
+    assert_eq!(short.code, 2, "{short:#?}");
+    assert!(
+        short.stderr.contains("at least 16 characters"),
+        "{}",
+        short.stderr
+    );
+    let missing = ws.run(&["serve", "--token-file", "no-such.token"]);
+    assert_eq!(missing.code, 2, "{missing:#?}");
+    assert!(
+        missing.stderr.contains("cannot read the token file"),
+        "{}",
+        missing.stderr
+    );
+
+    let token = "s3cret-token-0123456789abcdef";
+    ws.write("api.token", &format!("{token}\n"));
+    let server = Server::start(
+        &ws,
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--token-file",
+            "api.token",
+        ],
+        "listening on ",
+    );
+    let addr = &server.addr;
+    let path = format!("/api/runs/{run_id}");
+    assert_eq!(get(addr, &path).status, 200);
+    let bearer = format!("Bearer {token}");
+    let right = request(addr, "GET", &path, &[("Authorization", &bearer)]);
+    assert_eq!(right.status, 200, "{}", right.body);
+    for wrong in ["Bearer nope", "Basic abc", token] {
+        let r = request(addr, "GET", &path, &[("Authorization", wrong)]);
+        assert_eq!(r.status, 401, "{wrong}: {}", r.body);
+        assert_protected(&r, "401");
+        assert!(r.json()["hint"].as_str().unwrap().contains("Bearer"));
+    }
+    for route in ["/api/runs", path.as_str(), "/metrics", "/nowhere"] {
+        let r = request(addr, "GET", route, &[("Authorization", &bearer)]);
+        assert!(!r.body.contains(token), "{route} shows the token");
+    }
+    assert!(
+        server.stderr.iter().all(|l| !l.contains(token)),
+        "{:#?}",
+        server.stderr
+    );
+}
+
+/// `run --metrics-addr` serves the run's metrics while it executes: the run shows running and
+/// executing, its rows grow between scrapes; the flag refuses a non-loopback address.
+#[tokio::test]
+async fn run_serves_its_metrics_while_it_executes() {
+    let ws = Workspace::new();
+    copy_workspace(&ws, 600, "batch_rows = 20\nrows_per_second = 150").await;
+
+    let refused = ws.run(&["run", "spec.toml", "--metrics-addr", "0.0.0.0:9464"]);
+    assert_eq!(refused.code, 2, "{refused:#?}");
+    assert!(
+        refused.stderr.contains("not a loopback address"),
+        "{}",
+        refused.stderr
+    );
+
+    let mut server = Server::start(
+        &ws,
+        &["run", "spec.toml", "--metrics-addr", "127.0.0.1:0"],
+        "metrics at ",
+    );
+    let addr = server.addr.clone();
+    let read = |scrape: &prometheus_parse::Scrape| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "backfill_run_rows_total" && s.labels.get("outcome") == Some("read")
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reads = Vec::new();
+    while reads.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress in the metrics: {reads:?}"
+        );
+        let scrape = parse_metrics(&get(&addr, "/metrics").body);
+        let running = scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "backfill_run_info" && s.labels.get("state") == Some("running"));
+        let executing = scrape.samples.iter().any(|s| {
+            s.metric == "backfill_run_executing"
+                && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 1.0)
+        });
+        if let Some(r) = read(&scrape).filter(|r| *r > 0.0 && running && executing)
+            && reads.last().is_none_or(|last| r > *last)
+        {
+            reads.push(r);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(reads[1] > reads[0], "{reads:?}");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// The metric names of `docs/metrics.md` (generated from the code; a unit test keeps it so).
+fn documented_metrics() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A heading's anchor as GitHub renders it: lower case, punctuation dropped, spaces to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// `deploy/prometheus/alerts.yml` names only metrics the server exposes (`docs/metrics.md`)
+/// or recording rules of its own; every alert waits out a `for:`, has severity `page` or
+/// `ticket`, a summary, and a runbook link to a section of `docs/runbook.md` that exists.
+/// Where `promtool` is installed (Debian's `prometheus` package), `promtool check rules`
+/// passes too.
+#[test]
+fn alert_rules_name_real_metrics_and_runbook_sections() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let rules_path = format!("{root}/deploy/prometheus/alerts.yml");
+    let rules = std::fs::read_to_string(&rules_path).unwrap();
+    let runbook = std::fs::read_to_string(format!("{root}/docs/runbook.md")).unwrap();
+    let sections: Vec<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(anchor)
+        .collect();
+    let metrics = documented_metrics();
+    assert!(metrics.len() > 15, "{metrics:?}");
+
+    // Each rule: its lines up to the next `- alert:` / `- record:` / group.
+    let mut rules_seen: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in rules.lines() {
+        let t = line.trim_start();
+        if let Some(name) = t.strip_prefix("- alert: ").or(t.strip_prefix("- record: ")) {
+            rules_seen.push((name.to_owned(), vec![t]));
+        } else if t.starts_with("- name:") {
+            continue;
+        } else if let Some((_, lines)) = rules_seen.last_mut() {
+            lines.push(t);
+        }
+    }
+    let records: Vec<&str> = rules_seen
+        .iter()
+        .filter(|(_, l)| l[0].starts_with("- record:"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let alerts = rules_seen
+        .iter()
+        .filter(|(_, l)| l[0].starts_with("- alert:"));
+    let mut n_alerts = 0;
+    let field = |lines: &[&str], key: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+    };
+    for (name, lines) in rules_seen.iter() {
+        let expr = field(lines, "expr:").unwrap_or_else(|| panic!("{name} has no expr"));
+        // Every metric name (`backfill_…`, `process_…`) is exposed; recording rules
+        // (`backfill:…`) are defined in the file.
+        for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
+            if word.contains(':') {
+                assert!(
+                    records.contains(&word),
+                    "{name}: unknown recording rule {word}"
+                );
+            } else if word.starts_with("backfill_") || word.starts_with("process_") {
+                assert!(
+                    metrics.iter().any(|m| m == word),
+                    "{name}: {word} is not a metric of docs/metrics.md"
+                );
+            }
+        }
+    }
+    for (name, lines) in alerts {
+        n_alerts += 1;
+        assert!(field(lines, "for:").is_some(), "{name} has no `for:`");
+        let severity = field(lines, "severity:").unwrap_or_default();
+        assert!(
+            ["page", "ticket"].contains(&severity.as_str()),
+            "{name}: {severity}"
+        );
+        assert!(
+            field(lines, "summary:").is_some_and(|s| s.contains("{{ $labels.run_id }}")),
+            "{name}: its summary names the run"
+        );
+        let url = field(lines, "runbook_url:").unwrap_or_else(|| panic!("{name}: no runbook"));
+        let section = url
+            .strip_prefix("docs/runbook.md#")
+            .unwrap_or_else(|| panic!("{name}: {url}"));
+        assert!(
+            sections.iter().any(|s| s == section),
+            "{name}: no section {section} in {sections:?}"
+        );
+    }
+    assert!(n_alerts >= 8, "{n_alerts} alerts");
+    for needed in [
+        "BackfillErrorBudgetFastBurn",
+        "BackfillReconciliationMismatch",
+        "BackfillLiveLatencyBreach",
+        "BackfillRunStalled",
+        "BackfillBudgetNearlySpent",
+        "BackfillCompletionLate",
+    ] {
+        assert!(rules.contains(&format!("- alert: {needed}")), "{needed}");
+    }
+
+    match std::process::Command::new("promtool")
+        .args(["check", "rules", &rules_path])
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!(
+            "note: promtool is not installed; the rules were checked by this test's own reading only"
+        ),
+    }
+}
