@@ -99,8 +99,9 @@ pub(crate) enum Command {
     /// List runs, newest first.
     Runs(RunsArgs),
     /// Serve the state store over HTTP: a JSON API of the runs, their status and their
-    /// partitions (paged), and Prometheus metrics at /metrics. Read-only; binds to loopback
-    /// unless given --bind, and any other address needs --token-file.
+    /// partitions (paged), controls (pause, resume, cancel, throttle; they need the token) and
+    /// Prometheus metrics at /metrics. Binds to loopback unless given --bind; any other
+    /// address needs --token-file.
     Serve(ServeArgs),
     /// Show a run's audit events, or verify the hash chain of the whole store.
     Audit(AuditArgs),
@@ -419,8 +420,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = crate::serve::DEFAULT_BIND)]
     pub(crate) bind: std::net::SocketAddr,
     /// File holding the API token on its first line (at least 16 characters). Required to
-    /// bind to an address other than loopback; a request that sends `Authorization: Bearer
-    /// …` must send this token.
+    /// bind to an address other than loopback and for the controls; a request that sends
+    /// `Authorization: Bearer …` must send this token. Reading needs none.
     #[arg(long, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
 }

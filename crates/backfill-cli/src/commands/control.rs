@@ -83,28 +83,78 @@ async fn wait_for_state(
     Ok(None)
 }
 
+/// A pause of `run` as the store records it: refused while the run awaits approval or when it
+/// is finished; otherwise requested of the executing process, and with none executing, a
+/// running run is paused at once. Returns the controls and the executing process, if any.
+/// Shared by `backfill pause` and the API.
+pub(crate) async fn apply_pause(
+    store: &Store,
+    run: &RunRecord,
+    actor: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<(Controls, Option<String>)> {
+    if run.state == RunState::AwaitingApproval {
+        return Err(awaiting_approval(run));
+    }
+    let controls = store
+        .request_control(&run.id, ControlRequest::Pause, actor, reason)
+        .await
+        .map_err(|e| refused(run, "paused", e))?;
+    let process = live_process(&controls);
+    if process.is_none() && run.state == RunState::Running {
+        // The process that ran it is gone (crashed or killed): pause it here.
+        store
+            .set_run_state(
+                &run.id,
+                RunState::Paused,
+                actor,
+                json!({ "pause_reason": "user", "reason": reason }),
+            )
+            .await?;
+    }
+    Ok((controls, process))
+}
+
+/// A cancel of `run` as the store records it: refused when it is finished; otherwise
+/// requested of the executing process, and with none executing, the run is cancelled at once
+/// (its interrupted partitions back to pending). Returns the controls and the executing
+/// process, if any. Shared by `backfill cancel` and the API.
+pub(crate) async fn apply_cancel(
+    store: &Store,
+    run: &RunRecord,
+    actor: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<(Controls, Option<String>)> {
+    let controls = store
+        .request_control(&run.id, ControlRequest::Cancel, actor, reason)
+        .await
+        .map_err(|e| refused(run, "cancelled", e))?;
+    let process = live_process(&controls);
+    if process.is_none() {
+        store.reset_interrupted(&run.id, actor).await?;
+        store
+            .set_run_state(
+                &run.id,
+                RunState::Cancelled,
+                actor,
+                json!({ "reason": reason }),
+            )
+            .await
+            .map_err(|e| refused(run, "cancelled", e))?;
+    }
+    Ok((controls, process))
+}
+
 pub(crate) async fn pause(args: &RequestArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
-    if run.state == RunState::AwaitingApproval {
-        return Err(awaiting_approval(&run));
-    }
-    let controls = store
-        .request_control(
-            &run.id,
-            ControlRequest::Pause,
-            &whoami(),
-            args.reason.as_deref(),
-        )
-        .await
-        .map_err(|e| refused(&run, "paused", e))?;
+    let (controls, process) = apply_pause(&store, &run, &whoami(), args.reason.as_deref()).await?;
     if controls.requested == Some(ControlRequest::Cancel) {
         out.note(format!(
             "run {} is already being cancelled; the pause changes nothing",
             run.id
         ));
     }
-    let process = live_process(&controls);
     let end = match &process {
         Some(who) if !args.no_wait => {
             out.note(format!(
@@ -129,20 +179,7 @@ pub(crate) async fn pause(args: &RequestArgs, state: &str, out: Output) -> anyho
             out.note(format!("pause requested; {who} pauses within a second"));
             None
         }
-        None => {
-            if run.state == RunState::Running {
-                // The process that ran it is gone (crashed or killed): pause it here.
-                store
-                    .set_run_state(
-                        &run.id,
-                        RunState::Paused,
-                        &whoami(),
-                        json!({ "pause_reason": "user", "reason": args.reason }),
-                    )
-                    .await?;
-            }
-            Some(store.get_run(&run.id).await?)
-        }
+        None => Some(store.get_run(&run.id).await?),
     };
     report(&run, "pause", process.is_some(), end.as_ref(), out);
     if process.is_some() && !args.no_wait && end.is_none() {
@@ -166,16 +203,7 @@ pub(crate) async fn pause(args: &RequestArgs, state: &str, out: Output) -> anyho
 pub(crate) async fn cancel(args: &RequestArgs, state: &str, out: Output) -> anyhow::Result<()> {
     let store = open_store(state).await?;
     let run = find_run(&store, &args.run).await?;
-    let controls = store
-        .request_control(
-            &run.id,
-            ControlRequest::Cancel,
-            &whoami(),
-            args.reason.as_deref(),
-        )
-        .await
-        .map_err(|e| refused(&run, "cancelled", e))?;
-    let process = live_process(&controls);
+    let (_, process) = apply_cancel(&store, &run, &whoami(), args.reason.as_deref()).await?;
     let end = match &process {
         Some(who) if !args.no_wait => {
             out.note(format!(
@@ -192,20 +220,7 @@ pub(crate) async fn cancel(args: &RequestArgs, state: &str, out: Output) -> anyh
             out.note(format!("cancel requested; {who} stops within a second"));
             None
         }
-        None => {
-            let actor = whoami();
-            store.reset_interrupted(&run.id, &actor).await?;
-            store
-                .set_run_state(
-                    &run.id,
-                    RunState::Cancelled,
-                    &actor,
-                    json!({ "reason": args.reason }),
-                )
-                .await
-                .map_err(|e| refused(&run, "cancelled", e))?;
-            Some(store.get_run(&run.id).await?)
-        }
+        None => Some(store.get_run(&run.id).await?),
     };
     report(&run, "cancel", process.is_some(), end.as_ref(), out);
     if process.is_some() && !args.no_wait && end.is_none() {

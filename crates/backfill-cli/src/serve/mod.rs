@@ -4,17 +4,21 @@
 //!   (what `backfill status --json` prints), its partitions in keyset-paginated pages, and
 //!   `/healthz`.
 //! - `/metrics`: the Prometheus text exposition ([`metrics`]).
+//! - `POST /api/runs/{run}/pause|resume|cancel|throttle`: the controls ([`control`]), which
+//!   need the token and are audited with the caller.
 //!
 //! Everything here reads the store through its aggregates and indexed pages: no response ever
 //! holds every partition of a run, so a run of a million partitions answers like one of a
-//! hundred. The server is read-only: it changes nothing and writes no audit event.
+//! hundred. Only the controls write, through the same store steps as the CLI's commands.
 //!
 //! Security: it binds to loopback unless told otherwise, and any other address needs a token
-//! (`--token-file`), which a request that carries `Authorization` must match. Responses carry
+//! (`--token-file`), which a request that carries `Authorization` must match; reading needs
+//! none, controls need it. Responses carry
 //! no secret (store URLs are redacted) and the standard protective headers
 //! ([`protective_headers`]).
 
 mod api;
+mod control;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -25,7 +29,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use backfill_store::Store;
 use serde_json::json;
 
@@ -86,9 +90,12 @@ pub(crate) async fn run(args: &ServeArgs, state: &str, out: Output) -> anyhow::R
          metrics at /metrics; Ctrl-C stops",
         store.url_redacted()
     ));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_signal())
+    .await?;
     store.close().await;
     Ok(())
 }
@@ -127,7 +134,8 @@ pub(crate) async fn spawn_beside_run(
         executing_here: Some(Arc::from(run_id)),
     });
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::warn!(error = %e, "the metrics server stopped");
         }
     }))
@@ -141,6 +149,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run}", get(api::run))
         .route("/api/runs/{run}/partitions", get(api::partitions))
+        .route("/api/runs/{run}/pause", post(control::pause))
+        .route("/api/runs/{run}/resume", post(control::resume))
+        .route("/api/runs/{run}/cancel", post(control::cancel))
+        .route("/api/runs/{run}/throttle", post(control::throttle))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such path")
                 .hint("the API is /api/runs, /api/runs/{run}, /api/runs/{run}/partitions; metrics are at /metrics")
@@ -275,6 +287,23 @@ impl ApiError {
     fn hint(mut self, hint: impl Into<String>) -> ApiError {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// A control the run's state refuses (a user error: a finished run, one awaiting
+    /// approval) is 409 with its hint; anything else as [`ApiError::from_anyhow`].
+    fn refused(error: &anyhow::Error) -> ApiError {
+        if let Some(e @ backfill_store::StoreError::IllegalTransition { .. }) =
+            error.downcast_ref::<backfill_store::StoreError>()
+        {
+            return ApiError::new(StatusCode::CONFLICT, e.to_string()).hint(
+                "`GET /api/runs/{run}` shows the run's state; a finished run takes no control",
+            );
+        }
+        let mut api = ApiError::from_anyhow(error);
+        if api.status == StatusCode::NOT_FOUND {
+            api.status = StatusCode::CONFLICT;
+        }
+        api
     }
 
     /// A failure of a handler: a user error (an unknown run) is 404 with its hint, anything

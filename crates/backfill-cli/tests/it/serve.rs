@@ -29,8 +29,20 @@ impl Response {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
+/// One HTTP/1.1 request without a body on a fresh connection (`Connection: close`), read to
+/// the end.
 fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    request_with_body(addr, method, path, headers, "")
+}
+
+/// One HTTP/1.1 request with a JSON `body` on a fresh connection, read to the end.
+fn request_with_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect to the server");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -39,7 +51,10 @@ fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Re
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str("Content-Length: 0\r\n\r\n");
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
@@ -152,6 +167,22 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `backfill serve` on loopback with `token` in its token file.
+fn serve_with_token(ws: &Workspace, token: &str) -> Server {
+    ws.write("api.token", &format!("{token}\n"));
+    Server::start(
+        ws,
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--token-file",
+            "api.token",
+        ],
+        "listening on ",
+    )
 }
 
 /// `docs/openapi.json`.
@@ -539,18 +570,7 @@ async fn serve_guards_other_addresses_with_a_token() {
     );
 
     let token = "s3cret-token-0123456789abcdef";
-    ws.write("api.token", &format!("{token}\n"));
-    let server = Server::start(
-        &ws,
-        &[
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--token-file",
-            "api.token",
-        ],
-        "listening on ",
-    );
+    let server = serve_with_token(&ws, token);
     let addr = &server.addr;
     let path = format!("/api/runs/{run_id}");
     assert_eq!(get(addr, &path).status, 200);
@@ -647,6 +667,74 @@ fn documented_metrics() -> Vec<String> {
         .collect()
 }
 
+/// The names `expr` uses that are neither a metric of `metrics` (`backfill_…`, `process_…`)
+/// nor one of the recording rules `records` (`backfill:…`).
+fn unknown_series(expr: &str, metrics: &[String], records: &[&str]) -> Vec<String> {
+    expr.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| {
+            if word.contains(':') {
+                !records.contains(word)
+            } else if word.starts_with("backfill_") || word.starts_with("process_") {
+                !metrics.iter().any(|m| m == word)
+            } else {
+                false
+            }
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The recording rules of `deploy/prometheus/alerts.yml`.
+fn recording_rules(rules: &str) -> Vec<&str> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- record: "))
+        .collect()
+}
+
+/// `deploy/grafana/backfill.json` is a dashboard whose every query names only exposed metrics
+/// and recording rules of the alert file, through the `datasource` variable, filtered by the
+/// `run` variable where it queries a run's series.
+#[test]
+fn grafana_dashboard_queries_real_metrics() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/backfill.json")).unwrap(),
+    )
+    .unwrap();
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let records = recording_rules(&rules);
+    let metrics = documented_metrics();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(variables, ["datasource", "job", "run"]);
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().unwrap();
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            queries += 1;
+            let unknown = unknown_series(expr, &metrics, &records);
+            assert!(unknown.is_empty(), "{title}: {expr}: unknown {unknown:?}");
+            if expr.contains("backfill_run_") || expr.contains("backfill:") {
+                assert!(
+                    expr.contains("$run"),
+                    "{title}: {expr} ignores the run variable"
+                );
+            }
+        }
+    }
+    assert!(queries >= 15, "{queries} queries");
+}
+
 /// A heading's anchor as GitHub renders it: lower case, punctuation dropped, spaces to `-`.
 fn anchor(heading: &str) -> String {
     heading
@@ -689,11 +777,7 @@ fn alert_rules_name_real_metrics_and_runbook_sections() {
             lines.push(t);
         }
     }
-    let records: Vec<&str> = rules_seen
-        .iter()
-        .filter(|(_, l)| l[0].starts_with("- record:"))
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let records = recording_rules(&rules);
     let alerts = rules_seen
         .iter()
         .filter(|(_, l)| l[0].starts_with("- alert:"));
@@ -706,21 +790,11 @@ fn alert_rules_name_real_metrics_and_runbook_sections() {
     };
     for (name, lines) in rules_seen.iter() {
         let expr = field(lines, "expr:").unwrap_or_else(|| panic!("{name} has no expr"));
-        // Every metric name (`backfill_…`, `process_…`) is exposed; recording rules
-        // (`backfill:…`) are defined in the file.
-        for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
-            if word.contains(':') {
-                assert!(
-                    records.contains(&word),
-                    "{name}: unknown recording rule {word}"
-                );
-            } else if word.starts_with("backfill_") || word.starts_with("process_") {
-                assert!(
-                    metrics.iter().any(|m| m == word),
-                    "{name}: {word} is not a metric of docs/metrics.md"
-                );
-            }
-        }
+        let unknown = unknown_series(&expr, &metrics, &records);
+        assert!(
+            unknown.is_empty(),
+            "{name}: not in docs/metrics.md nor a recording rule: {unknown:?}"
+        );
     }
     for (name, lines) in alerts {
         n_alerts += 1;
@@ -769,4 +843,172 @@ fn alert_rules_name_real_metrics_and_runbook_sections() {
             "note: promtool is not installed; the rules were checked by this test's own reading only"
         ),
     }
+}
+
+/// `GET /api/runs/{run}`'s `state`, polled until it is `want` (15 s at most).
+fn wait_for_state(addr: &str, run_id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = get(addr, &format!("/api/runs/{run_id}")).json();
+        if status["state"] == want {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never {want}: {status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The controls over HTTP on a run another process executes: refused without the token
+/// (401) and on a server without one (403); with it, pause, resume, throttle and cancel act
+/// on the executing process and are audit events naming the caller; a resume with no
+/// process to continue it and a control on a finished run are 409; bad bodies are 400.
+#[tokio::test]
+async fn controls_need_the_token_act_on_the_run_and_name_the_caller() {
+    let ws = Workspace::new();
+    // 2,400 rows at 300 rows/s: about 8 s of work.
+    copy_workspace(&ws, 2_400, "batch_rows = 50\nrows_per_second = 300").await;
+    let spec = openapi();
+    let token = "control-token-0123456789abcdef";
+    let bearer = format!("Bearer {token}");
+    let server = serve_with_token(&ws, token);
+    let open = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let addr = server.addr.clone();
+    let mut run = ws
+        .command(&["run", "spec.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_id = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let runs = get(&addr, "/api/runs").json();
+            if let Some(id) = runs["runs"][0]["run_id"].as_str() {
+                break id.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no run created");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for_state(&addr, &run_id, "running");
+    let control = |action: &str, headers: &[(&str, &str)], body: &str| {
+        let path = format!("/api/runs/{run_id}/{action}");
+        let r = request_with_body(&addr, "POST", &path, headers, body);
+        (r.status, r.body)
+    };
+    let as_alice: [(&str, &str); 2] = [("Authorization", &bearer), ("X-Backfill-Actor", "alice")];
+    let check = |status: u16, body: &str, want: u16, what: &str| -> Value {
+        assert_eq!(status, want, "{what}: {body}");
+        let value: Value = serde_json::from_str(body).unwrap();
+        let schema = if want == 202 {
+            json_schema(&spec, "ControlResult")
+        } else {
+            json_schema(&spec, "Error")
+        };
+        if let Err(problem) = check_schema(&spec, &schema, &value, what) {
+            panic!("{what}: {problem}");
+        }
+        value
+    };
+
+    // No token, a wrong one, a server without one: refused, nothing recorded.
+    let (s, b) = control("pause", &[], "");
+    check(s, &b, 401, "pause without the token");
+    let (s, b) = control(
+        "pause",
+        &[("Authorization", "Bearer wrong-token-xxxxxxxxxx")],
+        "",
+    );
+    check(s, &b, 401, "pause with a wrong token");
+    let on_open = request(
+        &open.addr,
+        "POST",
+        &format!("/api/runs/{run_id}/pause"),
+        &[],
+    );
+    let refused = check(
+        on_open.status,
+        &on_open.body,
+        403,
+        "pause on a server without a token",
+    );
+    assert!(
+        refused["hint"].as_str().unwrap().contains("--token-file"),
+        "{refused}"
+    );
+    // Bad bodies.
+    let (s, b) = control("throttle", &as_alice, "{}");
+    check(s, &b, 400, "throttle with nothing");
+    let (s, b) = control("throttle", &as_alice, r#"{"rows_per_second": "fast"}"#);
+    check(s, &b, 400, "throttle with a word");
+    let (s, b) = control("pause", &as_alice, "not json");
+    check(s, &b, 400, "pause with a bad body");
+    assert_eq!(
+        get(&addr, &format!("/api/runs/{run_id}")).json()["state"],
+        "running"
+    );
+
+    // Pause: the executing process pauses and keeps waiting.
+    let (s, b) = control("pause", &as_alice, r#"{"reason": "p99 alert"}"#);
+    let paused = check(s, &b, 202, "pause");
+    assert_eq!(paused["by"], "api:alice@127.0.0.1", "{paused}");
+    assert_eq!(paused["process_running"], true, "{paused}");
+    let status = wait_for_state(&addr, &run_id, "paused");
+    assert_eq!(status["pause_reason"], "user", "{status:#}");
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run process exited while paused"
+    );
+    // Throttle, then resume: it goes on under the new limit.
+    let (s, b) = control(
+        "throttle",
+        &as_alice,
+        r#"{"rows_per_second": 600, "concurrency": 2}"#,
+    );
+    let throttled = check(s, &b, 202, "throttle");
+    assert_eq!(throttled["limits"]["rows_per_second"], 600, "{throttled}");
+    let (s, b) = control("resume", &as_alice, "");
+    check(s, &b, 202, "resume");
+    let status = wait_for_state(&addr, &run_id, "running");
+    assert_eq!(
+        status["control"]["throttle"]["rows_per_second"], 600,
+        "{status:#}"
+    );
+    // Cancel: the process stops, the run ends cancelled.
+    let (s, b) = control("cancel", &[("Authorization", &bearer)], "");
+    let cancelled = check(s, &b, 202, "cancel");
+    assert_eq!(cancelled["by"], "api:anonymous@127.0.0.1", "{cancelled}");
+    wait_for_state(&addr, &run_id, "cancelled");
+    let exit = run.wait().unwrap();
+    assert_eq!(exit.code(), Some(1), "a cancelled run exits 1");
+
+    // Nothing to resume, nothing to pause: 409 with what to do.
+    let (s, b) = control("resume", &as_alice, "");
+    let nothing = check(s, &b, 409, "resume with no process");
+    assert!(
+        nothing["hint"]
+            .as_str()
+            .unwrap()
+            .contains("backfill resume"),
+        "{nothing}"
+    );
+    let (s, b) = control("pause", &as_alice, "");
+    check(s, &b, 409, "pause of a cancelled run");
+
+    // The audit chain names the caller of each.
+    let events = ws.run(&["--json", "audit", &run_id]).json();
+    let by = |action: &str| -> Vec<String> {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["actor"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(by("run.pause_requested"), ["api:alice@127.0.0.1"]);
+    assert_eq!(by("run.throttled"), ["api:alice@127.0.0.1"]);
+    assert_eq!(by("run.resume_requested"), ["api:alice@127.0.0.1"]);
+    assert_eq!(by("run.cancel_requested"), ["api:anonymous@127.0.0.1"]);
+    drop(open);
 }
