@@ -19,7 +19,8 @@ rows/100 of them holding rows, the rest empty. SQLite state store, upsert into t
   status   `status RUN --json` on the paused run: wall time and peak RSS (best of 3).
   serve    `serve --bind 127.0.0.1:0` on the same store (issue 12): best of 3 wall times of
            `GET /api/runs/RUN` (the status), the first page of partitions, a page at the end
-           of the plan, a page of `state=pending`, and `/metrics`; then the server's peak RSS.
+           of the plan, a page of `state=pending`, `/metrics`, the heat strip, the progress
+           series, the error groups and a page of audit events; then the server's peak RSS.
 
 With `--state postgres[://URL]` the state store is a PostgreSQL schema of its own per size
 (`million_<pid>_<n>`, dropped afterwards; default server postgres://postgres@127.0.0.1:5432/test),
@@ -311,6 +312,10 @@ def bench_serve(base, d, run_id, n):
         "api_last_page_s": best(f"{pages}?limit=100&after={max(n - 101, 0)}"),
         "api_pending_page_s": best(f"{pages}?state=pending&limit=100"),
         "metrics_s": best("/metrics"),
+        "api_heat_s": best(f"/api/runs/{run_id}/heat?bins=200"),
+        "api_progress_s": best(f"/api/runs/{run_id}/progress"),
+        "api_errors_s": best(f"/api/runs/{run_id}/errors"),
+        "api_audit_s": best(f"/api/runs/{run_id}/audit?limit=100"),
     }
     out["serve_kib"] = vm_hwm(proc.pid)
     proc.terminate()
@@ -367,6 +372,10 @@ def report(results, meta):
     row("`serve`: last page of 100 partitions (`after=N-101`)", ms("api_last_page_s"), "< 300 ms")
     row("`serve`: first page of `state=pending`", ms("api_pending_page_s"), "< 300 ms")
     row("`serve`: `GET /metrics`", ms("metrics_s"), "–")
+    row("`serve`: heat strip of 200 bins (binned in the store)", ms("api_heat_s"), "< 300 ms")
+    row("`serve`: progress per minute", ms("api_progress_s"), "–")
+    row("`serve`: errors grouped", ms("api_errors_s"), "–")
+    row("`serve`: first page of 100 audit events", ms("api_audit_s"), "–")
     row("  peak RSS of `serve` after these", lambda r: mib(r["serve_kib"]), "< 100 MiB")
     L += ["", end]
     return "\n".join(L)

@@ -316,6 +316,27 @@ impl Store {
             .collect()
     }
 
+    /// Audit events of run `run_id` after sequence number `after` (from the first when
+    /// `None`), at most `limit`, in chain order: keyset pages on `(run_id, seq)`.
+    pub async fn audit_page(
+        &self,
+        run_id: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = stmt(format!(
+            "{EVENT_COLUMNS} WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(after.unwrap_or(0))
+        .bind(codec::to_db(limit as u64))
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|row| RawEvent::from_row(row)?.parse())
+            .collect()
+    }
+
     /// The sequence number of the store's last audit event, 0 without any: the number of
     /// events of an intact chain, read from the key's index (no scan), for metrics.
     pub async fn audit_event_count(&self) -> Result<u64, StoreError> {

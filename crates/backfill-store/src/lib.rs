@@ -48,6 +48,7 @@ mod runs;
 mod shadows;
 mod skips;
 mod verify;
+mod views;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -70,6 +71,7 @@ pub use runs::{NewRun, PartitionSource, RunRecord};
 pub use shadows::{NewShadow, ShadowRecord, ShadowState};
 pub use skips::{Differing, GapFindings, GapRecord, GapsRecorded, WouldChange};
 pub use verify::{CheckStatus, CheckTotals, PartitionCheck, checksum};
+pub use views::{Bucket, ErrorGroup, HeatBin, ProgressBucket};
 
 use db::{Conn, Dialect, WriteTxn};
 

@@ -831,7 +831,7 @@ pub fn is_failing(p: &PartitionRecord) -> bool {
 }
 
 /// The condition of [`is_failing`] in SQL.
-const FAILING_SQL: &str = "(state = 'failed' OR (state NOT IN ('done', 'split') \
+pub(crate) const FAILING_SQL: &str = "(state = 'failed' OR (state NOT IN ('done', 'split') \
      AND last_error IS NOT NULL))";
 
 impl Store {

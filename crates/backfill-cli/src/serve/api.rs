@@ -1,11 +1,12 @@
-//! The JSON API: runs, one run's status, pages of its partitions.
+//! The JSON API: runs, one run's status, pages of its partitions and audit events, its errors
+//! grouped, its rate changes, a heat strip of its states and its progress over time.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use backfill_core::{PartitionState, Window};
-use backfill_store::PartitionRecord;
+use backfill_store::{Bucket, PartitionRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,11 +34,7 @@ pub(crate) async fn runs(
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     let limit = query.limit.unwrap_or(RUNS_DEFAULT).clamp(1, RUNS_MAX);
-    let runs = app
-        .store
-        .list_runs(limit)
-        .await
-        .map_err(|e| ApiError::from_anyhow(&e.into()))?;
+    let runs = app.store.list_runs(limit).await.map_err(store_error)?;
     Ok(Json(json!({
         "runs": runs.iter().map(run_line_json).collect::<Vec<_>>(),
     })))
@@ -50,9 +47,7 @@ pub(crate) async fn run(
     State(app): State<AppState>,
     Path(run): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = find_run(&app.store, &run)
-        .await
-        .map_err(|e| ApiError::from_anyhow(&e))?;
+    let record = find(&app, &run).await?;
     let view = StatusView::load(&app.store, record, UndoRows::Skip)
         .await
         .map_err(|e| ApiError::from_anyhow(&e))?;
@@ -94,14 +89,12 @@ pub(crate) async fn partitions(
         })?),
     };
     let limit = query.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
-    let record = find_run(&app.store, &run)
-        .await
-        .map_err(|e| ApiError::from_anyhow(&e))?;
+    let record = find(&app, &run).await?;
     let page = app
         .store
         .partitions_page(&record.id, state, query.after, limit)
         .await
-        .map_err(|e| ApiError::from_anyhow(&e.into()))?;
+        .map_err(store_error)?;
     let next_after = (page.len() == limit)
         .then(|| page.last().map(|p| p.index))
         .flatten();
@@ -152,4 +145,176 @@ fn partition_json(p: &PartitionRecord) -> Value {
 fn bad_query(rejection: QueryRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())
         .hint("numbers for `limit` and `after`, a partition state for `state`")
+}
+
+/// `?after=&limit=` of a page of audit events.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AuditQuery {
+    /// The sequence number the page starts after (the previous page's `next_after`).
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/runs/{run}/audit`: one page of the run's audit events in chain order (who did
+/// what, when and why); `next_after` is the `after` of the next page, null on the last one.
+pub(crate) async fn audit(
+    State(app): State<AppState>,
+    Path(run): Path<String>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let record = find(&app, &run).await?;
+    let events = app
+        .store
+        .audit_page(&record.id, query.after, limit)
+        .await
+        .map_err(store_error)?;
+    let next_after = (events.len() == limit)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(json!({
+        "run_id": record.id,
+        "events": events.iter().map(|e| json!({
+            "seq": e.seq,
+            "at": e.at.to_rfc3339(),
+            "actor": e.actor,
+            "action": e.action,
+            "partition_id": e.partition_id,
+            "detail": e.detail,
+        })).collect::<Vec<_>>(),
+        "next_after": next_after,
+    })))
+}
+
+/// `GET /api/runs/{run}/errors`: the failing partitions grouped by their last error, the
+/// largest groups first (at most 100), with the total of failing partitions.
+pub(crate) async fn errors(
+    State(app): State<AppState>,
+    Path(run): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = find(&app, &run).await?;
+    let groups = app
+        .store
+        .error_groups(&record.id, 100)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "run_id": record.id,
+        "groups": groups.iter().map(|g| json!({
+            "message": g.message,
+            "partitions": g.partitions,
+            "failed": g.failed,
+            "first_partition_id": g.first_partition_id,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /api/runs/{run}/rates`: the run's last 1,000 rate changes, oldest first: each new
+/// limit (null: none), its cause and what the engine measured.
+pub(crate) async fn rates(
+    State(app): State<AppState>,
+    Path(run): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = find(&app, &run).await?;
+    let changes = app
+        .store
+        .rate_changes(&record.id, 1000)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "run_id": record.id,
+        "changes": changes.iter().map(|c| json!({
+            "seq": c.seq,
+            "at": c.at,
+            "rows_per_second": c.rate,
+            "cause": c.cause,
+            "detail": c.detail,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `?bins=` of the heat strip.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HeatQuery {
+    bins: Option<u64>,
+}
+
+/// `GET /api/runs/{run}/heat?bins=N`: the partitions' states in N equal slices of the plan
+/// (default 200, at most 2,000), binned in the store: a strip of the scope coloured by state.
+pub(crate) async fn heat(
+    State(app): State<AppState>,
+    Path(run): Path<String>,
+    query: Result<Query<HeatQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let bins = query.bins.unwrap_or(200).clamp(1, 2000);
+    let record = find(&app, &run).await?;
+    let strip = app
+        .store
+        .state_bins(&record.id, bins)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "run_id": record.id,
+        "partitions": record.partitions_total,
+        "bins": strip.iter().map(|b| json!({
+            "start": b.start,
+            "states": b.states.iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `?bucket=minute|hour` of the progress series.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ProgressQuery {
+    bucket: Option<String>,
+}
+
+/// `GET /api/runs/{run}/progress?bucket=minute|hour`: partitions finished and rows read per
+/// minute (default) or hour, oldest first: the throughput over time.
+pub(crate) async fn progress(
+    State(app): State<AppState>,
+    Path(run): Path<String>,
+    query: Result<Query<ProgressQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let bucket = match query.bucket.as_deref() {
+        None | Some("minute") => Bucket::Minute,
+        Some("hour") => Bucket::Hour,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`bucket={other}` is not a bucket"),
+            )
+            .hint("minute or hour"));
+        }
+    };
+    let record = find(&app, &run).await?;
+    let series = app
+        .store
+        .progress(&record.id, bucket)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "run_id": record.id,
+        "bucket": if bucket == Bucket::Hour { "hour" } else { "minute" },
+        "points": series.iter().map(|p| json!({
+            "at": p.at,
+            "partitions": p.partitions,
+            "rows": p.rows,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// The run a request names; 404 when there is none.
+pub(super) async fn find(app: &AppState, run: &str) -> Result<backfill_store::RunRecord, ApiError> {
+    find_run(&app.store, run)
+        .await
+        .map_err(|e| ApiError::from_anyhow(&e))
+}
+
+/// A store failure as a 500.
+pub(super) fn store_error(e: backfill_store::StoreError) -> ApiError {
+    ApiError::from_anyhow(&e.into())
 }

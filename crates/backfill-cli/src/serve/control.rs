@@ -19,9 +19,9 @@ use backfill_store::{BudgetExtra, RunRecord, ThrottleChange};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::api::{find, store_error};
 use super::{ApiError, AppState, constant_time_eq};
 use crate::commands::control::{apply_cancel, apply_pause, live_process};
-use crate::commands::run::find_run;
 
 /// The header a caller may name itself with.
 const ACTOR_HEADER: &str = "x-backfill-actor";
@@ -118,11 +118,7 @@ pub(crate) async fn resume(
     let actor = authorize(&app, &headers, peer)?;
     let _: RequestBody = parse_body(&body)?;
     let run = find(&app, &run).await?;
-    let controls = app
-        .store
-        .controls(&run.id)
-        .await
-        .map_err(|e| ApiError::from_anyhow(&e.into()))?;
+    let controls = app.store.controls(&run.id).await.map_err(store_error)?;
     if live_process(&controls).is_none() && !app.executes(&run.id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -218,13 +214,6 @@ fn authorize(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<St
     Ok(format!("api:{name}@{}", peer.ip()))
 }
 
-/// The run a control names; 404 when there is none.
-async fn find(app: &AppState, run: &str) -> Result<RunRecord, ApiError> {
-    find_run(&app.store, run)
-        .await
-        .map_err(|e| ApiError::from_anyhow(&e))
-}
-
 /// A JSON body, or the default for an empty one; 400 with serde's reason otherwise.
 fn parse_body<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -264,11 +253,7 @@ async fn accepted(
     actor: &str,
     process_running: bool,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let now = app
-        .store
-        .get_run(&run.id)
-        .await
-        .map_err(|e| ApiError::from_anyhow(&e.into()))?;
+    let now = app.store.get_run(&run.id).await.map_err(store_error)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

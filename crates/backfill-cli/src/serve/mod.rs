@@ -149,13 +149,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run}", get(api::run))
         .route("/api/runs/{run}/partitions", get(api::partitions))
+        .route("/api/runs/{run}/audit", get(api::audit))
+        .route("/api/runs/{run}/errors", get(api::errors))
+        .route("/api/runs/{run}/rates", get(api::rates))
+        .route("/api/runs/{run}/heat", get(api::heat))
+        .route("/api/runs/{run}/progress", get(api::progress))
         .route("/api/runs/{run}/pause", post(control::pause))
         .route("/api/runs/{run}/resume", post(control::resume))
         .route("/api/runs/{run}/cancel", post(control::cancel))
         .route("/api/runs/{run}/throttle", post(control::throttle))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such path")
-                .hint("the API is /api/runs, /api/runs/{run}, /api/runs/{run}/partitions; metrics are at /metrics")
+                .hint("the API is /api/runs and /api/runs/{run}[/partitions|audit|errors|rates|heat|progress] (docs/openapi.json); metrics are at /metrics")
         })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

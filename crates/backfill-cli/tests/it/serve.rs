@@ -410,6 +410,68 @@ async fn serve_answers_runs_status_pages_and_metrics_as_documented() {
     let failed = assert_documented(&spec, "/api/runs/{run}/partitions", &failed);
     assert_eq!(failed["partitions"], serde_json::json!([]));
 
+    // The run's audit trail, errors, rates, heat strip and progress.
+    let audit = get(&addr, &format!("/api/runs/{run_id}/audit?limit=2"));
+    let audit = assert_documented(&spec, "/api/runs/{run}/audit", &audit);
+    assert_eq!(audit["events"][0]["action"], "run.created", "{audit:#}");
+    let after = audit["next_after"].as_i64().expect("a next page");
+    let rest = get(
+        &addr,
+        &format!("/api/runs/{run_id}/audit?after={after}&limit=1000"),
+    );
+    let rest = assert_documented(&spec, "/api/runs/{run}/audit", &rest);
+    let trail = ws.run(&["--json", "audit", &run_id]).json();
+    assert_eq!(
+        2 + rest["events"].as_array().unwrap().len(),
+        trail.as_array().unwrap().len(),
+        "the pages hold the run's whole trail"
+    );
+    let errors = assert_documented(
+        &spec,
+        "/api/runs/{run}/errors",
+        &get(&addr, &format!("/api/runs/{run_id}/errors")),
+    );
+    assert_eq!(errors["groups"], serde_json::json!([]));
+    assert_documented(
+        &spec,
+        "/api/runs/{run}/rates",
+        &get(&addr, &format!("/api/runs/{run_id}/rates")),
+    );
+    let heat = assert_documented(
+        &spec,
+        "/api/runs/{run}/heat",
+        &get(&addr, &format!("/api/runs/{run_id}/heat?bins=2")),
+    );
+    let done: u64 = heat["bins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["states"]["done"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        (heat["bins"].as_array().unwrap().len(), done),
+        (2, 3),
+        "{heat:#}"
+    );
+    let progress = assert_documented(
+        &spec,
+        "/api/runs/{run}/progress",
+        &get(&addr, &format!("/api/runs/{run_id}/progress?bucket=hour")),
+    );
+    let rows: u64 = progress["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, 300, "{progress:#}");
+    assert_error(
+        &spec,
+        &get(&addr, &format!("/api/runs/{run_id}/progress?bucket=day")),
+        400,
+        "bad bucket",
+    );
+
     // Bad input: the documented error shape, with a hint.
     let bad_state = get(&addr, &format!("/api/runs/{run_id}/partitions?state=bogus"));
     let e = assert_error(&spec, &bad_state, 400, "bad state");

@@ -17,6 +17,7 @@ mod leases;
 mod open;
 mod partitions;
 mod runs;
+mod views;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -275,6 +276,17 @@ pub(crate) fn key_partitions(n: usize) -> Vec<Partition> {
                 window,
             }
         })
+        .collect()
+}
+
+/// The partition ids of run `run_id`, in plan order.
+pub(crate) async fn partition_ids(store: &Store, run_id: &str) -> Vec<String> {
+    store
+        .partitions(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.partition_id)
         .collect()
 }
 

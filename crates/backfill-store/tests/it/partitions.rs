@@ -225,13 +225,7 @@ async fn reset_counts_restarts_a_partition_from_scratch(db: TestDb) {
 async fn checkpoint_statement_in_a_sink_transaction_matches_checkpoint(db: TestDb) {
     let store = db.open().await;
     let run = create(&store, "a", &key_partitions(3)).await;
-    let ids: Vec<String> = store
-        .partitions(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.partition_id)
-        .collect();
+    let ids = crate::partition_ids(&store, &run.id).await;
     let mut attempts = Vec::new();
     for id in &ids {
         attempts.push(store.start_attempt(&run.id, id, "w").await.unwrap());
@@ -288,13 +282,7 @@ async fn checkpoint_statement_in_a_sink_transaction_matches_checkpoint(db: TestD
 async fn reset_interrupted_returns_running_partitions_to_pending(db: TestDb) {
     let store = db.open().await;
     let run = create(&store, "a", &key_partitions(3)).await;
-    let ids: Vec<String> = store
-        .partitions(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.partition_id)
-        .collect();
+    let ids = crate::partition_ids(&store, &run.id).await;
     for id in &ids[..2] {
         let a = store.start_attempt(&run.id, id, "w").await.unwrap();
         store
@@ -327,13 +315,7 @@ async fn reset_interrupted_returns_running_partitions_to_pending(db: TestDb) {
 async fn reopen_failed_gives_failed_partitions_a_new_chance(db: TestDb) {
     let store = db.open().await;
     let run = create(&store, "a", &key_partitions(3)).await;
-    let ids: Vec<String> = store
-        .partitions(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.partition_id)
-        .collect();
+    let ids = crate::partition_ids(&store, &run.id).await;
     let a = store.start_attempt(&run.id, &ids[0], "w").await.unwrap();
     store
         .finish_partition(
@@ -371,13 +353,7 @@ async fn reopen_failed_gives_failed_partitions_a_new_chance(db: TestDb) {
 async fn concurrent_checkpoints_and_transitions_do_not_fail(db: TestDb) {
     let store = db.open().await;
     let run = create(&store, "a", &key_partitions(8)).await;
-    let ids: Vec<String> = store
-        .partitions(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.partition_id)
-        .collect();
+    let ids = crate::partition_ids(&store, &run.id).await;
     let mut tasks = Vec::new();
     for id in ids.clone() {
         let store = store.clone();
@@ -730,13 +706,7 @@ async fn finish_empty_finishes_only_a_fresh_pending_partition(db: TestDb) {
         panic!("the only claim wins");
     };
     let fenced = store.fenced(&lease);
-    let ids: Vec<String> = store
-        .partitions(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.partition_id)
-        .collect();
+    let ids = crate::partition_ids(&store, &run.id).await;
 
     assert_eq!(
         fenced.finish_empty(&run.id, &ids[0], "w1").await.unwrap(),
@@ -871,13 +841,7 @@ async fn finish_empty_finishes_only_a_fresh_pending_partition(db: TestDb) {
 async fn partition_pages_follow_the_plan_with_or_without_a_state(db: TestDb) {
     let store = db.open().await;
     let run = create(&store, "pages", &key_partitions(5)).await;
-    let ids: Vec<String> = store
-        .partitions(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.partition_id)
-        .collect();
+    let ids = crate::partition_ids(&store, &run.id).await;
     for id in [&ids[1], &ids[3], &ids[4]] {
         store.finish_empty(&run.id, id, "w").await.unwrap();
     }

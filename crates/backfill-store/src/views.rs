@@ -1,0 +1,165 @@
+//! Read-only views of one run for dashboards and reports (its audit events page by page are
+//! `Store::audit_page`): its errors grouped by message, its partitions' states binned over the plan (a heat strip) and
+//! its progress over time. Each is one indexed or aggregate query: nothing per partition is
+//! held in memory, so a run of a million partitions costs what a small one does in memory,
+//! and a bounded answer in size.
+
+use backfill_core::PartitionState;
+
+use crate::db::stmt;
+use crate::partitions::FAILING_SQL;
+use crate::{Store, StoreError, codec};
+
+/// Failing partitions that share one error message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorGroup {
+    /// The last error of each (secrets were masked when it was stored).
+    pub message: String,
+    /// How many failing partitions have it.
+    pub partitions: u64,
+    /// How many of those are `failed` (the rest wait for a retry).
+    pub failed: u64,
+    /// The first of them in plan order, to look at.
+    pub first_partition_id: String,
+}
+
+/// The partitions of one bin of a heat strip: a slice of the plan's indexes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeatBin {
+    /// First plan index of the bin (inclusive).
+    pub start: u64,
+    /// Partitions per state in the bin (states without any left out).
+    pub states: Vec<(PartitionState, u64)>,
+}
+
+/// Partitions that finished in one time bucket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressBucket {
+    /// The bucket's start, as stored time text cut to the bucket (`2026-12-06T05:31` for a
+    /// minute, `2026-12-06T05` for an hour), UTC.
+    pub at: String,
+    /// Partitions that reached a finished state (done or with quarantine) in it.
+    pub partitions: u64,
+    /// Rows those partitions read.
+    pub rows: u64,
+}
+
+/// The width of a progress bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+}
+
+impl Store {
+    /// The failing partitions of run `run_id` (see [`crate::is_failing`]) grouped by their
+    /// last error, the largest groups first, at most `limit` groups. Reads only partitions
+    /// that started (a partial index), so a run with few failures answers at once.
+    pub async fn error_groups(
+        &self,
+        run_id: &str,
+        limit: usize,
+    ) -> Result<Vec<ErrorGroup>, StoreError> {
+        let rows = stmt(format!(
+            "SELECT COALESCE(last_error, '(no message)') AS message, COUNT(*) AS n, \
+             CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
+             MIN(idx) AS first_idx FROM partitions \
+             WHERE run_id = ? AND attempts > 0 AND {FAILING_SQL} \
+             GROUP BY COALESCE(last_error, '(no message)') ORDER BY n DESC, first_idx LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(codec::to_db(limit as u64))
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        let mut groups = Vec::with_capacity(rows.len());
+        for row in rows {
+            let first: i64 = row.try_get("first_idx")?;
+            let id = stmt("SELECT partition_id FROM partitions WHERE run_id = ? AND idx = ?")
+                .bind(run_id)
+                .bind(first)
+                .fetch_optional(&mut self.conn().await?)
+                .await?
+                .map(|r| r.try_get::<String, _>(0))
+                .transpose()?
+                .unwrap_or_default();
+            groups.push(ErrorGroup {
+                message: row.try_get("message")?,
+                partitions: codec::from_db(row.try_get("n")?),
+                failed: codec::from_db(row.try_get("failed")?),
+                first_partition_id: id,
+            });
+        }
+        Ok(groups)
+    }
+
+    /// The states of run `run_id`'s partitions in `bins` equal slices of its plan indexes
+    /// (fewer when the run has fewer partitions), for a heat strip: one aggregate query, an
+    /// answer of at most `bins` × states entries however many partitions the run has.
+    pub async fn state_bins(&self, run_id: &str, bins: u64) -> Result<Vec<HeatBin>, StoreError> {
+        let end = self.index_end(run_id).await?;
+        if end == 0 || bins == 0 {
+            return Ok(Vec::new());
+        }
+        let width = end.div_ceil(bins).max(1);
+        // `GROUP BY 1, 2`: PostgreSQL does not see `idx / $1` and `idx / $3` as one expression.
+        let rows = stmt(
+            "SELECT idx / ? AS bin, state, COUNT(*) AS n FROM partitions WHERE run_id = ? \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(codec::to_db(width))
+        .bind(run_id)
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        let mut out: Vec<HeatBin> = Vec::new();
+        for row in rows {
+            let bin: u64 = codec::from_db(row.try_get("bin")?);
+            let state: String = row.try_get("state")?;
+            let state = state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("partition state {state}: {e}")))?;
+            let n = codec::from_db(row.try_get("n")?);
+            match out.last_mut() {
+                Some(last) if last.start == bin * width => last.states.push((state, n)),
+                _ => out.push(HeatBin {
+                    start: bin * width,
+                    states: vec![(state, n)],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Partitions of run `run_id` that finished, and the rows they read, per `bucket` of
+    /// their finishing time, oldest first: one aggregate query over the stored times (RFC
+    /// 3339 text, cut to the bucket's prefix, the same in every store).
+    pub async fn progress(
+        &self,
+        run_id: &str,
+        bucket: Bucket,
+    ) -> Result<Vec<ProgressBucket>, StoreError> {
+        let len = match bucket {
+            Bucket::Minute => 16,
+            Bucket::Hour => 13,
+        };
+        let rows = stmt(format!(
+            "SELECT SUBSTR(finished_at, 1, {len}) AS at, COUNT(*) AS n, \
+             CAST(SUM(rows_read) AS BIGINT) AS rows_read FROM partitions \
+             WHERE run_id = ? AND state IN ('done', 'done_with_quarantine') \
+             AND finished_at IS NOT NULL GROUP BY SUBSTR(finished_at, 1, {len}) ORDER BY at"
+        ))
+        .bind(run_id)
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProgressBucket {
+                    at: row.try_get("at")?,
+                    partitions: codec::from_db(row.try_get("n")?),
+                    rows: codec::from_db(row.try_get::<Option<i64>, _>("rows_read")?.unwrap_or(0)),
+                })
+            })
+            .collect()
+    }
+}
