@@ -103,6 +103,10 @@ pub(crate) enum Command {
     /// Prometheus metrics at /metrics. Binds to loopback unless given --bind; any other
     /// address needs --token-file.
     Serve(ServeArgs),
+    /// Write the postmortem of a run as one self-contained file: who and why, the timeline of
+    /// run-level events, partitions and rows, throughput and rate changes (charts in HTML),
+    /// the top errors, reconciliation and the audit chain's state.
+    Report(ReportArgs),
     /// Show a run's audit events, or verify the hash chain of the whole store.
     Audit(AuditArgs),
     /// List the rows the target rejected (constraint violations, values out of range) with
@@ -412,6 +416,31 @@ pub(crate) struct RunsArgs {
     /// Show at most this many runs.
     #[arg(long, default_value_t = 20)]
     pub(crate) limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// Run id or unique prefix.
+    #[arg(value_parser = parse_run_ref)]
+    pub(crate) run: String,
+    /// Markdown for a ticket or a wiki, JSON for tools, or HTML (inline SVG charts, no
+    /// external resource) for a browser.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub(crate) format: ReportFormat,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+}
+
+/// The format of `backfill report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportFormat {
+    /// Markdown.
+    Md,
+    /// JSON.
+    Json,
+    /// One HTML file.
+    Html,
 }
 
 #[derive(Debug, Args)]

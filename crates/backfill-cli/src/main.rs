@@ -150,6 +150,7 @@ async fn dispatch(cli: Cli, out: Output) -> anyhow::Result<()> {
         Command::Status(args) => commands::status::run(&args, &state, out).await,
         Command::Runs(args) => commands::status::list(&args, &state, out).await,
         Command::Serve(args) => serve::run(&args, &state, out).await,
+        Command::Report(args) => commands::report::run(&args, &state, out).await,
         Command::Audit(args) => commands::audit::run(&args, &state, out).await,
         Command::Quarantine(args) => commands::quarantine::run(&args, &state, out).await,
         Command::Promote(args) => commands::shadow::promote(&args, &state, out).await,

@@ -42,6 +42,12 @@ impl Output {
         }
     }
 
+    /// A document that is the command's result whatever the mode (`backfill report`: its
+    /// format chooses Markdown, JSON or HTML), written to stdout as it is.
+    pub(crate) fn text(&self, text: &str) {
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    }
+
     /// A note about what is happening, on stderr, in both modes (so stdout stays parseable).
     pub(crate) fn note(&self, text: impl AsRef<str>) {
         err_line(text.as_ref());

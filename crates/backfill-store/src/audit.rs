@@ -324,14 +324,34 @@ impl Store {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = stmt(format!(
+        let query = stmt(format!(
             "{EVENT_COLUMNS} WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
         ))
         .bind(run_id)
         .bind(after.unwrap_or(0))
-        .bind(codec::to_db(limit as u64))
-        .fetch_all(&mut self.conn().await?)
-        .await?;
+        .bind(codec::to_db(limit as u64));
+        self.events(query).await
+    }
+
+    /// The run-level audit events of run `run_id` (those about no single partition: created,
+    /// started, paused, throttled, approved, resumed, finished…), at most `limit`, in chain
+    /// order: a run's timeline without its per-partition events.
+    pub async fn run_events(
+        &self,
+        run_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let query = stmt(format!(
+            "{EVENT_COLUMNS} WHERE run_id = ? AND partition_id IS NULL ORDER BY seq LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(codec::to_db(limit as u64));
+        self.events(query).await
+    }
+
+    /// The events a query of [`EVENT_COLUMNS`] reads.
+    async fn events(&self, query: crate::db::Stmt) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = query.fetch_all(&mut self.conn().await?).await?;
         rows.iter()
             .map(|row| RawEvent::from_row(row)?.parse())
             .collect()

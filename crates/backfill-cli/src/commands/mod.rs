@@ -10,6 +10,7 @@ pub(crate) mod gates;
 pub(crate) mod only_gaps;
 pub(crate) mod plan;
 pub(crate) mod quarantine;
+pub(crate) mod report;
 pub(crate) mod rollback;
 pub(crate) mod run;
 pub(crate) mod shadow;

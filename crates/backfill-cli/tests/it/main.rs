@@ -28,6 +28,7 @@ mod output;
 mod readiness;
 mod replan;
 mod replica_lag;
+mod report;
 mod rollback;
 mod serve;
 mod shadow;

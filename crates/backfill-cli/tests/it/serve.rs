@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Workspace, copy_spec, make_source, make_target};
+use crate::support::{Workspace, copy_workspace};
 
 /// A response: status, headers (lower-case names), body.
 struct Response {
@@ -294,24 +294,6 @@ fn assert_error(spec: &Value, r: &Response, status: u16, what: &str) -> Value {
 
 fn json_schema(spec: &Value, name: &str) -> Value {
     spec["components"]["schemas"][name].clone()
-}
-
-/// A 3-day source of `rows` rows, an empty target and `spec.toml` copying one to the other,
-/// its limits `limits` (the default's `batch_rows = 1000` replaced).
-async fn copy_workspace(ws: &Workspace, rows: i64, limits: &str) {
-    make_source(&ws.path("source.db"), rows, 3)
-        .await
-        .close()
-        .await;
-    make_target(&ws.path("target.db")).await.close().await;
-    let spec = copy_spec(
-        &ws.path("source.db").display().to_string(),
-        &ws.path("target.db").display().to_string(),
-        3,
-        "",
-    )
-    .replace("batch_rows = 1000", limits);
-    ws.write("spec.toml", &spec);
 }
 
 /// A workspace whose 3-day copy of 300 rows has run to success; returns the run id.

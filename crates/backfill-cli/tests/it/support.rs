@@ -198,6 +198,25 @@ batch_rows = 1000
     )
 }
 
+/// In `ws`: a 3-day source of `rows` rows (`source.db`), an empty target (`target.db`) and
+/// `spec.toml` copying one to the other ([`copy_spec`]), its `batch_rows = 1000` replaced by
+/// `limits`.
+pub async fn copy_workspace(ws: &Workspace, rows: i64, limits: &str) {
+    make_source(&ws.path("source.db"), rows, 3)
+        .await
+        .close()
+        .await;
+    make_target(&ws.path("target.db")).await.close().await;
+    let spec = copy_spec(
+        &ws.path("source.db").display().to_string(),
+        &ws.path("target.db").display().to_string(),
+        3,
+        "",
+    )
+    .replace("batch_rows = 1000", limits);
+    ws.write("spec.toml", &spec);
+}
+
 /// The reference target computed in Rust from the source rows, independent of the SQL
 /// transform: `(id, user_id, amount_cents, ts, note)` with cents rounded half away from zero
 /// and ASCII lower-casing (SQLite's `lower`).
