@@ -179,7 +179,7 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
             run.id
         ));
         out.line(format!(
-            "  serve: backfill --state {state_url} serve   (then open http://127.0.0.1:8080/api/runs, or scrape /metrics)"
+            "  serve: backfill --state {state_url} serve   (then open the dashboard at http://127.0.0.1:8080/)"
         ));
     }
     let remaining = after.iter().filter(|d| d.is_broken()).count();

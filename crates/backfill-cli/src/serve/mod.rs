@@ -3,6 +3,8 @@
 //! - `/api/…`: JSON (`docs/openapi.json` describes each response): the runs, one run's status
 //!   (what `backfill status --json` prints), its partitions in keyset-paginated pages, and
 //!   `/healthz`.
+//! - `/`: the dashboard ([`dashboard`]), a page and its script and style, shipped inside the
+//!   binary, working offline, reading the API.
 //! - `/metrics`: the Prometheus text exposition ([`metrics`]).
 //! - `POST /api/runs/{run}/pause|resume|cancel|throttle`: the controls ([`control`]), which
 //!   need the token and are audited with the caller.
@@ -19,6 +21,7 @@
 
 mod api;
 mod control;
+mod dashboard;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -144,6 +147,9 @@ pub(crate) async fn spawn_beside_run(
 /// The routes, with the checks and headers every response gets.
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/assets/app.js", get(dashboard::script))
+        .route("/assets/style.css", get(dashboard::style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::metrics))
         .route("/api/runs", get(api::runs))
@@ -232,15 +238,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The headers every response carries: no script, style, frame or other resource may load
-/// from a response (`Content-Security-Policy: default-src 'none'` until the dashboard needs
-/// its own), no MIME sniffing, no framing, no referrer, no caching of run data.
+/// The headers every response carries: only this server's own script, style and API may
+/// load (`Content-Security-Policy`: nothing inline, nothing from elsewhere, no framing, no
+/// form posts), no MIME sniffing, no referrer, no caching of run data.
 async fn protective_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),

@@ -1056,3 +1056,185 @@ async fn controls_need_the_token_act_on_the_run_and_name_the_caller() {
     assert_eq!(by("run.cancel_requested"), ["api:anonymous@127.0.0.1"]);
     drop(open);
 }
+
+/// The dashboard's page, script and style: served from the binary with their types, the page
+/// loading only this server's own script and style, the script reading the API and never
+/// writing HTML from data (`innerHTML`), nothing from another site.
+#[tokio::test]
+async fn dashboard_assets_are_served_from_the_binary_and_load_nothing_else() {
+    let ws = Workspace::new();
+    let server = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let addr = &server.addr;
+    let page = get(addr, "/");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.headers["content-type"].starts_with("text/html"),
+        "{:?}",
+        page.headers
+    );
+    assert_protected(&page, "/");
+    let csp = &page.headers["content-security-policy"];
+    for directive in [
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("http"),
+        "{csp}"
+    );
+    assert!(
+        page.body.contains("src=\"/assets/app.js\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("href=\"/assets/style.css\""),
+        "{}",
+        page.body
+    );
+    let script = get(addr, "/assets/app.js");
+    assert!(script.headers["content-type"].starts_with("text/javascript"));
+    let style = get(addr, "/assets/style.css");
+    assert!(style.headers["content-type"].starts_with("text/css"));
+    for (name, body) in [
+        ("page", &page.body),
+        ("script", &script.body),
+        ("style", &style.body),
+    ] {
+        // The SVG namespace is a name, not a resource.
+        let outside = body.replace("http://www.w3.org/2000/svg", "");
+        assert!(
+            !outside.contains("http://") && !outside.contains("https://"),
+            "{name} loads from elsewhere"
+        );
+        assert!(
+            !body.contains("<script>") && !body.contains("style=\""),
+            "{name} has inline script or style"
+        );
+    }
+    assert!(
+        !script.body.contains("innerHTML"),
+        "the script writes HTML from data"
+    );
+    assert!(
+        script.body.contains("\"/api/runs"),
+        "the script reads the API"
+    );
+}
+
+/// Headless Chromium opens the dashboard of a store with a running run and a finished one:
+/// the runs table, the selected run's on-call panel, its heat strip and its partitions are
+/// rendered from the API. Screenshots at 1440×900 and on a phone-sized window are saved in
+/// `target/screenshots/` to look at.
+#[tokio::test]
+async fn dashboard_renders_the_runs_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        let _: Option<()> = backfill_testkit::skip::missing(
+            "chromium (apt-get install chromium; .ci/run installs it)",
+        );
+        return;
+    };
+    let ws = Workspace::new();
+    let finished = finished_run(&ws).await;
+    // A second run of the same copy, slow enough to be running while the browser looks.
+    let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
+    ws.write(
+        "spec.toml",
+        &spec.replace("batch_rows = 1000", "batch_rows = 10\nrows_per_second = 20"),
+    );
+    let mut running = ws
+        .command(&[
+            "run",
+            "spec.toml",
+            "--new",
+            "--reason",
+            "the dashboard test",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let addr = server.addr.clone();
+    let running_id = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let runs = get(&addr, "/api/runs").json();
+            let id = runs["runs"][0]["run_id"].as_str().unwrap_or("").to_owned();
+            if id != finished && get(&addr, &format!("/api/runs/{id}")).json()["state"] == "running"
+            {
+                break id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the second run never ran: {runs}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let browse = |extra: &[&str]| {
+        let profile = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(format!("http://{addr}/"))
+            .output()
+            .expect("run chromium");
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = browse(&["--window-size=1440,900", "--dump-dom"]);
+    for needle in [
+        &running_id[..8],
+        &finished[..8],
+        "badge running",
+        "badge succeeded",
+        "the dashboard test",
+        "executing",
+        "<rect",
+        "[2026-01-01T00:00:00Z, 2026-01-02T00:00:00Z)",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "{needle} not in the rendered page:\n{dom}"
+        );
+    }
+    assert!(!dom.contains("update failed"), "{dom}");
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    for (name, size) in [("desktop", "1440,900"), ("phone", "390,844")] {
+        let file = shots.join(format!("dashboard-{name}.png"));
+        browse(&[
+            &format!("--window-size={size}"),
+            &format!("--screenshot={}", file.display()),
+        ]);
+        let png = std::fs::read(&file).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}: {} bytes",
+            png.len()
+        );
+    }
+    let _ = running.kill();
+    let _ = running.wait();
+}
