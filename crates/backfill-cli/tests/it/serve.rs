@@ -56,8 +56,7 @@ fn request_with_body(
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(head.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
+    let raw = read_response(&mut stream);
     let raw = String::from_utf8(raw).expect("UTF-8 response");
     let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
     let mut lines = head.lines();
@@ -85,6 +84,37 @@ fn request_with_body(
         status,
         headers,
         body,
+    }
+}
+
+/// A whole response's bytes: up to its `Content-Length`, to the end of its last chunk, or to
+/// the end of the connection (a server may keep it open despite `Connection: close`).
+fn read_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if n == 0 {
+            return raw;
+        }
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..end].to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        match length {
+            Some(length) if raw.len() >= end + 4 + length => return raw,
+            Some(_) => {}
+            None if head.contains("transfer-encoding: chunked") && text.ends_with("0\r\n\r\n") => {
+                return raw;
+            }
+            None => {}
+        }
     }
 }
 
@@ -1126,30 +1156,240 @@ async fn dashboard_assets_are_served_from_the_binary_and_load_nothing_else() {
     );
 }
 
-/// Headless Chromium opens the dashboard of a store with a running run and a finished one:
-/// the runs table, the selected run's on-call panel, its heat strip and its partitions are
-/// rendered from the API. Screenshots at 1440×900 and on a phone-sized window are saved in
-/// `target/screenshots/` to look at.
+/// A WebDriver session of `chromedriver` driving headless Chromium, over its HTTP API.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts `chromedriver` on a free loopback port and a session of headless Chromium of
+    /// `width` × `height`.
+    fn start(width: u32, height: u32) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new("chromedriver")
+            .args([
+                format!("--port={port}"),
+                "--allowed-ips=127.0.0.1".to_owned(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&base).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let capabilities = serde_json::json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "unhandledPromptBehavior": "ignore",
+            "goog:chromeOptions": { "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                format!("--window-size={width},{height}"),
+                format!("--user-data-dir={}", profile.path().display()),
+            ]},
+        }}});
+        let mut browser = Browser {
+            driver,
+            base,
+            session: String::new(),
+            _profile: profile,
+        };
+        let created = browser.call("POST", "/session", &capabilities);
+        browser.session = created["sessionId"].as_str().unwrap().to_owned();
+        browser
+    }
+
+    /// One WebDriver command; returns its `value`, panicking on an error.
+    fn call(&self, method: &str, path: &str, body: &Value) -> Value {
+        let path = if path == "/session" {
+            path.to_owned()
+        } else {
+            format!("/session/{}{path}", self.session)
+        };
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let r = request_with_body(&self.base, method, &path, &[], &body);
+        let value = r.json()["value"].clone();
+        assert_eq!(r.status, 200, "{method} {path}: {value}");
+        value
+    }
+
+    fn go(&self, url: &str) {
+        self.call("POST", "/url", &serde_json::json!({ "url": url }));
+    }
+
+    /// The first element matching `css`, waited for up to 20 s.
+    fn find(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let path = format!("/session/{}/element", self.session);
+            let query = serde_json::json!({ "using": "css selector", "value": css });
+            let r = request_with_body(&self.base, "POST", &path, &[], &query.to_string());
+            if r.status == 200 {
+                let value = r.json()["value"].clone();
+                return value
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .next()
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            }
+            assert!(Instant::now() < deadline, "no element {css}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.find(css);
+        self.call(
+            "POST",
+            &format!("/element/{id}/click"),
+            &serde_json::json!({}),
+        );
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css);
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            &serde_json::json!({ "text": text }),
+        );
+    }
+
+    /// Accepts the page's `confirm()`, waiting for it to open.
+    fn accept_dialog(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let path = format!("/session/{}/alert/accept", self.session);
+            if request_with_body(&self.base, "POST", &path, &[], "{}").status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no confirmation dialog");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The page's text.
+    fn text(&self) -> String {
+        let body = self.find("body");
+        self.call("GET", &format!("/element/{body}/text"), &Value::Null)
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Waits until the page's text contains `needle`.
+    fn wait_for_text(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` never shown:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Saves a screenshot of the window as `target/screenshots/NAME.png`.
+    fn screenshot(&self, name: &str) {
+        let png = base64_decode(
+            self.call("GET", "/screenshot", &Value::Null)
+                .as_str()
+                .unwrap(),
+        );
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}: {} bytes",
+            png.len()
+        );
+        let shots =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        std::fs::write(shots.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let path = format!("/session/{}", self.session);
+            let _ = std::panic::catch_unwind(|| request(&self.base, "DELETE", &path, &[]));
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64 (WebDriver screenshots).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        other => panic!("not base64: {other}"),
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .map(value)
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// The dashboard end to end in headless Chromium (driven by chromedriver): it shows a running
+/// and a finished run; clicking Pause (token typed, confirmation accepted) pauses the run in
+/// the state store, audited with the name typed; Resume continues it. Screenshots of the
+/// runs, the on-call panel and the partitions at 1440×900, and of a phone-sized window, are
+/// saved under `target/screenshots/` to look at.
 #[tokio::test]
-async fn dashboard_renders_the_runs_in_headless_chromium() {
-    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
-        std::process::Command::new(b)
+async fn dashboard_shows_runs_and_pauses_and_resumes_one_in_a_browser() {
+    let tools = ["chromium", "chromedriver"];
+    if let Some(missing) = tools.iter().find(|t| {
+        std::process::Command::new(t)
             .arg("--version")
             .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        let _: Option<()> = backfill_testkit::skip::missing(
-            "chromium (apt-get install chromium; .ci/run installs it)",
-        );
+            .map_or(true, |o| !o.status.success())
+    }) {
+        let _: Option<()> = backfill_testkit::skip::missing(&format!(
+            "{missing} (Debian packages chromium and chromium-driver; .ci/run installs them)"
+        ));
         return;
-    };
+    }
     let ws = Workspace::new();
     let finished = finished_run(&ws).await;
-    // A second run of the same copy, slow enough to be running while the browser looks.
+    // A second run of the same copy, slow enough to be running while the browser acts.
     let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
     ws.write(
         "spec.toml",
-        &spec.replace("batch_rows = 1000", "batch_rows = 10\nrows_per_second = 20"),
+        &spec.replace("batch_rows = 1000", "batch_rows = 5\nrows_per_second = 10"),
     );
     let mut running = ws
         .command(&[
@@ -1163,7 +1403,8 @@ async fn dashboard_renders_the_runs_in_headless_chromium() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let token = "dashboard-token-0123456789abcdef";
+    let server = serve_with_token(&ws, token);
     let addr = server.addr.clone();
     let running_id = {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -1181,60 +1422,79 @@ async fn dashboard_renders_the_runs_in_headless_chromium() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let browse = |extra: &[&str]| {
-        let profile = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                "--virtual-time-budget=5000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(format!("http://{addr}/"))
-            .output()
-            .expect("run chromium");
-        assert!(
-            out.status.success(),
-            "chromium: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let dom = browse(&["--window-size=1440,900", "--dump-dom"]);
+
+    let browser = Browser::start(1440, 900);
+    browser.go(&format!("http://{addr}/"));
+    browser.wait_for_text("the dashboard test");
+    let page = browser.text();
     for needle in [
         &running_id[..8],
         &finished[..8],
-        "badge running",
-        "badge succeeded",
-        "the dashboard test",
+        "running",
+        "succeeded",
         "executing",
-        "<rect",
-        "[2026-01-01T00:00:00Z, 2026-01-02T00:00:00Z)",
+        "Partitions over the scope",
     ] {
-        assert!(
-            dom.contains(needle),
-            "{needle} not in the rendered page:\n{dom}"
-        );
+        assert!(page.contains(needle), "{needle} not shown:\n{page}");
     }
-    assert!(!dom.contains("update failed"), "{dom}");
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    for (name, size) in [("desktop", "1440,900"), ("phone", "390,844")] {
-        let file = shots.join(format!("dashboard-{name}.png"));
-        browse(&[
-            &format!("--window-size={size}"),
-            &format!("--screenshot={}", file.display()),
-        ]);
-        let png = std::fs::read(&file).unwrap();
-        assert!(
-            png.starts_with(b"\x89PNG") && png.len() > 10_000,
-            "{name}: {} bytes",
-            png.len()
-        );
+    browser.screenshot("dashboard-runs");
+
+    // Pause, as an operator would: token and name, the button, the confirmation.
+    browser.click("#auth summary");
+    browser.type_into("#token", token);
+    browser.type_into("#actor", "webdriver");
+    browser.click("#pause");
+    browser.accept_dialog();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&addr, &format!("/api/runs/{running_id}")).json()["state"] != "paused" {
+        assert!(Instant::now() < deadline, "the run never paused");
+        std::thread::sleep(Duration::from_millis(100));
     }
+    browser.wait_for_text("pause recorded by api:webdriver@127.0.0.1");
+    browser.wait_for_text("paused (user)");
+    browser.screenshot("dashboard-paused");
+
+    browser.click("#resume");
+    browser.accept_dialog();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&addr, &format!("/api/runs/{running_id}")).json()["state"] != "running" {
+        assert!(Instant::now() < deadline, "the run never resumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    browser.wait_for_text("resume recorded by api:webdriver@127.0.0.1");
+    let trail = ws.run(&["--json", "audit", &running_id]).json();
+    let actors: Vec<&str> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "run.pause_requested" || e["action"] == "run.resume_requested")
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actors,
+        ["api:webdriver@127.0.0.1", "api:webdriver@127.0.0.1"]
+    );
+
+    // The debug view, and the page on a phone.
+    browser.call(
+        "POST",
+        "/execute/sync",
+        &serde_json::json!({
+        "script": "document.getElementById('partitions').scrollIntoView()", "args": [] }),
+    );
+    browser.screenshot("dashboard-partitions");
+    browser.call(
+        "POST",
+        "/window/rect",
+        &serde_json::json!({ "width": 390, "height": 844 }),
+    );
+    browser.call(
+        "POST",
+        "/execute/sync",
+        &serde_json::json!({ "script": "window.scrollTo(0, 0)", "args": [] }),
+    );
+    browser.screenshot("dashboard-phone");
+
     let _ = running.kill();
     let _ = running.wait();
 }

@@ -220,7 +220,8 @@ async function control(action, body) {
   const r = await fetch(`/api/runs/${selected}/${action}`, { method: "POST", headers, body: JSON.stringify(body || {}) });
   const answer = await r.json();
   $("action-result").textContent = r.ok
-    ? `${action} recorded by ${answer.by}; the run is ${answer.state}`
+    ? `${action} recorded by ${answer.by}; ` +
+      (answer.process_running ? "the executing process acts within a second" : `the run is ${answer.state}`)
     : `${action} refused: ${answer.error}${answer.hint ? " — " + answer.hint : ""}`;
   refresh();
 }
