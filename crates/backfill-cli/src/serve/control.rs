@@ -1,5 +1,6 @@
-//! Control endpoints: pause, resume, cancel and throttle a run from the dashboard or a script,
-//! the same actions as `backfill pause|resume|cancel|throttle` (they share their store steps).
+//! Control endpoints: pause, resume, cancel, throttle and approve a run from the dashboard or
+//! a script, the same actions as `backfill pause|resume|cancel|throttle|approve` (they share
+//! their store steps).
 //!
 //! Each needs the server's token (`Authorization: Bearer …`): a server started without
 //! `--token-file` refuses them (403), a request without the token gets 401. Each is an audit
@@ -103,6 +104,27 @@ async fn stop(
     };
     let (_, process) = applied.map_err(|e| ApiError::refused(&e))?;
     accepted(app, &run, name, &actor, process.is_some()).await
+}
+
+/// `POST /api/runs/{run}/approve`: lets a run waiting at its canary gate go on (`backfill
+/// approve`); the waiting process continues within a second.
+pub(crate) async fn approve(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(run): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let actor = authorize(&app, &headers, peer)?;
+    let body: RequestBody = parse_body(&body)?;
+    let run = find(&app, &run).await?;
+    app.store
+        .approve_run(&run.id, &actor, body.reason.as_deref())
+        .await
+        .map_err(|e| ApiError::refused(&e.into()))?;
+    let controls = app.store.controls(&run.id).await.map_err(store_error)?;
+    let process = live_process(&controls).is_some() || app.executes(&run.id);
+    accepted(&app, &run, "approve", &actor, process).await
 }
 
 /// `POST /api/runs/{run}/resume`: lifts the pause of a run whose process waits, paused (it

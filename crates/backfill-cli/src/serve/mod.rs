@@ -6,7 +6,7 @@
 //! - `/`: the dashboard ([`dashboard`]), a page and its script and style, shipped inside the
 //!   binary, working offline, reading the API.
 //! - `/metrics`: the Prometheus text exposition ([`metrics`]).
-//! - `POST /api/runs/{run}/pause|resume|cancel|throttle`: the controls ([`control`]), which
+//! - `POST /api/runs/{run}/pause|resume|cancel|throttle|approve`: the controls ([`control`]), which
 //!   need the token and are audited with the caller.
 //!
 //! Everything here reads the store through its aggregates and indexed pages: no response ever
@@ -164,6 +164,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/runs/{run}/resume", post(control::resume))
         .route("/api/runs/{run}/cancel", post(control::cancel))
         .route("/api/runs/{run}/throttle", post(control::throttle))
+        .route("/api/runs/{run}/approve", post(control::approve))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such path")
                 .hint("the API is /api/runs and /api/runs/{run}[/partitions|audit|errors|rates|heat|progress] (docs/openapi.json); metrics are at /metrics")

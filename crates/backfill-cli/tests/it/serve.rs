@@ -1498,3 +1498,71 @@ async fn dashboard_shows_runs_and_pauses_and_resumes_one_in_a_browser() {
     let _ = running.kill();
     let _ = running.wait();
 }
+
+/// A run waiting at its canary gate is approved over HTTP (token required): the waiting
+/// process goes on to the end, the approval is audited with the caller, and a second approval
+/// is 409.
+#[tokio::test]
+async fn approve_over_http_lets_a_run_past_its_canary_gate() {
+    let ws = Workspace::new();
+    copy_workspace(&ws, 300, "batch_rows = 1000").await;
+    let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
+    ws.write(
+        "spec.toml",
+        &format!("{spec}\n[canary]\npartitions = 1\nrequire_approval = true\n"),
+    );
+    let token = "approve-token-0123456789abcdef";
+    let server = serve_with_token(&ws, token);
+    let addr = server.addr.clone();
+    let mut run = ws
+        .command(&["run", "spec.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_id = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let runs = get(&addr, "/api/runs").json();
+            if let Some(id) = runs["runs"][0]["run_id"].as_str()
+                && get(&addr, &format!("/api/runs/{id}")).json()["state"] == "awaiting_approval"
+            {
+                break id.to_owned();
+            }
+            assert!(Instant::now() < deadline, "never awaiting approval: {runs}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let path = format!("/api/runs/{run_id}/approve");
+    assert_eq!(request(&addr, "POST", &path, &[]).status, 401);
+    let bearer = format!("Bearer {token}");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("X-Backfill-Actor", "carol"),
+    ];
+    let approved = request_with_body(
+        &addr,
+        "POST",
+        &path,
+        &headers,
+        r#"{"reason": "canary rows checked"}"#,
+    );
+    assert_eq!(approved.status, 202, "{}", approved.body);
+    assert_eq!(approved.json()["by"], "api:carol@127.0.0.1");
+    let exit = run.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(
+        get(&addr, &format!("/api/runs/{run_id}")).json()["state"],
+        "succeeded"
+    );
+    let again = request_with_body(&addr, "POST", &path, &headers, "");
+    assert_eq!(again.status, 409, "{}", again.body);
+    let trail = ws.run(&["--json", "audit", &run_id]).json();
+    let approval = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "run.approved")
+        .expect("an approval event");
+    assert_eq!(approval["actor"], "api:carol@127.0.0.1", "{approval}");
+}
