@@ -197,9 +197,18 @@ fn summary(r: &Value) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `|` and line breaks would break a Markdown table cell.
+/// Text made safe for a Markdown table cell or heading: backslashes and pipes escaped, line
+/// breaks to spaces, `<` as an entity so no text becomes HTML.
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\r', '\n'], " ")
+        .replace('<', "&lt;")
+}
+
+/// A value as safe Markdown text ([`cell`]).
+fn md_text(v: &Value) -> String {
+    cell(&text(v))
 }
 
 fn markdown(r: &Value) -> String {
@@ -208,13 +217,13 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         md,
         "# Backfill report: {} ({})\n",
-        text(&s["spec"]),
-        text(&s["run_id"])
+        md_text(&s["spec"]),
+        md_text(&s["run_id"])
     );
     let _ = writeln!(
         md,
         "Generated {} by `backfill report`.\n",
-        text(&r["generated_at"])
+        md_text(&r["generated_at"])
     );
     md.push_str("## Summary\n\n| | |\n|---|---|\n");
     for (label, value) in summary(r) {
@@ -225,9 +234,9 @@ fn markdown(r: &Value) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} |",
-            text(&e["at"]),
-            cell(&text(&e["actor"])),
-            text(&e["action"]),
+            md_text(&e["at"]),
+            md_text(&e["actor"]),
+            md_text(&e["action"]),
             cell(&e["detail"].to_string())
         );
     }
@@ -237,7 +246,7 @@ fn markdown(r: &Value) -> String {
             "\n(the first {EVENTS} run-level events; `backfill audit RUN` lists all)"
         );
     }
-    let bucket = text(&r["progress"]["bucket"]);
+    let bucket = md_text(&r["progress"]["bucket"]);
     let _ = writeln!(
         md,
         "\n## Throughput (per {bucket})\n\n| {bucket} (UTC) | partitions | rows |\n|---|---:|---:|"
@@ -246,7 +255,7 @@ fn markdown(r: &Value) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} |",
-            text(&p["at"]),
+            md_text(&p["at"]),
             count(&p["partitions"]),
             count(&p["rows"])
         );
@@ -259,8 +268,8 @@ fn markdown(r: &Value) -> String {
         let _ = writeln!(
             md,
             "| {} | {rate} | {} |",
-            text(&c["at"]),
-            text(&c["cause"])
+            md_text(&c["at"]),
+            md_text(&c["cause"])
         );
     }
     md.push_str("\n## Top errors\n\n");
@@ -275,8 +284,8 @@ fn markdown(r: &Value) -> String {
                 "| {} | {} | {} | {} |",
                 count(&g["partitions"]),
                 count(&g["failed"]),
-                text(&g["first_partition_id"]),
-                cell(&text(&g["message"]))
+                md_text(&g["first_partition_id"]),
+                md_text(&g["message"])
             );
         }
     }

@@ -5,7 +5,7 @@
 //! Each needs the server's token (`Authorization: Bearer …`): a server started without
 //! `--token-file` refuses them (403), a request without the token gets 401. Each is an audit
 //! event naming the caller, `api:NAME@ADDRESS`: NAME from the `X-Backfill-Actor` header
-//! (letters, digits and `._@-`, at most 64; `anonymous` without one), ADDRESS the peer's IP.
+//! (letters, digits and `._-`, at most 64; `anonymous` without one), ADDRESS the peer's IP.
 //! A refused action (a finished run, a run awaiting approval, a resume with no process to
 //! continue it) is 409 with what to do instead. Browsers never send the `Authorization`
 //! header by themselves, so another site cannot make a visitor's browser act.
@@ -225,7 +225,8 @@ fn authorize(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<St
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "._@-".contains(*c))
+        // No `@`: the name must not pass for the address that follows it.
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
         .take(64)
         .collect();
     let name = if name.is_empty() {

@@ -7,7 +7,7 @@
 //! (`state`, `outcome`, `result`, `cause`, `kind`); never a partition id.
 //!
 //! The article's metrics: M1 progress (`backfill_run_partitions`, `…_planned`), M2
-//! throughput (`backfill_run_rows_total`, `…_rows_per_second`), M3 success rate
+//! throughput (`backfill_run_rows`, `…_rows_per_second`), M3 success rate
 //! (`backfill_run_success_ratio`), M4 errors and retries (`backfill_run_attempt_errors_total`
 //! of `backfill_run_attempts_total`: the error budget's burn, `backfill_run_retries_total`,
 //! `backfill_run_failing_partitions`), M5 the rate limit and
@@ -59,7 +59,7 @@ struct Families {
     info: Family<Labels, GaugeF>,
     partitions: Family<Labels, GaugeF>,
     planned: Family<Labels, GaugeF>,
-    rows: Family<Labels, CounterF>,
+    rows: Family<Labels, GaugeF>,
     rows_per_second: Family<Labels, GaugeF>,
     success: Family<Labels, GaugeF>,
     errors: Family<Labels, CounterF>,
@@ -102,7 +102,7 @@ const PLANNED: Def = Def {
 };
 const ROWS: Def = Def {
     name: "backfill_run_rows",
-    help: "Rows of the run by outcome: read, inserted, updated, unchanged, deleted, affected (sql mode)",
+    help: "Rows of the run by outcome: read, inserted, updated, unchanged, deleted, affected (sql mode); a gauge, as a replace attempt that starts over zeroes its partition's counts",
     unit: None,
 };
 const ROWS_PER_SECOND: Def = Def {
@@ -197,7 +197,7 @@ impl Families {
             info: gauge(r, &INFO),
             partitions: gauge(r, &PARTITIONS),
             planned: gauge(r, &PLANNED),
-            rows: counter(r, &ROWS),
+            rows: gauge(r, &ROWS),
             rows_per_second: gauge(r, &ROWS_PER_SECOND),
             success: gauge(r, &SUCCESS),
             errors: counter(r, &ERRORS),
@@ -310,7 +310,7 @@ fn fill_example(f: &Families) {
     };
     info.get_or_create(&with("state")).set(1.0);
     partitions.get_or_create(&with("state")).set(0.0);
-    rows.get_or_create(&with("outcome")).inc_by(0.0);
+    rows.get_or_create(&with("outcome")).set(0.0);
     rate_limit.get_or_create(&with("cause")).set(0.0);
     reconciled.get_or_create(&with("result")).set(0.0);
     budget.get_or_create(&with("kind")).set(0.0);
@@ -403,7 +403,7 @@ fn record_run(
     ] {
         f.rows
             .get_or_create(&with("outcome", outcome))
-            .inc_by(n as f64);
+            .set(n as f64);
     }
     f.rows_per_second
         .get_or_create(&base)

@@ -13,9 +13,11 @@
 //! holds every partition of a run, so a run of a million partitions answers like one of a
 //! hundred. Only the controls write, through the same store steps as the CLI's commands.
 //!
-//! Security: it binds to loopback unless told otherwise, and any other address needs a token
-//! (`--token-file`), which a request that carries `Authorization` must match; reading needs
-//! none, controls need it. Responses carry
+//! Security: it binds to loopback unless told otherwise, where it answers only requests
+//! naming it in `Host` (no DNS rebinding) and reading needs no token; any other address needs a
+//! token (`--token-file`) and every request but `/healthz` and the dashboard's files must carry
+//! it. A request that carries `Authorization` must match it; controls always need it. There is
+//! no TLS: off loopback, put it behind a TLS proxy. Responses carry
 //! no secret (store URLs are redacted) and the standard protective headers
 //! ([`protective_headers`]).
 
@@ -47,6 +49,10 @@ pub(crate) struct AppState {
     store: Store,
     /// The token of `--token-file`; `None` on loopback without one.
     token: Option<Arc<str>>,
+    /// Where it listens: on loopback only requests naming it in `Host` are answered (against
+    /// DNS rebinding); elsewhere every request but `/healthz` and the dashboard's files needs
+    /// the token.
+    bound: SocketAddr,
     /// The run this process executes (`run --metrics-addr`): the store's liveness check
     /// cannot tell, as it reads a heartbeat of its own pid as a stale record.
     executing_here: Option<Arc<str>>,
@@ -85,6 +91,7 @@ pub(crate) async fn run(args: &ServeArgs, state: &str, out: Output) -> anyhow::R
     let app = router(AppState {
         store: store.clone(),
         token,
+        bound: addr,
         executing_here: None,
     });
     out.json(&json!({ "listening": format!("http://{addr}"), "state": store.url_redacted() }));
@@ -134,6 +141,7 @@ pub(crate) async fn spawn_beside_run(
     let app = router(AppState {
         store: store.clone(),
         token: None,
+        bound: local,
         executing_here: Some(Arc::from(run_id)),
     });
     Ok(tokio::spawn(async move {
@@ -171,7 +179,7 @@ pub(crate) fn router(state: AppState) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            check_token,
+            guard,
         ))
         .layer(axum::middleware::map_response(protective_headers))
         .with_state(state)
@@ -207,29 +215,72 @@ fn read_token(args: &ServeArgs) -> anyhow::Result<Option<Arc<str>>> {
     Ok(Some(Arc::from(token)))
 }
 
-/// A request that carries `Authorization` must carry the server's token (`Bearer TOKEN`);
-/// one that carries none reads, as the API is read-only. A wrong token is refused (401)
-/// rather than ignored, so a misconfigured client learns it at once.
-async fn check_token(
+/// What every request passes first:
+/// - on a loopback bind, its `Host` must name this server (`127.0.0.1:PORT`, `localhost:PORT`,
+///   `[::1]:PORT`): a page of another site whose name was rebound to 127.0.0.1 gets nothing
+///   (421);
+/// - a request that carries `Authorization` must carry the server's token (`Bearer TOKEN`),
+///   refused (401) rather than ignored, so a misconfigured client learns it at once;
+/// - on any other bind, every request but `/healthz` and the dashboard's own files must carry
+///   it: run data (checkpoints are key values, errors quote rows) is not for the network.
+///   On loopback a request without it reads, as nothing but the controls writes.
+async fn guard(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(given) = request.headers().get(header::AUTHORIZATION) {
-        let given = given
-            .to_str()
+    let loopback = state.bound.ip().is_loopback();
+    if loopback {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let port = state.bound.port();
+        let known = [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ];
+        if !known.iter().any(|k| k.eq_ignore_ascii_case(host)) {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this server answers requests for its own loopback address only",
+            )
+            .hint(format!("open http://127.0.0.1:{port}/"))
+            .into_response();
+        }
+    }
+    let given = request.headers().get(header::AUTHORIZATION).map(|v| {
+        v.to_str()
             .unwrap_or("")
             .strip_prefix("Bearer ")
-            .unwrap_or("");
-        let matches = state
-            .token
-            .as_deref()
-            .is_some_and(|token| constant_time_eq(token.as_bytes(), given.as_bytes()));
-        if !matches {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match")
-                .hint("send `Authorization: Bearer TOKEN` with the token of `--token-file`, or no Authorization header to read")
-                .into_response();
+            .unwrap_or("")
+    });
+    let open_path = matches!(request.uri().path(), "/" | "/healthz")
+        || request.uri().path().starts_with("/assets/");
+    let needs_token = !loopback && !open_path;
+    match given {
+        Some(given) => {
+            let matches = state
+                .token
+                .as_deref()
+                .is_some_and(|token| constant_time_eq(token.as_bytes(), given.as_bytes()));
+            if !matches {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token does not match")
+                    .hint("send `Authorization: Bearer TOKEN` with the token of `--token-file`")
+                    .into_response();
+            }
         }
+        None if needs_token => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this server is not on loopback: every request needs its token",
+            )
+            .hint("send `Authorization: Bearer TOKEN` with the token of `--token-file` (Prometheus: `authorization: { credentials_file: … }`)")
+            .into_response();
+        }
+        None => {}
     }
     next.run(request).await
 }

@@ -63,7 +63,7 @@ async fn report_writes_the_postmortem_in_each_format() {
         "| Rows | 300 read, 300 inserted, 0 updated, 0 deleted, 0 unchanged |",
         "| Reconciliation | 3 verified, 0 mismatched, 0 not verified |",
         "| Audit chain | intact (",
-        "| Reason | INC-7 <script>alert(1)</script> a\\|b |",
+        "| Reason | INC-7 &lt;script>alert(1)&lt;/script> a\\|b |",
         "## Timeline",
         "## Throughput (per minute)",
         "No failing partition.",

@@ -47,7 +47,11 @@ fn request_with_body(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    // The caller's own `Host`, or the address connected to.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -534,12 +538,8 @@ async fn serve_answers_runs_status_pages_and_metrics_as_documented() {
         ("backfill_run_partitions", Some(("state", "done")), 3.0),
         ("backfill_run_partitions", Some(("state", "failed")), 0.0),
         ("backfill_run_partitions_planned", None, 3.0),
-        ("backfill_run_rows_total", Some(("outcome", "read")), 300.0),
-        (
-            "backfill_run_rows_total",
-            Some(("outcome", "inserted")),
-            300.0,
-        ),
+        ("backfill_run_rows", Some(("outcome", "read")), 300.0),
+        ("backfill_run_rows", Some(("outcome", "inserted")), 300.0),
         ("backfill_run_attempts_total", None, 3.0),
         ("backfill_run_attempt_errors_total", None, 0.0),
         ("backfill_run_success_ratio", None, 1.0),
@@ -657,6 +657,19 @@ async fn serve_guards_other_addresses_with_a_token() {
         assert_protected(&r, "401");
         assert!(r.json()["hint"].as_str().unwrap().contains("Bearer"));
     }
+    // A page of another site whose name was rebound to 127.0.0.1 is not answered.
+    let rebound = request(addr, "GET", &path, &[("Host", "evil.example:80")]);
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    for host in [
+        format!("localhost:{}", addr.rsplit(':').next().unwrap()),
+        addr.clone(),
+    ] {
+        assert_eq!(
+            request(addr, "GET", &path, &[("Host", &host)]).status,
+            200,
+            "{host}"
+        );
+    }
     for route in ["/api/runs", path.as_str(), "/metrics", "/nowhere"] {
         let r = request(addr, "GET", route, &[("Authorization", &bearer)]);
         assert!(!r.body.contains(token), "{route} shows the token");
@@ -666,6 +679,34 @@ async fn serve_guards_other_addresses_with_a_token() {
         "{:#?}",
         server.stderr
     );
+    drop(server);
+
+    // Off loopback (all addresses; reached here through loopback), every request but
+    // `/healthz` and the dashboard's files needs the token, reads included.
+    let wide = Server::start(
+        &ws,
+        &["serve", "--bind", "0.0.0.0:0", "--token-file", "api.token"],
+        "listening on ",
+    );
+    let port = wide.addr.rsplit(':').next().unwrap();
+    let local = format!("127.0.0.1:{port}");
+    for route in ["/api/runs", path.as_str(), "/metrics"] {
+        let r = get(&local, route);
+        assert_eq!(r.status, 401, "{route}: {}", r.body);
+        assert!(
+            r.json()["hint"].as_str().unwrap().contains("Bearer"),
+            "{}",
+            r.body
+        );
+        assert_eq!(
+            request(&local, "GET", route, &[("Authorization", &bearer)]).status,
+            200,
+            "{route}"
+        );
+    }
+    for open in ["/healthz", "/", "/assets/app.js"] {
+        assert_eq!(get(&local, open).status, 200, "{open}");
+    }
 }
 
 /// `run --metrics-addr` serves the run's metrics while it executes: the run shows running and
@@ -693,11 +734,9 @@ async fn run_serves_its_metrics_while_it_executes() {
         scrape
             .samples
             .iter()
-            .find(|s| {
-                s.metric == "backfill_run_rows_total" && s.labels.get("outcome") == Some("read")
-            })
+            .find(|s| s.metric == "backfill_run_rows" && s.labels.get("outcome") == Some("read"))
             .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) => v,
+                prometheus_parse::Value::Gauge(v) => v,
                 _ => f64::NAN,
             })
     };

@@ -29,8 +29,14 @@ function svg(tag, attrs) {
   return e;
 }
 
+// The token typed for the controls; a server off loopback needs it for reading too.
+function authHeaders() {
+  const token = $("token").value;
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
 async function api(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" } });
+  const r = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() } });
   const body = await r.json();
   if (!r.ok) throw new Error(body.error + (body.hint ? " (" + body.hint + ")" : ""));
   return body;
@@ -213,10 +219,9 @@ async function refresh() {
 async function control(action, body) {
   if (!selected) return;
   if (!window.confirm(`${action} run ${selected}?`)) return;
-  const token = $("token").value;
-  const headers = { "Content-Type": "application/json", Authorization: "Bearer " + token };
+  const headers = { "Content-Type": "application/json", ...authHeaders() };
   if ($("actor").value) headers["X-Backfill-Actor"] = $("actor").value;
-  sessionStorage.setItem("backfill-token", token);
+  sessionStorage.setItem("backfill-token", $("token").value);
   const r = await fetch(`/api/runs/${selected}/${action}`, { method: "POST", headers, body: JSON.stringify(body || {}) });
   const answer = await r.json();
   $("action-result").textContent = r.ok
