@@ -974,7 +974,27 @@ impl Store {
             totals.errors = n(8)?;
             totals.failing = n(9)?;
         }
+        // Failed without ever starting (its source never became ready): failing too.
+        totals.failing += self.failed_unstarted(run_id, &mut conn).await?;
         Ok(totals)
+    }
+
+    /// Partitions of run `run_id` that failed without an attempt (a source never ready): one
+    /// indexed range of `(run_id, state, idx)`, as such partitions are outside the partial
+    /// index of started ones the other failing reads use.
+    async fn failed_unstarted(
+        &self,
+        run_id: &str,
+        conn: &mut crate::db::Conn,
+    ) -> Result<u64, StoreError> {
+        let row = stmt(
+            "SELECT COUNT(*) FROM partitions WHERE run_id = ? AND state = 'failed' \
+             AND attempts = 0",
+        )
+        .bind(run_id)
+        .fetch_optional(conn)
+        .await?;
+        Ok(row.map_or(Ok(0), |r| r.try_get::<i64, _>(0).map(codec::from_db))?)
     }
 
     /// The partitions of run `run_id` in state `state`, in plan order, at most `limit` of
@@ -1038,7 +1058,9 @@ impl Store {
         // `+idx`: ordering by the bare column made SQLite walk the `(run_id, idx)` index over
         // every partition of the run (0.13 s at 1,000,000) instead of the partial index of
         // started partitions and a sort of the few it holds.
-        let rows = stmt(format!(
+        // The started ones from the partial index, and those that failed without an attempt
+        // (a source never ready) from `(run_id, state, idx)`; merged in plan order.
+        let started = stmt(format!(
             "{PARTITION_COLUMNS} WHERE run_id = ? AND attempts > 0 AND {FAILING_SQL} \
              ORDER BY +idx LIMIT ?"
         ))
@@ -1046,6 +1068,21 @@ impl Store {
         .bind(codec::to_db(limit as u64))
         .fetch_all(&mut self.conn().await?)
         .await?;
-        rows.iter().map(partition_from_row).collect()
+        let unstarted = stmt(format!(
+            "{PARTITION_COLUMNS} WHERE run_id = ? AND state = 'failed' AND attempts = 0 \
+             ORDER BY idx LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(codec::to_db(limit as u64))
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        let mut all = started
+            .iter()
+            .chain(unstarted.iter())
+            .map(partition_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        all.sort_by_key(|p| p.index);
+        all.truncate(limit);
+        Ok(all)
     }
 }

@@ -56,19 +56,26 @@ pub enum Bucket {
 impl Store {
     /// The failing partitions of run `run_id` (see [`crate::is_failing`]) grouped by their
     /// last error, the largest groups first, at most `limit` groups. Reads only partitions
-    /// that started (a partial index), so a run with few failures answers at once.
+    /// that started (a partial index) and the failed ones, so a run with few failures answers
+    /// at once.
     pub async fn error_groups(
         &self,
         run_id: &str,
         limit: usize,
     ) -> Result<Vec<ErrorGroup>, StoreError> {
+        // The started failing partitions (a partial index) and those that failed without an
+        // attempt (a source never ready: `(run_id, state, idx)`).
         let rows = stmt(format!(
             "SELECT COALESCE(last_error, '(no message)') AS message, COUNT(*) AS n, \
              CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
-             MIN(idx) AS first_idx FROM partitions \
+             MIN(idx) AS first_idx FROM ( \
+             SELECT last_error, state, idx FROM partitions \
              WHERE run_id = ? AND attempts > 0 AND {FAILING_SQL} \
+             UNION ALL SELECT last_error, state, idx FROM partitions \
+             WHERE run_id = ? AND state = 'failed' AND attempts = 0) AS failing \
              GROUP BY COALESCE(last_error, '(no message)') ORDER BY n DESC, first_idx LIMIT ?"
         ))
+        .bind(run_id)
         .bind(run_id)
         .bind(codec::to_db(limit as u64))
         .fetch_all(&mut self.conn().await?)

@@ -653,6 +653,23 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
         .unwrap();
     attempt(6).await;
     split_running(&store, &run.id, &parts[7], 2).await;
+    // Failed while waiting for its source: no attempt started, yet failing.
+    store
+        .wait_for_source(&run.id, &parts[8].id, "w", json!({}))
+        .await
+        .unwrap();
+    store
+        .end_source_wait(
+            &run.id,
+            &parts[8].id,
+            backfill_store::SourceWaitEnd::Failed {
+                error: "source not ready",
+            },
+            "w",
+            json!({}),
+        )
+        .await
+        .unwrap();
     let records = store.partitions(&run.id).await.unwrap();
     let reference = backfill_store::PartitionTotals::of(&records);
     let totals = store.partition_totals(&run.id).await.unwrap();
@@ -663,7 +680,7 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
     assert_eq!(totals.started, 8);
     assert_eq!(totals.retries, 1);
     assert_eq!(totals.errors, 3);
-    assert_eq!(totals.failing, 2);
+    assert_eq!(totals.failing, 3);
     let failing = store.failing_partitions(&run.id, 10).await.unwrap();
     let failing: Vec<u64> = failing.iter().map(|r| r.index).collect();
     let expected: Vec<u64> = records
@@ -677,8 +694,12 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
         .partitions_in_state(&run.id, PartitionState::Failed, 10)
         .await
         .unwrap();
-    assert_eq!(failed.len(), 1);
+    assert_eq!(failed.len(), 2);
     assert_eq!(failed[0].partition_id, parts[4].id);
+    let groups = store.error_groups(&run.id, 10).await.unwrap();
+    let mut messages: Vec<&str> = groups.iter().map(|g| g.message.as_str()).collect();
+    messages.sort_unstable();
+    assert_eq!(messages, ["bad row", "source not ready", "timeout"]);
 }
 
 /// `finish_empty` moves a fresh pending partition to done in one transaction, with its two
