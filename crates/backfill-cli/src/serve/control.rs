@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::api::{find, store_error};
 use super::{ApiError, AppState, constant_time_eq};
-use crate::commands::control::{apply_cancel, apply_pause, live_process};
+use crate::commands::control::{apply_cancel, apply_pause};
 
 /// The header a caller may name itself with.
 const ACTOR_HEADER: &str = "x-backfill-actor";
@@ -123,7 +123,7 @@ pub(crate) async fn approve(
         .await
         .map_err(|e| ApiError::refused(&e.into()))?;
     let controls = app.store.controls(&run.id).await.map_err(store_error)?;
-    let process = live_process(&controls).is_some() || app.executes(&run.id);
+    let process = app.process_running(&controls, &run.id);
     accepted(&app, &run, "approve", &actor, process).await
 }
 
@@ -141,7 +141,7 @@ pub(crate) async fn resume(
     let _: RequestBody = parse_body(&body)?;
     let run = find(&app, &run).await?;
     let controls = app.store.controls(&run.id).await.map_err(store_error)?;
-    if live_process(&controls).is_none() && !app.executes(&run.id) {
+    if !app.process_running(&controls, &run.id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -189,7 +189,7 @@ pub(crate) async fn throttle(
         .set_throttle(&run.id, change, &actor)
         .await
         .map_err(|e| ApiError::refused(&e.into()))?;
-    let process = live_process(&controls).is_some() || app.executes(&run.id);
+    let process = app.process_running(&controls, &run.id);
     let (status, Json(mut answer)) = accepted(&app, &run, "throttle", &actor, process).await?;
     answer["limits"] = json!({
         "rows_per_second": controls.rows_per_second,

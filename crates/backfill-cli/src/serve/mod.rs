@@ -63,6 +63,12 @@ impl AppState {
     fn executes(&self, run_id: &str) -> bool {
         self.executing_here.as_deref() == Some(run_id)
     }
+
+    /// Whether a live process executes run `run_id`, by its `controls`: another process
+    /// (heartbeat and pid) or this one.
+    fn process_running(&self, controls: &backfill_store::Controls, run_id: &str) -> bool {
+        crate::commands::control::live_process(controls).is_some() || self.executes(run_id)
+    }
 }
 
 /// `backfill serve`: binds, then answers until Ctrl-C or SIGTERM.

@@ -958,6 +958,23 @@ fn alert_rules_name_real_metrics_and_runbook_sections() {
     }
 }
 
+/// The id of the newest run (other than `except`) once it is in state `want`, polled through
+/// the API (20 s at most).
+fn newest_run_in(addr: &str, want: &str, except: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let runs = get(addr, "/api/runs").json();
+        if let Some(id) = runs["runs"][0]["run_id"].as_str()
+            && Some(id) != except
+            && get(addr, &format!("/api/runs/{id}")).json()["state"] == want
+        {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no new run is {want}: {runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `GET /api/runs/{run}`'s `state`, polled until it is `want` (15 s at most).
 fn wait_for_state(addr: &str, run_id: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -992,18 +1009,7 @@ async fn controls_need_the_token_act_on_the_run_and_name_the_caller() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let run_id = {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let runs = get(&addr, "/api/runs").json();
-            if let Some(id) = runs["runs"][0]["run_id"].as_str() {
-                break id.to_owned();
-            }
-            assert!(Instant::now() < deadline, "no run created");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_for_state(&addr, &run_id, "running");
+    let run_id = newest_run_in(&addr, "running", None);
     let control = |action: &str, headers: &[(&str, &str)], body: &str| {
         let path = format!("/api/runs/{run_id}/{action}");
         let r = request_with_body(&addr, "POST", &path, headers, body);
@@ -1445,22 +1451,7 @@ async fn dashboard_shows_runs_and_pauses_and_resumes_one_in_a_browser() {
     let token = "dashboard-token-0123456789abcdef";
     let server = serve_with_token(&ws, token);
     let addr = server.addr.clone();
-    let running_id = {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let runs = get(&addr, "/api/runs").json();
-            let id = runs["runs"][0]["run_id"].as_str().unwrap_or("").to_owned();
-            if id != finished && get(&addr, &format!("/api/runs/{id}")).json()["state"] == "running"
-            {
-                break id;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the second run never ran: {runs}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let running_id = newest_run_in(&addr, "running", Some(&finished));
 
     let browser = Browser::start(1440, 900);
     browser.go(&format!("http://{addr}/"));
@@ -1559,19 +1550,7 @@ async fn approve_over_http_lets_a_run_past_its_canary_gate() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let run_id = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let runs = get(&addr, "/api/runs").json();
-            if let Some(id) = runs["runs"][0]["run_id"].as_str()
-                && get(&addr, &format!("/api/runs/{id}")).json()["state"] == "awaiting_approval"
-            {
-                break id.to_owned();
-            }
-            assert!(Instant::now() < deadline, "never awaiting approval: {runs}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let run_id = newest_run_in(&addr, "awaiting_approval", None);
     let path = format!("/api/runs/{run_id}/approve");
     assert_eq!(request(&addr, "POST", &path, &[]).status, 401);
     let bearer = format!("Bearer {token}");
