@@ -316,6 +316,11 @@ def bench_serve(base, d, run_id, n):
         "api_progress_s": best(f"/api/runs/{run_id}/progress"),
         "api_errors_s": best(f"/api/runs/{run_id}/errors"),
         "api_audit_s": best(f"/api/runs/{run_id}/audit?limit=100"),
+        "api_sorted_duration_s": best(f"{pages}?limit=100&sort=duration"),
+        "api_sorted_rows_s": best(f"{pages}?limit=100&sort=rows"),
+        "api_checks_mismatched_s": best(f"/api/runs/{run_id}/checks?status=mismatched"),
+        "api_checks_page_s": best(f"/api/runs/{run_id}/checks?limit=100"),
+        "api_quarantine_s": best(f"/api/runs/{run_id}/quarantine?limit=100"),
     }
     out["serve_kib"] = vm_hwm(proc.pid)
     proc.terminate()
@@ -376,6 +381,12 @@ def report(results, meta):
     row("`serve`: progress per minute", ms("api_progress_s"), "–")
     row("`serve`: errors grouped", ms("api_errors_s"), "–")
     row("`serve`: first page of 100 audit events", ms("api_audit_s"), "–")
+    row("`serve`: first page sorted by duration (a scan of the run: no index)",
+        ms("api_sorted_duration_s"), "–")
+    row("`serve`: first page sorted by rows", ms("api_sorted_rows_s"), "–")
+    row("`serve`: mismatched checks", ms("api_checks_mismatched_s"), "–")
+    row("`serve`: first page of 100 checks", ms("api_checks_page_s"), "–")
+    row("`serve`: first page of quarantined rows", ms("api_quarantine_s"), "–")
     row("  peak RSS of `serve` after these", lambda r: mib(r["serve_kib"]), "< 100 MiB")
     L += ["", end]
     return "\n".join(L)

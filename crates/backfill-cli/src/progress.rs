@@ -94,6 +94,9 @@ pub(crate) fn start(
                             "budget exhausted ({}): paused until `backfill resume --extend-budget …`",
                             lines.join(", ")
                         ),
+                        Hold::BurnRate { budget, detail } => format!(
+                            "burning the {budget} too fast after the throttle ({detail}): paused (reason burn_rate) until `backfill resume`"
+                        ),
                         Hold::OutsideWindow { opens_at } => format!(
                             "outside the run window: paused until {}",
                             opens_at.to_rfc3339()

@@ -31,6 +31,7 @@ pub mod reconcile;
 pub mod retry;
 pub mod run_window;
 pub mod secret;
+pub mod slo;
 pub mod spec;
 pub mod split;
 pub mod state;

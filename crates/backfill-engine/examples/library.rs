@@ -58,6 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         throttle: None,
         validate: Default::default(),
         canary: None,
+        slo: None,
         redacted_text: String::new(),
         spec_hash: "library".into(),
     };

@@ -244,6 +244,7 @@ impl Background {
                 adaptive: adaptive.as_ref().map(adaptive::Adaptive::status),
                 lease,
                 shutdown: shutdown.clone(),
+                started: std::time::Instant::now(),
             }
             .run(stopped, ready),
         );

@@ -336,6 +336,18 @@ impl Store {
         change: ThrottleChange,
         actor: &str,
     ) -> Result<Controls, StoreError> {
+        self.set_throttle_because(run_id, change, actor, None).await
+    }
+
+    /// [`Store::set_throttle`] with the cause in the audit event (`cause`, `why`): the
+    /// engine's own throttle (`burn_rate`) says why it lowered the limits.
+    pub async fn set_throttle_because(
+        &self,
+        run_id: &str,
+        change: ThrottleChange,
+        actor: &str,
+        cause: Option<(&str, serde_json::Value)>,
+    ) -> Result<Controls, StoreError> {
         let mut tx = self.begin_write().await?;
         let state = lock_run(&mut tx, run_id).await?;
         if !state.is_unfinished() {
@@ -356,15 +368,12 @@ impl Store {
         .execute(&mut tx)
         .await?;
         let after = read_controls(&mut tx, run_id).await?;
-        audit::append(
-            &mut tx,
-            Some(run_id),
-            None,
-            actor,
-            "run.throttled",
-            json!({ "from": limits_json(&before), "to": limits_json(&after) }),
-        )
-        .await?;
+        let mut detail = json!({ "from": limits_json(&before), "to": limits_json(&after) });
+        if let Some((cause, why)) = cause {
+            detail["cause"] = json!(cause);
+            detail["why"] = why;
+        }
+        audit::append(&mut tx, Some(run_id), None, actor, "run.throttled", detail).await?;
         tx.commit().await?;
         Ok(after)
     }

@@ -71,7 +71,7 @@ pub use runs::{NewRun, PartitionSource, RunRecord};
 pub use shadows::{NewShadow, ShadowRecord, ShadowState};
 pub use skips::{Differing, GapFindings, GapRecord, GapsRecorded, WouldChange};
 pub use verify::{CheckStatus, CheckTotals, PartitionCheck, checksum};
-pub use views::{Bucket, ErrorGroup, HeatBin, ProgressBucket};
+pub use views::{Bucket, ErrorGroup, HeatBin, PartitionSort, ProgressBucket};
 
 use db::{Conn, Dialect, WriteTxn};
 

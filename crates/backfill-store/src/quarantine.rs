@@ -8,7 +8,7 @@
 use backfill_core::PartitionState;
 use serde_json::json;
 
-use crate::db::{Db, stmt};
+use crate::db::{Db, DbRow, stmt};
 use crate::{Store, StoreError, audit, codec};
 
 /// A rejected row to record.
@@ -37,6 +37,22 @@ pub struct QuarantineRecord {
     pub attempt: u32,
     /// When it was recorded (RFC 3339).
     pub at: String,
+}
+
+/// The columns [`quarantine_from_row`] reads.
+const QUARANTINE_COLUMNS: &str =
+    "SELECT partition_id, row_key, error, row_json, attempt, at FROM quarantine";
+
+fn quarantine_from_row(r: &DbRow) -> Result<QuarantineRecord, StoreError> {
+    let row: String = r.try_get(3)?;
+    Ok(QuarantineRecord {
+        partition_id: r.try_get(0)?,
+        key: r.try_get(1)?,
+        error: r.try_get(2)?,
+        row: serde_json::from_str(&row).unwrap_or(serde_json::Value::String(row)),
+        attempt: u32::try_from(r.try_get::<i64, _>(4)?).unwrap_or(0),
+        at: r.try_get(5)?,
+    })
 }
 
 pub(crate) async fn count_quarantined(
@@ -90,26 +106,37 @@ impl Store {
 
     /// Every quarantined row of a run, by partition and key.
     pub async fn quarantined(&self, run_id: &str) -> Result<Vec<QuarantineRecord>, StoreError> {
-        let rows = stmt(
-            "SELECT partition_id, row_key, error, row_json, attempt, at FROM quarantine \
-             WHERE run_id = ? ORDER BY partition_id, row_key",
-        )
+        let rows = stmt(format!(
+            "{QUARANTINE_COLUMNS} WHERE run_id = ? ORDER BY partition_id, row_key"
+        ))
         .bind(run_id)
         .fetch_all(&mut self.conn().await?)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let row: String = r.try_get(3)?;
-                Ok(QuarantineRecord {
-                    partition_id: r.try_get(0)?,
-                    key: r.try_get(1)?,
-                    error: r.try_get(2)?,
-                    row: serde_json::from_str(&row).unwrap_or(serde_json::Value::String(row)),
-                    attempt: u32::try_from(r.try_get::<i64, _>(4)?).unwrap_or(0),
-                    at: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(quarantine_from_row).collect()
+    }
+
+    /// One page of a run's quarantined rows by partition and key, after `after` (the
+    /// partition id and key of the previous page's last row): keyset-paginated on the
+    /// table's primary key.
+    pub async fn quarantine_page(
+        &self,
+        run_id: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<QuarantineRecord>, StoreError> {
+        let (partition, key) = after.unwrap_or(("", ""));
+        let rows = stmt(format!(
+            "{QUARANTINE_COLUMNS} WHERE run_id = ? AND (partition_id > ? OR \
+             (partition_id = ? AND row_key > ?)) ORDER BY partition_id, row_key LIMIT ?"
+        ))
+        .bind(run_id)
+        .bind(partition)
+        .bind(partition)
+        .bind(key)
+        .bind(codec::to_db(limit as u64))
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        rows.iter().map(quarantine_from_row).collect()
     }
 
     /// Gives the quarantined rows of a run another chance: every `done_with_quarantine`

@@ -20,7 +20,7 @@
 use backfill_core::fingerprint::Fingerprint;
 use serde_json::json;
 
-use crate::db::{Arg, Db, stmt};
+use crate::db::{Arg, Db, DbRow, stmt};
 use crate::{Store, StoreError, audit, codec};
 
 /// How a partition's last check ended.
@@ -154,32 +154,36 @@ pub(crate) async fn finish_detail(
         .map(|c| c.to_json()))
 }
 
+/// The columns [`check_from_row`] reads.
+const CHECK_COLUMNS: &str = "SELECT partition_id, status, source_rows, source_checksum, \
+     target_rows, target_checksum, detail, checked_by FROM partition_checks";
+
+fn check_from_row(r: &DbRow) -> Result<PartitionCheck, StoreError> {
+    let status: String = r.try_get(1)?;
+    let detail: String = r.try_get(6)?;
+    Ok(PartitionCheck {
+        partition_id: r.try_get(0)?,
+        status: CheckStatus::parse(&status),
+        source: parse_checksum(r.try_get(2)?, r.try_get(3)?),
+        target: parse_checksum(r.try_get(4)?, r.try_get(5)?),
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        checked_by: r.try_get(7)?,
+    })
+}
+
 async fn read_check(
     db: &mut impl Db,
     run_id: &str,
     partition_id: &str,
 ) -> Result<Option<PartitionCheck>, StoreError> {
-    let row = stmt(
-        "SELECT status, source_rows, source_checksum, target_rows, target_checksum, detail, \
-         checked_by FROM partition_checks WHERE run_id = ? AND partition_id = ?",
-    )
+    let row = stmt(format!(
+        "{CHECK_COLUMNS} WHERE run_id = ? AND partition_id = ?"
+    ))
     .bind(run_id)
     .bind(partition_id)
     .fetch_optional(db)
     .await?;
-    let Some(r) = row else {
-        return Ok(None);
-    };
-    let status: String = r.try_get(0)?;
-    let detail: String = r.try_get(5)?;
-    Ok(Some(PartitionCheck {
-        partition_id: partition_id.to_owned(),
-        status: CheckStatus::parse(&status),
-        source: parse_checksum(r.try_get(1)?, r.try_get(2)?),
-        target: parse_checksum(r.try_get(3)?, r.try_get(4)?),
-        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-        checked_by: r.try_get(6)?,
-    }))
+    row.as_ref().map(check_from_row).transpose()
 }
 
 impl Store {
@@ -199,6 +203,59 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// One page of run `run_id`'s recorded checks (only those with `status`, when given) in
+    /// partition id order, after partition `after`: keyset-paginated on the checks' primary
+    /// key, so the mismatched partitions of a million are a page of an index.
+    pub async fn checks_page(
+        &self,
+        run_id: &str,
+        status: Option<CheckStatus>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PartitionCheck>, StoreError> {
+        let status_clause = if status.is_some() {
+            " AND status = ?"
+        } else {
+            ""
+        };
+        let mut query = stmt(format!(
+            "{CHECK_COLUMNS} WHERE run_id = ?{status_clause} AND partition_id > ? \
+             ORDER BY partition_id LIMIT ?"
+        ))
+        .bind(run_id);
+        if let Some(status) = status {
+            query = query.bind(status.as_str());
+        }
+        let rows = query
+            .bind(after.unwrap_or(""))
+            .bind(codec::to_db(limit as u64))
+            .fetch_all(&mut self.conn().await?)
+            .await?;
+        rows.iter().map(check_from_row).collect()
+    }
+
+    /// The last checks of the partitions `partition_ids` of run `run_id` (those checked; in
+    /// no particular order): one query on the checks' primary key, for a page of partitions.
+    pub async fn checks_of(
+        &self,
+        run_id: &str,
+        partition_ids: &[&str],
+    ) -> Result<Vec<PartitionCheck>, StoreError> {
+        if partition_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; partition_ids.len()].join(", ");
+        let mut query = stmt(format!(
+            "{CHECK_COLUMNS} WHERE run_id = ? AND partition_id IN ({marks})"
+        ))
+        .bind(run_id);
+        for id in partition_ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&mut self.conn().await?).await?;
+        rows.iter().map(check_from_row).collect()
     }
 
     /// The last check of one partition, if any.

@@ -53,7 +53,85 @@ pub enum Bucket {
     Hour,
 }
 
+/// An order of a page of partitions other than the plan's: the largest first, ties in plan
+/// order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionSort {
+    /// Time spent in the partition's attempts (`elapsed_ms`).
+    Duration,
+    /// Attempts started.
+    Attempts,
+    /// Rows read.
+    Rows,
+}
+
+impl PartitionSort {
+    /// The column sorted on.
+    fn column(self) -> &'static str {
+        match self {
+            PartitionSort::Duration => "elapsed_ms",
+            PartitionSort::Attempts => "attempts",
+            PartitionSort::Rows => "rows_read",
+        }
+    }
+
+    /// The sorted value of `p`: with its plan index, the keyset cursor of the page after it.
+    pub fn value_of(self, p: &crate::PartitionRecord) -> u64 {
+        match self {
+            PartitionSort::Duration => p.elapsed_ms,
+            PartitionSort::Attempts => u64::from(p.attempts),
+            PartitionSort::Rows => p.counts.read,
+        }
+    }
+}
+
 impl Store {
+    /// One page of run `run_id`'s partitions (only those in `state`, when given) sorted by
+    /// `sort`, largest first and ties in plan order, after the cursor `after` (the sorted
+    /// value and plan index of the previous page's last partition). Keyset-paginated: no
+    /// offset, so a deep page costs what the first does.
+    pub async fn partitions_sorted(
+        &self,
+        run_id: &str,
+        state: Option<PartitionState>,
+        sort: PartitionSort,
+        after: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<crate::PartitionRecord>, StoreError> {
+        let col = sort.column();
+        let state_clause = if state.is_some() {
+            " AND state = ?"
+        } else {
+            ""
+        };
+        let after_clause = if after.is_some() {
+            format!(" AND ({col} < ? OR ({col} = ? AND idx > ?))")
+        } else {
+            String::new()
+        };
+        let mut query = stmt(format!(
+            "{} WHERE run_id = ?{state_clause}{after_clause} ORDER BY {col} DESC, idx LIMIT ?",
+            crate::partitions::PARTITION_COLUMNS
+        ))
+        .bind(run_id);
+        if let Some(state) = state {
+            query = query.bind(state.as_str());
+        }
+        if let Some((value, index)) = after {
+            query = query
+                .bind(codec::to_db(value))
+                .bind(codec::to_db(value))
+                .bind(codec::to_db(index));
+        }
+        let rows = query
+            .bind(codec::to_db(limit as u64))
+            .fetch_all(&mut self.conn().await?)
+            .await?;
+        rows.iter()
+            .map(crate::partitions::partition_from_row)
+            .collect()
+    }
+
     /// The failing partitions of run `run_id` (see [`crate::is_failing`]) grouped by their
     /// last error, the largest groups first, at most `limit` groups. Reads only partitions
     /// that started (a partial index) and the failed ones, so a run with few failures answers

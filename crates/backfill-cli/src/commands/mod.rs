@@ -7,6 +7,7 @@ pub(crate) mod demo;
 pub(crate) mod diff;
 pub(crate) mod docs;
 pub(crate) mod gates;
+pub(crate) mod objective;
 pub(crate) mod only_gaps;
 pub(crate) mod plan;
 pub(crate) mod quarantine;

@@ -286,6 +286,10 @@ pub(crate) async fn execute(
                     "run paused: the circuit breaker opened (see `backfill status {}`); after fixing the cause, `backfill resume {}`",
                     run.id, run.id
                 ),
+                Some("burn_rate") => format!(
+                    "run paused: it burned its budget too fast even after the burn-rate throttle (see `backfill status {}`); after fixing the cause, `backfill resume {}` continues, still throttled",
+                    run.id, run.id
+                ),
                 Some(reason) if reason != "stopped" => format!(
                     "run paused ({reason}); continue with `backfill resume {}`",
                     run.id

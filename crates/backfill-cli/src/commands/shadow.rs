@@ -90,7 +90,7 @@ pub(crate) async fn cleanup(
 }
 
 /// A refusal as the user's error (exit 2) with what to do; failures pass through (exit 1).
-fn refusal(error: ShadowError, run_id: &str) -> anyhow::Error {
+pub(crate) fn refusal(error: ShadowError, run_id: &str) -> anyhow::Error {
     if !error.is_refusal() {
         return error.into();
     }

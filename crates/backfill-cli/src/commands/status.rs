@@ -177,7 +177,20 @@ impl StatusView {
             })).collect::<Vec<_>>(),
             "failing_total": st.failing_total,
             "reconciliation": crate::commands::run::reconciliation_json(checks, None),
+            "slo": self.objective(),
         })
+    }
+
+    /// The `[slo]` block: the objective, the projection against it, the error budget and
+    /// its burn (null without `[slo]`).
+    pub(crate) fn objective(&self) -> serde_json::Value {
+        crate::commands::objective::json(
+            &self.run,
+            &self.totals,
+            self.st.eta_seconds,
+            &self.live,
+            chrono::Utc::now(),
+        )
     }
 }
 
@@ -195,6 +208,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     };
     let view = StatusView::load(&store, run, UndoRows::Count).await?;
     out.json(&view.to_json());
+    let objective = view.objective();
     let StatusView {
         run,
         totals,
@@ -299,6 +313,9 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     ));
     if let Some(eta) = st.eta_seconds {
         out.line(format!("  ETA:        {}", duration(eta)));
+    }
+    for line in crate::commands::objective::lines(&objective) {
+        out.line(line);
     }
     out.line(format!(
         "  verified:   {}",

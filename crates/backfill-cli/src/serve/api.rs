@@ -6,7 +6,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use backfill_core::{PartitionState, Window};
-use backfill_store::{Bucket, PartitionRecord};
+use backfill_store::{Bucket, PartitionRecord, PartitionSort};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -58,19 +58,25 @@ pub(crate) async fn run(
     Ok(Json(status))
 }
 
-/// `?state=&after=&limit=` of a page of partitions.
+/// `?state=&sort=&after=&cursor=&limit=` of a page of partitions.
 #[derive(Debug, Deserialize)]
 pub(crate) struct PartitionsQuery {
     /// Only partitions in this state.
     state: Option<String>,
-    /// The plan index the page starts after (the previous page's `next_after`).
+    /// `index` (plan order, the default), `duration`, `attempts` or `rows` (largest first).
+    sort: Option<String>,
+    /// In plan order: the plan index the page starts after (the previous page's
+    /// `next_after`).
     after: Option<u64>,
+    /// In another order: the previous page's `next_cursor`.
+    cursor: Option<String>,
     limit: Option<usize>,
 }
 
-/// `GET /api/runs/{run}/partitions`: one page of the run's partitions in plan order, each
-/// with its window, state, attempts, checkpoint, rows and last error; `next_after` is the
-/// `after` of the next page, null on the last one.
+/// `GET /api/runs/{run}/partitions`: one page of the run's partitions, each with its window,
+/// state, attempts, checkpoint, rows and last error. In plan order `next_after` is the
+/// `after` of the next page; sorted by duration, attempts or rows (largest first, ties in
+/// plan order) `next_cursor` is its `cursor`; both null on the last page.
 pub(crate) async fn partitions(
     State(app): State<AppState>,
     Path(run): Path<String>,
@@ -89,22 +95,114 @@ pub(crate) async fn partitions(
         })?),
     };
     let limit = query.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let sort = sort_of(query.sort.as_deref())?;
     let record = find(&app, &run).await?;
+    let Some(sort) = sort else {
+        let page = app
+            .store
+            .partitions_page(&record.id, state, query.after, limit)
+            .await
+            .map_err(store_error)?;
+        let next_after = (page.len() == limit)
+            .then(|| page.last().map(|p| p.index))
+            .flatten();
+        let partitions = with_checks(&app, &record.id, &page).await?;
+        return Ok(Json(json!({
+            "run_id": record.id,
+            "state": state.map(|s| s.as_str()),
+            "sort": "index",
+            "after": query.after,
+            "partitions": partitions,
+            "next_after": next_after,
+            "next_cursor": null,
+        })));
+    };
+    let after = query.cursor.as_deref().map(cursor_of).transpose()?;
     let page = app
         .store
-        .partitions_page(&record.id, state, query.after, limit)
+        .partitions_sorted(&record.id, state, sort, after, limit)
         .await
         .map_err(store_error)?;
-    let next_after = (page.len() == limit)
-        .then(|| page.last().map(|p| p.index))
+    let next_cursor = (page.len() == limit)
+        .then(|| {
+            page.last()
+                .map(|p| format!("{}:{}", sort.value_of(p), p.index))
+        })
         .flatten();
+    let partitions = with_checks(&app, &record.id, &page).await?;
     Ok(Json(json!({
         "run_id": record.id,
         "state": state.map(|s| s.as_str()),
-        "after": query.after,
-        "partitions": page.iter().map(partition_json).collect::<Vec<_>>(),
-        "next_after": next_after,
+        "sort": query.sort,
+        "after": null,
+        "partitions": partitions,
+        "next_after": null,
+        "next_cursor": next_cursor,
     })))
+}
+
+/// The partitions of a page as JSON, each with its last reconciliation check (`check`: its
+/// status and both sides' row counts, null when never checked): one more query per page.
+async fn with_checks(
+    app: &AppState,
+    run_id: &str,
+    page: &[PartitionRecord],
+) -> Result<Vec<Value>, ApiError> {
+    let ids: Vec<&str> = page.iter().map(|p| p.partition_id.as_str()).collect();
+    let checks = app
+        .store
+        .checks_of(run_id, &ids)
+        .await
+        .map_err(store_error)?;
+    Ok(page
+        .iter()
+        .map(|p| {
+            let mut json = partition_json(p);
+            json["check"] = checks
+                .iter()
+                .find(|c| c.partition_id == p.partition_id)
+                .map_or(Value::Null, |c| {
+                    let (source, target) = (c.source.map(|f| f.rows), c.target.map(|f| f.rows));
+                    json!({
+                        "status": if c.status == backfill_store::CheckStatus::Mismatch { "mismatched" } else { c.status.as_str() },
+                        "source_rows": source,
+                        "target_rows": target,
+                        "row_delta": source.zip(target).map(|(s, t)| t as i64 - s as i64),
+                    })
+                });
+            json
+        })
+        .collect())
+}
+
+/// `?sort=`: `None` for plan order.
+fn sort_of(name: Option<&str>) -> Result<Option<PartitionSort>, ApiError> {
+    Ok(match name {
+        None | Some("" | "index") => None,
+        Some("duration") => Some(PartitionSort::Duration),
+        Some("attempts") => Some(PartitionSort::Attempts),
+        Some("rows") => Some(PartitionSort::Rows),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`sort={other}` is not an order of partitions"),
+            )
+            .hint("one of: index, duration, attempts, rows"));
+        }
+    })
+}
+
+/// `?cursor=VALUE:INDEX`, as a previous page's `next_cursor` gave it.
+fn cursor_of(text: &str) -> Result<(u64, u64), ApiError> {
+    text.split_once(':')
+        .and_then(|(v, i)| Some((v.parse().ok()?, i.parse().ok()?)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`cursor={text}` is not a cursor of this API"),
+            )
+            .hint("pass the `next_cursor` of the previous page as it is")
+        })
 }
 
 /// One partition in the API.

@@ -1,6 +1,6 @@
-//! Control endpoints: pause, resume, cancel, throttle and approve a run from the dashboard or
-//! a script, the same actions as `backfill pause|resume|cancel|throttle|approve` (they share
-//! their store steps).
+//! Control endpoints: pause, resume, cancel, throttle, approve and promote a run from the
+//! dashboard or a script, the same actions as `backfill
+//! pause|resume|cancel|throttle|approve|promote` (they share their store steps).
 //!
 //! Each needs the server's token (`Authorization: Bearer …`): a server started without
 //! `--token-file` refuses them (403), a request without the token gets 401. Each is an audit
@@ -125,6 +125,50 @@ pub(crate) async fn approve(
     let controls = app.store.controls(&run.id).await.map_err(store_error)?;
     let process = app.process_running(&controls, &run.id);
     accepted(&app, &run, "approve", &actor, process).await
+}
+
+/// The body of `promote` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    /// Promote even though the live table changed since the shadow was seeded.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/runs/{run}/promote`: swaps a succeeded shadow run's table in, as `backfill
+/// promote RUN [--force]` does (the same steps, the same refusals, as 409). Reads the run's
+/// spec file where the run recorded it, with this server's environment for `${VAR}`s: 409
+/// when it moved or its plan changed.
+pub(crate) async fn promote(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(run): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let actor = authorize(&app, &headers, peer)?;
+    let body: PromoteBody = parse_body(&body)?;
+    let run = find(&app, &run).await?;
+    let spec = crate::commands::run::spec_of(&run, None, crate::output::Output { json: true })
+        .map_err(|e| ApiError::refused(&e))?;
+    let promoted = backfill_engine::shadow::promote(&app.store, &spec, &run.id, body.force, &actor)
+        .await
+        .map_err(|e| ApiError::refused(&crate::commands::shadow::refusal(e, &run.id)))?;
+    let r = &promoted.record;
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "run_id": run.id,
+            "promoted": true,
+            "by": actor,
+            "live_table": r.live_table,
+            "old_table": r.old_table,
+            "forced": promoted.forced,
+            "overridden": promoted.overridden,
+            "lock_ms": promoted.lock.as_secs_f64() * 1000.0,
+        })),
+    ))
 }
 
 /// `POST /api/runs/{run}/resume`: lifts the pause of a run whose process waits, paused (it

@@ -14,7 +14,8 @@
 //! its cause, M6 the serving process's CPU and memory (`process_*`), M7 the probe's latency
 //! against its baseline, M8 reconciliation (`backfill_run_reconciled_partitions`), M9 budget
 //! and ETA (`backfill_run_budget_used_ratio`, `backfill_run_eta_seconds`), M10 audit events
-//! (`backfill_audit_events`), and liveness (`backfill_run_executing`,
+//! (`backfill_audit_events`), `[slo]` objectives (`backfill_run_slo_*`: burn rates over 5m and
+//! 1h, error budget used, deadline and projected completion), and liveness (`backfill_run_executing`,
 //! `backfill_run_heartbeat_age_seconds`) for a stalled-run alert.
 
 use std::sync::atomic::AtomicU64;
@@ -75,6 +76,12 @@ struct Families {
     elapsed: Family<Labels, GaugeF>,
     executing: Family<Labels, GaugeF>,
     heartbeat_age: Family<Labels, GaugeF>,
+    slo_success: Family<Labels, GaugeF>,
+    slo_latency: Family<Labels, GaugeF>,
+    slo_burn: Family<Labels, GaugeF>,
+    slo_budget_used: Family<Labels, GaugeF>,
+    slo_deadline: Family<Labels, GaugeF>,
+    slo_projected: Family<Labels, GaugeF>,
 }
 
 /// A metric family's name (without the `_total` of a counter or the unit's suffix), help
@@ -181,6 +188,37 @@ const HEARTBEAT_AGE: Def = Def {
     unit: Some(Unit::Seconds),
 };
 
+const SLO_SUCCESS: Def = Def {
+    name: "backfill_run_slo_success_ratio_objective",
+    help: "The run's `[slo] success_rate`: the share of attempts that should succeed",
+    unit: None,
+};
+const SLO_LATENCY: Def = Def {
+    name: "backfill_run_slo_max_latency_increase_objective",
+    help: "The run's `[slo] max_latency_increase`: the live latency's allowed rise over its baseline (0.10 is +10%)",
+    unit: None,
+};
+const SLO_BURN: Def = Def {
+    name: "backfill_run_slo_burn_rate",
+    help: "The error budget's burn rate over a window (5m, 1h) as the executing process last saw it: failed attempts over attempts, divided by 1 - success_rate",
+    unit: None,
+};
+const SLO_BUDGET_USED: Def = Def {
+    name: "backfill_run_slo_error_budget_used_ratio",
+    help: "Failed attempts of the whole run over the error budget, (1 - success_rate) x partitions",
+    unit: None,
+};
+const SLO_DEADLINE: Def = Def {
+    name: "backfill_run_slo_deadline_timestamp",
+    help: "When the run should complete: its creation plus `[slo] complete_within` (Unix time)",
+    unit: Some(Unit::Seconds),
+};
+const SLO_PROJECTED: Def = Def {
+    name: "backfill_run_slo_projected_completion_timestamp",
+    help: "When the run is projected to complete: now plus the ETA, or when it finished (Unix time)",
+    unit: Some(Unit::Seconds),
+};
+
 impl Families {
     fn register(r: &mut Registry) -> Families {
         fn gauge(r: &mut Registry, def: &Def) -> Family<Labels, GaugeF> {
@@ -213,6 +251,12 @@ impl Families {
             elapsed: gauge(r, &ELAPSED),
             executing: gauge(r, &EXECUTING),
             heartbeat_age: gauge(r, &HEARTBEAT_AGE),
+            slo_success: gauge(r, &SLO_SUCCESS),
+            slo_latency: gauge(r, &SLO_LATENCY),
+            slo_burn: gauge(r, &SLO_BURN),
+            slo_budget_used: gauge(r, &SLO_BUDGET_USED),
+            slo_deadline: gauge(r, &SLO_DEADLINE),
+            slo_projected: gauge(r, &SLO_PROJECTED),
         }
     }
 }
@@ -296,6 +340,12 @@ fn fill_example(f: &Families) {
         elapsed,
         executing,
         heartbeat_age,
+        slo_success,
+        slo_latency,
+        slo_burn,
+        slo_budget_used,
+        slo_deadline,
+        slo_projected,
     } = f;
     let base = || -> Labels {
         vec![
@@ -314,6 +364,7 @@ fn fill_example(f: &Families) {
     rate_limit.get_or_create(&with("cause")).set(0.0);
     reconciled.get_or_create(&with("result")).set(0.0);
     budget.get_or_create(&with("kind")).set(0.0);
+    slo_burn.get_or_create(&with("window")).set(0.0);
     for family in [
         planned,
         rows_per_second,
@@ -325,6 +376,11 @@ fn fill_example(f: &Families) {
         elapsed,
         executing,
         heartbeat_age,
+        slo_success,
+        slo_latency,
+        slo_budget_used,
+        slo_deadline,
+        slo_projected,
     ] {
         family.get_or_create(&base()).set(0.0);
     }
@@ -467,7 +523,44 @@ fn record_run(
         let age = (now - beat).to_std().unwrap_or_default();
         f.heartbeat_age.get_or_create(&base).set(age.as_secs_f64());
     }
+    record_objective(f, view, &base);
     debug_assert!(PartitionState::ALL.len() == view.st.by_state.len());
+}
+
+/// The `[slo]` series of one run, when its process reported an objective.
+fn record_objective(f: &Families, view: &StatusView, base: &Labels) {
+    let slo = view.objective();
+    if slo.is_null() {
+        return;
+    }
+    if let Some(rate) = slo["objective"]["success_rate"].as_f64() {
+        f.slo_success.get_or_create(base).set(rate);
+    }
+    if let Some(rise) = slo["objective"]["max_latency_increase"].as_f64() {
+        f.slo_latency.get_or_create(base).set(rise);
+    }
+    for (window, key) in [("5m", "short"), ("1h", "long")] {
+        if let Some(burn) = slo["burn_rate"][key].as_f64() {
+            let mut labels = base.clone();
+            labels.push(("window".to_owned(), window.to_owned()));
+            f.slo_burn.get_or_create(&labels).set(burn);
+        }
+    }
+    if let Some(used) = slo["error_budget"]["used_ratio"].as_f64() {
+        f.slo_budget_used.get_or_create(base).set(used);
+    }
+    let unix = |key: &str| {
+        slo[key]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp() as f64)
+    };
+    if let Some(t) = unix("deadline") {
+        f.slo_deadline.get_or_create(base).set(t);
+    }
+    if let Some(t) = unix("projected_completion") {
+        f.slo_projected.get_or_create(base).set(t);
+    }
 }
 
 /// The audit chain's length, and `process_cpu_seconds_total` and

@@ -25,6 +25,7 @@ mod api;
 mod control;
 mod dashboard;
 mod metrics;
+mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -174,11 +175,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/runs/{run}/rates", get(api::rates))
         .route("/api/runs/{run}/heat", get(api::heat))
         .route("/api/runs/{run}/progress", get(api::progress))
+        .route("/api/runs/{run}/checks", get(trust::checks))
+        .route("/api/runs/{run}/quarantine", get(trust::quarantine))
         .route("/api/runs/{run}/pause", post(control::pause))
         .route("/api/runs/{run}/resume", post(control::resume))
         .route("/api/runs/{run}/cancel", post(control::cancel))
         .route("/api/runs/{run}/throttle", post(control::throttle))
         .route("/api/runs/{run}/approve", post(control::approve))
+        .route("/api/runs/{run}/promote", post(control::promote))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such path")
                 .hint("the API is /api/runs and /api/runs/{run}[/partitions|audit|errors|rates|heat|progress] (docs/openapi.json); metrics are at /metrics")

@@ -676,3 +676,150 @@ async fn circuit_breaker_opens_on_failing_batches_and_resume_closes_it() {
     );
     schema.drop_now().await;
 }
+
+// `[slo]`: a run burning its error budget is throttled first, then paused with reason
+// `burn_rate`; `resume` continues it, still throttled until `throttle` lifts it.
+
+/// A trigger of the target refusing (SQLite `RAISE(ABORT)`, a data error: the partition fails
+/// at once) each day's rows from 22:00 while `fail.on_` is set: written in key order, a
+/// partition writes most of its day, at the run's rate, before it fails.
+const REFUSE_LATE_ROWS: &str = "CREATE TABLE fail (on_ INTEGER NOT NULL); \
+     INSERT INTO fail VALUES (1); \
+     CREATE TRIGGER refuse BEFORE INSERT ON events_copy \
+     WHEN (SELECT on_ FROM fail) AND substr(NEW.ts, 12, 2) >= '22' \
+     BEGIN SELECT RAISE(ABORT, 'injected refusal'); END;";
+
+#[tokio::test]
+async fn burning_the_error_budget_throttles_then_pauses_and_resume_continues() {
+    const DAYS: i64 = 20;
+    let ws = Workspace::new();
+    let source = make_source(&ws.path("source.db"), 100 * DAYS, DAYS).await;
+    let target = make_target(&ws.path("target.db")).await;
+    sqlx::raw_sql(REFUSE_LATE_ROWS)
+        .execute(&target)
+        .await
+        .expect("refusing trigger");
+    let text = copy_spec(
+        &ws.path("source.db").display().to_string(),
+        &ws.path("target.db").display().to_string(),
+        DAYS,
+        "",
+    );
+    let text = text.replacen(
+        "concurrency = 4\nbatch_rows = 1000\n",
+        "concurrency = 2\nbatch_rows = 10\nrows_per_second = 100\ncircuit_breaker = false\n",
+        1,
+    );
+    // 20 partitions at 90%: an error budget of 2 failed attempts.
+    let text = format!("{text}\n[slo]\ncomplete_within = \"48h\"\nsuccess_rate = 0.9\n");
+    assert!(text.contains("rows_per_second = 100"));
+    let spec = ws.write("spec.toml", &text);
+
+    let mut run = Proc::spawn(&ws, &["run", &spec], "run");
+    let id = the_run(&ws, &mut run);
+    let mut st = serde_json::Value::Null;
+    wait_until(
+        "the run pauses with burn_rate",
+        Duration::from_secs(60),
+        || {
+            assert!(run.alive(), "the run ended:\n{}", run.stderr());
+            st = status(&ws, &id);
+            st["state"] == "paused"
+        },
+    );
+    assert_eq!(st["pause_reason"], "burn_rate", "{st:#}");
+    assert_eq!(st["control"]["process_running"], true, "{st:#}");
+    // Throttled before the pause: half the concurrency and half the rate, by the engine,
+    // with the burn as the audited cause.
+    assert_eq!(st["control"]["throttle"]["concurrency"], 1, "{st:#}");
+    assert_eq!(st["control"]["throttle"]["rows_per_second"], 50, "{st:#}");
+    let events = audit_events(&ws, &id);
+    let throttled = events
+        .iter()
+        .position(|e| e["action"] == "run.throttled")
+        .expect("a run.throttled event");
+    let paused = events
+        .iter()
+        .position(|e| e["action"] == "run.paused")
+        .expect("a run.paused event");
+    assert!(throttled < paused, "throttle first, then pause");
+    let t = &events[throttled];
+    assert_eq!(t["actor"], "engine", "{t:#}");
+    assert_eq!(t["detail"]["cause"], "burn_rate", "{t:#}");
+    assert_eq!(t["detail"]["why"]["budget"], "error budget", "{t:#}");
+    let p = &events[paused];
+    assert_eq!(p["detail"]["pause_reason"], "burn_rate", "{p:#}");
+    assert!(
+        p["detail"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("failed attempts")),
+        "{p:#}"
+    );
+    // `status` shows the objective and the burn.
+    let slo = &st["slo"];
+    assert_eq!(slo["stage"], "paused", "{slo:#}");
+    assert_eq!(slo["objective"]["success_rate"], 0.9, "{slo:#}");
+    assert_eq!(slo["error_budget"]["allowed"], 2.0, "{slo:#}");
+    let used = slo["error_budget"]["used"].as_u64().expect("errors used");
+    assert!(used >= 4, "two burns of more than half the budget: {slo:#}");
+    assert!(
+        slo["burn_rate"]["short"].as_f64().unwrap_or(0.0) > 1.0,
+        "{slo:#}"
+    );
+    assert!(slo["deadline"].is_string(), "{slo:#}");
+    let text_status = ws.run(&["status", &id]);
+    assert!(
+        text_status.stdout.contains("error budget:") && text_status.stdout.contains("burn guard"),
+        "{}",
+        text_status.stdout
+    );
+    // Nothing is written while paused.
+    let before = count(&target).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        before,
+        count(&target).await,
+        "rows were written while paused"
+    );
+
+    // Fixed: lift the throttle, stop the failures and resume the waiting process.
+    sqlx::query("UPDATE fail SET on_ = 0")
+        .execute(&target)
+        .await
+        .expect("clear the flag");
+    let lifted = ws.run(&[
+        "throttle",
+        &id,
+        "--rows-per-second",
+        "off",
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(lifted.code, 0, "{lifted:?}");
+    let resumed = ws.run(&["resume", &id]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    run.wait(Duration::from_secs(60));
+    let st = status(&ws, &id);
+    let n = |state: &str| st["partitions"][state].as_u64().unwrap_or(0);
+    let done = n("done");
+    // The refused rows were quarantined (a data error), or their partitions failed.
+    assert_eq!(
+        done + n("done_with_quarantine") + n("failed"),
+        DAYS as u64,
+        "every partition ended: {st:#}"
+    );
+    assert!(done >= 10, "the resumed run went on: {st:#}");
+    // Every row written is the source's, and every done day (100 rows each) is complete.
+    let expected = reference(&source).await;
+    let by_id: std::collections::BTreeMap<_, _> =
+        expected.iter().map(|r| (r[0].clone(), r)).collect();
+    let got = target_rows(&target).await;
+    assert!(
+        got.len() as u64 >= done * 100,
+        "{} rows for {done} days",
+        got.len()
+    );
+    for row in &got {
+        assert_eq!(by_id.get(&row[0]), Some(&row), "row {:?}", row[0]);
+    }
+}

@@ -330,6 +330,54 @@ fn json_schema(spec: &Value, name: &str) -> Value {
     spec["components"]["schemas"][name].clone()
 }
 
+/// Pages of one partition sorted by each order, followed by `next_cursor`, list the plan
+/// once, largest first (ties in plan order); a wrong order or cursor is 400.
+fn assert_sorted_pages(spec: &Value, addr: &str, run_id: &str) {
+    for (sort, field) in [
+        ("duration", "elapsed_ms"),
+        ("attempts", "attempts"),
+        ("rows", "rows"),
+    ] {
+        let mut seen: Vec<(u64, u64)> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/runs/{run_id}/partitions?limit=1&sort={sort}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = assert_documented(spec, "/api/runs/{run}/partitions", &get(addr, &path));
+            assert_eq!(page["sort"], sort);
+            assert_eq!(page["next_after"], Value::Null);
+            for p in page["partitions"].as_array().unwrap() {
+                let value = match field {
+                    "rows" => p["rows"]["read"].as_u64(),
+                    f => p[f].as_u64(),
+                };
+                seen.push((value.unwrap(), p["index"].as_u64().unwrap()));
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+            assert!(seen.len() <= 3, "paging does not end: {seen:?}");
+        }
+        let mut want = seen.clone();
+        want.sort_by_key(|(v, i)| (std::cmp::Reverse(*v), *i));
+        assert_eq!(seen, want, "sort={sort}");
+        let mut indexes: Vec<u64> = seen.iter().map(|(_, i)| *i).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, [0, 1, 2], "sort={sort}");
+    }
+    for bad in [
+        "sort=slowest",
+        "sort=rows&cursor=12",
+        "sort=rows&cursor=a:b",
+    ] {
+        let r = get(addr, &format!("/api/runs/{run_id}/partitions?{bad}"));
+        assert_error(spec, &r, 400, bad);
+    }
+}
+
 /// A workspace whose 3-day copy of 300 rows has run to success; returns the run id.
 async fn finished_run(ws: &Workspace) -> String {
     copy_workspace(ws, 300, "batch_rows = 1000").await;
@@ -407,6 +455,8 @@ async fn serve_answers_runs_status_pages_and_metrics_as_documented() {
             seen.push(p["index"].as_u64().unwrap());
             assert_eq!(p["state"], "done");
             assert_eq!(p["rows"]["read"], 100, "{p:#}");
+            assert_eq!(p["check"]["status"], "verified", "{p:#}");
+            assert_eq!(p["check"]["row_delta"], 0, "{p:#}");
         }
         match page["next_after"].as_u64() {
             Some(next) => after = Some(next),
@@ -425,6 +475,42 @@ async fn serve_answers_runs_status_pages_and_metrics_as_documented() {
     );
     let failed = assert_documented(&spec, "/api/runs/{run}/partitions", &failed);
     assert_eq!(failed["partitions"], serde_json::json!([]));
+    assert_sorted_pages(&spec, &addr, &run_id);
+
+    // Reconciliation checks: every partition verified after writing, page by page.
+    let mut checked = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/api/runs/{run_id}/checks?limit=2");
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page = assert_documented(&spec, "/api/runs/{run}/checks", &get(&addr, &path));
+        for c in page["checks"].as_array().unwrap() {
+            assert_eq!(c["status"], "verified", "{c:#}");
+            assert_eq!(c["source_rows"], c["target_rows"], "{c:#}");
+            checked.push(c["partition_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(checked.len() <= 3, "paging does not end: {checked:?}");
+    }
+    assert_eq!(checked.len(), 3, "{checked:?}");
+    let mismatched = get(
+        &addr,
+        &format!("/api/runs/{run_id}/checks?status=mismatched"),
+    );
+    let mismatched = assert_documented(&spec, "/api/runs/{run}/checks", &mismatched);
+    assert_eq!(mismatched["checks"], serde_json::json!([]));
+    let bad = get(&addr, &format!("/api/runs/{run_id}/checks?status=wrong"));
+    assert_error(&spec, &bad, 400, "an unknown check status");
+    let none = get(&addr, &format!("/api/runs/{run_id}/quarantine"));
+    let none = assert_documented(&spec, "/api/runs/{run}/quarantine", &none);
+    assert_eq!(none["rows"], serde_json::json!([]));
+    let half = get(&addr, &format!("/api/runs/{run_id}/quarantine?after_key=x"));
+    assert_error(&spec, &half, 400, "half a quarantine cursor");
 
     // The run's audit trail, errors, rates, heat strip and progress.
     let audit = get(&addr, &format!("/api/runs/{run_id}/audit?limit=2"));
@@ -715,6 +801,11 @@ async fn serve_guards_other_addresses_with_a_token() {
 async fn run_serves_its_metrics_while_it_executes() {
     let ws = Workspace::new();
     copy_workspace(&ws, 600, "batch_rows = 20\nrows_per_second = 150").await;
+    let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
+    ws.write(
+        "spec.toml",
+        &format!("{spec}\n[slo]\ncomplete_within = \"48h\"\nsuccess_rate = 0.99\n"),
+    );
 
     let refused = ws.run(&["run", "spec.toml", "--metrics-addr", "0.0.0.0:9464"]);
     assert_eq!(refused.code, 2, "{refused:#?}");
@@ -742,12 +833,24 @@ async fn run_serves_its_metrics_while_it_executes() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut reads = Vec::new();
-    while reads.len() < 2 {
+    let mut last_scrape = None;
+    let projected = |s: &Option<prometheus_parse::Scrape>| {
+        s.as_ref().and_then(|s| {
+            sample(
+                s,
+                "backfill_run_slo_projected_completion_timestamp_seconds",
+                &[],
+            )
+        })
+    };
+    // Until the metrics moved twice, and the first partition's end gave an ETA.
+    while reads.len() < 2 || projected(&last_scrape).is_none() {
         assert!(
             Instant::now() < deadline,
             "no progress in the metrics: {reads:?}"
         );
-        let scrape = parse_metrics(&get(&addr, "/metrics").body);
+        let scrape_now = parse_metrics(&get(&addr, "/metrics").body);
+        let scrape = &scrape_now;
         let running = scrape
             .samples
             .iter()
@@ -756,14 +859,36 @@ async fn run_serves_its_metrics_while_it_executes() {
             s.metric == "backfill_run_executing"
                 && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 1.0)
         });
-        if let Some(r) = read(&scrape).filter(|r| *r > 0.0 && running && executing)
+        if let Some(r) = read(scrape).filter(|r| *r > 0.0 && running && executing)
             && reads.last().is_none_or(|last| r > *last)
         {
             reads.push(r);
         }
+        last_scrape = Some(scrape_now);
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(reads[1] > reads[0], "{reads:?}");
+    // `[slo]`: the objective, the burn rates of both windows, the budget used, the deadline
+    // two days after the run's creation and the projected completion before it.
+    let scrape = last_scrape.expect("a scrape");
+    let at = |name: &str, labels: &[(&str, &str)]| {
+        sample(&scrape, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    assert_eq!(at("backfill_run_slo_success_ratio_objective", &[]), 0.99);
+    assert_eq!(at("backfill_run_slo_burn_rate", &[("window", "5m")]), 0.0);
+    assert_eq!(at("backfill_run_slo_burn_rate", &[("window", "1h")]), 0.0);
+    assert_eq!(at("backfill_run_slo_error_budget_used_ratio", &[]), 0.0);
+    let deadline = at("backfill_run_slo_deadline_timestamp_seconds", &[]);
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (deadline - now - 48.0 * 3600.0).abs() < 120.0,
+        "{deadline} vs {now}"
+    );
+    let projected = projected(&Some(scrape)).expect("a projection");
+    assert!(
+        projected >= now - 60.0 && projected < deadline,
+        "{projected}"
+    );
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
@@ -862,8 +987,6 @@ fn anchor(heading: &str) -> String {
 /// `deploy/prometheus/alerts.yml` names only metrics the server exposes (`docs/metrics.md`)
 /// or recording rules of its own; every alert waits out a `for:`, has severity `page` or
 /// `ticket`, a summary, and a runbook link to a section of `docs/runbook.md` that exists.
-/// Where `promtool` is installed (Debian's `prometheus` package), `promtool check rules`
-/// passes too.
 #[test]
 fn alert_rules_name_real_metrics_and_runbook_sections() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -941,20 +1064,45 @@ fn alert_rules_name_real_metrics_and_runbook_sections() {
     ] {
         assert!(rules.contains(&format!("- alert: {needed}")), "{needed}");
     }
+}
 
-    match std::process::Command::new("promtool")
-        .args(["check", "rules", &rules_path])
+/// Prometheus's own checker accepts the rules (`promtool check rules`), and their unit tests
+/// pass (`promtool test rules deploy/prometheus/alerts.test.yml`: which alerts fire for which
+/// runs, under their `[slo]` objectives or the defaults, with which text). promtool comes
+/// from `scripts/promtool` (Debian's `prometheus` package, extracted under `target/`).
+#[test]
+fn alert_rules_pass_promtool_checks_and_unit_tests() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let found = std::process::Command::new(format!("{root}/scripts/promtool"))
         .output()
-    {
-        Ok(out) => assert!(
-            out.status.success(),
-            "promtool check rules: {}{}",
+        .expect("run scripts/promtool");
+    if !found.status.success() {
+        let _: Option<()> = backfill_testkit::skip::missing(&format!(
+            "promtool ({})",
+            String::from_utf8_lossy(&found.stderr).trim()
+        ));
+        return;
+    }
+    let promtool = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+    for args in [
+        ["check", "rules", "deploy/prometheus/alerts.yml"],
+        ["test", "rules", "deploy/prometheus/alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(root)
+            .output()
+            .expect("run promtool");
+        let text = format!(
+            "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) => eprintln!(
-            "note: promtool is not installed; the rules were checked by this test's own reading only"
-        ),
+        );
+        assert!(
+            out.status.success() && text.contains("SUCCESS"),
+            "promtool {}: {text}",
+            args.join(" ")
+        );
     }
 }
 
@@ -1434,7 +1582,10 @@ async fn dashboard_shows_runs_and_pauses_and_resumes_one_in_a_browser() {
     let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
     ws.write(
         "spec.toml",
-        &spec.replace("batch_rows = 1000", "batch_rows = 5\nrows_per_second = 10"),
+        &format!(
+            "{}\n[slo]\ncomplete_within = \"48h\"\nsuccess_rate = 0.99\n",
+            spec.replace("batch_rows = 1000", "batch_rows = 5\nrows_per_second = 10")
+        ),
     );
     let mut running = ws
         .command(&[
@@ -1456,6 +1607,8 @@ async fn dashboard_shows_runs_and_pauses_and_resumes_one_in_a_browser() {
     let browser = Browser::start(1440, 900);
     browser.go(&format!("http://{addr}/"));
     browser.wait_for_text("the dashboard test");
+    // The on-call view shows the run's objective once its process reported it.
+    browser.wait_for_text("burn rate");
     let page = browser.text();
     for needle in [
         &running_id[..8],
@@ -1464,6 +1617,9 @@ async fn dashboard_shows_runs_and_pauses_and_resumes_one_in_a_browser() {
         "succeeded",
         "executing",
         "Partitions over the scope",
+        "deadline",
+        "error budget",
+        "most attempts",
     ] {
         assert!(page.contains(needle), "{needle} not shown:\n{page}");
     }
@@ -1583,4 +1739,164 @@ async fn approve_over_http_lets_a_run_past_its_canary_gate() {
         .find(|e| e["action"] == "run.approved")
         .expect("an approval event");
     assert_eq!(approval["actor"], "api:carol@127.0.0.1", "{approval}");
+}
+
+#[tokio::test]
+async fn promote_over_http_swaps_a_shadow_run_in() {
+    use crate::shadow::{amounts, count_sum, fixture, only_run_id, spec};
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(backfill_testkit::servers::System::Sqlite, &ws).await
+    else {
+        return;
+    };
+    let path = ws.write("spec.toml", &spec(&source, &target, "", ""));
+    let ran = ws.run(&["run", &path]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let run_id = only_run_id(&ws);
+    let token = "promote-token-0123456789abcdef";
+    let server = serve_with_token(&ws, token);
+    let addr = server.addr.clone();
+    let route = format!("/api/runs/{run_id}/promote");
+    let openapi = openapi();
+    assert_error(
+        &openapi,
+        &request(&addr, "POST", &route, &[]),
+        401,
+        "no token",
+    );
+    let bearer = format!("Bearer {token}");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("X-Backfill-Actor", "dave"),
+    ];
+    assert_error(
+        &openapi,
+        &request_with_body(&addr, "POST", &route, &headers, r#"{"forse": true}"#),
+        400,
+        "a misspelt field",
+    );
+    // A live write since seeding refuses it (409, with what to do), changing nothing.
+    let dst = target.table("dst");
+    target
+        .exec(&format!(
+            "UPDATE {dst} SET note = 'live write' WHERE id = 70"
+        ))
+        .await;
+    let refused = request_with_body(&addr, "POST", &route, &headers, "");
+    let refusal = assert_error(&openapi, &refused, 409, "a changed live table");
+    assert!(
+        refusal["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("--force")),
+        "{refusal}"
+    );
+    assert_eq!(count_sum(&target, "dst").await, Some((300, 0)));
+
+    let promoted = request_with_body(&addr, "POST", &route, &headers, r#"{"force": true}"#);
+    assert_eq!(promoted.status, 200, "{}", promoted.body);
+    let body = promoted.json();
+    let schema = &openapi["paths"]["/api/runs/{run}/promote"]["post"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    if let Err(problem) = check_schema(&openapi, schema, &body, "promote") {
+        panic!("promote does not match docs/openapi.json: {problem}\n{body:#}");
+    }
+    assert_eq!(body["by"], "api:dave@127.0.0.1", "{body}");
+    assert_eq!(body["forced"], true, "{body}");
+    // Not seeded: the live table is now the scope's rows, from the source.
+    assert_eq!(
+        count_sum(&target, "dst").await,
+        Some((120, amounts(61, 180)))
+    );
+    let again = request_with_body(&addr, "POST", &route, &headers, "");
+    assert_error(&openapi, &again, 409, "a second promote");
+    let trail = ws.run(&["--json", "audit", &run_id]).json();
+    let event = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "run.promoted")
+        .expect("a run.promoted event");
+    assert_eq!(event["actor"], "api:dave@127.0.0.1", "{event}");
+    assert_eq!(event["detail"]["forced"], true, "{event}");
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+/// The rows a target refused are paged by the API exactly as `backfill quarantine` lists
+/// them, reason and row included.
+#[tokio::test]
+async fn quarantined_rows_are_paged_by_the_api() {
+    let ws = Workspace::new();
+    copy_workspace(&ws, 300, "batch_rows = 1000").await;
+    let target = sqlx::SqlitePool::connect(&format!("sqlite://{}", ws.path("target.db").display()))
+        .await
+        .unwrap();
+    // Every 25th row is refused: 12 rows over 3 partitions.
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events_copy WHEN NEW.id % 25 = 0 \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let ran = ws.run(&["run", "spec.toml"]);
+    let run_id = ws.run(&["--json", "runs"]).json()[0]["run_id"]
+        .as_str()
+        .expect("a run")
+        .to_owned();
+    let listed = ws.run(&["--json", "quarantine", &run_id]);
+    assert_eq!(listed.code, 0, "{listed:?} after {ran:?}");
+    let listed = listed.json();
+    let listed = listed
+        .get("rows")
+        .and_then(Value::as_array)
+        .or(listed.as_array())
+        .cloned()
+        .expect("quarantine --json lists rows");
+    assert_eq!(listed.len(), 12, "{listed:#?}");
+
+    let spec = openapi();
+    let server = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let mut paged = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let mut path = format!("/api/runs/{run_id}/quarantine?limit=5");
+        if let Some((p, k)) = &after {
+            let enc = |t: &str| t.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+            path.push_str(&format!("&after_partition={}&after_key={}", enc(p), enc(k)));
+        }
+        let page = assert_documented(
+            &spec,
+            "/api/runs/{run}/quarantine",
+            &get(&server.addr, &path),
+        );
+        for row in page["rows"].as_array().unwrap() {
+            assert_eq!(
+                row["error"]
+                    .as_str()
+                    .map(|e| e.contains("refused by the test")),
+                Some(true),
+                "{row:#}"
+            );
+            assert!(
+                row["row"]["id"].as_i64().is_some_and(|id| id % 25 == 0),
+                "{row:#}"
+            );
+            paged.push(row["key"].as_str().unwrap().to_owned());
+        }
+        match page["next_after"].as_object() {
+            Some(next) => {
+                after = Some((
+                    next["partition_id"].as_str().unwrap().to_owned(),
+                    next["key"].as_str().unwrap().to_owned(),
+                ));
+            }
+            None => break,
+        }
+        assert!(paged.len() <= 12, "paging does not end: {paged:?}");
+    }
+    assert_eq!(paged.len(), 12, "{paged:?}");
+    let mut unique = paged.clone();
+    unique.dedup();
+    assert_eq!(unique, paged, "each row once, in order");
 }

@@ -47,7 +47,7 @@ fn create(system: System, table: &str) -> String {
 
 /// Source `src` (amount = 100 × id) and live target `dst` (the same rows with amount 0, and
 /// an index on `ts`); `None` when the server is not there.
-async fn fixture(system: System, ws: &Workspace) -> Option<(Db, Db)> {
+pub(crate) async fn fixture(system: System, ws: &Workspace) -> Option<(Db, Db)> {
     let source = Db::open(system, ws.dir.path(), "bf_shadow", "src").await?;
     let target = Db::open(system, ws.dir.path(), "bf_shadow", "dst").await?;
     let src = source.table("src");
@@ -74,7 +74,7 @@ async fn fixture(system: System, ws: &Workspace) -> Option<(Db, Db)> {
 
 /// A shadow spec over days 3 to 6 (ids 61..=180), with `extra` lines in `[target]` and
 /// `limits` lines.
-fn spec(source: &Db, target: &Db, extra: &str, limits: &str) -> String {
+pub(crate) fn spec(source: &Db, target: &Db, extra: &str, limits: &str) -> String {
     let src = source.table("src");
     format!(
         r#"name = "shadow_test"
@@ -109,7 +109,7 @@ batch_rows = 10
 }
 
 /// `SELECT count(*), sum(amount_cents)` of `table` in `db`; `None` when it does not exist.
-async fn count_sum(db: &Db, table: &str) -> Option<(i64, i64)> {
+pub(crate) async fn count_sum(db: &Db, table: &str) -> Option<(i64, i64)> {
     let int = match db.system() {
         System::MySql => "SIGNED",
         _ => "BIGINT",
@@ -182,11 +182,11 @@ fn names(run_id: &str) -> (String, String) {
 }
 
 /// Sum of the source's amounts over ids `from..=to`.
-fn amounts(from: i64, to: i64) -> i64 {
+pub(crate) fn amounts(from: i64, to: i64) -> i64 {
     (from..=to).map(|i| i * 100).sum()
 }
 
-fn only_run_id(ws: &Workspace) -> String {
+pub(crate) fn only_run_id(ws: &Workspace) -> String {
     let runs = runs_json(ws);
     assert_eq!(runs.len(), 1, "{runs:?}");
     runs[0]["run_id"].as_str().expect("run_id").to_owned()

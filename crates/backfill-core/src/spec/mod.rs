@@ -48,6 +48,9 @@ pub struct Spec {
     pub validate: ValidateSpec,
     /// Canary partitions first, when the spec has `[canary]`.
     pub canary: Option<CanarySpec>,
+    /// The run's objectives, when the spec has `[slo]`: with them the engine throttles, then
+    /// pauses, a run that burns its error or compute budget too fast.
+    pub slo: Option<crate::slo::SloSpec>,
     /// The spec text with any URL password masked, kept on the run for the audit trail.
     pub redacted_text: String,
     /// Hash of the spec text (before `${VAR}` expansion), wherever the file lies. The plan

@@ -10,6 +10,7 @@ mod limits;
 mod order;
 mod readiness;
 mod scope;
+mod slo;
 mod source;
 mod target;
 mod throttle;
@@ -90,6 +91,9 @@ struct Sections {
     canary: Option<super::CanarySpec>,
     /// `[canary]` is present (even an invalid one, already reported).
     has_canary_table: bool,
+    slo: Option<crate::slo::SloSpec>,
+    /// `[slo]` is present (even an invalid one, already reported).
+    has_slo_table: bool,
 }
 
 /// Reads the top-level keys and every section, in the order later sections depend on them
@@ -120,9 +124,10 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
         Some(t) => limits(w, t, scope.as_ref()),
         None => Limits::default(),
     };
-    let throttle = w
-        .section(root, "throttle", false)
-        .and_then(|t| throttle(w, t, ctx, &limits));
+    let throttle_table = w.section(root, "throttle", false);
+    let mut throttle = throttle_table.and_then(|t| throttle(w, t, ctx, &limits));
+    let slo_table = w.section(root, "slo", false);
+    let slo = slo_table.and_then(|t| slo::slo(w, t, throttle_table, throttle.as_mut()));
     let source_format = source
         .as_ref()
         .map_or(TimeFormat::Rfc3339, |s| s.time_format.clone());
@@ -156,6 +161,8 @@ fn sections(w: &mut Walker<'_>, root: &Table<'_>, ctx: &ParseContext<'_>) -> Sec
         validate,
         canary,
         has_canary_table: canary_table.is_some(),
+        slo,
+        has_slo_table: slo_table.is_some(),
     }
 }
 
@@ -243,10 +250,19 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
         validate,
         canary,
         has_canary_table,
+        slo,
+        has_slo_table,
     } = sections;
     let source_ok = source.is_some() || (sql_mode && !has_source_table);
     let canary_ok = canary.is_some() || !has_canary_table;
-    let spec = match (name, source_ok && canary_ok, target, scope, has_error) {
+    let slo_ok = slo.is_some() || !has_slo_table;
+    let spec = match (
+        name,
+        source_ok && canary_ok && slo_ok,
+        target,
+        scope,
+        has_error,
+    ) {
         (Some(name), true, Some(target), Some(scope), false) => Some(Spec {
             name,
             reason,
@@ -257,6 +273,7 @@ fn finish(mut w: Walker<'_>, root: &Table<'_>, sections: Sections) -> Parsed {
             throttle,
             validate,
             canary,
+            slo,
             redacted_text: redact(text),
             spec_hash: short_hash(&[text]),
         }),

@@ -121,6 +121,21 @@ pub const SECTIONS: &[(&str, &str)] = &[
          run: state `failed`, reason `canary_failed`, no other partition touched). With \
          `require_approval` a person then approves the run (`backfill approve RUN --reason …`).",
     ),
+    (
+        "slo",
+        "Objectives of the run. `status`, the dashboard, its API and `/metrics` show the \
+         projected completion against `complete_within` and the error budget's burn rate over \
+         the last 5 minutes and the last hour. The error budget is the failed attempts \
+         `success_rate` allows: `(1 - success_rate) × the plan's partitions`; a burn rate of 1 \
+         spends it exactly by the end of the run. With this section the engine guards the \
+         budgets: when the failed attempts of the last 5 minutes pass half the error budget, \
+         or the rows read or the cost of the last 5 minutes pass half of \
+         `limits.budget.rows` or `limits.budget.cost.max`, it throttles (half the rate and \
+         half the concurrency, an audited `run.throttled` with cause `burn_rate`); if the \
+         next 5 minutes burn as much again, it pauses the run with reason `burn_rate`. \
+         `backfill resume RUN` continues, still throttled (`backfill throttle` lifts it). \
+         Not part of the plan hash.",
+    ),
 ];
 
 /// Every key of the spec.
@@ -699,6 +714,27 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         Some("false"),
         false,
         "After the canary passed, wait in run state `awaiting_approval` until `backfill approve RUN`; the executing process waits (a stopped one continues with `backfill resume RUN` or `backfill run SPEC` after the approval).",
+    ),
+    key(
+        "slo.complete_within",
+        "string",
+        None,
+        true,
+        "The run should complete within this long of its creation, e.g. `48h`: the deadline `status` compares the projected completion (now plus the ETA) with.",
+    ),
+    key(
+        "slo.success_rate",
+        "number",
+        None,
+        true,
+        "The share of attempts that should succeed, above 0 and below 1, e.g. `0.99`. Sets the error budget and the burn rates; without it only the compute and cost budgets are guarded.",
+    ),
+    key(
+        "slo.max_latency_increase",
+        "number",
+        None,
+        true,
+        "The live-impact bound, e.g. `0.10` for +10% of the live database's latency over its baseline. The adaptive throttle (`[throttle]`) enforces it: it becomes `throttle.max_latency_increase` unless that is given, and must then agree. Without `[throttle]` nothing enforces it (a warning).",
     ),
 ];
 

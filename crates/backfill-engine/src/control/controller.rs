@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use backfill_core::Spec;
 use backfill_core::budget::{BudgetExtension, BudgetUse, BudgetVerdict};
 use backfill_core::run_window::WindowState;
-use backfill_store::{ControlRequest, Controls, Store};
+use backfill_core::slo::{Burn, BurnAction};
+use backfill_store::{ControlRequest, Controls, Store, ThrottleChange};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::events::{Emitter, Event};
 
+use super::burn::{BurnWatch, burn_json, throttled};
 use super::{Clock, HEARTBEAT, Hold, Limits, Live, POLL, host};
 
 /// What the controller's loop carries from one poll to the next.
@@ -28,13 +30,16 @@ struct LoopState {
     /// Budget lines already warned about (80%).
     warned: Vec<&'static str>,
     last_beat: Instant,
-    /// The first heartbeat goes out at once: another process starting now sees this one.
+    /// The next heartbeat goes out at once: the first (another process starting now sees
+    /// this one), and one after a burn-rate action.
     first_beat: bool,
     /// The hold last announced, by reason.
     announced: Option<&'static str>,
     /// Running time (not held) since the last heartbeat.
     active_since_beat: Duration,
     last_tick: Instant,
+    /// `[slo]`'s burn guard, when the spec has one.
+    burn: Option<BurnWatch>,
 }
 
 /// What the controller needs besides the shared state.
@@ -58,6 +63,8 @@ pub(crate) struct Controller {
     pub(crate) lease: backfill_store::Lease,
     /// Requested when the claim is lost, so the workers stop at once.
     pub(crate) shutdown: crate::Shutdown,
+    /// When this session began (the session's read rate for a burn-rate throttle).
+    pub(crate) started: Instant,
 }
 
 impl Controller {
@@ -81,6 +88,7 @@ impl Controller {
             announced: None,
             active_since_beat: Duration::ZERO,
             last_tick: Instant::now(),
+            burn: BurnWatch::of(&self.spec, self.partitions_total),
         };
         let _ = self
             .store
@@ -102,11 +110,13 @@ impl Controller {
             let extension = extension_of(&st.controls);
             let verdict = self.spec.limits.budget.verdict(&used, &extension);
             self.warn_budget(&verdict, &mut st.warned);
+            self.guard_burn(&mut st, &used, &extension).await;
             let allowance = self.partition_allowance(&extension);
             self.live
                 .partition_allowance
                 .send_if_modified(|a| std::mem::replace(a, allowance) != allowance);
-            let wanted = self.wanted_hold(&st.controls, &verdict);
+            let burn_hold = st.burn.as_ref().and_then(|b| b.hold.clone());
+            let wanted = self.wanted_hold(&st.controls, &verdict, burn_hold);
             self.live.set_hold(wanted.clone());
             self.announce(wanted.as_ref(), &mut st.announced);
             if let Some(ready) = ready.take() {
@@ -147,6 +157,9 @@ impl Controller {
         if st.controls.resumes != st.seen_resumes {
             st.seen_resumes = st.controls.resumes;
             self.live.close_breaker();
+            if let Some(burn) = st.burn.as_mut() {
+                burn.resumed();
+            }
         }
     }
 
@@ -213,7 +226,7 @@ impl Controller {
         if !self.renew_claim().await {
             return false;
         }
-        let live = self.telemetry(&st.limits, used, extension);
+        let live = self.telemetry(&st.limits, used, extension, st.burn.as_ref());
         let active_ms = u64::try_from(st.active_since_beat.as_millis()).unwrap_or(u64::MAX);
         match self.store.heartbeat(&self.run_id, active_ms, &live).await {
             Ok(()) => {
@@ -235,7 +248,7 @@ impl Controller {
         st.controls.active_ms += active_ms;
         let used = self.budget_use(&st.controls, Duration::ZERO);
         let extension = extension_of(&st.controls);
-        let mut last = self.telemetry(&st.limits, &used, &extension);
+        let mut last = self.telemetry(&st.limits, &used, &extension, st.burn.as_ref());
         last["state"] = json!("stopped");
         let _ = self.store.heartbeat(&self.run_id, active_ms, &last).await;
     }
@@ -317,7 +330,12 @@ impl Controller {
     }
 
     /// The hold the run should be under now, most serious first.
-    fn wanted_hold(&self, controls: &Controls, verdict: &BudgetVerdict) -> Option<Hold> {
+    fn wanted_hold(
+        &self,
+        controls: &Controls,
+        verdict: &BudgetVerdict,
+        burn: Option<Hold>,
+    ) -> Option<Hold> {
         match controls.requested {
             Some(ControlRequest::Cancel) => return Some(Hold::Cancel),
             Some(ControlRequest::Pause) => return Some(Hold::User),
@@ -325,6 +343,9 @@ impl Controller {
         }
         if self.live.breaker_open() {
             return Some(self.live.circuit_hold());
+        }
+        if burn.is_some() {
+            return burn;
         }
         if let BudgetVerdict::Exhausted(lines) = verdict {
             return Some(Hold::BudgetExhausted {
@@ -348,6 +369,7 @@ impl Controller {
         limits: &Limits,
         used: &BudgetUse,
         extension: &BudgetExtension,
+        burn: Option<&BurnWatch>,
     ) -> serde_json::Value {
         let budget = &self.spec.limits.budget;
         let verdict = &budget.verdict(used, extension);
@@ -371,6 +393,9 @@ impl Controller {
         if let Some(cost) = &self.spec.limits.budget.cost {
             live["cost"] = self.cost_telemetry(cost, used);
         }
+        if let Some(burn) = burn {
+            live["slo"] = burn.telemetry(&self.spec);
+        }
         if let Some(adaptive) = &self.adaptive {
             live["adaptive"] = adaptive.lock().unwrap_or_else(|e| e.into_inner()).to_json();
         }
@@ -387,6 +412,96 @@ impl Controller {
 }
 
 impl Controller {
+    /// `[slo]`: feeds the burn guard and carries out what it asks: a throttle now, or a hold.
+    async fn guard_burn(&self, st: &mut LoopState, used: &BudgetUse, extension: &BudgetExtension) {
+        let Some(watch) = st.burn.as_mut() else {
+            return;
+        };
+        let Some(action) = watch.observe(&self.spec, &self.live, used, extension) else {
+            return;
+        };
+        // `status` shows the guard's new stage at once, not a heartbeat later.
+        st.first_beat = true;
+        match action {
+            BurnAction::Throttle(burn) => self.burn_throttle(st, &burn).await,
+            BurnAction::Pause(burn) => {
+                tracing::warn!(
+                    run_id = self.run_id,
+                    budget = burn.budget,
+                    detail = burn.detail,
+                    "burning too fast after the throttle: pausing the run (reason burn_rate)"
+                );
+                watch.hold = Some(Hold::BurnRate {
+                    budget: burn.budget,
+                    detail: burn.detail,
+                });
+            }
+        }
+    }
+
+    /// Halves the limits in force through the run's controls, as `throttle` would, with the
+    /// burn as the audited cause, and records the rate change (`burn_rate`).
+    async fn burn_throttle(&self, st: &mut LoopState, burn: &Burn) {
+        let elapsed = self.started.elapsed().as_secs_f64().max(1.0);
+        #[allow(clippy::cast_precision_loss)]
+        let session_rate = self.live.rows_read.load(Ordering::Relaxed) as f64 / elapsed;
+        let from = st.limits;
+        let to = throttled(from, session_rate);
+        let changed = |a: u32, b: u32| (a != b).then_some(b);
+        let change = ThrottleChange {
+            rows_per_second: changed(from.rows_per_second, to.rows_per_second),
+            batches_per_second: changed(from.batches_per_second, to.batches_per_second),
+            concurrency: changed(from.concurrency, to.concurrency),
+        };
+        tracing::warn!(
+            run_id = self.run_id,
+            budget = burn.budget,
+            detail = burn.detail,
+            concurrency = to.concurrency,
+            rows_per_second = to.rows_per_second,
+            "burning the budget too fast: throttling (it pauses if the burn goes on)"
+        );
+        let why = burn_json(burn);
+        let after = match self
+            .store
+            .set_throttle_because(
+                &self.run_id,
+                change,
+                "engine",
+                Some(("burn_rate", why.clone())),
+            )
+            .await
+        {
+            Ok(after) => after,
+            Err(e) => {
+                tracing::warn!(run_id = self.run_id, error = %e, "cannot record the burn-rate throttle");
+                return;
+            }
+        };
+        st.seen_version = after.version;
+        st.limits = self.live.apply(Limits::of(&self.spec, &after));
+        st.controls = after;
+        self.emitter.emit(Event::Throttled {
+            rows_per_second: st.limits.rows_per_second,
+            batches_per_second: st.limits.batches_per_second,
+            concurrency: st.limits.concurrency,
+        });
+        let _ = self
+            .store
+            .record_rate_change(
+                &self.run_id,
+                rate_of(st.limits.rows_per_second),
+                "burn_rate",
+                &json!({
+                    "from": rate_of(from.rows_per_second),
+                    "concurrency": st.limits.concurrency,
+                    "batches_per_second": st.limits.batches_per_second,
+                    "burn": why,
+                }),
+            )
+            .await;
+    }
+
     /// Money spent so far and projected to complete, at the pace of the finished partitions.
     fn cost_telemetry(
         &self,

@@ -42,6 +42,9 @@ pub(crate) struct Live {
     pub(crate) rows_read: AtomicU64,
     /// Partitions finished (done, with or without quarantine) in this session.
     pub(crate) partitions_finished: AtomicU64,
+    /// Partition attempts that ended in an error (retried or failed) in this session: with
+    /// the partitions finished, what `[slo]`'s error budget counts.
+    pub(crate) attempts_failed: AtomicU64,
     /// How many partitions this session may finish under the partition budget (its limit
     /// plus extensions, less what earlier sessions finished); `u64::MAX` without one. Set by
     /// the controller at every poll; the dispatcher starts a partition only while the
@@ -98,6 +101,7 @@ impl Live {
             partition_times: Mutex::new(Vec::new()),
             rows_read: AtomicU64::new(0),
             partitions_finished: AtomicU64::new(0),
+            attempts_failed: AtomicU64::new(0),
             partition_allowance: watch::channel(u64::MAX).0,
             poll_now: tokio::sync::Notify::new(),
         }

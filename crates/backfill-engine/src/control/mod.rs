@@ -25,6 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+mod burn;
 mod controller;
 mod gate;
 mod live;
@@ -87,6 +88,14 @@ pub enum Hold {
         /// The exhausted lines, e.g. `rows 1000/1000`.
         lines: Vec<String>,
     },
+    /// `[slo]`: a budget burned fast again after the burn-rate throttle; `backfill resume`
+    /// continues, still throttled.
+    BurnRate {
+        /// The budget that burned: `error budget`, `rows budget` or `cost budget`.
+        budget: String,
+        /// What burned, in words.
+        detail: String,
+    },
     /// The run may only work inside `limits.window`.
     OutsideWindow {
         /// When the window opens next.
@@ -102,6 +111,7 @@ impl Hold {
             Hold::User => "user",
             Hold::CircuitOpen { .. } => "circuit_open",
             Hold::BudgetExhausted { .. } => "budget_exhausted",
+            Hold::BurnRate { .. } => "burn_rate",
             Hold::OutsideWindow { .. } => "outside_window",
         }
     }
@@ -112,6 +122,13 @@ impl Hold {
         match self {
             Hold::CircuitOpen { errors } => detail["last_errors"] = json!(errors),
             Hold::BudgetExhausted { lines } => detail["budget"] = json!(lines),
+            Hold::BurnRate {
+                budget,
+                detail: why,
+            } => {
+                detail["burned"] = json!(budget);
+                detail["why"] = json!(why);
+            }
             Hold::OutsideWindow { opens_at } => detail["resumes_at"] = json!(opens_at.to_rfc3339()),
             Hold::Cancel | Hold::User => {}
         }

@@ -268,7 +268,7 @@ async fn finish_partition(
             .finish_partition(&ctx.run_id, &partition.id, attempt, outcome, &ctx.actor)
     })
     .await;
-    match result {
+    let result = match result {
         Err(StoreError::StaleAttempt { .. }) if tries > 1 => {
             let record = ctx.store.partition(&ctx.run_id, &partition.id).await?;
             let landed = record.attempts == attempt
@@ -280,7 +280,13 @@ async fn finish_partition(
             if landed { Ok(()) } else { result }
         }
         other => other,
+    };
+    if result.is_ok() && !matches!(outcome, Outcome::Done) {
+        ctx.live
+            .attempts_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    result
 }
 
 async fn checkpoint(

@@ -90,6 +90,7 @@ fn spec(source: &str, target: &str, hours: u32) -> Spec {
         throttle: None,
         validate: Default::default(),
         canary: None,
+        slo: None,
         redacted_text: String::new(),
         spec_hash: "h".into(),
     }

@@ -12,7 +12,7 @@ const STATE_COLOURS = {
 const STATES = Object.keys(STATE_COLOURS);
 
 let selected = null;          // the run shown below the table
-let pageAfter = null;         // `after` of the page shown
+let pageAfter = null;         // `after` (plan order) or `cursor` (sorted) of the page shown
 
 const $ = (id) => document.getElementById(id);
 
@@ -98,7 +98,7 @@ async function refreshRuns() {
     state.appendChild(badge(st.state));
     const progress = el("td");
     progress.appendChild(progressBar(done, st.partitions_total));
-    tr.append(name, state, progress, el("td", duration(st.eta_seconds)),
+    tr.append(name, state, progress, el("td", etaText(st)),
       el("td", `${fmt(st.rows.written)} / ${fmt(st.rows.read)}`), el("td", pct(st.success_rate)),
       el("td", compared ? pct(checks.verified / compared) : "–"), el("td", budgetUsed(st.live)),
       el("td", cost || "–"));
@@ -106,6 +106,32 @@ async function refreshRuns() {
     body.appendChild(tr);
   }
   if (!selected && statuses.length && statuses[0]) selected = statuses[0].run_id;
+}
+
+// The ETA, and against the `[slo]` deadline when the run has one.
+function etaText(st) {
+  const eta = duration(st.eta_seconds);
+  if (!st.slo || st.slo.on_track === null) return eta;
+  return `${eta} · ${st.slo.on_track ? "on track" : "late"}`;
+}
+
+// The `[slo]` rows of the on-call view: deadline, error budget, burn rates, guard stage.
+function objectiveRows(slo, row) {
+  if (!slo) return;
+  if (slo.deadline) {
+    const when = slo.projected_completion ? `projected ${slo.projected_completion}` : "no projection yet";
+    const verdict = slo.on_track === null ? "" : slo.on_track ? " (on track)" : " (LATE)";
+    row("deadline", `${slo.deadline}, ${when}${verdict}`);
+  }
+  const budget = slo.error_budget;
+  if (budget.allowed !== null) {
+    const used = budget.used_ratio === null ? "all used" : `${pct(budget.used_ratio)} used`;
+    const allowed = budget.allowed < 10 ? budget.allowed.toFixed(2) : fmt(Math.round(budget.allowed));
+    row("error budget", `${fmt(budget.used)} of ${allowed} failed attempts (${used})`);
+    const burn = (b) => (b === null || b === undefined ? "–" : b.toFixed(2));
+    row("burn rate", `${burn(slo.burn_rate.short)} (5m) · ${burn(slo.burn_rate.long)} (1h)`);
+  }
+  if (slo.stage !== "watching") row("burn guard", slo.stage);
 }
 
 function onCall(st) {
@@ -128,6 +154,7 @@ function onCall(st) {
   row("failing", fmt(st.failing_total));
   row("throughput", `${fmt(Math.round(st.rows_per_second))} rows/s over ${duration(st.elapsed_seconds)}`);
   row("ETA", duration(st.eta_seconds));
+  objectiveRows(st.slo, row);
 }
 
 async function refreshErrors(id) {
@@ -179,11 +206,22 @@ async function refreshProgress(id) {
   });
 }
 
+// A partition's last reconciliation: verified, or how many rows the target has more (+) or
+// fewer (−) than the source.
+function checkText(check) {
+  if (!check) return "–";
+  if (check.status === "verified") return "✓ verified";
+  if (check.status === "not_verified") return "not verified";
+  const d = check.row_delta;
+  return d === null ? "mismatched" : `mismatched (${d > 0 ? "+" : ""}${fmt(d)} rows)`;
+}
+
 async function refreshPartitions(id) {
   const state = $("state-filter").value;
-  let path = `/api/runs/${id}/partitions?limit=${PAGE}`;
+  const sort = $("sort").value;
+  let path = `/api/runs/${id}/partitions?limit=${PAGE}&sort=${sort}`;
   if (state) path += `&state=${encodeURIComponent(state)}`;
-  if (pageAfter !== null) path += `&after=${pageAfter}`;
+  if (pageAfter !== null) path += `&${sort === "index" ? "after" : "cursor"}=${encodeURIComponent(pageAfter)}`;
   const page = await api(path);
   const body = $("partitions").tBodies[0];
   body.replaceChildren();
@@ -194,11 +232,13 @@ async function refreshPartitions(id) {
     const written = p.rows.inserted + p.rows.updated + p.rows.deleted + p.rows.affected;
     tr.append(el("td", p.index), el("td", p.window.text), stateCell, el("td", p.attempts),
       el("td", fmt(p.rows.read)), el("td", fmt(written)), el("td", duration(p.elapsed_ms / 1000)),
-      el("td", p.checkpoint ? JSON.stringify(p.checkpoint) : "–"), el("td", p.last_error || "", "wrap"));
+      el("td", p.checkpoint ? JSON.stringify(p.checkpoint) : "–"), el("td", checkText(p.check)),
+      el("td", p.last_error || "", "wrap"));
     body.appendChild(tr);
   }
-  $("next-page").disabled = page.next_after === null;
-  $("next-page").dataset.after = page.next_after === null ? "" : String(page.next_after);
+  const next = sort === "index" ? page.next_after : page.next_cursor;
+  $("next-page").disabled = next === null;
+  $("next-page").dataset.after = next === null ? "" : String(next);
 }
 
 async function refresh() {
@@ -242,10 +282,11 @@ function setup() {
   }
   $("token").value = sessionStorage.getItem("backfill-token") || "";
   $("state-filter").addEventListener("change", () => { pageAfter = null; refresh(); });
+  $("sort").addEventListener("change", () => { pageAfter = null; refresh(); });
   $("first-page").addEventListener("click", () => { pageAfter = null; refresh(); });
   $("next-page").addEventListener("click", () => {
     const after = $("next-page").dataset.after;
-    if (after) { pageAfter = Number(after); refresh(); }
+    if (after) { pageAfter = after; refresh(); }
   });
   $("pause").addEventListener("click", () => control("pause", { reason: "from the dashboard" }));
   $("resume").addEventListener("click", () => control("resume"));

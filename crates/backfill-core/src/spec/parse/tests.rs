@@ -981,3 +981,67 @@ fn undo_is_on_by_default_for_postgresql_upsert_and_replace_only() {
     assert!(!with("mysql://root@127.0.0.1/db", ""), "MySQL: opt-in");
     assert!(with("sqlite://dst.db", "undo = true"), "asked on");
 }
+
+#[test]
+fn slo_parses_and_is_optional() {
+    assert_eq!(parse(GOOD).spec.unwrap().slo, None);
+    let text = format!("{GOOD}\n[slo]\ncomplete_within = \"48h\"\nsuccess_rate = 0.99\n");
+    let parsed = parse(&text);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let slo = parsed.spec.unwrap().slo.unwrap();
+    assert_eq!(
+        slo.complete_within,
+        Some(std::time::Duration::from_secs(48 * 3600))
+    );
+    assert_eq!(slo.success_rate, Some(0.99));
+    assert_eq!(slo.max_latency_increase, None);
+}
+
+#[test]
+fn slo_rejects_bad_values_naming_the_field() {
+    check(
+        &format!(
+            "{GOOD}\n[slo]\ncomplete_within = \"0s\"\nsuccess_rate = 1.0\nmax_latency_increase = -0.1\nburn = 2\n"
+        ),
+        expect![[r#"
+            spec.toml:20:19: error: slo.complete_within: must be positive
+              hint: write e.g. `48h` or `7days`
+            spec.toml:21:16: error: slo.success_rate: must be above 0 and below 1, found 1
+              hint: the share of attempts that should succeed, e.g. `0.99`; 1 would leave no error budget at all
+            spec.toml:22:24: error: slo.max_latency_increase: must be positive (0.10 allows +10%), found -0.1
+            spec.toml:23:1: error: slo.burn: unknown key `burn`
+              hint: known keys here: complete_within, success_rate, max_latency_increase"#]],
+    );
+    check(
+        &format!("{GOOD}\n[slo]\ncomplete_within = \"soon\"\nsuccess_rate = \"high\"\n"),
+        expect![[r#"
+            spec.toml:20:19: error: slo.complete_within: invalid duration `soon`: expected number at 0
+              hint: write e.g. `200ms`, `5s`, `2m`, `6h`
+            spec.toml:21:16: error: slo.success_rate: expected a number, found a string"#]],
+    );
+}
+
+#[test]
+fn slo_latency_bound_is_the_throttles() {
+    let throttle = "\n[throttle]\nwatch = { url = \"postgres://app@localhost/shop\" }\n";
+    let limits = good_with("[scope]", "[limits]\nrows_per_second = 1000\n\n[scope]");
+    let text = format!("{limits}{throttle}\n[slo]\nmax_latency_increase = 0.25\n");
+    let parsed = parse(&text);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let spec = parsed.spec.unwrap();
+    assert_eq!(spec.throttle.unwrap().max_latency_increase, 0.25);
+    check(
+        &format!(
+            "{limits}{throttle}max_latency_increase = 0.2\n\n[slo]\nmax_latency_increase = 0.25\n"
+        ),
+        expect![[r#"
+            spec.toml:27:24: error: slo.max_latency_increase: 0.25 differs from `throttle.max_latency_increase` = 0.2
+              hint: the throttle enforces the objective's bound: keep one of the two"#]],
+    );
+    check(
+        &format!("{GOOD}\n[slo]\nmax_latency_increase = 0.25\n"),
+        expect![[r#"
+            spec.toml:20:24: warning: slo.max_latency_increase: nothing enforces this bound without `[throttle]`
+              hint: add `[throttle]` with `watch` or `probe` naming the live database: the adaptive throttle keeps its latency within this bound"#]],
+    );
+}
