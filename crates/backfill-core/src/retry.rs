@@ -27,6 +27,17 @@ pub enum ErrorClass {
     Data,
 }
 
+impl ErrorClass {
+    /// `transient`, `permanent` or `data`: how the store records the class of an error.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Data => "data",
+        }
+    }
+}
+
 /// When and how often to retry a partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {

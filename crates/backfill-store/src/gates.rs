@@ -109,11 +109,13 @@ impl Store {
         let now = codec::now();
         stmt(
             "UPDATE partitions SET state = ?, last_error = COALESCE(?, last_error), \
+             last_error_class = CASE WHEN ? THEN 'source_not_ready' ELSE last_error_class END, \
              errors = errors + ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END \
              WHERE run_id = ? AND partition_id = ?",
         )
         .bind(to.as_str())
         .bind(error.as_deref())
+        .bind(error.is_some())
         .bind(i64::from(error.is_some()))
         .bind(error.is_some())
         .bind(&now)

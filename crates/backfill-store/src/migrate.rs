@@ -38,6 +38,10 @@ const SQLITE: &[(i64, &str)] = &[
         13,
         include_str!("../migrations/0013_partitions_gap_index.sql"),
     ),
+    (
+        14,
+        include_str!("../migrations/0014_partition_error_class.sql"),
+    ),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -84,6 +88,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         13,
         include_str!("../migrations/postgres/0013_partitions_gap_index.sql"),
+    ),
+    (
+        14,
+        include_str!("../migrations/postgres/0014_partition_error_class.sql"),
     ),
 ];
 

@@ -73,11 +73,15 @@ pub enum Outcome<'a> {
     Retry {
         /// What went wrong (redacted before it is stored).
         error: &'a str,
+        /// Its class (`transient`, `unavailable`, `data`, `split`…), stored to group errors.
+        class: &'a str,
     },
     /// A permanent failure or attempts exhausted: `running -> failed`.
     Failed {
         /// What went wrong (redacted before it is stored).
         error: &'a str,
+        /// Its class (`permanent`, `data`, `reconcile_mismatch`…), stored to group errors.
+        class: &'a str,
     },
 }
 
@@ -497,15 +501,26 @@ impl Store {
             });
         }
         let quarantined = count_quarantined(&mut tx, run_id, partition_id).await?;
-        let (to, action, error) = match outcome {
+        let (to, action, error, class) = match outcome {
             Outcome::Done if quarantined > 0 => (
                 PartitionState::DoneWithQuarantine,
                 "partition.done_with_quarantine",
                 None,
+                None,
             ),
-            Outcome::Done => (PartitionState::Done, "partition.done", None),
-            Outcome::Retry { error } => (PartitionState::Pending, "partition.retry", Some(error)),
-            Outcome::Failed { error } => (PartitionState::Failed, "partition.failed", Some(error)),
+            Outcome::Done => (PartitionState::Done, "partition.done", None, None),
+            Outcome::Retry { error, class } => (
+                PartitionState::Pending,
+                "partition.retry",
+                Some(error),
+                Some(class),
+            ),
+            Outcome::Failed { error, class } => (
+                PartitionState::Failed,
+                "partition.failed",
+                Some(error),
+                Some(class),
+            ),
         };
         debug_assert!(part.state.can_move_to(to));
         let error = error.map(backfill_core::secret::redact);
@@ -513,12 +528,13 @@ impl Store {
         let now = codec::now();
         stmt(
             "UPDATE partitions SET state = ?, last_error = COALESCE(?, last_error), \
-             errors = errors + ?, \
+             last_error_class = COALESCE(?, last_error_class), errors = errors + ?, \
              finished_at = CASE WHEN ? THEN ? ELSE finished_at END \
              WHERE run_id = ? AND partition_id = ? AND attempts = ? AND state = 'running'",
         )
         .bind(to.as_str())
         .bind(error.as_deref())
+        .bind(class)
         .bind(i64::from(error.is_some()))
         .bind(finished)
         .bind(&now)
@@ -537,6 +553,7 @@ impl Store {
         }
         if let Some(error) = &error {
             detail["error"] = json!(error);
+            detail["class"] = json!(class);
         }
         // The reconciliation made after the partition's last batch (issue 11).
         if to != PartitionState::Pending

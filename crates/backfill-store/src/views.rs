@@ -10,9 +10,13 @@ use crate::db::stmt;
 use crate::partitions::FAILING_SQL;
 use crate::{Store, StoreError, codec};
 
-/// Failing partitions that share one error message.
+/// Failing partitions that share one error class and message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ErrorGroup {
+    /// The class of the error (`transient`, `unavailable`, `permanent`, `data`,
+    /// `reconcile_mismatch`, `source_not_ready`, `split`); `None` for errors recorded before
+    /// classes were.
+    pub class: Option<String>,
     /// The last error of each (secrets were masked when it was stored).
     pub message: String,
     /// How many failing partitions have it.
@@ -133,7 +137,7 @@ impl Store {
     }
 
     /// The failing partitions of run `run_id` (see [`crate::is_failing`]) grouped by their
-    /// last error, the largest groups first, at most `limit` groups. Reads only partitions
+    /// last error's class and message, the largest groups first, at most `limit` groups. Reads only partitions
     /// that started (a partial index) and the failed ones, so a run with few failures answers
     /// at once.
     pub async fn error_groups(
@@ -144,14 +148,16 @@ impl Store {
         // The started failing partitions (a partial index) and those that failed without an
         // attempt (a source never ready: `(run_id, state, idx)`).
         let rows = stmt(format!(
-            "SELECT COALESCE(last_error, '(no message)') AS message, COUNT(*) AS n, \
+            "SELECT last_error_class AS class, COALESCE(last_error, '(no message)') AS message, \
+             COUNT(*) AS n, \
              CAST(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
              MIN(idx) AS first_idx FROM ( \
-             SELECT last_error, state, idx FROM partitions \
+             SELECT last_error_class, last_error, state, idx FROM partitions \
              WHERE run_id = ? AND attempts > 0 AND {FAILING_SQL} \
-             UNION ALL SELECT last_error, state, idx FROM partitions \
+             UNION ALL SELECT last_error_class, last_error, state, idx FROM partitions \
              WHERE run_id = ? AND state = 'failed' AND attempts = 0) AS failing \
-             GROUP BY COALESCE(last_error, '(no message)') ORDER BY n DESC, first_idx LIMIT ?"
+             GROUP BY last_error_class, COALESCE(last_error, '(no message)') \
+             ORDER BY n DESC, first_idx LIMIT ?"
         ))
         .bind(run_id)
         .bind(run_id)
@@ -170,6 +176,7 @@ impl Store {
                 .transpose()?
                 .unwrap_or_default();
             groups.push(ErrorGroup {
+                class: row.try_get("class")?,
                 message: row.try_get("message")?,
                 partitions: codec::from_db(row.try_get("n")?),
                 failed: codec::from_db(row.try_get("failed")?),

@@ -105,10 +105,14 @@ pub(crate) fn lines(slo: &serde_json::Value) -> Vec<String> {
                 .as_f64()
                 .map_or("-".to_owned(), |b| format!("{b:.2}"))
         };
+        let allowed = if allowed < 10.0 {
+            format!("{allowed:.2}")
+        } else {
+            format!("{allowed:.0}")
+        };
         lines.push(format!(
-            "  error budget: {} of {:.1} failed attempts allowed at {}% success ({}); burn rate {} (5m), {} (1h)",
+            "  error budget: {} of {allowed} failed attempts allowed at {}% success ({}); burn rate {} (5m), {} (1h)",
             budget["used"].as_u64().unwrap_or(0),
-            allowed,
             rate * 100.0,
             budget["used_ratio"]
                 .as_f64()

@@ -73,6 +73,7 @@ async fn gather(store: &Store, record: backfill_store::RunRecord) -> anyhow::Res
         })).collect::<Vec<_>>(),
         "timeline_truncated": events.len() == EVENTS,
         "errors": errors.iter().map(|g| json!({
+            "class": g.class,
             "message": g.message,
             "partitions": g.partitions,
             "failed": g.failed,
@@ -126,6 +127,30 @@ fn summary(r: &Value) -> Vec<(&'static str, String)> {
     let rows = &s["rows"];
     let rec = &s["reconciliation"];
     let chain = &r["audit_chain"];
+    let mut lines = summary_lines(s, &parts, rows, rec, chain);
+    // `[slo]`: the deadline and projection, the error budget and the burn guard's stage.
+    let objective: Vec<String> = crate::commands::objective::lines(&s["slo"])
+        .iter()
+        .map(|l| {
+            let words = l.split_whitespace().collect::<Vec<_>>().join(" ");
+            words
+                .strip_prefix("objective: ")
+                .map_or(words.clone(), str::to_owned)
+        })
+        .collect();
+    if !objective.is_empty() {
+        lines.push(("Objective", objective.join("; ")));
+    }
+    lines
+}
+
+fn summary_lines(
+    s: &Value,
+    parts: &str,
+    rows: &Value,
+    rec: &Value,
+    chain: &Value,
+) -> Vec<(&'static str, String)> {
     vec![
         ("Run", text(&s["run_id"])),
         ("Spec", text(&s["spec"])),
@@ -277,14 +302,15 @@ fn markdown(r: &Value) -> String {
     if errors.is_empty() {
         md.push_str("No failing partition.\n");
     } else {
-        md.push_str("| partitions | failed | first | error |\n|---:|---:|---|---|\n");
+        md.push_str("| partitions | failed | first | class | error |\n|---:|---:|---|---|---|\n");
         for g in errors {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 count(&g["partitions"]),
                 count(&g["failed"]),
                 md_text(&g["first_partition_id"]),
+                md_text(&g["class"]),
                 md_text(&g["message"])
             );
         }
@@ -400,15 +426,17 @@ fn html(r: &Value) -> String {
         h.push_str("<p>No failing partition.</p>");
     } else {
         h.push_str(
-            "<table><tr><th>partitions</th><th>failed</th><th>first</th><th>error</th></tr>",
+            "<table><tr><th>partitions</th><th>failed</th><th>first</th><th>class</th>\
+             <th>error</th></tr>",
         );
         for g in errors {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                 count(&g["partitions"]),
                 count(&g["failed"]),
                 esc(&text(&g["first_partition_id"])),
+                esc(&text(&g["class"])),
                 esc(&text(&g["message"]))
             );
         }

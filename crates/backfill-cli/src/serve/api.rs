@@ -285,7 +285,8 @@ pub(crate) async fn audit(
     })))
 }
 
-/// `GET /api/runs/{run}/errors`: the failing partitions grouped by their last error, the
+/// `GET /api/runs/{run}/errors`: the failing partitions grouped by their last error's class
+/// and message, the
 /// largest groups first (at most 100), with the total of failing partitions.
 pub(crate) async fn errors(
     State(app): State<AppState>,
@@ -300,6 +301,7 @@ pub(crate) async fn errors(
     Ok(Json(json!({
         "run_id": record.id,
         "groups": groups.iter().map(|g| json!({
+            "class": g.class,
             "message": g.message,
             "partitions": g.partitions,
             "failed": g.failed,

@@ -5,6 +5,11 @@ use crate::support::{Workspace, copy_workspace};
 /// A finished 3-day copy of 300 rows whose reason holds markup and a table pipe.
 async fn finished(ws: &Workspace) -> String {
     copy_workspace(ws, 300, "batch_rows = 1000").await;
+    let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
+    ws.write(
+        "spec.toml",
+        &format!("{spec}\n[slo]\ncomplete_within = \"48h\"\nsuccess_rate = 0.99\n"),
+    );
     let ran = ws.run(&[
         "--json",
         "run",
@@ -54,6 +59,7 @@ async fn report_writes_the_postmortem_in_each_format() {
     assert_eq!(rows, 300);
     assert_eq!(report["audit_chain"]["intact"], true, "{report:#}");
     assert_eq!(report["errors"], serde_json::json!([]));
+    assert_eq!(report["status"]["slo"]["on_track"], true, "{report:#}");
 
     let md = ws.run(&["report", &run_id]);
     assert_eq!(md.code, 0, "{md:#?}");
@@ -67,6 +73,8 @@ async fn report_writes_the_postmortem_in_each_format() {
         "## Timeline",
         "## Throughput (per minute)",
         "No failing partition.",
+        "| Objective | complete by ",
+        ": on track; error budget: 0 of 0.03 failed attempts allowed at 99% success (0% used)",
     ] {
         assert!(
             md.stdout.contains(needle),

@@ -1900,3 +1900,41 @@ async fn quarantined_rows_are_paged_by_the_api() {
     unique.dedup();
     assert_eq!(unique, paged, "each row once, in order");
 }
+
+/// A partition whose source query fails for good is grouped by the error's class and
+/// message, in the API and in the report.
+#[tokio::test]
+async fn errors_are_grouped_by_class_and_message() {
+    let ws = Workspace::new();
+    copy_workspace(&ws, 300, "batch_rows = 1000").await;
+    let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
+    // The second day's rows overflow an integer in SQLite: a permanent error.
+    let failing = spec.replacen(
+        "CAST(round(amount * 100) AS INTEGER) AS amount_cents",
+        "CAST(round(amount * 100) AS INTEGER) + CASE WHEN ts >= '2026-01-02' AND ts < '2026-01-03' \
+         THEN abs(-9223372036854775807 - 1) ELSE 0 END AS amount_cents",
+        1,
+    );
+    assert_ne!(failing, spec);
+    ws.write("spec.toml", &failing);
+    let ran = ws.run(&["--json", "run", "spec.toml"]);
+    assert_eq!(ran.code, 1, "{ran:?}");
+    let run_id = ran.json()["run_id"].as_str().unwrap().to_owned();
+
+    let openapi = openapi();
+    let server = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let errors = get(&server.addr, &format!("/api/runs/{run_id}/errors"));
+    let errors = assert_documented(&openapi, "/api/runs/{run}/errors", &errors);
+    let groups = errors["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{errors:#}");
+    assert_eq!(groups[0]["class"], "permanent", "{errors:#}");
+    assert_eq!(groups[0]["failed"], 1, "{errors:#}");
+    assert!(
+        groups[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("integer overflow")),
+        "{errors:#}"
+    );
+    let md = ws.run(&["report", &run_id]);
+    assert!(md.stdout.contains("| permanent | "), "{}", md.stdout);
+}

@@ -138,7 +138,11 @@ async fn reconcile_partition(
     let message =
         crate::reconcile::mismatch_message(&check, &crate::reconcile::key_names(&ctx.spec))
             + crate::reconcile::AFTER_WRITE;
-    if finish_partition(ctx, partition, attempt, Outcome::Failed { error: &message })
+    let failed = Outcome::Failed {
+        error: &message,
+        class: "reconcile_mismatch",
+    };
+    if finish_partition(ctx, partition, attempt, failed)
         .await
         .is_err()
     {
@@ -281,7 +285,11 @@ impl PartitionRun {
                     "{}; redoing the partition row by row to quarantine the rejected rows",
                     redact(&error.to_string())
                 );
-                match finish(Outcome::Retry { error: &message }).await {
+                let retry = Outcome::Retry {
+                    error: &message,
+                    class: ErrorClass::Data.as_str(),
+                };
+                match finish(retry).await {
                     Ok(()) => Next::Again,
                     Err(_) => Next::End(PartitionEnd::Interrupted),
                 }
@@ -300,6 +308,12 @@ impl PartitionRun {
     ) -> Next {
         let finish = |outcome| finish_partition(ctx, partition, attempt, outcome);
         let message = redact(&error.to_string());
+        // What the store groups errors by: an unreachable database apart from its class.
+        let class = if error.is_unavailable() {
+            "unavailable"
+        } else {
+            error.class().as_str()
+        };
         let failure = Failure {
             class: error.class(),
             unavailable: error.is_unavailable(),
@@ -314,7 +328,11 @@ impl PartitionRun {
         let policy = ctx.spec.limits.retry;
         match policy.after_failure(failure, &mut self.history, rand::random::<f64>()) {
             NextStep::Retry(delay) | NextStep::WaitOutOutage(delay) => {
-                if finish(Outcome::Retry { error: &message }).await.is_err() {
+                let retry = Outcome::Retry {
+                    error: &message,
+                    class,
+                };
+                if finish(retry).await.is_err() {
                     return Next::End(PartitionEnd::Interrupted);
                 }
                 ctx.emitter.emit(Event::PartitionRetrying {
@@ -330,7 +348,11 @@ impl PartitionRun {
             }
             NextStep::Fail(reason) => {
                 let text = reason.message(&message, attempt);
-                if finish(Outcome::Failed { error: &text }).await.is_err() {
+                let failed = Outcome::Failed {
+                    error: &text,
+                    class,
+                };
+                if finish(failed).await.is_err() {
                     return Next::End(PartitionEnd::Interrupted);
                 }
                 ctx.emitter.emit(Event::PartitionFailed {

@@ -47,7 +47,11 @@ pub(super) async fn split(
     let windows = backfill_core::split::split_window(&partition.window, parts);
     let retry = |message: &'static str| async move {
         // Give the partition back as it is; the next attempt continues from its checkpoint.
-        let _ = finish_partition(ctx, partition, attempt, Outcome::Retry { error: message }).await;
+        let retry = Outcome::Retry {
+            error: message,
+            class: "split",
+        };
+        let _ = finish_partition(ctx, partition, attempt, retry).await;
         PartitionEnd::Interrupted
     };
     if windows.len() < 2 {

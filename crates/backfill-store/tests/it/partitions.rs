@@ -133,7 +133,16 @@ async fn stale_attempts_are_fenced_and_change_nothing(db: TestDb) {
     );
     stale(
         store
-            .finish_partition(&run.id, &pid, first, Outcome::Failed { error: "x" }, "w1")
+            .finish_partition(
+                &run.id,
+                &pid,
+                first,
+                Outcome::Failed {
+                    error: "x",
+                    class: "permanent",
+                },
+                "w1",
+            )
             .await,
     );
 
@@ -175,7 +184,16 @@ async fn retry_keeps_the_checkpoint_and_failure_records_a_redacted_error(db: Tes
         .await
         .unwrap();
     store
-        .finish_partition(&run.id, &pid, a1, Outcome::Retry { error: "timeout" }, "w")
+        .finish_partition(
+            &run.id,
+            &pid,
+            a1,
+            Outcome::Retry {
+                error: "timeout",
+                class: "transient",
+            },
+            "w",
+        )
         .await
         .unwrap();
     let p = store.partition(&run.id, &pid).await.unwrap();
@@ -187,7 +205,16 @@ async fn retry_keeps_the_checkpoint_and_failure_records_a_redacted_error(db: Tes
     assert_eq!(a2, 2);
     let error = "connect to postgres://bob:hunter2@db/shop refused";
     store
-        .finish_partition(&run.id, &pid, a2, Outcome::Failed { error }, "w")
+        .finish_partition(
+            &run.id,
+            &pid,
+            a2,
+            Outcome::Failed {
+                error,
+                class: "permanent",
+            },
+            "w",
+        )
         .await
         .unwrap();
     let p = store.partition(&run.id, &pid).await.unwrap();
@@ -322,7 +349,10 @@ async fn reopen_failed_gives_failed_partitions_a_new_chance(db: TestDb) {
             &run.id,
             &ids[0],
             a,
-            Outcome::Failed { error: "bad row" },
+            Outcome::Failed {
+                error: "bad row",
+                class: "permanent",
+            },
             "w",
         )
         .await
@@ -624,7 +654,10 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
             &run.id,
             &parts[4].id,
             a,
-            Outcome::Retry { error: "busy" },
+            Outcome::Retry {
+                error: "busy",
+                class: "transient",
+            },
             "w",
         )
         .await
@@ -635,7 +668,10 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
             &run.id,
             &parts[4].id,
             a,
-            Outcome::Failed { error: "bad row" },
+            Outcome::Failed {
+                error: "bad row",
+                class: "permanent",
+            },
             "w",
         )
         .await
@@ -646,7 +682,10 @@ async fn partition_totals_from_the_store_equal_the_per_record_computation(db: Te
             &run.id,
             &parts[5].id,
             a,
-            Outcome::Retry { error: "timeout" },
+            Outcome::Retry {
+                error: "timeout",
+                class: "transient",
+            },
             "w",
         )
         .await
@@ -766,7 +805,16 @@ async fn finish_empty_finishes_only_a_fresh_pending_partition(db: TestDb) {
         .await
         .unwrap();
     fenced
-        .finish_partition(&run.id, &ids[2], first, Outcome::Retry { error: "x" }, "w1")
+        .finish_partition(
+            &run.id,
+            &ids[2],
+            first,
+            Outcome::Retry {
+                error: "x",
+                class: "transient",
+            },
+            "w1",
+        )
         .await
         .unwrap();
     let events_before = store.audit_events(None).await.unwrap();

@@ -24,18 +24,27 @@ async fn views_group_errors_bin_states_and_count_progress(db: TestDb) {
     };
     let dup = Outcome::Failed {
         error: "duplicate key",
+        class: "data",
     };
     end(4, dup).await;
     end(1, dup).await;
-    end(2, Outcome::Retry { error: "timeout" }).await;
+    end(
+        2,
+        Outcome::Retry {
+            error: "timeout",
+            class: "transient",
+        },
+    )
+    .await;
     end(0, Outcome::Done).await;
     store.finish_empty(&run.id, &ids[3], "w").await.unwrap();
 
     let groups = store.error_groups(&run.id, 10).await.unwrap();
-    let shape: Vec<(&str, u64, u64, &str)> = groups
+    let shape: Vec<(Option<&str>, &str, u64, u64, &str)> = groups
         .iter()
         .map(|g| {
             (
+                g.class.as_deref(),
                 g.message.as_str(),
                 g.partitions,
                 g.failed,
@@ -46,8 +55,8 @@ async fn views_group_errors_bin_states_and_count_progress(db: TestDb) {
     assert_eq!(
         shape,
         [
-            ("duplicate key", 2, 2, ids[1].as_str()),
-            ("timeout", 1, 0, ids[2].as_str())
+            (Some("data"), "duplicate key", 2, 2, ids[1].as_str()),
+            (Some("transient"), "timeout", 1, 0, ids[2].as_str())
         ]
     );
     assert_eq!(store.error_groups(&run.id, 1).await.unwrap().len(), 1);
@@ -128,7 +137,10 @@ async fn sorted_pages_follow_attempts_rows_and_duration(db: TestDb) {
         for n in 1..=attempts {
             attempt = store.start_attempt(run_id, id, "w").await.unwrap();
             if n < attempts {
-                let retry = Outcome::Retry { error: "again" };
+                let retry = Outcome::Retry {
+                    error: "again",
+                    class: "transient",
+                };
                 store
                     .finish_partition(run_id, id, attempt, retry, "w")
                     .await

@@ -163,7 +163,8 @@ async function refreshErrors(id) {
   body.replaceChildren();
   for (const g of groups) {
     const tr = el("tr");
-    tr.append(el("td", fmt(g.partitions)), el("td", fmt(g.failed)), el("td", g.message, "wrap"));
+    tr.append(el("td", fmt(g.partitions)), el("td", fmt(g.failed)), el("td", g.class || "–"),
+      el("td", g.message, "wrap"));
     body.appendChild(tr);
   }
   $("no-errors").hidden = groups.length > 0;
