@@ -379,6 +379,10 @@ partition = "1d"
 [limits]
 concurrency = 4
 batch_rows  = 20000  # one batch per day here: fewer commits, still flat memory
+
+[slo]
+complete_within = "1h"   # status and the dashboard show the projection against it
+success_rate    = 0.99   # more failed attempts than 1% burn the error budget
 "#,
         MISSING_DAYS.join(", ")
     )
