@@ -385,6 +385,18 @@ mod tests {
         assert_eq!(late.on_track, Some(false));
         assert_eq!(s.projection(created, now, None).unwrap().on_track, None);
         assert_eq!(slo(0.9).projection(created, now, None), None);
+        // Past the end of time: no deadline, no panic.
+        let forever = SloSpec {
+            complete_within: Some(Duration::MAX),
+            ..SloSpec::default()
+        };
+        assert_eq!(forever.projection(created, now, Some(Duration::MAX)), None);
+        let far = SloSpec {
+            complete_within: Some(Duration::from_secs(3600)),
+            ..SloSpec::default()
+        };
+        let p = far.projection(created, now, Some(Duration::MAX)).unwrap();
+        assert_eq!((p.projected, p.on_track), (None, None));
     }
 
     #[test]
