@@ -130,6 +130,68 @@ pub(crate) fn burn_json(burn: &Burn) -> serde_json::Value {
 mod tests {
     use super::*;
 
+    fn spec(extra: &str) -> Spec {
+        let text = format!(
+            "name = \"t\"\n[source]\nurl = \"sqlite://s.db\"\n\
+             query = \"SELECT id FROM t WHERE ts >= :start AND ts < :end\"\n\
+             [target]\nurl = \"sqlite://t.db\"\ntable = \"t\"\nkey = [\"id\"]\n\
+             [scope]\nstart = \"2026-01-01T00:00:00Z\"\nend = \"2026-01-03T00:00:00Z\"\n\
+             partition = \"1d\"\n{extra}"
+        );
+        let parsed = backfill_core::spec::parse(
+            &text,
+            &backfill_core::spec::ParseContext {
+                env: &|_| None,
+                base_dir: std::path::Path::new("/"),
+            },
+        );
+        parsed
+            .spec
+            .unwrap_or_else(|| panic!("{:?}", parsed.diagnostics))
+    }
+
+    #[test]
+    fn the_guard_watches_the_rows_and_cost_budgets_with_their_extensions() {
+        let used = BudgetUse {
+            rows: 2_000_000,
+            active: std::time::Duration::from_secs(3600),
+            partitions: 1,
+        };
+        let extension = BudgetExtension {
+            rows: 500,
+            cost: 1.0,
+            ..BudgetExtension::default()
+        };
+        let limited = spec(
+            "[limits]\nbudget = { rows = 1000, duration = \"1h\", cost = { per_million_rows = 2.0, \
+             per_hour = 1.0, currency = \"USD\", max = 10.0 } }\n",
+        );
+        let lines = watched_lines(&limited, &used, &extension);
+        assert_eq!(
+            lines,
+            [
+                BudgetLine {
+                    kind: "rows",
+                    used: 2_000_000.0,
+                    limit: 1500.0
+                },
+                BudgetLine {
+                    kind: "cost",
+                    used: 5.0,
+                    limit: 11.0
+                },
+            ],
+            "duration is not watched: throttling does not slow time"
+        );
+        assert_eq!(watched_lines(&spec(""), &used, &extension), []);
+        assert!(BurnWatch::of(&spec(""), 2).is_none(), "no [slo], no guard");
+        let watch = BurnWatch::of(&spec("[slo]\nsuccess_rate = 0.5\n"), 2).unwrap();
+        let t = watch.telemetry(&spec("[slo]\nsuccess_rate = 0.5\n"));
+        assert_eq!(t["error_budget"], 1.0);
+        assert_eq!(t["stage"], "watching");
+        assert_eq!(t["short_window_seconds"], 300);
+    }
+
     #[test]
     fn a_throttle_halves_what_is_in_force() {
         let l = |r, b, c| Limits {
