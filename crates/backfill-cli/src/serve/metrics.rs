@@ -12,8 +12,8 @@
 //! of `backfill_run_attempts_total`: the error budget's burn, `backfill_run_retries_total`,
 //! `backfill_run_failing_partitions`), M5 the rate limit and
 //! its cause, M6 the serving process's CPU and memory (`process_*`), M7 the probe's latency
-//! against its baseline, M8 reconciliation (`backfill_run_reconciled_partitions`), M9 budget
-//! and ETA (`backfill_run_budget_used_ratio`, `backfill_run_eta_seconds`), M10 audit events
+//! against its baseline and the replica lag, M8 reconciliation (`backfill_run_reconciled_partitions`), M9 budget
+//! and ETA (`backfill_run_budget_used_ratio`, `backfill_run_cost`, `backfill_run_eta_seconds`), M10 audit events
 //! (`backfill_audit_events`), `[slo]` objectives (`backfill_run_slo_*`: burn rates over 5m and
 //! 1h, error budget used, deadline and projected completion), and liveness (`backfill_run_executing`,
 //! `backfill_run_heartbeat_age_seconds`) for a stalled-run alert.
@@ -70,6 +70,8 @@ struct Families {
     rate_limit: Family<Labels, GaugeF>,
     probe_p90: Family<Labels, GaugeF>,
     probe_baseline: Family<Labels, GaugeF>,
+    replica_lag: Family<Labels, GaugeF>,
+    cost: Family<Labels, GaugeF>,
     reconciled: Family<Labels, GaugeF>,
     budget: Family<Labels, GaugeF>,
     eta: Family<Labels, GaugeF>,
@@ -156,6 +158,16 @@ const PROBE_BASELINE: Def = Def {
     name: "backfill_run_probe_baseline_p90",
     help: "The probe latency at rest, p90: the throttle's baseline",
     unit: Some(Unit::Seconds),
+};
+const REPLICA_LAG: Def = Def {
+    name: "backfill_run_replica_lag",
+    help: "The watched replica's lag as the adaptive throttle last read it; absent without `max_replica_lag`",
+    unit: Some(Unit::Seconds),
+};
+const COST: Def = Def {
+    name: "backfill_run_cost",
+    help: "Money by `kind`: spent so far, and projected to complete at the pace so far, in the cost model's `currency`; absent without `limits.budget.cost`",
+    unit: None,
 };
 const RECONCILED: Def = Def {
     name: "backfill_run_reconciled_partitions",
@@ -245,6 +257,8 @@ impl Families {
             rate_limit: gauge(r, &RATE_LIMIT),
             probe_p90: gauge(r, &PROBE_P90),
             probe_baseline: gauge(r, &PROBE_BASELINE),
+            replica_lag: gauge(r, &REPLICA_LAG),
+            cost: gauge(r, &COST),
             reconciled: gauge(r, &RECONCILED),
             budget: gauge(r, &BUDGET),
             eta: gauge(r, &ETA),
@@ -334,6 +348,8 @@ fn fill_example(f: &Families) {
         rate_limit,
         probe_p90,
         probe_baseline,
+        replica_lag,
+        cost,
         reconciled,
         budget,
         eta,
@@ -364,6 +380,9 @@ fn fill_example(f: &Families) {
     rate_limit.get_or_create(&with("cause")).set(0.0);
     reconciled.get_or_create(&with("result")).set(0.0);
     budget.get_or_create(&with("kind")).set(0.0);
+    let mut cost_labels = with("kind");
+    cost_labels.push(("currency".to_owned(), "…".to_owned()));
+    cost.get_or_create(&cost_labels).set(0.0);
     slo_burn.get_or_create(&with("window")).set(0.0);
     for family in [
         planned,
@@ -372,6 +391,7 @@ fn fill_example(f: &Families) {
         failing,
         probe_p90,
         probe_baseline,
+        replica_lag,
         eta,
         elapsed,
         executing,
@@ -477,20 +497,7 @@ fn record_run(
     f.failing
         .get_or_create(&base)
         .set(view.totals.failing as f64);
-    if let Some(rate) = view.rates.last()
-        && let Some(limit) = rate.rate
-    {
-        f.rate_limit
-            .get_or_create(&with("cause", &rate.cause))
-            .set(limit);
-    }
-    let adaptive = &view.live["adaptive"];
-    if let Some(ms) = adaptive["p90_ms"].as_f64() {
-        f.probe_p90.get_or_create(&base).set(ms / 1000.0);
-    }
-    if let Some(ms) = adaptive["baseline_p90_ms"].as_f64() {
-        f.probe_baseline.get_or_create(&base).set(ms / 1000.0);
-    }
+    record_production(f, view, &base);
     for (result, n) in [
         ("verified", view.checks.verified),
         ("mismatched", view.checks.mismatched),
@@ -525,6 +532,49 @@ fn record_run(
     }
     record_objective(f, view, &base);
     debug_assert!(PartitionState::ALL.len() == view.st.by_state.len());
+}
+
+/// What protects production, from the executing process's last report: the rate limit and
+/// its cause, the probe's p90 against its baseline, the replica lag, and the money spent and
+/// to complete.
+fn record_production(f: &Families, view: &StatusView, base: &Labels) {
+    let with = |pairs: &[(&str, &str)]| {
+        let mut labels = base.clone();
+        labels.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        labels
+    };
+    if let Some(rate) = view.rates.last()
+        && let Some(limit) = rate.rate
+    {
+        f.rate_limit
+            .get_or_create(&with(&[("cause", &rate.cause)]))
+            .set(limit);
+    }
+    let adaptive = &view.live["adaptive"];
+    for (family, key) in [
+        (&f.probe_p90, "p90_ms"),
+        (&f.probe_baseline, "baseline_p90_ms"),
+        (&f.replica_lag, "lag_ms"),
+    ] {
+        if let Some(ms) = adaptive[key].as_f64() {
+            family.get_or_create(base).set(ms / 1000.0);
+        }
+    }
+    let cost = &view.live["cost"];
+    for (kind, key) in [
+        ("spent", "so_far_amount"),
+        ("to_complete", "to_complete_amount"),
+    ] {
+        if let (Some(amount), Some(currency)) = (cost[key].as_f64(), cost["currency"].as_str()) {
+            f.cost
+                .get_or_create(&with(&[("kind", kind), ("currency", currency)]))
+                .set(amount);
+        }
+    }
 }
 
 /// The `[slo]` series of one run, when its process reported an objective.

@@ -800,7 +800,13 @@ async fn serve_guards_other_addresses_with_a_token() {
 #[tokio::test]
 async fn run_serves_its_metrics_while_it_executes() {
     let ws = Workspace::new();
-    copy_workspace(&ws, 600, "batch_rows = 20\nrows_per_second = 150").await;
+    copy_workspace(
+        &ws,
+        600,
+        "batch_rows = 20\nrows_per_second = 150\nbudget = { cost = { per_million_rows = 1.0, \
+         per_hour = 36.0, currency = \"EUR\" } }",
+    )
+    .await;
     let spec = std::fs::read_to_string(ws.path("spec.toml")).unwrap();
     ws.write(
         "spec.toml",
@@ -884,6 +890,15 @@ async fn run_serves_its_metrics_while_it_executes() {
         (deadline - now - 48.0 * 3600.0).abs() < 120.0,
         "{deadline} vs {now}"
     );
+    // M9: money spent so far (36 per hour: a cent a second) and to complete.
+    let spent = at(
+        "backfill_run_cost",
+        &[("kind", "spent"), ("currency", "EUR")],
+    );
+    assert!(spent > 0.0 && spent < 1.0, "{spent}");
+    // To complete: once the executing process's heartbeat counted a finished partition.
+    let to_complete = sample(&scrape, "backfill_run_cost", &[("kind", "to_complete")]);
+    assert!(to_complete.is_none_or(|c| c >= 0.0), "{to_complete:?}");
     let projected = projected(&Some(scrape)).expect("a projection");
     assert!(
         projected >= now - 60.0 && projected < deadline,
