@@ -823,3 +823,44 @@ async fn burning_the_error_budget_throttles_then_pauses_and_resume_continues() {
         assert_eq!(by_id.get(&row[0]), Some(&row), "row {:?}", row[0]);
     }
 }
+
+/// `[slo]` guards the compute budget too: a run reading more than half its rows budget within
+/// five minutes is throttled (audited with the rows budget as the cause), and, burning no
+/// more than that afterwards, goes on to the end with every row right.
+#[tokio::test]
+async fn burning_half_the_rows_budget_throttles_the_run() {
+    // 1,500 rows of a 2,000-row budget: past half of it, 500 rows read after the throttle.
+    let f = fixture(
+        1_500,
+        3,
+        "concurrency = 2\nbatch_rows = 50\nrows_per_second = 600\nbudget = { rows = 2000 }\n",
+    )
+    .await;
+    let text = std::fs::read_to_string(&f.spec).unwrap();
+    std::fs::write(
+        &f.spec,
+        format!("{text}\n[slo]\ncomplete_within = \"1h\"\n"),
+    )
+    .unwrap();
+    let (mut run, id) = f.start();
+    assert_eq!(run.wait(Duration::from_secs(60)), 0, "{}", run.stderr());
+    f.assert_target_is_source().await;
+    let events = audit_events(&f.ws, &id);
+    let throttled: Vec<_> = events
+        .iter()
+        .filter(|e| e["action"] == "run.throttled")
+        .collect();
+    assert_eq!(throttled.len(), 1, "one burn, one throttle: {throttled:#?}");
+    let t = throttled[0];
+    assert_eq!(t["actor"], "engine", "{t:#}");
+    assert_eq!(t["detail"]["cause"], "burn_rate", "{t:#}");
+    assert_eq!(t["detail"]["why"]["budget"], "rows budget", "{t:#}");
+    assert_eq!(t["detail"]["to"]["concurrency"], 1, "{t:#}");
+    assert!(
+        !events.iter().any(|e| e["action"] == "run.paused"),
+        "no second burn, no pause"
+    );
+    let st = status(&f.ws, &id);
+    assert_eq!(st["slo"]["stage"], "throttled", "{st:#}");
+    assert_eq!(st["rate"]["cause"], "burn_rate", "{st:#}");
+}
