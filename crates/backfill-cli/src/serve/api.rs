@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::commands::run::find_run;
 use crate::commands::status::{StatusView, UndoRows, run_line_json};
 
 /// Runs listed by default, and at most.
@@ -407,11 +406,22 @@ pub(crate) async fn progress(
     })))
 }
 
-/// The run a request names; 404 when there is none.
+/// The run a request names (a unique prefix works): 404 when there is none, 400 when the
+/// prefix names several.
 pub(super) async fn find(app: &AppState, run: &str) -> Result<backfill_store::RunRecord, ApiError> {
-    find_run(&app.store, run)
-        .await
-        .map_err(|e| ApiError::from_anyhow(&e))
+    use backfill_store::StoreError;
+    match app.store.get_run(run).await {
+        Ok(record) => Ok(record),
+        Err(e @ StoreError::NotFound(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+                .hint("`GET /api/runs` (or `backfill runs`) lists runs and their ids"))
+        }
+        Err(e @ StoreError::Ambiguous(_)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+                .hint("give more characters of the run id, or all of it"))
+        }
+        Err(e) => Err(store_error(e)),
+    }
 }
 
 /// A store failure as a 500.

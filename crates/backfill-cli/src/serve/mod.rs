@@ -380,19 +380,26 @@ impl ApiError {
         api
     }
 
-    /// A failure of a handler: a user error (an unknown run) is 404 with its hint, anything
-    /// else (the store unreachable) 500, its message redacted.
+    /// A failure of a handler: a user error (an unknown run) is 404 with its hint; a state
+    /// store that cannot be reached or is busy for now is 503 (try again); anything else
+    /// 500. Messages are redacted.
     fn from_anyhow(error: &anyhow::Error) -> ApiError {
-        match error.downcast_ref::<UserError>() {
-            Some(user) => ApiError {
+        if let Some(user) = error.downcast_ref::<UserError>() {
+            return ApiError {
                 status: StatusCode::NOT_FOUND,
                 error: user.message.clone(),
                 hint: user.hint.clone(),
-            },
-            None => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                backfill_core::secret::redact(&format!("{error:#}")),
-            ),
+            };
+        }
+        let message = backfill_core::secret::redact(&format!("{error:#}"));
+        match error.downcast_ref::<backfill_store::StoreError>() {
+            Some(e @ backfill_store::StoreError::Unreachable { .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .hint("the state store's server cannot be reached; try again once it is up")
+            }
+            Some(e) if e.is_transient() => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .hint("the state store is busy or its connection dropped; try again"),
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     }
 }
@@ -415,7 +422,24 @@ pub(crate) const DEFAULT_BIND: SocketAddr =
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{ApiError, StatusCode, constant_time_eq};
+    use backfill_store::StoreError;
+
+    #[test]
+    fn an_unreachable_or_busy_store_is_503_and_a_user_error_404() {
+        let status = |e: anyhow::Error| ApiError::from_anyhow(&e).status;
+        let down = StoreError::Unreachable {
+            url: "postgres://backfill@db/state".to_owned(),
+            message: "connection refused".to_owned(),
+        };
+        assert_eq!(status(down.into()), StatusCode::SERVICE_UNAVAILABLE);
+        let busy = StoreError::Database(sqlx::Error::PoolTimedOut);
+        assert_eq!(status(busy.into()), StatusCode::SERVICE_UNAVAILABLE);
+        let corrupt = StoreError::Corrupt("bad row".to_owned());
+        assert_eq!(status(corrupt.into()), StatusCode::INTERNAL_SERVER_ERROR);
+        let user = crate::UserError::new("no run matches `abc`");
+        assert_eq!(status(user.into()), StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -1953,3 +1953,38 @@ async fn errors_are_grouped_by_class_and_message() {
     let md = ws.run(&["report", &run_id]);
     assert!(md.stdout.contains("| permanent | "), "{}", md.stdout);
 }
+
+/// A run id prefix naming two runs is a bad request (400) with what to do; an unknown one
+/// is 404.
+#[tokio::test]
+async fn an_ambiguous_run_prefix_is_a_bad_request() {
+    let ws = Workspace::new();
+    let first = finished_run(&ws).await;
+    let again = ws.run(&["--json", "run", "spec.toml", "--new"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let second = again.json()["run_id"].as_str().unwrap().to_owned();
+    let shared = first
+        .chars()
+        .zip(second.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        shared >= 4,
+        "{first} and {second} share no 4-character prefix"
+    );
+    let spec = openapi();
+    let server = Server::start(&ws, &["serve", "--bind", "127.0.0.1:0"], "listening on ");
+    let both = get(&server.addr, &format!("/api/runs/{}", &first[..4]));
+    let both = assert_error(&spec, &both, 400, "an ambiguous prefix");
+    assert!(
+        both["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("more characters")),
+        "{both}"
+    );
+    let page = get(
+        &server.addr,
+        &format!("/api/runs/{}/partitions", &first[..4]),
+    );
+    assert_error(&spec, &page, 400, "an ambiguous prefix, partitions");
+}
