@@ -98,10 +98,11 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// List runs, newest first.
     Runs(RunsArgs),
-    /// Serve the state store over HTTP: a JSON API of the runs, their status and their
-    /// partitions (paged), controls (pause, resume, cancel, throttle; they need the token) and
-    /// Prometheus metrics at /metrics. Binds to loopback unless given --bind; any other
-    /// address needs --token-file.
+    /// Serve the state store over HTTP: the dashboard at /, a JSON API of the runs (status
+    /// and objectives, partitions paged and sorted, errors by class, reconciliation checks,
+    /// quarantine, audit trail, rates, heat strip, progress), controls (pause, resume, cancel,
+    /// throttle, approve, promote; they need the token) and Prometheus metrics at /metrics.
+    /// Binds to loopback unless given --bind; any other address needs --token-file.
     Serve(ServeArgs),
     /// Write the postmortem of a run as one self-contained file: who and why, the timeline of
     /// run-level events, partitions and rows, throughput and rate changes (charts in HTML),
@@ -449,8 +450,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = crate::serve::DEFAULT_BIND)]
     pub(crate) bind: std::net::SocketAddr,
     /// File holding the API token on its first line (at least 16 characters). Required to
-    /// bind to an address other than loopback and for the controls; a request that sends
-    /// `Authorization: Bearer …` must send this token. Reading needs none.
+    /// bind to an address other than loopback, where every request but /healthz and the
+    /// dashboard's files must send it, and for the controls; a request that sends
+    /// `Authorization: Bearer …` must send this token. On loopback reading needs none.
     #[arg(long, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
 }
