@@ -20,6 +20,8 @@
 //!
 //! Invariants: the guard never acts twice on the same failures (each action restarts the
 //! window); it never acts without a budget to burn; a paused guard does nothing until reset.
+//! The guard lives in the executing process: a new process (a `resume` after the old one
+//! exited) watches afresh from `Watching`, under the limits the earlier throttle left.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -75,7 +77,8 @@ impl SloSpec {
     }
 
     /// Completion projected `eta` from `now`, against the deadline `complete_within` after
-    /// `created`; `None` without `complete_within`.
+    /// `created`; `None` without `complete_within`. Without an ETA the projection is unknown,
+    /// and the run is late (`on_track` false) once `now` is past the deadline.
     pub fn projection(
         &self,
         created: DateTime<Utc>,
@@ -87,10 +90,15 @@ impl SloSpec {
         let projected = eta
             .and_then(|e| chrono::Duration::from_std(e).ok())
             .and_then(|e| now.checked_add_signed(e));
+        // Without a projection, a run already past its deadline is late all the same.
+        let on_track = match projected {
+            Some(p) => Some(p <= deadline),
+            None => (now > deadline).then_some(false),
+        };
         Some(Projection {
             deadline,
             projected,
-            on_track: projected.map(|p| p <= deadline),
+            on_track,
         })
     }
 }
@@ -102,7 +110,8 @@ pub struct Projection {
     pub deadline: DateTime<Utc>,
     /// Now plus the ETA, when there is one.
     pub projected: Option<DateTime<Utc>>,
-    /// Whether the projection is at or before the deadline; `None` without a projection.
+    /// Whether the projection is at or before the deadline; without a projection, false
+    /// past the deadline and `None` before it.
     pub on_track: Option<bool>,
 }
 
@@ -199,6 +208,14 @@ impl BurnGuard {
     /// Where the guard stands.
     pub fn stage(&self) -> Stage {
         self.stage
+    }
+
+    /// The throttle the guard asked for could not be made (the store refused it): it watches
+    /// as before, so the next burn throttles rather than pauses.
+    pub fn throttle_failed(&mut self) {
+        if self.stage == Stage::Throttled {
+            self.stage = Stage::Watching;
+        }
     }
 
     /// The error budget, in failed attempts.
@@ -384,6 +401,12 @@ mod tests {
             .unwrap();
         assert_eq!(late.on_track, Some(false));
         assert_eq!(s.projection(created, now, None).unwrap().on_track, None);
+        let after = created + chrono::Duration::hours(50);
+        assert_eq!(
+            s.projection(created, after, None).unwrap().on_track,
+            Some(false),
+            "past the deadline with no ETA is late"
+        );
         assert_eq!(slo(0.9).projection(created, now, None), None);
         // Past the end of time: no deadline, no panic.
         let forever = SloSpec {
@@ -396,7 +419,11 @@ mod tests {
             ..SloSpec::default()
         };
         let p = far.projection(created, now, Some(Duration::MAX)).unwrap();
-        assert_eq!((p.projected, p.on_track), (None, None));
+        assert_eq!(
+            (p.projected, p.on_track),
+            (None, Some(false)),
+            "no projection, and past its one-hour deadline"
+        );
     }
 
     #[test]
@@ -425,6 +452,23 @@ mod tests {
         assert!(matches!(
             g.observe(at(70, 80, 36)),
             Some(BurnAction::Pause(_))
+        ));
+    }
+
+    #[test]
+    fn a_throttle_that_could_not_be_made_leaves_the_guard_watching() {
+        let mut g = BurnGuard::new(slo(0.9), 100);
+        g.observe(at(0, 0, 0));
+        assert!(matches!(
+            g.observe(at(10, 10, 6)),
+            Some(BurnAction::Throttle(_))
+        ));
+        g.throttle_failed();
+        assert_eq!(g.stage(), Stage::Watching);
+        // The next burn (counted from the failed throttle) throttles again, not pauses.
+        assert!(matches!(
+            g.observe(at(20, 20, 12)),
+            Some(BurnAction::Throttle(_))
         ));
     }
 

@@ -244,7 +244,6 @@ impl Background {
                 adaptive: adaptive.as_ref().map(adaptive::Adaptive::status),
                 lease,
                 shutdown: shutdown.clone(),
-                started: std::time::Instant::now(),
             }
             .run(stopped, ready),
         );

@@ -35,8 +35,12 @@ pub(crate) fn json(
         .filter(|e| e.is_finite() && *e >= 0.0)
         .map(std::time::Duration::from_secs_f64);
     let projection = match run.finished_at {
-        // A finished run completed when it finished.
-        Some(at) => slo.projection(run.created_at, at, Some(std::time::Duration::ZERO)),
+        // A run that succeeded completed when it finished; one that failed or was cancelled
+        // never completes (late once it ended past the deadline).
+        Some(at) if run.state == backfill_core::RunState::Succeeded => {
+            slo.projection(run.created_at, at, Some(std::time::Duration::ZERO))
+        }
+        Some(at) => slo.projection(run.created_at, at, None),
         None => slo.projection(run.created_at, now, eta),
     };
     let allowed = slo.error_budget(run.partitions_total);

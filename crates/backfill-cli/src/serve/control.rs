@@ -152,8 +152,15 @@ pub(crate) async fn promote(
     let run = find(&app, &run).await?;
     let spec = crate::commands::run::spec_of(&run, None, crate::output::Output { json: true })
         .map_err(|e| ApiError::refused(&e))?;
-    let promoted = backfill_engine::shadow::promote(&app.store, &spec, &run.id, body.force, &actor)
+    // In a task of its own: a client that hangs up must not stop a swap between renaming the
+    // tables and recording it.
+    let (store, run_id, by) = (app.store.clone(), run.id.clone(), actor.clone());
+    let swap = tokio::spawn(async move {
+        backfill_engine::shadow::promote(&store, &spec, &run_id, body.force, &by).await
+    });
+    let promoted = swap
         .await
+        .map_err(|e| ApiError::from_anyhow(&anyhow::anyhow!("the promote task failed: {e}")))?
         .map_err(|e| ApiError::refused(&crate::commands::shadow::refusal(e, &run.id)))?;
     let r = &promoted.record;
     Ok((

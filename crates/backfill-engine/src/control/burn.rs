@@ -49,6 +49,11 @@ impl BurnWatch {
         })
     }
 
+    /// The throttle asked for could not be written: the guard watches as before.
+    pub(crate) fn throttle_failed(&mut self) {
+        self.guard.throttle_failed();
+    }
+
     /// A resume: the guard counts from now, and the hold is lifted.
     pub(crate) fn resumed(&mut self) {
         self.guard.reset();

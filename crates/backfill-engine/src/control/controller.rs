@@ -63,8 +63,6 @@ pub(crate) struct Controller {
     pub(crate) lease: backfill_store::Lease,
     /// Requested when the claim is lost, so the workers stop at once.
     pub(crate) shutdown: crate::Shutdown,
-    /// When this session began (the session's read rate for a burn-rate throttle).
-    pub(crate) started: Instant,
 }
 
 impl Controller {
@@ -423,7 +421,13 @@ impl Controller {
         // `status` shows the guard's new stage at once, not a heartbeat later.
         st.first_beat = true;
         match action {
-            BurnAction::Throttle(burn) => self.burn_throttle(st, &burn).await,
+            BurnAction::Throttle(burn) => {
+                if !self.burn_throttle(st, &burn, used).await
+                    && let Some(watch) = st.burn.as_mut()
+                {
+                    watch.throttle_failed();
+                }
+            }
             BurnAction::Pause(burn) => {
                 tracing::warn!(
                     run_id = self.run_id,
@@ -440,11 +444,17 @@ impl Controller {
     }
 
     /// Halves the limits in force through the run's controls, as `throttle` would, with the
-    /// burn as the audited cause, and records the rate change (`burn_rate`).
-    async fn burn_throttle(&self, st: &mut LoopState, burn: &Burn) {
-        let elapsed = self.started.elapsed().as_secs_f64().max(1.0);
+    /// burn as the audited cause, and records the rate change (`burn_rate`). False when the
+    /// store refused it.
+    async fn burn_throttle(&self, st: &mut LoopState, burn: &Burn, used: &BudgetUse) -> bool {
+        // The rate this session read at while it ran: held time (paused, outside the window)
+        // does not count.
+        let session_active = used
+            .active
+            .saturating_sub(Duration::from_millis(self.controls.active_ms));
         #[allow(clippy::cast_precision_loss)]
-        let session_rate = self.live.rows_read.load(Ordering::Relaxed) as f64 / elapsed;
+        let session_rate = self.live.rows_read.load(Ordering::Relaxed) as f64
+            / session_active.as_secs_f64().max(1.0);
         let from = st.limits;
         let to = throttled(from, session_rate);
         let changed = |a: u32, b: u32| (a != b).then_some(b);
@@ -475,12 +485,16 @@ impl Controller {
             Ok(after) => after,
             Err(e) => {
                 tracing::warn!(run_id = self.run_id, error = %e, "cannot record the burn-rate throttle");
-                return;
+                return false;
             }
         };
-        st.seen_version = after.version;
+        // When no other command came in between, this change is seen; otherwise the next poll
+        // applies what came in (a resume, other limits) as usual.
+        if after.version == st.seen_version + 1 {
+            st.seen_version = after.version;
+            st.controls = after.clone();
+        }
         st.limits = self.live.apply(Limits::of(&self.spec, &after));
-        st.controls = after;
         self.emitter.emit(Event::Throttled {
             rows_per_second: st.limits.rows_per_second,
             batches_per_second: st.limits.batches_per_second,
@@ -500,6 +514,7 @@ impl Controller {
                 }),
             )
             .await;
+        true
     }
 
     /// Money spent so far and projected to complete, at the pace of the finished partitions.

@@ -281,7 +281,13 @@ async fn finish_partition(
         }
         other => other,
     };
-    if result.is_ok() && !matches!(outcome, Outcome::Done) {
+    // A failed attempt spends the error budget of `[slo]`; giving a partition back to split
+    // it is no failure.
+    let failed = match outcome {
+        Outcome::Done => false,
+        Outcome::Retry { class, .. } | Outcome::Failed { class, .. } => class != "split",
+    };
+    if result.is_ok() && failed {
         ctx.live
             .attempts_failed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

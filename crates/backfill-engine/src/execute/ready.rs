@@ -121,6 +121,10 @@ async fn fail(
     )
     .await;
     if matches!(gate, Gate::Failed) {
+        // A partition whose source never became ready failed: the error budget counts it.
+        ctx.live
+            .attempts_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ctx.emitter.emit(Event::PartitionFailed {
             partition_id: partition.id.clone(),
             error: error.to_owned(),
