@@ -186,6 +186,31 @@ impl Store {
         Ok(groups)
     }
 
+    /// How many of run `run_id`'s failing partitions (see [`crate::is_failing`]) have each
+    /// class of last error (`None` for errors recorded before classes were), most first: the
+    /// same partitions as [`Store::error_groups`], one aggregate over the started ones (a
+    /// partial index) and the failed ones that never started.
+    pub async fn failing_by_class(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<(Option<String>, u64)>, StoreError> {
+        let rows = stmt(format!(
+            "SELECT last_error_class AS class, COUNT(*) AS n FROM ( \
+             SELECT last_error_class FROM partitions \
+             WHERE run_id = ? AND attempts > 0 AND {FAILING_SQL} \
+             UNION ALL SELECT last_error_class FROM partitions \
+             WHERE run_id = ? AND state = 'failed' AND attempts = 0) AS failing \
+             GROUP BY last_error_class ORDER BY n DESC, class"
+        ))
+        .bind(run_id)
+        .bind(run_id)
+        .fetch_all(&mut self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("class")?, codec::from_db(row.try_get("n")?))))
+            .collect()
+    }
+
     /// The states of run `run_id`'s partitions in `bins` equal slices of its plan indexes
     /// (fewer when the run has fewer partitions), for a heat strip: one aggregate query, an
     /// answer of at most `bins` × states entries however many partitions the run has.

@@ -10,7 +10,7 @@
 //! throughput (`backfill_run_rows`, `…_rows_per_second`), M3 success rate
 //! (`backfill_run_success_ratio`), M4 errors and retries (`backfill_run_attempt_errors_total`
 //! of `backfill_run_attempts_total`: the error budget's burn, `backfill_run_retries_total`,
-//! `backfill_run_failing_partitions`), M5 the rate limit and
+//! `backfill_run_failing_partitions`, and `…_by_class`), M5 the rate limit and
 //! its cause, M6 the serving process's CPU and memory (`process_*`), M7 the probe's latency
 //! against its baseline and the replica lag, M8 reconciliation (`backfill_run_reconciled_partitions`), M9 budget
 //! and ETA (`backfill_run_budget_used_ratio`, `backfill_run_cost`, `backfill_run_eta_seconds`), M10 audit events
@@ -67,6 +67,7 @@ struct Families {
     attempts: Family<Labels, CounterF>,
     retries: Family<Labels, CounterF>,
     failing: Family<Labels, GaugeF>,
+    failing_by_class: Family<Labels, GaugeF>,
     rate_limit: Family<Labels, GaugeF>,
     probe_p90: Family<Labels, GaugeF>,
     probe_baseline: Family<Labels, GaugeF>,
@@ -142,6 +143,11 @@ const RETRIES: Def = Def {
 const FAILING: Def = Def {
     name: "backfill_run_failing_partitions",
     help: "Partitions failed, or not finished with an error on record",
+    unit: None,
+};
+const FAILING_BY_CLASS: Def = Def {
+    name: "backfill_run_failing_partitions_by_class",
+    help: "Failing partitions by the class of their last error: transient, unavailable, permanent, data, reconcile_mismatch, source_not_ready, split (unknown: recorded before classes were)",
     unit: None,
 };
 const RATE_LIMIT: Def = Def {
@@ -254,6 +260,7 @@ impl Families {
             attempts: counter(r, &ATTEMPTS),
             retries: counter(r, &RETRIES),
             failing: gauge(r, &FAILING),
+            failing_by_class: gauge(r, &FAILING_BY_CLASS),
             rate_limit: gauge(r, &RATE_LIMIT),
             probe_p90: gauge(r, &PROBE_P90),
             probe_baseline: gauge(r, &PROBE_BASELINE),
@@ -345,6 +352,7 @@ fn fill_example(f: &Families) {
         attempts,
         retries,
         failing,
+        failing_by_class,
         rate_limit,
         probe_p90,
         probe_baseline,
@@ -378,6 +386,7 @@ fn fill_example(f: &Families) {
     partitions.get_or_create(&with("state")).set(0.0);
     rows.get_or_create(&with("outcome")).set(0.0);
     rate_limit.get_or_create(&with("cause")).set(0.0);
+    failing_by_class.get_or_create(&with("class")).set(0.0);
     reconciled.get_or_create(&with("result")).set(0.0);
     budget.get_or_create(&with("kind")).set(0.0);
     let mut cost_labels = with("kind");
@@ -427,6 +436,21 @@ async fn exposition(app: &AppState) -> anyhow::Result<String> {
         let view = StatusView::load(&app.store, run, UndoRows::Skip).await?;
         let executing = view.process.is_some() || app.executes(&view.run.id);
         record_run(&families, &view, executing, now);
+        let classes = app.store.failing_by_class(&view.run.id).await?;
+        for (class, n) in classes {
+            let labels = vec![
+                ("run_id".to_owned(), view.run.id.clone()),
+                ("spec".to_owned(), view.run.spec_name.clone()),
+                (
+                    "class".to_owned(),
+                    class.unwrap_or_else(|| "unknown".to_owned()),
+                ),
+            ];
+            families
+                .failing_by_class
+                .get_or_create(&labels)
+                .set(n as f64);
+        }
     }
     let events = app.store.audit_event_count().await?;
     register_store_and_process(

@@ -1950,6 +1950,13 @@ async fn errors_are_grouped_by_class_and_message() {
             .is_some_and(|m| m.contains("integer overflow")),
         "{errors:#}"
     );
+    let metrics = parse_metrics(&get(&server.addr, "/metrics").body);
+    let permanent = sample(
+        &metrics,
+        "backfill_run_failing_partitions_by_class",
+        &[("run_id", run_id.as_str()), ("class", "permanent")],
+    );
+    assert_eq!(permanent, Some(1.0));
     let md = ws.run(&["report", &run_id]);
     assert!(md.stdout.contains("| permanent | "), "{}", md.stdout);
 }

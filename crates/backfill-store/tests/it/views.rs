@@ -60,6 +60,13 @@ async fn views_group_errors_bin_states_and_count_progress(db: TestDb) {
         ]
     );
     assert_eq!(store.error_groups(&run.id, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        store.failing_by_class(&run.id).await.unwrap(),
+        [
+            (Some("data".to_owned()), 2),
+            (Some("transient".to_owned()), 1)
+        ]
+    );
 
     // Three bins of two partitions: [done, failed], [pending, done], [failed, pending].
     let strip = store.state_bins(&run.id, 3).await.unwrap();
