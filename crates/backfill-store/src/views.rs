@@ -27,6 +27,19 @@ pub struct ErrorGroup {
     pub first_partition_id: String,
 }
 
+impl ErrorGroup {
+    /// The group as the API and `backfill report` give it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "class": self.class,
+            "message": self.message,
+            "partitions": self.partitions,
+            "failed": self.failed,
+            "first_partition_id": self.first_partition_id,
+        })
+    }
+}
+
 /// The partitions of one bin of a heat strip: a slice of the plan's indexes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeatBin {

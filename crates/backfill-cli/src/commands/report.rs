@@ -72,13 +72,7 @@ async fn gather(store: &Store, record: backfill_store::RunRecord) -> anyhow::Res
             "detail": e.detail,
         })).collect::<Vec<_>>(),
         "timeline_truncated": events.len() == EVENTS,
-        "errors": errors.iter().map(|g| json!({
-            "class": g.class,
-            "message": g.message,
-            "partitions": g.partitions,
-            "failed": g.failed,
-            "first_partition_id": g.first_partition_id,
-        })).collect::<Vec<_>>(),
+        "errors": errors.iter().map(backfill_store::ErrorGroup::to_json).collect::<Vec<_>>(),
         "rates": rates.iter().map(|r| json!({
             "at": r.at,
             "rows_per_second": r.rate,

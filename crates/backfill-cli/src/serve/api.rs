@@ -163,7 +163,7 @@ async fn with_checks(
                 .map_or(Value::Null, |c| {
                     let (source, target) = (c.source.map(|f| f.rows), c.target.map(|f| f.rows));
                     json!({
-                        "status": if c.status == backfill_store::CheckStatus::Mismatch { "mismatched" } else { c.status.as_str() },
+                        "status": super::trust::status_name(c.status),
                         "source_rows": source,
                         "target_rows": target,
                         "row_delta": source.zip(target).map(|(s, t)| t as i64 - s as i64),
@@ -299,13 +299,7 @@ pub(crate) async fn errors(
         .map_err(store_error)?;
     Ok(Json(json!({
         "run_id": record.id,
-        "groups": groups.iter().map(|g| json!({
-            "class": g.class,
-            "message": g.message,
-            "partitions": g.partitions,
-            "failed": g.failed,
-            "first_partition_id": g.first_partition_id,
-        })).collect::<Vec<_>>(),
+        "groups": groups.iter().map(backfill_store::ErrorGroup::to_json).collect::<Vec<_>>(),
     })))
 }
 

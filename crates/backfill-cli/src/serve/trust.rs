@@ -64,13 +64,20 @@ pub(crate) async fn checks(
         "checks": page.iter().map(|c| {
             let mut check = c.to_json();
             check["partition_id"] = json!(c.partition_id);
-            if check["status"] == "mismatch" {
-                check["status"] = json!("mismatched");
-            }
+            check["status"] = json!(status_name(c.status));
             check
         }).collect::<Vec<_>>(),
         "next_after": next_after,
     })))
+}
+
+/// A check's status as the API names it (`mismatched`, where the store says `mismatch`,
+/// like `status=` and the run's reconciliation totals).
+pub(super) fn status_name(status: CheckStatus) -> &'static str {
+    match status {
+        CheckStatus::Mismatch => "mismatched",
+        other => other.as_str(),
+    }
 }
 
 /// `?after_partition=&after_key=&limit=` of a page of quarantined rows.
