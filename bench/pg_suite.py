@@ -344,6 +344,9 @@ class Engine:
 # The benchmarks time the write path against statements that keep no undo log; the log is
 # on by default for PostgreSQL targets since issue 11, and bench/undo.py measures its cost.
 NO_UNDO = "undo = false  # the baseline keeps no undo log either (bench/undo.py measures it)"
+# Likewise reconciliation after each partition (on by default since issue 11): the baselines
+# check nothing; bench/validate.py measures what it costs.
+UNCHECKED = "[validate]\nafter_partition = false  # the baseline checks nothing (bench/validate.py)\nat_end          = false"
 
 
 def spec_text(name, src_url, tgt_url, mode_lines, start, end, partition, concurrency, batch_rows):
@@ -359,6 +362,8 @@ time_column = "ts"
 url   = "{tgt_url}"
 {mode_lines}
 {NO_UNDO if "undo" not in mode_lines else ""}
+
+{UNCHECKED}
 
 [scope]
 start     = "{start}"
