@@ -324,6 +324,76 @@ impl Drop for RowStream {
     }
 }
 
+/// Rows of one batch as PostgreSQL sent them: binary `COPY` tuples of the fields' wire bytes,
+/// never decoded (see [`AnySource::stream_raw`]).
+#[derive(Debug)]
+pub struct RawBatch {
+    pub(crate) rows: usize,
+    pub(crate) full: bool,
+    /// Binary `COPY` tuples, without the stream's header and trailer.
+    pub(crate) tuples: Vec<u8>,
+}
+
+impl RawBatch {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether the batch has no row (the window is exhausted).
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Whether more rows may follow: the batch holds its chunk of rows or reached
+    /// `backfill_core::value::BATCH_BYTES`, as `Batch::is_full` tells of a decoded batch.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+}
+
+/// The rows of one window, undecoded, read by one query and handed over a batch at a time
+/// (see [`AnySource::stream_raw`]). Dropping it stops the read.
+#[derive(Debug)]
+pub struct RawStream {
+    columns: Vec<String>,
+    rx: tokio::sync::mpsc::Receiver<Result<RawBatch, ConnectorError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawStream {
+    pub(crate) fn new(
+        columns: Vec<String>,
+        rx: tokio::sync::mpsc::Receiver<Result<RawBatch, ConnectorError>>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> RawStream {
+        RawStream { columns, rx, task }
+    }
+
+    /// The query's columns, in the order of each tuple's fields.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The next batch; empty when the window is exhausted.
+    pub async fn next_batch(&mut self) -> Result<RawBatch, ConnectorError> {
+        match self.rx.recv().await {
+            Some(batch) => batch,
+            None => Ok(RawBatch {
+                rows: 0,
+                full: false,
+                tuples: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl Drop for RawStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl AnySource {
     /// Streams the rows of `window` after `after` (exclusive), in key order, `chunk` rows per
     /// batch, from one query, when this source can: the batches are those successive
@@ -337,6 +407,47 @@ impl AnySource {
     ) -> Result<Option<RowStream>, ConnectorError> {
         match self {
             AnySource::Postgres(s) => s.stream(window, after, chunk).await.map(Some),
+            AnySource::Sqlite(_) | AnySource::MySql(_) => Ok(None),
+        }
+    }
+
+    /// Streams every row of `window` like [`stream`](AnySource::stream) but in no particular
+    /// order (no sort of the window), for a writer that takes the window whole. `None` when
+    /// the source reads page by page.
+    pub async fn stream_unordered(
+        &self,
+        window: &Window,
+        chunk: u32,
+    ) -> Result<Option<RowStream>, ConnectorError> {
+        match self {
+            AnySource::Postgres(s) => s.stream_unordered(window, chunk).await.map(Some),
+            AnySource::Sqlite(_) | AnySource::MySql(_) => Ok(None),
+        }
+    }
+
+    /// The query's columns and their PostgreSQL type OIDs (`None` for a column whose type
+    /// the driver did not name), when this source can hand rows over undecoded
+    /// ([`stream_raw`](AnySource::stream_raw)): PostgreSQL only.
+    pub fn raw_types(&self) -> Option<(&[String], &[Option<u32>])> {
+        match self {
+            AnySource::Postgres(s) => Some(s.raw_types()),
+            AnySource::Sqlite(_) | AnySource::MySql(_) => None,
+        }
+    }
+
+    /// Streams every row of `window` like [`stream_unordered`](AnySource::stream_unordered),
+    /// but undecoded: each batch is binary `COPY` tuples of the fields exactly as PostgreSQL
+    /// sent them, for a PostgreSQL target whose columns have the same types
+    /// ([`ReplaceTxn::accepts_raw`]), which stores them without the engine decoding and
+    /// encoding every value. A NULL key is refused as on the row path. `None` when the
+    /// source is not PostgreSQL.
+    pub async fn stream_raw(
+        &self,
+        window: &Window,
+        chunk: u32,
+    ) -> Result<Option<RawStream>, ConnectorError> {
+        match self {
+            AnySource::Postgres(s) => s.stream_raw(window, chunk).await.map(Some),
             AnySource::Sqlite(_) | AnySource::MySql(_) => Ok(None),
         }
     }
@@ -620,6 +731,33 @@ impl ReplaceTxn {
             }
         }
         Ok((inserted, rejected))
+    }
+
+    /// Whether [`insert_raw`](ReplaceTxn::insert_raw) can take batches of a source with
+    /// these columns and type OIDs ([`AnySource::raw_types`]): a PostgreSQL target with every
+    /// column, each of the same type, and no undo log that needs the batches' keys.
+    pub fn accepts_raw(&self, columns: &[String], oids: &[Option<u32>]) -> bool {
+        match &self.inner {
+            ReplaceInner::Postgres(t) => t.accepts_raw(columns, oids),
+            ReplaceInner::Sqlite(_) | ReplaceInner::MySql(_) => false,
+        }
+    }
+
+    /// Inserts an undecoded batch of `stream` inside the transaction (binary `COPY`); returns
+    /// the rows inserted. Only after [`accepts_raw`](ReplaceTxn::accepts_raw) said yes for
+    /// the stream's columns.
+    pub async fn insert_raw(
+        &mut self,
+        stream: &RawStream,
+        batch: &RawBatch,
+    ) -> Result<u64, ConnectorError> {
+        match &mut self.inner {
+            ReplaceInner::Postgres(t) => t.insert_raw(stream.columns(), batch).await,
+            ReplaceInner::Sqlite(_) | ReplaceInner::MySql(_) => Err(ConnectorError::Data {
+                message: "internal error: undecoded rows for a target that is not PostgreSQL"
+                    .to_owned(),
+            }),
+        }
     }
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), ConnectorError> {

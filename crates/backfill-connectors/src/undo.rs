@@ -308,8 +308,8 @@ const KEYS_PER_STMT: usize = 1000;
 /// at commit).
 const REPLACE_BEFORE: &str = "pg_temp.bf_undo_before";
 
-/// PostgreSQL `replace`: the keys the window's batches wrote (a temporary table, dropped at
-/// commit).
+/// PostgreSQL `replace`: the keys the window's batches wrote under a savepoint (a temporary
+/// table, dropped at commit). Rows inserted outside a savepoint are told by their `xmin`.
 pub(crate) const REPLACE_KEYS: &str = "pg_temp.bf_undo_keys";
 
 impl UndoLog {
@@ -597,24 +597,34 @@ impl UndoLog {
     /// PostgreSQL `replace`, logged once per window at commit instead of around every
     /// batch ([`replace_begin`](Self::replace_begin), [`replace_delete`](Self::replace_delete),
     /// [`replace_commit`](Self::replace_commit)): the window's delete keeps its rows in a
-    /// temporary table (no WAL, no index), each batch's keys are `COPY`ed into another ([`REPLACE_KEYS`]: only rows the
-    /// run wrote are its own, not a row another session inserts meanwhile), and
-    /// the commit logs in one statement only the rows the window's rewrite changed, with the
-    /// after-image digest: no per-batch lookups, no `UPDATE` of every logged row (which made
-    /// W1 `replace` ~9x slower with the log). Needs a unique index on the key.
+    /// temporary table (no WAL, no index), and the commit logs in one statement only the rows
+    /// the window's rewrite changed, with the after-image digest: no per-batch lookups, no
+    /// `UPDATE` of every logged row (which made W1 `replace` ~9x slower with the log). The
+    /// rows the run wrote are told from a row another session inserts meanwhile by their
+    /// `xmin`, this transaction's id; rows inserted under a savepoint (quarantine's
+    /// isolation) carry a subtransaction's id instead, so from the first savepoint on each
+    /// batch's keys are also `COPY`ed into [`REPLACE_KEYS`] ([`replace_keys`](Self::replace_keys)).
+    /// Needs a unique index on the key.
     pub(crate) fn replace_begin(&self) -> Vec<Stmt> {
-        let create = |table: &str, columns: &str| Stmt {
+        vec![self.temporary(REPLACE_BEFORE, "*")]
+    }
+
+    /// The temporary table of the keys written under savepoints; create it before the first
+    /// savepoint (a table created inside one would go with its rollback).
+    pub(crate) fn replace_keys(&self) -> Stmt {
+        self.temporary(REPLACE_KEYS, &self.key.join(", "))
+    }
+
+    /// An empty temporary table, dropped at commit, with `columns` of the target.
+    fn temporary(&self, table: &str, columns: &str) -> Stmt {
+        Stmt {
             sql: format!(
                 "CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS SELECT {columns} FROM {} \
                  WHERE false",
                 self.target
             ),
             params: vec![],
-        };
-        vec![
-            create(REPLACE_BEFORE, "*"),
-            create(REPLACE_KEYS, &self.key.join(", ")),
-        ]
+        }
     }
 
     /// The `replace` window's delete, keeping what it deleted in the temporary table of
@@ -635,18 +645,21 @@ impl UndoLog {
     /// only deleted is `deleted`, one only written is `inserted`, one whose row differs (by
     /// binary image, so types without `=` compare too) is `updated`; each with its
     /// before-image and the digest of the row as written. The written rows are the window's
-    /// rows whose keys the batches wrote: a row the source returns outside its own window
-    /// (a query that does not filter by the window column) is not logged. Looking every key
-    /// up instead made PostgreSQL merge-join the whole key index once per window (1.9x
-    /// against 1.65x at 1M rows). The first before-image per key per run is kept (a re-run
-    /// partition only refreshes the digest). Needs key columns that cannot be NULL (a NULL
-    /// key matches nothing in the join). `predicate` as in
+    /// rows this transaction inserted (`xmin`), plus, when `under_savepoints`, those whose
+    /// keys are in [`REPLACE_KEYS`]: a row the source returns outside its own window (a query
+    /// that does not filter by the window column) is not logged. Looking every key up instead
+    /// made PostgreSQL merge-join the whole key index once per window (1.9x against 1.65x at
+    /// 1M rows); `COPY`ing every batch's keys to tell the written rows cost ~15% of a
+    /// window's time. The first before-image per key per run is kept (a re-run partition only
+    /// refreshes the digest). Needs key columns that cannot be NULL (a NULL key matches
+    /// nothing in the join). `predicate` as in
     /// [`before_window_delete`](Self::before_window_delete).
     pub(crate) fn replace_commit(
         &self,
         b: &UndoBatch,
         predicate: &str,
         bounds: &[Value],
+        under_savepoints: bool,
     ) -> Vec<Stmt> {
         let k0 = &self.key[0];
         let image: Vec<String> = self
@@ -670,11 +683,18 @@ impl UndoLog {
         // The written side is aliased `t`, the alias the digest expression reads, so the
         // digest is computed in the outer query: for the rows logged only, not for every row
         // of the window.
+        // `xmin` is the inserting transaction: this one for the rows it wrote (evaluated once:
+        // an uncorrelated subquery), another for a row a concurrent session committed.
+        let mut ours = "t.xmin = (SELECT pg_current_xact_id()::xid)".to_owned();
+        if under_savepoints {
+            ours = format!(
+                "({ours} OR EXISTS (SELECT 1 FROM {REPLACE_KEYS} AS k WHERE {}))",
+                self.key_eq("k", "t")
+            );
+        }
         let written = format!(
-            "SELECT t.* FROM {} AS t WHERE {predicate} AND EXISTS (SELECT 1 FROM \
-             {REPLACE_KEYS} AS k WHERE {})",
-            self.target,
-            self.key_eq("k", "t")
+            "SELECT t.* FROM {} AS t WHERE {predicate} AND {ours}",
+            self.target
         );
         let mut params = vec![
             Value::Text(b.run_id.clone()),
@@ -697,22 +717,24 @@ impl UndoLog {
             side("b"),
             self.key.join(", ")
         );
-        vec![
+        let mut stmts = vec![
             // The digest prints values by the session's settings: pin them (rollback does too).
             Stmt {
                 sql: PG_DIGEST_SETTINGS.to_owned(),
                 params: vec![],
             },
+        ];
+        if under_savepoints {
             // Temporary tables have no statistics. Those of the keys make PostgreSQL hash
-            // them for the semi-join and build the full join's hash on the right side: one
-            // W1-sized window's log took 108 ms without, 65 ms with them, for 5 ms of ANALYZE
-            // (analysing the before-images too cost 34 ms and gained nothing more).
-            Stmt {
+            // them for the semi-join: one W1-sized window's log took 108 ms without, 65 ms
+            // with them, for 5 ms of ANALYZE.
+            stmts.push(Stmt {
                 sql: format!("ANALYZE {REPLACE_KEYS}"),
                 params: vec![],
-            },
-            Stmt { sql: log, params },
-        ]
+            });
+        }
+        stmts.push(Stmt { sql: log, params });
+        stmts
     }
 
     /// At a `replace` commit: the window's logged keys the source did not write again are

@@ -651,6 +651,58 @@ async fn a_row_inserted_into_a_window_during_a_replace_survives_the_rollback_pos
     target.drop_now().await;
 }
 
+/// PostgreSQL `replace` tells the rows it wrote in a window by their `xmin` when it logs them
+/// at commit, but a row inserted under a savepoint (the second try that isolates rows the
+/// target refuses) has a subtransaction's: those windows log the keys they write as well. The
+/// target refuses source row 42 (day 2, whose 30 rows it lacks): the window's 29 others are
+/// inserted under savepoints, and the rollback must remove them all again.
+#[tokio::test]
+async fn rows_written_under_savepoints_are_rolled_back_postgres() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    target
+        .exec(&format!(
+            "ALTER TABLE {dst} ADD CONSTRAINT no_4200 CHECK (amount_cents <> 4200)"
+        ))
+        .await;
+    let mode = format!("{REPLACE}\n[validate]\nafter_partition = false\nat_end = false");
+    let path = ws.write("spec.toml", &spec(&source, &target, &mode));
+    let before = fingerprint(&target).await;
+
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 1, "one row refused: {ran:?}");
+    let summary = ran.json();
+    assert_eq!(
+        summary["partitions"]["done_with_quarantine"], 1,
+        "{summary:#}"
+    );
+    let id = run_id(&ran);
+    let TestDb::Postgres(schema) = &target else {
+        panic!("a PostgreSQL fixture");
+    };
+    let written = rows_of(schema.pool(), &dst).await;
+    assert!(
+        written.iter().any(|r| r.0 == 41),
+        "day 2 written: {written:?}"
+    );
+    assert!(
+        !written.iter().any(|r| r.0 == 42),
+        "row 42 refused: {written:?}"
+    );
+
+    rolled_back_without_conflicts(&ws, &id);
+    assert_eq!(
+        fingerprint(&target).await,
+        before,
+        "the target as the run found it"
+    );
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
 /// PostgreSQL `replace` compares a window's rows by their binary image when it logs them at
 /// commit: a `json` column (no `=` operator) neither breaks the log nor hides a change, and
 /// the rollback brings its values back.

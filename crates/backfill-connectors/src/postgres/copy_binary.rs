@@ -212,6 +212,32 @@ fn pg_epoch() -> NaiveDateTime {
         .unwrap_or_default()
 }
 
+/// The header of a binary COPY stream: signature, flags (no OIDs), no extension.
+pub(super) const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// The trailer of a binary COPY stream: a field count of -1.
+pub(super) const TRAILER: &[u8] = &[0xff, 0xff];
+
+/// Appends one tuple of raw fields, each the binary wire form of its value exactly as
+/// PostgreSQL sent it in a result row (`None` for NULL): what `COPY … (FORMAT binary)` reads
+/// back when the column has the same type. `None` when the row is too wide for the format.
+pub(super) fn raw_tuple<'a>(
+    out: &mut Vec<u8>,
+    fields: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+) -> Option<()> {
+    out.extend_from_slice(&i16::try_from(fields.len()).ok()?.to_be_bytes());
+    for field in fields {
+        match field {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(bytes) => {
+                out.extend_from_slice(&i32::try_from(bytes.len()).ok()?.to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+    Some(())
+}
+
 /// The whole COPY stream (header, rows, trailer) of `rows` for columns encoded as `columns`,
 /// or `None` when some value has no exact binary encoding for its column.
 pub(super) fn encode(rows: &[Vec<Value>], columns: &[Column]) -> Option<Vec<u8>> {
@@ -220,9 +246,7 @@ pub(super) fn encode(rows: &[Vec<Value>], columns: &[Column]) -> Option<Vec<u8>>
     }
     let field_count = i16::try_from(columns.len()).ok()?;
     let mut out = Vec::with_capacity(19 + rows.len() * (2 + columns.len() * 12));
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
-    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    out.extend_from_slice(HEADER);
     for row in rows {
         if row.len() != columns.len() {
             return None;
@@ -232,7 +256,7 @@ pub(super) fn encode(rows: &[Vec<Value>], columns: &[Column]) -> Option<Vec<u8>>
             field(&mut out, value, *column)?;
         }
     }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out.extend_from_slice(TRAILER);
     Some(out)
 }
 
@@ -358,6 +382,20 @@ fn numeric(out: &mut Vec<u8>, text: &str) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_trailer_and_raw_tuples_frame_the_fields() {
+        // 11-byte signature, 4-byte flags, 4-byte extension length.
+        assert_eq!(HEADER.len(), 19);
+        assert_eq!(&HEADER[..11], b"PGCOPY\n\xff\r\n\0");
+        assert_eq!(
+            encode(&[], &[Column::Int8]),
+            Some([HEADER, TRAILER].concat())
+        );
+        let mut out = Vec::new();
+        raw_tuple(&mut out, [Some(&[1u8, 2][..]), None].into_iter()).unwrap();
+        assert_eq!(out, [0, 2, 0, 0, 0, 2, 1, 2, 0xff, 0xff, 0xff, 0xff]);
+    }
     use chrono::{DateTime, Utc};
 
     /// A timestamp with time zone as microseconds since PostgreSQL's epoch.

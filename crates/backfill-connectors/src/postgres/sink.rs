@@ -33,7 +33,7 @@ use crate::shared::{
 };
 use crate::undo::{self, Conn, Dialect, UndoBatch, UndoLog};
 use crate::window::{bounds, named_values};
-use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
+use crate::{ConnectorError, Extra, RawBatch, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
 /// The target table's columns as the catalog knows them.
 #[derive(Debug)]
@@ -46,6 +46,8 @@ struct TableInfo {
     unique: Vec<Vec<String>>,
     /// Whether each column is `NOT NULL`, in table order.
     not_null: Vec<bool>,
+    /// The type OID of each column, in table order.
+    oids: Vec<u32>,
 }
 
 impl TableInfo {
@@ -292,6 +294,7 @@ impl PostgresSink {
                     info,
                     undo: None,
                     logged_at_commit: None,
+                    under_savepoints: false,
                     key: self.key.clone(),
                     exchange: Some(Box::new(exchange)),
                 }),
@@ -317,6 +320,7 @@ impl PostgresSink {
                     info,
                     undo: log.zip(undo.cloned()),
                     logged_at_commit: Some((predicate, bounds.to_vec())),
+                    under_savepoints: false,
                     key: self.key.clone(),
                     exchange: None,
                 }),
@@ -343,6 +347,7 @@ impl PostgresSink {
                 info,
                 undo: log.zip(undo.cloned()),
                 logged_at_commit: None,
+                under_savepoints: false,
                 key: self.key.clone(),
                 exchange: None,
             }),
@@ -357,8 +362,8 @@ impl PostgresSink {
         }
         let context = table.describe();
         let rows = sqlx::query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
-             FROM pg_attribute a \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+             a.atttypid::int8 FROM pg_attribute a \
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
         )
@@ -376,10 +381,13 @@ impl PostgresSink {
         let mut columns = Vec::with_capacity(rows.len());
         let mut types = Vec::with_capacity(rows.len());
         let mut not_null = Vec::with_capacity(rows.len());
+        let mut oids = Vec::with_capacity(rows.len());
         for row in rows {
             columns.push(row.try_get(0).map_err(|e| sql_error(&context, &e))?);
             types.push(row.try_get(1).map_err(|e| sql_error(&context, &e))?);
             not_null.push(row.try_get(2).map_err(|e| sql_error(&context, &e))?);
+            let oid: i64 = row.try_get(3).map_err(|e| sql_error(&context, &e))?;
+            oids.push(u32::try_from(oid).unwrap_or(0));
         }
         let unique: Vec<Vec<String>> = sqlx::query_scalar(
             "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
@@ -397,6 +405,7 @@ impl PostgresSink {
             types,
             unique,
             not_null,
+            oids,
         });
         *self.info.lock().map_err(poisoned)? = Some(Arc::clone(&info));
         Ok(info)
@@ -817,6 +826,9 @@ pub struct PostgresReplace {
     /// (`UndoLog::replace_commit`: the key has a unique index and no NULL), not around each
     /// batch.
     logged_at_commit: Option<(String, Vec<Value>)>,
+    /// Whether a savepoint was set with the log written at commit: from then on each batch's
+    /// keys are also `COPY`ed (rows inserted under a savepoint have a subtransaction's `xmin`).
+    under_savepoints: bool,
     /// Key columns, to log each inserted batch's keys.
     key: Vec<String>,
     /// A window that is one partition: `table` is the standalone table exchanged for it at
@@ -843,7 +855,12 @@ impl PostgresReplace {
         };
         if self.undo.is_some() && self.logged_at_commit.is_some() {
             let n = copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await?;
-            // The keys the run wrote, for the log at commit: `COPY`ed like the rows.
+            if !self.under_savepoints {
+                // Told at commit by their `xmin`.
+                return Ok(n);
+            }
+            // The keys the run wrote under a savepoint, for the log at commit: `COPY`ed like
+            // the rows.
             let keys = Batch {
                 columns: self.key.clone(),
                 rows: keys,
@@ -873,8 +890,65 @@ impl PostgresReplace {
         copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await
     }
 
+    /// Whether [`insert_raw`](Self::insert_raw) can take a source's undecoded rows: the
+    /// table has each of `columns`, of the type `oids` gives, and no undo log needs the
+    /// batches' keys (the log written at commit needs them only under savepoints).
+    pub(crate) fn accepts_raw(&self, columns: &[String], oids: &[Option<u32>]) -> bool {
+        let keys_needed =
+            self.undo.is_some() && (self.logged_at_commit.is_none() || self.under_savepoints);
+        !keys_needed
+            && columns.len() == oids.len()
+            && columns.iter().zip(oids).all(|(c, oid)| {
+                position(&self.info.columns, c)
+                    .is_some_and(|i| oid.is_some_and(|o| o != 0 && o == self.info.oids[i]))
+            })
+    }
+
+    /// `COPY`s an undecoded batch (binary tuples of `columns`) into the table inside the
+    /// transaction; returns the rows inserted.
+    pub(crate) async fn insert_raw(
+        &mut self,
+        columns: &[String],
+        batch: &RawBatch,
+    ) -> Result<u64, ConnectorError> {
+        if batch.rows == 0 {
+            return Ok(0);
+        }
+        let context = format!("insert into {}", self.table.quoted);
+        let mut quoted = Vec::with_capacity(columns.len());
+        for c in columns {
+            quoted.push(self.info.resolve(&self.table, c)?.1);
+        }
+        let statement = sql::copy_in_binary(&self.table.quoted, &quoted);
+        let mut copy = self
+            .tx
+            .copy_in_raw(&statement)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+        let pieces = std::iter::once(copy_binary::HEADER)
+            .chain(batch.tuples.chunks(COPY_PIECE))
+            .chain(std::iter::once(copy_binary::TRAILER));
+        for piece in pieces {
+            if let Err(e) = copy.send(piece).await {
+                let _ = copy.abort("backfill: sending the batch failed").await;
+                return Err(sql_error(&context, &e));
+            }
+        }
+        copy.finish().await.map_err(|e| sql_error(&context, &e))
+    }
+
     /// Sets, rolls back to or releases the transaction's one savepoint.
     pub(crate) async fn savepoint(&mut self, step: Savepoint) -> Result<(), ConnectorError> {
+        if let (Some((log, _)), Some(_), false) =
+            (&self.undo, &self.logged_at_commit, self.under_savepoints)
+        {
+            // Before the savepoint, so that its rollback keeps the table.
+            let context = format!("insert into {}", self.table.quoted);
+            Conn::Postgres(&mut self.tx)
+                .exec(&log.replace_keys(), &context)
+                .await?;
+            self.under_savepoints = true;
+        }
         sqlx::raw_sql(step.sql())
             .execute(&mut *self.tx)
             .await
@@ -888,7 +962,7 @@ impl PostgresReplace {
         match (&self.undo, &self.logged_at_commit) {
             (Some((log, b)), Some((predicate, bounds))) => {
                 let mut conn = Conn::Postgres(&mut self.tx);
-                for stmt in log.replace_commit(b, predicate, bounds) {
+                for stmt in log.replace_commit(b, predicate, bounds, self.under_savepoints) {
                     conn.exec(&stmt, &context).await?;
                 }
             }

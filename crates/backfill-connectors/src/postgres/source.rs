@@ -13,15 +13,16 @@ use backfill_core::spec::SourceSpec;
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{BATCH_BYTES, Batch, Value, row_size};
 use sqlx::postgres::PgPool;
-use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
+use sqlx::{AssertSqlSafe, Column, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef as _};
 
 use super::{
-    arguments, check_type, connect, decode_row, decode_rows, decode_value, sql, sql_error,
+    arguments, check_type, connect, copy_binary, decode_row, decode_rows, decode_value, sql,
+    sql_error,
 };
 use crate::ident::check_column;
 use crate::shared::{keyed_batch, page_columns, page_values, resolve_column, resolve_key};
 use crate::window::{check_names, named_values};
-use crate::{ConnectorError, RowStream, Source};
+use crate::{ConnectorError, RawBatch, RawStream, RowStream, Source};
 use futures_util::TryStreamExt;
 
 const CONTEXT: &str = "source query";
@@ -34,6 +35,8 @@ pub struct PostgresSource {
     names: Vec<String>,
     /// The query's columns.
     columns: Vec<String>,
+    /// The type OID of each column, as the driver reports it.
+    oids: Vec<Option<u32>>,
     /// Key columns, spelled as the query returns them.
     key: Vec<String>,
     time_format: TimeFormat,
@@ -44,6 +47,8 @@ pub struct PostgresSource {
     /// The pages without a limit, for [`PostgresSource::stream`].
     first_stream: Arc<str>,
     next_stream: Arc<str>,
+    /// The whole window in no particular order, for [`PostgresSource::stream_unordered`].
+    unordered_stream: Arc<str>,
     count_sql: Arc<str>,
     any_sql: Arc<str>,
 }
@@ -74,9 +79,11 @@ impl PostgresSource {
             .await
             .map_err(|e| sql_error(CONTEXT, &e))?;
         let mut columns = Vec::with_capacity(statement.columns().len());
+        let mut oids = Vec::with_capacity(statement.columns().len());
         for c in statement.columns() {
             check_type(c.name(), c.type_info().name())?;
             columns.push(c.name().to_owned());
+            oids.push(c.type_info().oid().map(|o| o.0));
         }
         let key = resolve_key(key, &columns, CONTEXT)?;
 
@@ -88,11 +95,13 @@ impl PostgresSource {
             next_page: sql::page(&rewritten.sql, &quoted, first_param, true).into(),
             first_stream: sql::ordered(&rewritten.sql, &quoted, first_param, false).into(),
             next_stream: sql::ordered(&rewritten.sql, &quoted, first_param, true).into(),
+            unordered_stream: sql::wrap("*", &rewritten.sql).into(),
             count_sql: sql::count(&rewritten.sql).into(),
             any_sql: sql::any(&rewritten.sql).into(),
             names: rewritten.names,
             query: rewritten.sql,
             columns,
+            oids,
             key,
             time_format: spec.time_format.clone(),
         })
@@ -115,7 +124,72 @@ impl PostgresSource {
             None => Arc::clone(&self.first_stream),
             Some(_) => Arc::clone(&self.next_stream),
         };
+        self.stream_query(sql, &values, chunk)
+    }
+
+    /// Streams every row of `window` like [`stream`](Self::stream), in whatever order the
+    /// query returns them: for a writer that takes the window whole (`replace`), which has
+    /// no use for key order and need not pay for sorting each window.
+    pub(crate) async fn stream_unordered(
+        &self,
+        window: &Window,
+        chunk: u32,
+    ) -> Result<RowStream, ConnectorError> {
+        let values = named_values(&self.names, window, &self.time_format);
+        self.stream_query(Arc::clone(&self.unordered_stream), &values, chunk)
+    }
+
+    /// The query's columns and their type OIDs.
+    pub(crate) fn raw_types(&self) -> (&[String], &[Option<u32>]) {
+        (&self.columns, &self.oids)
+    }
+
+    /// Streams every row of `window` in no particular order, undecoded: each batch is the
+    /// binary `COPY` tuples of up to `chunk` rows (fewer at `BATCH_BYTES`), each field the
+    /// bytes PostgreSQL sent (results come in binary, the format binary `COPY` reads). A NULL
+    /// key fails the stream, as on the row path. At most two batches are in memory.
+    pub(crate) async fn stream_raw(
+        &self,
+        window: &Window,
+        chunk: u32,
+    ) -> Result<RawStream, ConnectorError> {
+        let values = named_values(&self.names, window, &self.time_format);
         let args = arguments(&values)?;
+        let sql = Arc::clone(&self.unordered_stream);
+        let columns = self.columns.clone();
+        let key_positions = self.key_positions(&columns)?;
+        let chunk = chunk.max(1) as usize;
+        let pool = self.pool.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let task_columns = columns.clone();
+        let task = tokio::spawn(async move {
+            let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
+            loop {
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                let (batch, end) =
+                    next_raw_chunk(&mut rows, &task_columns, &key_positions, chunk).await;
+                let failed = batch.is_err();
+                if !matches!(&batch, Ok(b) if b.is_empty()) {
+                    permit.send(batch);
+                }
+                if end || failed {
+                    return;
+                }
+            }
+        });
+        Ok(RawStream::new(columns, rx, task))
+    }
+
+    /// Runs `sql` with `values` in a task that hands out batches of `chunk` rows.
+    fn stream_query(
+        &self,
+        sql: Arc<str>,
+        values: &[Value],
+        chunk: u32,
+    ) -> Result<RowStream, ConnectorError> {
+        let args = arguments(values)?;
         let columns = self.columns.clone();
         let key_positions = self.key_positions(&columns)?;
         let chunk = chunk.max(1) as usize;
@@ -174,6 +248,72 @@ impl PostgresSource {
         let n: i64 = row.try_get(0).map_err(|e| sql_error(CONTEXT, &e))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// Reads the next undecoded batch from a streamed query, as [`next_chunk`] reads a decoded
+/// one; true with it when the query is exhausted or failed.
+async fn next_raw_chunk<S>(
+    rows: &mut S,
+    columns: &[String],
+    key_positions: &[usize],
+    chunk: usize,
+) -> (Result<RawBatch, ConnectorError>, bool)
+where
+    S: futures_util::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
+{
+    let mut batch = RawBatch {
+        rows: 0,
+        full: false,
+        tuples: Vec::with_capacity(64 * 1024),
+    };
+    while batch.rows < chunk && batch.tuples.len() < BATCH_BYTES {
+        match rows.try_next().await {
+            Ok(Some(row)) => {
+                if let Err(e) = raw_row(&row, columns, key_positions, &mut batch.tuples) {
+                    return (Err(e), true);
+                }
+                batch.rows += 1;
+            }
+            Ok(None) => return (Ok(batch), true),
+            Err(e) => return (Err(sql_error(CONTEXT, &e)), true),
+        }
+    }
+    batch.full = true;
+    (Ok(batch), false)
+}
+
+/// Appends `row` as one binary `COPY` tuple of its fields' wire bytes; a NULL key is an
+/// error naming the column, as on the row path.
+fn raw_row(
+    row: &sqlx::postgres::PgRow,
+    columns: &[String],
+    key_positions: &[usize],
+    out: &mut Vec<u8>,
+) -> Result<(), ConnectorError> {
+    let mut fields = Vec::with_capacity(columns.len());
+    for (i, column) in columns.iter().enumerate() {
+        let value = row.try_get_raw(i).map_err(|e| sql_error(CONTEXT, &e))?;
+        if value.is_null() {
+            if key_positions.contains(&i) {
+                return Err(ConnectorError::Data {
+                    message: format!(
+                        "a source row has NULL in key column \"{}\"; key values must be \
+                         non-NULL to be ordered and resumed",
+                        column
+                    ),
+                });
+            }
+            fields.push(None);
+        } else {
+            let bytes = value.as_bytes().map_err(|e| ConnectorError::Data {
+                message: format!("{CONTEXT}: column `{column}`: {e}"),
+            })?;
+            fields.push(Some(bytes));
+        }
+    }
+    copy_binary::raw_tuple(out, fields.into_iter()).ok_or_else(|| ConnectorError::Data {
+        message: format!("{CONTEXT}: a row too wide for binary COPY"),
+    })
 }
 
 /// Reads the next batch from a streamed query: up to `chunk` rows, or fewer at the row that

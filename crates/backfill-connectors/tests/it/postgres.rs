@@ -213,6 +213,27 @@ async fn pagination_returns_every_row_once_with_single_and_composite_keys() {
             let mut stream = source.stream(&day(1), None, 5).await.unwrap().unwrap();
             assert_eq!(stream.next_batch().await.unwrap(), paged[0]);
         }
+        // Unordered, it hands out the same rows in batches of the same size, then an empty
+        // batch; dropped half-way, it too gives its connection back.
+        let mut stream = source.stream_unordered(&day(1), 5).await.unwrap().unwrap();
+        let mut rows = Vec::new();
+        loop {
+            let batch = stream.next_batch().await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() == 5 || rows.len() + batch.len() == 143, "{}", batch.len());
+            rows.extend(batch.rows);
+        }
+        let mut want: Vec<Vec<Value>> = paged.iter().flat_map(|b| b.rows.clone()).collect();
+        let key = |r: &Vec<Value>| format!("{:?}", &r[..2]);
+        rows.sort_by_key(key);
+        want.sort_by_key(key);
+        assert_eq!(rows, want);
+        for _ in 0..4 {
+            let mut stream = source.stream_unordered(&day(1), 5).await.unwrap().unwrap();
+            assert_eq!(stream.next_batch().await.unwrap().len(), 5);
+        }
         assert!(source.has_rows(&day(1)).await.unwrap());
         assert!(!source.has_rows(&day(30)).await.unwrap());
 
@@ -227,18 +248,20 @@ const TYPES: &str = "(id int8 PRIMARY KEY, i2 int2, i4 int4, i8 int8, f4 float4,
     n numeric, n2 numeric(10,2), t text, vc varchar(10), c char(3), b bytea, bo bool, d date, \
     tm time, ts timestamp, tz timestamptz, j json, jb jsonb, u uuid)";
 
+/// Rows 1 (every column NULL but the key) and 2 (edge values of every type) of `src`.
+const EDGE_ROWS: &str = "INSERT INTO src (id) VALUES (1);
+    INSERT INTO src VALUES (2, -32768, -2147483648, -9223372036854775808, 0.1, '-0',
+      '12345678901234567890.123456789012345678', -0.50,
+      E'h\\u00e9llo \\U0001F980 \\t\\n\\\\ \"q\"', '', 'ab', '\\x00ff0a5c', true,
+      '1900-02-28', '23:59:59.999999', '1969-07-20 20:17:40.123456',
+      '1901-12-13 20:45:52.5+00', '{\"b\": 1,  \"a\":[1,2]}', '{\"b\": 1}',
+      'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');";
+
 #[tokio::test]
 async fn every_type_round_trips_exactly_from_postgres_to_postgres() {
     run(|pg| async move {
         pg.exec(&format!(
-            "CREATE TABLE src {TYPES}; CREATE TABLE dst {TYPES};
-             INSERT INTO src (id) VALUES (1);
-             INSERT INTO src VALUES (2, -32768, -2147483648, -9223372036854775808, 0.1, '-0',
-               '12345678901234567890.123456789012345678', -0.50,
-               E'h\\u00e9llo \\U0001F980 \\t\\n\\\\ \"q\"', '', 'ab', '\\x00ff0a5c', true,
-               '1900-02-28', '23:59:59.999999', '1969-07-20 20:17:40.123456',
-               '1901-12-13 20:45:52.5+00', '{{\"b\": 1,  \"a\":[1,2]}}', '{{\"b\": 1}}',
-               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
+            "CREATE TABLE src {TYPES}; CREATE TABLE dst {TYPES}; {EDGE_ROWS}
              INSERT INTO src VALUES (3, 32767, 2147483647, 9223372036854775807, 3.4e38, 1e300,
                '-99999999999999999999999999999999999999', 0.00, '', 'x', 'abc', '', false,
                '2100-01-01', '00:00:00', '2262-04-11 23:47:16', '2999-12-31 23:59:59.999999+00',
@@ -307,6 +330,128 @@ async fn every_type_round_trips_exactly_from_postgres_to_postgres() {
         );
         assert_eq!(pg.scalar("SELECT count(*) FROM dst WHERE t = ''").await, 1);
         sink.close().await;
+    })
+    .await;
+}
+
+/// `replace` between two PostgreSQL tables whose columns have the same types takes the rows
+/// undecoded (`stream_raw` into `insert_raw`: each field's wire bytes into a binary `COPY`):
+/// every type arrives exactly as on the decoded path, a NULL key is refused, and a target
+/// column of another type (int8 for int4) or a missing one turns the undecoded path down.
+#[tokio::test]
+async fn replace_moves_every_type_undecoded_between_postgres_tables_of_the_same_types() {
+    run(|pg| async move {
+        pg.exec(&format!(
+            "CREATE TABLE src {TYPES}; CREATE TABLE dst {TYPES}; {EDGE_ROWS}
+             INSERT INTO src SELECT g, 7, 7, 7, 7, 7, 7, 7, 'row ' || g, 'v', 'c', '\\x01', false,
+               '2025-01-01', '12:00', '2025-01-01', '2025-01-01+00', '{{}}', '[1]',
+               gen_random_uuid() FROM generate_series(3, 12) g;
+             INSERT INTO dst (id, t) VALUES (5, 'old'), (500, 'outside the window');"
+        ))
+        .await;
+        let query = format!(
+            "SELECT * FROM {} WHERE id >= :start AND id < :end",
+            pg.t("src")
+        );
+        let source = open_source(
+            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
+            &strings(&["id"]),
+            2,
+        )
+        .await
+        .unwrap();
+        let (columns, oids) = source.raw_types().expect("PostgreSQL hands rows over undecoded");
+        let (columns, oids) = (columns.to_vec(), oids.to_vec());
+        let mut spec = target_spec(
+            &pg.url,
+            &pg.t("dst"),
+            &["id"],
+            WriteMode::Replace {
+                window_column: "id".to_owned(),
+            },
+        );
+        spec.time_format = TimeFormat::Rfc3339;
+        let sink = open_sink(&spec, 1).await.unwrap();
+        let mut txn = sink.begin_replace(&keys(1, 100)).await.unwrap();
+        assert_eq!(txn.deleted(), 1);
+        assert!(txn.accepts_raw(&columns, &oids));
+        let mut stream = source.stream_raw(&keys(1, 100), 5).await.unwrap().unwrap();
+        let mut sizes = Vec::new();
+        loop {
+            let batch = stream.next_batch().await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            sizes.push((batch.len(), batch.is_full()));
+            assert_eq!(txn.insert_raw(&stream, &batch).await.unwrap(), batch.len() as u64);
+            if !batch.is_full() {
+                break;
+            }
+        }
+        assert_eq!(sizes, [(5, true), (5, true), (2, false)]);
+        txn.commit(None).await.unwrap();
+        let src = pg
+            .read(&format!("SELECT * FROM {}", pg.t("src")), &["id"])
+            .await;
+        let dst = pg
+            .read(
+                &format!("SELECT * FROM {} WHERE id < 100", pg.t("dst")),
+                &["id"],
+            )
+            .await;
+        assert_eq!(dst, src, "every value as the source holds it");
+        assert_eq!(pg.scalar("SELECT count(*) FROM dst WHERE id = 500").await, 1);
+
+        // Another type, or a column the target lacks: not undecoded.
+        pg.exec("CREATE TABLE dst2 (id int8 PRIMARY KEY, i4 int8); CREATE TABLE dst3 (id int8 PRIMARY KEY);")
+            .await;
+        let narrow = |table: &str| {
+            let mut spec = spec.clone();
+            spec.table = Some(pg.t(table));
+            spec
+        };
+        let picked = |names: &[&str]| {
+            let i: Vec<usize> = names
+                .iter()
+                .map(|n| columns.iter().position(|c| c == n).unwrap())
+                .collect();
+            (
+                i.iter().map(|&i| columns[i].clone()).collect::<Vec<_>>(),
+                i.iter().map(|&i| oids[i]).collect::<Vec<_>>(),
+            )
+        };
+        let sink2 = open_sink(&narrow("dst2"), 1).await.unwrap();
+        let txn2 = sink2.begin_replace(&keys(1, 100)).await.unwrap();
+        let (c, o) = picked(&["id", "i4"]);
+        assert!(!txn2.accepts_raw(&c, &o), "int4 into int8");
+        let (c, o) = picked(&["id"]);
+        assert!(txn2.accepts_raw(&c, &o));
+        let sink3 = open_sink(&narrow("dst3"), 1).await.unwrap();
+        let txn3 = sink3.begin_replace(&keys(1, 100)).await.unwrap();
+        let (c, o) = picked(&["id", "t"]);
+        assert!(!txn3.accepts_raw(&c, &o), "no column t");
+        drop((txn2, txn3));
+
+        // A NULL key fails the stream as on the decoded path.
+        pg.exec("CREATE TABLE nk (id int8, v text); INSERT INTO nk VALUES (1, 'a'), (NULL, 'b');")
+            .await;
+        let query = format!("SELECT * FROM {} WHERE id >= :start AND id < :end OR id IS NULL", pg.t("nk"));
+        let nk = open_source(
+            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
+            &strings(&["id"]),
+            1,
+        )
+        .await
+        .unwrap();
+        let mut stream = nk.stream_raw(&keys(1, 100), 10).await.unwrap().unwrap();
+        let err = stream.next_batch().await.unwrap_err();
+        assert!(err.to_string().contains("NULL in key column \"id\""), "{err}");
+        for s in [source, nk] {
+            s.close().await;
+        }
+        for s in [sink, sink2, sink3] {
+            s.close().await;
+        }
     })
     .await;
 }

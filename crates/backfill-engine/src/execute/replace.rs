@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use backfill_connectors::{Extra, ReplaceTxn};
+use backfill_connectors::{Extra, RawStream, ReplaceTxn};
 use backfill_core::{Partition, RowCounts, Value};
 use backfill_store::Rejected;
 
@@ -99,10 +99,14 @@ pub(super) async fn replace_rows(
         deleted: txn.deleted(),
         ..RowCounts::default()
     };
+    if !isolate && let Some(stream) = raw_stream(ctx, partition, &txn).await? {
+        replace_raw(ctx, slow, &mut txn, stream, &mut counts).await?;
+        return Ok((txn, counts, Vec::new()));
+    }
     let mut after: Option<Vec<Value>> = None;
     let mut key_positions: Option<Vec<usize>> = None;
     let mut rejected = Vec::new();
-    let mut reader = Reader::open(ctx, partition, None).await?;
+    let mut reader = Reader::open_whole(ctx, partition).await?;
     loop {
         if ctx.should_stop() {
             // Dropping the transaction rolls it back: the target keeps the old window.
@@ -142,4 +146,52 @@ pub(super) async fn replace_rows(
         }
     }
     Ok((txn, counts, rejected))
+}
+
+/// The window's rows undecoded, when the source can hand them over that way and `txn` can
+/// store them as they are (PostgreSQL to PostgreSQL, every column of the same type; see
+/// `ReplaceTxn::accepts_raw`): the engine then neither decodes nor encodes a value.
+async fn raw_stream(
+    ctx: &Ctx,
+    partition: &Partition,
+    txn: &ReplaceTxn,
+) -> Result<Option<RawStream>, AttemptError> {
+    let source = ctx.rows_source()?;
+    let Some((columns, oids)) = source.raw_types() else {
+        return Ok(None);
+    };
+    if !txn.accepts_raw(columns, oids) {
+        return Ok(None);
+    }
+    let batch_rows = ctx.spec.limits.batch_rows.get();
+    Ok(source.stream_raw(&partition.window, batch_rows).await?)
+}
+
+/// The row path's loop over undecoded batches: the same stop, split and rate-limit checks
+/// between batches, the same counts.
+async fn replace_raw(
+    ctx: &Ctx,
+    slow: SlowCheck,
+    txn: &mut ReplaceTxn,
+    mut stream: RawStream,
+    counts: &mut RowCounts,
+) -> Result<(), AttemptError> {
+    loop {
+        if ctx.should_stop() {
+            return Err(AttemptError::Interrupted);
+        }
+        if slow.due(ctx) {
+            return Err(AttemptError::SplitRequested);
+        }
+        let batch = stream.next_batch().await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        ctx.live.throttle(batch.len()).await;
+        counts.read += batch.len() as u64;
+        counts.inserted += txn.insert_raw(&stream, &batch).await?;
+        if !batch.is_full() {
+            return Ok(());
+        }
+    }
 }

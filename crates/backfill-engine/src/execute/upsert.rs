@@ -41,6 +41,25 @@ impl Reader {
         )
     }
 
+    /// A reader of every row of `partition`, in any order where the source can stream them
+    /// unsorted (key order otherwise): for `replace`, which writes the window whole.
+    pub(super) async fn open_whole(
+        ctx: &Ctx,
+        partition: &Partition,
+    ) -> Result<Reader, ConnectorError> {
+        let batch_rows = ctx.spec.limits.batch_rows.get();
+        Ok(
+            match ctx
+                .rows_source()?
+                .stream_unordered(&partition.window, batch_rows)
+                .await?
+            {
+                Some(stream) => Reader::Stream(stream),
+                None => Reader::Pages,
+            },
+        )
+    }
+
     /// The next batch; `after` is the last key handed out so far (pages start after it).
     pub(super) async fn next(
         &mut self,
