@@ -204,14 +204,17 @@ async fn insert_partitions(
     Ok(())
 }
 
-/// One multi-row `INSERT` of `chunk`, every partition `pending`.
+/// One multi-row `INSERT` of `chunk`, every partition `pending`. `OR FAIL`: a failing row
+/// stops the statement without undoing its earlier rows, so SQLite keeps no statement journal
+/// for it (when foreign keys are not checked either, see `Store::begin_write_bulk`); the
+/// caller's transaction, never committed after an error, undoes them all.
 async fn insert_chunk(
     tx: &mut WriteTxn,
     run_id: &str,
     chunk: &[Partition],
 ) -> Result<(), StoreError> {
     let mut sql = String::from(
-        "INSERT INTO partitions \
+        "INSERT OR FAIL INTO partitions \
          (run_id, partition_id, idx, window_kind, window_start, window_end, state) VALUES ",
     );
     for i in 0..chunk.len() {
@@ -320,10 +323,20 @@ async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, St
 }
 
 impl Store {
+    /// The write transaction that creates `new`: without foreign-key checks on SQLite for a
+    /// large run (see [`Store::begin_write_bulk`]; its rows' keys are the run it inserts).
+    async fn begin_create(&self, new: &NewRun<'_>) -> Result<WriteTxn, StoreError> {
+        if new.partitions.count() > LARGE_INSERT {
+            self.begin_write_bulk().await
+        } else {
+            self.begin_write().await
+        }
+    }
+
     /// Creates a run in state `planned` with every partition `pending`, and its `run.created`
     /// audit event, atomically: either all of it exists afterwards or none of it.
     pub async fn create_run(&self, new: NewRun<'_>) -> Result<RunRecord, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_create(&new).await?;
         let run = insert_run(&mut tx, &new).await?;
         tx.commit().await?;
         Ok(run)
@@ -337,7 +350,7 @@ impl Store {
         &self,
         new: NewRun<'_>,
     ) -> Result<(RunRecord, bool), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_create(&new).await?;
         let found = stmt(format!(
             "{RUN_COLUMNS} WHERE spec_name = ? AND state IN ('planned', 'running', 'paused', 'awaiting_approval') \
              {NEWEST_FIRST} LIMIT 1"

@@ -100,6 +100,39 @@ async fn partitions_are_stored_whole_across_insert_chunks(db: TestDb) {
     }
 }
 
+/// A run of more than 50,000 partitions is inserted on SQLite by a connection that checks no
+/// foreign key (see `Store::begin_write_bulk`): it is stored whole, and that connection never
+/// goes back to the pool, whose connections go on refusing a row of an unknown run.
+async fn a_large_run_is_stored_whole_and_foreign_keys_stay_checked(db: TestDb) {
+    let store = db.open().await;
+    let parts = key_partitions(50_001);
+    let run = create(&store, "large", &parts).await;
+    assert_eq!(run.partitions_total, 50_001);
+    let stored = store.partitions(&run.id).await.unwrap();
+    assert_eq!(stored.len(), parts.len());
+    assert!(
+        stored
+            .iter()
+            .zip(&parts)
+            .all(|(got, want)| got.partition_id == want.id && got.index == want.index as u64)
+    );
+    let orphan = backfill_store::Rejected {
+        key: "1".to_owned(),
+        error: "test".to_owned(),
+        row: json!({}),
+    };
+    // More attempts than the pool has connections, each of them a write of its own.
+    for _ in 0..12 {
+        let refused = store
+            .quarantine("no-such-run", "p", 1, std::slice::from_ref(&orphan))
+            .await;
+        assert!(refused.is_err(), "a row of an unknown run was accepted");
+    }
+    // And the store takes the next large run as well.
+    let again = create(&store, "large-again", &key_partitions(50_001)).await;
+    assert_eq!(again.partitions_total, 50_001);
+}
+
 async fn find_unfinished_run_returns_the_newest_unfinished_of_that_spec(db: TestDb) {
     let store = db.open().await;
     let parts = key_partitions(1);
@@ -259,6 +292,7 @@ async fn run_timestamps_follow_the_state_machine(db: TestDb) {
 crate::on_both_backends!(
     create_run_round_trips_run_and_partitions,
     partitions_are_stored_whole_across_insert_chunks,
+    a_large_run_is_stored_whole_and_foreign_keys_stay_checked,
     creating_thousands_of_partitions_is_fast,
     find_unfinished_run_returns_the_newest_unfinished_of_that_spec,
     runs_are_found_by_unique_prefix_and_ambiguity_is_reported,
