@@ -418,6 +418,10 @@ fn poisoned<T>(_: T) -> ConnectorError {
     }
 }
 
+/// PostgreSQL's `FirstNormalObjectId`: OIDs below it are the built-in catalog's, the same
+/// in every database; objects created later get OIDs from here on. (0 is no type.)
+const FIRST_NORMAL_OID: u32 = 16_384;
+
 /// The size of one `CopyData` message.
 const COPY_PIECE: usize = 64 * 1024;
 
@@ -891,16 +895,20 @@ impl PostgresReplace {
     }
 
     /// Whether [`insert_raw`](Self::insert_raw) can take a source's undecoded rows: the
-    /// table has each of `columns`, of the type `oids` gives, and no undo log needs the
-    /// batches' keys (the log written at commit needs them only under savepoints).
+    /// table has each of `columns`, of the built-in type `oids` gives, and no undo log needs
+    /// the batches' keys (the log written at commit needs them only under savepoints). Only
+    /// built-in types: their OIDs are the same in every database, while a type created in a
+    /// database (an enum, a domain, an extension's type) has an OID of that database, which
+    /// another database may give to a different type.
     pub(crate) fn accepts_raw(&self, columns: &[String], oids: &[Option<u32>]) -> bool {
         let keys_needed =
             self.undo.is_some() && (self.logged_at_commit.is_none() || self.under_savepoints);
         !keys_needed
             && columns.len() == oids.len()
             && columns.iter().zip(oids).all(|(c, oid)| {
-                position(&self.info.columns, c)
-                    .is_some_and(|i| oid.is_some_and(|o| o != 0 && o == self.info.oids[i]))
+                position(&self.info.columns, c).is_some_and(|i| {
+                    oid.is_some_and(|o| o != 0 && o < FIRST_NORMAL_OID && o == self.info.oids[i])
+                })
             })
     }
 
