@@ -290,31 +290,64 @@ fn unsupported(scheme: &str, url: &backfill_core::SecretUrl) -> ConnectorError {
 #[derive(Debug)]
 pub struct RowStream {
     columns: Vec<String>,
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<Vec<Value>>, ConnectorError>>,
+    rx: BatchReceiver<Vec<Vec<Value>>>,
     task: tokio::task::JoinHandle<()>,
+    ended: bool,
 }
 
 impl RowStream {
+    /// A stream whose task sends each batch with whether it is the window's last.
     pub(crate) fn new(
         columns: Vec<String>,
-        rx: tokio::sync::mpsc::Receiver<Result<Vec<Vec<Value>>, ConnectorError>>,
+        rx: BatchReceiver<Vec<Vec<Value>>>,
         task: tokio::task::JoinHandle<()>,
     ) -> RowStream {
-        RowStream { columns, rx, task }
+        RowStream {
+            columns,
+            rx,
+            task,
+            ended: false,
+        }
     }
 
     /// The next batch (as many rows as the stream's chunk size, fewer at the end or when
     /// the rows reach `backfill_core::value::BATCH_BYTES`); empty when the window is
-    /// exhausted.
+    /// exhausted. A reading task that stopped before the window's end (a panic) is an error,
+    /// never an early end: `replace` would commit the window without its other rows.
     pub async fn next_batch(&mut self) -> Result<Batch, ConnectorError> {
-        let rows = match self.rx.recv().await {
-            Some(rows) => rows?,
-            None => Vec::new(),
-        };
+        let rows = next_of(&mut self.rx, &mut self.ended)
+            .await?
+            .unwrap_or_default();
         Ok(Batch {
             columns: self.columns.clone(),
             rows,
         })
+    }
+}
+
+/// The receiving end of a stream's channel: each batch with whether it is the window's last.
+pub(crate) type BatchReceiver<T> = tokio::sync::mpsc::Receiver<Result<(T, bool), ConnectorError>>;
+
+/// The next item of a stream's channel: `None` after the window's last batch, an error when
+/// the task stopped without sending it.
+async fn next_of<T>(
+    rx: &mut BatchReceiver<T>,
+    ended: &mut bool,
+) -> Result<Option<T>, ConnectorError> {
+    if *ended {
+        return Ok(None);
+    }
+    match rx.recv().await {
+        Some(item) => {
+            let (batch, end) = item?;
+            *ended = end;
+            Ok(Some(batch))
+        }
+        None => Err(ConnectorError::Sql {
+            context: "source query".to_owned(),
+            message: "the read of the window stopped before its end".to_owned(),
+            class: ErrorClass::Transient,
+        }),
     }
 }
 
@@ -357,17 +390,24 @@ impl RawBatch {
 #[derive(Debug)]
 pub struct RawStream {
     columns: Vec<String>,
-    rx: tokio::sync::mpsc::Receiver<Result<RawBatch, ConnectorError>>,
+    rx: BatchReceiver<RawBatch>,
     task: tokio::task::JoinHandle<()>,
+    ended: bool,
 }
 
 impl RawStream {
+    /// A stream whose task sends each batch with whether it is the window's last.
     pub(crate) fn new(
         columns: Vec<String>,
-        rx: tokio::sync::mpsc::Receiver<Result<RawBatch, ConnectorError>>,
+        rx: BatchReceiver<RawBatch>,
         task: tokio::task::JoinHandle<()>,
     ) -> RawStream {
-        RawStream { columns, rx, task }
+        RawStream {
+            columns,
+            rx,
+            task,
+            ended: false,
+        }
     }
 
     /// The query's columns, in the order of each tuple's fields.
@@ -375,16 +415,16 @@ impl RawStream {
         &self.columns
     }
 
-    /// The next batch; empty when the window is exhausted.
+    /// The next batch; empty when the window is exhausted. A reading task that stopped
+    /// before the window's end is an error, as for [`RowStream::next_batch`].
     pub async fn next_batch(&mut self) -> Result<RawBatch, ConnectorError> {
-        match self.rx.recv().await {
-            Some(batch) => batch,
-            None => Ok(RawBatch {
+        Ok(next_of(&mut self.rx, &mut self.ended)
+            .await?
+            .unwrap_or(RawBatch {
                 rows: 0,
                 full: false,
                 tuples: Vec::new(),
-            }),
-        }
+            }))
     }
 }
 

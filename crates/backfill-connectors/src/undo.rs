@@ -685,7 +685,8 @@ impl UndoLog {
         // of the window.
         // `xmin` is the inserting transaction: this one for the rows it wrote (evaluated once:
         // an uncorrelated subquery), another for a row a concurrent session committed.
-        let mut ours = "t.xmin = (SELECT pg_current_xact_id()::xid)".to_owned();
+        // (`txid_current()` rather than `pg_current_xact_id()`, which needs PostgreSQL 13.)
+        let mut ours = "t.xmin = (SELECT (txid_current() % 4294967296)::text::xid)".to_owned();
         if under_savepoints {
             ours = format!(
                 "({ours} OR EXISTS (SELECT 1 FROM {REPLACE_KEYS} AS k WHERE {}))",

@@ -251,9 +251,10 @@ impl Store {
     /// every multi-row `INSERT` keep a statement journal, a copy of each page the statement
     /// changes (~25% of inserting a million partitions). That connection is closed after
     /// the transaction, never returned to the pool, so no pooled connection runs without
-    /// the checks. PostgreSQL: [`Store::begin_write`].
+    /// the checks. PostgreSQL and an in-memory SQLite store: [`Store::begin_write`].
     pub(crate) async fn begin_write_bulk(&self) -> Result<WriteTxn, StoreError> {
-        let Pool::Sqlite(pool) = &self.pool else {
+        // In memory, the database is its one connection: closing it would lose the store.
+        let (Pool::Sqlite(pool), Location::Sqlite(Some(_))) = (&self.pool, &self.location) else {
             return self.begin_write().await;
         };
         let gate = self.write_gate.clone().lock_owned().await;

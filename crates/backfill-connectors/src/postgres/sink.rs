@@ -418,9 +418,10 @@ fn poisoned<T>(_: T) -> ConnectorError {
     }
 }
 
-/// PostgreSQL's `FirstNormalObjectId`: OIDs below it are the built-in catalog's, the same
-/// in every database; objects created later get OIDs from here on. (0 is no type.)
-const FIRST_NORMAL_OID: u32 = 16_384;
+/// PostgreSQL's `FirstGenbkiObjectId`: OIDs below it are fixed in the built-in catalog's
+/// source, the same in every database and version; `initdb` and users get OIDs from here on.
+/// (0 is no type.)
+const FIXED_OIDS_BELOW: u32 = 10_000;
 
 /// The size of one `CopyData` message.
 const COPY_PIECE: usize = 64 * 1024;
@@ -853,16 +854,13 @@ impl PostgresReplace {
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
         let columns = self.info.batch_columns(&self.table, batch)?;
-        let keys = match &self.undo {
-            Some(_) => undo::batch_keys(batch, &batch_key_positions(batch, &self.key)?, true),
-            None => Vec::new(),
-        };
         if self.undo.is_some() && self.logged_at_commit.is_some() {
             let n = copy_rows(&mut self.tx, &context, &self.table.quoted, &columns, batch).await?;
             if !self.under_savepoints {
                 // Told at commit by their `xmin`.
                 return Ok(n);
             }
+            let keys = undo::batch_keys(batch, &batch_key_positions(batch, &self.key)?, true);
             // The keys the run wrote under a savepoint, for the log at commit: `COPY`ed like
             // the rows.
             let keys = Batch {
@@ -881,6 +879,7 @@ impl PostgresReplace {
             return Ok(n);
         }
         if let Some((log, b)) = &self.undo {
+            let keys = undo::batch_keys(batch, &batch_key_positions(batch, &self.key)?, true);
             let hooks = UndoHooks {
                 log,
                 batch: b,
@@ -907,7 +906,7 @@ impl PostgresReplace {
             && columns.len() == oids.len()
             && columns.iter().zip(oids).all(|(c, oid)| {
                 position(&self.info.columns, c).is_some_and(|i| {
-                    oid.is_some_and(|o| o != 0 && o < FIRST_NORMAL_OID && o == self.info.oids[i])
+                    oid.is_some_and(|o| o != 0 && o < FIXED_OIDS_BELOW && o == self.info.oids[i])
                 })
             })
     }

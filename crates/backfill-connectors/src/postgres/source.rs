@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use backfill_core::params::{self, Placeholder};
 use backfill_core::plan::Window;
+use backfill_core::retry::ErrorClass;
 use backfill_core::spec::SourceSpec;
 use backfill_core::timefmt::TimeFormat;
 use backfill_core::value::{BATCH_BYTES, Batch, Value, row_size};
@@ -95,7 +96,10 @@ impl PostgresSource {
             next_page: sql::page(&rewritten.sql, &quoted, first_param, true).into(),
             first_stream: sql::ordered(&rewritten.sql, &quoted, first_param, false).into(),
             next_stream: sql::ordered(&rewritten.sql, &quoted, first_param, true).into(),
-            unordered_stream: sql::wrap("*", &rewritten.sql).into(),
+            // Not the probe's text: sqlx keeps the probe prepared on its connection, with the
+            // parameter types the server guessed, and would run this query with them instead
+            // of the types the window's values are sent as.
+            unordered_stream: format!("{} WHERE true", sql::wrap("*", &rewritten.sql)).into(),
             count_sql: sql::count(&rewritten.sql).into(),
             any_sql: sql::any(&rewritten.sql).into(),
             names: rewritten.names,
@@ -157,6 +161,7 @@ impl PostgresSource {
         let args = arguments(&values)?;
         let sql = Arc::clone(&self.unordered_stream);
         let columns = self.columns.clone();
+        let oids = self.oids.clone();
         let key_positions = self.key_positions(&columns)?;
         let chunk = chunk.max(1) as usize;
         let pool = self.pool.clone();
@@ -169,11 +174,11 @@ impl PostgresSource {
                     return;
                 };
                 let (batch, end) =
-                    next_raw_chunk(&mut rows, &task_columns, &key_positions, chunk).await;
+                    next_raw_chunk(&mut rows, &task_columns, &oids, &key_positions, chunk).await;
                 let failed = batch.is_err();
-                if !matches!(&batch, Ok(b) if b.is_empty()) {
-                    permit.send(batch);
-                }
+                // The last batch goes even when empty: it tells the end of the window from
+                // a task that stopped early.
+                permit.send(batch.map(|b| (b, end)));
                 if end || failed {
                     return;
                 }
@@ -211,8 +216,10 @@ impl PostgresSource {
                 });
                 let failed = checked.is_err();
                 let empty = matches!(&checked, Ok(rows) if rows.is_empty());
-                if !empty {
-                    permit.send(checked);
+                // The last batch goes even when empty: it tells the end of the window from a
+                // task that stopped early.
+                if !empty || end {
+                    permit.send(checked.map(|rows| (rows, end)));
                 }
                 if end || failed {
                     return;
@@ -255,6 +262,7 @@ impl PostgresSource {
 async fn next_raw_chunk<S>(
     rows: &mut S,
     columns: &[String],
+    oids: &[Option<u32>],
     key_positions: &[usize],
     chunk: usize,
 ) -> (Result<RawBatch, ConnectorError>, bool)
@@ -269,6 +277,11 @@ where
     while batch.rows < chunk && batch.tuples.len() < BATCH_BYTES {
         match rows.try_next().await {
             Ok(Some(row)) => {
+                if batch.rows == 0
+                    && let Err(e) = same_types(&row, columns, oids)
+                {
+                    return (Err(e), true);
+                }
                 if let Err(e) = raw_row(&row, columns, key_positions, &mut batch.tuples) {
                     return (Err(e), true);
                 }
@@ -280,6 +293,32 @@ where
     }
     batch.full = true;
     (Ok(batch), false)
+}
+
+/// Whether `row`'s columns have the types the query was prepared with, which the target was
+/// chosen for: a column whose type follows a parameter's (`SELECT :start AS s`) may differ.
+/// An error (a `Data` one: the partition is then redone on the decoded path) when not.
+fn same_types(
+    row: &sqlx::postgres::PgRow,
+    columns: &[String],
+    oids: &[Option<u32>],
+) -> Result<(), ConnectorError> {
+    for (i, column) in row.columns().iter().enumerate() {
+        let got = column.type_info().oid().map(|o| o.0);
+        if got != oids.get(i).copied().flatten() {
+            return Err(ConnectorError::Sql {
+                context: CONTEXT.to_owned(),
+                message: format!(
+                    "column `{}` came back as {} where the query was prepared with another \
+                     type; the partition is read again decoded",
+                    columns.get(i).map_or("?", String::as_str),
+                    column.type_info().name()
+                ),
+                class: ErrorClass::Data,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Appends `row` as one binary `COPY` tuple of its fields' wire bytes; a NULL key is an

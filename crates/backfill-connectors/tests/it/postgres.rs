@@ -456,6 +456,55 @@ async fn replace_moves_every_type_undecoded_between_postgres_tables_of_the_same_
     .await;
 }
 
+/// The unordered and undecoded streams bind a window's values with their own types, not with
+/// the types the server guessed when the source prepared its probe: an `int4` key compared with
+/// `int8` bounds, on a pool of one connection (the probe's). And a column whose type follows a
+/// parameter's (`:end - 1`: `int4` when prepared, `int8` when run) is caught by the undecoded
+/// stream rather than copied into an `int4` column as `int8` bytes.
+#[tokio::test]
+async fn unordered_streams_bind_the_windows_own_types() {
+    run(|pg| async move {
+        pg.exec("CREATE TABLE i4 (id int4 PRIMARY KEY, v text); INSERT INTO i4 SELECT g, 'v' || g FROM generate_series(1, 20) g;")
+            .await;
+        let query = format!(
+            "SELECT * FROM {} WHERE id >= :start AND id < :end",
+            pg.t("i4")
+        );
+        let source = open_source(
+            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
+            &strings(&["id"]),
+            1,
+        )
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            let mut stream = source.stream_unordered(&keys(1, 11), 100).await.unwrap().unwrap();
+            assert_eq!(stream.next_batch().await.unwrap().len(), 10);
+            let mut raw = source.stream_raw(&keys(11, 100), 100).await.unwrap().unwrap();
+            assert_eq!(raw.next_batch().await.unwrap().len(), 10);
+        }
+        source.close().await;
+
+        let query = format!(
+            "SELECT id, :end - 1 AS last FROM {} WHERE id >= :start AND id < :end",
+            pg.t("i4")
+        );
+        let source = open_source(
+            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
+            &strings(&["id"]),
+            1,
+        )
+        .await
+        .unwrap();
+        let mut raw = source.stream_raw(&keys(1, 100), 100).await.unwrap().unwrap();
+        let err = raw.next_batch().await.unwrap_err();
+        assert!(err.to_string().contains("prepared with another type"), "{err}");
+        assert_eq!(err.class(), ErrorClass::Data, "{err}");
+        source.close().await;
+    })
+    .await;
+}
+
 fn batch(rows: &[(i64, Option<&str>, f64)]) -> Batch {
     Batch {
         columns: strings(&["id", "a", "b"]),

@@ -178,4 +178,8 @@ async fn in_memory_store_works() {
     let run = create(&store, "a", &key_partitions(3)).await;
     assert_eq!(store.partitions(&run.id).await.unwrap().len(), 3);
     assert_eq!(store.url_redacted(), "sqlite::memory:");
+    // A large run too: its creation must not close the one connection that is the store.
+    let large = create(&store, "b", &key_partitions(50_001)).await;
+    assert_eq!(store.partitions(&large.id).await.unwrap().len(), 50_001);
+    assert_eq!(store.partitions(&run.id).await.unwrap().len(), 3);
 }
