@@ -114,13 +114,7 @@ async fn pagination_returns_every_row_once_with_single_and_composite_keys() {
         .await;
         let e = pg.t("e");
         let query = format!("SELECT * FROM {e} WHERE id >= :start AND id < :end");
-        let source = open_source(
-            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
-            &strings(&["id"]),
-            3,
-        )
-        .await
-        .unwrap();
+        let source = id_source(&pg.url, &query, 3).await;
         let (all, batches) = read_all(&source, &keys(1, 301), 7).await;
         assert_eq!(all.columns, ["id", "a", "b", "ts"]);
         let ids: Vec<Value> = all.rows.iter().map(|r| r[0].clone()).collect();
@@ -244,6 +238,17 @@ async fn pagination_returns_every_row_once_with_single_and_composite_keys() {
     .await;
 }
 
+/// A source of `query` keyed by `id`, window bounds as RFC 3339 or integers.
+async fn id_source(url: &str, query: &str, pool: u32) -> backfill_connectors::AnySource {
+    open_source(
+        &source_spec(url, query, TimeFormat::Rfc3339),
+        &strings(&["id"]),
+        pool,
+    )
+    .await
+    .unwrap()
+}
+
 const TYPES: &str = "(id int8 PRIMARY KEY, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, \
     n numeric, n2 numeric(10,2), t text, vc varchar(10), c char(3), b bytea, bo bool, d date, \
     tm time, ts timestamp, tz timestamptz, j json, jb jsonb, u uuid)";
@@ -353,13 +358,7 @@ async fn replace_moves_every_type_undecoded_between_postgres_tables_of_the_same_
             "SELECT * FROM {} WHERE id >= :start AND id < :end",
             pg.t("src")
         );
-        let source = open_source(
-            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
-            &strings(&["id"]),
-            2,
-        )
-        .await
-        .unwrap();
+        let source = id_source(&pg.url, &query, 2).await;
         let (columns, oids) = source.raw_types().expect("PostgreSQL hands rows over undecoded");
         let (columns, oids) = (columns.to_vec(), oids.to_vec());
         let mut spec = target_spec(
@@ -436,13 +435,7 @@ async fn replace_moves_every_type_undecoded_between_postgres_tables_of_the_same_
         pg.exec("CREATE TABLE nk (id int8, v text); INSERT INTO nk VALUES (1, 'a'), (NULL, 'b');")
             .await;
         let query = format!("SELECT * FROM {} WHERE id >= :start AND id < :end OR id IS NULL", pg.t("nk"));
-        let nk = open_source(
-            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
-            &strings(&["id"]),
-            1,
-        )
-        .await
-        .unwrap();
+        let nk = id_source(&pg.url, &query, 1).await;
         let mut stream = nk.stream_raw(&keys(1, 100), 10).await.unwrap().unwrap();
         let err = stream.next_batch().await.unwrap_err();
         assert!(err.to_string().contains("NULL in key column \"id\""), "{err}");
@@ -470,13 +463,7 @@ async fn unordered_streams_bind_the_windows_own_types() {
             "SELECT * FROM {} WHERE id >= :start AND id < :end",
             pg.t("i4")
         );
-        let source = open_source(
-            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
-            &strings(&["id"]),
-            1,
-        )
-        .await
-        .unwrap();
+        let source = id_source(&pg.url, &query, 1).await;
         for _ in 0..2 {
             let mut stream = source.stream_unordered(&keys(1, 11), 100).await.unwrap().unwrap();
             assert_eq!(stream.next_batch().await.unwrap().len(), 10);
@@ -489,13 +476,7 @@ async fn unordered_streams_bind_the_windows_own_types() {
             "SELECT id, :end - 1 AS last FROM {} WHERE id >= :start AND id < :end",
             pg.t("i4")
         );
-        let source = open_source(
-            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
-            &strings(&["id"]),
-            1,
-        )
-        .await
-        .unwrap();
+        let source = id_source(&pg.url, &query, 1).await;
         let mut raw = source.stream_raw(&keys(1, 100), 100).await.unwrap().unwrap();
         let err = raw.next_batch().await.unwrap_err();
         assert!(err.to_string().contains("prepared with another type"), "{err}");
@@ -886,13 +867,7 @@ async fn a_stream_of_wide_rows_cuts_its_batches_by_bytes() {
             "SELECT * FROM {} WHERE id >= :start AND id < :end",
             pg.t("w")
         );
-        let source = open_source(
-            &source_spec(&pg.url, &query, TimeFormat::Rfc3339),
-            &strings(&["id"]),
-            2,
-        )
-        .await
-        .unwrap();
+        let source = id_source(&pg.url, &query, 2).await;
         let mut stream = source
             .stream(&keys(1, 100), None, 1000)
             .await
