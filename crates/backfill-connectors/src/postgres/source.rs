@@ -158,33 +158,15 @@ impl PostgresSource {
         chunk: u32,
     ) -> Result<RawStream, ConnectorError> {
         let values = named_values(&self.names, window, &self.time_format);
-        let args = arguments(&values)?;
+        let reader = Undecoded {
+            columns: self.columns.clone(),
+            oids: self.oids.clone(),
+            key_positions: self.key_positions(&self.columns)?,
+            chunk: chunk.max(1) as usize,
+        };
         let sql = Arc::clone(&self.unordered_stream);
-        let columns = self.columns.clone();
-        let oids = self.oids.clone();
-        let key_positions = self.key_positions(&columns)?;
-        let chunk = chunk.max(1) as usize;
-        let pool = self.pool.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let task_columns = columns.clone();
-        let task = tokio::spawn(async move {
-            let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
-            loop {
-                let Ok(permit) = tx.reserve().await else {
-                    return;
-                };
-                let (batch, end) =
-                    next_raw_chunk(&mut rows, &task_columns, &oids, &key_positions, chunk).await;
-                let failed = batch.is_err();
-                // The last batch goes even when empty: it tells the end of the window from
-                // a task that stopped early.
-                permit.send(batch.map(|b| (b, end)));
-                if end || failed {
-                    return;
-                }
-            }
-        });
-        Ok(RawStream::new(columns, rx, task))
+        let (rx, task) = spawn_batches(self.pool.clone(), sql, &values, reader)?;
+        Ok(RawStream::new(self.columns.clone(), rx, task))
     }
 
     /// Runs `sql` with `values` in a task that hands out batches of `chunk` rows.
@@ -194,39 +176,13 @@ impl PostgresSource {
         values: &[Value],
         chunk: u32,
     ) -> Result<RowStream, ConnectorError> {
-        let args = arguments(values)?;
-        let columns = self.columns.clone();
-        let key_positions = self.key_positions(&columns)?;
-        let chunk = chunk.max(1) as usize;
-        let pool = self.pool.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let task_columns = columns.clone();
-        let task = tokio::spawn(async move {
-            let mut rows = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
-            loop {
-                // A batch is read only once the one before it was taken: at most two batches
-                // of a stream are alive, the one being written and the one being read.
-                let Ok(permit) = tx.reserve().await else {
-                    return;
-                };
-                let (batch, end) = next_chunk(&mut rows, &task_columns, chunk).await;
-                let checked = batch.and_then(|rows| {
-                    crate::ident::reject_null_keys(&rows, &key_positions, &task_columns)
-                        .map(|()| rows)
-                });
-                let failed = checked.is_err();
-                let empty = matches!(&checked, Ok(rows) if rows.is_empty());
-                // The last batch goes even when empty: it tells the end of the window from a
-                // task that stopped early.
-                if !empty || end {
-                    permit.send(checked.map(|rows| (rows, end)));
-                }
-                if end || failed {
-                    return;
-                }
-            }
-        });
-        Ok(RowStream::new(columns, rx, task))
+        let reader = Decoded {
+            columns: self.columns.clone(),
+            key_positions: self.key_positions(&self.columns)?,
+            chunk: chunk.max(1) as usize,
+        };
+        let (rx, task) = spawn_batches(self.pool.clone(), sql, values, reader)?;
+        Ok(RowStream::new(self.columns.clone(), rx, task))
     }
 
     /// Whether `window` holds any row, without ordering the window.
@@ -255,6 +211,99 @@ impl PostgresSource {
         let n: i64 = row.try_get(0).map_err(|e| sql_error(CONTEXT, &e))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// The rows of a streamed query.
+type PgRows<'p> = futures_util::stream::BoxStream<'p, Result<sqlx::postgres::PgRow, sqlx::Error>>;
+
+/// How a stream's task turns the query's rows into batches.
+trait BatchReader: Send + 'static {
+    type Batch: Send + 'static;
+    /// The next batch; true with it when the query is exhausted or failed.
+    fn read<'a>(
+        &'a self,
+        rows: &'a mut PgRows<'_>,
+    ) -> impl Future<Output = (Result<Self::Batch, ConnectorError>, bool)> + Send + 'a;
+    fn is_empty(batch: &Self::Batch) -> bool;
+}
+
+/// Rows decoded into values, `chunk` at a time, a NULL key refused.
+struct Decoded {
+    columns: Vec<String>,
+    key_positions: Vec<usize>,
+    chunk: usize,
+}
+
+impl BatchReader for Decoded {
+    type Batch = Vec<Vec<Value>>;
+    async fn read(&self, rows: &mut PgRows<'_>) -> (Result<Self::Batch, ConnectorError>, bool) {
+        let (batch, end) = next_chunk(rows, &self.columns, self.chunk).await;
+        let checked = batch.and_then(|rows| {
+            crate::ident::reject_null_keys(&rows, &self.key_positions, &self.columns).map(|()| rows)
+        });
+        (checked, end)
+    }
+    fn is_empty(batch: &Self::Batch) -> bool {
+        batch.is_empty()
+    }
+}
+
+/// Rows kept as binary `COPY` tuples, checked against the prepared types.
+struct Undecoded {
+    columns: Vec<String>,
+    oids: Vec<Option<u32>>,
+    key_positions: Vec<usize>,
+    chunk: usize,
+}
+
+impl BatchReader for Undecoded {
+    type Batch = RawBatch;
+    async fn read(&self, rows: &mut PgRows<'_>) -> (Result<Self::Batch, ConnectorError>, bool) {
+        next_raw_chunk(
+            rows,
+            &self.columns,
+            &self.oids,
+            &self.key_positions,
+            self.chunk,
+        )
+        .await
+    }
+    fn is_empty(batch: &Self::Batch) -> bool {
+        batch.is_empty()
+    }
+}
+
+/// Runs `sql` with `values` in a task that hands out `reader`'s batches, each with whether
+/// it is the window's last.
+fn spawn_batches<R: BatchReader>(
+    pool: PgPool,
+    sql: Arc<str>,
+    values: &[Value],
+    reader: R,
+) -> Result<(crate::BatchReceiver<R::Batch>, tokio::task::JoinHandle<()>), ConnectorError> {
+    let args = arguments(values)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        let mut rows: PgRows<'_> = sqlx::query_with(AssertSqlSafe(sql), args).fetch(&pool);
+        loop {
+            // A batch is read only once the one before it was taken: at most two batches
+            // of a stream are alive, the one being written and the one being read.
+            let Ok(permit) = tx.reserve().await else {
+                return;
+            };
+            let (batch, end) = reader.read(&mut rows).await;
+            let failed = batch.is_err();
+            // The last batch goes even when empty: it tells the end of the window from a
+            // task that stopped early.
+            if end || !matches!(&batch, Ok(b) if R::is_empty(b)) {
+                permit.send(batch.map(|b| (b, end)));
+            }
+            if end || failed {
+                return;
+            }
+        }
+    });
+    Ok((rx, task))
 }
 
 /// Reads the next undecoded batch from a streamed query, as [`next_chunk`] reads a decoded
