@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 11: the undo log's cost on PostgreSQL to PostgreSQL, W1-style, in one run.
+"""Issue 11: the undo log's cost, PostgreSQL to PostgreSQL (W1-style) or SQLite to SQLite.
 
 A source `src` of N rows over 30 days (id, ts, user_id, amount_cents, note) and a target
 `dst` holding the same rows but 10% changed and 10% missing. Times, interleaved `--reps`
@@ -8,14 +8,20 @@ times, each from the same broken target (rebuilt from a template table between r
 `backfill rollback` of the undo run. Reports undo/no-undo (goal <= 1.25x), the undo rows and
 the undo table's size, and rollback/run. `--mode replace` measures `replace` (window `ts`)
 instead; reconciliation is off in both modes, so the ratio is the log's own cost.
+`--system sqlite` does the same with two SQLite files (src.db, dst.db) in a temporary
+directory: the rows move inside SQLite (the pushdown) with and without the log, whose
+temporary triggers write it inside the same statements.
 
 Usage: bench/undo.py [--binary PATH] [--rows N] [--reps N] [--base URL] [--mode upsert|replace]
+                     [--system postgres|sqlite]
 Takes the machine's benchmark lock (bench/benchlock.py). Creates and drops only the database
-`bench_undo`.
+`bench_undo` (PostgreSQL).
 """
 
 import argparse
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -59,18 +65,58 @@ def reset(base):
         CREATE INDEX ON dst (ts); ANALYZE dst;""")
 
 
-def spec(base, undo, mode):
-    url = f"{base}/{DB}"
+def sqlite_prepare(d, rows):
+    """src.db with `rows` rows over 30 days (ts as RFC 3339 text) and tmpl.db: the same rows
+    but 10% changed and 10% missing, both indexed on ts like the PostgreSQL tables."""
+    cols = "(id INTEGER PRIMARY KEY, ts TEXT NOT NULL, user_id INTEGER, amount_cents INTEGER, note TEXT)"
+    gen = (f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) "
+           f"SELECT i, strftime('%Y-%m-%dT%H:%M:%SZ', 1735689600 + (i * 2592000) / {rows}, 'unixepoch'), "
+           "i % 1000, i * 7, 'note ' || i FROM n TAIL")
+    for name, tail in (("src", ""), ("tmpl", " WHERE i % 10 <> 1")):
+        conn = sqlite3.connect(Path(d, f"{name}.db"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"CREATE TABLE {'src' if name == 'src' else 'dst'} {cols}")
+        table = "src" if name == "src" else "dst"
+        conn.execute(f"INSERT INTO {table} {gen.replace('TAIL', tail)}")
+        if name == "tmpl":
+            conn.execute("UPDATE dst SET amount_cents = amount_cents + 1 WHERE id % 10 = 2")
+        conn.execute(f"CREATE INDEX {table}_ts ON {table} (ts)")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+
+def sqlite_reset(d):
+    for suffix in ("", "-wal", "-shm"):
+        Path(d, f"dst.db{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(Path(d, "tmpl.db"), Path(d, "dst.db"))
+
+
+def sqlite_query(d, sql):
+    conn = sqlite3.connect(Path(d, "dst.db"))
+    conn.execute(f"ATTACH DATABASE '{Path(d, 'tmpl.db')}' AS tmpl")
+    value = conn.execute(sql).fetchone()[0]
+    conn.close()
+    return value
+
+
+def spec(base, undo, mode, system="postgres"):
     replace = 'mode = "replace"\nwindow_column = "ts"\n' if mode == "replace" else ""
     validate = "[validate]\nafter_partition = false\nat_end = false\n" if mode == "replace" else ""
+    if system == "sqlite":
+        source_url, target_url = "sqlite://src.db", "sqlite://dst.db"
+        formats = ('time_format = "rfc3339"\ntime_column = "ts"\n', 'time_format = "rfc3339"\n')
+        validate = "[validate]\nafter_partition = false\nat_end = false\n"
+    else:
+        source_url = target_url = f"{base}/{DB}"
+        formats = ("", "")
     return f"""name = "bench_undo_{undo}"
 reason = "bench"
 [source]
-url = "{url}"
+url = "{source_url}"
 query = "SELECT id, ts, user_id, amount_cents, note FROM src WHERE ts >= :start AND ts < :end"
-[target]
-url = "{url}"
-table = "dst"
+{formats[0]}[target]
+url = "{target_url}"
+{formats[1]}table = "dst"
 key = ["id"]
 undo = {str(undo).lower()}
 {replace}[scope]
@@ -99,8 +145,11 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--base", default="postgres://postgres@127.0.0.1:5432")
     ap.add_argument("--mode", choices=["upsert", "replace"], default="upsert")
+    ap.add_argument("--system", choices=["postgres", "sqlite"], default="postgres")
     args = ap.parse_args()
     benchlock.hold("bench/undo.py")
+    if args.system == "sqlite":
+        return sqlite_main(args)
     prepare(args.base, args.rows)
     plain, undo, back, sizes = [], [], [], []
     for rep in range(args.reps):
@@ -123,8 +172,15 @@ def main():
                         sys.exit(f"rollback left {same} rows different from the template")
         print(f"rep {rep + 1}: no undo {plain[-1]:.2f}s, undo {undo[-1]:.2f}s, rollback {back[-1]:.2f}s",
               file=sys.stderr)
+    report = summary(args, plain, undo, back, sizes)
+    print(json.dumps(report, indent=2))
+    psql(args.base, "postgres", f"DROP DATABASE IF EXISTS {DB}")
+
+
+def summary(args, plain, undo, back, sizes):
     best = lambda xs: min(xs)  # noqa: E731
-    report = {
+    return {
+        "system": args.system,
         "mode": args.mode,
         "rows": args.rows,
         "changed": args.rows // 10,
@@ -138,8 +194,42 @@ def main():
         "rollback_s": best(back),
         "rollback_vs_run": best(back) / best(undo),
     }
+
+
+def sqlite_main(args):
+    """The same measurement SQLite to SQLite; the state store is a third file."""
+    plain, undo, back, sizes = [], [], [], []
+    with tempfile.TemporaryDirectory() as d:
+        sqlite_prepare(d, args.rows)
+        for rep in range(args.reps):
+            for with_undo in (False, True):
+                sqlite_reset(d)
+                Path(d, "spec.toml").write_text(spec(args.base, with_undo, args.mode, "sqlite"))
+                shutil.rmtree(Path(d, "state"), ignore_errors=True)
+                state = f"sqlite://{d}/state/state.db"
+                took, out = timed([args.binary, "--state", state, "run", "spec.toml", "--json"], d)
+                (undo if with_undo else plain).append(took)
+                if not json.loads(out).get("rows", {}).get("read"):
+                    sys.exit(f"the run read no rows: {out}")
+                if with_undo:
+                    run_id = json.loads(out)["run_id"]
+                    rows = sqlite_query(d, "SELECT count(*) FROM dst__bf_undo")
+                    pages = sqlite_query(d, "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size")
+                    sizes.append((int(rows), int(pages)))
+                    t, _ = timed([args.binary, "--state", state, "rollback", run_id, "--json"], d)
+                    back.append(t)
+                    diff = sqlite_query(
+                        d,
+                        "SELECT (SELECT count(*) FROM (SELECT * FROM main.dst EXCEPT SELECT * FROM tmpl.dst))"
+                        " + (SELECT count(*) FROM (SELECT * FROM tmpl.dst EXCEPT SELECT * FROM main.dst))")
+                    if diff != 0:
+                        sys.exit(f"rollback left {diff} rows different from the template")
+            print(f"rep {rep + 1}: no undo {plain[-1]:.2f}s, undo {undo[-1]:.2f}s, rollback {back[-1]:.2f}s",
+                  file=sys.stderr)
+    report = summary(args, plain, undo, back, sizes)
+    # SQLite: the whole target file's size after the run (the undo table has no size of its own).
+    report["target_file_bytes"] = report.pop("undo_bytes")
     print(json.dumps(report, indent=2))
-    psql(args.base, "postgres", f"DROP DATABASE IF EXISTS {DB}")
 
 
 if __name__ == "__main__":

@@ -844,25 +844,49 @@ impl AnyPushdown {
     /// Starts a partition attempt over the rows of `window` whose key is strictly greater
     /// than `after` (`None`: from the start), handed out in key order like
     /// [`Source::read_batch`] would return them over successive calls; writes nothing. A
-    /// NULL key is a [`ConnectorError::Data`] error.
+    /// NULL key is a [`ConnectorError::Data`] error. With `undo` (which must not ask for
+    /// `every_key`), each batch's transaction also writes the undo log of the rows it
+    /// inserts or changes (needs [`AnyPushdown::use_undo_log`] first).
     pub async fn partition(
         &self,
         window: &Window,
         after: Option<&[Value]>,
+        undo: Option<&UndoBatch>,
     ) -> Result<PushedPartition<'_>, ConnectorError> {
         match self {
             AnyPushdown::Sqlite(p) => Ok(PushedPartition {
-                inner: PushedPartitionInner::Sqlite(p.partition(window, after).await?),
+                inner: PushedPartitionInner::Sqlite(p.partition(window, after, undo).await?),
             }),
         }
     }
 
     /// `replace` mode: a transaction that has deleted the rows of `window` from the target
-    /// and inserted the source's rows for it; see [`Sink::begin_replace`].
-    pub async fn begin_replace(&self, window: &Window) -> Result<PushedReplace, ConnectorError> {
+    /// and inserted the source's rows for it; see [`Sink::begin_replace`]. With `undo`, it
+    /// also logs the window's rows before the delete and every row it inserts, as
+    /// [`AnySink::begin_replace_undo`] does.
+    pub async fn begin_replace(
+        &self,
+        window: &Window,
+        undo: Option<&UndoBatch>,
+    ) -> Result<PushedReplace, ConnectorError> {
         match self {
             AnyPushdown::Sqlite(p) => Ok(PushedReplace {
-                inner: PushedReplaceInner::Sqlite(p.begin_replace(window).await?),
+                inner: PushedReplaceInner::Sqlite(p.begin_replace(window, undo).await?),
+            }),
+        }
+    }
+
+    /// Makes this pushdown write the undo log of `sink` (the same target; its undo table is
+    /// created when missing), so its writes accept an [`UndoBatch`]. Fails when `sink` is
+    /// not the same kind of database.
+    pub async fn use_undo_log(&self, sink: &AnySink) -> Result<(), ConnectorError> {
+        match (self, sink) {
+            (AnyPushdown::Sqlite(p), AnySink::Sqlite(s)) => {
+                p.use_undo_log(&*s.undo_log().await?);
+                Ok(())
+            }
+            _ => Err(ConnectorError::Data {
+                message: "the pushdown's target is not the sink's database".to_owned(),
             }),
         }
     }

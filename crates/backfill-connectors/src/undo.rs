@@ -168,7 +168,27 @@ pub(crate) struct UndoLog {
     /// The digest as logs written before it was [`PG_NATIVE_DIGEST`] recorded it, for the
     /// rollback of such a log (PostgreSQL; the same as `digest` elsewhere).
     legacy_digest: String,
+    /// SQLite: `digest` over a trigger's `NEW` row ([`UndoLog::sqlite_triggers`]).
+    new_digest: String,
+    /// SQLite: the undo table as a trigger body names it. A trigger body may not qualify a
+    /// table, so it is the bare quoted name even when `target` and `undo` are qualified
+    /// ([`UndoLog::in_schema`]).
+    trigger_undo: String,
 }
+
+/// SQLite: the SQL that installs the undo log's temporary triggers for one transaction's
+/// writes, and the SQL that removes them ([`UndoLog::sqlite_triggers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SqliteTriggers {
+    /// Drops any leftover triggers of these names, then creates them.
+    pub(crate) create: String,
+    /// Drops them; run before the transaction commits.
+    pub(crate) drop: String,
+}
+
+/// The SQLite triggers' names (in the connection's `temp` schema).
+const TRIGGER_INSERT: &str = "bf_undo_after_insert";
+const TRIGGER_UPDATE: &str = "bf_undo_after_update";
 
 /// PostgreSQL's undo digests start with this letter: the target's own row hash
 /// (`hashtextextended` of the row's record text, every column, JSON included), about 3.7x
@@ -325,6 +345,10 @@ impl UndoLog {
             .filter_map(|c| c.kind.map(|k| Column::new(c.name.clone(), k)))
             .collect();
         let columns: Vec<String> = catalog.iter().map(|c| dialect.quote(&c.name)).collect();
+        let new_digest = match dialect {
+            Dialect::Sqlite => crate::fingerprint::sqlite::row_digest(&hashed, "NEW"),
+            Dialect::Postgres | Dialect::MySql => String::new(),
+        };
         let (digest, legacy_digest) = match dialect {
             Dialect::Sqlite => {
                 let d = crate::fingerprint::sqlite::row_digest(&hashed, "t");
@@ -352,15 +376,93 @@ impl UndoLog {
                 (d.clone(), d)
             }
         };
+        let undo = dialect.quote(&undo_table_name(table));
         Ok(UndoLog {
             dialect,
             target: dialect.quote(table),
-            undo: dialect.quote(&undo_table_name(table)),
+            undo: undo.clone(),
             key: key.iter().map(|k| dialect.quote(k)).collect(),
             columns,
             digest,
             legacy_digest,
+            new_digest,
+            trigger_undo: undo,
         })
+    }
+
+    /// The same log on a connection where the target's database is attached as `schema`
+    /// (SQLite's pushdown): the statements name the target and the undo table qualified;
+    /// trigger bodies keep the bare undo table name, which SQLite resolves through `temp`,
+    /// `main`, then the attached databases (the pushdown is not used when the source, its
+    /// `main`, has a table of that name).
+    pub(crate) fn in_schema(&self, schema: &str, table: &str) -> UndoLog {
+        let q = |name: &str| format!("{}.{}", self.dialect.quote(schema), self.dialect.quote(name));
+        UndoLog {
+            dialect: self.dialect,
+            target: q(table),
+            undo: q(&undo_table_name(table)),
+            key: self.key.clone(),
+            columns: self.columns.clone(),
+            digest: self.digest.clone(),
+            legacy_digest: self.legacy_digest.clone(),
+            new_digest: self.new_digest.clone(),
+            trigger_undo: self.trigger_undo.clone(),
+        }
+    }
+
+    /// SQLite, a batch without `every_key`: temporary triggers (seen by this connection only)
+    /// that log, inside the write's own statements, the rows the write inserts (`inserted`,
+    /// the key) and, with `updates`, the rows it changes (`updated`, the row before the
+    /// change), each with the digest of the row as written. A key this run already logged
+    /// keeps its first operation and before-image and gets the new digest, as on the other
+    /// paths; a row the write leaves as it is fires nothing and is not logged (as on
+    /// PostgreSQL). SQLite serialises writers, so the image is exactly the row replaced.
+    ///
+    /// Install them in the write transaction, after its first write (creating one reads the
+    /// schema), and drop them before the commit: the run and partition are literals of their
+    /// bodies, and nothing the connection writes later must fire them. Created inside the
+    /// transaction, they vanish with its rollback too.
+    pub(crate) fn sqlite_triggers(&self, b: &UndoBatch, updates: bool) -> SqliteTriggers {
+        let text = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        let (run, part) = (text(&b.run_id), text(&b.partition_id));
+        let conflict = format!(
+            "ON CONFLICT ({}, bf_undo_run) DO UPDATE SET bf_undo_after = excluded.bf_undo_after",
+            self.key.join(", ")
+        );
+        let new_key: Vec<String> = self.key.iter().map(|k| format!("NEW.{k}")).collect();
+        let old_row: Vec<String> = self.columns.iter().map(|c| format!("OLD.{c}")).collect();
+        let mut create = format!(
+            "DROP TRIGGER IF EXISTS temp.{TRIGGER_INSERT}; \
+             DROP TRIGGER IF EXISTS temp.{TRIGGER_UPDATE}; \
+             CREATE TEMP TRIGGER {TRIGGER_INSERT} AFTER INSERT ON {target} BEGIN \
+             INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
+             {key}) VALUES ({run}, {part}, 'inserted', {digest}, {new_key}) {conflict}; END;",
+            target = self.target,
+            undo = self.trigger_undo,
+            key = self.key.join(", "),
+            digest = self.new_digest,
+            new_key = new_key.join(", "),
+        );
+        if updates {
+            create.push_str(&format!(
+                " CREATE TEMP TRIGGER {TRIGGER_UPDATE} AFTER UPDATE ON {target} BEGIN \
+                 INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, \
+                 bf_undo_after, {columns}) VALUES ({run}, {part}, 'updated', {digest}, \
+                 {old_row}) {conflict}; END;",
+                target = self.target,
+                undo = self.trigger_undo,
+                columns = self.columns.join(", "),
+                digest = self.new_digest,
+                old_row = old_row.join(", "),
+            ));
+        }
+        SqliteTriggers {
+            create,
+            drop: format!(
+                "DROP TRIGGER IF EXISTS temp.{TRIGGER_INSERT}; \
+                 DROP TRIGGER IF EXISTS temp.{TRIGGER_UPDATE};"
+            ),
+        }
     }
 
     /// The statements that create the undo table and its index when missing (run outside

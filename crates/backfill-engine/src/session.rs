@@ -571,9 +571,17 @@ async fn open_pushdown_for(
     same_database: bool,
     sink: &AnySink,
 ) -> Result<Option<AnyPushdown>, EngineError> {
-    // The undo log is written by the row path's sinks (issue 11): with it on, rows move
-    // through the engine.
-    if !spec.target.pushdown || spec.target.undo {
+    if !spec.target.pushdown {
+        return Ok(None);
+    }
+    // The pushdown logs only the rows its writes insert or change (the undo log's triggers);
+    // `propagate_deletes` in `upsert` needs every key a window's batches wrote, which the row
+    // path logs.
+    if spec.target.undo && spec.target.propagate_deletes && spec.target.mode == WriteMode::Upsert
+    {
+        tracing::info!(
+            "pushdown not used: `propagate_deletes` logs every key written, through the engine"
+        );
         return Ok(None);
     }
     match spec.target.mode {
@@ -601,6 +609,12 @@ async fn open_pushdown_for(
         tracing::info!(reason = %e, "pushdown not used: rows pass through the engine");
         pushdown.close().await;
         return Ok(None);
+    }
+    if spec.target.undo
+        && let Err(e) = pushdown.use_undo_log(sink).await
+    {
+        pushdown.close().await;
+        return Err(e.into());
     }
     Ok(Some(pushdown))
 }

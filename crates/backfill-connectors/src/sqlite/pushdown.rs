@@ -80,12 +80,13 @@ use sqlx::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::sink::run_extra;
+use super::sink::{install, run_extra};
 use super::{
     BUSY_TIMEOUT, SOFT_HEAP_LIMIT, arguments, decode_value, pool_options, retry_while_locked, sql,
     sql_error,
 };
 use crate::ident::{check_column, check_table, position};
+use crate::undo::{Conn, SqliteTriggers, UndoBatch, UndoLog, undo_table_name};
 use crate::window::{bounds, check_names, named_values};
 use crate::{ConnectorError, Extra};
 
@@ -129,6 +130,13 @@ pub struct SqlitePushdown {
     /// target); otherwise it counts the existing keys and upserts (one write pass where most
     /// rows exist). Either gives exact counts; this only picks the cheaper.
     expect_new: AtomicBool,
+    /// The schema the target table is in on this pool's connections, and its bare name.
+    target_at: (&'static str, String),
+    /// `replace`: the window column, quoted.
+    window_column: Option<String>,
+    /// The target's undo log, with names as this pool's connections see them
+    /// ([`SqlitePushdown::use_undo_log`]); unset when the run keeps none.
+    undo_log: std::sync::OnceLock<Arc<UndoLog>>,
 }
 
 /// What a pushdown did so far (for tests, logs and benchmarks).
@@ -391,6 +399,14 @@ impl SqlitePushdown {
                 "the source has a table or view named {STAGE}, the pushdown's TEMP table"
             ));
         }
+        // The undo log's triggers name its table unqualified, which SQLite resolves in the
+        // source (`main`) before the attached target.
+        let undo_name = undo_table_name(name);
+        if target.undo && !same_file && source_names.iter().any(|n| n.eq_ignore_ascii_case(&undo_name)) {
+            return not_used(format!(
+                "the source has a table named {undo_name}, the target's undo log"
+            ));
+        }
         let columns: Vec<String> = match probe
             .prepare(AssertSqlSafe(sql::select_all(&rewritten.sql)).into_sql_str())
             .await
@@ -555,6 +571,8 @@ impl SqlitePushdown {
                 let attach = attach.clone();
                 let setup = Arc::clone(&setup);
                 Box::pin(async move {
+                    // The undo log's digest (`backfill_row_md5`).
+                    crate::fingerprint::sqlite::register(conn).await?;
                     if let Some(path) = attach {
                         sqlx::query(AssertSqlSafe(format!(
                             "ATTACH DATABASE ?1 AS \"{TARGET_SCHEMA}\""
@@ -591,6 +609,33 @@ impl SqlitePushdown {
             staged_partitions: AtomicU64::new(0),
             direct_batches: AtomicU64::new(0),
             expect_new: AtomicBool::new(true),
+            target_at: (target_schema, name.to_owned()),
+            window_column: window_column.map(|c| sql::quote(c)),
+            undo_log: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// Writes the undo log of `log` (the target sink's, its table created) with this
+    /// pushdown's writes: they then accept an [`UndoBatch`].
+    pub(crate) fn use_undo_log(&self, log: &UndoLog) {
+        let (schema, table) = &self.target_at;
+        let _ = self.undo_log.set(Arc::new(log.in_schema(schema, table)));
+    }
+
+    /// The undo log with `b`'s triggers, when `b` is given (`updates`: log rows changed too).
+    fn undo_for(
+        &self,
+        b: Option<&UndoBatch>,
+        updates: bool,
+    ) -> Result<Option<PushedUndo>, ConnectorError> {
+        let Some(b) = b else { return Ok(None) };
+        let log = self.undo_log.get().ok_or_else(|| ConnectorError::Data {
+            message: "the pushdown was opened without the target's undo log".to_owned(),
+        })?;
+        Ok(Some(PushedUndo {
+            triggers: log.sqlite_triggers(b, updates),
+            log: Arc::clone(log),
+            batch: b.clone(),
         }))
     }
 
@@ -612,8 +657,10 @@ impl SqlitePushdown {
         &self,
         window: &Window,
         after: Option<&[Value]>,
+        undo: Option<&UndoBatch>,
     ) -> Result<SqlitePartition<'_>, ConnectorError> {
         const CONTEXT: &str = "source query";
+        let undo = self.undo_for(undo, true)?;
         let mut values = named_values(&self.names, window, &self.source_format);
         let variant = match after {
             None => FIRST,
@@ -664,6 +711,7 @@ impl SqlitePushdown {
             values,
             variant,
             staged: false,
+            undo,
         })
     }
 
@@ -743,28 +791,43 @@ impl SqlitePushdown {
     pub async fn begin_replace(
         &self,
         window: &Window,
+        undo: Option<&UndoBatch>,
     ) -> Result<SqlitePushedReplace, ConnectorError> {
         let context = self.context("replace in");
+        // Every row a `replace` writes is an insert: one trigger logs them all.
+        let undo = self.undo_for(undo, false)?;
         let Some((delete, null_key, insert)) = &self.stmts.replace else {
             return Err(ConnectorError::Data {
                 message: "the pushdown was not opened in `replace` mode".to_owned(),
             });
         };
         let guard = Arc::clone(&self.writer).lock_owned().await;
-        // Deferred: the first statement, the delete, locks the target only.
+        // Deferred: the first statement, the delete (or the undo log's copy of the window's
+        // rows, which writes too), locks the target only.
         let mut tx = self
             .pool
             .begin_with("BEGIN")
             .await
             .map_err(|e| sql_error(&context, &e))?;
+        let window_bounds = bounds(window, &self.target_format);
+        if let (Some(undo), Some(column)) = (&undo, &self.window_column) {
+            let predicate = format!("t.{column} >= ? AND t.{column} < ?");
+            let before =
+                undo.log
+                    .before_window_delete(&undo.batch, &predicate, &window_bounds, "updated");
+            Conn::Sqlite(&mut tx).exec(&before, &context).await?;
+        }
         let deleted = sqlx::query_with(
             AssertSqlSafe(Arc::clone(delete)),
-            arguments(&bounds(window, &self.target_format), 2)?,
+            arguments(&window_bounds, 2)?,
         )
         .execute(&mut *tx)
         .await
         .map_err(|e| sql_error(&context, &e))?
         .rows_affected();
+        if let Some(undo) = &undo {
+            install(&mut tx, &undo.triggers.create, &context).await?;
+        }
         let values = named_values(&self.names, window, &self.source_format);
         let null = sqlx::query_with(
             AssertSqlSafe(Arc::clone(null_key)),
@@ -788,6 +851,7 @@ impl SqlitePushdown {
             tx,
             writer: guard,
             wal: self.wal.clone(),
+            undo,
             context,
             counts: RowCounts {
                 read: inserted,
@@ -1007,6 +1071,16 @@ pub struct SqlitePartition<'a> {
     variant: usize,
     /// Whether the rows are staged in the TEMP table.
     staged: bool,
+    /// The undo log each batch's transaction writes, when the run keeps one.
+    undo: Option<PushedUndo>,
+}
+
+/// The undo log of a pushdown's writes: installed as temporary triggers in each write
+/// transaction ([`UndoLog::sqlite_triggers`]).
+struct PushedUndo {
+    log: Arc<UndoLog>,
+    batch: UndoBatch,
+    triggers: SqliteTriggers,
 }
 
 impl fmt::Debug for SqlitePartition<'_> {
@@ -1236,6 +1310,9 @@ async fn write_staged(
         .execute(&mut *tx)
         .await
         .map_err(|e| sql_error(context, &e))?;
+    if let Some(undo) = &part.undo {
+        install(&mut tx, &undo.triggers.create, context).await?;
+    }
     let existing: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&owner.stmts.count_existing)))
         .bind(range[0])
         .bind(range[1])
@@ -1249,6 +1326,9 @@ async fn write_staged(
         .await
         .map_err(|e| sql_error(context, &e))?
         .rows_affected();
+    if let Some(undo) = &part.undo {
+        install(&mut tx, &undo.triggers.drop, context).await?;
+    }
     run_extra(&mut tx, extra).await?;
     tx.commit().await.map_err(|e| sql_error(context, &e))?;
     let n = u64::try_from(range[1] - range[0]).unwrap_or(0);
@@ -1274,11 +1354,21 @@ async fn write_direct(
     let stmts = &owner.stmts;
     let variant = part.variant;
     let n = part.total;
+    let undo = part.undo.as_ref();
     let conn: &mut SqliteConnection = &mut part.conn;
     let mut tx: Transaction<'_, Sqlite> = conn
         .begin_with("BEGIN")
         .await
         .map_err(|e| sql_error(context, &e))?;
+    // With the undo log, the lock statement comes first: creating its triggers reads the
+    // schema, which must not start a snapshot before the write lock is held.
+    if let Some(undo) = undo {
+        sqlx::query(AssertSqlSafe(Arc::clone(&stmts.lock)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+        install(&mut tx, &undo.triggers.create, context).await?;
+    }
     let run = |text: &Arc<str>| -> Result<_, ConnectorError> {
         Ok(sqlx::query_with(
             AssertSqlSafe(Arc::clone(text)),
@@ -1301,10 +1391,12 @@ async fn write_direct(
         }
         (inserted, updated)
     } else {
-        sqlx::query(AssertSqlSafe(Arc::clone(&stmts.lock)))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| sql_error(context, &e))?;
+        if undo.is_none() {
+            sqlx::query(AssertSqlSafe(Arc::clone(&stmts.lock)))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(context, &e))?;
+        }
         let (existing,): (i64,) = sqlx::query_as_with(
             AssertSqlSafe(Arc::clone(&stmts.direct_existing[variant])),
             arguments(values, values.len())?,
@@ -1320,6 +1412,9 @@ async fn write_direct(
         let inserted = n.saturating_sub(u64::try_from(existing).unwrap_or(0));
         (inserted, written.saturating_sub(inserted))
     };
+    if let Some(undo) = undo {
+        install(&mut tx, &undo.triggers.drop, context).await?;
+    }
     run_extra(&mut tx, extra).await?;
     tx.commit().await.map_err(|e| sql_error(context, &e))?;
     owner
@@ -1336,6 +1431,7 @@ pub struct SqlitePushedReplace {
     context: String,
     counts: RowCounts,
     wal: Option<Arc<WalSync>>,
+    undo: Option<PushedUndo>,
 }
 
 impl fmt::Debug for SqlitePushedReplace {
@@ -1360,8 +1456,15 @@ impl SqlitePushedReplace {
             writer,
             context,
             wal,
+            undo,
             ..
         } = self;
+        if let Some(undo) = &undo {
+            Conn::Sqlite(&mut tx)
+                .exec(&undo.log.mark_deleted(&undo.batch), &context)
+                .await?;
+            install(&mut tx, &undo.triggers.drop, &context).await?;
+        }
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(&context, &e))?;
         drop(writer);

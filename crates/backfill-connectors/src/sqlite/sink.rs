@@ -26,7 +26,7 @@ use crate::shared::{
     check_target, is_key, no_unique_key, replace_column, require_table, sql_statement,
     upsert_counts,
 };
-use crate::undo::{self, Conn, Dialect, UndoBatch, UndoLog};
+use crate::undo::{self, Conn, Dialect, SqliteTriggers, UndoBatch, UndoLog};
 use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
@@ -208,7 +208,7 @@ impl SqliteSink {
     }
 
     /// The undo log of the target, its table created on first use.
-    async fn undo_log(&self) -> Result<Arc<UndoLog>, ConnectorError> {
+    pub(crate) async fn undo_log(&self) -> Result<Arc<UndoLog>, ConnectorError> {
         let table = self.table()?;
         self.undo_log
             .get_or_try_init(|| async {
@@ -244,10 +244,21 @@ impl SqliteSink {
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
         let guard = batch_guard(batch, self.guard.as_deref(), sql::quote)?;
         let width = columns.len();
-        let keys = undo::batch_keys(batch, &key_positions, undo.is_some());
+        // Without `every_key`, the log is written by temporary triggers inside the write's
+        // own statements, for the rows it inserts or changes only; with it, every key is
+        // logged by statements around the write.
+        let triggers = match (&log, undo) {
+            (Some(log), Some(b)) if !b.every_key => Some(log.sqlite_triggers(b, true)),
+            _ => None,
+        };
+        let statements = undo.filter(|_| triggers.is_none());
+        let keys = undo::batch_keys(batch, &key_positions, statements.is_some());
 
         let mut tx = begin(&self.pool, &context).await?;
-        if let (Some(log), Some(b)) = (&log, undo) {
+        if let Some(triggers) = &triggers {
+            install(&mut tx, &triggers.create, &context).await?;
+        }
+        if let (Some(log), Some(b)) = (&log, statements) {
             let mut conn = Conn::Sqlite(&mut tx);
             for stmt in log.before_write(b, &keys) {
                 conn.exec(&stmt, &context).await?;
@@ -266,11 +277,14 @@ impl SqliteSink {
             sql::upsert(&table.quoted, &columns, &key_positions, guard.as_deref(), n)
         })
         .await?;
-        if let (Some(log), Some(b)) = (&log, undo) {
+        if let (Some(log), Some(b)) = (&log, statements) {
             let mut conn = Conn::Sqlite(&mut tx);
             for stmt in log.after_write(b, &keys) {
                 conn.exec(&stmt, &context).await?;
             }
+        }
+        if let Some(triggers) = &triggers {
+            install(&mut tx, &triggers.drop, &context).await?;
         }
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(&context, &e))?;
@@ -332,13 +346,20 @@ impl SqliteSink {
             .execute(&mut *tx)
             .await
             .map_err(|e| sql_error(&context, &e))?;
+        // Every row a `replace` writes is an insert: one trigger logs them all.
+        let triggers = match (&log, undo) {
+            (Some(log), Some(b)) => Some(log.sqlite_triggers(b, false)),
+            _ => None,
+        };
+        if let Some(triggers) = &triggers {
+            install(&mut tx, &triggers.create, &context).await?;
+        }
         Ok(ReplaceTxn {
             inner: ReplaceInner::Sqlite(SqliteReplace {
                 tx,
                 table: table.clone(),
                 numeric,
-                undo: log.zip(undo.cloned()),
-                key: self.key.clone(),
+                undo: log.zip(undo.cloned()).zip(triggers),
             }),
             deleted: done.rows_affected(),
         })
@@ -561,16 +582,28 @@ impl Sink for SqliteSink {
     }
 }
 
+/// Runs the undo log's trigger SQL (several statements, one round trip) in `tx`.
+pub(crate) async fn install(
+    tx: &mut sqlx::SqliteConnection,
+    sql: &str,
+    context: &str,
+) -> Result<(), ConnectorError> {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+        .execute(tx)
+        .await
+        .map(drop)
+        .map_err(|e| sql_error(context, &e))
+}
+
 /// The SQLite side of a [`ReplaceTxn`]: an open `BEGIN IMMEDIATE` transaction in which the
 /// window is already deleted. Dropped without commit, sqlx rolls it back.
 pub struct SqliteReplace {
     tx: Transaction<'static, Sqlite>,
     table: Table,
     numeric: Arc<Vec<(String, Affinity)>>,
-    /// The undo log and the partition it logs for, when `target.undo` is on.
-    undo: Option<(Arc<UndoLog>, UndoBatch)>,
-    /// Key columns, to log each inserted batch's keys.
-    key: Vec<String>,
+    /// The undo log, the partition it logs for and its triggers (installed), when
+    /// `target.undo` is on.
+    undo: Option<((Arc<UndoLog>, UndoBatch), SqliteTriggers)>,
 }
 
 impl fmt::Debug for SqliteReplace {
@@ -588,30 +621,11 @@ impl SqliteReplace {
         let (columns, _) = batch_columns(batch, &[], sql::quote)?;
         check_decimals(batch, &self.numeric, &self.table)?;
         let table = &self.table.quoted;
-        let keys = match &self.undo {
-            Some(_) => {
-                let (_, positions) = batch_columns(batch, &self.key, sql::quote)?;
-                undo::batch_keys(batch, &positions, true)
-            }
-            None => Vec::new(),
-        };
-        if let Some((log, b)) = &self.undo {
-            let mut conn = Conn::Sqlite(&mut self.tx);
-            for stmt in log.before_write(b, &keys) {
-                conn.exec(&stmt, &context).await?;
-            }
-        }
-        let n = write_chunks(&mut self.tx, &context, &batch.rows, columns.len(), |n| {
+        // The undo log's trigger logs each inserted row.
+        write_chunks(&mut self.tx, &context, &batch.rows, columns.len(), |n| {
             sql::insert(table, &columns, n)
         })
-        .await?;
-        if let Some((log, b)) = &self.undo {
-            let mut conn = Conn::Sqlite(&mut self.tx);
-            for stmt in log.after_write(b, &keys) {
-                conn.exec(&stmt, &context).await?;
-            }
-        }
-        Ok(n)
+        .await
     }
 
     /// Sets, rolls back to or releases the transaction's one savepoint.
@@ -626,10 +640,11 @@ impl SqliteReplace {
     /// Runs `extra`, then commits.
     pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
         let context = format!("replace in {}", self.table.quoted);
-        if let Some((log, b)) = &self.undo {
+        if let Some(((log, b), triggers)) = &self.undo {
             Conn::Sqlite(&mut self.tx)
                 .exec(&log.mark_deleted(b), &context)
                 .await?;
+            install(&mut self.tx, &triggers.drop, &context).await?;
         }
         run_extra(&mut self.tx, extra).await?;
         self.tx.commit().await.map_err(|e| sql_error(&context, &e))

@@ -60,7 +60,7 @@ fn counts(inserted: u64, updated: u64, unchanged: u64) -> RowCounts {
 async fn upsert_all(p: &AnyPushdown, window: &Window, limit: u32) -> (RowCounts, Vec<Vec<Value>>) {
     let mut total = RowCounts::default();
     let mut lasts = Vec::new();
-    let mut part = p.partition(window, None).await.unwrap();
+    let mut part = p.partition(window, None, None).await.unwrap();
     loop {
         let staged = part.next_batch(limit).await.unwrap();
         if staged.is_empty() {
@@ -115,7 +115,7 @@ async fn upsert_counts_exactly_and_a_replay_is_all_unchanged() {
     assert_eq!(one, counts(0, 0, 7), "one batch for the whole window");
     // Resuming after a checkpoint stages only the rows after it.
     let mut part = p
-        .partition(&keys(1, 8), Some(&[Value::Int(5)]))
+        .partition(&keys(1, 8), Some(&[Value::Int(5)]), None)
         .await
         .unwrap();
     let batch = part.next_batch(10).await.unwrap();
@@ -146,7 +146,7 @@ async fn extra_commits_with_the_batch_or_rolls_it_back() {
         ],
     };
     let before = rows(&dst, "SELECT * FROM t ORDER BY id").await;
-    let mut part = p.partition(&keys(4, 8), None).await.unwrap();
+    let mut part = p.partition(&keys(4, 8), None, None).await.unwrap();
     let staged = part.next_batch(10).await.unwrap();
     let err = staged
         .upsert(Some(&checkpoint(6, "[7]")))
@@ -257,7 +257,7 @@ async fn source_and_target_in_the_same_file_need_no_attach() {
     let p = pushdown(&url, QUERY, &url, WriteMode::Upsert, true)
         .await
         .expect("one file");
-    let mut part = p.partition(&keys(1, 8), None).await.unwrap();
+    let mut part = p.partition(&keys(1, 8), None, None).await.unwrap();
     let staged = part.next_batch(100).await.unwrap();
     let extra = Extra {
         sql: "UPDATE checkpoints SET last_key = ? WHERE partition = 'p1'".to_owned(),
@@ -284,7 +284,7 @@ async fn null_keys_are_refused() {
     let p = pushdown(&src, query, &dst, WriteMode::Upsert, false)
         .await
         .unwrap();
-    let err = p.partition(&keys(1, 8), None).await.unwrap_err();
+    let err = p.partition(&keys(1, 8), None, None).await.unwrap_err();
     assert!(matches!(err, ConnectorError::Data { .. }), "{err}");
     assert!(
         err.to_string().contains("NULL in key column \"id\""),
@@ -326,7 +326,7 @@ async fn replace_rewrites_only_the_window_and_locks_only_the_target() {
     .expect("pushdown applies");
     let before = rows(&dst, "SELECT * FROM e ORDER BY id").await;
 
-    let txn = p.begin_replace(&day(2)).await.unwrap();
+    let txn = p.begin_replace(&day(2), None).await.unwrap();
     assert_eq!(
         txn.counts(),
         RowCounts {
@@ -358,7 +358,7 @@ async fn replace_rewrites_only_the_window_and_locks_only_the_target() {
     assert_eq!(rows(&dst, "SELECT * FROM e ORDER BY id").await, before);
 
     for _ in 0..2 {
-        let txn = p.begin_replace(&day(2)).await.unwrap();
+        let txn = p.begin_replace(&day(2), None).await.unwrap();
         txn.commit(None).await.unwrap();
     }
     let text = |s: &str| Value::Text(s.into());
@@ -393,7 +393,7 @@ async fn upsert_transaction_locks_only_the_target() {
         .execute("INSERT INTO e VALUES (100, 'later', 0.0)")
         .await
         .unwrap();
-    let mut part = p.partition(&keys(1, 8), None).await.unwrap();
+    let mut part = p.partition(&keys(1, 8), None, None).await.unwrap();
     let staged = part.next_batch(10).await.unwrap();
     assert_eq!(staged.upsert(None).await.unwrap(), counts(4, 1, 2));
     writer.execute("COMMIT").await.unwrap();
@@ -472,7 +472,7 @@ async fn a_partition_that_fits_one_batch_is_written_without_staging() {
 
     // After a checkpoint: only the rows after it, in one direct batch.
     let mut part = p
-        .partition(&keys(1, 8), Some(&[Value::Int(4)]))
+        .partition(&keys(1, 8), Some(&[Value::Int(4)]), None)
         .await
         .unwrap();
     let batch = part.next_batch(3).await.unwrap();
@@ -532,7 +532,7 @@ async fn every_commit_is_synced_before_the_write_returns() {
     );
     // Two partitions at once: each write returns only once synced.
     let one = async {
-        let mut part = p.partition(&keys(1, 4), None).await.unwrap();
+        let mut part = p.partition(&keys(1, 4), None, None).await.unwrap();
         part.next_batch(10)
             .await
             .unwrap()
@@ -541,7 +541,7 @@ async fn every_commit_is_synced_before_the_write_returns() {
             .unwrap()
     };
     let two = async {
-        let mut part = p.partition(&keys(4, 8), None).await.unwrap();
+        let mut part = p.partition(&keys(4, 8), None, None).await.unwrap();
         part.next_batch(10)
             .await
             .unwrap()
@@ -595,7 +595,7 @@ async fn the_last_key_read_with_the_count_follows_the_keys_collation() {
     assert_eq!(p.stats().direct_batches, 1);
     // Resuming after 'B' (case-insensitively between 'a' and 'C'): only 'C' is after it.
     let mut part = p
-        .partition(&keys(1, 4), Some(&[Value::Text("b".into())]))
+        .partition(&keys(1, 4), Some(&[Value::Text("b".into())]), None)
         .await
         .unwrap();
     let batch = part.next_batch(10).await.unwrap();

@@ -40,7 +40,9 @@ pub(super) async fn replace_partition(
         .await?;
     let (txn, counts) = match ctx.pushdown.as_ref().filter(|_| !isolate) {
         Some(pushdown) => {
-            let txn = pushdown.begin_replace(&partition.window).await?;
+            let txn = pushdown
+                .begin_replace(&partition.window, ctx.undo_batch(&partition.id).as_ref())
+                .await?;
             let counts = txn.counts();
             (Replacing::Pushed(txn), counts)
         }

@@ -151,7 +151,11 @@ pub(super) async fn upsert_partition(
     let mut pushed = match ctx.pushdown.as_ref().filter(|_| !row_path) {
         Some(pushdown) => Some(
             pushdown
-                .partition(&partition.window, after.as_deref())
+                .partition(
+                    &partition.window,
+                    after.as_deref(),
+                    ctx.undo_batch(&partition.id).as_ref(),
+                )
                 .await?,
         ),
         None => None,

@@ -338,6 +338,20 @@ async fn run_to_end(spec: &Spec, state: &str) -> backfill_engine::RunSummary {
     .unwrap()
 }
 
+/// The undo log of `copy` without its run ids, by key: empty when there is none.
+async fn undo_log(url: &str) -> Vec<(String, String, Option<String>, i64, Option<i64>)> {
+    let p = pool(url).await;
+    let rows = sqlx::query_as(
+        "SELECT bf_undo_partition, bf_undo_op, bf_undo_after, id, v FROM copy__bf_undo \
+         ORDER BY id",
+    )
+    .fetch_all(&p)
+    .await
+    .unwrap_or_default();
+    p.close().await;
+    rows
+}
+
 async fn dump(url: &str) -> Vec<(i64, String, Option<i64>)> {
     let p = pool(url).await;
     let rows = sqlx::query_as("SELECT id, ts, v FROM copy ORDER BY id")
@@ -353,7 +367,12 @@ async fn pushdown_and_row_path_give_the_same_target_and_counts() {
     let replace = WriteMode::Replace {
         window_column: "ts".into(),
     };
-    for mode in [WriteMode::Upsert, replace] {
+    for (mode, undo) in [
+        (WriteMode::Upsert, false),
+        (replace.clone(), false),
+        (WriteMode::Upsert, true),
+        (replace, true),
+    ] {
         for state_in_target in [false, true] {
             let mut results = Vec::new();
             for pushdown in [true, false] {
@@ -377,6 +396,7 @@ async fn pushdown_and_row_path_give_the_same_target_and_counts() {
                 let mut spec = spec(&source, &target, 10);
                 spec.target.mode = mode.clone();
                 spec.target.pushdown = pushdown;
+                spec.target.undo = undo;
                 let state = if state_in_target {
                     target.clone()
                 } else {
@@ -393,12 +413,22 @@ async fn pushdown_and_row_path_give_the_same_target_and_counts() {
                     Guarantee::Idempotent
                 };
                 assert_eq!(summary.guarantee, expected, "{mode:?}");
-                results.push((summary.counts, dump(&target).await));
+                results.push((summary.counts, dump(&target).await, undo_log(&target).await));
             }
-            let label = format!("{mode:?}, state store in target: {state_in_target}");
+            let label =
+                format!("{mode:?}, undo {undo}, state store in target: {state_in_target}");
             assert_eq!(results[0], results[1], "{label}");
-            let (counts, rows) = &results[0];
+            let (counts, rows, log) = &results[0];
             assert_eq!(rows.len(), 501, "{label}");
+            // Both paths log through the same triggers: the rows the run inserted (302) or
+            // changed (50) in `upsert`; in `replace`, the window's 198 rows before it, and
+            // the 302 keys it added.
+            let expected_log = match (undo, &mode) {
+                (false, _) => 0,
+                (true, WriteMode::Upsert) => 352,
+                (true, _) => 500,
+            };
+            assert_eq!(log.len(), expected_log, "{label}");
             assert_eq!(counts.read, 500, "{label}");
             if mode == WriteMode::Upsert {
                 assert_eq!(

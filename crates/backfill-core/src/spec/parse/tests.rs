@@ -952,7 +952,7 @@ fn validate_section_decides_reconciliation() {
 }
 
 #[test]
-fn undo_is_on_by_default_for_postgresql_upsert_and_replace_only() {
+fn undo_is_on_by_default_for_postgresql_and_sqlite_upsert_and_replace_only() {
     let target = "url = \"sqlite://dst.db\"\ntable = \"t_copy\"\nkey = [\"id\"]";
     let with = |url: &str, extra: &str| {
         let text = good_with(
@@ -977,9 +977,14 @@ fn undo_is_on_by_default_for_postgresql_upsert_and_replace_only() {
         !with(pg, "mode = \"shadow\""),
         "a shadow's rollback is a rename"
     );
-    assert!(!with("sqlite://dst.db", ""), "SQLite: opt-in");
+    assert!(with("sqlite://dst.db", ""), "SQLite upsert");
+    assert!(with("sqlite://dst.db", replace), "SQLite replace");
+    assert!(
+        !with("sqlite://dst.db", "mode = \"shadow\""),
+        "a SQLite shadow's rollback is a rename too"
+    );
     assert!(!with("mysql://root@127.0.0.1/db", ""), "MySQL: opt-in");
-    assert!(with("sqlite://dst.db", "undo = true"), "asked on");
+    assert!(with("mysql://root@127.0.0.1/db", "undo = true"), "asked on");
 }
 
 #[test]

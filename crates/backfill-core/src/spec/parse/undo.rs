@@ -1,10 +1,10 @@
 //! `[target] undo` and `[target] propagate_deletes`: the undo log and deletions (issue 11).
 //!
-//! Rules: `undo` is on by default for a PostgreSQL target in `upsert` and `replace`, where
-//! the log is written by the write's own statements (~1.1–1.7x, bench/undo.py), and opt-in on
-//! SQLite and MySQL (`undo = true`), where it would cost several times the run (and, SQLite
-//! to SQLite, the in-SQLite copy); on by itself with `propagate_deletes`, which needs it in
-//! `upsert` ([`undo_by_default`]). It is refused in `sql` mode
+//! Rules: `undo` is on by default for a PostgreSQL or SQLite target in `upsert` and
+//! `replace`, where the log is written by the write's own statements (bench/undo.py), and
+//! opt-in on MySQL (`undo = true`), where it costs a read of every touched row around each
+//! batch; on by itself with `propagate_deletes`, which needs it in `upsert`
+//! ([`undo_by_default`]). It is refused in `sql` mode
 //! (its rows are not the engine's, so there is nothing to take a before-image of);
 //! `propagate_deletes` is natural in `replace`, needs the undo log in `upsert` (the keys a
 //! window's batches touched are what tells a deleted key from a kept one), and is refused
@@ -72,13 +72,14 @@ pub(super) fn undo_flags(
     }
 }
 
-/// Whether `undo` is on when the spec does not say: for a PostgreSQL target (`scheme`), where
-/// the log is written inside the write's own statements and costs ~1.1-1.3x on W1
-/// (bench/undo.py); not on SQLite, where it would turn off the in-SQLite copy (several times
-/// slower), nor on MySQL, whose log is a read of every touched row around each batch. Never
-/// for `shadow` (its rollback is a rename) or `partition_exchange` (it keeps no log).
+/// Whether `undo` is on when the spec does not say: for a PostgreSQL or SQLite target
+/// (`scheme`), where the log is written inside the write's own statements (PostgreSQL: in
+/// the upsert's statement or at a window's commit; SQLite: by temporary triggers, on the
+/// row path and inside SQLite alike), measured by bench/undo.py; not on MySQL, whose log is
+/// a read of every touched row around each batch. Never for `shadow` (its rollback is a
+/// rename) or `partition_exchange` (it keeps no log).
 pub(super) fn undo_by_default(scheme: Option<&str>, shadow: bool, exchange: bool) -> bool {
-    matches!(scheme, Some("postgres" | "postgresql")) && !shadow && !exchange
+    matches!(scheme, Some("postgres" | "postgresql" | "sqlite")) && !shadow && !exchange
 }
 
 /// In `upsert` mode with `propagate_deletes`, the column bounding each window's deletion:
@@ -153,10 +154,10 @@ partition = "1d"
     }
 
     #[test]
-    fn undo_is_opt_in_and_propagate_deletes_off() {
+    fn undo_is_on_by_default_and_propagate_deletes_off() {
         let spec = parse("").spec.expect("valid");
-        assert!(!spec.target.undo);
-        assert!(parse("undo = true").spec.expect("valid").target.undo);
+        assert!(spec.target.undo, "on by default for a SQLite target");
+        assert!(!parse("undo = false").spec.expect("valid").target.undo);
         let deleting = parse("propagate_deletes = true\nwindow_column = \"ts\"");
         assert!(
             deleting.spec.expect("valid").target.undo,
