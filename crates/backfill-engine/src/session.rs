@@ -577,8 +577,7 @@ async fn open_pushdown_for(
     // The pushdown logs only the rows its writes insert or change (the undo log's triggers);
     // `propagate_deletes` in `upsert` needs every key a window's batches wrote, which the row
     // path logs.
-    if spec.target.undo && spec.target.propagate_deletes && spec.target.mode == WriteMode::Upsert
-    {
+    if spec.target.undo && spec.target.propagate_deletes && spec.target.mode == WriteMode::Upsert {
         tracing::info!(
             "pushdown not used: `propagate_deletes` logs every key written, through the engine"
         );

@@ -181,6 +181,12 @@ pub(crate) async fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
         out.line(format!(
             "  serve: backfill --state {state_url} serve   (then open the dashboard at http://127.0.0.1:8080/)"
         ));
+        if spec.target.undo {
+            out.line(format!(
+                "  undo: backfill --state {state_url} rollback {} --dry-run   (the rows it inserted or changed were logged; `cleanup` drops the log)",
+                run.id
+            ));
+        }
     }
     let remaining = after.iter().filter(|d| d.is_broken()).count();
     if summary.state != backfill_core::RunState::Succeeded

@@ -185,18 +185,12 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     assert_ne!(after, before);
     // PostgreSQL logs only the rows the run inserts (31..=60) or changes (1..=30): the
     // upsert in its own statement, `replace` at each window's commit, which also logs the
-    // two extra rows it deleted (1001, 1002). SQLite's upsert logs the same rows, by
-    // triggers inside its statements; the other paths log every key of the scope.
+    // two extra rows it deleted (1001, 1002). SQLite logs the same rows, by triggers inside
+    // its statements; MySQL, and `propagate_deletes` in `upsert`, log every key written.
     let status = ws.run(&["status", &id, "--json"]);
     let undo_rows = status.json()["undo_rows"].as_u64();
-    let postgres = system == System::Postgres;
     let replace = mode.contains("replace");
-    // `propagate_deletes` logs every key a window's batches wrote.
-    let changed_only = if replace {
-        postgres
-    } else {
-        system != System::MySql && !mode.contains("propagate_deletes")
-    };
+    let changed_only = system != System::MySql && !mode.contains("propagate_deletes");
     match (changed_only, replace) {
         (true, false) => assert_eq!(undo_rows, Some(60), "{status:?}"),
         (true, true) => assert_eq!(undo_rows, Some(62), "{status:?}"),

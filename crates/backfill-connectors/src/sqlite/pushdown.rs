@@ -86,7 +86,7 @@ use super::{
     sql_error,
 };
 use crate::ident::{check_column, check_table, position};
-use crate::undo::{Conn, SqliteTriggers, UndoBatch, UndoLog, undo_table_name};
+use crate::undo::{Conn, SqliteReplaceLog, SqliteTriggers, UndoBatch, UndoLog, undo_table_name};
 use crate::window::{bounds, check_names, named_values};
 use crate::{ConnectorError, Extra};
 
@@ -402,7 +402,12 @@ impl SqlitePushdown {
         // The undo log's triggers name its table unqualified, which SQLite resolves in the
         // source (`main`) before the attached target.
         let undo_name = undo_table_name(name);
-        if target.undo && !same_file && source_names.iter().any(|n| n.eq_ignore_ascii_case(&undo_name)) {
+        if target.undo
+            && !same_file
+            && source_names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&undo_name))
+        {
             return not_used(format!(
                 "the source has a table named {undo_name}, the target's undo log"
             ));
@@ -794,7 +799,6 @@ impl SqlitePushdown {
         undo: Option<&UndoBatch>,
     ) -> Result<SqlitePushedReplace, ConnectorError> {
         let context = self.context("replace in");
-        // Every row a `replace` writes is an insert: one trigger logs them all.
         let undo = self.undo_for(undo, false)?;
         let Some((delete, null_key, insert)) = &self.stmts.replace else {
             return Err(ConnectorError::Data {
@@ -810,12 +814,25 @@ impl SqlitePushdown {
             .await
             .map_err(|e| sql_error(&context, &e))?;
         let window_bounds = bounds(window, &self.target_format);
-        if let (Some(undo), Some(column)) = (&undo, &self.window_column) {
-            let predicate = format!("t.{column} >= ? AND t.{column} < ?");
-            let before =
-                undo.log
-                    .before_window_delete(&undo.batch, &predicate, &window_bounds, "updated");
-            Conn::Sqlite(&mut tx).exec(&before, &context).await?;
+        let replace_log = match (&undo, &self.window_column) {
+            (Some(undo), Some(column)) => {
+                let predicate = format!("t.{column} >= ? AND t.{column} < ?");
+                Some(
+                    undo.log
+                        .sqlite_replace(&undo.batch, &predicate, &window_bounds),
+                )
+            }
+            _ => None,
+        };
+        if let Some(r) = &replace_log {
+            // The lock first: the log's statements read the schema, which must not start a
+            // snapshot before the write lock is held.
+            sqlx::query(AssertSqlSafe(Arc::clone(&self.stmts.lock)))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(&context, &e))?;
+            install(&mut tx, &r.prepare, &context).await?;
+            Conn::Sqlite(&mut tx).exec(&r.keep, &context).await?;
         }
         let deleted = sqlx::query_with(
             AssertSqlSafe(Arc::clone(delete)),
@@ -825,8 +842,8 @@ impl SqlitePushdown {
         .await
         .map_err(|e| sql_error(&context, &e))?
         .rows_affected();
-        if let Some(undo) = &undo {
-            install(&mut tx, &undo.triggers.create, &context).await?;
+        if let Some(r) = &replace_log {
+            install(&mut tx, &r.after_delete, &context).await?;
         }
         let values = named_values(&self.names, window, &self.source_format);
         let null = sqlx::query_with(
@@ -851,7 +868,7 @@ impl SqlitePushdown {
             tx,
             writer: guard,
             wal: self.wal.clone(),
-            undo,
+            undo: replace_log,
             context,
             counts: RowCounts {
                 read: inserted,
@@ -1431,7 +1448,8 @@ pub struct SqlitePushedReplace {
     context: String,
     counts: RowCounts,
     wal: Option<Arc<WalSync>>,
-    undo: Option<PushedUndo>,
+    /// The undo log's SQL (its trigger installed), when the run keeps one.
+    undo: Option<SqliteReplaceLog>,
 }
 
 impl fmt::Debug for SqlitePushedReplace {
@@ -1459,11 +1477,8 @@ impl SqlitePushedReplace {
             undo,
             ..
         } = self;
-        if let Some(undo) = &undo {
-            Conn::Sqlite(&mut tx)
-                .exec(&undo.log.mark_deleted(&undo.batch), &context)
-                .await?;
-            install(&mut tx, &undo.triggers.drop, &context).await?;
+        if let Some(r) = &undo {
+            install(&mut tx, &r.commit, &context).await?;
         }
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(&context, &e))?;

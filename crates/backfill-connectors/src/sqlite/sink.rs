@@ -26,7 +26,7 @@ use crate::shared::{
     check_target, is_key, no_unique_key, replace_column, require_table, sql_statement,
     upsert_counts,
 };
-use crate::undo::{self, Conn, Dialect, SqliteTriggers, UndoBatch, UndoLog};
+use crate::undo::{self, Conn, Dialect, SqliteReplaceLog, UndoBatch, UndoLog};
 use crate::window::{bounds, named_values};
 use crate::{ConnectorError, Extra, ReplaceInner, ReplaceTxn, Savepoint, Sink};
 
@@ -334,32 +334,34 @@ impl SqliteSink {
         let bounds = bounds(window, &self.time_format);
         // Read before the transaction holds a pooled connection.
         let numeric = self.numeric_columns(table).await?;
+        let column = sql::quote(window_column);
+        let replace_log = match (&log, undo) {
+            (Some(log), Some(b)) => {
+                let predicate = format!("t.{column} >= ? AND t.{column} < ?");
+                Some(log.sqlite_replace(b, &predicate, &bounds))
+            }
+            _ => None,
+        };
+        // `BEGIN IMMEDIATE`: the write lock is held before the window's rows are kept.
         let mut tx = begin(&self.pool, &context).await?;
-        if let (Some(log), Some(b)) = (&log, undo) {
-            let column = sql::quote(window_column);
-            let predicate = format!("t.{column} >= ? AND t.{column} < ?");
-            let stmt = log.before_window_delete(b, &predicate, &bounds, "updated");
-            Conn::Sqlite(&mut tx).exec(&stmt, &context).await?;
+        if let Some(r) = &replace_log {
+            install(&mut tx, &r.prepare, &context).await?;
+            Conn::Sqlite(&mut tx).exec(&r.keep, &context).await?;
         }
-        let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
+        let text = sql::delete_window(&table.quoted, &column);
         let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds, 2)?)
             .execute(&mut *tx)
             .await
             .map_err(|e| sql_error(&context, &e))?;
-        // Every row a `replace` writes is an insert: one trigger logs them all.
-        let triggers = match (&log, undo) {
-            (Some(log), Some(b)) => Some(log.sqlite_triggers(b, false)),
-            _ => None,
-        };
-        if let Some(triggers) = &triggers {
-            install(&mut tx, &triggers.create, &context).await?;
+        if let Some(r) = &replace_log {
+            install(&mut tx, &r.after_delete, &context).await?;
         }
         Ok(ReplaceTxn {
             inner: ReplaceInner::Sqlite(SqliteReplace {
                 tx,
                 table: table.clone(),
                 numeric,
-                undo: log.zip(undo.cloned()).zip(triggers),
+                undo: replace_log,
             }),
             deleted: done.rows_affected(),
         })
@@ -601,9 +603,8 @@ pub struct SqliteReplace {
     tx: Transaction<'static, Sqlite>,
     table: Table,
     numeric: Arc<Vec<(String, Affinity)>>,
-    /// The undo log, the partition it logs for and its triggers (installed), when
-    /// `target.undo` is on.
-    undo: Option<((Arc<UndoLog>, UndoBatch), SqliteTriggers)>,
+    /// The undo log's SQL (its trigger installed), when `target.undo` is on.
+    undo: Option<SqliteReplaceLog>,
 }
 
 impl fmt::Debug for SqliteReplace {
@@ -640,11 +641,8 @@ impl SqliteReplace {
     /// Runs `extra`, then commits.
     pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
         let context = format!("replace in {}", self.table.quoted);
-        if let Some(((log, b), triggers)) = &self.undo {
-            Conn::Sqlite(&mut self.tx)
-                .exec(&log.mark_deleted(b), &context)
-                .await?;
-            install(&mut self.tx, &triggers.drop, &context).await?;
+        if let Some(r) = &self.undo {
+            install(&mut self.tx, &r.commit, &context).await?;
         }
         run_extra(&mut self.tx, extra).await?;
         self.tx.commit().await.map_err(|e| sql_error(&context, &e))

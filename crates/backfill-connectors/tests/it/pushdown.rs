@@ -222,6 +222,31 @@ async fn unqualified_names_resolve_to_the_source_even_when_the_target_has_them()
             .await
             .is_none()
     );
+    // With the undo log on, a source table named like the log would get the rows its
+    // triggers write (a trigger body cannot qualify a table): the pushdown is not used.
+    let src4 = dir
+        .db(
+            "src4.db",
+            &format!("{SOURCE} CREATE TABLE t__bf_undo (x INTEGER);"),
+        )
+        .await;
+    let source4 = source_spec(&src4, QUERY, TimeFormat::Rfc3339);
+    let mut logged = target_spec(&dst, "t", &["id"], WriteMode::Upsert);
+    logged.undo = true;
+    assert!(
+        open_pushdown(&source4, &logged, 2, false)
+            .await
+            .unwrap()
+            .is_none(),
+        "the source has `t__bf_undo`"
+    );
+    logged.undo = false;
+    let unlogged = open_pushdown(&source4, &logged, 2, false).await.unwrap();
+    assert!(
+        unlogged.is_some(),
+        "without the log the name does not matter"
+    );
+    unlogged.unwrap().close().await;
     // `sql` mode and a query the target cannot take fall back too.
     assert!(
         open_pushdown(

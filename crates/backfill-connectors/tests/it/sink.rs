@@ -496,3 +496,63 @@ async fn guard_keeps_target_rows_that_are_newer() {
         "{err}"
     );
 }
+
+/// SQLite's undo log is written by temporary triggers that live only inside the write that
+/// logs: they log the rows it inserts or changes (not a row written as it was), keep a key's
+/// first before-image, take the run id as a literal safely (a quote in it), and nothing the
+/// same connections write later without the log is logged.
+#[tokio::test]
+async fn sqlite_undo_triggers_log_only_their_own_writes() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", TARGET).await;
+    let sink = sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    let before = batch(&[(1, Some("x"), 1.0), (2, Some("y"), 2.0)]);
+    sink.upsert(&before, None).await.unwrap();
+    let undo = backfill_connectors::UndoBatch {
+        run_id: "run 'one'".into(),
+        partition_id: "p1".into(),
+        every_key: false,
+    };
+    // One row changed, one the same, one new: two are logged.
+    let written = batch(&[(1, Some("x2"), 1.0), (2, Some("y"), 2.0), (3, None, 3.0)]);
+    for _ in 0..2 {
+        sink.upsert_undo(&written, None, Some(&undo)).await.unwrap();
+    }
+    let changed = batch(&[(1, Some("x3"), 1.5), (3, Some("z"), 3.0)]);
+    sink.upsert_undo(&changed, None, Some(&undo)).await.unwrap();
+    let log = "SELECT id, bf_undo_run, bf_undo_op, a, bf_undo_after IS NOT NULL \
+               FROM t__bf_undo ORDER BY id";
+    let text = |s: &str| Value::Text(s.into());
+    let expected = vec![
+        vec![
+            Value::Int(1),
+            text("run 'one'"),
+            text("updated"),
+            text("x"),
+            Value::Int(1),
+        ],
+        vec![
+            Value::Int(3),
+            text("run 'one'"),
+            text("inserted"),
+            Value::Null,
+            Value::Int(1),
+        ],
+    ];
+    assert_eq!(rows(&url, log).await, expected);
+    // The digest follows the last write.
+    let digests = "SELECT bf_undo_after FROM t__bf_undo ORDER BY id";
+    let logged = rows(&url, digests).await;
+    sink.upsert_undo(&written, None, Some(&undo)).await.unwrap();
+    assert_ne!(rows(&url, digests).await, logged);
+    // Writes without the log, on both pooled connections, and a replace: nothing more.
+    for (round, b) in [(0, 0.5), (1, 1.5), (2, 2.5), (3, 3.5)] {
+        let other = batch(&[(1, Some("w"), b), (10 + round, None, 0.0)]);
+        sink.upsert(&other, None).await.unwrap();
+    }
+    assert_eq!(rows(&url, log).await.len(), 2);
+    assert_eq!(
+        rows(&url, "SELECT count(*) FROM t").await,
+        [[Value::Int(7)]]
+    );
+}
