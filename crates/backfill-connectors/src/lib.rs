@@ -862,8 +862,8 @@ impl AnyPushdown {
 
     /// `replace` mode: a transaction that has deleted the rows of `window` from the target
     /// and inserted the source's rows for it; see [`Sink::begin_replace`]. With `undo`, it
-    /// also logs the window's rows before the delete and every row it inserts, as
-    /// [`AnySink::begin_replace_undo`] does.
+    /// also logs the rows the rewrite changed, as [`AnySink::begin_replace_undo`] does on
+    /// SQLite.
     pub async fn begin_replace(
         &self,
         window: &Window,

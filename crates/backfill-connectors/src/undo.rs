@@ -22,6 +22,13 @@
 //!    ones the source did not have again as `deleted`; `upsert` with `propagate_deletes`
 //!    copies then deletes the window's rows whose key no batch of the run touched.
 //!
+//! On SQLite, temporary triggers write the log inside the write's own statements instead
+//! ([`UndoLog::sqlite_triggers`]: the rows an `upsert` inserts or changes;
+//! [`UndoLog::sqlite_replace`]: the rows a `replace` changed, against the window kept in a
+//! temporary table), on the row path and in the pushdown alike; steps 1 and 2 remain for
+//! `propagate_deletes` in `upsert`, and step 3 for a `replace` whose key no UNIQUE index
+//! covers.
+//!
 //! On PostgreSQL an `upsert` whose batch does not need every key logged (no
 //! `propagate_deletes`) does steps 1 and 2 inside the write's own statement instead, for the
 //! rows the write inserts or changes only ([`UndoLog::postgres_ctes`]): a row the write leaves
@@ -36,7 +43,9 @@
 //! Does not: talk to the state store (the engine audits and reports), nor decide which runs
 //! may be rolled back.
 //!
-//! Invariants: every value is bound; names are validated identifiers, quoted. The digest is
+//! Invariants: every value is bound, except in SQLite's trigger bodies and the text around
+//! them, which cannot bind: there the run and partition ids are string literals with their
+//! quotes doubled (`sql_text`); names are validated identifiers, quoted. The digest is
 //! computed by the same SQL at write and at rollback time: on SQLite and MySQL
 //! `backfill_core::fingerprint`'s row digest over the columns the dialect can canonicalise
 //! (JSON is left out); on PostgreSQL the target's own row hash over every column
@@ -75,6 +84,16 @@ pub(crate) enum Dialect {
 impl Dialect {
     fn quote(self, name: &str) -> String {
         quote_ident(name, if self == Dialect::MySql { '`' } else { '"' })
+    }
+
+    /// The first letter of the digests the log writes now; entries without it hold the
+    /// older portable digest (`legacy_digest`).
+    fn native_digest_prefix(self) -> &'static str {
+        match self {
+            Dialect::Postgres => PG_NATIVE_DIGEST,
+            Dialect::Sqlite => crate::fingerprint::sqlite::UNDO_DIGEST_PREFIX,
+            Dialect::MySql => "",
+        }
     }
 
     /// A text type for the bookkeeping columns.
@@ -146,6 +165,12 @@ pub(crate) fn batch_keys(
         .collect()
 }
 
+/// `v` as a SQL string literal (a quote doubled), for SQL that cannot bind values: trigger
+/// bodies and the multi-statement text around them.
+fn sql_text(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
 /// The name of the undo table of `table` (`t` → `t__bf_undo`, `s.t` → `s.t__bf_undo`).
 pub fn undo_table_name(table: &str) -> String {
     format!("{table}__bf_undo")
@@ -165,8 +190,9 @@ pub(crate) struct UndoLog {
     columns: Vec<String>,
     /// The digest expression over alias `t` of the target: what a new log entry records.
     digest: String,
-    /// The digest as logs written before it was [`PG_NATIVE_DIGEST`] recorded it, for the
-    /// rollback of such a log (PostgreSQL; the same as `digest` elsewhere).
+    /// The digest as logs written before it was [`PG_NATIVE_DIGEST`] (PostgreSQL) or
+    /// SQLite's `backfill_undo_digest` recorded it, for the rollback of such a log (the same
+    /// as `digest` on MySQL).
     legacy_digest: String,
     /// SQLite: `digest` over a trigger's `NEW` row ([`UndoLog::sqlite_triggers`]).
     new_digest: String,
@@ -174,6 +200,9 @@ pub(crate) struct UndoLog {
     /// table, so it is the bare quoted name even when `target` and `undo` are qualified
     /// ([`UndoLog::in_schema`]).
     trigger_undo: String,
+    /// SQLite: the collation of each key column when a UNIQUE index (or a rowid alias) makes
+    /// the key unique; `None` otherwise ([`UndoLog::set_key_collations`]).
+    key_collations: Option<Vec<String>>,
 }
 
 /// SQLite: the SQL that installs the undo log's temporary triggers for one transaction's
@@ -366,14 +395,14 @@ impl UndoLog {
             .collect();
         let columns: Vec<String> = catalog.iter().map(|c| dialect.quote(&c.name)).collect();
         let new_digest = match dialect {
-            Dialect::Sqlite => crate::fingerprint::sqlite::row_digest(&hashed, "NEW"),
+            Dialect::Sqlite => crate::fingerprint::sqlite::undo_digest_sql(&columns, "NEW"),
             Dialect::Postgres | Dialect::MySql => String::new(),
         };
         let (digest, legacy_digest) = match dialect {
-            Dialect::Sqlite => {
-                let d = crate::fingerprint::sqlite::row_digest(&hashed, "t");
-                (d.clone(), d)
-            }
+            Dialect::Sqlite => (
+                crate::fingerprint::sqlite::undo_digest_sql(&columns, "t"),
+                crate::fingerprint::sqlite::row_digest(&hashed, "t"),
+            ),
             Dialect::Postgres => {
                 let fields: Vec<String> = catalog
                     .iter()
@@ -407,7 +436,14 @@ impl UndoLog {
             legacy_digest,
             new_digest,
             trigger_undo: undo,
+            key_collations: None,
         })
+    }
+
+    /// SQLite: records the key's collations (`None`: the key is not unique), which decide how
+    /// a `replace` is logged ([`UndoLog::sqlite_replace`]).
+    pub(crate) fn set_key_collations(&mut self, collations: Option<Vec<String>>) {
+        self.key_collations = collations;
     }
 
     /// The same log on a connection where the target's database is attached as `schema`
@@ -433,6 +469,7 @@ impl UndoLog {
             legacy_digest: self.legacy_digest.clone(),
             new_digest: self.new_digest.clone(),
             trigger_undo: self.trigger_undo.clone(),
+            key_collations: self.key_collations.clone(),
         }
     }
 
@@ -444,13 +481,13 @@ impl UndoLog {
     /// paths; a row the write leaves as it is fires nothing and is not logged (as on
     /// PostgreSQL). SQLite serialises writers, so the image is exactly the row replaced.
     ///
-    /// Install them in the write transaction, after its first write (creating one reads the
-    /// schema), and drop them before the commit: the run and partition are literals of their
+    /// Install them in the write transaction once it holds the write lock (`BEGIN IMMEDIATE`,
+    /// or the pushdown's lock statement: creating one reads the schema), and drop them before
+    /// the commit: the run and partition are literals of their
     /// bodies, and nothing the connection writes later must fire them. Created inside the
     /// transaction, they vanish with its rollback too.
     pub(crate) fn sqlite_triggers(&self, b: &UndoBatch, updates: bool) -> SqliteTriggers {
-        let text = |v: &str| format!("'{}'", v.replace('\'', "''"));
-        let (run, part) = (text(&b.run_id), text(&b.partition_id));
+        let (run, part) = (sql_text(&b.run_id), sql_text(&b.partition_id));
         let conflict = self.new_digest_on_conflict();
         let new_key: Vec<String> = self.key.iter().map(|k| format!("NEW.{k}")).collect();
         let old_row: Vec<String> = self.columns.iter().map(|c| format!("OLD.{c}")).collect();
@@ -507,16 +544,24 @@ impl UndoLog {
     /// was is not logged. A key this run logged already keeps its first operation and
     /// before-image and gets the new digest (none, when the run left no row). Logging every
     /// row of the window instead cost ~4x the run without the log on 1M rows
-    /// (bench/undo.py). `predicate` as in
-    /// [`before_window_delete`](Self::before_window_delete).
+    /// (bench/undo.py). Keys are compared with the target column on the left, so by its
+    /// collation, and the temporary index has the same collations (a `NOCASE` key whose
+    /// case changed is `updated`, not a new key and a lost row).
+    ///
+    /// Needs a key that a UNIQUE index makes unique ([`UndoLog::set_key_collations`]);
+    /// without one, the window's rows are all logged before its delete and every inserted
+    /// row after it, as the statement path does ([`sqlite_replace_whole`](Self::sqlite_replace_whole)).
+    /// `predicate` as in [`before_window_delete`](Self::before_window_delete).
     pub(crate) fn sqlite_replace(
         &self,
         b: &UndoBatch,
         predicate: &str,
         bounds: &[Value],
     ) -> SqliteReplaceLog {
-        let text = |v: &str| format!("'{}'", v.replace('\'', "''"));
-        let (run, part) = (text(&b.run_id), text(&b.partition_id));
+        let Some(collations) = &self.key_collations else {
+            return self.sqlite_replace_whole(b, predicate, bounds);
+        };
+        let (run, part) = (sql_text(&b.run_id), sql_text(&b.partition_id));
         let cols = self.columns.join(", ");
         let k0 = &self.key[0];
         let side = |alias: &str| -> Vec<String> {
@@ -557,20 +602,26 @@ impl UndoLog {
             ),
             params: bounds.to_vec(),
         };
+        let indexed: Vec<String> = self
+            .key
+            .iter()
+            .zip(collations)
+            .map(|(k, c)| format!("{k} COLLATE {}", self.dialect.quote(c)))
+            .collect();
         let after_delete = format!(
-            "CREATE INDEX temp.{SQLITE_BEFORE_KEY} ON {SQLITE_BEFORE} ({key}); \
+            "CREATE INDEX temp.{SQLITE_BEFORE_KEY} ON {SQLITE_BEFORE} ({indexed}); \
              CREATE TEMP TRIGGER {TRIGGER_INSERT} AFTER INSERT ON {target} BEGIN \
              INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
              {cols}) SELECT {run}, {part}, CASE WHEN b.{k0} IS NULL THEN 'inserted' ELSE \
              'updated' END, {digest}, {image} FROM (SELECT 1) AS one LEFT JOIN \
              {SQLITE_BEFORE} AS b ON {on} WHERE b.{k0} IS NULL OR ({before}) IS NOT \
              ({new}) {conflict}; END;",
-            key = self.key.join(", "),
+            indexed = indexed.join(", "),
             target = self.target,
             undo = self.trigger_undo,
             digest = self.new_digest,
             image = image.join(", "),
-            on = self.key_eq("b", "NEW"),
+            on = self.key_eq("NEW", "b"),
             before = typed("b"),
             new = typed("NEW"),
             conflict = self.new_digest_on_conflict(),
@@ -594,6 +645,33 @@ impl UndoLog {
             keep,
             after_delete,
             commit,
+        }
+    }
+
+    /// SQLite `replace` of a key no UNIQUE index makes unique: the window's rows are logged
+    /// before the delete (`updated`, their images), every row the rewrite inserts by the
+    /// insert trigger (the digest, `inserted` for a new key), and at the commit the logged
+    /// rows it did not write again become `deleted`.
+    fn sqlite_replace_whole(
+        &self,
+        b: &UndoBatch,
+        predicate: &str,
+        bounds: &[Value],
+    ) -> SqliteReplaceLog {
+        let triggers = self.sqlite_triggers(b, false);
+        // `mark_deleted`, with its values as literals.
+        let mark = format!(
+            "UPDATE {} SET bf_undo_op = 'deleted' WHERE bf_undo_run = {} AND \
+             bf_undo_partition = {} AND bf_undo_op = 'updated' AND bf_undo_after IS NULL;",
+            self.undo,
+            sql_text(&b.run_id),
+            sql_text(&b.partition_id)
+        );
+        SqliteReplaceLog {
+            prepare: triggers.drop.clone(),
+            keep: self.before_window_delete(b, predicate, bounds, "updated"),
+            after_delete: triggers.create,
+            commit: format!("{} {mark}", triggers.drop),
         }
     }
 
@@ -1085,8 +1163,10 @@ impl UndoLog {
                 self.digest.clone()
             } else {
                 format!(
-                    "CASE WHEN u.bf_undo_after LIKE '{PG_NATIVE_DIGEST}%' THEN {} ELSE {} END",
-                    self.digest, self.legacy_digest
+                    "CASE WHEN u.bf_undo_after LIKE '{}%' THEN {} ELSE {} END",
+                    self.dialect.native_digest_prefix(),
+                    self.digest,
+                    self.legacy_digest
                 )
             };
             out.push(Stmt {

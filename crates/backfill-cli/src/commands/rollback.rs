@@ -22,10 +22,10 @@ fn refusal(e: RollbackError, run_id: &str) -> anyhow::Error {
         RollbackError::NoUndo { .. } => UserError::new(e.to_string())
             .hint(
                 "only runs in `upsert` or `replace` mode that kept an undo log (on by default \
-                 for PostgreSQL targets; `undo = true` or `propagate_deletes = true` \
-                 elsewhere) have undo data, until `backfill cleanup`; on PostgreSQL the log \
-                 holds only the rows a run changed, so a run that changed none has nothing to \
-                 roll back",
+                 for PostgreSQL and SQLite targets; `undo = true` or `propagate_deletes = true` \
+                 on MySQL) have undo data, until `backfill cleanup`; on PostgreSQL and SQLite \
+                 the log holds only the rows a run changed, so a run that changed none has \
+                 nothing to roll back",
             )
             .into(),
         _ => anyhow::Error::new(e),

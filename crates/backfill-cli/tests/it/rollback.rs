@@ -936,3 +936,94 @@ async fn a_role_without_create_is_told_how_to_keep_or_drop_the_undo_log_postgres
     source.drop_now().await;
     target.drop_now().await;
 }
+
+/// SQLite `replace` logs only the rows its rewrite changed when a UNIQUE index makes the key
+/// unique, comparing keys by the target's collation: a `NOCASE` key whose case the source
+/// changed is an update, and the rollback brings the old spelling back. A key without a
+/// unique index logs the whole window instead. Both on the pushdown and on the row path, and
+/// with the table written as `main.dst`.
+#[tokio::test]
+async fn sqlite_replace_rollback_with_a_nocase_key_and_a_key_without_an_index() {
+    use crate::support::{exec, rows, sqlite};
+    let keys = [
+        ("k TEXT COLLATE NOCASE PRIMARY KEY", "main.dst", 3),
+        ("k TEXT NOT NULL", "dst", 5),
+    ];
+    for (key, table, logged) in keys {
+        for pushdown in [true, false] {
+            let ws = Workspace::new();
+            let source = sqlite(&ws.path("source.db")).await;
+            exec(
+                &source,
+                &[
+                    "CREATE TABLE src (k TEXT, ts TEXT, v TEXT)",
+                    "INSERT INTO src VALUES ('ABC', '2026-01-01T01:00:00Z', 'x'), \
+                     ('same', '2026-01-01T02:00:00Z', 's'), ('new', '2026-01-01T03:00:00Z', 'n')",
+                ],
+            )
+            .await;
+            let target = sqlite(&ws.path("target.db")).await;
+            exec(
+                &target,
+                &[
+                    &format!("CREATE TABLE dst ({key}, ts TEXT, v TEXT)"),
+                    "INSERT INTO dst VALUES ('abc', '2026-01-01T01:00:00Z', 'x'), \
+                     ('same', '2026-01-01T02:00:00Z', 's'), ('gone', '2026-01-01T04:00:00Z', 'g'), \
+                     ('out', '2026-01-05T00:00:00Z', 'o')",
+                ],
+            )
+            .await;
+            let all = "SELECT k, ts, v FROM dst ORDER BY k COLLATE BINARY";
+            let before = rows(&target, all).await;
+            let spec = ws.write(
+                "spec.toml",
+                &format!(
+                    r#"name = "nocase"
+reason = "test"
+[source]
+url = "sqlite://source.db"
+query = "SELECT k, ts, v FROM src WHERE ts >= :start AND ts < :end"
+time_format = "rfc3339"
+time_column = "ts"
+[target]
+url = "sqlite://target.db"
+table = "{table}"
+key = ["k"]
+mode = "replace"
+window_column = "ts"
+time_format = "rfc3339"
+pushdown = {pushdown}
+[scope]
+start = "2026-01-01T00:00:00Z"
+end = "2026-01-02T00:00:00Z"
+partition = "1d"
+"#
+                ),
+            );
+            let label = format!("{key}, pushdown {pushdown}");
+            let ran = ws.run(&["run", &spec, "--json"]);
+            assert_eq!(ran.code, 0, "{label}: {ran:?}");
+            assert_eq!(
+                rows(&target, all).await.len(),
+                4,
+                "{label}: ABC, same, new, out"
+            );
+            let id = run_id(&ran);
+            // abc → ABC (updated), new (inserted), gone (deleted); without a unique index
+            // every row of the window before (abc, same, gone) and each row written (ABC,
+            // same, new), one entry per key by its own spelling.
+            let status = ws.run(&["status", &id, "--json"]);
+            assert_eq!(
+                status.json()["undo_rows"].as_u64(),
+                Some(logged),
+                "{label}: {status:?}"
+            );
+            let back = ws.run(&["rollback", &id, "--json"]);
+            assert_eq!(back.code, 0, "{label}: {back:?}");
+            assert_eq!(back.json()["conflicts"], 0, "{label}: {back:?}");
+            assert_eq!(rows(&target, all).await, before, "{label}");
+            source.close().await;
+            target.close().await;
+        }
+    }
+}

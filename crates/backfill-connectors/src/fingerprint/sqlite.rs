@@ -10,6 +10,10 @@
 //!   overflows (SQLite's `sum()` fails on 64-bit overflow).
 //! - `backfill_canonical(code, v)`: the canonical text of one value read as the kind of
 //!   `code` (NULL for NULL), what `diff` compares key by key.
+//! - `backfill_undo_digest(v1, …, vn)`: `r` and the MD5 (32 hex digits) of each value's
+//!   storage class and raw bytes: the undo log's digest of a row, which only needs to equal
+//!   itself (computed by SQLite at write and at rollback), so it never fails on a value
+//!   that does not read as its column's kind (`'n/a'` in a `DATE` column).
 //!
 //! A value that does not read as its kind (text that is not a date in a date column) makes
 //! the statement fail with the contract's message, naming the column's position.
@@ -37,6 +41,11 @@ use crate::sqlite::{arguments, sql_error};
 const ROW_MD5: &std::ffi::CStr = c"backfill_row_md5";
 const FINGERPRINT: &std::ffi::CStr = c"backfill_fingerprint";
 const CANONICAL: &std::ffi::CStr = c"backfill_canonical";
+const UNDO_DIGEST: &std::ffi::CStr = c"backfill_undo_digest";
+
+/// The undo log's SQLite digests start with this letter; the canonical `backfill_row_md5`
+/// digests that older logs hold are 32 hex digits and never do.
+pub(crate) const UNDO_DIGEST_PREFIX: &str = "r";
 
 /// Registers `backfill_row_md5` and `backfill_fingerprint` on `conn` (deterministic, UTF-8).
 ///
@@ -78,6 +87,21 @@ pub async fn register(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
         )
     };
     check(rc, FINGERPRINT)?;
+    // SAFETY: as above.
+    let rc = unsafe {
+        ffi::sqlite3_create_function_v2(
+            db,
+            UNDO_DIGEST.as_ptr(),
+            -1,
+            flags,
+            ptr::null_mut(),
+            Some(undo_digest),
+            None,
+            None,
+            None,
+        )
+    };
+    check(rc, UNDO_DIGEST)?;
     // SAFETY: as above.
     let rc = unsafe {
         ffi::sqlite3_create_function_v2(
@@ -319,6 +343,58 @@ unsafe extern "C" fn row_md5(
             Err(message) => result_error(ctx, "backfill_row_md5", &message),
         }
     }
+}
+
+unsafe extern "C" fn undo_digest(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    use md5::{Digest, Md5};
+    let mut hasher = Md5::new();
+    for i in 0..usize::try_from(argc).unwrap_or(0) {
+        // SAFETY: SQLite calls this with `argc` protected values of the current call; a text
+        // or blob pointer is read before its length, as SQLite documents.
+        unsafe {
+            let v = *argv.add(i);
+            match ffi::sqlite3_value_type(v) {
+                ffi::SQLITE_INTEGER => {
+                    hasher.update(b"i");
+                    hasher.update(ffi::sqlite3_value_int64(v).to_le_bytes());
+                }
+                ffi::SQLITE_FLOAT => {
+                    hasher.update(b"f");
+                    hasher.update(ffi::sqlite3_value_double(v).to_bits().to_le_bytes());
+                }
+                ffi::SQLITE_TEXT => {
+                    let p = ffi::sqlite3_value_text(v);
+                    let bytes = raw_slice(p, ffi::sqlite3_value_bytes(v));
+                    hasher.update(b"t");
+                    hasher.update((bytes.len() as u64).to_le_bytes());
+                    hasher.update(bytes);
+                }
+                ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_value_blob(v).cast::<u8>();
+                    let bytes = raw_slice(p, ffi::sqlite3_value_bytes(v));
+                    hasher.update(b"b");
+                    hasher.update((bytes.len() as u64).to_le_bytes());
+                    hasher.update(bytes);
+                }
+                _ => hasher.update(b"n"),
+            }
+        }
+    }
+    let digest: [u8; 16] = hasher.finalize().into();
+    let hex = format!("{UNDO_DIGEST_PREFIX}{:032x}", u128::from_be_bytes(digest));
+    // SAFETY: `ctx` is the current call's context.
+    unsafe { result_text(ctx, &hex) };
+}
+
+/// `backfill_undo_digest(alias."c1", …)` over `columns` (quoted names): the undo log's row
+/// digest (see the module doc).
+pub(crate) fn undo_digest_sql(columns: &[String], alias: &str) -> String {
+    let args: Vec<String> = columns.iter().map(|c| format!("{alias}.{c}")).collect();
+    format!("backfill_undo_digest({})", args.join(", "))
 }
 
 /// The canonical text of a call's two arguments: one kind code, then the value.

@@ -212,14 +212,21 @@ impl SqliteSink {
         let table = self.table()?;
         self.undo_log
             .get_or_try_init(|| async {
-                let log = undo::open_log!(
+                // The log names the table bare (`main.t` is `t`): a trigger body may not
+                // qualify a table, and the undo table's index is created in its schema.
+                let name = match parts(table) {
+                    ("main", name) => name.to_owned(),
+                    _ => table.name.clone(),
+                };
+                let mut log = undo::open_log!(
                     &self.pool,
                     Dialect::Sqlite,
                     crate::fingerprint::sqlite::catalog,
-                    &table.name,
+                    &name,
                     &self.key,
                     Sqlite
                 );
+                log.set_key_collations(self.key_collations(table).await?);
                 Ok(Arc::new(log))
             })
             .await
@@ -318,7 +325,8 @@ impl SqliteSink {
         Ok(deleted)
     }
 
-    /// `begin_replace` with the window's before-images logged first.
+    /// `begin_replace` that logs, at its commit, the rows the window's rewrite changed
+    /// ([`UndoLog::sqlite_replace`]), when `undo` is given.
     pub async fn begin_replace_undo(
         &self,
         window: &Window,
@@ -393,6 +401,59 @@ impl SqliteSink {
         }
         pk.sort();
         Ok((columns, pk.into_iter().map(|(_, c)| c).collect()))
+    }
+
+    /// The collations of the key columns, in key order, when they are the columns of a full
+    /// (non-partial) UNIQUE index or of a rowid alias (`INTEGER PRIMARY KEY`, `BINARY`);
+    /// `None` when no such index makes the key unique.
+    async fn key_collations(&self, table: &Table) -> Result<Option<Vec<String>>, ConnectorError> {
+        let (schema, name) = parts(table);
+        let context = table.describe();
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM pragma_index_list(?1, ?2) WHERE \"unique\" = 1 AND partial = 0",
+        )
+        .bind(name)
+        .bind(schema)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| sql_error(&context, &e))?;
+        for index in indexes {
+            let cols: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT name, coll FROM pragma_index_xinfo(?1, ?2) WHERE key = 1 ORDER BY seqno",
+            )
+            .bind(&index)
+            .bind(schema)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+            let names: Option<Vec<String>> = cols.iter().map(|(n, _)| n.clone()).collect();
+            if names.is_some_and(|names| is_key(&names, &self.key)) {
+                let collations = self.key.iter().map(|k| {
+                    cols.iter()
+                        .find(|(n, _)| n.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(k)))
+                        .and_then(|(_, c)| c.clone())
+                        .unwrap_or_else(|| "BINARY".to_owned())
+                });
+                return Ok(Some(collations.collect()));
+            }
+        }
+        // A rowid alias has no index of its own.
+        let pk: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, type FROM pragma_table_info(?1, ?2) WHERE pk > 0")
+                .bind(name)
+                .bind(schema)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| sql_error(&context, &e))?;
+        Ok(match pk.as_slice() {
+            [(column, ty)]
+                if ty.eq_ignore_ascii_case("INTEGER")
+                    && is_key(std::slice::from_ref(column), &self.key) =>
+            {
+                Some(vec!["BINARY".to_owned()])
+            }
+            _ => None,
+        })
     }
 
     /// True when the key columns are the primary key or a full (non-partial) UNIQUE index.

@@ -556,3 +556,63 @@ async fn sqlite_undo_triggers_log_only_their_own_writes() {
         [[Value::Int(7)]]
     );
 }
+
+/// The SQLite undo log's digest reads raw values: a value that is not of its column's
+/// declared kind (SQLite stores it anyway) is logged, not an error that fails the write.
+#[tokio::test]
+async fn sqlite_undo_logs_values_that_are_not_of_their_columns_kind() {
+    let dir = Dir::temp();
+    let url = dir
+        .db(
+            "dst.db",
+            "CREATE TABLE d (id INTEGER PRIMARY KEY, day DATE, n NUMERIC);
+             INSERT INTO d VALUES (1, 'n/a', 'many');",
+        )
+        .await;
+    let sink = sink(&url, "d", &["id"], WriteMode::Upsert).await;
+    let undo = backfill_connectors::UndoBatch {
+        run_id: "r".into(),
+        partition_id: "p".into(),
+        every_key: false,
+    };
+    let rows = Batch {
+        columns: strings(&["id", "day", "n"]),
+        rows: vec![
+            vec![
+                Value::Int(1),
+                Value::Text("unknown".into()),
+                Value::Text("x".into()),
+            ],
+            vec![
+                Value::Int(2),
+                Value::Text("n/a".into()),
+                Value::Blob(vec![0, 255]),
+            ],
+        ],
+    };
+    sink.upsert_undo(&rows, None, Some(&undo)).await.unwrap();
+    let log = "SELECT id, bf_undo_op, day, n, substr(bf_undo_after, 1, 1), \
+               length(bf_undo_after) FROM d__bf_undo ORDER BY id";
+    let text = |s: &str| Value::Text(s.into());
+    assert_eq!(
+        crate::rows(&url, log).await,
+        [
+            vec![
+                Value::Int(1),
+                text("updated"),
+                text("n/a"),
+                text("many"),
+                text("r"),
+                Value::Int(33)
+            ],
+            vec![
+                Value::Int(2),
+                text("inserted"),
+                Value::Null,
+                Value::Null,
+                text("r"),
+                Value::Int(33)
+            ],
+        ]
+    );
+}
