@@ -458,34 +458,7 @@ impl SqliteSink {
 
     /// True when the key columns are the primary key or a full (non-partial) UNIQUE index.
     async fn key_is_unique(&self, table: &Table, pk: &[String]) -> Result<bool, ConnectorError> {
-        if is_key(pk, &self.key) {
-            return Ok(true);
-        }
-        let (schema, name) = parts(table);
-        let context = table.describe();
-        let indexes: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM pragma_index_list(?1, ?2) WHERE \"unique\" = 1 AND partial = 0",
-        )
-        .bind(name)
-        .bind(schema)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| sql_error(&context, &e))?;
-        for index in indexes {
-            let cols: Vec<Option<String>> =
-                sqlx::query_scalar("SELECT name FROM pragma_index_info(?1, ?2)")
-                    .bind(&index)
-                    .bind(schema)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| sql_error(&context, &e))?;
-            if let Some(cols) = cols.into_iter().collect::<Option<Vec<String>>>()
-                && is_key(&cols, &self.key)
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(is_key(pk, &self.key) || self.key_collations(table).await?.is_some())
     }
 }
 
