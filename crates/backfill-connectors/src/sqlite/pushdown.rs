@@ -665,6 +665,14 @@ impl SqlitePushdown {
         undo: Option<&UndoBatch>,
     ) -> Result<SqlitePartition<'_>, ConnectorError> {
         const CONTEXT: &str = "source query";
+        if undo.is_some_and(|b| b.every_key) {
+            // The triggers log the rows a write changes, not every key it wrote.
+            return Err(ConnectorError::Data {
+                message: "the pushdown cannot log every key written (`propagate_deletes` in \
+                          `upsert`); use the row path"
+                    .to_owned(),
+            });
+        }
         let undo = self.undo_for(undo, true)?;
         let mut values = named_values(&self.names, window, &self.source_format);
         let variant = match after {
