@@ -1522,6 +1522,17 @@ impl UndoLog {
     }
 }
 
+/// A catalog read of a table that does not exist (a `Data` error) as no columns: the log
+/// was never created. Other errors (the connection) stay errors.
+fn no_table_is_empty(
+    read: Result<Vec<Catalogued>, ConnectorError>,
+) -> Result<Vec<Catalogued>, ConnectorError> {
+    match read {
+        Err(ConnectorError::Data { .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
 impl UndoTarget {
     /// Opens the target of `spec` and reads whether its undo log exists (nothing is
     /// created: a target without a log has no undo data).
@@ -1537,19 +1548,22 @@ impl UndoTarget {
             "sqlite" => {
                 let p = crate::sqlite::connect(url, 2, crate::sqlite::Role::Target).await?;
                 let c = crate::fingerprint::sqlite::catalog(&p, table).await?;
-                let u = crate::fingerprint::sqlite::catalog(&p, &undo_name).await?;
+                let u =
+                    no_table_is_empty(crate::fingerprint::sqlite::catalog(&p, &undo_name).await)?;
                 (Pool::Sqlite(p), Dialect::Sqlite, c, u)
             }
             "mysql" => {
                 let p = crate::mysql::connect(url, 2).await?;
                 let c = crate::fingerprint::mysql::catalog(&p, table).await?;
-                let u = crate::fingerprint::mysql::catalog(&p, &undo_name).await?;
+                let u =
+                    no_table_is_empty(crate::fingerprint::mysql::catalog(&p, &undo_name).await)?;
                 (Pool::MySql(p), Dialect::MySql, c, u)
             }
             "postgres" | "postgresql" => {
                 let p = crate::postgres::connect(url, 2).await?;
                 let c = crate::fingerprint::postgres::catalog(&p, table).await?;
-                let u = crate::fingerprint::postgres::catalog(&p, &undo_name).await?;
+                let u =
+                    no_table_is_empty(crate::fingerprint::postgres::catalog(&p, &undo_name).await)?;
                 (Pool::Postgres(p), Dialect::Postgres, c, u)
             }
             other => return Err(crate::unsupported(other, url)),
@@ -1576,6 +1590,14 @@ impl UndoTarget {
             return 0;
         }
         self.size_of(run).await.ok().flatten().unwrap_or(0)
+    }
+
+    /// Rows of `run` in the undo log (0 when there is no log), or why they cannot be read.
+    pub async fn rows(&self, run: &str) -> Result<u64, ConnectorError> {
+        if !self.exists {
+            return Ok(0);
+        }
+        Ok(self.size_of(run).await?.unwrap_or(0))
     }
 
     async fn size_of(&self, run: &str) -> Result<Option<u64>, ConnectorError> {

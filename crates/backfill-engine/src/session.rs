@@ -112,6 +112,8 @@ async fn open_session(
     options: &ExecuteOptions,
 ) -> Result<Session, EngineError> {
     let shutdown = &options.shutdown;
+    let effective = undo_as_the_run_began(store, spec, run, shutdown).await?;
+    let spec: &Spec = &effective;
     let controls =
         patience::store(shutdown, "read run controls", || store.controls(&run.id)).await?;
     let same_database = store.same_database(spec.target.url.expose());
@@ -561,6 +563,73 @@ async fn preflight(
         }
     }
     Ok(())
+}
+
+/// The spec to continue `run` with, as far as its undo log goes: a run resumed with a log it
+/// did not keep so far would have a rollback that restores only its later partitions,
+/// silently. An `upsert` run that wrote rows with no log entry (it was created with the log
+/// off: `undo = false`, or on SQLite by a version where the log was opt-in) continues
+/// without one, and says so. The reverse, a run that kept a log resumed with `undo = false`,
+/// continues as asked, with a warning that a rollback will restore only what was logged.
+/// Only a resumed run that wrote rows pays the look at the log (one target connection);
+/// `replace` runs are left as they are (their counts cannot tell a rewrite that changed
+/// nothing, and logged nothing, from one that kept no log).
+async fn undo_as_the_run_began<'s>(
+    store: &Store,
+    spec: &'s Spec,
+    run: &RunRecord,
+    shutdown: &crate::shutdown::Shutdown,
+) -> Result<std::borrow::Cow<'s, Spec>, EngineError> {
+    use std::borrow::Cow;
+    let applies = matches!(
+        spec.target.mode,
+        WriteMode::Upsert | WriteMode::Replace { .. }
+    );
+    if !applies || spec.target.propagate_deletes || spec.target.shadow.is_some() {
+        return Ok(Cow::Borrowed(spec));
+    }
+    let totals = patience::store(shutdown, "read the run's totals", || {
+        store.partition_totals(&run.id)
+    })
+    .await?;
+    let written = totals.counts.inserted + totals.counts.updated;
+    if written == 0 {
+        return Ok(Cow::Borrowed(spec));
+    }
+    let logged = match backfill_connectors::UndoTarget::open(&spec.target).await {
+        Ok(log) => {
+            let rows = log.rows(&run.id).await;
+            log.close().await;
+            rows
+        }
+        Err(e) => Err(e),
+    };
+    let Ok(logged) = logged else {
+        // The session's own connection reports an unreachable target.
+        return Ok(Cow::Borrowed(spec));
+    };
+    if spec.target.undo && logged == 0 && spec.target.mode == WriteMode::Upsert {
+        tracing::warn!(
+            run_id = run.id,
+            "run {} wrote {written} rows without an undo log (it began with `undo` off: \
+             `undo = false`, or on SQLite before the log became the default); it continues \
+             without one, so that a rollback never restores only part of it. Start a new run \
+             (`--new`) to keep a log",
+            run.id
+        );
+        let mut spec = spec.clone();
+        spec.target.undo = false;
+        return Ok(Cow::Owned(spec));
+    }
+    if !spec.target.undo && logged > 0 {
+        tracing::warn!(
+            run_id = run.id,
+            "run {} kept an undo log so far ({logged} rows) and continues with `undo = false`: \
+             a rollback will restore only what was logged",
+            run.id
+        );
+    }
+    Ok(Cow::Borrowed(spec))
 }
 
 /// The pushdown for this run, when `target.pushdown` is on, the mode is `upsert` or

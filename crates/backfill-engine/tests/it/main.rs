@@ -255,19 +255,37 @@ async fn a_changed_spec_is_refused_naming_each_field_and_an_old_run_resumes_by_i
     db.close().await;
 }
 
-#[tokio::test]
-async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
-    let mut spec = spec(&source, &target, 34);
-    // The limiter lets one second of rows through at once, then 1,000 a second: the
-    // 2,000 rows take about a second, so the stop at 300 ms always lands mid-run.
-    spec.limits.rows_per_second = NonZeroU32::new(1_000);
-    let store = backfill_store::Store::open(&format!("sqlite://{}/state.db", dir.path().display()))
-        .await
-        .unwrap();
-    let plan = backfill_core::plan::plan(&spec).unwrap();
-    let run = prepare_run(&store, &spec, &plan, None, "t@h", false)
+/// Executes `run` again, to its end.
+async fn resume_to_end(
+    store: &backfill_store::Store,
+    spec: &Spec,
+    run: &backfill_store::RunRecord,
+) -> backfill_engine::RunSummary {
+    execute(
+        store,
+        spec,
+        run,
+        ExecuteOptions::new("t@h", Shutdown::new()),
+    )
+    .await
+    .unwrap()
+}
+
+/// Creates a run of `spec` (whose rate limit makes it last about a second) with a SQLite
+/// state store in `dir`, and executes it with a stop request after 300 ms, so it pauses
+/// mid-run: the store, the run and the paused session's summary.
+async fn stopped_mid_run(
+    dir: &std::path::Path,
+    spec: &Spec,
+) -> (
+    backfill_store::Store,
+    backfill_store::RunRecord,
+    backfill_engine::RunSummary,
+) {
+    let state = format!("sqlite://{}/state.db", dir.display());
+    let store = backfill_store::Store::open(&state).await.unwrap();
+    let plan = backfill_core::plan::plan(spec).unwrap();
+    let run = prepare_run(&store, spec, &plan, None, "t@h", false)
         .await
         .unwrap()
         .run()
@@ -280,10 +298,22 @@ async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
             shutdown.request();
         })
     };
-    let paused = execute(&store, &spec, &run, ExecuteOptions::new("t@h", shutdown))
+    let paused = execute(&store, spec, &run, ExecuteOptions::new("t@h", shutdown))
         .await
         .unwrap();
     stopper.await.unwrap();
+    (store, run, paused)
+}
+
+#[tokio::test]
+async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
+    let mut spec = spec(&source, &target, 34);
+    // The limiter lets one second of rows through at once, then 1,000 a second: the
+    // 2,000 rows take about a second, so the stop at 300 ms always lands mid-run.
+    spec.limits.rows_per_second = NonZeroU32::new(1_000);
+    let (store, run, paused) = stopped_mid_run(dir.path(), &spec).await;
     assert_eq!(paused.state, RunState::Paused);
     let parts = store.partitions(&run.id).await.unwrap();
     assert!(
@@ -300,14 +330,7 @@ async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
     assert!(st.success_rate < 1.0);
 
     spec.limits.rows_per_second = None;
-    let done = execute(
-        &store,
-        &spec,
-        &run,
-        ExecuteOptions::new("t@h", Shutdown::new()),
-    )
-    .await
-    .unwrap();
+    let done = resume_to_end(&store, &spec, &run).await;
     assert_eq!(done.state, RunState::Succeeded);
     assert_eq!(
         done.counts.read, 2_000,
@@ -437,6 +460,38 @@ async fn pushdown_and_row_path_give_the_same_target_and_counts() {
     }
 }
 
+/// A run that wrote rows without an undo log (it began with `undo` off: before the log was
+/// on by default for SQLite, say) and is resumed with the log on continues without one, so
+/// its rollback can never restore only the later partitions; a run that began with the log
+/// keeps it.
+#[tokio::test]
+async fn a_run_resumed_keeps_the_undo_log_it_began_with() {
+    for began_with_log in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
+        let mut spec = spec(&source, &target, 34);
+        spec.target.undo = began_with_log;
+        // As in the test below: the stop at 300 ms lands mid-run.
+        spec.limits.rows_per_second = NonZeroU32::new(1_000);
+        let (store, run, paused) = stopped_mid_run(dir.path(), &spec).await;
+        assert_eq!(paused.state, RunState::Paused);
+        let written_before = paused.counts.inserted;
+        assert!(written_before > 0, "{paused:?}");
+        // Resumed with the log on (the default now).
+        spec.target.undo = true;
+        spec.limits.rows_per_second = None;
+        let done = resume_to_end(&store, &spec, &run).await;
+        assert_eq!(done.state, RunState::Succeeded);
+        assert_eq!(done.counts.inserted, 2_000);
+        let logged = undo_log(&target).await.len();
+        if began_with_log {
+            assert_eq!(logged, 2_000, "every row the run inserted is logged");
+        } else {
+            assert_eq!(logged, 0, "no partition logged after the resume");
+        }
+    }
+}
+
 #[tokio::test]
 async fn pushdown_stops_between_batches_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -445,37 +500,11 @@ async fn pushdown_stops_between_batches_and_resumes_exactly() {
     // The limiter lets one second of rows through at once, then 1,000 a second: the
     // 2,000 rows take about a second, so the stop at 300 ms always lands mid-run.
     spec.limits.rows_per_second = NonZeroU32::new(1_000);
-    let state = format!("sqlite://{}/state.db", dir.path().display());
-    let store = backfill_store::Store::open(&state).await.unwrap();
-    let plan = backfill_core::plan::plan(&spec).unwrap();
-    let run = prepare_run(&store, &spec, &plan, None, "t@h", false)
-        .await
-        .unwrap()
-        .run()
-        .clone();
-    let shutdown = Shutdown::new();
-    let stopper = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            shutdown.request();
-        })
-    };
-    let paused = execute(&store, &spec, &run, ExecuteOptions::new("t@h", shutdown))
-        .await
-        .unwrap();
-    stopper.await.unwrap();
+    let (store, run, paused) = stopped_mid_run(dir.path(), &spec).await;
     assert!(paused.pushdown);
     assert_eq!(paused.state, RunState::Paused);
     spec.limits.rows_per_second = None;
-    let done = execute(
-        &store,
-        &spec,
-        &run,
-        ExecuteOptions::new("t@h", Shutdown::new()),
-    )
-    .await
-    .unwrap();
+    let done = resume_to_end(&store, &spec, &run).await;
     assert_eq!(done.state, RunState::Succeeded);
     assert_eq!(done.counts.read, 2_000, "resumed from the checkpoints");
     assert_eq!(done.counts.inserted, 2_000);
