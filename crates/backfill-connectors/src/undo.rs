@@ -564,28 +564,16 @@ impl UndoLog {
         let (run, part) = (sql_text(&b.run_id), sql_text(&b.partition_id));
         let cols = self.columns.join(", ");
         let k0 = &self.key[0];
-        let side = |alias: &str| -> Vec<String> {
-            self.columns
-                .iter()
-                .map(|c| format!("{alias}.{c}"))
-                .collect()
-        };
+        // Values and storage classes: `1` and `1.0` differ.
         let typed = |alias: &str| -> String {
-            let mut out = side(alias);
-            out.extend(self.columns.iter().map(|c| format!("typeof({alias}.{c})")));
-            out.join(", ")
+            let types: Vec<String> = self
+                .columns
+                .iter()
+                .map(|c| format!("typeof({alias}.{c})"))
+                .collect();
+            format!("{}, {}", self.columns_of(alias), types.join(", "))
         };
-        let image: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                if self.key.contains(c) {
-                    format!("COALESCE(b.{c}, NEW.{c})")
-                } else {
-                    format!("b.{c}")
-                }
-            })
-            .collect();
+        let image = self.image(|c| format!("COALESCE(b.{c}, NEW.{c})"));
         let prepare = format!(
             "DROP TRIGGER IF EXISTS temp.{TRIGGER_INSERT}; \
              DROP TRIGGER IF EXISTS temp.{TRIGGER_UPDATE}; \
@@ -597,7 +585,7 @@ impl UndoLog {
             sql: format!(
                 "INSERT INTO temp.{SQLITE_BEFORE} ({cols}) SELECT {} FROM {} AS t WHERE \
                  {predicate}",
-                side("t").join(", "),
+                self.columns_of("t"),
                 self.target
             ),
             params: bounds.to_vec(),
@@ -620,7 +608,6 @@ impl UndoLog {
             target = self.target,
             undo = self.trigger_undo,
             digest = self.new_digest,
-            image = image.join(", "),
             on = self.key_eq("NEW", "b"),
             before = typed("b"),
             new = typed("NEW"),
@@ -635,7 +622,7 @@ impl UndoLog {
              bf_undo_op = 'updated' THEN 'deleted' ELSE bf_undo_op END; \
              DROP TABLE temp.{SQLITE_BEFORE};",
             undo = self.undo,
-            before = side("b").join(", "),
+            before = self.columns_of("b"),
             target = self.target,
             on = self.key_eq("t", "b"),
             key = self.key.join(", "),
@@ -742,6 +729,33 @@ impl UndoLog {
             .join(" AND ")
     }
 
+    /// Every target column of `alias`: `alias.c1, …, alias.cn`.
+    fn columns_of(&self, alias: &str) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{alias}.{c}"))
+            .collect();
+        cols.join(", ")
+    }
+
+    /// A before-image over every target column: the row of `b` (none when the key is new),
+    /// with each key column as `key(column)`, so an inserted key is logged by its key.
+    fn image(&self, key: impl Fn(&str) -> String) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                if self.key.contains(c) {
+                    key(c)
+                } else {
+                    format!("b.{c}")
+                }
+            })
+            .collect();
+        cols.join(", ")
+    }
+
     /// Statements run before a batch's write: the before-images of its existing keys
     /// (`updated`), then its other keys (`inserted`). `keys` holds each row's key values.
     pub(crate) fn before_write(&self, b: &UndoBatch, keys: &[Vec<Value>]) -> Vec<Stmt> {
@@ -753,14 +767,13 @@ impl UndoLog {
                 Value::Text(b.partition_id.clone()),
             ];
             params.extend(chunk.iter().flatten().cloned());
-            let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{c}")).collect();
             out.push(Stmt {
                 sql: format!(
                     "{ins} {} (bf_undo_run, bf_undo_partition, bf_undo_op, {}) SELECT ?, ?, \
                      'updated', {} FROM {} AS t WHERE {}{ign}",
                     self.undo,
                     self.columns.join(", "),
-                    cols.join(", "),
+                    self.columns_of("t"),
                     self.target,
                     self.key_in("t.", chunk.len())
                 ),
@@ -811,17 +824,7 @@ impl UndoLog {
     /// back), so it runs again with a snapshot that sees the row.
     pub(crate) fn postgres_ctes(&self, run: usize, part: usize) -> PostgresLog {
         let before = format!("SELECT t.* FROM {} AS t", self.target);
-        let image: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                if self.key.contains(c) {
-                    format!("t.{c}")
-                } else {
-                    format!("b.{c}")
-                }
-            })
-            .collect();
+        let image = self.image(|c| format!("t.{c}"));
         let log = format!(
             "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
              bf_undo_state, {}) SELECT ${run}::text, ${part}::text, CASE WHEN \
@@ -833,7 +836,7 @@ impl UndoLog {
             self.columns.join(", "),
             self.digest,
             self.key[0],
-            image.join(", "),
+            image,
             self.key_eq("b", "t"),
             self.key.join(", ")
         );
@@ -886,7 +889,6 @@ impl UndoLog {
         op: &str,
     ) -> Stmt {
         let (ins, ign) = self.dialect.insert_ignore();
-        let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{c}")).collect();
         let mut params = vec![
             Value::Text(b.run_id.clone()),
             Value::Text(b.partition_id.clone()),
@@ -899,7 +901,7 @@ impl UndoLog {
                  FROM {} AS t WHERE {predicate}{ign}",
                 self.undo,
                 self.columns.join(", "),
-                cols.join(", "),
+                self.columns_of("t"),
                 self.target
             ),
             params,
@@ -974,24 +976,7 @@ impl UndoLog {
         under_savepoints: bool,
     ) -> Vec<Stmt> {
         let k0 = &self.key[0];
-        let image: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                if self.key.contains(c) {
-                    format!("COALESCE(b.{c}, t.{c})")
-                } else {
-                    format!("b.{c}")
-                }
-            })
-            .collect();
-        let side = |alias: &str| {
-            self.columns
-                .iter()
-                .map(|c| format!("{alias}.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let image = self.image(|c| format!("COALESCE(b.{c}, t.{c})"));
         // The written side is aliased `t`, the alias the digest expression reads, so the
         // digest is computed in the outer query: for the rows logged only, not for every row
         // of the window.
@@ -1024,10 +1009,10 @@ impl UndoLog {
             self.undo,
             self.columns.join(", "),
             self.digest,
-            image.join(", "),
+            image,
             self.key_eq("t", "b"),
-            side("t"),
-            side("b"),
+            self.columns_of("t"),
+            self.columns_of("b"),
             self.key.join(", ")
         );
         let mut stmts = vec![
@@ -1076,7 +1061,6 @@ impl UndoLog {
         bounds: &[Value],
     ) -> [Stmt; 2] {
         let (ins, ign) = self.dialect.insert_ignore();
-        let cols: Vec<String> = self.columns.iter().map(|c| format!("t.{c}")).collect();
         let mut params = vec![
             Value::Text(b.run_id.clone()),
             Value::Text(b.partition_id.clone()),
@@ -1090,7 +1074,7 @@ impl UndoLog {
                  AS u WHERE u.bf_undo_run = ? AND {}){ign}",
                 self.undo,
                 self.columns.join(", "),
-                cols.join(", "),
+                self.columns_of("t"),
                 self.target,
                 self.undo,
                 self.key_eq("u", "t")

@@ -585,7 +585,13 @@ async fn undo_as_the_run_began<'s>(
         spec.target.mode,
         WriteMode::Upsert | WriteMode::Replace { .. }
     );
-    if !applies || spec.target.propagate_deletes || spec.target.shadow.is_some() {
+    // A run's first session (never started) wrote nothing: no look at the store, which sums
+    // every partition (a million of them for a big run).
+    if run.started_at.is_none()
+        || !applies
+        || spec.target.propagate_deletes
+        || spec.target.shadow.is_some()
+    {
         return Ok(Cow::Borrowed(spec));
     }
     let totals = patience::store(shutdown, "read the run's totals", || {

@@ -576,7 +576,7 @@ impl SqlitePushdown {
                 let attach = attach.clone();
                 let setup = Arc::clone(&setup);
                 Box::pin(async move {
-                    // The undo log's digest (`backfill_row_md5`).
+                    // The undo log's digest (`backfill_undo_digest`).
                     crate::fingerprint::sqlite::register(conn).await?;
                     if let Some(path) = attach {
                         sqlx::query(AssertSqlSafe(format!(
@@ -627,21 +627,15 @@ impl SqlitePushdown {
         let _ = self.undo_log.set(Arc::new(log.in_schema(schema, table)));
     }
 
-    /// The undo log with `b`'s triggers, when `b` is given (`updates`: log rows changed too).
-    fn undo_for(
-        &self,
-        b: Option<&UndoBatch>,
-        updates: bool,
-    ) -> Result<Option<PushedUndo>, ConnectorError> {
-        let Some(b) = b else { return Ok(None) };
+    /// The undo log, when a batch asks for it; an error when the pushdown was not given it.
+    fn undo_log(&self, b: Option<&UndoBatch>) -> Result<Option<&UndoLog>, ConnectorError> {
+        if b.is_none() {
+            return Ok(None);
+        }
         let log = self.undo_log.get().ok_or_else(|| ConnectorError::Data {
             message: "the pushdown was opened without the target's undo log".to_owned(),
         })?;
-        Ok(Some(PushedUndo {
-            triggers: log.sqlite_triggers(b, updates),
-            log: Arc::clone(log),
-            batch: b.clone(),
-        }))
+        Ok(Some(log))
     }
 
     /// The query's columns (to check against the target table).
@@ -673,7 +667,10 @@ impl SqlitePushdown {
                     .to_owned(),
             });
         }
-        let undo = self.undo_for(undo, true)?;
+        let triggers = self
+            .undo_log(undo)?
+            .zip(undo)
+            .map(|(log, b)| log.sqlite_triggers(b, true));
         let mut values = named_values(&self.names, window, &self.source_format);
         let variant = match after {
             None => FIRST,
@@ -724,7 +721,7 @@ impl SqlitePushdown {
             values,
             variant,
             staged: false,
-            undo,
+            undo: triggers,
         })
     }
 
@@ -807,7 +804,7 @@ impl SqlitePushdown {
         undo: Option<&UndoBatch>,
     ) -> Result<SqlitePushedReplace, ConnectorError> {
         let context = self.context("replace in");
-        let undo = self.undo_for(undo, false)?;
+        let log = self.undo_log(undo)?;
         let Some((delete, null_key, insert)) = &self.stmts.replace else {
             return Err(ConnectorError::Data {
                 message: "the pushdown was not opened in `replace` mode".to_owned(),
@@ -822,13 +819,10 @@ impl SqlitePushdown {
             .await
             .map_err(|e| sql_error(&context, &e))?;
         let window_bounds = bounds(window, &self.target_format);
-        let replace_log = match (&undo, &self.window_column) {
-            (Some(undo), Some(column)) => {
+        let replace_log = match (log.zip(undo), &self.window_column) {
+            (Some((log, b)), Some(column)) => {
                 let predicate = format!("t.{column} >= ? AND t.{column} < ?");
-                Some(
-                    undo.log
-                        .sqlite_replace(&undo.batch, &predicate, &window_bounds),
-                )
+                Some(log.sqlite_replace(b, &predicate, &window_bounds))
             }
             _ => None,
         };
@@ -1096,16 +1090,9 @@ pub struct SqlitePartition<'a> {
     variant: usize,
     /// Whether the rows are staged in the TEMP table.
     staged: bool,
-    /// The undo log each batch's transaction writes, when the run keeps one.
-    undo: Option<PushedUndo>,
-}
-
-/// The undo log of a pushdown's writes: installed as temporary triggers in each write
-/// transaction ([`UndoLog::sqlite_triggers`]).
-struct PushedUndo {
-    log: Arc<UndoLog>,
-    batch: UndoBatch,
-    triggers: SqliteTriggers,
+    /// The undo log's triggers, installed in each batch's transaction, when the run keeps
+    /// one ([`UndoLog::sqlite_triggers`]).
+    undo: Option<SqliteTriggers>,
 }
 
 impl fmt::Debug for SqlitePartition<'_> {
@@ -1336,7 +1323,7 @@ async fn write_staged(
         .await
         .map_err(|e| sql_error(context, &e))?;
     if let Some(undo) = &part.undo {
-        install(&mut tx, &undo.triggers.create, context).await?;
+        install(&mut tx, &undo.create, context).await?;
     }
     let existing: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&owner.stmts.count_existing)))
         .bind(range[0])
@@ -1352,7 +1339,7 @@ async fn write_staged(
         .map_err(|e| sql_error(context, &e))?
         .rows_affected();
     if let Some(undo) = &part.undo {
-        install(&mut tx, &undo.triggers.drop, context).await?;
+        install(&mut tx, &undo.drop, context).await?;
     }
     run_extra(&mut tx, extra).await?;
     tx.commit().await.map_err(|e| sql_error(context, &e))?;
@@ -1392,7 +1379,7 @@ async fn write_direct(
             .execute(&mut *tx)
             .await
             .map_err(|e| sql_error(context, &e))?;
-        install(&mut tx, &undo.triggers.create, context).await?;
+        install(&mut tx, &undo.create, context).await?;
     }
     let run = |text: &Arc<str>| -> Result<_, ConnectorError> {
         Ok(sqlx::query_with(
@@ -1438,7 +1425,7 @@ async fn write_direct(
         (inserted, written.saturating_sub(inserted))
     };
     if let Some(undo) = undo {
-        install(&mut tx, &undo.triggers.drop, context).await?;
+        install(&mut tx, &undo.drop, context).await?;
     }
     run_extra(&mut tx, extra).await?;
     tx.commit().await.map_err(|e| sql_error(context, &e))?;
