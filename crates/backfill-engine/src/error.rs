@@ -74,6 +74,16 @@ pub enum EngineError {
         /// What to do instead.
         hint: String,
     },
+    /// A resumed run began with an undo log, and the spec now asks for `partition_exchange`,
+    /// which keeps none: continuing would leave a rollback that restores only part of it.
+    #[error(
+        "run {run_id} began with an undo log, and `partition_exchange` keeps none, so its \
+         rollback would restore only part of it"
+    )]
+    UndoKept {
+        /// The run.
+        run_id: String,
+    },
     /// An explicit `[validate]` could not be set up (an unknown or float column, a
     /// database unreachable for the comparison).
     #[error(transparent)]

@@ -107,6 +107,7 @@ pub async fn prepare_run(
         reason,
         partitions: plan,
         guarantee: guarantee(store, spec),
+        undo_log: spec.target.undo,
     };
     if force_new {
         return Ok(Launch::Created(store.create_run(new).await?));

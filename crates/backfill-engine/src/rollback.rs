@@ -210,7 +210,8 @@ async fn rollback_on(
     progress: &mut impl FnMut(&PartitionRollback),
 ) -> Result<RollbackSummary, RollbackError> {
     let partitions = target.partitions(&run.id).await?;
-    if partitions.is_empty() && spec.target.undo && wrote_nothing(store, run).await? {
+    let logged = run.undo_log.unwrap_or(spec.target.undo);
+    if partitions.is_empty() && logged && wrote_nothing(store, run).await? {
         // PostgreSQL logs only the rows a write changed: a run that changed none has no undo
         // rows, and nothing to roll back.
         return Ok(RollbackSummary::default());
@@ -336,12 +337,12 @@ pub async fn cleanup(
 }
 
 /// Rows of `run` in its target's undo log (0 without one), for `status`.
-pub async fn undo_size(spec: &Spec, run_id: &str) -> Result<u64, RollbackError> {
-    if !spec.target.undo || spec.target.table.is_none() {
+pub async fn undo_size(spec: &Spec, run: &RunRecord) -> Result<u64, RollbackError> {
+    if !run.undo_log.unwrap_or(spec.target.undo) || spec.target.table.is_none() {
         return Ok(0);
     }
     let target = UndoTarget::open(&spec.target).await?;
-    let size = target.size(run_id).await;
+    let size = target.size(&run.id).await;
     target.close().await;
     Ok(size)
 }

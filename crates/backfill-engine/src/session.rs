@@ -567,13 +567,15 @@ async fn preflight(
 
 /// The spec to continue `run` with, as far as its undo log goes: a run resumed with a log it
 /// did not keep so far would have a rollback that restores only its later partitions,
-/// silently. An `upsert` run that wrote rows with no log entry (it was created with the log
-/// off: `undo = false`, or on SQLite by a version where the log was opt-in) continues
-/// without one, and says so. The reverse, a run that kept a log resumed with `undo = false`,
-/// continues as asked, with a warning that a rollback will restore only what was logged.
-/// Only a resumed run that wrote rows pays the look at the log (one target connection);
-/// `replace` runs are left as they are (their counts cannot tell a rewrite that changed
-/// nothing, and logged nothing, from one that kept no log).
+/// silently. A run keeps the setting recorded when it was created ([`kept_as_recorded`]).
+/// For a run created before the setting was recorded, it is inferred: an `upsert` run that
+/// wrote rows with no log entry (it was created with the log off: `undo = false`, or on
+/// SQLite by a version where the log was opt-in) continues without one, and says so; the
+/// reverse, a run that kept a log resumed with `undo = false`, continues as asked, with a
+/// warning that a rollback will restore only what was logged. Only such a resumed run that
+/// wrote rows pays the look at the log (one target connection); `replace` runs are left as
+/// they are (their counts cannot tell a rewrite that changed nothing, and logged nothing,
+/// from one that kept no log).
 async fn undo_as_the_run_began<'s>(
     store: &Store,
     spec: &'s Spec,
@@ -585,6 +587,9 @@ async fn undo_as_the_run_began<'s>(
         spec.target.mode,
         WriteMode::Upsert | WriteMode::Replace { .. }
     );
+    if let Some(began) = run.undo_log {
+        return kept_as_recorded(spec, run, began);
+    }
     // A run's first session (never started) wrote nothing: no look at the store, which sums
     // every partition (a million of them for a big run).
     if run.started_at.is_none()
@@ -636,6 +641,46 @@ async fn undo_as_the_run_began<'s>(
         );
     }
     Ok(Cow::Borrowed(spec))
+}
+
+/// `spec` with the undo setting `run` was created with (`began`), warned when the spec now
+/// says otherwise: a run keeps its undo log from its first write to its last, or never has
+/// one, so its rollback never restores only part of it. Refused when the run began with a
+/// log and the spec now asks for `partition_exchange`, which keeps none.
+fn kept_as_recorded<'s>(
+    spec: &'s Spec,
+    run: &RunRecord,
+    began: bool,
+) -> Result<std::borrow::Cow<'s, Spec>, EngineError> {
+    use std::borrow::Cow;
+    if spec.target.undo == began {
+        return Ok(Cow::Borrowed(spec));
+    }
+    if began && spec.target.partition_exchange {
+        return Err(EngineError::UndoKept {
+            run_id: run.id.clone(),
+        });
+    }
+    if began {
+        tracing::warn!(
+            run_id = run.id,
+            "run {} began with an undo log and keeps it, although the spec now says \
+             `undo = false`, so that its rollback restores all of it. Start a new run (`--new`) \
+             to write without a log",
+            run.id
+        );
+    } else {
+        tracing::warn!(
+            run_id = run.id,
+            "run {} began without an undo log and goes on without one, although the spec now \
+             says `undo = true`, so that a rollback never restores only part of it. Start a new \
+             run (`--new`) to keep a log",
+            run.id
+        );
+    }
+    let mut spec = spec.clone();
+    spec.target.undo = began;
+    Ok(Cow::Owned(spec))
 }
 
 /// The pushdown for this run, when `target.pushdown` is on, the mode is `upsert` or

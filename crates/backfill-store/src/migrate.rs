@@ -42,6 +42,7 @@ const SQLITE: &[(i64, &str)] = &[
         14,
         include_str!("../migrations/0014_partition_error_class.sql"),
     ),
+    (15, include_str!("../migrations/0015_run_undo.sql")),
 ];
 
 /// Every PostgreSQL migration, in order; same versions as [`SQLITE`].
@@ -93,6 +94,7 @@ const POSTGRES: &[(i64, &str)] = &[
         14,
         include_str!("../migrations/postgres/0014_partition_error_class.sql"),
     ),
+    (15, include_str!("../migrations/postgres/0015_run_undo.sql")),
 ];
 
 fn migrations(dialect: Dialect) -> &'static [(i64, &'static str)] {

@@ -33,6 +33,9 @@ pub struct NewRun<'a> {
     /// What a crash can do to the target (decided by the caller from the mode and whether
     /// the target is this store's database).
     pub guarantee: Guarantee,
+    /// Whether the run keeps an undo log (the spec's `target.undo`, its default applied):
+    /// recorded so that a resumed run keeps the setting it began with.
+    pub undo_log: bool,
 }
 
 /// The partitions a new run is created with, read once, in plan order, as they are inserted:
@@ -114,10 +117,13 @@ pub struct RunRecord {
     /// Why it is paused (`user`, `budget_exhausted`, `circuit_open`, `outside_window`,
     /// `stopped`); `None` unless it is `paused`.
     pub pause_reason: Option<String>,
+    /// Whether it keeps an undo log, as decided when it was created; `None` for runs created
+    /// before it was recorded (schema 14 and older).
+    pub undo_log: Option<bool>,
 }
 
 const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text, \
-     normalized_spec, owner, reason, state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee, pause_reason FROM runs";
+     normalized_spec, owner, reason, state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee, pause_reason, undo_log FROM runs";
 
 /// Newest first; the UUIDv7 id breaks ties within one microsecond.
 const NEWEST_FIRST: &str = "ORDER BY created_at DESC, id DESC";
@@ -163,6 +169,7 @@ fn run_from_row(row: &DbRow) -> Result<RunRecord, StoreError> {
             }
         },
         pause_reason: row.try_get("pause_reason")?,
+        undo_log: row.try_get::<Option<i64>, _>("undo_log")?.map(|v| v != 0),
     })
 }
 
@@ -284,8 +291,8 @@ async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, St
     let now = codec::now();
     stmt(
         "INSERT INTO runs (id, spec_name, spec_hash, plan_hash, spec_text, normalized_spec, \
-         owner, reason, state, created_at, updated_at, partitions_total, guarantee) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         owner, reason, state, created_at, updated_at, partitions_total, guarantee, undo_log) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&id)
     .bind(new.spec_name)
@@ -300,6 +307,7 @@ async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, St
     .bind(&now)
     .bind(codec::to_db(new.partitions.count() as u64))
     .bind(new.guarantee.name())
+    .bind(i64::from(new.undo_log))
     .execute(tx)
     .await?;
     insert_partitions(tx, &id, new.partitions).await?;
@@ -316,6 +324,7 @@ async fn insert_run(tx: &mut WriteTxn, new: &NewRun<'_>) -> Result<RunRecord, St
             "reason": new.reason,
             "partitions": new.partitions.count(),
             "guarantee": new.guarantee.name(),
+            "undo_log": new.undo_log,
         }),
     )
     .await?;

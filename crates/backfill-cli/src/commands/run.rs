@@ -401,6 +401,12 @@ fn engine_error(error: EngineError) -> anyhow::Error {
         } => UserError::new(format!("run {run_id} is {state}"))
             .hint(hint)
             .into(),
+        e @ EngineError::UndoKept { .. } => UserError::new(e.to_string())
+            .hint(
+                "remove `partition_exchange` from the spec to continue the run with its log, or \
+                 start a new run with `--new`",
+            )
+            .into(),
         EngineError::Held {
             run_id,
             host,

@@ -460,36 +460,95 @@ async fn pushdown_and_row_path_give_the_same_target_and_counts() {
     }
 }
 
-/// A run that wrote rows without an undo log (it began with `undo` off: before the log was
-/// on by default for SQLite, say) and is resumed with the log on continues without one, so
-/// its rollback can never restore only the later partitions; a run that began with the log
-/// keeps it.
+/// A resumed run keeps the undo setting it was created with, whatever the spec says now, in
+/// both modes and both directions: a run that began without a log goes on without one (its
+/// rollback can never restore only the later partitions), a run that began with one logs
+/// every row it writes. A run created before the setting was recorded (its column NULL) is
+/// judged from its log: an upsert that wrote rows with none continues without one.
 #[tokio::test]
 async fn a_run_resumed_keeps_the_undo_log_it_began_with() {
-    for began_with_log in [false, true] {
+    let replace = WriteMode::Replace {
+        window_column: "ts".into(),
+    };
+    let cases = [
+        (WriteMode::Upsert, false, true),
+        (WriteMode::Upsert, true, true),
+        (replace.clone(), false, true),
+        (replace, true, true),
+        // Recorded before the column existed.
+        (WriteMode::Upsert, false, false),
+    ];
+    for (mode, began_with_log, recorded) in cases {
+        let label = format!("{mode:?}, began with log: {began_with_log}, recorded: {recorded}");
         let dir = tempfile::tempdir().unwrap();
         let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
         let mut spec = spec(&source, &target, 34);
+        spec.target.mode = mode;
         spec.target.undo = began_with_log;
         // As in the test below: the stop at 300 ms lands mid-run.
         spec.limits.rows_per_second = NonZeroU32::new(1_000);
         let (store, run, paused) = stopped_mid_run(dir.path(), &spec).await;
-        assert_eq!(paused.state, RunState::Paused);
-        let written_before = paused.counts.inserted;
-        assert!(written_before > 0, "{paused:?}");
-        // Resumed with the log on (the default now).
-        spec.target.undo = true;
+        assert_eq!(paused.state, RunState::Paused, "{label}");
+        assert!(paused.counts.inserted > 0, "{label}: {paused:?}");
+        assert!(paused.counts.inserted < 2_000, "{label}: {paused:?}");
+        if !recorded {
+            let state = pool(&format!("sqlite://{}/state.db", dir.path().display())).await;
+            sqlx::query("UPDATE runs SET undo_log = NULL")
+                .execute(&state)
+                .await
+                .unwrap();
+            state.close().await;
+        }
+        // Resumed with the other setting.
+        spec.target.undo = !began_with_log;
         spec.limits.rows_per_second = None;
         let done = resume_to_end(&store, &spec, &run).await;
-        assert_eq!(done.state, RunState::Succeeded);
-        assert_eq!(done.counts.inserted, 2_000);
+        assert_eq!(done.state, RunState::Succeeded, "{label}");
+        assert_eq!(done.counts.inserted, 2_000, "{label}");
         let logged = undo_log(&target).await.len();
         if began_with_log {
-            assert_eq!(logged, 2_000, "every row the run inserted is logged");
+            assert_eq!(
+                logged, 2_000,
+                "{label}: every row the run inserted is logged"
+            );
         } else {
-            assert_eq!(logged, 0, "no partition logged after the resume");
+            assert_eq!(logged, 0, "{label}: no partition logged after the resume");
         }
     }
+}
+
+/// A run that began with an undo log is not continued with `partition_exchange`, which keeps
+/// none: the resume is refused, naming the run, and nothing more is written.
+#[tokio::test]
+async fn a_run_with_an_undo_log_is_not_resumed_by_partition_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
+    let mut spec = spec(&source, &target, 34);
+    spec.target.mode = WriteMode::Replace {
+        window_column: "ts".into(),
+    };
+    spec.target.undo = true;
+    spec.limits.rows_per_second = NonZeroU32::new(1_000);
+    let (store, run, paused) = stopped_mid_run(dir.path(), &spec).await;
+    assert_eq!(paused.state, RunState::Paused);
+    let written = count(&target, "SELECT count(*) FROM copy").await;
+    spec.target.undo = false;
+    spec.target.partition_exchange = true;
+    spec.limits.rows_per_second = None;
+    let err = execute(
+        &store,
+        &spec,
+        &run,
+        ExecuteOptions::new("t@h", Shutdown::new()),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, backfill_engine::EngineError::UndoKept { run_id } if *run_id == run.id),
+        "{err}"
+    );
+    assert!(err.to_string().contains("partition_exchange"), "{err}");
+    assert_eq!(count(&target, "SELECT count(*) FROM copy").await, written);
 }
 
 #[tokio::test]

@@ -262,6 +262,7 @@ async fn one_unfinished_run_per_spec(db: TestDb) {
                     reason: "test",
                     partitions: &partitions,
                     guarantee: backfill_core::Guarantee::Idempotent,
+                    undo_log: false,
                 })
                 .await
                 .unwrap()

@@ -302,6 +302,7 @@ pub(crate) async fn create(store: &Store, spec_name: &str, partitions: &[Partiti
             reason: "ETL outage",
             partitions: &partitions,
             guarantee: backfill_core::Guarantee::Idempotent,
+            undo_log: true,
         })
         .await
         .unwrap()

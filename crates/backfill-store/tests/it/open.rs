@@ -27,7 +27,7 @@ async fn reopening_is_idempotent_and_keeps_data() {
         assert_eq!(again.get_run(&run.id).await.unwrap().partitions_total, 2);
         assert_eq!(
             db.raw_i64s("SELECT version FROM schema_version").await,
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
         );
         again.close().await;
     }
@@ -42,7 +42,7 @@ async fn reopening_keeps_data_and_version(db: TestDb) {
     assert_eq!(
         db.raw_i64s("SELECT version FROM schema_version ORDER BY version")
             .await,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     );
     if db.backend == Backend::Postgres {
         assert!(again.sqlite_path().is_none());
@@ -62,7 +62,7 @@ async fn a_newer_schema_is_refused(db: TestDb) {
             err,
             StoreError::NewerSchema {
                 found: 99,
-                known: 14
+                known: 15
             }
         ),
         "{err:?}"
@@ -85,7 +85,7 @@ async fn concurrent_opens_migrate_once(db: TestDb) {
     assert_eq!(
         db.raw_i64s("SELECT version FROM schema_version ORDER BY version")
             .await,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     );
 }
 

@@ -19,6 +19,8 @@ async fn create_run_round_trips_run_and_partitions(db: TestDb) {
         store.get_run(&run.id).await.unwrap().guarantee,
         run.guarantee
     );
+    assert_eq!(run.undo_log, Some(true));
+    assert_eq!(store.get_run(&run.id).await.unwrap().undo_log, Some(true));
     assert!(run.started_at.is_none() && run.finished_at.is_none());
     assert_eq!(uuid::Uuid::parse_str(&run.id).unwrap().get_version_num(), 7);
 
