@@ -202,14 +202,20 @@ def backfill(args, spec_path, limit=None):
 
 
 def quiesce(args):
-    """Waits (up to 90 s) until no autovacuum worker runs: one started by the previous case
-    or by a freshly loaded database would otherwise disturb the next case's live latency."""
+    """Every case starts from the same server state: waits (up to 90 s) until no autovacuum
+    worker runs (one started by the previous case or by a freshly loaded database would
+    disturb the next case's live latency), then writes out the dirty buffers the previous
+    case left (`CHECKPOINT`) and pauses: after an unthrottled run, live traffic otherwise pays
+    for its dirty pages (backends write them out) whatever the next case does."""
     for _ in range(90):
         n = args.pg.value("postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")
         if str(n).strip() in ("0", ""):
-            return
+            break
         time.sleep(1)
-    log("  (autovacuum still running after 90 s)")
+    else:
+        log("  (autovacuum still running after 90 s)")
+    args.pg.run("postgres", "CHECKPOINT")
+    time.sleep(3)
 
 
 def adaptive_start(state):

@@ -39,14 +39,16 @@ use crate::ConnectorError;
 /// sets one), so the watch can tell the backfill's sessions from live traffic.
 pub const APPLICATION_NAME: &str = "backfill";
 
-/// Statements that read the statistics views (the watch's own, and any monitoring) are not
-/// live traffic.
+/// This database's statements, each marked whether it reads the statistics views (`meta`:
+/// the watch's own, and any monitoring): those are not live traffic, and their time is taken
+/// out of the transactions' (see [`Reading::transactions`]).
 const PG_STATEMENTS: &str = "SELECT s.userid::int8, s.queryid, sum(s.calls)::int8, \
-     sum(s.total_exec_time)::float8 \
+     sum(s.total_exec_time)::float8, \
+     bool_or(s.query ILIKE '%pg_stat_statements%' OR s.query ILIKE '%pg_stat_activity%' \
+             OR s.query ILIKE '%pg_stat_database%') \
      FROM pg_stat_statements s \
      WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND s.queryid IS NOT NULL \
-       AND s.query NOT ILIKE '%pg_stat_statements%' AND s.query NOT ILIKE '%pg_stat_activity%' \
      GROUP BY s.userid, s.queryid";
 
 /// Client sessions other than ours waiting on WAL (I/O, its locks, synchronous replication) or
@@ -70,7 +72,8 @@ const PG_TRANSACTIONS: &str = "SELECT (d.xact_commit + d.xact_rollback)::int8, \
      FROM pg_stat_database d WHERE d.datname = current_database()";
 
 /// The statements the watch runs on PostgreSQL per reading, each its own transaction: its
-/// own part of [`PG_TRANSACTIONS`]'s count, taken out again.
+/// own part of [`PG_TRANSACTIONS`]'s count, taken out again when `pg_stat_statements` cannot
+/// say how many statements read the statistics views.
 const PG_OWN_TRANSACTIONS: u64 = 4;
 
 /// The statements our sessions ran last (or run now).
@@ -122,9 +125,11 @@ pub struct Reading {
     /// a transaction, so the time a client takes between its statements (slow when the
     /// machine is short of CPU) counts too. `None` on the first reading, before PostgreSQL 14,
     /// or while other `backfill` sessions use the watched database (theirs cannot be told
-    /// apart: the reason is in `unavailable`). The watch's own few short transactions per
-    /// reading are taken out of the count, not of the time (it cannot be read per session),
-    /// which slightly dilutes a rise and never makes one.
+    /// apart: the reason is in `unavailable`). The transactions of statements that read the
+    /// statistics views (the watch's own, monitoring) are taken out, count and execution time
+    /// as `pg_stat_statements` records them: their time is not live traffic's, and it grows
+    /// while a backfill loads the server (more sessions and statements to list, less CPU).
+    /// Without `pg_stat_statements`, only their count is.
     pub transactions: Option<StatDelta>,
     /// Live sessions waiting on WAL or I/O right now (PostgreSQL).
     pub waiting: Option<u32>,
@@ -145,11 +150,15 @@ pub struct Watch {
     previous: Option<Totals>,
     /// PostgreSQL query ids seen run by our sessions: never live traffic.
     ours: HashSet<i64>,
+    /// PostgreSQL: the previous reading's counters of the statements that read the statistics
+    /// views; `None` before the first, or when `pg_stat_statements` is not offered.
+    previous_meta: Option<Totals>,
     /// PostgreSQL: the previous reading's transactions and their time in seconds.
     transactions: Option<(u64, f64)>,
-    /// PostgreSQL: the watch's own transactions not yet taken out of an interval (sessions
-    /// report theirs up to a second late).
-    own_pending: u64,
+    /// PostgreSQL: the transactions (and their seconds) of statements that read the
+    /// statistics views, not yet taken out of an interval (sessions report theirs up to a
+    /// second late).
+    own_pending: Own,
     /// MySQL: whether the server records digests, checked at the first reading (a server
     /// setting that needs a restart, so once per connection).
     digests: Option<Result<(), String>>,
@@ -174,8 +183,9 @@ impl Watch {
             pool,
             previous: None,
             ours: HashSet::new(),
+            previous_meta: None,
             transactions: None,
-            own_pending: 0,
+            own_pending: Own::default(),
             digests: None,
         })
     }
@@ -209,12 +219,29 @@ impl Watch {
                         crate::postgres::sql_error("wait events", &e).to_string(),
                     )),
                 }
-                self.own_pending += PG_OWN_TRANSACTIONS;
+                let totals = match pg_totals(pool, &self.ours).await {
+                    Ok((live, meta)) => {
+                        match &self.previous_meta {
+                            Some(before) => self.own_pending.add(delta(before, &meta)),
+                            None => self.own_pending.calls += PG_OWN_TRANSACTIONS,
+                        }
+                        self.previous_meta = Some(meta);
+                        Some(live)
+                    }
+                    Err(reason) => {
+                        self.previous_meta = None;
+                        self.own_pending.calls += PG_OWN_TRANSACTIONS;
+                        reading
+                            .unavailable
+                            .push((signal::PG_STAT_STATEMENTS, reason));
+                        None
+                    }
+                };
                 match pg_transactions(pool).await {
                     Ok((_, _, others)) if others > 0 => {
                         // Counted afresh once they leave: nothing of ours is pending then.
                         self.transactions = None;
-                        self.own_pending = 0;
+                        self.own_pending = Own::default();
                         reading.unavailable.push((
                             signal::TRANSACTIONS,
                             format!(
@@ -231,19 +258,11 @@ impl Watch {
                     }
                     Err(reason) => {
                         self.transactions = None;
-                        self.own_pending = 0;
+                        self.own_pending = Own::default();
                         reading.unavailable.push((signal::TRANSACTIONS, reason));
                     }
                 }
-                match pg_totals(pool, &self.ours).await {
-                    Ok(t) => Some(t),
-                    Err(reason) => {
-                        reading
-                            .unavailable
-                            .push((signal::PG_STAT_STATEMENTS, reason));
-                        None
-                    }
-                }
+                totals
             }
             Pool::MySql(pool) => {
                 match threads_running(pool).await {
@@ -341,21 +360,38 @@ fn offer(signal: &'static str, available: bool, detail: impl Into<String>) -> Of
     }
 }
 
+/// Transactions that are not live traffic, not yet taken out of an interval: how many, and
+/// their time in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Own {
+    calls: u64,
+    secs: f64,
+}
+
+impl Own {
+    fn add(&mut self, d: StatDelta) {
+        self.calls = self.calls.saturating_add(d.calls);
+        self.secs += d.time.as_secs_f64();
+    }
+}
+
 /// The transactions' interval from the counters before (`pc` transactions, `pt` seconds) and
-/// now, less the watch's own `pending` transactions (as many as the interval holds; the rest
-/// stays pending for the next). Counters that went backwards (a statistics reset) count from
-/// zero.
-fn own_out(pending: &mut u64, pc: u64, pt: f64, count: u64, secs: f64) -> StatDelta {
+/// now, less the `pending` transactions that are not live traffic: as many, and as much of
+/// their time, as the interval holds; the rest stays pending for the next. Counters that
+/// went backwards (a statistics reset) count from zero.
+fn own_out(pending: &mut Own, pc: u64, pt: f64, count: u64, secs: f64) -> StatDelta {
     let (calls, time) = if pc <= count && pt <= secs {
         (count - pc, secs - pt)
     } else {
         (count, secs)
     };
-    let ours = (*pending).min(calls);
-    *pending -= ours;
+    let ours = pending.calls.min(calls);
+    pending.calls -= ours;
+    let own_time = pending.secs.min(time).max(0.0);
+    pending.secs -= own_time;
     StatDelta {
         calls: calls - ours,
-        time: Duration::try_from_secs_f64(time.max(0.0)).unwrap_or(Duration::MAX),
+        time: Duration::try_from_secs_f64((time - own_time).max(0.0)).unwrap_or(Duration::MAX),
     }
 }
 
@@ -391,28 +427,32 @@ fn delta(previous: &Totals, now: &Totals) -> StatDelta {
     }
 }
 
-async fn pg_totals(pool: &PgPool, ours: &HashSet<i64>) -> Result<Totals, String> {
+/// The counters of this database's live statements (neither reading the statistics views
+/// nor run by our sessions, `ours`) and, apart, of those that read the statistics views.
+async fn pg_totals(pool: &PgPool, ours: &HashSet<i64>) -> Result<(Totals, Totals), String> {
     let rows = sqlx::query(PG_STATEMENTS)
         .fetch_all(pool)
         .await
         .map_err(|e| crate::postgres::sql_error("reading pg_stat_statements", &e).to_string())?;
-    let mut out = Totals::with_capacity(rows.len());
+    let (mut live, mut meta) = (Totals::with_capacity(rows.len()), Totals::new());
     for row in rows {
-        let (user, query, calls, ms): (i64, i64, i64, f64) = (
+        let (user, query, calls, ms, reads_stats): (i64, i64, i64, f64, bool) = (
             row.try_get(0).map_err(|e| e.to_string())?,
             row.try_get(1).map_err(|e| e.to_string())?,
             row.try_get(2).map_err(|e| e.to_string())?,
             row.try_get(3).map_err(|e| e.to_string())?,
+            row.try_get::<Option<bool>, _>(4)
+                .map_err(|e| e.to_string())?
+                .unwrap_or(false),
         );
-        if ours.contains(&query) {
-            continue;
+        let counters = (u64::try_from(calls).unwrap_or(0), ms / 1000.0);
+        if reads_stats {
+            meta.insert(format!("{user}/{query}"), counters);
+        } else if !ours.contains(&query) {
+            live.insert(format!("{user}/{query}"), counters);
         }
-        out.insert(
-            format!("{user}/{query}"),
-            (u64::try_from(calls).unwrap_or(0), ms / 1000.0),
-        );
     }
-    Ok(out)
+    Ok((live, meta))
 }
 
 async fn mysql_totals(pool: &MySqlPool) -> Result<Totals, String> {
@@ -633,12 +673,38 @@ mod tests {
         let secs = |d: StatDelta| (d.calls, d.time.as_secs_f64());
         // 8 of ours pending; the interval holds 5 transactions: all 5 are taken as ours, 3
         // stay pending for the next interval, whose 103 are then 100 live ones.
-        let mut pending = 8;
+        let mut pending = Own {
+            calls: 8,
+            secs: 0.0,
+        };
         assert_eq!(secs(own_out(&mut pending, 100, 1.0, 105, 1.5)), (0, 0.5));
-        assert_eq!(pending, 3);
+        assert_eq!(pending.calls, 3);
         assert_eq!(secs(own_out(&mut pending, 105, 1.5, 208, 2.5)), (100, 1.0));
-        assert_eq!(pending, 0);
+        assert_eq!(pending.calls, 0);
         // A statistics reset: counts from zero.
         assert_eq!(secs(own_out(&mut pending, 208, 2.5, 10, 0.25)), (10, 0.25));
+    }
+
+    #[test]
+    fn the_time_of_statements_reading_the_statistics_is_taken_out_too() {
+        let secs = |d: StatDelta| (d.calls, (d.time.as_secs_f64() * 1e6).round() / 1e6);
+        // 4 of ours took 0.02 s; the interval's 34 transactions took 0.25 s in all: 30 live
+        // ones in 0.23 s.
+        let mut pending = Own::default();
+        pending.add(StatDelta {
+            calls: 4,
+            time: Duration::from_millis(20),
+        });
+        assert_eq!(secs(own_out(&mut pending, 100, 1.0, 134, 1.25)), (30, 0.23));
+        assert_eq!(pending, Own::default());
+        // Reported late: more of ours than the interval holds stays pending, never making
+        // an interval's time negative.
+        pending.add(StatDelta {
+            calls: 4,
+            time: Duration::from_millis(50),
+        });
+        assert_eq!(secs(own_out(&mut pending, 134, 1.25, 136, 1.28)), (0, 0.0));
+        assert_eq!(pending.calls, 2);
+        assert!((pending.secs - 0.02).abs() < 1e-9, "{pending:?}");
     }
 }

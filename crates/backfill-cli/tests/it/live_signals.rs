@@ -370,6 +370,61 @@ async fn live_transaction_time_rises_when_clients_are_slow_between_statements() 
     );
 }
 
+/// Statements that read the statistics views (the watch's own, monitoring) are not live
+/// traffic, and neither is their time: a monitoring session's slow reads of
+/// `pg_stat_activity` between a live session's quick transactions leave the live
+/// transactions' time as it is. Left in, the watch's own reads, which grow slower while a
+/// backfill loads the server, would read as a rise in live transaction time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_that_read_the_statistics_are_not_live_traffic() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let mut watch = Watch::open(&SecretUrl::new(pg.url())).await.expect("watch");
+    watch.read().await.expect("first reading");
+    watch
+        .read()
+        .await
+        .expect("second reading (counters of its own reads)");
+    let (mut live, mut monitor) = (pg.connect().await, pg.connect().await);
+    let n = 20;
+    for _ in 0..n {
+        sqlx::query("SELECT pg_sleep(0.02) FROM pg_stat_activity LIMIT 1")
+            .execute(&mut monitor)
+            .await
+            .expect("monitoring read");
+        let mut tx = live.begin().await.expect("begin");
+        sqlx::query("SELECT 1")
+            .execute(&mut *tx)
+            .await
+            .expect("live");
+        tx.commit().await.expect("commit");
+    }
+    monitor.close().await.expect("close");
+    live.close().await.expect("close");
+    let mut transactions = StatDelta::default();
+    wait_for(
+        "the live session's transactions are reported",
+        PATIENCE,
+        async || {
+            let reading = watch.read().await.expect("reading");
+            if let Some(d) = reading.transactions {
+                transactions.calls += d.calls;
+                transactions.time += d.time;
+            }
+            transactions.calls >= n
+        },
+    )
+    .await;
+    eprintln!("live transactions: {transactions:?}");
+    // The monitoring reads took 20 x 20 ms; the live transactions a few ms in all.
+    assert!(
+        transactions.time < Duration::from_millis(200),
+        "the monitoring reads' time counted as live: {transactions:?}"
+    );
+    assert!(transactions.calls < 2 * n, "{transactions:?}");
+}
+
 /// `check` on a spec whose `watch` is `url`: the `signals` object of `--json`, and the text.
 async fn check_signals(url: &str) -> (serde_json::Value, crate::support::Ran) {
     let ws = Workspace::new();
