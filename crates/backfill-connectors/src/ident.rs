@@ -1,7 +1,9 @@
 //! Validation of the identifiers that reach SQL text: tables, key columns and batch columns.
 //!
 //! Invariant: a name is checked here before any dialect quotes it, so quoting never has to
-//! escape anything and a column name can never smuggle SQL into a statement.
+//! escape anything and a column name can never smuggle SQL into a statement; the one
+//! exception, a column read from a table's catalog ([`check_catalog_column`]), is quoted
+//! whole with its marks doubled.
 
 use backfill_core::spec::is_identifier;
 
@@ -33,6 +35,19 @@ pub(crate) fn check_column(name: &str, role: &str) -> Result<(), ConnectorError>
                 suggest(name)
             ),
         })
+    }
+}
+
+/// Checks a column name read from a table's catalog, which may be named anything (a dot, a
+/// space): quoted whole, its marks doubled ([`crate::shared::quote_column`]), any name is
+/// safe but an empty one or one holding a NUL, which no database accepts.
+pub(crate) fn check_catalog_column(name: &str, role: &str) -> Result<(), ConnectorError> {
+    if name.is_empty() || name.contains('\0') {
+        Err(ConnectorError::Data {
+            message: format!("{role} `{}` is not a column name", name.escape_debug()),
+        })
+    } else {
+        Ok(())
     }
 }
 

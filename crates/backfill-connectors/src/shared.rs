@@ -539,6 +539,14 @@ pub(crate) fn quote_ident(name: &str, mark: char) -> String {
     out
 }
 
+/// Quotes one column name between `mark`s, dots and all: `a.b` → `"a.b"`. A target table's
+/// columns, read from its catalog, may be named anything; only a table name is split into
+/// schema and name ([`quote_ident`]).
+pub(crate) fn quote_column(name: &str, mark: char) -> String {
+    let doubled: String = [mark, mark].iter().collect();
+    format!("{mark}{}{mark}", name.replace(mark, &doubled))
+}
+
 /// Removes trailing semicolons and whitespace, so a query can be wrapped as a subquery.
 pub(crate) fn trim_statement(sql: &str) -> &str {
     sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
@@ -603,6 +611,9 @@ mod tests {
         assert_eq!(quote_ident("s.t", '"'), "\"s\".\"t\"");
         assert_eq!(quote_ident("s.t", '`'), "`s`.`t`");
         assert_eq!(quote_ident("a`b", '`'), "`a``b`");
+        assert_eq!(quote_column("x.y", '"'), "\"x.y\"");
+        assert_eq!(quote_column("a\"b.c", '"'), "\"a\"\"b.c\"");
+        assert_eq!(quote_column("x.y", '`'), "`x.y`");
     }
 
     #[test]

@@ -83,7 +83,16 @@ pub(crate) enum Dialect {
 
 impl Dialect {
     fn quote(self, name: &str) -> String {
-        quote_ident(name, if self == Dialect::MySql { '`' } else { '"' })
+        quote_ident(name, self.mark())
+    }
+
+    /// Quotes a column of the target's catalog, whose name may hold a dot.
+    fn quote_column(self, name: &str) -> String {
+        crate::shared::quote_column(name, self.mark())
+    }
+
+    fn mark(self) -> char {
+        if self == Dialect::MySql { '`' } else { '"' }
     }
 
     /// The first letter of the digests the log writes now; entries without it hold the
@@ -393,7 +402,10 @@ impl UndoLog {
             .iter()
             .filter_map(|c| c.kind.map(|k| Column::new(c.name.clone(), k)))
             .collect();
-        let columns: Vec<String> = catalog.iter().map(|c| dialect.quote(&c.name)).collect();
+        let columns: Vec<String> = catalog
+            .iter()
+            .map(|c| dialect.quote_column(&c.name))
+            .collect();
         let new_digest = match dialect {
             Dialect::Sqlite => crate::fingerprint::sqlite::undo_digest_sql(&columns, "NEW"),
             Dialect::Postgres | Dialect::MySql => String::new(),
@@ -1491,7 +1503,7 @@ impl UndoLog {
                 // The type comes from the catalog and holds only type syntax.
                 changes.push(format!(
                     "MODIFY {} {ty} NULL DEFAULT NULL",
-                    self.dialect.quote(column)
+                    self.dialect.quote_column(column)
                 ));
             }
         }

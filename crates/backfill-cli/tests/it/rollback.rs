@@ -373,6 +373,66 @@ async fn rollback_replace_mysql() {
     run_then_rollback_restores_the_target(System::MySql, REPLACE, [300, 0, 272]).await;
 }
 
+/// A target column whose name holds a dot (one the source does not write) is logged,
+/// fingerprinted and restored like any other: names read from the catalog are quoted whole,
+/// never split into a table and a column.
+async fn a_column_named_with_a_dot_is_restored(system: System, mode: &str) {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(system, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    let column = if system == System::MySql {
+        "`x.y`"
+    } else {
+        "\"x.y\""
+    };
+    target
+        .exec(&format!(
+            "ALTER TABLE {dst} ADD COLUMN {column} VARCHAR(20) DEFAULT 'new'"
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE {dst} SET {column} = 'kept' WHERE id <= 45"
+        ))
+        .await;
+    let path = ws.write("spec.toml", &spec(&source, &target, mode));
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_ne!(fingerprint(&target).await, before);
+    rolled_back_without_conflicts(&ws, &run_id(&ran));
+    assert_eq!(fingerprint(&target).await, before);
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_column_named_with_a_dot_is_restored_upsert_sqlite() {
+    a_column_named_with_a_dot_is_restored(System::Sqlite, "").await;
+}
+
+#[tokio::test]
+async fn a_column_named_with_a_dot_is_restored_replace_sqlite() {
+    a_column_named_with_a_dot_is_restored(System::Sqlite, REPLACE).await;
+}
+
+#[tokio::test]
+async fn a_column_named_with_a_dot_is_restored_upsert_postgres() {
+    a_column_named_with_a_dot_is_restored(System::Postgres, "").await;
+}
+
+#[tokio::test]
+async fn a_column_named_with_a_dot_is_restored_replace_postgres() {
+    a_column_named_with_a_dot_is_restored(System::Postgres, REPLACE).await;
+}
+
+#[tokio::test]
+async fn a_column_named_with_a_dot_is_restored_upsert_mysql() {
+    a_column_named_with_a_dot_is_restored(System::MySql, "").await;
+}
+
 const PROPAGATE: &str = "propagate_deletes = true";
 
 #[tokio::test]

@@ -51,7 +51,7 @@ use backfill_core::timefmt::TimeFormat;
 
 use crate::ConnectorError;
 use crate::ident::{check_column, check_table};
-use crate::shared::quote_ident;
+use crate::shared::{quote_column, quote_ident};
 
 /// A database opened for fingerprints: one pool of any registered system.
 ///
@@ -410,7 +410,8 @@ fn check_scan(scan: &Scan<'_>) -> Result<(), ConnectorError> {
         check_table(table)?;
     }
     for column in scan.columns {
-        check_column(&column.name, "fingerprint column")?;
+        // Quoted whole (`quote_column`): a target's column may hold a dot.
+        crate::ident::check_catalog_column(&column.name, "fingerprint column")?;
     }
     if let Some(range) = scan.range {
         check_column(range.column, "range column")?;
@@ -577,7 +578,7 @@ fn canonical_select(
 ) -> Result<String, ConnectorError> {
     let mut select = Vec::with_capacity(scan.columns.len() + extra.len());
     for (i, column) in scan.columns.iter().enumerate() {
-        let x = format!("t.{}", quote_ident(&column.name, d.quote));
+        let x = format!("t.{}", quote_column(&column.name, d.quote));
         select.push(format!("{} AS c{i}", (d.canonical)(column, &x)?));
     }
     select.extend_from_slice(extra);
@@ -670,7 +671,7 @@ pub(crate) fn row_digest_expr(
 ) -> Result<String, ConnectorError> {
     let mut fields = Vec::new();
     for column in columns.iter().filter(|c| c.kind != Kind::Json) {
-        let x = format!("{alias}.{}", quote_ident(&column.name, d.quote));
+        let x = format!("{alias}.{}", quote_column(&column.name, d.quote));
         fields.push((d.field)(&(d.canonical)(column, &x)?));
     }
     if fields.is_empty() {
@@ -755,13 +756,32 @@ mod tests {
 
     #[test]
     fn names_are_checked_before_sql_is_built() {
-        let columns = [Column::new("a; DROP TABLE x", Kind::Int)];
+        // A catalog's column may be named anything: quoted whole, marks doubled.
+        let odd = [Column::new("x.y \"z\"; DROP TABLE x", Kind::Int)];
         let scan = Scan {
             relation: Relation::Table("t"),
-            columns: &columns,
+            columns: &odd,
             range: None,
         };
-        assert!(check_scan(&scan).is_err());
+        assert!(check_scan(&scan).is_ok());
+        assert_eq!(
+            quote_column(&odd[0].name, '"'),
+            "\"x.y \"\"z\"\"; DROP TABLE x\""
+        );
+        for bad in ["", "a\0b"] {
+            let columns = [Column::new(bad, Kind::Int)];
+            let scan = Scan {
+                columns: &columns,
+                ..scan
+            };
+            assert!(check_scan(&scan).is_err(), "{bad:?}");
+        }
+        // A table name is still a plain identifier.
+        let table = Scan {
+            relation: Relation::Table("t; DROP TABLE x"),
+            ..scan
+        };
+        assert!(check_scan(&table).is_err());
         let none = Scan {
             columns: &[],
             ..scan

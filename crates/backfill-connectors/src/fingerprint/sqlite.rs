@@ -35,7 +35,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Binder, Buckets, Column, Scan, Statement};
 use crate::ConnectorError;
-use crate::shared::quote_ident;
+use crate::shared::{quote_column, quote_ident};
 use crate::sqlite::{arguments, sql_error};
 
 const ROW_MD5: &std::ffi::CStr = c"backfill_row_md5";
@@ -481,7 +481,7 @@ fn function_args(columns: &[Column]) -> String {
     );
     for column in columns {
         out.push_str(", t.");
-        out.push_str(&quote_ident(&column.name, '"'));
+        out.push_str(&quote_column(&column.name, '"'));
     }
     out
 }
@@ -502,7 +502,7 @@ pub(crate) fn row_digest(columns: &[Column], alias: &str) -> String {
         Kind::codes(&columns.iter().map(|c| c.kind).collect::<Vec<_>>())
     );
     for column in &columns {
-        out.push_str(&format!(", {alias}.{}", quote_ident(&column.name, '"')));
+        out.push_str(&format!(", {alias}.{}", quote_column(&column.name, '"')));
     }
     out.push(')');
     out
@@ -584,7 +584,7 @@ pub fn canonical_rows_sql(scan: &Scan<'_>) -> Result<Statement, ConnectorError> 
             format!(
                 "backfill_canonical('{}', t.{}) AS c{i}",
                 c.kind.code(),
-                quote_ident(&c.name, '"')
+                quote_column(&c.name, '"')
             )
         })
         .collect();
