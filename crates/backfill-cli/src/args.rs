@@ -171,7 +171,8 @@ pub(crate) struct DiffArgs {
     pub(crate) spec: PathBuf,
     /// Name, for each updated key, the columns that differ. With a comma-separated list
     /// (`--columns=amount,status`), compare only those columns (and the key); rows that differ
-    /// elsewhere count as unchanged. Without a list, every target column is compared.
+    /// elsewhere count as unchanged. Without a list, every target column the source query
+    /// returns is compared.
     #[arg(long, num_args = 0.., value_delimiter = ',', value_name = "COLUMNS")]
     pub(crate) columns: Option<Vec<String>>,
     /// Print N differing rows side by side, source against target.

@@ -43,8 +43,8 @@ use backfill_core::value::Value;
 /// How a diff is computed. [`Default`] gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct DiffOptions {
-    /// Compare only these columns (the key columns are always compared); every target
-    /// column when `None`.
+    /// Compare only these columns (the key columns are always compared); when `None`,
+    /// every target column the source query returns.
     pub columns: Option<Vec<String>>,
     /// The column (in the source's result and in the target table) whose value places a row
     /// in a partition; when `None`: `replace` mode's `window_column`, else the source's
@@ -345,6 +345,13 @@ pub(crate) async fn open(spec: &Spec, options: &DiffOptions) -> Result<Sides, Di
             return Err(e.into());
         }
     };
+    // By default the target's columns the source writes: the others (a load time, a
+    // column filled by another job) were never the backfill's to make equal. When the query
+    // cannot be described, every column (the fingerprint query then names the problem).
+    let returned = match &options.columns {
+        None => source_db.query_columns(&source.query).await.ok(),
+        Some(_) => None,
+    };
     let columns = match compared_columns(
         &catalog,
         &target,
@@ -352,6 +359,7 @@ pub(crate) async fn open(spec: &Spec, options: &DiffOptions) -> Result<Sides, Di
         table,
         &spec.target.key,
         options,
+        returned.as_deref(),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -407,8 +415,9 @@ fn window_column(spec: &Spec, options: &DiffOptions) -> Result<String, DiffError
 }
 
 /// The compared columns in target order (`catalog`, the target table's): every target
-/// column, or the key plus `--columns`; refused when one has no fingerprint (in general, or
-/// in one of the two databases).
+/// column the source query returns (`returned`, matched as the sink matches them: exactly,
+/// else ignoring ASCII case; every target column when `None`), or the key plus `--columns`;
+/// refused when one has no fingerprint (in general, or in one of the two databases).
 fn compared_columns(
     catalog: &[backfill_connectors::fingerprint::Catalogued],
     target: &Db,
@@ -416,6 +425,7 @@ fn compared_columns(
     table: &str,
     key: &[String],
     options: &DiffOptions,
+    returned: Option<&[String]>,
 ) -> Result<Vec<Column>, DiffError> {
     if let Some(wanted) = &options.columns {
         for name in wanted.iter().chain(key) {
@@ -429,10 +439,13 @@ fn compared_columns(
     }
     let mut columns = Vec::new();
     for c in catalog {
-        let chosen = options
-            .columns
-            .as_ref()
-            .is_none_or(|w| w.contains(&c.name) || key.contains(&c.name));
+        let chosen = match &options.columns {
+            Some(w) => w.contains(&c.name) || key.contains(&c.name),
+            None => returned.is_none_or(|r| {
+                r.iter()
+                    .any(|n| n == &c.name || n.eq_ignore_ascii_case(&c.name))
+            }),
+        };
         if !chosen {
             continue;
         }

@@ -598,6 +598,12 @@ pub async fn validate(
         r.close().await;
     }
     let (totals, mismatched) = result?;
+    if let (None, Some(id)) = (&report.not_verified_reason, run_id)
+        && totals.not_verified > 0
+    {
+        // Partitions whose check could not be computed: say why, once.
+        report.not_verified_reason = store.not_verified_reason(id).await.ok().flatten();
+    }
     let names = key_names(spec);
     report.messages = mismatched
         .iter()

@@ -445,6 +445,9 @@ async fn finish(
     .await?;
     if let crate::reconcile::Setup::NotVerified(reason) = &session.reconcile {
         summary.not_verified_reason = Some(reason.clone());
+    } else if summary.checks.not_verified > 0 {
+        // Partitions whose check could not be computed: say why, once.
+        summary.not_verified_reason = store.not_verified_reason(&run.id).await.ok().flatten();
     }
     let mut detail = serde_json::json!({
         "done": summary.done,

@@ -267,6 +267,27 @@ impl Store {
         read_check(&mut self.conn().await?, run_id, partition_id).await
     }
 
+    /// Why a partition of `run_id` is "not verified": one such partition's last check's
+    /// reason (`detail.reason`, e.g. the fingerprint query's error), so a summary can say why
+    /// without listing every partition; `None` when no partition is, or none says. One row,
+    /// read by the `(run_id, status)` index.
+    pub async fn not_verified_reason(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        let row = stmt(
+            "SELECT detail FROM partition_checks WHERE run_id = ? AND status = 'not_verified' \
+             LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut self.conn().await?)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let detail: String = row.try_get(0)?;
+        Ok(serde_json::from_str::<serde_json::Value>(&detail)
+            .ok()
+            .and_then(|d| d["reason"].as_str().map(str::to_owned)))
+    }
+
     /// The run's partitions by their last check, from aggregate queries.
     pub async fn check_totals(&self, run_id: &str) -> Result<CheckTotals, StoreError> {
         let mut conn = self.conn().await?;

@@ -26,6 +26,8 @@ pub(crate) struct StatusView {
     pub(crate) totals: backfill_store::PartitionTotals,
     pub(crate) st: status::RunStatus,
     pub(crate) checks: backfill_store::CheckTotals,
+    /// Why partitions are "not verified", from one of their checks.
+    pub(crate) not_verified_reason: Option<String>,
     pub(crate) gaps: Option<crate::commands::only_gaps::GapView>,
     pub(crate) controls: backfill_store::Controls,
     pub(crate) canary: Option<serde_json::Value>,
@@ -57,6 +59,11 @@ impl StatusView {
             .map(|(_, n)| n)
             .sum();
         let checks = store.check_totals_of(&run.id, unsplit).await?;
+        let not_verified_reason = if checks.not_verified > 0 {
+            store.not_verified_reason(&run.id).await?
+        } else {
+            None
+        };
         let gaps = crate::commands::only_gaps::GapView::load(store, &run.id).await?;
         let controls = store.controls(&run.id).await?;
         let canary = store.canary(&run.id).await?;
@@ -77,6 +84,7 @@ impl StatusView {
             totals,
             st,
             checks,
+            not_verified_reason,
             gaps,
             controls,
             canary,
@@ -96,6 +104,7 @@ impl StatusView {
             totals,
             st,
             checks,
+            not_verified_reason,
             gaps,
             controls,
             canary,
@@ -176,7 +185,10 @@ impl StatusView {
                 "error": f.error,
             })).collect::<Vec<_>>(),
             "failing_total": st.failing_total,
-            "reconciliation": crate::commands::run::reconciliation_json(checks, None),
+            "reconciliation": crate::commands::run::reconciliation_json(
+                checks,
+                not_verified_reason.as_deref(),
+            ),
             "slo": self.objective(),
         })
     }
@@ -214,6 +226,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
         totals,
         st,
         checks,
+        not_verified_reason,
         gaps,
         controls,
         canary,
@@ -319,7 +332,7 @@ pub(crate) async fn run(args: &StatusArgs, state: &str, out: Output) -> anyhow::
     }
     out.line(format!(
         "  verified:   {}",
-        crate::commands::run::reconciliation_line(&checks, None)
+        crate::commands::run::reconciliation_line(&checks, not_verified_reason.as_deref())
     ));
     for line in control_lines(&live, rates.last()) {
         out.line(line);

@@ -3,7 +3,8 @@
 //! target row changed by a trigger while the run writes fails its partition with
 //! `reconcile_mismatch` naming the key; `validate RUN` after someone edits the target reports
 //! the partition and exits 1; a tolerance lets it pass; `sql` mode reconciles by check
-//! queries; a `[validate]` that cannot work is a spec error naming the field.
+//! queries; a `[validate]` that cannot work is a spec error naming the field; a target
+//! column the source does not write is not compared.
 
 use backfill_testkit::servers::{Db, System};
 use serde_json::Value as J;
@@ -190,6 +191,83 @@ async fn correct_run_verifies_then_validate_finds_an_edit(system: System) {
     assert_eq!(audit.code, 0, "{audit:?}");
     source.drop_now().await;
     target.drop_now().await;
+}
+
+/// A target column the source does not write (a load time, say) is not compared by default:
+/// a run into such a table verifies every partition, an edit of that column is not a
+/// mismatch, an edit of a written one is; `diff` agrees. It used to leave every partition
+/// "not verified" (the source has no such column to fingerprint).
+async fn a_column_the_source_does_not_write_is_not_compared(system: System) {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(system, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    target
+        .exec(&format!(
+            "ALTER TABLE {dst} ADD COLUMN loaded_at VARCHAR(30) DEFAULT 'at load'"
+        ))
+        .await;
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(reconciliation(&ran.json()), (10, 0, 0), "{ran:?}");
+    let run_id = ran.json()["run_id"].as_str().unwrap().to_owned();
+    target
+        .exec(&format!(
+            "UPDATE {dst} SET loaded_at = 'later' WHERE id = 45"
+        ))
+        .await;
+    let valid = ws.run(&["validate", &run_id, "--json"]);
+    assert_eq!(valid.code, 0, "{valid:?}");
+    assert_eq!(reconciliation(&valid.json()), (10, 0, 0), "{valid:?}");
+    let diff = ws.run(&["diff", &path, "--json"]);
+    assert_eq!(diff.code, 0, "{diff:?}");
+    assert_eq!(diff.json()["totals"]["update"], 0, "{diff:?}");
+    assert_eq!(
+        diff.json()["totals"]["unchanged"],
+        PER_DAY * DAYS,
+        "{diff:?}"
+    );
+    target
+        .exec(&format!(
+            "UPDATE {dst} SET amount_cents = amount_cents + 1 WHERE id = 45"
+        ))
+        .await;
+    let found = ws.run(&["validate", &run_id, "--json"]);
+    assert_eq!(found.code, 1, "{found:?}");
+    assert_eq!(reconciliation(&found.json()), (9, 1, 0), "{found:?}");
+    // Asked to compare that column, nothing can be verified, and every report says why.
+    ws.write(
+        "spec.toml",
+        &spec(&source, &target, "[validate]\ncolumns = [\"loaded_at\"]\n"),
+    );
+    let asked = ws.run(&["validate", &run_id, "--json"]);
+    assert_eq!(asked.code, 0, "{asked:?}");
+    assert_eq!(reconciliation(&asked.json()), (0, 0, 10), "{asked:?}");
+    for j in [asked.json(), ws.run(&["status", &run_id, "--json"]).json()] {
+        let reason = j["reconciliation"]["not_verified_reason"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(reason.contains("loaded_at"), "{j:#}");
+    }
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_column_the_source_does_not_write_is_not_compared_sqlite() {
+    a_column_the_source_does_not_write_is_not_compared(System::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_column_the_source_does_not_write_is_not_compared_postgres() {
+    a_column_the_source_does_not_write_is_not_compared(System::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_column_the_source_does_not_write_is_not_compared_mysql() {
+    a_column_the_source_does_not_write_is_not_compared(System::MySql).await;
 }
 
 #[tokio::test]

@@ -107,6 +107,40 @@ impl Db {
         }
     }
 
+    /// The names of the columns `query` (a spec's source query, `:start`/`:end` and all)
+    /// returns, read by preparing it: nothing runs.
+    pub async fn query_columns(&self, query: &str) -> Result<Vec<String>, ConnectorError> {
+        use sqlx::{Column as _, Executor as _, SqlSafeStr as _, Statement as _};
+        let sql = sqlx::AssertSqlSafe(rewrite(query, self.placeholder()).sql).into_sql_str();
+        let context = "describing the source query";
+        Ok(match self {
+            Db::Sqlite(p) => p
+                .prepare(sql)
+                .await
+                .map_err(|e| crate::sqlite::sql_error(context, &e))?
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+            Db::MySql(p) => p
+                .prepare(sql)
+                .await
+                .map_err(|e| crate::mysql::sql_error(context, &e))?
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+            Db::Postgres(p) => p
+                .prepare(sql)
+                .await
+                .map_err(|e| crate::postgres::sql_error(context, &e))?
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+        })
+    }
+
     /// Every column of `table` with its type and kind (see each dialect's `catalog`).
     pub async fn catalog(&self, table: &str) -> Result<Vec<Catalogued>, ConnectorError> {
         match self {

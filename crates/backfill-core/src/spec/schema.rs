@@ -650,7 +650,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "array of strings",
         None,
         true,
-        "Compared columns (the key columns are always compared); every target column when not set. Floats have no fingerprint: leave them out here.",
+        "Compared columns (the key columns are always compared); when not set, every target column the source query returns (a column the backfill does not write, such as a load time, is not compared). Floats have no fingerprint: leave them out here.",
     ),
     key(
         "validate.window_column",
