@@ -741,6 +741,12 @@ impl UndoLog {
             .join(" AND ")
     }
 
+    /// The key columns of `alias`: `alias.k1, …, alias.kn`.
+    fn columns_of_key(&self, alias: &str) -> String {
+        let cols: Vec<String> = self.key.iter().map(|k| format!("{alias}.{k}")).collect();
+        cols.join(", ")
+    }
+
     /// Every target column of `alias`: `alias.c1, …, alias.cn`.
     fn columns_of(&self, alias: &str) -> String {
         let cols: Vec<String> = self
@@ -1214,14 +1220,20 @@ impl UndoLog {
         conn: &mut Conn<'_>,
         b: &UndoBatch,
     ) -> Result<(u64, Vec<String>), ConnectorError> {
-        let keys: Vec<String> = self.key.iter().map(|k| self.dialect.cast_text(k)).collect();
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| self.dialect.cast_text(&format!("u.{k}")))
+            .collect();
+        // Ordered by the qualified columns: a bare name would bind to the text-cast output
+        // column of the same name on PostgreSQL (100 before 50).
         let stmt = Stmt {
             sql: format!(
-                "SELECT {} FROM {} WHERE bf_undo_run = ? AND bf_undo_partition = ? AND \
+                "SELECT {} FROM {} AS u WHERE bf_undo_run = ? AND bf_undo_partition = ? AND \
                  bf_undo_state = 'conflict' ORDER BY {}",
                 keys.join(", "),
                 self.undo,
-                self.key.join(", ")
+                self.columns_of_key("u")
             ),
             params: Self::run_part(b),
         };
