@@ -195,6 +195,8 @@ pub(crate) struct UndoLog {
     undo: String,
     /// Key columns, quoted.
     key: Vec<String>,
+    /// Key columns as the spec names them, for messages.
+    key_names: Vec<String>,
     /// Every target column, quoted, in the table's order.
     columns: Vec<String>,
     /// The digest expression over alias `t` of the target: what a new log entry records.
@@ -443,6 +445,7 @@ impl UndoLog {
             target: dialect.quote(table),
             undo: undo.clone(),
             key: key.iter().map(|k| dialect.quote(k)).collect(),
+            key_names: key.to_vec(),
             columns,
             digest,
             legacy_digest,
@@ -476,6 +479,7 @@ impl UndoLog {
             target: q(table),
             undo: q(&undo_table_name(table)),
             key: self.key.clone(),
+            key_names: self.key_names.clone(),
             columns: self.columns.clone(),
             digest: self.digest.clone(),
             legacy_digest: self.legacy_digest.clone(),
@@ -1126,7 +1130,8 @@ pub struct RollbackCounts {
     pub restored: u64,
     /// Keys changed by someone else since the run wrote them, left as they are.
     pub conflicts: u64,
-    /// Up to [`CONFLICT_SAMPLE`] conflicting keys, each as its key values joined by `,`.
+    /// Up to [`CONFLICT_SAMPLE`] conflicting keys, each as `name=value` pairs joined by `, `
+    /// (`id=5`), as `diff` and `quarantine` show keys.
     pub conflict_keys: Vec<String>,
 }
 
@@ -1242,10 +1247,12 @@ impl UndoLog {
             .iter()
             .take(CONFLICT_SAMPLE)
             .map(|r| {
-                r.iter()
-                    .map(|v| v.clone().unwrap_or_else(|| "NULL".to_owned()))
+                self.key_names
+                    .iter()
+                    .zip(r)
+                    .map(|(name, v)| format!("{name}={}", v.as_deref().unwrap_or("NULL")))
                     .collect::<Vec<_>>()
-                    .join(",")
+                    .join(", ")
             })
             .collect();
         Ok((rows.len() as u64, sample))

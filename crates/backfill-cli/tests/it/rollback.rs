@@ -274,7 +274,7 @@ async fn edited_rows_are_conflicts_unless_forced(system: System) {
         .filter_map(|k| k["key"].as_str())
         .collect();
     // In key order within a partition (not text order: 5 before 10).
-    assert_eq!(keys, ["5", "10", "40"], "{json:#}");
+    assert_eq!(keys, ["id=5", "id=10", "id=40"], "{json:#}");
     assert_ne!(fingerprint(&target).await, before);
     let text = ws.run(&["rollback", &id, "--dry-run"]);
     assert!(text.stdout.contains("--force"), "{text:?}");
@@ -870,7 +870,7 @@ async fn a_log_with_the_older_md5_digests_still_rolls_back_postgres() {
     assert_eq!(back.code, 0, "{back:?}");
     let json = back.json();
     assert_eq!(json["conflicts"], 1, "{json:#}");
-    assert_eq!(json["conflict_keys"][0]["key"], "5", "{json:#}");
+    assert_eq!(json["conflict_keys"][0]["key"], "id=5", "{json:#}");
     let forced = ws.run(&["rollback", &id, "--force", "--json"]);
     assert_eq!(forced.code, 0, "{forced:?}");
     assert_eq!(fingerprint(&target).await, before, "{forced:?}");
