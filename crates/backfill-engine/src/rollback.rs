@@ -210,7 +210,7 @@ async fn rollback_on(
     progress: &mut impl FnMut(&PartitionRollback),
 ) -> Result<RollbackSummary, RollbackError> {
     let partitions = target.partitions(&run.id).await?;
-    let logged = run.undo_log.unwrap_or(spec.target.undo);
+    let logged = run.keeps_undo(spec.target.undo);
     if partitions.is_empty() && logged && wrote_nothing(store, run).await? {
         // PostgreSQL logs only the rows a write changed: a run that changed none has no undo
         // rows, and nothing to roll back.
@@ -338,7 +338,7 @@ pub async fn cleanup(
 
 /// Rows of `run` in its target's undo log (0 without one), for `status`.
 pub async fn undo_size(spec: &Spec, run: &RunRecord) -> Result<u64, RollbackError> {
-    if !run.undo_log.unwrap_or(spec.target.undo) || spec.target.table.is_none() {
+    if !run.keeps_undo(spec.target.undo) || spec.target.table.is_none() {
         return Ok(0);
     }
     let target = UndoTarget::open(&spec.target).await?;

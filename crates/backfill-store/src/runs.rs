@@ -122,6 +122,14 @@ pub struct RunRecord {
     pub undo_log: Option<bool>,
 }
 
+impl RunRecord {
+    /// Whether the run keeps an undo log: as recorded when it was created, else (a run created
+    /// before that was recorded) as its spec says now (`spec_undo`).
+    pub fn keeps_undo(&self, spec_undo: bool) -> bool {
+        self.undo_log.unwrap_or(spec_undo)
+    }
+}
+
 const RUN_COLUMNS: &str = "SELECT id, spec_name, spec_hash, plan_hash, spec_text, \
      normalized_spec, owner, reason, state, created_at, updated_at, started_at, finished_at, partitions_total, guarantee, pause_reason, undo_log FROM runs";
 

@@ -144,7 +144,7 @@ pub(crate) async fn undo_rows(run: &backfill_store::RunRecord) -> Option<u64> {
     let path = crate::specfile::recorded_path(&run.spec_text)?;
     let file = crate::specfile::parse_file(&path).ok()?;
     let spec = file.parsed.spec?;
-    if !run.undo_log.unwrap_or(spec.target.undo) {
+    if !run.keeps_undo(spec.target.undo) {
         return None;
     }
     tokio::time::timeout(UNDO_SIZE_PATIENCE, rollback::undo_size(&spec, run))

@@ -110,34 +110,31 @@ impl Db {
     /// The names of the columns `query` (a spec's source query, `:start`/`:end` and all)
     /// returns, read by preparing it: nothing runs.
     pub async fn query_columns(&self, query: &str) -> Result<Vec<String>, ConnectorError> {
-        use sqlx::{Column as _, Executor as _, SqlSafeStr as _, Statement as _};
+        use sqlx::{Executor as _, SqlSafeStr as _, Statement as _};
+        fn names<C: sqlx::Column>(columns: &[C]) -> Vec<String> {
+            columns.iter().map(|c| c.name().to_owned()).collect()
+        }
         let sql = sqlx::AssertSqlSafe(rewrite(query, self.placeholder()).sql).into_sql_str();
         let context = "describing the source query";
         Ok(match self {
-            Db::Sqlite(p) => p
-                .prepare(sql)
-                .await
-                .map_err(|e| crate::sqlite::sql_error(context, &e))?
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect(),
-            Db::MySql(p) => p
-                .prepare(sql)
-                .await
-                .map_err(|e| crate::mysql::sql_error(context, &e))?
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect(),
-            Db::Postgres(p) => p
-                .prepare(sql)
-                .await
-                .map_err(|e| crate::postgres::sql_error(context, &e))?
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect(),
+            Db::Sqlite(p) => names(
+                p.prepare(sql)
+                    .await
+                    .map_err(|e| crate::sqlite::sql_error(context, &e))?
+                    .columns(),
+            ),
+            Db::MySql(p) => names(
+                p.prepare(sql)
+                    .await
+                    .map_err(|e| crate::mysql::sql_error(context, &e))?
+                    .columns(),
+            ),
+            Db::Postgres(p) => names(
+                p.prepare(sql)
+                    .await
+                    .map_err(|e| crate::postgres::sql_error(context, &e))?
+                    .columns(),
+            ),
         })
     }
 
