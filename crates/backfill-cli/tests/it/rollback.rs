@@ -1073,18 +1073,139 @@ partition = "1d"
             // abc → ABC (updated), new (inserted), gone (deleted); without a unique index
             // every row of the window before (abc, same, gone) and each row written (ABC,
             // same, new), one entry per key by its own spelling.
-            let status = ws.run(&["status", &id, "--json"]);
-            assert_eq!(
-                status.json()["undo_rows"].as_u64(),
-                Some(logged),
-                "{label}: {status:?}"
-            );
-            let back = ws.run(&["rollback", &id, "--json"]);
-            assert_eq!(back.code, 0, "{label}: {back:?}");
-            assert_eq!(back.json()["conflicts"], 0, "{label}: {back:?}");
-            assert_eq!(rows(&target, all).await, before, "{label}");
+            rolled_back_to(&ws, &id, logged, (&target, all, &before), &label).await;
             source.close().await;
             target.close().await;
         }
     }
+}
+
+/// SQLite `upsert` on the pushdown logs its new keys by one of two means: insert triggers
+/// (the direct path while keys are mostly new) or found before the write and logged after it
+/// (staged batches, and the direct path once keys mostly exist). Each restores the target,
+/// with a `NOCASE` key (`ABC` updates `abc`; `New` and `NEW` are one new key) and a `BINARY`
+/// one, and with a key the source returns twice (`zz`: inserted, then changed by its second
+/// row in the same statement, which is still an insert to undo, not an update).
+#[tokio::test]
+async fn sqlite_upsert_rollback_on_every_pushdown_path() {
+    use crate::support::{exec, rows, sqlite};
+    // (label, [limits], scope start): day 1 holds two rows the target already has, so with
+    // one partition at a time day 2 runs after a batch of existing keys. Not reconciled: the
+    // source's duplicate and case-folded keys never match the target by design.
+    let paths = [
+        ("staged batches", "batch_rows = 2", "2026-01-01"),
+        (
+            "direct, keys mostly existing",
+            "batch_rows = 100",
+            "2026-01-01",
+        ),
+        ("direct, keys mostly new", "batch_rows = 100", "2026-01-02"),
+    ];
+    let keys = ["k TEXT COLLATE NOCASE PRIMARY KEY", "k TEXT PRIMARY KEY"];
+    for key in keys {
+        for (path, limits, start) in paths {
+            let label = format!("{key}, {path}");
+            let ws = Workspace::new();
+            let source = sqlite(&ws.path("source.db")).await;
+            exec(
+                &source,
+                &[
+                    "CREATE TABLE src (k TEXT, ts TEXT, v TEXT)",
+                    "INSERT INTO src VALUES ('p1', '2026-01-01T01:00:00Z', 'p'), \
+                     ('p2', '2026-01-01T02:00:00Z', 'p'), \
+                     ('ABC', '2026-01-02T01:00:00Z', 'x2'), ('same', '2026-01-02T02:00:00Z', 's'), \
+                     ('New', '2026-01-02T03:00:00Z', 'n1'), ('NEW', '2026-01-02T04:00:00Z', 'n2'), \
+                     ('zz', '2026-01-02T05:00:00Z', 'z1'), ('zz', '2026-01-02T06:00:00Z', 'z2')",
+                ],
+            )
+            .await;
+            let target = sqlite(&ws.path("target.db")).await;
+            exec(
+                &target,
+                &[
+                    &format!("CREATE TABLE dst ({key}, ts TEXT, v TEXT)"),
+                    "INSERT INTO dst VALUES ('p1', '2026-01-01T01:00:00Z', 'p'), \
+                     ('p2', '2026-01-01T02:00:00Z', 'p'), \
+                     ('abc', '2026-01-02T01:00:00Z', 'x'), ('same', '2026-01-02T02:00:00Z', 's'), \
+                     ('out', '2026-01-05T00:00:00Z', 'o')",
+                ],
+            )
+            .await;
+            let all = "SELECT k, ts, v FROM dst ORDER BY k COLLATE BINARY";
+            let before = rows(&target, all).await;
+            let spec = ws.write(
+                "spec.toml",
+                &format!(
+                    r#"name = "upsert_paths"
+reason = "test"
+[source]
+url = "sqlite://source.db"
+query = "SELECT k, ts, v FROM src WHERE ts >= :start AND ts < :end"
+time_format = "rfc3339"
+time_column = "ts"
+[target]
+url = "sqlite://target.db"
+table = "dst"
+key = ["k"]
+time_format = "rfc3339"
+[limits]
+concurrency = 1
+{limits}
+[validate]
+after_partition = false
+at_end = false
+[scope]
+start = "{start}T00:00:00Z"
+end = "2026-01-03T00:00:00Z"
+partition = "1d"
+"#
+                ),
+            );
+            let ran = ws.run(&["run", &spec, "--json"]);
+            assert_eq!(ran.code, 0, "{label}: {ran:?}");
+            let written = rows(
+                &target,
+                "SELECT k, v FROM dst WHERE k IN ('ABC', 'abc', 'New', 'NEW', 'zz') \
+                 ORDER BY k COLLATE BINARY",
+            )
+            .await;
+            assert_eq!(
+                written.len(),
+                if key.contains("NOCASE") { 3 } else { 5 },
+                "{label}"
+            );
+            assert!(
+                written.iter().any(|r| r[0].as_deref() == Some("t:zz")),
+                "{label}: {written:?}"
+            );
+            // Logged: abc updated (NOCASE) or ABC new (BINARY); New (and NEW when BINARY)
+            // and zz inserted; nothing for p1, p2, same.
+            let logged = if key.contains("NOCASE") { 3 } else { 4 };
+            let id = run_id(&ran);
+            rolled_back_to(&ws, &id, logged, (&target, all, &before), &label).await;
+            source.close().await;
+            target.close().await;
+        }
+    }
+}
+
+/// Checks run `id` logged `logged` undo rows, rolls it back with no conflict, and checks the
+/// target's rows (`all` on `target`) are `before` again.
+async fn rolled_back_to(
+    ws: &Workspace,
+    id: &str,
+    logged: u64,
+    (target, all, before): (&sqlx::SqlitePool, &str, &[Vec<Option<String>>]),
+    label: &str,
+) {
+    let status = ws.run(&["status", id, "--json"]);
+    assert_eq!(
+        status.json()["undo_rows"].as_u64(),
+        Some(logged),
+        "{label}: {status:?}"
+    );
+    let back = ws.run(&["rollback", id, "--json"]);
+    assert_eq!(back.code, 0, "{label}: {back:?}");
+    assert_eq!(back.json()["conflicts"], 0, "{label}: {back:?}");
+    assert_eq!(crate::support::rows(target, all).await, before, "{label}");
 }

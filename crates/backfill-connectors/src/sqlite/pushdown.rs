@@ -86,7 +86,9 @@ use super::{
     sql_error,
 };
 use crate::ident::{check_column, check_table, position};
-use crate::undo::{Conn, SqliteReplaceLog, SqliteTriggers, UndoBatch, UndoLog, undo_table_name};
+use crate::undo::{
+    Conn, SqliteCountedLog, SqliteReplaceLog, SqliteTriggers, UndoBatch, UndoLog, undo_table_name,
+};
 use crate::window::{bounds, check_names, named_values};
 use crate::{ConnectorError, Extra};
 
@@ -245,6 +247,9 @@ struct Statements {
     direct_upsert: [Arc<str>; 2],
     /// The direct path's count of the batch's keys that exist in the target.
     direct_existing: [Arc<str>; 2],
+    /// The keys of a staged batch (`?1`, `?2`: its rowids), then of the direct path's rows
+    /// per variant: where the undo log finds the new keys ([`UndoLog::sqlite_counted_upsert`]).
+    batch_keys: [Arc<str>; 3],
     /// `replace` mode: delete the window, find a NULL key in the query, insert the query.
     replace: Option<(Arc<str>, Arc<str>, Arc<str>)>,
 }
@@ -667,10 +672,7 @@ impl SqlitePushdown {
                     .to_owned(),
             });
         }
-        let triggers = self
-            .undo_log(undo)?
-            .zip(undo)
-            .map(|(log, b)| log.sqlite_triggers(b, true));
+        let log = self.undo_log(undo)?.zip(undo);
         let mut values = named_values(&self.names, window, &self.source_format);
         let variant = match after {
             None => FIRST,
@@ -721,7 +723,13 @@ impl SqlitePushdown {
             values,
             variant,
             staged: false,
-            undo: triggers,
+            undo: log.map(|(log, b)| PartitionUndo {
+                triggers: log.sqlite_triggers(b, true),
+                counted: log
+                    .sqlite_counted_upsert(b, &self.stmts.batch_keys[0])
+                    .zip(log.sqlite_counted_upsert(b, &self.stmts.batch_keys[1 + variant]))
+                    .map(<[SqliteCountedLog; 2]>::from),
+            }),
         })
     }
 
@@ -995,6 +1003,14 @@ fn statements(query: &str, query_params: usize, shape: TargetShape<'_>) -> State
                 list(key)
             )
         }),
+        batch_keys: {
+            let [first, after] = direct.each(|d| {
+                let (from, filter) = d.upto();
+                format!("SELECT {} FROM {from} WHERE {filter}", list(key))
+            });
+            let staged = format!("SELECT {} FROM {STAGE_QUOTED} WHERE {BATCH_ROWS}", list(key));
+            [staged.into(), first, after]
+        },
         replace,
     }
 }
@@ -1090,9 +1106,20 @@ pub struct SqlitePartition<'a> {
     variant: usize,
     /// Whether the rows are staged in the TEMP table.
     staged: bool,
-    /// The undo log's triggers, installed in each batch's transaction, when the run keeps
-    /// one ([`UndoLog::sqlite_triggers`]).
-    undo: Option<SqliteTriggers>,
+    /// The undo log's SQL, installed in each batch's transaction, when the run keeps one.
+    undo: Option<PartitionUndo>,
+}
+
+/// How a partition's batches keep the undo log.
+#[derive(Debug)]
+struct PartitionUndo {
+    /// Insert and update triggers ([`UndoLog::sqlite_triggers`]): the direct path's insert
+    /// of new keys logs through them (its rows are mostly new).
+    triggers: SqliteTriggers,
+    /// Batches whose new keys are found first ([`UndoLog::sqlite_counted_upsert`]): the
+    /// staged batches (`[0]`) and the direct path's counted upsert (`[1]`, the partition's
+    /// variant); `None` when the key has no UNIQUE index (the triggers then serve).
+    counted: Option<[SqliteCountedLog; 2]>,
 }
 
 impl fmt::Debug for SqlitePartition<'_> {
@@ -1300,6 +1327,33 @@ impl SqliteStaged<'_, '_> {
     }
 }
 
+/// How one batch's transaction keeps the undo log ([`PartitionUndo`]).
+#[derive(Clone, Copy)]
+enum Logged<'a> {
+    /// Insert and update triggers.
+    Triggers(&'a SqliteTriggers),
+    /// New keys found before the write, logged after it; changed rows by a trigger.
+    Counted(&'a SqliteCountedLog),
+}
+
+impl Logged<'_> {
+    /// Run once the transaction holds the write lock.
+    fn create(&self) -> &str {
+        match self {
+            Logged::Triggers(t) => &t.create,
+            Logged::Counted(c) => &c.create,
+        }
+    }
+
+    /// Run after the write, before the engine's [`Extra`] and the commit.
+    fn finish(&self) -> &str {
+        match self {
+            Logged::Triggers(t) => &t.drop,
+            Logged::Counted(c) => &c.log_new,
+        }
+    }
+}
+
 /// Writes staged rows `(range[0], range[1]]` and `extra` in one target transaction; returns
 /// (inserted, updated).
 async fn write_staged(
@@ -1322,15 +1376,33 @@ async fn write_staged(
         .execute(&mut *tx)
         .await
         .map_err(|e| sql_error(context, &e))?;
-    if let Some(undo) = &part.undo {
-        install(&mut tx, &undo.create, context).await?;
+    let n = u64::try_from(range[1] - range[0]).unwrap_or(0);
+    let logged = part.undo.as_ref().map(|u| match &u.counted {
+        Some([staged, _]) => Logged::Counted(staged),
+        None => Logged::Triggers(&u.triggers),
+    });
+    if let Some(logged) = logged {
+        install(&mut tx, logged.create(), context).await?;
     }
-    let existing: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&owner.stmts.count_existing)))
-        .bind(range[0])
-        .bind(range[1])
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| sql_error(context, &e))?;
+    let inserted = match logged {
+        Some(Logged::Counted(log)) => sqlx::query(AssertSqlSafe(log.find_new.as_str()))
+            .bind(range[0])
+            .bind(range[1])
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?
+            .rows_affected(),
+        _ => {
+            let existing: i64 =
+                sqlx::query_scalar(AssertSqlSafe(Arc::clone(&owner.stmts.count_existing)))
+                    .bind(range[0])
+                    .bind(range[1])
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| sql_error(context, &e))?;
+            n.saturating_sub(u64::try_from(existing).unwrap_or(0))
+        }
+    };
     let written = sqlx::query(AssertSqlSafe(Arc::clone(&owner.stmts.upsert)))
         .bind(range[0])
         .bind(range[1])
@@ -1338,13 +1410,11 @@ async fn write_staged(
         .await
         .map_err(|e| sql_error(context, &e))?
         .rows_affected();
-    if let Some(undo) = &part.undo {
-        install(&mut tx, &undo.drop, context).await?;
+    if let Some(logged) = logged {
+        install(&mut tx, logged.finish(), context).await?;
     }
     run_extra(&mut tx, extra).await?;
     tx.commit().await.map_err(|e| sql_error(context, &e))?;
-    let n = u64::try_from(range[1] - range[0]).unwrap_or(0);
-    let inserted = n.saturating_sub(u64::try_from(existing).unwrap_or(0));
     Ok((inserted, written.saturating_sub(inserted)))
 }
 
@@ -1366,7 +1436,11 @@ async fn write_direct(
     let stmts = &owner.stmts;
     let variant = part.variant;
     let n = part.total;
-    let undo = part.undo.as_ref();
+    let expect_new = owner.expect_new.load(Ordering::Relaxed);
+    let logged = part.undo.as_ref().map(|u| match (&u.counted, expect_new) {
+        (Some([_, direct]), false) => Logged::Counted(direct),
+        _ => Logged::Triggers(&u.triggers),
+    });
     let conn: &mut SqliteConnection = &mut part.conn;
     let mut tx: Transaction<'_, Sqlite> = conn
         .begin_with("BEGIN")
@@ -1374,12 +1448,12 @@ async fn write_direct(
         .map_err(|e| sql_error(context, &e))?;
     // With the undo log, the lock statement comes first: creating its triggers reads the
     // schema, which must not start a snapshot before the write lock is held.
-    if let Some(undo) = undo {
+    if let Some(logged) = logged {
         sqlx::query(AssertSqlSafe(Arc::clone(&stmts.lock)))
             .execute(&mut *tx)
             .await
             .map_err(|e| sql_error(context, &e))?;
-        install(&mut tx, &undo.create, context).await?;
+        install(&mut tx, logged.create(), context).await?;
     }
     let run = |text: &Arc<str>| -> Result<_, ConnectorError> {
         Ok(sqlx::query_with(
@@ -1387,7 +1461,7 @@ async fn write_direct(
             arguments(values, values.len())?,
         ))
     };
-    let (inserted, updated) = if owner.expect_new.load(Ordering::Relaxed) {
+    let (inserted, updated) = if expect_new {
         let inserted = run(&stmts.direct_new[variant])?
             .execute(&mut *tx)
             .await
@@ -1395,6 +1469,11 @@ async fn write_direct(
             .rows_affected();
         let mut updated = 0;
         if inserted < n {
+            if logged.is_some() {
+                // Every key of these rows exists now, so the upsert only updates: without
+                // the insert trigger, SQLite does not copy its rows aside first.
+                install(&mut tx, &UndoLog::sqlite_drop_insert_trigger(), context).await?;
+            }
             updated = run(&stmts.direct_upsert[variant])?
                 .execute(&mut *tx)
                 .await
@@ -1403,29 +1482,40 @@ async fn write_direct(
         }
         (inserted, updated)
     } else {
-        if undo.is_none() {
+        if logged.is_none() {
             sqlx::query(AssertSqlSafe(Arc::clone(&stmts.lock)))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| sql_error(context, &e))?;
         }
-        let (existing,): (i64,) = sqlx::query_as_with(
-            AssertSqlSafe(Arc::clone(&stmts.direct_existing[variant])),
-            arguments(values, values.len())?,
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| sql_error(context, &e))?;
+        let inserted = if let Some(Logged::Counted(log)) = logged {
+            sqlx::query_with(
+                AssertSqlSafe(log.find_new.as_str()),
+                arguments(values, values.len())?,
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?
+            .rows_affected()
+        } else {
+            let (existing,): (i64,) = sqlx::query_as_with(
+                AssertSqlSafe(Arc::clone(&stmts.direct_existing[variant])),
+                arguments(values, values.len())?,
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?;
+            n.saturating_sub(u64::try_from(existing).unwrap_or(0))
+        };
         let written = run(&stmts.direct_upsert[variant])?
             .execute(&mut *tx)
             .await
             .map_err(|e| sql_error(context, &e))?
             .rows_affected();
-        let inserted = n.saturating_sub(u64::try_from(existing).unwrap_or(0));
         (inserted, written.saturating_sub(inserted))
     };
-    if let Some(undo) = undo {
-        install(&mut tx, &undo.drop, context).await?;
+    if let Some(logged) = logged {
+        install(&mut tx, logged.finish(), context).await?;
     }
     run_extra(&mut tx, extra).await?;
     tx.commit().await.map_err(|e| sql_error(context, &e))?;
