@@ -236,6 +236,33 @@ impl LatencyBaseline {
     }
 }
 
+/// How far, in allowed rises (`max_latency_increase`) over live traffic's level at rest, a
+/// baseline may follow its drift at the rate's floor ([`follow_drift_at_floor`]).
+pub const MAX_DRIFT_RISES: f64 = 2.0;
+
+/// The baseline measured again over `window`, a full window of readings taken at the rate's
+/// floor that the baseline in force judges unhealthy, when its mean stays within
+/// [`MAX_DRIFT_RISES`] allowed rises of `rest` (live traffic's level measured before the run).
+///
+/// Why: live traffic's time per call drifts by itself (on the benchmark machine its time per
+/// transaction moved by ~10% from one minute to the next, as much as the allowed rise), and a
+/// window judged against a baseline minutes old then cuts a rate that hurts nothing, to its
+/// floor, for good. At the floor (`min_rate_fraction`, the rate the spec always accepts) a
+/// cut changes nothing, so such a window measures live traffic as it is now: rises are judged
+/// from there on. Beyond that bound live traffic suffers more than drift explains, for a
+/// reason the floor cannot tell from the backfill's, and the baseline in force holds (the
+/// rate stays at its floor). `None` too when the window has fewer than two intervals with
+/// calls.
+pub fn follow_drift_at_floor(
+    rest: &LatencyBaseline,
+    window: &[StatDelta],
+    max_latency_increase: f64,
+) -> Option<LatencyBaseline> {
+    let now = LatencyBaseline::measure(window)?;
+    let rise = rest.allowed(max_latency_increase).as_secs_f64() - rest.mean;
+    (now.mean <= rest.mean + MAX_DRIFT_RISES * rise).then_some(now)
+}
+
 /// The verdicts of a database's statements and transactions signals (each `None` without a
 /// baseline: [`Verdict::Comfortable`]), each judged by [`LatencyBaseline::judge_as`], except
 /// that a signal silent for its whole window (no call completed) while the other had calls is
@@ -467,6 +494,35 @@ mod tests {
             judge_statements_and_transactions(None, Some((&base, &silent)), 3, 6, 0.1),
             (Comfortable, Undecided)
         );
+    }
+
+    /// At the floor, a window a drift put over the limit becomes the baseline when within
+    /// two allowed rises of the level at rest; a larger rise, or too few readings, keeps the
+    /// baseline in force.
+    #[test]
+    fn the_baseline_follows_a_drift_at_the_floor_up_to_two_allowed_rises() {
+        let rest = LatencyBaseline::measure(&intervals(100, &[95, 105])).unwrap();
+        // +10% allowed: 110 µs; two rises: 120 µs.
+        let drifted = intervals(100, &[116, 118, 114, 117, 115, 116]);
+        let verdict = rest.judge(&drifted, 3, 6, 0.1);
+        assert_eq!(verdict, Verdict::Unhealthy(RateCause::LiveLatency));
+        let now = follow_drift_at_floor(&rest, &drifted, 0.1).expect("followed");
+        assert_eq!(now.mean(), us(116));
+        assert_ne!(
+            now.judge(&drifted, 3, 6, 0.1),
+            Verdict::Unhealthy(RateCause::LiveLatency),
+            "the same window is no longer a cut against the new baseline"
+        );
+        let suffering = intervals(100, &[125, 130, 128, 126, 127, 129]);
+        assert_eq!(follow_drift_at_floor(&rest, &suffering, 0.1), None);
+        assert_eq!(
+            follow_drift_at_floor(&rest, &intervals(100, &[116]), 0.1),
+            None,
+            "one interval has no spread to judge by"
+        );
+        // The bound is at least two of the smallest margins over a microsecond-fast level.
+        let fast = LatencyBaseline::measure(&intervals(100, &[1, 1])).unwrap();
+        assert!(follow_drift_at_floor(&fast, &intervals(100, &[15, 16, 14]), 0.1).is_some());
     }
 
     #[test]

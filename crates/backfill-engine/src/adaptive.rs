@@ -34,6 +34,11 @@
 //!   have enough intervals to judge: a p90 or a mean still full of the old rate's samples
 //!   would otherwise cut again and again down to the floor, and the p90 of a few probes is
 //!   their maximum, which a single hiccup decides.
+//! - At the rate's floor, a full window of live readings that a latency signal judges
+//!   unhealthy becomes that signal's baseline when it stays within two allowed rises of the
+//!   level measured before the run ([`follow_drift_at_floor`]): a cut there changes nothing,
+//!   and live traffic's own drift must not hold the run at its floor for good. The baselines
+//!   measured before the run stay the bound.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -45,8 +50,8 @@ use backfill_connectors::{Probe, Watch};
 use backfill_core::Spec;
 use backfill_core::aimd::{Aimd, RateCause, RateChange, noise_ceiling, percentile};
 use backfill_core::live::{
-    GaugeBaseline, LatencyBaseline, StatDelta, Verdict, batch_intervals, intervals_to_resolve,
-    window_mean,
+    GaugeBaseline, LatencyBaseline, StatDelta, Verdict, batch_intervals, follow_drift_at_floor,
+    intervals_to_resolve, window_mean,
 };
 use backfill_core::spec::ThrottleSpec;
 use backfill_store::Store;
@@ -118,6 +123,8 @@ struct LiveNow {
     running: Option<u32>,
     /// Signals the database does not offer, with why.
     unavailable: Vec<(String, String)>,
+    /// Times a baseline followed live traffic's drift at the floor.
+    drift_followed: u32,
 }
 
 impl LiveNow {
@@ -133,6 +140,7 @@ impl LiveNow {
             "transactions": self.transactions,
             "waiting": self.waiting,
             "running": self.running,
+            "drift_followed": self.drift_followed,
             "unavailable": self.unavailable.iter()
                 .map(|(signal, why)| json!({"signal": signal, "reason": why}))
                 .collect::<Vec<_>>(),
@@ -179,6 +187,10 @@ pub(crate) struct Adaptive {
     /// The live transactions' time per transaction at rest (PostgreSQL); `None` without a
     /// watch or its statistics.
     tx_base: Option<LatencyBaseline>,
+    /// The two baselines as measured before the run: how far the ones in force may follow
+    /// live traffic's drift at the floor ([`follow_drift_at_floor`]).
+    rest_live_base: Option<LatencyBaseline>,
+    rest_tx_base: Option<LatencyBaseline>,
     /// Waiting sessions (PostgreSQL) and running threads (MySQL) at rest.
     gauges: Vec<GaugeBaseline>,
     /// Intervals of live readings judged together: enough calls to see a rise, at most
@@ -218,6 +230,8 @@ impl Adaptive {
             watch: None,
             live_base: None,
             tx_base: None,
+            rest_live_base: None,
+            rest_tx_base: None,
             gauges: Vec::new(),
             live_window: throttle.window.max(1) as usize,
             reported: Vec::new(),
@@ -317,6 +331,7 @@ impl Adaptive {
         self.live_base = LatencyBaseline::measure(&deltas).map(|b| b.rescaled(factor));
         let transactions: Vec<StatDelta> = readings.iter().filter_map(|r| r.transactions).collect();
         self.tx_base = LatencyBaseline::measure(&transactions).map(|b| b.rescaled(factor));
+        (self.rest_live_base, self.rest_tx_base) = (self.live_base, self.tx_base);
         let waiting: Vec<f64> = readings
             .iter()
             .filter_map(|r| r.waiting.map(f64::from))
@@ -598,8 +613,12 @@ impl Adaptive {
                 (Some(l), Some(m)) if l > m
             );
             let probe = self.probe_verdict(p90, samples.len() == window);
+            let live_verdicts = self.live_verdicts(&mut live, batches, full);
+            if self.follow_drift(&mut live, &live_verdicts, full) {
+                continue;
+            }
             let verdicts: Vec<Verdict> = std::iter::once(probe)
-                .chain(self.live_verdicts(&mut live, batches, full))
+                .chain(live_verdicts)
                 .chain(lagging.then_some(Verdict::Unhealthy(RateCause::ReplicaLag)))
                 .chain(errors.then_some(Verdict::Unhealthy(RateCause::Errors)))
                 .collect();
@@ -623,6 +642,68 @@ impl Adaptive {
         if let Some(probe) = &self.probe {
             probe.close().await;
         }
+    }
+
+    /// At the floor, sets as baseline each live latency signal's full window that its
+    /// baseline judges unhealthy (`verdicts` as [`Adaptive::live_verdicts`] gives them:
+    /// statements, then transactions) when [`follow_drift_at_floor`] allows it; logs it,
+    /// counts it for `status`, and forgets the window. True when a baseline moved: the
+    /// interval then decides nothing.
+    fn follow_drift(&mut self, live: &mut LiveWindow, verdicts: &[Verdict], full: usize) -> bool {
+        if self.aimd.rate() > self.aimd.floor() {
+            return false;
+        }
+        let mli = self.throttle.max_latency_increase;
+        let signals = [
+            (
+                RateCause::LiveLatency,
+                "statements",
+                live.statements.make_contiguous(),
+            ),
+            (
+                RateCause::LiveTransactions,
+                "transactions",
+                live.transactions.make_contiguous(),
+            ),
+        ];
+        let mut moved = Vec::new();
+        for (i, (cause, name, window)) in signals.into_iter().enumerate() {
+            let (base, rest) = match cause {
+                RateCause::LiveLatency => (&mut self.live_base, self.rest_live_base),
+                _ => (&mut self.tx_base, self.rest_tx_base),
+            };
+            if verdicts.get(i) != Some(&Verdict::Unhealthy(cause)) || window.len() < full {
+                continue;
+            }
+            let (Some(old), Some(rest)) = (*base, rest) else {
+                continue;
+            };
+            if let Some(now) = follow_drift_at_floor(&rest, window, mli) {
+                *base = Some(now);
+                moved.push((name, old, now, rest));
+            }
+        }
+        if moved.is_empty() {
+            return false;
+        }
+        for (signal, old, now, rest) in &moved {
+            tracing::info!(
+                run_id = self.run_id,
+                signal,
+                from_ms = ms(old.mean()),
+                to_ms = ms(now.mean()),
+                at_rest_ms = ms(rest.mean()),
+                limit_ms = ms(now.allowed(mli)),
+                "adaptive throttle: at its floor, live {signal} stayed over their limit within                  two allowed rises of their level at rest: that drift is their baseline now"
+            );
+        }
+        let mut status = self.lock();
+        status.live.baseline = self.live_base.map(|b| b.mean());
+        status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
+        status.live.drift_followed += u32::try_from(moved.len()).unwrap_or(u32::MAX);
+        drop(status);
+        live.clear();
+        true
     }
 
     /// The replica lag of the watched database (of the probe's without a watch) when

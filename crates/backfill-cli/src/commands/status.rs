@@ -497,6 +497,11 @@ fn watch_line(watch: &serde_json::Value) -> Option<String> {
             watch["calls"].as_u64().unwrap_or(0)
         ));
     }
+    if let Some(n) = watch["drift_followed"].as_u64().filter(|n| *n > 0) {
+        parts.push(format!(
+            "baseline moved {n} time(s) with live traffic's drift at the floor"
+        ));
+    }
     if let Some(n) = watch["waiting"].as_u64() {
         parts.push(format!("{n} waiting on WAL or I/O"));
     }

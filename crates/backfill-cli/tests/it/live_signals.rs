@@ -42,6 +42,8 @@ use crate::support::{
 const ROWS: i64 = 120_000;
 const DAYS: i64 = 4;
 const LIMITS: &str = "concurrency = 2\nbatch_rows = 100\nrows_per_second = 2000\n";
+/// The rate's floor under [`throttle`]: 25% of [`LIMITS`]' 2,000 rows/s.
+const FLOOR: f64 = 500.0;
 /// The live statement's time while healthy and while slowed down.
 const FAST: f64 = 0.002;
 const SLOW: f64 = 0.020;
@@ -117,49 +119,9 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
     };
     let started = Instant::now();
     let ws = Workspace::new();
-    let (source, target) = (ws.path("source.db"), ws.path("target.db"));
-    let want = reference(&make_source(&source, ROWS, DAYS).await).await;
-    let target_pool = make_target(&target).await;
-    let spec = copy_spec(
-        &source.display().to_string(),
-        &target.display().to_string(),
-        DAYS,
-        "",
-    );
-    let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", LIMITS, 1);
-    assert_ne!(
-        spec, with_limits,
-        "copy_spec changed: cannot set the limits"
-    );
-    assert!(!with_limits.contains("probe"));
-    ws.write("spec.toml", &(with_limits + &throttle(&pg.url())));
-
-    let traffic = Traffic::start(&pg).await;
-    let mut run = Running::spawn(&ws);
-    let mut run_id = None;
-    wait_for("the run process creates its run", PATIENCE, async || {
-        run.assert_alive("at its start");
-        run_id = runs_json(&ws)
-            .first()
-            .and_then(|r| r["run_id"].as_str().map(str::to_owned));
-        run_id.is_some()
-    })
-    .await;
-    let run_id = run_id.expect("run id");
-
-    // The baseline of the live statements is measured, then read every interval.
-    let mut live = serde_json::Value::Null;
-    wait_for(
-        "status shows the live statements' mean",
-        PATIENCE,
-        async || {
-            run.assert_alive("before the watch was read");
-            live = status(&ws, &run_id)["live"]["adaptive"]["watch"].clone();
-            live["mean_ms"].is_number() && live["baseline_mean_ms"].is_number()
-        },
-    )
-    .await;
-    let baseline = live["baseline_mean_ms"].as_f64().unwrap();
+    let watched = WatchedRun::start(&pg, &ws, &throttle(&pg.url())).await;
+    let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
+    let (live, baseline) = (watched.live, watched.baseline);
     assert!(
         (1.5..10.0).contains(&baseline) && live["unavailable"] == serde_json::json!([]),
         "the baseline is pg_sleep(2 ms)'s time, every signal offered: {live:#}"
@@ -222,28 +184,15 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
     let restored = Instant::now();
     let recovered = wait_for_cause(&ws, &mut run, &run_id, "recovered").await;
     let recovered_after = restored.elapsed();
-    // Seen all it needs: the rest of the rows at full speed (a `manual` change).
-    let lifted = ws.run(&["throttle", &run_id, "--rows-per-second", "100000"]);
-    assert!(lifted.code == 0 || run.exited().is_some(), "{lifted:?}");
-
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let code = loop {
-        if let Some(code) = run.exited() {
-            break code;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish within {RUN_TIMEOUT:?}\n{:?}\n{:#}",
-            run.ran(-1),
-            status(&ws, &run_id)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let calls = traffic.stop().await;
-    let ran = run.ran(code);
-    assert_eq!(ran.code, 0, "{ran:?}");
-    assert_eq!(ran.json()["state"], "succeeded", "{ran:?}");
-    assert_same_rows(&target_rows(&target_pool).await, &want, "watch");
+    let calls = finish(
+        &ws,
+        &mut run,
+        &run_id,
+        traffic,
+        &watched.target,
+        &watched.want,
+    )
+    .await;
 
     let changes = rate_changes(&ws, &run_id).await;
     let cuts: Vec<_> = changes
@@ -264,6 +213,196 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
         cuts.len(),
         started.elapsed(),
         show(&changes)
+    );
+}
+
+/// A SQLite-to-SQLite run of [`ROWS`] watching `pg` (no probe), live traffic at [`FAST`],
+/// started and seen to have measured the live statements' baseline.
+struct WatchedRun {
+    traffic: Traffic,
+    run: Running,
+    run_id: String,
+    /// `status`'s `watch` once the baseline is measured, and that baseline (ms).
+    live: serde_json::Value,
+    baseline: f64,
+    target: sqlx::SqlitePool,
+    want: Vec<Vec<Option<String>>>,
+}
+
+impl WatchedRun {
+    /// `throttle`: the spec's `[throttle]` ([`throttle`], or a variant of it).
+    async fn start(pg: &PrivatePostgres, ws: &Workspace, throttle: &str) -> WatchedRun {
+        let (source, target) = (ws.path("source.db"), ws.path("target.db"));
+        let want = reference(&make_source(&source, ROWS, DAYS).await).await;
+        let target_pool = make_target(&target).await;
+        let spec = copy_spec(
+            &source.display().to_string(),
+            &target.display().to_string(),
+            DAYS,
+            "",
+        );
+        let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", LIMITS, 1);
+        assert_ne!(
+            spec, with_limits,
+            "copy_spec changed: cannot set the limits"
+        );
+        assert!(!with_limits.contains("probe"));
+        ws.write("spec.toml", &(with_limits + throttle));
+
+        let traffic = Traffic::start(pg).await;
+        let mut run = Running::spawn(ws);
+        let mut run_id = None;
+        wait_for("the run process creates its run", PATIENCE, async || {
+            run.assert_alive("at its start");
+            run_id = runs_json(ws)
+                .first()
+                .and_then(|r| r["run_id"].as_str().map(str::to_owned));
+            run_id.is_some()
+        })
+        .await;
+        let run_id = run_id.expect("run id");
+
+        // The baseline of the live statements is measured, then read every interval.
+        let mut live = serde_json::Value::Null;
+        wait_for(
+            "status shows the live statements' mean",
+            PATIENCE,
+            async || {
+                run.assert_alive("before the watch was read");
+                live = status(ws, &run_id)["live"]["adaptive"]["watch"].clone();
+                live["mean_ms"].is_number() && live["baseline_mean_ms"].is_number()
+            },
+        )
+        .await;
+        let baseline = live["baseline_mean_ms"].as_f64().unwrap();
+        WatchedRun {
+            traffic,
+            run,
+            run_id,
+            live,
+            baseline,
+            target: target_pool,
+            want,
+        }
+    }
+}
+
+/// Lifts the run's limit once the test has seen all it needs (a `manual` change), waits for
+/// it to succeed, stops the traffic and checks the target equals the source; returns the live
+/// calls made.
+async fn finish(
+    ws: &Workspace,
+    run: &mut Running,
+    run_id: &str,
+    traffic: Traffic,
+    target: &sqlx::SqlitePool,
+    want: &[Vec<Option<String>>],
+) -> u64 {
+    let lifted = ws.run(&["throttle", run_id, "--rows-per-second", "100000"]);
+    assert!(lifted.code == 0 || run.exited().is_some(), "{lifted:?}");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let code = loop {
+        if let Some(code) = run.exited() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish within {RUN_TIMEOUT:?}\n{:?}\n{:#}",
+            run.ran(-1),
+            status(ws, run_id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let calls = traffic.stop().await;
+    let ran = run.ran(code);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.json()["state"], "succeeded", "{ran:?}");
+    assert_same_rows(&target_rows(target).await, want, "watch");
+    calls
+}
+
+/// Live traffic drifts by itself: its statements take ~2.5x their time at rest for good,
+/// more than the allowed rise (+100% here) and within two of them. The run is cut for it, down to
+/// its floor; there a whole window still over the limit becomes the baseline (`status` counts
+/// it), and the rate climbs again while the traffic stays where it drifted to. Without
+/// following the drift the run would stay at its floor to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_floor_the_watch_follows_live_traffic_drift_and_the_rate_climbs_again() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let ws = Workspace::new();
+    // +100% allowed, so the drift's band (over one allowed rise, within two) is wide enough
+    // for pg_sleep, which sleeps whole milliseconds.
+    let wide =
+        throttle(&pg.url()).replace("max_latency_increase = 0.5", "max_latency_increase = 1.0");
+    assert!(wide.contains("max_latency_increase = 1.0"));
+    let watched = WatchedRun::start(&pg, &ws, &wide).await;
+    let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
+    let baseline = watched.baseline;
+    // pg_sleep(2 ms) measured `baseline` (~0.1 ms of it the round trip): ~2.5x of it.
+    let drifted_ms = (2.5 * baseline - 0.1).round().max(4.0);
+    let drifted_at = rate_changes(&ws, &run_id).await.last().map_or(0, |c| c.seq);
+    traffic.set(drifted_ms / 1000.0);
+    // It all happens within seconds: a cut, the floor, the baseline moved, the climb. The
+    // test reads it from the rate time series (a status poll can miss a state that brief).
+    let mut changes = Vec::new();
+    wait_for(
+        "a live cut to the floor, then a climb above it with the traffic still drifted",
+        PATIENCE,
+        async || {
+            run.assert_alive("while the traffic drifted");
+            changes = rate_changes(&ws, &run_id).await;
+            let after: Vec<_> = changes.iter().filter(|c| c.seq > drifted_at).collect();
+            let floor = after
+                .iter()
+                .position(|c| LIVE_CUTS.contains(&c.cause.as_str()) && c.rate == Some(FLOOR));
+            floor.is_some_and(|at| {
+                after[at..]
+                    .iter()
+                    .any(|c| c.cause == "recovered" && c.rate > Some(FLOOR))
+            })
+        },
+    )
+    .await;
+    // The climb's own record: the baseline it was judged against had followed the drift.
+    let climb = changes
+        .iter()
+        .rev()
+        .find(|c| c.seq > drifted_at && c.cause == "recovered")
+        .expect("the climb");
+    let watch = &climb.detail["watch"];
+    assert!(
+        watch["drift_followed"].as_u64() > Some(0),
+        "the climb came from following the drift: {watch:#}\n{}",
+        show(&changes)
+    );
+    let followed = watch["baseline_mean_ms"].as_f64().unwrap();
+    assert!(
+        followed > 1.8 * baseline,
+        "the baseline moved to the drifted level (was {baseline:.2} ms): {watch:#}"
+    );
+    // `status` shows it once the next heartbeat has published it.
+    wait_for("status says the baseline moved", PATIENCE, async || {
+        run.assert_alive("while waiting for status to show the drift followed");
+        ws.run(&["status", &run_id])
+            .stdout
+            .contains("drift at the floor")
+    })
+    .await;
+    let calls = finish(
+        &ws,
+        &mut run,
+        &run_id,
+        traffic,
+        &watched.target,
+        &watched.want,
+    )
+    .await;
+    eprintln!(
+        "baseline {baseline:.2} ms, traffic drifted to {drifted_ms:.2} ms, followed to \
+         {followed:.2} ms; {calls} live calls\n{}",
+        show(&rate_changes(&ws, &run_id).await)
     );
 }
 
