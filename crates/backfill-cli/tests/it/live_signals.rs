@@ -42,8 +42,10 @@ use crate::support::{
 const ROWS: i64 = 120_000;
 const DAYS: i64 = 4;
 const LIMITS: &str = "concurrency = 2\nbatch_rows = 100\nrows_per_second = 2000\n";
-/// The rate's floor under [`throttle`]: 25% of [`LIMITS`]' 2,000 rows/s.
-const FLOOR: f64 = 500.0;
+/// The drift test's limits: [`LIMITS`] at half the rate, so its run lasts two minutes or
+/// more, and the rate's floor under [`throttle`] there (25% of 1,000 rows/s).
+const DRIFT_LIMITS: &str = "concurrency = 2\nbatch_rows = 100\nrows_per_second = 1000\n";
+const FLOOR: f64 = 250.0;
 /// The live statement's time while healthy and while slowed down.
 const FAST: f64 = 0.002;
 const SLOW: f64 = 0.020;
@@ -119,7 +121,7 @@ async fn watch_cuts_on_live_statement_latency_with_no_probe_and_holds_otherwise(
     };
     let started = Instant::now();
     let ws = Workspace::new();
-    let watched = WatchedRun::start(&pg, &ws, &throttle(&pg.url())).await;
+    let watched = WatchedRun::start(&pg, &ws, LIMITS, &throttle(&pg.url())).await;
     let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
     let (live, baseline) = (watched.live, watched.baseline);
     assert!(
@@ -230,8 +232,14 @@ struct WatchedRun {
 }
 
 impl WatchedRun {
-    /// `throttle`: the spec's `[throttle]` ([`throttle`], or a variant of it).
-    async fn start(pg: &PrivatePostgres, ws: &Workspace, throttle: &str) -> WatchedRun {
+    /// `limits`: the spec's `[limits]` lines ([`LIMITS`] or [`DRIFT_LIMITS`]); `throttle`:
+    /// its `[throttle]` ([`throttle`], or a variant of it).
+    async fn start(
+        pg: &PrivatePostgres,
+        ws: &Workspace,
+        limits: &str,
+        throttle: &str,
+    ) -> WatchedRun {
         let (source, target) = (ws.path("source.db"), ws.path("target.db"));
         let want = reference(&make_source(&source, ROWS, DAYS).await).await;
         let target_pool = make_target(&target).await;
@@ -241,7 +249,7 @@ impl WatchedRun {
             DAYS,
             "",
         );
-        let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", LIMITS, 1);
+        let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", limits, 1);
         assert_ne!(
             spec, with_limits,
             "copy_spec changed: cannot set the limits"
@@ -322,10 +330,11 @@ async fn finish(
 }
 
 /// Live traffic drifts by itself: its statements take ~2.5x their time at rest for good,
-/// more than the allowed rise (+100% here) and within two of them. The run is cut for it, down to
-/// its floor; there a whole window still over the limit becomes the baseline (`status` counts
-/// it), and the rate climbs again while the traffic stays where it drifted to. Without
-/// following the drift the run would stay at its floor to the end.
+/// more than the allowed rise (+100% here) and within two of them. The run is cut for it down to
+/// its floor (or is still there, climbing slowly from its start); there a whole window still
+/// over the limit becomes the baseline (`status` counts it), and the rate climbs again while
+/// the traffic stays where it drifted to. Without following the drift the run would stay at
+/// its floor to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_its_floor_the_watch_follows_live_traffic_drift_and_the_rate_climbs_again() {
     let Some(pg) = server(true).await else {
@@ -337,7 +346,7 @@ async fn at_its_floor_the_watch_follows_live_traffic_drift_and_the_rate_climbs_a
     let wide =
         throttle(&pg.url()).replace("max_latency_increase = 0.5", "max_latency_increase = 1.0");
     assert!(wide.contains("max_latency_increase = 1.0"));
-    let watched = WatchedRun::start(&pg, &ws, &wide).await;
+    let watched = WatchedRun::start(&pg, &ws, DRIFT_LIMITS, &wide).await;
     let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
     let baseline = watched.baseline;
     // pg_sleep(2 ms) measured `baseline` (~0.1 ms of it the round trip): ~2.5x of it.
@@ -346,37 +355,44 @@ async fn at_its_floor_the_watch_follows_live_traffic_drift_and_the_rate_climbs_a
     traffic.set(drifted_ms / 1000.0);
     // It all happens within seconds: a cut, the floor, the baseline moved, the climb. The
     // test reads it from the rate time series (a status poll can miss a state that brief).
-    let mut changes = Vec::new();
-    wait_for(
-        "a live cut to the floor, then a climb above it with the traffic still drifted",
-        PATIENCE,
-        async || {
-            run.assert_alive("while the traffic drifted");
-            changes = rate_changes(&ws, &run_id).await;
-            let after: Vec<_> = changes.iter().filter(|c| c.seq > drifted_at).collect();
-            let floor = after
-                .iter()
-                .position(|c| LIVE_CUTS.contains(&c.cause.as_str()) && c.rate == Some(FLOOR));
-            floor.is_some_and(|at| {
-                after[at..]
-                    .iter()
-                    .any(|c| c.cause == "recovered" && c.rate > Some(FLOOR))
-            })
-        },
-    )
-    .await;
-    // The climb's own record: the baseline it was judged against had followed the drift.
+    let deadline = Instant::now() + PATIENCE;
+    let changes = loop {
+        let changes = rate_changes(&ws, &run_id).await;
+        let climbed = changes.iter().any(|c| {
+            c.seq > drifted_at
+                && c.cause == "recovered"
+                && c.detail["watch"]["drift_followed"].as_u64() > Some(0)
+        });
+        if climbed {
+            break changes;
+        }
+        assert!(
+            run.exited().is_none() && Instant::now() < deadline,
+            "no climb from a baseline that followed the drift, with the traffic drifted \
+             (baseline {baseline:.2} ms, traffic at {drifted_ms} ms) within {PATIENCE:?} or \
+             the run's life\n{}\n{:#}",
+            show(&changes),
+            status(&ws, &run_id)["live"]["adaptive"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The first climb judged against the followed baseline started from the floor: the
+    // drift is followed there only (reached by a cut, or still there from the slow start).
     let climb = changes
         .iter()
-        .rev()
-        .find(|c| c.seq > drifted_at && c.cause == "recovered")
+        .find(|c| {
+            c.seq > drifted_at
+                && c.cause == "recovered"
+                && c.detail["watch"]["drift_followed"].as_u64() > Some(0)
+        })
         .expect("the climb");
-    let watch = &climb.detail["watch"];
-    assert!(
-        watch["drift_followed"].as_u64() > Some(0),
-        "the climb came from following the drift: {watch:#}\n{}",
+    assert_eq!(
+        climb.detail["from"].as_f64(),
+        Some(FLOOR),
+        "followed at the floor:\n{}",
         show(&changes)
     );
+    let watch = &climb.detail["watch"];
     let followed = watch["baseline_mean_ms"].as_f64().unwrap();
     assert!(
         followed > 1.8 * baseline,
