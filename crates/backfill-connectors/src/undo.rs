@@ -243,7 +243,8 @@ pub(crate) struct SqliteReplaceLog {
 }
 
 /// SQLite `upsert` of a batch whose new keys are found before its write
-/// ([`UndoLog::sqlite_counted_upsert`]): the SQL run around that write.
+/// ([`UndoLog::sqlite_counted_upsert`]): the SQL run around that write (the finding itself is
+/// [`UndoLog::sqlite_find_new`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SqliteCountedLog {
     /// Once the transaction holds the write lock: the update trigger (any leftover triggers
@@ -251,9 +252,6 @@ pub(crate) struct SqliteCountedLog {
     /// the connection's first batch and kept (each change of the connection's schema makes
     /// SQLite prepare its statements again).
     pub(crate) create: String,
-    /// Before the write: keeps the keys of the batch's rows that the target does not have
-    /// (each once); its `changes()` is their number, the batch's inserts.
-    pub(crate) find_new: String,
     /// After the write: logs the kept keys `inserted` with the digest of the rows written,
     /// drops the trigger and empties the table.
     pub(crate) log_new: String,
@@ -527,7 +525,6 @@ impl UndoLog {
         let (run, part) = (sql_text(&b.run_id), sql_text(&b.partition_id));
         let conflict = self.new_digest_on_conflict();
         let new_key: Vec<String> = self.key.iter().map(|k| format!("NEW.{k}")).collect();
-        let old_row: Vec<String> = self.columns.iter().map(|c| format!("OLD.{c}")).collect();
         let mut create = format!(
             "DROP TRIGGER IF EXISTS temp.{TRIGGER_INSERT}; \
              DROP TRIGGER IF EXISTS temp.{TRIGGER_UPDATE}; \
@@ -541,17 +538,8 @@ impl UndoLog {
             new_key = new_key.join(", "),
         );
         if updates {
-            create.push_str(&format!(
-                " CREATE TEMP TRIGGER {TRIGGER_UPDATE} AFTER UPDATE ON {target} BEGIN \
-                 INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, \
-                 bf_undo_after, {columns}) VALUES ({run}, {part}, 'updated', {digest}, \
-                 {old_row}) {conflict}; END;",
-                target = self.target,
-                undo = self.trigger_undo,
-                columns = self.columns.join(", "),
-                digest = self.new_digest,
-                old_row = old_row.join(", "),
-            ));
+            create.push(' ');
+            create.push_str(&self.sqlite_update_trigger(b, ""));
         }
         SqliteTriggers {
             create,
@@ -562,12 +550,32 @@ impl UndoLog {
         }
     }
 
+    /// SQLite: the temporary trigger that logs each row an update changes (`updated`, the
+    /// row before it, with the new row's digest), fired only `when` (a `WHEN …` clause, or
+    /// empty).
+    fn sqlite_update_trigger(&self, b: &UndoBatch, when: &str) -> String {
+        let old_row: Vec<String> = self.columns.iter().map(|c| format!("OLD.{c}")).collect();
+        format!(
+            "CREATE TEMP TRIGGER {TRIGGER_UPDATE} AFTER UPDATE ON {target} {when} BEGIN \
+             INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
+             {columns}) VALUES ({run}, {part}, 'updated', {digest}, {old_row}) {conflict}; END;",
+            target = self.target,
+            undo = self.trigger_undo,
+            columns = self.columns.join(", "),
+            run = sql_text(&b.run_id),
+            part = sql_text(&b.partition_id),
+            digest = self.new_digest,
+            old_row = old_row.join(", "),
+            conflict = self.new_digest_on_conflict(),
+        )
+    }
+
     /// SQLite `upsert` of a batch whose new keys can be found before the write, the
     /// pushdown's: an `AFTER INSERT` trigger, even one that never fires, makes SQLite copy
     /// every row of an `INSERT … SELECT` into a temporary table before inserting any (about
     /// a third of the log's cost on 1M rows of which 20% change, bench/undo.py), and an
     /// update trigger does not. So the new keys are not logged by a trigger: before the
-    /// write, `find_new` keeps the keys of the batch's rows (`rows`: `SELECT <key> FROM …`)
+    /// write, [`sqlite_find_new`](Self::sqlite_find_new) keeps the keys of the batch's rows
     /// that the target lacks, in a temporary table (each
     /// key once, by the key's collations); the write's update trigger logs the rows it
     /// changes (`updated`, before-images) except those keys, which are the batch's own
@@ -578,41 +586,24 @@ impl UndoLog {
     ///
     /// `None` when no UNIQUE index makes the key unique ([`UndoLog::set_key_collations`]):
     /// use the triggers.
-    pub(crate) fn sqlite_counted_upsert(
-        &self,
-        b: &UndoBatch,
-        rows: &str,
-    ) -> Option<SqliteCountedLog> {
+    pub(crate) fn sqlite_counted_upsert(&self, b: &UndoBatch) -> Option<SqliteCountedLog> {
         let collations = self.key_collations.as_ref()?;
         let (run, part) = (sql_text(&b.run_id), sql_text(&b.partition_id));
         let keys = self.key.join(", ");
         let indexed = self.key_collated(collations);
-        let old_row: Vec<String> = self.columns.iter().map(|c| format!("OLD.{c}")).collect();
+        let when = format!(
+            "WHEN NOT EXISTS (SELECT 1 FROM temp.{SQLITE_NEW_KEYS} AS n WHERE {})",
+            self.key_eq("OLD", "n")
+        );
         let create = format!(
             "DROP TRIGGER IF EXISTS temp.{TRIGGER_INSERT}; \
              DROP TRIGGER IF EXISTS temp.{TRIGGER_UPDATE}; \
              CREATE TEMP TABLE IF NOT EXISTS {SQLITE_NEW_KEYS} AS SELECT {keys} FROM {target} \
              WHERE 0; \
              CREATE UNIQUE INDEX IF NOT EXISTS temp.{SQLITE_NEW_KEYS_INDEX} ON {SQLITE_NEW_KEYS} \
-             ({indexed}); DELETE FROM temp.{SQLITE_NEW_KEYS}; \
-             CREATE TEMP TRIGGER {TRIGGER_UPDATE} AFTER UPDATE ON {target} WHEN NOT EXISTS \
-             (SELECT 1 FROM temp.{SQLITE_NEW_KEYS} AS n WHERE {old_is_new}) BEGIN \
-             INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
-             {columns}) VALUES ({run}, {part}, 'updated', {digest}, {old_row}) {conflict}; END;",
+             ({indexed}); DELETE FROM temp.{SQLITE_NEW_KEYS}; {trigger}",
             target = self.target,
-            old_is_new = self.key_eq("OLD", "n"),
-            undo = self.trigger_undo,
-            columns = self.columns.join(", "),
-            digest = self.new_digest,
-            old_row = old_row.join(", "),
-            conflict = self.new_digest_on_conflict(),
-        );
-        let find_new = format!(
-            "INSERT OR IGNORE INTO temp.{SQLITE_NEW_KEYS} ({keys}) SELECT {} FROM ({rows}) AS s \
-             WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE {})",
-            self.columns_of_key("s"),
-            self.target,
-            self.key_eq("t", "s"),
+            trigger = self.sqlite_update_trigger(b, &when),
         );
         // `CROSS JOIN`: the kept keys drive, each found by the target's key index.
         let log_new = format!(
@@ -627,11 +618,22 @@ impl UndoLog {
             on = self.key_eq("t", "n"),
             conflict = self.new_digest_on_conflict(),
         );
-        Some(SqliteCountedLog {
-            create,
-            find_new,
-            log_new,
-        })
+        Some(SqliteCountedLog { create, log_new })
+    }
+
+    /// The statement of [`sqlite_counted_upsert`](Self::sqlite_counted_upsert) that keeps,
+    /// before a batch's write, the keys of its rows (`rows`: `SELECT <key> FROM …`) that the
+    /// target does not have, each once; its `changes()` is their number, the batch's inserts.
+    /// The same for every batch of a run: built once.
+    pub(crate) fn sqlite_find_new(&self, rows: &str) -> String {
+        format!(
+            "INSERT OR IGNORE INTO temp.{SQLITE_NEW_KEYS} ({keys}) SELECT {} FROM ({rows}) AS s \
+             WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE {})",
+            self.columns_of_key("s"),
+            self.target,
+            self.key_eq("t", "s"),
+            keys = self.key.join(", "),
+        )
     }
 
     /// SQLite: drops the insert trigger of [`sqlite_triggers`](Self::sqlite_triggers), so a

@@ -139,6 +139,9 @@ pub struct SqlitePushdown {
     /// The target's undo log, with names as this pool's connections see them
     /// ([`SqlitePushdown::use_undo_log`]); unset when the run keeps none.
     undo_log: std::sync::OnceLock<Arc<UndoLog>>,
+    /// With the undo log, the statements that find a batch's new keys, as `batch_keys`
+    /// orders them ([`UndoLog::sqlite_find_new`]): built once for the run.
+    find_new: std::sync::OnceLock<[Arc<str>; 3]>,
 }
 
 /// What a pushdown did so far (for tests, logs and benchmarks).
@@ -622,6 +625,7 @@ impl SqlitePushdown {
             target_at: (target_schema, name.to_owned()),
             window_column: window_column.map(|c| sql::quote(c)),
             undo_log: std::sync::OnceLock::new(),
+            find_new: std::sync::OnceLock::new(),
         }))
     }
 
@@ -629,7 +633,14 @@ impl SqlitePushdown {
     /// pushdown's writes: they then accept an [`UndoBatch`].
     pub(crate) fn use_undo_log(&self, log: &UndoLog) {
         let (schema, table) = &self.target_at;
-        let _ = self.undo_log.set(Arc::new(log.in_schema(schema, table)));
+        let log = log.in_schema(schema, table);
+        let _ = self.find_new.set(
+            self.stmts
+                .batch_keys
+                .clone()
+                .map(|rows| log.sqlite_find_new(&rows).into()),
+        );
+        let _ = self.undo_log.set(Arc::new(log));
     }
 
     /// The undo log, when a batch asks for it; an error when the pushdown was not given it.
@@ -725,10 +736,7 @@ impl SqlitePushdown {
             staged: false,
             undo: log.map(|(log, b)| PartitionUndo {
                 triggers: log.sqlite_triggers(b, true),
-                counted: log
-                    .sqlite_counted_upsert(b, &self.stmts.batch_keys[0])
-                    .zip(log.sqlite_counted_upsert(b, &self.stmts.batch_keys[1 + variant]))
-                    .map(<[SqliteCountedLog; 2]>::from),
+                counted: log.sqlite_counted_upsert(b),
             }),
         })
     }
@@ -1117,9 +1125,9 @@ struct PartitionUndo {
     /// of new keys logs through them (its rows are mostly new).
     triggers: SqliteTriggers,
     /// Batches whose new keys are found first ([`UndoLog::sqlite_counted_upsert`]): the
-    /// staged batches (`[0]`) and the direct path's counted upsert (`[1]`, the partition's
-    /// variant); `None` when the key has no UNIQUE index (the triggers then serve).
-    counted: Option<[SqliteCountedLog; 2]>,
+    /// staged batches and the direct path's counted upsert; `None` when the key has no
+    /// UNIQUE index (the triggers then serve).
+    counted: Option<SqliteCountedLog>,
 }
 
 impl fmt::Debug for SqlitePartition<'_> {
@@ -1332,8 +1340,24 @@ impl SqliteStaged<'_, '_> {
 enum Logged<'a> {
     /// Insert and update triggers.
     Triggers(&'a SqliteTriggers),
-    /// New keys found before the write, logged after it; changed rows by a trigger.
-    Counted(&'a SqliteCountedLog),
+    /// New keys found before the write (by the statement given), logged after it; changed
+    /// rows by a trigger.
+    Counted(&'a SqliteCountedLog, &'a Arc<str>),
+}
+
+/// `batch_keys`' index of a staged batch's keys (then the direct path's, per variant).
+const STAGED_KEYS: usize = 0;
+
+impl PartitionUndo {
+    /// How a batch whose new keys can be found first keeps the log: counted when the key
+    /// has a UNIQUE index and the run's statements are built, else by the triggers.
+    /// `keys`: the `batch_keys` index of the batch's rows.
+    fn logged<'a>(&'a self, owner: &'a SqlitePushdown, keys: usize) -> Logged<'a> {
+        match (&self.counted, owner.find_new.get()) {
+            (Some(log), Some(find_new)) => Logged::Counted(log, &find_new[keys]),
+            _ => Logged::Triggers(&self.triggers),
+        }
+    }
 }
 
 impl Logged<'_> {
@@ -1341,7 +1365,7 @@ impl Logged<'_> {
     fn create(&self) -> &str {
         match self {
             Logged::Triggers(t) => &t.create,
-            Logged::Counted(c) => &c.create,
+            Logged::Counted(c, _) => &c.create,
         }
     }
 
@@ -1349,7 +1373,7 @@ impl Logged<'_> {
     fn finish(&self) -> &str {
         match self {
             Logged::Triggers(t) => &t.drop,
-            Logged::Counted(c) => &c.log_new,
+            Logged::Counted(c, _) => &c.log_new,
         }
     }
 }
@@ -1377,15 +1401,12 @@ async fn write_staged(
         .await
         .map_err(|e| sql_error(context, &e))?;
     let n = u64::try_from(range[1] - range[0]).unwrap_or(0);
-    let logged = part.undo.as_ref().map(|u| match &u.counted {
-        Some([staged, _]) => Logged::Counted(staged),
-        None => Logged::Triggers(&u.triggers),
-    });
+    let logged = part.undo.as_ref().map(|u| u.logged(owner, STAGED_KEYS));
     if let Some(logged) = logged {
         install(&mut tx, logged.create(), context).await?;
     }
     let inserted = match logged {
-        Some(Logged::Counted(log)) => sqlx::query(AssertSqlSafe(log.find_new.as_str()))
+        Some(Logged::Counted(_, find_new)) => sqlx::query(AssertSqlSafe(Arc::clone(find_new)))
             .bind(range[0])
             .bind(range[1])
             .execute(&mut *tx)
@@ -1437,9 +1458,9 @@ async fn write_direct(
     let variant = part.variant;
     let n = part.total;
     let expect_new = owner.expect_new.load(Ordering::Relaxed);
-    let logged = part.undo.as_ref().map(|u| match (&u.counted, expect_new) {
-        (Some([_, direct]), false) => Logged::Counted(direct),
-        _ => Logged::Triggers(&u.triggers),
+    let logged = part.undo.as_ref().map(|u| match expect_new {
+        true => Logged::Triggers(&u.triggers),
+        false => u.logged(owner, 1 + variant),
     });
     let conn: &mut SqliteConnection = &mut part.conn;
     let mut tx: Transaction<'_, Sqlite> = conn
@@ -1488,9 +1509,9 @@ async fn write_direct(
                 .await
                 .map_err(|e| sql_error(context, &e))?;
         }
-        let inserted = if let Some(Logged::Counted(log)) = logged {
+        let inserted = if let Some(Logged::Counted(_, find_new)) = logged {
             sqlx::query_with(
-                AssertSqlSafe(log.find_new.as_str()),
+                AssertSqlSafe(Arc::clone(find_new)),
                 arguments(values, values.len())?,
             )
             .execute(&mut *tx)
