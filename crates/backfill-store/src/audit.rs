@@ -80,6 +80,41 @@ pub(crate) async fn append(
     append_all(tx, run_id, actor, vec![event]).await
 }
 
+/// [`append`], then commits `tx`: on SQLite the event's statement carries the `COMMIT` (one
+/// round trip fewer, see [`WriteTxn`]).
+pub(crate) async fn append_and_commit(
+    tx: WriteTxn,
+    run_id: Option<&str>,
+    partition_id: Option<&str>,
+    actor: &str,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<(), StoreError> {
+    let event = NewEvent {
+        partition_id,
+        action,
+        detail,
+    };
+    append_all_and_commit(tx, run_id, actor, vec![event]).await
+}
+
+/// [`append_all`], then commits `tx` (the events' statement carries the `COMMIT` on SQLite).
+pub(crate) async fn append_all_and_commit(
+    mut tx: WriteTxn,
+    run_id: Option<&str>,
+    actor: &str,
+    events: Vec<NewEvent<'_>>,
+) -> Result<(), StoreError> {
+    if tx.last_audit.is_none() {
+        // Read before the statement that commits.
+        tx.last_audit = Some(last_event(&mut tx).await?);
+    }
+    tx.commit_with_next();
+    append_all(&mut tx, run_id, actor, events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// An event to append with [`append_all`].
 pub(crate) struct NewEvent<'a> {
     /// The partition it is about, if any.

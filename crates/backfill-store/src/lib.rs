@@ -58,7 +58,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, SqlSafeStr};
+use sqlx::{ConnectOptions, Connection};
 
 pub use audit::{AuditCheck, AuditEvent};
 pub use controls::{BudgetExtra, ControlRequest, Controls, RateChangeRecord, ThrottleChange};
@@ -92,7 +92,12 @@ pub struct Store {
     /// Without it, concurrent workers collide on `BEGIN IMMEDIATE` and SQLite's busy handler
     /// makes the losers sleep for whole milliseconds; queueing here costs microseconds. Other
     /// processes still queue on SQLite's lock. Unused on PostgreSQL.
-    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    ///
+    /// Behind it waits the connection that wrote last (file stores): every write of this
+    /// process goes through it, so its page cache stays valid from one write to the next
+    /// (another connection would re-read the pages another one changed) and no write pays
+    /// for taking a connection from the pool and giving it back.
+    write_gate: db::WriteGate,
     /// Set on a handle made by [`Store::fenced`]: the lease every write of this handle must
     /// still hold.
     fence: Option<std::sync::Arc<leases::Fence>>,
@@ -225,7 +230,11 @@ impl Store {
     /// Waits for in-flight statements and closes every connection. Later calls fail.
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Sqlite(pool) => {
+                // The writer waiting behind the gate goes back first: the pool waits for it.
+                drop(self.write_gate.lock().await.take());
+                pool.close().await
+            }
             Pool::Postgres(pool) => pool.close().await,
         }
     }
@@ -263,8 +272,7 @@ impl Store {
         sqlx::query("PRAGMA foreign_keys = OFF")
             .execute(&mut *conn)
             .await?;
-        let tx = sqlx::Transaction::begin(conn, Some("BEGIN IMMEDIATE".into_sql_str())).await?;
-        let mut tx = WriteTxn::sqlite(tx, gate);
+        let mut tx = WriteTxn::sqlite(conn, gate, false);
         if let Some(fence) = self.fence() {
             leases::check_fence(&mut tx, &fence.resource, fence.number).await?;
         }
@@ -275,9 +283,12 @@ impl Store {
     pub(crate) async fn begin_write_unfenced(&self) -> Result<WriteTxn, StoreError> {
         match (&self.pool, &self.location) {
             (Pool::Sqlite(pool), _) => {
-                let gate = self.write_gate.clone().lock_owned().await;
-                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTxn::sqlite(tx, gate))
+                let mut gate = self.write_gate.clone().lock_owned().await;
+                let conn = match gate.take() {
+                    Some(conn) => conn,
+                    None => pool.acquire().await?,
+                };
+                Ok(WriteTxn::sqlite(conn, gate, self.keeps_writer()))
             }
             (Pool::Postgres(pool), Location::Postgres { lock_key, .. }) => {
                 let mut tx = pool.begin().await?;
@@ -291,13 +302,35 @@ impl Store {
         }
     }
 
-    /// On SQLite, holds this process's write gate for a single-statement write outside a
-    /// transaction; `None` on PostgreSQL, where row locks do the queueing.
-    pub(crate) async fn write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match self.pool {
-            Pool::Sqlite(_) => Some(self.write_gate.clone().lock_owned().await),
-            Pool::Postgres(_) => None,
+    /// Runs a single-statement write outside a transaction (autocommit) and returns the rows
+    /// it changed. On SQLite through this process's write gate and its writer connection;
+    /// on PostgreSQL on a pooled connection, where row locks do the queueing.
+    pub(crate) async fn write_one(&self, statement: db::Stmt) -> Result<u64, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut gate = self.write_gate.lock().await;
+                let conn = match gate.take() {
+                    Some(conn) => conn,
+                    None => pool.acquire().await?,
+                };
+                let mut conn = Conn::Sqlite(conn);
+                // Autocommit: the connection is out of any transaction whatever the result.
+                let done = statement.execute(&mut conn).await;
+                if let Conn::Sqlite(conn) = conn
+                    && self.keeps_writer()
+                {
+                    *gate = Some(conn);
+                }
+                Ok(done?)
+            }
+            Pool::Postgres(_) => Ok(statement.execute(&mut self.conn().await?).await?),
         }
+    }
+
+    /// Whether the writer connection waits behind the write gate between writes: for file
+    /// stores; an in-memory store's one connection must go back to the pool.
+    fn keeps_writer(&self) -> bool {
+        matches!(self.location, Location::Sqlite(Some(_)))
     }
 
     /// A pooled connection, for reads and single-statement writes.

@@ -11,7 +11,7 @@
 //! processes opening one store at the same moment migrate it once; it also creates the
 //! store's schema when missing.
 
-use crate::db::{Db, Dialect, WriteTxn, stmt};
+use crate::db::{Dialect, WriteTxn, stmt};
 use crate::{Store, StoreError};
 
 /// Every SQLite migration, in order.
@@ -144,7 +144,7 @@ pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
         .filter(|(v, _)| *v > current)
     {
         tracing::info!(version, "applying state store migration");
-        match tx.exec() {
+        match tx.begun().await? {
             crate::db::Exec::Sqlite(conn) => sqlx::raw_sql(*sql).execute(conn).await.map(drop),
             crate::db::Exec::Postgres(conn) => sqlx::raw_sql(*sql).execute(conn).await.map(drop),
         }?;

@@ -278,8 +278,9 @@ impl Store {
         };
         let attempt = attempts_of(&row, partition_id)?;
         tx.last_audit = Some(audit::last_event_of(&row)?);
-        audit::append(
-            &mut tx,
+        // The event's statement commits: the transaction is two round trips.
+        audit::append_and_commit(
+            tx,
             Some(run_id),
             Some(partition_id),
             actor,
@@ -287,7 +288,6 @@ impl Store {
             json!({ "attempt": attempt }),
         )
         .await?;
-        tx.commit().await?;
         Ok(attempt)
     }
 
@@ -352,8 +352,7 @@ impl Store {
                 detail: json!({ "attempt": attempt, "counts": counts_json(&counts), "empty": true }),
             },
         ];
-        audit::append_all(&mut tx, Some(run_id), actor, events).await?;
-        tx.commit().await?;
+        audit::append_all_and_commit(tx, Some(run_id), actor, events).await?;
         Ok(attempt)
     }
 
@@ -378,9 +377,7 @@ impl Store {
         let query = params
             .iter()
             .fold(stmt(sql), |query, value| query.bind(value));
-        let gate = self.write_gate().await;
-        let done = query.execute(&mut self.conn().await?).await?;
-        drop(gate);
+        let done = self.write_one(query).await?;
         if done != 1 {
             return Err(self.stale_or_missing(run_id, partition_id).await);
         }
@@ -561,16 +558,8 @@ impl Store {
         {
             detail["reconcile"] = check;
         }
-        audit::append(
-            &mut tx,
-            Some(run_id),
-            Some(partition_id),
-            actor,
-            action,
-            detail,
-        )
-        .await?;
-        tx.commit().await?;
+        audit::append_and_commit(tx, Some(run_id), Some(partition_id), actor, action, detail)
+            .await?;
         Ok(())
     }
 
