@@ -80,25 +80,8 @@ pub(crate) async fn append(
     append_all(tx, run_id, actor, vec![event]).await
 }
 
-/// [`append`], then commits `tx`: on SQLite the event's statement carries the `COMMIT` (one
-/// round trip fewer, see [`WriteTxn`]).
-pub(crate) async fn append_and_commit(
-    tx: WriteTxn,
-    run_id: Option<&str>,
-    partition_id: Option<&str>,
-    actor: &str,
-    action: &str,
-    detail: serde_json::Value,
-) -> Result<(), StoreError> {
-    let event = NewEvent {
-        partition_id,
-        action,
-        detail,
-    };
-    append_all_and_commit(tx, run_id, actor, vec![event]).await
-}
-
-/// [`append_all`], then commits `tx` (the events' statement carries the `COMMIT` on SQLite).
+/// [`append_all`], then commits `tx`: on SQLite the events' statement carries the `COMMIT`
+/// (one round trip fewer, see [`WriteTxn`]).
 pub(crate) async fn append_all_and_commit(
     mut tx: WriteTxn,
     run_id: Option<&str>,

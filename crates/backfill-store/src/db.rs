@@ -597,6 +597,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_store_keeps_its_writer_and_still_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let store = crate::Store::open(&url).await.unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        stmt("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .execute(&mut tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let written = store
+            .write_one(stmt("INSERT INTO t VALUES (1)"))
+            .await
+            .unwrap();
+        assert_eq!(written, 1);
+        assert!(
+            store.write_gate.lock().await.is_some(),
+            "the connection that wrote waits behind the gate"
+        );
+        // The pool waits for every connection it handed out: the writer goes back first.
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.close())
+            .await
+            .expect("closing a store that kept its writer");
+    }
+
+    #[tokio::test]
     async fn a_sqlite_write_transaction_dropped_uncommitted_rolls_back() {
         let store = memory_store().await;
         let mut tx = store.begin_write().await.unwrap();

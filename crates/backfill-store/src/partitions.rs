@@ -279,15 +279,12 @@ impl Store {
         let attempt = attempts_of(&row, partition_id)?;
         tx.last_audit = Some(audit::last_event_of(&row)?);
         // The event's statement commits: the transaction is two round trips.
-        audit::append_and_commit(
-            tx,
-            Some(run_id),
-            Some(partition_id),
-            actor,
-            "partition.running",
-            json!({ "attempt": attempt }),
-        )
-        .await?;
+        let event = audit::NewEvent {
+            partition_id: Some(partition_id),
+            action: "partition.running",
+            detail: json!({ "attempt": attempt }),
+        };
+        audit::append_all_and_commit(tx, Some(run_id), actor, vec![event]).await?;
         Ok(attempt)
     }
 
@@ -558,8 +555,12 @@ impl Store {
         {
             detail["reconcile"] = check;
         }
-        audit::append_and_commit(tx, Some(run_id), Some(partition_id), actor, action, detail)
-            .await?;
+        let event = audit::NewEvent {
+            partition_id: Some(partition_id),
+            action,
+            detail,
+        };
+        audit::append_all_and_commit(tx, Some(run_id), actor, vec![event]).await?;
         Ok(())
     }
 
