@@ -58,7 +58,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
 pub use audit::{AuditCheck, AuditEvent};
 pub use controls::{BudgetExtra, ControlRequest, Controls, RateChangeRecord, ThrottleChange};
@@ -291,11 +291,10 @@ impl Store {
                 Ok(WriteTxn::sqlite(conn, gate, self.keeps_writer()))
             }
             (Pool::Postgres(pool), Location::Postgres { lock_key, .. }) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(lock_key)
-                    .execute(&mut *tx)
-                    .await?;
+                // The lock travels with the `BEGIN` (one simple query, one round trip); the
+                // key is a number of ours, not input.
+                let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({lock_key})");
+                let tx = pool.begin_with(AssertSqlSafe(begin)).await?;
                 Ok(WriteTxn::postgres(tx))
             }
             (Pool::Postgres(_), Location::Sqlite(_)) => unreachable!("a PostgreSQL pool"),
@@ -684,5 +683,51 @@ mod tests {
         );
         assert!(split_schema("postgres://h/db?schema=pg_catalog").is_err());
         assert_ne!(advisory_lock_key("a"), advisory_lock_key("b"));
+    }
+
+    /// A PostgreSQL write transaction holds the store's advisory lock from its `BEGIN` (which
+    /// carries the lock) to its end.
+    #[tokio::test]
+    async fn a_postgres_write_transaction_holds_the_advisory_lock() {
+        let server = backfill_testkit::postgres_url();
+        let mut outsider = match sqlx::PgConnection::connect(&server).await {
+            Ok(c) => c,
+            Err(e) => {
+                return backfill_testkit::unreachable("PostgreSQL", &server, &e).unwrap_or(());
+            }
+        };
+        let schema = format!("bf_lock_{}", uuid::Uuid::now_v7().simple());
+        let sep = if server.contains('?') { '&' } else { '?' };
+        let store = Store::open(&format!("{server}{sep}schema={schema}"))
+            .await
+            .unwrap();
+        let key = advisory_lock_key(&schema) as u64;
+        let held = async |c: &mut sqlx::PgConnection| -> i64 {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+            )
+            .bind((key >> 32) as i64)
+            .bind((key & 0xffff_ffff) as i64)
+            .fetch_one(c)
+            .await
+            .unwrap()
+        };
+        assert_eq!(held(&mut outsider).await, 0);
+        let tx = store.begin_write().await.unwrap();
+        assert_eq!(
+            held(&mut outsider).await,
+            1,
+            "the lock is taken with the BEGIN"
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(held(&mut outsider).await, 0, "and released at the commit");
+        store.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&mut outsider)
+        .await
+        .unwrap();
     }
 }
