@@ -54,11 +54,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Sqlite};
 
 pub use audit::{AuditCheck, AuditEvent};
 pub use controls::{BudgetExtra, ControlRequest, Controls, RateChangeRecord, ThrottleChange};
@@ -284,10 +285,7 @@ impl Store {
         match (&self.pool, &self.location) {
             (Pool::Sqlite(pool), _) => {
                 let mut gate = self.write_gate.clone().lock_owned().await;
-                let conn = match gate.take() {
-                    Some(conn) => conn,
-                    None => pool.acquire().await?,
-                };
+                let conn = sqlite_writer(&mut gate, pool).await?;
                 Ok(WriteTxn::sqlite(conn, gate, self.keeps_writer()))
             }
             (Pool::Postgres(pool), Location::Postgres { lock_key, .. }) => {
@@ -308,11 +306,7 @@ impl Store {
         match &self.pool {
             Pool::Sqlite(pool) => {
                 let mut gate = self.write_gate.lock().await;
-                let conn = match gate.take() {
-                    Some(conn) => conn,
-                    None => pool.acquire().await?,
-                };
-                let mut conn = Conn::Sqlite(conn);
+                let mut conn = Conn::Sqlite(sqlite_writer(&mut gate, pool).await?);
                 // Autocommit: the connection is out of any transaction whatever the result.
                 let done = statement.execute(&mut conn).await;
                 if let Conn::Sqlite(conn) = conn
@@ -345,6 +339,18 @@ impl Store {
             Pool::Sqlite(_) => Dialect::Sqlite,
             Pool::Postgres(_) => Dialect::Postgres,
         }
+    }
+}
+
+/// The writer connection waiting behind the write gate (`gate`, held by the caller), or one
+/// from the pool when none waits.
+async fn sqlite_writer(
+    gate: &mut Option<PoolConnection<Sqlite>>,
+    pool: &SqlitePool,
+) -> Result<PoolConnection<Sqlite>, sqlx::Error> {
+    match gate.take() {
+        Some(conn) => Ok(conn),
+        None => pool.acquire().await,
     }
 }
 

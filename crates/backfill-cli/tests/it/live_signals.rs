@@ -29,11 +29,11 @@ use tokio::task::JoinHandle;
 
 use crate::private_server::{PrivateMariaDb, PrivatePostgres};
 use crate::replica_lag::{
-    PATIENCE, RUN_TIMEOUT, Running, rate_changes, show, status, wait_for, wait_for_cause,
+    PATIENCE, RUN_TIMEOUT, Running, rate_changes, show, spawn_run, status, throttled_copy,
+    wait_for, wait_for_cause,
 };
 use crate::support::{
-    Workspace, assert_same_rows, copy_spec, make_source, make_target, reference, runs_json,
-    target_rows,
+    Workspace, assert_same_rows, copy_spec, make_source, make_target, target_rows,
 };
 
 /// 120,000 rows at up to 2,000 rows/s: a minute or more, so the slowdown and the recovery
@@ -240,35 +240,9 @@ impl WatchedRun {
         limits: &str,
         throttle: &str,
     ) -> WatchedRun {
-        let (source, target) = (ws.path("source.db"), ws.path("target.db"));
-        let want = reference(&make_source(&source, ROWS, DAYS).await).await;
-        let target_pool = make_target(&target).await;
-        let spec = copy_spec(
-            &source.display().to_string(),
-            &target.display().to_string(),
-            DAYS,
-            "",
-        );
-        let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", limits, 1);
-        assert_ne!(
-            spec, with_limits,
-            "copy_spec changed: cannot set the limits"
-        );
-        assert!(!with_limits.contains("probe"));
-        ws.write("spec.toml", &(with_limits + throttle));
-
+        let (want, target_pool) = throttled_copy(ws, ROWS, DAYS, limits, throttle).await;
         let traffic = Traffic::start(pg).await;
-        let mut run = Running::spawn(ws);
-        let mut run_id = None;
-        wait_for("the run process creates its run", PATIENCE, async || {
-            run.assert_alive("at its start");
-            run_id = runs_json(ws)
-                .first()
-                .and_then(|r| r["run_id"].as_str().map(str::to_owned));
-            run_id.is_some()
-        })
-        .await;
-        let run_id = run_id.expect("run id");
+        let (mut run, run_id) = spawn_run(ws).await;
 
         // The baseline of the live statements is measured, then read every interval.
         let mut live = serde_json::Value::Null;

@@ -402,39 +402,61 @@ fn lag_ms(detail: &serde_json::Value) -> f64 {
         .unwrap_or_else(|| panic!("no lag_ms in {detail}"))
 }
 
-/// The scenario: a run throttled by `probe_url`'s replica lag goes through a lag episode of
-/// `pair`'s replica, is cut for it, recovers after it, and completes without loss.
-async fn lag_episode_mid_run(mut pair: Pair, probe_url: &str, what: &str) {
-    let started = Instant::now();
-    let ws = Workspace::new();
+/// Writes `ws`'s `spec.toml`: a copy of a fresh source of `rows` rows over `days` days (one
+/// partition each) into a fresh target, with `limits` (the `[limits]` lines) in place of
+/// [`copy_spec`]'s and `throttle` appended. Returns the source's rows, which the target must
+/// hold once the run is done, and the target.
+pub(crate) async fn throttled_copy(
+    ws: &Workspace,
+    rows: i64,
+    days: i64,
+    limits: &str,
+    throttle: &str,
+) -> (Vec<Vec<Option<String>>>, sqlx::SqlitePool) {
     let (source, target) = (ws.path("source.db"), ws.path("target.db"));
-    let want = reference(&make_source(&source, ROWS, DAYS).await).await;
+    let want = reference(&make_source(&source, rows, days).await).await;
     let target_pool = make_target(&target).await;
     let spec = copy_spec(
         &source.display().to_string(),
         &target.display().to_string(),
-        DAYS,
+        days,
         "",
     );
-    let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", LIMITS, 1);
+    let with_limits = spec.replacen("concurrency = 4\nbatch_rows = 1000\n", limits, 1);
     assert_ne!(
         spec, with_limits,
         "copy_spec changed: cannot set the limits"
     );
-    ws.write("spec.toml", &(with_limits + &throttle(probe_url)));
+    assert!(!with_limits.contains("probe"));
+    ws.write("spec.toml", &(with_limits + throttle));
+    (want, target_pool)
+}
 
-    let traffic = pair.traffic().await;
-    let mut run = Running::spawn(&ws);
+/// Spawns `backfill run` on `ws`'s spec and waits until it has created its run: the process
+/// and the run's id.
+pub(crate) async fn spawn_run(ws: &Workspace) -> (Running, String) {
+    let mut run = Running::spawn(ws);
     let mut run_id = None;
     wait_for("the run process creates its run", PATIENCE, async || {
         run.assert_alive("at its start");
-        run_id = runs_json(&ws)
+        run_id = runs_json(ws)
             .first()
             .and_then(|r| r["run_id"].as_str().map(str::to_owned));
         run_id.is_some()
     })
     .await;
-    let run_id = run_id.expect("run id");
+    (run, run_id.expect("run id"))
+}
+
+/// The scenario: a run throttled by `probe_url`'s replica lag goes through a lag episode of
+/// `pair`'s replica, is cut for it, recovers after it, and completes without loss.
+async fn lag_episode_mid_run(mut pair: Pair, probe_url: &str, what: &str) {
+    let started = Instant::now();
+    let ws = Workspace::new();
+    let (want, target_pool) = throttled_copy(&ws, ROWS, DAYS, LIMITS, &throttle(probe_url)).await;
+
+    let traffic = pair.traffic().await;
+    let (mut run, run_id) = spawn_run(&ws).await;
 
     // Healthy first: the adaptive throttle starts at the maximum, rows flow, replication is
     // live and no lag is read where there is none.

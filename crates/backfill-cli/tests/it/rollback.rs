@@ -1005,7 +1005,7 @@ async fn a_role_without_create_is_told_how_to_keep_or_drop_the_undo_log_postgres
 /// with the table written as `main.dst`.
 #[tokio::test]
 async fn sqlite_replace_rollback_with_a_nocase_key_and_a_key_without_an_index() {
-    use crate::support::{exec, rows, sqlite};
+    use crate::support::rows;
     let keys = [
         ("k TEXT COLLATE NOCASE PRIMARY KEY", "main.dst", 3),
         ("k TEXT NOT NULL", "dst", 5),
@@ -1013,19 +1013,13 @@ async fn sqlite_replace_rollback_with_a_nocase_key_and_a_key_without_an_index() 
     for (key, table, logged) in keys {
         for pushdown in [true, false] {
             let ws = Workspace::new();
-            let source = sqlite(&ws.path("source.db")).await;
-            exec(
-                &source,
+            let (source, target, before) = sqlite_pair(
+                &ws,
                 &[
                     "CREATE TABLE src (k TEXT, ts TEXT, v TEXT)",
                     "INSERT INTO src VALUES ('ABC', '2026-01-01T01:00:00Z', 'x'), \
                      ('same', '2026-01-01T02:00:00Z', 's'), ('new', '2026-01-01T03:00:00Z', 'n')",
                 ],
-            )
-            .await;
-            let target = sqlite(&ws.path("target.db")).await;
-            exec(
-                &target,
                 &[
                     &format!("CREATE TABLE dst ({key}, ts TEXT, v TEXT)"),
                     "INSERT INTO dst VALUES ('abc', '2026-01-01T01:00:00Z', 'x'), \
@@ -1034,8 +1028,7 @@ async fn sqlite_replace_rollback_with_a_nocase_key_and_a_key_without_an_index() 
                 ],
             )
             .await;
-            let all = "SELECT k, ts, v FROM dst ORDER BY k COLLATE BINARY";
-            let before = rows(&target, all).await;
+            let all = ALL_DST;
             let spec = ws.write(
                 "spec.toml",
                 &format!(
@@ -1088,7 +1081,7 @@ partition = "1d"
 /// row in the same statement, which is still an insert to undo, not an update).
 #[tokio::test]
 async fn sqlite_upsert_rollback_on_every_pushdown_path() {
-    use crate::support::{exec, rows, sqlite};
+    use crate::support::rows;
     // (label, [limits], scope start): day 1 holds two rows the target already has, so with
     // one partition at a time day 2 runs after a batch of existing keys. Not reconciled: the
     // source's duplicate and case-folded keys never match the target by design.
@@ -1106,9 +1099,8 @@ async fn sqlite_upsert_rollback_on_every_pushdown_path() {
         for (path, limits, start) in paths {
             let label = format!("{key}, {path}");
             let ws = Workspace::new();
-            let source = sqlite(&ws.path("source.db")).await;
-            exec(
-                &source,
+            let (source, target, before) = sqlite_pair(
+                &ws,
                 &[
                     "CREATE TABLE src (k TEXT, ts TEXT, v TEXT)",
                     "INSERT INTO src VALUES ('p1', '2026-01-01T01:00:00Z', 'p'), \
@@ -1117,11 +1109,6 @@ async fn sqlite_upsert_rollback_on_every_pushdown_path() {
                      ('New', '2026-01-02T03:00:00Z', 'n1'), ('NEW', '2026-01-02T04:00:00Z', 'n2'), \
                      ('zz', '2026-01-02T05:00:00Z', 'z1'), ('zz', '2026-01-02T06:00:00Z', 'z2')",
                 ],
-            )
-            .await;
-            let target = sqlite(&ws.path("target.db")).await;
-            exec(
-                &target,
                 &[
                     &format!("CREATE TABLE dst ({key}, ts TEXT, v TEXT)"),
                     "INSERT INTO dst VALUES ('p1', '2026-01-01T01:00:00Z', 'p'), \
@@ -1131,8 +1118,7 @@ async fn sqlite_upsert_rollback_on_every_pushdown_path() {
                 ],
             )
             .await;
-            let all = "SELECT k, ts, v FROM dst ORDER BY k COLLATE BINARY";
-            let before = rows(&target, all).await;
+            let all = ALL_DST;
             let spec = ws.write(
                 "spec.toml",
                 &format!(
@@ -1187,6 +1173,25 @@ partition = "1d"
             target.close().await;
         }
     }
+}
+
+/// The target's rows as [`rolled_back_to`] compares them (`dst`, keys in byte order).
+const ALL_DST: &str = "SELECT k, ts, v FROM dst ORDER BY k COLLATE BINARY";
+
+/// The workspace's `source.db` and `target.db`, each set up by its statements, and the
+/// target's rows ([`ALL_DST`]) before anything runs.
+async fn sqlite_pair(
+    ws: &Workspace,
+    source: &[&str],
+    target: &[&str],
+) -> (sqlx::SqlitePool, sqlx::SqlitePool, Vec<Vec<Option<String>>>) {
+    use crate::support::{exec, rows, sqlite};
+    let source_db = sqlite(&ws.path("source.db")).await;
+    exec(&source_db, source).await;
+    let target_db = sqlite(&ws.path("target.db")).await;
+    exec(&target_db, target).await;
+    let before = rows(&target_db, ALL_DST).await;
+    (source_db, target_db, before)
 }
 
 /// Checks run `id` logged `logged` undo rows, rolls it back with no conflict, and checks the
