@@ -882,7 +882,7 @@ impl AnyPushdown {
     pub async fn use_undo_log(&self, sink: &AnySink) -> Result<(), ConnectorError> {
         match (self, sink) {
             (AnyPushdown::Sqlite(p), AnySink::Sqlite(s)) => {
-                p.use_undo_log(&*s.undo_log().await?);
+                p.use_undo_log(&*s.undo_log().await?, s.run_tags().await?);
                 Ok(())
             }
             _ => Err(ConnectorError::Data {

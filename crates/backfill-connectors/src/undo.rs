@@ -1,8 +1,9 @@
 //! The undo log of in-place writes (issue 11): what `backfill rollback` restores from.
 //!
 //! Owns: the table `<table>__bf_undo` in the target's own database (one per target table,
-//! shared by runs, each row tagged with its run), the statements that fill it inside a
-//! sink's write transaction, and the statements that restore a run's partition from it.
+//! shared by runs, each row tagged with its run: its id, or on SQLite its short tag, see
+//! `crate::sqlite::run_tags`), the statements that fill it inside a sink's write
+//! transaction, and the statements that restore a run's partition from it.
 //!
 //! Shape of the table: the bookkeeping columns `bf_undo_run`, `bf_undo_partition`,
 //! `bf_undo_op` (`inserted`, `updated`, `deleted`), `bf_undo_after` (the digest of the row as
@@ -46,9 +47,11 @@
 //! Invariants: every value is bound, except in SQLite's trigger bodies and the text around
 //! them, which cannot bind: there the run and partition ids are string literals with their
 //! quotes doubled (`sql_text`); names are validated identifiers, quoted. The digest is
-//! computed by the same SQL at write and at rollback time: on SQLite and MySQL
+//! computed by the same SQL at write and at rollback time: on MySQL
 //! `backfill_core::fingerprint`'s row digest over the columns the dialect can canonicalise
-//! (JSON is left out); on PostgreSQL the target's own row hash over every column
+//! (JSON is left out); on SQLite `backfill_undo_md5`, a 16-byte blob (entries logged with the
+//! older `r…` hex text or the canonical digest are compared in their own format); on
+//! PostgreSQL the target's own row hash over every column
 //! ([`PG_NATIVE_DIGEST`], with the settings it depends on pinned), while entries logged with
 //! the older `md5` digest are still compared in their own format.
 
@@ -95,8 +98,9 @@ impl Dialect {
         if self == Dialect::MySql { '`' } else { '"' }
     }
 
-    /// The first letter of the digests the log writes now; entries without it hold the
-    /// older portable digest (`legacy_digest`).
+    /// The first letter of PostgreSQL's digests now, and of SQLite's text digests before
+    /// they became blobs (`previous_digest`); entries without it hold the older portable
+    /// digest (`legacy_digest`).
     fn native_digest_prefix(self) -> &'static str {
         match self {
             Dialect::Postgres => PG_NATIVE_DIGEST,
@@ -205,6 +209,10 @@ pub(crate) struct UndoLog {
     /// SQLite's `backfill_undo_digest` recorded it, for the rollback of such a log (the same
     /// as `digest` on MySQL).
     legacy_digest: String,
+    /// SQLite: the digest as logs written before `backfill_undo_md5` recorded it
+    /// (`backfill_undo_digest`, `r` and 32 hex digits), for their rollback; `digest` on the
+    /// other systems.
+    previous_digest: String,
     /// SQLite: `digest` over a trigger's `NEW` row ([`UndoLog::sqlite_triggers`]).
     new_digest: String,
     /// SQLite: the undo table as a trigger body names it. A trigger body may not qualify a
@@ -428,12 +436,12 @@ impl UndoLog {
             .map(|c| dialect.quote_column(&c.name))
             .collect();
         let new_digest = match dialect {
-            Dialect::Sqlite => crate::fingerprint::sqlite::undo_digest_sql(&columns, "NEW"),
+            Dialect::Sqlite => crate::fingerprint::sqlite::undo_md5_sql(&columns, "NEW"),
             Dialect::Postgres | Dialect::MySql => String::new(),
         };
         let (digest, legacy_digest) = match dialect {
             Dialect::Sqlite => (
-                crate::fingerprint::sqlite::undo_digest_sql(&columns, "t"),
+                crate::fingerprint::sqlite::undo_md5_sql(&columns, "t"),
                 crate::fingerprint::sqlite::row_digest(&hashed, "t"),
             ),
             Dialect::Postgres => {
@@ -458,6 +466,10 @@ impl UndoLog {
                 (d.clone(), d)
             }
         };
+        let previous_digest = match dialect {
+            Dialect::Sqlite => crate::fingerprint::sqlite::undo_digest_sql(&columns, "t"),
+            Dialect::Postgres | Dialect::MySql => digest.clone(),
+        };
         let undo = dialect.quote(&undo_table_name(table));
         Ok(UndoLog {
             dialect,
@@ -468,6 +480,7 @@ impl UndoLog {
             columns,
             digest,
             legacy_digest,
+            previous_digest,
             new_digest,
             trigger_undo: undo,
             key_collations: None,
@@ -502,6 +515,7 @@ impl UndoLog {
             columns: self.columns.clone(),
             digest: self.digest.clone(),
             legacy_digest: self.legacy_digest.clone(),
+            previous_digest: self.previous_digest.clone(),
             new_digest: self.new_digest.clone(),
             trigger_undo: self.trigger_undo.clone(),
             key_collations: self.key_collations.clone(),
@@ -1276,6 +1290,16 @@ impl UndoLog {
             // The row's digest now, in the format its log entry has.
             let now = if self.digest == self.legacy_digest {
                 self.digest.clone()
+            } else if self.dialect == Dialect::Sqlite {
+                // A blob never reads as text here: `LIKE` would cast its bytes.
+                format!(
+                    "CASE WHEN typeof(u.bf_undo_after) = 'blob' THEN {} \
+                     WHEN u.bf_undo_after LIKE '{}%' THEN {} ELSE {} END",
+                    self.digest,
+                    self.dialect.native_digest_prefix(),
+                    self.previous_digest,
+                    self.legacy_digest
+                )
             } else {
                 format!(
                     "CASE WHEN u.bf_undo_after LIKE '{}%' THEN {} ELSE {} END",
@@ -1508,6 +1532,8 @@ pub struct UndoTarget {
     log: UndoLog,
     /// Whether the undo table exists.
     exists: bool,
+    /// SQLite: the log's run tags table, quoted (`crate::sqlite::run_tags`).
+    runs: Option<String>,
 }
 
 /// Reads the target's catalog and builds its log.
@@ -1692,11 +1718,23 @@ impl UndoTarget {
             other => return Err(crate::unsupported(other, url)),
         };
         let log = catalog_log(dialect, catalog, table, &spec.key).await?;
+        let runs = (dialect == Dialect::Sqlite)
+            .then(|| dialect.quote(&crate::sqlite::run_tags::runs_table_name(table)));
         Ok(UndoTarget {
             pool,
             log,
             exists: !undo_catalog.is_empty(),
+            runs,
         })
+    }
+
+    /// The tag `run`'s rows carry in the log: on SQLite its short tag
+    /// (`crate::sqlite::run_tags`), elsewhere its id.
+    async fn tag(&self, run: &str) -> Result<String, ConnectorError> {
+        match (&self.pool, &self.runs) {
+            (Pool::Sqlite(p), Some(runs)) => crate::sqlite::run_tags::read_tag(p, runs, run).await,
+            _ => Ok(run.to_owned()),
+        }
     }
 
     /// The partitions of `run` with undo rows, in order.
@@ -1704,6 +1742,7 @@ impl UndoTarget {
         if !self.exists {
             return Ok(Vec::new());
         }
+        let run = &self.tag(run).await?;
         with_conn!(self, conn, self.log.partitions(&mut conn, run).await)
     }
 
@@ -1724,6 +1763,7 @@ impl UndoTarget {
     }
 
     async fn size_of(&self, run: &str) -> Result<Option<u64>, ConnectorError> {
+        let run = &self.tag(run).await?;
         with_conn!(self, conn, Ok(self.log.size(&mut conn, run).await))
     }
 
@@ -1732,6 +1772,7 @@ impl UndoTarget {
         if !self.exists {
             return Ok(0);
         }
+        let run = &self.tag(run).await?;
         with_conn!(self, conn, self.log.drop_run(&mut conn, run).await)
     }
 
@@ -1743,6 +1784,10 @@ impl UndoTarget {
         force: bool,
         dry_run: bool,
     ) -> Result<RollbackCounts, ConnectorError> {
+        let batch = &UndoBatch {
+            run_id: self.tag(&batch.run_id).await?,
+            ..batch.clone()
+        };
         let begin_err = |e: sqlx::Error| ConnectorError::Sql {
             context: CONTEXT.to_owned(),
             message: e.to_string(),

@@ -451,7 +451,7 @@ async fn live_transactions(
         "the live session's transactions are reported",
         PATIENCE,
         async || {
-            let reading = watch.read().await.expect("reading");
+            let reading = unhurried_reading(watch).await;
             assert_eq!(reading.unavailable, vec![], "every signal offered");
             add(&mut transactions, reading.transactions);
             add(&mut statements, reading.statements);
@@ -460,6 +460,16 @@ async fn live_transactions(
     )
     .await;
     (transactions, statements)
+}
+
+/// A reading of `watch` a second after the previous one. The watch takes its own
+/// transactions (4 a reading) out of the count at once, but PostgreSQL adds them to
+/// `pg_stat_database` only when each session flushes its statistics, at most once a second:
+/// read every 100 ms, the watch's own transactions not yet flushed (up to ~40) outnumber the
+/// 20 live ones, which then read as its own until the next flush (a flaky timeout).
+async fn unhurried_reading(watch: &mut Watch) -> backfill_connectors::watch::Reading {
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    watch.read().await.expect("reading")
 }
 
 fn per_call(d: StatDelta) -> Duration {
@@ -536,7 +546,7 @@ async fn transactions_that_read_the_statistics_are_not_live_traffic() {
         "the live session's transactions are reported",
         PATIENCE,
         async || {
-            let reading = watch.read().await.expect("reading");
+            let reading = unhurried_reading(&mut watch).await;
             if let Some(d) = reading.transactions {
                 transactions.calls += d.calls;
                 transactions.time += d.time;

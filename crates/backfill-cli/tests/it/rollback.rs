@@ -863,17 +863,86 @@ async fn a_log_with_the_older_md5_digests_still_rolls_back_postgres() {
              (SELECT md5({legacy}) FROM {dst} AS t WHERE t.id = u.id)"
         ))
         .await;
+    edited_row_is_a_conflict_until_forced(&ws, &target, &id, &before).await;
+    source.drop_now().await;
+    target.drop_now().await;
+}
+
+/// Edits the row `id = 5` that run `id` wrote, then checks its rollback: the row is the one
+/// conflict, and a forced rollback brings the whole target back to `before`.
+async fn edited_row_is_a_conflict_until_forced(
+    ws: &Workspace,
+    target: &TestDb,
+    id: &str,
+    before: &Fingerprint,
+) {
+    let dst = target.table("dst");
     target
         .exec(&format!("UPDATE {dst} SET note = 'live edit' WHERE id = 5"))
         .await;
-    let back = ws.run(&["rollback", &id, "--json"]);
+    let back = ws.run(&["rollback", id, "--json"]);
     assert_eq!(back.code, 0, "{back:?}");
     let json = back.json();
     assert_eq!(json["conflicts"], 1, "{json:#}");
     assert_eq!(json["conflict_keys"][0]["key"], "id=5", "{json:#}");
-    let forced = ws.run(&["rollback", &id, "--force", "--json"]);
+    let forced = ws.run(&["rollback", id, "--force", "--json"]);
     assert_eq!(forced.code, 0, "{forced:?}");
-    assert_eq!(fingerprint(&target).await, before, "{forced:?}");
+    assert_eq!(fingerprint(target).await, *before, "{forced:?}");
+}
+
+/// SQLite logs a run under a short tag (`#1`) with 16-byte blob digests; a log the previous
+/// version wrote (the run's id in every row, `r` + 32 hex digits) still rolls back: its
+/// run has no tag, so it is read under its id, and each entry is compared in its own
+/// format, so unchanged rows restore and an edited one is a conflict.
+#[tokio::test]
+async fn a_log_in_the_previous_format_still_rolls_back_sqlite() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::Sqlite, &ws).await else {
+        return;
+    };
+    let TestDb::Sqlite(pool, _) = &target else {
+        panic!("a SQLite fixture");
+    };
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let id = run_id(&ran);
+    let logged: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT bf_undo_run, typeof(bf_undo_after), count(*) FROM dst__bf_undo GROUP BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("log");
+    assert_eq!(logged, [("#1".to_owned(), "blob".to_owned(), 60)]);
+    let tags: Vec<(String, String)> = sqlx::query_as("SELECT run, tag FROM dst__bf_undo_runs")
+        .fetch_all(pool)
+        .await
+        .expect("tags");
+    assert_eq!(tags, [(id.clone(), "#1".to_owned())]);
+
+    // The log as the previous version wrote it.
+    let mut conn = pool.acquire().await.expect("connection");
+    backfill_connectors::fingerprint::sqlite::register(&mut conn)
+        .await
+        .expect("functions");
+    sqlx::query(
+        "UPDATE dst__bf_undo AS u SET bf_undo_run = ?1, bf_undo_after = (SELECT \
+         backfill_undo_digest(t.id, t.amount_cents, t.ts, t.note) FROM dst AS t \
+         WHERE t.id = u.id)",
+    )
+    .bind(&id)
+    .execute(&mut *conn)
+    .await
+    .expect("previous format");
+    sqlx::query("DELETE FROM dst__bf_undo_runs")
+        .execute(&mut *conn)
+        .await
+        .expect("no tags");
+    drop(conn);
+    let status = ws.run(&["status", &id, "--json"]);
+    assert_eq!(status.json()["undo_rows"], 60, "{status:?}");
+    edited_row_is_a_conflict_until_forced(&ws, &target, &id, &before).await;
     source.drop_now().await;
     target.drop_now().await;
 }

@@ -13,7 +13,11 @@
 //! - `backfill_undo_digest(v1, …, vn)`: `r` and the MD5 (32 hex digits) of each value's
 //!   storage class and raw bytes: the undo log's digest of a row, which only needs to equal
 //!   itself (computed by SQLite at write and at rollback), so it never fails on a value
-//!   that does not read as its column's kind (`'n/a'` in a `DATE` column).
+//!   that does not read as its column's kind (`'n/a'` in a `DATE` column). Logs written
+//!   before `backfill_undo_md5` hold it.
+//! - `backfill_undo_md5(v1, …, vn)`: the same MD5 as a 16-byte blob, the digest the undo log
+//!   writes now: half the bytes of the hex text in every logged row (the log's cost on SQLite
+//!   is mostly the bytes it writes).
 //!
 //! A value that does not read as its kind (text that is not a date in a date column) makes
 //! the statement fail with the contract's message, naming the column's position.
@@ -42,12 +46,13 @@ const ROW_MD5: &std::ffi::CStr = c"backfill_row_md5";
 const FINGERPRINT: &std::ffi::CStr = c"backfill_fingerprint";
 const CANONICAL: &std::ffi::CStr = c"backfill_canonical";
 const UNDO_DIGEST: &std::ffi::CStr = c"backfill_undo_digest";
+const UNDO_MD5: &std::ffi::CStr = c"backfill_undo_md5";
 
 /// The undo log's SQLite digests start with this letter; the canonical `backfill_row_md5`
 /// digests that older logs hold are 32 hex digits and never do.
 pub(crate) const UNDO_DIGEST_PREFIX: &str = "r";
 
-/// Registers `backfill_row_md5` and `backfill_fingerprint` on `conn` (deterministic, UTF-8).
+/// Registers the functions of the module doc on `conn` (deterministic, UTF-8).
 ///
 /// Called for every new connection of the connectors' SQLite pools (`after_connect`); a test
 /// or tool opening its own pool calls it the same way.
@@ -102,6 +107,21 @@ pub async fn register(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
         )
     };
     check(rc, UNDO_DIGEST)?;
+    // SAFETY: as above.
+    let rc = unsafe {
+        ffi::sqlite3_create_function_v2(
+            db,
+            UNDO_MD5.as_ptr(),
+            -1,
+            flags,
+            ptr::null_mut(),
+            Some(undo_md5),
+            None,
+            None,
+            None,
+        )
+    };
+    check(rc, UNDO_MD5)?;
     // SAFETY: as above.
     let rc = unsafe {
         ffi::sqlite3_create_function_v2(
@@ -345,16 +365,15 @@ unsafe extern "C" fn row_md5(
     }
 }
 
-unsafe extern "C" fn undo_digest(
-    ctx: *mut ffi::sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut ffi::sqlite3_value,
-) {
+/// The MD5 of each argument's storage class and raw bytes: the undo log's row digest.
+///
+/// SAFETY: `argv` must hold `argc` protected values of the current call.
+unsafe fn undo_hash(argc: c_int, argv: *mut *mut ffi::sqlite3_value) -> [u8; 16] {
     use md5::{Digest, Md5};
     let mut hasher = Md5::new();
     for i in 0..usize::try_from(argc).unwrap_or(0) {
-        // SAFETY: SQLite calls this with `argc` protected values of the current call; a text
-        // or blob pointer is read before its length, as SQLite documents.
+        // SAFETY: per the function's contract; a text or blob pointer is read before its
+        // length, as SQLite documents.
         unsafe {
             let v = *argv.add(i);
             match ffi::sqlite3_value_type(v) {
@@ -384,17 +403,47 @@ unsafe extern "C" fn undo_digest(
             }
         }
     }
-    let digest: [u8; 16] = hasher.finalize().into();
+    hasher.finalize().into()
+}
+
+unsafe extern "C" fn undo_digest(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite calls this with the call's context and `argc` protected values.
+    let digest = unsafe { undo_hash(argc, argv) };
     let hex = format!("{UNDO_DIGEST_PREFIX}{:032x}", u128::from_be_bytes(digest));
     // SAFETY: `ctx` is the current call's context.
     unsafe { result_text(ctx, &hex) };
 }
 
-/// `backfill_undo_digest(alias."c1", …)` over `columns` (quoted names): the undo log's row
-/// digest (see the module doc).
+unsafe extern "C" fn undo_md5(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite calls this with the call's context and `argc` protected values.
+    let digest = unsafe { undo_hash(argc, argv) };
+    // SAFETY: `ctx` is the current call's context; SQLITE_TRANSIENT makes SQLite copy the
+    // 16 bytes.
+    unsafe {
+        ffi::sqlite3_result_blob(ctx, digest.as_ptr().cast(), 16, ffi::SQLITE_TRANSIENT());
+    }
+}
+
+/// `backfill_undo_digest(alias."c1", …)` over `columns` (quoted names): the digest older
+/// undo logs hold (see the module doc), for their rollback.
 pub(crate) fn undo_digest_sql(columns: &[String], alias: &str) -> String {
     let args: Vec<String> = columns.iter().map(|c| format!("{alias}.{c}")).collect();
     format!("backfill_undo_digest({})", args.join(", "))
+}
+
+/// `backfill_undo_md5(alias."c1", …)` over `columns` (quoted names): the undo log's row
+/// digest, a 16-byte blob (see the module doc).
+pub(crate) fn undo_md5_sql(columns: &[String], alias: &str) -> String {
+    let args: Vec<String> = columns.iter().map(|c| format!("{alias}.{c}")).collect();
+    format!("backfill_undo_md5({})", args.join(", "))
 }
 
 /// The canonical text of a call's two arguments: one kind code, then the value.

@@ -15,6 +15,7 @@
 //! file (group commit, see `pushdown`).
 
 mod pushdown;
+pub(crate) mod run_tags;
 mod sink;
 mod source;
 mod sql;

@@ -80,6 +80,7 @@ use sqlx::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::run_tags::RunTags;
 use super::sink::{install, run_extra};
 use super::{
     BUSY_TIMEOUT, SOFT_HEAP_LIMIT, arguments, decode_value, pool_options, retry_while_locked, sql,
@@ -139,6 +140,8 @@ pub struct SqlitePushdown {
     /// The target's undo log, with names as this pool's connections see them
     /// ([`SqlitePushdown::use_undo_log`]); unset when the run keeps none.
     undo_log: std::sync::OnceLock<Arc<UndoLog>>,
+    /// The tags the undo log writes for runs (the target sink's), set with `undo_log`.
+    run_tags: std::sync::OnceLock<Arc<RunTags>>,
     /// With the undo log, the statements that find a batch's new keys, as `batch_keys`
     /// orders them ([`UndoLog::sqlite_find_new`]): built once for the run.
     find_new: std::sync::OnceLock<[Arc<str>; 3]>,
@@ -625,13 +628,16 @@ impl SqlitePushdown {
             target_at: (target_schema, name.to_owned()),
             window_column: window_column.map(|c| sql::quote(c)),
             undo_log: std::sync::OnceLock::new(),
+            run_tags: std::sync::OnceLock::new(),
             find_new: std::sync::OnceLock::new(),
         }))
     }
 
     /// Writes the undo log of `log` (the target sink's, its table created) with this
-    /// pushdown's writes: they then accept an [`UndoBatch`].
-    pub(crate) fn use_undo_log(&self, log: &UndoLog) {
+    /// pushdown's writes, runs tagged by `tags` (the sink's): they then accept an
+    /// [`UndoBatch`].
+    pub(crate) fn use_undo_log(&self, log: &UndoLog, tags: Arc<RunTags>) {
+        let _ = self.run_tags.set(tags);
         let (schema, table) = &self.target_at;
         let log = log.in_schema(schema, table);
         let _ = self.find_new.set(
@@ -641,6 +647,18 @@ impl SqlitePushdown {
                 .map(|rows| log.sqlite_find_new(&rows).into()),
         );
         let _ = self.undo_log.set(Arc::new(log));
+    }
+
+    /// `undo` with its run id replaced by the run's tag in the log (see [`RunTags`]); an
+    /// error when the pushdown was not given the log.
+    async fn tagged(&self, undo: Option<&UndoBatch>) -> Result<Option<UndoBatch>, ConnectorError> {
+        let Some(b) = undo else {
+            return Ok(None);
+        };
+        let tags = self.run_tags.get().ok_or_else(|| ConnectorError::Data {
+            message: "the pushdown was opened without the target's undo log".to_owned(),
+        })?;
+        Ok(Some(tags.batch(b).await?))
     }
 
     /// The undo log, when a batch asks for it; an error when the pushdown was not given it.
@@ -683,6 +701,8 @@ impl SqlitePushdown {
                     .to_owned(),
             });
         }
+        let tagged = self.tagged(undo).await?;
+        let undo = tagged.as_ref();
         let log = self.undo_log(undo)?.zip(undo);
         let mut values = named_values(&self.names, window, &self.source_format);
         let variant = match after {
@@ -820,6 +840,8 @@ impl SqlitePushdown {
         undo: Option<&UndoBatch>,
     ) -> Result<SqlitePushedReplace, ConnectorError> {
         let context = self.context("replace in");
+        let tagged = self.tagged(undo).await?;
+        let undo = tagged.as_ref();
         let log = self.undo_log(undo)?;
         let Some((delete, null_key, insert)) = &self.stmts.replace else {
             return Err(ConnectorError::Data {

@@ -20,6 +20,7 @@ use backfill_core::value::{Batch, RowCounts, Value};
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use sqlx::{AssertSqlSafe, Row, Transaction};
 
+use super::run_tags::RunTags;
 use super::{Role, arguments, connect, sql, sql_error};
 use crate::shared::{
     EXTRA_CONTEXT, Table, TargetSettings, batch_columns, batch_guard, check_existing, check_extra,
@@ -55,6 +56,8 @@ pub struct SqliteSink {
     numeric: tokio::sync::OnceCell<Arc<Vec<(String, Affinity)>>>,
     /// The undo log, built on the first write that keeps one.
     undo_log: tokio::sync::OnceCell<Arc<UndoLog>>,
+    /// The short tags the undo log writes for runs, made with the log.
+    run_tags: std::sync::OnceLock<Arc<RunTags>>,
 }
 
 /// A column's type affinity, from its declared type by SQLite's rules
@@ -174,6 +177,7 @@ impl SqliteSink {
             statement,
             numeric: tokio::sync::OnceCell::new(),
             undo_log: tokio::sync::OnceCell::new(),
+            run_tags: std::sync::OnceLock::new(),
         })
     }
 
@@ -227,10 +231,32 @@ impl SqliteSink {
                     Sqlite
                 );
                 log.set_key_collations(self.key_collations(table).await?);
+                let _ = self
+                    .run_tags
+                    .set(Arc::new(RunTags::new(self.pool.clone(), &name)));
                 Ok(Arc::new(log))
             })
             .await
             .cloned()
+    }
+
+    /// The undo log's run tags ([`RunTags`]), the log created first when missing.
+    pub(crate) async fn run_tags(&self) -> Result<Arc<RunTags>, ConnectorError> {
+        self.undo_log().await?;
+        self.run_tags
+            .get()
+            .cloned()
+            .ok_or_else(|| ConnectorError::Data {
+                message: "the undo log's run tags were not made with it".to_owned(),
+            })
+    }
+
+    /// `undo` with its run id replaced by the run's tag in the log (see [`RunTags`]).
+    async fn tagged(&self, undo: Option<&UndoBatch>) -> Result<Option<UndoBatch>, ConnectorError> {
+        match undo {
+            Some(b) => Ok(Some(self.run_tags().await?.batch(b).await?)),
+            None => Ok(None),
+        }
     }
 
     /// `upsert` with the undo log of `undo` written in the same transaction.
@@ -240,6 +266,8 @@ impl SqliteSink {
         extra: Option<&Extra>,
         undo: Option<&UndoBatch>,
     ) -> Result<RowCounts, ConnectorError> {
+        let tagged = self.tagged(undo).await?;
+        let undo = tagged.as_ref();
         let log = match undo {
             Some(_) => Some(self.undo_log().await?),
             None => None,
@@ -311,6 +339,7 @@ impl SqliteSink {
         undo: &UndoBatch,
     ) -> Result<u64, ConnectorError> {
         let log = self.undo_log().await?;
+        let undo = &self.run_tags().await?.batch(undo).await?;
         let table = self.table()?;
         let context = format!("delete rows missing from the source in {}", table.quoted);
         let bounds = bounds(window, &self.time_format);
@@ -332,6 +361,8 @@ impl SqliteSink {
         window: &Window,
         undo: Option<&UndoBatch>,
     ) -> Result<ReplaceTxn, ConnectorError> {
+        let tagged = self.tagged(undo).await?;
+        let undo = tagged.as_ref();
         let log = match undo {
             Some(_) => Some(self.undo_log().await?),
             None => None,

@@ -499,8 +499,9 @@ async fn guard_keeps_target_rows_that_are_newer() {
 
 /// SQLite's undo log is written by temporary triggers that live only inside the write that
 /// logs: they log the rows it inserts or changes (not a row written as it was), keep a key's
-/// first before-image, take the run id as a literal safely (a quote in it), and nothing the
-/// same connections write later without the log is logged.
+/// first before-image, tag them with the run's short tag (mapped to its id, a quote in it,
+/// in the tags table), and nothing the same connections write later without the log is
+/// logged.
 #[tokio::test]
 async fn sqlite_undo_triggers_log_only_their_own_writes() {
     let dir = Dir::temp();
@@ -526,20 +527,24 @@ async fn sqlite_undo_triggers_log_only_their_own_writes() {
     let expected = vec![
         vec![
             Value::Int(1),
-            text("run 'one'"),
+            text("#1"),
             text("updated"),
             text("x"),
             Value::Int(1),
         ],
         vec![
             Value::Int(3),
-            text("run 'one'"),
+            text("#1"),
             text("inserted"),
             Value::Null,
             Value::Int(1),
         ],
     ];
     assert_eq!(rows(&url, log).await, expected);
+    assert_eq!(
+        rows(&url, "SELECT run, tag FROM t__bf_undo_runs").await,
+        [[text("run 'one'"), text("#1")]]
+    );
     // The digest follows the last write.
     let digests = "SELECT bf_undo_after FROM t__bf_undo ORDER BY id";
     let logged = rows(&url, digests).await;
@@ -554,6 +559,63 @@ async fn sqlite_undo_triggers_log_only_their_own_writes() {
     assert_eq!(
         rows(&url, "SELECT count(*) FROM t").await,
         [[Value::Int(7)]]
+    );
+}
+
+/// A run's undo rows on SQLite carry a short tag, one per run and never shared; a run that
+/// already has rows under its id (logged before tags existed) keeps its id as its tag, so
+/// its log is not split in two and its rollback finds every row.
+#[tokio::test]
+async fn sqlite_undo_tags_are_per_run_and_a_run_logged_under_its_id_keeps_it() {
+    let dir = Dir::temp();
+    let url = dir.db("dst.db", TARGET).await;
+    let sink = sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    let undo = |run: &str| backfill_connectors::UndoBatch {
+        run_id: run.into(),
+        partition_id: "p1".into(),
+        every_key: false,
+    };
+    sink.upsert_undo(&batch(&[(1, Some("x"), 1.0)]), None, Some(&undo("first")))
+        .await
+        .unwrap();
+    // A row the previous version logged for a run, under the run's id.
+    let before_tags = rows(
+        &url,
+        "INSERT INTO t__bf_undo (bf_undo_run, bf_undo_partition, bf_undo_op, id) \
+         VALUES ('old-run', 'p0', 'inserted', 50) RETURNING id",
+    )
+    .await;
+    assert_eq!(before_tags, [[Value::Int(50)]]);
+    sink.upsert_undo(&batch(&[(2, Some("y"), 2.0)]), None, Some(&undo("old-run")))
+        .await
+        .unwrap();
+    sink.upsert_undo(&batch(&[(3, Some("z"), 3.0)]), None, Some(&undo("third")))
+        .await
+        .unwrap();
+    // The same sink and a new one (another process) agree on each run's tag.
+    let again = crate::sink(&url, "t", &["id"], WriteMode::Upsert).await;
+    again
+        .upsert_undo(&batch(&[(4, None, 4.0)]), None, Some(&undo("first")))
+        .await
+        .unwrap();
+    let text = |s: &str| Value::Text(s.into());
+    assert_eq!(
+        rows(&url, "SELECT run, tag FROM t__bf_undo_runs ORDER BY n").await,
+        [
+            [text("first"), text("#1")],
+            [text("old-run"), text("old-run")],
+            [text("third"), text("#3")],
+        ]
+    );
+    assert_eq!(
+        rows(&url, "SELECT id, bf_undo_run FROM t__bf_undo ORDER BY id").await,
+        [
+            [Value::Int(1), text("#1")],
+            [Value::Int(2), text("old-run")],
+            [Value::Int(3), text("#3")],
+            [Value::Int(4), text("#1")],
+            [Value::Int(50), text("old-run")],
+        ]
     );
 }
 
@@ -591,7 +653,7 @@ async fn sqlite_undo_logs_values_that_are_not_of_their_columns_kind() {
         ],
     };
     sink.upsert_undo(&rows, None, Some(&undo)).await.unwrap();
-    let log = "SELECT id, bf_undo_op, day, n, substr(bf_undo_after, 1, 1), \
+    let log = "SELECT id, bf_undo_op, day, n, typeof(bf_undo_after), \
                length(bf_undo_after) FROM d__bf_undo ORDER BY id";
     let text = |s: &str| Value::Text(s.into());
     assert_eq!(
@@ -602,16 +664,16 @@ async fn sqlite_undo_logs_values_that_are_not_of_their_columns_kind() {
                 text("updated"),
                 text("n/a"),
                 text("many"),
-                text("r"),
-                Value::Int(33)
+                text("blob"),
+                Value::Int(16)
             ],
             vec![
                 Value::Int(2),
                 text("inserted"),
                 Value::Null,
                 Value::Null,
-                text("r"),
-                Value::Int(33)
+                text("blob"),
+                Value::Int(16)
             ],
         ]
     );

@@ -365,8 +365,8 @@ async fn run_to_end(spec: &Spec, state: &str) -> backfill_engine::RunSummary {
 async fn undo_log(url: &str) -> Vec<(String, String, Option<String>, i64, Option<i64>)> {
     let p = pool(url).await;
     let rows = sqlx::query_as(
-        "SELECT bf_undo_partition, bf_undo_op, bf_undo_after, id, v FROM copy__bf_undo \
-         ORDER BY id",
+        "SELECT bf_undo_partition, bf_undo_op, nullif(hex(bf_undo_after), ''), id, v \
+         FROM copy__bf_undo ORDER BY id",
     )
     .fetch_all(&p)
     .await
