@@ -635,6 +635,34 @@ impl UndoLog {
         Some(SqliteCountedLog { create, log_new })
     }
 
+    /// SQLite, the pushdown's direct path, after a write that was to insert every row of its
+    /// batch (`rows`: `SELECT <key> FROM …`, the batch's keys, read again in the same
+    /// transaction): logs each key `inserted` with the digest of the row written, "on
+    /// conflict keep the first image, take the new digest". Its `changes()` is the number of
+    /// keys logged; when the write inserted fewer (a key existed, or the batch holds one
+    /// twice), the caller undoes both and logs the batch another way. Set-wise after the
+    /// write instead of an insert trigger, which would make SQLite copy every row of the
+    /// write aside first (about a sixth less time on a full copy into an empty target,
+    /// measured with Python's sqlite3). Needs a key a UNIQUE index makes unique (one target
+    /// row per key); `None` otherwise.
+    pub(crate) fn sqlite_log_inserted(&self, b: &UndoBatch, rows: &str) -> Option<String> {
+        self.key_collations.as_ref()?;
+        Some(format!(
+            "INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
+             {keys}) SELECT {run}, {part}, 'inserted', {digest}, {t_keys} FROM ({rows}) AS s \
+             CROSS JOIN {target} AS t WHERE {on} {conflict}",
+            undo = self.undo,
+            keys = self.key.join(", "),
+            run = sql_text(&b.run_id),
+            part = sql_text(&b.partition_id),
+            digest = self.digest,
+            t_keys = self.columns_of_key("t"),
+            target = self.target,
+            on = self.key_eq("t", "s"),
+            conflict = self.new_digest_on_conflict(),
+        ))
+    }
+
     /// The statement of [`sqlite_counted_upsert`](Self::sqlite_counted_upsert) that keeps,
     /// before a batch's write, the keys of its rows (`rows`: `SELECT <key> FROM …`) that the
     /// target does not have, each once; its `changes()` is their number, the batch's inserts.

@@ -1188,34 +1188,7 @@ async fn sqlite_upsert_rollback_on_every_pushdown_path() {
             )
             .await;
             let all = ALL_DST;
-            let spec = ws.write(
-                "spec.toml",
-                &format!(
-                    r#"name = "upsert_paths"
-reason = "test"
-[source]
-url = "sqlite://source.db"
-query = "SELECT k, ts, v FROM src WHERE ts >= :start AND ts < :end"
-time_format = "rfc3339"
-time_column = "ts"
-[target]
-url = "sqlite://target.db"
-table = "dst"
-key = ["k"]
-time_format = "rfc3339"
-[limits]
-concurrency = 1
-{limits}
-[validate]
-after_partition = false
-at_end = false
-[scope]
-start = "{start}T00:00:00Z"
-end = "2026-01-03T00:00:00Z"
-partition = "1d"
-"#
-                ),
-            );
+            let spec = ws.write("spec.toml", &one_at_a_time(limits, start, "2026-01-03"));
             let ran = ws.run(&["run", &spec, "--json"]);
             assert_eq!(ran.code, 0, "{label}: {ran:?}");
             let written = rows(
@@ -1245,6 +1218,106 @@ partition = "1d"
 }
 
 /// The target's rows as [`rolled_back_to`] compares them (`dst`, keys in byte order).
+/// The pushdown's direct path logs a batch of new keys after its insert, under a savepoint,
+/// and falls back to the counted upsert in the same transaction when some key existed: one
+/// partition at a time, day 1 is all new, day 2 holds a new key and one the target has
+/// (changed), day 3 is all new again. Each key is logged once with the right operation, the
+/// counts are exact, and the rollback restores the target row for row.
+#[tokio::test]
+async fn sqlite_direct_new_keys_are_logged_after_the_insert_or_counted() {
+    use crate::support::rows;
+    let ws = Workspace::new();
+    let (source, target, before) = sqlite_pair(
+        &ws,
+        &[
+            "CREATE TABLE src (k TEXT, ts TEXT, v TEXT)",
+            "INSERT INTO src VALUES ('a1', '2026-01-01T01:00:00Z', 'a'), \
+             ('a2', '2026-01-01T02:00:00Z', 'a'), ('b1', '2026-01-02T01:00:00Z', 'b'), \
+             ('e1', '2026-01-02T02:00:00Z', 'new'), ('c1', '2026-01-03T01:00:00Z', 'c'), \
+             ('c2', '2026-01-03T02:00:00Z', 'c')",
+        ],
+        &[
+            "CREATE TABLE dst (k TEXT PRIMARY KEY, ts TEXT, v TEXT)",
+            "INSERT INTO dst VALUES ('e1', '2026-01-02T02:00:00Z', 'old'), \
+             ('out', '2026-01-05T00:00:00Z', 'o')",
+        ],
+    )
+    .await;
+    let spec = ws.write(
+        "spec.toml",
+        &one_at_a_time("batch_rows = 100", "2026-01-01", "2026-01-04"),
+    );
+    let ran = ws.run(&["run", &spec, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let counts = &ran.json()["rows"];
+    assert_eq!(
+        (&counts["inserted"], &counts["updated"]),
+        (&J::from(5), &J::from(1)),
+        "{ran:?}"
+    );
+    assert_eq!(
+        rows(
+            &target,
+            "SELECT k, bf_undo_op, v FROM dst__bf_undo ORDER BY k"
+        )
+        .await,
+        [
+            ["a1", "inserted"],
+            ["a2", "inserted"],
+            ["b1", "inserted"],
+            ["c1", "inserted"],
+            ["c2", "inserted"],
+            ["e1", "updated"],
+        ]
+        .map(|[k, op]| vec![
+            Some(format!("t:{k}")),
+            Some(format!("t:{op}")),
+            (op == "updated").then(|| "t:old".to_owned())
+        ])
+    );
+    rolled_back_to(
+        &ws,
+        &run_id(&ran),
+        6,
+        (&target, ALL_DST, &before),
+        "direct new",
+    )
+    .await;
+    source.close().await;
+    target.close().await;
+}
+
+/// The spec of the SQLite pushdown-path tests: `src` (k, ts, v) to `dst` by `k`, one
+/// partition at a time with `limits`, daily from `start` to `end` (dates), not reconciled (the
+/// sources' duplicate and case-folded keys never match the target by design).
+fn one_at_a_time(limits: &str, start: &str, end: &str) -> String {
+    format!(
+        r#"name = "upsert_paths"
+reason = "test"
+[source]
+url = "sqlite://source.db"
+query = "SELECT k, ts, v FROM src WHERE ts >= :start AND ts < :end"
+time_format = "rfc3339"
+time_column = "ts"
+[target]
+url = "sqlite://target.db"
+table = "dst"
+key = ["k"]
+time_format = "rfc3339"
+[limits]
+concurrency = 1
+{limits}
+[validate]
+after_partition = false
+at_end = false
+[scope]
+start = "{start}T00:00:00Z"
+end = "{end}T00:00:00Z"
+partition = "1d"
+"#
+    )
+}
+
 const ALL_DST: &str = "SELECT k, ts, v FROM dst ORDER BY k COLLATE BINARY";
 
 /// The workspace's `source.db` and `target.db`, each set up by its statements, and the

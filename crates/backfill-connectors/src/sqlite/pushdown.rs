@@ -20,7 +20,9 @@
 //!     existed, the same rows with the upsert clause below (`changes()` = updated: the rows
 //!     just inserted are identical), the engine's [`Extra`], commit. No TEMP table, no count
 //!     of existing keys: on a full copy each row is read and written once, as by one
-//!     `INSERT … SELECT`.
+//!     `INSERT … SELECT`. With the undo log, that insert runs under a savepoint and the keys
+//!     are logged after it ([`UndoLog::sqlite_log_inserted`]), or, when some key existed,
+//!     rolled back and written as a counted upsert (`write_direct_new_logged`).
 //!   - Otherwise the query runs once for the rows after the checkpoint (in key order) into
 //!     the TEMP table, autocommit: it reads the source only, so workers stage in parallel,
 //!     and one indexed pass over the window replaces one pass per batch. Its rowids are then
@@ -757,6 +759,7 @@ impl SqlitePushdown {
             undo: log.map(|(log, b)| PartitionUndo {
                 triggers: log.sqlite_triggers(b, true),
                 counted: log.sqlite_counted_upsert(b),
+                log_inserted: log.sqlite_log_inserted(b, &self.stmts.batch_keys[1 + variant]),
             }),
         })
     }
@@ -1150,6 +1153,9 @@ struct PartitionUndo {
     /// staged batches and the direct path's counted upsert; `None` when the key has no
     /// UNIQUE index (the triggers then serve).
     counted: Option<SqliteCountedLog>,
+    /// The direct path's batch expected to be all new: its keys logged after the insert
+    /// ([`UndoLog::sqlite_log_inserted`]); `None` when the key has no UNIQUE index.
+    log_inserted: Option<String>,
 }
 
 impl fmt::Debug for SqlitePartition<'_> {
@@ -1480,6 +1486,9 @@ async fn write_direct(
     let variant = part.variant;
     let n = part.total;
     let expect_new = owner.expect_new.load(Ordering::Relaxed);
+    if expect_new && part.undo.as_ref().is_some_and(|u| u.log_inserted.is_some()) {
+        return write_direct_new_logged(part, values, extra, context).await;
+    }
     let logged = part.undo.as_ref().map(|u| match expect_new {
         true => Logged::Triggers(&u.triggers),
         false => u.logged(owner, 1 + variant),
@@ -1560,6 +1569,104 @@ async fn write_direct(
     if let Some(logged) = logged {
         install(&mut tx, logged.finish(), context).await?;
     }
+    run_extra(&mut tx, extra).await?;
+    tx.commit().await.map_err(|e| sql_error(context, &e))?;
+    owner
+        .expect_new
+        .store(inserted.saturating_mul(2) >= n, Ordering::Relaxed);
+    Ok((inserted, updated))
+}
+
+/// [`write_direct`] of a batch expected to be all new, with the undo log: under a savepoint,
+/// the insert of the new keys runs without a trigger (an insert trigger would make SQLite copy
+/// every row aside first) and [`UndoLog::sqlite_log_inserted`] then logs the batch's keys.
+/// When the insert inserted every key logged, that is the batch; otherwise (a key existed,
+/// or the batch holds one twice; the log is not even tried when the insert inserted fewer
+/// rows than counted) both are rolled back to the savepoint and the batch is written as the
+/// counted upsert ([`UndoLog::sqlite_counted_upsert`]), in the same
+/// transaction. Returns (inserted, updated).
+async fn write_direct_new_logged(
+    part: &mut SqlitePartition<'_>,
+    values: &[Value],
+    extra: Option<&Extra>,
+    context: &str,
+) -> Result<(u64, u64), ConnectorError> {
+    let owner = part.owner;
+    let stmts = &owner.stmts;
+    let variant = part.variant;
+    let n = part.total;
+    let (Some(undo), Some(find_new)) = (part.undo.as_ref(), owner.find_new.get()) else {
+        return Err(ConnectorError::Data {
+            message: "the pushdown was opened without the target's undo log".to_owned(),
+        });
+    };
+    let (Some(log_inserted), Some(counted)) = (&undo.log_inserted, &undo.counted) else {
+        return Err(ConnectorError::Data {
+            message: "the undo log cannot log a batch's new keys after its write".to_owned(),
+        });
+    };
+    let conn: &mut SqliteConnection = &mut part.conn;
+    let mut tx: Transaction<'_, Sqlite> = conn
+        .begin_with("BEGIN")
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    // The lock statement first: the target's write lock before any snapshot is read.
+    sqlx::query(AssertSqlSafe(Arc::clone(&stmts.lock)))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?;
+    let run = |text: &str| -> Result<_, ConnectorError> {
+        Ok(sqlx::query_with(
+            AssertSqlSafe(text.to_owned()),
+            arguments(values, values.len())?,
+        )
+        .persistent(false))
+    };
+    install(&mut tx, "SAVEPOINT bf_undo_new", context).await?;
+    let inserted = run(&stmts.direct_new[variant])?
+        .persistent(true)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| sql_error(context, &e))?
+        .rows_affected();
+    // Fewer than counted: some keys existed (the rows may have changed since the count, so
+    // equal counts are only a hint, and the log's own count decides).
+    let logged = match inserted == n {
+        true => Some(
+            run(log_inserted)?
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(context, &e))?
+                .rows_affected(),
+        ),
+        false => None,
+    };
+    let (inserted, updated) = if logged == Some(inserted) {
+        install(&mut tx, "RELEASE bf_undo_new", context).await?;
+        (inserted, 0)
+    } else {
+        install(
+            &mut tx,
+            "ROLLBACK TO bf_undo_new; RELEASE bf_undo_new",
+            context,
+        )
+        .await?;
+        install(&mut tx, &counted.create, context).await?;
+        let inserted = run(&find_new[1 + variant])?
+            .persistent(true)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?
+            .rows_affected();
+        let written = run(&stmts.direct_upsert[variant])?
+            .persistent(true)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql_error(context, &e))?
+            .rows_affected();
+        install(&mut tx, &counted.log_new, context).await?;
+        (inserted, written.saturating_sub(inserted))
+    };
     run_extra(&mut tx, extra).await?;
     tx.commit().await.map_err(|e| sql_error(context, &e))?;
     owner
