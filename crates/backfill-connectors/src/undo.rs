@@ -26,7 +26,10 @@
 //! On SQLite, temporary triggers write the log inside the write's own statements instead
 //! ([`UndoLog::sqlite_triggers`]: the rows an `upsert` inserts or changes;
 //! [`UndoLog::sqlite_replace`]: the rows a `replace` changed, against the window kept in a
-//! temporary table), on the row path and in the pushdown alike; steps 1 and 2 remain for
+//! temporary table), on the row path and in the pushdown alike, except that the pushdown's
+//! `upsert` batches whose key a UNIQUE index covers log their new keys by a statement after
+//! the write ([`UndoLog::sqlite_counted_upsert`], [`UndoLog::sqlite_log_inserted`]): an insert
+//! trigger would make SQLite copy every row aside first. Steps 1 and 2 remain for
 //! `propagate_deletes` in `upsert`, and step 3 for a `replace` whose key no UNIQUE index
 //! covers.
 //!
@@ -66,7 +69,8 @@ use crate::shared::quote_ident;
 /// write when `target.undo` is on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UndoBatch {
-    /// The run id.
+    /// The run id. (On SQLite the connectors write the run's short tag in its place, see
+    /// `sqlite::run_tags`; callers always pass the id.)
     pub run_id: String,
     /// The partition id.
     pub partition_id: String,
@@ -638,19 +642,22 @@ impl UndoLog {
     /// SQLite, the pushdown's direct path, after a write that was to insert every row of its
     /// batch (`rows`: `SELECT <key> FROM …`, the batch's keys, read again in the same
     /// transaction): logs each key `inserted` with the digest of the row written, "on
-    /// conflict keep the first image, take the new digest". Its `changes()` is the number of
-    /// keys logged; when the write inserted fewer (a key existed, or the batch holds one
-    /// twice), the caller undoes both and logs the batch another way. Set-wise after the
-    /// write instead of an insert trigger, which would make SQLite copy every row of the
-    /// write aside first (about a sixth less time on a full copy into an empty target,
-    /// measured with Python's sqlite3). Needs a key a UNIQUE index makes unique (one target
-    /// row per key); `None` otherwise.
+    /// conflict keep the first image, take the new digest". Every row of `rows` makes one
+    /// log row (a left join: a key the write did not leave in the target, a NULL in a
+    /// composite key, is logged too, with no target row), so its `changes()` is the batch's
+    /// row count as the write read it; when the write inserted fewer (a key existed, or the
+    /// batch holds one twice), the caller rolls both back and logs the batch another way.
+    /// Set-wise after the write instead of an insert trigger, which would make SQLite copy
+    /// every row of the write aside first (about a sixth less time on a full copy into an
+    /// empty target, measured with Python's sqlite3); the price is a second read of the
+    /// batch's keys from the query, which for a query that aggregates repeats its work.
+    /// Needs a key a UNIQUE index makes unique (one target row per key); `None` otherwise.
     pub(crate) fn sqlite_log_inserted(&self, b: &UndoBatch, rows: &str) -> Option<String> {
         self.key_collations.as_ref()?;
         Some(format!(
             "INSERT INTO {undo} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, \
              {keys}) SELECT {run}, {part}, 'inserted', {digest}, {t_keys} FROM ({rows}) AS s \
-             CROSS JOIN {target} AS t WHERE {on} {conflict}",
+             LEFT JOIN {target} AS t ON {on} WHERE true {conflict}",
             undo = self.undo,
             keys = self.key.join(", "),
             run = sql_text(&b.run_id),

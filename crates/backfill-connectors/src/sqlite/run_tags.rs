@@ -12,7 +12,9 @@
 //! two processes resolving it at once get the same one, and two runs never share one (`n` is
 //! the key, `tag` unique); a run whose rows were logged under its id (before tags existed)
 //! keeps its id as its tag, so its log is never split in two; a tag starts with `#`, which a
-//! run id never does; a run with no mapping is read under its id.
+//! run id never does; a run with no mapping is read under its id. A log written with tags
+//! (and blob digests) is read by this version and later ones: an older binary would find no
+//! row of a tagged run, so downgrading while such a log is kept is not supported.
 
 use std::collections::HashMap;
 
@@ -85,21 +87,35 @@ impl RunTags {
         .map_err(err)?;
         let tag = match known {
             Some(tag) => tag,
-            // One statement: the next number, unless the run has rows under its id already
-            // (logged before tags existed: it keeps its id). A run resolved by another
-            // process meanwhile conflicts on `run` and returns that process's tag.
-            None => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {runs} (n, run, tag) SELECT m, ?1, CASE WHEN EXISTS (SELECT 1 \
-                 FROM {undo} WHERE bf_undo_run = ?1) THEN ?1 ELSE '#' || m END FROM (SELECT \
-                 ifnull(max(n), 0) + 1 AS m FROM {runs}) WHERE true ON CONFLICT (run) DO \
-                 UPDATE SET run = excluded.run RETURNING tag",
-                runs = self.runs,
-                undo = self.undo,
-            )))
-            .bind(run)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err)?,
+            None => {
+                // Rows under the run's id were logged before tags existed (only an older
+                // binary writes them, so this read cannot race with a tag being given). It
+                // reads the whole log (the index leads with the key), once per run, and
+                // outside the write lock.
+                let (logged,): (bool,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE bf_undo_run = ?1)",
+                    self.undo
+                )))
+                .bind(run)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+                // One statement: the next number, or the id for a run logged under it. A run
+                // resolved by another process meanwhile conflicts on `run` and returns that
+                // process's tag.
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {runs} (n, run, tag) SELECT m, ?1, CASE WHEN ?2 THEN ?1 \
+                     ELSE '#' || m END FROM (SELECT ifnull(max(n), 0) + 1 AS m FROM {runs}) \
+                     WHERE true ON CONFLICT (run) DO UPDATE SET run = excluded.run \
+                     RETURNING tag",
+                    runs = self.runs,
+                )))
+                .bind(run)
+                .bind(logged)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?
+            }
         };
         tags.insert(run.to_owned(), tag.clone());
         Ok(tag)
