@@ -1569,6 +1569,8 @@ pub struct UndoTarget {
     exists: bool,
     /// SQLite: the log's run tags table, quoted (`crate::sqlite::run_tags`).
     runs: Option<String>,
+    /// Tags read so far, by run id: a rollback asks once per partition.
+    tags: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Reads the target's catalog and builds its log.
@@ -1760,16 +1762,23 @@ impl UndoTarget {
             log,
             exists: !undo_catalog.is_empty(),
             runs,
+            tags: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
     /// The tag `run`'s rows carry in the log: on SQLite its short tag
     /// (`crate::sqlite::run_tags`), elsewhere its id.
     async fn tag(&self, run: &str) -> Result<String, ConnectorError> {
-        match (&self.pool, &self.runs) {
-            (Pool::Sqlite(p), Some(runs)) => crate::sqlite::run_tags::read_tag(p, runs, run).await,
-            _ => Ok(run.to_owned()),
+        let (Pool::Sqlite(p), Some(runs)) = (&self.pool, &self.runs) else {
+            return Ok(run.to_owned());
+        };
+        let mut tags = self.tags.lock().await;
+        if let Some(tag) = tags.get(run) {
+            return Ok(tag.clone());
         }
+        let tag = crate::sqlite::run_tags::read_tag(p, runs, run).await?;
+        tags.insert(run.to_owned(), tag.clone());
+        Ok(tag)
     }
 
     /// The partitions of `run` with undo rows, in order.
