@@ -764,6 +764,9 @@ pub async fn columns(pool: &SqlitePool, table: &str) -> Result<Vec<Column>, Conn
     super::require_kinds(catalog(pool, table).await?)
 }
 
+/// [`catalog`]'s type name of a column declared without a type.
+pub(crate) const NO_TYPE: &str = "(none declared)";
+
 /// Every column of `table` in table order with its declared type and kind (`None` when it
 /// has no fingerprint); a missing table is an error.
 pub async fn catalog(
@@ -792,7 +795,7 @@ pub async fn catalog(
             let declared: String = row.get(1);
             let kind = kind_of(&declared);
             let type_name = if declared.is_empty() {
-                "(none declared)".to_owned()
+                NO_TYPE.to_owned()
             } else {
                 declared
             };

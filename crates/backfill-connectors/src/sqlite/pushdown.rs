@@ -258,8 +258,18 @@ struct Statements {
     /// The keys of a staged batch (`?1`, `?2`: its rowids), then of the direct path's rows
     /// per variant: where the undo log finds the new keys ([`UndoLog::sqlite_counted_upsert`]).
     batch_keys: [Arc<str>; 3],
-    /// `replace` mode: delete the window, find a NULL key in the query, insert the query.
-    replace: Option<(Arc<str>, Arc<str>, Arc<str>)>,
+    /// `replace` mode's statements.
+    replace: Option<ReplaceStatements>,
+}
+
+/// `replace` mode: delete the window, find a NULL key in the query, insert the query, and
+/// the query's keys (read again only when the undo log must find rows the insert put
+/// outside the window, [`UndoLog::sqlite_replace_outside`]).
+struct ReplaceStatements {
+    delete: Arc<str>,
+    null_key: Arc<str>,
+    insert: Arc<str>,
+    keys: Arc<str>,
 }
 
 impl fmt::Debug for SqlitePushdown {
@@ -559,8 +569,8 @@ impl SqlitePushdown {
             &stmts.count_existing,
         ];
         check.extend(stmts.window_count.iter().chain(&stmts.window_last));
-        if let Some((delete, null_key, insert)) = &stmts.replace {
-            check.extend([delete, null_key, insert]);
+        if let Some(r) = &stmts.replace {
+            check.extend([&r.delete, &r.null_key, &r.insert, &r.keys]);
         } else {
             check.push(&stmts.upsert);
             check.extend(
@@ -846,7 +856,7 @@ impl SqlitePushdown {
         let tagged = self.tagged(undo).await?;
         let undo = tagged.as_ref();
         let log = self.undo_log(undo)?;
-        let Some((delete, null_key, insert)) = &self.stmts.replace else {
+        let Some(stmts) = &self.stmts.replace else {
             return Err(ConnectorError::Data {
                 message: "the pushdown was not opened in `replace` mode".to_owned(),
             });
@@ -867,6 +877,10 @@ impl SqlitePushdown {
             }
             _ => None,
         };
+        // Logged by statements after the rewrite where the key allows: an insert trigger
+        // would fire for every row of the window and make SQLite copy the rewrite's rows
+        // aside first (~2x the run without the log on 1M rows, bench/undo.py).
+        let set_wise = replace_log.as_ref().and_then(|r| r.set_wise.as_ref());
         if let Some(r) = &replace_log {
             // The lock first: the log's statements read the schema, which must not start a
             // snapshot before the write lock is held.
@@ -878,19 +892,21 @@ impl SqlitePushdown {
             Conn::Sqlite(&mut tx).exec(&r.keep, &context).await?;
         }
         let deleted = sqlx::query_with(
-            AssertSqlSafe(Arc::clone(delete)),
+            AssertSqlSafe(Arc::clone(&stmts.delete)),
             arguments(&window_bounds, 2)?,
         )
         .execute(&mut *tx)
         .await
         .map_err(|e| sql_error(&context, &e))?
         .rows_affected();
-        if let Some(r) = &replace_log {
-            install(&mut tx, &r.after_delete, &context).await?;
+        match (set_wise, &replace_log) {
+            (Some(w), _) => install(&mut tx, &w.index, &context).await?,
+            (None, Some(r)) => install(&mut tx, &r.after_delete, &context).await?,
+            (None, None) => {}
         }
         let values = named_values(&self.names, window, &self.source_format);
         let null = sqlx::query_with(
-            AssertSqlSafe(Arc::clone(null_key)),
+            AssertSqlSafe(Arc::clone(&stmts.null_key)),
             arguments(&values, values.len())?,
         )
         .fetch_optional(&mut *tx)
@@ -900,13 +916,27 @@ impl SqlitePushdown {
             return Err(self.null_key_error(self.null_column(&row)));
         }
         let inserted = sqlx::query_with(
-            AssertSqlSafe(Arc::clone(insert)),
+            AssertSqlSafe(Arc::clone(&stmts.insert)),
             arguments(&values, values.len())?,
         )
         .execute(&mut *tx)
         .await
         .map_err(|e| sql_error(&context, &e))?
         .rows_affected();
+        if let (Some(w), Some((log, b))) = (set_wise, log.zip(undo)) {
+            let in_window: i64 = sqlx::query_scalar_with(
+                AssertSqlSafe(w.count.sql.clone()),
+                arguments(&w.count.params, 2)?,
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| sql_error(&context, &e))?;
+            if u64::try_from(in_window).ok() != Some(inserted) {
+                self.log_outside_window(&mut tx, log, b, &stmts.keys, &values, &window_bounds)
+                    .await?;
+            }
+            Conn::Sqlite(&mut tx).exec(&w.log_window, &context).await?;
+        }
         Ok(SqlitePushedReplace {
             tx,
             writer: guard,
@@ -920,6 +950,34 @@ impl SqlitePushdown {
                 ..RowCounts::default()
             },
         })
+    }
+
+    /// Logs the rows a `replace` rewrite inserted outside its window (the query returned
+    /// them for the window, with a window column outside it or NULL), which the set-wise log
+    /// of the window does not see: their keys are read from the query again.
+    async fn log_outside_window(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        log: &UndoLog,
+        b: &UndoBatch,
+        keys: &str,
+        values: &[Value],
+        window_bounds: &[Value],
+    ) -> Result<(), ConnectorError> {
+        let Some(column) = &self.window_column else {
+            return Ok(());
+        };
+        let (lo, hi) = (values.len() + 1, values.len() + 2);
+        let outside = format!("(t.{column} >= ?{lo} AND t.{column} < ?{hi}) IS NOT 1");
+        let Some(text) = log.sqlite_replace_outside(b, keys, &outside) else {
+            return Ok(());
+        };
+        let all: Vec<Value> = values.iter().chain(window_bounds).cloned().collect();
+        sqlx::query_with(AssertSqlSafe(text), arguments(&all, all.len())?)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+            .map_err(|e| sql_error("undo log: rows outside their window", &e))
     }
 
     /// Closes the connections; later calls fail.
@@ -977,19 +1035,18 @@ fn statements(query: &str, query_params: usize, shape: TargetShape<'_>) -> State
         .join(", ");
     let target_key = sql::key_tuple(key);
     let first_key = &key[0];
-    let replace = window_column.map(|column| {
-        (
-            Arc::from(sql::delete_window(target, &column)),
-            Arc::from(format!(
-                "{} WHERE {any_null} LIMIT 1",
-                sql::wrap(&null_flags, query)
-            )),
-            Arc::from(format!(
-                "INSERT INTO {target} ({}) {}",
-                list(columns),
-                sql::select_all(query)
-            )),
-        )
+    let replace = window_column.map(|column| ReplaceStatements {
+        delete: Arc::from(sql::delete_window(target, &column)),
+        null_key: Arc::from(format!(
+            "{} WHERE {any_null} LIMIT 1",
+            sql::wrap(&null_flags, query)
+        )),
+        insert: Arc::from(format!(
+            "INSERT INTO {target} ({}) {}",
+            list(columns),
+            sql::select_all(query)
+        )),
+        keys: Arc::from(sql::wrap(&list(key), query)),
     });
     Statements {
         clear: format!("DELETE FROM {STAGE_QUOTED}").into(),
