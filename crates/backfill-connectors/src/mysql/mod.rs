@@ -126,6 +126,7 @@ pub(crate) async fn connect(url: &SecretUrl, pool_size: u32) -> Result<MySqlPool
                      'STRICT_ALL_TABLES', 'NO_ENGINE_SUBSTITUTION'), time_zone = '+00:00'",
                 )
                 .await?;
+                read_committed(conn).await?;
                 // Once per new connection: sqlx 0.9.0 leaves Nagle on (sqlx#4335).
                 let server = server.as_ref().map(|(host, port)| (host.as_str(), *port));
                 crate::nodelay::mysql(conn, server).await;
@@ -135,6 +136,30 @@ pub(crate) async fn connect(url: &SecretUrl, pool_size: u32) -> Result<MySqlPool
         .connect_with(options)
         .await
         .map_err(|e| fail(format!("cannot connect: {e}")))
+}
+
+/// Makes the session's transactions `READ COMMITTED`, as PostgreSQL's are by default, unless
+/// the server writes a statement-based binary log (which InnoDB refuses under it).
+///
+/// Under InnoDB's default `REPEATABLE READ`, a statement that scans locks every row it reads
+/// until the commit, and gaps between them: concurrent partitions' undo-log statements
+/// (which find a partition's entries by run and partition, reading past the others')
+/// deadlocked on each other in a third of their batches. Under `READ COMMITTED` a scan keeps
+/// only the locks of the rows it changes and takes no gap locks. What the engine relies on
+/// holds either way: each statement reads one snapshot, and the rows a transaction writes
+/// stay locked until it commits.
+async fn read_committed(conn: &mut sqlx::MySqlConnection) -> Result<(), sqlx::Error> {
+    let (log_bin, format): (Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT @@log_bin, @@binlog_format")
+            .fetch_one(&mut *conn)
+            .await?;
+    let statement_log =
+        log_bin == Some(1) && format.is_some_and(|f| f.eq_ignore_ascii_case("STATEMENT"));
+    if !statement_log {
+        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await?;
+    }
+    Ok(())
 }
 
 /// Adds `value` to `args` as the MySQL type that holds it exactly.
