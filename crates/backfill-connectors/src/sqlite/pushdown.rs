@@ -35,7 +35,9 @@
 //!     exactly as on the row path: `changes()` = inserted + updated.
 //! - replace, per partition: one target transaction deletes the window, checks the window has
 //!   no NULL key, inserts the whole window with one `INSERT … SELECT` (SQLite streams it), runs
-//!   the [`Extra`] and commits.
+//!   the [`Extra`] and commits. With the undo log (and a key a UNIQUE index covers), the
+//!   window's rows are kept before the delete and the rows the rewrite changed are logged
+//!   after it by statements ([`UndoLog::sqlite_replace`]'s `set_wise`), not by a trigger.
 //!
 //! Durability (group commit, [`WalSync`]): in WAL mode the target is written with
 //! `synchronous = NORMAL`, so a commit does not sync inside the writer lock; after releasing
