@@ -947,7 +947,7 @@ impl UndoLog {
 
     /// The statements that create the undo table and its index when missing (run outside
     /// any write transaction: DDL commits implicitly in MySQL).
-    pub(crate) fn create(&self, table: &str) -> Vec<Stmt> {
+    pub(crate) fn create(&self) -> Vec<Stmt> {
         let d = self.dialect;
         let ty = d.text_type();
         let create = format!(
@@ -957,7 +957,7 @@ impl UndoLog {
              FROM (SELECT 1 AS bf_one) AS d LEFT JOIN {} AS t ON 1 = 0 WHERE 1 = 0",
             self.undo, self.target
         );
-        let index = key_index_name(d, table, &self.key);
+        let index = &self.key_index;
         let if_not = if d == Dialect::MySql {
             ""
         } else {
@@ -1755,7 +1755,7 @@ impl UndoLog {
         conn: &mut Conn<'_>,
         table: &str,
     ) -> Result<(), ConnectorError> {
-        let [create, index]: [Stmt; 2] = match self.create(table).try_into() {
+        let [create, index]: [Stmt; 2] = match self.create().try_into() {
             Ok(pair) => pair,
             Err(_) => return Ok(()),
         };
