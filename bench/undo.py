@@ -10,12 +10,13 @@ the undo table's size, and rollback/run. `--mode replace` measures `replace` (wi
 instead; reconciliation is off in both modes, so the ratio is the log's own cost.
 `--system sqlite` does the same with two SQLite files (src.db, dst.db) in a temporary
 directory: the rows move inside SQLite (the pushdown) with and without the log, whose
-temporary triggers write it inside the same statements.
+temporary triggers write it inside the same statements. `--system mysql` does it in the
+MySQL/MariaDB database `bench_undo` at `--mysql` (source and target tables side by side).
 
 Usage: bench/undo.py [--binary PATH] [--rows N] [--reps N] [--base URL] [--mode upsert|replace]
-                     [--system postgres|sqlite]
+                     [--system postgres|sqlite|mysql] [--mysql URL]
 Takes the machine's benchmark lock (bench/benchlock.py). Creates and drops only the database
-`bench_undo` (PostgreSQL).
+`bench_undo` (PostgreSQL, MySQL).
 """
 
 import argparse
@@ -99,12 +100,43 @@ def sqlite_query(d, sql):
     return value
 
 
+def mysql(sql, db=DB):
+    out = subprocess.run(
+        ["mysql", "-h127.0.0.1", "-P3306", "-uroot", "-N", "-B", db, "-e", sql],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+def mysql_prepare(rows):
+    """`src` with `rows` rows over 30 days and `tmpl`: the same rows but 10% changed and 10%
+    missing, both indexed on ts like the PostgreSQL tables."""
+    mysql(f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB}", db="test")
+    cols = "(id BIGINT PRIMARY KEY, ts DATETIME(6) NOT NULL, user_id BIGINT, amount_cents BIGINT, note TEXT, KEY (ts))"
+    mysql(f"""CREATE TABLE src {cols};
+        INSERT INTO src SELECT seq, TIMESTAMP '2025-01-01 00:00:00' + INTERVAL (seq * 2592000 DIV {rows}) SECOND,
+            seq % 1000, seq * 7, CONCAT('note ', seq) FROM seq_1_to_{rows};
+        CREATE TABLE tmpl {cols};
+        INSERT INTO tmpl SELECT * FROM src WHERE id % 10 <> 1;
+        UPDATE tmpl SET amount_cents = amount_cents + 1 WHERE id % 10 = 2;
+        ANALYZE TABLE src, tmpl;""")
+
+
+def mysql_reset():
+    mysql("""DROP TABLE IF EXISTS dst; DROP TABLE IF EXISTS dst__bf_undo;
+        CREATE TABLE dst LIKE tmpl; INSERT INTO dst SELECT * FROM tmpl; ANALYZE TABLE dst;""")
+
+
 def spec(base, undo, mode, system="postgres"):
     replace = 'mode = "replace"\nwindow_column = "ts"\n' if mode == "replace" else ""
     validate = "[validate]\nafter_partition = false\nat_end = false\n" if mode == "replace" else ""
     if system == "sqlite":
         source_url, target_url = "sqlite://src.db", "sqlite://dst.db"
         formats = ('time_format = "rfc3339"\ntime_column = "ts"\n', 'time_format = "rfc3339"\n')
+        validate = "[validate]\nafter_partition = false\nat_end = false\n"
+    elif system == "mysql":
+        source_url = target_url = f"{base}/{DB}"
+        formats = ('time_column = "ts"\n', "")
         validate = "[validate]\nafter_partition = false\nat_end = false\n"
     else:
         source_url = target_url = f"{base}/{DB}"
@@ -145,11 +177,14 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--base", default="postgres://postgres@127.0.0.1:5432")
     ap.add_argument("--mode", choices=["upsert", "replace"], default="upsert")
-    ap.add_argument("--system", choices=["postgres", "sqlite"], default="postgres")
+    ap.add_argument("--system", choices=["postgres", "sqlite", "mysql"], default="postgres")
+    ap.add_argument("--mysql", default="mysql://root@127.0.0.1:3306")
     args = ap.parse_args()
     benchlock.hold("bench/undo.py")
     if args.system == "sqlite":
         return sqlite_main(args)
+    if args.system == "mysql":
+        return mysql_main(args)
     prepare(args.base, args.rows)
     plain, undo, back, sizes = [], [], [], []
     for rep in range(args.reps):
@@ -230,6 +265,36 @@ def sqlite_main(args):
     # SQLite: the whole target file's size after the run (the undo table has no size of its own).
     report["target_file_bytes"] = report.pop("undo_bytes")
     print(json.dumps(report, indent=2))
+
+
+def mysql_main(args):
+    """The same measurement MySQL to MySQL (both tables in `bench_undo`)."""
+    mysql_prepare(args.rows)
+    plain, undo, back, sizes = [], [], [], []
+    for rep in range(args.reps):
+        for with_undo in (False, True):
+            mysql_reset()
+            with tempfile.TemporaryDirectory() as d:
+                Path(d, "spec.toml").write_text(spec(args.mysql, with_undo, args.mode, "mysql"))
+                state = f"sqlite://{d}/state.db"
+                took, out = timed([args.binary, "--state", state, "run", "spec.toml", "--json"], d)
+                (undo if with_undo else plain).append(took)
+                if with_undo:
+                    run_id = json.loads(out)["run_id"]
+                    rows = mysql("ANALYZE TABLE dst__bf_undo; SELECT count(*) FROM dst__bf_undo").split()[-1]
+                    size = mysql("SELECT data_length + index_length FROM information_schema.tables "
+                                 f"WHERE table_schema = '{DB}' AND table_name = 'dst__bf_undo'")
+                    sizes.append((int(rows), int(size)))
+                    t, _ = timed([args.binary, "--state", state, "rollback", run_id, "--json"], d)
+                    back.append(t)
+                    same = mysql("SELECT (SELECT count(*) FROM (SELECT * FROM dst EXCEPT SELECT * FROM tmpl) x)"
+                                 " + (SELECT count(*) FROM (SELECT * FROM tmpl EXCEPT SELECT * FROM dst) y)")
+                    if same != "0":
+                        sys.exit(f"rollback left {same} rows different from the template")
+        print(f"rep {rep + 1}: no undo {plain[-1]:.2f}s, undo {undo[-1]:.2f}s, rollback {back[-1]:.2f}s",
+              file=sys.stderr)
+    print(json.dumps(summary(args, plain, undo, back, sizes), indent=2))
+    mysql(f"DROP DATABASE IF EXISTS {DB}", db="test")
 
 
 if __name__ == "__main__":

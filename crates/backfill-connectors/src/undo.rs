@@ -40,6 +40,13 @@
 //! rows the write inserts or changes only ([`UndoLog::postgres_ctes`]): a row the write leaves
 //! as it is needs no undo, and the log stays a fraction of the scope.
 //!
+//! On MySQL an `upsert` stages its batch in a temporary table and does steps 1 and 2 by joins
+//! over it, for the rows the write inserts or changes only (every existing row with
+//! `propagate_deletes` or when the target has an `UPDATE` trigger), then writes from the
+//! stage ([`UndoLog::mysql_staged`]); a `replace` keeps its window's rows and its batches'
+//! keys in temporary tables and logs the window once at its commit, only the rows its
+//! rewrite deleted, inserted or changed ([`UndoLog::mysql_replace`]).
+//!
 //! Rollback of one partition is one transaction: rows whose current digest differs from
 //! `bf_undo_after` are marked `conflict` (someone else changed them; left alone unless
 //! forced), the others are deleted and their before-images inserted back, and marked
@@ -236,6 +243,11 @@ pub(crate) struct UndoLog {
     loose_types: Vec<String>,
     /// The log's unique index on the key and the run, quoted ([`key_index_name`]).
     key_index: String,
+    /// MySQL: log an `upsert`'s before-image of every existing key, changed or not
+    /// ([`UndoLog::set_log_unchanged`]).
+    log_unchanged: bool,
+    /// MySQL: `digest` over alias `s`, a staged batch ([`UndoLog::mysql_staged`]).
+    stage_digest: String,
 }
 
 /// The name of the undo table's unique index on `key` (quoted) and the run, quoted: named
@@ -314,6 +326,52 @@ pub(crate) struct SqliteCountedLog {
     /// drops the trigger and empties the table.
     pub(crate) log_new: String,
 }
+
+/// MySQL `upsert` with the batch staged in a temporary table first, so the log is written by
+/// joins over it ([`UndoLog::mysql_staged`]). In order, in the batch's transaction: `create`,
+/// the batch inserted into `stage`, `count`, `log`, the write from `stage`
+/// (`mysql::sql::upsert_from`), `after`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MySqlStagedLog {
+    /// The stage, quoted: a temporary table with the batch's columns as the target types
+    /// them, no index.
+    pub(crate) stage: String,
+    /// Drops the connection's stage of an earlier batch, then creates it empty: neither
+    /// statement commits the transaction (`TEMPORARY`), and both cost a tenth of a `DELETE`
+    /// of the old rows (`TRUNCATE` would commit).
+    pub(crate) create: [String; 2],
+    /// The staged rows whose key the target has: `SELECT COUNT(*)`.
+    pub(crate) count: String,
+    /// Before the write: logs each staged key the target lacks as `inserted`, and the
+    /// before-image of each staged key's row the write will change as `updated` (with
+    /// `every_key` or [`UndoLog::set_log_unchanged`], of every staged key's row).
+    pub(crate) log: Stmt,
+    /// After the write: the digest of each logged staged key's row now. `None` when `log`
+    /// records it itself: the batch has every column of the target, no guard and no trigger
+    /// changes a row, so each row the write leaves is its staged row, whose digest is the
+    /// same SQL over the same types (the stage's are the target's).
+    pub(crate) after: Option<Stmt>,
+}
+
+/// MySQL `replace`: the statements around a window's rewrite ([`UndoLog::mysql_replace`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MySqlReplaceLog {
+    /// Before the delete: drops the connection's temporary tables of an earlier window,
+    /// copies the window's rows into [`MYSQL_BEFORE`], indexed by key, and creates
+    /// [`MYSQL_KEYS`] empty. The copy is a plain read (`READ COMMITTED`), as the log's copy
+    /// before the delete always was: `FOR UPDATE` locks every row a scan reads, and windows
+    /// without an index on their column deadlocked on each other's rows.
+    pub(crate) begin: Vec<Stmt>,
+    /// At commit: logs what the rewrite changed, then drops the temporary tables.
+    pub(crate) commit: Vec<Stmt>,
+}
+
+/// MySQL `replace`: the temporary table of the window's rows before its delete.
+const MYSQL_BEFORE: &str = "`bf_undo_before`";
+
+/// MySQL `replace`: the temporary table of the keys the window's batches wrote, into which
+/// each batch inserts its keys after its rows ([`UndoLog::mysql_replace_keys`]).
+pub(crate) const MYSQL_KEYS: &str = "`bf_undo_keys`";
 
 /// The SQLite triggers' names (in the connection's `temp` schema).
 const TRIGGER_INSERT: &str = "bf_undo_after_insert";
@@ -516,6 +574,10 @@ impl UndoLog {
                 (d.clone(), d)
             }
         };
+        let stage_digest = match dialect {
+            Dialect::MySql => crate::fingerprint::mysql::row_digest(&hashed, "s")?,
+            Dialect::Sqlite | Dialect::Postgres => String::new(),
+        };
         let previous_digest = match dialect {
             Dialect::Sqlite => crate::fingerprint::sqlite::undo_digest_sql(&columns, "t"),
             Dialect::Postgres | Dialect::MySql => digest.clone(),
@@ -551,7 +613,207 @@ impl UndoLog {
             trigger_undo: undo,
             key_collations: None,
             loose_types,
+            log_unchanged: false,
+            stage_digest,
         })
+    }
+
+    /// MySQL: log an `upsert`'s before-image of every existing key, including the rows its
+    /// values leave unchanged: for a target with an `UPDATE` trigger, which may change a
+    /// row the write itself leaves as it is.
+    pub(crate) fn set_log_unchanged(&mut self, yes: bool) {
+        self.log_unchanged = yes;
+    }
+
+    /// MySQL `upsert`: the statements that log a batch staged in a temporary table (see
+    /// [`MySqlStagedLog`]); `columns` are the batch's columns, quoted, in its order.
+    ///
+    /// Only the rows the write inserts or changes are logged, as PostgreSQL does: a row is
+    /// unchanged when each non-key column of the batch equals the target's both as a value
+    /// (`<=>`, NULL-safe) and as bytes (`CAST(… AS BINARY)`: under a case-insensitive
+    /// collation `'a' = 'A'`, yet the write replaces one by the other). A row that compares
+    /// unequal yet is left as it is (its guard is newer, say) is logged all the same: more
+    /// than needed, never less. Measured on 200,000 rows with 10% changed and 10% new: the
+    /// log of every key through per-batch key lists cost ~4x the run without it.
+    /// `guarded`: the write keeps a row whose guard column is newer.
+    pub(crate) fn mysql_staged(
+        &self,
+        b: &UndoBatch,
+        columns: &[String],
+        guarded: bool,
+    ) -> MySqlStagedLog {
+        let mut named = vec![self.target.as_str()];
+        named.extend(columns.iter().map(String::as_str));
+        let hash = backfill_core::plan::short_hash(&named);
+        let stage = self
+            .dialect
+            .quote(&format!("bf_undo_stage_{}", &hash[..8.min(hash.len())]));
+        let create = [
+            format!("DROP TEMPORARY TABLE IF EXISTS {stage}"),
+            format!(
+                "CREATE TEMPORARY TABLE {stage} AS SELECT {} FROM {} WHERE 1 = 0",
+                columns.join(", "),
+                self.target
+            ),
+        ];
+        let on_key = self.key_eq("b", "s");
+        let changed: Vec<String> = columns
+            .iter()
+            .filter(|c| !self.key.contains(c))
+            .map(|c| {
+                format!("NOT (b.{c} <=> s.{c} AND CAST(b.{c} AS BINARY) <=> CAST(s.{c} AS BINARY))")
+            })
+            .collect();
+        let first_key = &self.key[0];
+        let condition = if b.every_key || self.log_unchanged {
+            String::new()
+        } else {
+            let mut c = format!(" WHERE b.{first_key} IS NULL");
+            for test in changed {
+                c.push_str(" OR ");
+                c.push_str(&test);
+            }
+            c
+        };
+        let every_column =
+            columns.len() == self.columns.len() && self.columns.iter().all(|c| columns.contains(c));
+        let digest_staged = every_column && !guarded && !self.log_unchanged;
+        // A key this run logged before keeps its first before-image and takes the new digest.
+        let (after_column, after_value, on_duplicate) = if digest_staged {
+            (
+                " bf_undo_after,",
+                format!(" {},", self.stage_digest),
+                " ON DUPLICATE KEY UPDATE bf_undo_after = VALUES(bf_undo_after)".to_owned(),
+            )
+        } else {
+            ("", String::new(), self.dialect.insert_ignore().1.to_owned())
+        };
+        // An existing row keeps its own key's bytes (the batch's may differ in case).
+        let log = Stmt {
+            sql: format!(
+                "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op,{after_column} {}) \
+                 SELECT ?, ?, CASE WHEN b.{first_key} IS NULL THEN 'inserted' ELSE 'updated' \
+                 END,{after_value} {} FROM {stage} AS s LEFT JOIN {} AS b ON \
+                 {on_key}{condition}{on_duplicate}",
+                self.undo,
+                self.columns.join(", "),
+                self.image(|c| format!("COALESCE(b.{c}, s.{c})")),
+                self.target,
+            ),
+            params: Self::run_part(b),
+        };
+        let after = (!digest_staged).then(|| Stmt {
+            sql: format!(
+                "UPDATE {stage} AS s STRAIGHT_JOIN {} AS u{} ON {} AND u.bf_undo_run = ? \
+                 STRAIGHT_JOIN {} AS t ON {} SET u.bf_undo_after = {}",
+                self.undo,
+                self.force_key_index(),
+                self.key_eq("u", "s"),
+                self.target,
+                self.key_eq("t", "s"),
+                self.digest
+            ),
+            params: vec![Value::Text(b.run_id.clone())],
+        });
+        let count = format!(
+            "SELECT COUNT(*) FROM {stage} AS s STRAIGHT_JOIN {} AS t ON {}",
+            self.target,
+            self.key_eq("t", "s")
+        );
+        MySqlStagedLog {
+            stage,
+            create,
+            count,
+            log,
+            after,
+        }
+    }
+
+    /// MySQL `replace`, logged at the window's commit from two temporary tables instead of
+    /// around every batch (see [`MySqlReplaceLog`]): the window's rows before the delete and
+    /// the keys its batches wrote. At commit, a row before whose key is gone is `deleted`,
+    /// one whose row differs (by value or by bytes, every column) is `updated`, each with
+    /// its before-image; a written key the window did not hold is `inserted`; each with the
+    /// digest of the row as written (NULL when gone). A row another session inserts in the
+    /// window meanwhile is not logged: its key is not among the written ones. The first
+    /// before-image per key per run is kept (a re-run partition only refreshes the digest).
+    /// `predicate` as in [`before_window_delete`](Self::before_window_delete).
+    ///
+    /// Measured on 200,000 rows with 10% changed and 10% new (MariaDB 10.11): the log of
+    /// every row of the window before the delete, then of each batch's keys around its
+    /// insert, cost ~5x the run without it.
+    pub(crate) fn mysql_replace(
+        &self,
+        b: &UndoBatch,
+        predicate: &str,
+        bounds: &[Value],
+    ) -> MySqlReplaceLog {
+        let key = self.key.join(", ");
+        let plain = |sql: String| Stmt {
+            sql,
+            params: vec![],
+        };
+        let begin = vec![
+            plain(format!(
+                "DROP TEMPORARY TABLE IF EXISTS {MYSQL_BEFORE}, {MYSQL_KEYS}"
+            )),
+            Stmt {
+                sql: format!(
+                    "CREATE TEMPORARY TABLE {MYSQL_BEFORE} (INDEX ({key})) AS SELECT t.* FROM \
+                     {} AS t WHERE {predicate}",
+                    self.target
+                ),
+                params: bounds.to_vec(),
+            },
+            plain(format!(
+                "CREATE TEMPORARY TABLE {MYSQL_KEYS} (INDEX ({key})) AS SELECT {key} FROM {} \
+                 WHERE 1 = 0",
+                self.target
+            )),
+        ];
+        let k0 = &self.key[0];
+        let same: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("b.{c} <=> t.{c} AND CAST(b.{c} AS BINARY) <=> CAST(t.{c} AS BINARY)"))
+            .collect();
+        let refresh = " ON DUPLICATE KEY UPDATE bf_undo_after = VALUES(bf_undo_after)";
+        let before_side = Stmt {
+            sql: format!(
+                "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, {}) \
+                 SELECT ?, ?, CASE WHEN t.{k0} IS NULL THEN 'deleted' ELSE 'updated' END, CASE \
+                 WHEN t.{k0} IS NULL THEN NULL ELSE {} END, {} FROM {MYSQL_BEFORE} AS b LEFT \
+                 JOIN {} AS t ON {} WHERE t.{k0} IS NULL OR NOT ({}){refresh}",
+                self.undo,
+                self.columns.join(", "),
+                self.digest,
+                self.columns_of("b"),
+                self.target,
+                self.key_eq("t", "b"),
+                same.join(" AND ")
+            ),
+            params: Self::run_part(b),
+        };
+        let written = Stmt {
+            sql: format!(
+                "INSERT INTO {} (bf_undo_run, bf_undo_partition, bf_undo_op, bf_undo_after, {key}) \
+                 SELECT ?, ?, 'inserted', {}, {} FROM {MYSQL_KEYS} AS k STRAIGHT_JOIN {} AS t ON \
+                 {} LEFT JOIN {MYSQL_BEFORE} AS b ON {} WHERE b.{k0} IS NULL{refresh}",
+                self.undo,
+                self.digest,
+                self.columns_of_key("t"),
+                self.target,
+                self.key_eq("t", "k"),
+                self.key_eq("b", "k")
+            ),
+            params: Self::run_part(b),
+        };
+        let commit = vec![
+            before_side,
+            written,
+            plain(format!("DROP TEMPORARY TABLE {MYSQL_BEFORE}, {MYSQL_KEYS}")),
+        ];
+        MySqlReplaceLog { begin, commit }
     }
 
     /// SQLite: records the key's collations (`None`: the key is not unique), which decide how
@@ -588,6 +850,8 @@ impl UndoLog {
             key_collations: self.key_collations.clone(),
             loose_types: self.loose_types.clone(),
             key_index: self.key_index.clone(),
+            log_unchanged: self.log_unchanged,
+            stage_digest: self.stage_digest.clone(),
         }
     }
 
@@ -1441,12 +1705,13 @@ impl UndoLog {
         ]
     }
 
-    /// The rows a rollback acts on: pending ones, and with `force` the conflicts too.
-    fn pending(force: bool) -> &'static str {
+    /// The rows a rollback acts on, in the log named `alias` (`u.`, or empty for the bare
+    /// table): pending ones, and with `force` the conflicts too.
+    fn pending_in(alias: &str, force: bool) -> String {
         if force {
-            "(bf_undo_state IS NULL OR bf_undo_state = 'conflict')"
+            format!("({alias}bf_undo_state IS NULL OR {alias}bf_undo_state = 'conflict')")
         } else {
-            "bf_undo_state IS NULL"
+            format!("{alias}bf_undo_state IS NULL")
         }
     }
 
@@ -1494,14 +1759,28 @@ impl UndoLog {
                 params: Self::run_part(b),
             });
         }
-        let pending = Self::pending(force);
+        let pending = Self::pending_in("", force);
         let key = self.key.join(", ");
-        out.push(Stmt {
-            sql: format!(
+        let delete = if self.dialect == Dialect::MySql {
+            // MariaDB runs a single-table `DELETE … IN (SELECT …)` as a dependent subquery
+            // per target row (10.4: 200,000 rows took 7 s); a join looks up the log's keys.
+            format!(
+                "DELETE t FROM {} AS u STRAIGHT_JOIN {} AS t ON {} WHERE u.bf_undo_run = ? AND \
+                 u.bf_undo_partition = ? AND {}",
+                self.undo,
+                self.target,
+                self.key_eq("t", "u"),
+                Self::pending_in("u.", force)
+            )
+        } else {
+            format!(
                 "DELETE FROM {} WHERE ({key}) IN (SELECT {key} FROM {} WHERE bf_undo_run = ? AND \
                  bf_undo_partition = ? AND {pending})",
                 self.target, self.undo
-            ),
+            )
+        };
+        out.push(Stmt {
+            sql: delete,
             params: Self::run_part(b),
         });
         let cols = self.columns.join(", ");

@@ -186,11 +186,13 @@ async fn run_then_rollback_restores_the_target(system: System, mode: &str, expec
     // PostgreSQL logs only the rows the run inserts (31..=60) or changes (1..=30): the
     // upsert in its own statement, `replace` at each window's commit, which also logs the
     // two extra rows it deleted (1001, 1002). SQLite logs the same rows, by triggers inside
-    // its statements; MySQL, and `propagate_deletes` in `upsert`, log every key written.
+    // its statements, and MySQL by joins over temporary tables (the staged batch; the
+    // window's rows before its delete and the keys written). `propagate_deletes` in `upsert`
+    // logs every key written.
     let status = ws.run(&["status", &id, "--json"]);
     let undo_rows = status.json()["undo_rows"].as_u64();
     let replace = mode.contains("replace");
-    let changed_only = system != System::MySql && !mode.contains("propagate_deletes");
+    let changed_only = !mode.contains("propagate_deletes");
     match (changed_only, replace) {
         (true, false) => assert_eq!(undo_rows, Some(60), "{status:?}"),
         (true, true) => assert_eq!(undo_rows, Some(62), "{status:?}"),
@@ -445,7 +447,12 @@ async fn concurrent_batches_log_without_deadlocks(mode: &str) {
     }
     let id = run_id(&ran);
     let status = ws.run(&["status", &id, "--json"]);
-    assert_eq!(status.json()["retries_per_partition"], 0.0, "{status:?}");
+    assert_eq!(
+        status.json()["retries_per_partition"],
+        0.0,
+        "{status:?}\n{}",
+        ws.run(&["audit", &id]).stdout
+    );
     rolled_back_without_conflicts(&ws, &id);
     assert_eq!(fingerprint(&target).await, before);
     source.drop_now().await;
@@ -527,6 +534,63 @@ async fn propagate_deletes_then_rollback_postgres() {
 #[tokio::test]
 async fn propagate_deletes_then_rollback_mysql() {
     run_then_rollback_restores_the_target(System::MySql, PROPAGATE, [30, 30, 2]).await;
+}
+
+/// MySQL logs only the rows an `upsert` changes, told by their bytes as well as by value: a
+/// note whose only change is the case of its letters (equal under the column's
+/// case-insensitive collation, yet rewritten) is logged and restored. A target with an
+/// `UPDATE` trigger, which changes rows whose values the write leaves as they are, has every
+/// existing row logged, so its rollback undoes the trigger's changes too.
+#[tokio::test]
+async fn upsert_logs_changed_bytes_and_rows_a_trigger_touches_mysql() {
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::MySql, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    // 61..=90 differ from the source in case only (26 of them; 63, 70, 77, 84 are NULL).
+    target
+        .exec(&format!(
+            "UPDATE {dst} SET note = UPPER(note) WHERE id BETWEEN 61 AND 90"
+        ))
+        .await;
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.json()["rows"]["updated"], 56, "{ran:?}");
+    let id = run_id(&ran);
+    let status = ws.run(&["status", &id, "--json"]);
+    assert_eq!(status.json()["undo_rows"], 86, "{status:?}");
+    rolled_back_without_conflicts(&ws, &id);
+    assert_eq!(fingerprint(&target).await, before);
+    source.drop_now().await;
+    target.drop_now().await;
+
+    let ws = Workspace::new();
+    let Some((source, target)) = fixture(System::MySql, &ws).await else {
+        return;
+    };
+    let dst = target.table("dst");
+    target
+        .exec(&format!(
+            "ALTER TABLE {dst} ADD COLUMN touched INT NOT NULL DEFAULT 0; \
+             CREATE TRIGGER {dst}_touch BEFORE UPDATE ON {dst} FOR EACH ROW \
+             SET NEW.touched = OLD.touched + 1"
+        ))
+        .await;
+    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    let before = fingerprint(&target).await;
+    let ran = ws.run(&["run", &path, "--json"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let id = run_id(&ran);
+    let status = ws.run(&["status", &id, "--json"]);
+    // The 270 existing keys of the scope and the 30 new ones.
+    assert_eq!(status.json()["undo_rows"], 300, "{status:?}");
+    rolled_back_without_conflicts(&ws, &id);
+    assert_eq!(fingerprint(&target).await, before);
+    source.drop_now().await;
+    target.drop_now().await;
 }
 
 #[tokio::test]
@@ -808,11 +872,22 @@ async fn a_row_inserted_into_a_window_during_a_replace_survives_the_rollback_pos
 /// at commit, but a row inserted under a savepoint (the second try that isolates rows the
 /// target refuses) has a subtransaction's: those windows log the keys they write as well. The
 /// target refuses source row 42 (day 2, whose 30 rows it lacks): the window's 29 others are
-/// inserted under savepoints, and the rollback must remove them all again.
+/// inserted under savepoints, and the rollback must remove them all again. MySQL records
+/// each batch's keys in a temporary table, whose rows a rollback to a savepoint takes back
+/// with the batch's.
 #[tokio::test]
 async fn rows_written_under_savepoints_are_rolled_back_postgres() {
+    rows_written_under_savepoints_are_rolled_back(System::Postgres).await;
+}
+
+#[tokio::test]
+async fn rows_written_under_savepoints_are_rolled_back_mysql() {
+    rows_written_under_savepoints_are_rolled_back(System::MySql).await;
+}
+
+async fn rows_written_under_savepoints_are_rolled_back(system: System) {
     let ws = Workspace::new();
-    let Some((source, target)) = fixture(System::Postgres, &ws).await else {
+    let Some((source, target)) = fixture(system, &ws).await else {
         return;
     };
     let dst = target.table("dst");
@@ -833,18 +908,18 @@ async fn rows_written_under_savepoints_are_rolled_back_postgres() {
         "{summary:#}"
     );
     let id = run_id(&ran);
-    let TestDb::Postgres(schema) = &target else {
-        panic!("a PostgreSQL fixture");
-    };
-    let written = rows_of(schema.pool(), &dst).await;
-    assert!(
-        written.iter().any(|r| r.0 == 41),
-        "day 2 written: {written:?}"
-    );
-    assert!(
-        !written.iter().any(|r| r.0 == 42),
-        "row 42 refused: {written:?}"
-    );
+    if let TestDb::Postgres(schema) = &target {
+        let written = rows_of(schema.pool(), &dst).await;
+        assert!(
+            written.iter().any(|r| r.0 == 41),
+            "day 2 written: {written:?}"
+        );
+        assert!(
+            !written.iter().any(|r| r.0 == 42),
+            "row 42 refused: {written:?}"
+        );
+    }
+    assert_ne!(fingerprint(&target).await, before);
 
     rolled_back_without_conflicts(&ws, &id);
     assert_eq!(

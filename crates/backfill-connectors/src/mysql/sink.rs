@@ -109,7 +109,7 @@ impl MySqlSink {
         let table = self.table()?;
         self.undo_log
             .get_or_try_init(|| async {
-                let log = undo::open_log!(
+                let mut log = undo::open_log!(
                     &self.pool,
                     Dialect::MySql,
                     crate::fingerprint::mysql::catalog,
@@ -117,10 +117,28 @@ impl MySqlSink {
                     &self.key,
                     MySql
                 );
+                log.set_log_unchanged(self.has_update_trigger(table).await?);
                 Ok(Arc::new(log))
             })
             .await
             .cloned()
+    }
+
+    /// Whether the target has an `UPDATE` trigger (which may change a row the write's values
+    /// leave as they are, so the undo log keeps every existing row's before-image).
+    async fn has_update_trigger(&self, table: &Table) -> Result<bool, ConnectorError> {
+        let (schema, name) = table.parts();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS \
+             WHERE EVENT_OBJECT_SCHEMA = COALESCE(?, DATABASE()) AND EVENT_OBJECT_TABLE = ? \
+             AND EVENT_MANIPULATION = 'UPDATE'",
+        )
+        .bind(schema)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| sql_error(table.describe(), &e))?;
+        Ok(n > 0)
     }
 
     /// `upsert` with the undo log of `undo` written in the same transaction.
@@ -141,35 +159,33 @@ impl MySqlSink {
         let batch = &*instants_as_datetimes(batch, &temporal);
         let key_quoted: Vec<String> = key_positions.iter().map(|&p| columns[p].clone()).collect();
         let guard = batch_guard(batch, self.guard.as_deref(), sql::quote)?;
-        let keys = undo::batch_keys(batch, &key_positions, undo.is_some());
+        let write = Upsert {
+            context: &context,
+            table,
+            columns: &columns,
+            key_positions: &key_positions,
+            guard: guard.as_deref(),
+            rows: &batch.rows,
+            packet_budget: self.packet_budget,
+        };
 
         let mut tx = begin(&self.pool, &context).await?;
-        if let (Some(log), Some(b)) = (&log, undo) {
-            let mut conn = Conn::MySql(&mut tx);
-            for stmt in log.before_write(b, &keys) {
-                conn.exec(&stmt, &context).await?;
+        let (existing, affected) = match (&log, undo) {
+            (Some(log), Some(b)) => write.logged(&mut tx, log, b).await?,
+            _ => {
+                let existing = count_existing(
+                    &mut tx,
+                    &context,
+                    table,
+                    &key_quoted,
+                    &key_positions,
+                    &batch.rows,
+                    self.packet_budget,
+                )
+                .await?;
+                (existing, write.plain(&mut tx).await?)
             }
-        }
-        let existing = count_existing(
-            &mut tx,
-            &context,
-            table,
-            &key_quoted,
-            &key_positions,
-            &batch.rows,
-            self.packet_budget,
-        )
-        .await?;
-        let affected = write_chunks(&mut tx, &context, &batch.rows, self.packet_budget, |n| {
-            sql::upsert(&table.quoted, &columns, &key_positions, guard.as_deref(), n)
-        })
-        .await?;
-        if let (Some(log), Some(b)) = (&log, undo) {
-            let mut conn = Conn::MySql(&mut tx);
-            for stmt in log.after_write(b, &keys) {
-                conn.exec(&stmt, &context).await?;
-            }
-        }
+        };
         run_extra(&mut tx, extra).await?;
         tx.commit().await.map_err(|e| sql_error(&context, &e))?;
 
@@ -220,11 +236,15 @@ impl MySqlSink {
         // Read before the transaction holds a pooled connection.
         let temporal = self.temporal_columns(table).await?;
         let mut tx = begin(&self.pool, &context).await?;
+        let mut undo_commit = Vec::new();
         if let (Some(log), Some(b)) = (&log, undo) {
             let column = sql::quote(window_column);
             let predicate = format!("t.{column} >= ? AND t.{column} < ?");
-            let stmt = log.before_window_delete(b, &predicate, &bounds, "updated");
-            Conn::MySql(&mut tx).exec(&stmt, &context).await?;
+            let replace_log = log.mysql_replace(b, &predicate, &bounds);
+            for stmt in &replace_log.begin {
+                Conn::MySql(&mut tx).exec(stmt, &context).await?;
+            }
+            undo_commit = replace_log.commit;
         }
         let text = sql::delete_window(&table.quoted, &sql::quote(window_column));
         let done = sqlx::query_with(AssertSqlSafe(text), arguments(&bounds)?)
@@ -237,7 +257,7 @@ impl MySqlSink {
                 table: table.clone(),
                 packet_budget: self.packet_budget,
                 temporal,
-                undo: log.zip(undo.cloned()),
+                undo: log.map(|_| undo_commit),
                 key: self.key.clone(),
             }),
             deleted: done.rows_affected(),
@@ -388,6 +408,77 @@ async fn write_chunks(
     Ok(total)
 }
 
+/// One batch's `upsert` into `table`.
+struct Upsert<'a> {
+    context: &'a str,
+    table: &'a Table,
+    /// The batch's columns, quoted.
+    columns: &'a [String],
+    key_positions: &'a [usize],
+    guard: Option<&'a str>,
+    rows: &'a [Vec<Value>],
+    packet_budget: usize,
+}
+
+impl Upsert<'_> {
+    /// Writes the rows as multi-row statements; returns the rows affected.
+    async fn plain(&self, conn: &mut MySqlConnection) -> Result<u64, ConnectorError> {
+        write_chunks(conn, self.context, self.rows, self.packet_budget, |n| {
+            sql::upsert(
+                &self.table.quoted,
+                self.columns,
+                self.key_positions,
+                self.guard,
+                n,
+            )
+        })
+        .await
+    }
+
+    /// Writes the rows with their undo log: staged in a temporary table, logged by joins
+    /// over it, then upserted from it in one statement ([`UndoLog::mysql_staged`]). Returns
+    /// the rows whose key existed and the rows affected.
+    async fn logged(
+        &self,
+        conn: &mut MySqlConnection,
+        log: &UndoLog,
+        b: &UndoBatch,
+    ) -> Result<(u64, u64), ConnectorError> {
+        let staged = log.mysql_staged(b, self.columns, self.guard.is_some());
+        for sql in &staged.create {
+            sqlx::raw_sql(AssertSqlSafe(sql.as_str()))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| sql_error(self.context, &e))?;
+        }
+        write_chunks(conn, self.context, self.rows, self.packet_budget, |n| {
+            sql::insert(&staged.stage, self.columns, n)
+        })
+        .await?;
+        let existing: i64 = sqlx::query_scalar(AssertSqlSafe(staged.count.as_str()))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| sql_error(self.context, &e))?;
+        Conn::MySql(conn).exec(&staged.log, self.context).await?;
+        let upsert = sql::upsert_from(
+            &self.table.quoted,
+            self.columns,
+            self.key_positions,
+            self.guard,
+            &staged.stage,
+        );
+        let affected = sqlx::raw_sql(AssertSqlSafe(upsert))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| sql_error(self.context, &e))?
+            .rows_affected();
+        if let Some(after) = &staged.after {
+            Conn::MySql(conn).exec(after, self.context).await?;
+        }
+        Ok((u64::try_from(existing).unwrap_or(0), affected))
+    }
+}
+
 /// Counts the rows of the batch whose key already exists in the target.
 async fn count_existing(
     conn: &mut MySqlConnection,
@@ -518,9 +609,10 @@ pub struct MySqlReplace {
     table: Table,
     packet_budget: usize,
     temporal: Arc<Vec<String>>,
-    /// The undo log and the partition it logs for, when `target.undo` is on.
-    undo: Option<(Arc<UndoLog>, UndoBatch)>,
-    /// Key columns, to log each inserted batch's keys.
+    /// With `target.undo`: the statements that log the window at commit
+    /// ([`UndoLog::mysql_replace`]); each batch's keys go to [`undo::MYSQL_KEYS`] meanwhile.
+    undo: Option<Vec<undo::Stmt>>,
+    /// Key columns, to record each inserted batch's keys.
     key: Vec<String>,
 }
 
@@ -539,19 +631,6 @@ impl MySqlReplace {
         let (columns, _) = batch_columns(batch, &[], sql::quote)?;
         let batch = &*instants_as_datetimes(batch, &self.temporal);
         let table = &self.table.quoted;
-        let keys = match &self.undo {
-            Some(_) => {
-                let (_, positions) = batch_columns(batch, &self.key, sql::quote)?;
-                undo::batch_keys(batch, &positions, true)
-            }
-            None => Vec::new(),
-        };
-        if let Some((log, b)) = &self.undo {
-            let mut conn = Conn::MySql(&mut self.tx);
-            for stmt in log.before_write(b, &keys) {
-                conn.exec(&stmt, &context).await?;
-            }
-        }
         let n = write_chunks(
             &mut self.tx,
             &context,
@@ -560,11 +639,14 @@ impl MySqlReplace {
             |n| sql::insert(table, &columns, n),
         )
         .await?;
-        if let Some((log, b)) = &self.undo {
-            let mut conn = Conn::MySql(&mut self.tx);
-            for stmt in log.after_write(b, &keys) {
-                conn.exec(&stmt, &context).await?;
-            }
+        if self.undo.is_some() {
+            let (quoted, positions) = batch_columns(batch, &self.key, sql::quote)?;
+            let key_columns: Vec<String> = positions.iter().map(|&p| quoted[p].clone()).collect();
+            let keys = undo::batch_keys(batch, &positions, true);
+            write_chunks(&mut self.tx, &context, &keys, self.packet_budget, |n| {
+                sql::insert(undo::MYSQL_KEYS, &key_columns, n)
+            })
+            .await?;
         }
         Ok(n)
     }
@@ -581,10 +663,8 @@ impl MySqlReplace {
     /// Runs `extra`, then commits.
     pub(crate) async fn commit(mut self, extra: Option<&Extra>) -> Result<(), ConnectorError> {
         let context = format!("replace in {}", self.table.quoted);
-        if let Some((log, b)) = &self.undo {
-            Conn::MySql(&mut self.tx)
-                .exec(&log.mark_deleted(b), &context)
-                .await?;
+        for stmt in self.undo.iter().flatten() {
+            Conn::MySql(&mut self.tx).exec(stmt, &context).await?;
         }
         run_extra(&mut self.tx, extra).await?;
         self.tx.commit().await.map_err(|e| sql_error(&context, &e))

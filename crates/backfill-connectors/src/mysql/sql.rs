@@ -49,6 +49,38 @@ pub(crate) fn upsert(
     rows: usize,
 ) -> String {
     let mut sql = insert(table, columns, rows);
+    on_duplicate(&mut sql, "", columns, key, guard);
+    sql
+}
+
+/// [`upsert`] of every row of the table `stage` (whose columns are `columns`, by name). The
+/// target's columns are qualified by its name: unqualified, a name the stage has too is
+/// ambiguous in the `UPDATE` part.
+pub(crate) fn upsert_from(
+    table: &str,
+    columns: &[String],
+    key: &[usize],
+    guard: Option<&str>,
+    stage: &str,
+) -> String {
+    let mut sql = format!("INSERT INTO {table} (");
+    push_list(&mut sql, columns);
+    sql.push_str(") SELECT ");
+    push_list(&mut sql, columns);
+    let _ = write!(sql, " FROM {stage}");
+    on_duplicate(&mut sql, &format!("{table}."), columns, key, guard);
+    sql
+}
+
+/// Appends ` ON DUPLICATE KEY UPDATE …` (see [`upsert`]), the target's columns prefixed by
+/// `own` (`` `t`. `` or nothing).
+fn on_duplicate(
+    sql: &mut String,
+    own: &str,
+    columns: &[String],
+    key: &[usize],
+    guard: Option<&str>,
+) {
     sql.push_str(" ON DUPLICATE KEY UPDATE ");
     let mut rest: Vec<&String> = (0..columns.len())
         .filter(|i| !key.contains(i))
@@ -59,18 +91,19 @@ pub(crate) fn upsert(
     }
     if rest.is_empty() {
         let k = &columns[key[0]];
-        let _ = write!(sql, "{k} = {k}");
-        return sql;
+        let _ = write!(sql, "{own}{k} = {own}{k}");
+        return;
     }
     let sets: Vec<String> = rest
         .iter()
         .map(|c| match guard {
-            Some(g) => format!("{c} = IF({g} > VALUES({g}), {c}, VALUES({c}))"),
-            None => format!("{c} = VALUES({c})"),
+            Some(g) => {
+                format!("{own}{c} = IF({own}{g} > VALUES({g}), {own}{c}, VALUES({c}))")
+            }
+            None => format!("{own}{c} = VALUES({c})"),
         })
         .collect();
-    push_list(&mut sql, &sets);
-    sql
+    push_list(sql, &sets);
 }
 
 /// Counts the rows of `table` whose key is one of `rows` bound key tuples.
@@ -150,6 +183,12 @@ mod tests {
         assert_eq!(
             upsert("`t`", &q(&["k"]), &[0], None, 1),
             "INSERT INTO `t` (`k`) VALUES (?) ON DUPLICATE KEY UPDATE `k` = `k`"
+        );
+        assert_eq!(
+            upsert_from("`s`.`t`", &cols, &[0], Some("`u`"), "`st`"),
+            "INSERT INTO `s`.`t` (`id`, `u`, `a`) SELECT `id`, `u`, `a` FROM `st` ON DUPLICATE \
+             KEY UPDATE `s`.`t`.`a` = IF(`s`.`t`.`u` > VALUES(`u`), `s`.`t`.`a`, VALUES(`a`)), \
+             `s`.`t`.`u` = IF(`s`.`t`.`u` > VALUES(`u`), `s`.`t`.`u`, VALUES(`u`))"
         );
         assert_eq!(
             count_existing("`t`", &q(&["a", "b"]), 2),

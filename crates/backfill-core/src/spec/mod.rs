@@ -148,9 +148,8 @@ pub struct TargetSpec {
     pub pushdown: bool,
     /// Keep an undo log (before-images and inserted keys, in `<table>__bf_undo` in the
     /// target's database, written in each batch's transaction) so `backfill rollback` can
-    /// restore the run's scope. On by default for PostgreSQL and SQLite targets in `upsert`
-    /// and `replace` (not `shadow`, not `partition_exchange`), opt-in on MySQL (`undo = true`,
-    /// or `propagate_deletes`); never in `sql`.
+    /// restore the run's scope. On by default in `upsert` and `replace` (not `shadow`, not
+    /// `partition_exchange`); never in `sql`.
     pub undo: bool,
     /// Delete target rows of a window whose key is no longer in the source: `replace` does
     /// by nature; `upsert` after a window's last batch, through the undo log. In the plan hash

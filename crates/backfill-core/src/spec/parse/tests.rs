@@ -952,7 +952,7 @@ fn validate_section_decides_reconciliation() {
 }
 
 #[test]
-fn undo_is_on_by_default_for_postgresql_and_sqlite_upsert_and_replace_only() {
+fn undo_is_on_by_default_for_upsert_and_replace_only() {
     let target = "url = \"sqlite://dst.db\"\ntable = \"t_copy\"\nkey = [\"id\"]";
     let with = |url: &str, extra: &str| {
         let text = good_with(
@@ -983,8 +983,17 @@ fn undo_is_on_by_default_for_postgresql_and_sqlite_upsert_and_replace_only() {
         !with("sqlite://dst.db", "mode = \"shadow\""),
         "a SQLite shadow's rollback is a rename too"
     );
-    assert!(!with("mysql://root@127.0.0.1/db", ""), "MySQL: opt-in");
-    assert!(with("mysql://root@127.0.0.1/db", "undo = true"), "asked on");
+    let my = "mysql://root@127.0.0.1/db";
+    assert!(with(my, ""), "MySQL upsert");
+    assert!(
+        with("mariadb://root@127.0.0.1/db", replace),
+        "MySQL replace"
+    );
+    assert!(!with(my, "undo = false"), "asked off");
+    assert!(
+        !with(my, "mode = \"shadow\""),
+        "a MySQL shadow's rollback is a rename"
+    );
 }
 
 #[test]

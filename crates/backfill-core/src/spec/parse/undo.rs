@@ -1,10 +1,8 @@
 //! `[target] undo` and `[target] propagate_deletes`: the undo log and deletions (issue 11).
 //!
-//! Rules: `undo` is on by default for a PostgreSQL or SQLite target in `upsert` and
-//! `replace`, where the log is written by the write's own statements (bench/undo.py), and
-//! opt-in on MySQL (`undo = true`), where it costs a read of every touched row around each
-//! batch; on by itself with `propagate_deletes`, which needs it in `upsert`
-//! ([`undo_by_default`]). It is refused in `sql` mode
+//! Rules: `undo` is on by default in `upsert` and `replace`, on every target: the log is
+//! written set-wise, of the rows the write changes only (bench/undo.py); on by itself with
+//! `propagate_deletes`, which needs it in `upsert` ([`undo_by_default`]). It is refused in `sql` mode
 //! (its rows are not the engine's, so there is nothing to take a before-image of);
 //! `propagate_deletes` is natural in `replace`, needs the undo log in `upsert` (the keys a
 //! window's batches touched are what tells a deleted key from a kept one), and is refused
@@ -72,14 +70,17 @@ pub(super) fn undo_flags(
     }
 }
 
-/// Whether `undo` is on when the spec does not say: for a PostgreSQL or SQLite target
-/// (`scheme`), where the log is written inside the write's own statements (PostgreSQL: in
-/// the upsert's statement or at a window's commit; SQLite: by temporary triggers, on the
-/// row path and inside SQLite alike), measured by bench/undo.py; not on MySQL, whose log is
-/// a read of every touched row around each batch. Never for `shadow` (its rollback is a
-/// rename) or `partition_exchange` (it keeps no log).
+/// Whether `undo` is on when the spec does not say: for a target of a known `scheme`, where
+/// the log is written set-wise, of the rows the write changes only (PostgreSQL: in the
+/// upsert's statement or at a window's commit; SQLite: by temporary triggers or statements
+/// after the write; MySQL: by joins over temporary tables), measured by bench/undo.py. Never
+/// for `shadow` (its rollback is a rename) or `partition_exchange` (it keeps no log).
 pub(super) fn undo_by_default(scheme: Option<&str>, shadow: bool, exchange: bool) -> bool {
-    matches!(scheme, Some("postgres" | "postgresql" | "sqlite")) && !shadow && !exchange
+    matches!(
+        scheme,
+        Some("postgres" | "postgresql" | "sqlite" | "mysql" | "mariadb")
+    ) && !shadow
+        && !exchange
 }
 
 /// In `upsert` mode with `propagate_deletes`, the column bounding each window's deletion:
