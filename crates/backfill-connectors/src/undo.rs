@@ -248,6 +248,10 @@ pub(crate) struct UndoLog {
     log_unchanged: bool,
     /// MySQL: `digest` over alias `s`, a staged batch ([`UndoLog::mysql_staged`]).
     stage_digest: String,
+    /// Every target column as the catalog names it and its declared type (empty: none), in
+    /// `columns`' order: what a log made before a column was added lacks
+    /// ([`UndoLog::ensure`]).
+    catalogued: Vec<(String, String)>,
 }
 
 /// The name of the undo table's unique index on `key` (quoted) and the run, quoted: named
@@ -615,6 +619,17 @@ impl UndoLog {
             loose_types,
             log_unchanged: false,
             stage_digest,
+            catalogued: catalog
+                .iter()
+                .map(|c| {
+                    let ty = if c.type_name == crate::fingerprint::sqlite::NO_TYPE {
+                        String::new()
+                    } else {
+                        c.type_name.clone()
+                    };
+                    (c.name.clone(), ty)
+                })
+                .collect(),
         })
     }
 
@@ -852,6 +867,7 @@ impl UndoLog {
             key_index: self.key_index.clone(),
             log_unchanged: self.log_unchanged,
             stage_digest: self.stage_digest.clone(),
+            catalogued: self.catalogued.clone(),
         }
     }
 
@@ -2044,6 +2060,7 @@ impl UndoLog {
             self.undo
         );
         self.create_if_missing(conn, &create, &creating).await?;
+        self.add_missing_columns(conn, table).await?;
         if self.dialect == Dialect::MySql {
             self.mysql_nullable(conn, table).await?;
         }
@@ -2087,6 +2104,75 @@ fn lost_create_race(message: &str) -> bool {
 }
 
 impl UndoLog {
+    /// Adds to a log made before them the target's columns it lacks (nullable, with the
+    /// target's declared type): the log is one table per target, kept across runs, and its
+    /// statements name every column the target has now. A column another process adds at
+    /// the same moment is no error.
+    async fn add_missing_columns(
+        &self,
+        conn: &mut Conn<'_>,
+        table: &str,
+    ) -> Result<(), ConnectorError> {
+        let undo = undo_table_name(table);
+        let (schema, name) = match undo.split_once('.') {
+            Some((s, n)) => (Some(s.to_owned()), n.to_owned()),
+            None => (None, undo.clone()),
+        };
+        let schema_value = schema.clone().map_or(Value::Null, Value::Text);
+        let read = match self.dialect {
+            Dialect::Sqlite => Stmt {
+                sql: "SELECT name FROM pragma_table_info(?, COALESCE(?, 'main'))".to_owned(),
+                params: vec![Value::Text(name), schema_value],
+            },
+            Dialect::Postgres => Stmt {
+                sql: "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(?) \
+                      AND attnum > 0 AND NOT attisdropped"
+                    .to_owned(),
+                params: vec![Value::Text(self.undo.clone())],
+            },
+            Dialect::MySql => Stmt {
+                sql: "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.columns WHERE \
+                      table_schema = COALESCE(?, DATABASE()) AND table_name = ?"
+                    .to_owned(),
+                params: vec![schema_value, Value::Text(name)],
+            },
+        };
+        let present: Vec<String> = conn
+            .texts(&read, CONTEXT)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        for (column, ty) in &self.catalogued {
+            if present.iter().any(|p| p == column) {
+                continue;
+            }
+            // The type comes from the catalog and holds only type syntax.
+            let add = Stmt {
+                sql: format!(
+                    "ALTER TABLE {} ADD COLUMN {} {ty}",
+                    self.undo,
+                    self.dialect.quote_column(column)
+                ),
+                params: vec![],
+            };
+            match conn.exec(&add, CONTEXT).await {
+                Err(e)
+                    if e.to_string()
+                        .to_ascii_lowercase()
+                        .contains("duplicate column") => {}
+                Err(e) if e.to_string().contains("already exists") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// MySQL/MariaDB copy `NOT NULL` and "no default" into a `CREATE TABLE … AS SELECT`;
     /// an `inserted` row holds only its key, so every copied column is made nullable with
     /// a NULL default.
