@@ -126,7 +126,12 @@ partition = "1d"
 
 /// The whole target table's fingerprint, pushed down.
 async fn fingerprint(target: &TestDb) -> Fingerprint {
-    let table = target.table("dst").replace(['"', '`'], "");
+    fingerprint_of(target, &target.table("dst")).await
+}
+
+/// The fingerprint of `table` of `target`, pushed down.
+async fn fingerprint_of(target: &TestDb, table: &str) -> Fingerprint {
+    let table = table.replace(['"', '`'], "");
     let db = Db::open(&SecretUrl::new(target.url()), 1, true)
         .await
         .expect("open target");
@@ -587,8 +592,9 @@ async fn propagate_deletes_then_rollback_mysql() {
 /// MySQL logs only the rows an `upsert` changes, told by their bytes as well as by value: a
 /// note whose only change is the case of its letters (equal under the column's
 /// case-insensitive collation, yet rewritten) is logged and restored. A target with an
-/// `UPDATE` trigger, which changes rows whose values the write leaves as they are, has every
-/// existing row logged, so its rollback undoes the trigger's changes too.
+/// `UPDATE` or `INSERT` trigger, which changes rows whose values the write leaves as they
+/// are (`ON DUPLICATE KEY UPDATE` fires both), has every existing row logged and each digest
+/// read from the target, so its rollback undoes the trigger's changes too.
 #[tokio::test]
 async fn upsert_logs_changed_bytes_and_rows_a_trigger_touches_mysql() {
     let ws = Workspace::new();
@@ -615,19 +621,32 @@ async fn upsert_logs_changed_bytes_and_rows_a_trigger_touches_mysql() {
     source.drop_now().await;
     target.drop_now().await;
 
+    // The insert trigger leaves the rollback's own inserts alone: they carry `touched = 5`.
+    for trigger in [
+        "BEFORE UPDATE ON {dst} FOR EACH ROW SET NEW.touched = OLD.touched + 1",
+        "BEFORE INSERT ON {dst} FOR EACH ROW \
+         SET NEW.note = IF(NEW.touched = 0, CONCAT(NEW.note, '!'), NEW.note)",
+    ] {
+        a_trigger_s_changes_are_rolled_back_mysql(trigger).await;
+    }
+}
+
+async fn a_trigger_s_changes_are_rolled_back_mysql(trigger: &str) {
     let ws = Workspace::new();
     let Some((source, target)) = fixture(System::MySql, &ws).await else {
         return;
     };
     let dst = target.table("dst");
+    let trigger = trigger.replace("{dst}", &dst);
     target
         .exec(&format!(
             "ALTER TABLE {dst} ADD COLUMN touched INT NOT NULL DEFAULT 0; \
-             CREATE TRIGGER {dst}_touch BEFORE UPDATE ON {dst} FOR EACH ROW \
-             SET NEW.touched = OLD.touched + 1"
+             UPDATE {dst} SET touched = 5; CREATE TRIGGER {dst}_touch {trigger}"
         ))
         .await;
-    let path = ws.write("spec.toml", &spec(&source, &target, ""));
+    // The trigger's changes are not the source's: no reconciliation.
+    let text = spec(&source, &target, "") + "[validate]\nafter_partition = false\nat_end = false\n";
+    let path = ws.write("spec.toml", &text);
     let before = fingerprint(&target).await;
     let ran = ws.run(&["run", &path, "--json"]);
     assert_eq!(ran.code, 0, "{ran:?}");
@@ -639,6 +658,75 @@ async fn upsert_logs_changed_bytes_and_rows_a_trigger_touches_mysql() {
     assert_eq!(fingerprint(&target).await, before);
     source.drop_now().await;
     target.drop_now().await;
+}
+
+/// MySQL keeps the stored key when an upsert's key differs from it in case only (equal
+/// under the column's case-insensitive collation): the logged digest is of the row as
+/// stored, so the rollback finds no false conflict and restores the old values; and the
+/// log's key column keeps the target's collation (`utf8mb4_unicode_ci` here, not the
+/// database's default), which a join of the log to the staged batch needs. Once with every
+/// column in the batch (the digest logged with the before-image), once with a column the
+/// source does not write (the digest read from the target after the write).
+#[tokio::test]
+async fn a_key_differing_in_case_is_logged_as_stored_mysql() {
+    for extra in ["", ", extra VARCHAR(10) DEFAULT 'e'"] {
+        let ws = Workspace::new();
+        let Some(source) = TestDb::open(System::MySql, ws.dir.path(), "bf_undo", "src").await
+        else {
+            return;
+        };
+        let Some(target) = TestDb::open(System::MySql, ws.dir.path(), "bf_undo", "dst").await
+        else {
+            return;
+        };
+        let (src, dst) = (source.table("src"), target.table("dst"));
+        source
+            .exec(&format!(
+                "CREATE TABLE {src} (code VARCHAR(10) PRIMARY KEY, v INT, ts DATETIME(6)); \
+                 INSERT INTO {src} VALUES ('A', 2, '2026-01-01 01:00:00'), \
+                 ('b', 5, '2026-01-01 02:00:00'), ('C', 3, '2026-01-01 03:00:00')"
+            ))
+            .await;
+        target
+            .exec(&format!(
+                "CREATE TABLE {dst} (code VARCHAR(10) COLLATE utf8mb4_unicode_ci PRIMARY KEY, \
+                 v INT, ts DATETIME(6){extra}); INSERT INTO {dst} (code, v, ts) VALUES \
+                 ('a', 1, '2026-01-01 01:00:00'), ('b', 5, '2026-01-01 02:00:00')"
+            ))
+            .await;
+        let text = format!(
+            r#"name = "undo_case"
+reason = "integration test"
+[source]
+url = "{}"
+query = "SELECT code, v, ts FROM {src} WHERE ts >= :start AND ts < :end"
+time_column = "ts"
+[target]
+url = "{}"
+table = "{dst}"
+key = ["code"]
+[scope]
+start = "2026-01-01T00:00:00Z"
+end = "2026-01-02T00:00:00Z"
+partition = "1d"
+[validate]
+# The stored key keeps its case ('a' for the source's 'A'): its text differs.
+after_partition = false
+at_end = false
+"#,
+            source.url(),
+            target.url(),
+        );
+        let path = ws.write("spec.toml", &text);
+        let before = fingerprint_of(&target, &dst).await;
+        let ran = ws.run(&["run", &path, "--json"]);
+        assert_eq!(ran.code, 0, "{extra}: {ran:?}");
+        assert_eq!(ran.json()["rows"]["updated"], 1, "{extra}: {ran:?}");
+        rolled_back_without_conflicts(&ws, &run_id(&ran));
+        assert_eq!(fingerprint_of(&target, &dst).await, before, "{extra}");
+        source.drop_now().await;
+        target.drop_now().await;
+    }
 }
 
 #[tokio::test]

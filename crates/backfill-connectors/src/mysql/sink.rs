@@ -117,21 +117,24 @@ impl MySqlSink {
                     &self.key,
                     MySql
                 );
-                log.set_log_unchanged(self.has_update_trigger(table).await?);
+                log.set_log_unchanged(self.has_write_trigger(table).await?);
                 Ok(Arc::new(log))
             })
             .await
             .cloned()
     }
 
-    /// Whether the target has an `UPDATE` trigger (which may change a row the write's values
-    /// leave as they are, so the undo log keeps every existing row's before-image).
-    async fn has_update_trigger(&self, table: &Table) -> Result<bool, ConnectorError> {
+    /// Whether the target has an `INSERT` or `UPDATE` trigger: either fires for a row an
+    /// `INSERT … ON DUPLICATE KEY UPDATE` leaves as its values are, and may change it, so the
+    /// undo log keeps every existing row's before-image and reads each digest from the
+    /// target. (MariaDB 12 lists several events in one trigger's `EVENT_MANIPULATION`. MySQL 8
+    /// lists only the triggers the user has the TRIGGER privilege on.)
+    async fn has_write_trigger(&self, table: &Table) -> Result<bool, ConnectorError> {
         let (schema, name) = table.parts();
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM information_schema.TRIGGERS \
              WHERE EVENT_OBJECT_SCHEMA = COALESCE(?, DATABASE()) AND EVENT_OBJECT_TABLE = ? \
-             AND EVENT_MANIPULATION = 'UPDATE'",
+             AND (EVENT_MANIPULATION LIKE '%INSERT%' OR EVENT_MANIPULATION LIKE '%UPDATE%')",
         )
         .bind(schema)
         .bind(name)
@@ -465,7 +468,7 @@ impl Upsert<'_> {
             self.columns,
             self.key_positions,
             self.guard,
-            &staged.stage,
+            (&staged.stage, undo::MYSQL_SEQ),
         );
         let affected = sqlx::raw_sql(AssertSqlSafe(upsert))
             .execute(&mut *conn)

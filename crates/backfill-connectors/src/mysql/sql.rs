@@ -53,21 +53,21 @@ pub(crate) fn upsert(
     sql
 }
 
-/// [`upsert`] of every row of the table `stage` (whose columns are `columns`, by name). The
-/// target's columns are qualified by its name: unqualified, a name the stage has too is
-/// ambiguous in the `UPDATE` part.
+/// [`upsert`] of every row of the table `stage` (whose columns are `columns`, by name), in
+/// the order of its column `order`. The target's columns are qualified by its name:
+/// unqualified, a name the stage has too is ambiguous in the `UPDATE` part.
 pub(crate) fn upsert_from(
     table: &str,
     columns: &[String],
     key: &[usize],
     guard: Option<&str>,
-    stage: &str,
+    (stage, order): (&str, &str),
 ) -> String {
     let mut sql = format!("INSERT INTO {table} (");
     push_list(&mut sql, columns);
     sql.push_str(") SELECT ");
     push_list(&mut sql, columns);
-    let _ = write!(sql, " FROM {stage}");
+    let _ = write!(sql, " FROM {stage} ORDER BY {order}");
     on_duplicate(&mut sql, &format!("{table}."), columns, key, guard);
     sql
 }
@@ -185,9 +185,9 @@ mod tests {
             "INSERT INTO `t` (`k`) VALUES (?) ON DUPLICATE KEY UPDATE `k` = `k`"
         );
         assert_eq!(
-            upsert_from("`s`.`t`", &cols, &[0], Some("`u`"), "`st`"),
-            "INSERT INTO `s`.`t` (`id`, `u`, `a`) SELECT `id`, `u`, `a` FROM `st` ON DUPLICATE \
-             KEY UPDATE `s`.`t`.`a` = IF(`s`.`t`.`u` > VALUES(`u`), `s`.`t`.`a`, VALUES(`a`)), \
+            upsert_from("`s`.`t`", &cols, &[0], Some("`u`"), ("`st`", "seq")),
+            "INSERT INTO `s`.`t` (`id`, `u`, `a`) SELECT `id`, `u`, `a` FROM `st` ORDER BY seq \
+             ON DUPLICATE KEY UPDATE `s`.`t`.`a` = IF(`s`.`t`.`u` > VALUES(`u`), `s`.`t`.`a`, VALUES(`a`)), \
              `s`.`t`.`u` = IF(`s`.`t`.`u` > VALUES(`u`), `s`.`t`.`u`, VALUES(`u`))"
         );
         assert_eq!(
