@@ -253,6 +253,10 @@ pub(crate) struct UndoLog {
     /// `columns`' order: what a log made before a column was added lacks
     /// ([`UndoLog::ensure`]).
     catalogued: Vec<(String, String)>,
+    /// The index a rollback builds on the run and the partition, quoted; then qualified by
+    /// the target's schema when it has one; then the undo table's bare name, quoted (SQLite
+    /// qualifies the index, not its table) ([`UndoLog::partition_index`]).
+    partition_index: (String, String, String),
 }
 
 /// The name of the undo table's unique index on `key` (quoted) and the run, quoted: named
@@ -628,6 +632,15 @@ impl UndoLog {
             loose_types,
             log_unchanged: false,
             stage_digest,
+            partition_index: {
+                let bare = table.rsplit('.').next().unwrap_or(table);
+                let name = dialect.quote(&format!("{bare}__bf_undo_rp"));
+                let qualified = match table.rsplit_once('.') {
+                    Some((schema, _)) => format!("{}.{name}", dialect.quote(schema)),
+                    None => name.clone(),
+                };
+                (name, qualified, dialect.quote(&format!("{bare}__bf_undo")))
+            },
             catalogued: catalog
                 .iter()
                 .map(|c| {
@@ -894,6 +907,11 @@ impl UndoLog {
             log_unchanged: self.log_unchanged,
             stage_digest: self.stage_digest.clone(),
             catalogued: self.catalogued.clone(),
+            partition_index: (
+                self.partition_index.0.clone(),
+                format!("{}.{}", self.dialect.quote(schema), self.partition_index.0),
+                self.partition_index.2.clone(),
+            ),
         }
     }
 
@@ -1747,6 +1765,39 @@ impl UndoLog {
         ]
     }
 
+    /// The index on the run and the partition that a rollback builds before its first
+    /// partition and drops after its last (`[create, drop]`): each partition's statements
+    /// find its entries by it instead of reading the whole log (a rollback of P partitions
+    /// read the log P times), while the runs that write the log never maintain it.
+    pub(crate) fn partition_index(&self) -> [Stmt; 2] {
+        let (name, qualified, bare_undo) = &self.partition_index;
+        let plain = |sql: String| Stmt {
+            sql,
+            params: vec![],
+        };
+        let columns = "(bf_undo_run, bf_undo_partition)";
+        match self.dialect {
+            Dialect::MySql => [
+                plain(format!("CREATE INDEX {name} ON {} {columns}", self.undo)),
+                plain(format!("DROP INDEX {name} ON {}", self.undo)),
+            ],
+            Dialect::Postgres => [
+                plain(format!(
+                    "CREATE INDEX IF NOT EXISTS {name} ON {} {columns}",
+                    self.undo
+                )),
+                plain(format!("DROP INDEX IF EXISTS {qualified}")),
+            ],
+            // SQLite qualifies the index, not the table it is on.
+            Dialect::Sqlite => [
+                plain(format!(
+                    "CREATE INDEX IF NOT EXISTS {qualified} ON {bare_undo} {columns}"
+                )),
+                plain(format!("DROP INDEX IF EXISTS {qualified}")),
+            ],
+        }
+    }
+
     /// The rows a rollback acts on, in the log named `alias` (`u.`, or empty for the bare
     /// table): pending ones, and with `force` the conflicts too.
     fn pending_in(alias: &str, force: bool) -> String {
@@ -2348,6 +2399,37 @@ impl UndoTarget {
     async fn size_of(&self, run: &str) -> Result<Option<u64>, ConnectorError> {
         let run = &self.tag(run).await?;
         with_conn!(self, conn, Ok(self.log.size(&mut conn, run).await))
+    }
+
+    /// Builds the index a rollback finds each partition's entries by
+    /// ([`UndoLog::partition_index`]); one that exists already (another rollback's) is fine.
+    pub async fn index_partitions(&self) -> Result<(), ConnectorError> {
+        if !self.exists {
+            return Ok(());
+        }
+        let [create, _] = self.log.partition_index();
+        with_conn!(self, conn, {
+            match conn.exec(&create, CONTEXT).await {
+                Err(e) if e.to_string().contains("Duplicate key name") => Ok(()),
+                Err(e) if lost_create_race(&e.to_string()) => Ok(()),
+                other => other.map(drop),
+            }
+        })
+    }
+
+    /// Drops the index [`index_partitions`](Self::index_partitions) built, so the runs
+    /// that write the log do not maintain it; one already gone is fine.
+    pub async fn drop_partition_index(&self) -> Result<(), ConnectorError> {
+        if !self.exists {
+            return Ok(());
+        }
+        let [_, drop_index] = self.log.partition_index();
+        with_conn!(self, conn, {
+            match conn.exec(&drop_index, CONTEXT).await {
+                Err(e) if e.to_string().contains("check that it exists") => Ok(()),
+                other => other.map(drop),
+            }
+        })
     }
 
     /// Deletes `run`'s undo rows; returns how many.

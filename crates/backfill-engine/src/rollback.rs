@@ -223,6 +223,29 @@ async fn rollback_on(
         });
     }
     let audit = !options.dry_run;
+    // A dry run changes nothing, the log's indexes included: it reads the log per partition.
+    if audit {
+        target.index_partitions().await?;
+    }
+    let result =
+        rollback_partitions(store, target, run, &partitions, options, kept, progress).await;
+    if audit && let Err(e) = target.drop_partition_index().await {
+        tracing::warn!(error = %e, "could not drop the undo log's rollback index");
+    }
+    result
+}
+
+/// Rolls back `partitions` of `run` in order, auditing each, and reports progress.
+async fn rollback_partitions(
+    store: &Store,
+    target: &UndoTarget,
+    run: &RunRecord,
+    partitions: &[String],
+    options: &RollbackOptions,
+    kept: Option<&KeptClaim>,
+    progress: &mut impl FnMut(&PartitionRollback),
+) -> Result<RollbackSummary, RollbackError> {
+    let audit = !options.dry_run;
     let (actor, force) = (options.actor.as_str(), options.force);
     if audit {
         let detail = json!({ "partitions": partitions.len(), "force": force });
