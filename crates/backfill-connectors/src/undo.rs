@@ -259,6 +259,28 @@ pub(crate) struct UndoLog {
     partition_index: (String, String, String),
 }
 
+/// The names of the index a rollback builds on the log of `table` (see
+/// `UndoLog::partition_index`): quoted, qualified by the table's schema, and the undo
+/// table's bare name.
+fn partition_index_names(dialect: Dialect, table: &str) -> (String, String, String) {
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    let name = dialect.quote(&format!("{bare}__bf_undo_rp"));
+    let qualified = match table.rsplit_once('.') {
+        Some((schema, _)) => format!("{}.{name}", dialect.quote(schema)),
+        None => name.clone(),
+    };
+    (name, qualified, dialect.quote(&format!("{bare}__bf_undo")))
+}
+
+/// A catalogued column's declared type, empty when it has none (SQLite).
+fn declared_type(c: &Catalogued) -> String {
+    if c.type_name == crate::fingerprint::sqlite::NO_TYPE {
+        String::new()
+    } else {
+        c.type_name.clone()
+    }
+}
+
 /// The name of the undo table's unique index on `key` (quoted) and the run, quoted: named
 /// by the key too, so runs of specs with another key on the same table get their own (an
 /// upsert's `ON CONFLICT (key, bf_undo_run)` needs one on exactly its key), instead of
@@ -632,25 +654,10 @@ impl UndoLog {
             loose_types,
             log_unchanged: false,
             stage_digest,
-            partition_index: {
-                let bare = table.rsplit('.').next().unwrap_or(table);
-                let name = dialect.quote(&format!("{bare}__bf_undo_rp"));
-                let qualified = match table.rsplit_once('.') {
-                    Some((schema, _)) => format!("{}.{name}", dialect.quote(schema)),
-                    None => name.clone(),
-                };
-                (name, qualified, dialect.quote(&format!("{bare}__bf_undo")))
-            },
+            partition_index: partition_index_names(dialect, table),
             catalogued: catalog
                 .iter()
-                .map(|c| {
-                    let ty = if c.type_name == crate::fingerprint::sqlite::NO_TYPE {
-                        String::new()
-                    } else {
-                        c.type_name.clone()
-                    };
-                    (c.name.clone(), ty)
-                })
+                .map(|c| (c.name.clone(), declared_type(c)))
                 .collect(),
         })
     }
