@@ -631,7 +631,9 @@ impl MySqlReplace {
     /// Inserts `batch` in the transaction; returns the rows inserted.
     pub(crate) async fn insert(&mut self, batch: &Batch) -> Result<u64, ConnectorError> {
         let context = format!("insert into {}", self.table.quoted);
-        let (columns, _) = batch_columns(batch, &[], sql::quote)?;
+        // The key's positions only to record the batch's keys for the undo log.
+        let key: &[String] = if self.undo.is_some() { &self.key } else { &[] };
+        let (columns, key_positions) = batch_columns(batch, key, sql::quote)?;
         let batch = &*instants_as_datetimes(batch, &self.temporal);
         let table = &self.table.quoted;
         let n = write_chunks(
@@ -643,9 +645,9 @@ impl MySqlReplace {
         )
         .await?;
         if self.undo.is_some() {
-            let (quoted, positions) = batch_columns(batch, &self.key, sql::quote)?;
-            let key_columns: Vec<String> = positions.iter().map(|&p| quoted[p].clone()).collect();
-            let keys = undo::batch_keys(batch, &positions, true);
+            let key_columns: Vec<String> =
+                key_positions.iter().map(|&p| columns[p].clone()).collect();
+            let keys = undo::batch_keys(batch, &key_positions, true);
             write_chunks(&mut self.tx, &context, &keys, self.packet_budget, |n| {
                 sql::insert(undo::MYSQL_KEYS, &key_columns, n)
             })
