@@ -39,17 +39,31 @@ use crate::ConnectorError;
 /// sets one), so the watch can tell the backfill's sessions from live traffic.
 pub const APPLICATION_NAME: &str = "backfill";
 
-/// This database's statements, each marked whether it reads the statistics views (`meta`:
-/// the watch's own, and any monitoring): those are not live traffic, and their time is taken
-/// out of the transactions' (see [`Reading::transactions`]).
+/// This database's statements' counters, without their texts: `pg_stat_statements(false)`,
+/// since asking for the texts makes the server read its whole query-text file (megabytes on a
+/// busy server, every statement it keeps) at every reading, ten times a second by default.
 const PG_STATEMENTS: &str = "SELECT s.userid::int8, s.queryid, sum(s.calls)::int8, \
-     sum(s.total_exec_time)::float8, \
-     bool_or(s.query ILIKE '%pg_stat_statements%' OR s.query ILIKE '%pg_stat_activity%' \
-             OR s.query ILIKE '%pg_stat_database%') \
-     FROM pg_stat_statements s \
+     sum(s.total_exec_time)::float8 \
+     FROM pg_stat_statements(false) s \
      WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND s.queryid IS NOT NULL \
      GROUP BY s.userid, s.queryid";
+
+/// Whether each of the statements `$1` (query ids) reads the statistics views (`meta`: the
+/// watch's own, and any monitoring): those are not live traffic, and their time is taken out
+/// of the transactions' (see [`Reading::transactions`]). Read with the texts, so only for
+/// statements the watch has not classified yet ([`Watch::kinds`]).
+const PG_READS_STATS: &str = "SELECT s.userid::int8, s.queryid, \
+     bool_or(s.query ILIKE '%pg_stat_statements%' OR s.query ILIKE '%pg_stat_activity%' \
+             OR s.query ILIKE '%pg_stat_database%') \
+     FROM pg_stat_statements(true) s \
+     WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND s.queryid = ANY($1) \
+     GROUP BY s.userid, s.queryid";
+
+/// The most statements [`Watch::kinds`] remembers; past it, it starts afresh (a server that
+/// keeps inventing statements must not grow the watch without bound).
+const MAX_KINDS: usize = 100_000;
 
 /// Client sessions other than ours waiting on WAL (I/O, its locks, synchronous replication) or
 /// on reading and writing data files.
@@ -142,6 +156,9 @@ pub struct Reading {
 /// Cumulative counters of one statement: calls and total execution time in seconds.
 type Totals = HashMap<String, (u64, f64)>;
 
+/// A PostgreSQL statement as `pg_stat_statements` keys it: user and query id.
+type StatementKey = (i64, i64);
+
 /// The watched live database (`[throttle] watch`).
 #[derive(Debug)]
 pub struct Watch {
@@ -150,6 +167,9 @@ pub struct Watch {
     previous: Option<Totals>,
     /// PostgreSQL query ids seen run by our sessions: never live traffic.
     ours: HashSet<i64>,
+    /// PostgreSQL: whether each statement seen reads the statistics views, from its text,
+    /// read once per statement ([`PG_READS_STATS`]), at most [`MAX_KINDS`] of them.
+    kinds: HashMap<StatementKey, bool>,
     /// PostgreSQL: the previous reading's counters of the statements that read the statistics
     /// views; `None` before the first, or when `pg_stat_statements` is not offered.
     previous_meta: Option<Totals>,
@@ -183,6 +203,7 @@ impl Watch {
             pool,
             previous: None,
             ours: HashSet::new(),
+            kinds: HashMap::new(),
             previous_meta: None,
             transactions: None,
             own_pending: Own::default(),
@@ -219,7 +240,7 @@ impl Watch {
                         crate::postgres::sql_error("wait events", &e).to_string(),
                     )),
                 }
-                let totals = match pg_totals(pool, &self.ours).await {
+                let totals = match pg_totals(pool, &self.ours, &mut self.kinds).await {
                     Ok((live, meta)) => {
                         match &self.previous_meta {
                             Some(before) => self.own_pending.add(delta(before, &meta)),
@@ -428,31 +449,57 @@ fn delta(previous: &Totals, now: &Totals) -> StatDelta {
 }
 
 /// The counters of this database's live statements (neither reading the statistics views
-/// nor run by our sessions, `ours`) and, apart, of those that read the statistics views.
-async fn pg_totals(pool: &PgPool, ours: &HashSet<i64>) -> Result<(Totals, Totals), String> {
-    let rows = sqlx::query(PG_STATEMENTS)
+/// nor run by our sessions, `ours`) and, apart, of those that read the statistics views;
+/// statements not in `kinds` yet are classified by their text first.
+async fn pg_totals(
+    pool: &PgPool,
+    ours: &HashSet<i64>,
+    kinds: &mut HashMap<StatementKey, bool>,
+) -> Result<(Totals, Totals), String> {
+    let rows: Vec<(i64, i64, i64, f64)> = sqlx::query_as(PG_STATEMENTS)
         .fetch_all(pool)
         .await
         .map_err(|e| crate::postgres::sql_error("reading pg_stat_statements", &e).to_string())?;
+    let unknown: Vec<i64> = rows
+        .iter()
+        .filter(|(user, query, ..)| !kinds.contains_key(&(*user, *query)))
+        .map(|&(_, query, ..)| query)
+        .collect();
+    if !unknown.is_empty() {
+        classify(pool, &unknown, kinds).await?;
+    }
     let (mut live, mut meta) = (Totals::with_capacity(rows.len()), Totals::new());
-    for row in rows {
-        let (user, query, calls, ms, reads_stats): (i64, i64, i64, f64, bool) = (
-            row.try_get(0).map_err(|e| e.to_string())?,
-            row.try_get(1).map_err(|e| e.to_string())?,
-            row.try_get(2).map_err(|e| e.to_string())?,
-            row.try_get(3).map_err(|e| e.to_string())?,
-            row.try_get::<Option<bool>, _>(4)
-                .map_err(|e| e.to_string())?
-                .unwrap_or(false),
-        );
+    for (user, query, calls, ms) in rows {
         let counters = (u64::try_from(calls).unwrap_or(0), ms / 1000.0);
-        if reads_stats {
+        // A statement evicted before its text was read counts as live until it is read.
+        if kinds.get(&(user, query)).copied().unwrap_or(false) {
             meta.insert(format!("{user}/{query}"), counters);
         } else if !ours.contains(&query) {
             live.insert(format!("{user}/{query}"), counters);
         }
     }
     Ok((live, meta))
+}
+
+/// Reads the texts of the statements `queries` once and records in `kinds` whether each
+/// reads the statistics views.
+async fn classify(
+    pool: &PgPool,
+    queries: &[i64],
+    kinds: &mut HashMap<StatementKey, bool>,
+) -> Result<(), String> {
+    let rows: Vec<(i64, i64, Option<bool>)> = sqlx::query_as(PG_READS_STATS)
+        .bind(queries)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| crate::postgres::sql_error("reading pg_stat_statements", &e).to_string())?;
+    if kinds.len() + rows.len() > MAX_KINDS {
+        kinds.clear();
+    }
+    for (user, query, reads_stats) in rows {
+        kinds.insert((user, query), reads_stats.unwrap_or(false));
+    }
+    Ok(())
 }
 
 async fn mysql_totals(pool: &MySqlPool) -> Result<Totals, String> {

@@ -564,6 +564,46 @@ async fn transactions_that_read_the_statistics_are_not_live_traffic() {
     assert!(transactions.calls < 2 * n, "{transactions:?}");
 }
 
+/// The watch reads `pg_stat_statements`' query texts once per statement it has not seen yet,
+/// not at every reading: asking for the texts makes the server load its whole query-text file
+/// (megabytes on a busy server), ten times a second at the default interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_reads_statement_texts_once_not_at_every_reading() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let mut watch = Watch::open(&SecretUrl::new(pg.url())).await.expect("watch");
+    let readings = 20;
+    for _ in 0..readings {
+        watch.read().await.expect("reading");
+    }
+    // Every statement the watch ran, by what it reads: the texts (it classifies statements
+    // with `s.query ILIKE`) or only the counters.
+    let ran: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT query, sum(calls)::int8 FROM pg_stat_statements \
+         WHERE query LIKE '%FROM pg_stat_statements(%' GROUP BY query",
+    )
+    .fetch_all(&mut pg.connect().await)
+    .await
+    .expect("the watch's statements");
+    eprintln!("{ran:#?}");
+    let calls = |reads_texts: bool| -> i64 {
+        ran.iter()
+            .filter(|(q, _)| q.contains("s.query ILIKE") == reads_texts)
+            .map(|(_, c)| c)
+            .sum()
+    };
+    assert!(
+        calls(false) >= readings,
+        "the counters are read at every reading: {ran:?}"
+    );
+    assert!(
+        (1..=3).contains(&calls(true)),
+        "the texts were read {} times in {readings} readings: {ran:?}",
+        calls(true)
+    );
+}
+
 /// `check` on a spec whose `watch` is `url`: the `signals` object of `--json`, and the text.
 async fn check_signals(url: &str) -> (serde_json::Value, crate::support::Ran) {
     let ws = Workspace::new();
