@@ -41,7 +41,7 @@ pub const APPLICATION_NAME: &str = "backfill";
 
 /// This database's statements' counters, without their texts: `pg_stat_statements(false)`,
 /// since asking for the texts makes the server read its whole query-text file (megabytes on a
-/// busy server, every statement it keeps) at every reading, ten times a second by default.
+/// busy server, every statement it keeps) at every reading, every `throttle.interval`.
 const PG_STATEMENTS: &str = "SELECT s.userid::int8, s.queryid, sum(s.calls)::int8, \
      sum(s.total_exec_time)::float8 \
      FROM pg_stat_statements(false) s \
@@ -61,8 +61,9 @@ const PG_READS_STATS: &str = "SELECT s.userid::int8, s.queryid, \
        AND s.queryid = ANY($1) \
      GROUP BY s.userid, s.queryid";
 
-/// The most statements [`Watch::kinds`] remembers; past it, it starts afresh (a server that
-/// keeps inventing statements must not grow the watch without bound).
+/// The most statements [`Watch::kinds`] remembers; past it, it forgets those the server no
+/// longer lists (a server that keeps inventing statements must not grow the watch without
+/// bound).
 const MAX_KINDS: usize = 100_000;
 
 /// Client sessions other than ours waiting on WAL (I/O, its locks, synchronous replication) or
@@ -460,6 +461,10 @@ async fn pg_totals(
         .fetch_all(pool)
         .await
         .map_err(|e| crate::postgres::sql_error("reading pg_stat_statements", &e).to_string())?;
+    if kinds.len() > MAX_KINDS {
+        let listed: HashSet<StatementKey> = rows.iter().map(|r| (r.0, r.1)).collect();
+        kinds.retain(|key, _| listed.contains(key));
+    }
     let unknown: Vec<i64> = rows
         .iter()
         .filter(|(user, query, ..)| !kinds.contains_key(&(*user, *query)))
@@ -481,8 +486,9 @@ async fn pg_totals(
     Ok((live, meta))
 }
 
-/// Reads the texts of the statements `queries` once and records in `kinds` whether each
-/// reads the statistics views.
+/// Reads the texts of the statements `queries` and records in `kinds` whether each reads the
+/// statistics views; a statement whose text the server could not give (`NULL`: its text file
+/// was being rewritten) is not recorded, so it is read again at the next reading.
 async fn classify(
     pool: &PgPool,
     queries: &[i64],
@@ -493,11 +499,10 @@ async fn classify(
         .fetch_all(pool)
         .await
         .map_err(|e| crate::postgres::sql_error("reading pg_stat_statements", &e).to_string())?;
-    if kinds.len() + rows.len() > MAX_KINDS {
-        kinds.clear();
-    }
     for (user, query, reads_stats) in rows {
-        kinds.insert((user, query), reads_stats.unwrap_or(false));
+        if let Some(reads_stats) = reads_stats {
+            kinds.insert((user, query), reads_stats);
+        }
     }
     Ok(())
 }

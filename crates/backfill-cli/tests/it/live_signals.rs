@@ -566,7 +566,7 @@ async fn transactions_that_read_the_statistics_are_not_live_traffic() {
 
 /// The watch reads `pg_stat_statements`' query texts once per statement it has not seen yet,
 /// not at every reading: asking for the texts makes the server load its whole query-text file
-/// (megabytes on a busy server), ten times a second at the default interval.
+/// (megabytes on a busy server), at every reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_reads_statement_texts_once_not_at_every_reading() {
     let Some(pg) = server(true).await else {
