@@ -275,8 +275,10 @@ def rate_changes(state):
     return out
 
 
-def rate_summary(changes, t0, t1, full_rate):
-    """Counts of cuts and raises, the time-weighted mean rate, and the rate every 5 s."""
+def rate_summary(changes, t0, t1, full_rate, rows):
+    """Counts of cuts and raises, the time-weighted mean rate asked for, the rows moved per
+    second over the same time (they should agree: the limiter delivers the rate it is asked),
+    and the rate every 5 s."""
     steps = [(t, r) for t, c, r in changes if r is not None and t == t]
     if not steps:
         return "no adaptive rate recorded"
@@ -298,6 +300,8 @@ def rate_summary(changes, t0, t1, full_rate):
         marks.append(f"{k} s {r / full_rate:.0%}")
     return (f"{len(changes)} changes ({cuts} cuts, {raises} raises; causes {', '.join(causes)}); "
             f"time-weighted mean rate {mean:,.0f} rows/s = {mean / full_rate:.1%} of the maximum; "
+            f"rows moved {rows / max(t1 - t0, 1e-9):,.0f} rows/s "
+            f"({rows / max(t1 - t0, 1e-9) / max(mean, 1e-9):.2f}× the mean asked); "
             f"rate (share of the maximum) every 5 s: " + ", ".join(marks))
 
 
@@ -412,7 +416,8 @@ increase_fraction = {args.increase_fraction}
     res["c"]["changes"] = rate_changes(res["c"]["state"])
     c_summary = (f"baseline probes took {res['c']['start'] - res['c']['t0']:.1f} s of the {res['c']['secs']:.1f} s "
                  "(no batch runs meanwhile; the 10 s are counted from the adaptive start); "
-                 + rate_summary(res["c"]["changes"], res["c"]["start"], res["c"]["t0"] + res["c"]["secs"], full_rate))
+                 + rate_summary(res["c"]["changes"], res["c"]["start"], res["c"]["t0"] + res["c"]["secs"], full_rate,
+                                args.rows))
     log(f"  c: {c_summary}")
     if args.only_ac:
         log(f"  only a and c: c p90 / a p90 = {res['c']['p90'] / res['a']['p90']:.2f}x")

@@ -362,7 +362,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "integer",
         None,
         true,
-        "Global cap on rows read per second for the whole run; unlimited when absent.",
+        "Global cap on rows read per second for the whole run, granted a tenth of a second's worth at a time, so the run never bursts above it, also while `[throttle]` or `backfill throttle` changes it; unlimited when absent.",
     ),
     key(
         "limits.batches_per_second",

@@ -1,38 +1,70 @@
 //! The live limiters: a rate (a pace that keeps its schedule when its limit changes) and the
 //! resizable concurrency gate.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+/// How far ahead of the clock a [`Rate`]'s schedule may run: after an idle spell, at most
+/// this much time's worth of cells is granted at once. It also absorbs a waiter's lateness
+/// (timers fire in whole milliseconds, later on a loaded machine), which the schedule keeps
+/// instead of losing, so small slices (one batch at thousands a second) still add up to the
+/// limit.
+const BURST: Duration = Duration::from_millis(100);
+
+/// The most cells one grant carries: this share of a second's worth (at least one cell).
+const SLICES_PER_SECOND: u32 = 20;
 
 /// A limit of cells (rows, batches) per second that can change while workers wait on it.
 ///
-/// Cells are granted in slices of at most a tenth of a second's worth (at least one cell),
-/// one slice at a time on one schedule shared by every worker: a slice is granted once the
-/// previous one's time is over (when the run was idle, at once), and its own time is its
-/// cells at the limit in force when it is granted. A change of the limit keeps that schedule,
-/// so it takes effect from the next slice, never lets a burst through, and never leaves a
-/// worker drawing on the old limit: the rate delivered is the rate asked for, however often
-/// it changes (the adaptive throttle changes it up to ten times a second). A replaced
-/// token bucket (`governor`, before) granted a fresh bucket at every change, and workers
-/// already waiting kept drawing on the old one besides: the adaptive throttle's runs moved
-/// about twice the rows per second it asked for.
+/// One schedule is shared by every worker: each grant of a slice (at most a twentieth of a
+/// second's worth of cells, at least one cell) moves it on by the slice's time at the limit
+/// in force when it is granted, and a slice is granted once the schedule runs no more than
+/// [`BURST`] ahead of the clock (a slice longer than that: once the schedule has caught up).
+/// A change of the limit keeps the schedule, so it takes effect from the next slice, never
+/// lets a burst through, and never leaves a worker drawing on the old limit; waiters are
+/// woken to see it. The adaptive throttle changes the limit up to once an interval, and a
+/// replaced token bucket (`governor`, before) granted a fresh bucket at every change while
+/// workers already waiting kept drawing on the old one: its runs moved about twice the rows
+/// per second it asked for.
 ///
-/// Never faster than the limit; slower by at most a timer's lateness per slice (a waiter
-/// woken late starts the next slice's time from when it is granted).
+/// Never more than the limit over any span, plus [`BURST`]'s worth; waiters are not served in
+/// arrival order (whoever takes the lock when a slice is due gets it).
 pub(super) struct Rate {
     pace: Mutex<Pace>,
-    /// The current limit (0: none), readable without the lock.
-    per_second: AtomicU32,
+    changed: Notify,
 }
 
+/// The schedule: the limit and how far its grants reach.
+#[derive(Debug)]
 struct Pace {
     per_second: u32,
-    /// When the latest slice's time ends: the next slice is granted from then on.
+    /// The end of the latest slice's time: where the next slice's starts, unless the clock
+    /// is past it (an idle spell is not saved up).
     next: Instant,
+}
+
+impl Pace {
+    /// Grants up to `left` cells at `now` (`Ok`, the cells granted), or says when the next
+    /// slice fits (`Err`); `Ok(left)` without a limit.
+    fn grant(&mut self, now: Instant, left: u64) -> Result<u64, Instant> {
+        if self.per_second == 0 {
+            return Ok(left);
+        }
+        let slice = u64::from((self.per_second / SLICES_PER_SECOND).max(1)).min(left);
+        #[allow(clippy::cast_precision_loss)]
+        let time = Duration::from_secs_f64(slice as f64 / f64::from(self.per_second));
+        let ahead = BURST.max(time);
+        let end = self.next.max(now) + time;
+        if end <= now + ahead {
+            self.next = end;
+            Ok(slice)
+        } else {
+            Err(end - ahead)
+        }
+    }
 }
 
 impl Rate {
@@ -42,18 +74,19 @@ impl Rate {
                 per_second,
                 next: Instant::now(),
             }),
-            per_second: AtomicU32::new(per_second),
+            changed: Notify::new(),
         }
     }
 
-    /// Sets the limit (0: none), from the next slice on.
+    /// Sets the limit (0: none), from the next slice on; waiters look again at once.
     pub(super) fn set(&self, per_second: u32) {
         self.lock().per_second = per_second;
-        self.per_second.store(per_second, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
+    /// The limit in force (0: none).
     pub(super) fn get(&self) -> u32 {
-        self.per_second.load(Ordering::Relaxed)
+        self.lock().per_second
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pace> {
@@ -65,23 +98,18 @@ impl Rate {
     pub(super) async fn take(&self, cells: u64) {
         let mut left = cells;
         while left > 0 {
-            let due = {
-                let mut pace = self.lock();
-                if pace.per_second == 0 {
-                    return;
+            // Registered before the schedule is read, so a change made after it wakes us.
+            let changed = self.changed.notified();
+            let granted = self.lock().grant(Instant::now(), left);
+            match granted {
+                Ok(n) => left -= n,
+                Err(due) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        () = changed => {}
+                    }
                 }
-                let now = Instant::now();
-                if pace.next <= now {
-                    let slice = u64::from((pace.per_second / 10).max(1)).min(left);
-                    #[allow(clippy::cast_precision_loss)]
-                    let time = Duration::from_secs_f64(slice as f64 / f64::from(pace.per_second));
-                    pace.next = now + time;
-                    left -= slice;
-                    continue;
-                }
-                pace.next
-            };
-            tokio::time::sleep_until(due).await;
+            }
         }
     }
 }
@@ -130,6 +158,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     /// Four workers take `slice`-cell steps from `rate` for `run`, while `change` (when given)
     /// sets the limit every 10 ms; returns the cells they were granted and the time it took.
@@ -198,8 +227,8 @@ mod tests {
         let (fast, took_fast) = granted(rate.clone(), 500, Duration::from_millis(300), None).await;
         rate.set(1000);
         let (slow, took_slow) = granted(rate.clone(), 50, Duration::from_millis(500), None).await;
-        // At most the 2,000-cell slice granted before the cut still counts against the
-        // slow phase's time, then 1,000/s.
+        // The schedule may run BURST ahead at the fast rate when the cut comes (2,000 cells),
+        // then 1,000/s.
         let limit = at_most(1000.0, took_slow, 1.0) + 4 * 50 + 2000;
         assert!(
             slow <= limit,
@@ -213,5 +242,70 @@ mod tests {
             unlimited.elapsed() < Duration::from_secs(1),
             "no limit waits"
         );
+    }
+
+    fn pace(per_second: u32, now: Instant) -> Pace {
+        Pace {
+            per_second,
+            next: now,
+        }
+    }
+
+    /// Grants one cell at a time from `pace` to a waiter that always wakes `late` after the
+    /// time it was given, for `span` of the clock; returns the cells granted.
+    fn one_cell_at_a_time(pace: &mut Pace, start: Instant, span: Duration, late: Duration) -> u64 {
+        let (mut now, mut cells) = (start, 0);
+        while now < start + span {
+            match pace.grant(now, 1) {
+                Ok(n) => cells += n,
+                Err(due) => now = due + late,
+            }
+        }
+        cells
+    }
+
+    #[test]
+    fn a_waiter_woken_late_loses_no_time_and_idle_time_is_not_saved_up() {
+        let start = Instant::now();
+        // 2,000 a second, one cell (0.5 ms) per grant, each waiter woken 1 ms late (a timer
+        // tick): the schedule keeps the lateness, so the second still holds 2,000 cells, plus
+        // the BURST granted at once at the start.
+        let mut p = pace(2000, start);
+        let cells = one_cell_at_a_time(
+            &mut p,
+            start,
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+        );
+        assert!(
+            (2000..=2000 + 200 + 1).contains(&cells),
+            "{cells} cells in 1 s at 2,000/s"
+        );
+        // An idle minute later: BURST's worth at once (200 cells), not a minute's.
+        let later = start + Duration::from_secs(61);
+        let mut burst = 0;
+        while let Ok(n) = p.grant(later, 1) {
+            burst += n;
+        }
+        assert_eq!(burst, 200);
+    }
+
+    #[test]
+    fn a_slice_longer_than_the_burst_waits_for_the_schedule_and_a_change_applies_to_the_next() {
+        let start = Instant::now();
+        // 1 a second: one cell a second, never two at once.
+        let mut p = pace(1, start);
+        assert_eq!(p.grant(start, 5), Ok(1));
+        assert_eq!(p.grant(start, 4), Err(start + Duration::from_secs(1)));
+        assert_eq!(p.grant(start + Duration::from_secs(1), 4), Ok(1));
+        // Raised to 1,000 a second: the next slice (50 cells, 50 ms) is due when it ends
+        // within BURST of the clock, counted from where the last one ends, at the new rate.
+        p.per_second = 1000;
+        let due = start + Duration::from_millis(2050) - BURST;
+        assert_eq!(p.grant(start + Duration::from_millis(1500), 500), Err(due));
+        assert_eq!(p.grant(due, 500), Ok(50));
+        // No limit: everything at once.
+        p.per_second = 0;
+        assert_eq!(p.grant(due, 1_000_000), Ok(1_000_000));
     }
 }

@@ -2,8 +2,8 @@
 //! window), limits that change while the run goes (rate, batches per second, concurrency), and
 //! the controller task that polls the state store for commands from other terminals.
 //!
-//! In four parts: `gate` (the live limiters: a replaceable GCRA rate and the resizable
-//! concurrency gate), `live` (what the workers and the controller share: holds, limits in
+//! In four parts: `gate` (the live limiters: a rate whose schedule a change of the limit
+//! keeps, and the resizable concurrency gate), `live` (what the workers and the controller share: holds, limits in
 //! force, the breaker, this session's tallies), `controller` (the polling task: commands,
 //! budget, window and breaker as holds, the claim's renewal, heartbeats) and `liveness`
 //! (whether a process of this host still exists).

@@ -310,8 +310,8 @@ async fn a_stop_request_pauses_and_the_resume_finishes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
     let mut spec = spec(&source, &target, 34);
-    // The limiter lets one second of rows through at once, then 1,000 a second: the
-    // 2,000 rows take about a second, so the stop at 300 ms always lands mid-run.
+    // The limiter lets a tenth of a second of rows through at once, then 1,000 a second:
+    // the 2,000 rows take about two seconds, so the stop at 300 ms always lands mid-run.
     spec.limits.rows_per_second = NonZeroU32::new(1_000);
     let (store, run, paused) = stopped_mid_run(dir.path(), &spec).await;
     assert_eq!(paused.state, RunState::Paused);
@@ -556,8 +556,8 @@ async fn pushdown_stops_between_batches_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = fixture(dir.path(), 2_000, "target.db").await;
     let mut spec = spec(&source, &target, 34);
-    // The limiter lets one second of rows through at once, then 1,000 a second: the
-    // 2,000 rows take about a second, so the stop at 300 ms always lands mid-run.
+    // The limiter lets a tenth of a second of rows through at once, then 1,000 a second:
+    // the 2,000 rows take about two seconds, so the stop at 300 ms always lands mid-run.
     spec.limits.rows_per_second = NonZeroU32::new(1_000);
     let (store, run, paused) = stopped_mid_run(dir.path(), &spec).await;
     assert!(paused.pushdown);
