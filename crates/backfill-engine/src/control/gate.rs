@@ -308,4 +308,25 @@ mod tests {
         p.per_second = 0;
         assert_eq!(p.grant(due, 1_000_000), Ok(1_000_000));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_wakes_the_waiters_at_once() {
+        // 1 a second: the first cell at once, the next one due a second later.
+        let rate = Arc::new(Rate::new(1));
+        let start = Instant::now();
+        rate.take(1).await;
+        let waiter = {
+            let rate = rate.clone();
+            tokio::spawn(async move { rate.take(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Lifted: the waiter sees it now, not when its slice would have been due.
+        rate.set(0);
+        waiter.await.expect("waiter");
+        assert!(
+            start.elapsed() < Duration::from_millis(800),
+            "the waiter slept out its old slice: {:?}",
+            start.elapsed()
+        );
+    }
 }
