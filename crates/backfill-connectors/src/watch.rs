@@ -27,7 +27,7 @@
 //!   restart) never yields a negative interval: that statement is counted from its new value.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backfill_core::SecretUrl;
 use backfill_core::live::StatDelta;
@@ -150,6 +150,11 @@ pub struct Reading {
     pub waiting: Option<u32>,
     /// `Threads_running` right now (MySQL/MariaDB).
     pub running: Option<u32>,
+    /// How long the reading's first statement took as this process saw it, sent to its
+    /// answer: a round trip to the database and the scheduling on both ends, which a client
+    /// pays per transaction and the server's counters do not see. The statement itself is
+    /// a small read of a statistics view (tens of microseconds). `None` when it failed.
+    pub round_trip: Option<Duration>,
     /// The signals that could not be read, with why: `(signal, reason)`.
     pub unavailable: Vec<(&'static str, String)>,
 }
@@ -220,13 +225,14 @@ impl Watch {
             Pool::Postgres(pool) => {
                 // Also the round trip that tells a lost connection (an error of the whole
                 // reading) from a view this server lacks (`query_id` before PostgreSQL 14).
-                match sqlx::query_scalar::<_, i64>(PG_OURS)
-                    .bind(APPLICATION_NAME)
-                    .fetch_all(pool)
+                match pg_ours(pool)
                     .await
                     .map_err(|e| crate::postgres::sql_error("watch", &e))
                 {
-                    Ok(ids) => self.ours.extend(ids),
+                    Ok((ids, took)) => {
+                        reading.round_trip = Some(took);
+                        self.ours.extend(ids);
+                    }
                     Err(e @ ConnectorError::Unavailable { .. }) => return Err(e),
                     Err(_) => {}
                 }
@@ -287,28 +293,9 @@ impl Watch {
                 totals
             }
             Pool::MySql(pool) => {
-                match threads_running(pool).await {
-                    Ok(n) => reading.running = Some(n),
-                    Err(e) => {
-                        if matches!(e, ConnectorError::Unavailable { .. }) {
-                            return Err(e);
-                        }
-                        reading
-                            .unavailable
-                            .push((signal::THREADS_RUNNING, e.to_string()));
-                    }
-                }
-                if self.digests.is_none() {
-                    self.digests = Some(mysql_digests_ready(pool).await);
-                }
-                let ready = self.digests.clone().unwrap_or(Ok(()));
-                match ready.and(mysql_totals(pool).await) {
-                    Ok(t) => Some(t),
-                    Err(reason) => {
-                        reading.unavailable.push((signal::DIGESTS, reason));
-                        None
-                    }
-                }
+                // A handle (shared): the pool stays the watch's while it reads.
+                let pool = pool.clone();
+                self.read_mysql(&pool, &mut reading).await?
             }
         };
         reading.statements = match (&self.previous, &totals) {
@@ -317,6 +304,41 @@ impl Watch {
         };
         self.previous = totals;
         Ok(reading)
+    }
+
+    /// MySQL's part of a reading: `Threads_running` (and the round trip) into `reading`, and
+    /// the statement digests' counters, `None` when the server does not record them. Errors
+    /// only when the database cannot be reached.
+    async fn read_mysql(
+        &mut self,
+        pool: &MySqlPool,
+        reading: &mut Reading,
+    ) -> Result<Option<Totals>, ConnectorError> {
+        match threads_running(pool).await {
+            Ok((n, took)) => {
+                reading.round_trip = Some(took);
+                reading.running = Some(n);
+            }
+            Err(e) => {
+                if matches!(e, ConnectorError::Unavailable { .. }) {
+                    return Err(e);
+                }
+                reading
+                    .unavailable
+                    .push((signal::THREADS_RUNNING, e.to_string()));
+            }
+        }
+        if self.digests.is_none() {
+            self.digests = Some(mysql_digests_ready(pool).await);
+        }
+        let ready = self.digests.clone().unwrap_or(Ok(()));
+        Ok(match ready.and(mysql_totals(pool).await) {
+            Ok(t) => Some(t),
+            Err(reason) => {
+                reading.unavailable.push((signal::DIGESTS, reason));
+                None
+            }
+        })
     }
 
     /// How far replicas of the watched database are behind; see [`crate::Probe::replica_lag`].
@@ -352,7 +374,7 @@ impl Watch {
             Pool::MySql(pool) => vec![
                 mysql_digests_offer(pool).await,
                 match threads_running(pool).await {
-                    Ok(n) => offer(
+                    Ok((n, _)) => offer(
                         signal::THREADS_RUNNING,
                         true,
                         format!("{n} now; counts the backfill's own running threads too"),
@@ -415,6 +437,19 @@ fn own_out(pending: &mut Own, pc: u64, pt: f64, count: u64, secs: f64) -> StatDe
         calls: calls - ours,
         time: Duration::try_from_secs_f64((time - own_time).max(0.0)).unwrap_or(Duration::MAX),
     }
+}
+
+/// The query ids our sessions run ([`PG_OURS`]), and how long the statement took from sending
+/// it to its answer (the connection taken from the pool first: the pool's own check is
+/// another round trip).
+async fn pg_ours(pool: &PgPool) -> Result<(Vec<i64>, Duration), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let sent = Instant::now();
+    let ids = sqlx::query_scalar::<_, i64>(PG_OURS)
+        .bind(APPLICATION_NAME)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok((ids, sent.elapsed()))
 }
 
 /// The watched database's transactions, their time in seconds, and the other `backfill`
@@ -523,14 +558,21 @@ async fn mysql_totals(pool: &MySqlPool) -> Result<Totals, String> {
     Ok(out)
 }
 
-async fn threads_running(pool: &MySqlPool) -> Result<u32, ConnectorError> {
+/// `Threads_running`, and how long its statement took from sending it to its answer (the
+/// connection taken from the pool first: the pool's own check is another round trip).
+async fn threads_running(pool: &MySqlPool) -> Result<(u32, Duration), ConnectorError> {
+    let fail = |e: sqlx::Error| crate::mysql::sql_error("reading Threads_running", &e);
+    let mut conn = pool.acquire().await.map_err(fail)?;
+    let sent = Instant::now();
     let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Threads_running'")
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
-        .map_err(|e| crate::mysql::sql_error("reading Threads_running", &e))?;
+        .map_err(fail)?;
+    let took = sent.elapsed();
     let value: Option<String> = row.and_then(|r| r.try_get::<String, _>(1).ok());
     value
         .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(|n| (n, took))
         .ok_or_else(|| ConnectorError::Sql {
             context: "reading Threads_running".into(),
             message: "SHOW GLOBAL STATUS has no Threads_running".into(),

@@ -14,8 +14,11 @@
 //!
 //! Latency rule: the window is the intervals since the latest cut (at most `throttle.window`);
 //! its mean time per call, `m = Σ time / Σ calls`, is compared with the baseline's mean `b`.
-//! The allowed rise is `b × (1 + max_latency_increase)` (at least [`MIN_LIVE_MARGIN`] over
-//! `b`), raised to the baseline's noise for a window of that many calls: `b + z × σ / √calls`,
+//! The allowed rise is `max_latency_increase × (b + r)` over `b` (at least [`MIN_LIVE_MARGIN`]),
+//! where `r` is the time a client pays per call that the server's counters do not see: the
+//! round trip to the database, measured at rest ([`LatencyBaseline::with_round_trip`]; zero
+//! unless set, at most [`MAX_ROUND_TRIP`]). A client feels its transaction's server time plus
+//! a round trip, and `max_latency_increase` is a rise of what it feels. It is raised to the baseline's noise for a window of that many calls: `b + z × σ / √calls`,
 //! with `σ` the per-call spread measured at rest (from how far each baseline interval's mean
 //! strays, weighted by its calls) and `z` the one-sided normal quantile for [`crate::aimd::NOISE_ALPHA`]
 //! (a window at rest exceeds it one time in ten, as the probe's noise ceiling). A window is
@@ -41,6 +44,11 @@ use crate::aimd::RateCause;
 /// The smallest rise of the live mean time per call over its baseline that counts, so an
 /// idle database whose statements take microseconds does not turn scheduling jitter into cuts.
 pub const MIN_LIVE_MARGIN: Duration = Duration::from_micros(10);
+
+/// The longest round trip [`LatencyBaseline::with_round_trip`] counts: a longer one says this
+/// process is far from the database, not that its clients are (theirs may be much shorter), so
+/// past it the allowed rise would be looser than any client feels.
+pub const MAX_ROUND_TRIP: Duration = Duration::from_millis(1);
 
 /// The fewest intervals a window needs before any verdict: one interval's mean can be decided
 /// by one slow statement.
@@ -108,6 +116,9 @@ pub struct LatencyBaseline {
     sigma: f64,
     /// Mean calls per interval at rest.
     calls_per_interval: f64,
+    /// Seconds per call a client pays that the counters do not see (a round trip): part of
+    /// what the allowed rise is a fraction of, not of the mean compared.
+    round_trip: f64,
 }
 
 impl LatencyBaseline {
@@ -138,6 +149,7 @@ impl LatencyBaseline {
             mean,
             sigma: (squares / (n - 1.0)).sqrt(),
             calls_per_interval: calls / all,
+            round_trip: 0.0,
         })
     }
 
@@ -152,6 +164,21 @@ impl LatencyBaseline {
         self
     }
 
+    /// The same baseline, with `round_trip` (at most [`MAX_ROUND_TRIP`]) as the time per call
+    /// a client pays beyond what the counters see: the allowed rise becomes a fraction of the
+    /// mean plus it ([`LatencyBaseline::allowed`]), what a client feels, not of the server's
+    /// share alone (PostgreSQL's time per transaction was ~60% of what pgbench saw).
+    #[must_use]
+    pub fn with_round_trip(mut self, round_trip: Duration) -> LatencyBaseline {
+        self.round_trip = round_trip.min(MAX_ROUND_TRIP).as_secs_f64();
+        self
+    }
+
+    /// The round trip counted in the allowed rise ([`LatencyBaseline::with_round_trip`]).
+    pub fn round_trip(&self) -> Duration {
+        secs(self.round_trip)
+    }
+
     /// The mean time per call at rest.
     pub fn mean(&self) -> Duration {
         secs(self.mean)
@@ -162,12 +189,11 @@ impl LatencyBaseline {
         self.calls_per_interval
     }
 
-    /// The rise `max_latency_increase` allows over the mean (at least [`MIN_LIVE_MARGIN`]).
+    /// The mean a window may reach: the mean at rest plus `max_latency_increase` of what a
+    /// client feels per call (the mean and the round trip), at least [`MIN_LIVE_MARGIN`] more.
     pub fn allowed(&self, max_latency_increase: f64) -> Duration {
-        secs(
-            (self.mean * (1.0 + max_latency_increase.max(0.0)))
-                .max(self.mean + MIN_LIVE_MARGIN.as_secs_f64()),
-        )
+        let rise = max_latency_increase.max(0.0) * (self.mean + self.round_trip);
+        secs(self.mean + rise.max(MIN_LIVE_MARGIN.as_secs_f64()))
     }
 
     /// The mean a window of `calls` at rest exceeds one time in ten ([`crate::aimd::NOISE_ALPHA`]).
@@ -258,9 +284,35 @@ pub fn follow_drift_at_floor(
     window: &[StatDelta],
     max_latency_increase: f64,
 ) -> Option<LatencyBaseline> {
-    let now = LatencyBaseline::measure(window)?;
+    let now = LatencyBaseline::measure(window)?.with_round_trip(rest.round_trip());
     let rise = rest.allowed(max_latency_increase).as_secs_f64() - rest.mean;
     (now.mean <= rest.mean + MAX_DRIFT_RISES * rise).then_some(now)
+}
+
+/// A baseline that followed live traffic's drift ([`follow_drift_at_floor`]) brought back down
+/// once the traffic is faster again: a full `window` taken while the backfill runs (which only
+/// adds time) whose mean, its noise included, sits under `followed`'s mean says live traffic's
+/// level is now at most that much. The baseline becomes it, never under `rest` (the level
+/// measured before the run). `None` when `followed` is not above `rest`, or the window does
+/// not say it is lower.
+///
+/// Why: a followed baseline loosens the limit by as much as the drift; kept after the drift
+/// passed, it let a benchmark run climb to 27% of its maximum, against the counters' 0.75 ms
+/// at rest, with a limit set for a drift to 0.87 ms that had ended a minute before.
+pub fn return_from_drift(
+    rest: &LatencyBaseline,
+    followed: &LatencyBaseline,
+    window: &[StatDelta],
+) -> Option<LatencyBaseline> {
+    if followed.mean <= rest.mean {
+        return None;
+    }
+    let now = window_mean(window)?;
+    let level = now.mean.as_secs_f64() + Z_NOISE * followed.sigma / calls_f64(now.calls).sqrt();
+    (level < followed.mean).then(|| LatencyBaseline {
+        mean: level.max(rest.mean),
+        ..*followed
+    })
 }
 
 /// The verdicts of a database's statements and transactions signals (each `None` without a
@@ -523,6 +575,65 @@ mod tests {
         // The bound is at least two of the smallest margins over a microsecond-fast level.
         let fast = LatencyBaseline::measure(&intervals(100, &[1, 1])).unwrap();
         assert!(follow_drift_at_floor(&fast, &intervals(100, &[15, 16, 14]), 0.1).is_some());
+    }
+
+    /// The allowed rise is a share of what a client feels, the server's time and the round
+    /// trip: a 600 µs transaction seen by a client as 600 + 400 µs may rise by 100 µs at +10%,
+    /// not 60 µs. Without a round trip it is as before; a far process's round trip counts as
+    /// [`MAX_ROUND_TRIP`] at most; following a drift keeps the round trip.
+    #[test]
+    fn the_allowed_rise_is_a_share_of_the_server_time_and_the_round_trip() {
+        let server = LatencyBaseline::measure(&intervals(10_000, &[600, 600])).unwrap();
+        assert_eq!(server.allowed(0.1), us(660), "the server's share alone");
+        let felt = server.with_round_trip(us(400));
+        assert_eq!(felt.round_trip(), us(400));
+        assert_eq!(felt.allowed(0.1), us(700));
+        let window = intervals(10_000, &[680, 680, 680, 680, 680, 680]);
+        assert_eq!(
+            server.judge_as(RateCause::LiveTransactions, &window, 3, 6, 0.1),
+            Verdict::Unhealthy(RateCause::LiveTransactions),
+            "+13% of the server's time"
+        );
+        assert_eq!(
+            felt.judge_as(RateCause::LiveTransactions, &window, 3, 6, 0.1),
+            Verdict::Healthy,
+            "+8% of what the client feels"
+        );
+        let far = server.with_round_trip(Duration::from_millis(20));
+        assert_eq!(far.round_trip(), MAX_ROUND_TRIP);
+        assert_eq!(far.allowed(0.1), us(760));
+        let drifted = intervals(10_000, &[720, 720, 720, 720, 720, 720]);
+        let now = follow_drift_at_floor(&felt, &drifted, 0.1).expect("within two rises");
+        assert_eq!((now.mean(), now.round_trip()), (us(720), us(400)));
+        assert_eq!(now.allowed(0.1), us(832));
+    }
+
+    /// A followed baseline comes back down when a full window says live traffic is faster
+    /// again, to that window's level plus its noise and never under the level at rest; a
+    /// window at or above it, or a baseline never followed, moves nothing.
+    #[test]
+    fn a_followed_baseline_comes_back_down_when_the_drift_ends() {
+        let rest = LatencyBaseline::measure(&intervals(1000, &[748, 748])).unwrap();
+        let drifted = intervals(1000, &[870, 872, 868, 870, 871, 869]);
+        let followed = follow_drift_at_floor(&rest, &drifted, 0.2).expect("followed");
+        assert_eq!(followed.mean(), us(870));
+        let faster = intervals(1000, &[800, 800, 800, 800, 800, 800]);
+        let back = return_from_drift(&rest, &followed, &faster).expect("lower");
+        assert!(
+            back.mean() >= us(800) && back.mean() < us(803),
+            "the window's level plus its noise: {:?}",
+            back.mean()
+        );
+        let rested = intervals(1000, &[700, 700, 700, 700, 700, 700]);
+        let floor = return_from_drift(&rest, &followed, &rested).expect("lower");
+        assert_eq!(floor.mean(), us(748), "never under the level at rest");
+        assert_eq!(return_from_drift(&rest, &followed, &drifted), None);
+        assert_eq!(
+            return_from_drift(&rest, &rest, &rested),
+            None,
+            "never followed"
+        );
+        assert_eq!(return_from_drift(&rest, &followed, &[]), None);
     }
 
     #[test]

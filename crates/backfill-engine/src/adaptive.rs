@@ -4,8 +4,10 @@
 //!
 //! Protocol: [`Adaptive::start`] opens the watch and the probe and measures the baselines
 //! before any batch runs (`execute` awaits it): over `baseline_probes` readings, the live
-//! statements' mean time per call and its per-call noise, the waiting sessions or running
-//! threads, and the probe's p50/p90 and noise ceiling. Then [`Adaptive::run`] reads every
+//! statements' mean time per call and its per-call noise, the live transactions' likewise
+//! (their allowed rise counting the round trip to the database measured then: a client pays
+//! it, the server's counters do not see it), the waiting sessions or running threads, and the
+//! probe's p50/p90 and noise ceiling. Then [`Adaptive::run`] reads every
 //! `interval`: the watch's interval (statements, transactions, gauges), the probe's latency (the last
 //! `window` kept), the replica lag when `max_replica_lag` is set (from the watch, else the
 //! probe) and the batch attempts that failed since the previous interval. Each signal gives a
@@ -38,7 +40,9 @@
 //!   unhealthy becomes that signal's baseline when it stays within two allowed rises of the
 //!   level measured before the run ([`follow_drift_at_floor`]): a cut there changes nothing,
 //!   and live traffic's own drift must not hold the run at its floor for good. The baselines
-//!   measured before the run stay the bound.
+//!   measured before the run stay the bound. A followed baseline comes back down, at any rate,
+//!   when a full window says live traffic is faster again ([`return_from_drift`]): the drift
+//!   over, its looser limit would let the rate climb into real harm.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -51,7 +55,7 @@ use backfill_core::Spec;
 use backfill_core::aimd::{Aimd, RateCause, RateChange, noise_ceiling, percentile};
 use backfill_core::live::{
     GaugeBaseline, LatencyBaseline, StatDelta, Verdict, batch_intervals, follow_drift_at_floor,
-    intervals_to_resolve, window_mean,
+    intervals_to_resolve, return_from_drift, window_mean,
 };
 use backfill_core::spec::ThrottleSpec;
 use backfill_store::Store;
@@ -105,7 +109,8 @@ struct LiveNow {
     mean: Option<Duration>,
     /// Their mean at rest.
     baseline: Option<Duration>,
-    /// The mean above which the window is unhealthy (allowed rise or noise).
+    /// The mean above which the window is unhealthy (allowed rise or noise; the allowed rise
+    /// alone while the window is empty).
     limit: Option<Duration>,
     /// Calls in the window.
     calls: u64,
@@ -113,10 +118,14 @@ struct LiveNow {
     transaction: Option<Duration>,
     /// Its mean at rest.
     transaction_baseline: Option<Duration>,
-    /// The time per transaction above which the window is unhealthy.
+    /// The time per transaction above which the window is unhealthy (as `limit`).
     transaction_limit: Option<Duration>,
     /// Transactions in the window.
     transactions: u64,
+    /// The round trip to the watched database at rest (median of the baseline's readings);
+    /// the transactions' allowed rise counts it, up to `backfill_core::live::MAX_ROUND_TRIP`:
+    /// what a client feels beyond the server's share.
+    round_trip: Option<Duration>,
     /// Live sessions waiting on WAL or I/O, last reading.
     waiting: Option<u32>,
     /// `Threads_running`, last reading.
@@ -138,6 +147,7 @@ impl LiveNow {
             "baseline_transaction_ms": self.transaction_baseline.map(ms),
             "limit_transaction_ms": self.transaction_limit.map(ms),
             "transactions": self.transactions,
+            "round_trip_ms": self.round_trip.map(ms),
             "waiting": self.waiting,
             "running": self.running,
             "drift_followed": self.drift_followed,
@@ -330,7 +340,16 @@ impl Adaptive {
         let factor = self.throttle.interval.as_secs_f64() / spacing.as_secs_f64().max(1e-9);
         self.live_base = LatencyBaseline::measure(&deltas).map(|b| b.rescaled(factor));
         let transactions: Vec<StatDelta> = readings.iter().filter_map(|r| r.transactions).collect();
-        self.tx_base = LatencyBaseline::measure(&transactions).map(|b| b.rescaled(factor));
+        // A client pays a round trip per transaction on top of the server's time: the allowed
+        // rise is a share of both. Only for transactions: statements inside one follow each
+        // other quicker than the watch's, which come after an idle interval, as a
+        // transaction's first statement does.
+        let trips: Vec<Duration> = readings.iter().filter_map(|r| r.round_trip).collect();
+        let round_trip = percentile(&trips, 0.5);
+        self.tx_base = LatencyBaseline::measure(&transactions).map(|b| {
+            b.rescaled(factor)
+                .with_round_trip(round_trip.unwrap_or_default())
+        });
         (self.rest_live_base, self.rest_tx_base) = (self.live_base, self.tx_base);
         let waiting: Vec<f64> = readings
             .iter()
@@ -388,6 +407,7 @@ impl Adaptive {
                 readings = transactions.len(),
                 mean_ms = ms(base.mean()),
                 transactions_per_interval = base.calls_per_interval(),
+                round_trip_ms = ms(base.round_trip()),
                 limit_ms = ms(base.allowed(mli)),
                 judged_over_intervals = self.live_window,
                 "adaptive throttle: live transactions' baseline measured"
@@ -404,6 +424,7 @@ impl Adaptive {
         let mut status = self.lock();
         status.live.baseline = self.live_base.map(|b| b.mean());
         status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
+        status.live.round_trip = round_trip;
     }
 
     /// Opens the watch connection when there is one; a failure is published and logged.
@@ -509,8 +530,16 @@ impl Adaptive {
     /// transactions' mean time against their baselines, and each gauge (waits, threads
     /// running) against its level at rest. An absent signal does not object
     /// ([`Verdict::Comfortable`]); without any latency signal at all (no probe, no live
-    /// baseline) the climb stays additive ([`Verdict::Healthy`]).
-    fn live_verdicts(&self, live: &mut LiveWindow, batches: usize, full: usize) -> Vec<Verdict> {
+    /// baseline) the climb stays additive ([`Verdict::Healthy`]). A baseline that followed a
+    /// drift comes back down first when the window says the drift is over
+    /// ([`Adaptive::return_from_drift`]).
+    fn live_verdicts(
+        &mut self,
+        live: &mut LiveWindow,
+        batches: usize,
+        full: usize,
+    ) -> Vec<Verdict> {
+        self.return_from_drift(live, full);
         let mli = self.throttle.max_latency_increase;
         let (s_base, t_base) = (self.live_base, self.tx_base);
         let statements = live.statements.make_contiguous();
@@ -694,7 +723,8 @@ impl Adaptive {
                 to_ms = ms(now.mean()),
                 at_rest_ms = ms(rest.mean()),
                 limit_ms = ms(now.allowed(mli)),
-                "adaptive throttle: at its floor, live {signal} stayed over their limit within                  two allowed rises of their level at rest: that drift is their baseline now"
+                "adaptive throttle: at its floor, live {signal} stayed over their limit within \
+                 two allowed rises of their level at rest: that drift is their baseline now"
             );
         }
         let mut status = self.lock();
@@ -704,6 +734,49 @@ impl Adaptive {
         drop(status);
         live.clear();
         true
+    }
+
+    /// Brings each live latency signal's baseline that followed a drift back toward its level
+    /// at rest when its full window says live traffic is faster again ([`return_from_drift`]);
+    /// logged at debug level, shown in `status` with the baselines.
+    fn return_from_drift(&mut self, live: &mut LiveWindow, full: usize) {
+        let signals = [
+            (
+                &mut self.live_base,
+                self.rest_live_base,
+                live.statements.make_contiguous(),
+            ),
+            (
+                &mut self.tx_base,
+                self.rest_tx_base,
+                live.transactions.make_contiguous(),
+            ),
+        ];
+        let mut moved = false;
+        for (base, rest, window) in signals {
+            let (Some(followed), Some(rest)) = (*base, rest) else {
+                continue;
+            };
+            if window.len() < full {
+                continue;
+            }
+            if let Some(now) = return_from_drift(&rest, &followed, window) {
+                tracing::debug!(
+                    run_id = self.run_id,
+                    from_ms = ms(followed.mean()),
+                    to_ms = ms(now.mean()),
+                    at_rest_ms = ms(rest.mean()),
+                    "adaptive throttle: live traffic is faster than the drift its baseline followed"
+                );
+                *base = Some(now);
+                moved = true;
+            }
+        }
+        if moved {
+            let mut status = self.lock();
+            status.live.baseline = self.live_base.map(|b| b.mean());
+            status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
+        }
     }
 
     /// The replica lag of the watched database (of the probe's without a watch) when
@@ -731,17 +804,17 @@ impl Adaptive {
         let mut status = self.lock();
         status.live.mean = mean.map(|m| m.mean);
         status.live.calls = mean.map_or(0, |m| m.calls);
-        status.live.limit = match (self.live_base, mean) {
-            (Some(base), Some(m)) => Some(base.limit(m.calls, self.throttle.max_latency_increase)),
-            _ => None,
+        let mli = self.throttle.max_latency_increase;
+        // Without a window yet (just after a change), the allowed rise alone.
+        let limit = |base: LatencyBaseline, calls: Option<u64>| match calls {
+            Some(calls) => base.limit(calls, mli),
+            None => base.allowed(mli),
         };
+        status.live.limit = self.live_base.map(|b| limit(b, mean.map(|m| m.calls)));
         let tx = window_mean(&live.transactions.iter().copied().collect::<Vec<_>>());
         status.live.transaction = tx.map(|m| m.mean);
         status.live.transactions = tx.map_or(0, |m| m.calls);
-        status.live.transaction_limit = match (self.tx_base, tx) {
-            (Some(base), Some(m)) => Some(base.limit(m.calls, self.throttle.max_latency_increase)),
-            _ => None,
-        };
+        status.live.transaction_limit = self.tx_base.map(|b| limit(b, tx.map(|m| m.calls)));
     }
 
     fn probe_sql(&self) -> Option<String> {

@@ -484,7 +484,8 @@ fn control_lines(
 }
 
 /// The adaptive throttle's watched database in `status`: the live statements' mean time per
-/// call against its baseline and limit, the gauges, and the signals it does not offer; `None`
+/// call and the live transactions' time (with the round trip counted in its allowed rise)
+/// against their baselines and limits, the gauges, and the signals it does not offer; `None`
 /// when the run watches nothing.
 fn watch_line(watch: &serde_json::Value) -> Option<String> {
     let ms = |k: &str| watch[k].as_f64().map(|v| format!("{v:.2} ms"));
@@ -496,6 +497,19 @@ fn watch_line(watch: &serde_json::Value) -> Option<String> {
             ms("limit_mean_ms").unwrap_or_else(|| "-".to_owned()),
             watch["calls"].as_u64().unwrap_or(0)
         ));
+    }
+    if let Some(base) = ms("baseline_transaction_ms") {
+        parts.push(format!(
+            "{} per transaction vs baseline {base} (+{} round trip, cuts above {}; {} \
+             transactions)",
+            ms("transaction_ms").unwrap_or_else(|| "-".to_owned()),
+            ms("round_trip_ms").unwrap_or_else(|| "-".to_owned()),
+            ms("limit_transaction_ms").unwrap_or_else(|| "-".to_owned()),
+            watch["transactions"].as_u64().unwrap_or(0)
+        ));
+    }
+    if let (None, Some(trip)) = (ms("baseline_transaction_ms"), ms("round_trip_ms")) {
+        parts.push(format!("round trip {trip} at rest"));
     }
     if let Some(n) = watch["drift_followed"].as_u64().filter(|n| *n > 0) {
         parts.push(format!(
