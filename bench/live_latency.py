@@ -26,6 +26,9 @@ against PostgreSQL on loopback, in its own database `bench_pgbench`. The backfil
      other [throttle] keys are options (--interval, --window, ...), printed in
      the report. (c)'s "after 10 s" counts from the adaptive start (after the baseline probes,
      before which no batch runs), not from process start.
+  a2 pgbench alone again right after c (--alone-after, 30 s): live latency drifts by itself
+     (p90 ±10-20% from one minute to the next on the 2-core machine), so the report gives c
+     against a2 beside the goal's ratio against a
   d  with the best static `limits.rows_per_second` that keeps live p90 within +10% of a,
      found by bisection over short trial runs (each stopped after --trial seconds), then
      CONFIRMED over a full run: when the full run's p90 exceeds the goal, the rate is lowered
@@ -325,6 +328,9 @@ def main():
     p.add_argument("--min-rate-fraction", type=float, default=0.01, help="throttle.min_rate_fraction (default 0.01, the product default)")
     p.add_argument("--increase-fraction", type=float, default=0.005,
                    help="throttle.increase_fraction (default 0.005: 5%% of the maximum per second at 100 ms, the product's default pace)")
+    p.add_argument("--alone-after", type=float, default=30.0,
+                   help="seconds of pgbench alone again right after case c (default 30; 0: skip): how far live "
+                        "latency drifted by itself meanwhile, reported beside the ratios (the yardstick stays (a))")
     p.add_argument("--alone", type=float, default=60.0,
                    help="seconds of case a, pgbench alone (default 60: its p90 is the yardstick of every ratio)")
     p.add_argument("--no-build", action="store_true")
@@ -419,6 +425,8 @@ increase_fraction = {args.increase_fraction}
                  + rate_summary(res["c"]["changes"], res["c"]["start"], res["c"]["t0"] + res["c"]["secs"], full_rate,
                                 args.rows))
     log(f"  c: {c_summary}")
+    if args.alone_after > 0:
+        res["a2"] = measure(args, "a2", alone=args.alone_after)
     if args.only_ac:
         log(f"  only a and c: c p90 / a p90 = {res['c']['p90'] / res['a']['p90']:.2f}x")
         return
@@ -481,6 +489,10 @@ increase_fraction = {args.increase_fraction}
         f"- (c)/(d) completion: **{c['secs'] / d['secs']:.2f}×** (target ≤ 1.25×); (c) p90 after 10 s vs (a): "
         f"**{c['p90'] / a['p90']:.2f}×** (target ≤ 1.10×); (d) p90 over its full run vs (a): "
         f"**{d['p90'] / a['p90']:.2f}×** ({'confirmed' if d_ok else 'NOT confirmed: no full run at or above the floor kept the goal'}).",
+        *([f"- pgbench alone again right after (c) ({args.alone_after:.0f} s): p90 {res['a2']['p90']:.2f} ms, "
+           f"{res['a2']['p90'] / a['p90']:.2f}× (a)'s: live latency's own drift over the run, for reading the ratios "
+           f"(the goal stays against (a)); (c) against it: {c['p90'] / res['a2']['p90']:.2f}×."]
+          if "a2" in res else []),
         f"- (d) search: {args.steps} trials of {args.trial:.0f} s, goal p90 ≤ {goal:.2f} ms: "
         + ", ".join(f"{int(m):,}/s → {q:.2f} ms {'ok' if ok else 'over'}" for m, q, ok in trials)
         + "; confirmed over full runs: "
