@@ -28,7 +28,8 @@ against PostgreSQL on loopback, in its own database `bench_pgbench`. The backfil
      before which no batch runs), not from process start.
   a2 pgbench alone again right after c (--alone-after, 30 s): live latency drifts by itself
      (p90 ±10-20% from one minute to the next on the 2-core machine), so the report gives c
-     against a2 beside the goal's ratio against a
+     against a2, and against pgbench's p90 during c's own baseline (the engine started, no
+     batch yet), beside the goal's ratio against a
   d  with the best static `limits.rows_per_second` that keeps live p90 within +10% of a,
      found by bisection over short trial runs (each stopped after --trial seconds), then
      CONFIRMED over a full run: when the full run's p90 exceeds the goal, the rate is lowered
@@ -248,7 +249,9 @@ def measure(args, name, spec_path=None, limit=None, alone=None, origin=None):
     start = (origin(errlog) if origin else None) or t0
     whole = live.latencies(start, t1)
     after = live.latencies(start + SETTLE, t1) if t1 - start > SETTLE + 2 else whole
+    rest = live.latencies(t0, start) if start - t0 > 2 else []
     r = {
+        "rest_p90": percentile(rest, 0.9) if rest else None, "rest_n": len(rest),
         "name": name, "secs": t1 - t0, "n": len(after), "tps": len(whole) / max(t1 - start, 1e-9),
         "p90": percentile(after, 0.9), "p99": percentile(after, 0.99),
         "p90_all": percentile(whole, 0.9), "p99_all": percentile(whole, 0.99),
@@ -493,6 +496,10 @@ increase_fraction = {args.increase_fraction}
            f"{res['a2']['p90'] / a['p90']:.2f}× (a)'s: live latency's own drift over the run, for reading the ratios "
            f"(the goal stays against (a)); (c) against it: {c['p90'] / res['a2']['p90']:.2f}×."]
           if "a2" in res else []),
+        *([f"- pgbench during (c)'s own baseline ({c['start'] - c['t0']:.0f} s with the engine started and no batch "
+           f"running, {c['rest_n']} transactions): p90 {c['rest_p90']:.2f} ms, {c['rest_p90'] / a['p90']:.2f}× (a)'s; "
+           f"(c) against it: {c['p90'] / c['rest_p90']:.2f}×."]
+          if c.get("rest_p90") else []),
         f"- (d) search: {args.steps} trials of {args.trial:.0f} s, goal p90 ≤ {goal:.2f} ms: "
         + ", ".join(f"{int(m):,}/s → {q:.2f} ms {'ok' if ok else 'over'}" for m, q, ok in trials)
         + "; confirmed over full runs: "

@@ -167,7 +167,7 @@ impl LatencyBaseline {
     /// The same baseline, with `round_trip` (at most [`MAX_ROUND_TRIP`]) as the time per call
     /// a client pays beyond what the counters see: the allowed rise becomes a fraction of the
     /// mean plus it ([`LatencyBaseline::allowed`]), what a client feels, not of the server's
-    /// share alone (PostgreSQL's time per transaction was ~60% of what pgbench saw).
+    /// share alone (a client across a network waits for the round trip on every transaction).
     #[must_use]
     pub fn with_round_trip(mut self, round_trip: Duration) -> LatencyBaseline {
         self.round_trip = round_trip.min(MAX_ROUND_TRIP).as_secs_f64();
