@@ -150,10 +150,9 @@ pub struct Reading {
     pub waiting: Option<u32>,
     /// `Threads_running` right now (MySQL/MariaDB).
     pub running: Option<u32>,
-    /// How long the reading's first statement took as this process saw it, sent to its
-    /// answer: a round trip to the database and the scheduling on both ends, which a client
-    /// pays per transaction and the server's counters do not see. The statement itself is
-    /// a small read of a statistics view (tens of microseconds). `None` when it failed.
+    /// How long a ping took as this process saw it, sent to answered: a round trip to the
+    /// database and the scheduling on both ends, which a client pays per transaction and the
+    /// server's counters do not see. `None` when it failed.
     pub round_trip: Option<Duration>,
     /// The signals that could not be read, with why: `(signal, reason)`.
     pub unavailable: Vec<(&'static str, String)>,
@@ -439,17 +438,25 @@ fn own_out(pending: &mut Own, pc: u64, pt: f64, count: u64, secs: f64) -> StatDe
     }
 }
 
-/// The query ids our sessions run ([`PG_OURS`]), and how long the statement took from sending
-/// it to its answer (the connection taken from the pool first: the pool's own check is
-/// another round trip).
+/// The query ids our sessions run ([`PG_OURS`]), and the round trip of a ping just before it
+/// (the connection taken from the pool first: the pool's own check is another round trip).
 async fn pg_ours(pool: &PgPool) -> Result<(Vec<i64>, Duration), sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let sent = Instant::now();
+    let round_trip = ping(&mut *conn).await?;
     let ids = sqlx::query_scalar::<_, i64>(PG_OURS)
         .bind(APPLICATION_NAME)
         .fetch_all(&mut *conn)
         .await?;
-    Ok((ids, sent.elapsed()))
+    Ok((ids, round_trip))
+}
+
+/// How long a ping takes on `conn`, sent to answered: a round trip that asks no work of the
+/// server (PostgreSQL: a `Sync`; MySQL: `COM_PING`), so a busy statistics view (a server
+/// with thousands of sessions) cannot pass for distance.
+async fn ping<C: sqlx::Connection>(conn: &mut C) -> Result<Duration, sqlx::Error> {
+    let sent = Instant::now();
+    conn.ping().await?;
+    Ok(sent.elapsed())
 }
 
 /// The watched database's transactions, their time in seconds, and the other `backfill`
@@ -558,17 +565,16 @@ async fn mysql_totals(pool: &MySqlPool) -> Result<Totals, String> {
     Ok(out)
 }
 
-/// `Threads_running`, and how long its statement took from sending it to its answer (the
-/// connection taken from the pool first: the pool's own check is another round trip).
+/// `Threads_running`, and the round trip of a ping just before it (the connection taken from
+/// the pool first: the pool's own check is another round trip).
 async fn threads_running(pool: &MySqlPool) -> Result<(u32, Duration), ConnectorError> {
     let fail = |e: sqlx::Error| crate::mysql::sql_error("reading Threads_running", &e);
     let mut conn = pool.acquire().await.map_err(fail)?;
-    let sent = Instant::now();
+    let took = ping(&mut *conn).await.map_err(fail)?;
     let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Threads_running'")
         .fetch_optional(&mut *conn)
         .await
         .map_err(fail)?;
-    let took = sent.elapsed();
     let value: Option<String> = row.and_then(|r| r.try_get::<String, _>(1).ok());
     value
         .and_then(|v| v.trim().parse::<u32>().ok())

@@ -292,9 +292,12 @@ pub fn follow_drift_at_floor(
 /// A baseline that followed live traffic's drift ([`follow_drift_at_floor`]) brought back down
 /// once the traffic is faster again: a full `window` taken while the backfill runs (which only
 /// adds time) whose mean, its noise included, sits under `followed`'s mean says live traffic's
-/// level is now at most that much. The baseline becomes it, never under `rest` (the level
-/// measured before the run). `None` when `followed` is not above `rest`, or the window does
-/// not say it is lower.
+/// level is now at most that much (the noise is the larger of the two baselines' spreads:
+/// the followed one was measured over one window). The baseline becomes it, or `rest` itself
+/// (the level measured before the run, its spread included) once it is no higher. `None`
+/// when `followed` is not above `rest`, or the window does not say it is lower. The caller
+/// judges each window once: a sliding window tested at every interval would keep its
+/// lowest reading.
 ///
 /// Why: a followed baseline loosens the limit by as much as the drift; kept after the drift
 /// passed, it let a benchmark run climb to 27% of its maximum, against the counters' 0.75 ms
@@ -308,9 +311,13 @@ pub fn return_from_drift(
         return None;
     }
     let now = window_mean(window)?;
-    let level = now.mean.as_secs_f64() + Z_NOISE * followed.sigma / calls_f64(now.calls).sqrt();
-    (level < followed.mean).then(|| LatencyBaseline {
-        mean: level.max(rest.mean),
+    let sigma = followed.sigma.max(rest.sigma);
+    let level = now.mean.as_secs_f64() + Z_NOISE * sigma / calls_f64(now.calls).sqrt();
+    if level <= rest.mean {
+        return Some(*rest);
+    }
+    (level < followed.mean).then_some(LatencyBaseline {
+        mean: level,
         ..*followed
     })
 }
@@ -626,7 +633,10 @@ mod tests {
         );
         let rested = intervals(1000, &[700, 700, 700, 700, 700, 700]);
         let floor = return_from_drift(&rest, &followed, &rested).expect("lower");
-        assert_eq!(floor.mean(), us(748), "never under the level at rest");
+        assert_eq!(
+            floor, rest,
+            "never under the level at rest: that baseline itself"
+        );
         assert_eq!(return_from_drift(&rest, &followed, &drifted), None);
         assert_eq!(
             return_from_drift(&rest, &rest, &rested),

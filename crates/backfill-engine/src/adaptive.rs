@@ -424,7 +424,8 @@ impl Adaptive {
         let mut status = self.lock();
         status.live.baseline = self.live_base.map(|b| b.mean());
         status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
-        status.live.round_trip = round_trip;
+        // What counts where a transactions baseline exists (capped); else the measurement.
+        status.live.round_trip = self.tx_base.map(|b| b.round_trip()).or(round_trip);
     }
 
     /// Opens the watch connection when there is one; a failure is published and logged.
@@ -738,7 +739,8 @@ impl Adaptive {
 
     /// Brings each live latency signal's baseline that followed a drift back toward its level
     /// at rest when its full window says live traffic is faster again ([`return_from_drift`]);
-    /// logged at debug level, shown in `status` with the baselines.
+    /// logged at debug level, shown in `status` with the baselines. The window is forgotten
+    /// after a move, as after a cut or a follow, so the next move is judged on new readings.
     fn return_from_drift(&mut self, live: &mut LiveWindow, full: usize) {
         let signals = [
             (
@@ -773,6 +775,8 @@ impl Adaptive {
             }
         }
         if moved {
+            // A fresh window judges the next return: each reading counts once.
+            live.clear();
             let mut status = self.lock();
             status.live.baseline = self.live_base.map(|b| b.mean());
             status.live.transaction_baseline = self.tx_base.map(|b| b.mean());

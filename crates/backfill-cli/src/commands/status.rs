@@ -509,7 +509,9 @@ fn watch_line(watch: &serde_json::Value) -> Option<String> {
         ));
     }
     if let (None, Some(trip)) = (ms("baseline_transaction_ms"), ms("round_trip_ms")) {
-        parts.push(format!("round trip {trip} at rest"));
+        parts.push(format!(
+            "round trip {trip} at rest (not counted: no transactions baseline)"
+        ));
     }
     if let Some(n) = watch["drift_followed"].as_u64().filter(|n| *n > 0) {
         parts.push(format!(

@@ -584,7 +584,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "number",
         Some("0.10"),
         false,
-        "Allowed rise of the moving p90 over the baseline p90, as a fraction (`0.10` = +10%).",
+        "Allowed rise over the level at rest, as a fraction (`0.10` = +10%): of the probe's p90, of the live statements' mean time per call, and of what a client of the live transactions waits (their mean time in the server plus the round trip to it measured at rest, at most 1 ms counted), each at least the signal's own noise.",
     ),
     key(
         "throttle.max_replica_lag",
@@ -732,7 +732,7 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "number",
         None,
         true,
-        "The live-impact bound, e.g. `0.10` for +10% of the live database's latency over its baseline. The adaptive throttle (`[throttle]`) enforces it: it becomes `throttle.max_latency_increase` unless that is given, and must then agree. Without `[throttle]` nothing enforces it (a warning).",
+        "The live-impact bound, e.g. `0.10` for +10% of the live database's latency over its baseline, as its clients wait for it (`throttle.max_latency_increase` says how each signal reads it). The adaptive throttle (`[throttle]`) enforces it: it becomes `throttle.max_latency_increase` unless that is given, and must then agree. Without `[throttle]` nothing enforces it (a warning).",
     ),
 ];
 
