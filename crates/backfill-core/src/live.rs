@@ -284,6 +284,20 @@ pub fn follow_drift_at_floor(
     window: &[StatDelta],
     max_latency_increase: f64,
 ) -> Option<LatencyBaseline> {
+    remeasure_at_rest(rest, window, max_latency_increase)
+}
+
+/// A baseline measured again during the run from `window`, readings taken with the backfill
+/// held (a rest check) or at its floor ([`follow_drift_at_floor`]), with `rest`'s round trip;
+/// `None` with fewer than two intervals that saw calls, or when its mean is more than
+/// [`MAX_DRIFT_RISES`] allowed rises above `rest` (live traffic's level measured before the
+/// run): slower than drift explains, so the baseline in force holds. Lower than `rest` is
+/// taken as it is: it is what live traffic feels now.
+pub fn remeasure_at_rest(
+    rest: &LatencyBaseline,
+    window: &[StatDelta],
+    max_latency_increase: f64,
+) -> Option<LatencyBaseline> {
     let now = LatencyBaseline::measure(window)?.with_round_trip(rest.round_trip());
     let rise = rest.allowed(max_latency_increase).as_secs_f64() - rest.mean;
     (now.mean <= rest.mean + MAX_DRIFT_RISES * rise).then_some(now)

@@ -44,6 +44,8 @@
 //!   when a full window says live traffic is faster again ([`return_from_drift`]): the drift
 //!   over, its looser limit would let the rate climb into real harm.
 
+mod rest_check;
+
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,7 @@ use tokio::sync::watch;
 
 use crate::control::Live;
 use crate::shutdown::Shutdown;
+use rest_check::{RestCheck, RestChecks};
 
 /// Spacing of the baseline probes: quicker than `interval` (the run has not started, so there
 /// is no effect to wait for) but spread enough to sample the live traffic, not one instant.
@@ -134,6 +137,8 @@ struct LiveNow {
     unavailable: Vec<(String, String)>,
     /// Times a baseline followed live traffic's drift at the floor.
     drift_followed: u32,
+    /// The rest checks so far (`throttle.rest_check`).
+    rest_checks: RestChecks,
 }
 
 impl LiveNow {
@@ -151,6 +156,12 @@ impl LiveNow {
             "waiting": self.waiting,
             "running": self.running,
             "drift_followed": self.drift_followed,
+            "rest_checks": {
+                "done": self.rest_checks.done,
+                "cut": self.rest_checks.cut,
+                "spared": self.rest_checks.spared,
+                "holding": self.rest_checks.holding,
+            },
             "unavailable": self.unavailable.iter()
                 .map(|(signal, why)| json!({"signal": signal, "reason": why}))
                 .collect::<Vec<_>>(),
@@ -583,6 +594,8 @@ impl Adaptive {
         let mut ticker = tokio::time::interval(self.throttle.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        let mut resting: Option<RestCheck> = None;
+        let mut last_rest = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -622,9 +635,12 @@ impl Adaptive {
                 if self.watch.is_none() {
                     self.reopen_watch().await;
                 }
-                match self.read_watch().await {
-                    Some(reading) => live.push(reading, full, late),
-                    None => probe_failed = true,
+                match (self.read_watch().await, &mut resting) {
+                    (Some(reading), Some(check)) => {
+                        check.push(tokio::time::Instant::now(), &reading);
+                    }
+                    (Some(reading), None) => live.push(reading, full, late),
+                    (None, _) => probe_failed = true,
                 }
             }
             let lag = self.replica_lag(&mut probe_failed).await;
@@ -634,7 +650,14 @@ impl Adaptive {
             let p90 = percentile(samples.make_contiguous(), 0.9);
             self.publish(p90, lag);
             self.publish_live(&live);
-            if self.live.is_held() {
+            let now = tokio::time::Instant::now();
+            if let Some(check) = resting.take_if(|c| c.is_over(now)) {
+                self.finish_rest_check(check, &mut live, batches, full)
+                    .await;
+                last_rest = now;
+                continue;
+            }
+            if resting.is_some() || self.live.is_held() {
                 continue;
             }
             let errors = batch_errors > 0 || probe_failed;
@@ -652,6 +675,10 @@ impl Adaptive {
                 .chain(lagging.then_some(Verdict::Unhealthy(RateCause::ReplicaLag)))
                 .chain(errors.then_some(Verdict::Unhealthy(RateCause::Errors)))
                 .collect();
+            if let Some(why) = self.rest_check_due(&verdicts, &live, full, last_rest, now) {
+                resting = Some(self.begin_rest_check(why, now));
+                continue;
+            }
             let change = match Verdict::combine(verdicts) {
                 Verdict::Unhealthy(cause) => self.aimd.on_verdict(Some(cause)),
                 Verdict::Healthy => self.aimd.on_verdict(None),

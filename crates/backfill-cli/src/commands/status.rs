@@ -518,6 +518,18 @@ fn watch_line(watch: &serde_json::Value) -> Option<String> {
             "baseline moved {n} time(s) with live traffic's drift at the floor"
         ));
     }
+    let checks = &watch["rest_checks"];
+    if checks["holding"].as_bool() == Some(true) {
+        parts.push("holding the backfill to measure live traffic at rest".to_owned());
+    }
+    if let Some(n) = checks["done"].as_u64().filter(|n| *n > 0) {
+        parts.push(format!(
+            "{n} rest check(s): {} cut the rate, {} kept it where live traffic was as slow at \
+             rest",
+            checks["cut"].as_u64().unwrap_or(0),
+            checks["spared"].as_u64().unwrap_or(0)
+        ));
+    }
     if let Some(n) = watch["waiting"].as_u64() {
         parts.push(format!("{n} waiting on WAL or I/O"));
     }

@@ -66,12 +66,14 @@ async fn server(create: bool) -> Option<PrivatePostgres> {
 
 /// The watch under test, no probe: 200 ms intervals, a baseline of 10 readings, +50% allowed
 /// (`pg_sleep` is steady; a loaded test machine is not), and a floor of 25% so the run ends
-/// soon after a cut.
+/// soon after a cut. No rest checks: these tests slow live traffic down by themselves, which a
+/// rest check rightly tells from the backfill's cost
+/// ([`a_rest_check_tells_live_traffic_drift_from_the_backfills_cost`] tests those).
 fn throttle(url: &str) -> String {
     format!(
         "\n[throttle]\nwatch = {{ url = \"{url}\" }}\ninterval = \"200ms\"\nbaseline_probes = 10\n\
          window = 10\nmax_latency_increase = 0.5\nincrease_fraction = 1.0\n\
-         min_rate_fraction = 0.25\n"
+         min_rate_fraction = 0.25\nrest_check = \"0s\"\n"
     )
 }
 
@@ -430,6 +432,120 @@ async fn at_its_floor_the_watch_follows_live_traffic_drift_and_the_rate_climbs_a
     eprintln!(
         "baseline {baseline:.2} ms, traffic drifted to {drifted_ms:.2} ms, followed to \
          {followed:.2} ms; {calls} live calls\n{}",
+        show(&rate_changes(&ws, &run_id).await)
+    );
+}
+
+/// Live traffic that drifts by itself is told from the backfill's cost by a rest check
+/// (`throttle.rest_check`): the run holds the backfill, measures live traffic at rest and
+/// judges the window read before the hold against that.
+///
+/// First the traffic drifts to ~2.5x its time at rest whatever the run does: over the limit
+/// (+100%), so the watch asks for a cut, but as slow at rest, so the check keeps the rate
+/// (`status` counts it as spared) and no live cut is recorded. Then the traffic is slow only
+/// while the backfill writes (the test polls the target's row count): the check finds it
+/// fast at rest and the rate is cut. Without rest checks the drift cuts the rate; without
+/// judging the window against the level at rest the harm could be taken for drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let ws = Workspace::new();
+    let checked = throttle(&pg.url())
+        .replace("max_latency_increase = 0.5", "max_latency_increase = 1.0")
+        .replace(
+            "rest_check = \"0s\"",
+            "rest_check = \"1s\"\nrest_check_every = \"10m\"",
+        );
+    assert!(checked.contains("rest_check = \"1s\"") && checked.contains("= 1.0"));
+    let watched = WatchedRun::start(&pg, &ws, LIMITS, &checked).await;
+    let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
+    let baseline = watched.baseline;
+    // Rest checks run above the floor only: wait for the climb.
+    wait_for("the rate climbs above its floor", PATIENCE, async || {
+        run.assert_alive("while climbing");
+        rate_changes(&ws, &run_id)
+            .await
+            .iter()
+            .any(|c| c.cause == "recovered")
+    })
+    .await;
+
+    // Drift: slower by itself, over the limit, within the two allowed rises a baseline may
+    // move.
+    let drifted_ms = (2.5 * baseline - 0.1).round().max(4.0);
+    let drifted_at = rate_changes(&ws, &run_id).await.last().map_or(0, |c| c.seq);
+    traffic.set(drifted_ms / 1000.0);
+    let mut checks = serde_json::Value::Null;
+    wait_for("a rest check spares the rate", PATIENCE, async || {
+        run.assert_alive("during the drift");
+        checks = status(&ws, &run_id)["live"]["adaptive"]["watch"]["rest_checks"].clone();
+        checks["spared"].as_u64() > Some(0)
+    })
+    .await;
+    let changes = rate_changes(&ws, &run_id).await;
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.seq <= drifted_at || !LIVE_CUTS.contains(&c.cause.as_str())),
+        "the drift was cut for, though live traffic was as slow at rest ({checks:#}):\n{}",
+        show(&changes)
+    );
+    let live = status(&ws, &run_id)["live"]["adaptive"]["watch"].clone();
+    let moved = live["baseline_mean_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        moved > 1.8 * baseline,
+        "the level at rest is the baseline now (was {baseline:.2} ms, traffic at \
+         {drifted_ms} ms): {live:#}"
+    );
+
+    // Harm: live traffic is slow only while the backfill writes.
+    let harmed_at = changes.last().map_or(0, |c| c.seq);
+    let mut counts = std::collections::VecDeque::from([-1_i64; 3]);
+    let deadline = Instant::now() + PATIENCE;
+    let mut polls = 0_u32;
+    loop {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events_copy")
+            .fetch_one(&watched.target)
+            .await
+            .expect("count the target");
+        counts.pop_front();
+        counts.push_back(count);
+        // Writing within the last ~300 ms: slow; at rest: fast.
+        traffic.set(if counts[0] < count { SLOW } else { FAST });
+        polls += 1;
+        if polls.is_multiple_of(10) {
+            let changes = rate_changes(&ws, &run_id).await;
+            let cut = changes
+                .iter()
+                .any(|c| c.seq > harmed_at && LIVE_CUTS.contains(&c.cause.as_str()));
+            let checks = &status(&ws, &run_id)["live"]["adaptive"]["watch"]["rest_checks"];
+            if cut && checks["cut"].as_u64() > Some(0) {
+                break;
+            }
+            assert!(
+                run.exited().is_none() && Instant::now() < deadline,
+                "no cut while live traffic was slow only when the backfill wrote, within \
+                 {PATIENCE:?} or the run's life ({checks:#})\n{}",
+                show(&changes)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    traffic.set(FAST);
+    let calls = finish(
+        &ws,
+        &mut run,
+        &run_id,
+        traffic,
+        &watched.target,
+        &watched.want,
+    )
+    .await;
+    eprintln!(
+        "baseline {baseline:.2} ms, drifted to {drifted_ms} ms and followed to {moved:.2} ms \
+         by a rest check; {calls} live calls\n{}",
         show(&rate_changes(&ws, &run_id).await)
     );
 }

@@ -295,6 +295,13 @@ pub struct ThrottleSpec {
     pub window: u32,
     /// The throttle's own maximum rate; see [`ThrottleSpec::max_rate`].
     pub max_rows_per_second: Option<NonZeroU32>,
+    /// How long live traffic is measured at rest in a rest check (the backfill held, after
+    /// its batches in flight have settled); zero turns rest checks off. Only the watch's
+    /// latency signals use them.
+    pub rest_check: Duration,
+    /// Longest time between two rest checks while the rate is above its floor (a cut the
+    /// watch asks for starts one at once).
+    pub rest_check_every: Duration,
 }
 
 impl Default for ThrottleSpec {
@@ -312,6 +319,8 @@ impl Default for ThrottleSpec {
             increase_fraction: 0.05,
             window: 20,
             max_rows_per_second: None,
+            rest_check: Duration::from_secs(2),
+            rest_check_every: Duration::from_secs(60),
         }
     }
 }

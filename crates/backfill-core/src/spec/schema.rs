@@ -623,6 +623,20 @@ pub const SPEC_KEYS: &[KeyDoc] = &[
         "The throttle's maximum rate (rows per second); defaults to `limits.rows_per_second`.",
     ),
     key(
+        "throttle.rest_check",
+        "duration string",
+        Some("\"2s\""),
+        false,
+        "How long a rest check measures live traffic with the backfill held (`\"0s\"` turns rest checks off; else between two intervals and 1m). Live traffic drifts by itself, by more than a +10% rise from one minute to the next on a busy machine, so a comparison with a level measured before the run cannot tell that drift from the backfill's own cost. With a `watch`, when a live latency signal asks for a cut above the floor, and at least every `rest_check_every`, the throttle holds the backfill (the batches in flight finish and live traffic's counters settle, about a second more), measures live traffic at rest for this long, and makes that its baseline. It then judges the window read before the hold against it: the rate is cut only when the backfill's window is over the new limit, and kept otherwise (a drift, not the backfill). The baseline moves at most two allowed rises above the level measured before the run; past that the cut goes ahead. `status` counts the checks, what each decided, and shows a check in progress. Costs about `rest_check` plus a second of no writes per check.",
+    ),
+    key(
+        "throttle.rest_check_every",
+        "duration string",
+        Some("\"60s\""),
+        false,
+        "Longest time between two rest checks while the rate is above its floor (between 10 times `rest_check` and 1h): a periodic check keeps the baseline true when live traffic drifts down too, where a stale higher baseline would let the rate climb into harm.",
+    ),
+    key(
         "validate.after_partition",
         "boolean",
         Some("true"),

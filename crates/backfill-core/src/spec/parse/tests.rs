@@ -711,6 +711,8 @@ decrease_factor = 0.7
 min_rate_fraction = 0.1
 increase_fraction = 0.02
 max_rows_per_second = 40_000
+rest_check = "3s"
+rest_check_every = "2m"
 "#;
 
 #[test]
@@ -739,6 +741,10 @@ fn a_spec_with_every_new_key_parses() {
             throttle.increase_fraction
         ),
         (0.2, 0.7, 0.1, 0.02)
+    );
+    assert_eq!(
+        (throttle.rest_check, throttle.rest_check_every),
+        (Duration::from_secs(3), Duration::from_secs(120))
     );
     // The smaller of the throttle's maximum and the static limit.
     assert_eq!(throttle.max_rate(&spec.limits), Some(40_000.0));
@@ -787,6 +793,35 @@ fn throttle_needs_a_maximum_rate() {
         expect![[r#"
             spec.toml:19:2: error: throttle: the throttle has no maximum rate
               hint: set `throttle.max_rows_per_second` or `limits.rows_per_second`: the rate the run starts at and never exceeds"#]],
+    );
+}
+
+#[test]
+fn rest_checks_are_off_at_zero_and_otherwise_bounded() {
+    let off = parse(&format!(
+        "{GOOD}\n[throttle]\nmax_rows_per_second = 100\nwatch = {{ url = \"postgres://db/x\" }}\nrest_check = \"0s\"\n"
+    ));
+    assert!(off.diagnostics.is_empty(), "{:?}", off.diagnostics);
+    assert!(off.spec.unwrap().throttle.unwrap().rest_check.is_zero());
+    check(
+        &format!(
+            "{GOOD}\n[throttle]\nmax_rows_per_second = 100\nwatch = {{ url = \"postgres://db/x\" }}\ninterval = \"1s\"\nrest_check = \"1s\"\nrest_check_every = \"5s\"\n"
+        ),
+        expect![[r#"
+            spec.toml:23:14: error: throttle.rest_check: must be "0s" (off) or between two intervals (2000 ms) and 1m, found 1000 ms
+              hint: a rest check measures live traffic with the backfill held; "2s" is the default
+            spec.toml:24:20: error: throttle.rest_check_every: must be between 10 times `rest_check` (10000 ms) and 1h, found 5000 ms
+              hint: each check holds the backfill for `rest_check` and a settling second; "60s" is the default"#]],
+    );
+    check(
+        &format!(
+            "{GOOD}\n[throttle]\nmax_rows_per_second = 100\nwatch = {{ url = \"postgres://db/x\" }}\nrest_check = \"2m\"\nrest_check_every = \"soon\"\n"
+        ),
+        expect![[r#"
+            spec.toml:22:14: error: throttle.rest_check: must be "0s" (off) or between two intervals (2000 ms) and 1m, found 120000 ms
+              hint: a rest check measures live traffic with the backfill held; "2s" is the default
+            spec.toml:23:20: error: throttle.rest_check_every: invalid duration `soon`: expected number at 0
+              hint: write e.g. `200ms`, `5s`, `2m`, `6h`"#]],
     );
 }
 

@@ -63,6 +63,7 @@ pub(super) fn throttle(
         "positive (0.10 allows +10%)",
     );
     let max_replica_lag = max_replica_lag(w, t);
+    let (rest_check, rest_check_every) = rest_check(w, t, &d, interval);
     let (decrease_factor, min_rate_fraction, increase_fraction) = rate_steps(w, t, &d);
     let max_rows_per_second = t
         .get("max_rows_per_second")
@@ -98,7 +99,65 @@ pub(super) fn throttle(
         increase_fraction,
         window: window.get(),
         max_rows_per_second,
+        rest_check,
+        rest_check_every,
     })
+}
+
+/// `throttle.rest_check` (zero, or 2 intervals to 1 minute; by default 2 s or two intervals)
+/// and `throttle.rest_check_every` (at least 10 times `rest_check`, at most 1 hour; by default
+/// 1 minute or 10 checks' length).
+fn rest_check(
+    w: &mut Walker<'_>,
+    t: &Table<'_>,
+    d: &ThrottleSpec,
+    interval: Duration,
+) -> (Duration, Duration) {
+    let check = w.opt_duration(t, "throttle", "rest_check");
+    let every = w.opt_duration(t, "throttle", "rest_check_every");
+    // The defaults follow a long `interval`: a check spans two readings at least.
+    let rest_check = check
+        .as_ref()
+        .map_or(d.rest_check.max(interval * 2), |(c, _)| *c);
+    if let Some((c, span)) = check
+        && !c.is_zero()
+        && !(interval * 2..=Duration::from_secs(60)).contains(&c)
+    {
+        w.error(
+            "throttle.rest_check",
+            Some(span),
+            format!(
+                "must be \"0s\" (off) or between two intervals ({} ms) and 1m, found {} ms",
+                (interval * 2).as_millis(),
+                c.as_millis()
+            ),
+        )
+        .hint = Some(
+            "a rest check measures live traffic with the backfill held; \"2s\" is the default"
+                .to_owned(),
+        );
+    }
+    let rest_check_every = every
+        .as_ref()
+        .map_or(d.rest_check_every.max(rest_check * 10), |(e, _)| *e);
+    if let Some((e, span)) = every
+        && !(rest_check * 10..=Duration::from_secs(3600)).contains(&e)
+    {
+        w.error(
+            "throttle.rest_check_every",
+            Some(span),
+            format!(
+                "must be between 10 times `rest_check` ({} ms) and 1h, found {} ms",
+                (rest_check * 10).as_millis(),
+                e.as_millis()
+            ),
+        )
+        .hint = Some(
+            "each check holds the backfill for `rest_check` and a settling second; \"60s\" is the default"
+                .to_owned(),
+        );
+    }
+    (rest_check, rest_check_every)
 }
 
 /// `decrease_factor`, `min_rate_fraction` and `increase_fraction`: how the rate moves.
