@@ -43,6 +43,10 @@
 //!   measured before the run stay the bound. A followed baseline comes back down, at any rate,
 //!   when a full window says live traffic is faster again ([`return_from_drift`]): the drift
 //!   over, its looser limit would let the rate climb into real harm.
+//! - Above the floor, a cut the watch's latency signals ask for (and nothing else does) waits
+//!   for a rest check (`rest_check`): the backfill held, live traffic measured at rest becomes
+//!   the baseline, and the window read before the hold decides against it. Checks also run
+//!   every `rest_check_every`. While one holds the backfill, the rate decides nothing else.
 
 mod rest_check;
 
@@ -432,9 +436,8 @@ impl Adaptive {
                  measured), so their latency cannot throttle the run"
             );
         }
+        self.publish_baselines();
         let mut status = self.lock();
-        status.live.baseline = self.live_base.map(|b| b.mean());
-        status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
         // What counts where a transactions baseline exists (capped); else the measurement.
         status.live.round_trip = self.tx_base.map(|b| b.round_trip()).or(round_trip);
     }
@@ -601,7 +604,10 @@ impl Adaptive {
                 _ = ticker.tick() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            self.follow_ceiling();
+            if resting.is_none() {
+                // A rest check holds the limiter: a new ceiling applies once it is over.
+                self.follow_ceiling();
+            }
             // The live window: enough calls to see a rise, and two batches of the backfill at
             // the current rate (a window between two batches would see none of them), at
             // most `window`; the climb is paced to it when no probe sets the pace.
@@ -755,11 +761,8 @@ impl Adaptive {
                  two allowed rises of their level at rest: that drift is their baseline now"
             );
         }
-        let mut status = self.lock();
-        status.live.baseline = self.live_base.map(|b| b.mean());
-        status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
-        status.live.drift_followed += u32::try_from(moved.len()).unwrap_or(u32::MAX);
-        drop(status);
+        self.publish_baselines();
+        self.lock().live.drift_followed += u32::try_from(moved.len()).unwrap_or(u32::MAX);
         live.clear();
         true
     }
@@ -804,10 +807,15 @@ impl Adaptive {
         if moved {
             // A fresh window judges the next return: each reading counts once.
             live.clear();
-            let mut status = self.lock();
-            status.live.baseline = self.live_base.map(|b| b.mean());
-            status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
+            self.publish_baselines();
         }
+    }
+
+    /// Publishes the live baselines in force for `status`.
+    fn publish_baselines(&self) {
+        let mut status = self.lock();
+        status.live.baseline = self.live_base.map(|b| b.mean());
+        status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
     }
 
     /// The replica lag of the watched database (of the probe's without a watch) when

@@ -492,6 +492,12 @@ async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
         "the drift was cut for, though live traffic was as slow at rest ({checks:#}):\n{}",
         show(&changes)
     );
+    let text = ws.run(&["status", &run_id]).stdout;
+    assert!(
+        text.contains(" rest check(s): ")
+            && text.contains("kept it where live traffic was as slow"),
+        "status says what the rest checks decided: {text}"
+    );
     let live = status(&ws, &run_id)["live"]["adaptive"]["watch"].clone();
     let moved = live["baseline_mean_ms"].as_f64().unwrap_or(0.0);
     assert!(

@@ -226,9 +226,8 @@ impl Adaptive {
             } else if matches!(check.why, Why::Cut(_)) {
                 checks.spared += 1;
             }
-            status.live.baseline = self.live_base.map(|b| b.mean());
-            status.live.transaction_baseline = self.tx_base.map(|b| b.mean());
         }
+        self.publish_baselines();
         live.clear();
         match change {
             Some(change) => self.apply(&change, None, None).await,
