@@ -608,47 +608,10 @@ impl Adaptive {
                 // A rest check holds the limiter: a new ceiling applies once it is over.
                 self.follow_ceiling();
             }
-            // The live window: enough calls to see a rise, and two batches of the backfill at
-            // the current rate (a window between two batches would see none of them), at
-            // most `window`; the climb is paced to it when no probe sets the pace.
-            let batches = batch_intervals(
-                self.batch_rows,
-                self.aimd.rate(),
-                self.throttle.interval,
-                window,
-            );
-            let full = self.live_window.max(batches);
-            if (self.live_base.is_some() || self.tx_base.is_some()) && self.throttle.probe.is_none()
-            {
-                self.aimd.set_pace(u32::try_from(full).unwrap_or(u32::MAX));
-            }
-            let mut probe_failed = false;
-            if self.probe.is_none() {
-                self.reopen().await;
-            }
-            if let Some(sql) = self.probe_sql() {
-                match self.measure(&sql).await {
-                    Ok(latency) => {
-                        if samples.len() == window {
-                            samples.pop_front();
-                        }
-                        samples.push_back(latency);
-                    }
-                    Err(()) => probe_failed = true,
-                }
-            }
-            if self.throttle.watch.is_some() {
-                if self.watch.is_none() {
-                    self.reopen_watch().await;
-                }
-                match (self.read_watch().await, &mut resting) {
-                    (Some(reading), Some(check)) => {
-                        check.push(tokio::time::Instant::now(), &reading);
-                    }
-                    (Some(reading), None) => live.push(reading, full, late),
-                    (None, _) => probe_failed = true,
-                }
-            }
+            let (batches, full) = self.live_window_now(window);
+            let mut probe_failed = self
+                .read_signals(&mut samples, window, &mut live, &mut resting, full, late)
+                .await;
             let lag = self.replica_lag(&mut probe_failed).await;
             let errors_now = self.live.errors_seen();
             let batch_errors = errors_now.saturating_sub(errors_before);
@@ -705,6 +668,66 @@ impl Adaptive {
         if let Some(probe) = &self.probe {
             probe.close().await;
         }
+    }
+
+    /// The live window, in intervals, with the intervals two batches take at the current
+    /// rate (`(batches, full)`): enough calls to see a rise, and two batches of the backfill
+    /// (a window between two batches would see none of them), at most `window`; the climb is
+    /// paced to it when no probe sets the pace.
+    fn live_window_now(&mut self, window: usize) -> (usize, usize) {
+        let batches = batch_intervals(
+            self.batch_rows,
+            self.aimd.rate(),
+            self.throttle.interval,
+            window,
+        );
+        let full = self.live_window.max(batches);
+        if (self.live_base.is_some() || self.tx_base.is_some()) && self.throttle.probe.is_none() {
+            self.aimd.set_pace(u32::try_from(full).unwrap_or(u32::MAX));
+        }
+        (batches, full)
+    }
+
+    /// One interval's probe (into `samples`, at most `window` kept) and watch reading (into
+    /// `live`, or into the rest check in progress), reopening a lost connection first; true
+    /// when either failed.
+    async fn read_signals(
+        &mut self,
+        samples: &mut VecDeque<Duration>,
+        window: usize,
+        live: &mut LiveWindow,
+        resting: &mut Option<RestCheck>,
+        full: usize,
+        late: usize,
+    ) -> bool {
+        let mut failed = false;
+        if self.probe.is_none() {
+            self.reopen().await;
+        }
+        if let Some(sql) = self.probe_sql() {
+            match self.measure(&sql).await {
+                Ok(latency) => {
+                    if samples.len() == window {
+                        samples.pop_front();
+                    }
+                    samples.push_back(latency);
+                }
+                Err(()) => failed = true,
+            }
+        }
+        if self.throttle.watch.is_some() {
+            if self.watch.is_none() {
+                self.reopen_watch().await;
+            }
+            match (self.read_watch().await, resting) {
+                (Some(reading), Some(check)) => {
+                    check.push(tokio::time::Instant::now(), &reading);
+                }
+                (Some(reading), None) => live.push(reading, full, late),
+                (None, _) => failed = true,
+            }
+        }
+        failed
     }
 
     /// At the floor, sets as baseline each live latency signal's full window that its
