@@ -61,7 +61,7 @@ use backfill_core::Spec;
 use backfill_core::aimd::{Aimd, RateCause, RateChange, noise_ceiling, percentile};
 use backfill_core::live::{
     GaugeBaseline, LatencyBaseline, StatDelta, Verdict, batch_intervals, follow_drift_at_floor,
-    intervals_to_resolve, return_from_drift, window_mean,
+    intervals_to_resolve, return_from_drift, statements_as_share_of_transactions, window_mean,
 };
 use backfill_core::spec::ThrottleSpec;
 use backfill_store::Store;
@@ -365,6 +365,13 @@ impl Adaptive {
             b.rescaled(factor)
                 .with_round_trip(round_trip.unwrap_or_default())
         });
+        // A statement's rise is judged as a share of its transaction's, what a client feels.
+        if let (Some(statements), Some(transactions)) = (self.live_base, &self.tx_base) {
+            self.live_base = Some(statements_as_share_of_transactions(
+                statements,
+                transactions,
+            ));
+        }
         (self.rest_live_base, self.rest_tx_base) = (self.live_base, self.tx_base);
         let waiting: Vec<f64> = readings
             .iter()
@@ -410,6 +417,8 @@ impl Adaptive {
                 run_id = self.run_id,
                 readings = deltas.len(),
                 mean_ms = ms(base.mean()),
+                spread_ms = ms(base.spread()),
+                beyond_execution_ms = ms(base.round_trip()),
                 calls_per_interval = base.calls_per_interval(),
                 limit_ms = ms(base.allowed(mli)),
                 judged_over_intervals = self.live_window,
@@ -421,6 +430,7 @@ impl Adaptive {
                 run_id = self.run_id,
                 readings = transactions.len(),
                 mean_ms = ms(base.mean()),
+                spread_ms = ms(base.spread()),
                 transactions_per_interval = base.calls_per_interval(),
                 round_trip_ms = ms(base.round_trip()),
                 limit_ms = ms(base.allowed(mli)),
@@ -598,7 +608,8 @@ impl Adaptive {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let mut resting: Option<RestCheck> = None;
-        let mut last_rest = tokio::time::Instant::now();
+        // When the last rest check ended (or the run began), and the rate then.
+        let mut last_rest = (tokio::time::Instant::now(), self.aimd.rate());
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -623,7 +634,7 @@ impl Adaptive {
             if let Some(check) = resting.take_if(|c| c.is_over(now)) {
                 self.finish_rest_check(check, &mut live, batches, full)
                     .await;
-                last_rest = now;
+                last_rest = (now, self.aimd.rate());
                 continue;
             }
             if resting.is_some() || self.live.is_held() {

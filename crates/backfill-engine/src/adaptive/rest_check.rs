@@ -10,8 +10,8 @@
 //! difference is the backfill's.
 //!
 //! Protocol: a check starts when the watch's latency signals ask for a cut above the floor
-//! (and nothing else does), or when `rest_check_every` passed since the last one with a full
-//! window in. The limiter is set to one row a second (batches in flight finish; no new batch
+//! (and nothing else does), or, with a full window in, when `rest_check_every` passed since the
+//! last one or the rate doubled since then ([`GROWTH_PER_CHECK`]). The limiter is set to one row a second (batches in flight finish; no new batch
 //! gets its rows). Readings during the first [`RestCheck::settle`] are dropped: live sessions
 //! report the counters of their last loaded second up to [`super::STATS_REPORT`] late. Then
 //! `rest_check` of readings make the new baselines ([`remeasure_at_rest`], bounded by the level
@@ -40,13 +40,24 @@ pub(super) enum Why {
     Cut(RateCause),
     /// `rest_check_every` passed since the last check.
     Due,
+    /// The rate grew [`GROWTH_PER_CHECK`] times since the last check (or since the run began).
+    Grown,
 }
+
+/// A rest check is due once the rate has grown this many times since the last one (or since
+/// the run began): the baseline it climbs against is measured again before the rate moves far
+/// on it. A baseline measured during a stall (run T, 2026-12-07: pgbench's transactions at
+/// 1.55 ms with a spread of 36 ms per call, 0.93 ms at rest a minute later) made every window
+/// look faster than at rest, and the rate doubled its way from 1% to 30% of the maximum
+/// before the first periodic check, 64 s in.
+pub(super) const GROWTH_PER_CHECK: f64 = 2.0;
 
 impl Why {
     fn as_str(self) -> &'static str {
         match self {
             Why::Cut(_) => "a live latency signal asked for a cut",
             Why::Due => "due",
+            Why::Grown => "the rate doubled since the last check",
         }
     }
 }
@@ -115,14 +126,15 @@ pub(super) struct RestChecks {
 impl Adaptive {
     /// Whether a rest check should start now: checks are on, the watch has a latency
     /// baseline, the rate is above its floor, and either `verdicts` hold a live latency cut
-    /// and no other unhealthy verdict (which cuts at once), or `rest_check_every` passed since
-    /// `last` with a full window of either live latency signal.
+    /// and no other unhealthy verdict (which cuts at once), or, with a full window of either
+    /// live latency signal and no other cut, `rest_check_every` passed since `last` or the
+    /// rate grew [`GROWTH_PER_CHECK`] times over `last_rate` (the rate at the last check).
     pub(super) fn rest_check_due(
         &self,
         verdicts: &[Verdict],
         live: &LiveWindow,
         full: usize,
-        last: Instant,
+        (last, last_rate): (Instant, f64),
         now: Instant,
     ) -> Option<Why> {
         let on = !self.throttle.rest_check.is_zero()
@@ -131,21 +143,13 @@ impl Adaptive {
         if !on {
             return None;
         }
-        let live_cut = |v: &Verdict| {
-            matches!(
-                v,
-                Verdict::Unhealthy(RateCause::LiveLatency | RateCause::LiveTransactions)
-            )
-        };
-        let other_cut = verdicts
-            .iter()
-            .any(|v| matches!(v, Verdict::Unhealthy(_)) && !live_cut(v));
-        if let Some(Verdict::Unhealthy(cause)) = verdicts.iter().find(|v| live_cut(v)) {
-            return (!other_cut).then_some(Why::Cut(*cause));
-        }
         let full_window = live.statements.len() >= full || live.transactions.len() >= full;
-        (now.duration_since(last) >= self.throttle.rest_check_every && full_window && !other_cut)
-            .then_some(Why::Due)
+        why_check(
+            verdicts,
+            full_window,
+            now.duration_since(last) >= self.throttle.rest_check_every,
+            self.aimd.rate() / last_rate,
+        )
     }
 
     /// Holds the backfill for a rest check (the limiter at one row a second) and says so.
@@ -236,6 +240,38 @@ impl Adaptive {
     }
 }
 
+/// The reason [`Adaptive::rest_check_due`] gives once checks apply: a live latency cut in
+/// `verdicts` with no other cut; else, with a `full_window` and no other cut, `every_passed`
+/// (`rest_check_every` since the last check), or a rate `grown` [`GROWTH_PER_CHECK`] times.
+fn why_check(
+    verdicts: &[Verdict],
+    full_window: bool,
+    every_passed: bool,
+    grown: f64,
+) -> Option<Why> {
+    let live_cut = |v: &Verdict| {
+        matches!(
+            v,
+            Verdict::Unhealthy(RateCause::LiveLatency | RateCause::LiveTransactions)
+        )
+    };
+    let other_cut = verdicts
+        .iter()
+        .any(|v| matches!(v, Verdict::Unhealthy(_)) && !live_cut(v));
+    if let Some(Verdict::Unhealthy(cause)) = verdicts.iter().find(|v| live_cut(v)) {
+        return (!other_cut).then_some(Why::Cut(*cause));
+    }
+    if !full_window || other_cut {
+        None
+    } else if every_passed {
+        Some(Why::Due)
+    } else if grown >= GROWTH_PER_CHECK {
+        Some(Why::Grown)
+    } else {
+        None
+    }
+}
+
 /// "old -> new" in milliseconds, for the log; `None` without a baseline.
 fn ms_pair(old: Option<Duration>, new: Option<Duration>) -> Option<String> {
     Some(format!("{:.3} -> {:.3}", ms(old?), ms(new?)))
@@ -255,6 +291,33 @@ mod tests {
             transactions: Some(delta),
             ..Reading::default()
         }
+    }
+
+    /// A check starts for a live latency cut (not beside another cut, which cuts at once),
+    /// and, on a full window, when `rest_check_every` passed or the rate doubled since the
+    /// last one; otherwise not.
+    #[test]
+    fn a_check_is_due_for_a_live_cut_after_its_period_or_once_the_rate_doubled() {
+        use Verdict::*;
+        let live = Unhealthy(RateCause::LiveTransactions);
+        let lag = Unhealthy(RateCause::ReplicaLag);
+        assert_eq!(
+            why_check(&[Healthy, live], false, false, 1.0),
+            Some(Why::Cut(RateCause::LiveTransactions))
+        );
+        assert_eq!(why_check(&[live, lag], true, true, 3.0), None);
+        assert_eq!(why_check(&[Healthy], true, true, 1.0), Some(Why::Due));
+        assert_eq!(
+            why_check(&[Comfortable], true, false, 2.0),
+            Some(Why::Grown)
+        );
+        assert_eq!(why_check(&[Comfortable], true, false, 1.9), None);
+        assert_eq!(
+            why_check(&[Comfortable], false, true, 4.0),
+            None,
+            "a window still filling"
+        );
+        assert_eq!(why_check(&[lag], true, true, 4.0), None);
     }
 
     #[test]
