@@ -42,8 +42,8 @@ use crate::support::{
 const ROWS: i64 = 120_000;
 const DAYS: i64 = 4;
 const LIMITS: &str = "concurrency = 2\nbatch_rows = 100\nrows_per_second = 2000\n";
-/// The drift test's limits: [`LIMITS`] at half the rate, so its run lasts two minutes or
-/// more, and the rate's floor under [`throttle`] there (25% of 1,000 rows/s).
+/// The drift and rest check tests' limits: [`LIMITS`] at half the rate, so their runs last
+/// two minutes or more, and the rate's floor under [`throttle`] there (25% of 1,000 rows/s).
 const DRIFT_LIMITS: &str = "concurrency = 2\nbatch_rows = 100\nrows_per_second = 1000\n";
 const FLOOR: f64 = 250.0;
 /// The live statement's time while healthy and while slowed down.
@@ -459,7 +459,10 @@ async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
             "rest_check = \"1s\"\nrest_check_every = \"10m\"",
         );
     assert!(checked.contains("rest_check = \"1s\"") && checked.contains("= 1.0"));
-    let watched = WatchedRun::start(&pg, &ws, LIMITS, &checked).await;
+    // At half the rate, as the drift test: the run must outlast the drift's check, which now
+    // waits for a window of two batches before it is asked for (at 2,000 rows/s a CI run
+    // ended during the drift).
+    let watched = WatchedRun::start(&pg, &ws, DRIFT_LIMITS, &checked).await;
     let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
     let baseline = watched.baseline;
     // Rest checks run above the floor only: wait for the climb.
