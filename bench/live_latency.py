@@ -40,6 +40,14 @@ against PostgreSQL on loopback, in its own database `bench_pgbench`. The backfil
      by a quarter and the full run repeated (at most --confirm times); d is the last full run,
      and every attempt is reported.
 
+Paired yardstick (--pause EVERY:FOR, default 50:10): (c) and (d)'s full runs are stopped
+(SIGSTOP) for FOR seconds every EVERY seconds. pgbench while the engine is stopped (from 2 s
+into each pause) is pgbench alone at the same minutes as the run, so the drift of live traffic
+from one minute to the next (which (a), minutes earlier, cannot cancel) cancels; a run's p90
+counts the transactions that ended while the engine ran, its completion the time it ran. (d)'s
+full runs are judged by that paired ratio. The engine drops the watch reading that spans a
+pause (a gap of 5 s or more), so the adaptive throttle does not judge seconds at rest.
+
 Live p90/p99 are taken from pgbench's log over the backfill run after its first 10 seconds
 (`after 10 s`) and over the whole run. Writes the "Live latency (issue 5)" section of
 bench/RESULTS.md (between its own markers). Usage: bench/live_latency.py [--rows N] [--no-build]
@@ -73,6 +81,7 @@ BEGIN = "<!-- bench/run suite live: begin -->"  # bench/run keeps the section (S
 END = "<!-- bench/run suite live: end -->"
 SETTLE = 10.0  # seconds of a run left out of "after 10 s"
 FIRST = 60.0  # seconds of (a) that were the whole yardstick before 2026-12-07 16:00
+PAUSE_SETTLE = 2.0  # seconds of each pause left out of the paired yardstick (statements in flight)
 
 
 def log(msg):
@@ -161,18 +170,20 @@ class Live:
             self.proc.kill()
             self.proc.wait()
 
-    def latencies(self, t0, t1):
-        """Latencies (ms) of the transactions that ended in [t0, t1] (epoch seconds)."""
+    def entries(self):
+        """Every transaction of the log: (end in epoch seconds, latency in ms)."""
         out = []
         for f in self.d.glob("pgb*"):
             for line in f.read_text().splitlines():
                 parts = line.split()
                 if len(parts) < 6 or parts[2] == "skipped":
                     continue
-                end = int(parts[4]) + int(parts[5]) / 1e6
-                if t0 <= end <= t1:
-                    out.append(int(parts[2]) / 1000.0)
+                out.append((int(parts[4]) + int(parts[5]) / 1e6, int(parts[2]) / 1000.0))
         return out
+
+    def latencies(self, t0, t1):
+        """Latencies (ms) of the transactions that ended in [t0, t1] (epoch seconds)."""
+        return [ms for end, ms in self.entries() if t0 <= end <= t1]
 
 
 def spec(args, src_url, tgt_url, name, rate=None, throttle=None):
@@ -189,9 +200,11 @@ def spec(args, src_url, tgt_url, name, rate=None, throttle=None):
     return path
 
 
-def backfill(args, spec_path, limit=None):
-    """Runs the engine (fresh SQLite state); returns (start, end) epoch seconds. With `limit`,
-    interrupts it (SIGINT: a graceful pause) after `limit` seconds."""
+def backfill(args, spec_path, limit=None, pause=False):
+    """Runs the engine (fresh SQLite state); returns (start, end, state, pauses) in epoch
+    seconds. With `limit`, interrupts it (SIGINT: a graceful pause) after `limit` seconds. With
+    `pause`, stops the process (SIGSTOP) for --pause's FOR seconds every EVERY seconds, then
+    continues it (SIGCONT); `pauses` lists the (stopped, continued) times."""
     args.n += 1
     state = f"sqlite://{args.work}/state-{args.n}.db"
     cmd = [str(args.binary), "--json", "--state", state, "run", str(spec_path)]
@@ -199,15 +212,28 @@ def backfill(args, spec_path, limit=None):
     err = open(args.work / f"engine-{args.n}.err", "wb")
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
+    pauses = []
+    if pause and args.pause_for > 0 and limit is None:
+        while True:
+            try:
+                proc.wait(timeout=args.pause_every - args.pause_for)
+                break
+            except subprocess.TimeoutExpired:
+                stopped = time.time()
+                proc.send_signal(signal.SIGSTOP)
+                time.sleep(args.pause_for)
+                proc.send_signal(signal.SIGCONT)
+                pauses.append((stopped, time.time()))
+    else:
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
     t1 = time.time()
     if limit is None and proc.returncode != 0:
         raise SystemExit(f"engine run failed ({proc.returncode}): {' '.join(cmd)}\n{(args.work / f'engine-{args.n}.err').read_text()}")
-    return t0, t1, args.work / f"state-{args.n}.db"
+    return t0, t1, args.work / f"state-{args.n}.db", pauses
 
 
 def quiesce(args):
@@ -238,9 +264,23 @@ def adaptive_start(state):
     return None
 
 
-def measure(args, name, spec_path=None, limit=None, alone=None, origin=None):
+def paired(entries, start, t1, pauses):
+    """The paired yardstick of a paused run: the latencies (ms) of the transactions that ended
+    while the engine was stopped (from PAUSE_SETTLE after each stop: its statements in flight
+    finish), and of those that ended while it ran (outside every pause), both after `start`
+    and before `t1`."""
+    def stopped(end, settle):
+        return any(s + settle <= end <= c for s, c in pauses)
+    alone = [ms for end, ms in entries if start <= end <= t1 and stopped(end, PAUSE_SETTLE)]
+    running = [ms for end, ms in entries if start <= end <= t1 and not stopped(end, 0.0)]
+    return alone, running
+
+
+def measure(args, name, spec_path=None, limit=None, alone=None, origin=None, pause=False):
     """One case: pgbench started first (2 s of warm-up), then the backfill; live latencies
-    over the run and after its first 10 s (from `origin(state)` when given)."""
+    over the run and after its first 10 s (from `origin(state)` when given). With `pause`, the
+    engine is paused now and then (--pause) and the run is also judged against pgbench during
+    its own pauses."""
     quiesce(args)
     pg_suite.reset_target(args.pg, args.tgt)
     live = Live(args.pgbench, args.pg.url(PGBENCH_DB), args.work / f"pgb-{name}", 3600)
@@ -249,16 +289,25 @@ def measure(args, name, spec_path=None, limit=None, alone=None, origin=None):
         t0 = time.time()
         time.sleep(alone)
         t1 = time.time()
-        errlog = None
+        errlog, pauses = None, []
     else:
-        t0, t1, errlog = backfill(args, spec_path, limit)
+        t0, t1, errlog, pauses = backfill(args, spec_path, limit, pause)
     time.sleep(0.5)
     live.stop()
     start = (origin(errlog) if origin else None) or t0
-    whole = live.latencies(start, t1)
-    after = live.latencies(start + SETTLE, t1) if t1 - start > SETTLE + 2 else whole
-    rest = live.latencies(t0, start) if start - t0 > 2 else []
-    first = live.latencies(t0, t0 + FIRST) if spec_path is None and t1 - t0 > FIRST else []
+    entries = live.entries()
+    def within(lo, hi):
+        return [ms for end, ms in entries if lo <= end <= hi]
+    whole = within(start, t1)
+    after = within(start + SETTLE, t1) if t1 - start > SETTLE + 2 else whole
+    rest = within(t0, start) if start - t0 > 2 else []
+    first = within(t0, t0 + FIRST) if spec_path is None and t1 - t0 > FIRST else []
+    stopped_alone, running = paired(entries, start + SETTLE, t1, pauses)
+    if pauses:
+        # A paused run's own latencies are those of the transactions that ended while it ran.
+        after = running
+        whole = paired(entries, start, t1, pauses)[1]
+    paused = sum(c - s for s, c in pauses)
     r = {
         "rest_p90": percentile(rest, 0.9) if rest else None, "rest_n": len(rest),
         "name": name, "secs": t1 - t0, "n": len(after), "tps": len(whole) / max(t1 - start, 1e-9),
@@ -266,7 +315,15 @@ def measure(args, name, spec_path=None, limit=None, alone=None, origin=None):
         "p90_all": percentile(whole, 0.9), "p99_all": percentile(whole, 0.99),
         "state": errlog, "t0": t0, "start": start,
         "first_p90": percentile(first, 0.9) if first else None,
+        "pauses": len(pauses), "paused": paused, "active": t1 - t0 - paused,
+        "alone_p90": percentile(stopped_alone, 0.9) if stopped_alone else None, "alone_n": len(stopped_alone),
+        "running_p90": percentile(running, 0.9) if running else None, "running_n": len(running),
     }
+    if stopped_alone:
+        r["paired"] = r["running_p90"] / r["alone_p90"]
+        log(f"  {name}: paused {len(pauses)} times, {paused:.0f} s; pgbench while paused p90 {r['alone_p90']:.2f} ms "
+            f"({len(stopped_alone)} tx), while running {r['running_p90']:.2f} ms ({len(running)} tx): "
+            f"paired {r['paired']:.2f}×; {r['active']:.1f} s running")
     log(f"  {name}: {r['secs']:.1f} s, live p90 {r['p90']:.2f} ms p99 {r['p99']:.2f} ms after 10 s "
         f"(whole run p90 {r['p90_all']:.2f} / p99 {r['p99_all']:.2f}; {len(whole)} tx)")
     return r
@@ -347,6 +404,11 @@ def main():
     p.add_argument("--alone", type=float, default=330.0,
                    help="seconds of case a, pgbench alone (default 330: its p90 is the yardstick of every ratio; "
                         "longer than checkpoint_timeout, so it meets a timed checkpoint as the long cases do)")
+    p.add_argument("--pause", default="50:10", metavar="EVERY:FOR",
+                   help="paired yardstick (default 50:10; 0 for none): every EVERY seconds, (c) and (d)'s full runs "
+                        "are stopped (SIGSTOP) for FOR seconds; pgbench during those pauses (after their first "
+                        f"{PAUSE_SETTLE:.0f} s) is pgbench alone at the same minutes as the run, which judges (d)'s "
+                        "full runs; completion counts the running time only")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--binary", type=Path, default=None,
                    help="the backfill binary to measure (default: target/release/backfill of this checkout, built unless --no-build)")
@@ -354,6 +416,10 @@ def main():
                    help="experiment: measure only a and c, with this maximum rate (rows/s), print, do not write RESULTS.md")
     p.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     args = p.parse_args()
+    every, _, length = args.pause.partition(":")
+    args.pause_every, args.pause_for = float(every), float(length or 0)
+    if args.pause_for > 0 and args.pause_every <= args.pause_for:
+        raise SystemExit("--pause EVERY:FOR needs EVERY > FOR (the engine must run between pauses)")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import benchlock
     benchlock.hold('bench/live_latency.py')
@@ -432,7 +498,8 @@ increase_fraction = {args.increase_fraction}
 """
     args.throttle_keys = ", ".join(line for line in throttle.splitlines()[1:]
                                    if not line.startswith(("watch", "probe")))
-    res["c"] = measure(args, "c", spec(args, src_url, tgt_url, "live_c", throttle=throttle), origin=adaptive_start)
+    res["c"] = measure(args, "c", spec(args, src_url, tgt_url, "live_c", throttle=throttle), origin=adaptive_start,
+                       pause=True)
     res["c"]["changes"] = rate_changes(res["c"]["state"])
     c_summary = (f"baseline probes took {res['c']['start'] - res['c']['t0']:.1f} s of the {res['c']['secs']:.1f} s "
                  "(no batch runs meanwhile; the 10 s are counted from the adaptive start); "
@@ -442,7 +509,8 @@ increase_fraction = {args.increase_fraction}
     if args.alone_after > 0:
         res["a2"] = measure(args, "a2", alone=args.alone_after)
     if args.only_ac:
-        log(f"  only a and c: c p90 / a p90 = {res['c']['p90'] / res['a']['p90']:.2f}x")
+        log(f"  only a and c: c p90 / a p90 = {res['c']['p90'] / res['a']['p90']:.2f}x"
+            + (f", paired {res['c']['paired']:.2f}x" if res["c"].get("paired") else ""))
         return
 
     # d: bisection on the static rate over short trials (geometric, between the adaptive floor
@@ -459,8 +527,10 @@ increase_fraction = {args.increase_fraction}
     best, floor = lo, full_rate * args.min_rate_fraction
     confirms = []
     for attempt in range(max(1, args.confirm)):
-        r = measure(args, f"d-full-{attempt + 1}", spec(args, src_url, tgt_url, f"live_dfull{attempt}", rate=best))
-        ok = r["p90"] <= goal
+        r = measure(args, f"d-full-{attempt + 1}", spec(args, src_url, tgt_url, f"live_dfull{attempt}", rate=best),
+                    pause=True)
+        # Paused, a full run is judged against pgbench during its own pauses (the same minutes).
+        ok = r["paired"] <= 1.10 if r.get("paired") else r["p90"] <= goal
         confirms.append((best, r, ok))
         if ok or best <= floor * 1.0001:
             break
@@ -481,14 +551,17 @@ increase_fraction = {args.increase_fraction}
         "PostgreSQL, upsert, concurrency 4, batch 5000. Latencies from pgbench's per-transaction "
         f"log, over the backfill run after its first 10 s (whole run in brackets; (a): {args.alone:.0f} s alone).",
         "",
-        "| case | completion | live p90 | live p99 | p90 vs a |",
-        "|---|---|---|---|---|",
+        "| case | completion | live p90 | live p99 | p90 vs a | paired: p90 vs pgbench during the run's pauses |",
+        "|---|---|---|---|---|---|",
     ]
     for key, label in (("a", f"a. pgbench alone ({args.alone:.0f} s)"), ("b", "b. unthrottled"),
                        ("c", "c. adaptive `[throttle]`"), ("d", f"d. best static rows_per_second = {int(best):,}")):
         r = res[key]
-        comp = "—" if key == "a" else f"{r['secs']:.1f} s"
-        L.append(f"| {label} | {comp} | {r['p90']:.2f} ms ({r['p90_all']:.2f}) | {r['p99']:.2f} ms ({r['p99_all']:.2f}) | {r['p90'] / a['p90']:.2f}× |")
+        comp = "—" if key == "a" else f"{r['active']:.1f} s" + (f" running (+{r['paused']:.0f} s paused)" if r["pauses"] else "")
+        pair = (f"{r['paired']:.2f}× ({r['alone_p90']:.2f} ms over {r['alone_n']:,} tx in {r['pauses']} pauses)"
+                if r.get("paired") else "—")
+        L.append(f"| {label} | {comp} | {r['p90']:.2f} ms ({r['p90_all']:.2f}) | {r['p99']:.2f} ms ({r['p99_all']:.2f}) "
+                 f"| {r['p90'] / a['p90']:.2f}× | {pair} |")
     L += [
         "",
         f"- Unthrottled rate (b): {full_rate:,.0f} rows/s; the adaptive maximum is set to it. "
@@ -500,9 +573,20 @@ increase_fraction = {args.increase_fraction}
          "schedule, so the machine was overloaded by other work and every ratio of this run is meaningless.**"
          if a["tps"] < 285 or a["p90"] > 50 else
          f"- pgbench alone kept its schedule ({a['tps']:.0f} tps of 300)."),
-        f"- (c)/(d) completion: **{c['secs'] / d['secs']:.2f}×** (target ≤ 1.25×); (c) p90 after 10 s vs (a): "
-        f"**{c['p90'] / a['p90']:.2f}×** (target ≤ 1.10×); (d) p90 over its full run vs (a): "
-        f"**{d['p90'] / a['p90']:.2f}×** ({'confirmed' if d_ok else 'NOT confirmed: no full run at or above the floor kept the goal'}).",
+        f"- (c)/(d) completion (running time): **{c['active'] / d['active']:.2f}×** (target ≤ 1.25×); (c) p90 after 10 s vs (a): "
+        f"**{c['p90'] / a['p90']:.2f}×** (target ≤ 1.10×)"
+        + (f", paired **{c['paired']:.2f}×**" if c.get("paired") else "")
+        + f"; (d) p90 over its full run vs (a): **{d['p90'] / a['p90']:.2f}×**"
+        + (f", paired **{d['paired']:.2f}×**" if d.get("paired") else "")
+        + f" ({'confirmed' if d_ok else 'NOT confirmed: no full run at or above the floor kept the goal'}"
+        + (", judged paired" if d.get("paired") else "") + ").",
+        *([f"- Paired yardstick (--pause {args.pause}): (c) and (d)'s full runs were stopped (SIGSTOP) for "
+           f"{args.pause_for:.0f} s every {args.pause_every:.0f} s; pgbench's transactions that ended during a pause, "
+           f"from {PAUSE_SETTLE:.0f} s after it began, are pgbench alone at the same minutes as the run, and the run's "
+           "own p90 counts the transactions that ended while the engine ran. It cancels live traffic's drift from one "
+           "minute to the next, which (a) measured minutes earlier cannot. Its biases: writes the backfill left "
+           "(dirty pages, WAL) are still flushed during a pause, and the engine resumes with its batches in flight."]
+          if c.get("paired") or d.get("paired") else []),
         *([f"- pgbench alone again right after (c) ({args.alone_after:.0f} s): p90 {res['a2']['p90']:.2f} ms, "
            f"{res['a2']['p90'] / a['p90']:.2f}× (a)'s: live latency's own drift over the run, for reading the ratios "
            f"(the goal stays against (a)); (c) against it: {c['p90'] / res['a2']['p90']:.2f}×."]

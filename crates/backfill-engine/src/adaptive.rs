@@ -85,6 +85,18 @@ const STATS_REPORT: Duration = Duration::from_secs(1);
 /// session on average, so a lone WAL flush caught by the sampling does not cut.
 const WAIT_MARGIN: f64 = 0.5;
 
+/// The shortest gap between two readings that is not the controller's pace: this process was
+/// suspended (SIGSTOP, a paused VM) or starved of CPU that long. A reading spanning it says
+/// what live traffic felt while the backfill did nothing, so it is dropped, not judged:
+/// judged, it diluted the window with seconds at rest and let the rate climb.
+const GAP: Duration = Duration::from_secs(5);
+
+/// True when readings `elapsed` apart span a gap ([`GAP`], at least five intervals): the
+/// reading is dropped.
+fn spans_a_gap(elapsed: Duration, interval: Duration) -> bool {
+    elapsed > GAP.max(interval * 5)
+}
+
 /// What `status` shows of the adaptive throttle, updated by the task every interval.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct AdaptiveStatus {
@@ -610,18 +622,27 @@ impl Adaptive {
         let mut resting: Option<RestCheck> = None;
         // When the last rest check ended (or the run began), and the rate then.
         let mut last_rest = (tokio::time::Instant::now(), self.aimd.rate());
+        let mut last_tick = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
+            let gap = self.gap_since(&mut last_tick);
             if resting.is_none() {
                 // A rest check holds the limiter: a new ceiling applies once it is over.
                 self.follow_ceiling();
             }
             let (batches, full) = self.live_window_now(window);
             let mut probe_failed = self
-                .read_signals(&mut samples, window, &mut live, &mut resting, full, late)
+                .read_signals(
+                    &mut samples,
+                    window,
+                    &mut live,
+                    &mut resting,
+                    (full, late),
+                    gap,
+                )
                 .await;
             let lag = self.replica_lag(&mut probe_failed).await;
             let errors_now = self.live.errors_seen();
@@ -699,17 +720,36 @@ impl Adaptive {
         (batches, full)
     }
 
+    /// True when the time since `last_tick` (moved to now) spans a gap ([`spans_a_gap`]):
+    /// logged, so the reading that follows is dropped.
+    fn gap_since(&self, last_tick: &mut tokio::time::Instant) -> bool {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(*last_tick);
+        *last_tick = now;
+        let gap = spans_a_gap(elapsed, self.throttle.interval);
+        if gap {
+            tracing::info!(
+                run_id = self.run_id,
+                gap_ms = ms(elapsed),
+                "adaptive throttle: this process was suspended or starved between two readings; \
+                 the watch reading spanning the gap is dropped (it holds live traffic at rest)"
+            );
+        }
+        gap
+    }
+
     /// One interval's probe (into `samples`, at most `window` kept) and watch reading (into
-    /// `live`, or into the rest check in progress), reopening a lost connection first; true
-    /// when either failed.
+    /// `live`, or into the rest check in progress; dropped when it spans a `gap`: it was read
+    /// to move the counters on), reopening a lost connection first; true when either failed.
+    /// `(full, late)`: the live window's length and how late transactions are reported.
     async fn read_signals(
         &mut self,
         samples: &mut VecDeque<Duration>,
         window: usize,
         live: &mut LiveWindow,
         resting: &mut Option<RestCheck>,
-        full: usize,
-        late: usize,
+        (full, late): (usize, usize),
+        gap: bool,
     ) -> bool {
         let mut failed = false;
         if self.probe.is_none() {
@@ -731,6 +771,7 @@ impl Adaptive {
                 self.reopen_watch().await;
             }
             match (self.read_watch().await, resting) {
+                (Some(_), _) if gap => {}
                 (Some(reading), Some(check)) => {
                     check.push(tokio::time::Instant::now(), &reading);
                 }
@@ -1058,4 +1099,25 @@ fn rows(rate: f64) -> u32 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_spans_a_gap_past_five_seconds_or_five_intervals() {
+        let tick = Duration::from_millis(100);
+        // The controller's pace, a late tick, a slow read: judged.
+        assert!(!spans_a_gap(tick, tick));
+        assert!(!spans_a_gap(Duration::from_secs(2), tick));
+        assert!(!spans_a_gap(Duration::from_secs(5), tick));
+        // A stop of the process (the benchmark pauses the engine for 10 s): dropped.
+        assert!(spans_a_gap(Duration::from_millis(5_001), tick));
+        assert!(spans_a_gap(Duration::from_secs(10), tick));
+        // A slow interval sets its own pace: five of them.
+        let slow = Duration::from_secs(2);
+        assert!(!spans_a_gap(Duration::from_secs(9), slow));
+        assert!(spans_a_gap(Duration::from_secs(11), slow));
+    }
 }

@@ -466,14 +466,7 @@ async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
     let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
     let baseline = watched.baseline;
     // Rest checks run above the floor only: wait for the climb.
-    wait_for("the rate climbs above its floor", PATIENCE, async || {
-        run.assert_alive("while climbing");
-        rate_changes(&ws, &run_id)
-            .await
-            .iter()
-            .any(|c| c.cause == "recovered")
-    })
-    .await;
+    wait_for_climb(&ws, &mut run, &run_id).await;
 
     // Drift: slower by itself, over the limit, within the two allowed rises a baseline may
     // move.
@@ -557,6 +550,87 @@ async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
          by a rest check; {calls} live calls\n{}",
         show(&rate_changes(&ws, &run_id).await)
     );
+}
+
+/// The run is stopped (SIGSTOP) for 7 s, past the 5 s gap a reading may span, and live traffic
+/// is ten times slower for most of that time, then fast again before the run continues. The
+/// reading that spans the stop holds those seconds, in which the backfill did nothing: judged,
+/// it cut the rate (its 4.7 s of slow statements outweigh the window's 2 s); dropped, the run
+/// goes on at its rate, and finishes with the target equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_that_spans_a_stop_of_the_process_is_not_judged() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let ws = Workspace::new();
+    let watched = WatchedRun::start(&pg, &ws, LIMITS, &throttle(&pg.url())).await;
+    let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
+    // A full window of readings at rest first, so the one after the stop would be judged.
+    wait_for_climb(&ws, &mut run, &run_id).await;
+    let before = rate_changes(&ws, &run_id).await;
+    assert!(
+        before
+            .iter()
+            .all(|c| !LIVE_CUTS.contains(&c.cause.as_str())),
+        "a cut while live traffic kept its baseline:\n{}",
+        show(&before)
+    );
+    let stopped_at = before.last().map_or(0, |c| c.seq);
+
+    let pid = run.pid();
+    stop_process("STOP", pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    traffic.set(SLOW);
+    tokio::time::sleep(Duration::from_millis(4_700)).await;
+    traffic.set(FAST);
+    // Live sessions report their counters up to a second late: all of the slow ones are in
+    // before the run continues, so the reading that spans the stop holds them all.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    stop_process("CONT", pid);
+
+    // Ten intervals (two windows) after the stop: no cut.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    run.assert_alive("after the stop");
+    let after = rate_changes(&ws, &run_id).await;
+    assert!(
+        after
+            .iter()
+            .all(|c| c.seq <= stopped_at || !LIVE_CUTS.contains(&c.cause.as_str())),
+        "the seconds live traffic was slow while the run was stopped were judged as the \
+         backfill's cost:\n{}",
+        show(&after)
+    );
+    finish(
+        &ws,
+        &mut run,
+        &run_id,
+        traffic,
+        &watched.target,
+        &watched.want,
+    )
+    .await;
+}
+
+/// Waits until the run's rate has climbed once (a `recovered` change).
+async fn wait_for_climb(ws: &Workspace, run: &mut Running, run_id: &str) {
+    wait_for("the rate climbs above its floor", PATIENCE, async || {
+        run.assert_alive("while climbing");
+        rate_changes(ws, run_id)
+            .await
+            .iter()
+            .any(|c| c.cause == "recovered")
+    })
+    .await;
+}
+
+/// `kill -SIGNAL pid`.
+fn stop_process(signal: &str, pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
 }
 
 /// The causes of a cut by the watched database's latency signals.

@@ -308,6 +308,11 @@ impl Running {
         }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit code once the process has exited.
     pub(crate) fn exited(&mut self) -> Option<i32> {
         let status = self.child.try_wait().expect("try_wait")?;
