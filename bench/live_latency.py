@@ -181,10 +181,6 @@ class Live:
                 out.append((int(parts[4]) + int(parts[5]) / 1e6, int(parts[2]) / 1000.0))
         return out
 
-    def latencies(self, t0, t1):
-        """Latencies (ms) of the transactions that ended in [t0, t1] (epoch seconds)."""
-        return [ms for end, ms in self.entries() if t0 <= end <= t1]
-
 
 def spec(args, src_url, tgt_url, name, rate=None, throttle=None):
     text = pg_suite.spec_text(
