@@ -442,7 +442,9 @@ async fn at_its_floor_the_watch_follows_live_traffic_drift_and_the_rate_climbs_a
 ///
 /// First the traffic drifts to ~2.5x its time at rest whatever the run does: over the limit
 /// (+100%), so the watch asks for a cut, but as slow at rest, so the check keeps the rate
-/// (`status` counts it as spared) and no live cut is recorded. Then the traffic is slow only
+/// (`status` counts it as spared) and no live cut is recorded. A check due for the climb
+/// (the rate doubled) may measure the drift at rest first; then no cut is asked for, and the
+/// baseline has followed the drift all the same. Then the traffic is slow only
 /// while the backfill writes (the test polls the target's row count): the check finds it
 /// fast at rest and the rate is cut. Without rest checks the drift cuts the rate; without
 /// judging the window against the level at rest the harm could be taken for drift.
@@ -472,13 +474,23 @@ async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
     // move.
     let drifted_ms = (2.5 * baseline - 0.1).round().max(4.0);
     let drifted_at = rate_changes(&ws, &run_id).await.last().map_or(0, |c| c.seq);
+    let done_before = status(&ws, &run_id)["live"]["adaptive"]["watch"]["rest_checks"]["done"]
+        .as_u64()
+        .unwrap_or(0);
     traffic.set(drifted_ms / 1000.0);
     let mut checks = serde_json::Value::Null;
-    wait_for("a rest check spares the rate", PATIENCE, async || {
-        run.assert_alive("during the drift");
-        checks = status(&ws, &run_id)["live"]["adaptive"]["watch"]["rest_checks"].clone();
-        checks["spared"].as_u64() > Some(0)
-    })
+    wait_for(
+        "a rest check takes the drift as live traffic's level at rest",
+        PATIENCE,
+        async || {
+            run.assert_alive("during the drift");
+            let live = status(&ws, &run_id)["live"]["adaptive"]["watch"].clone();
+            checks = live["rest_checks"].clone();
+            let moved = live["baseline_mean_ms"].as_f64().unwrap_or(0.0);
+            checks["spared"].as_u64() > Some(0)
+                || (checks["done"].as_u64() > Some(done_before) && moved > 1.8 * baseline)
+        },
+    )
     .await;
     let changes = rate_changes(&ws, &run_id).await;
     assert!(
@@ -550,6 +562,91 @@ async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
          by a rest check; {calls} live calls\n{}",
         show(&rate_changes(&ws, &run_id).await)
     );
+}
+
+/// A rest check that keeps the rate keeps the live window it judged, so the climb goes on at
+/// the next interval. The rate doubles from its floor (a check is due at each doubling),
+/// live traffic stays steady, and the allowed rise is wide, so the check keeps the rate.
+/// Batches of 1,000 rows make the live window span 4 s at twice the floor (two batches), so
+/// a window forgotten at the check would hold the climb about 4 s longer than the hold
+/// itself (1.4 s of settling and a 1 s check): the longest pause between two raises would be
+/// 6.4 s or more, against 2.4 s and an interval or two with the window kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_check_that_keeps_the_rate_lets_the_climb_go_on_at_once() {
+    let Some(pg) = server(true).await else {
+        return;
+    };
+    let ws = Workspace::new();
+    let checked = throttle(&pg.url())
+        .replace("window = 10", "window = 50")
+        .replace("max_latency_increase = 0.5", "max_latency_increase = 1.0")
+        .replace(
+            "rest_check = \"0s\"",
+            "rest_check = \"1s\"\nrest_check_every = \"10m\"",
+        );
+    assert!(checked.contains("window = 50") && checked.contains("rest_check = \"1s\""));
+    let limits = DRIFT_LIMITS.replace("batch_rows = 100", "batch_rows = 1000");
+    let watched = WatchedRun::start(&pg, &ws, &limits, &checked).await;
+    let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
+
+    // The check at twice the floor, then raises after it.
+    let mut checked_at = 0;
+    wait_for("a rest check keeps the rate", PATIENCE, async || {
+        run.assert_alive("before the rest check");
+        let checks = &status(&ws, &run_id)["live"]["adaptive"]["watch"]["rest_checks"];
+        checked_at = rate_changes(&ws, &run_id).await.last().map_or(0, |c| c.seq);
+        checks["done"].as_u64() > Some(0)
+    })
+    .await;
+    wait_for("the climb goes on after the check", PATIENCE, async || {
+        run.assert_alive("after the rest check");
+        rate_changes(&ws, &run_id)
+            .await
+            .iter()
+            .filter(|c| c.seq > checked_at && c.cause == "recovered")
+            .count()
+            >= 3
+    })
+    .await;
+    let changes = rate_changes(&ws, &run_id).await;
+    let checks = status(&ws, &run_id)["live"]["adaptive"]["watch"]["rest_checks"].clone();
+    assert!(
+        checks["cut"] == 0
+            && changes
+                .iter()
+                .all(|c| !LIVE_CUTS.contains(&c.cause.as_str())),
+        "steady live traffic was cut for ({checks:#}):\n{}",
+        show(&changes)
+    );
+    let at = |c: &backfill_store::RateChangeRecord| {
+        chrono::DateTime::parse_from_rfc3339(&c.at).expect("a change's time")
+    };
+    let raises: Vec<_> = changes.iter().filter(|c| c.cause == "recovered").collect();
+    let (longest, after) = raises
+        .windows(2)
+        .map(|w| ((at(w[1]) - at(w[0])).to_std().unwrap_or_default(), w[1].seq))
+        .max()
+        .expect("raises");
+    assert!(
+        longest >= Duration::from_millis(2_000),
+        "no pause between two raises as long as the check's hold ({longest:?}, {checks:#}):\n{}",
+        show(&changes)
+    );
+    assert!(
+        longest < Duration::from_millis(4_500),
+        "the climb waited {longest:?} after the check (up to #{after}), as if the window it \
+         had judged were forgotten:\n{}",
+        show(&changes)
+    );
+    finish(
+        &ws,
+        &mut run,
+        &run_id,
+        traffic,
+        &watched.target,
+        &watched.want,
+    )
+    .await;
 }
 
 /// The run is stopped (SIGSTOP) for 7 s, past the 5 s gap a reading may span, and live traffic
