@@ -844,9 +844,15 @@ impl Adaptive {
 
     /// Brings each live latency signal's baseline that followed a drift back toward its level
     /// at rest when its full window says live traffic is faster again ([`return_from_drift`]);
-    /// logged at debug level, shown in `status` with the baselines. The window is forgotten
-    /// after a move, as after a cut or a follow, so the next move is judged on new readings.
+    /// logged at debug level, shown in `status` with the baselines. The next move is judged
+    /// on a window of readings all taken after this one (each reading counts once); the
+    /// window itself is kept for the rate's verdicts. Forgotten, it held the climb for a
+    /// whole window (10 s on the benchmark) after every rest check that measured live
+    /// traffic a little slower at rest than under the backfill.
     fn return_from_drift(&mut self, live: &mut LiveWindow, full: usize) {
+        if live.pushed.saturating_sub(live.returned_at) < full {
+            return;
+        }
         let signals = [
             (
                 &mut self.live_base,
@@ -880,8 +886,8 @@ impl Adaptive {
             }
         }
         if moved {
-            // A fresh window judges the next return: each reading counts once.
-            live.clear();
+            // The next return is judged on new readings: each reading counts once.
+            live.returned_at = live.pushed;
             self.publish_baselines();
         }
     }
@@ -1041,6 +1047,9 @@ impl Adaptive {
 struct LiveWindow {
     /// Readings pushed since the latest cut.
     pushed: usize,
+    /// `pushed` when a baseline last returned from a drift ([`Adaptive::return_from_drift`]):
+    /// the next return is judged once a full window was pushed since.
+    returned_at: usize,
     statements: VecDeque<StatDelta>,
     transactions: VecDeque<StatDelta>,
     waiting: VecDeque<f64>,
@@ -1071,6 +1080,7 @@ impl LiveWindow {
 
     fn clear(&mut self) {
         self.pushed = 0;
+        self.returned_at = 0;
         self.statements.clear();
         self.transactions.clear();
         self.waiting.clear();

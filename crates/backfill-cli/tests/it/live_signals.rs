@@ -565,12 +565,15 @@ async fn a_rest_check_tells_live_traffic_drift_from_the_backfills_cost() {
 }
 
 /// A rest check that keeps the rate keeps the live window it judged, so the climb goes on at
-/// the next interval. The rate doubles from its floor (a check is due at each doubling),
-/// live traffic stays steady, and the allowed rise is wide, so the check keeps the rate.
-/// Batches of 1,000 rows make the live window span 4 s at twice the floor (two batches), so
-/// a window forgotten at the check would hold the climb about 4 s longer than the hold
-/// itself (1.4 s of settling and a 1 s check): the longest pause between two raises would be
-/// 6.4 s or more, against 2.4 s and an interval or two with the window kept.
+/// the next interval. The rate doubles from its floor (a check is due at each doubling), and
+/// the allowed rise is wide, so the check keeps the rate. Live traffic is twice as slow
+/// while the check holds the backfill: the check takes that as the level at rest, and the
+/// window read after it, faster, brings the baseline back down
+/// (`Adaptive::return_from_drift`), which must not forget the window either. Batches of
+/// 1,000 rows make the live window span 4 s at twice the floor (two batches), so a window
+/// forgotten at the check or at the return would hold the climb about 4 s longer than the
+/// hold itself (1.4 s of settling and a 1 s check): the longest pause between two raises
+/// would be 6.4 s or more, against 2.4 s and an interval or two with the window kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rest_check_that_keeps_the_rate_lets_the_climb_go_on_at_once() {
     let Some(pg) = server(true).await else {
@@ -589,15 +592,18 @@ async fn a_rest_check_that_keeps_the_rate_lets_the_climb_go_on_at_once() {
     let watched = WatchedRun::start(&pg, &ws, &limits, &checked).await;
     let (traffic, mut run, run_id) = (watched.traffic, watched.run, watched.run_id);
 
-    // The check at twice the floor, then raises after it.
+    // The check at twice the floor, live traffic slower while it holds; then raises after it.
     let mut checked_at = 0;
     wait_for("a rest check keeps the rate", PATIENCE, async || {
         run.assert_alive("before the rest check");
         let checks = &status(&ws, &run_id)["live"]["adaptive"]["watch"]["rest_checks"];
+        let holding = checks["holding"].as_bool() == Some(true);
+        traffic.set(if holding { 2.0 * FAST } else { FAST });
         checked_at = rate_changes(&ws, &run_id).await.last().map_or(0, |c| c.seq);
         checks["done"].as_u64() > Some(0)
     })
     .await;
+    traffic.set(FAST);
     wait_for("the climb goes on after the check", PATIENCE, async || {
         run.assert_alive("after the rest check");
         rate_changes(&ws, &run_id)
