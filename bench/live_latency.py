@@ -311,7 +311,7 @@ def measure(args, name, spec_path=None, limit=None, alone=None, origin=None, pau
         "p90_all": percentile(whole, 0.9), "p99_all": percentile(whole, 0.99),
         "state": errlog, "t0": t0, "start": start,
         "first_p90": percentile(first, 0.9) if first else None,
-        "pauses": len(pauses), "paused": paused, "active": t1 - t0 - paused,
+        "pauses": len(pauses), "paused": paused, "active": t1 - t0 - paused, "pause_spans": pauses,
         "alone_p90": percentile(stopped_alone, 0.9) if stopped_alone else None, "alone_n": len(stopped_alone),
         "running_p90": percentile(running, 0.9) if running else None, "running_n": len(running),
     }
@@ -344,23 +344,30 @@ def rate_changes(state):
     return out
 
 
-def rate_summary(changes, t0, t1, full_rate, rows):
-    """Counts of cuts and raises, the time-weighted mean rate asked for, the rows moved per
-    second over the same time (they should agree: the limiter delivers the rate it is asked),
-    and the rate every 5 s."""
+def rate_summary(changes, t0, t1, full_rate, rows, pauses=()):
+    """Counts of cuts and raises, the time-weighted mean rate asked for while the engine ran
+    (`pauses`, the (stopped, continued) spans, left out), the rows moved per second of that
+    same time (they differ by what the throttle holds back: rest checks hold the limiter at
+    1 row/s, which the rate series does not record), and the rate every 5 s."""
     steps = [(t, r) for t, c, r in changes if r is not None and t == t]
     if not steps:
         return "no adaptive rate recorded"
     cuts = sum(1 for _, c, _ in changes if c in ("latency", "live_latency", "live_transactions", "waiting", "running", "errors", "replica_lag"))
     raises = sum(1 for _, c, _ in changes if c == "recovered")
     causes = sorted({c for _, c, _ in changes})
+
+    def ran(a, b):
+        """Seconds of [a, b] the engine was not stopped."""
+        return max(b - a, 0.0) - sum(max(min(b, c) - max(a, s), 0.0) for s, c in pauses)
+
     area, last_t, last_r = 0.0, t0, steps[0][1]
     for t, r in steps:
         t = min(max(t, t0), t1)
-        area += (t - last_t) * last_r
+        area += ran(last_t, t) * last_r
         last_t, last_r = t, r
-    area += (t1 - last_t) * last_r
-    mean = area / max(t1 - t0, 1e-9)
+    area += ran(last_t, t1) * last_r
+    running = max(ran(t0, t1), 1e-9)
+    mean = area / running
     marks, i, r = [], 0, steps[0][1]
     for k in range(0, int(t1 - t0) + 1, 5):
         while i < len(steps) and steps[i][0] <= t0 + k:
@@ -369,8 +376,8 @@ def rate_summary(changes, t0, t1, full_rate, rows):
         marks.append(f"{k} s {r / full_rate:.0%}")
     return (f"{len(changes)} changes ({cuts} cuts, {raises} raises; causes {', '.join(causes)}); "
             f"time-weighted mean rate {mean:,.0f} rows/s = {mean / full_rate:.1%} of the maximum; "
-            f"rows moved {rows / max(t1 - t0, 1e-9):,.0f} rows/s "
-            f"({rows / max(t1 - t0, 1e-9) / max(mean, 1e-9):.2f}× the mean asked); "
+            f"rows moved {rows / running:,.0f} rows/s ({rows / running / max(mean, 1e-9):.2f}× the mean asked)"
+            + (f" over the {running:.1f} s it ran (pauses left out)" if pauses else "") + "; "
             f"rate (share of the maximum) every 5 s: " + ", ".join(marks))
 
 
@@ -500,7 +507,7 @@ increase_fraction = {args.increase_fraction}
     c_summary = (f"baseline probes took {res['c']['start'] - res['c']['t0']:.1f} s of the {res['c']['secs']:.1f} s "
                  "(no batch runs meanwhile; the 10 s are counted from the adaptive start); "
                  + rate_summary(res["c"]["changes"], res["c"]["start"], res["c"]["t0"] + res["c"]["secs"], full_rate,
-                                args.rows))
+                                args.rows, res["c"]["pause_spans"]))
     log(f"  c: {c_summary}")
     if args.alone_after > 0:
         res["a2"] = measure(args, "a2", alone=args.alone_after)
